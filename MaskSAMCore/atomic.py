@@ -1,0 +1,95 @@
+"""Writing files so that a reader never sees half of one.
+
+Every output of the project (checkpoints, label maps, JSON, CSV, cached arrays) is written to a
+hidden temporary file in the destination folder and renamed over the destination only once
+complete and flushed. `os.replace` is atomic on POSIX and Windows when source and destination
+are on the same file system, which the same-folder temporary guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+TEMP_MARKER = ".partial-"
+
+
+def temporary_sibling(path: "os.PathLike[str] | str") -> Path:
+    """A unique, hidden path next to `path` that keeps its full suffix (SimpleITK picks the
+    file format from the suffix, so ``x.nii.gz`` gets ``.x.partial-abc.nii.gz``)."""
+    path = Path(path)
+    name = path.name
+    dot = name.find(".", 1)
+    stem, suffix = (name, "") if dot < 0 else (name[:dot], name[dot:])
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: "os.PathLike[str] | str") -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on error it is removed.
+
+    >>> with atomic_path("out.nii.gz") as tmp:
+    ...     sitk.WriteImage(image, str(tmp))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(path: "os.PathLike[str] | str", data: bytes) -> None:
+    """Atomically write `data` to `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: "os.PathLike[str] | str", text: str) -> None:
+    """Atomically write `text` (UTF-8) to `path`."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: "os.PathLike[str] | str", data: Any) -> None:
+    """Atomically write `data` as indented JSON."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_with(path: "os.PathLike[str] | str", writer: Callable[[Path], None]) -> None:
+    """Atomically create `path` by calling `writer(temporary_path)`."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
+def remove_stale_temporaries(folder: "os.PathLike[str] | str") -> int:
+    """Delete temporaries a killed process left in `folder`; returns how many were removed."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and TEMP_MARKER in entry.name and entry.is_file():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed += 1
+    return removed
+
+
+def _fsync_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,176 @@
+"""The `masksam` command line (also `python -m MaskSAMCore`).
+
+Each sub-command is a thin parser here plus a `run(args) -> int` function in the module that does
+the work, imported only when that sub-command runs (so `masksam --help` is instant and a CPU-only
+install never imports what it does not use).
+
+Errors a user can fix are `MaskSAMError`s: printed as one line ``masksam: error: ...`` on stderr,
+exit status 1, and (through the atomic writers) nothing half-written left behind. Ctrl-C and
+SIGTERM exit with status 130 after the same clean-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Dict, List, Optional, Tuple
+
+from MaskSAMCore import __version__
+from MaskSAMCore.errors import Cancelled, MaskSAMError
+from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
+
+PRESETS = ("tiny", "vit_b", "vit_l", "vit_h")
+SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+
+# sub-command -> "module:function" that runs it
+HANDLERS: Dict[str, str] = {
+    "info": "MaskSAMCore.model.report:run_info",
+    "download-sam": "MaskSAMCore.model.sam_checkpoints:run_download",
+    "make-phantoms": "MaskSAMCore.data.phantoms:run_make_phantoms",
+    "train": "MaskSAMCore.training.run:run_train",
+    "predict": "MaskSAMCore.inference.run:run_predict",
+    "evaluate": "MaskSAMCore.inference.evaluate:run_evaluate",
+    "benchmark": "MaskSAMCore.inference.benchmark:run_benchmark",
+    "demo": "MaskSAMCore.inference.demo:run_demo",
+}
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"),
+        help="where to run (auto: the first CUDA GPU if there is one, else the CPU)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="masksam",
+        description="MaskSAM: fully automatic CT/MRI segmentation with a frozen Segment Anything "
+        "model, 3D adapters, self-generated prompts and named masks.",
+    )
+    parser.add_argument("--version", action="version", version=f"masksam {__version__}")
+    parser.add_argument(
+        "--machine-progress", action="store_true",
+        help="also print '@masksam {json}' progress lines on stdout (used by the Slicer module)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
+    p.add_argument("--preset", default="vit_b", choices=PRESETS)
+    p.add_argument("--classes", type=int, default=16, help="number of classes incl. background")
+    p.add_argument("--channels", type=int, default=1, help="number of image channels")
+    p.add_argument("--forward", action="store_true", help="also run one forward pass on random input")
+
+    p = sub.add_parser("download-sam", help="download an official SAM checkpoint (SHA-256 checked)")
+    p.add_argument("model_type", choices=SAM_TYPES)
+    p.add_argument("--cache-dir", default=None, help="folder to store it in (default: MASKSAM_HOME cache)")
+    p.add_argument("--url", default=None, help="download from this mirror instead (hash still checked)")
+
+    p = sub.add_parser("make-phantoms", help="write a synthetic labelled abdominal CT dataset (nnU-Net format)")
+    p.add_argument("output", help="dataset folder to create")
+    p.add_argument("--cases", type=int, default=12, help="number of training cases")
+    p.add_argument("--test-cases", type=int, default=0, help="number of extra cases in imagesTs/labelsTs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxels per case along x, y, z (default: a small varied size)")
+    p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"))
+
+    p = sub.add_parser("train", help="fine-tune MaskSAM on a dataset in nnU-Net raw format")
+    p.add_argument("dataset", help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
+    p.add_argument("model_dir", help="model folder to create (or continue with --resume)")
+    p.add_argument("--preset", default="vit_b", choices=PRESETS)
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--sam-checkpoint", default=None,
+                      help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one")
+    init.add_argument("--random-init", action="store_true",
+                      help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--iters-per-epoch", type=int, default=250)
+    p.add_argument("--val-cases-per-epoch", type=int, default=None,
+                   help="validate on at most this many cases each epoch (default: all)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per step (default: preset's)")
+    p.add_argument("--fold", default="0", help="fold of splits.json (0-4) or 'all'")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate (sgd 0.01, adamw 1e-3)")
+    p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest in MODEL_DIR")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
+    _add_device(p)
+
+    p = sub.add_parser("predict", help="segment an image or a folder of images")
+    p.add_argument("model_dir", help="a trained MaskSAM model folder")
+    p.add_argument("input", help="an image file, or a folder of images (*_0000.nii.gz etc. for multi-channel)")
+    p.add_argument("output", help="output label-map file, or a folder when INPUT is a folder")
+    p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint file if not in the cache")
+    p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
+    mirror = p.add_mutually_exclusive_group()
+    mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
+                        help="average all 8 flip combinations per window (default)")
+    mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
+    p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch size")
+    p.add_argument("--fast", action="store_true", help="CPU-friendly: no mirroring and a larger step")
+    p.add_argument("--window-batch", type=int, default=None, help="windows per forward (default: automatic)")
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (.npz)")
+    p.add_argument("--output-ending", default=None, help="file ending for folder output (default: the input's)")
+    _add_device(p)
+
+    p = sub.add_parser("evaluate", help="per-class Dice and HD95 of predictions against ground truth")
+    p.add_argument("prediction", help="a label map or a folder of them")
+    p.add_argument("ground_truth", help="a label map or a folder of them")
+    p.add_argument("--dataset-json", default=None, help="dataset.json for class names")
+    p.add_argument("--output", default=None, help="write the JSON report here (default: stdout only)")
+
+    p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")
+    p.add_argument("--preset", default="vit_b", choices=PRESETS)
+    p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
+    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    p.add_argument("--classes", type=int, default=16)
+    mirror = p.add_mutually_exclusive_group()
+    mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True)
+    mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
+    p.add_argument("--step", type=float, default=0.5)
+    p.add_argument("--fast", action="store_true")
+    p.add_argument("--window-batch", type=int, default=None)
+    p.add_argument("--compare-nnunet", action="store_true",
+                   help="also time nnU-Net v2's predictor (3d_fullres-like network) on the same volume")
+    p.add_argument("--repeat", type=int, default=1, help="timed repetitions after one warm-up")
+    p.add_argument("--output", default=None, help="write the JSON result here")
+    _add_device(p)
+
+    p = sub.add_parser("demo", help="the whole path on synthetic data: phantoms, training, prediction, Dice, a PNG")
+    p.add_argument("output", nargs="?", default="demo_output", help="folder for everything the demo writes")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.add_argument("--cases", type=int, default=12)
+    _add_device(p)
+    return parser
+
+
+def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:
+    module_name, function_name = HANDLERS[command].split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.machine_progress:
+        enable_machine_lines(True)
+    install_signal_handlers()
+    try:
+        return int(resolve_handler(args.command)(args) or 0)
+    except (KeyboardInterrupt, Cancelled) as exc:
+        message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
+        print(f"masksam: {message}", file=sys.stderr)
+        emit("error", message=message, cancelled=True)
+        return 130
+    except MaskSAMError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"masksam: error: {message}", file=sys.stderr)
+        emit("error", message=message)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Errors a user can fix, reported as one line by the command line.
+
+Every problem with the user's input (a file, a folder, an argument, a checkpoint) raises a
+subclass of `MaskSAMError` whose message names the file and the problem in one sentence. The
+CLI prints it as ``masksam: error: <message>`` and exits with status 1; programming errors are
+not caught and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class MaskSAMError(Exception):
+    """A problem with the user's input; `str(error)` is the one-line message."""
+
+
+class InputError(MaskSAMError):
+    """An input file or folder is missing, unreadable or invalid."""
+
+
+class DatasetError(InputError):
+    """A dataset in nnU-Net raw format is incomplete or inconsistent."""
+
+
+class CheckpointError(MaskSAMError):
+    """A checkpoint is missing, corrupt, unsafe, or for another model."""
+
+
+class ModelFolderError(MaskSAMError):
+    """A model folder is missing files or does not describe a MaskSAM model."""
+
+
+class DownloadError(MaskSAMError):
+    """A download failed or its content did not match the expected checksum."""
+
+
+class Cancelled(MaskSAMError):
+    """The user cancelled a running job (Ctrl-C, SIGTERM or a cancel callback)."""
+
+
+def describe_path(path: "os.PathLike[str] | str") -> str:
+    """The path as the user should read it in a message (absolute, with ~ kept short)."""
+    text = os.path.abspath(os.fspath(path))
+    home = os.path.expanduser("~")
+    if home not in ("/", "") and text.startswith(home + os.sep):
+        text = "~" + text[len(home):]
+    return text

@@ -1,0 +1,173 @@
+"""Network configuration: presets and the ablation switches of the paper's table 4.
+
+A `MaskSAMConfig` fully determines the architecture; it is stored in a model folder's
+``model.json`` (``network``) so the predictor rebuilds exactly the trained network, including the
+number of slices T that the depth embeddings and depth adapters are built for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+# Prompt generator variants (paper Fig. 5, table 4 rows B1-B4).
+PROMPT_MODES = (
+    "mask",          # B1: auxiliary masks; box prompts are the boxes of those masks
+    "box",           # B2: learnable boxes only, no mask prompt
+    "mask_box",      # B3: auxiliary mask prompts + learnable box prompts
+    "mask_avg_box",  # B4+ (MaskSAM): mask prompts + mean of learnable and mask-derived boxes
+)
+# Adapter variants (table 4 rows B5, B8, B9).
+ADAPTER_KINDS = (
+    "vanilla",     # B5: FC-down, GELU, FC-up everywhere
+    "depth_mlp",   # B8: DMLPAdapter everywhere
+    "depth_conv",  # B9 (MaskSAM): DConvAdapter for image embeddings, DMLPAdapter for tokens
+)
+# Where the depth MLP sits inside a DMLPAdapter (table 4 rows B6, B7, B8).
+DEPTH_MLP_POSITIONS = ("middle", "after_up", "before_down")
+
+
+@dataclass
+class SamBackboneConfig:
+    """The Segment Anything backbone (frozen)."""
+
+    sam_type: str = "vit_b"              # which official checkpoint fits: vit_b / vit_l / vit_h / none
+    encoder_embed_dim: int = 768
+    encoder_depth: int = 12
+    encoder_num_heads: int = 12
+    encoder_global_attn_indexes: Tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    patch_size: int = 16
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+
+
+@dataclass
+class MaskSAMConfig:
+    """Everything that shapes the network. Shapes below use B batch, C channels, T slices,
+    H x W in-plane pixels, N queries, K classes (background included)."""
+
+    backbone: SamBackboneConfig = field(default_factory=SamBackboneConfig)
+    in_channels: int = 1                 # C: image modalities
+    num_classes: int = 16                # K: label values 0..K-1, background included
+    num_queries: int = 24                # N: predicted masks per slice (> classes per slice)
+    image_size: int = 512                # H = W fed to SAM's encoder (multiple of 16)
+    num_slices: int = 8                  # T: adjacent slices per patch (baked into depth layers)
+    adapter_ratio: float = 0.25          # adapter bottleneck width / feature width
+    depth_mlp_ratio: float = 4.0         # inverted-bottleneck width of the depth MLP, times T
+    prompt_generator_channels: Tuple[int, ...] = (256, 128, 64, 32, 16)  # 1/16 .. 1/1 resolution
+    pooled_hidden_dim: int = 512         # hidden width of the box / classifier-token MLPs
+    mask_head_channels: int = 16
+    modality_hidden_channels: int = 32
+    prompt_mode: str = "mask_avg_box"
+    adapter: str = "depth_conv"
+    depth_mlp_position: str = "middle"
+    depth_pos_embed: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, dict):
+            self.backbone = SamBackboneConfig(**self.backbone)
+        self.backbone.encoder_global_attn_indexes = tuple(self.backbone.encoder_global_attn_indexes)
+        self.prompt_generator_channels = tuple(self.prompt_generator_channels)
+        self.validate()
+
+    # -- derived sizes -------------------------------------------------------------------------
+    @property
+    def embedding_size(self) -> int:
+        """h = w: side of SAM's image embedding (H / patch)."""
+        return self.image_size // self.backbone.patch_size
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of SAM's mask-prompt input and decoder output (4 h)."""
+        return 4 * self.embedding_size
+
+    @property
+    def feature_block_indexes(self) -> Tuple[int, ...]:
+        """Encoder blocks whose output feeds the prompt generator: every third block (0-based)."""
+        depth = self.backbone.encoder_depth
+        step = 3 if depth >= 6 else 1
+        return tuple(range(step - 1, depth, step))
+
+    def validate(self) -> None:
+        b = self.backbone
+        problems = []
+        if self.prompt_mode not in PROMPT_MODES:
+            problems.append(f"prompt_mode must be one of {PROMPT_MODES}, not {self.prompt_mode!r}")
+        if self.adapter not in ADAPTER_KINDS:
+            problems.append(f"adapter must be one of {ADAPTER_KINDS}, not {self.adapter!r}")
+        if self.depth_mlp_position not in DEPTH_MLP_POSITIONS:
+            problems.append(f"depth_mlp_position must be one of {DEPTH_MLP_POSITIONS}")
+        if self.image_size % b.patch_size:
+            problems.append(f"image_size {self.image_size} is not a multiple of the ViT patch {b.patch_size}")
+        if self.num_classes < 2:
+            problems.append("num_classes must be at least 2 (background and one structure)")
+        if self.num_queries < self.num_classes:
+            problems.append(f"num_queries ({self.num_queries}) must be >= num_classes ({self.num_classes})")
+        if self.in_channels < 1 or self.num_slices < 1:
+            problems.append("in_channels and num_slices must be positive")
+        levels = b.patch_size.bit_length()  # log2(patch) upsamplings + the 1/patch level
+        if b.patch_size & (b.patch_size - 1) or len(self.prompt_generator_channels) != levels:
+            problems.append(
+                f"prompt_generator_channels needs {levels} levels (1/{b.patch_size} .. 1/1) "
+                "and the ViT patch must be a power of two")
+        if problems:
+            raise ValueError("invalid MaskSAM configuration: " + "; ".join(problems))
+
+    # -- (de)serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["backbone"]["encoder_global_attn_indexes"] = list(self.backbone.encoder_global_attn_indexes)
+        data["prompt_generator_channels"] = list(self.prompt_generator_channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "MaskSAMConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown network settings {sorted(unknown)}")
+        return cls(**data)
+
+
+_BACKBONES: Dict[str, SamBackboneConfig] = {
+    "vit_b": SamBackboneConfig("vit_b", 768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamBackboneConfig("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamBackboneConfig("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
+    # Same code with toy widths: for tests and CPU demos, never loaded from a checkpoint.
+    "tiny": SamBackboneConfig(
+        sam_type="none", encoder_embed_dim=48, encoder_depth=3, encoder_num_heads=2,
+        encoder_global_attn_indexes=(2,), window_size=4, patch_size=8, prompt_embed_dim=32,
+        mask_in_chans=8, decoder_depth=2, decoder_mlp_dim=64, decoder_num_heads=2,
+    ),
+}
+
+PRESET_NAMES = ("tiny", "vit_b", "vit_l", "vit_h")
+
+
+def preset(name: str, num_classes: int = 16, in_channels: int = 1,
+           num_queries: Optional[int] = None, **overrides: Any) -> MaskSAMConfig:
+    """The configuration of a named preset for a task with `num_classes` and `in_channels`.
+
+    `num_queries` defaults to the preset's value, raised to num_classes + 4 when a task has
+    more classes (queries must outnumber the masks of a slice).
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown preset {name!r}; choose one of {PRESET_NAMES}")
+    backbone = dataclasses.replace(_BACKBONES[name])
+    if name == "tiny":
+        base: Dict[str, Any] = dict(
+            image_size=64, num_slices=4, num_queries=12, prompt_generator_channels=(32, 24, 16, 16),
+            pooled_hidden_dim=64, mask_head_channels=8, modality_hidden_channels=8,
+        )
+    else:
+        base = dict(image_size=512, num_slices=8, num_queries=24)
+    queries = num_queries if num_queries is not None else max(base.pop("num_queries"), num_classes + 4)
+    base.pop("num_queries", None)
+    base.update(overrides)
+    return MaskSAMConfig(backbone=backbone, in_channels=in_channels, num_classes=num_classes,
+                         num_queries=queries, **base)

@@ -1,0 +1,178 @@
+"""Progress for people (a bar with ETA on stderr) and for programs (JSON lines on stdout).
+
+The Slicer module runs the core's CLI in a background process and parses lines of the form::
+
+    @masksam {"event": "progress", "stage": "predict", "done": 12, "total": 40, "eta_s": 8.1, ...}
+    @masksam {"event": "epoch", "epoch": 3, "epochs": 50, "train_loss": 0.81, "mean_dice": 0.62, ...}
+    @masksam {"event": "done", ...}
+
+`event` is one of ``stage`` (a new stage begins), ``progress``, ``epoch``, ``message``, ``done``
+and ``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
+`--machine-progress` flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; epoch lines
+are always printed because they are also the training log a person reads.
+
+Cancellation: `install_signal_handlers()` turns SIGTERM (what the Slicer module and job
+schedulers send) into `Cancelled`, so `finally` blocks remove temporaries exactly as for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Optional, TextIO
+
+from MaskSAMCore.errors import Cancelled
+
+MACHINE_PREFIX = "@masksam "
+_machine_lines = os.environ.get("MASKSAM_MACHINE_PROGRESS", "") not in ("", "0")
+
+
+def enable_machine_lines(enabled: bool) -> None:
+    """Switch the ``@masksam {...}`` lines on stdout on or off for this process."""
+    global _machine_lines
+    _machine_lines = enabled
+
+
+def machine_lines_enabled() -> bool:
+    return _machine_lines
+
+
+def emit(event: str, always: bool = False, **fields: Any) -> None:
+    """Print one machine-readable line (if enabled, or `always`)."""
+    if not (_machine_lines or always):
+        return
+    payload = {"event": event, **fields}
+    sys.stdout.write(MACHINE_PREFIX + json.dumps(payload, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def parse_machine_line(line: str) -> Optional[dict]:
+    """The payload of an ``@masksam`` line, or None for any other line (used by the Slicer logic)."""
+    line = line.strip()
+    if not line.startswith(MACHINE_PREFIX.strip()):
+        return None
+    try:
+        payload = json.loads(line[len(MACHINE_PREFIX.strip()):].strip())
+    except json.JSONDecodeError:
+        return None
+    return payload if isinstance(payload, dict) and "event" in payload else None
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``1:02:03``, ``4:05`` or ``?`` for unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(max(seconds, 0.0)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class Progress:
+    """A progress bar with rate and ETA for one stage of work.
+
+    >>> bar = Progress("predict", total=len(windows))
+    >>> for window in windows:
+    ...     ...
+    ...     bar.advance()
+    >>> bar.close()
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        total: Optional[int],
+        unit: str = "it",
+        stream: Optional[TextIO] = None,
+        min_interval_s: float = 0.5,
+        enabled: bool = True,
+    ) -> None:
+        self.stage = stage
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.min_interval_s = min_interval_s
+        self.start = time.monotonic()
+        self._last_draw = 0.0
+        self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._extra = ""
+        emit("stage", stage=stage, total=total)
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.start
+
+    def eta_s(self) -> Optional[float]:
+        if not self.total or self.done <= 0:
+            return None
+        return self.elapsed_s / self.done * (self.total - self.done)
+
+    def set_postfix(self, text: str) -> None:
+        """Extra text shown after the bar (e.g. ``loss 0.41``)."""
+        self._extra = text
+
+    def advance(self, steps: int = 1) -> None:
+        self.done += steps
+        now = time.monotonic()
+        last = self.total is not None and self.done >= self.total
+        if last or now - self._last_draw >= self.min_interval_s:
+            self._last_draw = now
+            self._draw(final=False)
+            emit(
+                "progress",
+                stage=self.stage,
+                done=self.done,
+                total=self.total,
+                fraction=(self.done / self.total) if self.total else None,
+                elapsed_s=round(self.elapsed_s, 2),
+                eta_s=None if self.eta_s() is None else round(self.eta_s(), 1),
+            )
+
+    def close(self) -> None:
+        self._draw(final=True)
+
+    def _draw(self, final: bool) -> None:
+        if not self.enabled:
+            return
+        rate = self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        if self.total:
+            width = 24
+            filled = int(width * min(self.done / self.total, 1.0))
+            bar = "#" * filled + "-" * (width - filled)
+            text = (
+                f"{self.stage}: [{bar}] {self.done}/{self.total} {self.unit} "
+                f"{rate:.2f} {self.unit}/s, elapsed {format_duration(self.elapsed_s)}, "
+                f"ETA {format_duration(self.eta_s())}"
+            )
+        else:
+            text = f"{self.stage}: {self.done} {self.unit} {rate:.2f} {self.unit}/s"
+        if self._extra:
+            text += f", {self._extra}"
+        if self._interactive:
+            self.stream.write("\r" + text + ("\n" if final else ""))
+        elif final or self.done == 1 or self.total is None or self.done % max(1, (self.total or 1) // 10) == 0:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _raise_cancelled(signum: int, _frame: Any) -> None:
+    raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM raise `Cancelled` in the main thread (Ctrl-C already raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment in .venv and install what it needs.
+# Sourced by the other scripts; safe to run again: it only reinstalls when pyproject.toml changed.
+#
+#   MASKSAM_TORCH   pip requirement for PyTorch (default "torch==2.13.0"). On a GPU machine use a
+#                   CUDA build, e.g. MASKSAM_TORCH="torch==2.13.0" with PIP_EXTRA_INDEX_URL set to
+#                   the PyTorch wheel index for your CUDA version (see pytorch.org, "Get started").
+#   MASKSAM_VENV    where the environment lives (default: .venv in the repository).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${MASKSAM_VENV:-$repo/.venv}"
+torch_req="${MASKSAM_TORCH:-torch==2.13.0}"
+extras="${1:-test}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "[setup] creating virtual environment $venv" >&2
+    "$python" -m venv "$venv"
+fi
+stamp="$venv/.masksam-installed"
+want="$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16) $torch_req [$extras]"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "[setup] installing $torch_req and MaskSAMCore[$extras] into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
+    # torch first and alone, so that the dependency resolver keeps this build.
+    "$venv/bin/python" -m pip install --quiet "$torch_req" >&2
+    "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]" >&2
+    echo "$want" > "$stamp"
+fi
