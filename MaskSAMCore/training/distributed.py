@@ -1,0 +1,112 @@
+"""Data-parallel training across processes (DDP), set up from the variables torchrun exports.
+
+One machine, G GPUs::
+
+    torchrun --nproc_per_node=G -m MaskSAMCore train DATASET MODEL_DIR --preset vit_b ...
+
+Several machines (run the same command on each, with its own ``--node_rank``)::
+
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 \\
+             --rdzv_backend=c10d --rdzv_endpoint=HOST_OF_NODE_0:29500 --rdzv_id=masksam1 \\
+             -m MaskSAMCore train DATASET MODEL_DIR ...
+
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `init_distributed` reads them and joins
+the process group with NCCL when the run uses CUDA, else gloo (CPU). Without these variables
+(a plain ``masksam train``) everything here is a no-op for a single process. Each rank draws its
+own patches (the rank is part of the data loader's seed); gradients are averaged by DDP, so the
+weights stay identical on every rank; only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes files and prints."""
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(use_cuda: bool) -> DistributedContext:
+    """Join the process group if torchrun started this process; otherwise a single-process context.
+
+    Args:
+        use_cuda: the run trains on CUDA (NCCL, one GPU per local rank) rather than the CPU (gloo).
+    """
+    if not launched_by_torchrun():
+        return DistributedContext()
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method="env://",
+                                rank=rank, world_size=world_size)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_across_ranks(value: Tensor) -> Tensor:
+    """The mean of `value` over all ranks (returned as a new tensor; identity in one process)."""
+    if not is_active():
+        return value
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced / dist.get_world_size()
+
+
+def sum_across_ranks(value: Tensor) -> Tensor:
+    """The sum of `value` over all ranks (a new tensor; identity in one process)."""
+    if not is_active():
+        return value
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    return reduced
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (any picklable Python object)."""
+    if not is_active():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier() -> None:
+    if is_active():
+        dist.barrier()

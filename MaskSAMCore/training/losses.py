@@ -1,0 +1,147 @@
+"""The training loss of MaskSAM (paper §2.7, following DETR / MaskFormer / Mask2Former).
+
+Given the Hungarian matching of queries to the targets of each slice:
+
+- classes: cross-entropy over K + 1 classes for *every* query; matched queries target their
+  class, all others "no object" (weighted by ``weights.no_object`` so that the many unmatched
+  queries do not drown the few matched ones);
+- final masks and auxiliary masks (matched queries only): BCE + Dice at importance-sampled
+  points (`point_sampling`), or at every pixel for small patches;
+- learnable boxes (matched queries only): L1 + (1 - GIoU).
+
+Mask and box terms are summed over matched pairs and divided by the number of targets in the
+batch, averaged over DDP ranks (so every rank uses the same normaliser, as in DETR).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from MaskSAMCore.training.box_ops import generalized_box_iou
+from MaskSAMCore.training.distributed import mean_across_ranks
+from MaskSAMCore.training.matcher import HungarianMatcher, Matches
+from MaskSAMCore.training.point_sampling import mask_points
+from MaskSAMCore.training.slice_view import SlicePredictions, select_masks
+from MaskSAMCore.training.targets import SliceTargets, build_targets
+from MaskSAMCore.training.weights import LossWeights
+
+
+@dataclass
+class LossResult:
+    """The weighted total (a scalar with gradient) and each unweighted term (detached floats)."""
+
+    total: Tensor
+    terms: Dict[str, float] = field(default_factory=dict)
+    num_targets: int = 0
+
+
+def dice_loss(pred_logits: Tensor, target: Tensor) -> Tensor:
+    """Per-mask Dice loss (M,) of logits (M, P) against binary targets (M, P), smoothed by 1."""
+    prob = pred_logits.sigmoid()
+    numerator = 2 * (prob * target).sum(-1)
+    denominator = prob.sum(-1) + target.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def bce_loss(pred_logits: Tensor, target: Tensor) -> Tensor:
+    """Per-mask mean binary cross-entropy (M,) of logits (M, P) against targets (M, P)."""
+    return F.binary_cross_entropy_with_logits(pred_logits, target, reduction="none").mean(-1)
+
+
+class MaskSAMLoss:
+    """Matching + loss for one batch.
+
+    Args:
+        num_classes: K, background included.
+        weights: term multipliers (also the matching cost weights).
+        num_points: P, points per mask for the mask losses and the matching cost.
+        oversample: candidate points per sampled point (importance sampling).
+        importance: fraction of points taken where the prediction is least certain.
+    """
+
+    def __init__(self, num_classes: int, weights: LossWeights = LossWeights(),
+                 num_points: int = 112 * 112, oversample: float = 3.0, importance: float = 0.75) -> None:
+        self.num_classes = num_classes
+        self.weights = weights
+        self.num_points = num_points
+        self.oversample = oversample
+        self.importance = importance
+        self.matcher = HungarianMatcher(weights, num_points)
+
+    def class_weights(self, device: torch.device) -> Tensor:
+        """(K+1,) CE weights: 1 for every class, `no_object` for the last column."""
+        weight = torch.ones(self.num_classes + 1, device=device)
+        weight[-1] = self.weights.no_object
+        return weight
+
+    def __call__(self, output: Any, seg: Tensor) -> LossResult:
+        """Loss of a `MaskSAMOutput` against label patches seg (B, T, H, W)."""
+        targets = build_targets(seg.to(output.mask_logits.device), self.num_classes)
+        predictions = SlicePredictions.from_output(output)
+        matches = self.matcher(predictions, targets)
+        return self.loss(predictions, targets, matches)
+
+    def loss(self, predictions: SlicePredictions, targets: SliceTargets, matches: Matches) -> LossResult:
+        w = self.weights
+        device = predictions.class_logits.device
+        count = torch.tensor(float(len(matches)), device=device)
+        normaliser = mean_across_ranks(count).clamp(min=1.0)
+
+        terms: Dict[str, Tensor] = {}
+        terms["cls"] = self._class_loss(predictions.class_logits, matches)
+        gt_masks = targets.masks(matches.slice_index, matches.class_index)
+        terms["mask_bce"], terms["mask_dice"] = self._mask_losses(
+            predictions.mask_logits, gt_masks, matches, normaliser)
+        total = (w.cls * terms["cls"] + w.mask_bce * terms["mask_bce"]
+                 + w.mask_dice * terms["mask_dice"])
+        if predictions.aux_mask_logits is not None:
+            terms["aux_bce"], terms["aux_dice"] = self._mask_losses(
+                predictions.aux_mask_logits, gt_masks, matches, normaliser)
+            total = total + w.aux_mask_bce * terms["aux_bce"] + w.aux_mask_dice * terms["aux_dice"]
+        if predictions.boxes is not None:
+            terms["box_l1"], terms["box_giou"] = self._box_losses(
+                predictions.boxes, targets, matches, normaliser)
+            total = total + w.box_l1 * terms["box_l1"] + w.box_giou * terms["box_giou"]
+        # one device->host transfer for all the logged values
+        values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
+        return LossResult(total=total, terms=dict(zip(terms.keys(), values)), num_targets=len(matches))
+
+    def _class_loss(self, class_logits: Tensor, matches: Matches) -> Tensor:
+        """Weighted-mean CE over all S * N queries; unmatched queries target "no object" (K)."""
+        num_slices, num_queries, _ = class_logits.shape
+        target = torch.full((num_slices, num_queries), self.num_classes, dtype=torch.long,
+                            device=class_logits.device)
+        target[matches.slice_index, matches.query_index] = matches.class_index
+        return F.cross_entropy(class_logits.float().reshape(-1, self.num_classes + 1),
+                               target.reshape(-1), weight=self.class_weights(class_logits.device))
+
+    def _mask_losses(self, mask_logits: Tensor, gt_masks: Tensor, matches: Matches,
+                     normaliser: Tensor) -> Tuple[Tensor, Tensor]:
+        """(BCE, Dice) summed over matched masks / normaliser; zero (with graph) if none."""
+        if len(matches) == 0:
+            zero = mask_logits.sum() * 0.0
+            return zero, zero
+        pred = select_masks(mask_logits, matches.slice_index, matches.query_index)
+        pred_points, gt_points = mask_points(pred, gt_masks, self.num_points, self.oversample,
+                                             self.importance)
+        pred_points = pred_points.float()
+        return (bce_loss(pred_points, gt_points).sum() / normaliser,
+                dice_loss(pred_points, gt_points).sum() / normaliser)
+
+    def _box_losses(self, boxes: Tensor, targets: SliceTargets, matches: Matches,
+                    normaliser: Tensor) -> Tuple[Tensor, Tensor]:
+        """(L1, 1 - GIoU) of matched boxes, summed / normaliser; zero (with graph) if none."""
+        if len(matches) == 0:
+            zero = boxes.sum() * 0.0
+            return zero, zero
+        pred = boxes[matches.slice_index, matches.query_index].float()
+        gt = targets.boxes[matches.slice_index, matches.class_index].float()
+        l1 = (pred - gt).abs().sum() / normaliser
+        giou = (1 - generalized_box_iou(pred, gt)).sum() / normaliser
+        return l1, giou
+
