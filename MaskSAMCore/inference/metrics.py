@@ -1,0 +1,74 @@
+"""Overlap and surface-distance metrics of one predicted structure against its ground truth.
+
+Conventions (also written into every evaluation report):
+
+- Dice = 2 |P & G| / (|P| + |G|). Both masks empty -> undefined (``None``): the structure is
+  absent and correctly not predicted, which says nothing about segmentation quality, so such
+  pairs are left out of every mean (nnU-Net's convention). One empty, the other not -> 0.
+- HD95 (mm) = the larger of the two directed 95th percentiles of distances between the
+  surface voxels of P and G (surface = voxels of the mask with a 6-neighbour outside it),
+  measured with the image spacing, so anisotropic voxels count in millimetres. Both empty ->
+  ``None``; exactly one empty -> the length of the image diagonal in mm (the worst distance
+  possible in that image), so a missed or hallucinated structure is penalised, not skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+_SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> Optional[float]:
+    """Dice of two boolean masks of one shape; None when both are empty."""
+    predicted = int(np.count_nonzero(prediction))
+    actual = int(np.count_nonzero(truth))
+    if predicted + actual == 0:
+        return None
+    overlap = int(np.count_nonzero(np.logical_and(prediction, truth)))
+    return 2.0 * overlap / (predicted + actual)
+
+
+def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Length of the image's diagonal in mm: shape and spacing in the same axis order."""
+    return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+
+
+def _bounding_box(mask: np.ndarray) -> Tuple[slice, ...]:
+    """The smallest box (as slices) holding every True voxel of a non-empty mask."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of `mask` with at least one 6-neighbour outside it (the mask is zero-padded)."""
+    eroded = ndimage.binary_erosion(mask, structure=_SIX_NEIGHBOURS, border_value=0)
+    return np.logical_and(mask, np.logical_not(eroded))
+
+
+def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> Optional[float]:
+    """HD95 in mm of two boolean 3D masks; spacing (3,) in the masks' axis order (z, y, x) mm."""
+    has_prediction, has_truth = bool(prediction.any()), bool(truth.any())
+    if not has_prediction and not has_truth:
+        return None
+    if has_prediction != has_truth:
+        return image_diagonal_mm(prediction.shape, spacing)
+    # Work in the joint bounding box plus one voxel of background on every side: the distance
+    # transforms then cost what the structure's size costs, not the whole image's.
+    box = _bounding_box(np.logical_or(prediction, truth))
+    predicted = np.pad(prediction[box], 1)
+    actual = np.pad(truth[box], 1)
+    surface_p, surface_t = _surface(predicted), _surface(actual)
+    spacing = tuple(float(s) for s in spacing)
+    to_truth = ndimage.distance_transform_edt(np.logical_not(surface_t), sampling=spacing)
+    to_prediction = ndimage.distance_transform_edt(np.logical_not(surface_p), sampling=spacing)
+    forward = np.percentile(to_truth[surface_p], 95)
+    backward = np.percentile(to_prediction[surface_t], 95)
+    return float(max(forward, backward))

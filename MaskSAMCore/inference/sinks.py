@@ -1,0 +1,126 @@
+"""Where finished slices of the sliding-window result go: host arrays filled without stalling the GPU.
+
+A sink receives normalised score blocks (K, n, Y, X) for consecutive real slices and stores
+them on the host, either as float16 scores (`HostScoreSink`, needed when the result must be
+resampled back to the input grid, or for probability output) or as an argmax label map
+(`LabelSink`, when no resampling is needed: K times less host memory).
+
+On a CUDA device the block is reduced/cast on the GPU, copied into pinned host memory with
+``non_blocking=True``, and a background thread waits for that copy's event and moves the data
+into the (pageable) result array. The window loop therefore never waits for the GPU.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+_STOP = object()
+
+
+class _HostSink:
+    """Common machinery: a result array on the host and (on CUDA) a copy-completion thread."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self._asynchronous = self.device.type == "cuda"
+        self._queue: "queue.Queue[object]" = queue.Queue()
+        self._error: Optional[BaseException] = None
+        self._thread: Optional[threading.Thread] = None
+        if self._asynchronous:
+            self._thread = threading.Thread(target=self._drain, name="masksam-sink", daemon=True)
+            self._thread.start()
+
+    # -- to implement --------------------------------------------------------------------------
+    def _reduce(self, block: torch.Tensor) -> torch.Tensor:
+        """block (K, n, Y, X) float32 -> what is stored for these n slices (on block's device)."""
+        raise NotImplementedError
+
+    def _store(self, z_start: int, data: np.ndarray) -> None:
+        """Write reduced data for slices z_start.. into the result array."""
+        raise NotImplementedError
+
+    # -- common --------------------------------------------------------------------------------
+    def put(self, z_start: int, block: torch.Tensor) -> None:
+        """Take normalised scores (K, n, Y, X) of real slices ``z_start .. z_start + n``."""
+        reduced = self._reduce(block)
+        if not self._asynchronous or reduced.device.type != "cuda":
+            self._store(z_start, reduced.cpu().numpy())
+            return
+        staging = torch.empty(reduced.shape, dtype=reduced.dtype, pin_memory=True)
+        staging.copy_(reduced, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(reduced.device))
+        self._queue.put((z_start, staging, done))
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is not None:
+                continue  # keep emptying the queue so that put() never blocks
+            z_start, staging, done = item  # type: ignore[misc]
+            try:
+                done.synchronize()
+                self._store(z_start, staging.numpy())
+            except BaseException as exc:  # noqa: BLE001 - re-raised in finish()
+                self._error = exc
+
+    def finish(self) -> None:
+        """Wait until every block is stored; re-raise an error of the copy thread."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop the copy thread without waiting for a result (after an error or cancel)."""
+        if self._thread is not None:
+            self._error = self._error or RuntimeError("sink closed")
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+
+class HostScoreSink(_HostSink):
+    """Collects scores as a host array (K, Z, Y, X) float16 (normalised scores lie in [0, N])."""
+
+    def __init__(self, num_classes: int, shape: Tuple[int, int, int], device: torch.device) -> None:
+        self.scores = np.zeros((num_classes, *shape), dtype=np.float16)
+        super().__init__(device)
+
+    def _reduce(self, block: torch.Tensor) -> torch.Tensor:
+        return block.to(torch.float16)
+
+    def _store(self, z_start: int, data: np.ndarray) -> None:
+        self.scores[:, z_start:z_start + data.shape[1]] = data
+
+    def result(self) -> np.ndarray:
+        self.finish()
+        return self.scores
+
+
+class LabelSink(_HostSink):
+    """Collects the argmax over classes as a host label map (Z, Y, X), uint8 (int16 if K > 256)."""
+
+    def __init__(self, num_classes: int, shape: Tuple[int, int, int], device: torch.device) -> None:
+        self.torch_dtype = torch.uint8 if num_classes <= 256 else torch.int16
+        self.labels = np.zeros(shape, dtype=np.uint8 if num_classes <= 256 else np.int16)
+        super().__init__(device)
+
+    def _reduce(self, block: torch.Tensor) -> torch.Tensor:
+        return block.argmax(dim=0).to(self.torch_dtype)
+
+    def _store(self, z_start: int, data: np.ndarray) -> None:
+        self.labels[z_start:z_start + data.shape[0]] = data
+
+    def result(self) -> np.ndarray:
+        self.finish()
+        return self.labels

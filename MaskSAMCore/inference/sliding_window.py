@@ -1,0 +1,168 @@
+"""Sliding-window prediction of a whole preprocessed volume, with mirroring and OOM fallbacks.
+
+    scores = sliding_window_predict(volume, network, patch=(8, 512, 512), num_classes=16,
+                                    device=torch.device("cuda"), settings=WindowSettings())
+
+The loop is: feeder (window batch on the device, prefetched) -> mirrored network call (all flips
+in one forward) -> Gaussian-weighted accumulation in a slab -> finished slices to a host sink.
+Nothing in it waits for the GPU: no ``.item()``, no ``.cpu()``; the only synchronisation is the
+final check that every score was finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from MaskSAMCore.errors import Cancelled, MaskSAMError
+from MaskSAMCore.inference.accumulator import SlabAccumulator
+from MaskSAMCore.inference.mirroring import flip_combinations, mirrored_predict
+from MaskSAMCore.inference.sinks import HostScoreSink, LabelSink
+from MaskSAMCore.inference.staging import WindowFeeder
+from MaskSAMCore.inference.windows import WindowGrid
+from MaskSAMCore.progress import Progress, emit
+
+Network = Callable[[torch.Tensor], torch.Tensor]
+
+
+class OutOfMemory(MaskSAMError):
+    """The GPU ran out of memory even with the most frugal settings."""
+
+
+class NonFiniteScores(MaskSAMError):
+    """The network produced NaN or Inf scores."""
+
+
+@dataclass
+class WindowSettings:
+    """How the windows are predicted. `window_batch` windows share one forward (times the
+    number of flips); `flips_per_forward` None means all flips in one forward."""
+
+    step: float = 0.5
+    mirror: bool = True
+    window_batch: int = 1
+    flips_per_forward: Optional[int] = None
+    accumulate_on_host: bool = False
+    pad_last_batch: bool = False
+
+    @property
+    def flips(self) -> list:
+        return flip_combinations() if self.mirror else [()]
+
+    def more_frugal(self) -> Optional["WindowSettings"]:
+        """The next setting to try after running out of GPU memory, or None if none is left."""
+        if self.window_batch > 1:
+            return dataclasses.replace(self, window_batch=self.window_batch // 2)
+        flips_now = self.flips_per_forward or len(self.flips)
+        if flips_now > 1:
+            return dataclasses.replace(self, flips_per_forward=flips_now // 2)
+        if not self.accumulate_on_host:
+            return dataclasses.replace(self, accumulate_on_host=True)
+        return None
+
+
+def sliding_window_predict(
+    volume: Union[np.ndarray, torch.Tensor],
+    network: Network,
+    patch: Sequence[int],
+    num_classes: int,
+    device: torch.device,
+    settings: WindowSettings,
+    output: str = "scores",
+    progress_stage: Optional[str] = "predict",
+    should_cancel: Optional[Callable[[], bool]] = None,
+) -> Tuple[np.ndarray, bool]:
+    """Predict every voxel of volume (C, Z, Y, X) float32 (host) with overlapping windows.
+
+    network: device tensor (M, C, T, H, W) -> (M, K, T, H, W) scores, any M.
+    output: "scores" -> (K, Z, Y, X) float16 normalised scores; "labels" -> (Z, Y, X) argmax
+    (uint8, int16 beyond 256 classes). Returns (result, all_finite).
+    """
+    if output not in ("scores", "labels"):
+        raise ValueError(f"output must be 'scores' or 'labels', not {output!r}")
+    device = torch.device(device)
+    host_volume = torch.as_tensor(volume, dtype=torch.float32)
+    if host_volume.ndim != 4:
+        raise ValueError(f"volume must be (C, Z, Y, X), got shape {tuple(host_volume.shape)}")
+    grid = WindowGrid(tuple(host_volume.shape[1:]), tuple(patch), settings.step)
+    batches = grid.batches(settings.window_batch)
+    accumulate_device = torch.device("cpu") if settings.accumulate_on_host else device
+    sink_class = HostScoreSink if output == "scores" else LabelSink
+    sink = sink_class(num_classes, grid.shape, accumulate_device)
+    accumulator = SlabAccumulator(grid, num_classes, grid.slab_depth(settings.window_batch),
+                                  accumulate_device, sink)
+    feeder = WindowFeeder(host_volume, grid, batches, device,
+                          pad_to=settings.window_batch if settings.pad_last_batch else None)
+    bar = Progress(progress_stage, total=len(grid), unit="windows") if progress_stage else None
+    flips = settings.flips
+    try:
+        with torch.inference_mode():
+            for windows, patches in feeder:
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled("prediction cancelled")
+                scores = mirrored_predict(network, patches, flips, settings.flips_per_forward)
+                accumulator.add(windows, scores)
+                del scores, patches
+                if bar is not None:
+                    bar.advance(len(windows))
+            finite = accumulator.finish()
+            result = sink.result()
+    except BaseException:
+        feeder.close()
+        sink.close()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return result, finite
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def predict_with_fallback(
+    volume: Union[np.ndarray, torch.Tensor],
+    network: Network,
+    patch: Sequence[int],
+    num_classes: int,
+    device: torch.device,
+    settings: WindowSettings,
+    output: str = "scores",
+    progress_stage: Optional[str] = "predict",
+    should_cancel: Optional[Callable[[], bool]] = None,
+    case_name: str = "the image",
+) -> Tuple[np.ndarray, bool, WindowSettings]:
+    """`sliding_window_predict`, retried with fewer windows per forward, fewer flips per forward,
+    then host accumulation when the GPU runs out of memory. Returns (result, finite, settings
+    that worked) so the caller can start the next case with them."""
+    current = settings
+    while True:
+        try:
+            result, finite = sliding_window_predict(volume, network, patch, num_classes, device, current,
+                                                    output, progress_stage, should_cancel)
+            return result, finite, current
+        except BaseException as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+            if not _is_out_of_memory(error):
+                raise
+            del error
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            fallback = current.more_frugal()
+            if fallback is None:
+                raise OutOfMemory(
+                    f"{case_name}: the GPU ran out of memory even with one window per forward; "
+                    "close other GPU programs or use --device cpu") from None
+            message = (f"{case_name}: GPU out of memory; retrying with window batch {fallback.window_batch}, "
+                       f"{fallback.flips_per_forward or len(fallback.flips)} flips per forward"
+                       f"{', accumulating on the host' if fallback.accumulate_on_host else ''}")
+            print(f"masksam: {message}", file=sys.stderr)
+            emit("message", message=message)
+            current = fallback
