@@ -46,3 +46,7 @@ def describe_path(path: "os.PathLike[str] | str") -> str:
     if home not in ("/", "") and text.startswith(home + os.sep):
         text = "~" + text[len(home):]
     return text
+
+
+class ShapeError(MaskSAMError, ValueError):
+    """A tensor or image has the wrong number of dimensions, channels or size."""

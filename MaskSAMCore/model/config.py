@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 # Prompt generator variants (paper Fig. 5, table 4 rows B1-B4).
 PROMPT_MODES = (
@@ -55,12 +55,12 @@ class MaskSAMConfig:
     in_channels: int = 1                 # C: image modalities
     num_classes: int = 16                # K: label values 0..K-1, background included
     num_queries: int = 24                # N: predicted masks per slice (> classes per slice)
-    image_size: int = 512                # H = W fed to SAM's encoder (multiple of 16)
+    image_size: Union[int, Tuple[int, int]] = 512  # H = W, or (H, W), fed to SAM (multiples of the ViT patch)
     num_slices: int = 8                  # T: adjacent slices per patch (baked into depth layers)
     adapter_ratio: float = 0.25          # adapter bottleneck width / feature width
     depth_mlp_ratio: float = 4.0         # inverted-bottleneck width of the depth MLP, times T
-    prompt_generator_channels: Tuple[int, ...] = (256, 128, 64, 32, 16)  # 1/16 .. 1/1 resolution
-    pooled_hidden_dim: int = 512         # hidden width of the box / classifier-token MLPs
+    prompt_generator_channels: Tuple[int, ...] = (192, 128, 64, 32, 16)  # 1/16 .. 1/1 resolution
+    pooled_hidden_dim: int = 256         # hidden width of the box / classifier-token MLPs
     mask_head_channels: int = 16
     modality_hidden_channels: int = 32
     prompt_mode: str = "mask_avg_box"
@@ -73,18 +73,30 @@ class MaskSAMConfig:
             self.backbone = SamBackboneConfig(**self.backbone)
         self.backbone.encoder_global_attn_indexes = tuple(self.backbone.encoder_global_attn_indexes)
         self.prompt_generator_channels = tuple(self.prompt_generator_channels)
+        if not isinstance(self.image_size, int):
+            height, width = (int(v) for v in self.image_size)
+            self.image_size = height if height == width else (height, width)
         self.validate()
 
     # -- derived sizes -------------------------------------------------------------------------
     @property
-    def embedding_size(self) -> int:
-        """h = w: side of SAM's image embedding (H / patch)."""
-        return self.image_size // self.backbone.patch_size
+    def image_hw(self) -> Tuple[int, int]:
+        """(H, W) of the in-plane input."""
+        if isinstance(self.image_size, int):
+            return (self.image_size, self.image_size)
+        return (int(self.image_size[0]), int(self.image_size[1]))
 
     @property
-    def low_res_mask_size(self) -> int:
-        """Side of SAM's mask-prompt input and decoder output (4 h)."""
-        return 4 * self.embedding_size
+    def embedding_hw(self) -> Tuple[int, int]:
+        """(h, w) of SAM's image embedding: (H, W) / patch."""
+        height, width = self.image_hw
+        return (height // self.backbone.patch_size, width // self.backbone.patch_size)
+
+    @property
+    def low_res_mask_hw(self) -> Tuple[int, int]:
+        """Size of SAM's mask-prompt input and decoder output: 4 (h, w)."""
+        h, w = self.embedding_hw
+        return (4 * h, 4 * w)
 
     @property
     def feature_block_indexes(self) -> Tuple[int, ...]:
@@ -102,7 +114,7 @@ class MaskSAMConfig:
             problems.append(f"adapter must be one of {ADAPTER_KINDS}, not {self.adapter!r}")
         if self.depth_mlp_position not in DEPTH_MLP_POSITIONS:
             problems.append(f"depth_mlp_position must be one of {DEPTH_MLP_POSITIONS}")
-        if self.image_size % b.patch_size:
+        if any(side % b.patch_size or side <= 0 for side in self.image_hw):
             problems.append(f"image_size {self.image_size} is not a multiple of the ViT patch {b.patch_size}")
         if self.num_classes < 2:
             problems.append("num_classes must be at least 2 (background and one structure)")
@@ -123,6 +135,8 @@ class MaskSAMConfig:
         data = dataclasses.asdict(self)
         data["backbone"]["encoder_global_attn_indexes"] = list(self.backbone.encoder_global_attn_indexes)
         data["prompt_generator_channels"] = list(self.prompt_generator_channels)
+        if not isinstance(self.image_size, int):
+            data["image_size"] = list(self.image_size)
         return data
 
     @classmethod
@@ -169,5 +183,11 @@ def preset(name: str, num_classes: int = 16, in_channels: int = 1,
     queries = num_queries if num_queries is not None else max(base.pop("num_queries"), num_classes + 4)
     base.pop("num_queries", None)
     base.update(overrides)
-    return MaskSAMConfig(backbone=backbone, in_channels=in_channels, num_classes=num_classes,
-                         num_queries=queries, **base)
+    config = MaskSAMConfig(backbone=backbone, in_channels=in_channels, num_classes=num_classes,
+                           num_queries=queries, **base)
+    if name != "tiny" and all(tokens % 16 == 0 for tokens in config.embedding_hw):
+        # SAM's 14-token windows tile its 64-token grid (1024 px) after padding to 70; at 512 px
+        # (32 tokens) they would pad to 42x42 = 1.7x the real tokens. 16-token windows tile the
+        # grid exactly; the window blocks' relative-position tables are resized (27 -> 31) on load.
+        config.backbone.window_size = 16
+    return config

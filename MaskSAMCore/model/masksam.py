@@ -1,0 +1,168 @@
+"""MaskSAM: the whole network (paper Fig. 2).
+
+    x (B, C, T, H, W)
+      -> modality adapter -> (B, 3, T, H, W) -> B*T slices
+      -> SAM image encoder with depth adapters -> neck (B*T, 256, h, w) + block features
+      -> prompt generator -> N auxiliary masks, N learnable boxes, N auxiliary classifier tokens
+      -> box prompts (mean of learnable and mask-derived boxes) + mask prompts
+      -> SAM prompt encoder -> sparse + dense embeddings for M = B*T*N prompts
+      -> SAM mask decoder with classifier tokens and depth adapters -> class embedding + mask
+      -> class head (K+1 logits incl. "no object"), 3D mask head (full resolution)
+
+Only the SAM parts are frozen (see `builder.freeze_sam`); shapes are documented on each module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from MaskSAMCore.errors import ShapeError
+from MaskSAMCore.model.boxes import masks_to_boxes
+from MaskSAMCore.model.config import MaskSAMConfig
+from MaskSAMCore.model.depth_embedding import DepthPositionalEmbedding
+from MaskSAMCore.model.image_encoder import AdaptedImageEncoder
+from MaskSAMCore.model.mask_decoder import MaskSAMDecoder
+from MaskSAMCore.model.mask_head import MaskHead3D
+from MaskSAMCore.model.modality_adapter import ModalityAdapter
+from MaskSAMCore.model.prompt_generator import Prompts, PromptGenerator
+from MaskSAMCore.model.sam_import import PromptEncoder
+
+
+@dataclass
+class MaskSAMOutput:
+    """Network outputs; B volumes, T slices, N queries, K classes (background included)."""
+
+    class_logits: torch.Tensor                # (B, T, N, K+1), last column "no object"
+    mask_logits: torch.Tensor                 # (B, N, T, H, W) final masks
+    aux_mask_logits: Optional[torch.Tensor]   # (B, N, T, H, W) prompt-generator masks or None
+    aux_boxes: Optional[torch.Tensor]         # (B, T, N, 4) learnable boxes (xyxy in [0,1]) or None
+    prompt_boxes: torch.Tensor                # (B, T, N, 4) the boxes given to SAM (xyxy in [0,1])
+
+
+class MaskSAM(nn.Module):
+    def __init__(self, config: MaskSAMConfig) -> None:
+        super().__init__()
+        self.config = config
+        b = config.backbone
+        self.modality_adapter = ModalityAdapter(config.in_channels, config.modality_hidden_channels)
+        self.image_encoder = AdaptedImageEncoder(config)
+        self.prompt_generator = PromptGenerator(config)
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=b.prompt_embed_dim,
+            image_embedding_size=config.embedding_hw,
+            input_image_size=config.image_hw,
+            mask_in_chans=b.mask_in_chans,
+        )
+        self.mask_decoder = MaskSAMDecoder(config)
+        self.decoder_depth_pos_embed = DepthPositionalEmbedding(
+            config.num_slices, b.prompt_embed_dim, enabled=config.depth_pos_embed
+        )
+        self.global_class_tokens = nn.Embedding(config.num_queries, b.prompt_embed_dim)
+        self.class_head = nn.Linear(b.prompt_embed_dim, config.num_classes + 1)
+        self.mask_head = MaskHead3D(config.mask_head_channels, use_aux=config.prompt_mode != "box")
+
+    # -- forward -------------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.in_channels, c.num_slices, *c.image_hw)
+        if x.dim() != 5:
+            raise ShapeError(
+                f"MaskSAM expects a 5D input (B, C, T, H, W) = (B, {', '.join(map(str, expected))}), "
+                f"got {x.dim()}D shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != c.in_channels:
+            raise ShapeError(
+                f"this model takes {c.in_channels} image channel(s), the input has {x.shape[1]} "
+                f"(shape {tuple(x.shape)})"
+            )
+        if tuple(x.shape[1:]) != expected:
+            raise ShapeError(
+                f"this model takes patches (B, C, T, H, W) = (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def forward(self, x: torch.Tensor) -> MaskSAMOutput:
+        self.check_input(x)
+        c = self.config
+        batch, _, slices, height, width = x.shape
+        queries = c.num_queries
+
+        image = self.modality_adapter(x)                                    # (B, 3, T, H, W)
+        neck, features = self.image_encoder(image.transpose(1, 2).reshape(batch * slices, 3, height, width))
+        prompts = self.prompt_generator(neck, features, image)
+
+        boxes = self._box_prompts(prompts)                                  # (B, T, N, 4)
+        pixel_scale = boxes.new_tensor([width, height, width, height])
+        mask_prompts = self._mask_prompts(prompts.aux_mask_logits)          # (M, 1, 4h, 4w) or None
+        sparse, dense = self.prompt_encoder(points=None, boxes=(boxes * pixel_scale).reshape(-1, 4),
+                                            masks=mask_prompts)
+        image_pe = self.prompt_encoder.get_dense_pe().expand(batch * slices, -1, -1, -1)
+        image_pe = self.decoder_depth_pos_embed(image_pe, channels_first=True)
+        class_tokens = (self.global_class_tokens.weight + prompts.class_tokens).reshape(-1, neck.shape[1])
+
+        class_embedding, low_res = self.mask_decoder(neck, image_pe, sparse, dense, class_tokens)
+        class_logits = self.class_head(class_embedding).view(batch, slices, queries, -1)
+        low_res = low_res.view(batch, slices, queries, *low_res.shape[-2:]).transpose(1, 2)
+        masks = self.mask_head(low_res, prompts.aux_mask_logits, (height, width))
+        return MaskSAMOutput(class_logits=class_logits, mask_logits=masks,
+                             aux_mask_logits=prompts.aux_mask_logits, aux_boxes=prompts.learned_boxes,
+                             prompt_boxes=boxes)
+
+    def _box_prompts(self, prompts: Prompts) -> torch.Tensor:
+        """The box given to SAM per (volume, slice, query): ``(B, T, N, 4)`` xyxy in [0, 1]."""
+        mode = self.config.prompt_mode
+        if mode in ("box", "mask_box"):
+            return prompts.learned_boxes
+        # Thresholding is not differentiable: mask-derived boxes carry no gradient.
+        with torch.no_grad():
+            mask_boxes, nonempty = masks_to_boxes(prompts.aux_mask_logits.transpose(1, 2) > 0)
+        if mode == "mask":
+            whole = torch.tensor([0.0, 0.0, 1.0, 1.0], device=mask_boxes.device)
+            return torch.where(nonempty.unsqueeze(-1), mask_boxes, whole)
+        learned = prompts.learned_boxes
+        averaged = 0.5 * (learned + mask_boxes.to(learned.dtype))
+        return torch.where(nonempty.unsqueeze(-1), averaged, learned)
+
+    def _mask_prompts(self, aux: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Auxiliary mask logits at SAM's mask-prompt size: ``(M, 1, 4h, 4w)`` or None."""
+        if aux is None or self.config.prompt_mode == "box":
+            return None
+        b, n, t, h, w = aux.shape
+        side_h, side_w = self.config.low_res_mask_hw
+        small = F.adaptive_avg_pool2d(aux.reshape(b * n, t, h, w), (side_h, side_w))
+        return small.view(b, n, t, side_h, side_w).transpose(1, 2).reshape(b * t * n, 1, side_h, side_w)
+
+    # -- outputs ---------------------------------------------------------------------------------
+    @staticmethod
+    def semantic(output: MaskSAMOutput) -> torch.Tensor:
+        """MaskFormer's semantic inference: ``(B, K, T, H, W)`` class scores in [0, 1]-ish.
+
+        score_k = sum_n softmax(class_n)[k] * sigmoid(mask_n), the "no object" column dropped.
+        """
+        probs = output.class_logits.float().softmax(dim=-1)[..., :-1]       # (B, T, N, K)
+        masks = output.mask_logits.float().sigmoid()                         # (B, N, T, H, W)
+        return torch.einsum("btnk,bnthw->bkthw", probs, masks)
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores ``(B, K, T, H, W)`` for a batch of patches ``(B, C, T, H, W)``."""
+        return self.semantic(self(x))
+
+    # -- weights ---------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Only the trainable weights (what a fine-tuned model adds to SAM)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, weights: Dict[str, torch.Tensor]) -> None:
+        """Load weights saved by `trainable_state_dict`; every trainable weight must be present."""
+        expected = {name for name, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(expected - set(weights))
+        unexpected = sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise KeyError(f"trainable weights do not match the network: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+        self.load_state_dict(weights, strict=False)

@@ -1,0 +1,168 @@
+"""Official Segment Anything checkpoints: registry, checksummed download, safe loading.
+
+Checkpoints are never shipped. `download` fetches one into the cache (`MaskSAMCore.paths`) through
+a temporary file that becomes the cached file only after its SHA-256 matched; an interrupted or
+corrupted download leaves nothing in the cache. `load_sam_state_dict` reads with
+``torch.load(weights_only=True)``, so a file whose unpickling would run code is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+from MaskSAMCore.atomic import remove_stale_temporaries, temporary_sibling
+from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path
+from MaskSAMCore.paths import checkpoint_cache
+from MaskSAMCore.progress import Progress
+
+
+@dataclass(frozen=True)
+class SamCheckpointInfo:
+    model_type: str
+    url: str
+    size_bytes: int
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+_BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
+REGISTRY: Dict[str, SamCheckpointInfo] = {
+    "vit_b": SamCheckpointInfo("vit_b", _BASE + "sam_vit_b_01ec64.pth", 375_042_383,
+                               "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
+    "vit_l": SamCheckpointInfo("vit_l", _BASE + "sam_vit_l_0b3195.pth", 1_249_524_607,
+                               "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": SamCheckpointInfo("vit_h", _BASE + "sam_vit_h_4b8939.pth", 2_564_550_879,
+                               "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
+}
+# Width of the patch embedding -> model type, to name the type of a checkpoint we are given.
+_TYPE_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Union[str, "os.PathLike[str]"]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def info_for(model_type: str) -> SamCheckpointInfo:
+    if model_type not in REGISTRY:
+        raise CheckpointError(f"unknown SAM model type {model_type!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[model_type]
+
+
+def cached_path(model_type: str, cache_dir: Optional[Path] = None) -> Path:
+    """Where the checkpoint of `model_type` lives in the cache (it may not exist)."""
+    return (cache_dir or checkpoint_cache()) / info_for(model_type).filename
+
+
+def find_cached_by_hash(sha256: str, cache_dir: Optional[Path] = None) -> Optional[Path]:
+    """The cached official checkpoint with this SHA-256, if present (no re-hashing of big files:
+    the cache only ever holds files whose hash was checked on download)."""
+    for info in REGISTRY.values():
+        if info.sha256 == sha256:
+            candidate = cached_path(info.model_type, cache_dir)
+            return candidate if candidate.is_file() else None
+    return None
+
+
+def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[str] = None,
+             progress: bool = True, timeout_s: float = 60.0) -> Path:
+    """Download and verify an official checkpoint; returns its path in the cache.
+
+    Already cached -> returned without a download. `url` may point to a mirror; the hash is
+    checked all the same. Raises DownloadError (nothing left in the cache) on any failure.
+    """
+    info = info_for(model_type)
+    folder = cache_dir or checkpoint_cache()
+    destination = folder / info.filename
+    if destination.is_file():
+        return destination
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    source = url or info.url
+    temporary = temporary_sibling(destination)
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            with urllib.request.urlopen(source, timeout=timeout_s) as response:
+                length = response.headers.get("Content-Length")
+                expected = int(length) if length and length.isdigit() else None
+                bar = Progress(f"download {info.filename}", total=(expected or info.size_bytes) // _CHUNK + 1,
+                               unit="MiB", enabled=progress)
+                with open(temporary, "wb") as handle:
+                    for block in iter(lambda: response.read(_CHUNK), b""):
+                        handle.write(block)
+                        digest.update(block)
+                        received += len(block)
+                        bar.advance()
+                bar.close()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise DownloadError(f"download of {source} failed after {received} bytes: {exc}") from exc
+        if expected is not None and received != expected:
+            raise DownloadError(f"download of {source} was cut off: {received} of {expected} bytes")
+        if digest.hexdigest() != info.sha256:
+            raise DownloadError(
+                f"download of {source} has SHA-256 {digest.hexdigest()[:16]}..., expected "
+                f"{info.sha256[:16]}... for SAM {model_type}; the file was discarded"
+            )
+        os.replace(temporary, destination)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    return destination
+
+
+def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
+                        expected_type: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read an official SAM checkpoint safely and check it is the expected model type."""
+    path = Path(path)
+    shown = describe_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"SAM checkpoint {shown} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files; all mean "unusable"
+        raise CheckpointError(describe_load_failure(shown, exc)) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{shown} is not a Segment Anything checkpoint (not a dict of tensors)")
+    embed = state.get("image_encoder.patch_embed.proj.weight")
+    if embed is None:
+        raise CheckpointError(f"{shown} is not a Segment Anything checkpoint (no image encoder weights)")
+    found_type = _TYPE_BY_WIDTH.get(int(embed.shape[0]), f"unknown ({embed.shape[0]}-wide)")
+    if expected_type is not None and expected_type != "none" and found_type != expected_type:
+        raise CheckpointError(f"{shown} is a SAM {found_type} checkpoint, but this model needs SAM {expected_type}")
+    return state
+
+
+def describe_load_failure(shown_path: str, exc: BaseException) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` refused a file."""
+    text = str(exc)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return (f"{shown_path} contains Python objects whose loading could run code; refusing to "
+                "load it (only plain tensor checkpoints are accepted)")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{shown_path} is corrupt or truncated and cannot be read ({first[:120]})"
+
+
+def run_download(args) -> int:
+    """`masksam download-sam vit_b|vit_l|vit_h`."""
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    path = download(args.model_type, cache_dir=cache, url=args.url)
+    print(path)
+    return 0

@@ -1,0 +1,208 @@
+"""A self-describing MaskSAM model folder: `model.json` + checkpoints (see docs/INTERNALS.md).
+
+`ModelFolder.load` validates `model.json` and gives typed access to what the predictor and the
+Slicer module need; `build_model` rebuilds exactly the trained network (including the number of
+slices T its depth layers were built for) and loads its weights — SAM's from the official
+checkpoint with the recorded SHA-256 (cache or `sam_checkpoint`), the rest from the folder.
+Checkpoints are plain containers of tensors saved atomically and loaded with
+``torch.load(weights_only=True)``: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from MaskSAMCore.atomic import atomic_path, write_json
+from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
+from MaskSAMCore.model.config import MaskSAMConfig
+
+MODEL_JSON = "model.json"
+FORMAT = "masksam-model"
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "masksam-checkpoint"
+CHECKPOINT_FILES = {
+    "final": "checkpoint_final.pt",
+    "best": "checkpoint_best.pt",
+    "latest": "checkpoint_latest.pt",
+}
+_REQUIRED_KEYS = ("labels", "channel_names", "network", "plan", "sam")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
+    """Atomically `torch.save` a dict of plain values (tensors, numbers, strings, lists, dicts)."""
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": 1, **payload}
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` without executing any code."""
+    from MaskSAMCore.model.sam_checkpoints import describe_load_failure
+
+    path = Path(path)
+    shown = describe_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {shown} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure means the file is unusable; say which kind
+        raise CheckpointError(describe_load_failure(shown, exc)) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{shown} is not a MaskSAM checkpoint")
+    if not isinstance(payload.get("weights"), dict):
+        raise CheckpointError(f"{shown} has no weights")
+    return payload
+
+
+def write_model_json(model_dir: PathLike, meta: Dict[str, Any]) -> Path:
+    """Atomically write `model.json` (format fields added) and return its path."""
+    path = Path(model_dir) / MODEL_JSON
+    write_json(path, {"format": FORMAT, "format_version": FORMAT_VERSION, **meta})
+    return path
+
+
+@dataclass
+class ModelFolder:
+    path: Path
+    meta: Dict[str, Any]
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: PathLike) -> "ModelFolder":
+        folder = Path(model_dir)
+        shown = describe_path(folder)
+        if not folder.is_dir():
+            raise ModelFolderError(f"model folder {shown} does not exist")
+        json_path = folder / MODEL_JSON
+        if not json_path.is_file():
+            raise ModelFolderError(f"{shown} is not a MaskSAM model folder (no {MODEL_JSON})")
+        try:
+            meta = json.loads(json_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFolderError(f"{describe_path(json_path)} is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelFolderError(f"{describe_path(json_path)} does not describe a MaskSAM model")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise ModelFolderError(
+                f"{describe_path(json_path)} has format version {meta['format_version']}; this "
+                f"MaskSAM reads up to {FORMAT_VERSION} (update MaskSAM)"
+            )
+        missing = [key for key in _REQUIRED_KEYS if key not in meta]
+        if missing:
+            raise ModelFolderError(f"{describe_path(json_path)} lacks {', '.join(missing)}")
+        model = cls(folder, meta)
+        try:
+            config = model.config
+        except (TypeError, ValueError) as exc:
+            raise ModelFolderError(f"{describe_path(json_path)} has an invalid network: {exc}") from None
+        if config.num_classes != len(model.labels):
+            raise ModelFolderError(
+                f"{describe_path(json_path)}: the network has {config.num_classes} classes but "
+                f"{len(model.labels)} labels are listed"
+            )
+        return model
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def config(self) -> MaskSAMConfig:
+        return MaskSAMConfig.from_dict(self.meta["network"])
+
+    @property
+    def plan(self) -> Dict[str, Any]:
+        return self.meta["plan"]
+
+    @property
+    def labels(self) -> Dict[str, int]:
+        return {str(name): int(value) for name, value in self.meta["labels"].items()}
+
+    @property
+    def class_names(self) -> List[str]:
+        """Names ordered by label value (index = label value)."""
+        return [name for name, _ in sorted(self.labels.items(), key=lambda item: item[1])]
+
+    @property
+    def channel_names(self) -> Dict[str, str]:
+        return {str(k): str(v) for k, v in self.meta["channel_names"].items()}
+
+    @property
+    def modality(self) -> str:
+        return str(self.meta.get("modality") or self.channel_names.get("0", "unknown"))
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.path.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "1"))
+
+    @property
+    def sam_type(self) -> Optional[str]:
+        return self.meta["sam"].get("model_type")
+
+    @property
+    def sam_sha256(self) -> Optional[str]:
+        return self.meta["sam"].get("sha256")
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.meta["sam"].get("random_init", self.sam_sha256 is None))
+
+    def checkpoint_path(self, which: str = "final") -> Path:
+        if which not in CHECKPOINT_FILES:
+            raise ModelFolderError(f"unknown checkpoint {which!r}; choose one of {sorted(CHECKPOINT_FILES)}")
+        path = self.path / CHECKPOINT_FILES[which]
+        if not path.is_file():
+            present = [k for k, f in CHECKPOINT_FILES.items() if (self.path / f).is_file()]
+            hint = f" (present: {', '.join(present)})" if present else " (is training finished?)"
+            raise ModelFolderError(f"{describe_path(self.path)} has no {CHECKPOINT_FILES[which]}{hint}")
+        return path
+
+    # -- building ------------------------------------------------------------------------------
+    def resolve_sam_checkpoint(self, sam_checkpoint: Optional[PathLike] = None) -> Optional[Path]:
+        """The SAM checkpoint file the model was trained on, or None for random-init models."""
+        from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash
+
+        if self.random_init:
+            return None
+        if sam_checkpoint is not None:
+            return Path(sam_checkpoint)
+        found = find_cached_by_hash(self.sam_sha256 or "")
+        if found is None:
+            raise ModelFolderError(
+                f"model {self.name} needs the SAM {self.sam_type} checkpoint (SHA-256 "
+                f"{(self.sam_sha256 or '?')[:12]}...): run 'masksam download-sam {self.sam_type}' "
+                "or pass --sam-checkpoint FILE"
+            )
+        return found
+
+    def build_model(self, which: str = "final", device: Union[str, torch.device] = "cpu",
+                    sam_checkpoint: Optional[PathLike] = None) -> torch.nn.Module:
+        """The trained network in eval mode on `device`."""
+        from MaskSAMCore.model.builder import build_masksam
+
+        payload = load_checkpoint(self.checkpoint_path(which))
+        scope = payload.get("weights_scope", "trainable")
+        sam_file = None if scope == "all" else self.resolve_sam_checkpoint(sam_checkpoint)
+        model = build_masksam(self.config, sam_checkpoint=sam_file)
+        shown = describe_path(self.checkpoint_path(which))
+        try:
+            if scope == "all":
+                model.load_state_dict(payload["weights"], strict=True)
+            else:
+                model.load_trainable_state_dict(payload["weights"])
+        except (KeyError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0][:160]
+            raise CheckpointError(
+                f"{shown} does not fit this model folder's network "
+                f"({self.config.num_classes} classes, {self.config.num_queries} queries): {first}"
+            ) from None
+        return model.to(device).eval()
