@@ -1,0 +1,207 @@
+"""Label maps <-> segmentation nodes, through Slicer's segmentations logic.
+
+Import: the core's label map (array + LPS grid) becomes a labelmap volume node that
+`vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode` turns into one segment
+per label, named and coloured from the model's labels (`terminology.py`). The segments are
+built in a temporary node first and only then moved into the user's node, so a segmentation
+being replaced is never left half-updated.
+
+Export: `ExportSegmentsToLabelmapNode` onto a reference volume's exact grid, the way the
+Segmentations module's "Export to labelmap" does it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Mapping, Optional
+
+import numpy as np
+import vtk
+
+import slicer
+
+from MaskSAMCore.errors import InputError
+from MaskSAMSegmentLib.geometry import LpsGrid
+from MaskSAMSegmentLib.terminology import AnatomyTerminology
+from MaskSAMSegmentLib.volume_nodes import array_from_labelmap_node, labelmap_node_from_array, volume_grid
+
+# Node attributes recording which model made a segmentation (saved with the scene).
+MODEL_NAME_ATTRIBUTE = "MaskSAM.ModelName"
+MODEL_VERSION_ATTRIBUTE = "MaskSAM.ModelVersion"
+MODEL_FOLDER_ATTRIBUTE = "MaskSAM.ModelFolder"
+# Segment tags linking a segment back to the model's label.
+LABEL_VALUE_TAG = "MaskSAM.LabelValue"
+LABEL_NAME_TAG = "MaskSAM.LabelName"
+
+_CONVERTER_RULES = (
+    "vtkBinaryLabelmapToClosedSurfaceConversionRule",
+    "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+    "vtkClosedSurfaceToFractionalLabelmapConversionRule",
+    "vtkFractionalLabelmapToClosedSurfaceConversionRule",
+)
+
+
+def register_segmentation_converters() -> int:
+    """Register the representation converters Slicer's Segmentations module registers at start-up.
+
+    Needed only where that module does not run (the `slicer-core` Python package); in Slicer
+    every rule is present already and nothing is added. Returns how many rules were added.
+    """
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    present = {rule.GetClassName() for rule in _iterate(factory.GetConverterRules())}
+    added = 0
+    for class_name in _CONVERTER_RULES:
+        if class_name not in present and hasattr(slicer, class_name):
+            factory.RegisterConverterRule(getattr(slicer, class_name)())
+            added += 1
+    return added
+
+
+def _iterate(rules) -> Iterable:
+    # The wrapped std::vector comes back as a tuple/list in recent VTK wrappers.
+    return list(rules) if rules is not None else []
+
+
+def import_label_map(
+    scene,
+    labels: np.ndarray,
+    grid: LpsGrid,
+    label_names: Mapping[int, str],
+    segmentation_node=None,
+    reference_volume=None,
+    node_name: str = "MaskSAM segmentation",
+    attributes: Optional[Mapping[str, str]] = None,
+    terminology: Optional[AnatomyTerminology] = None,
+):
+    """One segment per label value (0 = background skipped) in a segmentation node; returns it.
+
+    labels:            (z, y, x) integer label map on `grid`
+    label_names:       label value -> the model's label name; every non-zero value gets a segment,
+                       even when absent from `labels` (it is then empty), so the segment list always
+                       shows what the model can find. Values in `labels` missing here become "Label N".
+    segmentation_node: replace the segments of this node, or None to add a new node named `node_name`
+    reference_volume:  the volume the labels were computed from (sets the segmentation's reference
+                       geometry, so editing later happens on the input's grid)
+    attributes:        node attributes to set (model name and version, ...)
+    """
+    terminology = terminology or AnatomyTerminology()
+    values = sorted({int(v) for v in label_names if int(v) != 0} | {int(v) for v in np.unique(labels) if v != 0})
+    if any(v < 0 for v in values):
+        raise InputError(f"label map has negative label values {[v for v in values if v < 0]}")
+    # Label values need not be consecutive; ImportLabelmapToSegmentationNode maps value i to the
+    # i-th segment ID, so renumber to 1..N in the order of `values`.
+    lookup = np.zeros(max(values, default=0) + 1, dtype=np.int32)
+    for index, value in enumerate(values, start=1):
+        lookup[value] = index
+    consecutive = lookup[labels.astype(np.int64, copy=False)] if values else np.zeros_like(labels, dtype=np.uint8)
+
+    staging = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name)
+    staging.SetHideFromEditors(True)
+    try:
+        if reference_volume is not None:
+            staging.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+        segmentation = staging.GetSegmentation()
+        segment_ids = vtk.vtkStringArray()
+        for value in values:
+            label_name = label_names.get(value, f"Label {value}")
+            style = terminology.style(label_name, value)
+            segment_id = segmentation.AddEmptySegment(_segment_id(label_name, value), style.name, style.color)
+            segment = segmentation.GetSegment(segment_id)
+            if style.terminology:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), style.terminology)
+            segment.SetTag(LABEL_VALUE_TAG, str(value))
+            segment.SetTag(LABEL_NAME_TAG, label_name)
+            segment_ids.InsertNextValue(segment_id)
+        labelmap = labelmap_node_from_array(consecutive, grid, scene=None, name=f"{node_name} labels")
+        if values and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                labelmap, staging, segment_ids):
+            raise InputError("Slicer could not import the label map into a segmentation")
+        if segmentation_node is None:
+            staging.SetHideFromEditors(False)
+            staging.CreateDefaultDisplayNodes()
+            result, staging = staging, None
+        else:
+            segmentation_node.GetSegmentation().DeepCopy(segmentation)
+            if reference_volume is not None:
+                segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+            segmentation_node.CreateDefaultDisplayNodes()
+            result = segmentation_node
+        for key, value in (attributes or {}).items():
+            result.SetAttribute(key, str(value))
+        return result
+    finally:
+        if staging is not None:
+            remove_with_display_nodes(scene, staging)
+
+
+def remove_with_display_nodes(scene, node) -> None:
+    """Remove a node and the display nodes it created (MRML leaves those behind otherwise)."""
+    display_nodes = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    for child in display_nodes + [node]:
+        if child is not None and child.GetScene() is scene:
+            scene.RemoveNode(child)
+
+
+def _segment_id(label_name: str, value: int) -> str:
+    """A stable, readable segment ID: the label name, made unique by its value."""
+    safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in label_name) or "label"
+    return f"{safe}_{value}"
+
+
+def segment_label_values(segmentation_node) -> Dict[str, int]:
+    """segment ID -> the model's label value recorded on it (segments without one are skipped)."""
+    segmentation = segmentation_node.GetSegmentation()
+    result: Dict[str, int] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        text = segment_tag(segmentation.GetNthSegment(index), LABEL_VALUE_TAG)
+        if text.strip().isdigit():
+            result[segmentation.GetNthSegmentID(index)] = int(text)
+    return result
+
+
+def segment_tag(segment, name: str) -> str:
+    """The value of a segment's tag, or "" when it has none."""
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else ""
+
+
+def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: Optional[List[str]] = None) -> np.ndarray:
+    """Segments exported by the segmentations logic onto `reference_volume`'s grid: (z, y, x),
+    value i+1 for the i-th of `segment_ids` (default: all segments in their order)."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segment_ids is None:
+        segment_ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    grid = volume_grid(reference_volume)
+    if not segment_ids:
+        return np.zeros(grid.shape_zyx, dtype=np.uint8)
+    ids = vtk.vtkStringArray()
+    for segment_id in segment_ids:
+        ids.InsertNextValue(segment_id)
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    scene = segmentation_node.GetScene()
+    scene.AddNode(labelmap)  # the export needs a node in the scene for its display/colour nodes
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+        if not ok:
+            raise InputError(f"Slicer could not export segmentation '{segmentation_node.GetName()}' "
+                             f"onto volume '{reference_volume.GetName()}'")
+        return array_from_labelmap_node(labelmap, expected_grid=grid)
+    finally:
+        remove_with_display_nodes(scene, labelmap)
+
+
+def export_label_values_on_volume(segmentation_node, reference_volume) -> np.ndarray:
+    """The model's label map recovered from a segmentation made by `import_label_map`:
+    every segment exported onto `reference_volume`'s grid and given its recorded label value."""
+    values = segment_label_values(segmentation_node)
+    segment_ids = list(values)
+    exported = export_segments_on_volume(segmentation_node, reference_volume, segment_ids)
+    lookup = np.zeros(len(segment_ids) + 1, dtype=np.int32)
+    for index, segment_id in enumerate(segment_ids, start=1):
+        lookup[index] = values[segment_id]
+    return lookup[exported.astype(np.int64)]
+
+
+def show_in_3d(segmentation_node) -> bool:
+    """Build the closed-surface representation so the segments appear in 3D views too."""
+    return bool(segmentation_node.CreateClosedSurfaceRepresentation())

@@ -1,0 +1,131 @@
+"""Slicer volume nodes <-> NumPy arrays with their exact LPS grid.
+
+A volume node keeps its voxels in a vtkImageData (x fastest, so the flat buffer reshaped to
+(z, y, x) is exactly SimpleITK's array order) and its placement in the IJKToRAS matrix; the
+image data's own origin and spacing stay (0, 0, 0) and (1, 1, 1) by Slicer convention. A
+linear parent transform is folded into the grid, because what the user sees (and what the
+model must see) is the volume in world coordinates; a non-linear one must be hardened first.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+from MaskSAMCore.errors import InputError
+from MaskSAMSegmentLib.geometry import LpsGrid, grid_from_ijk_to_ras
+
+# NumPy dtypes a labelmap may have in Slicer, smallest first.
+_LABEL_DTYPES = (np.uint8, np.int16, np.int32)
+
+
+def _matrix_to_numpy(matrix: "vtk.vtkMatrix4x4") -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _numpy_to_matrix(array: np.ndarray) -> "vtk.vtkMatrix4x4":
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def world_ijk_to_ras(node) -> np.ndarray:
+    """4x4 IJK -> world RAS of a volume node, including a linear parent transform."""
+    local = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(local)
+    ijk_to_ras = _matrix_to_numpy(local)
+    transform_node = node.GetParentTransformNode()
+    if transform_node is not None:
+        if not transform_node.IsTransformToWorldLinear():
+            raise InputError(
+                f"volume '{node.GetName()}' is under the non-linear transform "
+                f"'{transform_node.GetName()}'; harden the transform (Data module) first")
+        to_world = vtk.vtkMatrix4x4()
+        transform_node.GetMatrixTransformToWorld(to_world)
+        ijk_to_ras = _matrix_to_numpy(to_world) @ ijk_to_ras
+    return ijk_to_ras
+
+
+def volume_grid(node) -> LpsGrid:
+    """The LPS grid of a volume node (world coordinates, parent transform included)."""
+    image = node.GetImageData() if node is not None else None
+    if image is None:
+        name = node.GetName() if node is not None else "(none)"
+        raise InputError(f"volume '{name}' has no image data")
+    return grid_from_ijk_to_ras(world_ijk_to_ras(node), image.GetDimensions())
+
+
+def volume_to_array(node) -> Tuple[np.ndarray, LpsGrid]:
+    """A copy of a scalar volume's voxels as (z, y, x) plus its LPS grid."""
+    grid = volume_grid(node)
+    image = node.GetImageData()
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        raise InputError(f"volume '{node.GetName()}' has no voxel values")
+    if scalars.GetNumberOfComponents() != 1:
+        raise InputError(
+            f"volume '{node.GetName()}' has {scalars.GetNumberOfComponents()} components per voxel "
+            "(colour or vector image); MaskSAM needs a scalar volume")
+    array = numpy_support.vtk_to_numpy(scalars).reshape(grid.shape_zyx).copy()
+    return array, grid
+
+
+def image_data_from_array(array: np.ndarray) -> "vtk.vtkImageData":
+    """A vtkImageData holding a deep copy of a (z, y, x) array (origin 0, spacing 1)."""
+    if array.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) array, got shape {array.shape}")
+    contiguous = np.ascontiguousarray(array)
+    image = vtk.vtkImageData()
+    image.SetDimensions(contiguous.shape[2], contiguous.shape[1], contiguous.shape[0])
+    scalars = numpy_support.numpy_to_vtk(contiguous.ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def set_volume_grid(node, grid: LpsGrid) -> None:
+    """Place a volume node on an LPS grid (sets IJKToRAS; the voxels are untouched)."""
+    node.SetIJKToRASMatrix(_numpy_to_matrix(grid.ijk_to_ras()))
+
+
+def smallest_label_dtype(array: np.ndarray) -> np.dtype:
+    """The smallest integer type Slicer labelmaps use that holds every value of `array`."""
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    for dtype in _LABEL_DTYPES:
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    raise InputError(f"label values {low}..{high} do not fit a 32-bit label map")
+
+
+def labelmap_node_from_array(labels: np.ndarray, grid: LpsGrid, scene=None,
+                             name: str = "MaskSAM labels"):
+    """A vtkMRMLLabelMapVolumeNode with `labels` (z, y, x) on `grid`.
+
+    With `scene` None the node is not added to any scene (a temporary for the segmentation
+    logic); the caller owns it.
+    """
+    import slicer  # only here: the rest of this file works with VTK alone
+
+    if tuple(labels.shape) != grid.shape_zyx:
+        raise InputError(f"label array shape {labels.shape} does not match its grid {grid.shape_zyx}")
+    node = slicer.vtkMRMLLabelMapVolumeNode()
+    node.SetName(name)
+    node.SetAndObserveImageData(image_data_from_array(labels.astype(smallest_label_dtype(labels), copy=False)))
+    set_volume_grid(node, grid)
+    if scene is not None:
+        scene.AddNode(node)
+    return node
+
+
+def array_from_labelmap_node(node, expected_grid: Optional[LpsGrid] = None) -> np.ndarray:
+    """The (z, y, x) values of a labelmap node; checks its grid when `expected_grid` is given."""
+    array, grid = volume_to_array(node)
+    if expected_grid is not None and not grid.same_as(expected_grid):
+        raise InputError(f"labelmap '{node.GetName()}' is on {grid.describe()}, "
+                         f"expected {expected_grid.describe()}")
+    return array

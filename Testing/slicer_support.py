@@ -1,0 +1,80 @@
+"""Shared set-up for the Slicer module's tests (`test_slicer_*.py`): a real MRML scene from the
+`slicer-core` package, oblique anisotropic volumes, and the module's logic on `sys.path`.
+
+Not a test file itself; the tests import it (pytest puts this folder on `sys.path`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "MaskSAMSegment"
+if str(MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(MODULE_DIR))
+
+from MaskSAMSegmentLib.geometry import LpsGrid, oblique_direction  # noqa: E402
+
+# A grid that catches every geometry mistake: a real rotation about all three axes, a
+# different spacing on each axis, an origin far from zero, and a size different on each axis.
+OBLIQUE_SPACING = (0.8, 1.1, 3.0)
+OBLIQUE_ORIGIN = (-112.5, 87.25, -40.0)
+OBLIQUE_ANGLES = (12.0, -20.0, 33.0)
+OBLIQUE_SHAPE_ZYX = (7, 11, 13)
+
+
+def oblique_grid(shape_zyx: Sequence[int] = OBLIQUE_SHAPE_ZYX) -> LpsGrid:
+    return LpsGrid(size=(shape_zyx[2], shape_zyx[1], shape_zyx[0]), spacing=OBLIQUE_SPACING,
+                   origin=OBLIQUE_ORIGIN, direction=oblique_direction(OBLIQUE_ANGLES))
+
+
+def distinct_voxel_values(shape_zyx: Sequence[int] = OBLIQUE_SHAPE_ZYX) -> np.ndarray:
+    """int16 voxels that all differ, so any flip or transpose changes the array."""
+    return (np.arange(int(np.prod(shape_zyx)), dtype=np.int16).reshape(shape_zyx) * 3 - 500).astype(np.int16)
+
+
+def new_scene():
+    """An empty MRML scene with the segmentation converters Slicer registers at start-up."""
+    import slicer
+    from MaskSAMSegmentLib.segmentations import register_segmentation_converters
+
+    register_segmentation_converters()
+    return slicer.vtkMRMLScene()
+
+
+def add_scalar_volume(scene, array: np.ndarray, grid: LpsGrid, name: str = "CT"):
+    """A vtkMRMLScalarVolumeNode (with display node) holding `array` on `grid`."""
+    from MaskSAMSegmentLib.volume_nodes import image_data_from_array, set_volume_grid
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetAndObserveImageData(image_data_from_array(array))
+    set_volume_grid(node, grid)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def scene_node_ids(scene) -> list:
+    """IDs of every node in the scene, in order (to compare a scene before and after)."""
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def core_has(module: str) -> bool:
+    """True when a part of MaskSAMCore that other engineers are still writing has landed."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def subprocess_environment() -> dict:
+    """Environment for CLI subprocesses: the repository first on PYTHONPATH, small thread pools."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
