@@ -1,0 +1,162 @@
+"""`masksam evaluate PRED GT`: per-class Dice and HD95 (mm) of label maps, as JSON.
+
+PRED and GT are two label-map files or two folders; in folders, files are paired by case name
+(``CASE<ending>``, endings may differ). Every prediction needs its ground truth; ground-truth
+files without a prediction are listed under ``unmatched_ground_truth`` and not scored. The
+metric conventions (empty structures, units) are in `metrics.py` and copied into the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from MaskSAMCore.atomic import write_json
+from MaskSAMCore.data.image_io import read_label
+from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.inference import metrics
+from MaskSAMCore.inference.cases import split_ending
+from MaskSAMCore.progress import Progress, emit
+
+CONVENTIONS = {
+    "dice": "2|P&G|/(|P|+|G|); null when both are empty (left out of means); 0 when exactly one is empty",
+    "hd95_mm": "max of the two directed 95th percentiles of surface-voxel distances, in mm with the "
+               "image spacing; null when both are empty; the image diagonal in mm when exactly one is empty",
+    "means": "per class: mean over cases where the value is defined; mean_dice/mean_hd95_mm: mean over "
+             "foreground classes of the per-class means; per case: mean over its defined classes",
+}
+
+
+def pair_files(prediction: Path, truth: Path) -> Tuple[List[Tuple[str, Path, Path]], List[str]]:
+    """[(case, prediction file, ground-truth file)] and the names of unmatched ground truths."""
+    if not prediction.exists():
+        raise InputError(f"{describe_path(prediction)}: no such file or folder")
+    if not truth.exists():
+        raise InputError(f"{describe_path(truth)}: no such file or folder")
+    if prediction.is_file() and truth.is_file():
+        return [(split_ending(prediction)[0], prediction, truth)], []
+    if prediction.is_file() or truth.is_file():
+        raise InputError(f"{describe_path(prediction)} and {describe_path(truth)}: give two files or two folders")
+    predictions = _label_files(prediction)
+    truths = _label_files(truth)
+    if not predictions:
+        raise InputError(f"{describe_path(prediction)}: no label maps found")
+    missing = [name for name in predictions if name not in truths]
+    if missing:
+        raise InputError(f"{describe_path(predictions[missing[0]])}: no ground truth named {missing[0]}.* in "
+                         f"{describe_path(truth)}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    pairs = [(name, predictions[name], truths[name]) for name in sorted(predictions)]
+    return pairs, sorted(set(truths) - set(predictions))
+
+
+def _label_files(folder: Path) -> Dict[str, Path]:
+    found: Dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem, ending = split_ending(path)
+        if ending and path.is_file() and not path.name.startswith("."):
+            found[stem] = path
+    return found
+
+
+def class_names_from(dataset_json: Optional[Path], values: Sequence[int]) -> Dict[int, str]:
+    """Foreground label value -> name, from dataset.json's ``labels`` or the values seen."""
+    if dataset_json is None:
+        return {int(v): f"label_{int(v)}" for v in sorted(values) if v > 0}
+    try:
+        labels = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"]
+        names = {int(value): str(name) for name, value in labels.items() if not isinstance(value, (list, dict))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{describe_path(dataset_json)}: cannot read its 'labels' ({exc})") from None
+    for value in values:
+        names.setdefault(int(value), f"label_{int(value)}")
+    return {value: name for value, name in sorted(names.items()) if value > 0}
+
+
+def evaluate_case(prediction_file: Path, truth_file: Path,
+                  classes: Sequence[int]) -> Dict[str, Dict[int, Optional[float]]]:
+    """Dice and HD95 per foreground label value for one pair of label maps on the same grid:
+    for `classes` and for every other value present in either map."""
+    predicted, predicted_grid = read_label(prediction_file)
+    actual, actual_grid = read_label(truth_file)
+    differences = predicted_grid.grid_differences(actual_grid)
+    if differences:
+        raise InputError(f"{describe_path(prediction_file)}: its {', '.join(differences)} differ(s) from the ground "
+                         f"truth {describe_path(truth_file)} ({predicted_grid.describe()} vs {actual_grid.describe()})")
+    present = set(np.unique(predicted).tolist()) | set(np.unique(actual).tolist())
+    spacing = actual_grid.spacing_zyx
+    dice, hd95 = {}, {}
+    for value in sorted((present | set(classes)) - {0}):
+        p, g = predicted == value, actual == value
+        dice[int(value)] = metrics.dice(p, g)
+        hd95[int(value)] = metrics.hausdorff95(p, g, spacing)
+    return {"dice": dice, "hd95_mm": hd95}
+
+
+def _mean(values) -> Optional[float]:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
+             show_progress: bool = True) -> dict:
+    """The full report (see module docstring) as a JSON-able dict."""
+    pairs, unmatched = pair_files(Path(prediction), Path(truth))
+    known = class_names_from(dataset_json, []) if dataset_json else {}
+    bar = Progress("evaluate", total=len(pairs), unit="cases", enabled=show_progress)
+    results = []
+    for name, prediction_file, truth_file in pairs:
+        results.append((name, prediction_file, truth_file, evaluate_case(prediction_file, truth_file, list(known))))
+        bar.advance()
+    bar.close()
+    seen = sorted({value for *_, result in results for value in result["dice"]})
+    names = class_names_from(dataset_json, seen)
+    cases = []
+    for name, prediction_file, truth_file, result in results:
+        # A class absent from both maps of a case is "both empty": undefined, as in metrics.py.
+        dice = {names[v]: result["dice"].get(v) for v in names}
+        hd95 = {names[v]: result["hd95_mm"].get(v) for v in names}
+        cases.append({
+            "case": name, "prediction": str(prediction_file), "ground_truth": str(truth_file),
+            "dice": dice, "hd95_mm": hd95,
+            "mean_dice": _mean(dice.values()), "mean_hd95_mm": _mean(hd95.values()),
+        })
+    per_class = {}
+    for value, class_name in names.items():
+        per_class[class_name] = {
+            "label": value,
+            "dice": _mean(c["dice"][class_name] for c in cases),
+            "hd95_mm": _mean(c["hd95_mm"][class_name] for c in cases),
+            "cases_defined": sum(c["dice"][class_name] is not None for c in cases),
+        }
+    return {
+        "mean_dice": _mean(c["dice"] for c in per_class.values()),
+        "mean_hd95_mm": _mean(c["hd95_mm"] for c in per_class.values()),
+        "per_class": per_class,
+        "cases": cases,
+        "unmatched_ground_truth": unmatched,
+        "conventions": CONVENTIONS,
+    }
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """CLI entry: print a short table on stderr, the JSON report on stdout (and to --output)."""
+    report = evaluate(Path(args.prediction), Path(args.ground_truth),
+                      Path(args.dataset_json) if args.dataset_json else None)
+    for class_name, entry in report["per_class"].items():
+        print(f"{class_name:>20s}  Dice {_fmt(entry['dice'])}  HD95 {_fmt(entry['hd95_mm'])} mm", file=sys.stderr)
+    print(f"{'mean':>20s}  Dice {_fmt(report['mean_dice'])}  HD95 {_fmt(report['mean_hd95_mm'])} mm "
+          f"over {len(report['cases'])} case(s)", file=sys.stderr)
+    if args.output:
+        write_json(args.output, report)
+    print(json.dumps(report, indent=2))
+    emit("done", mean_dice=report["mean_dice"], mean_hd95_mm=report["mean_hd95_mm"], cases=len(report["cases"]))
+    return 0
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "  n/a" if value is None else f"{value:.4f}"

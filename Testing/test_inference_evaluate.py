@@ -1,0 +1,128 @@
+"""Dice and HD95 (mm, anisotropic spacing) and the `masksam evaluate` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.data.image_io import ImageGeometry, write_label
+from MaskSAMCore.inference.metrics import dice, hausdorff95, image_diagonal_mm
+
+SPACING_ZYX = (3.0, 0.8, 0.5)
+
+
+def test_dice_counts_overlap_and_leaves_both_empty_undefined():
+    a = np.zeros((4, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[:, :5] = True          # 200 voxels
+    b[:, 3:8] = True         # 200 voxels, 80 shared
+    assert dice(a, b) == pytest.approx(2 * 80 / 400)
+    assert dice(a, a) == 1.0
+    assert dice(a, np.zeros_like(a)) == 0.0
+    assert dice(np.zeros_like(a), np.zeros_like(a)) is None
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_hd95_of_parallel_planes_is_their_distance_in_mm(axis):
+    shape = (9, 10, 11)
+    a, b = np.zeros(shape, bool), np.zeros(shape, bool)
+    index_a = [slice(None)] * 3
+    index_b = [slice(None)] * 3
+    index_a[axis], index_b[axis] = 2, 6
+    a[tuple(index_a)] = True
+    b[tuple(index_b)] = True
+    assert hausdorff95(a, b, SPACING_ZYX) == pytest.approx(4 * SPACING_ZYX[axis])
+
+
+def _surface_points(mask: np.ndarray, spacing) -> np.ndarray:
+    padded = np.pad(mask, 1)
+    inner = padded[1:-1, 1:-1, 1:-1]
+    all_neighbours_in = np.ones_like(mask)
+    for axis in range(3):
+        for shift in (-1, 1):
+            all_neighbours_in &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+    return np.argwhere(inner & ~all_neighbours_in) * np.asarray(spacing)
+
+
+def test_hd95_matches_brute_force_surface_distances():
+    rng = np.random.default_rng(3)
+    zz, yy, xx = np.mgrid[:10, :16, :14]
+    a = ((zz - 5) * 3.0) ** 2 + ((yy - 7) * 0.8) ** 2 + ((xx - 6) * 0.5) ** 2 < 12 ** 2
+    b = ((zz - 4) * 3.0) ** 2 + ((yy - 9) * 0.8) ** 2 + ((xx - 8) * 0.5) ** 2 < 10 ** 2
+    b |= rng.random(b.shape) > 0.97  # some far-away speckles that HD95 must see
+    pa, pb = _surface_points(a, SPACING_ZYX), _surface_points(b, SPACING_ZYX)
+    distances = cdist(pa, pb)
+    expected = max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
+    assert hausdorff95(a, b, SPACING_ZYX) == pytest.approx(expected, rel=1e-9)
+
+
+def test_hd95_conventions_for_empty_masks():
+    empty = np.zeros((5, 6, 7), bool)
+    full = empty.copy()
+    full[2, 3, 4] = True
+    assert hausdorff95(empty, empty, SPACING_ZYX) is None
+    diagonal = image_diagonal_mm((5, 6, 7), SPACING_ZYX)
+    assert diagonal == pytest.approx(np.sqrt(15 ** 2 + 4.8 ** 2 + 3.5 ** 2))
+    assert hausdorff95(full, empty, SPACING_ZYX) == pytest.approx(diagonal)
+    assert hausdorff95(full, full, SPACING_ZYX) == 0.0
+
+
+GEOMETRY = ImageGeometry((12, 10, 6), (0.5, 0.8, 3.0), (10.0, -5.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def _write_pair(folder_pred, folder_gt, name, shift):
+    truth = np.zeros(GEOMETRY.shape_zyx, np.uint8)
+    truth[1:4, 2:7, 3:9] = 1
+    truth[4:6, 0:3, 0:4] = 2
+    prediction = np.roll(truth, shift, axis=2)
+    prediction[prediction == 2] = 0  # class 2 missed
+    write_label(truth, GEOMETRY, folder_gt / f"{name}.nii.gz")
+    write_label(prediction, GEOMETRY, folder_pred / f"{name}.nrrd")
+    return truth, prediction
+
+
+def test_evaluate_command_pairs_folders_by_name_and_writes_json(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    t1, p1 = _write_pair(pred, gt, "case_a", 0)
+    t2, p2 = _write_pair(pred, gt, "case_b", 1)
+    write_label(t1, GEOMETRY, gt / "case_c.nii.gz")  # no prediction: listed, not scored
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}}))
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(tmp_path / "dataset.json"),
+                 "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert [c["case"] for c in report["cases"]] == ["case_a", "case_b"]
+    assert report["unmatched_ground_truth"] == ["case_c"]
+    liver_b = dice(p2 == 1, t2 == 1)
+    assert report["cases"][0]["dice"] == {"liver": 1.0, "spleen": 0.0, "kidney": None}
+    assert report["per_class"]["liver"]["dice"] == pytest.approx((1.0 + liver_b) / 2)
+    assert report["per_class"]["spleen"]["dice"] == 0.0
+    assert report["per_class"]["kidney"]["dice"] is None and report["per_class"]["kidney"]["cases_defined"] == 0
+    assert report["mean_dice"] == pytest.approx(((1.0 + liver_b) / 2 + 0.0) / 2)
+    # A shift of one voxel along x (0.5 mm) in case_b; the missed spleen costs the image diagonal.
+    assert report["cases"][1]["hd95_mm"]["liver"] == pytest.approx(0.5)
+    assert report["cases"][0]["hd95_mm"]["spleen"] == pytest.approx(image_diagonal_mm(GEOMETRY.shape_zyx, SPACING_ZYX))
+
+
+def test_evaluate_rejects_a_prediction_without_ground_truth_or_on_another_grid(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _write_pair(pred, gt, "case_a", 0)
+    write_label(np.zeros(GEOMETRY.shape_zyx, np.uint8), GEOMETRY, pred / "orphan.nii.gz")
+    assert main(["evaluate", str(pred), str(gt)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "orphan.nii.gz" in err[0] and "no ground truth" in err[0]
+    (pred / "orphan.nii.gz").unlink()
+    moved = ImageGeometry(GEOMETRY.size, GEOMETRY.spacing, (11.0, -5.0, 2.0), GEOMETRY.direction)
+    write_label(np.zeros(GEOMETRY.shape_zyx, np.uint8), moved, pred / "case_a.nrrd")
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(pred), str(gt), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "origin" in err[0] and "case_a.nrrd" in err[0]
+    assert not out.exists()
