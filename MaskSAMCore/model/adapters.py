@@ -11,14 +11,25 @@ That keeps the depth axis explicit: a depth layer never mixes windows or queries
 - `DMLPAdapter`: an inverted-bottleneck MLP over the depth axis T with a skip, between down and up
   (or after FC-up / before FC-down for the table-4 ablations B6/B7); used for prompt tokens.
 
-The up projection (and each inner skip branch) starts at zero, so at initialisation every adapter
-returns zero and the adapted model computes exactly what frozen SAM computes.
+The last layer of every branch starts near zero (`init_near_zero`), so at initialisation the
+adapted model computes (almost exactly) what frozen SAM computes, yet every weight gets a gradient
+from the first step (an exactly-zero output layer would starve the layers before it).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+NEAR_ZERO_STD = 1e-3
+
+
+def init_near_zero(layer: nn.Module) -> None:
+    """Weights ~ N(0, 1e-3), bias 0: the branch starts as (almost) the identity/zero residual."""
+    nn.init.normal_(layer.weight, std=NEAR_ZERO_STD)
+    if getattr(layer, "bias", None) is not None:
+        nn.init.zeros_(layer.bias)
 
 
 def _bottleneck_width(dim: int, ratio: float) -> int:
@@ -34,8 +45,7 @@ class DepthMLP(nn.Module):
         self.expand = nn.Linear(num_slices, hidden)
         self.act = nn.GELU()
         self.project = nn.Linear(hidden, num_slices)
-        nn.init.zeros_(self.project.weight)
-        nn.init.zeros_(self.project.bias)
+        init_near_zero(self.project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         depth_last = x.movedim(1, -1)  # (G, ..., C, T)
@@ -49,8 +59,7 @@ class DepthwiseConv3d(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__()
         self.conv = nn.Conv3d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        init_near_zero(self.conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
@@ -68,8 +77,7 @@ class Adapter(nn.Module):
         self.down = nn.Linear(dim, width)
         self.act = nn.GELU()
         self.up = nn.Linear(width, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        init_near_zero(self.up)
 
     def middle(self, hidden: torch.Tensor) -> torch.Tensor:
         """What sits between FC-down and FC-up; identity for the vanilla adapter."""

@@ -4,7 +4,7 @@ SAM's decoder predicts each slice's mask at a quarter of the input resolution (4
 independently of the neighbouring slices. The head refines each query's stack of T masks with
 3D convolutions (so slices agree), using the prompt generator's auxiliary mask of the same query
 as a second input channel when there is one, then up-samples bilinearly in-plane to H x W.
-The refinement is residual and starts at zero: initially the output is SAM's mask, up-sampled.
+The refinement is residual and starts near zero: initially the output is SAM's mask, up-sampled.
 Working at 1/4 resolution keeps the head cheap for 24 queries x 8 slices x 512^2 windows.
 """
 
@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from MaskSAMCore.model.adapters import init_near_zero
 
 
 class MaskHead3D(nn.Module):
@@ -31,8 +33,7 @@ class MaskHead3D(nn.Module):
             nn.GELU(),
             nn.Conv3d(hidden_channels, 1, 1),
         )
-        nn.init.zeros_(self.refine[-1].weight)
-        nn.init.zeros_(self.refine[-1].bias)
+        init_near_zero(self.refine[-1])
 
     def forward(self, low_res: torch.Tensor, aux: Optional[torch.Tensor],
                 size: tuple) -> torch.Tensor:

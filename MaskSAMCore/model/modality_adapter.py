@@ -2,7 +2,7 @@
 
 An inverted-bottleneck stack of 3D convolutions (1x1x1 expand, depthwise 3x3x3, 1x1x1 project)
 learns the mapping from any number of modalities. It is added to the channel mean replicated
-three times, and its projection starts at zero, so at initialisation SAM sees the normalised
+three times, and its projection starts near zero, so at initialisation SAM sees the normalised
 image as a grey-scale picture — the input it was pre-trained on — rather than noise.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from MaskSAMCore.model.adapters import init_near_zero
 
 
 class ModalityAdapter(nn.Module):
@@ -24,8 +26,7 @@ class ModalityAdapter(nn.Module):
                              groups=hidden_channels)
         self.act = nn.GELU()
         self.project = nn.Conv3d(hidden_channels, out_channels, kernel_size=1)
-        nn.init.zeros_(self.project.weight)
-        nn.init.zeros_(self.project.bias)
+        init_near_zero(self.project)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.in_channels:

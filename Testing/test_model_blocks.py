@@ -1,0 +1,210 @@
+"""Shape contracts and SAM-equivalence of every MaskSAM building block (tiny widths, CPU)."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from MaskSAMCore.model.adapters import Adapter, DConvAdapter, DMLPAdapter
+from MaskSAMCore.model.attention import decoder_attention, encoder_attention
+from MaskSAMCore.model.boxes import generalized_box_iou, masks_to_boxes
+from MaskSAMCore.model.config import preset
+from MaskSAMCore.model.depth_embedding import DepthPositionalEmbedding
+from MaskSAMCore.model.image_encoder import AdaptedBlock, AdaptedImageEncoder
+from MaskSAMCore.model.mask_decoder import MaskSAMDecoder, SliceLayout
+from MaskSAMCore.model.mask_head import MaskHead3D
+from MaskSAMCore.model.modality_adapter import ModalityAdapter
+from MaskSAMCore.model.prompt_generator import PromptGenerator
+from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention, EncoderBlock
+
+G, T, H, W, C = 2, 4, 6, 5, 16
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _perturb(module: torch.nn.Module) -> None:
+    """Give every weight a random value (SAM's zero-initialised tables included)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.2)
+
+
+@pytest.mark.parametrize("adapter", [Adapter(C), DConvAdapter(C), DMLPAdapter(C, T)])
+def test_adapters_keep_shape_and_start_near_zero(adapter):
+    x = torch.randn(G, T, H, W, C)
+    out = adapter(x)
+    assert out.shape == x.shape
+    assert out.abs().max() < 1e-2  # the residual branch starts (almost) silent
+
+
+def test_depth_adapters_mix_slices_but_vanilla_does_not():
+    x = torch.randn(G, T, H, W, C)
+    changed = x.clone()
+    changed[:, 0] += 1.0
+    for adapter, mixes in ((Adapter(C), False), (DConvAdapter(C), True), (DMLPAdapter(C, T), True)):
+        _perturb(adapter)
+        difference = (adapter(changed) - adapter(x))[:, 1:].abs().max()
+        assert (difference > 1e-4) == mixes, type(adapter).__name__
+
+
+def test_depth_adapters_never_mix_groups():
+    x = torch.randn(G, T, H, W, C)
+    changed = x.clone()
+    changed[0] += 1.0
+    for adapter in (DConvAdapter(C), DMLPAdapter(C, T)):
+        _perturb(adapter)
+        assert torch.equal(adapter(changed)[1], adapter(x)[1])
+
+
+@pytest.mark.parametrize("position", ["middle", "after_up", "before_down"])
+def test_dmlp_positions(position):
+    adapter = DMLPAdapter(C, T, position=position)
+    assert adapter(torch.randn(G, T, 7, C)).shape == (G, T, 7, C)
+
+
+def test_dconv_adapter_needs_spatial_layout():
+    with pytest.raises(ValueError, match="expects \\(G, T, h, w, C\\)"):
+        DConvAdapter(C)(torch.randn(G, T, 7, C))
+
+
+def test_depth_positional_embedding_adds_per_slice():
+    embed = DepthPositionalEmbedding(T, C)
+    with torch.no_grad():
+        embed.embedding.copy_(torch.arange(T, dtype=torch.float32).unsqueeze(1).expand(T, C))
+    x = torch.zeros(G * T, H, W, C)
+    out = embed(x)
+    assert torch.equal(out[T + 2], torch.full((H, W, C), 2.0))
+    first = embed(torch.zeros(G * T, C, H, W), channels_first=True)
+    assert torch.equal(first[3, :, 0, 0], torch.full((C,), 3.0))
+    with pytest.raises(ValueError, match="not a multiple of 4 slices"):
+        embed(torch.zeros(7, H, W, C))
+
+
+def test_modality_adapter_maps_channels_to_rgb_and_starts_grey():
+    adapter = ModalityAdapter(in_channels=2, hidden_channels=8)
+    x = torch.randn(2, 2, T, 8, 8)
+    out = adapter(x)
+    assert out.shape == (2, 3, T, 8, 8)
+    grey = x.mean(1, keepdim=True).expand(-1, 3, -1, -1, -1)
+    assert (out - grey).abs().max() < 0.05
+    with pytest.raises(ValueError, match="expected input \\(B, 2, T, H, W\\)"):
+        adapter(torch.randn(2, 3, T, 8, 8))
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 10)])
+def test_fused_encoder_attention_equals_sam(size):
+    attn = EncoderAttention(32, num_heads=4, use_rel_pos=True, input_size=size)
+    _perturb(attn)
+    x = torch.randn(3, *size, 32)
+    assert torch.allclose(encoder_attention(attn, x), attn(x), atol=1e-5)
+
+
+def test_fused_decoder_attention_equals_sam():
+    attn = DecoderAttention(32, num_heads=4, downsample_rate=2)
+    q, k = torch.randn(5, 8, 32), torch.randn(5, 30, 32)
+    assert torch.allclose(decoder_attention(attn, q, k, k), attn(q=q, k=k, v=k), atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [0, 4])
+def test_adapted_block_computes_what_sam_block_computes(window):
+    config = preset("tiny", num_classes=3)
+    dim = config.backbone.encoder_embed_dim
+    grid = config.embedding_hw
+    adapted = AdaptedBlock(config, window, grid if window == 0 else (window, window))
+    sam_block = EncoderBlock(dim=dim, num_heads=config.backbone.encoder_num_heads, use_rel_pos=True,
+                             window_size=window, input_size=grid if window == 0 else (window, window),
+                             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    _perturb(adapted)
+    sam_state = {k: v for k, v in adapted.state_dict().items() if "adapter" not in k}
+    sam_block.load_state_dict(sam_state)
+    x = torch.randn(2 * config.num_slices, *grid, dim)
+    # With a silent adapter branch the block is exactly SAM's block (fused attention included) ...
+    with torch.no_grad():
+        adapted.adapter.up.weight.zero_()
+        adapted.adapter.up.bias.zero_()
+    assert torch.allclose(adapted(x), sam_block(x), atol=1e-4)
+    # ... and the adapter is really in the computation.
+    with torch.no_grad():
+        adapted.adapter.up.weight.normal_(0, 0.5)
+    assert not torch.allclose(adapted(x), sam_block(x), atol=1e-2)
+
+
+def test_image_encoder_shapes():
+    config = preset("tiny", num_classes=3, image_size=(64, 96))
+    encoder = AdaptedImageEncoder(config)
+    neck, features = encoder(torch.randn(2 * config.num_slices, 3, 64, 96))
+    h, w = config.embedding_hw
+    assert neck.shape == (2 * config.num_slices, config.backbone.prompt_embed_dim, h, w)
+    assert len(features) == len(config.feature_block_indexes)
+    assert all(f.shape == (2 * config.num_slices, h, w, config.backbone.encoder_embed_dim) for f in features)
+
+
+@pytest.mark.parametrize("mode", ["mask", "box", "mask_box", "mask_avg_box"])
+def test_prompt_generator_shapes(mode):
+    config = preset("tiny", num_classes=3, prompt_mode=mode)
+    b, t, n = 2, config.num_slices, config.num_queries
+    h, w = config.embedding_hw
+    generator = PromptGenerator(config)
+    features = [torch.randn(b * t, h, w, config.backbone.encoder_embed_dim) for _ in config.feature_block_indexes]
+    prompts = generator(torch.randn(b * t, config.backbone.prompt_embed_dim, h, w), features,
+                        torch.randn(b, 3, t, *config.image_hw))
+    assert prompts.class_tokens.shape == (b, t, n, config.backbone.prompt_embed_dim)
+    if mode == "box":
+        assert prompts.aux_mask_logits is None
+    else:
+        assert prompts.aux_mask_logits.shape == (b, n, t, *config.image_hw)
+    if mode == "mask":
+        assert prompts.learned_boxes is None
+    else:
+        boxes = prompts.learned_boxes
+        assert boxes.shape == (b, t, n, 4)
+        assert (boxes >= 0).all() and (boxes <= 1).all()
+        assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
+
+
+def test_slice_layout_round_trip_groups_by_query():
+    layout = SliceLayout(num_slices=3, num_queries=2)
+    rows = torch.arange(2 * 3 * 2, dtype=torch.float32)  # row index = (b*T + t)*N + n
+    x = rows.view(-1, 1, 1).expand(-1, 4, 5).contiguous()
+    grouped = layout.image_by_slice(x, (2, 2))  # (B*N, T, h, w, C)
+    assert grouped.shape == (4, 3, 2, 2, 5)
+    assert grouped[1, 2, 0, 0, 0] == 5  # b=0, n=1, t=2 -> row 2*2 + 1
+    assert torch.equal(layout.image_from_slices(grouped), x)
+
+
+def test_mask_decoder_shapes():
+    config = preset("tiny", num_classes=3)
+    b, t, n = 1, config.num_slices, config.num_queries
+    c = config.backbone.prompt_embed_dim
+    h, w = config.embedding_hw
+    m = b * t * n
+    decoder = MaskSAMDecoder(config)
+    embedding, masks = decoder(torch.randn(b * t, c, h, w), torch.randn(b * t, c, h, w),
+                               torch.randn(m, 2, c), torch.randn(m, c, h, w), torch.randn(m, c))
+    assert embedding.shape == (m, c)
+    assert masks.shape == (m, *config.low_res_mask_hw)
+
+
+def test_mask_head_shapes():
+    head = MaskHead3D(hidden_channels=4)
+    low = torch.randn(2, 3, T, 16, 24)
+    out = head(low, torch.randn(2, 3, T, 64, 96), (64, 96))
+    assert out.shape == (2, 3, T, 64, 96)
+    with pytest.raises(ValueError, match="auxiliary"):
+        head(low, None, (64, 96))
+
+
+def test_masks_to_boxes_and_giou():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[0, 2:5, 3:6] = True
+    boxes, nonempty = masks_to_boxes(masks)
+    assert nonempty.tolist() == [True, False]
+    assert torch.allclose(boxes[0], torch.tensor([0.3, 0.2, 0.6, 0.5]))
+    assert torch.equal(boxes[1], torch.zeros(4))
+    a = torch.tensor([0.1, 0.1, 0.5, 0.5])
+    assert torch.isclose(generalized_box_iou(a, a), torch.tensor(1.0))
+    far = torch.tensor([0.6, 0.6, 0.9, 0.9])
+    assert generalized_box_iou(a, far) < 0

@@ -1,0 +1,84 @@
+"""Model folders: model.json validation, rebuilding the trained network, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from MaskSAMCore.errors import CheckpointError, ModelFolderError
+from MaskSAMCore.model.builder import build_masksam
+from MaskSAMCore.model.config import preset
+from MaskSAMCore.model_folder import ModelFolder, save_checkpoint, write_model_json
+
+LABELS = {"background": 0, "liver": 1, "spleen": 2}
+
+
+def _write_folder(path, config, weights, scope="all", sam=None):
+    path.mkdir(parents=True, exist_ok=True)
+    write_model_json(path, {
+        "name": "Test model", "version": "2", "labels": LABELS, "channel_names": {"0": "CT"},
+        "modality": "CT", "network": config.to_dict(), "plan": {"patch_size": [4, 64, 64]},
+        "sam": sam or {"model_type": None, "sha256": None, "random_init": True},
+    })
+    save_checkpoint(path / "checkpoint_final.pt", {"weights": weights, "weights_scope": scope})
+    return path
+
+
+def test_rebuilds_the_trained_network(tmp_path):
+    torch.manual_seed(1)
+    config = preset("tiny", num_classes=3)
+    trained = build_masksam(config).eval()
+    folder = ModelFolder.load(_write_folder(tmp_path / "m", config, trained.state_dict()))
+    assert folder.class_names == ["background", "liver", "spleen"]
+    assert (folder.name, folder.version, folder.modality) == ("Test model", "2", "CT")
+    assert folder.config == config and folder.random_init
+    rebuilt = folder.build_model()
+    x = torch.randn(1, 1, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.segment(x), trained.segment(x))
+
+
+def test_trainable_only_checkpoint_needs_its_sam_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    config = preset("tiny", num_classes=3)
+    model = build_masksam(config)
+    path = _write_folder(tmp_path / "m", config, model.trainable_state_dict(), scope="trainable",
+                         sam={"model_type": "vit_b", "sha256": "ab" * 32, "random_init": False})
+    with pytest.raises(ModelFolderError, match="needs the SAM vit_b checkpoint .*masksam download-sam vit_b"):
+        ModelFolder.load(path).build_model()
+
+
+def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):
+    config = preset("tiny", num_classes=3)
+    other = build_masksam(preset("tiny", num_classes=5, num_queries=config.num_queries))
+    path = _write_folder(tmp_path / "m", config, other.state_dict())
+    with pytest.raises(CheckpointError, match="does not fit this model folder's network \\(3 classes") as info:
+        ModelFolder.load(path).build_model()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("missing", "does not exist"),
+    ("no_json", "not a MaskSAM model folder"),
+    ("bad_json", "not valid JSON"),
+    ("not_masksam", "does not describe a MaskSAM model"),
+    ("label_count", "the network has 3 classes but 2 labels"),
+    ("no_checkpoint", "has no checkpoint_best.pt"),
+])
+def test_broken_model_folders(tmp_path, breakage, message):
+    config = preset("tiny", num_classes=3)
+    path = _write_folder(tmp_path / "m", config, {"x": torch.zeros(1)})
+    meta = json.loads((path / "model.json").read_text())
+    if breakage == "missing":
+        path = tmp_path / "nowhere"
+    elif breakage == "no_json":
+        (path / "model.json").unlink()
+    elif breakage == "bad_json":
+        (path / "model.json").write_text("{not json")
+    elif breakage == "not_masksam":
+        (path / "model.json").write_text(json.dumps({"labels": {}}))
+    elif breakage == "label_count":
+        meta["labels"] = {"background": 0, "liver": 1}
+        (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFolderError, match=message):
+        ModelFolder.load(path).checkpoint_path("best" if breakage == "no_checkpoint" else "final")

@@ -1,0 +1,130 @@
+"""SAM checkpoint download (against a local HTTP server) and safe loading of checkpoints."""
+
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from MaskSAMCore.errors import CheckpointError, DownloadError
+from MaskSAMCore.model import sam_checkpoints
+from MaskSAMCore.model.sam_checkpoints import SamCheckpointInfo, download, load_sam_state_dict
+from MaskSAMCore.model_folder import load_checkpoint, save_checkpoint
+
+PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        if self.path == "/cut.pth":  # promises the whole file, sends a third, hangs up
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        if self.path != "/sam.pth":
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD)
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def registry(monkeypatch, server):
+    info = SamCheckpointInfo("vit_b", server + "/sam.pth", len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest())
+    monkeypatch.setitem(sam_checkpoints.REGISTRY, "vit_b", info)
+    return info
+
+
+def _cache_files(folder: Path):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_right_hash_is_installed(registry, tmp_path):
+    path = download("vit_b", cache_dir=tmp_path, progress=False)
+    assert path == tmp_path / "sam.pth"
+    assert path.read_bytes() == PAYLOAD
+    assert _cache_files(tmp_path) == ["sam.pth"]
+    assert sam_checkpoints.find_cached_by_hash(registry.sha256, tmp_path) == path
+
+
+def test_wrong_hash_leaves_nothing(monkeypatch, registry, tmp_path):
+    bad = SamCheckpointInfo("vit_b", registry.url, registry.size_bytes, "0" * 64)
+    monkeypatch.setitem(sam_checkpoints.REGISTRY, "vit_b", bad)
+    with pytest.raises(DownloadError, match="has SHA-256 .* expected 0000"):
+        download("vit_b", cache_dir=tmp_path, progress=False)
+    assert _cache_files(tmp_path) == []
+
+
+def test_connection_cut_mid_file_leaves_nothing(registry, server, tmp_path):
+    with pytest.raises(DownloadError, match="cut off|failed"):
+        download("vit_b", cache_dir=tmp_path, url=server + "/cut.pth", progress=False)
+    assert _cache_files(tmp_path) == []
+
+
+def test_cli_download_with_wrong_hash_is_one_line_and_exit_1(server, tmp_path):
+    # the real registry's hash cannot match our random payload
+    result = subprocess.run(
+        [sys.executable, "-m", "MaskSAMCore", "download-sam", "vit_b", "--cache-dir", str(tmp_path),
+         "--url", server + "/sam.pth"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("masksam:")]
+    assert len(lines) == 1 and "SHA-256" in lines[0], result.stderr
+    assert _cache_files(tmp_path) == []
+
+
+class _RunsCode:
+    """Unpickling this calls a function with side effects — what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16),
+                "payload": _RunsCode(marker)}, evil)
+    with pytest.raises(CheckpointError, match="could run code; refusing"):
+        load_sam_state_dict(evil)
+    with pytest.raises(CheckpointError, match="could run code; refusing"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_masksam_checkpoint_round_trip_and_errors(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"weights": {"a": torch.ones(2)}, "epoch": 3})
+    payload = load_checkpoint(path)
+    assert payload["epoch"] == 3 and torch.equal(payload["weights"]["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": {}}, other)
+    with pytest.raises(CheckpointError, match="not a MaskSAM checkpoint"):
+        load_checkpoint(other)
