@@ -1,0 +1,96 @@
+"""What the trainer puts in its checkpoints, and how a run is restored from one.
+
+Files are written and read through `MaskSAMCore.model_folder` (atomic `torch.save` of plain
+containers, `torch.load(weights_only=True)`). Every checkpoint carries the network weights in the
+format the predictor reads; ``checkpoint_latest.pt`` additionally carries everything `--resume`
+needs to continue exactly: optimiser and GradScaler state, every RNG, the log history, the EMA
+pseudo-Dice and the settings the run was started with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from MaskSAMCore.errors import CheckpointError, describe_path
+from MaskSAMCore.model_folder import CHECKPOINT_FILES, load_checkpoint, save_checkpoint
+
+RESUME_KEYS = ("epoch", "optimizer", "rng", "history", "ema_dice", "best_ema_dice", "settings")
+
+
+def checkpoint_path(model_dir: "os.PathLike[str] | str", which: str) -> str:
+    return os.path.join(os.fspath(model_dir), CHECKPOINT_FILES[which])
+
+
+def network_weights(model: nn.Module, scope: str) -> Dict[str, torch.Tensor]:
+    """The weights to store: ``"all"`` (random-init runs: the random frozen backbone must travel
+    with the model) or ``"trainable"`` (SAM's weights come from the official checkpoint)."""
+    if scope == "all":
+        state = model.state_dict()
+    elif scope == "trainable":
+        state = model.trainable_state_dict()
+    else:
+        raise ValueError(f"unknown weights scope {scope!r}")
+    return {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
+
+
+def weights_payload(model: nn.Module, scope: str, epoch: int, extra: Optional[Dict[str, Any]] = None
+                    ) -> Dict[str, Any]:
+    """A checkpoint with the network only (best / final)."""
+    payload: Dict[str, Any] = {"weights": network_weights(model, scope), "weights_scope": scope,
+                               "epoch": epoch}
+    payload.update(extra or {})
+    return payload
+
+
+def resume_payload(model: nn.Module, scope: str, epoch: int, optimizer: torch.optim.Optimizer,
+                   scaler: Optional["torch.amp.GradScaler"], history: list, ema_dice: Optional[float],
+                   best_ema_dice: Optional[float], best_epoch: Optional[int],
+                   settings: Dict[str, Any], rng_states: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """A checkpoint from which training continues exactly after `epoch` finished epochs.
+
+    `rng_states` holds `rng_state.capture_rng_state()` of every rank, in rank order.
+    """
+    payload = weights_payload(model, scope, epoch)
+    payload.update(
+        optimizer=optimizer.state_dict(),
+        grad_scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        rng=rng_states,
+        history=history,
+        ema_dice=ema_dice,
+        best_ema_dice=best_ema_dice,
+        best_epoch=best_epoch,
+        settings=settings,
+    )
+    return payload
+
+
+def write(model_dir: "os.PathLike[str] | str", which: str, payload: Dict[str, Any]) -> None:
+    save_checkpoint(checkpoint_path(model_dir, which), payload)
+
+
+def read_for_resume(model_dir: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """checkpoint_latest's content; CheckpointError (one line) when absent or not resumable."""
+    path = checkpoint_path(model_dir, "latest")
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{describe_path(model_dir)}: nothing to resume, checkpoint_latest.pt does not exist "
+            "(start a new training without --resume)")
+    payload = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{describe_path(path)}: not a resumable training checkpoint "
+                              f"(it lacks {', '.join(missing)})")
+    return payload
+
+
+def load_network_weights(model: nn.Module, payload: Dict[str, Any]) -> None:
+    """Put a checkpoint's weights into `model` (either scope)."""
+    weights = payload["weights"]
+    if payload.get("weights_scope") == "all":
+        model.load_state_dict(weights)
+    else:
+        model.load_trainable_state_dict(weights)

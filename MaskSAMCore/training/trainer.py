@@ -1,0 +1,242 @@
+"""The training loop: epochs of SGD/AdamW steps, validation, checkpoints, log and exact resume.
+
+One epoch: set the poly learning rate, run `iters_per_epoch` steps on patches from the data
+stream of (seed, epoch, rank), validate on whole cases (rank 0), update the EMA pseudo-Dice
+(0.9 old + 0.1 new, nnU-Net), write checkpoint_best when it improved, checkpoint_latest always,
+then training_log.csv, progress.png and one ``@masksam {"event": "epoch", ...}`` line.
+checkpoint_latest holds everything needed to continue exactly where it was written (optimiser,
+GradScaler, every RNG of every rank, log history), so a run killed at any moment resumes from
+the last finished epoch and redoes only the interrupted one.
+
+Mixed precision is used on CUDA only: bfloat16 where supported (no loss scaling needed), else
+float16 with a GradScaler. Gradients are clipped to norm 12 (nnU-Net); a step whose gradient is
+not finite is skipped on every rank alike (the norm is computed after DDP's all-reduce).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from MaskSAMCore.errors import MaskSAMError
+from MaskSAMCore.progress import Progress, emit
+from MaskSAMCore.training import checkpoint_io
+from MaskSAMCore.training.distributed import DistributedContext, barrier, gather_objects, mean_across_ranks
+from MaskSAMCore.training.losses import MaskSAMLoss
+from MaskSAMCore.training.rng_state import capture_rng_state, restore_rng_state
+from MaskSAMCore.training.schedule import GRADIENT_CLIP_NORM, build_optimizer, poly_lr, set_lr
+from MaskSAMCore.training.settings import TrainSettings
+from MaskSAMCore.training.training_log import EpochRecord, TrainingLog
+from MaskSAMCore.training.validation import ValidationResult, Validator
+
+# epoch (0-based) -> an iterable of (image (B, C, T, H, W) float32, seg (B, T, H, W) int) batches
+BatchSource = Callable[[int], Iterable[Tuple[Tensor, Tensor]]]
+EMA_MOMENTUM = 0.9
+
+
+class TrainingDiverged(MaskSAMError):
+    """Every step of an epoch had a non-finite loss or gradient."""
+
+
+def autocast_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    """bfloat16 / float16 for mixed precision on CUDA, None (float32) elsewhere or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Trainer:
+    """Trains `model` in place.
+
+    Args:
+        model: a `MaskSAM` (SAM frozen); moved to `device`.
+        settings: the run's settings.
+        batches: the training data stream per epoch (see `BatchSource`).
+        validator: validation on whole cases (used on rank 0 only).
+        model_dir: where checkpoints and the log go (written by rank 0 only).
+        class_names: all K class names in label order (index 0 background).
+        device: the training device of this rank.
+        context: the DDP context (single process by default).
+        on_epoch_end: called on rank 0 after each epoch's files are written (e.g. model.json).
+    """
+
+    def __init__(self, model: nn.Module, settings: TrainSettings, batches: BatchSource,
+                 validator: Optional[Validator], model_dir: str, class_names: Sequence[str],
+                 device: torch.device, context: DistributedContext = DistributedContext(),
+                 on_epoch_end: Optional[Callable[["Trainer"], None]] = None) -> None:
+        self.model = model.to(device)
+        self.settings = settings
+        self.batches = batches
+        self.validator = validator
+        self.model_dir = model_dir
+        self.class_names = list(class_names)
+        self.device = device
+        self.context = context
+        self.on_epoch_end = on_epoch_end
+        self.network: nn.Module = self.model
+        if context.is_distributed:
+            prompt_mode = getattr(getattr(model, "config", None), "prompt_mode", "mask_avg_box")
+            self.network = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                # ablation prompt modes leave some trainable layers without gradient
+                find_unused_parameters=prompt_mode != "mask_avg_box")
+        self.criterion = MaskSAMLoss(len(self.class_names), settings.loss_weights, settings.num_points)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.trainable, settings.optimizer, settings.lr)
+        self.amp_dtype = autocast_dtype(device, settings.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.log = TrainingLog(model_dir, self.class_names[1:])
+        self.start_epoch = 0
+        self.ema_dice: Optional[float] = None
+        self.best_ema_dice: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.best_mean_dice: Optional[float] = None
+
+    # -- resume ----------------------------------------------------------------------------------
+    def restore(self, payload: Dict[str, Any]) -> None:
+        """Continue from a checkpoint_latest payload (see `checkpoint_io.resume_payload`)."""
+        checkpoint_io.load_network_weights(self.model, payload)
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(payload["grad_scaler"])
+        rng = payload["rng"]
+        states = rng if isinstance(rng, list) else [rng]
+        if self.context.rank < len(states):
+            restore_rng_state(states[self.context.rank])
+        else:  # more ranks than when the checkpoint was written: a fresh, distinct stream
+            torch.manual_seed(self.settings.seed + 1000 * self.context.rank + int(payload["epoch"]))
+        self.log.restore(payload["history"])
+        self.start_epoch = int(payload["epoch"])
+        self.ema_dice = payload["ema_dice"]
+        self.best_ema_dice = payload["best_ema_dice"]
+        self.best_epoch = payload.get("best_epoch")
+        best = [r for r in self.log.records if r.epoch == self.best_epoch]
+        self.best_mean_dice = best[0].mean_dice if best else None
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        """Train the remaining epochs; returns `summary()`."""
+        s = self.settings
+        main = self.context.is_main
+        remaining = s.epochs - self.start_epoch
+        bar = Progress("train", total=max(remaining, 0) * s.iters_per_epoch, enabled=main) if main else None
+        epoch_times: List[float] = []
+        for epoch in range(self.start_epoch, s.epochs):
+            started = time.monotonic()
+            lr = poly_lr(s.lr, epoch, s.epochs)
+            set_lr(self.optimizer, lr)
+            train_loss = self.train_epoch(epoch, bar)
+            result = self.validate(epoch)
+            epoch_times.append(time.monotonic() - started)
+            self.end_epoch(epoch, lr, train_loss, result, epoch_times)
+        if bar is not None and bar.done < (bar.total or 0):
+            bar.close()  # (a completed bar has already drawn its last line)
+        if main:
+            checkpoint_io.write(self.model_dir, "final",
+                                checkpoint_io.weights_payload(self.model, s.weights_scope, s.epochs))
+        barrier()
+        return self.summary()
+
+    def train_epoch(self, epoch: int, bar: Optional[Progress]) -> float:
+        """Run one epoch of steps; returns the mean loss over steps (and ranks)."""
+        s = self.settings
+        self.network.train()
+        total, finite_steps = 0.0, 0
+        stream = iter(self.batches(epoch))
+        for step in range(s.iters_per_epoch):
+            image, seg = next(stream)
+            loss = self.train_step(image, seg)
+            if loss is not None:
+                total += loss
+                finite_steps += 1
+            if bar is not None:
+                bar.set_postfix(f"epoch {epoch + 1}/{s.epochs}, loss {total / max(finite_steps, 1):.3f}")
+                bar.advance()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+        if finite_steps == 0:
+            raise TrainingDiverged(
+                f"training diverged: every step of epoch {epoch + 1} gave a non-finite loss; "
+                f"try a lower learning rate (--lr, now {s.lr:g})")
+        mean = torch.tensor(total / finite_steps, device=self.device)
+        return float(mean_across_ranks(mean))
+
+    def train_step(self, image: Tensor, seg: Tensor) -> Optional[float]:
+        """One optimiser step; returns the loss, or None when the step was skipped (non-finite)."""
+        image = image.to(self.device, non_blocking=True)
+        seg = seg.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            output = self.network(image)
+            result = self.criterion(output, seg)
+        self.scaler.scale(result.total).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, GRADIENT_CLIP_NORM)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the step itself on inf/NaN gradients
+            self.scaler.update()
+        elif bool(torch.isfinite(grad_norm)):
+            self.optimizer.step()
+        loss = float(result.total.detach())
+        return loss if math.isfinite(loss) and bool(torch.isfinite(grad_norm)) else None
+
+    def validate(self, epoch: int) -> Optional[ValidationResult]:
+        """Validation on rank 0 (the other ranks wait); None on the other ranks."""
+        result = None
+        if self.context.is_main:
+            result = self.validator.run(self.model, epoch, self.settings.val_cases_per_epoch,
+                                        autocast_dtype=self.amp_dtype)
+        barrier()
+        return result
+
+    def end_epoch(self, epoch: int, lr: float, train_loss: float, result: Optional[ValidationResult],
+                  epoch_times: List[float]) -> None:
+        """EMA, checkpoints, log and the epoch line (files on rank 0 only)."""
+        s = self.settings
+        # every rank's RNG goes into checkpoint_latest; gathering is collective, so all ranks join
+        rng_states = gather_objects(capture_rng_state())
+        if not self.context.is_main or result is None:
+            return
+        finished = epoch + 1
+        new = result.mean_dice if not math.isnan(result.mean_dice) else 0.0
+        self.ema_dice = new if self.ema_dice is None else EMA_MOMENTUM * self.ema_dice + (1 - EMA_MOMENTUM) * new
+        if self.best_ema_dice is None or self.ema_dice > self.best_ema_dice:
+            self.best_ema_dice, self.best_epoch, self.best_mean_dice = self.ema_dice, finished, result.mean_dice
+            checkpoint_io.write(self.model_dir, "best", checkpoint_io.weights_payload(
+                self.model, s.weights_scope, finished, {"ema_dice": self.ema_dice}))
+        self.log.add(EpochRecord(epoch=finished, train_loss=train_loss, val_loss=result.loss,
+                                 dice=result.dice, mean_dice=result.mean_dice, ema_dice=self.ema_dice,
+                                 lr=lr, epoch_time_s=epoch_times[-1]))
+        checkpoint_io.write(self.model_dir, "latest", checkpoint_io.resume_payload(
+            self.model, s.weights_scope, finished, self.optimizer, self.scaler, self.log.to_state(),
+            self.ema_dice, self.best_ema_dice, self.best_epoch, s.to_dict(), rng_states))
+        self.log.write_csv()
+        self.log.write_plot()
+        eta = sum(epoch_times) / len(epoch_times) * (s.epochs - finished)
+        emit("epoch", always=True, epoch=finished, epochs=s.epochs, train_loss=round(train_loss, 5),
+             val_loss=round(result.loss, 5), mean_dice=round(result.mean_dice, 5),
+             dice={k: round(v, 5) for k, v in result.dice.items()}, ema_dice=round(self.ema_dice, 5),
+             lr=lr, epoch_time_s=round(epoch_times[-1], 2), eta_s=round(eta, 1))
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self)
+
+    def summary(self) -> Dict[str, Any]:
+        """The "training" entry of model.json."""
+        last = self.log.records[-1] if self.log.records else None
+        return {
+            "epochs": self.settings.epochs,
+            "finished_epochs": last.epoch if last else self.start_epoch,
+            "best_epoch": self.best_epoch,
+            "best_mean_dice": self.best_mean_dice,
+            "best_ema_dice": self.best_ema_dice,
+            "final_mean_dice": last.mean_dice if last else None,
+            **{k: v for k, v in self.settings.to_dict().items() if k != "loss_weights"},
+            "loss_weights": self.settings.loss_weights.to_dict(),
+        }
+
