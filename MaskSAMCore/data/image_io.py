@@ -1,0 +1,272 @@
+"""Reading and writing 3D images and label maps without ever losing their place in the world.
+
+Arrays are ``(z, y, x)`` as SimpleITK's ``GetArrayFromImage`` returns them (multi-channel images
+``(C, z, y, x)``); the geometry beside them (`ImageGeometry`) is in ITK order ``(x, y, z)``, LPS
+world coordinates, millimetres. Every writer goes through `MaskSAMCore.atomic`, so a reader never
+sees half a file, and every reader rejects what the rest of the pipeline cannot use (2D, 4D,
+vector pixels, NaN/Inf) with one `InputError` line naming the file.
+
+NIfTI stores origin, spacing and direction as float32, so a NIfTI round trip keeps the geometry to
+float32 precision (about 1e-7 relative); NRRD and MHA keep it to double precision.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from MaskSAMCore.atomic import atomic_path
+from MaskSAMCore.errors import InputError, describe_path
+
+@dataclass(frozen=True)
+class ImageGeometry:
+    """Where a 3D voxel grid lies in the world, in ITK order.
+
+    size: voxels along (x, y, z); spacing: mm along (x, y, z); origin: LPS mm of voxel (0, 0, 0);
+    direction: the 3x3 direction cosine matrix, row-major, columns are the x, y, z axes.
+    """
+
+    size: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        # Normalise to plain Python tuples so equality, hashing and JSON behave predictably.
+        object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+        object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
+        object.__setattr__(self, "origin", tuple(float(v) for v in self.origin))
+        object.__setattr__(self, "direction", tuple(float(v) for v in self.direction))
+        if len(self.size) != 3 or len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise ValueError("ImageGeometry needs 3 sizes, 3 spacings, 3 origin values and 9 direction values")
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "ImageGeometry":
+        if image.GetDimension() != 3:
+            raise ValueError(f"ImageGeometry is for 3D images, got {image.GetDimension()}D")
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ImageGeometry":
+        return cls(tuple(data["size"]), tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"]))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "size": list(self.size),
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+        }
+
+    # -- derived --------------------------------------------------------------------------------
+    @property
+    def shape_zyx(self) -> Tuple[int, int, int]:
+        """The NumPy shape of an array on this grid, (z, y, x)."""
+        return (self.size[2], self.size[1], self.size[0])
+
+    @property
+    def spacing_zyx(self) -> Tuple[float, float, float]:
+        """Spacing in array order (z, y, x), mm."""
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """(3, 3) float64; column i is the world direction of ITK axis i (x, y, z)."""
+        return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        """Give `image` (which must have this size) this spacing, origin and direction; returns it."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"image size {image.GetSize()} does not match the geometry's size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def same_grid(self, other: "ImageGeometry", tol: float = 1e-4) -> bool:
+        """Same size, and spacing/origin/direction equal within `tol` (relative for values
+        larger than 1 mm, absolute otherwise; direction cosines absolute)."""
+        return not self.grid_differences(other, tol)
+
+    def grid_differences(self, other: "ImageGeometry", tol: float = 1e-4) -> list:
+        """Names of what differs ("size", "spacing", "origin", "direction"); empty if the same grid."""
+        differences = []
+        if self.size != other.size:
+            differences.append("size")
+        for name in ("spacing", "origin"):
+            mine, theirs = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            if not np.allclose(mine, theirs, rtol=tol, atol=tol):
+                differences.append(name)
+        if not np.allclose(self.direction, other.direction, rtol=0.0, atol=tol):
+            differences.append("direction")
+        return differences
+
+    def describe(self) -> str:
+        """Short human-readable text, e.g. for messages."""
+        spacing = "x".join(f"{s:.4g}" for s in self.spacing)
+        return f"size {'x'.join(map(str, self.size))}, spacing {spacing} mm"
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+def read_sitk_image(path: "os.PathLike[str] | str") -> sitk.Image:
+    """Read a scalar 3D image as a SimpleITK image, or raise `InputError` naming the file.
+
+    A 4D image whose fourth axis has one sample is reduced to 3D (some converters write those);
+    a 3D image with a single slice stays 3D.
+    """
+    path = Path(path)
+    where = describe_path(path)
+    if not path.exists():
+        raise InputError(f"{where}: file not found")
+    if path.is_dir():
+        raise InputError(f"{where}: is a folder, expected an image file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{where}: cannot read it as an image ({_sitk_reason(exc)})") from None
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        size = list(image.GetSize())
+        size[3] = 0  # Extract collapses axes of size 0, keeping the 3x3 part of the direction
+        image = sitk.Extract(image, size, [0, 0, 0, 0])
+    if image.GetDimension() != 3:
+        size = "x".join(map(str, image.GetSize()))
+        raise InputError(f"{where}: is a {image.GetDimension()}D image (size {size}); a 3D volume is needed")
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(
+            f"{where}: has {components} values per voxel (vector/RGB pixels); a scalar (grey-value) image is needed")
+    return image
+
+
+def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometry]:
+    """Read one image channel: (array (z, y, x) float32, geometry). Raises `InputError` for a
+    missing, unreadable, non-3D or vector image, or one with NaN/Inf values. A constant image is
+    accepted here (whoever uses it decides whether that is a problem)."""
+    image = read_sitk_image(path)
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise InputError(f"{describe_path(path)}: contains {bad} NaN/Inf voxel(s)")
+    return array, ImageGeometry.from_sitk(image)
+
+
+def read_case(paths: Sequence["os.PathLike[str] | str"]) -> Tuple[np.ndarray, ImageGeometry]:
+    """Read the channels of one case: (image (C, z, y, x) float32, geometry of channel 0).
+    Every channel must lie on the grid of the first one, else `InputError` naming the file."""
+    if not paths:
+        raise ValueError("read_case needs at least one file")
+    channels = []
+    reference: ImageGeometry | None = None
+    for path in paths:
+        array, geometry = read_image(path)
+        if reference is None:
+            reference = geometry
+        else:
+            differences = reference.grid_differences(geometry)
+            if differences:
+                raise InputError(
+                    f"{describe_path(path)}: its {', '.join(differences)} differ(s) from channel 0 "
+                    f"({describe_path(paths[0])}); all channels must share one voxel grid")
+        channels.append(array)
+    assert reference is not None
+    return np.stack(channels, axis=0), reference
+
+
+def read_label(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometry]:
+    """Read a label map: (array (z, y, x) int16, geometry). The values must be whole numbers
+    in 0..32767, else `InputError` naming the file."""
+    image = read_sitk_image(path)
+    array = sitk.GetArrayFromImage(image)
+    where = describe_path(path)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError(f"{where}: label map contains NaN/Inf values")
+        if not np.array_equal(array, np.round(array)):
+            raise InputError(f"{where}: label map contains non-integer values (is it an image, not a label map?)")
+    if array.size:
+        low, high = array.min(), array.max()
+        if low < 0:
+            raise InputError(f"{where}: label map contains negative values (min {low})")
+        if high > np.iinfo(np.int16).max:
+            raise InputError(f"{where}: label value {high} is too large (at most 32767)")
+    return array.astype(np.int16, copy=False), ImageGeometry.from_sitk(image)
+
+
+def read_geometry(path: "os.PathLike[str] | str") -> ImageGeometry:
+    """The geometry of a 3D image from its header only (fast; no pixel data read)."""
+    path = Path(path)
+    where = describe_path(path)
+    if not path.is_file():
+        raise InputError(f"{where}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{where}: cannot read it as an image ({_sitk_reason(exc)})") from None
+    size = reader.GetSize()
+    if len(size) == 4 and size[3] == 1:
+        return ImageGeometry.from_sitk(read_sitk_image(path))  # rare: let the full reader reduce it
+    if len(size) != 3:
+        raise InputError(f"{where}: is a {len(size)}D image; a 3D volume is needed")
+    return ImageGeometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+def write_label(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+    """Write a label map (z, y, x) on `geometry` atomically. Stored as uint8 when the values fit,
+    else int16; compressed where the format allows."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "iub":
+        raise ValueError(f"a label map must have an integer dtype, got {array.dtype}")
+    if array.size and array.min() >= 0 and array.max() <= 255:
+        array = array.astype(np.uint8, copy=False)
+    else:
+        array = array.astype(np.int16, copy=False)
+    _write_array(array, geometry, path)
+
+
+def write_image(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+    """Write an image (z, y, x) on `geometry` atomically, keeping its dtype (bool becomes uint8,
+    float64 becomes float32)."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.float64:
+        array = array.astype(np.float32)
+    _write_array(array, geometry, path)
+
+
+def _write_array(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+    if array.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) array, got shape {array.shape}")
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} does not match the geometry's (z, y, x) {geometry.shape_zyx}")
+    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+    write_sitk_image(image, path)
+
+
+def write_sitk_image(image: sitk.Image, path: "os.PathLike[str] | str") -> None:
+    """Atomically write a SimpleITK image; the format follows the file ending of `path`."""
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:
+            raise InputError(f"{describe_path(path)}: cannot write an image here ({_sitk_reason(exc)})") from None
+
+
+def _sitk_reason(exc: BaseException) -> str:
+    """The informative last part of SimpleITK's multi-line exception text, on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(exc).__name__
+    if reason.startswith("sitk::ERROR:"):
+        reason = reason[len("sitk::ERROR:"):].strip()
+    return reason[:200]

@@ -1,0 +1,80 @@
+"""Intensity normalisation per channel, as nnU-Net does it.
+
+Two schemes, chosen per channel by its name in dataset.json:
+
+- ``"ct"`` (channel name "CT", any case): Hounsfield units mean the same in every scan, so one
+  dataset-wide rule is used: clip to the 0.5 / 99.5 percentiles of foreground (label > 0) voxels
+  pooled over the training cases, then subtract their mean and divide by their standard deviation.
+- ``"zscore"`` (anything else, e.g. MR): intensities are arbitrary per scan, so each image is
+  z-scored with its own mean and standard deviation; over its non-zero voxels only when the
+  dataset's images have a zero background (``use_nonzero_mask``, nnU-Net's use_mask_for_norm),
+  the background then staying 0.
+
+A plan's ``normalization`` list holds one dict per channel (see `ct_scheme`, `zscore_scheme`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+_MIN_STD = 1e-8
+
+
+def is_ct(channel_name: str) -> bool:
+    return channel_name.strip().lower() == "ct"
+
+
+def ct_scheme(channel_name: str, foreground: np.ndarray, source: str = "foreground") -> Dict[str, object]:
+    """The plan entry for a CT channel from pooled intensity samples (1D array, HU)."""
+    samples = np.asarray(foreground, dtype=np.float64)
+    if samples.size == 0:
+        raise ValueError("no intensity samples for a CT channel")
+    low, high = np.percentile(samples, [0.5, 99.5])
+    return {
+        "channel": channel_name,
+        "scheme": "ct",
+        "clip_low": float(low),
+        "clip_high": float(high),
+        "mean": float(samples.mean()),
+        "std": float(samples.std()),
+        "median": float(np.median(samples)),
+        "statistics_from": source,  # "foreground" normally; "all voxels" if no case had a label
+    }
+
+
+def zscore_scheme(channel_name: str, use_nonzero_mask: bool) -> Dict[str, object]:
+    """The plan entry for a per-image z-scored channel."""
+    return {"channel": channel_name, "scheme": "zscore", "use_nonzero_mask": bool(use_nonzero_mask)}
+
+
+def image_statistics(channel: np.ndarray, scheme: Dict[str, object],
+                     nonzero_mask: Optional[np.ndarray] = None) -> Tuple[float, float]:
+    """(mean, std) that normalise this channel (z, y, x): the dataset's for CT, the image's own
+    (over `nonzero_mask` when the scheme asks for it) otherwise. Computed on the original
+    voxels, before resampling, so interpolation does not bias them."""
+    if scheme["scheme"] == "ct":
+        return float(scheme["mean"]), float(scheme["std"])
+    if scheme["scheme"] != "zscore":
+        raise ValueError(f"unknown normalisation scheme {scheme['scheme']!r}")
+    values = channel[nonzero_mask] if scheme.get("use_nonzero_mask") and nonzero_mask is not None else channel
+    if values.size == 0:
+        return 0.0, 1.0
+    values = values.astype(np.float64, copy=False)
+    return float(values.mean()), float(values.std())
+
+
+def normalize_channel(channel: np.ndarray, scheme: Dict[str, object], mean: float, std: float,
+                      nonzero_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Normalise one channel (z, y, x) in place when it is float32; returns the float32 result.
+    `nonzero_mask` (same shape, bool) marks the voxels to keep when the scheme z-scores the
+    non-zero region only; everything else becomes 0."""
+    out = channel if channel.dtype == np.float32 else channel.astype(np.float32)
+    if scheme["scheme"] == "ct":
+        np.clip(out, float(scheme["clip_low"]), float(scheme["clip_high"]), out=out)
+    out -= np.float32(mean)
+    out /= np.float32(max(std, _MIN_STD))
+    if scheme["scheme"] == "zscore" and scheme.get("use_nonzero_mask") and nonzero_mask is not None:
+        out[~nonzero_mask] = 0.0
+    return out

@@ -1,0 +1,161 @@
+"""Synthetic labelled abdominal CT datasets in nnU-Net v2 raw format (``masksam make-phantoms``).
+
+Each case (see `MaskSAMCore.data.phantom_anatomy`) gets its own size, anisotropic spacing
+(in-plane about 1.2-2.0 mm, slices about 2.5-5 mm), an oblique direction (a rotation of 2-8
+degrees about a random axis, determinant +1) and a random origin, so every geometry path of the
+project is exercised. The whole dataset is a pure function of the seed: case ``i`` is the same
+whatever the number of cases asked for. The folder appears complete or not at all: it is built in
+a hidden temporary sibling and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from MaskSAMCore.atomic import TEMP_MARKER, write_json
+from MaskSAMCore.data.image_io import ImageGeometry, write_image, write_label
+from MaskSAMCore.data.phantom_anatomy import (MISSING_ORGAN_PROBABILITY, OPTIONAL_ORGANS, PHANTOM_LABELS,
+                                              synthesize_case)
+from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.progress import Progress
+
+SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
+DEFAULT_IN_PLANE_VOXELS = (64, 96)      # inclusive range for x; y is at most x (a body is wider than deep)
+DEFAULT_SLICES = (24, 40)
+IN_PLANE_FIELD_OF_VIEW_MM = (118.0, 128.0)
+SLAB_HEIGHT_MM = (100.0, 125.0)
+MIN_SIZE = (16, 16, 4)                  # x, y, z: below this the organs vanish
+
+
+def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, test_cases: int = 0,
+                  size: Optional[Sequence[int]] = None, file_ending: str = ".nii.gz",
+                  progress: bool = True) -> Path:
+    """Write a phantom dataset to `out_dir` (which must not exist or be empty); returns its path.
+
+    size: voxels (x, y, z) for every case; by default each case draws its own small size."""
+    out = Path(out_dir)
+    _check_arguments(out, cases, test_cases, size, file_ending)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{TEMP_MARKER}", dir=out.parent))
+    try:
+        _give_default_permissions(staging)
+        bar = Progress("make phantoms", total=cases + test_cases, unit="case", enabled=progress)
+        for split, count, images, labels in (("train", cases, "imagesTr", "labelsTr"),
+                                             ("test", test_cases, "imagesTs", "labelsTs")):
+            for index in range(count):
+                name = case_name(split, index)
+                image, label, geometry = phantom_case(seed, split, index, size)
+                write_image(image, geometry, staging / images / f"{name}_0000{file_ending}")
+                write_label(label, geometry, staging / labels / f"{name}{file_ending}")
+                bar.advance()
+        bar.close()
+        write_json(staging / "dataset.json", dataset_json(cases, test_cases, seed, file_ending))
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def case_name(split: str, index: int) -> str:
+    return f"phantom_{index:03d}" if split == "train" else f"phantom_test_{index:03d}"
+
+
+def phantom_case(seed: int, split: str, index: int, size: Optional[Sequence[int]] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, ImageGeometry]:
+    """(image (z, y, x) int16 HU, labels (z, y, x) uint8, geometry) of one case; a pure function
+    of its arguments."""
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    if size is None:
+        nx = int(rng.integers(DEFAULT_IN_PLANE_VOXELS[0], DEFAULT_IN_PLANE_VOXELS[1] + 1))
+        ny = int(rng.integers(DEFAULT_IN_PLANE_VOXELS[0], nx + 1))
+        nz = int(rng.integers(DEFAULT_SLICES[0], DEFAULT_SLICES[1] + 1))
+    else:
+        nx, ny, nz = (int(v) for v in size)
+    in_plane = rng.uniform(*IN_PLANE_FIELD_OF_VIEW_MM) / nx
+    slice_spacing = rng.uniform(*SLAB_HEIGHT_MM) / nz
+    missing = None
+    if rng.random() < MISSING_ORGAN_PROBABILITY:
+        missing = OPTIONAL_ORGANS[int(rng.integers(len(OPTIONAL_ORGANS)))]
+    geometry = ImageGeometry(
+        size=(nx, ny, nz),
+        spacing=(in_plane, in_plane, slice_spacing),
+        origin=tuple(rng.uniform(-300.0, 300.0, size=3)),
+        direction=tuple(random_rotation(rng, 2.0, 8.0).ravel()),
+    )
+    image, labels = synthesize_case(rng, geometry.shape_zyx, geometry.spacing_zyx, missing=missing)
+    return image, labels, geometry
+
+
+def random_rotation(rng: np.random.Generator, min_degrees: float, max_degrees: float) -> np.ndarray:
+    """A proper rotation matrix (3, 3), det +1, by a random angle about a random axis."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = np.deg2rad(rng.uniform(min_degrees, max_degrees))
+    cross = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross  # Rodrigues
+
+
+def dataset_json(cases: int, test_cases: int, seed: int, file_ending: str) -> dict:
+    return {
+        "name": "MaskSAM abdominal CT phantoms",
+        "description": f"Synthetic abdominal CT with five labelled organs (masksam make-phantoms, seed {seed})",
+        "reference": "synthetic", "licence": "CC0",
+        "channel_names": {"0": "CT"},
+        "labels": dict(PHANTOM_LABELS),
+        "numTraining": cases,
+        "numTest": test_cases,
+        "file_ending": file_ending,
+    }
+
+
+def run_make_phantoms(args: argparse.Namespace) -> int:
+    """`masksam make-phantoms OUT --cases N [--seed S] [--test-cases M] [--size X Y Z] [--file-ending E]`."""
+    out = make_phantoms(args.output, args.cases, seed=args.seed, test_cases=args.test_cases,
+                        size=args.size, file_ending=args.file_ending)
+    extra = f" and {args.test_cases} test case(s)" if args.test_cases else ""
+    print(f"wrote {args.cases} training case(s){extra} to {describe_path(out)}")
+    return 0
+
+
+def _check_arguments(out: Path, cases: int, test_cases: int, size: Optional[Sequence[int]], ending: str) -> None:
+    if cases < 1:
+        raise InputError(f"--cases must be at least 1, not {cases}")
+    if test_cases < 0:
+        raise InputError(f"--test-cases must be 0 or more, not {test_cases}")
+    if size is not None and (len(size) != 3 or any(int(n) < m for n, m in zip(size, MIN_SIZE))):
+        raise InputError(f"--size must be 3 numbers X Y Z of at least {MIN_SIZE[0]} {MIN_SIZE[1]} {MIN_SIZE[2]}, "
+                         f"not {' '.join(map(str, size))}")
+    if ending not in SUPPORTED_ENDINGS:
+        raise InputError(f"file ending {ending!r} is not one of {', '.join(SUPPORTED_ENDINGS)}")
+    _refuse_existing(out)
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{describe_path(out)}: already exists and is not empty; choose a new folder "
+                         "(nothing was overwritten)")
+
+
+def _give_default_permissions(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; the dataset should get the usual permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        folder.chmod(0o777 & ~umask)
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    _refuse_existing(out)  # again: someone may have written there meanwhile
+    if out.is_dir():
+        with contextlib.suppress(OSError):
+            out.rmdir()  # an empty folder the user made for us
+    os.replace(staging, out)

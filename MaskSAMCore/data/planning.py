@@ -1,0 +1,150 @@
+"""The preprocessing plan of a dataset: target spacing, axis order, normalisation, patch size.
+
+Rules follow nnU-Net v2's "3d_fullres" planner so that results on public datasets stay comparable:
+
+- **Target spacing**: per-axis median of the cases' spacings. When the largest median spacing is
+  more than 3x the smallest (thick slices: the anisotropic case) that axis takes the 10th
+  percentile of its spacings instead (but never finer than the other axes), so thin-slice scans
+  are not thrown away by resampling to the median. (nnU-Net additionally requires the axis to
+  have few voxels; we use the spacing rule alone.)
+- **Transposition**: the axis with the largest target spacing (ties: array axis 0 = z) becomes
+  axis 0, the network's slice axis T; ``transpose_forward`` maps the (z, y, x) array to that
+  order and ``transpose_backward`` undoes it. ``target_spacing`` is given in the transposed order.
+- **Normalisation**: see `MaskSAMCore.data.normalization`; CT statistics come from foreground
+  voxels of the training cases (at most 10^5 random voxels per case).
+- **Resampling**: images cubic; along an anisotropic slice axis linear ("separate z"); labels as
+  one-hot masks with linear interpolation, nearest neighbour along an anisotropic slice axis.
+- **Patch**: ``[config.num_slices, config.image_size, config.image_size]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from MaskSAMCore.data.cropping import bbox_shape, nonzero_bbox
+from MaskSAMCore.data.dataset import RawDataset
+from MaskSAMCore.data.image_io import read_case, read_label
+from MaskSAMCore.data.normalization import ct_scheme, is_ct, zscore_scheme
+from MaskSAMCore.data.resampling import coarsest_axis, is_anisotropic, resampled_shape
+from MaskSAMCore.progress import Progress
+
+PLAN_FORMAT = "masksam-plan"
+PLAN_VERSION = 1
+ANISOTROPY_THRESHOLD = 3.0
+FOREGROUND_SAMPLES_PER_CASE = 100_000
+NONZERO_MASK_THRESHOLD = 0.75  # crop keeps < 3/4 of the voxels -> the images have a zero background
+_TIE_TOLERANCE = 1e-3          # spacings within 0.1 % count as equal when choosing the slice axis
+
+
+def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> Dict[str, Any]:
+    """The JSON-able preprocessing plan of `dataset` for a network `config` (a `MaskSAMConfig`;
+    only ``num_slices`` and ``image_size`` are read). Reads every training case once."""
+    fingerprint = dataset_fingerprint(dataset, progress=progress)
+    spacings = np.array(fingerprint["spacings"], dtype=np.float64)          # (cases, 3) z, y, x
+    cropped_shapes = np.array(fingerprint["cropped_shapes"], dtype=np.float64)
+
+    target_zyx, slice_axis, anisotropic = target_spacing(spacings)
+    forward = [slice_axis] + [a for a in range(3) if a != slice_axis]
+    backward = [int(i) for i in np.argsort(forward)]
+    target = [float(target_zyx[a]) for a in forward]
+    shapes_after = np.array([resampled_shape(s, sp, target_zyx) for s, sp in zip(cropped_shapes, spacings)])
+    median_shape = [int(v) for v in np.median(shapes_after, axis=0)[forward].round()]
+
+    normalization = []
+    use_nonzero = float(np.median(fingerprint["kept_fractions"])) < NONZERO_MASK_THRESHOLD
+    for index, name in enumerate(dataset.channel_list):
+        if is_ct(name):
+            samples = fingerprint["foreground"][index]
+            source = "foreground"
+            if samples.size == 0:
+                samples, source = fingerprint["all_voxels"][index], "all voxels"
+            normalization.append(ct_scheme(name, samples, source))
+        else:
+            normalization.append(zscore_scheme(name, use_nonzero))
+
+    return {
+        "format": PLAN_FORMAT,
+        "format_version": PLAN_VERSION,
+        "dataset_name": dataset.name,
+        "labels": dict(dataset.labels),
+        "num_classes": dataset.num_classes,
+        "channel_names": dict(dataset.channel_names),
+        "modality": dataset.modality,
+        "file_ending": dataset.file_ending,
+        "num_training_cases": len(dataset.training_cases),
+        "original_spacing_median": [float(v) for v in np.median(spacings, axis=0)],
+        "original_median_shape": [int(v) for v in np.median(cropped_shapes, axis=0).round()],
+        "target_spacing": target,
+        "target_spacing_zyx": [float(v) for v in target_zyx],
+        "transpose_forward": forward,
+        "transpose_backward": backward,
+        "anisotropic": bool(anisotropic),
+        "crop_to_nonzero": True,
+        "patch_size": [int(config.num_slices), int(config.image_size), int(config.image_size)],
+        "median_shape": median_shape,
+        "image_resampling": {"order": 3, "order_z": 1, "separate_z": bool(anisotropic)},
+        "label_resampling": {"method": "one_hot_linear", "order": 1, "order_z": 0 if anisotropic else 1,
+                             "separate_z": bool(anisotropic)},
+        "normalization": normalization,
+    }
+
+
+def target_spacing(spacings: np.ndarray) -> tuple:
+    """(target spacing (z, y, x), slice axis, anisotropic) from the cases' spacings (cases, 3)."""
+    spacings = np.asarray(spacings, dtype=np.float64)
+    target = np.median(spacings, axis=0)
+    slice_axis = coarsest_axis(target, _TIE_TOLERANCE)
+    others = [a for a in range(3) if a != slice_axis]
+    anisotropic = is_anisotropic(target, ANISOTROPY_THRESHOLD)
+    if anisotropic:
+        # Thick slices: the 10th percentile keeps the thinner-slice scans' resolution.
+        finer = float(np.percentile(spacings[:, slice_axis], 10))
+        target[slice_axis] = max(finer, float(target[others].max()))
+    return target, slice_axis, anisotropic
+
+
+def dataset_fingerprint(dataset: RawDataset, progress: bool = True) -> Dict[str, Any]:
+    """What planning needs from the pixels: per case spacing (z, y, x), shape after cropping to
+    non-zero, the fraction of voxels the crop keeps, and per channel pooled intensity samples
+    of foreground voxels (and of all voxels, as a fallback for unlabelled data)."""
+    spacings: List[List[float]] = []
+    cropped_shapes: List[List[int]] = []
+    kept: List[float] = []
+    channels = dataset.num_channels
+    foreground: List[List[np.ndarray]] = [[] for _ in range(channels)]
+    everything: List[List[np.ndarray]] = [[] for _ in range(channels)]
+    bar = Progress("plan", total=len(dataset.training_cases), unit="case", enabled=progress)
+    for number, case in enumerate(dataset.training_cases):
+        image, geometry = read_case(case.image_files)
+        label, _ = read_label(case.label_file)
+        box = nonzero_bbox(image)
+        shape = bbox_shape(box)
+        spacings.append(list(geometry.spacing_zyx))
+        cropped_shapes.append(list(shape))
+        kept.append(float(np.prod(shape)) / float(np.prod(image.shape[1:])))
+        # A fixed seed per case makes the plan reproducible.
+        rng = np.random.default_rng([20240611, number])
+        fg_index = np.flatnonzero(label.ravel() > 0)
+        fg_index = _subsample(fg_index, rng)
+        all_index = _subsample(np.arange(label.size), rng, FOREGROUND_SAMPLES_PER_CASE // 10)
+        for c in range(channels):
+            flat = image[c].ravel()
+            foreground[c].append(flat[fg_index])
+            everything[c].append(flat[all_index])
+        bar.advance()
+    bar.close()
+    return {
+        "spacings": spacings,
+        "cropped_shapes": cropped_shapes,
+        "kept_fractions": kept,
+        "foreground": [np.concatenate(parts) for parts in foreground],
+        "all_voxels": [np.concatenate(parts) for parts in everything],
+    }
+
+
+def _subsample(index: np.ndarray, rng: np.random.Generator, limit: int = FOREGROUND_SAMPLES_PER_CASE) -> np.ndarray:
+    if index.size <= limit:
+        return index
+    return np.sort(rng.choice(index, size=limit, replace=False))

@@ -1,0 +1,162 @@
+"""Resampling arrays between voxel grids that cover the same physical extent.
+
+One axis at a time: along an axis of ``n_old`` voxels resampled to ``n_new``, output voxel ``i``
+reads the input at the continuous index ``(i + 0.5) * n_old / n_new - 0.5`` (voxel edges stay
+aligned, as in nnU-Net and skimage's ``resize``), through a sparse interpolation matrix of shape
+``(n_new, n_old)``. This keeps every output shape exact, costs a few multiply-adds per voxel, never
+needs float64 copies of a whole volume, and lets each axis have its own interpolation order
+(nnU-Net's "separate z": cubic in-plane, linear or nearest along an anisotropic slice axis).
+Axes whose length does not change are left untouched, so an unchanged grid is reproduced exactly.
+
+Orders: 0 nearest neighbour, 1 linear, 3 cubic convolution (Keys, a = -0.5). Borders repeat the
+edge voxel.
+
+Label maps are never interpolated as numbers: each class is resampled as a 0/1 mask and the class
+with the highest value wins (a running maximum, so memory stays at about two output-sized arrays
+whatever the number of classes).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.sparse
+
+_KEYS_A = -0.5
+
+
+@lru_cache(maxsize=64)
+def interpolation_matrix(old_len: int, new_len: int, order: int) -> scipy.sparse.csr_matrix:
+    """Sparse (new_len, old_len) float32 matrix M with resampled = M @ samples (see module doc)."""
+    if old_len < 1 or new_len < 1:
+        raise ValueError(f"cannot resample between lengths {old_len} and {new_len}")
+    position = (np.arange(new_len, dtype=np.float64) + 0.5) * (old_len / new_len) - 0.5
+    rows = np.arange(new_len)
+    if order == 0:
+        index = np.clip(np.floor(position + 0.5), 0, old_len - 1).astype(np.int64)
+        taps, weights = index[:, None], np.ones((new_len, 1))
+    elif order == 1:
+        base = np.floor(position)
+        frac = position - base
+        taps = base[:, None].astype(np.int64) + np.arange(2)[None, :]
+        weights = np.stack([1.0 - frac, frac], axis=1)
+    elif order == 3:
+        base = np.floor(position)
+        frac = position - base
+        offsets = np.arange(-1, 3)
+        taps = base[:, None].astype(np.int64) + offsets[None, :]
+        weights = _keys_kernel(frac[:, None] - offsets[None, :])
+    else:
+        raise ValueError(f"interpolation order must be 0, 1 or 3, not {order}")
+    taps = np.clip(taps, 0, old_len - 1)  # edge voxels repeat beyond the border
+    matrix = scipy.sparse.coo_matrix(
+        (weights.ravel().astype(np.float32), (np.repeat(rows, taps.shape[1]), taps.ravel())),
+        shape=(new_len, old_len),
+    )
+    return matrix.tocsr()  # sums the weights of taps clipped onto the same edge voxel
+
+
+def _keys_kernel(distance: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel at the given signed distances (in voxels)."""
+    d = np.abs(distance)
+    a = _KEYS_A
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def resample_axis(array: np.ndarray, axis: int, new_len: int, order: int) -> np.ndarray:
+    """Resample `array` (any shape, float32 result) along one axis to `new_len` voxels."""
+    array = np.asarray(array)
+    if array.dtype != np.float32:
+        array = array.astype(np.float32)
+    old_len = array.shape[axis]
+    if old_len == new_len:
+        return array
+    moved = np.moveaxis(array, axis, 0)
+    rest = moved.shape[1:]
+    flat = moved.reshape(old_len, -1)
+    out = interpolation_matrix(old_len, new_len, order) @ flat
+    return np.moveaxis(np.asarray(out, dtype=np.float32).reshape((new_len,) + rest), 0, axis)
+
+
+def resample_array(array: np.ndarray, new_shape: Sequence[int], orders: Sequence[int]) -> np.ndarray:
+    """Resample a 3D array (float32 result) to `new_shape` with one interpolation order per axis.
+
+    Shrinking axes are processed first so that later passes work on fewer voxels."""
+    array = np.asarray(array)
+    if len(new_shape) != array.ndim or len(orders) != array.ndim:
+        raise ValueError(f"shape {tuple(new_shape)} / orders {tuple(orders)} do not match a {array.ndim}D array")
+    out = array if array.dtype == np.float32 else array.astype(np.float32)
+    axes = sorted(range(array.ndim), key=lambda a: new_shape[a] / array.shape[a])
+    for axis in axes:
+        out = resample_axis(out, axis, int(new_shape[axis]), orders[axis])
+    return np.ascontiguousarray(out)
+
+
+def image_orders(separate_z: bool, order: int = 3, order_z: int = 1) -> Tuple[int, int, int]:
+    """Per-axis orders for an image whose axis 0 is the slice axis."""
+    return (order_z if separate_z else order, order, order)
+
+
+def label_orders(separate_z: bool) -> Tuple[int, int, int]:
+    """Per-axis orders for one-hot label masks: linear, nearest along an anisotropic slice axis."""
+    return (0 if separate_z else 1, 1, 1)
+
+
+def resample_labels(labels: np.ndarray, new_shape: Sequence[int], separate_z: bool,
+                    classes: Optional[Iterable[int]] = None) -> np.ndarray:
+    """Resample a label map (z, y, x) to `new_shape` without inventing in-between classes:
+    one 0/1 mask per class, interpolated, highest wins (ties go to the lower class).
+
+    `classes` defaults to the values present in `labels`. Returns int16."""
+    labels = np.asarray(labels)
+    new_shape = tuple(int(s) for s in new_shape)
+    if labels.shape == new_shape:
+        return labels.astype(np.int16, copy=True)
+    values = sorted(set(np.unique(labels).tolist()) if classes is None else set(classes))
+    if len(values) == 1:
+        return np.full(new_shape, values[0], dtype=np.int16)
+    orders = label_orders(separate_z)
+    return argmax_of_resampled((((labels == v).astype(np.float32), v) for v in values), new_shape, orders)
+
+
+def argmax_of_resampled(scored_classes: Iterable[Tuple[np.ndarray, int]], new_shape: Sequence[int],
+                        orders: Sequence[int]) -> np.ndarray:
+    """Running argmax over classes: for each (score array, class value) pair, resample the score
+    to `new_shape` and keep the class whose resampled score is highest (earlier wins ties).
+    Peak memory: the best score (float32), the winner (int16) and one resampled score."""
+    best: Optional[np.ndarray] = None
+    winner = np.zeros(tuple(new_shape), dtype=np.int16)
+    for score, value in scored_classes:
+        resampled = resample_array(score, new_shape, orders)
+        if best is None:
+            best = resampled
+            winner[...] = value
+            continue
+        better = resampled > best
+        winner[better] = value
+        np.maximum(best, resampled, out=best)
+        del resampled, better
+    if best is None:
+        raise ValueError("no classes to resample")
+    return winner
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> Tuple[int, ...]:
+    """The shape covering the same extent at `target_spacing` (rounded, at least 1 voxel)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing))
+
+
+def is_anisotropic(spacing: Sequence[float], threshold: float = 3.0) -> bool:
+    """nnU-Net's rule: the largest spacing is more than `threshold` times the smallest."""
+    return max(spacing) > threshold * min(spacing)
+
+
+def coarsest_axis(spacing: Sequence[float], tie_tolerance: float = 1e-3) -> int:
+    """The axis with the largest spacing; spacings within `tie_tolerance` (relative) of the
+    largest count as ties, which resolve to the lowest axis (z first)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    return int(np.flatnonzero(spacing >= spacing.max() * (1 - tie_tolerance))[0])

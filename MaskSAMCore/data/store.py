@@ -1,0 +1,76 @@
+"""The folder of preprocessed cases: file names, and reading them back (memory-mapped).
+
+For each case ``NAME`` the folder holds
+
+- ``NAME.npy``      data (C, T', H', W') float32, normalised, on the network's grid;
+- ``NAME_seg.npy``  labels (T', H', W') int16;
+- ``NAME_locations.npy``  (M, 4) int32 rows (class, t, h, w): a random sample of up to 1000
+                    voxels of each foreground class, for foreground oversampling;
+- ``NAME.json``     properties (see `preprocessing.preprocess_case`) plus ``plan_hash`` and
+                    ``sources`` (size and modification time of the raw files).
+
+The JSON is written last, so a case counts as present only once all four files are complete.
+float32 rather than float16 on disk: training then sees exactly what inference computes, and
+memory-mapped patches need no conversion; the cost is twice the disk space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, Tuple
+
+import numpy as np
+
+from MaskSAMCore.errors import InputError, describe_path
+
+
+@dataclass
+class PreprocessedCase:
+    """One preprocessed case; `data` and `seg` are memory-mapped unless loaded otherwise."""
+
+    name: str
+    data: np.ndarray         # (C, T', H', W') float32
+    seg: np.ndarray          # (T', H', W') int16
+    properties: Dict[str, Any]
+    locations: np.ndarray    # (M, 4) int32 rows (class, t, h, w)
+
+
+def case_paths(folder: "os.PathLike[str] | str", name: str) -> Tuple[Path, Path, Path, Path]:
+    """(data .npy, labels .npy, class locations .npy, properties .json) of case `name`."""
+    folder = Path(folder)
+    return (folder / f"{name}.npy", folder / f"{name}_seg.npy", folder / f"{name}_locations.npy",
+            folder / f"{name}.json")
+
+
+def read_properties(folder: "os.PathLike[str] | str", name: str) -> Dict[str, Any]:
+    path = case_paths(folder, name)[3]
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{describe_path(path)}: preprocessed case '{name}' not found "
+                         "(run preprocessing first)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{describe_path(path)}: cannot read preprocessed properties ({exc})") from None
+
+
+def load_case(folder: "os.PathLike[str] | str", name: str, mmap: bool = True) -> PreprocessedCase:
+    """Open a preprocessed case; with `mmap` the arrays are read lazily from disk."""
+    data_path, seg_path, locations_path, _ = case_paths(folder, name)
+    properties = read_properties(folder, name)
+    mode = "r" if mmap else None
+    try:
+        data = np.load(data_path, mmap_mode=mode)
+        seg = np.load(seg_path, mmap_mode=mode)
+        locations = np.load(locations_path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{describe_path(data_path)}: cannot read preprocessed case '{name}' ({exc})") from None
+    return PreprocessedCase(name, data, seg, properties, locations)
+
+
+def iter_cases(folder: "os.PathLike[str] | str", names: Iterable[str], mmap: bool = False) -> Iterator[PreprocessedCase]:
+    """Yield whole preprocessed cases one after another (for validation)."""
+    for name in names:
+        yield load_case(folder, name, mmap=mmap)
