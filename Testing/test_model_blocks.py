@@ -182,7 +182,7 @@ def test_mask_decoder_shapes():
     h, w = config.embedding_hw
     m = b * t * n
     decoder = MaskSAMDecoder(config)
-    embedding, masks = decoder(torch.randn(b * t, c, h, w), torch.randn(b * t, c, h, w),
+    embedding, masks = decoder(torch.randn(b * t, c, h, w), torch.randn(t, c, h, w),
                                torch.randn(m, 2, c), torch.randn(m, c, h, w), torch.randn(m, c))
     assert embedding.shape == (m, c)
     assert masks.shape == (m, *config.low_res_mask_hw)

@@ -162,3 +162,14 @@ def test_depth_mlp_placement_ablations_and_no_depth_embedding(position):
     model = build_masksam(config)
     assert not any("depth_pos_embed.embedding" in name for name, _ in model.named_parameters())
     assert model(torch.randn(1, 1, 4, 64, 64)).class_logits.shape[-1] == 4
+
+
+def test_decoding_a_few_patches_at_a_time_gives_the_same_scores():
+    model = build_masksam(preset("tiny", num_classes=4)).eval()
+    x = torch.randn(5, 1, 4, 64, 64)
+    with torch.no_grad():
+        whole = model.segment(x)
+        chunked = model.segment(x, patches_per_decoder_call=2)
+        one_by_one = torch.cat([model.segment(x[i:i + 1]) for i in range(5)])
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert torch.allclose(whole, one_by_one, atol=1e-5)  # no patch influences another

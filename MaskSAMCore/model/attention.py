@@ -3,9 +3,16 @@
 SAM computes attention explicitly (``softmax(q k^T) v`` with the decomposed relative-position
 terms added to the logits), which materialises every attention matrix and runs far below a
 GPU's matrix throughput. These functions compute the same result with PyTorch's
-`scaled_dot_product_attention`, reading the weights of SAM's modules as they are — the
-relative positions become an additive bias — so nothing of SAM is re-implemented or re-trained
-and the frozen weights load unchanged. The tests check equality with SAM's forward.
+`scaled_dot_product_attention`, reading the weights of SAM's modules as they are, so nothing of
+SAM is re-implemented or re-trained and the frozen weights load unchanged. The tests check
+equality with SAM's forward.
+
+Relative positions without a bias matrix: SAM's bias for query i and key j is
+``rel_h[i, row(j)] + rel_w[i, col(j)]`` with ``rel_h[i, a] = q_i . Rh[row(i), a]``. That equals the
+dot product of ``[rel_h[i, :], rel_w[i, :]]`` with the one-hot vector of (row(j), col(j)), so
+appending those h + w columns to the (pre-scaled) queries and the one-hot columns to the keys
+puts the bias inside ``q' k'^T``. No (tokens x tokens) bias is ever stored, and the widened
+head (64 + 2*32 = 128 for ViT-B at 512 px) still runs in the flash-attention kernel.
 """
 
 from __future__ import annotations
@@ -18,26 +25,28 @@ import torch.nn.functional as F
 from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention, get_rel_pos
 
 
-def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                           size: Tuple[int, int]) -> torch.Tensor:
-    """SAM's decomposed relative-position logits as a bias.
+def _positions_in_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                       rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: Tuple[int, int]
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Widen q, k (and pad v) so that ``q' k'^T = scale * q k^T + relative-position bias``.
 
-    Args:
-        q: queries ``(B, heads, h*w, d)`` (unscaled, as SAM uses them).
-        rel_pos_h, rel_pos_w: ``(2h-1, d)``, ``(2w-1, d)`` (resized on the fly when they differ).
-        size: ``(h, w)`` of the (window of) tokens; keys have the same size.
-    Returns:
-        ``(B, heads, h*w, h*w)`` bias to add to the attention logits.
+    q, k, v: ``(B, heads, h*w, d)``; returns q', k' ``(B, heads, h*w, d + h + w)`` and v padded
+    to the same width (flash attention wants equal widths; the padding columns are dropped).
     """
     h, w = size
-    batch, heads, _, dim = q.shape
+    batch, heads, tokens, dim = q.shape
     rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, h, d)
     rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, w, d)
     grid_q = q.reshape(batch, heads, h, w, dim)
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rh)  # (B, heads, h, w, kh)
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rw)  # (B, heads, h, w, kw)
-    bias = bias_h.unsqueeze(-1) + bias_w.unsqueeze(-2)     # (B, heads, h, w, kh, kw)
-    return bias.reshape(batch, heads, h * w, h * w)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rh).reshape(batch, heads, tokens, h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rw).reshape(batch, heads, tokens, w)
+    rows = torch.arange(h, device=q.device).repeat_interleave(w)
+    cols = torch.arange(w, device=q.device).repeat(h)
+    one_hot = torch.cat([F.one_hot(rows, h), F.one_hot(cols, w)], dim=-1).to(k.dtype)  # (h*w, h+w)
+    q_wide = torch.cat([q * scale, rel_h, rel_w], dim=-1)
+    k_wide = torch.cat([k, one_hot.expand(batch, heads, tokens, h + w)], dim=-1)
+    v_wide = F.pad(v, (0, h + w))
+    return q_wide, k_wide, v_wide
 
 
 def encoder_attention(attn: EncoderAttention, x: torch.Tensor) -> torch.Tensor:
@@ -45,10 +54,12 @@ def encoder_attention(attn: EncoderAttention, x: torch.Tensor) -> torch.Tensor:
     batch, h, w, _ = x.shape
     qkv = attn.qkv(x).reshape(batch, h * w, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # each (B, heads, h*w, d)
-    bias = None
+    dim = v.shape[-1]
     if attn.use_rel_pos:
-        bias = relative_position_bias(q, attn.rel_pos_h, attn.rel_pos_w, (h, w))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
+        q, k, v = _positions_in_keys(q, k, v, attn.scale, attn.rel_pos_h, attn.rel_pos_w, (h, w))
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)[..., :dim]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     out = out.transpose(1, 2).reshape(batch, h, w, -1)
     return attn.proj(out)
 

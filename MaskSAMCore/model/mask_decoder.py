@@ -138,7 +138,7 @@ class MaskSAMDecoder(MaskDecoder):
 
         Args:
             image_embeddings: ``(B*T, C, h, w)``; each slice is shared by its N prompts.
-            image_pe: ``(B*T, C, h, w)`` positional encoding (SAM's + depth).
+            image_pe: ``(T, C, h, w)`` positional encoding (SAM's + depth), the same per volume.
             sparse_prompt_embeddings: ``(M, 2, C)`` box-corner embeddings, M = B*T*N.
             dense_prompt_embeddings: ``(M, C, h, w)`` mask-prompt embeddings.
             class_tokens: ``(M, C)`` global + auxiliary classifier tokens.
@@ -152,7 +152,8 @@ class MaskSAMDecoder(MaskDecoder):
         tokens = torch.cat([class_tokens.unsqueeze(1), output_tokens, sparse_prompt_embeddings], dim=1)
 
         src = torch.repeat_interleave(image_embeddings, per_slice, dim=0) + dense_prompt_embeddings
-        pos = torch.repeat_interleave(image_pe, per_slice, dim=0)
+        volumes = image_embeddings.shape[0] // image_pe.shape[0]
+        pos = torch.repeat_interleave(image_pe, per_slice, dim=0).repeat(volumes, 1, 1, 1)
         batch, channels, h, w = src.shape
         hs, src = self.transformer(src, pos, tokens)
 

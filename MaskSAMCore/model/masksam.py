@@ -34,6 +34,17 @@ from MaskSAMCore.model.sam_import import PromptEncoder
 
 
 @dataclass
+class _Encoded:
+    """What `MaskSAM._encode` hands to `_decode` (batch-first, so it slices by patch)."""
+
+    neck: torch.Tensor          # (B, T, 256, h, w)
+    prompts: Prompts
+    boxes: torch.Tensor         # (B, T, N, 4) box prompts
+    image_pe: torch.Tensor      # (T, 256, h, w) decoder positional encoding
+    size: tuple                 # (H, W)
+
+
+@dataclass
 class MaskSAMOutput:
     """Network outputs; B volumes, T slices, N queries, K classes (background included)."""
 
@@ -65,6 +76,8 @@ class MaskSAM(nn.Module):
         self.global_class_tokens = nn.Embedding(config.num_queries, b.prompt_embed_dim)
         self.class_head = nn.Linear(b.prompt_embed_dim, config.num_classes + 1)
         self.mask_head = MaskHead3D(config.mask_head_channels, use_aux=config.prompt_mode != "box")
+        # Inference setting (not a weight): how many patches `segment` decodes per decoder call.
+        self.decoder_patches_per_call: Optional[int] = None
 
     # -- forward -------------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
@@ -87,31 +100,46 @@ class MaskSAM(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> MaskSAMOutput:
-        self.check_input(x)
-        c = self.config
-        batch, _, slices, height, width = x.shape
-        queries = c.num_queries
+        """All outputs for a batch of patches ``(B, C, T, H, W)``."""
+        encoded = self._encode(x)
+        return self._decode(encoded, 0, x.shape[0])
 
+    def _encode(self, x: torch.Tensor) -> "_Encoded":
+        """Everything before SAM's decoder, for the whole batch (the encoder likes big batches)."""
+        self.check_input(x)
+        batch, _, slices, height, width = x.shape
         image = self.modality_adapter(x)                                    # (B, 3, T, H, W)
         neck, features = self.image_encoder(image.transpose(1, 2).reshape(batch * slices, 3, height, width))
         prompts = self.prompt_generator(neck, features, image)
+        image_pe = self.decoder_depth_pos_embed(
+            self.prompt_encoder.get_dense_pe().expand(slices, -1, -1, -1), channels_first=True)
+        return _Encoded(neck=neck.view(batch, slices, *neck.shape[1:]), prompts=prompts,
+                        boxes=self._box_prompts(prompts), image_pe=image_pe, size=(height, width))
 
-        boxes = self._box_prompts(prompts)                                  # (B, T, N, 4)
+    def _decode(self, encoded: "_Encoded", start: int, stop: int) -> MaskSAMOutput:
+        """SAM's prompt encoder, decoder and the heads for patches ``start:stop`` of the batch.
+
+        The decoder works on B*T*N rows of h*w tokens each (N queries share a slice), its
+        largest activations; decoding a few patches at a time bounds memory at inference."""
+        c = self.config
+        prompts = encoded.prompts
+        aux = prompts.aux_mask_logits[start:stop] if prompts.aux_mask_logits is not None else None
+        learned = prompts.learned_boxes[start:stop] if prompts.learned_boxes is not None else None
+        boxes = encoded.boxes[start:stop]
+        neck = encoded.neck[start:stop].flatten(0, 1)                      # (b*T, 256, h, w)
+        batch, slices, queries = boxes.shape[:3]
+        height, width = encoded.size
+
         pixel_scale = boxes.new_tensor([width, height, width, height])
-        mask_prompts = self._mask_prompts(prompts.aux_mask_logits)          # (M, 1, 4h, 4w) or None
         sparse, dense = self.prompt_encoder(points=None, boxes=(boxes * pixel_scale).reshape(-1, 4),
-                                            masks=mask_prompts)
-        image_pe = self.prompt_encoder.get_dense_pe().expand(batch * slices, -1, -1, -1)
-        image_pe = self.decoder_depth_pos_embed(image_pe, channels_first=True)
-        class_tokens = (self.global_class_tokens.weight + prompts.class_tokens).reshape(-1, neck.shape[1])
-
-        class_embedding, low_res = self.mask_decoder(neck, image_pe, sparse, dense, class_tokens)
+                                            masks=self._mask_prompts(aux))
+        class_tokens = (self.global_class_tokens.weight + prompts.class_tokens[start:stop]).reshape(-1, neck.shape[1])
+        class_embedding, low_res = self.mask_decoder(neck, encoded.image_pe, sparse, dense, class_tokens)
         class_logits = self.class_head(class_embedding).view(batch, slices, queries, -1)
         low_res = low_res.view(batch, slices, queries, *low_res.shape[-2:]).transpose(1, 2)
-        masks = self.mask_head(low_res, prompts.aux_mask_logits, (height, width))
-        return MaskSAMOutput(class_logits=class_logits, mask_logits=masks,
-                             aux_mask_logits=prompts.aux_mask_logits, aux_boxes=prompts.learned_boxes,
-                             prompt_boxes=boxes)
+        masks = self.mask_head(low_res, aux, (height, width))
+        return MaskSAMOutput(class_logits=class_logits, mask_logits=masks, aux_mask_logits=aux,
+                             aux_boxes=learned, prompt_boxes=boxes)
 
     def _box_prompts(self, prompts: Prompts) -> torch.Tensor:
         """The box given to SAM per (volume, slice, query): ``(B, T, N, 4)`` xyxy in [0, 1]."""
@@ -148,9 +176,17 @@ class MaskSAM(nn.Module):
         masks = output.mask_logits.float().sigmoid()                         # (B, N, T, H, W)
         return torch.einsum("btnk,bnthw->bkthw", probs, masks)
 
-    def segment(self, x: torch.Tensor) -> torch.Tensor:
-        """Class scores ``(B, K, T, H, W)`` for a batch of patches ``(B, C, T, H, W)``."""
-        return self.semantic(self(x))
+    def segment(self, x: torch.Tensor, patches_per_decoder_call: Optional[int] = None) -> torch.Tensor:
+        """Class scores ``(B, K, T, H, W)`` for a batch of patches ``(B, C, T, H, W)``.
+
+        The encoder runs on the whole batch; the decoder and heads on `patches_per_decoder_call`
+        patches at a time (default `decoder_patches_per_call`, None = all), so a predictor can
+        batch many windows and flips without the decoder's activations growing with them.
+        """
+        encoded = self._encode(x)
+        step = patches_per_decoder_call or self.decoder_patches_per_call or x.shape[0]
+        return torch.cat([self.semantic(self._decode(encoded, start, min(start + step, x.shape[0])))
+                          for start in range(0, x.shape[0], step)])
 
     # -- weights ---------------------------------------------------------------------------------
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
