@@ -1,0 +1,102 @@
+"""Command lines for the MaskSAMCore jobs the module starts, and the interpreter that runs them.
+
+Inside Slicer, `sys.executable` is not a plain Python one can start (library paths are set by
+Slicer's launcher), so the jobs run under ``PythonSlicer`` (the launcher for Slicer's Python,
+on PATH inside Slicer), the way the TotalSegmentator and nnU-Net extensions do it. Elsewhere
+(tests, a developer's venv) it is `sys.executable`.
+
+The core package may live beside the module (an installed extension) or one folder up (the
+source tree added with "Add module path"); either way its parent folder goes first on the
+job's PYTHONPATH so that ``python -m MaskSAMCore`` finds this very copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+QUALITY_FULL = "full"   # 8-fold mirroring, window step 0.5 (the paper's inference)
+QUALITY_FAST = "fast"   # the core's --fast: no mirroring, larger step
+QUALITIES = (QUALITY_FULL, QUALITY_FAST)
+
+
+def python_interpreter() -> str:
+    """The Python to run jobs with: PythonSlicer when there is one, else this interpreter."""
+    slicer_python = shutil.which("PythonSlicer")
+    if slicer_python:
+        return slicer_python
+    beside = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+    return str(beside) if beside.is_file() else sys.executable
+
+
+def core_parent_folder() -> Optional[str]:
+    """The folder holding the ``MaskSAMCore`` package this process would import, or None."""
+    here = Path(__file__).resolve().parents[1]           # the folder of MaskSAMSegment.py
+    for candidate in (here, here.parent):                 # installed extension, source tree
+        if (candidate / "MaskSAMCore" / "__init__.py").is_file():
+            return str(candidate)
+    spec = importlib.util.find_spec("MaskSAMCore")
+    if spec is not None and spec.submodule_search_locations:
+        return str(Path(list(spec.submodule_search_locations)[0]).parent)
+    return None
+
+
+def job_environment(base: Optional[Mapping[str, str]] = None, gpu_index: Optional[int] = None) -> Dict[str, str]:
+    """The environment of a job: `base` (default: this process's) with the core on PYTHONPATH and,
+    for a chosen GPU, only that GPU visible (the core's ``--device cuda`` then uses it)."""
+    env = dict(base if base is not None else os.environ)
+    core = core_parent_folder()
+    if core:
+        parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != core]
+        env["PYTHONPATH"] = os.pathsep.join([core] + parts)
+    if gpu_index is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
+    return env
+
+
+def masksam_command(arguments: List[str], python: Optional[str] = None) -> List[str]:
+    """``python -m MaskSAMCore --machine-progress ARGUMENTS``."""
+    return [python or python_interpreter(), "-m", "MaskSAMCore", "--machine-progress", *arguments]
+
+
+def predict_arguments(model_dir: str, input_path: str, output_path: str, device: str = "auto",
+                      quality: str = QUALITY_FULL, sam_checkpoint: Optional[str] = None) -> List[str]:
+    """``predict MODEL_DIR INPUT OUTPUT`` with the device and the quality chosen in the Segment tab."""
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {QUALITIES}, not {quality!r}")
+    arguments = ["predict", str(model_dir), str(input_path), str(output_path), "--device", device]
+    arguments += ["--fast"] if quality == QUALITY_FAST else ["--mirror", "--step", "0.5"]
+    if sam_checkpoint:
+        arguments += ["--sam-checkpoint", str(sam_checkpoint)]
+    return arguments
+
+
+def train_arguments(dataset_dir: str, model_dir: str, preset: str = "vit_b",
+                    sam_checkpoint: Optional[str] = None, random_init: bool = False,
+                    epochs: int = 100, iters_per_epoch: Optional[int] = None,
+                    device: str = "auto", resume: bool = False) -> List[str]:
+    """``train DATASET MODEL_DIR`` with the choices of the Training tab.
+
+    sam_checkpoint: a checkpoint file, or vit_b/vit_l/vit_h for the downloaded one; `random_init`
+    trains on a random frozen backbone instead (the tiny preset, demos).
+    """
+    arguments = ["train", str(dataset_dir), str(model_dir), "--preset", preset, "--epochs", str(int(epochs)),
+                 "--device", device]
+    if random_init:
+        arguments.append("--random-init")
+    elif sam_checkpoint:
+        arguments += ["--sam-checkpoint", str(sam_checkpoint)]
+    if iters_per_epoch:
+        arguments += ["--iters-per-epoch", str(int(iters_per_epoch))]
+    if resume:
+        arguments.append("--resume")
+    return arguments
+
+
+def download_sam_arguments(model_type: str) -> List[str]:
+    """``download-sam vit_b``: the official checkpoint into the cache, SHA-256 checked."""
+    return ["download-sam", model_type]

@@ -1,0 +1,98 @@
+"""What a running MaskSAMCore job has told us about its progress, for a progress bar and a status line.
+
+The core prints ``@masksam {json}`` lines (`MaskSAMCore.progress`): ``stage`` when a stage
+begins, ``progress`` with done/total/fraction/eta_s within it, ``epoch`` after each training
+epoch, ``message``, ``done`` and ``error``. Training interleaves its "train" stage (one bar over
+every iteration of every epoch) with validation, so the overall fraction and ETA of a training
+follow the "train" bar and the epoch lines, not whichever stage printed last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from MaskSAMCore.progress import format_duration
+
+TRAINING_STAGE = "train"  # the core's progress bar over all iterations of all remaining epochs
+
+
+@dataclass
+class JobProgress:
+    stage: str = "starting"
+    stage_fraction: Optional[float] = None   # 0..1 within the current stage, None when unknown
+    stage_eta_s: Optional[float] = None      # the core's own estimate for the stage
+    epoch: Optional[int] = None              # last finished epoch (1-based), training only
+    epochs: Optional[int] = None
+    training_fraction: Optional[float] = None  # the "train" stage spans every epoch's iterations
+    training_eta_s: Optional[float] = None
+    message: str = ""
+    epoch_history: List[Dict[str, Any]] = field(default_factory=list)
+
+    def update(self, event: Dict[str, Any]) -> None:
+        """Fold one machine event into the state."""
+        kind = event.get("event")
+        if kind == "stage":
+            self.stage = str(event.get("stage") or self.stage)
+            self.stage_fraction = 0.0 if event.get("total") else None
+            self.stage_eta_s = None
+        elif kind == "progress":
+            self.stage = str(event.get("stage") or self.stage)
+            fraction = event.get("fraction")
+            if fraction is None and event.get("total"):
+                fraction = float(event.get("done", 0)) / float(event["total"])
+            self.stage_fraction = None if fraction is None else min(max(float(fraction), 0.0), 1.0)
+            self.stage_eta_s = _number(event.get("eta_s"))
+            if self.stage == TRAINING_STAGE:
+                self.training_fraction, self.training_eta_s = self.stage_fraction, self.stage_eta_s
+        elif kind == "epoch":
+            self.epoch = int(event.get("epoch", (self.epoch or 0) + 1))
+            self.epochs = int(event["epochs"]) if event.get("epochs") else self.epochs
+            self.training_eta_s = _number(event.get("eta_s"))
+            self.epoch_history.append(dict(event))
+        elif kind == "message":
+            self.message = str(event.get("message", ""))
+        elif kind == "done":
+            self.stage, self.stage_fraction, self.stage_eta_s = "done", 1.0, 0.0
+
+    @property
+    def is_training(self) -> bool:
+        return self.epochs is not None or self.training_fraction is not None
+
+    def overall_fraction(self) -> Optional[float]:
+        """0..1 for the whole job, or None while unknown (the bar then shows 'busy')."""
+        if self.stage == "done":
+            return 1.0
+        if self.training_fraction is not None:
+            return self.training_fraction
+        if self.epochs:
+            return min((self.epoch or 0) / self.epochs, 1.0)
+        return self.stage_fraction
+
+    def eta_s(self) -> Optional[float]:
+        """Seconds left as the core estimates them (None while unknown)."""
+        if self.stage == "done":
+            return 0.0
+        return self.training_eta_s if self.is_training else self.stage_eta_s
+
+    def status_text(self, elapsed_s: float) -> str:
+        """One line such as ``epoch 3/50 · validate 40% · ETA 12:04`` or ``predict 45% · ETA 0:12``."""
+        parts = []
+        if self.epochs:
+            parts.append(f"epoch {min((self.epoch or 0) + 1, self.epochs)}/{self.epochs}")
+        stage = self.stage.replace("_", " ")
+        if self.stage_fraction is not None and self.stage != "done":
+            stage += f" {100 * self.stage_fraction:.0f}%"
+        parts.append(stage)
+        eta = self.eta_s()
+        if eta is not None and self.stage != "done":
+            parts.append(f"ETA {format_duration(eta)}")
+        parts.append(f"elapsed {format_duration(elapsed_s)}")
+        return " · ".join(parts)
+
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,196 @@
+"""Installed MaskSAM models: listing, describing and installing model folders.
+
+A model folder (docs/INTERNALS.md) is self-describing through its ``model.json``. The core's
+`MaskSAMCore.model_folder` reads it too, but imports torch; the GUI must stay light, so this
+file reads only what the Segment tab shows (name, version, labels, modality, input size) and
+validates it with the same one-line errors. Installed models live in
+`MaskSAMCore.paths.models_folder()`, one sub-folder each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from MaskSAMCore.errors import ModelFolderError, describe_path
+from MaskSAMCore.paths import models_folder
+
+MODEL_JSON = "model.json"
+FINAL_CHECKPOINT = "checkpoint_final.pt"
+# Files a model needs for inference; the resume state (optimizer, RNG) stays in the training folder.
+NOT_INSTALLED = ("checkpoint_latest.pt",)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the Segment tab shows about one model folder."""
+
+    folder: Path
+    name: str
+    version: str
+    description: str
+    labels: Dict[str, int]          # label name -> value, background = 0 included
+    channel_names: Dict[str, str]   # "0" -> "CT", ...
+    modality: str
+    image_size: Optional[int]       # H = W of the network input
+    num_slices: Optional[int]       # T adjacent slices per patch
+    preset: Optional[str]
+    random_init: bool               # trained on a random backbone (demo / test models)
+    has_final_checkpoint: bool
+
+    @property
+    def names_by_value(self) -> Dict[int, str]:
+        return {value: name for name, value in self.labels.items()}
+
+    @property
+    def structures(self) -> List[str]:
+        """Label names without background, in label-value order."""
+        return [name for name, value in sorted(self.labels.items(), key=lambda item: item[1]) if value != 0]
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} (v{self.version})"
+
+    @property
+    def input_size_text(self) -> str:
+        if self.image_size is None or self.num_slices is None:
+            return "unknown"
+        return f"{self.num_slices} slices x {self.image_size} x {self.image_size} pixels"
+
+    def summary(self) -> str:
+        """Several lines for the model description label."""
+        channels = ", ".join(self.channel_names[key] for key in sorted(self.channel_names, key=int))
+        lines = [
+            f"Structures ({len(self.structures)}): {', '.join(self.structures)}",
+            f"Modality: {self.modality} (input channels: {channels})",
+            f"Network input: {self.input_size_text}" + (f", preset {self.preset}" if self.preset else ""),
+        ]
+        if self.random_init:
+            lines.append("Trained without SAM weights (random backbone): for tests and demos only.")
+        if not self.has_final_checkpoint:
+            lines.append(f"Not usable yet: {FINAL_CHECKPOINT} is missing (is training finished?)")
+        if self.description:
+            lines.append(self.description)
+        return "\n".join(lines)
+
+
+def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
+    """Read and check a model folder's model.json; `ModelFolderError` with one line otherwise."""
+    folder = Path(folder)
+    json_path = folder / MODEL_JSON
+    if not folder.is_dir():
+        raise ModelFolderError(f"model folder {describe_path(folder)} does not exist")
+    if not json_path.is_file():
+        raise ModelFolderError(f"{describe_path(folder)} is not a MaskSAM model folder (no {MODEL_JSON})")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{describe_path(json_path)} is not valid JSON ({exc})") from None
+    shown = describe_path(json_path)
+    if not isinstance(meta, dict) or meta.get("format") != "masksam-model":
+        raise ModelFolderError(f"{shown} does not describe a MaskSAM model")
+    labels = _checked_labels(meta.get("labels"), shown)
+    channels = meta.get("channel_names")
+    if not isinstance(channels, dict) or not channels or not all(str(k).isdigit() for k in channels):
+        raise ModelFolderError(f"{shown}: channel_names must map '0', '1', ... to modality names")
+    network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    sam = meta.get("sam") if isinstance(meta.get("sam"), dict) else {}
+    channel_names = {str(k): str(v) for k, v in channels.items()}
+    return ModelInfo(
+        folder=folder,
+        name=str(meta.get("name") or folder.name),
+        version=str(meta.get("version", "1")),
+        description=str(meta.get("description", "")),
+        labels=labels,
+        channel_names=channel_names,
+        modality=str(meta.get("modality") or channel_names.get("0", "unknown")),
+        image_size=_int_or_none(network.get("image_size")),
+        num_slices=_int_or_none(network.get("num_slices")),
+        preset=training.get("preset"),
+        random_init=bool(sam.get("random_init", False)),
+        has_final_checkpoint=(folder / FINAL_CHECKPOINT).is_file(),
+    )
+
+
+def _checked_labels(labels, shown: str) -> Dict[str, int]:
+    if not isinstance(labels, dict) or not labels:
+        raise ModelFolderError(f"{shown}: labels must be a non-empty mapping of name to value")
+    try:
+        result = {str(name): int(value) for name, value in labels.items()}
+    except (TypeError, ValueError):
+        raise ModelFolderError(f"{shown}: every label value must be an integer") from None
+    values = sorted(result.values())
+    if 0 not in values or len(set(values)) != len(values) or values[0] < 0:
+        raise ModelFolderError(f"{shown}: label values must be distinct, non-negative and include 0 (background)")
+    return result
+
+
+def _int_or_none(value) -> Optional[int]:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def find_models(root: Optional["os.PathLike[str] | str"] = None) -> Tuple[List[ModelInfo], List[str]]:
+    """Models installed under `root` (default: the models folder), sorted by name, and one
+    line per sub-folder that is not a valid model (shown in the log, not fatal)."""
+    root = Path(root) if root is not None else models_folder()
+    models: List[ModelInfo] = []
+    problems: List[str] = []
+    if not root.is_dir():
+        return models, problems
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            models.append(read_model_info(folder))
+        except ModelFolderError as exc:
+            problems.append(str(exc))
+    models.sort(key=lambda info: (info.name.lower(), info.version))
+    return models, problems
+
+
+def install_folder_name(info: ModelInfo) -> str:
+    """Sub-folder name for an installed model: its name and version, file-system safe."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{info.name}-v{info.version}").strip("-.")
+    return slug or "model"
+
+
+def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.PathLike[str] | str"] = None,
+                         replace: bool = False) -> ModelInfo:
+    """Copy a model folder into the models folder after checking it; returns the installed model.
+
+    The copy is made in a hidden sibling and renamed into place, so an interrupted install
+    never leaves a half-copied model that the list would show. Refuses to overwrite an
+    installed model of the same name and version unless `replace`.
+    """
+    info = read_model_info(source)
+    if not info.has_final_checkpoint:
+        raise ModelFolderError(f"{describe_path(info.folder)} has no {FINAL_CHECKPOINT} (is training finished?)")
+    root = Path(root) if root is not None else models_folder()
+    target = root / install_folder_name(info)
+    if Path(source).resolve() == target.resolve():
+        return info  # already installed here
+    if target.exists() and not replace:
+        raise ModelFolderError(f"a model named '{info.display_name}' is already installed in {describe_path(target)}")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=root))
+    try:
+        shutil.copytree(info.folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_INSTALLED))
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=root))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return read_model_info(target)

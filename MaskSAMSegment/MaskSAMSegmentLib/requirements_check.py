@@ -1,0 +1,77 @@
+"""First use: which Python packages the jobs need are missing, and how to install them.
+
+The decision is pure logic (testable without Slicer); the widget asks the user, then installs
+torch through the PyTorch extension's `PyTorchUtils` (a plain ``pip install torch`` may pick a
+build that does not match the GPU driver) and the rest with Slicer's pip helpers.
+`importlib.util.find_spec` tells whether a package is installed without importing it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class Requirement:
+    name: str                 # what the user reads
+    import_name: str          # top-level module to look for
+    pip_spec: str             # requirement specifier (kept equal to pyproject.toml's)
+    via_pytorch: bool = False  # install through the PyTorch extension, not pip
+
+
+REQUIREMENTS = (
+    Requirement("PyTorch", "torch", "torch>=2.1", via_pytorch=True),
+    Requirement("Segment Anything", "segment_anything", "segment-anything>=1.0"),
+    Requirement("NumPy", "numpy", "numpy>=1.23"),
+    Requirement("SciPy", "scipy", "scipy>=1.9"),
+    Requirement("SimpleITK", "SimpleITK", "SimpleITK>=2.2"),
+)
+
+
+def is_installed(import_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(import_name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_requirements(installed: Callable[[str], bool] = is_installed,
+                         requirements: Sequence[Requirement] = REQUIREMENTS) -> List[Requirement]:
+    return [requirement for requirement in requirements if not installed(requirement.import_name)]
+
+
+@dataclass
+class InstallPlan:
+    """What to install, and what cannot be installed from here."""
+
+    torch_requirement: Optional[str] = None          # for PyTorchUtils' installTorch
+    pip_requirements: List[str] = field(default_factory=list)
+    blockers: List[str] = field(default_factory=list)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.torch_requirement is None and not self.pip_requirements and not self.blockers
+
+    def question(self) -> str:
+        """The text of the confirmation dialog."""
+        items = ([f"PyTorch ({self.torch_requirement}, through the PyTorch extension)"] if self.torch_requirement else [])
+        items += self.pip_requirements
+        return ("MaskSAM needs these Python packages, which are not installed yet:\n  - "
+                + "\n  - ".join(items)
+                + "\n\nInstalling them downloads several hundred MB and can take a few minutes. Install now?")
+
+
+def install_plan(missing: Sequence[Requirement], pytorch_extension_available: bool) -> InstallPlan:
+    plan = InstallPlan()
+    for requirement in missing:
+        if requirement.via_pytorch:
+            if pytorch_extension_available:
+                plan.torch_requirement = requirement.pip_spec[len("torch"):]
+            else:
+                plan.blockers.append("PyTorch is not installed and the PyTorch extension is missing: "
+                                     "install 'PyTorch' from the Extensions Manager and restart Slicer")
+        else:
+            plan.pip_requirements.append(requirement.pip_spec)
+    return plan

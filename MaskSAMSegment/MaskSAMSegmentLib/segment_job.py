@@ -1,0 +1,229 @@
+"""The Segment tab's work: volume node(s) -> ``masksam predict`` in the background -> segmentation node.
+
+Nothing in the scene changes until the prediction has finished and its label map has been read
+and checked: the input is written to a private temporary folder, the core runs there, and only
+then are the segments created (or an existing segmentation's segments replaced). Cancelling or
+a failure therefore leaves the scene exactly as it was; the temporary folder is always removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional
+
+from MaskSAMCore.errors import InputError, MaskSAMError
+from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
+from MaskSAMSegmentLib.devices import DeviceChoice
+from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.models import FINAL_CHECKPOINT, ModelInfo
+from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
+                                             MODEL_VERSION_ATTRIBUTE, import_label_map)
+
+QUALITY_ATTRIBUTE = "MaskSAM.Quality"
+INPUT_ENDING = ".nrrd"  # uncompressed: written and read fastest; only lives in the temp folder
+AUTO_DEVICE = DeviceChoice("Auto", "auto", None)
+
+
+@dataclass
+class SegmentRequest:
+    """Everything the Segment button needs.
+
+    input_volumes:       one scalar volume node per model channel, in channel order
+    output_segmentation: a segmentation node whose segments are replaced, or None for a new node
+    """
+
+    input_volumes: List
+    model: Optional[ModelInfo]
+    device: DeviceChoice = AUTO_DEVICE
+    quality: str = QUALITY_FULL
+    output_segmentation: Optional[object] = None
+    sam_checkpoint: Optional[str] = None
+    extra_attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+def segment_problems(request: SegmentRequest) -> List[str]:
+    """Why the Segment button cannot run yet, one short sentence each (empty when it can)."""
+    problems: List[str] = []
+    volumes = [v for v in request.input_volumes if v is not None]
+    if not volumes:
+        problems.append("Select an input volume.")
+    if request.model is None:
+        problems.append("Select a model (or import one with 'Import model folder...').")
+    else:
+        if not request.model.has_final_checkpoint:
+            problems.append(f"Model '{request.model.display_name}' has no {FINAL_CHECKPOINT}: is its training finished?")
+        channels = len(request.model.channel_names)
+        if volumes and (len(volumes) != channels or len(request.input_volumes) != channels):
+            names = ", ".join(request.model.channel_names[k] for k in sorted(request.model.channel_names, key=int))
+            problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {names}.")
+    for volume in volumes:
+        image = volume.GetImageData()
+        if image is None:
+            problems.append(f"Volume '{volume.GetName()}' has no image data.")
+        elif image.GetNumberOfScalarComponents() != 1:
+            problems.append(f"Volume '{volume.GetName()}' is a colour/vector volume; select a scalar volume.")
+    return problems
+
+
+class SegmentJob:
+    """One prediction: `start()`, then `poll()` until `finished`; `cancel()` at any time.
+
+    scene:    the MRML scene the result goes into
+    python:   interpreter for the job (default: `commands.python_interpreter()`)
+    base_env: environment to start from (in Slicer: the start-up environment)
+    work_dir: parent of the private temporary folder (default: the system's)
+    """
+
+    def __init__(self, scene, request: SegmentRequest, python: Optional[str] = None,
+                 base_env: Optional[Mapping[str, str]] = None, work_dir: Optional[str] = None,
+                 on_log: Optional[Callable[[str], None]] = None,
+                 on_event: Optional[Callable[[dict], None]] = None) -> None:
+        self.scene = scene
+        self.request = request
+        self.python = python
+        self.base_env = base_env
+        self.work_dir = work_dir
+        self.on_log = on_log
+        self.on_event = on_event
+        self.runner: Optional[JobRunner] = None
+        self.result_node = None
+        self.warnings: List[str] = []
+        self._folder: Optional[Path] = None
+        self._output: Optional[Path] = None
+        self._input_grid = None
+        self._failure: Optional[str] = None
+        self._state = JobState.PENDING
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Write the input and start ``masksam predict``; `InputError` if the request cannot run."""
+        problems = segment_problems(self.request)
+        if problems:
+            raise InputError(" ".join(problems))
+        from MaskSAMSegmentLib.volume_nodes import volume_to_array  # needs VTK; keep module import light
+
+        self._folder = Path(tempfile.mkdtemp(prefix="masksam-segment-", dir=self.work_dir))
+        try:
+            input_path, self._output = self._write_inputs(volume_to_array)
+            model = self.request.model
+            arguments = predict_arguments(str(model.folder), str(input_path), str(self._output),
+                                          device=self.request.device.device, quality=self.request.quality,
+                                          sam_checkpoint=self.request.sam_checkpoint)
+            if input_path.is_dir():
+                arguments += ["--output-ending", INPUT_ENDING]
+            self.runner = JobRunner(masksam_command(arguments, self.python),
+                                    env=job_environment(self.base_env, self.request.device.gpu_index),
+                                    on_event=self.on_event, on_log=self.on_log)
+            self.runner.start()
+            self._state = JobState.RUNNING
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _write_inputs(self, volume_to_array):
+        """One file for a single-channel model; a folder of CASE_000c files otherwise."""
+        volumes = self.request.input_volumes
+        arrays = [volume_to_array(volume) for volume in volumes]
+        self._input_grid = arrays[0][1]
+        for volume, (_, grid) in zip(volumes[1:], arrays[1:]):
+            if not grid.same_as(self._input_grid):
+                raise InputError(f"volume '{volume.GetName()}' is not on the grid of '{volumes[0].GetName()}' "
+                                 "(resample it onto that volume first)")
+        if len(arrays) == 1:
+            path = write_array_image(arrays[0][0], arrays[0][1], self._folder / f"input{INPUT_ENDING}", compress=False)
+            return path, self._folder / f"labels{INPUT_ENDING}"
+        folder = self._folder / "input"
+        for channel, (array, grid) in enumerate(arrays):
+            write_array_image(array, grid, folder / f"case_{channel:04d}{INPUT_ENDING}", compress=False)
+        return folder, self._folder / "output"
+
+    def poll(self) -> JobState:
+        """Advance the job; on success imports the result into the scene (once)."""
+        if self._state is not JobState.RUNNING or self.runner is None:
+            return self._state
+        state = self.runner.poll()
+        if state is JobState.SUCCEEDED:
+            try:
+                self.result_node = self._import_result()
+                self._state = JobState.SUCCEEDED
+            except MaskSAMError as exc:
+                self._failure = str(exc)
+                self._state = JobState.FAILED
+            finally:
+                self._cleanup()
+        elif state in (JobState.FAILED, JobState.CANCELLED):
+            self._state = state
+            self._cleanup()
+        return self._state
+
+    def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.05) -> JobState:
+        """Poll until finished (scripts, tests and the self-test; never the GUI)."""
+        import time
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.poll() is JobState.RUNNING:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(interval_s)
+        return self._state
+
+    def cancel(self) -> None:
+        if self.runner is not None and self._state is JobState.RUNNING:
+            self.runner.cancel()
+        elif self._state is JobState.PENDING:
+            self._state = JobState.CANCELLED
+
+    # -- results ------------------------------------------------------------------------------
+    @property
+    def state(self) -> JobState:
+        return self._state
+
+    @property
+    def finished(self) -> bool:
+        return self._state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @property
+    def error_message(self) -> str:
+        if self._failure:
+            return self._failure
+        return self.runner.error_message if self.runner is not None else ""
+
+    @property
+    def log_text(self) -> str:
+        return self.runner.log_text if self.runner is not None else ""
+
+    def status_text(self) -> str:
+        return self.runner.status_text() if self.runner is not None else ""
+
+    # -- internals ----------------------------------------------------------------------------
+    def _result_file(self) -> Path:
+        if self._output.is_file():
+            return self._output
+        files = sorted(p for p in self._output.glob("*") if p.is_file()) if self._output.is_dir() else []
+        if len(files) != 1:
+            raise InputError(f"the prediction wrote no single label map in {self._output}")
+        return files[0]
+
+    def _import_result(self):
+        labels, grid = read_array_image(self._result_file())
+        if not grid.same_as(self._input_grid):
+            # The core promises the input's own grid; if not, the world position still puts
+            # every voxel in the right place, so import anyway and say so in the log.
+            self.warnings.append(f"label map is on {grid.describe()}, the input on {self._input_grid.describe()}")
+        model = self.request.model
+        volume = self.request.input_volumes[0]
+        attributes = {MODEL_NAME_ATTRIBUTE: model.name, MODEL_VERSION_ATTRIBUTE: model.version,
+                      MODEL_FOLDER_ATTRIBUTE: str(model.folder), QUALITY_ATTRIBUTE: self.request.quality,
+                      **self.request.extra_attributes}
+        return import_label_map(self.scene, labels, grid, model.names_by_value,
+                                segmentation_node=self.request.output_segmentation, reference_volume=volume,
+                                node_name=f"{volume.GetName()} {model.name}", attributes=attributes)
+
+    def _cleanup(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None

@@ -1,0 +1,186 @@
+"""Background jobs of the Slicer module: progress from machine lines, cancel that ends the whole
+process tree and leaves the scene untouched, and failures that surface the core's one-line message."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slicer_support import (REPO, add_scalar_volume, core_has, distinct_voxel_values, new_scene,
+                            oblique_grid, scene_node_ids, subprocess_environment)
+
+from MaskSAMCore.errors import InputError
+from MaskSAMSegmentLib.commands import masksam_command
+from MaskSAMSegmentLib.devices import DeviceChoice
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.models import read_model_info
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, segment_problems
+from MaskSAMSegmentLib.volume_nodes import volume_to_array
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="reads /proc to find left-over processes")
+
+
+def live_processes_in_group(pgid: int) -> list:
+    """PIDs of processes (not zombies) in process group `pgid`, from /proc."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) "
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            alive.append(int(entry.name))
+    return alive
+
+
+def slow_program(tmp_path: Path) -> Path:
+    """An executable that behaves like a long core job: machine lines, a worker child, then sleep.
+    It ignores its arguments, so it can stand in for the interpreter of any MaskSAM command."""
+    script = tmp_path / "slow_job.py"
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, subprocess, sys, time
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open({str(tmp_path / 'worker.pid')!r}, "w").write(str(worker.pid))
+        print("@masksam " + json.dumps({{"event": "stage", "stage": "predict", "total": 40}}), flush=True)
+        for done in range(1, 41):
+            print("@masksam " + json.dumps({{"event": "progress", "stage": "predict", "done": done,
+                                             "total": 40, "fraction": done / 40, "eta_s": 40 - done}}), flush=True)
+            print(f"window {{done}}", flush=True)
+            time.sleep(1.0 if done > 2 else 0.01)
+        """))
+    script.chmod(0o755)
+    return script
+
+
+def fake_model_folder(folder: Path, labels=None) -> Path:
+    folder.mkdir(parents=True)
+    meta = {"format": "masksam-model", "format_version": 1, "name": "Test model", "version": "3",
+            "labels": labels or {"background": 0, "liver": 1, "spleen": 2}, "channel_names": {"0": "CT"},
+            "modality": "CT", "network": {"image_size": 64, "num_slices": 4}, "plan": {},
+            "sam": {"model_type": None, "random_init": True}, "training": {"preset": "tiny"}}
+    (folder / "model.json").write_text(json.dumps(meta))
+    (folder / "checkpoint_final.pt").write_bytes(b"weights")
+    return folder
+
+
+def test_runner_turns_machine_lines_into_progress_and_keeps_the_rest_as_log():
+    code = textwrap.dedent("""
+        import json
+        for line in [{"event": "stage", "stage": "predict", "total": 4},
+                     {"event": "progress", "stage": "predict", "done": 3, "total": 4, "fraction": 0.75, "eta_s": 2.0}]:
+            print("@masksam " + json.dumps(line))
+        print("a line for people")
+        """)
+    seen = []
+    runner = JobRunner([sys.executable, "-c", code], on_event=seen.append)
+    runner.start()
+    assert runner.wait(timeout_s=30) is JobState.SUCCEEDED
+    assert [e["event"] for e in seen] == ["stage", "progress"]
+    assert runner.progress.overall_fraction() == pytest.approx(0.75)
+    assert "predict 75%" in runner.status_text() and "ETA 0:02" in runner.status_text()
+    assert list(runner.log_lines) == ["a line for people"]
+
+
+def test_failing_core_command_surfaces_its_one_line_message(tmp_path):
+    missing = tmp_path / "no-such-prediction.nii.gz"
+    runner = JobRunner(masksam_command(["evaluate", str(missing), str(missing)]), env=subprocess_environment())
+    runner.start()
+    assert runner.wait(timeout_s=60) is JobState.FAILED
+    assert runner.returncode == 1
+    assert "no-such-prediction.nii.gz" in runner.error_message
+    assert "\n" not in runner.error_message and "Traceback" not in runner.log_text
+
+
+@posix_only
+def test_cancel_ends_the_process_tree_promptly(tmp_path):
+    runner = JobRunner([str(slow_program(tmp_path))], cancel_grace_s=2.0)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while (runner.progress.overall_fraction() or 0) < 0.05 and time.monotonic() < deadline:
+        runner.poll()
+        time.sleep(0.02)
+    worker = int((tmp_path / "worker.pid").read_text())
+    assert worker in live_processes_in_group(runner.pid)
+    runner.cancel()
+    assert runner.wait(timeout_s=20) is JobState.CANCELLED
+    assert live_processes_in_group(runner.pid) == []
+    assert runner.error_message == "cancelled"
+
+
+@posix_only
+def test_cancelled_segment_job_leaves_scene_and_volume_unchanged(tmp_path):
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    voxels_before, grid_before = volume_to_array(volume)
+    nodes_before = scene_node_ids(scene)
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    work = tmp_path / "work"
+    work.mkdir()
+
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=str(slow_program(tmp_path)),
+                     work_dir=str(work))
+    job.start()
+    assert len(list(work.iterdir())) == 1          # the private folder with the written input
+    deadline = time.monotonic() + 30
+    while (job.runner.progress.overall_fraction() or 0) < 0.05 and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.02)
+    assert job.state is JobState.RUNNING
+    job.cancel()
+    assert job.wait(timeout_s=20) is JobState.CANCELLED
+    assert scene_node_ids(scene) == nodes_before
+    voxels_after, grid_after = volume_to_array(volume)
+    np.testing.assert_array_equal(voxels_after, voxels_before)
+    assert grid_after == grid_before
+    assert list(work.iterdir()) == []              # temporary input removed
+    assert live_processes_in_group(job.runner.pid) == []
+    assert job.result_node is None
+
+
+def test_segment_button_problems_name_what_is_missing(tmp_path):
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="Abdomen")
+    assert segment_problems(SegmentRequest([], None)) == [
+        "Select an input volume.", "Select a model (or import one with 'Import model folder...')."]
+    two_channel = read_model_info(fake_model_folder(tmp_path / "mr", labels={"background": 0, "tumor": 1}))
+    object.__setattr__(two_channel, "channel_names", {"0": "T1", "1": "T2"})
+    assert segment_problems(SegmentRequest([volume], two_channel)) == [
+        "Model 'Test model' needs 2 input volume(s): T1, T2."]
+    unfinished = tmp_path / "unfinished"
+    fake_model_folder(unfinished)
+    (unfinished / "checkpoint_final.pt").unlink()
+    problems = segment_problems(SegmentRequest([volume], read_model_info(unfinished)))
+    assert problems == ["Model 'Test model (v3)' has no checkpoint_final.pt: is its training finished?"]
+    with pytest.raises(InputError, match="Select an input volume"):
+        SegmentJob(scene, SegmentRequest([None], read_model_info(tmp_path / "mr"))).start()
+
+
+@pytest.mark.skipif(not core_has("MaskSAMCore.inference.run"), reason="waits for `masksam predict` (core)")
+def test_predict_with_a_vanished_model_folder_fails_with_the_core_message(tmp_path):
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    folder = fake_model_folder(tmp_path / "gone")
+    model = read_model_info(folder)
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
+    nodes_before = scene_node_ids(scene)
+    job = SegmentJob(scene, SegmentRequest([volume], model, device=DeviceChoice("CPU", "cpu", None)),
+                     base_env=subprocess_environment())
+    job.start()
+    assert job.wait(timeout_s=120) is JobState.FAILED
+    assert "gone" in job.error_message and "\n" not in job.error_message
+    assert scene_node_ids(scene) == nodes_before
+    assert REPO  # the subprocess found this checkout's core through PYTHONPATH

@@ -1,0 +1,171 @@
+"""The Slicer module's decisions that need no scene: installed models, first-use requirements,
+the device list, command lines, progress text and segment naming."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from slicer_support import REPO
+
+from MaskSAMCore.errors import ModelFolderError
+from MaskSAMSegmentLib import commands
+from MaskSAMSegmentLib.devices import (DeviceChoice, device_choices, parse_probe_output, probe_command)
+from MaskSAMSegmentLib.job_progress import JobProgress
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.models import find_models, install_model_folder, read_model_info
+from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, install_plan, missing_requirements
+from MaskSAMSegmentLib.terminology import AnatomyTerminology, dataset_label_key
+
+
+def write_model(folder: Path, name="Abdomen CT", version="2", labels=None, final=True, **extra) -> Path:
+    folder.mkdir(parents=True)
+    meta = {"format": "masksam-model", "format_version": 1, "name": name, "version": version,
+            "labels": labels or {"background": 0, "liver": 1, "kidney_left": 2},
+            "channel_names": {"0": "CT"}, "modality": "CT", "network": {"image_size": 512, "num_slices": 8},
+            "plan": {}, "sam": {"model_type": "vit_b"}, "training": {"preset": "vit_b"}, **extra}
+    (folder / "model.json").write_text(json.dumps(meta))
+    if final:
+        (folder / "checkpoint_final.pt").write_bytes(b"final")
+    (folder / "checkpoint_latest.pt").write_bytes(b"resume state")
+    return folder
+
+
+def test_model_summary_shows_labels_modality_and_input_size(tmp_path):
+    info = read_model_info(write_model(tmp_path / "m"))
+    assert info.display_name == "Abdomen CT (v2)"
+    assert info.structures == ["liver", "kidney_left"]
+    summary = info.summary()
+    assert "Structures (2): liver, kidney_left" in summary
+    assert "Modality: CT" in summary and "8 slices x 512 x 512 pixels" in summary
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "something-else"}, "does not describe a MaskSAM model"),
+    ({"labels": {"liver": 1}}, "include 0 \\(background\\)"),
+    ({"labels": {"background": 0, "liver": "one"}}, "must be an integer"),
+    ({"channel_names": {}}, "channel_names"),
+])
+def test_invalid_model_json_gives_one_line_naming_the_file(tmp_path, change, message):
+    folder = write_model(tmp_path / "bad")
+    meta = json.loads((folder / "model.json").read_text())
+    meta.update(change)
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFolderError, match=message) as error:
+        read_model_info(folder)
+    assert "model.json" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_import_installs_a_checked_copy_and_lists_it(tmp_path):
+    root = tmp_path / "models"
+    source = write_model(tmp_path / "trained")
+    installed = install_model_folder(source, root=root)
+    assert installed.folder == root / "Abdomen-CT-v2"
+    assert (installed.folder / "checkpoint_final.pt").read_bytes() == b"final"
+    assert not (installed.folder / "checkpoint_latest.pt").exists()   # resume state stays behind
+    write_model(root / "broken", final=True)
+    (root / "broken" / "model.json").write_text("{not json")
+    models, problems = find_models(root)
+    assert [m.display_name for m in models] == ["Abdomen CT (v2)"]
+    assert len(problems) == 1 and "broken" in problems[0] and "not valid JSON" in problems[0]
+    with pytest.raises(ModelFolderError, match="already installed"):
+        install_model_folder(source, root=root)
+    assert install_model_folder(source, root=root, replace=True).folder == installed.folder
+    assert sorted(p.name for p in root.iterdir()) == ["Abdomen-CT-v2", "broken"]   # no temporaries left
+
+
+def test_import_refuses_unfinished_or_invalid_folders_and_leaves_nothing(tmp_path):
+    root = tmp_path / "models"
+    with pytest.raises(ModelFolderError, match="no checkpoint_final.pt"):
+        install_model_folder(write_model(tmp_path / "unfinished", final=False), root=root)
+    with pytest.raises(ModelFolderError, match="no model.json"):
+        install_model_folder(tmp_path, root=root)
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_requirements_plan_uses_pytorch_extension_and_pip_for_the_rest():
+    installed = {"numpy", "scipy"}
+    missing = missing_requirements(lambda name: name in installed)
+    assert [r.import_name for r in missing] == ["torch", "segment_anything", "SimpleITK"]
+    plan = install_plan(missing, pytorch_extension_available=True)
+    assert plan.torch_requirement == ">=2.1"
+    assert plan.pip_requirements == ["segment-anything>=1.0", "SimpleITK>=2.2"]
+    assert "PyTorch" in plan.question() and "segment-anything" in plan.question()
+    blocked = install_plan(missing, pytorch_extension_available=False)
+    assert blocked.torch_requirement is None and "Extensions Manager" in blocked.blockers[0]
+    assert install_plan([], pytorch_extension_available=False).nothing_to_do
+
+
+def test_requirement_specifiers_agree_with_pyproject():
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    normalised = {dep.lower().replace("_", "-") for dep in dependencies}
+    for requirement in REQUIREMENTS:
+        assert requirement.pip_spec.lower() in normalised, requirement.pip_spec
+
+
+def test_device_list_from_probe_output():
+    report = parse_probe_output(["noise", '@masksam-devices {"torch": "2.5.0", "cuda": ['
+                                 '{"index": 0, "name": "RTX 4090", "memory_gb": 23.6},'
+                                 '{"index": 1, "name": "GTX 1060", "memory_gb": 5.9}], "error": null}'])
+    choices = device_choices(report)
+    assert [c.label for c in choices] == ["Auto (GPU 0: RTX 4090)", "GPU 0: RTX 4090 (24 GB)",
+                                          "GPU 1: GTX 1060 (6 GB) - may run out of memory with vit_b", "CPU (slow)"]
+    assert choices[2] == DeviceChoice(choices[2].label, "cuda", 1)
+    assert [c.device for c in device_choices(None)] == ["auto", "cpu"]
+    assert parse_probe_output(["Traceback ..."]) is None
+
+
+def test_device_probe_runs_in_the_background_and_reports_torch():
+    runner = JobRunner(probe_command(sys.executable))
+    runner.start()
+    assert runner.wait(timeout_s=120) is JobState.SUCCEEDED
+    report = parse_probe_output(runner.log_lines)
+    assert report is not None and report.torch_version and report.error is None
+
+
+def test_command_lines_follow_the_cli_contract(tmp_path):
+    from MaskSAMCore.cli import build_parser
+
+    parser = build_parser()
+    full = commands.predict_arguments("model", "in.nrrd", "out.nrrd", device="cuda", quality="full")
+    fast = commands.predict_arguments("model", "in.nrrd", "out.nrrd", quality="fast", sam_checkpoint="sam.pth")
+    assert parser.parse_args(full).mirror is True and parser.parse_args(full).step == 0.5
+    assert parser.parse_args(fast).fast is True and parser.parse_args(fast).sam_checkpoint == "sam.pth"
+    train = commands.train_arguments("ds", "out", preset="tiny", random_init=True, epochs=3, iters_per_epoch=2)
+    parsed = parser.parse_args(train)
+    assert (parsed.preset, parsed.random_init, parsed.epochs, parsed.iters_per_epoch) == ("tiny", True, 3, 2)
+    assert parser.parse_args(commands.download_sam_arguments("vit_b")).model_type == "vit_b"
+    command = commands.masksam_command(full, python="/opt/PythonSlicer")
+    assert command[:4] == ["/opt/PythonSlicer", "-m", "MaskSAMCore", "--machine-progress"]
+
+
+def test_job_environment_puts_this_core_first_and_selects_the_gpu():
+    env = commands.job_environment({"PYTHONPATH": "/elsewhere"}, gpu_index=1)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in commands.job_environment({}, gpu_index=None)
+
+
+def test_training_progress_follows_the_train_bar_and_epoch_lines():
+    progress = JobProgress()
+    progress.update({"event": "stage", "stage": "preprocess", "total": 4})
+    progress.update({"event": "progress", "stage": "preprocess", "done": 2, "total": 4, "fraction": 0.5})
+    assert progress.overall_fraction() == 0.5 and not progress.is_training
+    progress.update({"event": "progress", "stage": "train", "done": 30, "total": 100, "fraction": 0.3, "eta_s": 70})
+    progress.update({"event": "epoch", "epoch": 1, "epochs": 3, "train_loss": 0.9, "mean_dice": 0.2, "eta_s": 66})
+    progress.update({"event": "progress", "stage": "validate", "done": 1, "total": 2, "fraction": 0.5, "eta_s": 1})
+    assert progress.overall_fraction() == pytest.approx(0.3)       # validation does not move the bar
+    assert progress.status_text(12.0) == "epoch 2/3 · validate 50% · ETA 1:06 · elapsed 0:12"
+    progress.update({"event": "done"})
+    assert progress.overall_fraction() == 1.0
+
+
+def test_dataset_label_keys_unify_spelling_variants():
+    assert dataset_label_key("Left kidney") == dataset_label_key("left_kidney") == "left_kidney"
+    terminology = AnatomyTerminology()
+    assert terminology.style(dataset_label_key("Left kidney"), 2).name == "Left kidney"
