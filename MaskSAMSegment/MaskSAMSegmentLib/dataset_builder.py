@@ -1,0 +1,200 @@
+"""Build a training dataset (nnU-Net v2 raw format) from volume + segmentation pairs in the scene.
+
+Every case is written on its volume's exact grid: the image from the volume's voxels, the label
+map by exporting each segment with Slicer's segmentations logic onto that same volume
+(so a segmentation drawn on another grid, or under a transform, lands where it is in the world).
+Label values are consistent across cases: segments with the same name (case, spaces and
+punctuation ignored) get the same value, in the order names are first met.
+
+The folder is assembled in a hidden sibling and renamed into place at the end, so a failed or
+abandoned build never leaves a dataset that `masksam train` would half-accept. `step()` writes
+one case, so the widget can build from a timer and stay responsive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from MaskSAMCore.atomic import write_json
+from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMSegmentLib.image_files import write_array_image
+from MaskSAMSegmentLib.segmentations import export_segments_on_volume
+from MaskSAMSegmentLib.terminology import dataset_label_key
+from MaskSAMSegmentLib.volume_nodes import smallest_label_dtype, volume_to_array
+
+FILE_ENDINGS = (".nii.gz", ".nrrd")
+
+
+@dataclass
+class CasePair:
+    """One training case: a scalar volume and the segmentation drawn on it."""
+
+    volume: object
+    segmentation: object
+
+
+@dataclass
+class DatasetSummary:
+    folder: Path
+    labels: Dict[str, int]
+    cases: List[str]
+    warnings: List[str] = field(default_factory=list)
+
+
+def segment_names(segmentation_node) -> List[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def plan_labels(pairs: List[CasePair]) -> Dict[str, int]:
+    """``{"background": 0, name: value, ...}`` over all pairs, values in first-met order."""
+    labels: Dict[str, int] = {"background": 0}
+    for pair in pairs:
+        for name in segment_names(pair.segmentation):
+            key = dataset_label_key(name)
+            if not key:
+                raise InputError(f"segmentation '{pair.segmentation.GetName()}' has a segment without a usable name")
+            if key == "background":
+                raise InputError(f"segmentation '{pair.segmentation.GetName()}': a segment may not be called "
+                                 f"'{name}' (value 0 is the background); rename it")
+            labels.setdefault(key, len(labels))
+    if len(labels) < 2:
+        raise InputError("the selected segmentations have no segments")
+    return labels
+
+
+def check_pairs(pairs: List[CasePair]) -> List[str]:
+    """Why these pairs cannot be built into a dataset (empty when they can)."""
+    problems: List[str] = []
+    if not pairs:
+        problems.append("Add at least one volume + segmentation pair.")
+    for pair in pairs:
+        if pair.volume is None or pair.segmentation is None:
+            problems.append("Every pair needs both a volume and a segmentation.")
+            continue
+        if pair.volume.GetParentTransformNode() is not None:
+            problems.append(f"Volume '{pair.volume.GetName()}' is transformed; harden its transform first (Data module).")
+        if pair.segmentation.GetSegmentation().GetNumberOfSegments() == 0:
+            problems.append(f"Segmentation '{pair.segmentation.GetName()}' has no segments.")
+    return problems
+
+
+class DatasetBuilder:
+    """Writes the dataset one case per `step()`; `finish()` publishes it, `abort()` discards it.
+
+    output_dir:   the dataset folder to create (must not exist, or be empty)
+    channel_name: the modality written to channel_names["0"] ("CT", "T2", ...)
+    """
+
+    def __init__(self, pairs: List[CasePair], output_dir: "os.PathLike[str] | str", channel_name: str = "CT",
+                 file_ending: str = ".nii.gz", dataset_name: Optional[str] = None, case_prefix: str = "case") -> None:
+        problems = check_pairs(pairs)
+        if problems:
+            raise InputError(" ".join(problems))
+        if file_ending not in FILE_ENDINGS:
+            raise InputError(f"file ending must be one of {FILE_ENDINGS}, not {file_ending!r}")
+        self.output_dir = Path(output_dir)
+        if self.output_dir.exists() and (not self.output_dir.is_dir() or any(self.output_dir.iterdir())):
+            raise InputError(f"{describe_path(self.output_dir)} already exists and is not empty; choose a new folder")
+        self.pairs = list(pairs)
+        self.channel_name = channel_name.strip() or "CT"
+        self.file_ending = file_ending
+        self.dataset_name = dataset_name or self.output_dir.name
+        self.labels = plan_labels(self.pairs)
+        self.case_names = [f"{case_prefix}_{index:03d}" for index in range(len(self.pairs))]
+        self.warnings: List[str] = []
+        self.sources: Dict[str, Dict[str, str]] = {}
+        self.done = 0
+        self.output_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._staging: Optional[Path] = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.partial-",
+                                                              dir=self.output_dir.parent))
+        (self._staging / "imagesTr").mkdir()
+        (self._staging / "labelsTr").mkdir()
+
+    @property
+    def total(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def finished_writing(self) -> bool:
+        return self.done >= self.total
+
+    def step(self) -> None:
+        """Write the next case (image and label map)."""
+        if self._staging is None:
+            raise RuntimeError("the build was finished or aborted")
+        if self.finished_writing:
+            return
+        pair, case = self.pairs[self.done], self.case_names[self.done]
+        image, grid = volume_to_array(pair.volume)
+        labels = np.zeros(grid.shape_zyx, dtype=np.int32)
+        segmentation = pair.segmentation.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment_id = segmentation.GetNthSegmentID(index)
+            name = segmentation.GetNthSegment(index).GetName()
+            mask = export_segments_on_volume(pair.segmentation, pair.volume, [segment_id]) > 0
+            overlap = int(np.count_nonzero(mask & (labels > 0)))
+            if overlap:
+                self.warnings.append(f"{case}: segment '{name}' overlaps earlier segments in {overlap} voxels "
+                                     "(it wins there)")
+            labels[mask] = self.labels[dataset_label_key(name)]
+        write_array_image(image, grid, self._staging / "imagesTr" / f"{case}_0000{self.file_ending}")
+        write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
+                          self._staging / "labelsTr" / f"{case}{self.file_ending}")
+        self.sources[case] = {"volume": pair.volume.GetName(), "segmentation": pair.segmentation.GetName()}
+        self.done += 1
+
+    def finish(self) -> DatasetSummary:
+        """Write dataset.json and move the folder into place."""
+        while not self.finished_writing:
+            self.step()
+        write_json(self._staging / "dataset.json", {
+            "name": self.dataset_name,
+            "description": "Built from a 3D Slicer scene by the MaskSAM extension",
+            "channel_names": {"0": self.channel_name},
+            "labels": self.labels,
+            "numTraining": self.total,
+            "file_ending": self.file_ending,
+            "masksam_sources": self.sources,
+        })
+        if self.output_dir.exists():
+            self.output_dir.rmdir()   # checked empty in __init__
+        os.replace(self._staging, self.output_dir)
+        self._staging = None
+        return DatasetSummary(self.output_dir, dict(self.labels), list(self.case_names), list(self.warnings))
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+
+def build_dataset_from_scene(pairs: List[CasePair], output_dir: "os.PathLike[str] | str",
+                             channel_name: str = "CT", file_ending: str = ".nii.gz",
+                             dataset_name: Optional[str] = None) -> DatasetSummary:
+    """All cases in one call (scripts and tests); nothing is left behind if it fails."""
+    builder = DatasetBuilder(pairs, output_dir, channel_name, file_ending, dataset_name)
+    try:
+        return builder.finish()
+    except BaseException:
+        builder.abort()
+        raise
+
+
+def read_dataset_labels(dataset_dir: "os.PathLike[str] | str") -> Dict[str, int]:
+    """The labels of a dataset folder's dataset.json (for the Training tab's summary line)."""
+    path = Path(dataset_dir) / "dataset.json"
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+        return {str(k): int(v) for k, v in labels.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(f"{describe_path(path)}: not a dataset.json with labels") from None

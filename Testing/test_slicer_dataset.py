@@ -1,0 +1,109 @@
+"""Build-dataset-from-scene: the folder it writes is a dataset the core accepts, every case sits on
+its volume's exact grid, and the same segment name gets the same label value in every case."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+
+from MaskSAMCore.errors import InputError
+from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene
+from MaskSAMSegmentLib.geometry import LpsGrid, oblique_direction
+from MaskSAMSegmentLib.segmentations import import_label_map
+
+
+def rename_segments(node, names):
+    segmentation = node.GetSegmentation()
+    for index, name in enumerate(names):
+        segmentation.GetNthSegment(index).SetName(name)
+
+
+def two_cases(scene):
+    """Case A on the oblique test grid, case B on another grid with its segmentation drawn on a
+    coarser grid; segment names spelled differently and in a different order."""
+    grid_a = oblique_grid()
+    volume_a = add_scalar_volume(scene, distinct_voxel_values(), grid_a, name="Patient A")
+    labels_a = np.zeros(grid_a.shape_zyx, np.uint8)
+    labels_a[1:4, 2:7, 3:9] = 1
+    labels_a[4:7, 6:11, 0:5] = 2
+    seg_a = import_label_map(scene, labels_a, grid_a, {1: "liver", 2: "kidney"}, reference_volume=volume_a)
+    rename_segments(seg_a, ["Liver", "Left kidney"])
+
+    grid_b = LpsGrid(size=(16, 12, 10), spacing=(0.7, 0.7, 2.5), origin=(30.0, -20.0, 5.0),
+                     direction=oblique_direction((0.0, 0.0, 90.0)))
+    volume_b = add_scalar_volume(scene, distinct_voxel_values((10, 12, 16)), grid_b, name="Patient B")
+    # Coarse voxel (i, j, k) covers fine voxels 2i..2i+1 (and so on): its centre is half a fine
+    # step further along each (rotated) axis than the fine grid's first voxel.
+    half_step = grid_b.direction_matrix @ np.array([0.35, 0.35, 1.25])
+    coarse = LpsGrid(size=(8, 6, 5), spacing=(1.4, 1.4, 5.0), origin=tuple(np.array(grid_b.origin) + half_step),
+                     direction=grid_b.direction)
+    labels_b = np.zeros((5, 6, 8), np.uint8)
+    labels_b[1:3, 1:4, 2:6] = 1   # spleen
+    labels_b[3:5, 3:6, 0:3] = 2   # left kidney
+    seg_b = import_label_map(scene, labels_b, coarse, {1: "spleen", 2: "kidney"}, reference_volume=volume_b)
+    rename_segments(seg_b, ["spleen", "left_kidney"])
+    expected_b = np.zeros((10, 12, 16), np.uint8)
+    expected_b[2:6, 2:8, 4:12] = 3        # spleen (value 3: third name met), 2x2x2 fine voxels each
+    expected_b[6:10, 6:12, 0:6] = 2       # left kidney: same value as in case A
+    return [CasePair(volume_a, seg_a), CasePair(volume_b, seg_b)], [labels_a, expected_b], [grid_a, grid_b]
+
+
+def test_dataset_from_scene_is_accepted_by_the_core_with_consistent_labels(tmp_path):
+    from MaskSAMCore.data.dataset import load_raw_dataset
+
+    scene = new_scene()
+    pairs, expected_labels, grids = two_cases(scene)
+    summary = build_dataset_from_scene(pairs, tmp_path / "Dataset501_Scene", channel_name="CT")
+    assert summary.labels == {"background": 0, "liver": 1, "left_kidney": 2, "spleen": 3}
+
+    dataset = load_raw_dataset(summary.folder, progress=False)   # opens and checks every case
+    assert dataset.labels == summary.labels and dataset.channel_names == {"0": "CT"}
+    assert [case.name for case in dataset.training_cases] == ["case_000", "case_001"]
+
+    for case, pair, labels, grid in zip(dataset.training_cases, pairs, expected_labels, grids):
+        image = sitk.ReadImage(str(case.image_files[0]))
+        label = sitk.ReadImage(str(case.label_file))
+        for written in (image, label):
+            assert written.GetSize() == grid.size
+            np.testing.assert_allclose(written.GetSpacing(), grid.spacing, atol=1e-5)
+            np.testing.assert_allclose(written.GetOrigin(), grid.origin, atol=1e-4)
+            np.testing.assert_allclose(written.GetDirection(), grid.direction, atol=1e-5)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(label), labels)
+        assert sitk.GetArrayFromImage(image).shape == grid.shape_zyx
+    meta = json.loads((summary.folder / "dataset.json").read_text())
+    assert meta["masksam_sources"]["case_001"] == {"volume": "Patient B", "segmentation": pairs[1].segmentation.GetName()}
+    assert [p.name for p in tmp_path.iterdir()] == ["Dataset501_Scene"]   # no temporaries left
+
+
+def test_existing_folder_and_bad_segment_names_are_refused_without_writing(tmp_path):
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        build_dataset_from_scene(pairs, taken)
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+
+    rename_segments(pairs[0].segmentation, ["Background"])
+    with pytest.raises(InputError, match="may not be called 'Background'"):
+        build_dataset_from_scene(pairs, tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_a_case_failing_midway_leaves_no_dataset(tmp_path):
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    pairs[1].volume.SetAndObserveImageData(None)   # e.g. a volume whose data was removed
+    builder = DatasetBuilder(pairs, tmp_path / "ds")
+    builder.step()
+    assert builder.done == 1
+    with pytest.raises(InputError, match="volume 'Patient B' has no image data"):
+        builder.step()
+    builder.abort()
+    assert list(tmp_path.iterdir()) == []
