@@ -1,0 +1,104 @@
+"""Device choice, mixed precision, memory readings and the automatic window batch.
+
+The GPU memory budget (``MASKSAM_GPU_MEMORY_GB``, default 8) caps what the automatic window
+batch may plan for, so that the default settings run on an 8 GB card and leave a large card's
+memory to others: one window with its 8 flips is already 8 x T slices (64 ViT images for vit_b),
+enough to keep a GPU busy, so larger batches buy little speed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from contextlib import nullcontext
+from typing import Callable, ContextManager, List, Optional, Tuple
+
+import torch
+
+from MaskSAMCore.errors import MaskSAMError
+
+GPU_BUDGET_ENV = "MASKSAM_GPU_MEMORY_GB"
+DEFAULT_GPU_BUDGET_GB = 8.0
+MAX_AUTO_WINDOW_BATCH = 32
+SAFETY = 0.85  # fraction of the budget the estimate may fill (fragmentation, workspace)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> the first CUDA GPU if there is one, else the CPU; "cuda" without a GPU is an error."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MaskSAMError("--device cuda was given but PyTorch sees no CUDA GPU (is this a CPU-only "
+                           "PyTorch build?); use --device cpu or auto")
+    return device
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """bf16 on CUDA GPUs that support it, else fp16 on CUDA; None (float32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def gpu_budget_bytes(device: torch.device) -> int:
+    """Bytes the automatic settings may plan to use on `device` (budget and free memory)."""
+    budget = float(os.environ.get(GPU_BUDGET_ENV, DEFAULT_GPU_BUDGET_GB)) * 2 ** 30
+    free, _total = torch.cuda.mem_get_info(device)
+    reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    in_use = torch.cuda.memory_allocated(device)
+    return int(max(0.0, min(budget - in_use, free + reusable)))
+
+
+def peak_host_rss_bytes() -> int:
+    """Peak resident memory of this process so far (VmHWM), in bytes."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def measure_forward_bytes(run: Callable[[], object], device: torch.device) -> int:
+    """Peak extra GPU memory of one call of `run` (also serves as the warm-up)."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    run()
+    torch.cuda.synchronize(device)
+    return max(1, torch.cuda.max_memory_allocated(device) - base)
+
+
+def plan_window_batch(per_window_bytes: int, slab_bytes_per_window: int, budget: int, windows: int,
+                      flips: int) -> Tuple[int, Optional[int]]:
+    """(window batch, flips per forward or None for all) that fit `budget` bytes.
+
+    per_window_bytes: measured peak of one window with all its flips in one forward.
+    slab_bytes_per_window: accumulation slab growth per extra window in a batch.
+    """
+    usable = budget * SAFETY
+    cost = per_window_bytes + slab_bytes_per_window
+    if cost <= usable:
+        batch = int(usable // cost)
+        return max(1, min(batch, MAX_AUTO_WINDOW_BATCH, windows)), None
+    per_forward = flips
+    while per_forward > 1 and per_window_bytes * per_forward / flips > usable:
+        per_forward //= 2
+    return 1, per_forward
+
+
+def describe_bytes(value: int) -> str:
+    return f"{value / 2 ** 30:.2f} GiB"
+
+
+def flips_label(flips: List[tuple]) -> str:
+    return f"{len(flips)} flip{'s' if len(flips) != 1 else ''}"

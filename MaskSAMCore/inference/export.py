@@ -1,0 +1,85 @@
+"""Writing a prediction back on the input's grid: the label map, and optionally probabilities.
+
+The label map is written with `write_label` (atomic; exact size, spacing, origin, direction of
+the input). Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
+
+- ``probabilities``: (K, z, y, x) float16 on the input's own grid (array order as SimpleITK's
+  ``GetArrayFromImage``), class k = label value k, summing to 1 over k at every voxel. They are
+  the network's class scores (sum over queries of softmax(class) x sigmoid(mask), averaged over
+  windows and flips) divided by their sum over classes; outside the cropped non-zero region the
+  background has probability 1.
+- ``class_names`` (K,), and the grid in ITK order: ``size``, ``spacing``, ``origin``, ``direction``.
+
+The npz is written one class at a time straight into the zip member, so memory holds one class
+on the original grid at a time, not K of them.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import numpy as np
+
+from MaskSAMCore.atomic import atomic_path
+from MaskSAMCore.data.cropping import bbox_slices
+from MaskSAMCore.data.image_io import ImageGeometry, write_label
+from MaskSAMCore.data.resampling import resample_array
+from MaskSAMCore.inference.cases import split_ending
+
+
+def probabilities_path(label_path: "os.PathLike[str] | str") -> Path:
+    """``out/case_probabilities.npz`` for ``out/case.nii.gz``."""
+    label_path = Path(label_path)
+    stem, _ = split_ending(label_path)
+    return label_path.with_name(f"{stem}_probabilities.npz")
+
+
+def write_labels(labels: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+    """Write labels (z, y, x) on `geometry` atomically; the shapes must agree exactly."""
+    if tuple(labels.shape) != geometry.shape_zyx:
+        raise ValueError(f"label map shape {labels.shape} is not the input's {geometry.shape_zyx}")
+    write_label(labels, geometry, path)
+
+
+def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bool,
+                            properties: Dict[str, Any]) -> np.ndarray:
+    """One class's probability (T', H', W') -> (z, y, x) float16 on the original grid."""
+    probability = np.divide(score.astype(np.float32), total, out=np.zeros_like(total), where=total > 0)
+    cropped_t = resample_array(probability, properties["shape_after_transpose"], (1, 1, 1))
+    cropped = np.transpose(cropped_t, properties["transpose_backward"])
+    full = np.full(properties["shape_before_cropping"], 1.0 if background else 0.0, dtype=np.float16)
+    full[bbox_slices(properties["bbox"])] = np.clip(cropped, 0.0, 1.0)
+    return full
+
+
+def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_names: Sequence[str],
+                        path: "os.PathLike[str] | str") -> None:
+    """Write the npz described in the module docstring from scores (K, T', H', W') on the
+    network grid (float16 or float32), atomically."""
+    geometry = ImageGeometry.from_dict(properties["original_geometry"])
+    classes = scores.shape[0]
+    total = np.zeros(scores.shape[1:], dtype=np.float32)
+    for k in range(classes):
+        total += scores[k]
+    shape = (classes, *geometry.shape_zyx)
+    with atomic_path(path) as temporary:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
+                             allowZip64=True) as archive:
+            with archive.open("probabilities.npy", "w", force_zip64=True) as member:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                          "fortran_order": False, "shape": shape}
+                np.lib.format.write_array_header_1_0(member, header)
+                for k in range(classes):
+                    member.write(np.ascontiguousarray(
+                        _class_on_original_grid(scores[k], total, k == 0, properties)).tobytes())
+            extras = {
+                "class_names": np.asarray(list(class_names), dtype=str),
+                "size": np.asarray(geometry.size), "spacing": np.asarray(geometry.spacing),
+                "origin": np.asarray(geometry.origin), "direction": np.asarray(geometry.direction),
+            }
+            for name, value in extras.items():
+                with archive.open(f"{name}.npy", "w") as member:
+                    np.lib.format.write_array(member, value, allow_pickle=False)

@@ -1,0 +1,234 @@
+"""The predictor: a trained model folder applied to whole images, back on their own grid.
+
+    predictor = Predictor.from_model_folder("models/abdomen", device="auto")
+    predictor.predict_file(["ct_0000.nii.gz"], "ct_labels.nii.gz")
+    labels = predictor.predict_array(image, geometry)          # image (C, z, y, x) -> (z, y, x)
+
+Per case: check -> `preprocess_case` (exactly as in training) -> sliding window (step 0.5,
+Gaussian weights, 8 flips per window in one forward, bf16 on CUDA) -> back to the input's grid
+(`restore_scores_argmax`, or the argmax on the GPU + `restore_label_map` when preprocessing did
+not resample) -> label map written with the input's exact geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+from MaskSAMCore.data.image_io import ImageGeometry, read_case
+from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
+from MaskSAMCore.errors import ModelFolderError
+from MaskSAMCore.inference import devices
+from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
+from MaskSAMCore.inference.input_checks import check_image
+from MaskSAMCore.inference.mirroring import mirrored_predict
+from MaskSAMCore.inference.sliding_window import NonFiniteScores, WindowSettings, predict_with_fallback
+from MaskSAMCore.inference.windows import WindowGrid
+from MaskSAMCore.progress import emit
+
+COMPILE_ENV = "MASKSAM_COMPILE"
+
+
+@dataclass
+class PredictOptions:
+    """User-facing settings. `fast` = no mirroring and step 1.0 (about 16x less work)."""
+
+    step: float = 0.5
+    mirror: bool = True
+    window_batch: Optional[int] = None      # None: automatic (1 on the CPU, from memory on CUDA)
+    compile: bool = field(default_factory=lambda: os.environ.get(COMPILE_ENV, "") not in ("", "0"))
+    show_progress: bool = True
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> "PredictOptions":
+        return cls(**{"step": 1.0, "mirror": False, **overrides})
+
+
+@dataclass
+class PreparedCase:
+    """A case read and preprocessed: data (C, T', H', W') float32 on the network grid."""
+
+    name: str
+    data: np.ndarray
+    properties: Dict[str, Any]
+    geometry: ImageGeometry
+    seconds: float
+
+
+@dataclass
+class PredictionResult:
+    """labels (z, y, x) on the input grid; per-stage seconds; the window settings used."""
+
+    labels: np.ndarray
+    timings: Dict[str, float]
+    settings: WindowSettings
+    windows: int
+
+
+class Predictor:
+    def __init__(self, model: torch.nn.Module, plan: Dict[str, Any], class_names: Sequence[str],
+                 device: torch.device, options: Optional[PredictOptions] = None, name: str = "model") -> None:
+        self.model = model.eval()
+        self.config = model.config
+        self.plan = plan
+        self.class_names = list(class_names)
+        self.device = torch.device(device)
+        self.options = options or PredictOptions()
+        self.name = name
+        self.patch = (int(self.config.num_slices), *(int(s) for s in self.config.image_hw))
+        planned = plan.get("patch_size")
+        if planned is not None and tuple(int(p) for p in planned) != self.patch:
+            raise ModelFolderError(f"{name}: the plan's patch {list(planned)} differs from the network's "
+                                   f"(T, H, W) = {list(self.patch)}")
+        self.amp_dtype = devices.autocast_dtype(self.device)
+        self._segment: Callable[[torch.Tensor], torch.Tensor] = self.model.segment
+        if self.options.compile:
+            self._segment = torch.compile(self.model.segment, dynamic=False)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotuned convolutions pay
+        self.settings: Optional[WindowSettings] = None
+
+    @classmethod
+    def from_model_folder(cls, model_dir: "os.PathLike[str] | str", device: str = "auto",
+                          checkpoint: str = "final", sam_checkpoint: Optional[str] = None,
+                          options: Optional[PredictOptions] = None) -> "Predictor":
+        from MaskSAMCore.model_folder import ModelFolder
+
+        folder = ModelFolder.load(model_dir)
+        torch_device = devices.resolve_device(device)
+        model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
+        return cls(model, folder.plan, folder.class_names, torch_device, options, name=folder.name)
+
+    # -- the network ---------------------------------------------------------------------------
+    def network(self, patches: torch.Tensor) -> torch.Tensor:
+        """(M, C, T, H, W) -> (M, K, T, H, W) class scores, under autocast on CUDA."""
+        with devices.autocast_context(self.device, self.amp_dtype):
+            return self._segment(patches)
+
+    def window_settings(self, num_windows: int) -> WindowSettings:
+        """The settings for the next case: chosen once (measuring one forward on CUDA), then kept."""
+        if self.settings is not None:
+            return dataclasses.replace(self.settings)
+        base = WindowSettings(step=self.options.step, mirror=self.options.mirror,
+                              window_batch=self.options.window_batch or 1,
+                              pad_last_batch=self.options.compile)
+        if self.options.window_batch is None and self.device.type == "cuda":
+            base = self._automatic_batch(base, num_windows)
+        self.settings = base
+        return dataclasses.replace(base)
+
+    def _automatic_batch(self, base: WindowSettings, num_windows: int) -> WindowSettings:
+        sample = torch.zeros((1, self.config.in_channels, *self.patch), device=self.device)
+        with torch.inference_mode():
+            per_window = devices.measure_forward_bytes(
+                lambda: mirrored_predict(self.network, sample, base.flips), self.device)
+        step_slices = max(1, int(round(self.patch[0] * base.step)))
+        slab = 4 * self.config.num_classes * step_slices * self.patch[1] * self.patch[2]
+        budget = devices.gpu_budget_bytes(self.device)
+        batch, per_forward = devices.plan_window_batch(per_window, slab, budget, num_windows, len(base.flips))
+        emit("message", message=f"window batch {batch}: one window with its flips needs "
+                                f"{devices.describe_bytes(per_window)}, budget {devices.describe_bytes(budget)}")
+        return dataclasses.replace(base, window_batch=batch, flips_per_forward=per_forward)
+
+    # -- cases ---------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, geometry: ImageGeometry, name: str = "image",
+                owned: bool = False) -> PreparedCase:
+        """Check and preprocess one image (C, z, y, x) exactly as training did.
+
+        owned: the caller will not use `image` again, so preprocessing may work in its memory
+        (normalisation is done in place where no resampling copies the data first)."""
+        start = time.perf_counter()
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[None]
+        check_image(image, geometry, self.config.in_channels, name)
+        image = image.astype(np.float32, copy=not owned)
+        data, _, properties = preprocess_case(image, geometry, self.plan)
+        return PreparedCase(name, data, properties, geometry, time.perf_counter() - start)
+
+    def prepare_files(self, paths: Sequence["os.PathLike[str] | str"], name: Optional[str] = None) -> PreparedCase:
+        """Read a case's channel files and preprocess it (safe to call in a background thread)."""
+        start = time.perf_counter()
+        image, geometry = read_case([Path(p) for p in paths])
+        prepared = self.prepare(image, geometry, name or str(paths[0]), owned=True)
+        prepared.seconds = time.perf_counter() - start
+        return prepared
+
+    def predict_prepared(self, case: PreparedCase, output_path: Optional["os.PathLike[str] | str"] = None,
+                         probabilities: bool = False,
+                         should_cancel: Optional[Callable[[], bool]] = None) -> PredictionResult:
+        """Run the network on a prepared case; restore (and write) the labels on its own grid."""
+        properties = case.properties
+        resampled = list(properties["shape_after_resampling"]) != list(properties["shape_after_transpose"])
+        # Without resampling the argmax can be taken on the GPU: K times less host memory.
+        output = "scores" if (resampled or probabilities) else "labels"
+        grid = WindowGrid(tuple(case.data.shape[1:]), self.patch, self.options.step)
+        settings = self.window_settings(len(grid))
+        start = time.perf_counter()
+        result, settings = self._sliding_window(case, settings, output, should_cancel)
+        network_seconds = time.perf_counter() - start
+        self.settings = settings  # what worked (after any out-of-memory fallback) for the next case
+        case.data = np.empty((0,), np.float32)  # the preprocessed image is no longer needed
+
+        start = time.perf_counter()
+        if output == "scores":
+            labels = restore_scores_argmax(result, properties, self.plan)
+        else:
+            labels = restore_label_map(result, properties, self.plan)
+        if output_path is not None:
+            write_labels(labels, case.geometry, output_path)
+            if probabilities:
+                write_probabilities(result, properties, self.class_names, probabilities_path(output_path))
+        export_seconds = time.perf_counter() - start
+        timings = {"preprocess_s": case.seconds, "network_s": network_seconds, "export_s": export_seconds}
+        return PredictionResult(labels, timings, settings, len(grid))
+
+    def _sliding_window(self, case: PreparedCase, settings: WindowSettings, output: str,
+                        should_cancel: Optional[Callable[[], bool]]):
+        stage = "predict" if self.options.show_progress else None
+        result, finite, used = predict_with_fallback(
+            case.data, self.network, self.patch, self.config.num_classes, self.device, settings, output,
+            stage, should_cancel, case_name=case.name)
+        if finite:
+            return result, used
+        if self.amp_dtype is None:
+            raise NonFiniteScores(f"{case.name}: the network produced NaN/Inf scores (a corrupt checkpoint?)")
+        # Half precision overflowed somewhere: redo this case in float32 rather than guess.
+        message = f"{case.name}: NaN/Inf scores in {self.amp_dtype}; predicting this case again in float32"
+        print(f"masksam: {message}", file=sys.stderr)
+        emit("message", message=message)
+        amp, self.amp_dtype = self.amp_dtype, None
+        try:
+            result, finite, used = predict_with_fallback(
+                case.data, self.network, self.patch, self.config.num_classes, self.device, used, output,
+                stage, should_cancel, case_name=case.name)
+        finally:
+            self.amp_dtype = amp
+        if not finite:
+            raise NonFiniteScores(f"{case.name}: the network produced NaN/Inf scores even in float32")
+        return result, used
+
+    def predict_array(self, image: np.ndarray, geometry: ImageGeometry, name: str = "image") -> np.ndarray:
+        """Labels (z, y, x) on `geometry` for image (C, z, y, x) or (z, y, x)."""
+        return self.predict_prepared(self.prepare(image, geometry, name)).labels
+
+    def predict_file(self, input_paths: Sequence["os.PathLike[str] | str"], output_path: "os.PathLike[str] | str",
+                     probabilities: bool = False) -> PredictionResult:
+        """Segment one case given as its channel files and write the label map (and probabilities)."""
+        return self.predict_prepared(self.prepare_files(input_paths), output_path, probabilities)
+
+
+def describe_settings(settings: WindowSettings) -> str:
+    flips = len(settings.flips)
+    per_forward = settings.flips_per_forward or flips
+    return (f"step {settings.step:g}, {flips} flip(s) ({per_forward} per forward), "
+            f"window batch {settings.window_batch}"
+            f"{', host accumulation' if settings.accumulate_on_host else ''}")

@@ -1,0 +1,90 @@
+"""`masksam predict MODEL_DIR INPUT OUTPUT`: segment an image or a folder of images.
+
+While the network works on one case, a background thread reads and preprocesses the next
+(SimpleITK, NumPy and SciPy release the GIL, so this overlaps on a multi-core machine). The
+read-ahead is skipped after a case whose score array alone took more than
+`READ_AHEAD_LIMIT_BYTES`, so two large CTs are never held in memory at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import List, Optional
+
+from MaskSAMCore.atomic import remove_stale_temporaries
+from MaskSAMCore.data.image_io import read_geometry
+from MaskSAMCore.inference.cases import Case, find_cases
+from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
+from MaskSAMCore.progress import emit
+
+READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
+
+
+def options_from_args(args: argparse.Namespace) -> PredictOptions:
+    """--fast means no mirroring and step 1.0 unless --step was given explicitly."""
+    step = float(getattr(args, "step", 0.5))
+    if getattr(args, "fast", False):
+        return PredictOptions(step=1.0 if step == 0.5 else step, mirror=False,
+                              window_batch=getattr(args, "window_batch", None))
+    return PredictOptions(step=step, mirror=bool(getattr(args, "mirror", True)),
+                          window_batch=getattr(args, "window_batch", None))
+
+
+def check_headers(cases: List[Case]) -> None:
+    """Read every input header before any work: a corrupt or non-3D file fails in seconds."""
+    for case in cases:
+        for path in case.channel_files:
+            read_geometry(path)
+
+
+def _score_bytes(case: PreparedCase, num_classes: int) -> int:
+    voxels = 1
+    for n in case.properties["shape_after_resampling"]:
+        voxels *= int(n)
+    return 2 * num_classes * voxels
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
+                                            sam_checkpoint=args.sam_checkpoint, options=options)
+    cases = find_cases(args.input, args.output, predictor.config.in_channels, args.output_ending)
+    check_headers(cases)
+    for folder in {case.output_file.parent for case in cases}:
+        remove_stale_temporaries(folder)
+    print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
+          f"{'mirroring' if options.mirror else 'no mirroring'}, step {options.step:g}", file=sys.stderr)
+    emit("stage", stage="cases", total=len(cases))
+    started = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masksam-reader")
+    pending: Optional[Future] = pool.submit(predictor.prepare_files, cases[0].channel_files, cases[0].name)
+    try:
+        for index, case in enumerate(cases):
+            assert pending is not None
+            prepared = pending.result()
+            pending = None
+            has_next = index + 1 < len(cases)
+            read_ahead = _score_bytes(prepared, predictor.config.num_classes) <= READ_AHEAD_LIMIT_BYTES
+            if has_next and read_ahead:
+                following = cases[index + 1]
+                pending = pool.submit(predictor.prepare_files, following.channel_files, following.name)
+            result = predictor.predict_prepared(prepared, case.output_file, probabilities=args.probabilities)
+            if has_next and pending is None:
+                following = cases[index + 1]
+                pending = pool.submit(predictor.prepare_files, following.channel_files, following.name)
+            timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items())
+            print(f"masksam: {case.name} -> {case.output_file} ({timing}; {describe_settings(result.settings)})",
+                  file=sys.stderr)
+            emit("case", case=case.name, output=str(case.output_file), index=index + 1, total=len(cases),
+                 **{k: round(v, 3) for k, v in result.timings.items()})
+    finally:
+        if pending is not None:
+            pending.cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+    emit("done", cases=len(cases), seconds=round(time.perf_counter() - started, 2),
+         outputs=[str(case.output_file) for case in cases])
+    return 0
+
