@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slicer_support import (REPO, add_scalar_volume, core_has, distinct_voxel_values, new_scene,
-                            oblique_grid, scene_node_ids, subprocess_environment)
+from slicer_support import (REPO, add_scalar_volume, core_has, distinct_voxel_values,
+                            live_processes_in_group, new_scene, oblique_grid, scene_node_ids,
+                            subprocess_environment)
 
 from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.commands import masksam_command
@@ -25,23 +26,6 @@ from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, segment_pr
 from MaskSAMSegmentLib.volume_nodes import volume_to_array
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="reads /proc to find left-over processes")
-
-
-def live_processes_in_group(pgid: int) -> list:
-    """PIDs of processes (not zombies) in process group `pgid`, from /proc."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) "
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            alive.append(int(entry.name))
-    return alive
 
 
 def slow_program(tmp_path: Path) -> Path:

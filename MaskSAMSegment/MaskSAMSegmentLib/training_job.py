@@ -1,0 +1,157 @@
+"""The Training tab's work: ``masksam train`` in the background, a live plot, and installing the result.
+
+Each ``epoch`` machine line adds a point to the plot (`training_plot.py`). When the training
+finishes, the model folder is installed into the models folder so that it appears in the
+Segment tab at once; the training folder itself (with its resume state) stays where it is.
+Stop ends the process tree like any job; the core keeps ``checkpoint_latest.pt`` of the last
+finished epoch, so ticking Resume continues from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Mapping, Optional
+
+from MaskSAMCore.errors import MaskSAMError, InputError
+from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
+from MaskSAMSegmentLib.devices import DeviceChoice
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.models import ModelInfo, install_model_folder
+
+SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+RESUME_CHECKPOINT = "checkpoint_latest.pt"
+
+
+@dataclass
+class TrainRequest:
+    """Everything the Start button needs.
+
+    sam_checkpoint: a SAM checkpoint file, or vit_b / vit_l / vit_h for the downloaded one
+    random_init:    train on a random frozen backbone (the tiny preset, demos and tests)
+    """
+
+    dataset_dir: str
+    output_dir: str
+    preset: str = "vit_b"
+    sam_checkpoint: Optional[str] = None
+    random_init: bool = False
+    epochs: int = 100
+    iters_per_epoch: Optional[int] = None
+    device: DeviceChoice = DeviceChoice("Auto", "auto", None)
+    resume: bool = False
+    install_when_done: bool = True
+
+
+def train_problems(request: TrainRequest) -> List[str]:
+    """Why the Start button cannot run yet, one short sentence each (empty when it can)."""
+    problems: List[str] = []
+    dataset = Path(request.dataset_dir) if request.dataset_dir else None
+    if dataset is None:
+        problems.append("Choose a dataset folder (nnU-Net raw format), or build one from the scene.")
+    elif not (dataset / "dataset.json").is_file():
+        problems.append(f"'{dataset}' has no dataset.json (a dataset in nnU-Net raw format is needed).")
+    output = Path(request.output_dir) if request.output_dir else None
+    if output is None:
+        problems.append("Choose an output folder for the trained model.")
+    elif request.resume:
+        if not (output / RESUME_CHECKPOINT).is_file():
+            problems.append(f"Nothing to resume: '{output}' has no {RESUME_CHECKPOINT}.")
+    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if (output / RESUME_CHECKPOINT).is_file():
+            problems.append(f"'{output}' holds a training already: tick Resume to continue it, or choose a new folder.")
+        else:
+            problems.append(f"'{output}' is not empty: choose a new folder for the model.")
+    if request.epochs < 1:
+        problems.append("Train for at least one epoch.")
+    if not request.random_init:
+        checkpoint = (request.sam_checkpoint or "").strip()
+        if not checkpoint:
+            problems.append("Choose a SAM checkpoint: 'Download' an official one, or pick a .pth file.")
+        elif checkpoint not in SAM_TYPES and not Path(checkpoint).is_file():
+            problems.append(f"SAM checkpoint file '{checkpoint}' not found.")
+    return problems
+
+
+class TrainingJob:
+    """One training: `start()`, then `poll()` until `finished`; `cancel()` stops it.
+
+    on_epoch: called with each epoch event (the widget feeds its plot with it)
+    """
+
+    def __init__(self, request: TrainRequest, python: Optional[str] = None,
+                 base_env: Optional[Mapping[str, str]] = None, models_root: Optional[str] = None,
+                 on_log: Optional[Callable[[str], None]] = None,
+                 on_epoch: Optional[Callable[[dict], None]] = None) -> None:
+        self.request = request
+        self.python = python
+        self.base_env = base_env
+        self.models_root = models_root
+        self.on_log = on_log
+        self.on_epoch = on_epoch
+        self.runner: Optional[JobRunner] = None
+        self.installed_model: Optional[ModelInfo] = None
+        self.warnings: List[str] = []
+
+    def start(self) -> None:
+        problems = train_problems(self.request)
+        if problems:
+            raise InputError(" ".join(problems))
+        r = self.request
+        arguments = train_arguments(r.dataset_dir, r.output_dir, preset=r.preset, sam_checkpoint=r.sam_checkpoint,
+                                    random_init=r.random_init, epochs=r.epochs, iters_per_epoch=r.iters_per_epoch,
+                                    device=r.device.device, resume=r.resume)
+        self.runner = JobRunner(masksam_command(arguments, self.python),
+                                env=job_environment(self.base_env, r.device.gpu_index),
+                                on_event=self._on_event, on_log=self.on_log)
+        self.runner.start()
+
+    def _on_event(self, event: dict) -> None:
+        if event.get("event") == "epoch" and self.on_epoch is not None:
+            self.on_epoch(event)
+
+    def poll(self) -> JobState:
+        if self.runner is None:
+            return JobState.PENDING
+        was_running = self.runner.state is JobState.RUNNING
+        state = self.runner.poll()
+        if was_running and state is JobState.SUCCEEDED and self.request.install_when_done:
+            try:
+                self.installed_model = install_model_folder(self.request.output_dir, root=self.models_root, replace=True)
+            except MaskSAMError as exc:
+                # The training itself succeeded; the model can still be imported by hand.
+                self.warnings.append(f"the model was trained but not installed: {exc}")
+        return state
+
+    def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.1) -> JobState:
+        import time
+
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.poll() is JobState.RUNNING:
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            time.sleep(interval_s)
+        return self.state
+
+    def cancel(self) -> None:
+        if self.runner is not None:
+            self.runner.cancel()
+
+    @property
+    def state(self) -> JobState:
+        return self.runner.state if self.runner is not None else JobState.PENDING
+
+    @property
+    def finished(self) -> bool:
+        return self.runner is not None and self.runner.finished
+
+    @property
+    def error_message(self) -> str:
+        return self.runner.error_message if self.runner is not None else ""
+
+    @property
+    def log_text(self) -> str:
+        return self.runner.log_text if self.runner is not None else ""
+
+    def status_text(self) -> str:
+        return self.runner.status_text() if self.runner is not None else ""

@@ -1,0 +1,99 @@
+"""A live Slicer plot of training: one table row and one point per metric after every epoch.
+
+MRML only (table node, plot series nodes, plot chart node), so it works without Qt and is
+saved with the scene; the widget just shows the chart in the layout. The nodes are created on
+the first epoch line, so starting (and stopping) a training before any epoch adds nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import vtk
+
+import slicer
+
+# Columns plotted, in this order, when the epoch lines carry them (see MaskSAMCore's trainer).
+PLOTTED_METRICS = (
+    ("train_loss", "Training loss"),
+    ("val_loss", "Validation loss"),
+    ("mean_dice", "Validation Dice (mean)"),
+    ("ema_dice", "Validation Dice (EMA)"),
+)
+_COLOURS = {"train_loss": (0.12, 0.47, 0.71), "val_loss": (1.0, 0.5, 0.05),
+            "mean_dice": (0.17, 0.63, 0.17), "ema_dice": (0.84, 0.15, 0.16)}
+
+
+class TrainingPlot:
+    """Table + chart fed with epoch events (dicts with "epoch" and metric values)."""
+
+    def __init__(self, scene, title: str = "MaskSAM training") -> None:
+        self.scene = scene
+        self.title = title
+        self.table_node = None
+        self.chart_node = None
+        self.series_nodes: Dict[str, object] = {}
+        self._columns: Dict[str, "vtk.vtkFloatArray"] = {}
+
+    @property
+    def node_ids(self) -> List[str]:
+        nodes = [self.table_node, self.chart_node, *self.series_nodes.values()]
+        return [node.GetID() for node in nodes if node is not None]
+
+    def add_epoch(self, event: Dict[str, object]) -> None:
+        """Append one epoch (the event of an ``epoch`` machine line)."""
+        metrics = [key for key, _ in PLOTTED_METRICS if _is_number(event.get(key))]
+        if self.table_node is None:
+            self._create(metrics)
+        table = self.table_node.GetTable()
+        row = table.InsertNextBlankRow()
+        table.SetValue(row, 0, vtk.vtkVariant(float(event.get("epoch", row + 1))))
+        for index, (key, _) in enumerate(PLOTTED_METRICS, start=1):
+            if key in self._columns:
+                value = event.get(key)
+                table.SetValue(row, index, vtk.vtkVariant(float(value) if _is_number(value) else math.nan))
+        table.Modified()
+        self.table_node.Modified()
+
+    def rows(self) -> List[Dict[str, float]]:
+        """The table as a list of {column: value} (what the chart shows)."""
+        if self.table_node is None:
+            return []
+        table = self.table_node.GetTable()
+        names = [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())]
+        return [{name: table.GetValue(r, c).ToDouble() for c, name in enumerate(names)}
+                for r in range(table.GetNumberOfRows())]
+
+    def _create(self, metrics: List[str]) -> None:
+        self.table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{self.title} table")
+        table = self.table_node.GetTable()
+        epoch = vtk.vtkFloatArray()
+        epoch.SetName("epoch")
+        table.AddColumn(epoch)
+        for key, _ in PLOTTED_METRICS:
+            # Every known metric gets a column (stable layout); only those present get a curve.
+            column = vtk.vtkFloatArray()
+            column.SetName(key)
+            table.AddColumn(column)
+            self._columns[key] = column
+        self.chart_node = self.scene.AddNewNodeByClass("vtkMRMLPlotChartNode", self.title)
+        self.chart_node.SetTitle(self.title)
+        self.chart_node.SetXAxisTitle("epoch")
+        self.chart_node.SetYAxisTitle("loss / Dice")
+        for key, label in PLOTTED_METRICS:
+            if key not in metrics:
+                continue
+            series = self.scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", label)
+            series.SetAndObserveTableNodeID(self.table_node.GetID())
+            series.SetXColumnName("epoch")
+            series.SetYColumnName(key)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+            series.SetColor(*_COLOURS[key])
+            self.chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+            self.series_nodes[key] = series
+
+
+def _is_number(value: Optional[object]) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
