@@ -7,14 +7,18 @@ handed in directly (the Slicer module passes arrays, not files).
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.errors import InputError
 
 
-def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name: str) -> None:
-    """image: (C, z, y, x). Raises `InputError` naming `name` for anything unusable."""
+def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name: str,
+                channel_files: Optional[Sequence[str]] = None) -> None:
+    """image: (C, z, y, x). Raises `InputError` naming `name` (or, for a problem of one channel,
+    that channel's entry of `channel_files`) for anything unusable."""
     if image.ndim != 4:
         raise InputError(f"{name}: expected a 3D volume per channel, got an array of shape {image.shape}")
     if image.shape[0] != channels:
@@ -36,6 +40,7 @@ def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name:
         low, high = float(image[channel].min()), float(image[channel].max())
         if low == high:
             which = f"channel {channel}" if image.shape[0] > 1 else "the image"
-            raise InputError(f"{name}: {which} is constant (every voxel is {low:g}); there is nothing to segment")
+            where = channel_files[channel] if channel_files else name
+            raise InputError(f"{where}: {which} is constant (every voxel is {low:g}); there is nothing to segment")
     if any(s <= 0 or not np.isfinite(s) for s in geometry.spacing):
         raise InputError(f"{name}: invalid voxel spacing {geometry.spacing}")

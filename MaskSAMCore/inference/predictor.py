@@ -25,7 +25,7 @@ import torch
 
 from MaskSAMCore.data.image_io import ImageGeometry, read_case
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
-from MaskSAMCore.errors import ModelFolderError
+from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
 from MaskSAMCore.inference.input_checks import check_image
@@ -140,7 +140,7 @@ class Predictor:
 
     # -- cases ---------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, geometry: ImageGeometry, name: str = "image",
-                owned: bool = False) -> PreparedCase:
+                owned: bool = False, channel_files: Optional[Sequence[str]] = None) -> PreparedCase:
         """Check and preprocess one image (C, z, y, x) exactly as training did.
 
         owned: the caller will not use `image` again, so preprocessing may work in its memory
@@ -149,7 +149,7 @@ class Predictor:
         image = np.asarray(image)
         if image.ndim == 3:
             image = image[None]
-        check_image(image, geometry, self.config.in_channels, name)
+        check_image(image, geometry, self.config.in_channels, name, channel_files)
         image = image.astype(np.float32, copy=not owned)
         data, _, properties = preprocess_case(image, geometry, self.plan)
         return PreparedCase(name, data, properties, geometry, time.perf_counter() - start)
@@ -158,7 +158,10 @@ class Predictor:
         """Read a case's channel files and preprocess it (safe to call in a background thread)."""
         start = time.perf_counter()
         image, geometry = read_case([Path(p) for p in paths])
-        prepared = self.prepare(image, geometry, name or str(paths[0]), owned=True)
+        files = [describe_path(p) for p in paths]
+        where = files[0] if len(files) == 1 else f"case {name or Path(paths[0]).name}"
+        prepared = self.prepare(image, geometry, where, owned=True, channel_files=files)
+        prepared.name = name or files[0]
         prepared.seconds = time.perf_counter() - start
         return prepared
 

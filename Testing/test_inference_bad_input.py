@@ -1,0 +1,142 @@
+"""Bad input to `masksam predict`: one clear line naming the file or folder and the problem, exit
+status 1, and no output file left behind."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+from MaskSAMCore.model.builder import build_masksam
+from MaskSAMCore.model.config import preset
+from MaskSAMCore.model_folder import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = preset("tiny", num_classes=3)
+    return write_random_model_folder(tmp_path_factory.mktemp("models") / "tiny", config,
+                                     synthetic_plan(config, (2.5, 1.2, 1.2)))
+
+
+def _image(array: np.ndarray, spacing=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array, isVector=False)
+    if spacing:
+        image.SetSpacing(spacing)
+    return image
+
+
+def _write(path, array, spacing=None):
+    sitk.WriteImage(_image(array, spacing), str(path))
+    return path
+
+
+def _bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _four_d(path):
+    image = sitk.JoinSeries([_image(np.random.rand(5, 6, 7).astype(np.float32)) for _ in range(3)])
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+BAD_IMAGES = {
+    "2D image": (lambda p: _write(p / "slice.nii.gz", np.random.rand(20, 30).astype(np.float32)), "2D image"),
+    "4D image": (lambda p: _four_d(p / "series.nii.gz"), "4D image"),
+    "NaN voxels": (lambda p: _write(p / "nan.nrrd", np.where(np.eye(8)[None].repeat(6, 0) > 0, np.nan, 1.0)
+                                    .astype(np.float32)), "NaN/Inf"),
+    "Inf voxels": (lambda p: _write(p / "inf.mha", np.full((6, 8, 8), np.inf, np.float32)), "NaN/Inf"),
+    "constant image": (lambda p: _write(p / "flat.nii.gz", np.full((6, 8, 8), -1000, np.int16)), "constant"),
+    "one voxel": (lambda p: _write(p / "dot.nii.gz", np.ones((1, 1, 1), np.float32)), "single voxel"),
+    "corrupt file": (lambda p: _bytes(p / "broken.nii.gz", b"\x1f\x8b" + bytes(range(256)) * 4), "cannot read"),
+    "text file": (lambda p: _bytes(p / "notes.nrrd", b"this is not an image\n"), "cannot read"),
+    "unknown ending": (lambda p: _bytes(p / "scan.txt", b"1 2 3"), "not an image file"),
+}
+
+
+def _assert_one_line_error(capsys, *fragments):
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("masksam: error:")]
+    assert len(errors) == 1, lines
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", list(BAD_IMAGES))
+def test_bad_image_gives_one_line_naming_the_file(model_dir, tmp_path, capsys, kind):
+    make, problem = BAD_IMAGES[kind]
+    source = make(tmp_path)
+    output = tmp_path / "out" / "labels.nii.gz"
+    assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, source.name, problem)
+    assert not output.exists()
+    assert not output.parent.exists() or not any(output.parent.iterdir())
+
+
+def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write(inputs / "good_0000.nii.gz", np.random.rand(6, 16, 16).astype(np.float32) * 100)
+    (inputs / "zz_broken_0000.nii.gz").write_bytes(b"not gzip at all")
+    outputs = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "zz_broken_0000.nii.gz")
+    assert not outputs.exists() or not any(outputs.iterdir())
+
+
+def test_missing_channel_names_the_case(tmp_path, capsys):
+    config = preset("tiny", num_classes=3, in_channels=2)
+    model = write_random_model_folder(tmp_path / "m2", config, synthetic_plan(config))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write(inputs / "pat7_0000.nii.gz", np.random.rand(6, 16, 16).astype(np.float32))
+    assert main(["predict", str(model), str(inputs), str(tmp_path / "out"), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "pat7", "_0000", "needs 2")
+    single = inputs / "pat7_0000.nii.gz"
+    assert main(["predict", str(model), str(single), str(tmp_path / "x.nii.gz"), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "pat7_0000.nii.gz", "2 channels")
+
+
+def _good_image(tmp_path):
+    return _write(tmp_path / "ct.nii.gz", np.random.rand(6, 16, 16).astype(np.float32) * 100)
+
+
+def test_unknown_or_invalid_model_folder(tmp_path, capsys):
+    source = _good_image(tmp_path)
+    empty = tmp_path / "not_a_model"
+    empty.mkdir()
+    assert main(["predict", str(empty), str(source), str(tmp_path / "l.nii.gz")]) == 1
+    _assert_one_line_error(capsys, "not_a_model", "model.json")
+    assert main(["predict", str(tmp_path / "nowhere"), str(source), str(tmp_path / "l.nii.gz")]) == 1
+    _assert_one_line_error(capsys, "nowhere", "does not exist")
+    (empty / "model.json").write_text("{ this is not json")
+    assert main(["predict", str(empty), str(source), str(tmp_path / "l.nii.gz")]) == 1
+    _assert_one_line_error(capsys, "model.json", "not valid JSON")
+    (empty / "model.json").write_text(json.dumps({"format": "masksam-model", "format_version": 1}))
+    assert main(["predict", str(empty), str(source), str(tmp_path / "l.nii.gz")]) == 1
+    _assert_one_line_error(capsys, "model.json", "lacks")
+    assert not (tmp_path / "l.nii.gz").exists()
+
+
+def test_checkpoint_for_another_class_count(model_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "mismatch"
+    shutil.copytree(model_dir, folder)
+    other = build_masksam(preset("tiny", num_classes=5))
+    save_checkpoint(folder / "checkpoint_final.pt", {"weights": other.state_dict(), "weights_scope": "all"})
+    source = _good_image(tmp_path)
+    assert main(["predict", str(folder), str(source), str(tmp_path / "l.nii.gz"), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "checkpoint_final.pt", "3 classes")
+    assert not (tmp_path / "l.nii.gz").exists()
+    torch.save({"weights": "x"}, folder / "checkpoint_final.pt")
+    assert main(["predict", str(folder), str(source), str(tmp_path / "l.nii.gz"), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "checkpoint_final.pt")
