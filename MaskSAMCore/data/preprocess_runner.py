@@ -18,12 +18,12 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from MaskSAMCore.atomic import remove_stale_temporaries, write_json, write_with
+from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dataset import RawCase, RawDataset
 from MaskSAMCore.data.image_io import read_case, read_label
 from MaskSAMCore.data.preprocessing import plan_hash, preprocess_case
 from MaskSAMCore.data.processes import abort_pool, ignore_interrupts, worker_context
-from MaskSAMCore.data.store import case_paths
+from MaskSAMCore.data.store import case_paths, save_case
 from MaskSAMCore.progress import Progress
 
 MAX_LOCATIONS_PER_CLASS = 1000
@@ -112,11 +112,7 @@ def preprocess_one(name: str, image_files: Sequence[Path], label_file: Any, plan
     properties["sources"] = source_stamps(RawCase(name, tuple(Path(p) for p in image_files),
                                                   Path(label_file) if label_file else None))
     locations = class_locations(seg, seed=zlib.crc32(name.encode("utf-8")))
-    data_path, seg_path, locations_path, json_path = case_paths(out_dir, name)
-    write_with(data_path, lambda tmp: _save_npy(tmp, data.astype(np.float32, copy=False)))
-    write_with(seg_path, lambda tmp: _save_npy(tmp, seg.astype(np.int16, copy=False)))
-    write_with(locations_path, lambda tmp: _save_npy(tmp, locations))
-    write_json(json_path, properties)  # last: marks the case complete
+    save_case(out_dir, name, data, seg, locations, properties)
     return name
 
 
@@ -135,8 +131,3 @@ def class_locations(seg: np.ndarray, seed: int, limit: int = MAX_LOCATIONS_PER_C
         coords = np.stack(np.unravel_index(index, seg.shape), axis=1)
         rows.append(np.concatenate([np.full((index.size, 1), value), coords], axis=1).astype(np.int32))
     return np.concatenate(rows, axis=0)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # a file object, so np.save does not append ".npy"
-        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)

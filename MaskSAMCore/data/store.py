@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterable, Iterator, Tuple
 
 import numpy as np
 
+from MaskSAMCore.atomic import write_json, write_with
 from MaskSAMCore.errors import InputError, describe_path
 
 
@@ -68,6 +69,21 @@ def load_case(folder: "os.PathLike[str] | str", name: str, mmap: bool = True) ->
     except (OSError, ValueError) as exc:
         raise InputError(f"{describe_path(data_path)}: cannot read preprocessed case '{name}' ({exc})") from None
     return PreprocessedCase(name, data, seg, properties, locations)
+
+
+def save_case(folder: "os.PathLike[str] | str", name: str, data: np.ndarray, seg: np.ndarray,
+              locations: np.ndarray, properties: Dict[str, Any]) -> None:
+    """Write one case atomically, file by file, the properties JSON last (see module docstring)."""
+    data_path, seg_path, locations_path, json_path = case_paths(folder, name)
+    write_with(data_path, lambda tmp: _save_npy(tmp, np.asarray(data, dtype=np.float32)))
+    write_with(seg_path, lambda tmp: _save_npy(tmp, np.asarray(seg, dtype=np.int16)))
+    write_with(locations_path, lambda tmp: _save_npy(tmp, np.asarray(locations, dtype=np.int32).reshape(-1, 4)))
+    write_json(json_path, properties)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # a file object, so np.save does not append ".npy"
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def iter_cases(folder: "os.PathLike[str] | str", names: Iterable[str], mmap: bool = False) -> Iterator[PreprocessedCase]:

@@ -1,0 +1,165 @@
+"""Training batches as torch tensors, made by background worker processes.
+
+>>> loader = PatchLoader(preprocessed_dir, train_cases, plan, batch_size=2, num_batches=250,
+...                      num_workers=2, seed=12345, epoch=epoch, rank=rank, world_size=world)
+>>> for image, seg in loader:        # image (B, C, T, H, W) float32, seg (B, T, H, W) int64
+...     ...
+
+One `PatchLoader` serves one epoch of one rank. Batch ``b`` depends only on ``(seed, epoch,
+rank, b)`` (see `loader_worker`), so the stream is the same with 0 or N workers and a resumed
+run sees exactly the batches it would have seen. Worker ``w`` makes batches ``w, w + N, ...``
+into its own bounded queue and the consumer reads the queues round-robin, which keeps the order
+without a reorder buffer.
+
+Stopping: the workers are shut down when the iteration ends, when the consumer breaks out of
+the loop or raises (the generator's ``finally``), on `close()` or leaving a ``with`` block, and
+on SIGTERM once `MaskSAMCore.progress.install_signal_handlers` turned it into an exception (the
+CLI does). Workers killed from outside, or whose parent was killed, exit on their own.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from MaskSAMCore.data.augmentation import AugmentationSettings, in_plane_only
+from MaskSAMCore.data.loader_worker import BatchSpec, make_batch, new_sampler, worker_main
+from MaskSAMCore.data.processes import stop_processes, worker_context
+from MaskSAMCore.data.store import PreprocessedCase, iter_cases, read_properties
+
+_GET_TIMEOUT_S = 1.0
+_PREFETCH_PER_WORKER = 2
+
+
+class PatchLoader:
+    """An iterable of `num_batches` batches ``(image (B, C, T, H, W) float32, seg (B, T, H, W)
+    int64)`` of patches of ``plan["patch_size"]`` from a folder of preprocessed cases."""
+
+    def __init__(self, preprocessed_dir: "os.PathLike[str] | str", case_names: Sequence[str], plan: Dict[str, Any],
+                 batch_size: int, num_batches: int, oversample_foreground: float = 0.33, augment: bool = True,
+                 num_workers: int = 2, seed: int = 0, epoch: int = 0, rank: int = 0, world_size: int = 1,
+                 settings: Optional[AugmentationSettings] = None) -> None:
+        if batch_size < 1 or num_batches < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_batches >= 0, got {batch_size}, {num_batches}")
+        if not 0.0 <= oversample_foreground <= 1.0:
+            raise ValueError(f"oversample_foreground must be in [0, 1], got {oversample_foreground}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if not case_names:
+            raise ValueError("PatchLoader needs at least one case")
+        for name in case_names:
+            read_properties(preprocessed_dir, name)  # a missing case fails here, with its name, not in a worker
+        patch = tuple(int(p) for p in plan["patch_size"])
+        self.spec = BatchSpec(
+            folder=str(Path(preprocessed_dir)), case_names=tuple(case_names), patch_size=patch,  # type: ignore[arg-type]
+            batch_size=batch_size, num_batches=num_batches, oversample_foreground=float(oversample_foreground),
+            settings=(settings or AugmentationSettings()) if augment else None,
+            planar=in_plane_only(patch, bool(plan.get("anisotropic", False))),
+            seed=int(seed), epoch=int(epoch), rank=int(rank),
+        )
+        self.num_workers = max(0, int(num_workers))
+        self._processes: List[Any] = []
+        self._queues: List[Any] = []
+        self._stop_event: Any = None
+
+    def __len__(self) -> int:
+        return self.spec.num_batches
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if self.num_workers == 0:
+            sampler = new_sampler(self.spec)
+            for batch_index in range(self.spec.num_batches):
+                data, seg, _ = make_batch(self.spec, sampler, batch_index)
+                yield _to_torch(data, seg)
+            return
+        self._start()
+        try:
+            for batch_index in range(self.spec.num_batches):
+                data, seg = self._receive(batch_index)
+                yield _to_torch(data, seg)
+        finally:
+            self.close()
+
+    @property
+    def worker_pids(self) -> List[int]:
+        """Process ids of the running workers (empty when none are running)."""
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def close(self) -> None:
+        """Stop and reap the workers (safe to call more than once)."""
+        if self._stop_event is not None:
+            self._stop_event.set()
+        for q in self._queues:  # unblock workers waiting to hand over a batch
+            _drain(q)
+        stop_processes(self._processes, timeout_s=2.0)
+        for q in self._queues:
+            q.close()
+            q.join_thread()
+        self._processes, self._queues, self._stop_event = [], [], None
+
+    def __enter__(self) -> "PatchLoader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_processes", None):
+            self.close()
+
+    # -- workers ------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self.close()  # a second iteration starts afresh
+        context = worker_context()
+        workers = min(self.num_workers, max(1, self.spec.num_batches))
+        self._stop_event = context.Event()
+        self._queues = [context.Queue(maxsize=_PREFETCH_PER_WORKER) for _ in range(workers)]
+        for index in range(workers):
+            process = context.Process(
+                target=worker_main, name=f"masksam-loader-{index}", daemon=True,
+                args=(self.spec, index, workers, self._queues[index], self._stop_event, os.getpid()),
+            )
+            process.start()
+            self._processes.append(process)
+
+    def _receive(self, batch_index: int) -> Tuple[np.ndarray, np.ndarray]:
+        worker = batch_index % len(self._processes)
+        while True:
+            try:
+                item = self._queues[worker].get(timeout=_GET_TIMEOUT_S)
+            except queue.Empty:
+                process = self._processes[worker]
+                if not process.is_alive():
+                    raise RuntimeError(f"data-loading worker {worker} died (exit code {process.exitcode}) "
+                                       f"before batch {batch_index}") from None
+                continue
+            if isinstance(item[1], str):  # (-1, "error", traceback)
+                raise RuntimeError(f"data-loading worker {worker} failed:\n{item[2]}")
+            index, data, seg = item
+            if index != batch_index:  # cannot happen with one queue per worker; guard the invariant
+                raise RuntimeError(f"data-loading worker {worker} sent batch {index}, expected {batch_index}")
+            return data, seg
+
+
+def iter_validation_cases(preprocessed_dir: "os.PathLike[str] | str", case_names: Sequence[str]
+                          ) -> Iterator[PreprocessedCase]:
+    """Whole preprocessed cases for validation, one at a time: ``case.data`` (C, T', H', W')
+    float32, ``case.seg`` (T', H', W') int16, ``case.properties``."""
+    return iter_cases(preprocessed_dir, case_names, mmap=False)
+
+
+def _to_torch(data: np.ndarray, seg: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), torch.from_numpy(seg.astype(np.int64))
+
+
+def _drain(q: Any) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return

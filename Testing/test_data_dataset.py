@@ -1,0 +1,196 @@
+"""The nnU-Net raw dataset reader: a valid dataset loads; every broken one fails before any work
+with one line naming the case (or dataset.json) and the problem."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MaskSAMCore.data.dataset import load_raw_dataset
+from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label, write_image, write_label
+from MaskSAMCore.errors import DatasetError
+
+
+@pytest.fixture
+def dataset(phantom_dataset: Path, tmp_path: Path) -> Path:
+    """A private, changeable copy of the shared phantom dataset (cases phantom_000..002)."""
+    return Path(shutil.copytree(phantom_dataset, tmp_path / "Dataset001_Phantoms"))
+
+
+def edit_json(root: Path, **changes) -> None:
+    meta = json.loads((root / "dataset.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def load_error(root: Path) -> str:
+    with pytest.raises(DatasetError) as info:
+        load_raw_dataset(root, progress=False)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_dataset_loads_with_names_channels_and_grids(dataset):
+    raw = load_raw_dataset(dataset, progress=False)
+    assert raw.class_names == ["background", "liver", "spleen", "kidney_left", "kidney_right", "aorta"]
+    assert raw.num_classes == 6 and raw.num_channels == 1 and raw.modality == "CT"
+    assert raw.file_ending == ".nii.gz"
+    assert [c.name for c in raw.training_cases] == ["phantom_000", "phantom_001", "phantom_002"]
+    assert raw.training_cases[0].image_files[0].name == "phantom_000_0000.nii.gz"
+    assert raw.training_cases[0].label_file.name == "phantom_000.nii.gz"
+    assert [c.name for c in raw.test_cases] == ["phantom_test_000"]
+    assert raw.geometries["phantom_001"].size == (40, 36, 12)
+
+
+def test_missing_dataset_json(dataset):
+    (dataset / "dataset.json").unlink()
+    assert "no dataset.json" in load_error(dataset)
+
+
+def test_invalid_json(dataset):
+    (dataset / "dataset.json").write_text('{"labels": {"background": 0,,}')
+    assert "dataset.json: not valid JSON (line 1" in load_error(dataset)
+
+
+@pytest.mark.parametrize("key", ["channel_names", "labels", "numTraining", "file_ending"])
+def test_missing_key(dataset, key):
+    edit_json(dataset, **{key: None})
+    assert f"dataset.json: missing key(s) {key}" in load_error(dataset)
+
+
+def test_labels_not_consecutive(dataset):
+    edit_json(dataset, labels={"background": 0, "liver": 1, "spleen": 3})
+    assert "label values must be consecutive 0..2, got [0, 1, 3]" in load_error(dataset)
+
+
+def test_background_not_zero(dataset):
+    edit_json(dataset, labels={"liver": 0, "background": 1})
+    assert "labels must name value 0 'background'" in load_error(dataset)
+
+
+def test_empty_dataset(dataset):
+    for path in (dataset / "imagesTr").iterdir():
+        path.unlink()
+    for path in (dataset / "labelsTr").iterdir():
+        path.unlink()
+    assert "no training cases in imagesTr" in load_error(dataset)
+
+
+def test_file_ending_hint_when_the_files_have_another_ending(dataset):
+    edit_json(dataset, file_ending=".nrrd")
+    message = load_error(dataset)
+    assert "no training cases" in message and "found files ending in .nii.gz" in message
+
+
+def test_missing_label_file(dataset):
+    (dataset / "labelsTr" / "phantom_001.nii.gz").unlink()
+    assert "case 'phantom_001': missing label file labelsTr/phantom_001.nii.gz" in load_error(dataset)
+
+
+def test_label_without_images(dataset):
+    shutil.copy(dataset / "labelsTr" / "phantom_000.nii.gz", dataset / "labelsTr" / "stray.nii.gz")
+    assert "case 'stray': labelsTr/stray.nii.gz has no image files" in load_error(dataset)
+
+
+def test_missing_channel_file(dataset):
+    edit_json(dataset, channel_names={"0": "CT", "1": "CT_late"})
+    for name in ("phantom_000", "phantom_002"):
+        shutil.copy(dataset / "imagesTr" / f"{name}_0000.nii.gz", dataset / "imagesTr" / f"{name}_0001.nii.gz")
+    assert "case 'phantom_001': missing channel file imagesTr/phantom_001_0001.nii.gz" in load_error(dataset)
+
+
+def test_extra_channel_file(dataset):
+    shutil.copy(dataset / "imagesTr" / "phantom_002_0000.nii.gz", dataset / "imagesTr" / "phantom_002_0001.nii.gz")
+    message = load_error(dataset)
+    assert "case 'phantom_002': unexpected channel file imagesTr/phantom_002_0001.nii.gz" in message
+    assert "declares 1 channel" in message
+
+
+def test_image_file_without_channel_number(dataset):
+    shutil.copy(dataset / "imagesTr" / "phantom_000_0000.nii.gz", dataset / "imagesTr" / "phantom_009.nii.gz")
+    assert "imagesTr/phantom_009.nii.gz does not end in a channel number" in load_error(dataset)
+
+
+def _rewrite_label_geometry(dataset: Path, case: str, change: str) -> None:
+    labels, geometry = read_label(dataset / "labelsTr" / f"{case}.nii.gz")
+    size, spacing, origin, direction = geometry.size, geometry.spacing, geometry.origin, geometry.direction
+    if change == "size":
+        labels, size = labels[:-1], (size[0], size[1], size[2] - 1)
+    elif change == "spacing":
+        spacing = (spacing[0] * 1.1, spacing[1], spacing[2])
+    elif change == "origin":
+        origin = (origin[0] + 2.0, origin[1], origin[2])
+    else:
+        direction = tuple(np.eye(3).ravel())
+    write_label(labels, ImageGeometry(size, spacing, origin, direction), dataset / "labelsTr" / f"{case}.nii.gz")
+
+
+@pytest.mark.parametrize("change", ["size", "spacing", "origin", "direction"])
+def test_label_not_on_the_image_grid(dataset, change):
+    _rewrite_label_geometry(dataset, "phantom_001", change)
+    message = load_error(dataset)
+    assert "case 'phantom_001': label labelsTr/phantom_001.nii.gz is not on the image's grid" in message
+    assert change in message
+
+
+def test_channel_grids_differ(dataset):
+    edit_json(dataset, channel_names={"0": "CT", "1": "CT_late"})
+    for name in ("phantom_000", "phantom_001", "phantom_002"):
+        image, geometry = read_image(dataset / "imagesTr" / f"{name}_0000.nii.gz")
+        if name == "phantom_002":
+            geometry = ImageGeometry(geometry.size, geometry.spacing, (0.0, 0.0, 0.0), geometry.direction)
+        write_image(image, geometry, dataset / "imagesTr" / f"{name}_0001.nii.gz")
+    test_case = dataset / "imagesTs" / "phantom_test_000_0000.nii.gz"
+    shutil.copy(test_case, test_case.with_name("phantom_test_000_0001.nii.gz"))
+    message = load_error(dataset)
+    assert "case 'phantom_002': channel 0001 (imagesTr/phantom_002_0001.nii.gz) is not on the grid" in message
+    assert "origin" in message
+
+
+def test_label_value_not_declared(dataset):
+    labels, geometry = read_label(dataset / "labelsTr" / "phantom_000.nii.gz")
+    labels[0, 0, :3] = 9
+    write_label(labels, geometry, dataset / "labelsTr" / "phantom_000.nii.gz")
+    assert "case 'phantom_000': label labelsTr/phantom_000.nii.gz has value(s) 9 not declared" in load_error(dataset)
+
+
+def test_non_3d_image(dataset):
+    sitk.WriteImage(sitk.Image([40, 36], sitk.sitkInt16), str(dataset / "imagesTr" / "phantom_001_0000.nii.gz"))
+    assert "case 'phantom_001': imagesTr/phantom_001_0000.nii.gz: is a 2D image" in load_error(dataset)
+
+
+def test_nan_in_image(dataset):
+    edit_json(dataset, file_ending=".mha")  # NIfTI readers turn NaN into 0 themselves
+    for folder in ("imagesTr", "labelsTr", "imagesTs"):
+        for path in (dataset / folder).iterdir():
+            sitk.WriteImage(sitk.ReadImage(str(path)), str(path).replace(".nii.gz", ".mha"))
+            path.unlink()
+    image, geometry = read_image(dataset / "imagesTr" / "phantom_002_0000.mha")
+    image[3, 4, 5] = np.nan
+    write_image(image, geometry, dataset / "imagesTr" / "phantom_002_0000.mha")
+    assert "case 'phantom_002': imagesTr/phantom_002_0000.mha: contains 1 NaN/Inf voxel" in load_error(dataset)
+
+
+def test_unreadable_image(dataset):
+    (dataset / "imagesTr" / "phantom_000_0000.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    assert "case 'phantom_000': imagesTr/phantom_000_0000.nii.gz: cannot read it as an image" in load_error(dataset)
+
+
+def test_num_training_mismatch(dataset):
+    edit_json(dataset, numTraining=5)
+    assert "numTraining is 5 but imagesTr holds 3 case(s)" in load_error(dataset)
+
+
+def test_region_labels_are_refused(dataset):
+    edit_json(dataset, labels={"background": 0, "liver": 1, "organs": [1, 2]})
+    assert "label 'organs' is a region" in load_error(dataset)

@@ -1,0 +1,185 @@
+"""Image I/O keeps every voxel and the exact grid, and rejects unusable files with one clear line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MaskSAMCore.data import image_io
+from MaskSAMCore.data.image_io import (ImageGeometry, read_case, read_geometry, read_image, read_label,
+                                       write_image, write_label)
+from MaskSAMCore.errors import InputError
+
+
+def rotation(degrees: float, axis=(1.0, 2.0, 3.0)) -> np.ndarray:
+    axis = np.asarray(axis) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    angle = np.deg2rad(degrees)
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def oblique_geometry(size=(11, 9, 7)) -> ImageGeometry:
+    """Odd sizes, anisotropic spacing, a 12 degree oblique direction, an arbitrary origin."""
+    return ImageGeometry(size, (0.7123, 1.3, 4.1), (-123.456789, 45.1234567, -300.987654),
+                         tuple(rotation(12.0).ravel()))
+
+
+def assert_same_geometry(read: ImageGeometry, written: ImageGeometry, ending: str) -> None:
+    assert read.size == written.size
+    # NIfTI stores geometry as float32; NRRD and MHA as text / double.
+    rtol = 1e-6 if ending.startswith(".nii") else 1e-12
+    np.testing.assert_allclose(read.spacing, written.spacing, rtol=rtol)
+    np.testing.assert_allclose(read.origin, written.origin, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(read.direction, written.direction, atol=10 * rtol)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_image_and_label_round_trip_keeps_values_and_geometry(tmp_path, ending):
+    geometry = oblique_geometry()
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 300, size=geometry.shape_zyx).astype(np.float32)
+    labels = rng.integers(0, 4, size=geometry.shape_zyx).astype(np.uint8)
+
+    write_image(image, geometry, tmp_path / f"image{ending}")
+    write_label(labels, geometry, tmp_path / f"labels{ending}")
+    image_back, image_geometry = read_image(tmp_path / f"image{ending}")
+    labels_back, label_geometry = read_label(tmp_path / f"labels{ending}")
+
+    np.testing.assert_array_equal(image_back, image)
+    np.testing.assert_array_equal(labels_back, labels)
+    assert labels_back.dtype == np.int16 and image_back.dtype == np.float32
+    assert_same_geometry(image_geometry, geometry, ending)
+    assert_same_geometry(label_geometry, geometry, ending)
+    assert read_geometry(tmp_path / f"image{ending}") == image_geometry
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"image{ending}", f"labels{ending}"])
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nrrd", ".mha"])
+def test_a_label_written_on_a_read_grid_lands_exactly_on_it(tmp_path, ending):
+    """What the predictor does: read an input, write a label map on its geometry."""
+    geometry = oblique_geometry()
+    write_image(np.zeros(geometry.shape_zyx, np.int16), geometry, tmp_path / f"in{ending}")
+    _, read = read_image(tmp_path / f"in{ending}")
+    write_label(np.ones(read.shape_zyx, np.uint8), read, tmp_path / f"out{ending}")
+    reference = sitk.ReadImage(str(tmp_path / f"in{ending}"))
+    output = sitk.ReadImage(str(tmp_path / f"out{ending}"))
+    assert output.GetSize() == reference.GetSize()
+    # Identical up to the last bits of a double (NRRD recomputes spacing from its direction vectors).
+    np.testing.assert_allclose(output.GetSpacing(), reference.GetSpacing(), rtol=1e-12)
+    np.testing.assert_allclose(output.GetOrigin(), reference.GetOrigin(), rtol=1e-12)
+    np.testing.assert_allclose(output.GetDirection(), reference.GetDirection(), atol=1e-12)
+
+
+def test_geometry_dict_round_trip_and_axis_orders():
+    geometry = oblique_geometry()
+    assert ImageGeometry.from_dict(geometry.to_dict()) == geometry
+    assert geometry.shape_zyx == (7, 9, 11)
+    assert geometry.spacing_zyx == (4.1, 1.3, 0.7123)
+    assert geometry.same_grid(ImageGeometry(geometry.size, geometry.spacing,
+                                            tuple(np.add(geometry.origin, 1e-6)), geometry.direction))
+    shifted = ImageGeometry(geometry.size, geometry.spacing, tuple(np.add(geometry.origin, 0.5)), geometry.direction)
+    assert shifted.grid_differences(geometry) == ["origin"]
+
+
+def write_raw(path, image: sitk.Image) -> None:
+    sitk.WriteImage(image, str(path))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(InputError, match=r"nothere\.nii\.gz: file not found"):
+        read_image(tmp_path / "nothere.nii.gz")
+
+
+def test_corrupt_file_is_named(tmp_path):
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"this is not an image" * 20)
+    with pytest.raises(InputError, match=r"broken\.nii\.gz: cannot read it as an image") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_two_dimensional_image_is_rejected(tmp_path):
+    write_raw(tmp_path / "slice.nii.gz", sitk.Image([8, 9], sitk.sitkFloat32))
+    with pytest.raises(InputError, match=r"slice\.nii\.gz: is a 2D image"):
+        read_image(tmp_path / "slice.nii.gz")
+
+
+def test_four_dimensional_image_is_rejected_but_a_singleton_fourth_axis_is_3d(tmp_path):
+    write_raw(tmp_path / "series.mha", sitk.Image([4, 5, 6, 2], sitk.sitkFloat32))
+    with pytest.raises(InputError, match=r"series\.mha: is a 4D image"):
+        read_image(tmp_path / "series.mha")
+    write_raw(tmp_path / "single.mha", sitk.Image([4, 5, 6, 1], sitk.sitkFloat32))
+    array, geometry = read_image(tmp_path / "single.mha")
+    assert array.shape == (6, 5, 4) and geometry.size == (4, 5, 6)
+
+
+def test_single_slice_volume_and_constant_image_are_accepted(tmp_path):
+    image = sitk.Image([8, 9, 1], sitk.sitkInt16) + 5
+    write_raw(tmp_path / "one.nrrd", image)
+    array, geometry = read_image(tmp_path / "one.nrrd")
+    assert array.shape == (1, 9, 8) and np.all(array == 5) and geometry.size == (8, 9, 1)
+
+
+def test_vector_pixels_are_rejected(tmp_path):
+    write_raw(tmp_path / "rgb.nii.gz", sitk.Image([4, 5, 6], sitk.sitkVectorFloat32, 3))
+    with pytest.raises(InputError, match=r"rgb\.nii\.gz: has 3 values per voxel"):
+        read_image(tmp_path / "rgb.nii.gz")
+
+
+def test_nan_and_inf_are_rejected(tmp_path):
+    array = np.zeros((3, 4, 5), np.float32)
+    array[1, 2, 3] = np.nan
+    array[2, 0, 0] = np.inf
+    # (.mha: ITK's NIfTI reader already turns NaN/Inf into 0 on its own)
+    write_raw(tmp_path / "nan.mha", sitk.GetImageFromArray(array))
+    with pytest.raises(InputError, match=r"nan\.mha: contains 2 NaN/Inf voxel"):
+        read_image(tmp_path / "nan.mha")
+
+
+def test_label_with_fractions_or_negative_values_is_rejected(tmp_path):
+    write_raw(tmp_path / "soft.nii.gz", sitk.GetImageFromArray(np.full((2, 3, 4), 0.5, np.float32)))
+    with pytest.raises(InputError, match=r"soft\.nii\.gz: label map contains non-integer values"):
+        read_label(tmp_path / "soft.nii.gz")
+    write_raw(tmp_path / "neg.nii.gz", sitk.GetImageFromArray(np.full((2, 3, 4), -1, np.int16)))
+    with pytest.raises(InputError, match=r"neg\.nii\.gz: label map contains negative values"):
+        read_label(tmp_path / "neg.nii.gz")
+
+
+def test_read_case_stacks_channels_and_rejects_a_channel_on_another_grid(tmp_path):
+    geometry = oblique_geometry()
+    write_image(np.full(geometry.shape_zyx, 1, np.int16), geometry, tmp_path / "c_0000.nrrd")
+    write_image(np.full(geometry.shape_zyx, 2, np.int16), geometry, tmp_path / "c_0001.nrrd")
+    image, read = read_case([tmp_path / "c_0000.nrrd", tmp_path / "c_0001.nrrd"])
+    assert image.shape == (2,) + geometry.shape_zyx and image.dtype == np.float32
+    assert image[0].max() == 1 and image[1].min() == 2 and read.same_grid(geometry)
+
+    moved = ImageGeometry(geometry.size, geometry.spacing, (0.0, 0.0, 0.0), geometry.direction)
+    write_image(np.zeros(geometry.shape_zyx, np.int16), moved, tmp_path / "c_0002.nrrd")
+    with pytest.raises(InputError, match=r"c_0002\.nrrd: its origin differ"):
+        read_case([tmp_path / "c_0000.nrrd", tmp_path / "c_0002.nrrd"])
+
+
+def test_failed_write_leaves_the_existing_file_untouched(tmp_path, monkeypatch):
+    geometry = oblique_geometry()
+    target = tmp_path / "labels.nii.gz"
+    write_label(np.ones(geometry.shape_zyx, np.uint8), geometry, target)
+    before = target.read_bytes()
+
+    def half_write(image, path, useCompression=False):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise RuntimeError("sitk::ERROR: disk full")
+
+    monkeypatch.setattr(image_io.sitk, "WriteImage", half_write)
+    with pytest.raises(InputError, match=r"labels\.nii\.gz: cannot write an image here \(disk full\)"):
+        write_label(np.zeros(geometry.shape_zyx, np.uint8), geometry, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]  # no temporary left behind
+
+
+def test_write_rejects_an_array_that_does_not_fit_the_grid(tmp_path):
+    geometry = oblique_geometry()
+    with pytest.raises(ValueError, match="does not match"):
+        write_label(np.zeros((7, 11, 9), np.uint8), geometry, tmp_path / "x.nrrd")
+    assert not list(tmp_path.iterdir())
