@@ -83,17 +83,20 @@ def resample_axis(array: np.ndarray, axis: int, new_len: int, order: int) -> np.
 
 
 def resample_array(array: np.ndarray, new_shape: Sequence[int], orders: Sequence[int]) -> np.ndarray:
-    """Resample a 3D array (float32 result) to `new_shape` with one interpolation order per axis.
+    """Resample a 3D array to `new_shape` with one interpolation order per axis. Always returns
+    a new C-contiguous float32 array (never a view of the input, even when nothing changes).
 
     Shrinking axes are processed first so that later passes work on fewer voxels."""
     array = np.asarray(array)
     if len(new_shape) != array.ndim or len(orders) != array.ndim:
         raise ValueError(f"shape {tuple(new_shape)} / orders {tuple(orders)} do not match a {array.ndim}D array")
-    out = array if array.dtype == np.float32 else array.astype(np.float32)
+    out = array
     axes = sorted(range(array.ndim), key=lambda a: new_shape[a] / array.shape[a])
     for axis in axes:
         out = resample_axis(out, axis, int(new_shape[axis]), orders[axis])
-    return np.ascontiguousarray(out)
+    if np.shares_memory(out, array):
+        return np.array(out, dtype=np.float32, order="C")
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def image_orders(separate_z: bool, order: int = 3, order_z: int = 1) -> Tuple[int, int, int]:
