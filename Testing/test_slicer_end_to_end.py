@@ -17,9 +17,9 @@ import pytest
 from slicer_support import (add_scalar_volume, core_has, live_processes_in_group, new_scene, oblique_grid,
                             scene_node_ids, subprocess_environment)
 
-from MaskSAMSegmentLib.commands import masksam_command, predict_arguments
+from MaskSAMSegmentLib.commands import masksam_command
 from MaskSAMSegmentLib.devices import DeviceChoice
-from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
+from MaskSAMSegmentLib.image_files import read_array_image
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
@@ -50,11 +50,12 @@ def trained(tmp_path_factory):
     """A tiny phantom-trained model, trained and installed through the Training tab's logic."""
     root = tmp_path_factory.mktemp("e2e")
     dataset = root / "Dataset900_Phantoms"
-    run_cli(["make-phantoms", str(dataset), "--cases", "3", "--seed", "7"])
+    run_cli(["make-phantoms", str(dataset), "--cases", "3", "--seed", "7", "--size", "40", "40", "16"])
     scene = new_scene()
     plot = TrainingPlot(scene)
+    # 3 cases: the logic picks fold "all" by itself (5 folds need 5 cases).
     job = TrainingJob(TrainRequest(str(dataset), str(root / "model"), preset="tiny", random_init=True, epochs=1,
-                                   iters_per_epoch=2, device=CPU),
+                                   iters_per_epoch=2, device=CPU, batch_size=1, val_cases_per_epoch=1),
                       base_env=subprocess_environment(), models_root=str(root / "installed"), on_epoch=plot.add_epoch)
     job.start()
     assert job.wait(timeout_s=600) is JobState.SUCCEEDED, f"{job.error_message}\n{job.log_text[-3000:]}"
@@ -78,20 +79,21 @@ def test_oblique_volume_segmented_in_the_scene_equals_the_core_label_map(trained
     grid = oblique_grid(voxels.shape)            # the phantom's voxels on an oblique, anisotropic grid
     volume = add_scalar_volume(scene, voxels, grid, name="Phantom")
 
-    # The core's own answer for exactly this volume, straight from the command line.
-    input_file = write_array_image(*volume_to_array(volume), tmp_path / "input.nrrd")
-    run_cli(predict_arguments(str(model.folder), str(input_file), str(tmp_path / "core.nrrd"), device="cpu",
-                              quality="fast"))
-    core_labels, core_grid = read_array_image(tmp_path / "core.nrrd")
-    assert core_grid.same_as(grid)
-    assert len(np.unique(core_labels)) >= 2, "a label map with one value would make this comparison weak"
-
     job = SegmentJob(scene, SegmentRequest([volume], model, device=CPU, quality="fast"),
-                     base_env=subprocess_environment())
+                     base_env=subprocess_environment(), work_dir=str(tmp_path), keep_files=True)
     job.start()
     assert job.wait(timeout_s=300) is JobState.SUCCEEDED, job.error_message
     node = job.result_node
+
+    # The label map the core wrote (kept for this test) is on the input's grid, and the segments,
+    # exported by Slicer's segmentations logic onto the volume, give it back voxel for voxel.
+    core_labels, core_grid = read_array_image(job.label_file)
+    assert core_grid.same_as(grid)
+    assert len(np.unique(core_labels)) >= 2, "a label map with one value would make this comparison weak"
     np.testing.assert_array_equal(export_label_values_on_volume(node, volume), core_labels)
+    input_voxels, input_grid = read_array_image(next(job.label_file.parent.glob("input.*")))
+    np.testing.assert_array_equal(input_voxels, voxels)      # what the core was given: the node's voxels
+    assert input_grid.same_as(grid)
 
     # One segment per label (background skipped), named and coloured from the model's labels.
     terminology = AnatomyTerminology()

@@ -23,8 +23,9 @@ from MaskSAMCore.paths import models_folder
 
 MODEL_JSON = "model.json"
 FINAL_CHECKPOINT = "checkpoint_final.pt"
-# Files a model needs for inference; the resume state (optimizer, RNG) stays in the training folder.
-NOT_INSTALLED = ("checkpoint_latest.pt",)
+# What an installed model does not need: the resume state (optimizer, RNG) and the preprocessed
+# training data stay in the training folder.
+NOT_INSTALLED = ("checkpoint_latest.pt", "preprocessed")
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,14 @@ class SegmentJob:
     python:   interpreter for the job (default: `commands.python_interpreter()`)
     base_env: environment to start from (in Slicer: the start-up environment)
     work_dir: parent of the private temporary folder (default: the system's)
+    keep_files: keep that folder (input and the core's label map) after success, for debugging;
+              `label_file` then names the label map the core wrote
     """
 
     def __init__(self, scene, request: SegmentRequest, python: Optional[str] = None,
                  base_env: Optional[Mapping[str, str]] = None, work_dir: Optional[str] = None,
                  on_log: Optional[Callable[[str], None]] = None,
-                 on_event: Optional[Callable[[dict], None]] = None) -> None:
+                 on_event: Optional[Callable[[dict], None]] = None, keep_files: bool = False) -> None:
         self.scene = scene
         self.request = request
         self.python = python
@@ -89,6 +91,8 @@ class SegmentJob:
         self.work_dir = work_dir
         self.on_log = on_log
         self.on_event = on_event
+        self.keep_files = keep_files
+        self.label_file: Optional[Path] = None
         self.runner: Optional[JobRunner] = None
         self.result_node = None
         self.warnings: List[str] = []
@@ -154,7 +158,8 @@ class SegmentJob:
                 self._failure = str(exc)
                 self._state = JobState.FAILED
             finally:
-                self._cleanup()
+                if not (self.keep_files and self._state is JobState.SUCCEEDED):
+                    self._cleanup()
         elif state in (JobState.FAILED, JobState.CANCELLED):
             self._state = state
             self._cleanup()
@@ -209,7 +214,8 @@ class SegmentJob:
         return files[0]
 
     def _import_result(self):
-        labels, grid = read_array_image(self._result_file())
+        self.label_file = self._result_file()
+        labels, grid = read_array_image(self.label_file)
         if not grid.same_as(self._input_grid):
             # The core promises the input's own grid; if not, the world position still puts
             # every voxel in the right place, so import anyway and say so in the log.

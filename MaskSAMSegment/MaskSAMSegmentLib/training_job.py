@@ -9,11 +9,12 @@ finished epoch, so ticking Resume continues from there.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
-from MaskSAMCore.errors import MaskSAMError, InputError
+from MaskSAMCore.errors import InputError, MaskSAMError
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
@@ -21,6 +22,7 @@ from MaskSAMSegmentLib.models import ModelInfo, install_model_folder
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 RESUME_CHECKPOINT = "checkpoint_latest.pt"
+MIN_CASES_FOR_FOLDS = 5
 
 
 @dataclass
@@ -41,6 +43,19 @@ class TrainRequest:
     device: DeviceChoice = DeviceChoice("Auto", "auto", None)
     resume: bool = False
     install_when_done: bool = True
+    fold: Optional[str] = None   # None: fold 0, or "all" for datasets too small for 5 folds
+    batch_size: Optional[int] = None           # None: the preset's
+    val_cases_per_epoch: Optional[int] = None  # None: validate on every validation case
+
+
+def automatic_fold(dataset_dir: str) -> str:
+    """Fold 0 of the 5-fold split, or "all" when the dataset has fewer than 5 cases (typical of a
+    dataset built from a scene), which the core cannot split into 5 folds."""
+    try:
+        count = int(json.loads((Path(dataset_dir) / "dataset.json").read_text(encoding="utf-8"))["numTraining"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "0"   # the core reports what is wrong with dataset.json
+    return "all" if count < MIN_CASES_FOR_FOLDS else "0"
 
 
 def train_problems(request: TrainRequest) -> List[str]:
@@ -100,7 +115,9 @@ class TrainingJob:
         r = self.request
         arguments = train_arguments(r.dataset_dir, r.output_dir, preset=r.preset, sam_checkpoint=r.sam_checkpoint,
                                     random_init=r.random_init, epochs=r.epochs, iters_per_epoch=r.iters_per_epoch,
-                                    device=r.device.device, resume=r.resume)
+                                    device=r.device.device, resume=r.resume,
+                                    fold=r.fold or automatic_fold(r.dataset_dir), batch_size=r.batch_size,
+                                    val_cases_per_epoch=r.val_cases_per_epoch)
         self.runner = JobRunner(masksam_command(arguments, self.python),
                                 env=job_environment(self.base_env, r.device.gpu_index),
                                 on_event=self._on_event, on_log=self.on_log)
