@@ -13,7 +13,7 @@ import pytest
 
 from MaskSAMCore.data import phantoms
 from MaskSAMCore.data.dataset import load_raw_dataset
-from MaskSAMCore.data.image_io import read_image, read_label
+from MaskSAMCore.data.image_io import read_image
 from MaskSAMCore.data.phantom_anatomy import OPTIONAL_ORGANS, PHANTOM_LABELS
 from MaskSAMCore.data.phantoms import make_phantoms, phantom_case
 from MaskSAMCore.errors import InputError

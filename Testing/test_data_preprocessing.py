@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
 from MaskSAMCore.data.store import load_case, read_properties
+from MaskSAMCore.errors import InputError
 from MaskSAMCore.model.config import preset
 
 CT = {"channel": "CT", "scheme": "ct", "clip_low": -200.0, "clip_high": 300.0, "mean": 50.0, "std": 80.0}
@@ -229,3 +231,21 @@ def test_preprocess_dataset_writes_resumably_and_in_parallel(phantom_dataset, tm
     for value in range(1, 6):
         if (original == value).sum() > 50:
             assert dice(restored, original, value) > 0.9
+
+
+def test_a_case_broken_after_validation_stops_the_parallel_run_with_its_file_named(phantom_dataset, tmp_path):
+    root = Path(shutil.copytree(phantom_dataset, tmp_path / "raw"))
+    dataset = load_raw_dataset(root, progress=False)
+    plan = plan_experiment(dataset, preset("tiny", num_classes=6), progress=False)
+    broken = dataset.case("phantom_001").image_files[0]
+    broken.write_bytes(b"overwritten by a careless copy")
+    out = tmp_path / "pre"
+    with pytest.raises(InputError, match=r"phantom_001_0000\.nii\.gz: cannot read it as an image"):
+        preprocess_dataset(dataset, plan, out, num_workers=2, progress=False)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]         # no temporaries left
+    assert not (out / "phantom_001.json").exists()
+
+    shutil.copy(phantom_dataset / "imagesTr" / "phantom_001_0000.nii.gz", broken)
+    summary = preprocess_dataset(dataset, plan, out, num_workers=0, progress=False)
+    assert "phantom_001" in summary["preprocessed"]
+    assert len(summary["preprocessed"]) + len(summary["up_to_date"]) == 3
