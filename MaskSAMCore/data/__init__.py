@@ -1,0 +1,14 @@
+"""Data: from image files to training batches, and from predictions back to the input's grid.
+
+One concept per module (imports stay explicit, nothing heavy is imported here):
+
+- `image_io`: read/write images and label maps with their exact geometry (`ImageGeometry`).
+- `dataset`: nnU-Net v2 raw datasets, validated case by case (`load_raw_dataset`).
+- `planning`: target spacing, slice axis, normalisation, patch size (`plan_experiment`).
+- `cropping`, `resampling`, `normalization`: the steps of `preprocessing` (`preprocess_case`,
+  `restore_label_map`, `restore_scores_argmax`).
+- `preprocess_runner`, `store`: a whole dataset preprocessed into a folder, and read back.
+- `augmentation`, `sampling`, `loader_worker`, `loader`: augmented patches in worker processes
+  (`PatchLoader`); `processes`: starting and stopping those workers.
+- `phantom_anatomy`, `phantoms`: synthetic abdominal CT datasets (`make_phantoms`).
+"""
