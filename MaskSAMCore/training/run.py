@@ -1,0 +1,241 @@
+"""``masksam train DATASET MODEL_DIR``: plan, preprocess, build, train, and describe the model.
+
+Order of work, chosen so that a bad input leaves nothing behind: arguments and MODEL_DIR are
+checked, the dataset is validated (every image and label opened) and planned in memory, and the
+SAM checkpoint is found; only then is MODEL_DIR created and written (model.json, plans.json,
+dataset.json, splits.json), the cases preprocessed into ``MODEL_DIR/preprocessed/`` and the
+training started. ``preprocessed/`` is only needed for training (and `--resume`): delete it
+before sharing a model folder; the predictor reads model.json and the checkpoints alone.
+
+``--resume`` takes the run's settings, network and plan from MODEL_DIR (not from the command
+line, so a resumed run continues the same schedule) and only the device and worker count from
+the command line. Under torchrun every rank runs this function; see `distributed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from MaskSAMCore.atomic import remove_stale_temporaries, write_json
+from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
+from MaskSAMCore.data.planning import plan_experiment
+from MaskSAMCore.data.preprocess_runner import preprocess_dataset
+from MaskSAMCore.data.store import load_case
+from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path
+from MaskSAMCore.model.builder import build_masksam
+from MaskSAMCore.model.config import MaskSAMConfig, preset
+from MaskSAMCore.model_folder import ModelFolder, write_model_json
+from MaskSAMCore.progress import emit
+from MaskSAMCore.training import checkpoint_io
+from MaskSAMCore.training.batches import make_batch_source
+from MaskSAMCore.training.distributed import (DistributedContext, barrier, init_distributed,
+                                              shutdown_distributed)
+from MaskSAMCore.training.losses import MaskSAMLoss
+from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
+from MaskSAMCore.training.schedule import DEFAULT_LR
+from MaskSAMCore.training.settings import TrainSettings
+from MaskSAMCore.training.splits import load_or_create_splits, select_fold
+from MaskSAMCore.training.trainer import Trainer
+from MaskSAMCore.training.validation import ValidationCase, Validator
+
+PREPROCESSED = "preprocessed"
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """The ``train`` sub-command; returns the exit status (errors are raised as MaskSAMError)."""
+    check_arguments(args)
+    use_cuda = resolve_device_type(args.device) == "cuda"
+    context = init_distributed(use_cuda)
+    try:
+        train(args, context, use_cuda)
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    for name in ("epochs", "iters_per_epoch"):
+        if getattr(args, name) < 1:
+            raise MaskSAMError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise MaskSAMError("--batch-size must be at least 1")
+    if args.val_cases_per_epoch is not None and args.val_cases_per_epoch < 1:
+        raise MaskSAMError("--val-cases-per-epoch must be at least 1")
+    if args.fold != "all" and not (args.fold.isdigit() and int(args.fold) < 5):
+        raise MaskSAMError(f"--fold must be 0, 1, 2, 3, 4 or all, not {args.fold!r}")
+    model_dir = Path(args.model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise MaskSAMError(f"{describe_path(model_dir)} exists and is not a folder")
+    if not args.resume and model_dir.is_dir() and any(model_dir.iterdir()):
+        raise MaskSAMError(f"model folder {describe_path(model_dir)} is not empty; choose a new "
+                           "folder, or add --resume to continue the training in it")
+    if args.resume and not (model_dir / "checkpoint_latest.pt").is_file():
+        raise MaskSAMError(f"{describe_path(model_dir)}: nothing to resume (no checkpoint_latest.pt); "
+                           "start a new training without --resume")
+
+
+def resolve_device_type(choice: str) -> str:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise MaskSAMError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool) -> None:
+    main = context.is_main
+    model_dir = Path(args.model_dir)
+    device = torch.device("cuda", context.local_rank) if use_cuda else torch.device("cpu")
+    dataset = load_raw_dataset(args.dataset, check_images=True, progress=main)
+    if args.resume:
+        run = describe_resumed_run(args, model_dir, dataset)
+    else:
+        run = describe_new_run(args, dataset, context)
+        if main:  # nothing is written before here: every check above can still fail
+            model_dir.mkdir(parents=True, exist_ok=True)
+            write_json(model_dir / "plans.json", run.plan)
+            shutil.copyfile(dataset.root / "dataset.json", model_dir / "dataset.json")
+            write_model_json(model_dir, model_description(dataset, run, None))
+    settings, config, plan, sam = run.settings, run.config, run.plan, run.sam
+    barrier()
+    if main:
+        remove_stale_temporaries(model_dir)
+    preprocessed = model_dir / PREPROCESSED
+    if context.local_rank == 0:  # once per machine (the folder may be on a node-local disk)
+        preprocess_dataset(dataset, plan, preprocessed, num_workers=_workers(args, default=2), progress=main)
+    barrier()
+    train_names, val_names = training_and_validation_cases(model_dir, dataset, settings.fold, context)
+
+    torch.manual_seed(settings.seed + context.rank)
+    model = build_masksam(config, sam_checkpoint=sam.state)
+    sam.state = None  # the weights now live in the model
+    class_names = dataset.class_names
+    criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points)
+    validator = Validator(load_validation_cases(preprocessed, val_names) if main else [],
+                          plan["patch_size"], class_names, criterion, device)
+    batches = make_batch_source(preprocessed, train_names, plan, settings, context, device.type,
+                                num_workers=_workers(args, default=None))
+
+    def describe(trainer: Trainer) -> None:
+        write_model_json(model_dir, model_description(dataset, run, trainer.summary()))
+
+    trainer = Trainer(model, settings, batches, validator, str(model_dir), class_names, device,
+                      context, on_epoch_end=describe)
+    if run.resume_payload is not None:
+        trainer.restore(run.resume_payload)
+        run.resume_payload = None
+        if main:
+            print(f"resuming {describe_path(model_dir)} after epoch {trainer.start_epoch} of "
+                  f"{settings.epochs} (settings from checkpoint_latest.pt)", flush=True)
+    summary = trainer.fit()
+    if main:
+        describe(trainer)
+        emit("done", always=True, model_dir=str(model_dir), **{k: summary[k] for k in (
+            "finished_epochs", "best_epoch", "best_mean_dice", "final_mean_dice")})
+
+
+def settings_from_arguments(args: argparse.Namespace) -> TrainSettings:
+    return TrainSettings(
+        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+        batch_size=args.batch_size or TrainSettings.batch_size, optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer], seed=args.seed,
+        fold=str(args.fold), amp=not args.no_amp, val_cases_per_epoch=args.val_cases_per_epoch)
+
+
+def broadcast_plan(dataset: RawDataset, config: MaskSAMConfig, context: DistributedContext) -> Dict[str, Any]:
+    """Rank 0 plans (it reads every case); the others receive the plan."""
+    from MaskSAMCore.training.distributed import broadcast_from_main
+
+    plan = plan_experiment(dataset, config, progress=True) if context.is_main else None
+    return broadcast_from_main(plan)
+
+
+def training_and_validation_cases(model_dir: Path, dataset: RawDataset, fold: str,
+                                  context: DistributedContext) -> Tuple[List[str], List[str]]:
+    """Case names of the fold (rank 0 writes splits.json first; every rank then reads it)."""
+    names = [case.name for case in dataset.training_cases]
+    if fold == "all":
+        return select_fold([], fold, names)
+    if context.is_main:
+        load_or_create_splits(model_dir, names, write=True)
+    barrier()
+    return select_fold(load_or_create_splits(model_dir, names, write=False), fold, names)
+
+
+def load_validation_cases(preprocessed: Path, names: List[str]) -> List[ValidationCase]:
+    cases = []
+    for name in names:
+        case = load_case(preprocessed, name, mmap=False)
+        cases.append(ValidationCase(name=name, image=case.data, labels=case.seg))
+    return cases
+
+
+def model_description(dataset: RawDataset, run: "RunDescription", summary: Optional[Dict[str, Any]]
+                      ) -> Dict[str, Any]:
+    """The content of model.json (see docs/INTERNALS.md)."""
+    settings, sam = run.settings, run.sam
+    training = dict(summary) if summary else {"epochs": settings.epochs, "finished_epochs": 0}
+    training.update(dataset=dataset.name, fold=settings.fold, preset=run.preset_name)
+    return {
+        "name": dataset.name,
+        "version": "1",
+        "description": f"MaskSAM ({run.preset_name}) trained on {dataset.name}, fold {settings.fold}",
+        "labels": dict(dataset.labels),
+        "channel_names": dict(dataset.channel_names),
+        "modality": dataset.modality,
+        "network": run.config.to_dict(),
+        "plan": run.plan,
+        "sam": {"model_type": sam.model_type, "sha256": sam.sha256, "random_init": sam.random_init},
+        "training": training,
+    }
+
+
+@dataclass
+class RunDescription:
+    """What a run trains: settings, network, plan, SAM weights and the preset's name."""
+
+    settings: TrainSettings
+    config: MaskSAMConfig
+    plan: Dict[str, Any]
+    sam: SamSource
+    preset_name: str
+    resume_payload: Optional[Dict[str, Any]] = None   # checkpoint_latest when resuming
+
+
+def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: DistributedContext
+                     ) -> RunDescription:
+    settings = settings_from_arguments(args)
+    sam = resolve_sam_source(args.preset, args.sam_checkpoint, args.random_init)
+    settings.weights_scope = "all" if sam.random_init else "trainable"
+    config = preset(args.preset, num_classes=dataset.num_classes, in_channels=dataset.num_channels)
+    plan = broadcast_plan(dataset, config, context)
+    return RunDescription(settings, config, plan, sam, args.preset)
+
+
+def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawDataset) -> RunDescription:
+    """The stored description of the run in MODEL_DIR (the command line's settings are ignored)."""
+    folder = ModelFolder.load(model_dir)
+    payload = checkpoint_io.read_for_resume(model_dir)
+    settings = TrainSettings.from_dict(payload["settings"])
+    if folder.labels != dict(dataset.labels):
+        raise ModelFolderError(f"{describe_path(model_dir)} was trained with other labels than "
+                               f"{describe_path(dataset.root)} has")
+    if folder.random_init:
+        sam = SamSource(path=None, model_type=folder.sam_type, sha256=None, random_init=True)
+    else:
+        given = args.sam_checkpoint if args.sam_checkpoint and os.path.isfile(args.sam_checkpoint) else None
+        sam = load_recorded_sam(folder.resolve_sam_checkpoint(given), folder.sam_type or "vit_b",
+                                folder.sam_sha256)
+    preset_name = str(folder.meta.get("training", {}).get("preset") or folder.sam_type)
+    return RunDescription(settings, folder.config, folder.plan, sam, preset_name, payload)
+
+
+def _workers(args: argparse.Namespace, default: Optional[int]) -> Optional[int]:
+    return args.num_workers if args.num_workers is not None else default

@@ -1,0 +1,90 @@
+"""`masksam train` on bad input: one clear line, exit status 1, and nothing written into MODEL_DIR."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.data.image_io import read_label, write_label
+from MaskSAMCore.data.phantoms import make_phantoms
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    return make_phantoms(tmp_path_factory.mktemp("data") / "ds", cases=5, seed=3, size=(24, 24, 8),
+                         progress=False)
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("masksam: error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_non_empty_model_folder_is_refused_and_left_untouched(phantoms, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "notes.txt").write_text("my notes")
+    before = _snapshot(model_dir)
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--epochs", "1"]) == 1
+    line = _error_line(capsys)
+    assert "not empty" in line and "--resume" in line and "model" in line
+    assert _snapshot(model_dir) == before
+
+
+def test_resume_without_checkpoint_is_refused(phantoms, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text("{}")
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--resume"]) == 1
+    assert "nothing to resume" in _error_line(capsys)
+    assert [p.name for p in model_dir.iterdir()] == ["model.json"]
+
+
+def test_dataset_error_names_the_case_and_writes_nothing(phantoms, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(phantoms, broken)
+    label_file = broken / "labelsTr" / "phantom_002.nii.gz"
+    label, geometry = read_label(label_file)
+    label = label.astype(np.int16)
+    label[0, 0, 0] = 9                                    # not declared in dataset.json
+    write_label(label, geometry, label_file)
+    model_dir = tmp_path / "model"
+    assert main(["train", str(broken), str(model_dir), "--preset", "tiny", "--epochs", "1"]) == 1
+    line = _error_line(capsys)
+    assert "phantom_002" in line and "9" in line
+    assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--preset", "vit_b", "--sam-checkpoint", "no_such_sam.pth"], "does not exist"),
+    (["--preset", "tiny", "--sam-checkpoint", "vit_b"], "tiny preset"),
+    (["--preset", "vit_b", "--sam-checkpoint", "vit_l"], "does not fit"),
+    (["--preset", "tiny", "--fold", "7"], "--fold"),
+    (["--preset", "tiny", "--epochs", "0"], "--epochs"),
+])
+def test_bad_arguments_fail_before_anything_is_written(phantoms, tmp_path, capsys, extra, expected):
+    model_dir = tmp_path / "model"
+    assert main(["train", str(phantoms), str(model_dir), *extra]) == 1
+    assert expected in _error_line(capsys)
+    assert not model_dir.exists()
+
+
+def test_the_command_exits_with_status_1_and_one_line(phantoms, tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "x").write_text("x")
+    done = subprocess.run([sys.executable, "-m", "MaskSAMCore", "train", str(phantoms), str(model_dir),
+                           "--preset", "tiny"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("masksam: error: model folder")
