@@ -61,3 +61,29 @@ def test_window_loop_does_not_synchronise_per_window():
     few, many = count_synchronisations(8), count_synchronisations(64)
     # 9 windows versus 279: the host may sync a fixed number of times per case, not per window.
     assert many == few, (few, many)
+
+
+def test_predictor_on_cuda_agrees_with_cpu_and_plans_its_window_batch(tmp_path, monkeypatch):
+    from MaskSAMCore.data.image_io import ImageGeometry
+    from MaskSAMCore.inference.predictor import PredictOptions, Predictor
+    from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+    from MaskSAMCore.model.config import preset
+
+    config = preset("tiny", num_classes=4)
+    folder = write_random_model_folder(tmp_path / "tiny", config, synthetic_plan(config, (2.0, 1.0, 1.0)))
+    rng = np.random.default_rng(0)
+    image = (rng.normal(0, 300, size=(21, 90, 70))).astype(np.float32)
+    geometry = ImageGeometry((70, 90, 21), (0.9, 0.9, 2.2), (1.0, 2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    options = PredictOptions(show_progress=False)
+    on_cpu = Predictor.from_model_folder(folder, device="cpu", options=options).predict_array(image, geometry)
+    gpu = Predictor.from_model_folder(folder, device="cuda", options=options)
+    on_gpu = gpu.predict_array(image, geometry)
+    assert on_gpu.shape == on_cpu.shape == geometry.shape_zyx
+    assert gpu.settings.window_batch >= 1 and gpu.amp_dtype is not None
+    # bf16 on the GPU versus float32 on the CPU: the same labels almost everywhere.
+    assert (on_gpu == on_cpu).mean() > 0.97
+    # A tiny memory budget makes the automatic planner split the flips instead of failing.
+    monkeypatch.setenv("MASKSAM_GPU_MEMORY_GB", "0.001")
+    frugal = Predictor.from_model_folder(folder, device="cuda", options=options)
+    frugal.predict_array(image, geometry)
+    assert frugal.settings.window_batch == 1 and frugal.settings.flips_per_forward == 1

@@ -1,0 +1,237 @@
+"""`masksam benchmark`: speed and memory of the full predictor on a synthetic CT of a given size.
+
+    masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 --output bench.json
+
+The synthetic CT (a body with organs and noise, in HU) goes through exactly what `masksam
+predict` does after reading a file: checks and preprocessing, the sliding window, restoring and
+writing the label map. Reported: seconds per stage, windows/s, model TFLOP/s (PyTorch's FLOP
+counter on one window batch, times the number of batches), peak GPU memory and peak host RSS,
+as JSON. One warm-up on a single-patch volume comes first (cuDNN autotuning, the automatic
+window batch, torch.compile when MASKSAM_COMPILE=1).
+
+``--max-windows N`` times only N window batches and extrapolates the network seconds (marked
+``"extrapolated": true``) - for slow CPUs, where a mirrored ViT-B run would take hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from MaskSAMCore.atomic import write_json
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.inference import devices
+from MaskSAMCore.inference.flops import count_flops
+from MaskSAMCore.inference.mirroring import mirrored_predict
+from MaskSAMCore.inference.predictor import PredictOptions, Predictor
+from MaskSAMCore.inference.staging import gather_windows
+from MaskSAMCore.inference.windows import WindowGrid
+from MaskSAMCore.progress import emit
+
+IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)
+# With --resample the plan asks for a slightly coarser grid, so the scores are resampled back
+# (the host-memory-heavy path of real CTs) while the window count stays that of --shape.
+RESAMPLED_TARGET_ZYX = (1.0, 0.82, 0.82)
+
+
+def synthetic_ct(shape_zyx: Tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """(z, y, x) float32 HU: air, an elliptic body, a few organs, noise. Built slice by slice."""
+    rng = np.random.default_rng(seed)
+    depth, height, width = shape_zyx
+    y, x = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32), np.linspace(-1, 1, width, dtype=np.float32),
+                       indexing="ij")
+    body = (y / 0.7) ** 2 + (x / 0.9) ** 2 < 1.0
+    volume = np.empty(shape_zyx, dtype=np.float32)
+    organs = [(0.2, -0.3, 0.3, 60.0), (-0.1, 0.4, 0.15, 45.0), (0.3, 0.3, 0.1, 180.0), (-0.3, -0.2, 0.12, 30.0)]
+    for z in range(depth):
+        t = 2.0 * z / max(depth - 1, 1) - 1.0
+        slice_ = np.where(body, 40.0, -1000.0).astype(np.float32)
+        for cy, cx, radius, value in organs:
+            r = radius * np.sqrt(max(0.0, 1.0 - 0.8 * t * t))
+            slice_[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = value
+        slice_ += rng.normal(0.0, 12.0, size=(height, width)).astype(np.float32)
+        volume[z] = slice_
+    return volume
+
+
+def _gpu_name(device: torch.device) -> Optional[str]:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def build_predictor(args: argparse.Namespace, device: torch.device, options: PredictOptions) -> Predictor:
+    if args.model_dir:
+        return Predictor.from_model_folder(args.model_dir, device=str(device), options=options)
+    from MaskSAMCore.inference.random_model import default_labels, synthetic_plan
+    from MaskSAMCore.model.builder import build_masksam
+    from MaskSAMCore.model.config import preset
+
+    config = preset(args.preset, num_classes=args.classes)
+    target = RESAMPLED_TARGET_ZYX if args.resample else IMAGE_SPACING_ZYX
+    plan = synthetic_plan(config, target_spacing_zyx=target)
+    torch.manual_seed(0)
+    model = build_masksam(config).to(device)
+    return Predictor(model, plan, list(default_labels(args.classes)), device, options,
+                     name=f"random {args.preset}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _window_batch_flops(predictor: Predictor) -> Tuple[int, int]:
+    """(FLOPs of one window batch with its flips, windows in that batch)."""
+    settings = predictor.settings
+    assert settings is not None
+    sample = torch.zeros((settings.window_batch, predictor.config.in_channels, *predictor.patch),
+                         device=predictor.device)
+    flops = count_flops(lambda x: mirrored_predict(predictor.network, x, settings.flips,
+                                                   settings.flips_per_forward), sample)
+    return flops, settings.window_batch
+
+
+def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows: int) -> Tuple[float, int]:
+    """Seconds for the first `max_windows` windows only (forward + flips), and the total window count."""
+    settings = predictor.settings
+    assert settings is not None
+    grid = WindowGrid(tuple(data.shape[1:]), predictor.patch, settings.step)
+    batches = grid.batches(settings.window_batch)
+    volume = torch.from_numpy(data)
+    timed = 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for windows in batches:
+            if timed >= max_windows:
+                break
+            patches = gather_windows(volume, grid, windows, torch.empty(
+                (len(windows), data.shape[0], *predictor.patch))).to(predictor.device)
+            mirrored_predict(predictor.network, patches, settings.flips, settings.flips_per_forward)
+            timed += len(windows)
+    _sync(predictor.device)
+    seconds = time.perf_counter() - start
+    return seconds * len(grid) / max(timed, 1), len(grid)
+
+
+def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+    device = devices.resolve_device(args.device)
+    options = PredictOptions.fast(window_batch=args.window_batch) if args.fast else PredictOptions(
+        step=args.step, mirror=args.mirror, window_batch=args.window_batch)
+    predictor = build_predictor(args, device, options)
+    shape = tuple(int(s) for s in args.shape)
+    print(f"masksam: benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
+          f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes", file=sys.stderr)
+    geometry = ImageGeometry(shape[::-1], IMAGE_SPACING_ZYX[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    started = time.perf_counter()
+    volume = synthetic_ct(shape)
+    synthesis_s = time.perf_counter() - started
+
+    warm_shape = predictor.patch
+    warm_geometry = ImageGeometry(warm_shape[::-1], IMAGE_SPACING_ZYX[::-1], (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    started = time.perf_counter()
+    predictor.predict_array(synthetic_ct(warm_shape, seed=1), warm_geometry, name="warm-up")
+    _sync(device)
+    warmup_s = time.perf_counter() - started
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="masksam-benchmark-") as folder:
+        output = Path(folder) / "labels.nii.gz"
+        for _ in range(max(1, args.repeat)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            prepared = predictor.prepare(volume, geometry, name="synthetic", owned=False)
+            preprocessed_shape = list(prepared.data.shape[1:])
+            if args.max_windows:
+                network_s, windows = _network_seconds_partial(predictor, prepared.data, args.max_windows)
+                if windows > args.max_windows:
+                    runs.append(_extrapolated_run(predictor, prepared, network_s, windows, output))
+                    continue
+            result = predictor.predict_prepared(prepared, output)
+            _sync(device)
+            runs.append({"timings": result.timings, "windows": result.windows, "extrapolated": False,
+                         "peak_gpu_memory_gib": _gpu_peak(device)})
+        peak_rss = devices.peak_host_rss_bytes()
+
+    best = min(runs, key=lambda run: run["timings"]["network_s"])
+    flops_per_batch, per_batch = _window_batch_flops(predictor)
+    windows = best["windows"]
+    total_flops = flops_per_batch / per_batch * windows
+    network_s = best["timings"]["network_s"]
+    settings = predictor.settings
+    assert settings is not None
+    report: Dict[str, Any] = {
+        "device": str(device), "gpu": _gpu_name(device), "torch": torch.__version__,
+        "model": predictor.name, "preset": None if args.model_dir else args.preset,
+        "shape_zyx": list(shape), "preprocessed_shape": preprocessed_shape,
+        "classes": predictor.config.num_classes, "patch": list(predictor.patch),
+        "mirror": settings.mirror, "flips": len(settings.flips), "step": settings.step,
+        "window_batch": settings.window_batch, "flips_per_forward": settings.flips_per_forward or len(settings.flips),
+        "autocast": str(predictor.amp_dtype).replace("torch.", "") if predictor.amp_dtype else "float32",
+        "compiled": predictor.options.compile, "windows": windows, "extrapolated": best["extrapolated"],
+        "seconds": {**{k: round(v, 3) for k, v in best["timings"].items()},
+                    "total_s": round(sum(best["timings"].values()), 3)},
+        "windows_per_s": round(windows / network_s, 3),
+        "model_tflop": round(total_flops / 1e12, 3),
+        "tflops_per_s": round(total_flops / network_s / 1e12, 3),
+        "peak_gpu_memory_gib": best["peak_gpu_memory_gib"],
+        "peak_host_rss_gib": round(peak_rss / 2 ** 30, 2),
+        "synthesis_s": round(synthesis_s, 2), "warmup_s": round(warmup_s, 2),
+        "all_runs_network_s": [round(r["timings"]["network_s"], 3) for r in runs],
+    }
+    if args.compare_nnunet:
+        report["nnunet"] = _compare_nnunet(volume, predictor, device, settings.mirror, settings.step)
+    return report
+
+
+def _gpu_peak(device: torch.device) -> Optional[float]:
+    return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None
+
+
+def _extrapolated_run(predictor: Predictor, prepared, network_s: float, windows: int, output: Path) -> Dict[str, Any]:
+    """Export timed on all-zero scores of the right shape (same work as real scores)."""
+    from MaskSAMCore.data.preprocessing import restore_scores_argmax
+    from MaskSAMCore.inference.export import write_labels
+
+    start = time.perf_counter()
+    scores = np.zeros((predictor.config.num_classes, *prepared.data.shape[1:]), dtype=np.float16)
+    write_labels(restore_scores_argmax(scores, prepared.properties, predictor.plan), prepared.geometry, output)
+    export_s = time.perf_counter() - start
+    timings = {"preprocess_s": prepared.seconds, "network_s": network_s, "export_s": export_s}
+    return {"timings": timings, "windows": windows, "extrapolated": True,
+            "peak_gpu_memory_gib": _gpu_peak(predictor.device)}
+
+
+def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.device, mirror: bool,
+                    step: float) -> Dict[str, Any]:
+    from MaskSAMCore.inference.nnunet_compare import nnunet_available, run_nnunet
+
+    if not nnunet_available():
+        return {"skipped": "nnunetv2 is not importable (pip install nnunetv2 to compare)"}
+    # The same volume, normalised as nnU-Net's CT normalisation would (clip, z-score).
+    normalised = ((np.clip(volume, -1000.0, 1000.0) - 0.0) / 250.0).astype(np.float32)[None]
+    print("masksam: running nnU-Net v2's predictor on the same volume", file=sys.stderr)
+    return run_nnunet(normalised, predictor.config.num_classes, device, mirror=mirror, step=step)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    report = benchmark(args)
+    seconds = report["seconds"]
+    print(f"masksam: {report['windows']} windows ({report['flips']} flips, batch {report['window_batch']}): "
+          f"preprocess {seconds['preprocess_s']:.1f} s, network {seconds['network_s']:.1f} s"
+          f"{' (extrapolated)' if report['extrapolated'] else ''}, export {seconds['export_s']:.1f} s; "
+          f"{report['windows_per_s']:.2f} windows/s, {report['tflops_per_s']:.2f} TFLOP/s, "
+          f"peak GPU {report['peak_gpu_memory_gib']} GiB, peak host RSS {report['peak_host_rss_gib']} GiB",
+          file=sys.stderr)
+    if args.output:
+        write_json(args.output, report)
+    print(json.dumps(report, indent=2))
+    emit("done", **{k: report[k] for k in ("windows_per_s", "tflops_per_s", "peak_gpu_memory_gib")})
+    return 0
