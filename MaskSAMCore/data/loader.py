@@ -19,6 +19,7 @@ CLI does). Workers killed from outside, or whose parent was killed, exit on thei
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 from pathlib import Path
@@ -71,6 +72,8 @@ class PatchLoader:
         return self.spec.num_batches
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if self.spec.num_batches == 0:
+            return
         if self.num_workers == 0:
             sampler = new_sampler(self.spec)
             for batch_index in range(self.spec.num_batches):
@@ -110,7 +113,8 @@ class PatchLoader:
 
     def __del__(self) -> None:
         if getattr(self, "_processes", None):
-            self.close()
+            with contextlib.suppress(Exception):  # interpreter shutdown: do what still can be done
+                self.close()
 
     # -- workers ------------------------------------------------------------------------------
     def _start(self) -> None:
