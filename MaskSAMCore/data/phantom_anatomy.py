@@ -42,8 +42,8 @@ class Ellipsoid:
 ORGANS = (
     Ellipsoid("liver", (-0.42, -0.05, 0.25), (0.40, 0.55, 0.60), 60.0),
     Ellipsoid("spleen", (0.55, 0.30, 0.35), (0.17, 0.28, 0.40), 50.0),
-    Ellipsoid("kidney_right", (-0.40, 0.48, -0.15), (0.14, 0.20, 0.42), 150.0),
-    Ellipsoid("kidney_left", (0.40, 0.48, -0.10), (0.14, 0.20, 0.42), 150.0),
+    Ellipsoid("kidney_right", (-0.42, 0.48, -0.15), (0.17, 0.24, 0.42), 150.0),
+    Ellipsoid("kidney_left", (0.42, 0.48, -0.10), (0.17, 0.24, 0.42), 150.0),
 )
 AORTA_CENTRE, AORTA_RADIUS, AORTA_HU = (0.10, 0.28), 0.10, 200.0
 VERTEBRA_CENTRE, VERTEBRA_SEMI_AXES = (0.0, 0.70), (0.15, 0.17)
