@@ -27,7 +27,15 @@ def temporary_sibling(path: "os.PathLike[str] | str") -> Path:
     stem, suffix = (name, "") if dot < 0 else (name[:dot], name[dot:])
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
     os.close(fd)
+    # mkstemp creates 0600 files; outputs should get the permissions of any file the user makes.
+    os.chmod(tmp, 0o666 & ~_current_umask())
     return Path(tmp)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -102,6 +102,7 @@ class Progress:
         self._last_draw = 0.0
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._extra = ""
+        self._drawn_done = -1
         emit("stage", stage=stage, total=total)
 
     @property
@@ -138,7 +139,7 @@ class Progress:
         self._draw(final=True)
 
     def _draw(self, final: bool) -> None:
-        if not self.enabled:
+        if not self.enabled or (final and not self._interactive and self._drawn_done == self.done):
             return
         rate = self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
         if self.total:
@@ -158,6 +159,7 @@ class Progress:
             self.stream.write("\r" + text + ("\n" if final else ""))
         elif final or self.done == 1 or self.total is None or self.done % max(1, (self.total or 1) // 10) == 0:
             self.stream.write(text + "\n")
+            self._drawn_done = self.done
         self.stream.flush()
 
 
