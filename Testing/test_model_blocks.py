@@ -11,6 +11,7 @@ from MaskSAMCore.model.boxes import generalized_box_iou, masks_to_boxes
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model.depth_embedding import DepthPositionalEmbedding
 from MaskSAMCore.model.image_encoder import AdaptedBlock, AdaptedImageEncoder
+from MaskSAMCore.model.layers import TokenUpsampler, depthwise_conv3d_shifted
 from MaskSAMCore.model.mask_decoder import MaskSAMDecoder, SliceLayout
 from MaskSAMCore.model.mask_head import MaskHead3D
 from MaskSAMCore.model.modality_adapter import ModalityAdapter
@@ -87,8 +88,8 @@ def test_modality_adapter_maps_channels_to_rgb_and_starts_grey():
     adapter = ModalityAdapter(in_channels=2, hidden_channels=8)
     x = torch.randn(2, 2, T, 8, 8)
     out = adapter(x)
-    assert out.shape == (2, 3, T, 8, 8)
-    grey = x.mean(1, keepdim=True).expand(-1, 3, -1, -1, -1)
+    assert out.shape == (2, T, 8, 8, 3)  # channels-last, ready for SAM's patch embedding
+    grey = x.mean(1).unsqueeze(-1).expand(-1, -1, -1, -1, 3)
     assert (out - grey).abs().max() < 0.05
     with pytest.raises(ValueError, match="expected input \\(B, 2, T, H, W\\)"):
         adapter(torch.randn(2, 3, T, 8, 8))
@@ -150,12 +151,18 @@ def test_prompt_generator_shapes(mode):
     generator = PromptGenerator(config)
     features = [torch.randn(b * t, h, w, config.backbone.encoder_embed_dim) for _ in config.feature_block_indexes]
     prompts = generator(torch.randn(b * t, config.backbone.prompt_embed_dim, h, w), features,
-                        torch.randn(b, 3, t, *config.image_hw))
+                        torch.randn(b, t, *config.image_hw, 3))
     assert prompts.class_tokens.shape == (b, t, n, config.backbone.prompt_embed_dim)
     if mode == "box":
-        assert prompts.aux_mask_logits is None
+        assert prompts.aux_mask_logits is None and prompts.aux_low_res is None
     else:
-        assert prompts.aux_mask_logits.shape == (b, n, t, *config.image_hw)
+        aux = prompts.aux_mask_logits
+        assert aux.shape == (b, n, t, *config.image_hw)
+        assert prompts.aux_low_res.shape == (b, t, n, *config.low_res_mask_hw)
+        # the low-resolution prompt is the average of the full-resolution logits
+        f = config.backbone.patch_size // 4
+        pooled = aux[0, 1, 2, :f, :f].mean()
+        assert torch.allclose(prompts.aux_low_res[0, 2, 1, 0, 0], pooled, atol=1e-5)
     if mode == "mask":
         assert prompts.learned_boxes is None
     else:
@@ -183,7 +190,7 @@ def test_mask_decoder_shapes():
     m = b * t * n
     decoder = MaskSAMDecoder(config)
     embedding, masks = decoder(torch.randn(b * t, c, h, w), torch.randn(t, c, h, w),
-                               torch.randn(m, 2, c), torch.randn(m, c, h, w), torch.randn(m, c))
+                               torch.randn(m, 2, c), torch.randn(m, h, w, c), torch.randn(m, c))
     assert embedding.shape == (m, c)
     assert masks.shape == (m, *config.low_res_mask_hw)
 
@@ -191,7 +198,7 @@ def test_mask_decoder_shapes():
 def test_mask_head_shapes():
     head = MaskHead3D(hidden_channels=4)
     low = torch.randn(2, 3, T, 16, 24)
-    out = head(low, torch.randn(2, 3, T, 64, 96), (64, 96))
+    out = head(low, torch.randn(2, T, 3, 16, 24), (64, 96))
     assert out.shape == (2, 3, T, 64, 96)
     with pytest.raises(ValueError, match="auxiliary"):
         head(low, None, (64, 96))
@@ -208,3 +215,41 @@ def test_masks_to_boxes_and_giou():
     assert torch.isclose(generalized_box_iou(a, a), torch.tensor(1.0))
     far = torch.tensor([0.6, 0.6, 0.9, 0.9])
     assert generalized_box_iou(a, far) < 0
+
+
+def test_shifted_depthwise_conv_equals_conv3d():
+    conv = torch.nn.Conv3d(C, C, 3, padding=1, groups=C)
+    x = torch.randn(G, T, H, W, C)
+    expected = conv(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+    assert torch.allclose(depthwise_conv3d_shifted(x, conv.weight, conv.bias), expected, atol=1e-5)
+
+
+def test_token_upsampler_equals_transposed_convolution():
+    up = TokenUpsampler(C, 3, factor=4)
+    transposed = torch.nn.ConvTranspose3d(C, 3, (1, 4, 4), stride=(1, 4, 4))
+    with torch.no_grad():  # Linear rows are ordered (fy, fx, out)
+        weight = up.linear.weight.view(4, 4, 3, C).permute(3, 2, 0, 1).unsqueeze(2)
+        transposed.weight.copy_(weight)
+        transposed.bias.copy_(up.linear.bias.view(4, 4, 3)[0, 0])
+        up.linear.bias.copy_(transposed.bias.repeat(16))
+    x = torch.randn(G, T, H, W, C)
+    expected = transposed(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+    assert torch.allclose(up(x), expected, atol=1e-5)
+
+
+def test_channels_last_sam_paths_equal_sam_modules():
+    config = preset("tiny", num_classes=3, image_size=(64, 96))
+    model_parts = MaskSAMDecoder(config)
+    from MaskSAMCore.model.sam_fast_paths import embed_masks, upscale_embedding
+    from MaskSAMCore.model.sam_import import PromptEncoder
+
+    encoder = PromptEncoder(embed_dim=32, image_embedding_size=config.embedding_hw,
+                            input_image_size=config.image_hw, mask_in_chans=8)
+    _perturb(encoder)
+    _perturb(model_parts)
+    masks = torch.randn(5, 1, *config.low_res_mask_hw)
+    assert torch.allclose(embed_masks(encoder, masks).permute(0, 3, 1, 2), encoder._embed_masks(masks), atol=1e-4)
+    tokens = torch.randn(5, 32, *config.embedding_hw)
+    expected = model_parts.output_upscaling(tokens)
+    assert torch.allclose(upscale_embedding(model_parts, tokens.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+                          expected, atol=1e-4)

@@ -19,7 +19,10 @@ from the first step (an exactly-zero output layer would starve the layers before
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from MaskSAMCore.model.layers import depthwise_conv3d_shifted
 
 
 NEAR_ZERO_STD = 1e-3
@@ -64,8 +67,11 @@ class DepthwiseConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"DepthwiseConv3d expects (G, T, h, w, C), got shape {tuple(x.shape)}")
+        if x.is_cuda:  # cuDNN's grouped 3D kernels are slow; same result, see layers.py
+            return x + depthwise_conv3d_shifted(x, self.conv.weight, self.conv.bias)
         channels_first = x.permute(0, 4, 1, 2, 3)  # (G, C, T, h, w)
-        return x + self.conv(channels_first).permute(0, 2, 3, 4, 1)
+        return x + F.conv3d(channels_first, self.conv.weight, self.conv.bias, padding=1,
+                            groups=self.conv.groups).permute(0, 2, 3, 4, 1)
 
 
 class Adapter(nn.Module):

@@ -22,6 +22,7 @@ from torch import nn
 from MaskSAMCore.model.adapters import image_adapter, token_adapter
 from MaskSAMCore.model.attention import decoder_attention
 from MaskSAMCore.model.config import MaskSAMConfig
+from MaskSAMCore.model.sam_fast_paths import upscale_embedding
 from MaskSAMCore.model.sam_import import MaskDecoder, TwoWayAttentionBlock, TwoWayTransformer
 
 
@@ -40,6 +41,11 @@ class SliceLayout:
         """``(M, h*w, C) -> (B*N, T, h, w, C)``."""
         grouped = x.view(-1, self.num_slices, self.num_queries, size[0], size[1], x.shape[-1])
         return grouped.transpose(1, 2).reshape(-1, self.num_slices, size[0], size[1], x.shape[-1])
+
+    def add_image_pe(self, keys: torch.Tensor, image_pe: torch.Tensor) -> torch.Tensor:
+        """``keys (M, h*w, C) + image_pe (T, h*w, C)`` broadcast per slice, without repeating the PE."""
+        grouped = keys.view(-1, self.num_slices, self.num_queries, *keys.shape[1:])
+        return (grouped + image_pe.unsqueeze(1)).view_as(keys)
 
     def image_from_slices(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of `image_by_slice`: ``(B*N, T, h, w, C) -> (M, h*w, C)``."""
@@ -66,7 +72,7 @@ class AdaptedTwoWayBlock(TwoWayAttentionBlock):
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor,  # type: ignore[override]
                 key_pe: torch.Tensor, layout: SliceLayout, size: Tuple[int, int]
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """queries ``(M, L, C)``, keys ``(M, h*w, C)`` -> updated (queries, keys)."""
+        """queries ``(M, L, C)``, keys ``(M, h*w, C)``, key_pe ``(T, h*w, C)`` -> (queries, keys)."""
 
         def adapt_tokens(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
             return adapter(layout.tokens_by_slice(x)).view_as(x)
@@ -81,14 +87,13 @@ class AdaptedTwoWayBlock(TwoWayAttentionBlock):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        k = keys + key_pe
+        k = layout.add_image_pe(keys, key_pe)  # keys do not change until the last attention: reuse
         out = decoder_attention(self.cross_attn_token_to_image, q, k, keys)
         queries = self.norm2(queries + out + adapt_tokens(self.adapter_token_to_image, out))
 
         queries = self.norm3(queries + self.mlp(queries) + adapt_tokens(self.adapter_mlp, queries))
 
         q = queries + query_pe
-        k = keys + key_pe
         out = decoder_attention(self.cross_attn_image_to_token, k, q, queries)
         adapted = self.adapter_image_to_token(layout.image_by_slice(out, size))
         keys = self.norm4(keys + out + layout.image_from_slices(adapted))
@@ -107,17 +112,18 @@ class AdaptedTwoWayTransformer(TwoWayTransformer):
             self.layers.append(AdaptedTwoWayBlock(config, skip_first_layer_pe=(index == 0)))
         self.layout = SliceLayout(config.num_slices, config.num_queries)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor,  # type: ignore[override]
-                point_embedding: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """image_embedding/image_pe ``(M, C, h, w)``, point_embedding ``(M, L, C)``."""
-        size = (image_embedding.shape[2], image_embedding.shape[3])
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+    def forward(self, image_tokens: torch.Tensor, image_pe: torch.Tensor,  # type: ignore[override]
+                point_embedding: torch.Tensor, size: Tuple[int, int] = (0, 0)
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """image_tokens ``(M, h*w, C)``, image_pe ``(T, h*w, C)``, point_embedding ``(M, L, C)``.
+
+        Returns the updated (tokens ``(M, L, C)``, image tokens ``(M, h*w, C)``)."""
+        keys = image_tokens
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe, self.layout, size)
+            queries, keys = layer(queries, keys, point_embedding, image_pe, self.layout, size)
         out = decoder_attention(self.final_attn_token_to_image, queries + point_embedding,
-                                keys + key_pe, keys)
+                                self.layout.add_image_pe(keys, image_pe), keys)
         return self.norm_final_attn(queries + out), keys
 
 
@@ -140,26 +146,32 @@ class MaskSAMDecoder(MaskDecoder):
             image_embeddings: ``(B*T, C, h, w)``; each slice is shared by its N prompts.
             image_pe: ``(T, C, h, w)`` positional encoding (SAM's + depth), the same per volume.
             sparse_prompt_embeddings: ``(M, 2, C)`` box-corner embeddings, M = B*T*N.
-            dense_prompt_embeddings: ``(M, C, h, w)`` mask-prompt embeddings.
+            dense_prompt_embeddings: ``(M, h, w, C)`` mask-prompt embeddings (channels-last), or
+                one ``(C,)`` vector for every position (SAM's "no mask" embedding).
             class_tokens: ``(M, C)`` global + auxiliary classifier tokens.
         Returns:
             class embeddings ``(M, C)`` and low-resolution mask logits ``(M, 4h, 4w)``.
         """
+        slices, channels, h, w = image_embeddings.shape
         rows = sparse_prompt_embeddings.shape[0]
-        per_slice = rows // image_embeddings.shape[0]
+        per_slice = rows // slices
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(rows, -1, -1).to(sparse_prompt_embeddings.dtype)
         tokens = torch.cat([class_tokens.unsqueeze(1), output_tokens, sparse_prompt_embeddings], dim=1)
 
-        src = torch.repeat_interleave(image_embeddings, per_slice, dim=0) + dense_prompt_embeddings
-        volumes = image_embeddings.shape[0] // image_pe.shape[0]
-        pos = torch.repeat_interleave(image_pe, per_slice, dim=0).repeat(volumes, 1, 1, 1)
-        batch, channels, h, w = src.shape
-        hs, src = self.transformer(src, pos, tokens)
+        # Each slice's tokens, once per prompt of that slice, plus the prompt's dense embedding.
+        image_tokens = image_embeddings.flatten(2).transpose(1, 2).unsqueeze(1)  # (B*T, 1, hw, C)
+        if dense_prompt_embeddings.dim() == 1:
+            dense = dense_prompt_embeddings.view(1, 1, 1, channels)
+        else:
+            dense = dense_prompt_embeddings.view(slices, per_slice, h * w, channels)
+        src = (image_tokens + dense).expand(slices, per_slice, h * w, channels).reshape(rows, h * w, channels)
+        pe_tokens = image_pe.flatten(2).transpose(1, 2)                          # (T, hw, C)
+        hs, keys = self.transformer(src, pe_tokens, tokens, (h, w))
 
         class_embedding = hs[:, 0, :]
         first_mask_token = hs[:, 2, :]
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(batch, channels, h, w))
-        hyper = self.output_hypernetworks_mlps[0](first_mask_token)  # (M, C/8)
-        masks = torch.einsum("mc,mchw->mhw", hyper, upscaled)
+        upscaled = upscale_embedding(self, keys.view(rows, h, w, channels))    # (M, 4h, 4w, C/8)
+        hyper = self.output_hypernetworks_mlps[0](first_mask_token)            # (M, C/8)
+        masks = torch.einsum("mc,mhwc->mhw", hyper.to(upscaled.dtype), upscaled)
         return class_embedding, masks

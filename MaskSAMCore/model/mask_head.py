@@ -20,7 +20,8 @@ from MaskSAMCore.model.adapters import init_near_zero
 
 
 class MaskHead3D(nn.Module):
-    """``forward(low_res (B, N, T, H/4, W/4), aux (B, N, T, H, W) or None, size) -> (B, N, T, H, W)``."""
+    """``forward(low_res (B, N, T, 4h, 4w), aux_low (B, T, N, 4h, 4w) or None, (H, W))
+    -> (B, N, T, H, W)``; ``aux_low`` is the auxiliary mask pooled to SAM's mask size."""
 
     def __init__(self, hidden_channels: int = 16, use_aux: bool = True) -> None:
         super().__init__()
@@ -42,9 +43,8 @@ class MaskHead3D(nn.Module):
         if self.use_aux:
             if aux is None:
                 raise ValueError("this mask head was built to use auxiliary masks")
-            aux_low = F.interpolate(aux.reshape(b * n, 1, t, *aux.shape[-2:]), size=(t, h, w),
-                                    mode="trilinear", align_corners=False)
-            x = torch.cat([x, aux_low.to(x.dtype)], dim=1)
+            aux_by_query = aux.transpose(1, 2).reshape(b * n, 1, t, h, w)
+            x = torch.cat([x, aux_by_query.to(x.dtype)], dim=1)
         refined = low_res.reshape(b * n, t, h, w) + self.refine(x)[:, 0]
         full = F.interpolate(refined, size=tuple(size), mode="bilinear", align_corners=False)
         return full.view(b, n, t, *size)

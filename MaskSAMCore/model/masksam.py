@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from MaskSAMCore.errors import ShapeError
@@ -30,6 +29,7 @@ from MaskSAMCore.model.mask_decoder import MaskSAMDecoder
 from MaskSAMCore.model.mask_head import MaskHead3D
 from MaskSAMCore.model.modality_adapter import ModalityAdapter
 from MaskSAMCore.model.prompt_generator import Prompts, PromptGenerator
+from MaskSAMCore.model.sam_fast_paths import embed_masks
 from MaskSAMCore.model.sam_import import PromptEncoder
 
 
@@ -108,8 +108,8 @@ class MaskSAM(nn.Module):
         """Everything before SAM's decoder, for the whole batch (the encoder likes big batches)."""
         self.check_input(x)
         batch, _, slices, height, width = x.shape
-        image = self.modality_adapter(x)                                    # (B, 3, T, H, W)
-        neck, features = self.image_encoder(image.transpose(1, 2).reshape(batch * slices, 3, height, width))
+        image = self.modality_adapter(x)                                    # (B, T, H, W, 3)
+        neck, features = self.image_encoder(image.reshape(batch * slices, height, width, 3).permute(0, 3, 1, 2))
         prompts = self.prompt_generator(neck, features, image)
         image_pe = self.decoder_depth_pos_embed(
             self.prompt_encoder.get_dense_pe().expand(slices, -1, -1, -1), channels_first=True)
@@ -124,6 +124,7 @@ class MaskSAM(nn.Module):
         c = self.config
         prompts = encoded.prompts
         aux = prompts.aux_mask_logits[start:stop] if prompts.aux_mask_logits is not None else None
+        aux_low = prompts.aux_low_res[start:stop] if prompts.aux_low_res is not None else None
         learned = prompts.learned_boxes[start:stop] if prompts.learned_boxes is not None else None
         boxes = encoded.boxes[start:stop]
         neck = encoded.neck[start:stop].flatten(0, 1)                      # (b*T, 256, h, w)
@@ -131,13 +132,16 @@ class MaskSAM(nn.Module):
         height, width = encoded.size
 
         pixel_scale = boxes.new_tensor([width, height, width, height])
-        sparse, dense = self.prompt_encoder(points=None, boxes=(boxes * pixel_scale).reshape(-1, 4),
-                                            masks=self._mask_prompts(aux))
+        # SAM's prompt encoder: box corners -> sparse tokens, mask -> dense embedding.
+        sparse = self.prompt_encoder._embed_boxes((boxes * pixel_scale).reshape(-1, 4))
+        mask_prompts = self._mask_prompts(aux_low)
+        dense = (self.prompt_encoder.no_mask_embed.weight[0] if mask_prompts is None
+                 else embed_masks(self.prompt_encoder, mask_prompts))
         class_tokens = (self.global_class_tokens.weight + prompts.class_tokens[start:stop]).reshape(-1, neck.shape[1])
         class_embedding, low_res = self.mask_decoder(neck, encoded.image_pe, sparse, dense, class_tokens)
         class_logits = self.class_head(class_embedding).view(batch, slices, queries, -1)
         low_res = low_res.view(batch, slices, queries, *low_res.shape[-2:]).transpose(1, 2)
-        masks = self.mask_head(low_res, aux, (height, width))
+        masks = self.mask_head(low_res, aux_low, (height, width))
         return MaskSAMOutput(class_logits=class_logits, mask_logits=masks, aux_mask_logits=aux,
                              aux_boxes=learned, prompt_boxes=boxes)
 
@@ -156,14 +160,11 @@ class MaskSAM(nn.Module):
         averaged = 0.5 * (learned + mask_boxes.to(learned.dtype))
         return torch.where(nonempty.unsqueeze(-1), averaged, learned)
 
-    def _mask_prompts(self, aux: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Auxiliary mask logits at SAM's mask-prompt size: ``(M, 1, 4h, 4w)`` or None."""
-        if aux is None or self.config.prompt_mode == "box":
+    def _mask_prompts(self, aux_low: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Auxiliary masks at SAM's mask-prompt size ``(M, 1, 4h, 4w)``, or None (box mode)."""
+        if aux_low is None or self.config.prompt_mode == "box":
             return None
-        b, n, t, h, w = aux.shape
-        side_h, side_w = self.config.low_res_mask_hw
-        small = F.adaptive_avg_pool2d(aux.reshape(b * n, t, h, w), (side_h, side_w))
-        return small.view(b, n, t, side_h, side_w).transpose(1, 2).reshape(b * t * n, 1, side_h, side_w)
+        return aux_low.reshape(-1, 1, *aux_low.shape[-2:])
 
     # -- outputs ---------------------------------------------------------------------------------
     @staticmethod
@@ -187,6 +188,23 @@ class MaskSAM(nn.Module):
         step = patches_per_decoder_call or self.decoder_patches_per_call or x.shape[0]
         return torch.cat([self.semantic(self._decode(encoded, start, min(start + step, x.shape[0])))
                           for start in range(0, x.shape[0], step)])
+
+    # -- speed -----------------------------------------------------------------------------------
+    def compile_blocks(self, mode: Optional[str] = None) -> None:
+        """`torch.compile` the repeated blocks one by one (for CUDA inference).
+
+        Compiling block by block instead of the whole network keeps the first compilation short
+        (identical blocks share one compiled graph, and PyTorch caches it on disk for the next
+        run) while fusing what eager mode runs as dozens of memory-bound kernels: the adapters'
+        depthwise convolutions, layer norms, residual sums and the decoder's per-prompt tensors.
+        """
+        for index, block in enumerate(self.image_encoder.blocks):
+            self.image_encoder.blocks[index] = torch.compile(block, mode=mode, dynamic=False)
+        layers = self.mask_decoder.transformer.layers
+        for index, block in enumerate(layers):
+            layers[index] = torch.compile(block, mode=mode, dynamic=False)
+        self.prompt_generator = torch.compile(self.prompt_generator, mode=mode, dynamic=False)
+        self.mask_head = torch.compile(self.mask_head, mode=mode, dynamic=False)
 
     # -- weights ---------------------------------------------------------------------------------
     def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
