@@ -198,3 +198,15 @@ def read_dataset_labels(dataset_dir: "os.PathLike[str] | str") -> Dict[str, int]
         return {str(k): int(v) for k, v in labels.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{describe_path(path)}: not a dataset.json with labels") from None
+
+
+def dataset_summary(dataset_dir: str) -> str:
+    """One line for the Training tab: the dataset's structures, or "" when it is not readable."""
+    if not dataset_dir:
+        return ""
+    try:
+        labels = read_dataset_labels(dataset_dir)
+    except InputError:
+        return ""
+    names = [name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value]
+    return f"Labels: {', '.join(names)}" if names else ""

@@ -121,12 +121,7 @@ class JobRunner:
 
     def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.05) -> JobState:
         """Poll until the job ends (or `timeout_s` passes); for scripts and tests, not the GUI."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.poll() is JobState.RUNNING:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(interval_s)
-        return self.state
+        return wait_for(self, timeout_s=timeout_s, interval_s=interval_s)
 
     def cancel(self) -> None:
         """Ask the whole process tree to stop (returns at once; `poll()` escalates to a kill)."""
@@ -220,3 +215,23 @@ class JobRunner:
         if kill:
             self._killed = True
 
+
+def wait_for(job, on_tick: Optional[Callable[[], None]] = None, timeout_s: Optional[float] = None,
+             interval_s: float = 0.05, cancel_on_timeout: bool = False) -> JobState:
+    """Poll `job` (anything with `poll()` returning a JobState, and `cancel()`) until it ends.
+
+    on_tick: called between polls (in Slicer: ``slicer.app.processEvents`` keeps the GUI alive)
+    timeout_s: stop waiting after this long; with `cancel_on_timeout` the job is cancelled and
+               waited for, otherwise it keeps running and RUNNING is returned
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while (state := job.poll()) is JobState.RUNNING:
+        if deadline is not None and time.monotonic() > deadline:
+            if not cancel_on_timeout:
+                return state
+            job.cancel()
+            deadline = None
+        if on_tick is not None:
+            on_tick()
+        time.sleep(interval_s)
+    return state

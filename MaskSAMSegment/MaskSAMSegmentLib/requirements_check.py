@@ -75,3 +75,23 @@ def install_plan(missing: Sequence[Requirement], pytorch_extension_available: bo
         else:
             plan.pip_requirements.append(requirement.pip_spec)
     return plan
+
+
+def install_in_slicer(plan: InstallPlan) -> None:
+    """Carry out `plan` inside Slicer: torch through the PyTorch extension, the rest with pip
+    (with Slicer's progress dialog where this Slicer has one). Raises on failure."""
+    import slicer  # only available (and only called) inside Slicer
+
+    if plan.torch_requirement:
+        import PyTorchUtils
+
+        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+        if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=plan.torch_requirement) is None:
+            raise RuntimeError("PyTorch was not installed (see the PyTorch Utils module)")
+    if plan.pip_requirements:
+        try:
+            import slicer.packaging  # Slicer >= 5.10: installs with a progress dialog
+        except ImportError:
+            slicer.util.pip_install(" ".join(plan.pip_requirements))
+        else:
+            slicer.packaging.pip_install(plan.pip_requirements, requester="MaskSAM")

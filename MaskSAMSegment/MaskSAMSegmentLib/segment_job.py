@@ -18,7 +18,7 @@ from MaskSAMCore.errors import InputError, MaskSAMError
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
-from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import FINAL_CHECKPOINT, ModelInfo
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
                                              MODEL_VERSION_ATTRIBUTE, import_label_map)
@@ -167,14 +167,7 @@ class SegmentJob:
 
     def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.05) -> JobState:
         """Poll until finished (scripts, tests and the self-test; never the GUI)."""
-        import time
-
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.poll() is JobState.RUNNING:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(interval_s)
-        return self._state
+        return wait_for(self, timeout_s=timeout_s, interval_s=interval_s)
 
     def cancel(self) -> None:
         if self.runner is not None and self._state is JobState.RUNNING:

@@ -17,7 +17,7 @@ from typing import Callable, List, Mapping, Optional
 from MaskSAMCore.errors import InputError, MaskSAMError
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
-from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import ModelInfo, install_model_folder
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -141,14 +141,8 @@ class TrainingJob:
         return state
 
     def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.1) -> JobState:
-        import time
-
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.poll() is JobState.RUNNING:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(interval_s)
-        return self.state
+        """Poll until finished (scripts, tests and the self-test; never the GUI)."""
+        return wait_for(self, timeout_s=timeout_s, interval_s=interval_s)
 
     def cancel(self) -> None:
         if self.runner is not None:
@@ -172,3 +166,12 @@ class TrainingJob:
 
     def status_text(self) -> str:
         return self.runner.status_text() if self.runner is not None else ""
+
+
+def downloaded_checkpoint(log_lines) -> Optional[str]:
+    """The file ``masksam download-sam`` reported (its last output line is the path), or None."""
+    for line in reversed(list(log_lines)):
+        candidate = line.strip()
+        if candidate:
+            return candidate if Path(candidate).is_file() else None
+    return None

@@ -1,0 +1,61 @@
+"""Which buttons of the module can be pressed now, and the tooltip that says why (not).
+
+Pure logic over the requests the widget would send, so the rules ("Segment needs a volume and
+a finished model", "one training at a time", ...) are tested without Qt. A disabled button's
+tooltip lists every missing piece, one per line (MONAIAuto3DSeg's good habit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
+from MaskSAMSegmentLib.segment_job import SegmentRequest, segment_problems
+from MaskSAMSegmentLib.training_job import TrainRequest, train_problems
+
+
+@dataclass(frozen=True)
+class ActionState:
+    enabled: bool
+    tooltip: str
+
+
+@dataclass
+class Activity:
+    """What is running in the background right now."""
+
+    segmenting: bool = False
+    training: bool = False
+    downloading: bool = False
+    building_dataset: bool = False
+
+    @property
+    def training_tab_busy(self) -> bool:
+        return self.training or self.downloading or self.building_dataset
+
+
+def _state(problems: List[str], busy: bool, ready_tip: str, busy_tip: str) -> ActionState:
+    if problems:
+        return ActionState(False, "\n".join(problems))
+    return ActionState(not busy, busy_tip if busy else ready_tip)
+
+
+def action_states(missing_packages: List[str], segment: SegmentRequest, train: TrainRequest,
+                  pairs: List[CasePair], new_dataset_folder: str, activity: Activity) -> Dict[str, ActionState]:
+    """Button name (as in the .ui file) -> its state."""
+    packages = [f"Install the missing Python packages first ({', '.join(missing_packages)})."] if missing_packages else []
+    pair_problems = check_pairs(pairs) + ([] if new_dataset_folder else ["Choose a folder for the new dataset."])
+    return {
+        "segmentButton": _state(packages + segment_problems(segment), activity.segmenting,
+                                "Segment the input volume with the selected model.", "A segmentation is running."),
+        "cancelSegmentButton": ActionState(activity.segmenting, "Stop the segmentation; the scene stays as it was."),
+        "startTrainingButton": _state(packages + train_problems(train), activity.training_tab_busy,
+                                      "Start training in the background.", "Wait for the running task to finish."),
+        "stopTrainingButton": ActionState(activity.training, "Stop training; the last finished epoch can be resumed."),
+        "downloadSamButton": _state(packages, activity.training_tab_busy,
+                                    "Download the official SAM checkpoint of the preset (SHA-256 checked).",
+                                    "Wait for the running task to finish."),
+        "buildDatasetButton": _state(pair_problems, activity.training_tab_busy,
+                                     "Write the pairs as a dataset in nnU-Net format.", "Wait for the running task to finish."),
+    }
