@@ -20,6 +20,7 @@ from MaskSAMSegmentLib.job_progress import JobProgress
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models, install_model_folder, read_model_info
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, install_plan, missing_requirements
+from MaskSAMSegmentLib.training_job import TrainRequest
 from MaskSAMSegmentLib.terminology import AnatomyTerminology, dataset_label_key
 
 
@@ -169,3 +170,55 @@ def test_dataset_label_keys_unify_spelling_variants():
     assert dataset_label_key("Left kidney") == dataset_label_key("left_kidney") == "left_kidney"
     terminology = AnatomyTerminology()
     assert terminology.style(dataset_label_key("Left kidney"), 2).name == "Left kidney"
+
+
+def make_dataset(folder: Path, cases: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1},
+                                                     "channel_names": {"0": "CT"}, "numTraining": cases,
+                                                     "file_ending": ".nii.gz"}))
+    return folder
+
+
+def test_start_training_problems_name_each_missing_piece(tmp_path, monkeypatch):
+    from MaskSAMSegmentLib.training_job import automatic_fold, train_problems
+
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    assert train_problems(TrainRequest("", "")) == [
+        "Choose a dataset folder (nnU-Net raw format), or build one from the scene.",
+        "Choose an output folder for the trained model.",
+        "Choose a SAM vit_b checkpoint: 'Download' the official one, or pick a .pth file."]
+    dataset = make_dataset(tmp_path / "Dataset1", cases=3)
+    assert automatic_fold(str(dataset)) == "all" and automatic_fold(str(make_dataset(tmp_path / "D5", 5))) == "0"
+    assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="tiny")) == []
+    cache = tmp_path / "home" / "sam_checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "sam_vit_b_01ec64.pth").write_bytes(b"weights")
+    assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="vit_b")) == []
+    assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="vit_h")) == [
+        "Choose a SAM vit_h checkpoint: 'Download' the official one, or pick a .pth file."]
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "checkpoint_latest.pt").write_bytes(b"state")
+    assert "tick Resume" in train_problems(TrainRequest(str(dataset), str(earlier), preset="tiny"))[0]
+    assert train_problems(TrainRequest(str(dataset), str(earlier), preset="vit_h", resume=True)) == []
+    assert "Nothing to resume" in train_problems(TrainRequest(str(dataset), str(tmp_path / "x"), resume=True))[0]
+
+
+def test_button_states_follow_what_is_running_and_what_is_missing(tmp_path, monkeypatch):
+    from MaskSAMSegmentLib.action_states import Activity, action_states
+    from MaskSAMSegmentLib.segment_job import SegmentRequest
+
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    train = TrainRequest(str(make_dataset(tmp_path / "ds", 6)), str(tmp_path / "out"), preset="tiny")
+    idle = action_states([], SegmentRequest([], None), train, [], "", Activity())
+    assert not idle["segmentButton"].enabled and "Select an input volume." in idle["segmentButton"].tooltip
+    assert idle["startTrainingButton"].enabled and not idle["stopTrainingButton"].enabled
+    assert not idle["downloadSamButton"].enabled and "uses no SAM weights" in idle["downloadSamButton"].tooltip
+    assert idle["buildDatasetButton"].tooltip.splitlines() == [
+        "Add at least one volume + segmentation pair.", "Choose a folder for the new dataset."]
+    busy = action_states([], SegmentRequest([], None), train, [], "", Activity(training=True))
+    assert not busy["startTrainingButton"].enabled and busy["stopTrainingButton"].enabled
+    missing = action_states(["PyTorch"], SegmentRequest([], None), train, [], "", Activity())
+    assert not missing["startTrainingButton"].enabled
+    assert missing["startTrainingButton"].tooltip.startswith("Install the missing Python packages first (PyTorch).")

@@ -12,7 +12,7 @@ from typing import Dict, List
 
 from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
 from MaskSAMSegmentLib.segment_job import SegmentRequest, segment_problems
-from MaskSAMSegmentLib.training_job import TrainRequest, train_problems
+from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainRequest, train_problems
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ def action_states(missing_packages: List[str], segment: SegmentRequest, train: T
         "startTrainingButton": _state(packages + train_problems(train), activity.training_tab_busy,
                                       "Start training in the background.", "Wait for the running task to finish."),
         "stopTrainingButton": ActionState(activity.training, "Stop training; the last finished epoch can be resumed."),
-        "downloadSamButton": _state(packages, activity.training_tab_busy,
+        "downloadSamButton": _state(packages + ([] if train.preset in SAM_TYPES else
+                                                [f"The {train.preset} preset uses no SAM weights."]),
+                                    activity.training_tab_busy,
                                     "Download the official SAM checkpoint of the preset (SHA-256 checked).",
                                     "Wait for the running task to finish."),
         "buildDatasetButton": _state(pair_problems, activity.training_tab_busy,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError
+from MaskSAMCore.paths import checkpoint_cache
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
@@ -79,13 +80,27 @@ def train_problems(request: TrainRequest) -> List[str]:
             problems.append(f"'{output}' is not empty: choose a new folder for the model.")
     if request.epochs < 1:
         problems.append("Train for at least one epoch.")
-    if not request.random_init:
+    if uses_sam_weights(request) and not request.resume:
         checkpoint = (request.sam_checkpoint or "").strip()
-        if not checkpoint:
-            problems.append("Choose a SAM checkpoint: 'Download' an official one, or pick a .pth file.")
-        elif checkpoint not in SAM_TYPES and not Path(checkpoint).is_file():
+        if not checkpoint and cached_sam_checkpoint(request.preset) is None:
+            problems.append(f"Choose a SAM {request.preset} checkpoint: 'Download' the official one, or pick a .pth file.")
+        elif checkpoint and checkpoint not in SAM_TYPES and not Path(checkpoint).is_file():
             problems.append(f"SAM checkpoint file '{checkpoint}' not found.")
     return problems
+
+
+def uses_sam_weights(request: TrainRequest) -> bool:
+    """False for the tiny preset (no official weights exist for it) and for random-backbone runs."""
+    return request.preset in SAM_TYPES and not request.random_init
+
+
+def cached_sam_checkpoint(model_type: str) -> Optional[Path]:
+    """The official checkpoint of `model_type` in the download cache (``sam_vit_b_*.pth``), if any;
+    the core uses it when no checkpoint is given."""
+    if model_type not in SAM_TYPES:
+        return None
+    found = sorted(checkpoint_cache().glob(f"sam_{model_type}_*.pth")) if checkpoint_cache().is_dir() else []
+    return found[0] if found else None
 
 
 class TrainingJob:
@@ -113,7 +128,8 @@ class TrainingJob:
         if problems:
             raise InputError(" ".join(problems))
         r = self.request
-        arguments = train_arguments(r.dataset_dir, r.output_dir, preset=r.preset, sam_checkpoint=r.sam_checkpoint,
+        checkpoint = r.sam_checkpoint if uses_sam_weights(r) and not r.resume else None
+        arguments = train_arguments(r.dataset_dir, r.output_dir, preset=r.preset, sam_checkpoint=checkpoint,
                                     random_init=r.random_init, epochs=r.epochs, iters_per_epoch=r.iters_per_epoch,
                                     device=r.device.device, resume=r.resume,
                                     fold=r.fold or automatic_fold(r.dataset_dir), batch_size=r.batch_size,
