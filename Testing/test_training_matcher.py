@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from MaskSAMCore.training.box_ops import generalized_box_iou
+from MaskSAMCore.model.boxes import generalized_box_iou
 from MaskSAMCore.training.matcher import HungarianMatcher, optimal_assignment
 from MaskSAMCore.training.slice_view import SlicePredictions
 from MaskSAMCore.training.targets import build_targets

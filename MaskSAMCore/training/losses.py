@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from MaskSAMCore.training.box_ops import generalized_box_iou
+from MaskSAMCore.model.boxes import generalized_box_iou
 from MaskSAMCore.training.distributed import mean_across_ranks
 from MaskSAMCore.training.matcher import HungarianMatcher, Matches
 from MaskSAMCore.training.point_sampling import mask_points

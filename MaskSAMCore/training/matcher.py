@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from MaskSAMCore.training.box_ops import pairwise_generalized_box_iou
+from MaskSAMCore.model.boxes import generalized_box_iou
 from MaskSAMCore.training.slice_view import SlicePredictions, masks_at_pixels
 from MaskSAMCore.training.targets import SliceTargets
 from MaskSAMCore.training.weights import LossWeights
@@ -127,7 +127,7 @@ class HungarianMatcher:
         if predictions.boxes is not None:
             pred_boxes = predictions.boxes.float()
             l1 = torch.cdist(pred_boxes, targets.boxes.float(), p=1)
-            giou = pairwise_generalized_box_iou(pred_boxes, targets.boxes.float())
+            giou = generalized_box_iou(pred_boxes.unsqueeze(-2), targets.boxes.float().unsqueeze(-3))  # (S, N, K)
             cost = cost + w.box_l1 * l1 + w.box_giou * (1 - giou)
         return cost
 

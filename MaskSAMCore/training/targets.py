@@ -22,6 +22,8 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
+from MaskSAMCore.model.boxes import masks_to_boxes
+
 
 def class_presence_and_boxes(labels: Tensor, num_classes: int) -> Tuple[Tensor, Tensor]:
     """Which classes occur in each slice, and their bounding boxes.
@@ -32,33 +34,17 @@ def class_presence_and_boxes(labels: Tensor, num_classes: int) -> Tuple[Tensor, 
 
     Returns:
         present: (S, K) bool.
-        boxes: (S, K, 4) float32 ``(x0, y0, x1, y1)`` normalised to [0, 1], x along W, y along H.
-            A box encloses whole pixels: a class occupying columns c0..c1 (inclusive) gets
-            ``x0 = c0 / W`` and ``x1 = (c1 + 1) / W``. Boxes of absent classes are zero.
+        boxes: (S, K, 4) float32 ``(x0, y0, x1, y1)`` normalised to [0, 1], x along W, y along H,
+            the far edge exclusive (`MaskSAMCore.model.boxes` convention, the same as the
+            network's boxes): a class occupying columns c0..c1 gets ``x0 = c0 / W`` and
+            ``x1 = (c1 + 1) / W``. Boxes of absent classes are zero.
     """
     if labels.dim() != 3:
         raise ValueError(f"labels must be (S, H, W), got shape {tuple(labels.shape)}")
-    _, height, width = labels.shape
     classes = torch.arange(num_classes, device=labels.device)
     one_hot = labels.unsqueeze(1) == classes.view(1, -1, 1, 1)  # (S, K, H, W) bool
-    rows = one_hot.any(dim=3)  # (S, K, H): does row y contain the class?
-    cols = one_hot.any(dim=2)  # (S, K, W)
-    present = rows.any(dim=2)
-    boxes = torch.stack(
-        [
-            _first_true(cols).float() / width,
-            _first_true(rows).float() / height,
-            (width - _first_true(cols.flip(-1))).float() / width,
-            (height - _first_true(rows.flip(-1))).float() / height,
-        ],
-        dim=-1,
-    )
-    return present, boxes * present.unsqueeze(-1)
-
-
-def _first_true(flags: Tensor) -> Tensor:
-    """Index of the first True along the last axis (0 where there is none)."""
-    return flags.to(torch.uint8).argmax(dim=-1)
+    boxes, present = masks_to_boxes(one_hot)
+    return present, boxes
 
 
 @dataclass

@@ -187,11 +187,16 @@ class Trainer:
         return loss if math.isfinite(loss) and bool(torch.isfinite(grad_norm)) else None
 
     def validate(self, epoch: int) -> Optional[ValidationResult]:
-        """Validation on rank 0 (the other ranks wait); None on the other ranks."""
+        """Validation on rank 0 (the other ranks wait); None on the other ranks.
+
+        ``val_cases_per_epoch`` limits the cases of every epoch but the last, which validates on
+        all of them."""
         result = None
         if self.context.is_main:
-            result = self.validator.run(self.model, epoch, self.settings.val_cases_per_epoch,
-                                        autocast_dtype=self.amp_dtype)
+            last = epoch == self.settings.epochs - 1
+            # the last epoch sees every validation case, so the final Dice is over the whole fold
+            max_cases = None if last else self.settings.val_cases_per_epoch
+            result = self.validator.run(self.model, epoch, max_cases, autocast_dtype=self.amp_dtype)
         barrier()
         return result
 

@@ -1,0 +1,136 @@
+"""Resuming: SIGKILL in the middle of an epoch, then --resume finishes the run with a clean log,
+and an interrupted-then-resumed run ends with exactly the weights of an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MaskSAMCore.atomic import TEMP_MARKER
+from MaskSAMCore.data.phantoms import make_phantoms
+from MaskSAMCore.model.builder import build_masksam
+from MaskSAMCore.model.config import preset
+from MaskSAMCore.model_folder import ModelFolder, load_checkpoint
+from MaskSAMCore.progress import parse_machine_line
+from MaskSAMCore.training import checkpoint_io
+from MaskSAMCore.training.losses import MaskSAMLoss
+from MaskSAMCore.training.settings import TrainSettings
+from MaskSAMCore.training.trainer import Trainer
+from MaskSAMCore.training.training_log import read_csv
+from MaskSAMCore.training.validation import ValidationCase, Validator
+
+EPOCHS = 4
+
+
+def _train_command(dataset: Path, model_dir: Path, *extra: str) -> list:
+    return [sys.executable, "-m", "MaskSAMCore", "--machine-progress", "train", str(dataset), str(model_dir),
+            "--preset", "tiny", "--epochs", str(EPOCHS), "--iters-per-epoch", "6", "--fold", "all",
+            "--num-workers", "0", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_epoch_then_resume(tmp_path):
+    dataset = make_phantoms(tmp_path / "ds", cases=3, seed=5, size=(32, 32, 10), progress=False)
+    model_dir = tmp_path / "model"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(_train_command(dataset, model_dir), stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=env)
+    finished_epochs = 0
+    killed = False
+    try:
+        for line in process.stdout:
+            event = parse_machine_line(line) or {}
+            if event.get("event") == "epoch":
+                finished_epochs = event["epoch"]
+            # the first training step of epoch 3 has been taken: kill in the middle of the epoch
+            elif finished_epochs == 2 and event.get("event") == "progress" and event.get("stage") == "train":
+                process.send_signal(signal.SIGKILL)
+                killed = True
+                break
+    finally:
+        process.wait(timeout=120)
+    assert killed and process.returncode == -signal.SIGKILL
+    assert not (model_dir / "checkpoint_final.pt").exists()
+    assert [r["epoch"] for r in read_csv(model_dir / "training_log.csv")] == ["1", "2"]
+
+    resumed = subprocess.run(_train_command(dataset, model_dir, "--resume"), capture_output=True, text=True,
+                             timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "after epoch 2 of 4" in resumed.stdout
+    epochs = [parse_machine_line(l)["epoch"] for l in resumed.stdout.splitlines()
+              if (parse_machine_line(l) or {}).get("event") == "epoch"]
+    assert epochs == [3, 4]
+
+    rows = read_csv(model_dir / "training_log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]      # every epoch exactly once
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] == pytest.approx(0.01)
+    for which in ("latest", "best", "final"):                        # nothing corrupt: all load
+        payload = load_checkpoint(model_dir / f"checkpoint_{which}.pt")
+        assert payload["weights"]
+    assert load_checkpoint(model_dir / "checkpoint_latest.pt")["epoch"] == EPOCHS
+    folder = ModelFolder.load(model_dir)
+    assert folder.meta["training"]["finished_epochs"] == EPOCHS
+    model = folder.build_model("final")
+    assert model.config.num_slices == 4
+    assert not [p for p in model_dir.iterdir() if TEMP_MARKER in p.name]
+    assert json.loads((model_dir / "plans.json").read_text())["patch_size"] == [4, 64, 64]
+
+
+def _synthetic_batches(epoch):
+    g = torch.Generator().manual_seed(1000 + epoch)
+    while True:
+        image = torch.randn(2, 1, 4, 64, 64, generator=g)
+        seg = (image[:, 0] > 0.8).long() + (image[:, 0] > 1.6).long()
+        yield image, seg
+
+
+def _trainer(model_dir, epochs=3):
+    torch.manual_seed(0)
+    model = build_masksam(preset("tiny", num_classes=3))
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 6, 40, 40)).astype(np.float32)
+    cases = [ValidationCase("v", image, (image[0] > 0.8).astype(np.int16))]
+    names = ["background", "a", "b"]
+    settings = TrainSettings(epochs=epochs, iters_per_epoch=2, weights_scope="all", optimizer="sgd")
+    validator = Validator(cases, (4, 64, 64), names, MaskSAMLoss(3), torch.device("cpu"))
+    return Trainer(model, settings, _synthetic_batches, validator, str(model_dir), names, torch.device("cpu"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
+    straight = tmp_path / "straight"
+    interrupted = tmp_path / "interrupted"
+    straight.mkdir()
+    interrupted.mkdir()
+    _trainer(straight).fit()
+
+    first = _trainer(interrupted)
+
+    def stop_after_first_epoch(trainer):
+        raise _Stop()
+
+    first.on_epoch_end = stop_after_first_epoch
+    with pytest.raises(_Stop):
+        first.fit()
+    torch.manual_seed(999)                                   # the resumed process starts elsewhere
+    second = _trainer(interrupted)
+    second.restore(checkpoint_io.read_for_resume(interrupted))
+    assert second.start_epoch == 1
+    second.fit()
+
+    a = load_checkpoint(straight / "checkpoint_final.pt")["weights"]
+    b = load_checkpoint(interrupted / "checkpoint_final.pt")["weights"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_csv(straight / "training_log.csv")[-1]["train_loss"] == \
+        read_csv(interrupted / "training_log.csv")[-1]["train_loss"]
