@@ -15,6 +15,7 @@ from MaskSAMCore.data.image_io import ImageGeometry, write_image
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
+from MaskSAMCore.progress import enable_machine_lines
 
 CLASSES = 3
 
@@ -34,6 +35,13 @@ def body_image(shape_zyx, seed=0) -> np.ndarray:
     organ = ((y - 0.2) ** 2 + (x + 0.1) ** 2 + 0.3 * z ** 2 < 0.15).astype(np.float32)
     image = -1000 + body * 1040 + organ * 60 + rng.normal(0, 10, shape_zyx)
     return image.astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def machine_lines_off_afterwards():
+    """`--machine-progress` switches machine lines on for the whole process; switch them off again."""
+    yield
+    enable_machine_lines(False)
 
 
 @pytest.fixture(scope="module")

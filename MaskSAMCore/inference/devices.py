@@ -12,7 +12,7 @@ import os
 import resource
 import sys
 from contextlib import nullcontext
-from typing import Callable, ContextManager, List, Optional, Tuple
+from typing import Callable, ContextManager, Optional, Tuple
 
 import torch
 
@@ -78,27 +78,23 @@ def measure_forward_bytes(run: Callable[[], object], device: torch.device) -> in
     return max(1, torch.cuda.max_memory_allocated(device) - base)
 
 
-def plan_window_batch(per_window_bytes: int, slab_bytes_per_window: int, budget: int, windows: int,
+def plan_window_batch(per_flip_bytes: float, slab_bytes_per_window: int, budget: int, windows: int,
                       flips: int) -> Tuple[int, Optional[int]]:
     """(window batch, flips per forward or None for all) that fit `budget` bytes.
 
-    per_window_bytes: measured peak of one window with all its flips in one forward.
+    per_flip_bytes: measured peak of one forward divided by the flips (images) it held.
     slab_bytes_per_window: accumulation slab growth per extra window in a batch.
     """
     usable = budget * SAFETY
-    cost = per_window_bytes + slab_bytes_per_window
+    cost = per_flip_bytes * flips + slab_bytes_per_window
     if cost <= usable:
         batch = int(usable // cost)
         return max(1, min(batch, MAX_AUTO_WINDOW_BATCH, windows)), None
     per_forward = flips
-    while per_forward > 1 and per_window_bytes * per_forward / flips > usable:
+    while per_forward > 1 and per_flip_bytes * per_forward > usable:
         per_forward //= 2
     return 1, per_forward
 
 
 def describe_bytes(value: int) -> str:
     return f"{value / 2 ** 30:.2f} GiB"
-
-
-def flips_label(flips: List[tuple]) -> str:
-    return f"{len(flips)} flip{'s' if len(flips) != 1 else ''}"

@@ -5,9 +5,12 @@
     labels = predictor.predict_array(image, geometry)          # image (C, z, y, x) -> (z, y, x)
 
 Per case: check -> `preprocess_case` (exactly as in training) -> sliding window (step 0.5,
-Gaussian weights, 8 flips per window in one forward, bf16 on CUDA) -> back to the input's grid
-(`restore_scores_argmax`, or the argmax on the GPU + `restore_label_map` when preprocessing did
-not resample) -> label map written with the input's exact geometry.
+Gaussian weights, 8 flips per window in one forward, bf16 on CUDA) -> back to the input's grid:
+the scores are resampled to it slab by slab on the device as windows finish and only the argmax
+goes to the host (`restore_sink.py`; the same result as the data layer's `restore_scores_argmax`,
+which is used when `--probabilities` keeps all scores anyway), or, when preprocessing did not
+resample, the argmax on the device + `restore_label_map` -> the label map written with the
+input's exact geometry.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
 from MaskSAMCore.inference.input_checks import check_image
 from MaskSAMCore.inference.mirroring import mirrored_predict
-from MaskSAMCore.inference.sliding_window import NonFiniteScores, WindowSettings, predict_with_fallback
+from MaskSAMCore.inference.restore_sink import finish_labels
+from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowSettings,
+                                                  predict_with_fallback)
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.progress import emit
 
@@ -91,7 +96,9 @@ class Predictor:
         self.amp_dtype = devices.autocast_dtype(self.device)
         self._segment: Callable[[torch.Tensor], torch.Tensor] = self.model.segment
         if self.options.compile:
-            self._segment = torch.compile(self.model.segment, dynamic=False)
+            # Block by block: identical blocks share one compiled graph (about a minute the first
+            # time, cached on disk after), where compiling the whole network took over 3 minutes.
+            self.model.compile_blocks()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotuned convolutions pay
         self.settings: Optional[WindowSettings] = None
@@ -126,17 +133,35 @@ class Predictor:
         return dataclasses.replace(base)
 
     def _automatic_batch(self, base: WindowSettings, num_windows: int) -> WindowSettings:
+        """Measure one forward (all flips of one window, fewer if that alone runs out of memory)
+        and plan the window batch for the GPU memory budget (see `devices`)."""
         sample = torch.zeros((1, self.config.in_channels, *self.patch), device=self.device)
-        with torch.inference_mode():
-            per_window = devices.measure_forward_bytes(
-                lambda: mirrored_predict(self.network, sample, base.flips), self.device)
+        flips = base.flips
+        per_forward = len(flips)
+        while True:
+            try:
+                with torch.inference_mode():
+                    def forward() -> object:
+                        return mirrored_predict(self.network, sample, flips[:per_forward])
+
+                    # The first call autotunes cuDNN (large temporary workspaces): measure the second.
+                    devices.measure_forward_bytes(forward, self.device)
+                    peak = devices.measure_forward_bytes(forward, self.device)
+                break
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if per_forward == 1:
+                    raise OutOfMemory(f"{self.name}: one {self.patch[0]}-slice window does not fit in GPU memory; "
+                                      "use --device cpu") from None
+                per_forward //= 2
         step_slices = max(1, int(round(self.patch[0] * base.step)))
         slab = 4 * self.config.num_classes * step_slices * self.patch[1] * self.patch[2]
         budget = devices.gpu_budget_bytes(self.device)
-        batch, per_forward = devices.plan_window_batch(per_window, slab, budget, num_windows, len(base.flips))
-        emit("message", message=f"window batch {batch}: one window with its flips needs "
-                                f"{devices.describe_bytes(per_window)}, budget {devices.describe_bytes(budget)}")
-        return dataclasses.replace(base, window_batch=batch, flips_per_forward=per_forward)
+        batch, chunk = devices.plan_window_batch(peak / per_forward, slab, budget, num_windows, len(flips))
+        emit("message", message=f"window batch {batch}, {chunk or len(flips)} flips per forward: one forward of "
+                                f"{per_forward} flip(s) needs {devices.describe_bytes(peak)}, "
+                                f"budget {devices.describe_bytes(budget)}")
+        return dataclasses.replace(base, window_batch=batch, flips_per_forward=chunk)
 
     # -- cases ---------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, geometry: ImageGeometry, name: str = "image",
@@ -171,12 +196,14 @@ class Predictor:
         """Run the network on a prepared case; restore (and write) the labels on its own grid."""
         properties = case.properties
         resampled = list(properties["shape_after_resampling"]) != list(properties["shape_after_transpose"])
-        # Without resampling the argmax can be taken on the GPU: K times less host memory.
-        output = "scores" if (resampled or probabilities) else "labels"
+        # Probabilities need every class's scores on the host; otherwise only labels travel back:
+        # the argmax on the device, after resampling slab by slab when preprocessing resampled.
+        output = "scores" if probabilities else ("restored" if resampled else "labels")
         grid = WindowGrid(tuple(case.data.shape[1:]), self.patch, self.options.step)
         settings = self.window_settings(len(grid))
         start = time.perf_counter()
-        result, settings = self._sliding_window(case, settings, output, should_cancel)
+        restore_shape = properties["shape_after_transpose"] if output == "restored" else None
+        result, settings = self._sliding_window(case, settings, output, should_cancel, restore_shape)
         network_seconds = time.perf_counter() - start
         self.settings = settings  # what worked (after any out-of-memory fallback) for the next case
         case.data = np.empty((0,), np.float32)  # the preprocessed image is no longer needed
@@ -184,6 +211,8 @@ class Predictor:
         start = time.perf_counter()
         if output == "scores":
             labels = restore_scores_argmax(result, properties, self.plan)
+        elif output == "restored":
+            labels = finish_labels(result, properties)
         else:
             labels = restore_label_map(result, properties, self.plan)
         if output_path is not None:
@@ -195,11 +224,11 @@ class Predictor:
         return PredictionResult(labels, timings, settings, len(grid))
 
     def _sliding_window(self, case: PreparedCase, settings: WindowSettings, output: str,
-                        should_cancel: Optional[Callable[[], bool]]):
+                        should_cancel: Optional[Callable[[], bool]], restore_shape: Optional[Sequence[int]]):
         stage = "predict" if self.options.show_progress else None
         result, finite, used = predict_with_fallback(
             case.data, self.network, self.patch, self.config.num_classes, self.device, settings, output,
-            stage, should_cancel, case_name=case.name)
+            stage, should_cancel, case_name=case.name, restore_shape=restore_shape)
         if finite:
             return result, used
         if self.amp_dtype is None:
@@ -212,7 +241,7 @@ class Predictor:
         try:
             result, finite, used = predict_with_fallback(
                 case.data, self.network, self.patch, self.config.num_classes, self.device, used, output,
-                stage, should_cancel, case_name=case.name)
+                stage, should_cancel, case_name=case.name, restore_shape=restore_shape)
         finally:
             self.amp_dtype = amp
         if not finite:

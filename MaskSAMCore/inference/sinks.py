@@ -47,7 +47,10 @@ class _HostSink:
     # -- common --------------------------------------------------------------------------------
     def put(self, z_start: int, block: torch.Tensor) -> None:
         """Take normalised scores (K, n, Y, X) of real slices ``z_start .. z_start + n``."""
-        reduced = self._reduce(block)
+        self._send(z_start, self._reduce(block))
+
+    def _send(self, z_start: int, reduced: torch.Tensor) -> None:
+        """Store `reduced` (on any device) at `z_start` of the result, without waiting for a GPU."""
         if not self._asynchronous or reduced.device.type != "cuda":
             self._store(z_start, reduced.cpu().numpy())
             return

@@ -22,6 +22,7 @@ import torch
 from MaskSAMCore.errors import Cancelled, MaskSAMError
 from MaskSAMCore.inference.accumulator import SlabAccumulator
 from MaskSAMCore.inference.mirroring import flip_combinations, mirrored_predict
+from MaskSAMCore.inference.restore_sink import ResampledLabelSink
 from MaskSAMCore.inference.sinks import HostScoreSink, LabelSink
 from MaskSAMCore.inference.staging import WindowFeeder
 from MaskSAMCore.inference.windows import WindowGrid
@@ -76,15 +77,20 @@ def sliding_window_predict(
     output: str = "scores",
     progress_stage: Optional[str] = "predict",
     should_cancel: Optional[Callable[[], bool]] = None,
+    restore_shape: Optional[Sequence[int]] = None,
 ) -> Tuple[np.ndarray, bool]:
     """Predict every voxel of volume (C, Z, Y, X) float32 (host) with overlapping windows.
 
     network: device tensor (M, C, T, H, W) -> (M, K, T, H, W) scores, any M.
     output: "scores" -> (K, Z, Y, X) float16 normalised scores; "labels" -> (Z, Y, X) argmax
-    (uint8, int16 beyond 256 classes). Returns (result, all_finite).
+    (uint8, int16 beyond 256 classes); "restored" -> the argmax of the scores resampled
+    (linearly) to `restore_shape`, computed slab by slab (see `restore_sink.py`).
+    Returns (result, all_finite).
     """
-    if output not in ("scores", "labels"):
-        raise ValueError(f"output must be 'scores' or 'labels', not {output!r}")
+    if output not in ("scores", "labels", "restored"):
+        raise ValueError(f"output must be 'scores', 'labels' or 'restored', not {output!r}")
+    if (output == "restored") != (restore_shape is not None):
+        raise ValueError("restore_shape is needed for, and only for, output='restored'")
     device = torch.device(device)
     host_volume = torch.as_tensor(volume, dtype=torch.float32)
     if host_volume.ndim != 4:
@@ -92,8 +98,10 @@ def sliding_window_predict(
     grid = WindowGrid(tuple(host_volume.shape[1:]), tuple(patch), settings.step)
     batches = grid.batches(settings.window_batch)
     accumulate_device = torch.device("cpu") if settings.accumulate_on_host else device
-    sink_class = HostScoreSink if output == "scores" else LabelSink
-    sink = sink_class(num_classes, grid.shape, accumulate_device)
+    if output == "restored":
+        sink = ResampledLabelSink(num_classes, grid.shape, restore_shape, accumulate_device)
+    else:
+        sink = (HostScoreSink if output == "scores" else LabelSink)(num_classes, grid.shape, accumulate_device)
     accumulator = SlabAccumulator(grid, num_classes, grid.slab_depth(settings.window_batch),
                                   accumulate_device, sink)
     feeder = WindowFeeder(host_volume, grid, batches, device,
@@ -139,6 +147,7 @@ def predict_with_fallback(
     progress_stage: Optional[str] = "predict",
     should_cancel: Optional[Callable[[], bool]] = None,
     case_name: str = "the image",
+    restore_shape: Optional[Sequence[int]] = None,
 ) -> Tuple[np.ndarray, bool, WindowSettings]:
     """`sliding_window_predict`, retried with fewer windows per forward, fewer flips per forward,
     then host accumulation when the GPU runs out of memory. Returns (result, finite, settings
@@ -147,7 +156,7 @@ def predict_with_fallback(
     while True:
         try:
             result, finite = sliding_window_predict(volume, network, patch, num_classes, device, current,
-                                                    output, progress_stage, should_cancel)
+                                                    output, progress_stage, should_cancel, restore_shape)
             return result, finite, current
         except BaseException as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
             if not _is_out_of_memory(error):
