@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The main job, on a fresh machine: set up the environment (.venv), then run the whole MaskSAM path
+# on synthetic data - phantoms, a few minutes of fine-tuning of the tiny preset from random weights,
+# prediction of held-out phantoms, Dice, and a PNG of a slice with the prediction overlaid.
+#
+#   scripts/run-demo.sh                 # writes demo_output/ in the repository
+#   scripts/run-demo.sh OUT --minutes 8 --device cpu
+#
+# Everything after the script name goes to `masksam demo` (see `masksam demo --help`).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$repo/scripts/setup-venv.sh" test
+venv="${MASKSAM_VENV:-$repo/.venv}"
+cd "$repo"
+if [ "$#" -eq 0 ]; then
+    set -- "$repo/demo_output"
+fi
+exec "$venv/bin/python" -m MaskSAMCore demo "$@"
