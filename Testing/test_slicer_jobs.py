@@ -168,3 +168,26 @@ def test_predict_with_a_vanished_model_folder_fails_with_the_core_message(tmp_pa
     assert "gone" in job.error_message and "\n" not in job.error_message
     assert scene_node_ids(scene) == nodes_before
     assert REPO  # the subprocess found this checkout's core through PYTHONPATH
+
+
+def test_sam_download_failure_reports_the_core_message_and_keeps_nothing(tmp_path):
+    import socket
+
+    from MaskSAMSegmentLib.commands import download_sam_arguments
+    from MaskSAMSegmentLib.training_job import downloaded_checkpoint
+
+    with socket.socket() as probe:       # a local port nobody listens on: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**subprocess_environment(), "MASKSAM_HOME": str(tmp_path / "home")}
+    runner = JobRunner(masksam_command(download_sam_arguments("vit_b") + ["--url", f"http://127.0.0.1:{port}/sam.pth"]),
+                       env=env)
+    runner.start()
+    assert runner.wait(timeout_s=60) is JobState.FAILED
+    assert f"127.0.0.1:{port}/sam.pth" in runner.error_message and "\n" not in runner.error_message
+    assert downloaded_checkpoint(runner.log_lines) is None
+    cache = tmp_path / "home" / "sam_checkpoints"
+    assert not cache.exists() or list(cache.iterdir()) == []
+    checkpoint = tmp_path / "sam_vit_b_01ec64.pth"
+    checkpoint.write_bytes(b"weights")
+    assert downloaded_checkpoint(["download sam_vit_b_01ec64.pth: [####] 1/1", str(checkpoint), ""]) == str(checkpoint)
