@@ -176,3 +176,15 @@ def test_license_is_the_complete_apache_text():
     text = (REPO / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0" in text
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000
+
+
+def test_importing_the_module_logic_loads_no_torch():
+    """The GUI process must stay light: no module of the logic may pull torch in, even indirectly
+    (through the parts of MaskSAMCore it uses)."""
+    modules = sorted(p.stem for p in (MODULE / "MaskSAMSegmentLib").glob("*.py") if p.stem != "__init__")
+    code = (f"import sys; sys.path.insert(0, {str(MODULE)!r}); import importlib\n"
+            f"for name in {modules!r}: importlib.import_module('MaskSAMSegmentLib.' + name)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
