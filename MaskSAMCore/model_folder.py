@@ -25,6 +25,9 @@ from MaskSAMCore.model.config import MaskSAMConfig
 MODEL_JSON = "model.json"
 FORMAT = "masksam-model"
 FORMAT_VERSION = 1
+# Bumped whenever the network's weights change meaning (names, shapes or what a layer computes),
+# so that a model trained with another MaskSAM is refused with a clear message, not a shape error.
+NETWORK_FORMAT = 2
 CHECKPOINT_FORMAT = "masksam-checkpoint"
 CHECKPOINT_FILES = {
     "final": "checkpoint_final.pt",
@@ -65,7 +68,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 def write_model_json(model_dir: PathLike, meta: Dict[str, Any]) -> Path:
     """Atomically write `model.json` (format fields added) and return its path."""
     path = Path(model_dir) / MODEL_JSON
-    write_json(path, {"format": FORMAT, "format_version": FORMAT_VERSION, **meta})
+    write_json(path, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                      "network_format": NETWORK_FORMAT, **meta})
     return path
 
 
@@ -98,6 +102,13 @@ class ModelFolder:
         missing = [key for key in _REQUIRED_KEYS if key not in meta]
         if missing:
             raise ModelFolderError(f"{describe_path(json_path)} lacks {', '.join(missing)}")
+        network_format = int(meta.get("network_format", 1))
+        if network_format != NETWORK_FORMAT:
+            age = "an older" if network_format < NETWORK_FORMAT else "a newer"
+            raise ModelFolderError(
+                f"{shown} was trained with {age} MaskSAM network (format {network_format}, this "
+                f"MaskSAM reads format {NETWORK_FORMAT}); retrain it or use the matching MaskSAM"
+            )
         model = cls(folder, meta)
         try:
             config = model.config
@@ -200,9 +211,18 @@ class ModelFolder:
             else:
                 model.load_trainable_state_dict(payload["weights"])
         except (KeyError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0][:160]
             raise CheckpointError(
                 f"{shown} does not fit this model folder's network "
-                f"({self.config.num_classes} classes, {self.config.num_queries} queries): {first}"
+                f"({self.config.num_classes} classes, {self.config.num_queries} queries): "
+                f"{_first_state_dict_problem(exc)}"
             ) from None
         return model.to(device).eval()
+
+
+def _first_state_dict_problem(exc: BaseException) -> str:
+    """The first concrete line of a `load_state_dict` error (not its generic header)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    for line in lines:
+        if not line.startswith("Error(s) in loading state_dict"):
+            return line.strip("\"'")[:200]
+    return lines[0][:200] if lines else type(exc).__name__

@@ -55,6 +55,7 @@ def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit this model folder's network \\(3 classes") as info:
         ModelFolder.load(path).build_model()
     assert "\n" not in str(info.value)
+    assert "size mismatch for class_head" in str(info.value)  # names the first concrete problem
 
 
 @pytest.mark.parametrize("breakage,message", [
@@ -64,6 +65,7 @@ def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):
     ("not_masksam", "does not describe a MaskSAM model"),
     ("label_count", "the network has 3 classes but 2 labels"),
     ("no_checkpoint", "has no checkpoint_best.pt"),
+    ("old_network", "trained with an older MaskSAM network \\(format 1"),
 ])
 def test_broken_model_folders(tmp_path, breakage, message):
     config = preset("tiny", num_classes=3)
@@ -77,6 +79,9 @@ def test_broken_model_folders(tmp_path, breakage, message):
         (path / "model.json").write_text("{not json")
     elif breakage == "not_masksam":
         (path / "model.json").write_text(json.dumps({"labels": {}}))
+    elif breakage == "old_network":
+        meta["network_format"] = 1
+        (path / "model.json").write_text(json.dumps(meta))
     elif breakage == "label_count":
         meta["labels"] = {"background": 0, "liver": 1}
         (path / "model.json").write_text(json.dumps(meta))
