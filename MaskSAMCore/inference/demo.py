@@ -98,6 +98,7 @@ def write_overlay_png(image_file: Path, truth_file: Path, prediction_file: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     from MaskSAMCore.data.image_io import read_image, read_label
 
@@ -107,7 +108,7 @@ def write_overlay_png(image_file: Path, truth_file: Path, prediction_file: Path,
     index = slice_with_most_foreground(truth)
     sy, sx = geometry.spacing_zyx[1:]
     colours = ListedColormap(plt.get_cmap("tab10").colors[: max(len(class_names), 2)])
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), constrained_layout=True)
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.6), layout="constrained")
     panels = (("CT", None), ("ground truth", truth), ("MaskSAM prediction", prediction))
     for axis, (name, labels) in zip(axes, panels):
         axis.imshow(np.clip(image[index], -200, 300), cmap="gray", aspect=sy / sx)
@@ -117,9 +118,8 @@ def write_overlay_png(image_file: Path, truth_file: Path, prediction_file: Path,
                         interpolation="nearest")
         axis.set_title(name)
         axis.axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(v)) for v in sorted(class_names) if v > 0]
-    figure.legend(handles, [class_names[v] for v in sorted(class_names) if v > 0], loc="lower center",
-                  ncol=len(handles), frameon=False)
+    handles = [Patch(facecolor=colours(v), label=class_names[v]) for v in sorted(class_names) if v > 0]
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     figure.suptitle(f"{title} - slice {index}")
     write_with(png, lambda path: figure.savefig(path, dpi=110, format="png"))
     plt.close(figure)
