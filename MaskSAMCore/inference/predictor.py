@@ -129,6 +129,10 @@ class Predictor:
                               pad_last_batch=self.options.compile)
         if self.options.window_batch is None and self.device.type == "cuda":
             base = self._automatic_batch(base, num_windows)
+        elif self.device.type == "cpu":
+            # A CPU gains nothing from large batches, and 8 vit_b flips in one forward would need
+            # about 24 GB of RAM: one flip per forward keeps a vit_b window near 3 GB.
+            base = dataclasses.replace(base, flips_per_forward=1)
         self.settings = base
         return dataclasses.replace(base)
 
