@@ -17,7 +17,8 @@ from MaskSAMCore.cli import main
 from MaskSAMCore.progress import enable_machine_lines
 
 EPOCHS, ITERATIONS = 6, 20
-# What the budget above reaches on the phantoms (measured: see the report of this test's author).
+# Measured with this budget (120 iterations, about a minute on 2 idle cores): held-out liver
+# Dice 0.79, mean over the 5 structures 0.22 (the small ones need longer training).
 MIN_LIVER_DICE = 0.5
 MIN_MEAN_DICE = 0.1
 
