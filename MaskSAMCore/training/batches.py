@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from MaskSAMCore.data.augmentation import AugmentationSettings
 from MaskSAMCore.data.loader import PatchLoader
 from MaskSAMCore.training.distributed import DistributedContext
 from MaskSAMCore.training.settings import TrainSettings
@@ -38,11 +39,13 @@ def make_batch_source(preprocessed: "os.PathLike[str] | str", case_names: Sequen
                       num_workers: Optional[int] = None) -> BatchSource:
     """``epoch -> iterable of (image (B, C, T, H, W) float32, seg (B, T, H, W) int64)`` batches."""
     workers = default_num_workers(context, device_type) if num_workers is None else num_workers
+    augmentation = AugmentationSettings(mirror_axes=tuple(settings.mirror_axes))  # nnU-Net's, see `mirroring`
 
     def for_epoch(epoch: int) -> Any:
         loader = PatchLoader(Path(preprocessed), list(case_names), plan, batch_size=settings.batch_size,
                              num_batches=settings.iters_per_epoch, num_workers=workers, seed=settings.seed,
-                             epoch=epoch, rank=context.rank, world_size=context.world_size)
+                             epoch=epoch, rank=context.rank, world_size=context.world_size,
+                             settings=augmentation)
         return iter(loader)
 
     return for_epoch

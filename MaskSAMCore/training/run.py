@@ -38,6 +38,7 @@ from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, barrier, init_distributed,
                                               shutdown_distributed)
 from MaskSAMCore.training.losses import MaskSAMLoss
+from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR
 from MaskSAMCore.training.settings import TrainSettings
@@ -216,6 +217,11 @@ def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: Dis
     settings.weights_scope = "all" if sam.random_init else "trainable"
     config = preset(args.preset, num_classes=dataset.num_classes, in_channels=dataset.num_channels)
     plan = broadcast_plan(dataset, config, context)
+    settings.mirror_axes = training_mirror_axes(dataset.labels, dataset.geometries, plan)
+    lateral = lateral_label_names(dataset.labels)
+    if lateral and context.is_main:
+        print(f"labels {', '.join(lateral[:4])}{', ...' if len(lateral) > 4 else ''} are lateral: "
+              f"augmentation mirrors patch axes {settings.mirror_axes} only (not left-right)", flush=True)
     return RunDescription(settings, config, plan, sam, args.preset)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from MaskSAMCore.training.weights import LossWeights
 
@@ -25,6 +25,7 @@ class TrainSettings:
     weights_scope: str = "trainable"       # "all" for --random-init (see checkpoint_io)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     num_points: int = 112 * 112            # points per mask for mask losses / matching costs
+    mirror_axes: List[int] = field(default_factory=lambda: [0, 1, 2])  # patch axes augmentation flips
 
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)

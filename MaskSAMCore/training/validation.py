@@ -120,6 +120,7 @@ class Validator:
         return ValidationResult(dice=dice, mean_dice=float(np.mean(defined)) if defined else math.nan,
                                 loss=float(np.mean(losses)) if losses else math.nan)
 
+    @torch.no_grad()
     def predict_case(self, model: nn.Module, case: ValidationCase,
                      autocast_dtype: Optional[torch.dtype]) -> Tuple[np.ndarray, List[float]]:
         """Argmax labels (Z, Y, X) of a case and the loss of each window batch."""
@@ -137,7 +138,7 @@ class Validator:
                                 enabled=autocast_dtype is not None):
                 output = model(x)
                 semantic = model.semantic(output)  # (b, K, T, H, W)
-            losses.append(float(self.criterion(output, seg).total))
+            losses.append(float(self.criterion(output, seg).total.detach()))
             semantic = semantic.float().cpu()
             for window, window_scores in zip(batch, semantic):
                 scores[(slice(None), *window)] += window_scores
