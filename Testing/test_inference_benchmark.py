@@ -1,0 +1,49 @@
+"""`masksam benchmark` on the CPU with the tiny preset: stage seconds, FLOPs, memory, as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.inference.nnunet_compare import nnunet_available
+from MaskSAMCore.inference.windows import WindowGrid
+
+
+def test_benchmark_reports_stages_throughput_and_memory(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "10", "40", "70", "--classes", "3", "--device", "cpu",
+                 "--fast", "--resample", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    # --resample: the network grid is 0.8/0.82 of the in-plane size.
+    assert report["preprocessed_shape"] == [10, 39, 68]
+    assert report["windows"] == len(WindowGrid((10, 39, 68), (4, 64, 64), 1.0)) == 6
+    assert report["flips"] == 1 and report["mirror"] is False and report["extrapolated"] is False
+    assert set(report["seconds"]) == {"preprocess_s", "network_s", "export_s", "total_s"}
+    assert report["model_tflop"] > 0 and report["tflops_per_s"] > 0 and report["windows_per_s"] > 0
+    assert report["peak_host_rss_gib"] > 0.1 and report["peak_gpu_memory_gib"] is None
+    assert "nnunet" not in report
+
+
+def test_benchmark_can_extrapolate_from_a_few_windows(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "16", "40", "40", "--classes", "3", "--device", "cpu",
+                 "--max-windows", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["extrapolated"] is True and report["windows"] == 7 and report["flips"] == 8
+    # Model FLOPs scale with windows x flips: 7 windows of 8 flips each.
+    fast = tmp_path / "fast.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "16", "40", "40", "--classes", "3", "--device", "cpu",
+                 "--fast", "--max-windows", "1", "--output", str(fast)]) == 0
+    fast_report = json.loads(fast.read_text())
+    assert fast_report["windows"] == 4
+    assert report["model_tflop"] == pytest.approx(fast_report["model_tflop"] * 7 * 8 / 4, rel=0.01)
+
+
+@pytest.mark.skipif(nnunet_available(), reason="nnU-Net is installed here")
+def test_compare_nnunet_says_why_it_was_skipped(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "4", "40", "40", "--classes", "3", "--device", "cpu",
+                 "--fast", "--compare-nnunet", "--output", str(out)]) == 0
+    assert "nnunetv2" in json.loads(out.read_text())["nnunet"]["skipped"]
