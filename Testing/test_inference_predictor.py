@@ -137,3 +137,18 @@ def test_machine_progress_lines_report_each_case(model_dir, tmp_path, capfd):
     assert "progress" in kinds and kinds[-1] == "done"
     case = next(e for e in events if e["event"] == "case")
     assert case["case"] == "case" and case["output"].endswith("l.nii.gz")
+
+
+def test_mirroring_keeps_left_and_right_apart_when_training_did(model_dir, tmp_path):
+    """A model trained without left-right flips (lateral labels) is never flipped left-right."""
+    import shutil
+
+    folder = tmp_path / "lateral"
+    shutil.copytree(model_dir, folder)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["training"]["mirror_axes"] = [0, 1]  # W (patch axis 2) was the left-right axis
+    (folder / "model.json").write_text(json.dumps(meta))
+    lateral = Predictor.from_model_folder(folder, device="cpu")
+    flips = lateral.window_settings(10).flips
+    assert len(flips) == 4 and all(4 not in flip for flip in flips)
+    assert len(Predictor.from_model_folder(model_dir, device="cpu").window_settings(10).flips) == 8

@@ -5,7 +5,9 @@
     labels = predictor.predict_array(image, geometry)          # image (C, z, y, x) -> (z, y, x)
 
 Per case: check -> `preprocess_case` (exactly as in training) -> sliding window (step 0.5,
-Gaussian weights, 8 flips per window in one forward, bf16 on CUDA) -> back to the input's grid:
+Gaussian weights, every flip combination over the axes training mirrored - 8 for all three axes,
+4 when training kept left and right apart - batched into one forward, bf16 on CUDA) -> back to
+the input's grid:
 the scores are resampled to it slab by slab on the device as windows finish and only the argmax
 goes to the host (`restore_sink.py`; the same result as the data layer's `restore_scores_argmax`,
 which is used when `--probabilities` keeps all scores anyway), or, when preprocessing did not
@@ -80,7 +82,8 @@ class PredictionResult:
 
 class Predictor:
     def __init__(self, model: torch.nn.Module, plan: Dict[str, Any], class_names: Sequence[str],
-                 device: torch.device, options: Optional[PredictOptions] = None, name: str = "model") -> None:
+                 device: torch.device, options: Optional[PredictOptions] = None, name: str = "model",
+                 mirror_axes: Sequence[int] = (0, 1, 2)) -> None:
         self.model = model.eval()
         self.config = model.config
         self.plan = plan
@@ -88,6 +91,9 @@ class Predictor:
         self.device = torch.device(device)
         self.options = options or PredictOptions()
         self.name = name
+        # Test-time mirroring flips only the patch axes training mirrored (model.json
+        # training.mirror_axes): flipping left-right would swap left and right structures.
+        self.mirror_axes = tuple(sorted({int(a) for a in mirror_axes if int(a) in (0, 1, 2)}))
         self.patch = (int(self.config.num_slices), *(int(s) for s in self.config.image_hw))
         planned = plan.get("patch_size")
         if planned is not None and tuple(int(p) for p in planned) != self.patch:
@@ -112,7 +118,9 @@ class Predictor:
         folder = ModelFolder.load(model_dir)
         torch_device = devices.resolve_device(device)
         model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
-        return cls(model, folder.plan, folder.class_names, torch_device, options, name=folder.name)
+        mirror_axes = (folder.meta.get("training") or {}).get("mirror_axes", (0, 1, 2))
+        return cls(model, folder.plan, folder.class_names, torch_device, options, name=folder.name,
+                   mirror_axes=mirror_axes)
 
     # -- the network ---------------------------------------------------------------------------
     def network(self, patches: torch.Tensor) -> torch.Tensor:
@@ -124,9 +132,9 @@ class Predictor:
         """The settings for the next case: chosen once (measuring one forward on CUDA), then kept."""
         if self.settings is not None:
             return dataclasses.replace(self.settings)
-        base = WindowSettings(step=self.options.step, mirror=self.options.mirror,
+        base = WindowSettings(step=self.options.step, mirror=self.options.mirror and bool(self.mirror_axes),
                               window_batch=self.options.window_batch or 1,
-                              pad_last_batch=self.options.compile)
+                              pad_last_batch=self.options.compile, mirror_axes=self.mirror_axes)
         if self.options.window_batch is None and self.device.type == "cuda":
             base = self._automatic_batch(base, num_windows)
         elif self.device.type == "cpu":

@@ -33,6 +33,11 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
                           window_batch=getattr(args, "window_batch", None))
 
 
+def describe_mirroring(predictor: Predictor) -> str:
+    axes = "".join("THW"[a] for a in predictor.mirror_axes)
+    return f"mirroring over {axes or 'no'} axes ({2 ** len(predictor.mirror_axes)} flips)"
+
+
 def check_headers(cases: List[Case]) -> None:
     """Read every input header before any work: a corrupt or non-3D file fails in seconds."""
     for case in cases:
@@ -56,7 +61,8 @@ def run_predict(args: argparse.Namespace) -> int:
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
-          f"{'mirroring' if options.mirror else 'no mirroring'}, step {options.step:g}", file=sys.stderr)
+          f"{describe_mirroring(predictor) if options.mirror else 'no mirroring'}, step {options.step:g}",
+          file=sys.stderr)
     emit("stage", stage="cases", total=len(cases))
     started = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masksam-reader")

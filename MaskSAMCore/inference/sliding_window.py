@@ -21,7 +21,7 @@ import torch
 
 from MaskSAMCore.errors import Cancelled, MaskSAMError
 from MaskSAMCore.inference.accumulator import SlabAccumulator
-from MaskSAMCore.inference.mirroring import flip_combinations, mirrored_predict
+from MaskSAMCore.inference.mirroring import SPATIAL_AXES, flip_combinations, mirrored_predict
 from MaskSAMCore.inference.restore_sink import ResampledLabelSink
 from MaskSAMCore.inference.sinks import HostScoreSink, LabelSink
 from MaskSAMCore.inference.staging import WindowFeeder
@@ -42,7 +42,8 @@ class NonFiniteScores(MaskSAMError):
 @dataclass
 class WindowSettings:
     """How the windows are predicted. `window_batch` windows share one forward (times the
-    number of flips); `flips_per_forward` None means all flips in one forward."""
+    number of flips); `flips_per_forward` None means all flips in one forward. `mirror_axes` are
+    the axes training mirrored (a model trained on left/right labels is never flipped left-right)."""
 
     step: float = 0.5
     mirror: bool = True
@@ -50,10 +51,14 @@ class WindowSettings:
     flips_per_forward: Optional[int] = None
     accumulate_on_host: bool = False
     pad_last_batch: bool = False
+    mirror_axes: Tuple[int, ...] = (0, 1, 2)  # patch axes (T, H, W) that test-time mirroring flips
 
     @property
     def flips(self) -> list:
-        return flip_combinations() if self.mirror else [()]
+        """Every combination of flips over `mirror_axes` (8 for all three axes), identity first."""
+        if not self.mirror:
+            return [()]
+        return flip_combinations(tuple(SPATIAL_AXES[axis] for axis in sorted(self.mirror_axes)))
 
     def more_frugal(self) -> Optional["WindowSettings"]:
         """The next setting to try after running out of GPU memory, or None if none is left."""
