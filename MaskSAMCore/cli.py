@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -161,8 +162,8 @@ def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.machine_progress:
-        enable_machine_lines(True)
+    # Set for this call either way, so one in-process call never leaks into the next.
+    enable_machine_lines(args.machine_progress or os.environ.get("MASKSAM_MACHINE_PROGRESS", "") not in ("", "0"))
     install_signal_handlers()
     try:
         return int(resolve_handler(args.command)(args) or 0)
