@@ -72,11 +72,10 @@ def pairwise_mask_costs(pred_logits: Tensor, target: Tensor) -> Tuple[Tensor, Te
     pred_logits = pred_logits.float()
     target = target.float()
     points = pred_logits.shape[-1]
-    # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x), summed over points by products.
-    positive = F.softplus(-pred_logits)
-    negative = F.softplus(pred_logits)
-    bce = (torch.bmm(positive, target.transpose(1, 2))
-           + torch.bmm(negative, (1 - target).transpose(1, 2))) / points
+    # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x) = softplus(x) - t * x, so the sum over
+    # points is a row sum minus one matrix product.
+    bce = (F.softplus(pred_logits).sum(-1).unsqueeze(-1)
+           - torch.bmm(pred_logits, target.transpose(1, 2))) / points
     prob = pred_logits.sigmoid()
     numerator = 2 * torch.bmm(prob, target.transpose(1, 2))
     denominator = prob.sum(-1).unsqueeze(-1) + target.sum(-1).unsqueeze(-2)

@@ -5,6 +5,12 @@
   is decoupled and scaled by the lr, so nnU-Net's 3e-5 would do nothing there).
 
 Both follow nnU-Net's "poly" schedule, set once per epoch: ``lr = lr0 * (1 - epoch / epochs) ** 0.9``.
+
+On the phantoms (tiny preset, random init, 800 steps of 2 patches, 5 organs) AdamW won clearly:
+validation mean Dice 0.48 with SGD (lr 0.01, momentum 0.99) against 0.87 with AdamW at lr 3e-3
+(0.86 at 5e-3, 0.80 at 2e-3 after 600 steps). The default stays the paper's SGD, which is what
+the published results used with pretrained SAM weights and 250,000+ steps; for short runs and
+small datasets, prefer ``--optimizer adamw`` (the learning test uses lr 3e-3).
 """
 
 from __future__ import annotations
