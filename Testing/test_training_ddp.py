@@ -66,3 +66,31 @@ def test_two_gloo_ranks_keep_identical_weights(tmp_path):
         assert torch.equal(weight, r1["weights"][name]), name   # ...yet hold the same weights
     changed = [n for n, w in r0["weights"].items() if not torch.equal(w, r0["initial"][n])]
     assert len(changed) > 0.9 * len(r0["weights"])              # and they did train
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_cpu_ranks_and_only_rank_0_writes(tmp_path):
+    """The whole `masksam train` under torchrun: planning, preprocessing, splits, validation and
+    checkpoints happen once, and no rank waits forever for another (a hang fails within 2 min)."""
+    import subprocess
+    import sys
+
+    from MaskSAMCore.data.phantoms import make_phantoms
+    from MaskSAMCore.model_folder import ModelFolder
+    from MaskSAMCore.progress import parse_machine_line
+    from MaskSAMCore.training.training_log import read_csv
+
+    dataset = make_phantoms(tmp_path / "ds", cases=5, seed=2, size=(32, 32, 10), progress=False)
+    model_dir = tmp_path / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKSAM_DDP_TIMEOUT_S": "120"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+         "-m", "MaskSAMCore", "train", str(dataset), str(model_dir), "--preset", "tiny", "--epochs", "2",
+         "--iters-per-epoch", "3", "--fold", "0", "--optimizer", "adamw"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [parse_machine_line(line) for line in done.stdout.splitlines()]
+    assert [e["epoch"] for e in events if e and e["event"] == "epoch"] == [1, 2]   # printed by rank 0 only
+    assert [r["epoch"] for r in read_csv(model_dir / "training_log.csv")] == ["1", "2"]
+    assert ModelFolder.load(model_dir).build_model("final").config.num_classes == 6
+    assert not [p for p in model_dir.iterdir() if ".partial-" in p.name]

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("MASKSAM_DDP_TIMEOUT_S", 4 * 3600))
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,10 @@ def init_distributed(use_cuda: bool) -> DistributedContext:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, init_method="env://",
-                                rank=rank, world_size=world_size)
+        # generous: the other ranks wait at a barrier while rank 0 plans, preprocesses and
+        # validates; a rank that never arrives still ends the job with an error, not a hang
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
 
 
@@ -87,15 +92,6 @@ def mean_across_ranks(value: Tensor) -> Tensor:
     reduced = value.detach().clone()
     dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
     return reduced / dist.get_world_size()
-
-
-def sum_across_ranks(value: Tensor) -> Tensor:
-    """The sum of `value` over all ranks (a new tensor; identity in one process)."""
-    if not is_active():
-        return value
-    reduced = value.detach().clone()
-    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-    return reduced
 
 
 def broadcast_from_main(obj: Any) -> Any:

@@ -62,11 +62,16 @@ class MaskSAMLoss:
         num_points: P, points per mask for the mask losses and the matching cost.
         oversample: candidate points per sampled point (importance sampling).
         importance: fraction of points taken where the prediction is least certain.
+        across_ranks: normalise by the number of targets averaged over DDP ranks (training, where
+            every rank computes the loss); False for a loss computed on one rank only (validation),
+            which must not wait for the others.
     """
 
     def __init__(self, num_classes: int, weights: LossWeights = LossWeights(),
-                 num_points: int = 112 * 112, oversample: float = 3.0, importance: float = 0.75) -> None:
+                 num_points: int = 112 * 112, oversample: float = 3.0, importance: float = 0.75,
+                 across_ranks: bool = True) -> None:
         self.num_classes = num_classes
+        self.across_ranks = across_ranks
         self.weights = weights
         self.num_points = num_points
         self.oversample = oversample
@@ -90,7 +95,7 @@ class MaskSAMLoss:
         w = self.weights
         device = predictions.class_logits.device
         count = torch.tensor(float(len(matches)), device=device)
-        normaliser = mean_across_ranks(count).clamp(min=1.0)
+        normaliser = (mean_across_ranks(count) if self.across_ranks else count).clamp(min=1.0)
 
         terms: Dict[str, Tensor] = {}
         terms["cls"] = self._class_loss(predictions.class_logits, matches)

@@ -118,7 +118,8 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     model = build_masksam(config, sam_checkpoint=sam.state)
     sam.state = None  # the weights now live in the model
     class_names = dataset.class_names
-    criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points)
+    # validation runs on rank 0 alone: its loss must not wait for the other ranks
+    criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points, across_ranks=False)
     validator = Validator(load_validation_cases(preprocessed, val_names) if main else [],
                           plan["patch_size"], class_names, criterion, device)
     batches = make_batch_source(preprocessed, train_names, plan, settings, context, device.type,

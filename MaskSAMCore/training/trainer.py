@@ -224,9 +224,9 @@ class Trainer:
         self.log.write_csv()
         self.log.write_plot()
         eta = sum(epoch_times) / len(epoch_times) * (s.epochs - finished)
-        emit("epoch", always=True, epoch=finished, epochs=s.epochs, train_loss=round(train_loss, 5),
-             val_loss=round(result.loss, 5), mean_dice=round(result.mean_dice, 5),
-             dice={k: round(v, 5) for k, v in result.dice.items()}, ema_dice=round(self.ema_dice, 5),
+        emit("epoch", always=True, epoch=finished, epochs=s.epochs, train_loss=_number(train_loss),
+             val_loss=_number(result.loss), mean_dice=_number(result.mean_dice),
+             dice={k: _number(v) for k, v in result.dice.items()}, ema_dice=_number(self.ema_dice),
              lr=lr, epoch_time_s=round(epoch_times[-1], 2), eta_s=round(eta, 1))
         if self.on_epoch_end is not None:
             self.on_epoch_end(self)
@@ -245,3 +245,7 @@ class Trainer:
             "loss_weights": self.settings.loss_weights.to_dict(),
         }
 
+
+def _number(value: float) -> Optional[float]:
+    """Rounded for the epoch line; None (JSON null) for NaN, e.g. a class absent from validation."""
+    return None if math.isnan(value) else round(value, 5)
