@@ -6,7 +6,6 @@ import torch
 
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.point_sampling import mask_points
-from MaskSAMCore.training.weights import LossWeights
 
 
 def _toy_seg(h=24, w=24):
