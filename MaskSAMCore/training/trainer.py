@@ -147,18 +147,20 @@ class Trainer:
         self.network.train()
         total, finite_steps = 0.0, 0
         stream = iter(self.batches(epoch))
-        for step in range(s.iters_per_epoch):
-            image, seg = next(stream)
-            loss = self.train_step(image, seg)
-            if loss is not None:
-                total += loss
-                finite_steps += 1
-            if bar is not None:
-                bar.set_postfix(f"epoch {epoch + 1}/{s.epochs}, loss {total / max(finite_steps, 1):.3f}")
-                bar.advance()
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        try:
+            for _ in range(s.iters_per_epoch):
+                image, seg = next(stream)
+                loss = self.train_step(image, seg)
+                if loss is not None:
+                    total += loss
+                    finite_steps += 1
+                if bar is not None:
+                    bar.set_postfix(f"epoch {epoch + 1}/{s.epochs}, loss {total / max(finite_steps, 1):.3f}")
+                    bar.advance()
+        finally:  # stops the loader's worker processes, also on Ctrl-C / SIGTERM
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
         if finite_steps == 0:
             raise TrainingDiverged(
                 f"training diverged: every step of epoch {epoch + 1} gave a non-finite loss; "
@@ -178,13 +180,18 @@ class Trainer:
         self.scaler.scale(result.total).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, GRADIENT_CLIP_NORM)
+        finite_gradient = bool(torch.isfinite(grad_norm))
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips the step itself on inf/NaN gradients
+            # float16: inf gradients are expected while the scaler searches its scale; it skips
+            # those steps itself and the loss still counts
+            self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif bool(torch.isfinite(grad_norm)):
+        elif finite_gradient:
             self.optimizer.step()
         loss = float(result.total.detach())
-        return loss if math.isfinite(loss) and bool(torch.isfinite(grad_norm)) else None
+        if not math.isfinite(loss) or not (finite_gradient or self.scaler.is_enabled()):
+            return None
+        return loss
 
     def validate(self, epoch: int) -> Optional[ValidationResult]:
         """Validation on rank 0 (the other ranks wait); None on the other ranks.

@@ -1,0 +1,73 @@
+"""The trainer: non-finite steps are skipped, divergence is one clear error, every epoch leaves
+its checkpoints, log row and machine-readable line."""
+
+import numpy as np
+import pytest
+import torch
+
+from MaskSAMCore.model.builder import build_masksam
+from MaskSAMCore.model.config import preset
+from MaskSAMCore.model_folder import load_checkpoint
+from MaskSAMCore.progress import parse_machine_line
+from MaskSAMCore.training.losses import MaskSAMLoss
+from MaskSAMCore.training.settings import TrainSettings
+from MaskSAMCore.training.trainer import Trainer, TrainingDiverged
+from MaskSAMCore.training.training_log import read_csv
+from MaskSAMCore.training.validation import ValidationCase, Validator
+
+NAMES = ["background", "organ", "lesion"]
+
+
+def _batch(poison: bool = False):
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 1, 4, 64, 64, generator=g)
+    seg = (image[:, 0] > 0.8).long() + (image[:, 0] > 1.6).long()
+    if poison:
+        image[0, 0, 0, 0, 0] = float("nan")
+    return image, seg
+
+
+def _trainer(tmp_path, batches, epochs=2, lr=1e-3):
+    torch.manual_seed(0)
+    model = build_masksam(preset("tiny", num_classes=3))
+    image = np.random.default_rng(1).normal(size=(1, 5, 70, 66)).astype(np.float32)
+    validator = Validator([ValidationCase("v", image, (image[0] > 0.8).astype(np.int16))], (4, 64, 64),
+                          NAMES, MaskSAMLoss(3, across_ranks=False), torch.device("cpu"))
+    settings = TrainSettings(epochs=epochs, iters_per_epoch=2, optimizer="adamw", lr=lr, weights_scope="all")
+    return Trainer(model, settings, batches, validator, str(tmp_path), NAMES, torch.device("cpu"))
+
+
+def test_a_non_finite_step_is_skipped_and_leaves_the_weights_alone(tmp_path):
+    trainer = _trainer(tmp_path, batches=None)
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    assert trainer.train_step(*_batch(poison=True)) is None
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.trainable_state_dict().items())
+    assert trainer.train_step(*_batch()) is not None
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.model.trainable_state_dict().items())
+
+
+def test_an_epoch_without_a_finite_step_is_one_clear_error(tmp_path):
+    trainer = _trainer(tmp_path, batches=lambda epoch: iter([_batch(poison=True)] * 2))
+    with pytest.raises(TrainingDiverged, match=r"epoch 1 .*non-finite.*--lr"):
+        trainer.fit()
+
+
+def test_every_epoch_writes_checkpoints_a_log_row_and_an_epoch_line(tmp_path, capsys):
+    trainer = _trainer(tmp_path, batches=lambda epoch: iter([_batch()] * 2), epochs=3)
+    summary = trainer.fit()
+    lines = [parse_machine_line(l) for l in capsys.readouterr().out.splitlines()]
+    epochs = [e for e in lines if e and e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert set(epochs[0]) >= {"epochs", "train_loss", "val_loss", "mean_dice", "dice", "lr", "eta_s", "ema_dice"}
+    assert set(epochs[0]["dice"]) == {"organ", "lesion"} and epochs[-1]["eta_s"] == 0
+    rows = read_csv(tmp_path / "training_log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "dice_organ", "dice_lesion", "mean_dice",
+                             "ema_dice", "lr", "epoch_time_s"]
+    # EMA pseudo-Dice: 0.9 old + 0.1 new, and the best checkpoint follows it
+    means = [float(r["mean_dice"]) for r in rows]
+    assert float(rows[1]["ema_dice"]) == pytest.approx(0.9 * means[0] + 0.1 * means[1], abs=1e-5)
+    assert load_checkpoint(tmp_path / "checkpoint_best.pt")["epoch"] == summary["best_epoch"]
+    assert load_checkpoint(tmp_path / "checkpoint_latest.pt")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "checkpoint_final.pt")["weights_scope"] == "all"
+    assert (tmp_path / "progress.png").stat().st_size > 1000
