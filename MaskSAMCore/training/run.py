@@ -114,9 +114,10 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     barrier()
     train_names, val_names = training_and_validation_cases(model_dir, dataset, settings.fold, context)
 
-    torch.manual_seed(settings.seed + context.rank)
+    torch.manual_seed(settings.seed)  # the same initial network on every rank
     model = build_masksam(config, sam_checkpoint=sam.state)
     sam.state = None  # the weights now live in the model
+    torch.manual_seed(settings.seed + 1 + context.rank)  # then each rank its own random stream
     class_names = dataset.class_names
     # validation runs on rank 0 alone: its loss must not wait for the other ranks
     criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points, across_ranks=False)
