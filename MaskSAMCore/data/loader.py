@@ -97,12 +97,13 @@ class PatchLoader:
         """Stop and reap the workers (safe to call more than once)."""
         if self._stop_event is not None:
             self._stop_event.set()
-        for q in self._queues:  # unblock workers waiting to hand over a batch
-            _drain(q)
+        # The queues are not read again: a worker stopped while its queue's feeder thread was
+        # writing leaves half a batch in the pipe, and reading that would wait forever (this
+        # process holds the pipe's write end too, so no end-of-file ever comes).
         stop_processes(self._processes, timeout_s=2.0)
         for q in self._queues:
             q.close()
-            q.join_thread()
+            q.cancel_join_thread()
         self._processes, self._queues, self._stop_event = [], [], None
 
     def __enter__(self) -> "PatchLoader":
@@ -138,10 +139,15 @@ class PatchLoader:
                 item = self._queues[worker].get(timeout=_GET_TIMEOUT_S)
             except queue.Empty:
                 process = self._processes[worker]
-                if not process.is_alive():
+                if process.is_alive():
+                    continue
+                # A worker that reported an error exits right after flushing it: that report may
+                # have arrived between the timeout above and the liveness check, so look once more.
+                try:
+                    item = self._queues[worker].get(timeout=_GET_TIMEOUT_S)
+                except queue.Empty:
                     raise RuntimeError(f"data-loading worker {worker} died (exit code {process.exitcode}) "
                                        f"before batch {batch_index}") from None
-                continue
             if isinstance(item[1], str):  # (-1, "error", traceback)
                 raise RuntimeError(f"data-loading worker {worker} failed:\n{item[2]}")
             index, data, seg = item
@@ -159,11 +165,3 @@ def iter_validation_cases(preprocessed_dir: "os.PathLike[str] | str", case_names
 
 def _to_torch(data: np.ndarray, seg: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)), torch.from_numpy(seg.astype(np.int64))
-
-
-def _drain(q: Any) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            return

@@ -84,7 +84,8 @@ def worker_main(spec: BatchSpec, worker_index: int, num_workers: int, out_queue:
         else:
             return  # all delivered: exiting waits until the queue has flushed them to the consumer
     except Exception:  # reported to the consumer, which raises it in the training process
-        _put(out_queue, (-1, "error", traceback.format_exc()), watch)
+        if _put(out_queue, (-1, "error", traceback.format_exc()), watch):
+            return  # exiting flushes the report (the consumer stops this process if it never reads)
     # Stopped early: do not wait at exit for a consumer that no longer reads.
     out_queue.cancel_join_thread()
 
