@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,3 +17,38 @@ def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     return make_phantoms(tmp_path_factory.mktemp("phantoms") / "Dataset001_Phantoms", cases=3, seed=7,
                          test_cases=1, size=(40, 36, 12), progress=False)
+
+
+@dataclass(frozen=True)
+class TrainedPhantomModel:
+    dataset: Path          # 12 training cases (imagesTr/labelsTr), 3 held-out cases (imagesTs/labelsTs)
+    model_dir: Path        # the model folder `masksam train` wrote
+    minutes: float         # wall-clock training time
+
+
+# The learning recipe (see test_training_learning.py for why these settings): AdamW at lr 5e-3,
+# 6 epochs of 100 steps of 2 patches, fold 0 (3 of the 12 training cases validate).
+LEARNING_RECIPE = ["--preset", "tiny", "--random-init", "--optimizer", "adamw", "--lr", "0.005",
+                   "--epochs", "6", "--iters-per-epoch", "100", "--batch-size", "2", "--fold", "0",
+                   "--val-cases-per-epoch", "1", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def trained_phantom_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedPhantomModel:
+    """A tiny MaskSAM trained from random weights on 12 phantoms through `masksam train`, trained
+    once per test session (about 2-3 minutes on 2 CPU cores) and shared by the learning test and
+    the end-to-end tests of the command line and of the Slicer module. Read-only."""
+    from MaskSAMCore.cli import main
+    from MaskSAMCore.data.phantoms import make_phantoms
+    from MaskSAMCore.progress import enable_machine_lines
+
+    root = tmp_path_factory.mktemp("trained_phantoms")
+    dataset = make_phantoms(root / "Dataset002_Phantoms", cases=12, seed=0, test_cases=3, progress=False)
+    model_dir = root / "model"
+    started = time.monotonic()
+    try:
+        status = main(["train", str(dataset), str(model_dir), *LEARNING_RECIPE])
+    finally:
+        enable_machine_lines(False)
+    assert status == 0, "masksam train failed on the phantoms"
+    return TrainedPhantomModel(dataset, model_dir, (time.monotonic() - started) / 60)
