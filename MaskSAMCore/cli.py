@@ -18,7 +18,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
 from MaskSAMCore import __version__
-from MaskSAMCore.errors import Cancelled, MaskSAMError
+from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path
 from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
 
 PRESETS = ("tiny", "vit_b", "vit_l", "vit_h")
@@ -174,9 +174,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except MaskSAMError as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"masksam: error: {message}", file=sys.stderr)
-        emit("error", message=message)
-        return 1
+    except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...
+        message = f"{describe_path(exc.filename)}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    print(f"masksam: error: {message}", file=sys.stderr)
+    emit("error", message=message)
+    return 1
 
 
 if __name__ == "__main__":

@@ -34,3 +34,24 @@ def checkpoint_cache() -> Path:
 def models_folder() -> Path:
     """Folder where trained/imported MaskSAM model folders are installed (one sub-folder each)."""
     return masksam_home() / "models"
+
+
+
+def check_can_create(path: "os.PathLike[str] | str", what: str = "output") -> None:
+    """Raise `InputError` now, before any long work, if MaskSAM could not write `path` (a folder
+    to create or write into, or a file to create): a part of the path is a file, or the folder the
+    writing happens in is not writable. Whether an existing `path` may be reused is the caller's
+    rule."""
+    from MaskSAMCore.errors import InputError, describe_path
+
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    written_in = existing if existing.is_dir() else existing.parent
+    if existing != target and not existing.is_dir():
+        raise InputError(f"{describe_path(target)}: cannot create the {what}: {describe_path(existing)} is a file, "
+                         "not a folder")
+    if not os.access(written_in, os.W_OK | os.X_OK):
+        raise InputError(f"{describe_path(target)}: cannot write the {what}: no permission to write in "
+                         f"{describe_path(written_in)}")

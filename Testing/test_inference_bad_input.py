@@ -109,6 +109,15 @@ def _good_image(tmp_path):
     return _write(tmp_path / "ct.nii.gz", np.random.rand(6, 16, 16).astype(np.float32) * 100)
 
 
+def test_output_under_a_file_is_refused_before_any_prediction(model_dir, tmp_path, capsys):
+    source = _good_image(tmp_path)
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    assert main(["predict", str(model_dir), str(source), str(blocker / "labels.nii.gz"), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, str(blocker), "is a file, not a folder")
+    assert blocker.read_text() == "not a folder"
+
+
 def test_unknown_or_invalid_model_folder(tmp_path, capsys):
     source = _good_image(tmp_path)
     empty = tmp_path / "not_a_model"

@@ -88,3 +88,28 @@ def test_the_command_exits_with_status_1_and_one_line(phantoms, tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("masksam: error: model folder")
+
+
+def test_model_folder_under_a_file_is_refused_before_any_work(phantoms, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder was expected")
+    assert main(["train", str(phantoms), str(blocker / "model"), "--preset", "tiny", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (f"masksam: error: {blocker / 'model'}: cannot create the model folder: "
+                           f"{blocker} is a file, not a folder")    # refused before reading the dataset
+    assert blocker.read_text() == "a file where a folder was expected"
+
+
+def test_an_operating_system_error_is_one_line_naming_the_file(monkeypatch, capsys):
+    """A full disk or a folder deleted under a running job: one line, exit 1, no traceback."""
+    import errno
+
+    import MaskSAMCore.cli as cli
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/model/checkpoint_latest.pt")
+
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: full_disk)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "masksam: error: /data/model/checkpoint_latest.pt: No space left on device"

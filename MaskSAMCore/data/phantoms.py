@@ -25,6 +25,7 @@ from MaskSAMCore.data.image_io import ImageGeometry, write_image, write_label
 from MaskSAMCore.data.phantom_anatomy import (MISSING_ORGAN_PROBABILITY, OPTIONAL_ORGANS, PHANTOM_LABELS,
                                               synthesize_case)
 from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import Progress
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -140,6 +141,7 @@ def _check_arguments(out: Path, cases: int, test_cases: int, size: Optional[Sequ
 
 
 def _refuse_existing(out: Path) -> None:
+    check_can_create(out, "dataset folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{describe_path(out)}: already exists and is not empty; choose a new folder "
                          "(nothing was overwritten)")

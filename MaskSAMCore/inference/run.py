@@ -18,6 +18,7 @@ from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.image_io import read_geometry
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
+from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import emit
 
 READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
@@ -58,6 +59,8 @@ def run_predict(args: argparse.Namespace) -> int:
                                             sam_checkpoint=args.sam_checkpoint, options=options)
     cases = find_cases(args.input, args.output, predictor.config.in_channels, args.output_ending)
     check_headers(cases)
+    for case in cases:
+        check_can_create(case.output_file, "output")
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "

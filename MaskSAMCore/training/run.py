@@ -32,6 +32,7 @@ from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import MaskSAMConfig, preset
 from MaskSAMCore.model_folder import ModelFolder, write_model_json
+from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import emit
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.batches import make_batch_source
@@ -77,6 +78,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.resume and model_dir.is_dir() and any(model_dir.iterdir()):
         raise MaskSAMError(f"model folder {describe_path(model_dir)} is not empty; choose a new "
                            "folder, or add --resume to continue the training in it")
+    check_can_create(model_dir, "model folder")
     if args.resume and not (model_dir / "checkpoint_latest.pt").is_file():
         raise MaskSAMError(f"{describe_path(model_dir)}: nothing to resume (no checkpoint_latest.pt); "
                            "start a new training without --resume")
