@@ -127,14 +127,58 @@ def test_vector_pixels_are_rejected(tmp_path):
         read_image(tmp_path / "rgb.nii.gz")
 
 
-def test_nan_and_inf_are_rejected(tmp_path):
-    array = np.zeros((3, 4, 5), np.float32)
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", ".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_are_rejected(tmp_path, ending, dtype):
+    """Also in NIfTI, although ITK's NIfTI reader turns NaN/Inf into 0 (the file is scanned)."""
+    array = np.zeros((3, 4, 5), dtype)
     array[1, 2, 3] = np.nan
-    array[2, 0, 0] = np.inf
-    # (.mha: ITK's NIfTI reader already turns NaN/Inf into 0 on its own)
-    write_raw(tmp_path / "nan.mha", sitk.GetImageFromArray(array))
-    with pytest.raises(InputError, match=r"nan\.mha: contains 2 NaN/Inf voxel"):
-        read_image(tmp_path / "nan.mha")
+    array[2, 0, 0] = -np.inf
+    write_raw(tmp_path / f"nan{ending}", sitk.GetImageFromArray(array))
+    with pytest.raises(InputError, match=rf"nan{ending}: contains 2 NaN/Inf voxel"):
+        read_image(tmp_path / f"nan{ending}")
+
+
+def _nifti_bytes(version: int, order: str, values: np.ndarray) -> bytes:
+    """A minimal NIfTI-1 or NIfTI-2 single file written by hand (ITK writes only little-endian
+    NIfTI-1): the header fields the NaN scan reads, then the voxels."""
+    import struct
+
+    dims = (3, values.shape[2], values.shape[1], values.shape[0], 1, 1, 1, 1)
+    datatype = {np.dtype(np.float32): 16, np.dtype(np.float64): 64, np.dtype(np.int16): 4}[values.dtype]
+    if version == 1:
+        header = bytearray(352)
+        struct.pack_into(order + "i", header, 0, 348)
+        struct.pack_into(order + "8h", header, 40, *dims)
+        struct.pack_into(order + "h", header, 70, datatype)
+        struct.pack_into(order + "f", header, 108, 352.0)
+    else:
+        header = bytearray(544)
+        struct.pack_into(order + "i", header, 0, 540)
+        struct.pack_into(order + "h", header, 12, datatype)
+        struct.pack_into(order + "8q", header, 16, *dims)
+        struct.pack_into(order + "q", header, 168, 544)
+    return bytes(header) + values.astype(values.dtype.newbyteorder(order)).tobytes()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_nifti_scan_reads_both_versions_and_byte_orders(tmp_path, version, order):
+    import gzip
+
+    from MaskSAMCore.data.nifti_values import count_non_finite_voxels
+
+    values = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    values[0, 0, 0], values[3, 4, 5], values[2, 2, 2] = np.nan, np.inf, -np.inf
+    (tmp_path / "a.nii").write_bytes(_nifti_bytes(version, order, values))
+    (tmp_path / "a.nii.gz").write_bytes(gzip.compress(_nifti_bytes(version, order, values.astype(np.float64))))
+    (tmp_path / "int.nii").write_bytes(_nifti_bytes(version, order, np.ones((4, 5, 6), np.int16)))
+    assert count_non_finite_voxels(tmp_path / "a.nii") == 3
+    assert count_non_finite_voxels(tmp_path / "a.nii.gz") == 3
+    assert count_non_finite_voxels(tmp_path / "int.nii") == 0
+    (tmp_path / "not.nii").write_bytes(b"\0" * 600)
+    with pytest.raises(ValueError, match="not a NIfTI"):
+        count_non_finite_voxels(tmp_path / "not.nii")
 
 
 def test_label_with_fractions_or_negative_values_is_rejected(tmp_path):

@@ -53,6 +53,8 @@ BAD_IMAGES = {
     "NaN voxels": (lambda p: _write(p / "nan.nrrd", np.where(np.eye(8)[None].repeat(6, 0) > 0, np.nan, 1.0)
                                     .astype(np.float32)), "NaN/Inf"),
     "Inf voxels": (lambda p: _write(p / "inf.mha", np.full((6, 8, 8), np.inf, np.float32)), "NaN/Inf"),
+    "NaN voxels in NIfTI": (lambda p: _write(p / "holes.nii.gz", np.where(np.eye(8)[None].repeat(6, 0) > 0, np.nan,
+                                                                          1.0).astype(np.float32)), "NaN/Inf"),
     "constant image": (lambda p: _write(p / "flat.nii.gz", np.full((6, 8, 8), -1000, np.int16)), "constant"),
     "one voxel": (lambda p: _write(p / "dot.nii.gz", np.ones((1, 1, 1), np.float32)), "single voxel"),
     "corrupt file": (lambda p: _bytes(p / "broken.nii.gz", b"\x1f\x8b" + bytes(range(256)) * 4), "cannot read"),

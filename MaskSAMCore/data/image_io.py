@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path
+from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti
 from MaskSAMCore.errors import InputError, describe_path
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometr
     image = read_sitk_image(path)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if not bad and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        bad = count_non_finite_voxels(path)   # ITK's NIfTI reader turns NaN/Inf into 0
     if bad:
         raise InputError(f"{describe_path(path)}: contains {bad} NaN/Inf voxel(s)")
     return array, ImageGeometry.from_sitk(image)
