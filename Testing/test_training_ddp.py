@@ -1,7 +1,9 @@
-"""DDP on 2 CPU processes (gloo): every rank ends with the same weights after real training steps."""
+"""DDP on 2 CPU processes (gloo): every rank ends with the same weights after real training steps,
+and a failure in work one rank does for all reaches the others at once."""
 
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -9,7 +11,8 @@ import torch.multiprocessing as mp
 
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
-from MaskSAMCore.training.distributed import init_distributed, shutdown_distributed
+from MaskSAMCore.errors import InputError
+from MaskSAMCore.training.distributed import init_distributed, run_and_agree, shutdown_distributed
 from MaskSAMCore.training.settings import TrainSettings
 from MaskSAMCore.training.trainer import Trainer
 
@@ -94,3 +97,32 @@ def test_torchrun_trains_with_two_cpu_ranks_and_only_rank_0_writes(tmp_path):
     assert [r["epoch"] for r in read_csv(model_dir / "training_log.csv")] == ["1", "2"]
     assert ModelFolder.load(model_dir).build_model("final").config.num_classes == 6
     assert not [p for p in model_dir.iterdir() if ".partial-" in p.name]
+
+
+def _fail_on_rank_0(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    context = init_distributed(use_cuda=False)
+
+    def plan():
+        raise InputError("case_007_0000.nii.gz: cannot read it as an image")
+
+    try:
+        run_and_agree(plan, here=context.is_main)
+        outcome = "no error"
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error}"
+    finally:
+        shutdown_distributed()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as file:
+        file.write(outcome)
+
+
+def test_a_failure_on_rank_0_reaches_every_rank_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASKSAM_DDP_TIMEOUT_S", "600")   # far longer than the test may take
+    started = time.monotonic()
+    mp.spawn(_fail_on_rank_0, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert time.monotonic() - started < 60
+    assert (tmp_path / "rank0.txt").read_text() == "InputError: case_007_0000.nii.gz: cannot read it as an image"
+    assert (tmp_path / "rank1.txt").read_text() == (
+        "RankFailed: rank 0 failed: case_007_0000.nii.gz: cannot read it as an image")

@@ -22,11 +22,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from MaskSAMCore.errors import MaskSAMError
 
 COLLECTIVE_TIMEOUT_S = float(os.environ.get("MASKSAM_DDP_TIMEOUT_S", 4 * 3600))
 
@@ -69,8 +71,9 @@ def init_distributed(use_cuda: bool) -> DistributedContext:
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        # generous: the other ranks wait at a barrier while rank 0 plans, preprocesses and
-        # validates; a rank that never arrives still ends the job with an error, not a hang
+        # generous: the other ranks wait while rank 0 plans, preprocesses and validates (a
+        # failure there reaches them at once, see run_and_agree); a rank that never arrives
+        # still ends the job with an error, not a hang
         dist.init_process_group(backend=backend, init_method="env://", rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
@@ -103,11 +106,6 @@ def broadcast_from_main(obj: Any) -> Any:
     return holder[0]
 
 
-def barrier() -> None:
-    if is_active():
-        dist.barrier()
-
-
 def gather_objects(obj: Any) -> List[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
     if not is_active():
@@ -115,3 +113,42 @@ def gather_objects(obj: Any) -> List[Any]:
     gathered: List[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+T = TypeVar("T")
+
+
+class RankFailed(MaskSAMError):
+    """Another rank failed in work it did for all ranks (planning, preprocessing, validation)."""
+
+
+def run_and_agree(work: Callable[[], T], here: bool) -> Optional[T]:
+    """Run `work` on the ranks where `here` is true (rank 0, or one rank per machine), then let
+    every rank learn whether it failed anywhere. The failing rank raises its own error and every
+    other rank a `RankFailed` naming it, at once: without this, they would wait at their next
+    collective until a dead peer is noticed or the collective timeout (hours) passes. Doubles as
+    a barrier. Returns `work`'s result where it ran, None elsewhere."""
+    result: Optional[T] = None
+    error: Optional[Exception] = None
+    if here:
+        try:
+            result = work()
+        except Exception as exc:  # (Ctrl-C or SIGTERM ends the process; torchrun stops the rest)
+            error = exc
+    if not is_active():
+        if error is not None:
+            raise error
+        return result
+    failures = gather_objects(None if error is None else _one_line(error))
+    if error is not None:
+        raise error
+    for rank, message in enumerate(failures):
+        if message is not None:
+            raise RankFailed(f"rank {rank} failed: {message}")
+    return result
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+

@@ -36,7 +36,7 @@ from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import emit
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.batches import make_batch_source
-from MaskSAMCore.training.distributed import (DistributedContext, barrier, init_distributed,
+from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, run_and_agree,
                                               shutdown_distributed)
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
@@ -101,19 +101,13 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
         run = describe_resumed_run(args, model_dir, dataset)
     else:
         run = describe_new_run(args, dataset, context)
-        if main:  # nothing is written before here: every check above can still fail
-            model_dir.mkdir(parents=True, exist_ok=True)
-            write_json(model_dir / "plans.json", run.plan)
-            shutil.copyfile(dataset.root / "dataset.json", model_dir / "dataset.json")
-            write_model_json(model_dir, model_description(dataset, run, None))
     settings, config, plan, sam = run.settings, run.config, run.plan, run.sam
-    barrier()
-    if main:
-        remove_stale_temporaries(model_dir)
+    # nothing is written before here: every check above can still fail
+    run_and_agree(lambda: start_model_folder(model_dir, dataset, run, new=not args.resume), here=main)
     preprocessed = model_dir / PREPROCESSED
-    if context.local_rank == 0:  # once per machine (the folder may be on a node-local disk)
-        preprocess_dataset(dataset, plan, preprocessed, num_workers=_workers(args, default=2), progress=main)
-    barrier()
+    run_and_agree(lambda: preprocess_dataset(dataset, plan, preprocessed, num_workers=_workers(args, default=2),
+                                             progress=main),
+                  here=context.local_rank == 0)  # once per machine (the folder may be on a node-local disk)
     train_names, val_names = training_and_validation_cases(model_dir, dataset, settings.fold, context)
 
     torch.manual_seed(settings.seed)  # the same initial network on every rank
@@ -146,6 +140,16 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
             "finished_epochs", "best_epoch", "best_mean_dice", "final_mean_dice")})
 
 
+def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescription", new: bool) -> None:
+    """A new run writes its plan and description; any run clears temporaries of a killed one."""
+    if new:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        write_json(model_dir / "plans.json", run.plan)
+        shutil.copyfile(dataset.root / "dataset.json", model_dir / "dataset.json")
+        write_model_json(model_dir, model_description(dataset, run, None))
+    remove_stale_temporaries(model_dir)
+
+
 def settings_from_arguments(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
         epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
@@ -158,7 +162,7 @@ def broadcast_plan(dataset: RawDataset, config: MaskSAMConfig, context: Distribu
     """Rank 0 plans (it reads every case); the others receive the plan."""
     from MaskSAMCore.training.distributed import broadcast_from_main
 
-    plan = plan_experiment(dataset, config, progress=True) if context.is_main else None
+    plan = run_and_agree(lambda: plan_experiment(dataset, config, progress=True), here=context.is_main)
     return broadcast_from_main(plan)
 
 
@@ -168,9 +172,7 @@ def training_and_validation_cases(model_dir: Path, dataset: RawDataset, fold: st
     names = [case.name for case in dataset.training_cases]
     if fold == "all":
         return select_fold([], fold, names)
-    if context.is_main:
-        load_or_create_splits(model_dir, names, write=True)
-    barrier()
+    run_and_agree(lambda: load_or_create_splits(model_dir, names, write=True), here=context.is_main)
     return select_fold(load_or_create_splits(model_dir, names, write=False), fold, names)
 
 

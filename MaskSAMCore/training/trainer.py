@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from MaskSAMCore.errors import MaskSAMError
 from MaskSAMCore.progress import Progress, emit
 from MaskSAMCore.training import checkpoint_io
-from MaskSAMCore.training.distributed import DistributedContext, barrier, gather_objects, mean_across_ranks
+from MaskSAMCore.training.distributed import DistributedContext, gather_objects, mean_across_ranks, run_and_agree
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.rng_state import capture_rng_state, restore_rng_state
 from MaskSAMCore.training.schedule import GRADIENT_CLIP_NORM, build_optimizer, poly_lr, set_lr
@@ -135,10 +135,9 @@ class Trainer:
             self.end_epoch(epoch, lr, train_loss, result, epoch_times)
         if bar is not None and bar.done < (bar.total or 0):
             bar.close()  # (a completed bar has already drawn its last line)
-        if main:
-            checkpoint_io.write(self.model_dir, "final",
-                                checkpoint_io.weights_payload(self.model, s.weights_scope, s.epochs))
-        barrier()
+        run_and_agree(lambda: checkpoint_io.write(self.model_dir, "final",
+                                                  checkpoint_io.weights_payload(self.model, s.weights_scope, s.epochs)),
+                      here=main)
         return self.summary()
 
     def train_epoch(self, epoch: int, bar: Optional[Progress]) -> float:
@@ -198,14 +197,11 @@ class Trainer:
 
         ``val_cases_per_epoch`` limits the cases of every epoch but the last, which validates on
         all of them."""
-        result = None
-        if self.context.is_main:
-            last = epoch == self.settings.epochs - 1
-            # the last epoch sees every validation case, so the final Dice is over the whole fold
-            max_cases = None if last else self.settings.val_cases_per_epoch
-            result = self.validator.run(self.model, epoch, max_cases, autocast_dtype=self.amp_dtype)
-        barrier()
-        return result
+        last = epoch == self.settings.epochs - 1
+        # the last epoch sees every validation case, so the final Dice is over the whole fold
+        max_cases = None if last else self.settings.val_cases_per_epoch
+        return run_and_agree(lambda: self.validator.run(self.model, epoch, max_cases, autocast_dtype=self.amp_dtype),
+                             here=self.context.is_main)
 
     def end_epoch(self, epoch: int, lr: float, train_loss: float, result: Optional[ValidationResult],
                   epoch_times: List[float]) -> None:
