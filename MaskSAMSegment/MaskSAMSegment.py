@@ -319,11 +319,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegment(self) -> None:
         job = SegmentJob(slicer.mrmlScene, self._segmentRequest(), base_env=slicerJobEnvironment(),
                          work_dir=slicer.app.temporaryPath, on_log=self._log)
-        with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
-            job.start()
-            self._segmentJob = job
-            self._log(f"Segmenting with '{job.request.model.display_name}'...")
-            self._timer.start()
+        self._segmentJob = self._startJob(job, "segmentation", f"Segmenting with '{job.request.model.display_name}'...")
         self.updateButtons()
 
     def onCancelSegment(self) -> None:
@@ -359,11 +355,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         request = self._trainRequest()
         self._plot = TrainingPlot(slicer.mrmlScene, title=f"MaskSAM training {os.path.basename(request.output_dir)}")
         job = TrainingJob(request, base_env=slicerJobEnvironment(), on_log=self._log, on_epoch=self._onEpoch)
-        with slicer.util.tryWithErrorDisplay("Could not start the training.", waitCursor=True):
-            job.start()
-            self._trainingJob = job
-            self._log(f"Training {request.preset} on {request.dataset_dir}...")
-            self._timer.start()
+        self._trainingJob = self._startJob(job, "training", f"Training {request.preset} on {request.dataset_dir}...")
         self.updateButtons()
 
     def onStopTraining(self) -> None:
@@ -468,6 +460,16 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     # -- shared ----------------------------------------------------------------------------------
+    def _startJob(self, job, what: str, message: str):
+        """Start a background job; returns it, or None when it could not start (the error is shown)."""
+        started = None
+        with slicer.util.tryWithErrorDisplay(f"Could not start the {what}.", waitCursor=True):
+            job.start()
+            started = job
+            self._log(message)
+            self._timer.start()
+        return started
+
     def _poll(self) -> None:
         if self._probeRunner is not None and self._probeRunner.poll() is not JobState.RUNNING:
             self._deviceChoices = devices.device_choices(devices.parse_probe_output(self._probeRunner.log_lines))
