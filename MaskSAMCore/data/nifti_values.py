@@ -32,26 +32,34 @@ def count_non_finite_voxels(path: "os.PathLike[str] | str") -> int:
     path = Path(path)
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as stream:
-        header = stream.read(540)
+        header = stream.read(348)
+        header += stream.read(_header_size(header) - len(header))
         layout = _float_layout(header)
         if layout is None:
             return 0
         dtype, voxels, offset = layout
-        stream.read(max(0, offset - len(header)))  # gzip streams cannot seek backwards cheaply
-        if offset < len(header):
-            return _count(_PrefixedStream(header[offset:], stream), dtype, voxels)
+        stream.read(offset - len(header))  # skip the extensions (gzip streams only read forwards)
         return _count(stream, dtype, voxels)
+
+
+def _header_size(start: bytes) -> int:
+    """348 (NIfTI-1) or 540 (NIfTI-2), from the first field, in either byte order."""
+    for order in ("<", ">"):
+        if len(start) >= 4 and struct.unpack(order + "i", start[:4])[0] in (348, 540):
+            return struct.unpack(order + "i", start[:4])[0]
+    raise ValueError("not a NIfTI-1 or NIfTI-2 header")
 
 
 def _float_layout(header: bytes) -> Optional[Tuple[np.dtype, int, int]]:
     """(voxel dtype with byte order, number of voxels, offset of the data), or None for integers."""
     for order in ("<", ">"):
-        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:          # NIfTI-1
+        size = struct.unpack(order + "i", header[:4])[0]
+        if size == 348 and len(header) >= 348:                                               # NIfTI-1
             datatype = struct.unpack(order + "h", header[70:72])[0]
             dims = struct.unpack(order + "8h", header[40:56])
             offset = max(352, int(struct.unpack(order + "f", header[108:112])[0]))
             break
-        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:          # NIfTI-2
+        if size == 540 and len(header) >= 540:                                               # NIfTI-2
             datatype = struct.unpack(order + "h", header[12:14])[0]
             dims = struct.unpack(order + "8q", header[16:80])
             offset = max(544, int(struct.unpack(order + "q", header[168:176])[0]))
@@ -78,14 +86,3 @@ def _count(stream: BinaryIO, dtype: np.dtype, voxels: int) -> int:
         remaining -= len(data)
     return bad
 
-
-class _PrefixedStream:
-    """A read-only stream: `prefix` bytes first, then `stream` (for data starting inside the
-    header bytes already read, as in a NIfTI-1 file whose vox_offset is 352)."""
-
-    def __init__(self, prefix: bytes, stream: BinaryIO) -> None:
-        self.prefix, self.stream = prefix, stream
-
-    def read(self, size: int) -> bytes:
-        head, self.prefix = self.prefix[:size], self.prefix[size:]
-        return head + self.stream.read(size - len(head)) if len(head) < size else head
