@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from MaskSAMCore.model.adapters import Adapter, DConvAdapter, DMLPAdapter
-from MaskSAMCore.model.attention import decoder_attention, encoder_attention
+from MaskSAMCore.model.attention import (
+    decoder_attention,
+    encoder_attention,
+    image_to_token_attention,
+    token_to_image_attention,
+)
 from MaskSAMCore.model.boxes import generalized_box_iou, masks_to_boxes
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model.depth_embedding import DepthPositionalEmbedding
@@ -16,7 +21,7 @@ from MaskSAMCore.model.mask_decoder import MaskSAMDecoder, SliceLayout
 from MaskSAMCore.model.mask_head import MaskHead3D
 from MaskSAMCore.model.modality_adapter import ModalityAdapter
 from MaskSAMCore.model.prompt_generator import PromptGenerator
-from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention, EncoderBlock
+from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention, EncoderBlock, TwoWayTransformer
 
 G, T, H, W, C = 2, 4, 6, 5, 16
 
@@ -172,14 +177,87 @@ def test_prompt_generator_shapes(mode):
         assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
 
 
-def test_slice_layout_round_trip_groups_by_query():
+def test_slice_layout_views_rows_by_query_without_copies():
     layout = SliceLayout(num_slices=3, num_queries=2)
-    rows = torch.arange(2 * 3 * 2, dtype=torch.float32)  # row index = (b*T + t)*N + n
+    rows = torch.arange(2 * 2 * 3, dtype=torch.float32)  # row index = (b*N + n)*T + t
     x = rows.view(-1, 1, 1).expand(-1, 4, 5).contiguous()
     grouped = layout.image_by_slice(x, (2, 2))  # (B*N, T, h, w, C)
     assert grouped.shape == (4, 3, 2, 2, 5)
-    assert grouped[1, 2, 0, 0, 0] == 5  # b=0, n=1, t=2 -> row 2*2 + 1
-    assert torch.equal(layout.image_from_slices(grouped), x)
+    assert grouped[1, 2, 0, 0, 0] == 5  # b=0, n=1, t=2 -> row 1*3 + 2
+    assert grouped.data_ptr() == x.data_ptr() and layout.tokens_by_slice(x).data_ptr() == x.data_ptr()
+    pe = torch.arange(3, dtype=torch.float32).view(3, 1, 1).expand(3, 4, 5)
+    assert torch.equal(layout.add_image_pe(x, pe), x + (rows % 3).view(-1, 1, 1))
+
+
+def test_folded_cross_attentions_equal_sam():
+    attn = DecoderAttention(32, num_heads=4, downsample_rate=2)
+    _perturb(attn)
+    tokens, image, values = torch.randn(5, 8, 32), torch.randn(5, 30, 32), torch.randn(5, 30, 32)
+    assert torch.allclose(token_to_image_attention(attn, tokens, image, values),
+                          attn(q=tokens, k=image, v=values), atol=1e-5)
+    assert torch.allclose(image_to_token_attention(attn, image, tokens, 2 * tokens),
+                          attn(q=image, k=tokens, v=2 * tokens), atol=1e-5)
+
+
+def _silence_adapters(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, sub in module.named_modules():
+            if name.endswith("up") and "adapter" in name:
+                sub.weight.zero_()
+                sub.bias.zero_()
+
+
+def test_decoder_with_silent_adapters_computes_sam_per_prompt():
+    config = preset("tiny", num_classes=3)
+    b, t, n = 2, config.num_slices, config.num_queries
+    c = config.backbone.prompt_embed_dim
+    h, w = config.embedding_hw
+    m = b * n * t
+    decoder = MaskSAMDecoder(config)
+    _perturb(decoder)
+    _silence_adapters(decoder)
+    sam = TwoWayTransformer(depth=config.backbone.decoder_depth, embedding_dim=c,
+                            num_heads=config.backbone.decoder_num_heads,
+                            mlp_dim=config.backbone.decoder_mlp_dim)
+    sam.load_state_dict({k[len("transformer."):]: v for k, v in decoder.state_dict().items()
+                         if k.startswith("transformer.") and "adapter" not in k})
+    neck, pe = torch.randn(b * t, c, h, w), torch.randn(t, c, h, w)
+    sparse, dense, class_tokens = torch.randn(m, 2, c), torch.randn(m, h, w, c), torch.randn(m, c)
+    with torch.no_grad():
+        embedding, masks = decoder(neck, pe, sparse, dense, class_tokens)
+        for row in [0, 5, m - 1]:
+            volume, query, slice_ = row // (n * t), (row // t) % n, row % t
+            tokens = torch.cat([class_tokens[row, None], decoder.iou_token.weight,
+                                decoder.mask_tokens.weight, sparse[row]]).unsqueeze(0)
+            image = neck[volume * t + slice_] + dense[row].permute(2, 0, 1)
+            hs, keys = sam(image.unsqueeze(0), pe[slice_].unsqueeze(0), tokens)
+            upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(1, c, h, w))
+            hyper = decoder.output_hypernetworks_mlps[0](hs[:, 2])
+            expected_mask = torch.einsum("bc,bchw->bhw", hyper, upscaled)[0]
+            assert torch.allclose(embedding[row], hs[0, 0], atol=1e-4)
+            assert torch.allclose(masks[row], expected_mask, atol=1e-3 * expected_mask.abs().max())
+
+
+def test_decoder_depth_adapters_connect_the_slices_of_one_query_only():
+    config = preset("tiny", num_classes=3)
+    b, t, n = 2, config.num_slices, config.num_queries
+    c = config.backbone.prompt_embed_dim
+    h, w = config.embedding_hw
+    m = b * n * t
+    decoder = MaskSAMDecoder(config)
+    _perturb(decoder)
+    neck, pe = torch.randn(b * t, c, h, w), torch.randn(t, c, h, w)
+    sparse, dense, class_tokens = torch.randn(m, 2, c), torch.randn(m, h, w, c), torch.randn(m, c)
+    changed_dense = dense.clone()
+    row = (1 * n + 2) * t + 1  # volume 1, query 2, slice 1
+    changed_dense[row] += 1.0
+    with torch.no_grad():
+        before = decoder(neck, pe, sparse, dense, class_tokens)[1].view(b, n, t, -1)
+        after = decoder(neck, pe, sparse, changed_dense, class_tokens)[1].view(b, n, t, -1)
+    moved = (after - before).abs().amax(dim=-1) > 1e-6
+    expected = torch.zeros(b, n, t, dtype=torch.bool)
+    expected[1, 2, :] = True
+    assert torch.equal(moved, expected)
 
 
 def test_mask_decoder_shapes():
@@ -240,7 +318,7 @@ def test_token_upsampler_equals_transposed_convolution():
 def test_channels_last_sam_paths_equal_sam_modules():
     config = preset("tiny", num_classes=3, image_size=(64, 96))
     model_parts = MaskSAMDecoder(config)
-    from MaskSAMCore.model.sam_fast_paths import embed_masks, upscale_embedding
+    from MaskSAMCore.model.sam_fast_paths import embed_masks, upscaled_mask_logits
     from MaskSAMCore.model.sam_import import PromptEncoder
 
     encoder = PromptEncoder(embed_dim=32, image_embedding_size=config.embedding_hw,
@@ -249,7 +327,7 @@ def test_channels_last_sam_paths_equal_sam_modules():
     _perturb(model_parts)
     masks = torch.randn(5, 1, *config.low_res_mask_hw)
     assert torch.allclose(embed_masks(encoder, masks).permute(0, 3, 1, 2), encoder._embed_masks(masks), atol=1e-4)
-    tokens = torch.randn(5, 32, *config.embedding_hw)
-    expected = model_parts.output_upscaling(tokens)
-    assert torch.allclose(upscale_embedding(model_parts, tokens.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+    tokens, hyper = torch.randn(5, 32, *config.embedding_hw), torch.randn(5, 4)
+    expected = torch.einsum("mc,mchw->mhw", hyper, model_parts.output_upscaling(tokens))
+    assert torch.allclose(upscaled_mask_logits(model_parts, tokens.permute(0, 2, 3, 1), hyper),
                           expected, atol=1e-4)

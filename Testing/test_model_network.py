@@ -173,3 +173,25 @@ def test_decoding_a_few_patches_at_a_time_gives_the_same_scores():
         one_by_one = torch.cat([model.segment(x[i:i + 1]) for i in range(5)])
     assert torch.allclose(whole, chunked, atol=1e-6)
     assert torch.allclose(whole, one_by_one, atol=1e-5)  # no patch influences another
+
+
+@pytest.mark.parametrize("prompt", ["aux_low_res", "class_tokens", "boxes"])
+def test_each_prompt_reaches_only_its_own_query(prompt):
+    """A prompt of (volume 0, slice 2, query 1) changes that query's outputs and no other's."""
+    model = build_masksam(preset("tiny", num_classes=4)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # adapters and heads away from their near-zero start
+            p.add_(torch.randn_like(p) * 0.05)
+        encoded = model._encode(torch.randn(2, 1, 4, 64, 64))
+        before = model._decode(encoded, 0, 2)
+        holder = encoded if prompt == "boxes" else encoded.prompts
+        changed = getattr(holder, prompt).clone()
+        changed[0, 2, 1] = changed[0, 2, 1] * 0.5 + 0.1
+        setattr(holder, prompt, changed)
+        after = model._decode(encoded, 0, 2)
+    mask_moved = (after.mask_logits - before.mask_logits).abs().flatten(2).amax(-1) > 1e-6  # (B, N)
+    class_moved = (after.class_logits - before.class_logits).abs().amax(dim=(1, 3)) > 1e-6  # (B, N)
+    expected = torch.zeros_like(mask_moved)
+    expected[0, 1] = True
+    assert torch.equal(mask_moved, expected)
+    assert torch.equal(class_moved, expected)

@@ -13,6 +13,14 @@ dot product of ``[rel_h[i, :], rel_w[i, :]]`` with the one-hot vector of (row(j)
 appending those h + w columns to the (pre-scaled) queries and the one-hot columns to the keys
 puts the bias inside ``q' k'^T``. No (tokens x tokens) bias is ever stored, and the widened
 head (64 + 2*32 = 128 for ViT-B at 512 px) still runs in the flash-attention kernel.
+
+Projections folded into the tokens (the decoder's cross-attentions): SAM's mask decoder attends
+between a few prompt tokens (L = 8) and the h*w image tokens of every (slice, query) row, so
+projecting the image side (k and v, or q and the output) costs two (h*w x C x C/2) products per
+row and writes two (h*w x C/2) tensors, the decoder's largest. The projections are linear, so
+they move to the token side instead: ``q . (W_k x) = (W_k^T q) . x``, and the attention-weighted
+sum of ``W_v x`` is ``W_v`` applied to the weighted sum of ``x``. Per row that leaves two
+(h*w x C x H*L) products (H*L = 64 < C/2 = 128 for SAM) and no projected image tensor at all.
 """
 
 from __future__ import annotations
@@ -76,3 +84,51 @@ def decoder_attention(attn: DecoderAttention, q: torch.Tensor, k: torch.Tensor,
     v = attn._separate_heads(attn.v_proj(v), heads)
     out = F.scaled_dot_product_attention(q, k, v)
     return attn.out_proj(attn._recombine_heads(out))
+
+
+def _heads(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """A projection's ``(H*d, C)`` weight as ``(H, d, C)`` (row h*d + j is head h, channel j)."""
+    return weight.view(heads, -1, weight.shape[-1])
+
+
+def token_to_image_attention(attn: DecoderAttention, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor) -> torch.Tensor:
+    """Same as ``attn(q=q, k=k, v=v)`` when the few queries are tokens and the keys an image.
+
+    ``q``: ``(M, L, C)`` tokens; ``k``, ``v``: ``(M, P, C)`` image tokens; returns ``(M, L, C)``.
+    k_proj's bias adds the same number to every key of a query, which softmax cancels.
+    """
+    rows, length, _ = q.shape
+    heads = attn.num_heads
+    q_heads = attn.q_proj(q).view(rows, length, heads, -1)                        # (M, L, H, d)
+    scale = q_heads.shape[-1] ** -0.5
+    w_k = _heads(attn.k_proj.weight, heads).to(q_heads.dtype)
+    q_in_image = torch.einsum("mlhd,hdc->mhlc", q_heads * scale, w_k).flatten(1, 2)  # (M, H*L, C)
+    weights = torch.bmm(q_in_image, k.transpose(1, 2)).softmax(dim=-1)           # (M, H*L, P)
+    pooled = torch.bmm(weights.to(v.dtype), v).view(rows, heads, length, -1)      # (M, H, L, C)
+    w_v = _heads(attn.v_proj.weight, heads).to(pooled.dtype)
+    values = torch.einsum("mhlc,hdc->mlhd", pooled, w_v).flatten(2)               # (M, L, H*d)
+    return attn.out_proj(values + attn.v_proj.bias.to(values.dtype))
+
+
+def image_to_token_attention(attn: DecoderAttention, q: torch.Tensor, k: torch.Tensor,
+                             v: torch.Tensor) -> torch.Tensor:
+    """Same as ``attn(q=q, k=k, v=v)`` when the queries are an image and the keys a few tokens.
+
+    ``q``: ``(M, P, C)`` image tokens; ``k``, ``v``: ``(M, L, C)`` tokens; returns ``(M, P, C)``.
+    """
+    rows, length, _ = k.shape
+    heads = attn.num_heads
+    k_heads = attn.k_proj(k).view(rows, length, heads, -1)                        # (M, L, H, d)
+    v_heads = attn.v_proj(v).view(rows, length, heads, -1)
+    scale = k_heads.shape[-1] ** -0.5
+    w_q = _heads(attn.q_proj.weight, heads).to(k_heads.dtype)
+    k_in_image = torch.einsum("mlhd,hdc->mhlc", k_heads * scale, w_q).flatten(1, 2)  # (M, H*L, C)
+    q_bias = attn.q_proj.bias.view(heads, -1).to(k_heads.dtype)
+    logit_bias = torch.einsum("mlhd,hd->mhl", k_heads * scale, q_bias).flatten(1)    # (M, H*L)
+    logits = torch.baddbmm(logit_bias.unsqueeze(1), q, k_in_image.transpose(1, 2))   # (M, P, H*L)
+    weights = logits.view(*logits.shape[:2], heads, length).softmax(dim=-1).flatten(2)
+    w_out = attn.out_proj.weight.view(-1, heads, v_heads.shape[-1]).to(v_heads.dtype)  # (C, H, d)
+    v_out = torch.einsum("mlhd,chd->mhlc", v_heads, w_out).flatten(1, 2)             # (M, H*L, C)
+    bias = attn.out_proj.bias.to(v_out.dtype)
+    return torch.baddbmm(bias, weights.to(v_out.dtype), v_out)

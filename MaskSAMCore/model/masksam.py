@@ -5,7 +5,7 @@
       -> SAM image encoder with depth adapters -> neck (B*T, 256, h, w) + block features
       -> prompt generator -> N auxiliary masks, N learnable boxes, N auxiliary classifier tokens
       -> box prompts (mean of learnable and mask-derived boxes) + mask prompts
-      -> SAM prompt encoder -> sparse + dense embeddings for M = B*T*N prompts
+      -> SAM prompt encoder -> sparse + dense embeddings for M = B*N*T prompts
       -> SAM mask decoder with classifier tokens and depth adapters -> class embedding + mask
       -> class head (K+1 logits incl. "no object"), 3D mask head (full resolution)
 
@@ -131,16 +131,18 @@ class MaskSAM(nn.Module):
         batch, slices, queries = boxes.shape[:3]
         height, width = encoded.size
 
+        # The decoder's rows are ordered (volume, query, slice): see mask_decoder.SliceLayout.
         pixel_scale = boxes.new_tensor([width, height, width, height])
         # SAM's prompt encoder: box corners -> sparse tokens, mask -> dense embedding.
-        sparse = self.prompt_encoder._embed_boxes((boxes * pixel_scale).reshape(-1, 4))
+        sparse = self.prompt_encoder._embed_boxes((boxes * pixel_scale).transpose(1, 2).reshape(-1, 4))
         mask_prompts = self._mask_prompts(aux_low)
         dense = (self.prompt_encoder.no_mask_embed.weight[0] if mask_prompts is None
                  else embed_masks(self.prompt_encoder, mask_prompts))
-        class_tokens = (self.global_class_tokens.weight + prompts.class_tokens[start:stop]).reshape(-1, neck.shape[1])
+        class_tokens = self.global_class_tokens.weight + prompts.class_tokens[start:stop]   # (b, T, N, C)
+        class_tokens = class_tokens.transpose(1, 2).reshape(-1, neck.shape[1])
         class_embedding, low_res = self.mask_decoder(neck, encoded.image_pe, sparse, dense, class_tokens)
-        class_logits = self.class_head(class_embedding).view(batch, slices, queries, -1)
-        low_res = low_res.view(batch, slices, queries, *low_res.shape[-2:]).transpose(1, 2)
+        class_logits = self.class_head(class_embedding).view(batch, queries, slices, -1).transpose(1, 2)
+        low_res = low_res.view(batch, queries, slices, *low_res.shape[-2:])
         masks = self.mask_head(low_res, aux_low, (height, width))
         return MaskSAMOutput(class_logits=class_logits, mask_logits=masks, aux_mask_logits=aux,
                              aux_boxes=learned, prompt_boxes=boxes)
@@ -161,10 +163,11 @@ class MaskSAM(nn.Module):
         return torch.where(nonempty.unsqueeze(-1), averaged, learned)
 
     def _mask_prompts(self, aux_low: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Auxiliary masks at SAM's mask-prompt size ``(M, 1, 4h, 4w)``, or None (box mode)."""
+        """Auxiliary masks ``(B, T, N, 4h, 4w)`` as SAM's mask prompts ``(M, 1, 4h, 4w)`` in the
+        decoder's (volume, query, slice) row order, or None (box mode)."""
         if aux_low is None or self.config.prompt_mode == "box":
             return None
-        return aux_low.reshape(-1, 1, *aux_low.shape[-2:])
+        return aux_low.transpose(1, 2).reshape(-1, 1, *aux_low.shape[-2:])
 
     # -- outputs ---------------------------------------------------------------------------------
     @staticmethod

@@ -3,10 +3,11 @@
 Two parts of SAM run once per prompt, that is B*T*N times per batch of windows: the mask-prompt
 encoder (`PromptEncoder.mask_downscaling`: two 2x2/stride-2 convolutions with LayerNorm2d and a
 1x1 convolution) and the mask decoder's up-scaling (`MaskDecoder.output_upscaling`: two 2x2/
-stride-2 transposed convolutions with LayerNorm2d). Convolutions whose kernel equals their stride
-are exactly a reshape plus a matrix product, and SAM's LayerNorm2d is a layer norm over channels,
-so both run here in channels-last layout with SAM's own frozen weights — the same numbers
-(tests check it) without SAM's channels-first transposes and 8-pass normalisation.
+stride-2 transposed convolutions with LayerNorm2d, then the product with a hypernetwork
+output). Convolutions whose kernel equals their stride are exactly a reshape plus a matrix
+product, and SAM's LayerNorm2d is a layer norm over channels, so both run here in channels-last
+layout with SAM's own frozen weights — the same numbers (tests check it) without SAM's
+channels-first transposes and 8-pass normalisation.
 """
 
 from __future__ import annotations
@@ -23,26 +24,11 @@ def _patchify(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.reshape(m, h // factor, w // factor, factor * factor * c)
 
 
-def _unpatchify(x: torch.Tensor, factor: int, channels: int) -> torch.Tensor:
-    """``(M, h, w, f*f*C) -> (M, f*h, f*w, C)`` (inverse of `_patchify`)."""
-    m, h, w, _ = x.shape
-    x = x.view(m, h, w, factor, factor, channels).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(m, h * factor, w * factor, channels)
-
-
 def _strided_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A conv with kernel == stride on ``(M, H, W, Cin)`` -> ``(M, H/k, W/k, Cout)``."""
     k = conv.kernel_size[0]
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # (out, k*k*in)
     return F.linear(_patchify(x, k), weight.to(x.dtype), conv.bias.to(x.dtype))
-
-
-def _strided_transposed_conv(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """A transposed conv with kernel == stride on ``(M, h, w, Cin)`` -> ``(M, k*h, k*w, Cout)``."""
-    k = conv.kernel_size[0]
-    weight = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)  # (k*k*out, in)
-    bias = conv.bias.repeat(k * k)
-    return _unpatchify(F.linear(x, weight.to(x.dtype), bias.to(x.dtype)), k, conv.out_channels)
 
 
 def _layer_norm_2d(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -60,8 +46,27 @@ def embed_masks(prompt_encoder: nn.Module, masks: torch.Tensor) -> torch.Tensor:
     return F.linear(x, weight.to(x.dtype), project.bias.to(x.dtype))
 
 
-def upscale_embedding(mask_decoder: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """``MaskDecoder.output_upscaling`` in channels-last: ``(M, h, w, C) -> (M, 4h, 4w, C/8)``."""
+def upscaled_mask_logits(mask_decoder: nn.Module, tokens: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    """SAM's mask from ``MaskDecoder.output_upscaling`` and one hypernetwork output.
+
+    ``tokens (M, h, w, C)``, ``hyper (M, C/8)`` -> ``(M, 4h, 4w)``, i.e.
+    ``(hyper . output_upscaling(tokens))`` per pixel. Both up-scalings are per-pixel linear maps,
+    so they run on the input grid with each pixel's 2x2 and then 4x4 sub-pixels as extra axes; only
+    the final one-channel mask is rearranged into the 4h x 4w grid, never the 32-channel tensors.
+    """
     up1, norm, act1, up2, act2 = mask_decoder.output_upscaling
-    x = act1(_layer_norm_2d(norm, _strided_transposed_conv(up1, tokens)))
-    return act2(_strided_transposed_conv(up2, x))
+    m, h, w, _ = tokens.shape
+    x = _per_pixel_transposed_conv(up1, tokens)                  # (M, h, w, 2, 2, C/4)
+    x = act1(_layer_norm_2d(norm, x).to(x.dtype))            # autocast's norm returns float32
+    x = act2(_per_pixel_transposed_conv(up2, x))                 # (M, h, w, 2, 2, 2, 2, C/8)
+    masks = torch.bmm(x.reshape(m, -1, x.shape[-1]), hyper.to(x.dtype).unsqueeze(-1))
+    # sub-pixel (a, b) of (i, j), then (c, d) of that -> row 4i + 2a + c, column 4j + 2b + d
+    masks = masks.view(m, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(m, 4 * h, 4 * w)
+
+
+def _per_pixel_transposed_conv(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """A 2x2/stride-2 transposed conv as a per-pixel product: ``(..., Cin) -> (..., 2, 2, Cout)``."""
+    weight = conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.in_channels)  # (2*2*out, in)
+    out = F.linear(x, weight.to(x.dtype), conv.bias.repeat(4).to(x.dtype))
+    return out.view(*x.shape[:-1], 2, 2, conv.out_channels)
