@@ -207,30 +207,44 @@ def _silence_adapters(module: torch.nn.Module) -> None:
                 sub.bias.zero_()
 
 
-def test_decoder_with_silent_adapters_computes_sam_per_prompt():
+def _decoder_and_inputs(volumes: int = 2):
+    """A tiny perturbed decoder and random inputs for ``volumes`` patches (rows: volume, query, slice)."""
     config = preset("tiny", num_classes=3)
-    b, t, n = 2, config.num_slices, config.num_queries
+    t, n = config.num_slices, config.num_queries
     c = config.backbone.prompt_embed_dim
     h, w = config.embedding_hw
-    m = b * n * t
+    m = volumes * n * t
     decoder = MaskSAMDecoder(config)
     _perturb(decoder)
+    inputs = dict(neck=torch.randn(volumes * t, c, h, w), pe=torch.randn(t, c, h, w),
+                  sparse=torch.randn(m, 2, c), dense=torch.randn(m, h, w, c), class_tokens=torch.randn(m, c))
+    return config, decoder, inputs
+
+
+def _decode(decoder, inputs):
+    return decoder(inputs["neck"], inputs["pe"], inputs["sparse"], inputs["dense"], inputs["class_tokens"])
+
+
+def test_decoder_with_silent_adapters_computes_sam_per_prompt():
+    config, decoder, inputs = _decoder_and_inputs()
+    t, n = config.num_slices, config.num_queries
+    c = config.backbone.prompt_embed_dim
+    h, w = config.embedding_hw
     _silence_adapters(decoder)
     sam = TwoWayTransformer(depth=config.backbone.decoder_depth, embedding_dim=c,
                             num_heads=config.backbone.decoder_num_heads,
                             mlp_dim=config.backbone.decoder_mlp_dim)
     sam.load_state_dict({k[len("transformer."):]: v for k, v in decoder.state_dict().items()
                          if k.startswith("transformer.") and "adapter" not in k})
-    neck, pe = torch.randn(b * t, c, h, w), torch.randn(t, c, h, w)
-    sparse, dense, class_tokens = torch.randn(m, 2, c), torch.randn(m, h, w, c), torch.randn(m, c)
+    m = inputs["sparse"].shape[0]
     with torch.no_grad():
-        embedding, masks = decoder(neck, pe, sparse, dense, class_tokens)
+        embedding, masks = _decode(decoder, inputs)
         for row in [0, 5, m - 1]:
             volume, query, slice_ = row // (n * t), (row // t) % n, row % t
-            tokens = torch.cat([class_tokens[row, None], decoder.iou_token.weight,
-                                decoder.mask_tokens.weight, sparse[row]]).unsqueeze(0)
-            image = neck[volume * t + slice_] + dense[row].permute(2, 0, 1)
-            hs, keys = sam(image.unsqueeze(0), pe[slice_].unsqueeze(0), tokens)
+            tokens = torch.cat([inputs["class_tokens"][row, None], decoder.iou_token.weight,
+                                decoder.mask_tokens.weight, inputs["sparse"][row]]).unsqueeze(0)
+            image = inputs["neck"][volume * t + slice_] + inputs["dense"][row].permute(2, 0, 1)
+            hs, keys = sam(image.unsqueeze(0), inputs["pe"][slice_].unsqueeze(0), tokens)
             upscaled = decoder.output_upscaling(keys.transpose(1, 2).reshape(1, c, h, w))
             hyper = decoder.output_hypernetworks_mlps[0](hs[:, 2])
             expected_mask = torch.einsum("bc,bchw->bhw", hyper, upscaled)[0]
@@ -239,21 +253,14 @@ def test_decoder_with_silent_adapters_computes_sam_per_prompt():
 
 
 def test_decoder_depth_adapters_connect_the_slices_of_one_query_only():
-    config = preset("tiny", num_classes=3)
+    config, decoder, inputs = _decoder_and_inputs(volumes=2)
     b, t, n = 2, config.num_slices, config.num_queries
-    c = config.backbone.prompt_embed_dim
-    h, w = config.embedding_hw
-    m = b * n * t
-    decoder = MaskSAMDecoder(config)
-    _perturb(decoder)
-    neck, pe = torch.randn(b * t, c, h, w), torch.randn(t, c, h, w)
-    sparse, dense, class_tokens = torch.randn(m, 2, c), torch.randn(m, h, w, c), torch.randn(m, c)
-    changed_dense = dense.clone()
+    changed = dict(inputs, dense=inputs["dense"].clone())
     row = (1 * n + 2) * t + 1  # volume 1, query 2, slice 1
-    changed_dense[row] += 1.0
+    changed["dense"][row] += 1.0
     with torch.no_grad():
-        before = decoder(neck, pe, sparse, dense, class_tokens)[1].view(b, n, t, -1)
-        after = decoder(neck, pe, sparse, changed_dense, class_tokens)[1].view(b, n, t, -1)
+        before = _decode(decoder, inputs)[1].view(b, n, t, -1)
+        after = _decode(decoder, changed)[1].view(b, n, t, -1)
     moved = (after - before).abs().amax(dim=-1) > 1e-6
     expected = torch.zeros(b, n, t, dtype=torch.bool)
     expected[1, 2, :] = True
