@@ -15,7 +15,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from MaskSAMCore import __version__
 from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path

@@ -5,7 +5,7 @@ from functools import partial
 import pytest
 import torch
 
-from MaskSAMCore.model.adapters import Adapter, DConvAdapter, DMLPAdapter
+from MaskSAMCore.model.adapters import Adapter, DConvAdapter, DepthwiseConv3d, DMLPAdapter
 from MaskSAMCore.model.attention import (
     decoder_attention,
     encoder_attention,
@@ -16,7 +16,12 @@ from MaskSAMCore.model.boxes import generalized_box_iou, masks_to_boxes
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model.depth_embedding import DepthPositionalEmbedding
 from MaskSAMCore.model.image_encoder import AdaptedBlock, AdaptedImageEncoder
-from MaskSAMCore.model.layers import TokenUpsampler, depthwise_conv3d_shifted
+from MaskSAMCore.model.depthwise_conv import (
+    depthwise_conv3d_by_slices,
+    depthwise_conv3d_direct,
+    depthwise_conv3d_shifted,
+)
+from MaskSAMCore.model.layers import TokenUpsampler
 from MaskSAMCore.model.mask_decoder import MaskSAMDecoder, SliceLayout
 from MaskSAMCore.model.mask_head import MaskHead3D
 from MaskSAMCore.model.modality_adapter import ModalityAdapter
@@ -240,7 +245,7 @@ def test_decoder_with_silent_adapters_computes_sam_per_prompt():
     with torch.no_grad():
         embedding, masks = _decode(decoder, inputs)
         for row in [0, 5, m - 1]:
-            volume, query, slice_ = row // (n * t), (row // t) % n, row % t
+            volume, slice_ = row // (n * t), row % t  # rows are (volume, query, slice)
             tokens = torch.cat([inputs["class_tokens"][row, None], decoder.iou_token.weight,
                                 decoder.mask_tokens.weight, inputs["sparse"][row]]).unsqueeze(0)
             image = inputs["neck"][volume * t + slice_] + inputs["dense"][row].permute(2, 0, 1)
@@ -302,11 +307,29 @@ def test_masks_to_boxes_and_giou():
     assert generalized_box_iou(a, far) < 0
 
 
-def test_shifted_depthwise_conv_equals_conv3d():
+@pytest.mark.parametrize("implementation", [depthwise_conv3d_direct, depthwise_conv3d_by_slices,
+                                            depthwise_conv3d_shifted])
+@pytest.mark.parametrize("depth", [1, 2, T])
+def test_every_depthwise_conv_equals_conv3d(implementation, depth):
     conv = torch.nn.Conv3d(C, C, 3, padding=1, groups=C)
-    x = torch.randn(G, T, H, W, C)
+    _perturb(conv)
+    x = torch.randn(G, depth, H, W, C)
     expected = conv(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
-    assert torch.allclose(depthwise_conv3d_shifted(x, conv.weight, conv.bias), expected, atol=1e-5)
+    assert torch.allclose(implementation(x, conv.weight, conv.bias), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_depthwise_conv_on_cuda_equals_conv3d_on_cpu(dtype):
+    conv = torch.nn.Conv3d(C, C, 3, padding=1, groups=C)
+    _perturb(conv)
+    x = torch.randn(G, T, H, W, C).to(dtype)
+    expected = depthwise_conv3d_direct(x.float(), conv.weight, conv.bias)
+    adapter_conv = DepthwiseConv3d(C).cuda()
+    adapter_conv.conv.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        result = adapter_conv(x.cuda()).float().cpu() - x.float()
+    assert torch.allclose(result, expected, atol=1e-5 if dtype == torch.float32 else 0.1)
 
 
 def test_token_upsampler_equals_transposed_convolution():

@@ -19,10 +19,9 @@ from the first step (an exactly-zero output layer would starve the layers before
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from MaskSAMCore.model.layers import depthwise_conv3d_shifted
+from MaskSAMCore.model.depthwise_conv import depthwise_conv3d
 
 
 NEAR_ZERO_STD = 1e-3
@@ -35,7 +34,8 @@ def init_near_zero(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _bottleneck_width(dim: int, ratio: float) -> int:
+def bottleneck_width(dim: int, ratio: float) -> int:
+    """The hidden width of an adapter on `dim` features."""
     return max(4, int(round(dim * ratio)))
 
 
@@ -67,11 +67,7 @@ class DepthwiseConv3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"DepthwiseConv3d expects (G, T, h, w, C), got shape {tuple(x.shape)}")
-        if x.is_cuda:  # cuDNN's grouped 3D kernels are slow; same result, see layers.py
-            return x + depthwise_conv3d_shifted(x, self.conv.weight, self.conv.bias)
-        channels_first = x.permute(0, 4, 1, 2, 3)  # (G, C, T, h, w)
-        return x + F.conv3d(channels_first, self.conv.weight, self.conv.bias, padding=1,
-                            groups=self.conv.groups).permute(0, 2, 3, 4, 1)
+        return x + depthwise_conv3d(x, self.conv.weight, self.conv.bias)
 
 
 class Adapter(nn.Module):
@@ -79,7 +75,7 @@ class Adapter(nn.Module):
 
     def __init__(self, dim: int, ratio: float = 0.25) -> None:
         super().__init__()
-        width = _bottleneck_width(dim, ratio)
+        width = bottleneck_width(dim, ratio)
         self.down = nn.Linear(dim, width)
         self.act = nn.GELU()
         self.up = nn.Linear(width, dim)

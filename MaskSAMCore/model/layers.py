@@ -18,26 +18,6 @@ def conv3d_channels_last(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     return out.permute(0, 2, 3, 4, 1)
 
 
-def depthwise_conv3d_shifted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Depthwise 3x3x3 convolution (zero padding) as 27 shifted multiply-adds.
-
-    ``x``: ``(G, T, h, w, C)``, ``weight``: ``(C, 1, 3, 3, 3)``, ``bias``: ``(C,)``. Equal to
-    `F.conv3d(..., groups=C)`; on GPUs it avoids cuDNN's slow grouped 3D kernel (and fuses into
-    one kernel under torch.compile).
-    """
-    depth, height, width = x.shape[1:4]
-    padded = F.pad(x, (0, 0, 1, 1, 1, 1, 1, 1))
-    taps = weight.to(x.dtype).reshape(weight.shape[0], 27)
-    out = bias.to(x.dtype).expand_as(x).clone()
-    index = 0
-    for dz in range(3):
-        for dy in range(3):
-            for dx in range(3):
-                out.addcmul_(padded[:, dz:dz + depth, dy:dy + height, dx:dx + width], taps[:, index])
-                index += 1
-    return out
-
-
 class ChannelsLastConvBlock(nn.Module):
     """Two (3x3x3 conv, layer norm over channels, GELU) layers on ``(B, T, h, w, C)``.
 

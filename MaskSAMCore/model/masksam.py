@@ -121,7 +121,6 @@ class MaskSAM(nn.Module):
 
         The decoder works on B*T*N rows of h*w tokens each (N queries share a slice), its
         largest activations; decoding a few patches at a time bounds memory at inference."""
-        c = self.config
         prompts = encoded.prompts
         aux = prompts.aux_mask_logits[start:stop] if prompts.aux_mask_logits is not None else None
         aux_low = prompts.aux_low_res[start:stop] if prompts.aux_low_res is not None else None

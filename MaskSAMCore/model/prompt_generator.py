@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from MaskSAMCore.model.boxes import cxcywh_to_xyxy
