@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="per-class Dice and HD95 of predictions against ground truth")
     p.add_argument("prediction", help="a label map or a folder of them")
     p.add_argument("ground_truth", help="a label map or a folder of them")
-    p.add_argument("--dataset-json", default=None, help="dataset.json for class names")
+    p.add_argument("--dataset-json", default=None, help="dataset.json for class names (default: the one of the dataset GT lies in)")
     p.add_argument("--output", default=None, help="write the JSON report here (default: stdout only)")
 
     p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")

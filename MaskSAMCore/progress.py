@@ -8,8 +8,8 @@ The Slicer module runs the core's CLI in a background process and parses lines o
 
 `event` is one of ``stage`` (a new stage begins), ``progress``, ``epoch``, ``message``, ``done``
 and ``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
-`--machine-progress` flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; epoch lines
-are always printed because they are also the training log a person reads.
+`--machine-progress` flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; people read
+the same events as bars on stderr and plain lines on stdout (`EpochRecord.describe`).
 
 Cancellation: `install_signal_handlers()` turns SIGTERM (what the Slicer module and job
 schedulers send) into `Cancelled`, so `finally` blocks remove temporaries exactly as for Ctrl-C.

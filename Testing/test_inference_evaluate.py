@@ -127,3 +127,20 @@ def test_evaluate_rejects_a_prediction_without_ground_truth_or_on_another_grid(t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "origin" in err[0] and "case_a.nrrd" in err[0]
     assert not out.exists()
+
+
+def test_evaluate_names_classes_from_the_dataset_the_ground_truth_lies_in(tmp_path, capsys):
+    dataset = tmp_path / "Dataset001"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    _write_pair(pred, gt, "case_a", 0)
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
+    assert main(["evaluate", str(pred / "case_a.nrrd"), str(gt / "case_a.nii.gz")]) == 0
+    captured = capsys.readouterr()
+    report = json.loads("\n".join(l for l in captured.out.splitlines() if not l.startswith("@masksam ")))
+    assert list(report["per_class"]) == ["liver", "spleen"]
+    assert "dataset.json" in captured.err
+    (dataset / "dataset.json").write_text("{not json")  # unreadable: numbered names, no error
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    report = json.loads("\n".join(l for l in capsys.readouterr().out.splitlines() if not l.startswith("@masksam ")))
+    assert list(report["per_class"]) == ["label_1", "label_2"]

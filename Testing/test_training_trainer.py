@@ -8,7 +8,7 @@ import torch
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model_folder import load_checkpoint
-from MaskSAMCore.progress import parse_machine_line
+from MaskSAMCore.progress import enable_machine_lines, parse_machine_line
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.settings import TrainSettings
 from MaskSAMCore.training.trainer import Trainer, TrainingDiverged
@@ -54,8 +54,17 @@ def test_an_epoch_without_a_finite_step_is_one_clear_error(tmp_path):
 
 def test_every_epoch_writes_checkpoints_a_log_row_and_an_epoch_line(tmp_path, capsys):
     trainer = _trainer(tmp_path, batches=lambda epoch: iter([_batch()] * 2), epochs=3)
-    summary = trainer.fit()
-    lines = [parse_machine_line(l) for l in capsys.readouterr().out.splitlines()]
+    enable_machine_lines(True)
+    try:
+        summary = trainer.fit()
+    finally:
+        enable_machine_lines(False)
+    out = capsys.readouterr().out.splitlines()
+    people = [line for line in out if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in people] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "mean Dice" in people[0] and "ETA" in people[0]
+    assert any(line.startswith("  Dice: organ ") and ", lesion " in line for line in out)
+    lines = [parse_machine_line(l) for l in out]
     epochs = [e for e in lines if e and e["event"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert set(epochs[0]) >= {"epochs", "train_loss", "val_loss", "mean_dice", "dice", "lr", "eta_s", "ema_dice"}
@@ -71,3 +80,9 @@ def test_every_epoch_writes_checkpoints_a_log_row_and_an_epoch_line(tmp_path, ca
     assert load_checkpoint(tmp_path / "checkpoint_latest.pt")["epoch"] == 3
     assert load_checkpoint(tmp_path / "checkpoint_final.pt")["weights_scope"] == "all"
     assert (tmp_path / "progress.png").stat().st_size > 1000
+
+
+def test_without_machine_progress_a_person_sees_plain_lines_only(tmp_path, capsys):
+    _trainer(tmp_path, batches=lambda epoch: iter([_batch()] * 2), epochs=1).fit()
+    out = capsys.readouterr().out
+    assert "@masksam" not in out and out.startswith("epoch 1/1: train loss ")

@@ -4,6 +4,8 @@ PRED and GT are two label-map files or two folders; in folders, files are paired
 (``CASE<ending>``, endings may differ). Every prediction needs its ground truth; ground-truth
 files without a prediction are listed under ``unmatched_ground_truth`` and not scored. The
 metric conventions (empty structures, units) are in `metrics.py` and copied into the report.
+Class names come from ``--dataset-json``, else from the dataset.json of the nnU-Net dataset GT
+lies in (``DATASET/labelsTr``, ``labelsTs``), else they are ``label_<value>``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def _label_files(folder: Path) -> Dict[str, Path]:
         if ending and path.is_file() and not path.name.startswith("."):
             found[stem] = path
     return found
+
+
+def dataset_json_beside(truth: Path) -> Optional[Path]:
+    """The dataset.json of the nnU-Net dataset that `truth` (``DATASET/labelsTr`` or ``labelsTs``,
+    or one file in them) belongs to, if it has a readable one with ``labels``; else None."""
+    folder = truth if truth.is_dir() else truth.parent
+    for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
+        try:
+            if isinstance(json.loads(candidate.read_text(encoding="utf-8")).get("labels"), dict):
+                return candidate
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def class_names_from(dataset_json: Optional[Path], values: Sequence[int]) -> Dict[int, str]:
@@ -145,8 +160,10 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """CLI entry: print a short table on stderr, the JSON report on stdout (and to --output)."""
-    report = evaluate(Path(args.prediction), Path(args.ground_truth),
-                      Path(args.dataset_json) if args.dataset_json else None)
+    dataset_json = Path(args.dataset_json) if args.dataset_json else dataset_json_beside(Path(args.ground_truth))
+    if dataset_json is not None and not args.dataset_json:
+        print(f"class names from {describe_path(dataset_json)}", file=sys.stderr)
+    report = evaluate(Path(args.prediction), Path(args.ground_truth), dataset_json)
     for class_name, entry in report["per_class"].items():
         print(f"{class_name:>20s}  Dice {_fmt(entry['dice'])}  HD95 {_fmt(entry['hd95_mm'])} mm", file=sys.stderr)
     print(f"{'mean':>20s}  Dice {_fmt(report['mean_dice'])}  HD95 {_fmt(report['mean_hd95_mm'])} mm "

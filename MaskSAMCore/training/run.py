@@ -15,6 +15,7 @@ the command line. Under torchrun every rank runs this function; see `distributed
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -136,8 +137,15 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     summary = trainer.fit()
     if main:
         describe(trainer)
-        emit("done", always=True, model_dir=str(model_dir), **{k: summary[k] for k in (
+        print(f"done: {summary['finished_epochs']} epoch(s), best epoch {summary['best_epoch']} "
+              f"(mean Dice {_dice_text(summary['best_mean_dice'])}), final mean Dice "
+              f"{_dice_text(summary['final_mean_dice'])}; model in {describe_path(model_dir)}", flush=True)
+        emit("done", model_dir=str(model_dir), **{k: summary[k] for k in (
             "finished_epochs", "best_epoch", "best_mean_dice", "final_mean_dice")})
+
+
+def _dice_text(value: Optional[float]) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescription", new: bool) -> None:

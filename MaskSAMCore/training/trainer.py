@@ -3,7 +3,8 @@
 One epoch: set the poly learning rate, run `iters_per_epoch` steps on patches from the data
 stream of (seed, epoch, rank), validate on whole cases (rank 0), update the EMA pseudo-Dice
 (0.9 old + 0.1 new, nnU-Net), write checkpoint_best when it improved, checkpoint_latest always,
-then training_log.csv, progress.png and one ``@masksam {"event": "epoch", ...}`` line.
+then training_log.csv, progress.png, the epoch's lines for people and (with --machine-progress)
+one ``@masksam {"event": "epoch", ...}`` line.
 checkpoint_latest holds everything needed to continue exactly where it was written (optimiser,
 GradScaler, every RNG of every rank, log history), so a run killed at any moment resumes from
 the last finished epoch and redoes only the interrupted one.
@@ -218,16 +219,18 @@ class Trainer:
             self.best_ema_dice, self.best_epoch, self.best_mean_dice = self.ema_dice, finished, result.mean_dice
             checkpoint_io.write(self.model_dir, "best", checkpoint_io.weights_payload(
                 self.model, s.weights_scope, finished, {"ema_dice": self.ema_dice}))
-        self.log.add(EpochRecord(epoch=finished, train_loss=train_loss, val_loss=result.loss,
-                                 dice=result.dice, mean_dice=result.mean_dice, ema_dice=self.ema_dice,
-                                 lr=lr, epoch_time_s=epoch_times[-1]))
+        record = EpochRecord(epoch=finished, train_loss=train_loss, val_loss=result.loss, dice=result.dice,
+                             mean_dice=result.mean_dice, ema_dice=self.ema_dice, lr=lr,
+                             epoch_time_s=epoch_times[-1])
+        self.log.add(record)
         checkpoint_io.write(self.model_dir, "latest", checkpoint_io.resume_payload(
             self.model, s.weights_scope, finished, self.optimizer, self.scaler, self.log.to_state(),
             self.ema_dice, self.best_ema_dice, self.best_epoch, s.to_dict(), rng_states))
         self.log.write_csv()
         self.log.write_plot()
         eta = sum(epoch_times) / len(epoch_times) * (s.epochs - finished)
-        emit("epoch", always=True, epoch=finished, epochs=s.epochs, train_loss=_number(train_loss),
+        print(record.describe(s.epochs, eta), flush=True)
+        emit("epoch", epoch=finished, epochs=s.epochs, train_loss=_number(train_loss),
              val_loss=_number(result.loss), mean_dice=_number(result.mean_dice),
              dice={k: _number(v) for k, v in result.dice.items()}, ema_dice=_number(self.ema_dice),
              lr=lr, epoch_time_s=round(epoch_times[-1], 2), eta_s=round(eta, 1))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from MaskSAMCore.atomic import write_text, write_with
+from MaskSAMCore.progress import format_duration
 
 FIXED_COLUMNS = ("epoch", "train_loss", "val_loss")
 TAIL_COLUMNS = ("mean_dice", "ema_dice", "lr", "epoch_time_s")
@@ -46,6 +47,21 @@ class EpochRecord:
         row.update(mean_dice=self.mean_dice, ema_dice=self.ema_dice, lr=self.lr,
                    epoch_time_s=self.epoch_time_s)
         return row
+
+    def describe(self, epochs: int, eta_s: float) -> str:
+        """The epoch's two lines for a person reading the console, e.g.::
+
+            epoch 3/50: train loss 0.812, val loss 0.774, mean Dice 0.623 (EMA 0.601), 12.3 s, ETA 9:50
+              Dice: liver 0.910, spleen 0.850, kidney_left -
+        """
+        def number(value: float, digits: int = 3) -> str:
+            return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+        summary = (f"epoch {self.epoch}/{epochs}: train loss {number(self.train_loss)}, "
+                   f"val loss {number(self.val_loss)}, mean Dice {number(self.mean_dice)} "
+                   f"(EMA {number(self.ema_dice)}), {self.epoch_time_s:.1f} s, ETA {format_duration(eta_s)}")
+        per_class = ", ".join(f"{name} {number(value)}" for name, value in self.dice.items())
+        return summary + ("\n  Dice: " + per_class if per_class else "")
 
     def to_state(self) -> Dict[str, object]:
         """A plain dict (for checkpoints loaded with weights_only=True)."""
