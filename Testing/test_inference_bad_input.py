@@ -94,6 +94,17 @@ def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path
     assert not outputs.exists() or not any(outputs.iterdir())
 
 
+def test_an_unusable_case_in_a_folder_is_skipped_and_the_others_are_segmented(model_dir, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _write(inputs / "a_flat_0000.nii.gz", np.full((6, 16, 16), -1000, np.int16))  # first, so read first
+    _write(inputs / "b_good_0000.nii.gz", np.random.rand(6, 16, 16).astype(np.float32) * 100)
+    outputs = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "a_flat_0000.nii.gz", "constant")
+    assert sorted(p.name for p in outputs.iterdir()) == ["b_good.nii.gz"]
+
+
 def test_missing_channel_names_the_case(tmp_path, capsys):
     config = preset("tiny", num_classes=3, in_channels=2)
     model = write_random_model_folder(tmp_path / "m2", config, synthetic_plan(config))

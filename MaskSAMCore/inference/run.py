@@ -4,6 +4,10 @@ While the network works on one case, a background thread reads and preprocesses 
 (SimpleITK, NumPy and SciPy release the GIL, so this overlaps on a multi-core machine). The
 read-ahead is skipped after a case whose score array alone took more than
 `READ_AHEAD_LIMIT_BYTES`, so two large CTs are never held in memory at once.
+
+Every input header is read before any work, so a corrupt or non-3D file stops the run at once.
+A case whose voxels turn out unusable (NaN, a constant image) is reported in one line and
+skipped; the other cases of the folder are segmented and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import List, Optional
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.image_io import read_geometry
+from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
 from MaskSAMCore.paths import check_can_create
@@ -68,22 +73,38 @@ def run_predict(args: argparse.Namespace) -> int:
           file=sys.stderr)
     emit("stage", stage="cases", total=len(cases))
     started = time.perf_counter()
+    written: List[str] = []
+    failed: List[str] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masksam-reader")
-    pending: Optional[Future] = pool.submit(predictor.prepare_files, cases[0].channel_files, cases[0].name)
+
+    def prepare(case: Case) -> Future:
+        return pool.submit(predictor.prepare_files, case.channel_files, case.name)
+
+    pending: Optional[Future] = prepare(cases[0])
     try:
         for index, case in enumerate(cases):
             assert pending is not None
-            prepared = pending.result()
+            following = cases[index + 1] if index + 1 < len(cases) else None
+            try:
+                prepared = pending.result()
+            except InputError as exc:
+                if len(cases) == 1:
+                    raise
+                # One bad scan in a folder (NaN voxels, a constant image) costs only its own case.
+                message = str(exc).strip().splitlines()[0]
+                print(f"masksam: error: {message}", file=sys.stderr)
+                emit("case_error", case=case.name, message=message, index=index + 1, total=len(cases))
+                failed.append(case.name)
+                pending = prepare(following) if following is not None else None
+                continue
             pending = None
-            has_next = index + 1 < len(cases)
             read_ahead = _score_bytes(prepared, predictor.config.num_classes) <= READ_AHEAD_LIMIT_BYTES
-            if has_next and read_ahead:
-                following = cases[index + 1]
-                pending = pool.submit(predictor.prepare_files, following.channel_files, following.name)
+            if following is not None and read_ahead:
+                pending = prepare(following)
             result = predictor.predict_prepared(prepared, case.output_file, probabilities=args.probabilities)
-            if has_next and pending is None:
-                following = cases[index + 1]
-                pending = pool.submit(predictor.prepare_files, following.channel_files, following.name)
+            if following is not None and pending is None:
+                pending = prepare(following)
+            written.append(str(case.output_file))
             timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items())
             print(f"masksam: {case.name} -> {case.output_file} ({timing}; {describe_settings(result.settings)})",
                   file=sys.stderr)
@@ -93,7 +114,10 @@ def run_predict(args: argparse.Namespace) -> int:
         if pending is not None:
             pending.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
-    emit("done", cases=len(cases), seconds=round(time.perf_counter() - started, 2),
-         outputs=[str(case.output_file) for case in cases])
+    emit("done", cases=len(written), failed=failed, seconds=round(time.perf_counter() - started, 2),
+         outputs=written)
+    if failed:
+        print(f"masksam: {len(written)} of {len(cases)} case(s) segmented; not segmented (see above): "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
-
