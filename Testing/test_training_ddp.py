@@ -88,12 +88,13 @@ def test_torchrun_trains_with_two_cpu_ranks_and_only_rank_0_writes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKSAM_DDP_TIMEOUT_S": "120"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-         "-m", "MaskSAMCore", "train", str(dataset), str(model_dir), "--preset", "tiny", "--epochs", "2",
+         "-m", "MaskSAMCore", "--machine-progress", "train", str(dataset), str(model_dir), "--preset", "tiny", "--epochs", "2",
          "--iters-per-epoch", "3", "--fold", "0", "--optimizer", "adamw"],
         capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     events = [parse_machine_line(line) for line in done.stdout.splitlines()]
     assert [e["epoch"] for e in events if e and e["event"] == "epoch"] == [1, 2]   # printed by rank 0 only
+    assert [line[:10] for line in done.stdout.splitlines() if line.startswith("epoch ")] == ["epoch 1/2:", "epoch 2/2:"]
     assert [r["epoch"] for r in read_csv(model_dir / "training_log.csv")] == ["1", "2"]
     assert ModelFolder.load(model_dir).build_model("final").config.num_classes == 6
     assert not [p for p in model_dir.iterdir() if ".partial-" in p.name]
