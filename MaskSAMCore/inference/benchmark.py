@@ -226,11 +226,12 @@ def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.devi
 def run_benchmark(args: argparse.Namespace) -> int:
     report = benchmark(args)
     seconds = report["seconds"]
+    gpu = report["peak_gpu_memory_gib"]
     print(f"masksam: {report['windows']} windows ({report['flips']} flips, batch {report['window_batch']}): "
           f"preprocess {seconds['preprocess_s']:.1f} s, network {seconds['network_s']:.1f} s"
           f"{' (extrapolated)' if report['extrapolated'] else ''}, export {seconds['export_s']:.1f} s; "
           f"{report['windows_per_s']:.2f} windows/s, {report['tflops_per_s']:.2f} TFLOP/s, "
-          f"peak GPU {report['peak_gpu_memory_gib']} GiB, peak host RSS {report['peak_host_rss_gib']} GiB",
+          f"{'' if gpu is None else f'peak GPU {gpu} GiB, '}peak host RSS {report['peak_host_rss_gib']} GiB",
           file=sys.stderr)
     if args.output:
         write_json(args.output, report)
