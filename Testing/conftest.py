@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ class TrainedPhantomModel:
     dataset: Path          # 12 training cases (imagesTr/labelsTr), 3 held-out cases (imagesTs/labelsTs)
     model_dir: Path        # the model folder `masksam train` wrote
     minutes: float         # wall-clock training time
+    console: str           # what `masksam train` printed on stdout
 
 
 # The learning recipe (see test_training_learning.py for why these settings): AdamW at lr 5e-3,
@@ -46,9 +49,11 @@ def trained_phantom_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedPh
     dataset = make_phantoms(root / "Dataset002_Phantoms", cases=12, seed=0, test_cases=3, progress=False)
     model_dir = root / "model"
     started = time.monotonic()
+    console = io.StringIO()
     try:
-        status = main(["train", str(dataset), str(model_dir), *LEARNING_RECIPE])
+        with contextlib.redirect_stdout(console):
+            status = main(["train", str(dataset), str(model_dir), *LEARNING_RECIPE])
     finally:
         enable_machine_lines(False)
     assert status == 0, "masksam train failed on the phantoms"
-    return TrainedPhantomModel(dataset, model_dir, (time.monotonic() - started) / 60)
+    return TrainedPhantomModel(dataset, model_dir, (time.monotonic() - started) / 60, console.getvalue())

@@ -31,4 +31,12 @@ def test_tiny_masksam_learns_the_phantoms(trained_phantom_model, capsys):
     assert training["finished_epochs"] == 6 and [int(row["epoch"]) for row in log] == [1, 2, 3, 4, 5, 6]
     assert training["mirror_axes"] == [0, 1]
     assert training["final_mean_dice"] >= REQUIRED_MEAN_DICE, per_class
+    # What a person at the console saw: the run described, a summary per epoch, a closing line.
+    console = trained_phantom_model.console.splitlines()
+    starts = [line for line in console if line.startswith("training ")]
+    assert len(starts) == 1 and starts[0].startswith(
+        "training tiny (random SAM weights) on cpu: 5 structure(s), 9 training / 3 validation case(s) (fold 0)"), console
+    assert [line.split(":")[0] for line in console if line.startswith("epoch ")] == [
+        f"epoch {n}/6" for n in range(1, 7)]
+    assert console[-1].startswith("done: 6 epoch(s), best epoch ") and str(model_dir) in console[-1]
     assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])

@@ -110,6 +110,8 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
                                              progress=main),
                   here=context.local_rank == 0)  # once per machine (the folder may be on a node-local disk)
     train_names, val_names = training_and_validation_cases(model_dir, dataset, settings.fold, context)
+    if main:
+        print(describe_training(run, device, context.world_size, len(train_names), len(val_names)), flush=True)
 
     torch.manual_seed(settings.seed)  # the same initial network on every rank
     model = build_masksam(config, sam_checkpoint=sam.state)
@@ -142,6 +144,20 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
               f"{_dice_text(summary['final_mean_dice'])}; model in {describe_path(model_dir)}", flush=True)
         emit("done", model_dir=str(model_dir), **{k: summary[k] for k in (
             "finished_epochs", "best_epoch", "best_mean_dice", "final_mean_dice")})
+
+
+def describe_training(run: "RunDescription", device: torch.device, ranks: int, train_cases: int,
+                      val_cases: int) -> str:
+    """One line saying what is about to be trained, on what, for a person at the console."""
+    s, plan = run.settings, run.plan
+    backbone = "random SAM weights" if run.sam.random_init else f"SAM {run.sam.model_type} (frozen)"
+    where = f"{ranks} x {device.type}" if ranks > 1 else str(device)
+    patch = "x".join(str(n) for n in plan["patch_size"])
+    spacing = " x ".join(f"{v:.3g}" for v in plan["target_spacing_zyx"])
+    return (f"training {run.preset_name} ({backbone}) on {where}: {run.config.num_classes - 1} structure(s), "
+            f"{train_cases} training / {val_cases} validation case(s) (fold {s.fold}), patch {patch} at "
+            f"{spacing} mm (z x y x x), {s.epochs} epoch(s) x {s.iters_per_epoch} iterations, batch "
+            f"{s.batch_size}, {s.optimizer} lr {s.lr:g}")
 
 
 def _dice_text(value: Optional[float]) -> str:
