@@ -5,3 +5,15 @@ Pure PyTorch; nothing here imports Slicer, Qt, CTK or VTK. The command line is `
 """
 
 __version__ = "0.1.0"
+
+# torch.get_autocast_dtype(device) and torch.compiler.is_compiling() are used (both PyTorch 2.4+).
+MINIMUM_TORCH = (2, 4)
+
+
+def version_tuple(version: str) -> tuple:
+    """``"2.13.0+cu130" -> (2, 13)``; ``()`` when it does not start with two numbers."""
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or "x"))
+    except (IndexError, ValueError):
+        return ()

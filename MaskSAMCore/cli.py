@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 from typing import Callable, Dict, List, Optional
 
-from MaskSAMCore import __version__
+from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
 from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path
 from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
 
@@ -160,12 +161,26 @@ def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def check_torch_version(installed: Optional[str] = None) -> None:
+    """One clear line instead of an AttributeError deep inside the network on an old PyTorch."""
+    if installed is None:
+        try:
+            installed = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
+            raise MaskSAMError("PyTorch is not installed; install it first (see README.md, 'PyTorch build')") from None
+    found = version_tuple(installed)
+    if found and found < MINIMUM_TORCH:
+        needed = ".".join(map(str, MINIMUM_TORCH))
+        raise MaskSAMError(f"PyTorch {installed} is too old; MaskSAM needs {needed} or newer")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # Set for this call either way, so one in-process call never leaks into the next.
     enable_machine_lines(args.machine_progress or os.environ.get("MASKSAM_MACHINE_PROGRESS", "") not in ("", "0"))
     install_signal_handlers()
     try:
+        check_torch_version()
         return int(resolve_handler(args.command)(args) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
         message = str(exc) if isinstance(exc, Cancelled) else "cancelled"

@@ -94,12 +94,22 @@ def test_requirements_plan_uses_pytorch_extension_and_pip_for_the_rest():
     missing = missing_requirements(lambda name: name in installed)
     assert [r.import_name for r in missing] == ["torch", "segment_anything", "SimpleITK"]
     plan = install_plan(missing, pytorch_extension_available=True)
-    assert plan.torch_requirement == ">=2.1"
+    assert plan.torch_requirement == ">=2.4"
     assert plan.pip_requirements == ["segment-anything>=1.0", "SimpleITK>=2.2"]
     assert "PyTorch" in plan.question() and "segment-anything" in plan.question()
     blocked = install_plan(missing, pytorch_extension_available=False)
     assert blocked.torch_requirement is None and "Extensions Manager" in blocked.blockers[0]
     assert install_plan([], pytorch_extension_available=False).nothing_to_do
+
+
+def test_a_too_old_pytorch_counts_as_missing():
+    def everything(name):
+        return True
+
+    old = missing_requirements(everything, version_of=lambda dist: "2.3.1" if dist == "torch" else "99.0")
+    assert [r.import_name for r in old] == ["torch"]
+    assert install_plan(old, pytorch_extension_available=True).torch_requirement == ">=2.4"
+    assert missing_requirements(everything, version_of=lambda dist: "2.13.0+cu130") == []
 
 
 def test_requirement_specifiers_agree_with_pyproject():

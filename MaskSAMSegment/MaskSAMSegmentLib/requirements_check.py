@@ -8,9 +8,12 @@ build that does not match the GPU driver) and the rest with Slicer's pip helpers
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
+
+from MaskSAMCore import version_tuple
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Requirement:
 
 
 REQUIREMENTS = (
-    Requirement("PyTorch", "torch", "torch>=2.1", via_pytorch=True),
+    Requirement("PyTorch", "torch", "torch>=2.4", via_pytorch=True),
     Requirement("Segment Anything", "segment_anything", "segment-anything>=1.0"),
     Requirement("NumPy", "numpy", "numpy>=1.23"),
     Requirement("SciPy", "scipy", "scipy>=1.9"),
@@ -37,9 +40,26 @@ def is_installed(import_name: str) -> bool:
         return False
 
 
+def installed_version(distribution: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_too_old(requirement: Requirement, version_of: Callable[[str], Optional[str]]) -> bool:
+    """Whether the installed distribution is older than the ``>=`` bound of `requirement`."""
+    distribution, _, minimum = requirement.pip_spec.partition(">=")
+    found = version_tuple(version_of(distribution) or "")
+    return bool(minimum and found) and found < version_tuple(minimum)
+
+
 def missing_requirements(installed: Callable[[str], bool] = is_installed,
-                         requirements: Sequence[Requirement] = REQUIREMENTS) -> List[Requirement]:
-    return [requirement for requirement in requirements if not installed(requirement.import_name)]
+                         requirements: Sequence[Requirement] = REQUIREMENTS,
+                         version_of: Callable[[str], Optional[str]] = installed_version) -> List[Requirement]:
+    """The requirements that are not installed, or installed in a version older than needed."""
+    return [requirement for requirement in requirements
+            if not installed(requirement.import_name) or is_too_old(requirement, version_of)]
 
 
 @dataclass
@@ -58,7 +78,7 @@ class InstallPlan:
         """The text of the confirmation dialog."""
         items = ([f"PyTorch ({self.torch_requirement}, through the PyTorch extension)"] if self.torch_requirement else [])
         items += self.pip_requirements
-        return ("MaskSAM needs these Python packages, which are not installed yet:\n  - "
+        return ("MaskSAM needs these Python packages, which are missing or too old:\n  - "
                 + "\n  - ".join(items)
                 + "\n\nInstalling them downloads several hundred MB and can take a few minutes. Install now?")
 
