@@ -166,8 +166,11 @@ def check_torch_version(installed: Optional[str] = None) -> None:
     if installed is None:
         try:
             installed = importlib.metadata.version("torch")
-        except importlib.metadata.PackageNotFoundError:
-            raise MaskSAMError("PyTorch is not installed; install it first (see README.md, 'PyTorch build')") from None
+        except importlib.metadata.PackageNotFoundError:  # no package metadata: ask the module itself
+            try:
+                installed = importlib.import_module("torch").__version__
+            except ImportError:
+                raise MaskSAMError("PyTorch is not installed; install it first (README.md, 'PyTorch build')") from None
     found = version_tuple(installed)
     if found and found < MINIMUM_TORCH:
         needed = ".".join(map(str, MINIMUM_TORCH))
