@@ -19,7 +19,7 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
-from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path
+from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path, first_line
 from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
 
 PRESETS = ("tiny", "vit_b", "vit_l", "vit_h")
@@ -191,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         emit("error", message=message, cancelled=True)
         return 130
     except MaskSAMError as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...
         message = f"{describe_path(exc.filename)}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     print(f"masksam: error: {message}", file=sys.stderr)

@@ -39,6 +39,12 @@ class Cancelled(MaskSAMError):
     """The user cancelled a running job (Ctrl-C, SIGTERM or a cancel callback)."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its class name when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def describe_path(path: "os.PathLike[str] | str") -> str:
     """The path as the user should read it in a message (absolute, with ~ kept short)."""
     text = os.path.abspath(os.fspath(path))

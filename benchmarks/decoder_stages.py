@@ -43,15 +43,21 @@ def timed(name: str, fn: Callable[[], object], device: torch.device, repeats: in
                       "tflop_per_s": round(tflop / ms * 1e3, 2)}), flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def stage_arguments(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every stage benchmark here shares: network, batch, device, precision, repeats."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", default="vit_b")
     parser.add_argument("--classes", type=int, default=16)
-    parser.add_argument("--patches", type=int, default=1, help="patches (B) decoded per call")
+    parser.add_argument("--patches", type=int, default=1, help="patches per call (8 = 2 windows x 4 flips)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (as the predictor on CUDA)")
+    parser.add_argument("--bf16", action="store_true", help="bf16, as under the predictor's autocast on CUDA")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def main() -> None:
+    parser = stage_arguments(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile the decoder blocks")
-    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     device = torch.device(args.device)

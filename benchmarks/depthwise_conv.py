@@ -12,12 +12,11 @@ timing line of `decoder_stages.timed` (milliseconds per call, FLOPs).
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
-from decoder_stages import timed
+from decoder_stages import stage_arguments, timed
 from MaskSAMCore.model.adapters import bottleneck_width
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model.depthwise_conv import (
@@ -45,14 +44,7 @@ def adapter_shapes(preset_name: str, classes: int, patches: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="vit_b")
-    parser.add_argument("--classes", type=int, default=16)
-    parser.add_argument("--patches", type=int, default=1, help="patches per call (8 = 2 windows x 4 flips)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 features (as under the predictor's autocast)")
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    args = stage_arguments(__doc__.splitlines()[0], repeats=10).parse_args()
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.bf16 else torch.float32

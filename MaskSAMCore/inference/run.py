@@ -20,7 +20,7 @@ from typing import List, Optional
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.image_io import read_geometry
-from MaskSAMCore.errors import InputError
+from MaskSAMCore.errors import InputError, first_line
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
 from MaskSAMCore.paths import check_can_create
@@ -91,7 +91,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 if len(cases) == 1:
                     raise
                 # One bad scan in a folder (NaN voxels, a constant image) costs only its own case.
-                message = str(exc).strip().splitlines()[0]
+                message = first_line(exc)
                 print(f"masksam: error: {message}", file=sys.stderr)
                 emit("case_error", case=case.name, message=message, index=index + 1, total=len(cases))
                 failed.append(case.name)

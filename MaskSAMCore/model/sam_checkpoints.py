@@ -20,7 +20,7 @@ from typing import Dict, Optional, Union
 import torch
 
 from MaskSAMCore.atomic import remove_stale_temporaries, temporary_sibling
-from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path
+from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line
 from MaskSAMCore.paths import checkpoint_cache
 from MaskSAMCore.progress import Progress
 
@@ -156,8 +156,7 @@ def describe_load_failure(shown_path: str, exc: BaseException) -> str:
     if "Weights only load failed" in text or "weights_only" in text:
         return (f"{shown_path} contains Python objects whose loading could run code; refusing to "
                 "load it (only plain tensor checkpoints are accepted)")
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"{shown_path} is corrupt or truncated and cannot be read ({first[:120]})"
+    return f"{shown_path} is corrupt or truncated and cannot be read ({first_line(exc)[:120]})"
 
 
 def run_download(args) -> int:

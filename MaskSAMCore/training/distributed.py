@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from MaskSAMCore.errors import MaskSAMError
+from MaskSAMCore.errors import MaskSAMError, first_line
 
 COLLECTIVE_TIMEOUT_S = float(os.environ.get("MASKSAM_DDP_TIMEOUT_S", 4 * 3600))
 
@@ -139,7 +139,7 @@ def run_and_agree(work: Callable[[], T], here: bool) -> Optional[T]:
         if error is not None:
             raise error
         return result
-    failures = gather_objects(None if error is None else _one_line(error))
+    failures = gather_objects(None if error is None else first_line(error))
     if error is not None:
         raise error
     for rank, message in enumerate(failures):
@@ -148,7 +148,4 @@ def run_and_agree(work: Callable[[], T], here: bool) -> Optional[T]:
     return result
 
 
-def _one_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
