@@ -38,6 +38,32 @@ HANDLERS: Dict[str, str] = {
 }
 
 
+def window_step(text: str) -> float:
+    """``--step``: a fraction of the patch size in (0, 1]."""
+    try:
+        step = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < step <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction of the patch size in (0, 1], not {text}")
+    return step
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (a usage error otherwise)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+
+    return whole_number
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -61,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
     p.add_argument("--preset", default="vit_b", choices=PRESETS)
-    p.add_argument("--classes", type=int, default=16, help="number of classes incl. background")
+    p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
     p.add_argument("--channels", type=int, default=1, help="number of image channels")
     p.add_argument("--forward", action="store_true", help="also run one forward pass on random input")
 
@@ -112,10 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
                         help="average all 8 flip combinations per window (default)")
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
-    p.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch size")
+    p.add_argument("--step", type=window_step, default=0.5, help="window step as a fraction of the patch size")
     p.add_argument("--fast", action="store_true",
                    help="CPU-friendly: no mirroring and step 1.0 (about 16x less work; see benchmarks/README.md)")
-    p.add_argument("--window-batch", type=int, default=None, help="windows per forward (default: automatic)")
+    p.add_argument("--window-batch", type=at_least(1), default=None, help="windows per forward (default: automatic)")
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (.npz)")
     p.add_argument("--output-ending", default=None, help="file ending for folder output (default: the input's)")
     _add_device(p)
@@ -130,20 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="vit_b", choices=PRESETS)
     p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
     p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
-    p.add_argument("--classes", type=int, default=16)
+    p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True)
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
-    p.add_argument("--step", type=float, default=0.5)
+    p.add_argument("--step", type=window_step, default=0.5)
     p.add_argument("--fast", action="store_true", help="no mirroring and step 1.0 (as predict --fast)")
-    p.add_argument("--window-batch", type=int, default=None)
+    p.add_argument("--window-batch", type=at_least(1), default=None)
     p.add_argument("--compare-nnunet", action="store_true",
                    help="also time nnU-Net v2's predictor (3d_fullres-like network) on the same volume")
-    p.add_argument("--repeat", type=int, default=1, help="timed repetitions after one warm-up")
+    p.add_argument("--repeat", type=at_least(1), default=1, help="timed repetitions after one warm-up")
     p.add_argument("--resample", action="store_true",
                    help="make preprocessing resample (scores kept on the host and restored per class, "
                         "as for most real CTs) instead of taking the argmax on the device")
-    p.add_argument("--max-windows", type=int, default=None,
+    p.add_argument("--max-windows", type=at_least(1), default=None,
                    help="time only this many windows and extrapolate the network seconds (slow CPUs)")
     p.add_argument("--output", default=None, help="write the JSON result here")
     _add_device(p)
@@ -151,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole path on synthetic data: phantoms, training, prediction, Dice, a PNG")
     p.add_argument("output", nargs="?", default="demo_output", help="folder for everything the demo writes")
     p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
-    p.add_argument("--cases", type=int, default=12)
+    p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (fold 0 of 5 needs 5)")
     _add_device(p)
     return parser
 

@@ -1,7 +1,9 @@
-"""The smoke command of a fresh install: `masksam info`."""
+"""The smoke command of a fresh install (`masksam info`) and the checks every command makes first."""
 
 import subprocess
 import sys
+
+import pytest
 
 
 def test_info_prints_parameter_table_and_runs_forward():
@@ -26,3 +28,21 @@ def test_a_too_old_pytorch_is_one_line_before_any_work(monkeypatch, capsys):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.3.1" if name == "torch" else "1.0")
     assert main(["info", "--preset", "tiny"]) == 1
     assert capsys.readouterr().err.strip() == "masksam: error: PyTorch 2.3.1 is too old; MaskSAM needs 2.4 or newer"
+
+
+@pytest.mark.parametrize("arguments,expected", [
+    (["predict", "m", "in.nrrd", "out.nrrd", "--step", "0"], "argument --step: must be a fraction of the patch size in (0, 1]"),
+    (["predict", "m", "in.nrrd", "out.nrrd", "--step", "1.5"], "argument --step: must be a fraction"),
+    (["predict", "m", "in.nrrd", "out.nrrd", "--window-batch", "0"], "argument --window-batch: must be at least 1"),
+    (["benchmark", "--classes", "1"], "argument --classes: must be at least 2"),
+    (["info", "--classes", "two"], "argument --classes: not a whole number: 'two'"),
+    (["demo", "--cases", "3"], "argument --cases: must be at least 5"),
+])
+def test_out_of_range_numbers_are_usage_errors_before_any_work(arguments, expected, capsys):
+    from MaskSAMCore.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expected in errors[0], errors
