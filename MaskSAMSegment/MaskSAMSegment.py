@@ -363,8 +363,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._trainingJob.cancel()
 
     def _onEpoch(self, event: dict) -> None:
-        self._log("epoch {}/{}: training loss {}, validation loss {}, mean Dice {}".format(
-            event.get("epoch"), event.get("epochs"), event.get("train_loss"), event.get("val_loss"), event.get("mean_dice")))
+        # The log pane already has the epoch in words (the console's line); the event feeds the plot.
         first = self._plot.table_node is None
         self._plot.add_epoch(event)
         if first:

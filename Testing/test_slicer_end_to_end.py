@@ -55,13 +55,15 @@ def trained(tmp_path_factory):
     run_cli(["make-phantoms", str(dataset), "--cases", "3", "--seed", "7", "--size", "40", "40", "16"])
     scene = new_scene()
     plot = TrainingPlot(scene)
+    log = []
     # 3 cases: the logic picks fold "all" by itself (5 folds need 5 cases).
     job = TrainingJob(TrainRequest(str(dataset), str(root / "model"), preset="tiny", random_init=True, epochs=1,
                                    iters_per_epoch=2, device=CPU, batch_size=1, val_cases_per_epoch=1),
-                      base_env=subprocess_environment(), models_root=str(root / "installed"), on_epoch=plot.add_epoch)
+                      base_env=subprocess_environment(), models_root=str(root / "installed"), on_epoch=plot.add_epoch,
+                      on_log=log.append)
     job.start()
     assert job.wait(timeout_s=600) is JobState.SUCCEEDED, f"{job.error_message}\n{job.log_text[-3000:]}"
-    return {"root": root, "dataset": dataset, "job": job, "plot": plot, "scene": scene}
+    return {"root": root, "dataset": dataset, "job": job, "plot": plot, "scene": scene, "log": log}
 
 
 def test_training_tab_plots_each_epoch_and_installs_the_model(trained):
@@ -71,6 +73,17 @@ def test_training_tab_plots_each_epoch_and_installs_the_model(trained):
     models, problems = find_models(trained["root"] / "installed")
     assert problems == [] and [m.folder for m in models] == [trained["job"].installed_model.folder]
     assert models[0].has_final_checkpoint and models[0].preset == "tiny"
+
+
+def test_training_log_shows_each_epoch_once_in_words_and_no_machine_lines(trained):
+    """The module's log pane gets the console's own lines; the `@masksam` events feed only the
+    plot and the progress bar, so an epoch is not reported twice."""
+    log = trained["log"]
+    assert [line for line in log if line.startswith("epoch ")] == [
+        next(line for line in log if line.startswith("epoch 1/1: train loss "))]
+    assert any(line.startswith("training tiny (random SAM weights) on cpu:") for line in log)
+    assert any(line.startswith("done: 1 epoch(s)") for line in log)
+    assert not [line for line in log if "@masksam" in line or line.lstrip().startswith("{")]
 
 
 def test_oblique_volume_segmented_in_the_scene_equals_the_core_label_map(trained_phantom_model, tmp_path):
