@@ -1,8 +1,9 @@
 """MaskSAM Segment: fully automatic CT/MRI segmentation and model training in 3D Slicer.
 
 Module, widget, logic and self-test. Everything the buttons do is in MaskSAMSegmentLib (no Qt
-there, tested outside Slicer); this file turns clicks into requests, drives the background jobs
-from a QTimer and shows their progress. Long work never runs in Slicer's process: it runs as
+there, tested outside Slicer); the widget turns clicks into requests, drives the background jobs
+from a QTimer and shows their progress. The handlers of its two tabs are in MaskSAMSegmentGui
+(mixins); this file keeps the set-up, the parameter node and what the tabs share. Long work never runs in Slicer's process: it runs as
 ``PythonSlicer -m MaskSAMCore ...`` in the background, and Cancel/Stop ends its process tree.
 """
 
@@ -34,26 +35,18 @@ def _make_core_importable() -> None:
 _make_core_importable()
 
 from MaskSAMCore.errors import MaskSAMError  # noqa: E402
+from MaskSAMSegmentGui.segment_tab import SegmentTabMixin  # noqa: E402
+from MaskSAMSegmentGui.training_tab import TrainingTabMixin  # noqa: E402
 from MaskSAMSegmentLib import commands, devices, requirements_check  # noqa: E402
 from MaskSAMSegmentLib.action_states import Activity, action_states  # noqa: E402
-from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, dataset_summary  # noqa: E402
+from MaskSAMSegmentLib.dataset_builder import CasePair, dataset_summary  # noqa: E402
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for  # noqa: E402
-from MaskSAMSegmentLib.models import find_models, install_model_folder, read_model_info  # noqa: E402
+from MaskSAMSegmentLib.models import install_model_folder, read_model_info  # noqa: E402
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest  # noqa: E402
 from MaskSAMSegmentLib.segmentations import show_in_3d  # noqa: E402
-from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainingJob, TrainRequest, downloaded_checkpoint  # noqa: E402
-from MaskSAMSegmentLib.training_plot import TrainingPlot  # noqa: E402
 
 PRESETS = ["vit_b", "vit_l", "vit_h", "tiny"]
 POLL_INTERVAL_MS = 200
-
-
-def slicerJobEnvironment():
-    """Slicer's start-up environment for background jobs: PythonSlicer sets up the rest itself."""
-    try:
-        return slicer.util.startupEnvironment()
-    except Exception:  # outside the Slicer application (PythonSlicer, tests)
-        return None
 
 
 class MaskSAMSegment(ScriptedLoadableModule):
@@ -92,7 +85,10 @@ class MaskSAMSegmentParameterNode:
     resume: bool = False
 
 
-class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, SegmentTabMixin, TrainingTabMixin):
+    """Set-up, the parameter node, first-use requirements, and what both tabs share: one timer that
+    polls every background job, progress display, button states and the log pane."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -207,54 +203,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.datasetInfoLabel.text = dataset_summary(node.datasetFolder)
         self.updateButtons()
 
-    # -- models and devices --------------------------------------------------------------------
-    def refreshModels(self, select: Optional[str] = None) -> None:
-        self._models, problems = find_models()
-        for problem in problems:
-            self._log(f"Skipped a model folder: {problem}")
-        wanted = select or (self._parameterNode.modelFolder if self._parameterNode else "")
-        combo = self.ui.modelComboBox
-        wasBlocked = combo.blockSignals(True)
-        combo.clear()
-        for model in self._models:
-            combo.addItem(model.display_name)
-        folders = [str(model.folder) for model in self._models]
-        combo.currentIndex = folders.index(wanted) if wanted in folders else (0 if folders else -1)
-        combo.blockSignals(wasBlocked)
-        self.onModelSelected(combo.currentIndex)
-
-    def currentModel(self):
-        index = self.ui.modelComboBox.currentIndex
-        return self._models[index] if 0 <= index < len(self._models) else None
-
-    def onModelSelected(self, index: int) -> None:
-        model = self.currentModel()
-        if model is not None:
-            self._setParameter("modelFolder", str(model.folder))
-            self.ui.modelInfoLabel.text = model.summary()
-        else:
-            self.ui.modelInfoLabel.text = ("No model installed yet: import a model folder, or train one in the "
-                                           "Training tab.")
-        self._rebuildExtraChannelSelectors(model)
-        self.updateButtons()
-
-    def _rebuildExtraChannelSelectors(self, model) -> None:
-        """One more volume selector per extra channel of a multi-channel model."""
-        layout = self.ui.extraChannelsFormLayout
-        while layout.rowCount() > 0:
-            layout.removeRow(0)
-        self._extraChannelSelectors = []
-        channels = model.channel_names if model is not None else {"0": ""}
-        for key in sorted(channels, key=int)[1:]:
-            selector = slicer.qMRMLNodeComboBox()
-            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-            selector.noneEnabled, selector.addEnabled, selector.removeEnabled = True, False, False
-            selector.setMRMLScene(slicer.mrmlScene)
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
-            layout.addRow(f"{channels[key]} volume:", selector)
-            self._extraChannelSelectors.append(selector)
-        self.ui.extraChannelsWidget.visible = bool(self._extraChannelSelectors)
-
+    # -- Segment tab: import a model folder (a file dialog, so here: only this file imports qt) ---
     def onImportModel(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Select a MaskSAM model folder")
         if not folder:
@@ -268,24 +217,6 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model = install_model_folder(folder, replace=True)
             self._log(f"Installed model '{model.display_name}' in {model.folder}")
             self.refreshModels(select=str(model.folder))
-
-    def _startDeviceProbe(self) -> None:
-        self._probeRunner = JobRunner(devices.probe_command(commands.python_interpreter()), env=slicerJobEnvironment())
-        self._probeRunner.start()
-        self._timer.start()
-
-    def _fillDeviceCombos(self) -> None:
-        for combo in (self.ui.deviceComboBox, self.ui.trainDeviceComboBox):
-            previous = combo.currentText
-            combo.clear()
-            for choice in self._deviceChoices:
-                combo.addItem(choice.label)
-            labels = [choice.label for choice in self._deviceChoices]
-            combo.currentIndex = labels.index(previous) if previous in labels else 0
-
-    def _deviceOf(self, combo):
-        index = combo.currentIndex
-        return self._deviceChoices[index] if 0 <= index < len(self._deviceChoices) else self._deviceChoices[0]
 
     # -- first use -----------------------------------------------------------------------------
     def _checkRequirements(self) -> List[str]:
@@ -307,155 +238,6 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             requirements_check.install_in_slicer(plan)
         self._checkRequirements()
         self._startDeviceProbe()
-        self.updateButtons()
-
-    # -- segment ---------------------------------------------------------------------------------
-    def _segmentRequest(self) -> SegmentRequest:
-        node = self._parameterNode
-        volumes = [node.inputVolume] + [s.currentNode() for s in self._extraChannelSelectors]
-        return SegmentRequest(volumes, self.currentModel(), self._deviceOf(self.ui.deviceComboBox), node.quality,
-                              node.outputSegmentation)
-
-    def onSegment(self) -> None:
-        job = SegmentJob(slicer.mrmlScene, self._segmentRequest(), base_env=slicerJobEnvironment(),
-                         work_dir=slicer.app.temporaryPath, on_log=self._log)
-        self._segmentJob = self._startJob(job, "segmentation", f"Segmenting with '{job.request.model.display_name}'...")
-        self.updateButtons()
-
-    def onCancelSegment(self) -> None:
-        if self._segmentJob is not None:
-            self._segmentJob.cancel()
-
-    def _pollSegment(self) -> None:
-        job = self._segmentJob
-        state = job.poll()
-        self._showProgress(self.ui.segmentProgressBar, self.ui.segmentStatusLabel, job.runner)
-        if state is JobState.RUNNING:
-            return
-        self._segmentJob = None
-        if state is JobState.SUCCEEDED:
-            node = job.result_node
-            show_in_3d(node)   # closed surfaces: the segments appear in 3D views too
-            self._parameters().outputSegmentation = node
-            self.ui.segmentStatusLabel.text = f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
-            for warning in job.warnings:
-                self._log(f"Warning: {warning}")
-        else:
-            self._reportEnd(state, job, self.ui.segmentStatusLabel, "Segmentation", "the scene is unchanged")
-        self.updateButtons()
-
-    # -- training --------------------------------------------------------------------------------
-    def _trainRequest(self) -> TrainRequest:
-        node = self._parameterNode
-        return TrainRequest(node.datasetFolder, node.trainOutputFolder, node.preset, node.samCheckpoint or None,
-                            node.randomInit, node.epochs, device=self._deviceOf(self.ui.trainDeviceComboBox),
-                            resume=node.resume)
-
-    def onStartTraining(self) -> None:
-        request = self._trainRequest()
-        self._plot = TrainingPlot(slicer.mrmlScene, title=f"MaskSAM training {os.path.basename(request.output_dir)}")
-        job = TrainingJob(request, base_env=slicerJobEnvironment(), on_log=self._log, on_epoch=self._onEpoch)
-        self._trainingJob = self._startJob(job, "training", f"Training {request.preset} on {request.dataset_dir}...")
-        self.updateButtons()
-
-    def onStopTraining(self) -> None:
-        if self._trainingJob is not None:
-            self._trainingJob.cancel()
-
-    def _onEpoch(self, event: dict) -> None:
-        # The log pane already has the epoch in words (the console's line); the event feeds the plot.
-        first = self._plot.table_node is None
-        self._plot.add_epoch(event)
-        if first:
-            slicer.modules.plots.logic().ShowChartInLayout(self._plot.chart_node)
-
-    def _pollTraining(self) -> None:
-        job = self._trainingJob
-        state = job.poll()
-        self._showProgress(self.ui.trainingProgressBar, self.ui.trainingStatusLabel, job.runner)
-        if state is JobState.RUNNING:
-            return
-        self._trainingJob = None
-        if state is JobState.SUCCEEDED:
-            for warning in job.warnings:
-                self._log(f"Warning: {warning}")
-            installed = job.installed_model
-            self.refreshModels(select=str(installed.folder) if installed else None)
-            self.ui.trainingStatusLabel.text = ("Training finished" + (
-                f"; '{installed.display_name}' is ready in the Segment tab." if installed else "."))
-        else:
-            self._reportEnd(state, job, self.ui.trainingStatusLabel, "Training",
-                            "the last finished epoch can be resumed")
-        self.updateButtons()
-
-    def onDownloadSam(self) -> None:
-        preset = self._parameters().preset
-        model_type = preset if preset in SAM_TYPES else "vit_b"
-        runner = JobRunner(commands.masksam_command(commands.download_sam_arguments(model_type)),
-                           env=commands.job_environment(slicerJobEnvironment()), on_log=self._log)
-        runner.start()
-        self._downloadRunner = runner
-        self._timer.start()
-        self.updateButtons()
-
-    def _pollDownload(self) -> None:
-        runner = self._downloadRunner
-        state = runner.poll()
-        self._showProgress(self.ui.trainingProgressBar, self.ui.trainingStatusLabel, runner)
-        if state is JobState.RUNNING:
-            return
-        self._downloadRunner = None
-        path = downloaded_checkpoint(runner.log_lines) if state is JobState.SUCCEEDED else None
-        if path:
-            self._parameters().samCheckpoint = path
-            self.ui.trainingStatusLabel.text = f"SAM checkpoint ready: {path}"
-        else:
-            self._reportEnd(state, runner, self.ui.trainingStatusLabel, "Download", "nothing was kept")
-        self.updateButtons()
-
-    # -- dataset from the scene ------------------------------------------------------------------
-    def onAddPair(self) -> None:
-        volume, segmentation = self.ui.pairVolumeSelector.currentNode(), self.ui.pairSegmentationSelector.currentNode()
-        if volume is None or segmentation is None:
-            slicer.util.warningDisplay("Select a volume and the segmentation drawn on it.")
-            return
-        self._pairs.append(CasePair(volume, segmentation))
-        self.ui.pairsListWidget.addItem(f"{volume.GetName()}  +  {segmentation.GetName()}")
-        self.updateButtons()
-
-    def onRemovePair(self) -> None:
-        row = self.ui.pairsListWidget.currentRow
-        if 0 <= row < len(self._pairs):
-            del self._pairs[row]
-            self.ui.pairsListWidget.takeItem(row)
-        self.updateButtons()
-
-    def onBuildDataset(self) -> None:
-        node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Could not build the dataset.", waitCursor=True):
-            self._datasetBuilder = DatasetBuilder(self._pairs, node.newDatasetFolder, channel_name=node.channelName)
-            self._timer.start()   # one case per tick: Slicer stays responsive
-        self.updateButtons()
-
-    def _stepDatasetBuilder(self) -> None:
-        builder = self._datasetBuilder
-        try:
-            if not builder.finished_writing:
-                builder.step()
-                self.ui.trainingStatusLabel.text = f"Writing case {builder.done}/{builder.total}..."
-                return
-            summary = builder.finish()
-        except Exception as error:
-            builder.abort()
-            self._datasetBuilder = None
-            slicer.util.errorDisplay(f"Could not build the dataset: {error}")
-            self.updateButtons()
-            return
-        self._datasetBuilder = None
-        for warning in summary.warnings:
-            self._log(f"Warning: {warning}")
-        self._parameters().datasetFolder = str(summary.folder)
-        self.ui.trainingStatusLabel.text = f"Dataset written: {len(summary.cases)} cases in {summary.folder}"
         self.updateButtons()
 
     # -- shared ----------------------------------------------------------------------------------
@@ -530,7 +312,8 @@ class MaskSAMSegmentLogic(ScriptedLoadableModuleLogic):
         Returns the segmentation node; RuntimeError with the core's one-line message otherwise."""
         request = SegmentRequest([volumeNode], read_model_info(modelFolder), devices.DeviceChoice(device, device, None),
                                  quality, outputSegmentation)
-        job = SegmentJob(slicer.mrmlScene, request, base_env=slicerJobEnvironment(), work_dir=slicer.app.temporaryPath)
+        job = SegmentJob(slicer.mrmlScene, request, base_env=commands.slicer_startup_environment(),
+                         work_dir=slicer.app.temporaryPath)
         job.start()
         if wait_for(job, slicer.app.processEvents, timeoutSeconds, cancel_on_timeout=True) is not JobState.SUCCEEDED:
             raise RuntimeError(f"segmentation {job.state.value}: {job.error_message}")
@@ -552,7 +335,8 @@ class MaskSAMSegmentTest(ScriptedLoadableModuleTest):
         self.test_phantom_segmentation()
 
     def _run(self, arguments):
-        runner = JobRunner(commands.masksam_command(arguments), env=commands.job_environment(slicerJobEnvironment()))
+        runner = JobRunner(commands.masksam_command(arguments),
+                           env=commands.job_environment(commands.slicer_startup_environment()))
         runner.start()
         self.assertEqual(wait_for(runner, slicer.app.processEvents), JobState.SUCCEEDED, runner.error_message)
 

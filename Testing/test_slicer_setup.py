@@ -162,6 +162,18 @@ def test_job_environment_puts_this_core_first_and_selects_the_gpu():
     assert "CUDA_VISIBLE_DEVICES" not in commands.job_environment({}, gpu_index=None)
 
 
+def test_jobs_start_from_slicers_startup_environment_inside_the_application(monkeypatch):
+    """Slicer's own process has its library paths set; a job must start from the environment
+    Slicer was started with. Outside the application there is none: jobs use this process's."""
+    import slicer
+
+    assert commands.slicer_startup_environment() is None      # slicer-core: no application
+    monkeypatch.setattr(slicer.util, "startupEnvironment", lambda: {"PATH": "/launcher"}, raising=False)
+    assert commands.slicer_startup_environment() == {"PATH": "/launcher"}
+    env = commands.job_environment(commands.slicer_startup_environment())
+    assert env["PATH"] == "/launcher" and env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+
+
 def test_training_progress_follows_the_train_bar_and_epoch_lines():
     progress = JobProgress()
     progress.update({"event": "stage", "stage": "preprocess", "total": 4})

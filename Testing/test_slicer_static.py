@@ -20,6 +20,7 @@ from slicer_support import REPO
 
 MODULE = REPO / "MaskSAMSegment"
 MODULE_FILE = MODULE / "MaskSAMSegment.py"
+GUI = MODULE / "MaskSAMSegmentGui"     # the widget's tabs (mixins)
 UI_FILE = MODULE / "Resources" / "UI" / "MaskSAMSegment.ui"
 STUB = REPO / "Testing" / "cmake_stub"
 SCRIPTED = "lib/Slicer-5.8/qt-scripted-modules"   # Slicer_QTSCRIPTEDMODULES_LIB_DIR of the stub
@@ -107,11 +108,35 @@ def ui_widget_names():
 
 def test_every_ui_name_the_code_uses_exists_in_the_ui_file():
     names = ui_widget_names()
-    source = MODULE_FILE.read_text()
-    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    used = set()
+    for path in [MODULE_FILE, *python_files(GUI)]:
+        used |= set(re.findall(r"self\.ui\.(\w+)", path.read_text()))
     lib = (MODULE / "MaskSAMSegmentLib" / "action_states.py").read_text()
     used |= set(re.findall(r'"(\w+Button)": ', lib))
     assert used and sorted(used - names) == []
+
+
+WIDGET_CLASSES = {"MaskSAMSegmentWidget", "SegmentTabMixin", "TrainingTabMixin"}
+SCRIPTED_WIDGET_MEMBERS = {"layout", "parent", "resourcePath", "addObserver", "removeObserver", "removeObservers"}
+
+
+def test_every_member_the_widget_and_its_tabs_use_on_self_is_defined_by_one_of_them():
+    """The widget is split over three classes in three files and cannot run outside Slicer: a
+    handler or attribute left behind by a move would only show as an AttributeError on a click."""
+    defined, used = set(SCRIPTED_WIDGET_MEMBERS), {}
+    for path in [MODULE_FILE, *python_files(GUI)]:
+        for cls in ast.parse(path.read_text()).body:
+            if not (isinstance(cls, ast.ClassDef) and cls.name in WIDGET_CLASSES):
+                continue
+            defined |= {node.name for node in cls.body if isinstance(node, ast.FunctionDef)}
+            for node in ast.walk(cls):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+                    if isinstance(node.ctx, ast.Store):
+                        defined.add(node.attr)
+                    else:
+                        used.setdefault(node.attr, f"{path.name}:{node.lineno}")
+    assert len(defined) > 40
+    assert {name: where for name, where in used.items() if name not in defined} == {}
 
 
 def test_ui_parameter_names_are_fields_of_the_parameter_node():
@@ -145,9 +170,10 @@ def test_core_never_imports_slicer_qt_ctk_or_vtk():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_module_logic_has_no_qt_and_never_imports_torch():
+def test_module_logic_and_tabs_have_no_qt_and_never_import_torch():
+    """qt and ctk are imported by the widget file only; nothing of the module imports torch."""
     offenders = {str(p.relative_to(REPO)): sorted(imported_top_modules(p) & {"qt", "ctk", "PythonQt", "torch"})
-                 for p in python_files(MODULE / "MaskSAMSegmentLib")}
+                 for p in python_files(MODULE / "MaskSAMSegmentLib") + python_files(GUI)}
     assert {k: v for k, v in offenders.items() if v} == {}
     assert "torch" not in imported_top_modules(MODULE_FILE)
 
@@ -179,11 +205,12 @@ def test_license_is_the_complete_apache_text():
 
 
 def test_importing_the_module_logic_loads_no_torch():
-    """The GUI process must stay light: no module of the logic may pull torch in, even indirectly
-    (through the parts of MaskSAMCore it uses)."""
-    modules = sorted(p.stem for p in (MODULE / "MaskSAMSegmentLib").glob("*.py") if p.stem != "__init__")
+    """The GUI process must stay light: no module of the logic or of the tabs may pull torch in,
+    even indirectly (through the parts of MaskSAMCore it uses)."""
+    modules = sorted(f"{package.name}.{p.stem}" for package in (MODULE / "MaskSAMSegmentLib", GUI)
+                     for p in package.glob("*.py") if p.stem != "__init__")
     code = (f"import sys; sys.path.insert(0, {str(MODULE)!r}); import importlib\n"
-            f"for name in {modules!r}: importlib.import_module('MaskSAMSegmentLib.' + name)\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))[:3])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -45,6 +45,18 @@ def core_parent_folder() -> Optional[str]:
     return None
 
 
+def slicer_startup_environment() -> Optional[Dict[str, str]]:
+    """Slicer's start-up environment, the base for background jobs (PythonSlicer sets up the rest
+    itself); None outside the Slicer application (PythonSlicer, tests): jobs then start from this
+    process's environment."""
+    try:
+        import slicer
+
+        return dict(slicer.util.startupEnvironment())
+    except Exception:  # no Slicer application: slicer is missing or lacks util.startupEnvironment
+        return None
+
+
 def job_environment(base: Optional[Mapping[str, str]] = None, gpu_index: Optional[int] = None) -> Dict[str, str]:
     """The environment of a job: `base` (default: this process's) with the core on PYTHONPATH and,
     for a chosen GPU, only that GPU visible (the core's ``--device cuda`` then uses it)."""

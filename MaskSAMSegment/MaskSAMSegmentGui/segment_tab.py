@@ -1,0 +1,120 @@
+"""The Segment tab: installed models, compute devices, and the segmentation job.
+
+Mixed into `MaskSAMSegmentWidget`; uses its `ui`, `_parameterNode`, `_parameters()`,
+`_setParameter()`, `_timer`, `_startJob()`, `_showProgress()`, `_reportEnd()`, `updateButtons()`
+and `_log()`.
+"""
+
+from typing import Optional
+
+import slicer
+from MaskSAMSegmentLib import commands, devices
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.models import find_models
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
+from MaskSAMSegmentLib.segmentations import show_in_3d
+
+
+class SegmentTabMixin:
+    """Model list, device choice, Segment and Cancel. Its state (set by the widget's __init__):
+    `_models`, `_deviceChoices`, `_extraChannelSelectors`, `_segmentJob`, `_probeRunner`."""
+
+    def refreshModels(self, select: Optional[str] = None) -> None:
+        self._models, problems = find_models()
+        for problem in problems:
+            self._log(f"Skipped a model folder: {problem}")
+        wanted = select or (self._parameterNode.modelFolder if self._parameterNode else "")
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for model in self._models:
+            combo.addItem(model.display_name)
+        folders = [str(model.folder) for model in self._models]
+        combo.currentIndex = folders.index(wanted) if wanted in folders else (0 if folders else -1)
+        combo.blockSignals(wasBlocked)
+        self.onModelSelected(combo.currentIndex)
+
+    def currentModel(self):
+        index = self.ui.modelComboBox.currentIndex
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def onModelSelected(self, index: int) -> None:
+        model = self.currentModel()
+        if model is not None:
+            self._setParameter("modelFolder", str(model.folder))
+            self.ui.modelInfoLabel.text = model.summary()
+        else:
+            self.ui.modelInfoLabel.text = ("No model installed yet: import a model folder, or train one in the "
+                                           "Training tab.")
+        self._rebuildExtraChannelSelectors(model)
+        self.updateButtons()
+
+    def _rebuildExtraChannelSelectors(self, model) -> None:
+        """One more volume selector per extra channel of a multi-channel model."""
+        layout = self.ui.extraChannelsFormLayout
+        while layout.rowCount() > 0:
+            layout.removeRow(0)
+        self._extraChannelSelectors = []
+        channels = model.channel_names if model is not None else {"0": ""}
+        for key in sorted(channels, key=int)[1:]:
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.noneEnabled, selector.addEnabled, selector.removeEnabled = True, False, False
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
+            layout.addRow(f"{channels[key]} volume:", selector)
+            self._extraChannelSelectors.append(selector)
+        self.ui.extraChannelsWidget.visible = bool(self._extraChannelSelectors)
+
+    def _startDeviceProbe(self) -> None:
+        self._probeRunner = JobRunner(devices.probe_command(commands.python_interpreter()),
+                                      env=commands.slicer_startup_environment())
+        self._probeRunner.start()
+        self._timer.start()
+
+    def _fillDeviceCombos(self) -> None:
+        for combo in (self.ui.deviceComboBox, self.ui.trainDeviceComboBox):
+            previous = combo.currentText
+            combo.clear()
+            for choice in self._deviceChoices:
+                combo.addItem(choice.label)
+            labels = [choice.label for choice in self._deviceChoices]
+            combo.currentIndex = labels.index(previous) if previous in labels else 0
+
+    def _deviceOf(self, combo):
+        index = combo.currentIndex
+        return self._deviceChoices[index] if 0 <= index < len(self._deviceChoices) else self._deviceChoices[0]
+
+    def _segmentRequest(self) -> SegmentRequest:
+        node = self._parameterNode
+        volumes = [node.inputVolume] + [s.currentNode() for s in self._extraChannelSelectors]
+        return SegmentRequest(volumes, self.currentModel(), self._deviceOf(self.ui.deviceComboBox), node.quality,
+                              node.outputSegmentation)
+
+    def onSegment(self) -> None:
+        job = SegmentJob(slicer.mrmlScene, self._segmentRequest(), base_env=commands.slicer_startup_environment(),
+                         work_dir=slicer.app.temporaryPath, on_log=self._log)
+        self._segmentJob = self._startJob(job, "segmentation", f"Segmenting with '{job.request.model.display_name}'...")
+        self.updateButtons()
+
+    def onCancelSegment(self) -> None:
+        if self._segmentJob is not None:
+            self._segmentJob.cancel()
+
+    def _pollSegment(self) -> None:
+        job = self._segmentJob
+        state = job.poll()
+        self._showProgress(self.ui.segmentProgressBar, self.ui.segmentStatusLabel, job.runner)
+        if state is JobState.RUNNING:
+            return
+        self._segmentJob = None
+        if state is JobState.SUCCEEDED:
+            node = job.result_node
+            show_in_3d(node)   # closed surfaces: the segments appear in 3D views too
+            self._parameters().outputSegmentation = node
+            self.ui.segmentStatusLabel.text = f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
+            for warning in job.warnings:
+                self._log(f"Warning: {warning}")
+        else:
+            self._reportEnd(state, job, self.ui.segmentStatusLabel, "Segmentation", "the scene is unchanged")
+        self.updateButtons()

@@ -1,0 +1,134 @@
+"""The Training tab: a dataset from volume + segmentation pairs of the scene, the SAM checkpoint
+download, and the training job with its plot.
+
+Mixed into `MaskSAMSegmentWidget`; uses its `ui`, `_parameterNode`, `_parameters()`, `_timer`,
+`_startJob()`, `_showProgress()`, `_reportEnd()`, `updateButtons()`, `_log()` and, from the
+Segment tab, `_deviceOf()` and `refreshModels()` (a trained model is installed and selected).
+"""
+
+import os
+
+import slicer
+from MaskSAMSegmentLib import commands
+from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
+from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainingJob, TrainRequest, downloaded_checkpoint
+from MaskSAMSegmentLib.training_plot import TrainingPlot
+
+
+class TrainingTabMixin:
+    """Pairs, Build dataset, Download SAM, Start and Stop training. Its state (set by the widget's
+    __init__): `_pairs`, `_datasetBuilder`, `_downloadRunner`, `_trainingJob`, `_plot`."""
+
+    def _trainRequest(self) -> TrainRequest:
+        node = self._parameterNode
+        return TrainRequest(node.datasetFolder, node.trainOutputFolder, node.preset, node.samCheckpoint or None,
+                            node.randomInit, node.epochs, device=self._deviceOf(self.ui.trainDeviceComboBox),
+                            resume=node.resume)
+
+    def onStartTraining(self) -> None:
+        request = self._trainRequest()
+        self._plot = TrainingPlot(slicer.mrmlScene, title=f"MaskSAM training {os.path.basename(request.output_dir)}")
+        job = TrainingJob(request, base_env=commands.slicer_startup_environment(), on_log=self._log,
+                          on_epoch=self._onEpoch)
+        self._trainingJob = self._startJob(job, "training", f"Training {request.preset} on {request.dataset_dir}...")
+        self.updateButtons()
+
+    def onStopTraining(self) -> None:
+        if self._trainingJob is not None:
+            self._trainingJob.cancel()
+
+    def _onEpoch(self, event: dict) -> None:
+        # The log pane already has the epoch in words (the console's line); the event feeds the plot.
+        first = self._plot.table_node is None
+        self._plot.add_epoch(event)
+        if first:
+            slicer.modules.plots.logic().ShowChartInLayout(self._plot.chart_node)
+
+    def _pollTraining(self) -> None:
+        job = self._trainingJob
+        state = job.poll()
+        self._showProgress(self.ui.trainingProgressBar, self.ui.trainingStatusLabel, job.runner)
+        if state is JobState.RUNNING:
+            return
+        self._trainingJob = None
+        if state is JobState.SUCCEEDED:
+            for warning in job.warnings:
+                self._log(f"Warning: {warning}")
+            installed = job.installed_model
+            self.refreshModels(select=str(installed.folder) if installed else None)
+            self.ui.trainingStatusLabel.text = ("Training finished" + (
+                f"; '{installed.display_name}' is ready in the Segment tab." if installed else "."))
+        else:
+            self._reportEnd(state, job, self.ui.trainingStatusLabel, "Training",
+                            "the last finished epoch can be resumed")
+        self.updateButtons()
+
+    def onDownloadSam(self) -> None:
+        preset = self._parameters().preset
+        model_type = preset if preset in SAM_TYPES else "vit_b"
+        runner = JobRunner(commands.masksam_command(commands.download_sam_arguments(model_type)),
+                           env=commands.job_environment(commands.slicer_startup_environment()), on_log=self._log)
+        runner.start()
+        self._downloadRunner = runner
+        self._timer.start()
+        self.updateButtons()
+
+    def _pollDownload(self) -> None:
+        runner = self._downloadRunner
+        state = runner.poll()
+        self._showProgress(self.ui.trainingProgressBar, self.ui.trainingStatusLabel, runner)
+        if state is JobState.RUNNING:
+            return
+        self._downloadRunner = None
+        path = downloaded_checkpoint(runner.log_lines) if state is JobState.SUCCEEDED else None
+        if path:
+            self._parameters().samCheckpoint = path
+            self.ui.trainingStatusLabel.text = f"SAM checkpoint ready: {path}"
+        else:
+            self._reportEnd(state, runner, self.ui.trainingStatusLabel, "Download", "nothing was kept")
+        self.updateButtons()
+
+    def onAddPair(self) -> None:
+        volume, segmentation = self.ui.pairVolumeSelector.currentNode(), self.ui.pairSegmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            slicer.util.warningDisplay("Select a volume and the segmentation drawn on it.")
+            return
+        self._pairs.append(CasePair(volume, segmentation))
+        self.ui.pairsListWidget.addItem(f"{volume.GetName()}  +  {segmentation.GetName()}")
+        self.updateButtons()
+
+    def onRemovePair(self) -> None:
+        row = self.ui.pairsListWidget.currentRow
+        if 0 <= row < len(self._pairs):
+            del self._pairs[row]
+            self.ui.pairsListWidget.takeItem(row)
+        self.updateButtons()
+
+    def onBuildDataset(self) -> None:
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Could not build the dataset.", waitCursor=True):
+            self._datasetBuilder = DatasetBuilder(self._pairs, node.newDatasetFolder, channel_name=node.channelName)
+            self._timer.start()   # one case per tick: Slicer stays responsive
+        self.updateButtons()
+
+    def _stepDatasetBuilder(self) -> None:
+        builder = self._datasetBuilder
+        try:
+            if not builder.finished_writing:
+                builder.step()
+                self.ui.trainingStatusLabel.text = f"Writing case {builder.done}/{builder.total}..."
+                return
+            summary = builder.finish()
+        except Exception as error:
+            builder.abort()
+            self._datasetBuilder = None
+            slicer.util.errorDisplay(f"Could not build the dataset: {error}")
+            self.updateButtons()
+            return
+        self._datasetBuilder = None
+        for warning in summary.warnings:
+            self._log(f"Warning: {warning}")
+        self._parameters().datasetFolder = str(summary.folder)
+        self.ui.trainingStatusLabel.text = f"Dataset written: {len(summary.cases)} cases in {summary.folder}"
+        self.updateButtons()
