@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from slicer_support import REPO
+from slicer_support import REPO, add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
 
 from MaskSAMCore.errors import ModelFolderError
 from MaskSAMSegmentLib import commands
-from MaskSAMSegmentLib.devices import (DeviceChoice, device_choices, parse_probe_output, probe_command)
+from MaskSAMSegmentLib.devices import (DeviceChoice, DeviceReport, device_choices, parse_probe_output,
+                                       probe_command, unprobed_choices)
 from MaskSAMSegmentLib.job_progress import JobProgress
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models, install_model_folder, read_model_info
@@ -244,3 +245,30 @@ def test_button_states_follow_what_is_running_and_what_is_missing(tmp_path, monk
     missing = action_states(["PyTorch"], SegmentRequest([], None), train, [], "", Activity())
     assert not missing["startTrainingButton"].enabled
     assert missing["startTrainingButton"].tooltip.startswith("Install the missing Python packages first (PyTorch).")
+
+
+def test_full_quality_on_the_cpu_warns_before_it_takes_hours(tmp_path):
+    """A clinician without a GPU who clicks Segment at full quality with a SAM-sized model would
+    wait hours: the Segment button's tooltip (and the log, on the click) says so beforehand."""
+    from MaskSAMSegmentLib.action_states import Activity, action_states
+    from MaskSAMSegmentLib.segment_job import SegmentRequest, cpu_speed_note
+
+    volume = add_scalar_volume(new_scene(), distinct_voxel_values(), oblique_grid())
+    vit_b = read_model_info(write_model(tmp_path / "vit_b"))
+    tiny = read_model_info(write_model(tmp_path / "tiny", training={"preset": "tiny"}))
+    auto_on_cpu, cpu = device_choices(None)
+    auto_on_gpu, gpu, _ = device_choices(DeviceReport("2.5.0", ((0, "H100", 79.6),)))
+    train = TrainRequest(str(tmp_path / "none"), str(tmp_path / "out"), preset="tiny")
+    for device in (auto_on_cpu, cpu):
+        request = SegmentRequest([volume], vit_b, device=device, quality="full")
+        assert "Full quality predicts every window 8 times" in cpu_speed_note(request)
+        state = action_states([], request, train, [], "", Activity())["segmentButton"]
+        assert state.enabled and state.tooltip.splitlines() == [
+            "Segment the input volume with the selected model.", cpu_speed_note(request)]
+    quiet = [SegmentRequest([volume], vit_b, device=cpu, quality="fast"),
+             SegmentRequest([volume], tiny, device=cpu, quality="full"),
+             *(SegmentRequest([volume], vit_b, device=device, quality="full")
+               for device in (auto_on_gpu, gpu, unprobed_choices()[0]))]
+    assert [cpu_speed_note(request) for request in quiet] == [None] * 5
+    state = action_states([], quiet[0], train, [], "", Activity())["segmentButton"]
+    assert state.tooltip == "Segment the input volume with the selected model."

@@ -11,7 +11,7 @@ import slicer
 from MaskSAMSegmentLib import commands, devices
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models
-from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, cpu_speed_note
 from MaskSAMSegmentLib.segmentations import show_in_3d
 
 
@@ -92,7 +92,11 @@ class SegmentTabMixin:
                               node.outputSegmentation)
 
     def onSegment(self) -> None:
-        job = SegmentJob(slicer.mrmlScene, self._segmentRequest(), base_env=commands.slicer_startup_environment(),
+        request = self._segmentRequest()
+        note = cpu_speed_note(request)
+        if note:
+            self._log(note)
+        job = SegmentJob(slicer.mrmlScene, request, base_env=commands.slicer_startup_environment(),
                          work_dir=slicer.app.temporaryPath, on_log=self._log)
         self._segmentJob = self._startJob(job, "segmentation", f"Segmenting with '{job.request.model.display_name}'...")
         self.updateButtons()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
-from MaskSAMSegmentLib.segment_job import SegmentRequest, segment_problems
+from MaskSAMSegmentLib.segment_job import SegmentRequest, cpu_speed_note, segment_problems
 from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainRequest, train_problems
 
 
@@ -46,9 +46,11 @@ def action_states(missing_packages: List[str], segment: SegmentRequest, train: T
     """Button name (as in the .ui file) -> its state."""
     packages = [f"Install the missing Python packages first ({', '.join(missing_packages)})."] if missing_packages else []
     pair_problems = check_pairs(pairs) + ([] if new_dataset_folder else ["Choose a folder for the new dataset."])
+    segment_tip = "\n".join(filter(None, ["Segment the input volume with the selected model.",
+                                         cpu_speed_note(segment)]))
     return {
-        "segmentButton": _state(packages + segment_problems(segment), activity.segmenting,
-                                "Segment the input volume with the selected model.", "A segmentation is running."),
+        "segmentButton": _state(packages + segment_problems(segment), activity.segmenting, segment_tip,
+                                "A segmentation is running."),
         "cancelSegmentButton": ActionState(activity.segmenting, "Stop the segmentation; the scene stays as it was."),
         "startTrainingButton": _state(packages + train_problems(train), activity.training_tab_busy,
                                       "Start training in the background.", "Wait for the running task to finish."),

@@ -42,6 +42,11 @@ class DeviceChoice:
     label: str
     device: str                 # the CLI's --device: auto / cpu / cuda
     gpu_index: Optional[int]    # made the only visible GPU (CUDA_VISIBLE_DEVICES) when set
+    auto_is_cpu: bool = False   # "auto" where the probe found no CUDA GPU
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        return self.device == "cpu" or (self.device == "auto" and self.auto_is_cpu)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def parse_probe_output(lines: Iterable[str]) -> Optional[DeviceReport]:
 def device_choices(report: Optional[DeviceReport]) -> List[DeviceChoice]:
     """Auto first (it picks the first GPU when there is one), then each GPU, then CPU."""
     if report is None or not report.gpus:
-        return [DeviceChoice("Auto (CPU: no CUDA GPU found)", "auto", None), DeviceChoice("CPU", "cpu", None)]
+        return [DeviceChoice("Auto (CPU: no CUDA GPU found)", "auto", None, auto_is_cpu=True),
+                DeviceChoice("CPU", "cpu", None)]
     index, name, memory = report.gpus[0]
     choices = [DeviceChoice(f"Auto (GPU {index}: {name})", "auto", None)]
     for index, name, memory in report.gpus:
