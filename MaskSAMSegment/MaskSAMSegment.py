@@ -3,8 +3,9 @@
 Module, widget, logic and self-test. Everything the buttons do is in MaskSAMSegmentLib (no Qt
 there, tested outside Slicer); the widget turns clicks into requests, drives the background jobs
 from a QTimer and shows their progress. The handlers of its two tabs are in MaskSAMSegmentGui
-(mixins); this file keeps the set-up, the parameter node and what the tabs share. Long work never runs in Slicer's process: it runs as
-``PythonSlicer -m MaskSAMCore ...`` in the background, and Cancel/Stop ends its process tree.
+(mixins); this file keeps the set-up, the parameter node and what the tabs share. Long work never
+runs in Slicer's process: it runs as ``PythonSlicer -m MaskSAMCore ...`` in the background, and
+Cancel/Stop ends its process tree.
 """
 
 import os
