@@ -272,3 +272,22 @@ def test_full_quality_on_the_cpu_warns_before_it_takes_hours(tmp_path):
     assert [cpu_speed_note(request) for request in quiet] == [None] * 5
     state = action_states([], quiet[0], train, [], "", Activity())["segmentButton"]
     assert state.tooltip == "Segment the input volume with the selected model."
+
+
+def test_training_a_sam_sized_preset_on_the_cpu_warns_that_it_takes_days(tmp_path, monkeypatch):
+    from MaskSAMSegmentLib.action_states import Activity, action_states
+    from MaskSAMSegmentLib.segment_job import SegmentRequest
+    from MaskSAMSegmentLib.training_job import cpu_training_note
+
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    dataset, output = str(make_dataset(tmp_path / "ds", 6)), str(tmp_path / "out")
+    auto_on_cpu, cpu = device_choices(None)
+    auto_on_gpu = device_choices(DeviceReport("2.5.0", ((0, "H100", 79.6),)))[0]
+    for device in (auto_on_cpu, cpu):
+        train = TrainRequest(dataset, output, preset="vit_b", random_init=True, device=device)
+        assert "training the vit_b preset takes days" in cpu_training_note(train)
+        state = action_states([], SegmentRequest([], None), train, [], "", Activity())["startTrainingButton"]
+        assert state.enabled and state.tooltip.splitlines() == [
+            "Start training in the background.", cpu_training_note(train)]
+    assert cpu_training_note(TrainRequest(dataset, output, preset="tiny", device=cpu)) is None
+    assert cpu_training_note(TrainRequest(dataset, output, preset="vit_b", device=auto_on_gpu)) is None

@@ -12,7 +12,8 @@ import slicer
 from MaskSAMSegmentLib import commands
 from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
-from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainingJob, TrainRequest, downloaded_checkpoint
+from MaskSAMSegmentLib.training_job import (SAM_TYPES, TrainingJob, TrainRequest, cpu_training_note,
+                                              downloaded_checkpoint)
 from MaskSAMSegmentLib.training_plot import TrainingPlot
 
 
@@ -28,6 +29,9 @@ class TrainingTabMixin:
 
     def onStartTraining(self) -> None:
         request = self._trainRequest()
+        note = cpu_training_note(request)
+        if note:
+            self._log(note)
         self._plot = TrainingPlot(slicer.mrmlScene, title=f"MaskSAM training {os.path.basename(request.output_dir)}")
         job = TrainingJob(request, base_env=commands.slicer_startup_environment(), on_log=self._log,
                           on_epoch=self._onEpoch)

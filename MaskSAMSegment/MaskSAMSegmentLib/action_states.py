@@ -8,11 +8,11 @@ tooltip lists every missing piece, one per line (MONAIAuto3DSeg's good habit).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
 from MaskSAMSegmentLib.segment_job import SegmentRequest, cpu_speed_note, segment_problems
-from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainRequest, train_problems
+from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainRequest, cpu_training_note, train_problems
 
 
 @dataclass(frozen=True)
@@ -41,19 +41,24 @@ def _state(problems: List[str], busy: bool, ready_tip: str, busy_tip: str) -> Ac
     return ActionState(not busy, busy_tip if busy else ready_tip)
 
 
+def _lines(*lines: Optional[str]) -> str:
+    """The lines that are given, one per line (a tooltip with an optional warning)."""
+    return "\n".join(line for line in lines if line)
+
+
 def action_states(missing_packages: List[str], segment: SegmentRequest, train: TrainRequest,
                   pairs: List[CasePair], new_dataset_folder: str, activity: Activity) -> Dict[str, ActionState]:
     """Button name (as in the .ui file) -> its state."""
     packages = [f"Install the missing Python packages first ({', '.join(missing_packages)})."] if missing_packages else []
     pair_problems = check_pairs(pairs) + ([] if new_dataset_folder else ["Choose a folder for the new dataset."])
-    segment_tip = "\n".join(filter(None, ["Segment the input volume with the selected model.",
-                                         cpu_speed_note(segment)]))
     return {
-        "segmentButton": _state(packages + segment_problems(segment), activity.segmenting, segment_tip,
+        "segmentButton": _state(packages + segment_problems(segment), activity.segmenting,
+                                _lines("Segment the input volume with the selected model.", cpu_speed_note(segment)),
                                 "A segmentation is running."),
         "cancelSegmentButton": ActionState(activity.segmenting, "Stop the segmentation; the scene stays as it was."),
         "startTrainingButton": _state(packages + train_problems(train), activity.training_tab_busy,
-                                      "Start training in the background.", "Wait for the running task to finish."),
+                                      _lines("Start training in the background.", cpu_training_note(train)),
+                                      "Wait for the running task to finish."),
         "stopTrainingButton": ActionState(activity.training, "Stop training; the last finished epoch can be resumed."),
         "downloadSamButton": _state(packages + ([] if train.preset in SAM_TYPES else
                                                 [f"The {train.preset} preset uses no SAM weights."]),

@@ -89,6 +89,15 @@ def train_problems(request: TrainRequest) -> List[str]:
     return problems
 
 
+def cpu_training_note(request: TrainRequest) -> Optional[str]:
+    """A word of warning before training a SAM-sized preset on the CPU, which takes days; the
+    `tiny` preset is the one meant for a CPU (the demo trains it in minutes)."""
+    if not request.device.runs_on_cpu or request.preset == "tiny":
+        return None
+    return (f"On the CPU, training the {request.preset} preset takes days: use a CUDA GPU, or the tiny "
+            "preset to try the workflow.")
+
+
 def uses_sam_weights(request: TrainRequest) -> bool:
     """False for the tiny preset (no official weights exist for it) and for random-backbone runs."""
     return request.preset in SAM_TYPES and not request.random_init
