@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one")
     init.add_argument("--random-init", action="store_true",
                       help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=1000,
+                   help="epochs of --iters-per-epoch iterations (default 1000, the paper's for AMOS "
+                        "and Synapse; it used 500 for ACDC)")
     p.add_argument("--iters-per-epoch", type=int, default=250)
     p.add_argument("--val-cases-per-epoch", type=int, default=None,
                    help="validate on at most this many cases each epoch (default: all)")

@@ -153,6 +153,14 @@ def test_image_encoder_shapes():
     assert all(f.shape == (2 * config.num_slices, h, w, config.backbone.encoder_embed_dim) for f in features)
 
 
+@pytest.mark.parametrize("name, blocks", [("vit_b", (2, 5, 8, 11)), ("vit_l", (5, 11, 17, 23)),
+                                          ("vit_h", (7, 15, 23, 31)), ("tiny", (0, 1, 2))])
+def test_prompt_generator_reads_the_last_block_and_three_more_a_quarter_apart(name, blocks):
+    # ViT-B's are the paper's "each three attention blocks"; deeper backbones must still end
+    # with the last block rather than read only the top third of the encoder.
+    assert preset(name, num_classes=3).feature_block_indexes == blocks
+
+
 @pytest.mark.parametrize("mode", ["mask", "box", "mask_box", "mask_avg_box"])
 def test_prompt_generator_shapes(mode):
     config = preset("tiny", num_classes=3, prompt_mode=mode)

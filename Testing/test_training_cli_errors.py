@@ -1,4 +1,4 @@
-"""`masksam train` on bad input: one clear line, exit status 1, and nothing written into MODEL_DIR."""
+"""`masksam train` on bad input (one clear line, exit status 1, nothing written into MODEL_DIR) and its defaults."""
 
 import subprocess
 import sys
@@ -113,3 +113,13 @@ def test_an_operating_system_error_is_one_line_naming_the_file(monkeypatch, caps
     assert main(["info"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "masksam: error: /data/model/checkpoint_latest.pt: No space left on device"
+
+
+def test_train_defaults_to_the_papers_schedule():
+    # Appendix A: 1000 epochs of 250 iterations, SGD at lr 0.01, batch size 2.
+    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.training.run import settings_from_arguments
+
+    settings = settings_from_arguments(build_parser().parse_args(["train", "data", "model"]))
+    assert (settings.epochs, settings.iters_per_epoch, settings.optimizer, settings.lr,
+            settings.batch_size) == (1000, 250, "sgd", 0.01, 2)

@@ -100,10 +100,18 @@ class MaskSAMConfig:
 
     @property
     def feature_block_indexes(self) -> Tuple[int, ...]:
-        """Encoder blocks whose output feeds the prompt generator: every third block (0-based)."""
+        """Encoder blocks whose output feeds the prompt generator (0-based, shallowest first).
+
+        The paper (section 2.5) takes "each three attention blocks" of ViT-B's 12: blocks 2, 5, 8
+        and 11. It says nothing of deeper backbones; taking every third block of ViT-H would give
+        ten maps of which the prompt generator uses the deepest four (20 .. 29, not the last
+        block). So the rule is the last block and three more, each a quarter of the depth apart:
+        ViT-B 2, 5, 8, 11; ViT-L 5, 11, 17, 23; ViT-H 7, 15, 23, 31 - the same blocks as SAM's
+        global-attention ones. Backbones under 8 blocks give their last four (`tiny`: all three).
+        """
         depth = self.backbone.encoder_depth
-        step = 3 if depth >= 6 else 1
-        return tuple(range(step - 1, depth, step))
+        step = max(depth // 4, 1)
+        return tuple(sorted(range(depth - 1, -1, -step)[:4]))
 
     def validate(self) -> None:
         b = self.backbone

@@ -70,7 +70,8 @@ class AdaptedImageEncoder(ImageEncoderViT):
     """SAM's ViT with adapters and a depth positional embedding.
 
     ``forward(x: (B*T, 3, H, W)) -> (neck (B*T, 256, h, w), [features (B*T, h, w, D), ...])``
-    where the features are the outputs of every third block (`config.feature_block_indexes`).
+    where the features are the outputs of the blocks `config.feature_block_indexes` names (ViT-B:
+    every third block, as in the paper).
     """
 
     def __init__(self, config: MaskSAMConfig) -> None:

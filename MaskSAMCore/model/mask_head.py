@@ -5,6 +5,11 @@ independently of the neighbouring slices. The head refines each query's stack of
 3D convolutions (so slices agree), using the prompt generator's auxiliary mask of the same query
 as a second input channel when there is one, then up-samples bilinearly in-plane to H x W.
 The refinement is residual and starts near zero: initially the output is SAM's mask, up-sampled.
+
+The paper up-samples SAM's masks and says no more; this head is DESIGN's (item 6). Feeding it the
+auxiliary mask is this project's choice, not the paper's: that mask comes from the prompt
+generator's 3D decoder, which has full-resolution skips, so it carries depth context and detail
+that SAM's per-slice 4h x 4w mask lacks, for one extra input channel.
 Working at 1/4 resolution keeps the head cheap for 24 queries x 8 slices x 512^2 windows.
 """
 

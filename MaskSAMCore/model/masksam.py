@@ -154,6 +154,10 @@ class MaskSAM(nn.Module):
         # Thresholding is not differentiable: mask-derived boxes carry no gradient.
         with torch.no_grad():
             mask_boxes, nonempty = masks_to_boxes(prompts.aux_mask_logits.transpose(1, 2) > 0)
+        # The paper averages the mask's box with the learnable one. It does not say what happens
+        # where a query's thresholded auxiliary mask is empty on a slice (most queries on most
+        # slices): there is no mask box, so the learnable box is used alone; in "mask" mode
+        # (no learnable boxes) the box covers the whole slice, SAM's "anywhere" prompt.
         if mode == "mask":
             whole = torch.tensor([0.0, 0.0, 1.0, 1.0], device=mask_boxes.device)
             return torch.where(nonempty.unsqueeze(-1), mask_boxes, whole)
@@ -163,7 +167,13 @@ class MaskSAM(nn.Module):
 
     def _mask_prompts(self, aux_low: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Auxiliary masks ``(B, T, N, 4h, 4w)`` as SAM's mask prompts ``(M, 1, 4h, 4w)`` in the
-        decoder's (volume, query, slice) row order, or None (box mode)."""
+        decoder's (volume, query, slice) row order, or None (box mode).
+
+        The paper calls its mask prompts "auxiliary binary masks". SAM's mask input is logits
+        (its interactive loop feeds back its previous low-resolution logits, unthresholded), so
+        the auxiliary logits, average-pooled to 4h x 4w, are given as they are; thresholding
+        would also stop the mask-prompt path from training the prompt generator.
+        """
         if aux_low is None or self.config.prompt_mode == "box":
             return None
         return aux_low.transpose(1, 2).reshape(-1, 1, *aux_low.shape[-2:])

@@ -13,7 +13,7 @@ from MaskSAMCore.training.weights import LossWeights
 class TrainSettings:
     """How to train; `--resume` continues with the stored settings, not the command line's."""
 
-    epochs: int = 100
+    epochs: int = 1000                     # the paper: 1000 (AMOS, Synapse) or 500 (ACDC) x 250
     iters_per_epoch: int = 250
     batch_size: int = 2
     optimizer: str = "sgd"                 # "sgd" (paper) or "adamw" (official AMOS config)
