@@ -41,7 +41,7 @@ from MaskSAMSegmentGui.training_tab import TrainingTabMixin  # noqa: E402
 from MaskSAMSegmentLib import commands, devices, requirements_check  # noqa: E402
 from MaskSAMSegmentLib.action_states import Activity, action_states  # noqa: E402
 from MaskSAMSegmentLib.dataset_builder import CasePair, dataset_summary  # noqa: E402
-from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for  # noqa: E402
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState, stop_jobs, wait_for  # noqa: E402
 from MaskSAMSegmentLib.models import install_model_folder, read_model_info  # noqa: E402
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest  # noqa: E402
 from MaskSAMSegmentLib.segmentations import show_in_3d  # noqa: E402
@@ -103,6 +103,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self._segmentJob = self._trainingJob = self._downloadRunner = self._probeRunner = None
         self._datasetBuilder = None
         self._plot = None
+        self._timer = None
 
     # -- set-up --------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -152,9 +153,12 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
 
     def cleanup(self) -> None:
         self.removeObservers()
-        for job in (self._segmentJob, self._trainingJob, self._downloadRunner, self._probeRunner):
-            if job is not None:
-                job.cancel()   # never leave a background job running after Slicer closes
+        if self._timer is not None:
+            self._timer.stop()
+        if self._datasetBuilder is not None:
+            self._datasetBuilder.abort()
+        # Never leave a background job running after Slicer closes, nor its temporary files.
+        stop_jobs([self._segmentJob, self._trainingJob, self._downloadRunner, self._probeRunner])
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -166,6 +170,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self.setParameterNode(None)
         if self._segmentJob is not None:
             self._segmentJob.cancel()   # its input and output belong to the scene being closed
+        self._abandonPairs()            # so do the pairs' nodes
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -283,8 +288,9 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         if state is JobState.CANCELLED:
             label.text = f"{what} cancelled; {cancelledNote}."
             return
-        label.text = f"{what} failed: {job.error_message}"
-        slicer.util.errorDisplay(f"{what} failed: {job.error_message}", detailedText=job.log_text)
+        message = job.error_message or "see the log for details"
+        label.text = f"{what} failed: {message}"
+        slicer.util.errorDisplay(f"{what} failed: {message}", detailedText=job.log_text)
 
     def updateButtons(self) -> None:
         if self._parameterNode is None:

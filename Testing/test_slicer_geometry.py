@@ -175,6 +175,26 @@ def test_replacing_an_existing_segmentation_keeps_the_node_and_swaps_its_segment
     np.testing.assert_array_equal(export_label_values_on_volume(existing, volume), labels)
 
 
+def test_replacing_a_segmentation_under_a_transform_keeps_every_voxel_in_place():
+    import vtk
+
+    scene = new_scene()
+    grid = oblique_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid)
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    moved = vtk.vtkTransform()
+    moved.Translate(15.0, -4.0, 7.5)
+    moved.RotateWXYZ(30.0, 0.2, 1.0, 0.4)   # e.g. a registration the user applied
+    transform.SetMatrixTransformToParent(moved.GetMatrix())
+    existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Registered segmentation")
+    existing.SetAndObserveTransformNodeID(transform.GetID())
+
+    labels = phantom_labels(grid.shape_zyx)
+    import_label_map(scene, labels, grid, {1: "liver", 2: "spleen", 4: "aorta"},
+                     segmentation_node=existing, reference_volume=volume)
+    np.testing.assert_array_equal(export_label_values_on_volume(existing, volume), labels)
+
+
 def test_unreadable_label_file_names_the_file(tmp_path):
     broken = tmp_path / "labels.nii.gz"
     broken.write_bytes(b"not an image")

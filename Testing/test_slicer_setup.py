@@ -19,7 +19,7 @@ from MaskSAMSegmentLib.devices import (DeviceChoice, DeviceReport, device_choice
                                        probe_command, unprobed_choices)
 from MaskSAMSegmentLib.job_progress import JobProgress
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
-from MaskSAMSegmentLib.models import find_models, install_model_folder, read_model_info
+from MaskSAMSegmentLib.models import find_models, install_model_folder, install_trained_model, read_model_info
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, install_plan, missing_requirements
 from MaskSAMSegmentLib.training_job import TrainRequest
 from MaskSAMSegmentLib.terminology import AnatomyTerminology, dataset_label_key
@@ -79,6 +79,23 @@ def test_import_installs_a_checked_copy_and_lists_it(tmp_path):
         install_model_folder(source, root=root)
     assert install_model_folder(source, root=root, replace=True).folder == installed.folder
     assert sorted(p.name for p in root.iterdir()) == ["Abdomen-CT-v2", "broken"]   # no temporaries left
+
+
+def test_a_finished_training_never_replaces_a_model_installed_from_elsewhere(tmp_path):
+    root = tmp_path / "models"
+    imported = install_model_folder(write_model(tmp_path / "from a colleague", version="1"), root=root)
+    trained = write_model(tmp_path / "my training", version="1")
+    (trained / "checkpoint_final.pt").write_bytes(b"mine")
+
+    first = install_trained_model(trained, root=root)
+    assert first.display_name == "Abdomen CT (v2)" and first.folder == root / "Abdomen-CT-v2"
+    assert (imported.folder / "checkpoint_final.pt").read_bytes() == b"final"   # untouched
+    # A resumed or repeated run of the same training folder replaces its own copy.
+    (trained / "checkpoint_final.pt").write_bytes(b"mine, resumed")
+    again = install_trained_model(trained, root=root)
+    assert again.folder == first.folder
+    assert (again.folder / "checkpoint_final.pt").read_bytes() == b"mine, resumed"
+    assert [m.display_name for m in find_models(root)[0]] == ["Abdomen CT (v1)", "Abdomen CT (v2)"]
 
 
 def test_import_refuses_unfinished_or_invalid_folders_and_leaves_nothing(tmp_path):
@@ -189,8 +206,20 @@ def test_training_progress_follows_the_train_bar_and_epoch_lines():
     assert progress.overall_fraction() == 1.0
 
 
+def test_malformed_progress_values_are_ignored_rather_than_raised():
+    progress = JobProgress()
+    progress.update({"event": "progress", "stage": "predict", "fraction": "half", "total": "x", "eta_s": None})
+    progress.update({"event": "epoch", "epoch": None, "epochs": "many", "eta_s": float("nan")})
+    assert progress.epoch == 1 and progress.epochs is None and progress.stage_fraction is None
+    assert progress.status_text(3.0) == "predict · elapsed 0:03"
+
+
 def test_dataset_label_keys_unify_spelling_variants():
     assert dataset_label_key("Left kidney") == dataset_label_key("left_kidney") == "left_kidney"
+    # Names in other scripts or with accents stay apart and keep their letters.
+    keys = [dataset_label_key(name) for name in ("Lésion", "Läsion", "Cœur", "肝臓", "脾臓")]
+    assert keys == ["lésion", "läsion", "cœur", "肝臓", "脾臓"]
+    assert dataset_label_key("Lésion") == "lésion"   # an accent typed as two characters
     terminology = AnatomyTerminology()
     assert terminology.style(dataset_label_key("Left kidney"), 2).name == "Left kidney"
 

@@ -44,9 +44,7 @@ class TrainingTabMixin:
 
     def _onEpoch(self, event: dict) -> None:
         # The log pane already has the epoch in words (the console's line); the event feeds the plot.
-        first = self._plot.table_node is None
-        self._plot.add_epoch(event)
-        if first:
+        if self._plot.add_epoch(event):
             slicer.modules.plots.logic().ShowChartInLayout(self._plot.chart_node)
 
     def _pollTraining(self) -> None:
@@ -108,6 +106,14 @@ class TrainingTabMixin:
             del self._pairs[row]
             self.ui.pairsListWidget.takeItem(row)
         self.updateButtons()
+
+    def _abandonPairs(self) -> None:
+        """Forget the pairs and discard a dataset being built (their nodes are going away)."""
+        if self._datasetBuilder is not None:
+            self._datasetBuilder.abort()
+            self._datasetBuilder = None
+        self._pairs.clear()
+        self.ui.pairsListWidget.clear()
 
     def onBuildDataset(self) -> None:
         node = self._parameterNode

@@ -80,6 +80,10 @@ def check_pairs(pairs: List[CasePair]) -> List[str]:
         if pair.volume is None or pair.segmentation is None:
             problems.append("Every pair needs both a volume and a segmentation.")
             continue
+        removed = [node.GetName() for node in (pair.volume, pair.segmentation) if node.GetScene() is None]
+        if removed:
+            problems.append(f"'{removed[0]}' is no longer in the scene; remove its pair.")
+            continue
         if pair.volume.GetParentTransformNode() is not None:
             problems.append(f"Volume '{pair.volume.GetName()}' is transformed; harden its transform first (Data module).")
         if pair.segmentation.GetSegmentation().GetNumberOfSegments() == 0:
@@ -134,6 +138,9 @@ class DatasetBuilder:
         if self.finished_writing:
             return
         pair, case = self.pairs[self.done], self.case_names[self.done]
+        problems = check_pairs([pair])   # the scene may have changed since the build started
+        if problems:
+            raise InputError(f"{case}: {problems[0]}")
         image, grid = volume_to_array(pair.volume)
         labels = np.zeros(grid.shape_zyx, dtype=np.int32)
         segmentation = pair.segmentation.GetSegmentation()
@@ -145,7 +152,11 @@ class DatasetBuilder:
             if overlap:
                 self.warnings.append(f"{case}: segment '{name}' overlaps earlier segments in {overlap} voxels "
                                      "(it wins there)")
-            labels[mask] = self.labels[dataset_label_key(name)]
+            value = self.labels.get(dataset_label_key(name))
+            if value is None:
+                raise InputError(f"{case}: segment '{name}' of '{pair.segmentation.GetName()}' was added or "
+                                 "renamed after the build started; build the dataset again")
+            labels[mask] = value
         write_array_image(image, grid, self._staging / "imagesTr" / f"{case}_0000{self.file_ending}")
         write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
                           self._staging / "labelsTr" / f"{case}{self.file_ending}")

@@ -9,6 +9,7 @@ follow the "train" bar and the epoch lines, not whichever stage printed last.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -38,16 +39,17 @@ class JobProgress:
             self.stage_eta_s = None
         elif kind == "progress":
             self.stage = str(event.get("stage") or self.stage)
-            fraction = event.get("fraction")
-            if fraction is None and event.get("total"):
-                fraction = float(event.get("done", 0)) / float(event["total"])
-            self.stage_fraction = None if fraction is None else min(max(float(fraction), 0.0), 1.0)
+            fraction, total = _number(event.get("fraction")), _number(event.get("total"))
+            if fraction is None and total:
+                fraction = (_number(event.get("done")) or 0.0) / total
+            self.stage_fraction = None if fraction is None else min(max(fraction, 0.0), 1.0)
             self.stage_eta_s = _number(event.get("eta_s"))
             if self.stage == TRAINING_STAGE:
                 self.training_fraction, self.training_eta_s = self.stage_fraction, self.stage_eta_s
         elif kind == "epoch":
-            self.epoch = int(event.get("epoch", (self.epoch or 0) + 1))
-            self.epochs = int(event["epochs"]) if event.get("epochs") else self.epochs
+            epoch, epochs = _number(event.get("epoch")), _number(event.get("epochs"))
+            self.epoch = int(epoch) if epoch is not None else (self.epoch or 0) + 1
+            self.epochs = int(epochs) if epochs else self.epochs
             self.training_eta_s = _number(event.get("eta_s"))
             self.epoch_history.append(dict(event))
         elif kind == "message":
@@ -92,7 +94,9 @@ class JobProgress:
 
 
 def _number(value: Any) -> Optional[float]:
+    """A finite float, or None for anything else (a malformed event must not stop the poll)."""
     try:
-        return None if value is None else float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None

@@ -26,6 +26,7 @@ from MaskSAMSegmentLib.job_progress import JobProgress
 ERROR_PREFIX = "masksam: error: "
 CANCELLED_EXIT_CODE = 130      # the core's exit status after Ctrl-C / SIGTERM
 MAX_LOG_LINES = 20000          # a long training prints far fewer; this only bounds memory
+OUTPUT_DRAIN_S = 2.0           # how long output may still arrive after the process has ended
 
 
 class JobState(str, enum.Enum):
@@ -74,6 +75,7 @@ class JobRunner:
         self._killed = False
         self._started_at: Optional[float] = None
         self._ended_at: Optional[float] = None
+        self._exit_seen_at: Optional[float] = None
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,7 +117,10 @@ class JobRunner:
         if self._cancel_requested_at is not None and not self._killed and self._process.poll() is None:
             if time.monotonic() - self._cancel_requested_at > self.cancel_grace_s:
                 self._signal_tree(kill=True)
-        if self._output_finished and self._process.poll() is not None:
+        exited = self._process.poll() is not None
+        if exited and not self._output_finished:
+            self._close_orphaned_output()
+        if self._output_finished and exited:
             self._finish()
         return self.state
 
@@ -161,6 +166,8 @@ class JobRunner:
             return ""
         if self._core_error:
             return self._core_error
+        if self.returncode is not None and self.returncode < 0:
+            return killed_by_signal_message(-self.returncode)
         last = next((line for line in reversed(self.log_lines) if line.strip()), "")
         return last.strip() or f"the process exited with status {self.returncode}"
 
@@ -183,6 +190,19 @@ class JobRunner:
         self.log_lines.append(line)
         if self.on_log is not None:
             self.on_log(line)
+
+    def _close_orphaned_output(self) -> None:
+        """The process has ended but its output is still open: a child it started (a data-loader
+        worker after a crash or an out-of-memory kill) inherited the pipe. Such orphans are
+        killed after a short drain, so the job ends instead of waiting for them."""
+        now = time.monotonic()
+        if self._exit_seen_at is None:
+            self._exit_seen_at = now
+        waited = now - self._exit_seen_at
+        if waited > OUTPUT_DRAIN_S and not self._killed:
+            self._signal_tree(kill=True)
+        elif waited > 2 * OUTPUT_DRAIN_S:
+            self._output_finished = True   # (Windows) the orphans could not be reached: stop reading
 
     def _finish(self) -> None:
         self.returncode = self._process.returncode
@@ -214,6 +234,31 @@ class JobRunner:
             pass  # the group is gone already
         if kill:
             self._killed = True
+
+
+def stop_jobs(jobs, timeout_s: float = 15.0, interval_s: float = 0.05) -> None:
+    """Cancel every job (None entries are skipped) and poll them until all have ended or
+    `timeout_s` has passed. For Slicer's exit and module reloads: a job only removes its
+    temporary files (a segmentation's copy of the patient's volume) when it is polled to its
+    end, and `JobRunner.poll` escalates to SIGKILL after its grace period."""
+    jobs = [job for job in jobs if job is not None]
+    for job in jobs:
+        job.cancel()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = [job.poll() for job in jobs]   # every job, not only up to the first running one
+        if JobState.RUNNING not in states:
+            return
+        time.sleep(interval_s)
+
+
+def killed_by_signal_message(number: int) -> str:
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    reason = " (the system may have run out of memory)" if name == "SIGKILL" else ""
+    return f"the MaskSAM process was killed by {name}{reason}"
 
 
 def wait_for(job, on_tick: Optional[Callable[[], None]] = None, timeout_s: Optional[float] = None,

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as replaced
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -26,6 +26,7 @@ FINAL_CHECKPOINT = "checkpoint_final.pt"
 # What an installed model does not need: the resume state (optimizer, RNG) and the preprocessed
 # training data stay in the training folder.
 NOT_INSTALLED = ("checkpoint_latest.pt", "preprocessed")
+INSTALLED_FROM = ".installed-from"   # in an installed model: the folder it was copied from
 
 
 @dataclass(frozen=True)
@@ -164,18 +165,19 @@ def install_folder_name(info: ModelInfo) -> str:
 
 
 def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.PathLike[str] | str"] = None,
-                         replace: bool = False) -> ModelInfo:
+                         replace: bool = False, version: Optional[str] = None) -> ModelInfo:
     """Copy a model folder into the models folder after checking it; returns the installed model.
 
     The copy is made in a hidden sibling and renamed into place, so an interrupted install
     never leaves a half-copied model that the list would show. Refuses to overwrite an
-    installed model of the same name and version unless `replace`.
+    installed model of the same name and version unless `replace`. `version` installs the
+    copy under another version than its model.json's (the copy's model.json says so).
     """
     info = read_model_info(source)
     if not info.has_final_checkpoint:
         raise ModelFolderError(f"{describe_path(info.folder)} has no {FINAL_CHECKPOINT} (is training finished?)")
     root = Path(root) if root is not None else models_folder()
-    target = root / install_folder_name(info)
+    target = root / install_folder_name(replaced(info, version=version or info.version))
     if Path(source).resolve() == target.resolve():
         return info  # already installed here
     if target.exists() and not replace:
@@ -184,6 +186,11 @@ def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.Pa
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=root))
     try:
         shutil.copytree(info.folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_INSTALLED))
+        if version is not None and version != info.version:
+            meta = json.loads((staging / MODEL_JSON).read_text(encoding="utf-8"))
+            meta["version"] = version
+            (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (staging / INSTALLED_FROM).write_text(str(Path(source).resolve()), encoding="utf-8")
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=root))
             os.replace(target, retired / target.name)
@@ -195,3 +202,27 @@ def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.Pa
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return read_model_info(target)
+
+
+def install_trained_model(source: "os.PathLike[str] | str",
+                          root: Optional["os.PathLike[str] | str"] = None) -> ModelInfo:
+    """Install the model a training has just finished. It replaces the copy that an earlier run
+    of the same training folder installed (a resumed or repeated training), never a model
+    installed from elsewhere: that one stays, and the new model gets the next free version."""
+    info = read_model_info(source)
+    root = Path(root) if root is not None else models_folder()
+    origin = str(Path(source).resolve())
+    number = int(info.version) if info.version.isdigit() else 1
+    while True:
+        target = root / install_folder_name(replaced(info, version=str(number)))
+        if not target.exists() or _installed_from(target) == origin:
+            break
+        number += 1
+    return install_model_folder(source, root, replace=True, version=str(number))
+
+
+def _installed_from(folder: Path) -> Optional[str]:
+    try:
+        return (folder / INSTALLED_FROM).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None

@@ -165,8 +165,9 @@ class SegmentJob:
             try:
                 self.result_node = self._import_result()
                 self._state = JobState.SUCCEEDED
-            except MaskSAMError as exc:
-                self._failure = str(exc)
+            except Exception as exc:   # noqa: BLE001 - poll() runs from a timer: report, never raise
+                self._failure = (str(exc) if isinstance(exc, MaskSAMError)
+                                 else f"could not import the result: {type(exc).__name__}: {exc}")
                 self._state = JobState.FAILED
             finally:
                 if not (self.keep_files and self._state is JobState.SUCCEEDED):
@@ -230,8 +231,26 @@ class SegmentJob:
                       MODEL_FOLDER_ATTRIBUTE: str(model.folder), QUALITY_ATTRIBUTE: self.request.quality,
                       **self.request.extra_attributes}
         return import_label_map(self.scene, labels, grid, model.names_by_value,
-                                segmentation_node=self.request.output_segmentation, reference_volume=volume,
+                                segmentation_node=self._output_node(volume), reference_volume=volume,
                                 node_name=f"{volume.GetName()} {model.name}", attributes=attributes)
+
+    def _output_node(self, volume):
+        """The segmentation to replace, or None for a new one. A chosen node is not replaced when
+        it has left the scene during the run, or when it was made for another volume: after
+        segmenting one CT, segmenting the next must not overwrite the first one's result."""
+        node = self.request.output_segmentation
+        if node is None:
+            return None
+        if node.GetScene() is not self.scene:
+            self.warnings.append(f"segmentation '{node.GetName()}' was removed during the run; "
+                                 "the result is a new segmentation")
+            return None
+        reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
+        if reference is not None and reference is not volume:
+            self.warnings.append(f"segmentation '{node.GetName()}' belongs to volume '{reference.GetName()}'; "
+                                 "the result is a new segmentation")
+            return None
+        return node
 
     def _cleanup(self) -> None:
         if self._folder is not None:

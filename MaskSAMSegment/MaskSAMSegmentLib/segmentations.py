@@ -22,7 +22,8 @@ import slicer
 from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.terminology import AnatomyTerminology
-from MaskSAMSegmentLib.volume_nodes import array_from_labelmap_node, labelmap_node_from_array, volume_grid
+from MaskSAMSegmentLib.volume_nodes import (array_from_labelmap_node, labelmap_node_from_array, local_to_world,
+                                            numpy_to_matrix, volume_grid)
 
 # Node attributes recording which model made a segmentation (saved with the scene).
 MODEL_NAME_ATTRIBUTE = "MaskSAM.ModelName"
@@ -112,6 +113,11 @@ def import_label_map(
             segment.SetTag(LABEL_NAME_TAG, label_name)
             segment_ids.InsertNextValue(segment_id)
         labelmap = labelmap_node_from_array(consecutive, grid, scene=None, name=f"{node_name} labels")
+        if segmentation_node is not None and segmentation_node.GetParentTransformNode() is not None:
+            # The segments are copied into the node as they are and its transform then moves
+            # them: stage them in the node's own coordinates, or they would be moved twice.
+            to_local = np.linalg.inv(local_to_world(segmentation_node, "segmentation"))
+            labelmap.SetIJKToRASMatrix(numpy_to_matrix(to_local @ grid.ijk_to_ras()))
         if values and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
                 labelmap, staging, segment_ids):
             raise InputError("Slicer could not import the label map into a segmentation")
@@ -178,6 +184,9 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
         ids.InsertNextValue(segment_id)
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     scene = segmentation_node.GetScene()
+    if scene is None:
+        raise InputError(f"segmentation '{segmentation_node.GetName()}' is no longer in the scene")
+    colour_tables_before = _node_ids(scene, "vtkMRMLColorTableNode")
     scene.AddNode(labelmap)  # the export needs a node in the scene for its display/colour nodes
     try:
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
@@ -188,6 +197,15 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
         return array_from_labelmap_node(labelmap, expected_grid=grid)
     finally:
         remove_with_display_nodes(scene, labelmap)
+        # The export makes a colour table for the label map on every call; building a
+        # dataset exports each segment of each case, which would fill the user's scene.
+        for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - colour_tables_before:
+            scene.RemoveNode(scene.GetNodeByID(node_id))
+
+
+def _node_ids(scene, class_name: str) -> set:
+    nodes = scene.GetNodesByClass(class_name)
+    return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
 
 
 def export_label_values_on_volume(segmentation_node, reference_volume) -> np.ndarray:

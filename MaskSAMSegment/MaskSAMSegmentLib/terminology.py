@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -40,8 +41,13 @@ class SegmentStyle:
 
 
 def normalise_label_name(name: str) -> str:
-    """``"Kidney_Left"`` -> ``"kidney left"``: lower case, any run of non-alphanumerics a space."""
-    return " ".join(re.split(r"[^0-9a-z]+", name.lower())).strip()
+    """``"Kidney_Left"`` -> ``"kidney left"``: lower case, any run of non-alphanumerics a space.
+
+    Letters of any script count ("Lésion", "肝臓"), so names in other languages stay apart;
+    NFC makes an accent typed as one character or as two the same name.
+    """
+    folded = unicodedata.normalize("NFC", name).casefold()
+    return " ".join(re.split(r"[\W_]+", folded)).strip()
 
 
 def prettify_label_name(name: str) -> str:

@@ -19,7 +19,7 @@ from MaskSAMCore.paths import checkpoint_cache
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
-from MaskSAMSegmentLib.models import ModelInfo, install_model_folder
+from MaskSAMSegmentLib.models import ModelInfo, install_trained_model
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 RESUME_CHECKPOINT = "checkpoint_latest.pt"
@@ -159,7 +159,7 @@ class TrainingJob:
         state = self.runner.poll()
         if was_running and state is JobState.SUCCEEDED and self.request.install_when_done:
             try:
-                self.installed_model = install_model_folder(self.request.output_dir, root=self.models_root, replace=True)
+                self.installed_model = install_trained_model(self.request.output_dir, root=self.models_root)
             except MaskSAMError as exc:
                 # The training itself succeeded; the model can still be imported by hand.
                 self.warnings.append(f"the model was trained but not installed: {exc}")

@@ -41,20 +41,25 @@ class TrainingPlot:
         nodes = [self.table_node, self.chart_node, *self.series_nodes.values()]
         return [node.GetID() for node in nodes if node is not None]
 
-    def add_epoch(self, event: Dict[str, object]) -> None:
-        """Append one epoch (the event of an ``epoch`` machine line)."""
+    def add_epoch(self, event: Dict[str, object]) -> bool:
+        """Append one epoch (the event of an ``epoch`` machine line). True when this made the
+        table and chart (the first epoch, or the first after the scene was closed), which the
+        caller then shows."""
         metrics = [key for key, _ in PLOTTED_METRICS if _is_number(event.get(key))]
-        if self.table_node is None:
+        created = self.table_node is None or self.table_node.GetScene() is None
+        if created:
             self._create(metrics)
         table = self.table_node.GetTable()
         row = table.InsertNextBlankRow()
-        table.SetValue(row, 0, vtk.vtkVariant(float(event.get("epoch", row + 1))))
+        epoch = event.get("epoch")
+        table.SetValue(row, 0, vtk.vtkVariant(float(epoch) if _is_number(epoch) else float(row + 1)))
         for index, (key, _) in enumerate(PLOTTED_METRICS, start=1):
             if key in self._columns:
                 value = event.get(key)
                 table.SetValue(row, index, vtk.vtkVariant(float(value) if _is_number(value) else math.nan))
         table.Modified()
         self.table_node.Modified()
+        return created
 
     def rows(self) -> List[Dict[str, float]]:
         """The table as a list of {column: value} (what the chart shows)."""

@@ -26,7 +26,7 @@ def _matrix_to_numpy(matrix: "vtk.vtkMatrix4x4") -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def _numpy_to_matrix(array: np.ndarray) -> "vtk.vtkMatrix4x4":
+def numpy_to_matrix(array: np.ndarray) -> "vtk.vtkMatrix4x4":
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
@@ -34,21 +34,25 @@ def _numpy_to_matrix(array: np.ndarray) -> "vtk.vtkMatrix4x4":
     return matrix
 
 
+def local_to_world(node, what: str = "volume") -> np.ndarray:
+    """4x4 from a node's own coordinates to world RAS: its linear parent transform, or identity."""
+    transform_node = node.GetParentTransformNode()
+    if transform_node is None:
+        return np.eye(4)
+    if not transform_node.IsTransformToWorldLinear():
+        raise InputError(
+            f"{what} '{node.GetName()}' is under the non-linear transform "
+            f"'{transform_node.GetName()}'; harden the transform (Data module) first")
+    to_world = vtk.vtkMatrix4x4()
+    transform_node.GetMatrixTransformToWorld(to_world)
+    return _matrix_to_numpy(to_world)
+
+
 def world_ijk_to_ras(node) -> np.ndarray:
     """4x4 IJK -> world RAS of a volume node, including a linear parent transform."""
     local = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(local)
-    ijk_to_ras = _matrix_to_numpy(local)
-    transform_node = node.GetParentTransformNode()
-    if transform_node is not None:
-        if not transform_node.IsTransformToWorldLinear():
-            raise InputError(
-                f"volume '{node.GetName()}' is under the non-linear transform "
-                f"'{transform_node.GetName()}'; harden the transform (Data module) first")
-        to_world = vtk.vtkMatrix4x4()
-        transform_node.GetMatrixTransformToWorld(to_world)
-        ijk_to_ras = _matrix_to_numpy(to_world) @ ijk_to_ras
-    return ijk_to_ras
+    return local_to_world(node) @ _matrix_to_numpy(local)
 
 
 def volume_grid(node) -> LpsGrid:
@@ -89,7 +93,7 @@ def image_data_from_array(array: np.ndarray) -> "vtk.vtkImageData":
 
 def set_volume_grid(node, grid: LpsGrid) -> None:
     """Place a volume node on an LPS grid (sets IJKToRAS; the voxels are untouched)."""
-    node.SetIJKToRASMatrix(_numpy_to_matrix(grid.ijk_to_ras()))
+    node.SetIJKToRASMatrix(numpy_to_matrix(grid.ijk_to_ras()))
 
 
 def smallest_label_dtype(array: np.ndarray) -> np.dtype:

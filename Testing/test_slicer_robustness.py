@@ -1,0 +1,189 @@
+"""The Slicer module when things around a job go wrong: Slicer closing mid-run, a worker that
+outlives its process, a kill by the system, a result that cannot be imported, nodes removed or
+renamed while work runs, and a second volume segmented after the first."""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from slicer_support import (add_scalar_volume, distinct_voxel_values, live_processes_in_group, new_scene,
+                            oblique_grid)
+from test_slicer_dataset import rename_segments, two_cases
+from test_slicer_jobs import fake_model_folder, slow_program
+
+from MaskSAMCore.errors import InputError
+from MaskSAMSegmentLib.dataset_builder import DatasetBuilder, build_dataset_from_scene, check_pairs
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState, stop_jobs
+from MaskSAMSegmentLib.models import read_model_info
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and signals")
+
+
+def program(tmp_path: Path, name: str, body: str) -> str:
+    """An executable standing in for the interpreter of a MaskSAM command (it gets
+    ``-m MaskSAMCore --machine-progress predict MODEL INPUT OUTPUT ...``)."""
+    script = tmp_path / name
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    script.chmod(0o755)
+    return str(script)
+
+
+def fake_predictor(tmp_path: Path, labels_expression: str = "(voxels > 0).astype('uint8')") -> str:
+    """Writes `labels_expression` of the input's voxels on the input's grid, as the core would."""
+    return program(tmp_path, "fake_predict.py", f"""\
+        import sys
+        import SimpleITK as sitk
+        arguments = sys.argv[sys.argv.index("predict") + 1:]
+        image = sitk.ReadImage(arguments[1])
+        voxels = sitk.GetArrayFromImage(image)
+        labels = sitk.GetImageFromArray({labels_expression})
+        labels.CopyInformation(image)
+        sitk.WriteImage(labels, arguments[2])
+        """)
+
+
+def node_classes(scene) -> collections.Counter:
+    classes = (scene.GetNthNode(i).GetClassName() for i in range(scene.GetNumberOfNodes()))
+    return collections.Counter(c for c in classes if c != "vtkMRMLSubjectHierarchyNode")
+
+
+@posix_only
+def test_closing_slicer_mid_run_ends_the_job_and_removes_its_copy_of_the_volume(tmp_path):
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    work = tmp_path / "work"
+    work.mkdir()
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=str(slow_program(tmp_path)), work_dir=str(work))
+    job.start()
+    assert len(list(work.iterdir())) == 1
+    stop_jobs([job, None])           # what the widget's cleanup() does; nothing polls afterwards
+    assert job.state is JobState.CANCELLED
+    assert list(work.iterdir()) == []
+    assert live_processes_in_group(job.runner.pid) == []
+
+
+@posix_only
+def test_a_job_ends_even_when_a_worker_outlives_it_holding_the_output(tmp_path):
+    crashing = program(tmp_path, "crash.py", """\
+        import os, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # inherits stdout
+        print("loading data", flush=True)
+        os._exit(3)
+        """)
+    runner = JobRunner([crashing])
+    runner.start()
+    started = time.monotonic()
+    assert runner.wait(timeout_s=30) is JobState.FAILED
+    assert time.monotonic() - started < 15
+    assert runner.returncode == 3 and live_processes_in_group(runner.pid) == []
+
+
+@posix_only
+def test_a_process_killed_by_the_system_says_so_instead_of_its_last_line(tmp_path):
+    killed = program(tmp_path, "killed.py", """\
+        import os, signal
+        print("epoch 3/100: train loss 0.41", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    runner = JobRunner([killed])
+    runner.start()
+    assert runner.wait(timeout_s=30) is JobState.FAILED
+    assert runner.error_message == ("the MaskSAM process was killed by SIGKILL "
+                                    "(the system may have run out of memory)")
+
+
+def test_a_result_that_cannot_be_imported_fails_the_job_with_one_line(tmp_path):
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    work = tmp_path / "work"
+    work.mkdir()
+    nodes_before = node_classes(scene)
+    python = fake_predictor(tmp_path, "voxels.astype('float32') * float('nan')")
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=python, work_dir=str(work))
+    job.start()
+    assert job.wait(timeout_s=60) is JobState.FAILED     # poll() reported it, did not raise
+    assert job.error_message and "\n" not in job.error_message
+    assert node_classes(scene) == nodes_before and list(work.iterdir()) == []
+
+
+def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing(tmp_path):
+    scene = new_scene()
+    first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="Patient A")
+    second = add_scalar_volume(scene, -distinct_voxel_values(), oblique_grid(), name="Patient B")
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    python = fake_predictor(tmp_path)
+
+    job = SegmentJob(scene, SegmentRequest([first], model), python=python)
+    job.start()
+    assert job.wait(timeout_s=60) is JobState.SUCCEEDED
+    result_a = job.result_node
+    segments_a = result_a.GetSegmentation().GetNumberOfSegments()
+    again = SegmentJob(scene, SegmentRequest([first], model, output_segmentation=result_a), python=python)
+    again.start()
+    assert again.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert again.result_node is result_a and again.warnings == []   # same volume: replaced in place
+
+    # The widget keeps the last result as the output; segmenting the next patient must not overwrite it.
+    job_b = SegmentJob(scene, SegmentRequest([second], model, output_segmentation=result_a), python=python)
+    job_b.start()
+    assert job_b.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert job_b.result_node is not result_a and job_b.result_node.GetName() == "Patient B Test model"
+    assert result_a.GetSegmentation().GetNumberOfSegments() == segments_a
+    assert "belongs to volume 'Patient A'" in job_b.warnings[0]
+
+
+def test_an_output_segmentation_deleted_during_the_run_gives_a_new_one(tmp_path):
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my output")
+    job = SegmentJob(scene, SegmentRequest([volume], read_model_info(fake_model_folder(tmp_path / "model")),
+                                           output_segmentation=chosen), python=fake_predictor(tmp_path))
+    job.start()
+    scene.RemoveNode(chosen)
+    assert job.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert job.result_node.GetScene() is scene
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    assert "'my output' was removed during the run" in job.warnings[0]
+
+
+def test_building_a_dataset_adds_nothing_to_the_users_scene(tmp_path):
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    before = node_classes(scene)
+    build_dataset_from_scene(pairs, tmp_path / "Dataset502_Scene")
+    assert node_classes(scene) == before     # no colour table per exported segment
+
+
+def test_a_segment_renamed_during_the_build_stops_it_with_its_name(tmp_path):
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    builder = DatasetBuilder(pairs, tmp_path / "ds")
+    builder.step()
+    rename_segments(pairs[1].segmentation, ["Pancreas"])
+    with pytest.raises(InputError, match="segment 'Pancreas' .* was added or renamed after the build started"):
+        builder.step()
+    builder.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pairs_whose_nodes_left_the_scene_are_refused_by_name(tmp_path):
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    builder = DatasetBuilder(pairs, tmp_path / "ds")
+    scene.RemoveNode(pairs[1].volume)
+    assert check_pairs(pairs) == ["'Patient B' is no longer in the scene; remove its pair."]
+    builder.step()
+    with pytest.raises(InputError, match="case_001: 'Patient B' is no longer in the scene"):
+        builder.step()
+    builder.abort()
+    assert list(tmp_path.iterdir()) == []
