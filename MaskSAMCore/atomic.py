@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -58,6 +59,28 @@ def atomic_path(path: "os.PathLike[str] | str") -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path_with_companions(path: "os.PathLike[str] | str") -> Iterator[Path]:
+    """`atomic_path` for formats that write more than one file: a detached header (``x.nhdr``
+    beside ``x.raw.gz``, ``x.mhd`` beside ``x.zraw``) names its data file, so the two are written
+    under their final names in a hidden temporary folder beside `path`. On success the data
+    files are moved out first and `path` itself last: whoever finds the header finds its data."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent))
+    try:
+        target = folder / path.name
+        yield target
+        for companion in sorted(folder.iterdir()):
+            if companion != target:
+                _fsync_file(companion)
+                os.replace(companion, path.parent / companion.name)
+        _fsync_file(target)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_bytes(path: "os.PathLike[str] | str", data: bytes) -> None:
     """Atomically write `data` to `path`."""
     with atomic_path(path) as tmp:
@@ -87,10 +110,14 @@ def remove_stale_temporaries(folder: "os.PathLike[str] | str") -> int:
     if not folder.is_dir():
         return 0
     for entry in folder.iterdir():
-        if entry.name.startswith(".") and TEMP_MARKER in entry.name and entry.is_file():
-            with contextlib.suppress(OSError):
+        if not (entry.name.startswith(".") and TEMP_MARKER in entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)     # an `atomic_path_with_companions` folder
+            else:
                 entry.unlink()
-                removed += 1
+            removed += 1
     return removed
 
 

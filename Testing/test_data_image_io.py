@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -227,3 +229,51 @@ def test_write_rejects_an_array_that_does_not_fit_the_grid(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         write_label(np.zeros((7, 11, 9), np.uint8), geometry, tmp_path / "x.nrrd")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("ending, data_file", [(".nhdr", "labels.raw.gz"), (".mhd", "labels.zraw")])
+def test_detached_header_and_its_data_survive_the_next_run_in_the_folder(tmp_path, ending, data_file):
+    from MaskSAMCore.atomic import remove_stale_temporaries
+
+    geometry = oblique_geometry()
+    labels = np.arange(np.prod(geometry.shape_zyx), dtype=np.int16).reshape(geometry.shape_zyx) % 5
+    write_label(labels, geometry, tmp_path / f"labels{ending}")
+    # The header names its data file by its final name, and the data file is there.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"labels{ending}", data_file])
+    assert remove_stale_temporaries(tmp_path) == 0        # what the next `masksam predict` does first
+    back, read = read_label(tmp_path / f"labels{ending}")
+    np.testing.assert_array_equal(back, labels)
+    assert_same_geometry(read, geometry, ending)
+
+
+def test_a_temporary_folder_left_by_a_killed_process_is_removed(tmp_path):
+    from MaskSAMCore.atomic import TEMP_MARKER, remove_stale_temporaries
+
+    stale = tmp_path / f".labels.nhdr{TEMP_MARKER}abc123"
+    stale.mkdir()
+    (stale / "labels.raw.gz").write_bytes(b"half")
+    (tmp_path / "keep.nrrd").write_bytes(b"user's")
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.nrrd"]
+
+
+def sheared_geometry() -> ImageGeometry:
+    """A gantry tilt: the slice axis leans 15 degrees, so the direction is not orthonormal."""
+    tilt = np.deg2rad(15.0)
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
+    return ImageGeometry((9, 8, 5), (0.7, 0.9, 3.0), (-20.0, 35.5, 102.0), tuple(direction.ravel()))
+
+
+@pytest.mark.parametrize("geometry, ending, lost", [
+    (sheared_geometry(), ".nii.gz", "direction"),
+    (oblique_geometry(), ".tif", "spacing, origin and direction"),
+])
+def test_a_format_that_cannot_keep_the_grid_is_refused_and_nothing_is_written(tmp_path, geometry, ending, lost):
+    target = tmp_path / f"labels{ending}"
+    with pytest.raises(InputError, match=rf"labels{re.escape(ending)}: this file format cannot store the grid's "
+                                         rf"{lost} exactly .* choose \.nrrd or \.mha"):
+        write_label(np.ones(geometry.shape_zyx, np.uint8), geometry, target)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match=f"cannot store the grid's {lost}"):
+        image_io.check_format_keeps(geometry, target)       # the same answer before any work
+    image_io.check_format_keeps(geometry, tmp_path / "labels.nrrd")   # NRRD keeps any grid

@@ -131,6 +131,21 @@ def test_output_under_a_file_is_refused_before_any_prediction(model_dir, tmp_pat
     assert blocker.read_text() == "not a folder"
 
 
+def test_an_output_format_that_cannot_keep_the_grid_fails_before_any_prediction(model_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from MaskSAMCore.inference.predictor import Predictor
+
+    monkeypatch.setattr(Predictor, "predict_prepared", lambda *a, **k: pytest.fail("predicted anyway"))
+    source = tmp_path / "oblique.nrrd"
+    image = _image(np.random.rand(6, 16, 16).astype(np.float32) * 100, spacing=(0.8, 0.8, 2.5))
+    image.SetOrigin((-40.0, 12.5, 300.0))
+    image.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    sitk.WriteImage(image, str(source))
+    assert main(["predict", str(model_dir), str(source), str(tmp_path / "labels.tif"), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "labels.tif", "cannot store the grid's", "choose .nrrd or .mha")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["oblique.nrrd"]
+
+
 def test_unknown_or_invalid_model_folder(tmp_path, capsys):
     source = _good_image(tmp_path)
     empty = tmp_path / "not_a_model"

@@ -13,14 +13,15 @@ float32 precision (about 1e-7 relative); NRRD and MHA keep it to double precisio
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from MaskSAMCore.atomic import atomic_path
+from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti
 from MaskSAMCore.errors import InputError, describe_path
 
@@ -224,6 +225,8 @@ def read_geometry(path: "os.PathLike[str] | str") -> ImageGeometry:
 
 # -- writing ----------------------------------------------------------------------------------------
 
+DETACHED_HEADER_ENDINGS = (".nhdr", ".mhd")   # the header and the voxels in two files
+
 def write_label(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
     """Write a label map (z, y, x) on `geometry` atomically. Stored as uint8 when the values fit,
     else int16; compressed where the format allows."""
@@ -258,12 +261,59 @@ def _write_array(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[
 
 
 def write_sitk_image(image: sitk.Image, path: "os.PathLike[str] | str") -> None:
-    """Atomically write a SimpleITK image; the format follows the file ending of `path`."""
-    with atomic_path(path) as tmp:
+    """Atomically write a SimpleITK image; the format follows the file ending of `path`.
+
+    The written header is read back: a format that cannot keep the image's grid (TIFF has no
+    origin or direction, NIfTI no sheared direction such as a gantry tilt's) would otherwise
+    put the image somewhere else without a word. Then nothing is written and `InputError` says so.
+    """
+    path = Path(path)
+    detached = path.name.lower().endswith(DETACHED_HEADER_ENDINGS)
+    with (atomic_path_with_companions if detached else atomic_path)(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as exc:
             raise InputError(f"{describe_path(path)}: cannot write an image here ({_sitk_reason(exc)})") from None
+        problem = _format_problem(image, tmp)
+        if problem:
+            raise InputError(f"{describe_path(path)}: {problem}")
+
+
+def check_format_keeps(geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+    """`InputError` now, before any work, when the format of `path` cannot store `geometry`
+    (what `write_sitk_image` would find at the end): a 2 x 2 x 2 image with its spacing, origin
+    and direction is written to a temporary file of the same ending and read back."""
+    name = Path(path).name
+    ending = name[name.find(".", 1):] if name.find(".", 1) > 0 else ""
+    probe = ImageGeometry((2, 2, 2), geometry.spacing, geometry.origin, geometry.direction)
+    image = probe.apply(sitk.Image(2, 2, 2, sitk.sitkUInt8))
+    with tempfile.TemporaryDirectory(prefix="masksam-format-") as folder:
+        probe_file = Path(folder) / f"probe{ending}"
+        warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)   # ITK's multi-line "coerced" warning
+        try:
+            sitk.WriteImage(image, str(probe_file))
+        except RuntimeError as exc:
+            raise InputError(f"{describe_path(path)}: cannot write this kind of file ({_sitk_reason(exc)})") from None
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+        problem = _format_problem(image, probe_file)
+    if problem:
+        raise InputError(f"{describe_path(path)}: {problem}")
+
+
+def _format_problem(image: sitk.Image, written_file: Path) -> Optional[str]:
+    """Why the file written from `image` is not on `image`'s grid, or None when it is."""
+    try:
+        written = read_geometry(written_file)
+    except InputError:
+        return "this file format does not read back as a 3D image; choose .nrrd, .mha or .nii.gz"
+    differences = ImageGeometry.from_sitk(image).grid_differences(written)
+    if not differences:
+        return None
+    named = ", ".join(differences[:-1]) + (" and " if len(differences) > 1 else "") + differences[-1]
+    return (f"this file format cannot store the grid's {named} exactly "
+            "(the labels would lie elsewhere); choose .nrrd or .mha")
 
 
 def _sitk_reason(exc: BaseException) -> str:

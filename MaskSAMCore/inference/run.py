@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import List, Optional
 
 from MaskSAMCore.atomic import remove_stale_temporaries
-from MaskSAMCore.data.image_io import read_geometry
+from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.errors import InputError, first_line
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
@@ -45,10 +45,11 @@ def describe_mirroring(predictor: Predictor) -> str:
 
 
 def check_headers(cases: List[Case]) -> None:
-    """Read every input header before any work: a corrupt or non-3D file fails in seconds."""
+    """Read every input header before any work: a corrupt or non-3D file fails in seconds, and
+    so does an output format that cannot store the input's grid (TIFF, NIfTI for a tilted scan)."""
     for case in cases:
-        for path in case.channel_files:
-            read_geometry(path)
+        geometries = [read_geometry(path) for path in case.channel_files]
+        check_format_keeps(geometries[0], case.output_file)
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
