@@ -125,7 +125,7 @@ def test_evaluate_rejects_a_prediction_without_ground_truth_or_on_another_grid(t
     out = tmp_path / "report.json"
     assert main(["evaluate", str(pred), str(gt), "--output", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "origin" in err[0] and "case_a.nrrd" in err[0]
+    assert len(err) == 1 and "case_a.nrrd" in err[0] and "(origin (11, -5, 2) vs origin (" in err[0]
     assert not out.exists()
 
 

@@ -92,6 +92,11 @@ def class_names_from(dataset_json: Optional[Path], values: Sequence[int]) -> Dic
     return {value: name for value, name in sorted(names.items()) if value > 0}
 
 
+def _values(grid, names: Sequence[str]) -> str:
+    """``origin (0, 0, 0)``: the named fields of a grid, rounded for a message."""
+    return ", ".join(f"{name} ({', '.join(f'{v:.4g}' for v in getattr(grid, name))})" for name in names)
+
+
 def evaluate_case(prediction_file: Path, truth_file: Path,
                   classes: Sequence[int]) -> Dict[str, Dict[int, Optional[float]]]:
     """Dice and HD95 per foreground label value for one pair of label maps on the same grid:
@@ -101,7 +106,8 @@ def evaluate_case(prediction_file: Path, truth_file: Path,
     differences = predicted_grid.grid_differences(actual_grid)
     if differences:
         raise InputError(f"{describe_path(prediction_file)}: its {', '.join(differences)} differ(s) from the ground "
-                         f"truth {describe_path(truth_file)} ({predicted_grid.describe()} vs {actual_grid.describe()})")
+                         f"truth {describe_path(truth_file)} ({_values(predicted_grid, differences)} vs "
+                         f"{_values(actual_grid, differences)})")
     present = set(np.unique(predicted).tolist()) | set(np.unique(actual).tolist())
     spacing = actual_grid.spacing_zyx
     dice, hd95 = {}, {}
