@@ -187,3 +187,12 @@ def test_pairs_whose_nodes_left_the_scene_are_refused_by_name(tmp_path):
         builder.step()
     builder.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_segment_empty_in_every_case_is_warned_about(tmp_path):
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    pairs[0].segmentation.GetSegmentation().AddEmptySegment("gallbladder", "Gallbladder")
+    summary = build_dataset_from_scene(pairs, tmp_path / "Dataset503_Scene")
+    assert summary.labels["gallbladder"] == 3
+    assert summary.warnings == ["segment(s) gallbladder are empty in every case: the model cannot learn them"]

@@ -116,6 +116,7 @@ class DatasetBuilder:
         self.case_names = [f"{case_prefix}_{index:03d}" for index in range(len(self.pairs))]
         self.warnings: List[str] = []
         self.sources: Dict[str, Dict[str, str]] = {}
+        self._values_seen: set = set()
         self.done = 0
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self._staging: Optional[Path] = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.partial-",
@@ -161,12 +162,17 @@ class DatasetBuilder:
         write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
                           self._staging / "labelsTr" / f"{case}{self.file_ending}")
         self.sources[case] = {"volume": pair.volume.GetName(), "segmentation": pair.segmentation.GetName()}
+        self._values_seen.update(int(v) for v in np.unique(labels))
         self.done += 1
 
     def finish(self) -> DatasetSummary:
         """Write dataset.json and move the folder into place."""
         while not self.finished_writing:
             self.step()
+        never = [name for name, value in self.labels.items() if value and value not in self._values_seen]
+        if never:
+            self.warnings.append(f"segment(s) {', '.join(never)} are empty in every case: the model "
+                                 "cannot learn them")
         write_json(self._staging / "dataset.json", {
             "name": self.dataset_name,
             "description": "Built from a 3D Slicer scene by the MaskSAM extension",
