@@ -277,3 +277,29 @@ def test_a_format_that_cannot_keep_the_grid_is_refused_and_nothing_is_written(tm
     with pytest.raises(InputError, match=f"cannot store the grid's {lost}"):
         image_io.check_format_keeps(geometry, target)       # the same answer before any work
     image_io.check_format_keeps(geometry, tmp_path / "labels.nrrd")   # NRRD keeps any grid
+
+
+@pytest.mark.parametrize("ending, dtype", [(".nii.gz", np.int16), (".nii.gz", np.float32), (".nii", np.int16)])
+def test_a_nifti_file_cut_short_is_refused_not_read_as_zeros(tmp_path, ending, dtype):
+    geometry = oblique_geometry()
+    rng = np.random.default_rng(1)
+    write_image(rng.integers(-1000, 1000, geometry.shape_zyx).astype(dtype), geometry, tmp_path / f"full{ending}")
+    data = (tmp_path / f"full{ending}").read_bytes()
+    cut = tmp_path / f"cut{ending}"
+    cut.write_bytes(data[: len(data) * 2 // 3])     # an interrupted copy
+    for reader in (read_geometry, read_image, read_label):
+        with pytest.raises(InputError, match=rf"cut{re.escape(ending)}: the file is cut short \(\d+ bytes"):
+            reader(cut)
+
+
+def test_a_complete_nifti_in_several_gzip_members_is_read(tmp_path):
+    import gzip
+
+    geometry = oblique_geometry()
+    labels = (np.arange(np.prod(geometry.shape_zyx)) % 3).reshape(geometry.shape_zyx).astype(np.uint8)
+    write_label(labels, geometry, tmp_path / "plain.nii")
+    raw = (tmp_path / "plain.nii").read_bytes()
+    # Some tools write (or concatenate) several gzip members: the trailer then holds only the last one's size.
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
+    back, _ = read_label(tmp_path / "members.nii.gz")
+    np.testing.assert_array_equal(back, labels)

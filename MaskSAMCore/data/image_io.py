@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
-from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti
+from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
 from MaskSAMCore.errors import InputError, describe_path
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ def read_sitk_image(path: "os.PathLike[str] | str") -> sitk.Image:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{where}: cannot read it as an image ({_sitk_reason(exc)})") from None
+    _check_nifti_complete(path)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         size = list(image.GetSize())
         size[3] = 0  # Extract collapses axes of size 0, keeping the 3x3 part of the direction
@@ -147,6 +148,20 @@ def read_sitk_image(path: "os.PathLike[str] | str") -> sitk.Image:
     return image
 
 
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads a NIfTI file cut short (an interrupted copy or download) without complaint and
+    fills the rest with zeros: a scan would be segmented, or a label map scored, half empty."""
+    if not is_nifti(path):
+        return
+    try:
+        missing = missing_bytes(path)
+    except ValueError as exc:
+        raise InputError(f"{describe_path(path)}: cannot read it as an image ({exc})") from None
+    if missing:
+        raise InputError(f"{describe_path(path)}: the file is cut short ({missing} bytes of voxel data "
+                         "missing); copy or download it again")
+
+
 def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometry]:
     """Read one image channel: (array (z, y, x) float32, geometry). Raises `InputError` for a
     missing, unreadable, non-3D or vector image, or one with NaN/Inf values. A constant image is
@@ -155,7 +170,10 @@ def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometr
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if not bad and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        bad = count_non_finite_voxels(path)   # ITK's NIfTI reader turns NaN/Inf into 0
+        try:
+            bad = count_non_finite_voxels(path)   # ITK's NIfTI reader turns NaN/Inf into 0
+        except ValueError as exc:
+            raise InputError(f"{describe_path(path)}: cannot read it as an image ({exc})") from None
     if bad:
         raise InputError(f"{describe_path(path)}: contains {bad} NaN/Inf voxel(s)")
     return array, ImageGeometry.from_sitk(image)
@@ -215,6 +233,7 @@ def read_geometry(path: "os.PathLike[str] | str") -> ImageGeometry:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"{where}: cannot read it as an image ({_sitk_reason(exc)})") from None
+    _check_nifti_complete(path)
     size = reader.GetSize()
     if len(size) == 4 and size[3] == 1:
         return ImageGeometry.from_sitk(read_sitk_image(path))  # rare: let the full reader reduce it
