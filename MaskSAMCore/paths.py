@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Iterable
 
 
 def masksam_home() -> Path:
@@ -55,3 +56,25 @@ def check_can_create(path: "os.PathLike[str] | str", what: str = "output") -> No
     if not os.access(written_in, os.W_OK | os.X_OK):
         raise InputError(f"{describe_path(target)}: cannot write the {what}: no permission to write in "
                          f"{describe_path(written_in)}")
+
+
+def check_output_file(path: "os.PathLike[str] | str", inputs: "Iterable[os.PathLike[str] | str]" = (),
+                      what: str = "output") -> None:
+    """`check_can_create` for a file, before any work; also refuses a `path` that is a folder or
+    is one of the files the command reads (``predict ct.nii.gz ct.nii.gz`` would replace the
+    scan by its labels)."""
+    from MaskSAMCore.errors import InputError, describe_path
+
+    check_can_create(path, what)
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"{describe_path(target)}: is a folder; the {what} needs a file name")
+    if not target.exists():
+        return
+    for source in inputs:
+        try:
+            same = os.path.samefile(target, source)
+        except OSError:
+            continue
+        if same:
+            raise InputError(f"{describe_path(target)}: the {what} would overwrite an input file; choose another name")

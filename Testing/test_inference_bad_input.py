@@ -146,6 +146,14 @@ def test_an_output_format_that_cannot_keep_the_grid_fails_before_any_prediction(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["oblique.nrrd"]
 
 
+def test_an_output_that_is_the_input_is_refused_and_the_scan_kept(model_dir, tmp_path, capsys):
+    source = _good_image(tmp_path)
+    before = source.read_bytes()
+    assert main(["predict", str(model_dir), str(source), str(source), "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "ct.nii.gz", "would overwrite an input file")
+    assert source.read_bytes() == before
+
+
 def test_unknown_or_invalid_model_folder(tmp_path, capsys):
     source = _good_image(tmp_path)
     empty = tmp_path / "not_a_model"

@@ -144,3 +144,17 @@ def test_evaluate_names_classes_from_the_dataset_the_ground_truth_lies_in(tmp_pa
     assert main(["evaluate", str(pred), str(gt)]) == 0
     report = json.loads("\n".join(l for l in capsys.readouterr().out.splitlines() if not l.startswith("@masksam ")))
     assert list(report["per_class"]) == ["label_1", "label_2"]
+
+
+def test_evaluate_refuses_a_report_that_would_overwrite_the_ground_truth(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _write_pair(pred, gt, "case_a", 0)
+    truth = next(gt.iterdir())
+    before = truth.read_bytes()
+    assert main(["evaluate", str(pred), str(gt), "--output", str(truth)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and truth.name in err[0] and "would overwrite an input file" in err[0]
+    assert truth.read_bytes() == before
+    assert main(["evaluate", str(pred), str(gt), "--output", str(pred)]) == 1
+    assert "is a folder; the report needs a file name" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
 from MaskSAMCore.inference.staging import gather_windows
 from MaskSAMCore.inference.windows import WindowGrid
+from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import emit
 
 IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)
@@ -224,6 +225,8 @@ def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.devi
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output, what="report")   # now, not after minutes of timing
     report = benchmark(args)
     seconds = report["seconds"]
     gpu = report["peak_gpu_memory_gib"]

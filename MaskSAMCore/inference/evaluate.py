@@ -23,6 +23,7 @@ from MaskSAMCore.data.image_io import read_label
 from MaskSAMCore.errors import InputError, describe_path
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_ending
+from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import Progress, emit
 
 CONVENTIONS = {
@@ -169,6 +170,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     dataset_json = Path(args.dataset_json) if args.dataset_json else dataset_json_beside(Path(args.ground_truth))
     if dataset_json is not None and not args.dataset_json:
         print(f"class names from {describe_path(dataset_json)}", file=sys.stderr)
+    if args.output:
+        inputs = [*_files(Path(args.prediction)), *_files(Path(args.ground_truth)), dataset_json]
+        check_output_file(args.output, [path for path in inputs if path is not None], what="report")
     report = evaluate(Path(args.prediction), Path(args.ground_truth), dataset_json)
     for class_name, entry in report["per_class"].items():
         print(f"{class_name:>20s}  Dice {_fmt(entry['dice'])}  HD95 {_fmt(entry['hd95_mm'])} mm", file=sys.stderr)
@@ -179,6 +183,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2))
     emit("done", mean_dice=report["mean_dice"], mean_hd95_mm=report["mean_hd95_mm"], cases=len(report["cases"]))
     return 0
+
+
+def _files(path: Path) -> List[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
 
 
 def _fmt(value: Optional[float]) -> str:

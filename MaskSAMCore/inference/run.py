@@ -22,8 +22,9 @@ from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.errors import InputError, first_line
 from MaskSAMCore.inference.cases import Case, find_cases
+from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
-from MaskSAMCore.paths import check_can_create
+from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import emit
 
 READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
@@ -65,8 +66,11 @@ def run_predict(args: argparse.Namespace) -> int:
                                             sam_checkpoint=args.sam_checkpoint, options=options)
     cases = find_cases(args.input, args.output, predictor.config.in_channels, args.output_ending)
     check_headers(cases)
+    inputs = [path for case in cases for path in case.channel_files]
     for case in cases:
-        check_can_create(case.output_file, "output")
+        check_output_file(case.output_file, inputs)
+        if args.probabilities:
+            check_output_file(probabilities_path(case.output_file), inputs, "probabilities file")
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
