@@ -39,6 +39,25 @@ def test_non_empty_model_folder_is_refused_and_left_untouched(phantoms, tmp_path
     assert _snapshot(model_dir) == before
 
 
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_training_stopped_before_its_first_checkpoint_leaves_nothing(phantoms, tmp_path, capsys, monkeypatch,
+                                                                       existed):
+    from MaskSAMCore.errors import Cancelled
+    from MaskSAMCore.training.trainer import Trainer
+
+    def cancelled(self):
+        raise Cancelled("cancelled by signal SIGTERM")
+
+    monkeypatch.setattr(Trainer, "fit", cancelled)   # after planning, preprocessing and set-up
+    model_dir = tmp_path / "model"
+    if existed:
+        model_dir.mkdir()   # e.g. made empty by the Slicer module's folder picker
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+                 "--iters-per-epoch", "1", "--device", "cpu"]) == 130
+    # The same command can be run again: the folder is gone, or empty as it was.
+    assert (list(model_dir.iterdir()) == []) if existed else not model_dir.exists()
+
+
 def test_resume_without_checkpoint_is_refused(phantoms, tmp_path, capsys):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -71,6 +90,8 @@ def test_dataset_error_names_the_case_and_writes_nothing(phantoms, tmp_path, cap
     (["--preset", "vit_b", "--sam-checkpoint", "vit_l"], "does not fit"),
     (["--preset", "tiny", "--fold", "7"], "--fold"),
     (["--preset", "tiny", "--epochs", "0"], "--epochs"),
+    (["--preset", "tiny", "--lr", "-1"], "--lr must be a positive number"),
+    (["--preset", "tiny", "--lr", "nan"], "--lr must be a positive number"),
 ])
 def test_bad_arguments_fail_before_anything_is_written(phantoms, tmp_path, capsys, extra, expected):
     model_dir = tmp_path / "model"

@@ -69,6 +69,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise MaskSAMError(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         raise MaskSAMError("--batch-size must be at least 1")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise MaskSAMError(f"--lr must be a positive number, not {args.lr:g}")
     if args.val_cases_per_epoch is not None and args.val_cases_per_epoch < 1:
         raise MaskSAMError("--val-cases-per-epoch must be at least 1")
     if args.fold != "all" and not (args.fold.isdigit() and int(args.fold) < 5):
@@ -102,8 +104,35 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
         run = describe_resumed_run(args, model_dir, dataset)
     else:
         run = describe_new_run(args, dataset, context)
-    settings, config, plan, sam = run.settings, run.config, run.plan, run.sam
     # nothing is written before here: every check above can still fail
+    folder_existed = model_dir.exists()
+    try:
+        train_in_folder(args, context, device, dataset, run)
+    except BaseException:
+        # A new run stopped (cancelled, failed) before its first checkpoint leaves nothing behind:
+        # neither the refusal of a non-empty folder nor "nothing to resume" would let it retry.
+        if main and not args.resume and not (model_dir / "checkpoint_latest.pt").exists():
+            discard_model_folder(model_dir, keep_folder=folder_existed)
+        raise
+
+
+def discard_model_folder(model_dir: Path, keep_folder: bool) -> None:
+    """Remove what a run wrote into `model_dir` (the folder itself too, unless it existed before)."""
+    if keep_folder:
+        for entry in model_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
+def train_in_folder(args: argparse.Namespace, context: DistributedContext, device: torch.device,
+                    dataset: RawDataset, run: "RunDescription") -> None:
+    main = context.is_main
+    model_dir = Path(args.model_dir)
+    settings, config, plan, sam = run.settings, run.config, run.plan, run.sam
     run_and_agree(lambda: start_model_folder(model_dir, dataset, run, new=not args.resume), here=main)
     preprocessed = model_dir / PREPROCESSED
     run_and_agree(lambda: preprocess_dataset(dataset, plan, preprocessed, num_workers=_workers(args, default=2),
