@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import math
 import os
 import sys
 from typing import Callable, Dict, List, Optional
@@ -47,6 +48,17 @@ def window_step(text: str) -> float:
     if not 0 < step <= 1:
         raise argparse.ArgumentTypeError(f"must be a fraction of the patch size in (0, 1], not {text}")
     return step
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -88,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
     p.add_argument("--preset", default="vit_b", choices=PRESETS)
     p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
-    p.add_argument("--channels", type=int, default=1, help="number of image channels")
+    p.add_argument("--channels", type=at_least(1), default=1, help="number of image channels")
     p.add_argument("--forward", action="store_true", help="also run one forward pass on random input")
 
     p = sub.add_parser("download-sam", help="download an official SAM checkpoint (SHA-256 checked)")
@@ -124,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", default="0", help="fold of splits.json (0-4) or 'all'")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (sgd 0.01, adamw 1e-3)")
-    p.add_argument("--num-workers", type=int, default=None, help="data-loading worker processes")
+    p.add_argument("--num-workers", type=at_least(0), default=None, help="data-loading worker processes")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest in MODEL_DIR")
     p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
@@ -157,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")
     p.add_argument("--preset", default="vit_b", choices=PRESETS)
     p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
-    p.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
+    p.add_argument("--shape", type=at_least(1), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True)
@@ -178,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole path on synthetic data: phantoms, training, prediction, Dice, a PNG")
     p.add_argument("output", nargs="?", default="demo_output", help="folder for everything the demo writes")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.add_argument("--minutes", type=positive_number, default=4.0, help="training time budget")
     p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (fold 0 of 5 needs 5)")
     _add_device(p)
     return parser
@@ -205,6 +217,9 @@ def check_torch_version(installed: Optional[str] = None) -> None:
         raise MaskSAMError(f"PyTorch {installed} is too old; MaskSAM needs {needed} or newer")
 
 
+CANCELLED_EXIT_STATUS = 130   # what shells report for Ctrl-C
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # Set for this call either way, so one in-process call never leaks into the next.
@@ -214,10 +229,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_torch_version()
         return int(resolve_handler(args.command)(args) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
-        message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
-        print(f"masksam: {message}", file=sys.stderr)
-        emit("error", message=message, cancelled=True)
-        return 130
+        if not getattr(exc, "reported", False):
+            message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
+            print(f"masksam: {message}", file=sys.stderr)
+            emit("error", message=message, cancelled=True)
+        return CANCELLED_EXIT_STATUS
     except MaskSAMError as exc:
         message = first_line(exc)
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...

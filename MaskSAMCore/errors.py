@@ -36,7 +36,14 @@ class DownloadError(MaskSAMError):
 
 
 class Cancelled(MaskSAMError):
-    """The user cancelled a running job (Ctrl-C, SIGTERM or a cancel callback)."""
+    """The user cancelled a running job (Ctrl-C, SIGTERM or a cancel callback).
+
+    reported: the cancellation was already announced (by a step the command ran), so the
+    command line only exits with status 130 and prints nothing more."""
+
+    def __init__(self, message: str = "cancelled", reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported
 
 
 def first_line(error: BaseException) -> str:

@@ -37,6 +37,10 @@ def test_a_too_old_pytorch_is_one_line_before_any_work(monkeypatch, capsys):
     (["benchmark", "--classes", "1"], "argument --classes: must be at least 2"),
     (["info", "--classes", "two"], "argument --classes: not a whole number: 'two'"),
     (["demo", "--cases", "3"], "argument --cases: must be at least 5"),
+    (["demo", "--minutes", "nan"], "argument --minutes: must be a positive number, not nan"),
+    (["info", "--channels", "0"], "argument --channels: must be at least 1, not 0"),
+    (["benchmark", "--shape", "-1", "64", "64"], "argument --shape: must be at least 1, not -1"),
+    (["train", "d", "m", "--num-workers", "-2"], "argument --num-workers: must be at least 0, not -2"),
 ])
 def test_out_of_range_numbers_are_usage_errors_before_any_work(arguments, expected, capsys):
     from MaskSAMCore.cli import main

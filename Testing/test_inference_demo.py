@@ -18,3 +18,16 @@ def test_a_folder_the_demo_did_not_write_is_left_alone(tmp_path, capsys):
     assert main(["demo", str(tmp_path), "--device", "cpu"]) == 1
     assert "was not written by the demo" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_a_cancelled_step_cancels_the_demo_with_one_line(tmp_path, capsys, monkeypatch):
+    from MaskSAMCore.data import phantoms
+    from MaskSAMCore.errors import Cancelled
+
+    def interrupted(args):
+        raise Cancelled("cancelled by signal SIGTERM")
+
+    monkeypatch.setattr(phantoms, "run_make_phantoms", interrupted)
+    assert main(["demo", str(tmp_path / "demo"), "--device", "cpu"]) == 130
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam:")]
+    assert said == ["masksam: cancelled by signal SIGTERM"]     # not also "error: the demo step failed"

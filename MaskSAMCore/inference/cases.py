@@ -61,6 +61,9 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         raise InputError(f"{describe_path(source)}: no such file or folder")
     if output_ending is not None and not output_ending.startswith("."):
         output_ending = "." + output_ending
+    if output_ending is not None and output_ending.lower() not in IMAGE_ENDINGS:
+        raise InputError(f"--output-ending {output_ending} is not an image file ending "
+                         f"(known endings: {', '.join(IMAGE_ENDINGS)})")
     if source.is_file():
         if num_channels != 1:
             raise InputError(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from MaskSAMCore.atomic import write_text, write_with
-from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
+from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path
 from MaskSAMCore.inference import devices
 
 MARKER = ".masksam-demo"
@@ -86,10 +86,12 @@ def training_schedule(minutes: float, step_seconds: float) -> Tuple[int, int]:
 
 
 def _run(argv: List[str]) -> None:
-    from MaskSAMCore.cli import main
+    from MaskSAMCore.cli import CANCELLED_EXIT_STATUS, main
 
     print(f"\n$ masksam {' '.join(argv)}", file=sys.stderr, flush=True)
     status = main(argv)
+    if status == CANCELLED_EXIT_STATUS:
+        raise Cancelled(reported=True)   # the step has said so; the demo exits 130 as well
     if status != 0:
         raise MaskSAMError(f"the demo step 'masksam {argv[0]}' failed (exit status {status})")
 
