@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from MaskSAMCore.atomic import atomic_path, write_json
+from MaskSAMCore.data.planning import plan_problems
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
 from MaskSAMCore.model.config import MaskSAMConfig
 
@@ -94,14 +95,14 @@ class ModelFolder:
             raise ModelFolderError(f"{describe_path(json_path)} is not valid JSON ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ModelFolderError(f"{describe_path(json_path)} does not describe a MaskSAM model")
+        problems = _description_problems(meta)
+        if problems:
+            raise ModelFolderError(f"{describe_path(json_path)}: {problems[0]}")
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise ModelFolderError(
                 f"{describe_path(json_path)} has format version {meta['format_version']}; this "
                 f"MaskSAM reads up to {FORMAT_VERSION} (update MaskSAM)"
             )
-        missing = [key for key in _REQUIRED_KEYS if key not in meta]
-        if missing:
-            raise ModelFolderError(f"{describe_path(json_path)} lacks {', '.join(missing)}")
         network_format = int(meta.get("network_format", 1))
         if network_format != NETWORK_FORMAT:
             age = "an older" if network_format < NETWORK_FORMAT else "a newer"
@@ -109,6 +110,9 @@ class ModelFolder:
                 f"{shown} was trained with {age} MaskSAM network (format {network_format}, this "
                 f"MaskSAM reads format {NETWORK_FORMAT}); retrain it or use the matching MaskSAM"
             )
+        plan = plan_problems(meta["plan"], len(meta["channel_names"]))
+        if plan:
+            raise ModelFolderError(f"{describe_path(json_path)}: {plan[0]}")
         model = cls(folder, meta)
         try:
             config = model.config
@@ -226,3 +230,21 @@ def _first_state_dict_problem(exc: BaseException) -> str:
         if not line.startswith("Error(s) in loading state_dict"):
             return line.strip("\"'")[:200]
     return lines[0][:200] if lines else type(exc).__name__
+
+
+def _description_problems(meta: Dict[str, Any]) -> List[str]:
+    """Fields of model.json of the wrong type (a hand-edited or damaged file): one phrase each."""
+    problems = [f"{key} must be a whole number" for key in ("format_version", "network_format")
+                if key in meta and not (isinstance(meta[key], int) and not isinstance(meta[key], bool))]
+    problems += [f"lacks {key}" for key in _REQUIRED_KEYS if key not in meta]
+    problems += [f"{key} must be a mapping" for key in ("network", "sam", "labels", "channel_names")
+                 if key in meta and not isinstance(meta[key], dict)]
+    if problems:
+        return problems
+    values = list(meta["labels"].values())
+    if not (values and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+            and 0 in values and len(set(values)) == len(values)):
+        problems.append("labels must map names to distinct whole numbers >= 0, with 0 the background")
+    if not (meta["channel_names"] and all(str(key).isdigit() for key in meta["channel_names"])):
+        problems.append("channel_names must map '0', '1', ... to modality names")
+    return problems

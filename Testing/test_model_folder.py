@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from MaskSAMCore.errors import CheckpointError, ModelFolderError
+from MaskSAMCore.inference.random_model import synthetic_plan
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model_folder import ModelFolder, save_checkpoint, write_model_json
@@ -17,7 +18,7 @@ def _write_folder(path, config, weights, scope="all", sam=None):
     path.mkdir(parents=True, exist_ok=True)
     write_model_json(path, {
         "name": "Test model", "version": "2", "labels": LABELS, "channel_names": {"0": "CT"},
-        "modality": "CT", "network": config.to_dict(), "plan": {"patch_size": [4, 64, 64]},
+        "modality": "CT", "network": config.to_dict(), "plan": synthetic_plan(config),
         "sam": sam or {"model_type": None, "sha256": None, "random_init": True},
     })
     save_checkpoint(path / "checkpoint_final.pt", {"weights": weights, "weights_scope": scope})
@@ -66,6 +67,13 @@ def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):
     ("label_count", "the network has 3 classes but 2 labels"),
     ("no_checkpoint", "has no checkpoint_best.pt"),
     ("old_network", "trained with an older MaskSAM network \\(format 1"),
+    # hand-edited or damaged fields: one line naming the field, never a traceback
+    ({"format_version": "abc"}, "model.json: format_version must be a whole number"),
+    ({"network_format": [2]}, "model.json: network_format must be a whole number"),
+    ({"labels": ["background", "liver"]}, "model.json: labels must be a mapping"),
+    ({"labels": {"background": 0, "liver": "x", "spleen": 2}}, "labels must map names to distinct whole numbers"),
+    ({"plan": None}, "model.json: lacks plan|the plan is not a mapping"),
+    ({"plan": {}}, "model.json: plan.transpose_forward must be an order of the axes"),
 ])
 def test_broken_model_folders(tmp_path, breakage, message):
     config = preset("tiny", num_classes=3)
@@ -81,6 +89,9 @@ def test_broken_model_folders(tmp_path, breakage, message):
         (path / "model.json").write_text(json.dumps({"labels": {}}))
     elif breakage == "old_network":
         meta["network_format"] = 1
+        (path / "model.json").write_text(json.dumps(meta))
+    elif isinstance(breakage, dict):
+        meta.update(breakage)
         (path / "model.json").write_text(json.dumps(meta))
     elif breakage == "label_count":
         meta["labels"] = {"background": 0, "liver": 1}

@@ -91,6 +91,28 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
     }
 
 
+def plan_problems(plan: Any, channels: int) -> List[str]:
+    """What makes `plan` unusable for preprocessing (a hand-edited or damaged model.json): one
+    phrase per problem, empty when the fields preprocessing reads are all there and sane."""
+    if not isinstance(plan, dict):
+        return ["the plan is not a mapping"]
+    problems = []
+    for key in ("transpose_forward", "transpose_backward"):
+        if sorted(plan.get(key) or []) != [0, 1, 2]:
+            problems.append(f"plan.{key} must be an order of the axes 0, 1, 2")
+    spacing = plan.get("target_spacing")
+    if not (isinstance(spacing, list) and len(spacing) == 3
+            and all(isinstance(v, (int, float)) and v > 0 for v in spacing)):
+        problems.append("plan.target_spacing must be three positive numbers")
+    normalization = plan.get("normalization")
+    if not (isinstance(normalization, list) and len(normalization) == channels
+            and all(isinstance(scheme, dict) for scheme in normalization)):
+        problems.append(f"plan.normalization must give one scheme per channel ({channels})")
+    if not isinstance(plan.get("anisotropic"), bool):
+        problems.append("plan.anisotropic must be true or false")
+    return problems
+
+
 def target_spacing(spacings: np.ndarray) -> tuple:
     """(target spacing (z, y, x), slice axis, anisotropic) from the cases' spacings (cases, 3)."""
     spacings = np.asarray(spacings, dtype=np.float64)
