@@ -84,6 +84,8 @@ class ModelFolder:
     def load(cls, model_dir: PathLike) -> "ModelFolder":
         folder = Path(model_dir)
         shown = describe_path(folder)
+        if folder.is_file():
+            raise ModelFolderError(f"{shown} is a file; give the model folder that holds model.json")
         if not folder.is_dir():
             raise ModelFolderError(f"model folder {shown} does not exist")
         json_path = folder / MODEL_JSON

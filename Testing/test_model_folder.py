@@ -98,3 +98,10 @@ def test_broken_model_folders(tmp_path, breakage, message):
         (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFolderError, match=message):
         ModelFolder.load(path).checkpoint_path("best" if breakage == "no_checkpoint" else "final")
+
+
+def test_a_file_given_as_the_model_folder_is_named_as_a_file(tmp_path):
+    model_file = tmp_path / "checkpoint_final.pt"
+    model_file.write_bytes(b"weights")
+    with pytest.raises(ModelFolderError, match="checkpoint_final.pt is a file; give the model folder"):
+        ModelFolder.load(model_file)

@@ -134,7 +134,8 @@ def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
     path = Path(path)
     shown = describe_path(path)
     if not path.is_file():
-        raise CheckpointError(f"SAM checkpoint {shown} does not exist")
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"SAM checkpoint {shown} {what}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; all mean "unusable"

@@ -56,7 +56,8 @@ def resolve_sam_source(preset_name: str, sam_checkpoint: Optional[str], random_i
     else:
         path = Path(sam_checkpoint)
         if not path.is_file():
-            raise CheckpointError(f"SAM checkpoint {describe_path(path)} does not exist")
+            what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+            raise CheckpointError(f"SAM checkpoint {describe_path(path)} {what}")
     state = load_sam_state_dict(path, expected_type=sam_type)
     return SamSource(path=path, model_type=sam_type, sha256=file_sha256(path), random_init=False,
                      state=state)
