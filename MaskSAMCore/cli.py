@@ -17,7 +17,7 @@ import importlib.metadata
 import math
 import os
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NoReturn, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
 from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path, first_line
@@ -83,8 +83,18 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes as every other error: one ``masksam: error:`` line (exit status 2), not
+    argparse's usage block, so people and the Slicer module read them the same way."""
+
+    def error(self, message: str) -> "NoReturn":
+        command = self.prog[len("masksam"):].strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"masksam: error: {where}{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="masksam",
         description="MaskSAM: fully automatic CT/MRI segmentation with a frozen Segment Anything "
         "model, 3D adapters, self-generated prompts and named masks.",

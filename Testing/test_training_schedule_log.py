@@ -65,6 +65,20 @@ def test_log_rewrites_csv_without_duplicate_epochs_and_plots(tmp_path):
     assert [r.to_state() for r in restored.records] == log.to_state()
 
 
+def test_a_missing_matplotlib_leaves_out_the_picture_not_the_training(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # what `import matplotlib` then raises on
+    log = TrainingLog(tmp_path, ["liver"])
+    log.add(_record(1, 0.5))
+    log.write_plot()
+    log.write_plot()
+    assert not (tmp_path / "progress.png").exists()
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["masksam: matplotlib is not installed, so progress.png is not drawn "
+                    "(training_log.csv has the same numbers)"]
+
+
 def _saved(folder, obj):
     path = folder / "state.pt"
     torch.save(obj, path)

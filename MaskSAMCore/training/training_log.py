@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -86,6 +87,7 @@ class TrainingLog:
     folder: "os.PathLike[str] | str"
     class_names: Sequence[str]
     records: List[EpochRecord] = field(default_factory=list)
+    _no_plot: bool = field(default=False, repr=False)   # matplotlib missing: said once
 
     @property
     def csv_path(self) -> str:
@@ -118,10 +120,18 @@ class TrainingLog:
         write_text(self.csv_path, buffer.getvalue())
 
     def write_plot(self) -> None:
-        """Loss (train, validation), Dice (mean, EMA, per class) and lr against the epoch."""
-        if not self.records:
+        """Loss (train, validation), Dice (mean, EMA, per class) and lr against the epoch.
+        Without matplotlib the picture is left out (once said): the CSV has the same numbers,
+        and a missing plotting library must not stop a training."""
+        if not self.records or self._no_plot:
             return
-        import matplotlib
+        try:
+            import matplotlib
+        except ImportError:
+            self._no_plot = True
+            print("masksam: matplotlib is not installed, so progress.png is not drawn "
+                  "(training_log.csv has the same numbers)", file=sys.stderr, flush=True)
+            return
 
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
