@@ -72,6 +72,7 @@ def _run_in_pool(cases: Sequence[RawCase], plan: Dict[str, Any], digest: str, ou
                 bar.advance()
     except BaseException:
         abort_pool(executor)  # Ctrl-C, SIGTERM or a broken case: stop everything now
+        remove_stale_temporaries(out)  # a worker terminated in the middle of writing a file
         raise
     executor.shutdown(wait=True)
 
