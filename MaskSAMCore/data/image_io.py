@@ -246,6 +246,7 @@ def read_geometry(path: "os.PathLike[str] | str") -> ImageGeometry:
 
 DETACHED_HEADER_ENDINGS = (".nhdr", ".mhd")   # the header and the voxels in two files
 
+
 def write_label(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
     """Write a label map (z, y, x) on `geometry` atomically. Stored as uint8 when the values fit,
     else int16; compressed where the format allows."""

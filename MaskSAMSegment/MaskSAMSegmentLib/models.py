@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace as replaced
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from MaskSAMCore.atomic import write_json
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.paths import models_folder
 
@@ -189,7 +190,7 @@ def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.Pa
         if version is not None and version != info.version:
             meta = json.loads((staging / MODEL_JSON).read_text(encoding="utf-8"))
             meta["version"] = version
-            (staging / MODEL_JSON).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            write_json(staging / MODEL_JSON, meta)
         (staging / INSTALLED_FROM).write_text(str(Path(source).resolve()), encoding="utf-8")
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=root))
