@@ -100,9 +100,13 @@ def test_an_empty_existing_folder_is_used_and_a_file_is_refused(tmp_path):
     make_phantoms(tmp_path / "empty", cases=1, size=(20, 20, 4), progress=False)
     assert (tmp_path / "empty" / "dataset.json").is_file()
     (tmp_path / "file").write_text("mine")
-    with pytest.raises(InputError, match="already exists"):
+    with pytest.raises(InputError, match="is a file, not a folder"):
         make_phantoms(tmp_path / "file", cases=1, size=(20, 20, 4), progress=False)
     assert (tmp_path / "file").read_text() == "mine"
+    (tmp_path / "empty_file").touch()  # an empty file is no more a folder than a full one
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        make_phantoms(tmp_path / "empty_file", cases=1, size=(20, 20, 4), progress=False)
+    assert (tmp_path / "empty_file").is_file()
 
 
 def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):

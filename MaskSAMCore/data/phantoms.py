@@ -142,7 +142,10 @@ def _check_arguments(out: Path, cases: int, test_cases: int, size: Optional[Sequ
 
 def _refuse_existing(out: Path) -> None:
     check_can_create(out, "dataset folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{describe_path(out)}: is a file, not a folder; choose a new folder "
+                         "(nothing was overwritten)")
+    if out.exists() and any(out.iterdir()):
         raise InputError(f"{describe_path(out)}: already exists and is not empty; choose a new folder "
                          "(nothing was overwritten)")
 
