@@ -83,6 +83,18 @@ def test_connection_cut_mid_file_leaves_nothing(registry, server, tmp_path):
     assert _cache_files(tmp_path) == []
 
 
+def test_failed_first_download_leaves_no_empty_cache_folders(registry, server, tmp_path):
+    cache = tmp_path / "home" / ".cache" / "masksam" / "sam"
+    with pytest.raises(DownloadError, match="failed"):
+        download("vit_b", cache_dir=cache, url=server + "/missing.pth", progress=False)
+    assert _cache_files(tmp_path) == []  # the folders it made are gone, the one it found stays
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("x")
+    with pytest.raises(DownloadError, match="failed"):
+        download("vit_b", cache_dir=tmp_path / "keep", url=server + "/missing.pth", progress=False)
+    assert _cache_files(tmp_path / "keep") == ["mine.txt"]
+
+
 def test_cli_download_with_wrong_hash_is_one_line_and_exit_1(server, tmp_path):
     # the real registry's hash cannot match our random payload
     result = subprocess.run(

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -92,7 +92,7 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
     destination = folder / info.filename
     if destination.is_file():
         return destination
-    folder.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(folder)
     remove_stale_temporaries(folder)
     source = url or info.url
     temporary = temporary_sibling(destination)
@@ -122,10 +122,26 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
                 f"{info.sha256[:16]}... for SAM {model_type}; the file was discarded"
             )
         os.replace(temporary, destination)
-    finally:
+    except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+        for made in reversed(created):  # a failed first download leaves no empty cache folders
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
     return destination
+
+
+def _make_folders(folder: Path) -> List[Path]:
+    """mkdir -p `folder`; returns the folders it created, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    missing.reverse()
+    if missing:
+        missing[-1].mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
