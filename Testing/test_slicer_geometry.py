@@ -64,6 +64,26 @@ def test_volume_node_to_file_keeps_world_geometry_and_voxels(tmp_path):
             np.testing.assert_allclose(ras_of_voxel(node, ijk), lps * [-1, -1, 1], atol=1e-3)
 
 
+def test_image_data_whose_extent_does_not_start_at_zero_keeps_every_voxel_in_place():
+    from vtk.util import numpy_support
+
+    scene = new_scene()
+    grid = oblique_grid()
+    voxels = distinct_voxel_values()
+    node = add_scalar_volume(scene, voxels, grid)
+    image = node.GetImageData()
+    nz, ny, nx = voxels.shape
+    image.SetExtent(3, 3 + nx - 1, 5, 5 + ny - 1, 2, 2 + nz - 1)  # what vtkImageReslice may leave
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(voxels.ravel(), deep=True))
+
+    array, node_grid = volume_to_array(node)
+    np.testing.assert_array_equal(array, voxels)
+    for index in [(0, 0, 0), (nx - 1, 2, nz - 1), (4, ny - 1, 1)]:
+        at = node_grid.ijk_to_ras() @ np.array([*index, 1.0])
+        shifted = (index[0] + 3, index[1] + 5, index[2] + 2)
+        np.testing.assert_allclose(at[:3], ras_of_voxel(node, shifted), atol=1e-9)
+
+
 def test_linear_parent_transform_is_folded_into_the_grid_and_nonlinear_is_refused():
     import slicer
     import vtk

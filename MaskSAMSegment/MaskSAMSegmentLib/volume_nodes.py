@@ -61,7 +61,11 @@ def volume_grid(node) -> LpsGrid:
     if image is None:
         name = node.GetName() if node is not None else "(none)"
         raise InputError(f"volume '{name}' has no image data")
-    return grid_from_ijk_to_ras(world_ijk_to_ras(node), image.GetDimensions())
+    # Slicer's readers make extents that start at 0, but a filter or script may leave one that does
+    # not; voxel (0, 0, 0) of the array is then IJK (i0, j0, k0) of the node's IJK-to-RAS matrix.
+    first_ijk = np.eye(4)
+    first_ijk[:3, 3] = image.GetExtent()[0::2]
+    return grid_from_ijk_to_ras(world_ijk_to_ras(node) @ first_ijk, image.GetDimensions())
 
 
 def volume_to_array(node) -> Tuple[np.ndarray, LpsGrid]:
