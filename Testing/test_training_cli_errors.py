@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,27 @@ def test_resume_without_checkpoint_is_refused(phantoms, tmp_path, capsys):
     assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--resume"]) == 1
     assert "nothing to resume" in _error_line(capsys)
     assert [p.name for p in model_dir.iterdir()] == ["model.json"]
+
+
+def test_resuming_with_a_dataset_of_other_channels_is_one_clear_line(phantoms, tmp_path, capsys):
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+                 "--iters-per-epoch", "1", "--fold", "all", "--device", "cpu", "--num-workers", "0"]) == 0
+    capsys.readouterr()
+    other = Path(shutil.copytree(phantoms, tmp_path / "two_channels"))
+    for first in sorted((other / "imagesTr").glob("*_0000.nii.gz")):
+        shutil.copyfile(first, first.with_name(first.name.replace("_0000", "_0001")))
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "CT", "1": "T1"}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    before = _snapshot(model_dir)
+    assert main(["train", str(other), str(model_dir), "--resume", "--num-workers", "0"]) == 1
+    line = _error_line(capsys)
+    assert "other image channels (CT)" in line and "(CT, T1)" in line and str(model_dir) in line
+    assert _snapshot(model_dir) == before
 
 
 def test_dataset_error_names_the_case_and_writes_nothing(phantoms, tmp_path, capsys):

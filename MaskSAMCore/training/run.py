@@ -323,6 +323,11 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     if folder.labels != dict(dataset.labels):
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other labels than "
                                f"{describe_path(dataset.root)} has")
+    if folder.channel_names != dict(dataset.channel_names):
+        # the stored plan normalises the stored channels; another set would fail in preprocessing
+        raise ModelFolderError(f"{describe_path(model_dir)} was trained with other image channels "
+                               f"({', '.join(folder.channel_names.values())}) than {describe_path(dataset.root)} "
+                               f"has ({', '.join(dataset.channel_list)})")
     if folder.random_init:
         sam = SamSource(path=None, model_type=folder.sam_type, sha256=None, random_init=True)
     else:
