@@ -233,6 +233,37 @@ def test_preprocess_dataset_writes_resumably_and_in_parallel(phantom_dataset, tm
             assert dice(restored, original, value) > 0.9
 
 
+def test_a_rewrite_stopped_half_way_is_not_taken_for_the_old_plans_case(phantom_dataset, tmp_path, monkeypatch):
+    """Plan A, then plan B killed after rewriting a case's image but before its JSON, then plan
+    A again: the case must be redone, not taken as plan A's because A's JSON was still there."""
+    from MaskSAMCore.data import store
+
+    dataset = load_raw_dataset(phantom_dataset, progress=False)
+    plan_a = plan_experiment(dataset, preset("tiny", num_classes=6), progress=False)
+    plan_b = json.loads(json.dumps(plan_a))
+    plan_b["normalization"][0]["clip_high"] += 500.0
+    out = tmp_path / "preprocessed"
+    preprocess_dataset(dataset, plan_a, out, num_workers=0, progress=False)
+    expected = load_case(out, "phantom_000", mmap=False).data
+
+    real_save = store._save_npy
+
+    def killed_after_the_image(path, array):
+        if array.dtype == np.int16:   # the labels come second
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_save_npy", killed_after_the_image)
+        with pytest.raises(KeyboardInterrupt):
+            preprocess_dataset(dataset, plan_b, out, num_workers=0, progress=False)
+    assert not np.array_equal(np.load(out / "phantom_000.npy"), expected)   # B's image is there
+
+    again = preprocess_dataset(dataset, plan_a, out, num_workers=0, progress=False)
+    assert again["preprocessed"] == ["phantom_000"]
+    np.testing.assert_array_equal(load_case(out, "phantom_000", mmap=False).data, expected)
+
+
 def test_a_case_broken_after_validation_stops_the_parallel_run_with_its_file_named(phantom_dataset, tmp_path):
     root = Path(shutil.copytree(phantom_dataset, tmp_path / "raw"))
     dataset = load_raw_dataset(root, progress=False)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,47 @@ def test_a_training_stopped_before_its_first_checkpoint_leaves_nothing(phantoms,
     assert (list(model_dir.iterdir()) == []) if existed else not model_dir.exists()
 
 
+def test_a_training_killed_before_its_first_checkpoint_can_be_started_again(phantoms, tmp_path, capsys,
+                                                                          monkeypatch):
+    """SIGKILL (the out-of-memory killer, a power cut) gives no chance to clean up: the folder
+    must neither be refused as 'not empty' nor as 'nothing to resume' by the next run."""
+    from MaskSAMCore.training import run
+    from MaskSAMCore.training.trainer import Trainer
+
+    def killed(self):
+        raise KeyboardInterrupt
+
+    model_dir = tmp_path / "model"
+    command = ["train", str(phantoms), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+               "--iters-per-epoch", "1", "--device", "cpu", "--num-workers", "0"]
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "fit", killed)
+        patch.setattr(run, "discard_model_folder", lambda *args, **kwargs: None)  # a killed process cleans nothing
+        assert main(command) == 130
+    left = {p.name for p in model_dir.iterdir()}
+    assert {"model.json", "preprocessed"} <= left and not any(n.startswith("checkpoint") for n in left)
+    preprocessed = {p.name: p.stat().st_mtime_ns for p in (model_dir / "preprocessed").iterdir()}
+
+    assert main(command + ["--resume"]) == 1
+    assert "stopped before its first epoch ended" in _error_line(capsys)
+    assert main(command) == 0
+    assert "starting it again" in capsys.readouterr().out
+    assert (model_dir / "checkpoint_final.pt").is_file()
+    # the cases preprocessed by the killed run were still valid and are reused, not redone
+    assert {p.name: p.stat().st_mtime_ns for p in (model_dir / "preprocessed").iterdir()} == preprocessed
+
+
+def test_a_folder_with_a_model_and_other_files_is_still_refused(phantoms, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.json").write_text('{"format": "masksam-model"}')
+    (model_dir / "notes.txt").write_text("my notes")
+    before = _snapshot(model_dir)
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--epochs", "1"]) == 1
+    assert "not empty" in _error_line(capsys)
+    assert _snapshot(model_dir) == before
+
+
 def test_resume_without_checkpoint_is_refused(phantoms, tmp_path, capsys):
     model_dir = tmp_path / "model"
     model_dir.mkdir()
@@ -65,6 +107,27 @@ def test_resume_without_checkpoint_is_refused(phantoms, tmp_path, capsys):
     assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--resume"]) == 1
     assert "nothing to resume" in _error_line(capsys)
     assert [p.name for p in model_dir.iterdir()] == ["model.json"]
+
+
+def test_resuming_with_a_dataset_of_other_channels_is_one_clear_line(phantoms, tmp_path, capsys):
+    import json
+    import shutil
+
+    model_dir = tmp_path / "model"
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+                 "--iters-per-epoch", "1", "--fold", "all", "--device", "cpu", "--num-workers", "0"]) == 0
+    capsys.readouterr()
+    other = Path(shutil.copytree(phantoms, tmp_path / "two_channels"))
+    for first in sorted((other / "imagesTr").glob("*_0000.nii.gz")):
+        shutil.copyfile(first, first.with_name(first.name.replace("_0000", "_0001")))
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "CT", "1": "T1"}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    before = _snapshot(model_dir)
+    assert main(["train", str(other), str(model_dir), "--resume", "--num-workers", "0"]) == 1
+    line = _error_line(capsys)
+    assert "other image channels (CT)" in line and "(CT, T1)" in line and str(model_dir) in line
+    assert _snapshot(model_dir) == before
 
 
 def test_dataset_error_names_the_case_and_writes_nothing(phantoms, tmp_path, capsys):

@@ -86,3 +86,41 @@ def test_without_machine_progress_a_person_sees_plain_lines_only(tmp_path, capsy
     _trainer(tmp_path, batches=lambda epoch: iter([_batch()] * 2), epochs=1).fit()
     out = capsys.readouterr().out
     assert "@masksam" not in out and out.startswith("epoch 1/1: train loss ")
+
+
+def test_validation_cases_are_not_held_in_memory_for_the_whole_training(tmp_path):
+    """A validation fold of a CT dataset holds gigabytes: loading it into rank 0's memory for the
+    whole run invites the out-of-memory killer. The cases are memory-mapped, and validate alike."""
+    import tracemalloc
+
+    from MaskSAMCore.data.store import save_case
+    from MaskSAMCore.training.run import load_validation_cases
+
+    rng = np.random.default_rng(2)
+    names = [f"case{i}" for i in range(3)]
+    for name in names:
+        image = rng.normal(size=(1, 24, 128, 128)).astype(np.float32)   # 1.5 MiB each
+        labels = ((image[0] > 0.8).astype(np.int16) + (image[0] > 1.6)).astype(np.int16)
+        save_case(tmp_path, name, image, labels, np.zeros((0, 4), np.int32), {"case": name})
+    tracemalloc.start()
+    try:
+        cases = load_validation_cases(tmp_path, names)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert sum(c.image.nbytes + c.labels.nbytes for c in cases) > 5 * 2**20
+    assert held < 2**20
+
+    image = rng.normal(size=(1, 6, 64, 64)).astype(np.float32)
+    save_case(tmp_path, "small", image, (image[0] > 0.8).astype(np.int16), np.zeros((0, 4), np.int32), {})
+    mapped = load_validation_cases(tmp_path, ["small"])
+    in_memory = [ValidationCase("small", np.array(mapped[0].image), np.array(mapped[0].labels))]
+    torch.manual_seed(0)
+    model = build_masksam(preset("tiny", num_classes=3))
+
+    def validate(validation_cases):
+        torch.manual_seed(0)
+        return Validator(validation_cases, (4, 64, 64), NAMES, MaskSAMLoss(3, across_ranks=False),
+                         torch.device("cpu")).run(model)
+
+    assert repr(validate(mapped)) == repr(validate(in_memory))   # (repr: NaN equals NaN)

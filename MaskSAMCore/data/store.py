@@ -9,7 +9,9 @@ For each case ``NAME`` the folder holds
 - ``NAME.json``     properties (see `preprocessing.preprocess_case`) plus ``plan_hash`` and
                     ``sources`` (size and modification time of the raw files).
 
-The JSON is written last, so a case counts as present only once all four files are complete.
+The JSON is written last, so a case counts as present only once all four files are complete, and
+removed first when a case is written again, so that a rewrite stopped half-way never leaves the
+old JSON vouching for arrays of another plan.
 float32 rather than float16 on disk: training then sees exactly what inference computes, and
 memory-mapped patches need no conversion; the cost is twice the disk space.
 """
@@ -75,6 +77,7 @@ def save_case(folder: "os.PathLike[str] | str", name: str, data: np.ndarray, seg
               locations: np.ndarray, properties: Dict[str, Any]) -> None:
     """Write one case atomically, file by file, the properties JSON last (see module docstring)."""
     data_path, seg_path, locations_path, json_path = case_paths(folder, name)
+    json_path.unlink(missing_ok=True)
     write_with(data_path, lambda tmp: _save_npy(tmp, np.asarray(data, dtype=np.float32)))
     write_with(seg_path, lambda tmp: _save_npy(tmp, np.asarray(seg, dtype=np.int16)))
     write_with(locations_path, lambda tmp: _save_npy(tmp, np.asarray(locations, dtype=np.int32).reshape(-1, 4)))

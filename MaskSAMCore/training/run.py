@@ -15,6 +15,7 @@ the command line. Under torchrun every rank runs this function; see `distributed
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from MaskSAMCore.atomic import remove_stale_temporaries, write_json
+from MaskSAMCore.atomic import TEMP_MARKER, remove_stale_temporaries, write_json
 from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
 from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
@@ -32,7 +33,8 @@ from MaskSAMCore.data.store import load_case
 from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import MaskSAMConfig, preset
-from MaskSAMCore.model_folder import ModelFolder, write_model_json
+from MaskSAMCore.model_folder import FORMAT as MODEL_FORMAT
+from MaskSAMCore.model_folder import MODEL_JSON, ModelFolder, write_model_json
 from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import emit
 from MaskSAMCore.training import checkpoint_io
@@ -44,7 +46,7 @@ from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR
 from MaskSAMCore.training.settings import TrainSettings
-from MaskSAMCore.training.splits import load_or_create_splits, select_fold
+from MaskSAMCore.training.splits import SPLITS_FILE, load_or_create_splits, select_fold
 from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
 
@@ -78,13 +80,31 @@ def check_arguments(args: argparse.Namespace) -> None:
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise MaskSAMError(f"{describe_path(model_dir)} exists and is not a folder")
-    if not args.resume and model_dir.is_dir() and any(model_dir.iterdir()):
+    if not args.resume and model_dir.is_dir() and any(model_dir.iterdir()) and not never_checkpointed(model_dir):
         raise MaskSAMError(f"model folder {describe_path(model_dir)} is not empty; choose a new "
                            "folder, or add --resume to continue the training in it")
     check_can_create(model_dir, "model folder")
     if args.resume and not (model_dir / "checkpoint_latest.pt").is_file():
-        raise MaskSAMError(f"{describe_path(model_dir)}: nothing to resume (no checkpoint_latest.pt); "
+        why = ("the training in it was stopped before its first epoch ended" if never_checkpointed(model_dir)
+               else "no checkpoint_latest.pt")
+        raise MaskSAMError(f"{describe_path(model_dir)}: nothing to resume ({why}); "
                            "start a new training without --resume")
+
+
+# What a new run writes before its first checkpoint (besides temporaries).
+_FIRST_FILES = frozenset({MODEL_JSON, "plans.json", "dataset.json", SPLITS_FILE, PREPROCESSED})
+
+
+def never_checkpointed(model_dir: Path) -> bool:
+    """Whether `model_dir` holds only what a new run writes before its first checkpoint: a run
+    killed there (SIGKILL, the out-of-memory killer, a power cut) could not clean up after itself,
+    and a new run may start over in it (reusing the preprocessed cases that are still valid)."""
+    try:
+        names = {entry.name for entry in model_dir.iterdir() if TEMP_MARKER not in entry.name}
+        meta = json.loads((model_dir / MODEL_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return names <= _FIRST_FILES and isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
 
 
 def resolve_device_type(choice: str) -> str:
@@ -106,6 +126,9 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
         run = describe_new_run(args, dataset, context)
     # nothing is written before here: every check above can still fail
     folder_existed = model_dir.exists()
+    if main and not args.resume and folder_existed and never_checkpointed(model_dir):
+        print(f"{describe_path(model_dir)} holds a training stopped before its first epoch ended: "
+              "starting it again", flush=True)
     try:
         train_in_folder(args, context, device, dataset, run)
     except BaseException:
@@ -116,10 +139,13 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
         raise
 
 
-def discard_model_folder(model_dir: Path, keep_folder: bool) -> None:
-    """Remove what a run wrote into `model_dir` (the folder itself too, unless it existed before)."""
+def discard_model_folder(model_dir: Path, keep_folder: bool, keep: Tuple[str, ...] = ()) -> None:
+    """Remove what a run wrote into `model_dir` (the folder itself too, unless it existed before;
+    entries named in `keep` stay when the folder does)."""
     if keep_folder:
         for entry in model_dir.iterdir():
+            if entry.name in keep:
+                continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -197,6 +223,9 @@ def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescriptio
     """A new run writes its plan and description; any run clears temporaries of a killed one."""
     if new:
         model_dir.mkdir(parents=True, exist_ok=True)
+        # The folder is empty, or holds a run killed before its first checkpoint (`check_arguments`):
+        # start over, keeping preprocessed/, whose cases are redone unless plan and files are unchanged.
+        discard_model_folder(model_dir, keep_folder=True, keep=(PREPROCESSED,))
         write_json(model_dir / "plans.json", run.plan)
         shutil.copyfile(dataset.root / "dataset.json", model_dir / "dataset.json")
         write_model_json(model_dir, model_description(dataset, run, None))
@@ -230,9 +259,11 @@ def training_and_validation_cases(model_dir: Path, dataset: RawDataset, fold: st
 
 
 def load_validation_cases(preprocessed: Path, names: List[str]) -> List[ValidationCase]:
+    """The fold's validation cases, memory-mapped: a fold of a CT dataset holds gigabytes, which
+    must not stay in rank 0's memory for the whole training (the page cache keeps them warm)."""
     cases = []
     for name in names:
-        case = load_case(preprocessed, name, mmap=False)
+        case = load_case(preprocessed, name, mmap=True)
         cases.append(ValidationCase(name=name, image=case.data, labels=case.seg))
     return cases
 
@@ -292,6 +323,11 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     if folder.labels != dict(dataset.labels):
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other labels than "
                                f"{describe_path(dataset.root)} has")
+    if folder.channel_names != dict(dataset.channel_names):
+        # the stored plan normalises the stored channels; another set would fail in preprocessing
+        raise ModelFolderError(f"{describe_path(model_dir)} was trained with other image channels "
+                               f"({', '.join(folder.channel_names.values())}) than {describe_path(dataset.root)} "
+                               f"has ({', '.join(dataset.channel_list)})")
     if folder.random_init:
         sam = SamSource(path=None, model_type=folder.sam_type, sha256=None, random_init=True)
     else:
