@@ -21,10 +21,10 @@ import torch
 from MaskSAMCore.atomic import atomic_path, write_json
 from MaskSAMCore.data.planning import plan_problems
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
+from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON
 from MaskSAMCore.model.config import MaskSAMConfig
 
-MODEL_JSON = "model.json"
-FORMAT = "masksam-model"
+FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
 # Bumped whenever the network's weights change meaning (names, shapes or what a layer computes),
 # so that a model trained with another MaskSAM is refused with a clear message, not a shape error.
@@ -33,7 +33,7 @@ CHECKPOINT_FORMAT = "masksam-checkpoint"
 CHECKPOINT_FILES = {
     "final": "checkpoint_final.pt",
     "best": "checkpoint_best.pt",
-    "latest": "checkpoint_latest.pt",
+    "latest": LATEST_CHECKPOINT,
 }
 _REQUIRED_KEYS = ("labels", "channel_names", "network", "plan", "sam")
 

@@ -256,6 +256,17 @@ def test_start_training_problems_name_each_missing_piece(tmp_path, monkeypatch):
     assert "tick Resume" in train_problems(TrainRequest(str(dataset), str(earlier), preset="tiny"))[0]
     assert train_problems(TrainRequest(str(dataset), str(earlier), preset="vit_h", resume=True)) == []
     assert "Nothing to resume" in train_problems(TrainRequest(str(dataset), str(tmp_path / "x"), resume=True))[0]
+    # a training killed before its first checkpoint (SIGKILL, out of memory) left only what it
+    # writes first: Start begins it again, Resume explains why there is nothing to continue
+    killed = tmp_path / "killed"
+    (killed / "preprocessed").mkdir(parents=True)
+    (killed / "model.json").write_text('{"format": "masksam-model"}')
+    (killed / "plans.json").write_text("{}")
+    assert train_problems(TrainRequest(str(dataset), str(killed), preset="tiny")) == []
+    assert "stopped before the first epoch ended" in train_problems(
+        TrainRequest(str(dataset), str(killed), preset="tiny", resume=True))[0]
+    (killed / "notes.txt").write_text("mine")
+    assert "is not empty" in train_problems(TrainRequest(str(dataset), str(killed), preset="tiny"))[0]
 
 
 def test_button_states_follow_what_is_running_and_what_is_missing(tmp_path, monkeypatch):

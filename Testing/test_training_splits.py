@@ -38,3 +38,17 @@ def test_new_splits_are_written_and_too_few_cases_need_fold_all(tmp_path):
     assert json.loads((tmp_path / "splits.json").read_text()) == folds
     with pytest.raises(MaskSAMError, match="--fold all"):
         make_splits(names[:3])
+
+
+@pytest.mark.parametrize("fold, message", [
+    ({"train": [], "val": ["c0"]}, "fold 1 has no train cases"),
+    ({"train": ["c1", "c2"], "val": []}, "fold 1 has no val cases"),
+    ({"train": ["c0", "c1"], "val": ["c1"]}, "case 'c1' is in both train and val of fold 1"),
+    ({"train": ["c0", 3], "val": ["c1"]}, "fold 1 lists something other than case names"),
+])
+def test_a_hand_edited_fold_that_cannot_train_or_validate_is_refused(tmp_path, fold, message):
+    names = [f"c{i}" for i in range(3)]
+    good = {"train": ["c1", "c2"], "val": ["c0"]}
+    (tmp_path / "splits.json").write_text(json.dumps([good, fold, good]))
+    with pytest.raises(InputError, match=message):
+        load_or_create_splits(tmp_path, names)

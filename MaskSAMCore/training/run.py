@@ -15,7 +15,6 @@ the command line. Under torchrun every rank runs this function; see `distributed
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -25,7 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from MaskSAMCore.atomic import TEMP_MARKER, remove_stale_temporaries, write_json
+from MaskSAMCore.atomic import remove_stale_temporaries, write_json
 from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
 from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
@@ -33,8 +32,9 @@ from MaskSAMCore.data.store import load_case
 from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import MaskSAMConfig, preset
-from MaskSAMCore.model_folder import FORMAT as MODEL_FORMAT
-from MaskSAMCore.model_folder import MODEL_JSON, ModelFolder, write_model_json
+from MaskSAMCore.folder_layout import (DATASET_JSON, LATEST_CHECKPOINT, PLANS_JSON, PREPROCESSED,
+                                       never_checkpointed)
+from MaskSAMCore.model_folder import ModelFolder, write_model_json
 from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import emit
 from MaskSAMCore.training import checkpoint_io
@@ -46,11 +46,9 @@ from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR
 from MaskSAMCore.training.settings import TrainSettings
-from MaskSAMCore.training.splits import SPLITS_FILE, load_or_create_splits, select_fold
+from MaskSAMCore.training.splits import load_or_create_splits, select_fold
 from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
-
-PREPROCESSED = "preprocessed"
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -84,27 +82,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise MaskSAMError(f"model folder {describe_path(model_dir)} is not empty; choose a new "
                            "folder, or add --resume to continue the training in it")
     check_can_create(model_dir, "model folder")
-    if args.resume and not (model_dir / "checkpoint_latest.pt").is_file():
+    if args.resume and not (model_dir / LATEST_CHECKPOINT).is_file():
         why = ("the training in it was stopped before its first epoch ended" if never_checkpointed(model_dir)
-               else "no checkpoint_latest.pt")
+               else f"no {LATEST_CHECKPOINT}")
         raise MaskSAMError(f"{describe_path(model_dir)}: nothing to resume ({why}); "
                            "start a new training without --resume")
-
-
-# What a new run writes before its first checkpoint (besides temporaries).
-_FIRST_FILES = frozenset({MODEL_JSON, "plans.json", "dataset.json", SPLITS_FILE, PREPROCESSED})
-
-
-def never_checkpointed(model_dir: Path) -> bool:
-    """Whether `model_dir` holds only what a new run writes before its first checkpoint: a run
-    killed there (SIGKILL, the out-of-memory killer, a power cut) could not clean up after itself,
-    and a new run may start over in it (reusing the preprocessed cases that are still valid)."""
-    try:
-        names = {entry.name for entry in model_dir.iterdir() if TEMP_MARKER not in entry.name}
-        meta = json.loads((model_dir / MODEL_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return names <= _FIRST_FILES and isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
 
 
 def resolve_device_type(choice: str) -> str:
@@ -134,7 +116,7 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     except BaseException:
         # A new run stopped (cancelled, failed) before its first checkpoint leaves nothing behind:
         # neither the refusal of a non-empty folder nor "nothing to resume" would let it retry.
-        if main and not args.resume and not (model_dir / "checkpoint_latest.pt").exists():
+        if main and not args.resume and not (model_dir / LATEST_CHECKPOINT).exists():
             discard_model_folder(model_dir, keep_folder=folder_existed)
         raise
 
@@ -226,8 +208,8 @@ def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescriptio
         # The folder is empty, or holds a run killed before its first checkpoint (`check_arguments`):
         # start over, keeping preprocessed/, whose cases are redone unless plan and files are unchanged.
         discard_model_folder(model_dir, keep_folder=True, keep=(PREPROCESSED,))
-        write_json(model_dir / "plans.json", run.plan)
-        shutil.copyfile(dataset.root / "dataset.json", model_dir / "dataset.json")
+        write_json(model_dir / PLANS_JSON, run.plan)
+        shutil.copyfile(dataset.root / DATASET_JSON, model_dir / DATASET_JSON)
         write_model_json(model_dir, model_description(dataset, run, None))
     remove_stale_temporaries(model_dir)
 

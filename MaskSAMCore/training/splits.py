@@ -17,10 +17,10 @@ import numpy as np
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
+from MaskSAMCore.folder_layout import SPLITS_FILE
 
 NUM_FOLDS = 5
 SPLIT_SEED = 12345
-SPLITS_FILE = "splits.json"
 
 
 def make_splits(case_names: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED
@@ -82,7 +82,17 @@ def _check(folds: object, case_names: Sequence[str], path: str) -> None:
             for f in folds):
         raise InputError(f"{shown}: expected a list of {{\"train\": [...], \"val\": [...]}} folds")
     known = set(case_names)
-    for fold in folds:
+    for index, fold in enumerate(folds):
+        if not all(isinstance(name, str) for name in fold["train"] + fold["val"]):
+            raise InputError(f"{shown}: fold {index} lists something other than case names")
         unknown = sorted((set(fold["train"]) | set(fold["val"])) - known)
         if unknown:
             raise InputError(f"{shown}: case '{unknown[0]}' is not in the dataset")
+        # an empty validation list would keep the first epoch as "best"; a shared case inflates it
+        for part in ("train", "val"):
+            if not fold[part]:
+                raise InputError(f"{shown}: fold {index} has no {part} cases")
+        shared = sorted(set(fold["train"]) & set(fold["val"]))
+        if shared:
+            raise InputError(f"{shown}: case '{shared[0]}' is in both train and val of fold {index} "
+                             "(use --fold all to train and validate on every case)")

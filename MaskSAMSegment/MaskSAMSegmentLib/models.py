@@ -20,13 +20,13 @@ from typing import Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.errors import ModelFolderError, describe_path
+from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON, PREPROCESSED
 from MaskSAMCore.paths import models_folder
 
-MODEL_JSON = "model.json"
 FINAL_CHECKPOINT = "checkpoint_final.pt"
 # What an installed model does not need: the resume state (optimizer, RNG) and the preprocessed
 # training data stay in the training folder.
-NOT_INSTALLED = ("checkpoint_latest.pt", "preprocessed")
+NOT_INSTALLED = (LATEST_CHECKPOINT, PREPROCESSED)
 INSTALLED_FROM = ".installed-from"   # in an installed model: the folder it was copied from
 
 
@@ -96,7 +96,7 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{describe_path(json_path)} is not valid JSON ({exc})") from None
     shown = describe_path(json_path)
-    if not isinstance(meta, dict) or meta.get("format") != "masksam-model":
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelFolderError(f"{shown} does not describe a MaskSAM model")
     labels = _checked_labels(meta.get("labels"), shown)
     channels = meta.get("channel_names")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError
+from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, never_checkpointed
 from MaskSAMCore.paths import checkpoint_cache
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
@@ -22,7 +23,6 @@ from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import ModelInfo, install_trained_model
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
-RESUME_CHECKPOINT = "checkpoint_latest.pt"
 MIN_CASES_FOR_FOLDS = 5
 
 
@@ -71,10 +71,12 @@ def train_problems(request: TrainRequest) -> List[str]:
     if output is None:
         problems.append("Choose an output folder for the trained model.")
     elif request.resume:
-        if not (output / RESUME_CHECKPOINT).is_file():
-            problems.append(f"Nothing to resume: '{output}' has no {RESUME_CHECKPOINT}.")
-    elif output.exists() and (not output.is_dir() or any(output.iterdir())):
-        if (output / RESUME_CHECKPOINT).is_file():
+        if not (output / LATEST_CHECKPOINT).is_file():
+            why = ("its training was stopped before the first epoch ended; untick Resume to start it again"
+                   if never_checkpointed(output) else f"it has no {LATEST_CHECKPOINT}")
+            problems.append(f"Nothing to resume in '{output}': {why}.")
+    elif output.exists() and (not output.is_dir() or any(output.iterdir())) and not never_checkpointed(output):
+        if (output / LATEST_CHECKPOINT).is_file():
             problems.append(f"'{output}' holds a training already: tick Resume to continue it, or choose a new folder.")
         else:
             problems.append(f"'{output}' is not empty: choose a new folder for the model.")
