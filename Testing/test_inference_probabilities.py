@@ -61,3 +61,16 @@ def test_probabilities_argmax_is_the_label_map_when_preprocessing_resampled(tmp_
     disagree = probabilities.argmax(axis=0) != labels
     assert disagree.mean() < 1e-3
     assert (probabilities[0][:, :3] == 1).all() and (labels[:, :3] == 0).all()
+
+
+def test_voxels_without_any_score_are_background_with_probability_1(tmp_path):
+    """Where every class's float16 score underflowed to 0 (no query's mask reaches the voxel) the
+    label map says background; the probabilities must say so too, still summing to 1."""
+    plan, properties = resampling_case()
+    scores = network_like_scores(properties["shape_after_resampling"], seed=1)
+    scores[:, :, -8:] = 0.0   # the last network rows: nothing predicted at all
+    labels = restore_scores_argmax(scores, properties, plan)
+    write_probabilities(scores, properties, [f"class_{k}" for k in range(CLASSES)], tmp_path / "p.npz")
+    probabilities = read_probabilities(tmp_path / "p.npz")["probabilities"]
+    np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)
+    assert (labels[:, -5:] == 0).all() and (probabilities[0][:, -5:] == 1).all()

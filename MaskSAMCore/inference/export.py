@@ -9,7 +9,7 @@ the input). Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` b
   windows and flips), resampled to the input's grid exactly as for the label map and then divided
   by their sum over classes, so at every voxel the label map's class has the highest probability
   (``argmax`` can still name a lower class where float16 rounding makes the two equal). Outside
-  the cropped non-zero region the background has probability 1.
+  the cropped non-zero region, and where no class has any score, the background has probability 1.
 - ``class_names`` (K,), and the grid in ITK order: ``size``, ``spacing``, ``origin``, ``direction``.
 
 The npz is written one class at a time straight into the zip member, so memory holds one class
@@ -56,7 +56,9 @@ def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bo
     # total keeps that argmax. Normalising on the network grid first would weight each network
     # voxel by its own total, and where that total varies the argmax moves away from the labels.
     resampled = resample_array(score, properties["shape_after_transpose"], (1, 1, 1))
-    cropped_t = np.divide(resampled, total, out=np.zeros_like(total), where=total > 0)
+    # No score at all (every class underflowed to 0 in float16): the label map says background.
+    nothing = np.full_like(total, 1.0 if background else 0.0)
+    cropped_t = np.divide(resampled, total, out=nothing, where=total > 0)
     cropped = np.transpose(cropped_t, properties["transpose_backward"])
     full = np.full(properties["shape_before_cropping"], 1.0 if background else 0.0, dtype=np.float16)
     full[bbox_slices(properties["bbox"])] = np.clip(cropped, 0.0, 1.0)
