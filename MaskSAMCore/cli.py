@@ -166,11 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true",
                    help="CPU-friendly: no mirroring and step 1.0 (about 16x less work; see benchmarks/README.md)")
     p.add_argument("--window-batch", type=at_least(1), default=None, help="windows per forward (default: automatic)")
-    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (.npz)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write CASE_probabilities.npz: (K, z, y, x) float16 on the input's grid, "
+                        "channel k = label value k, summing to 1 per voxel")
     p.add_argument("--output-ending", default=None, help="file ending for folder output (default: the input's)")
     _add_device(p)
 
-    p = sub.add_parser("evaluate", help="per-class Dice and HD95 of predictions against ground truth")
+    p = sub.add_parser("evaluate", help="per-class Dice and HD95 of predictions against ground truth",
+                       description="Per-class Dice and HD95 (mm) as JSON. HD95 is the larger of the two directed "
+                                   "95th percentiles of surface-voxel distances (MONAI's convention; MedPy/nnU-Net "
+                                   "v1 pool both directions); the report's 'conventions' has the empty-mask rules.")
     p.add_argument("prediction", help="a label map or a folder of them")
     p.add_argument("ground_truth", help="a label map or a folder of them")
     p.add_argument("--dataset-json", default=None, help="dataset.json for class names (default: the one of the dataset GT lies in)")

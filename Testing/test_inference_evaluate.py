@@ -158,3 +158,17 @@ def test_evaluate_refuses_a_report_that_would_overwrite_the_ground_truth(tmp_pat
     assert truth.read_bytes() == before
     assert main(["evaluate", str(pred), str(gt), "--output", str(pred)]) == 1
     assert "is a folder; the report needs a file name" in capsys.readouterr().err
+
+
+def test_evaluate_says_on_screen_which_ground_truths_were_not_scored(tmp_path, capsys):
+    """A folder of predictions missing some cases (e.g. `masksam predict` skipped a bad scan)
+    is scored over fewer cases: the summary must say so, not only the JSON."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    truth, _ = _write_pair(pred, gt, "case_a", 0)
+    for name in ("case_b", "case_c"):
+        write_label(truth, GEOMETRY, gt / f"{name}.nii.gz")
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "over 1 case(s)" in err[-2]
+    assert "2 ground-truth case(s) have no prediction and were not scored: case_b, case_c" in err[-1]

@@ -178,6 +178,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{class_name:>20s}  Dice {_fmt(entry['dice'])}  HD95 {_fmt(entry['hd95_mm'])} mm", file=sys.stderr)
     print(f"{'mean':>20s}  Dice {_fmt(report['mean_dice'])}  HD95 {_fmt(report['mean_hd95_mm'])} mm "
           f"over {len(report['cases'])} case(s)", file=sys.stderr)
+    unmatched = report["unmatched_ground_truth"]
+    if unmatched:
+        # The means above leave these cases out; say so where the user reads them, not only in the JSON.
+        shown = ", ".join(unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
+        print(f"masksam: {len(unmatched)} ground-truth case(s) have no prediction and were not scored: {shown}",
+              file=sys.stderr)
     if args.output:
         write_json(args.output, report)
     print(json.dumps(report, indent=2))

@@ -6,8 +6,10 @@ the input). Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` b
 - ``probabilities``: (K, z, y, x) float16 on the input's own grid (array order as SimpleITK's
   ``GetArrayFromImage``), class k = label value k, summing to 1 over k at every voxel. They are
   the network's class scores (sum over queries of softmax(class) x sigmoid(mask), averaged over
-  windows and flips) divided by their sum over classes; outside the cropped non-zero region the
-  background has probability 1.
+  windows and flips), resampled to the input's grid exactly as for the label map and then divided
+  by their sum over classes, so at every voxel the label map's class has the highest probability
+  (``argmax`` can still name a lower class where float16 rounding makes the two equal). Outside
+  the cropped non-zero region, and where no class has any score, the background has probability 1.
 - ``class_names`` (K,), and the grid in ITK order: ``size``, ``spacing``, ``origin``, ``direction``.
 
 The npz is written one class at a time straight into the zip member, so memory holds one class
@@ -46,9 +48,17 @@ def write_labels(labels: np.ndarray, geometry: ImageGeometry, path: "os.PathLike
 
 def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bool,
                             properties: Dict[str, Any]) -> np.ndarray:
-    """One class's probability (T', H', W') -> (z, y, x) float16 on the original grid."""
-    probability = np.divide(score.astype(np.float32), total, out=np.zeros_like(total), where=total > 0)
-    cropped_t = resample_array(probability, properties["shape_after_transpose"], (1, 1, 1))
+    """One class's score (T', H', W') and the resampled total over classes (the cropped,
+    transposed grid, ``shape_after_transpose``) -> its probability (z, y, x) float16 on the
+    original grid."""
+    # Resample first, normalise second: the label map is the argmax of the resampled scores
+    # (`restore_scores_argmax`, the same linear resampling), and dividing every class by the same
+    # total keeps that argmax. Normalising on the network grid first would weight each network
+    # voxel by its own total, and where that total varies the argmax moves away from the labels.
+    resampled = resample_array(score, properties["shape_after_transpose"], (1, 1, 1))
+    # No score at all (every class underflowed to 0 in float16): the label map says background.
+    nothing = np.full_like(total, 1.0 if background else 0.0)
+    cropped_t = np.divide(resampled, total, out=nothing, where=total > 0)
     cropped = np.transpose(cropped_t, properties["transpose_backward"])
     full = np.full(properties["shape_before_cropping"], 1.0 if background else 0.0, dtype=np.float16)
     full[bbox_slices(properties["bbox"])] = np.clip(cropped, 0.0, 1.0)
@@ -64,6 +74,8 @@ def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_na
     total = np.zeros(scores.shape[1:], dtype=np.float32)
     for k in range(classes):
         total += scores[k]
+    # Resampling is linear, so the resampled total is the sum of the resampled class scores.
+    total = resample_array(total, properties["shape_after_transpose"], (1, 1, 1))
     shape = (classes, *geometry.shape_zyx)
     with atomic_path(path) as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
