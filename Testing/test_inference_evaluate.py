@@ -127,6 +127,11 @@ def test_evaluate_rejects_a_prediction_without_ground_truth_or_on_another_grid(t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "case_a.nrrd" in err[0] and "(origin (11, -5, 2) vs origin (" in err[0]
     assert not out.exists()
+    write_label(np.zeros(GEOMETRY.shape_zyx, np.uint8), GEOMETRY, pred / "case_a.nii.gz")
+    assert main(["evaluate", str(pred), str(gt), "--output", str(out)]) == 1  # case_a twice: which one?
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case case_a is there twice (case_a.nii.gz and case_a.nrrd)" in err[0]
+    assert not out.exists()
 
 
 def test_evaluate_names_classes_from_the_dataset_the_ground_truth_lies_in(tmp_path, capsys):

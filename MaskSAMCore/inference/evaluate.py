@@ -62,6 +62,9 @@ def _label_files(folder: Path) -> Dict[str, Path]:
     for path in sorted(folder.iterdir()):
         stem, ending = split_ending(path)
         if ending and path.is_file() and not path.name.startswith("."):
+            if stem in found:  # e.g. case.nii.gz beside case.nrrd: which one is meant?
+                raise InputError(f"{describe_path(folder)}: case {stem} is there twice ({found[stem].name} "
+                                 f"and {path.name}); keep one")
             found[stem] = path
     return found
 
