@@ -47,3 +47,13 @@ def test_compare_nnunet_says_why_it_was_skipped(tmp_path):
     assert main(["benchmark", "--preset", "tiny", "--shape", "4", "40", "40", "--classes", "3", "--device", "cpu",
                  "--fast", "--compare-nnunet", "--output", str(out)]) == 0
     assert "nnunetv2" in json.loads(out.read_text())["nnunet"]["skipped"]
+
+
+def test_benchmark_fast_keeps_an_explicit_step(tmp_path):
+    """As `predict --fast --step 0.5`: no mirroring, but the half-overlapping windows asked for."""
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "16", "40", "40", "--classes", "3", "--device", "cpu",
+                 "--fast", "--step", "0.5", "--max-windows", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["step"] == 0.5 and report["flips"] == 1
+    assert report["windows"] == len(WindowGrid((16, 40, 40), (4, 64, 64), 0.5)) == 7

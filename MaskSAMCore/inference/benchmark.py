@@ -33,6 +33,7 @@ from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.flops import count_flops
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
+from MaskSAMCore.inference.run import options_from_args
 from MaskSAMCore.inference.staging import gather_windows
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.paths import check_output_file
@@ -122,8 +123,7 @@ def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows
 
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     device = devices.resolve_device(args.device)
-    options = PredictOptions.fast(window_batch=args.window_batch) if args.fast else PredictOptions(
-        step=args.step, mirror=args.mirror, window_batch=args.window_batch)
+    options = options_from_args(args)   # exactly as `masksam predict` reads the same options
     predictor = build_predictor(args, device, options)
     shape = tuple(int(s) for s in args.shape)
     print(f"masksam: benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
