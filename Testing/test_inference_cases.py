@@ -60,9 +60,14 @@ def test_a_long_numbered_series_is_summarised_in_the_error(tmp_path):
     assert "_0039" not in str(error.value)
 
 
-def test_predict_segments_a_folder_of_numbered_scans(tmp_path):
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
     config = preset("tiny", num_classes=3)
-    model = write_random_model_folder(tmp_path / "model", config, synthetic_plan(config, (2.5, 1.2, 1.2)))
+    return write_random_model_folder(tmp_path_factory.mktemp("models") / "tiny", config,
+                                     synthetic_plan(config, (2.5, 1.2, 1.2)))
+
+
+def test_predict_segments_a_folder_of_numbered_scans(model, tmp_path):
     inputs = tmp_path / "imagesTs"
     inputs.mkdir()
     rng = np.random.default_rng(0)
@@ -72,3 +77,16 @@ def test_predict_segments_a_folder_of_numbered_scans(tmp_path):
     outputs = tmp_path / "predictions"
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
     assert sorted(p.name for p in outputs.iterdir()) == ["amos_0001.nii.gz", "amos_0002.nii.gz"]
+
+
+def test_a_folder_input_with_an_image_file_name_as_output_is_refused(model, tmp_path, capsys):
+    _touch(tmp_path / "in", "ct_0000.nii.gz")
+    output = tmp_path / "labels.nii.gz"
+    assert main(["predict", str(model), str(tmp_path / "in"), str(output), "--device", "cpu"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: error:")]
+    assert len(errors) == 1 and "labels.nii.gz: the input is a folder, so the output must be a folder too" in errors[0]
+    assert not output.exists()   # no folder named like a label map
+    # An existing folder of any name is fine.
+    (tmp_path / "odd.nrrd").mkdir()
+    assert find_cases(tmp_path / "in", tmp_path / "odd.nrrd", num_channels=1)[0].output_file == \
+        tmp_path / "odd.nrrd" / "ct.nii.gz"

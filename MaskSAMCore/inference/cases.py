@@ -83,6 +83,10 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         return [Case(case_name(source), (source,), target)]
     if target.exists() and not target.is_dir():
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too")
+    if not target.exists() and split_ending(target)[1]:
+        # Not a folder named labels.nii.gz holding the label maps where a file was meant.
+        raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too, "
+                         f"not a file name ending in {split_ending(target)[1]}")
     return _cases_in_folder(source, target, num_channels, output_ending)
 
 
