@@ -162,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
                         help="average all 8 flip combinations per window (default)")
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
-    p.add_argument("--step", type=window_step, default=0.5, help="window step as a fraction of the patch size")
+    p.add_argument("--step", type=window_step, default=None,
+                   help="window step as a fraction of the patch size (default 0.5; 1.0 with --fast)")
     p.add_argument("--fast", action="store_true",
-                   help="CPU-friendly: no mirroring and step 1.0 (about 16x less work; see benchmarks/README.md)")
+                   help="CPU-friendly: no mirroring and step 1.0 unless --step is given (about 16x less work; "
+                        "see benchmarks/README.md)")
     p.add_argument("--window-batch", type=at_least(1), default=None, help="windows per forward (default: automatic)")
     p.add_argument("--probabilities", action="store_true",
                    help="also write CASE_probabilities.npz: (K, z, y, x) float16 on the input's grid, "
@@ -189,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True)
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
-    p.add_argument("--step", type=window_step, default=0.5)
-    p.add_argument("--fast", action="store_true", help="no mirroring and step 1.0 (as predict --fast)")
+    p.add_argument("--step", type=window_step, default=None, help="as predict --step (default 0.5; 1.0 with --fast)")
+    p.add_argument("--fast", action="store_true",
+                   help="no mirroring and step 1.0 unless --step is given (as predict --fast)")
     p.add_argument("--window-batch", type=at_least(1), default=None)
     p.add_argument("--compare-nnunet", action="store_true",
                    help="also time nnU-Net v2's predictor (3d_fullres-like network) on the same volume")

@@ -47,3 +47,28 @@ def test_compare_nnunet_says_why_it_was_skipped(tmp_path):
     assert main(["benchmark", "--preset", "tiny", "--shape", "4", "40", "40", "--classes", "3", "--device", "cpu",
                  "--fast", "--compare-nnunet", "--output", str(out)]) == 0
     assert "nnunetv2" in json.loads(out.read_text())["nnunet"]["skipped"]
+
+
+def test_benchmark_fast_keeps_an_explicit_step(tmp_path):
+    """As `predict --fast --step 0.5`: no mirroring, but the half-overlapping windows asked for."""
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "16", "40", "40", "--classes", "3", "--device", "cpu",
+                 "--fast", "--step", "0.5", "--max-windows", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["step"] == 0.5 and report["flips"] == 1
+    assert report["windows"] == len(WindowGrid((16, 40, 40), (4, 64, 64), 0.5)) == 7
+
+
+def test_benchmark_of_a_multi_channel_model_folder(tmp_path):
+    """--model-dir with a two-channel (CT + PET) model: every channel gets a synthetic volume."""
+    from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+    from MaskSAMCore.model.config import preset
+
+    config = preset("tiny", num_classes=3, in_channels=2)
+    model = write_random_model_folder(tmp_path / "ct_pet", config,
+                                      synthetic_plan(config, channel_names={"0": "CT", "1": "PET"}))
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--model-dir", str(model), "--shape", "8", "40", "40", "--device", "cpu",
+                 "--fast", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["windows"] == len(WindowGrid((8, 40, 40), (4, 64, 64), 1.0)) == 2 and report["classes"] == 3

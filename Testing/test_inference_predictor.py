@@ -152,3 +152,14 @@ def test_mirroring_keeps_left_and_right_apart_when_training_did(model_dir, tmp_p
     flips = lateral.window_settings(10).flips
     assert len(flips) == 4 and all(4 not in flip for flip in flips)
     assert len(Predictor.from_model_folder(model_dir, device="cpu").window_settings(10).flips) == 8
+
+
+@pytest.mark.parametrize("extra, expected", [(["--fast"], "no mirroring, step 1"),
+                                             (["--fast", "--step", "0.5"], "no mirroring, step 0.5")])
+def test_fast_keeps_an_explicit_step(model_dir, tmp_path, capsys, extra, expected):
+    """--fast is step 1.0 unless --step is given, 0.5 included (it used to read as "not given")."""
+    source = tmp_path / "case.nii.gz"
+    write_case(source, (20, 20, 5), (1.2, 1.2, 2.5))
+    assert main(["predict", str(model_dir), str(source), str(tmp_path / "l.nii.gz"), "--device", "cpu",
+                 *extra]) == 0
+    assert f"1 case(s), {expected}\n" in capsys.readouterr().err

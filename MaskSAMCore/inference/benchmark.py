@@ -2,9 +2,9 @@
 
     masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 --output bench.json
 
-The synthetic CT (a body with organs and noise, in HU) goes through exactly what `masksam
-predict` does after reading a file: checks and preprocessing, the sliding window, restoring and
-writing the label map. Reported: seconds per stage, windows/s, model TFLOP/s (PyTorch's FLOP
+The synthetic CT (a body with organs and noise, in HU; one per channel the model reads) goes
+through exactly what `masksam predict` does after reading a file: checks and preprocessing, the
+sliding window, restoring and writing the label map. Reported: seconds per stage, windows/s, model TFLOP/s (PyTorch's FLOP
 counter on one window, times the flips and the windows), peak GPU memory and peak host RSS,
 as JSON. One warm-up on a single-patch volume comes first (cuDNN autotuning, the automatic
 window batch, torch.compile when MASKSAM_COMPILE=1).
@@ -33,6 +33,7 @@ from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.flops import count_flops
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
+from MaskSAMCore.inference.run import options_from_args
 from MaskSAMCore.inference.staging import gather_windows
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.paths import check_output_file
@@ -44,14 +45,16 @@ IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)
 RESAMPLED_TARGET_ZYX = (1.0, 0.82, 0.82)
 
 
-def synthetic_ct(shape_zyx: Tuple[int, int, int], seed: int = 0) -> np.ndarray:
-    """(z, y, x) float32 HU: air, an elliptic body, a few organs, noise. Built slice by slice."""
+def synthetic_ct(shape_zyx: Tuple[int, int, int], seed: int = 0, channels: int = 1) -> np.ndarray:
+    """(C, z, y, x) float32 HU: air, an elliptic body, a few organs, noise. Built slice by slice.
+    Every channel (as many as the model reads: CT + PET, four MR sequences) is the same anatomy
+    with its own noise, so none is a copy of another."""
     rng = np.random.default_rng(seed)
     depth, height, width = shape_zyx
     y, x = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32), np.linspace(-1, 1, width, dtype=np.float32),
                        indexing="ij")
     body = (y / 0.7) ** 2 + (x / 0.9) ** 2 < 1.0
-    volume = np.empty(shape_zyx, dtype=np.float32)
+    volume = np.empty((channels, *shape_zyx), dtype=np.float32)
     organs = [(0.2, -0.3, 0.3, 60.0), (-0.1, 0.4, 0.15, 45.0), (0.3, 0.3, 0.1, 180.0), (-0.3, -0.2, 0.12, 30.0)]
     for z in range(depth):
         t = 2.0 * z / max(depth - 1, 1) - 1.0
@@ -59,8 +62,7 @@ def synthetic_ct(shape_zyx: Tuple[int, int, int], seed: int = 0) -> np.ndarray:
         for cy, cx, radius, value in organs:
             r = radius * np.sqrt(max(0.0, 1.0 - 0.8 * t * t))
             slice_[(y - cy) ** 2 + (x - cx) ** 2 < r * r] = value
-        slice_ += rng.normal(0.0, 12.0, size=(height, width)).astype(np.float32)
-        volume[z] = slice_
+        volume[:, z] = slice_ + rng.normal(0.0, 12.0, size=(channels, height, width)).astype(np.float32)
     return volume
 
 
@@ -122,21 +124,21 @@ def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows
 
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     device = devices.resolve_device(args.device)
-    options = PredictOptions.fast(window_batch=args.window_batch) if args.fast else PredictOptions(
-        step=args.step, mirror=args.mirror, window_batch=args.window_batch)
+    options = options_from_args(args)   # exactly as `masksam predict` reads the same options
     predictor = build_predictor(args, device, options)
     shape = tuple(int(s) for s in args.shape)
     print(f"masksam: benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
           f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes", file=sys.stderr)
     geometry = ImageGeometry(shape[::-1], IMAGE_SPACING_ZYX[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     started = time.perf_counter()
-    volume = synthetic_ct(shape)
+    channels = predictor.config.in_channels
+    volume = synthetic_ct(shape, channels=channels)
     synthesis_s = time.perf_counter() - started
 
     warm_shape = predictor.patch
     warm_geometry = ImageGeometry(warm_shape[::-1], IMAGE_SPACING_ZYX[::-1], (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     started = time.perf_counter()
-    predictor.predict_array(synthetic_ct(warm_shape, seed=1), warm_geometry, name="warm-up")
+    predictor.predict_array(synthetic_ct(warm_shape, seed=1, channels=channels), warm_geometry, name="warm-up")
     _sync(device)
     warmup_s = time.perf_counter() - started
 
@@ -219,7 +221,7 @@ def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.devi
     if not nnunet_available():
         return {"skipped": "nnunetv2 is not importable (pip install nnunetv2 to compare)"}
     # The same volume, normalised as nnU-Net's CT normalisation would (clip, z-score).
-    normalised = ((np.clip(volume, -1000.0, 1000.0) - 0.0) / 250.0).astype(np.float32)[None]
+    normalised = ((np.clip(volume, -1000.0, 1000.0) - 0.0) / 250.0).astype(np.float32)
     print("masksam: running nnU-Net v2's predictor on the same volume", file=sys.stderr)
     return run_nnunet(normalised, predictor.config.num_classes, device, mirror=mirror, step=step)
 

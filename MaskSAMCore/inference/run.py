@@ -31,13 +31,13 @@ READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
 
 
 def options_from_args(args: argparse.Namespace) -> PredictOptions:
-    """--fast means no mirroring and step 1.0 unless --step was given explicitly."""
-    step = float(getattr(args, "step", 0.5))
-    if getattr(args, "fast", False):
-        return PredictOptions(step=1.0 if step == 0.5 else step, mirror=False,
-                              window_batch=getattr(args, "window_batch", None))
-    return PredictOptions(step=step, mirror=bool(getattr(args, "mirror", True)),
-                          window_batch=getattr(args, "window_batch", None))
+    """--fast means no mirroring and step 1.0 unless --step was given explicitly (--step None:
+    not given; predict and benchmark share this)."""
+    fast = bool(getattr(args, "fast", False))
+    step = getattr(args, "step", None)
+    step = float(step) if step is not None else (1.0 if fast else 0.5)
+    mirror = False if fast else bool(getattr(args, "mirror", True))
+    return PredictOptions(step=step, mirror=mirror, window_batch=getattr(args, "window_batch", None))
 
 
 def describe_mirroring(predictor: Predictor) -> str:

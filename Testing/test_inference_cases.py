@@ -1,0 +1,92 @@
+"""Which files of a folder `masksam predict` takes as which case, and where their label maps go."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.errors import InputError
+from MaskSAMCore.inference.cases import find_cases
+from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+from MaskSAMCore.model.config import preset
+
+
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def _outputs(cases):
+    return {case.name: (tuple(p.name for p in case.channel_files), case.output_file.name) for case in cases}
+
+
+def test_numbered_one_channel_scans_are_cases_of_their_own_names(tmp_path):
+    # AMOS names its scans amos_0001.nii.gz, ...: for a one-channel model these are scans, not
+    # channels _0001, _0002 of one case "amos" (nnU-Net's channel files always include _0000).
+    _touch(tmp_path / "in", "amos_0001.nii.gz", "amos_0002.nii.gz", "liver_007_0000.nii.gz", "plain.nrrd")
+    cases = find_cases(tmp_path / "in", tmp_path / "out", num_channels=1)
+    assert _outputs(cases) == {
+        "amos_0001": (("amos_0001.nii.gz",), "amos_0001.nii.gz"),
+        "amos_0002": (("amos_0002.nii.gz",), "amos_0002.nii.gz"),
+        "liver_007": (("liver_007_0000.nii.gz",), "liver_007.nii.gz"),
+        "plain": (("plain.nrrd",), "plain.nrrd"),
+    }
+    # One such file into an output folder keeps its number: amos_0002 must not overwrite amos_0001.
+    (tmp_path / "out").mkdir()
+    single = find_cases(tmp_path / "in" / "amos_0002.nii.gz", tmp_path / "out", num_channels=1)
+    assert single[0].output_file == tmp_path / "out" / "amos_0002.nii.gz"
+
+
+def test_channel_files_with_a_0000_stay_one_case_and_a_wrong_model_is_refused(tmp_path):
+    _touch(tmp_path / "two", "pat_0000.nii.gz", "pat_0001.nii.gz")
+    assert _outputs(find_cases(tmp_path / "two", tmp_path / "out", num_channels=2)) == {
+        "pat": (("pat_0000.nii.gz", "pat_0001.nii.gz"), "pat.nii.gz")}
+    with pytest.raises(InputError, match=r"case pat has channel file\(s\) _0000, _0001 but the model needs 1"):
+        find_cases(tmp_path / "two", tmp_path / "out", num_channels=1)
+    # For a two-channel model, numbered files are still missing their _0000 channel.
+    _touch(tmp_path / "numbered", "amos_0001.nii.gz", "amos_0002.nii.gz")
+    with pytest.raises(InputError, match="case amos has channel file"):
+        find_cases(tmp_path / "numbered", tmp_path / "out", num_channels=2)
+
+
+def test_a_long_numbered_series_is_summarised_in_the_error(tmp_path):
+    _touch(tmp_path / "in", *(f"scan_{i:04d}.nii.gz" for i in range(40)))
+    with pytest.raises(InputError) as error:
+        find_cases(tmp_path / "in", tmp_path / "out", num_channels=1)
+    assert "_0000, _0001, _0002, _0003, _0004, ... (40 files)" in str(error.value)
+    assert "_0039" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    config = preset("tiny", num_classes=3)
+    return write_random_model_folder(tmp_path_factory.mktemp("models") / "tiny", config,
+                                     synthetic_plan(config, (2.5, 1.2, 1.2)))
+
+
+def test_predict_segments_a_folder_of_numbered_scans(model, tmp_path):
+    inputs = tmp_path / "imagesTs"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("amos_0001.nii.gz", "amos_0002.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
+                        str(inputs / name))
+    outputs = tmp_path / "predictions"
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["amos_0001.nii.gz", "amos_0002.nii.gz"]
+
+
+def test_a_folder_input_with_an_image_file_name_as_output_is_refused(model, tmp_path, capsys):
+    _touch(tmp_path / "in", "ct_0000.nii.gz")
+    output = tmp_path / "labels.nii.gz"
+    assert main(["predict", str(model), str(tmp_path / "in"), str(output), "--device", "cpu"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: error:")]
+    assert len(errors) == 1 and "labels.nii.gz: the input is a folder, so the output must be a folder too" in errors[0]
+    assert not output.exists()   # no folder named like a label map
+    # An existing folder of any name is fine.
+    (tmp_path / "odd.nrrd").mkdir()
+    assert find_cases(tmp_path / "in", tmp_path / "odd.nrrd", num_channels=1)[0].output_file == \
+        tmp_path / "odd.nrrd" / "ct.nii.gz"
