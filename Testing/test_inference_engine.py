@@ -185,3 +185,14 @@ def test_non_finite_scores_are_reported_and_cancel_stops_the_loop():
     with pytest.raises(Cancelled):
         sliding_window_predict(volume, symmetric_net, (4, 16, 16), 2, CPU, WindowSettings(),
                                progress_stage=None, should_cancel=lambda: True)
+
+
+def test_automatic_window_batch_is_planned_for_the_memory_budget_alone():
+    from MaskSAMCore.inference.devices import SAFETY, plan_window_batch
+
+    gib = 2 ** 30
+    # 8 flips of 0.25 GiB plus a 0.5 GiB slab per window: 2.5 GiB a window, 4 windows in a 10 GiB budget
+    # (whatever the first case's size: a small first case must not slow the cases after it).
+    assert plan_window_batch(0.25 * gib, gib // 2, int(10.1 * gib / SAFETY), 8) == (4, None)
+    # One window's 8 flips do not fit 1 GiB: one window at a time, 2 flips per forward.
+    assert plan_window_batch(0.4 * gib, gib // 8, int(1 * gib / SAFETY), 8) == (1, 2)

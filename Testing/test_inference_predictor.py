@@ -149,9 +149,9 @@ def test_mirroring_keeps_left_and_right_apart_when_training_did(model_dir, tmp_p
     meta["training"]["mirror_axes"] = [0, 1]  # W (patch axis 2) was the left-right axis
     (folder / "model.json").write_text(json.dumps(meta))
     lateral = Predictor.from_model_folder(folder, device="cpu")
-    flips = lateral.window_settings(10).flips
+    flips = lateral.window_settings().flips
     assert len(flips) == 4 and all(4 not in flip for flip in flips)
-    assert len(Predictor.from_model_folder(model_dir, device="cpu").window_settings(10).flips) == 8
+    assert len(Predictor.from_model_folder(model_dir, device="cpu").window_settings().flips) == 8
 
 
 @pytest.mark.parametrize("extra, expected", [(["--fast"], "no mirroring, step 1"),

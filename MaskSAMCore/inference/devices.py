@@ -78,7 +78,7 @@ def measure_forward_bytes(run: Callable[[], object], device: torch.device) -> in
     return max(1, torch.cuda.max_memory_allocated(device) - base)
 
 
-def plan_window_batch(per_flip_bytes: float, slab_bytes_per_window: int, budget: int, windows: int,
+def plan_window_batch(per_flip_bytes: float, slab_bytes_per_window: int, budget: int,
                       flips: int) -> Tuple[int, Optional[int]]:
     """(window batch, flips per forward or None for all) that fit `budget` bytes.
 
@@ -89,7 +89,7 @@ def plan_window_batch(per_flip_bytes: float, slab_bytes_per_window: int, budget:
     cost = per_flip_bytes * flips + slab_bytes_per_window
     if cost <= usable:
         batch = int(usable // cost)
-        return max(1, min(batch, MAX_AUTO_WINDOW_BATCH, windows)), None
+        return max(1, min(batch, MAX_AUTO_WINDOW_BATCH)), None
     per_forward = flips
     while per_forward > 1 and per_flip_bytes * per_forward > usable:
         per_forward //= 2

@@ -128,15 +128,18 @@ class Predictor:
         with devices.autocast_context(self.device, self.amp_dtype):
             return self._segment(patches)
 
-    def window_settings(self, num_windows: int) -> WindowSettings:
-        """The settings for the next case: chosen once (measuring one forward on CUDA), then kept."""
+    def window_settings(self) -> WindowSettings:
+        """The settings for every case: chosen once (measuring one forward on CUDA), then kept.
+
+        The automatic window batch is planned for the memory budget alone, never for the first
+        case's window count: a small first case must not slow every later case of a folder."""
         if self.settings is not None:
             return dataclasses.replace(self.settings)
         base = WindowSettings(step=self.options.step, mirror=self.options.mirror and bool(self.mirror_axes),
                               window_batch=self.options.window_batch or 1,
                               pad_last_batch=self.options.compile, mirror_axes=self.mirror_axes)
         if self.options.window_batch is None and self.device.type == "cuda":
-            base = self._automatic_batch(base, num_windows)
+            base = self._automatic_batch(base)
         elif self.device.type == "cpu":
             # A CPU gains nothing from large batches, and 8 vit_b flips in one forward would need
             # about 24 GB of RAM: one flip per forward keeps a vit_b window near 3 GB.
@@ -144,7 +147,7 @@ class Predictor:
         self.settings = base
         return dataclasses.replace(base)
 
-    def _automatic_batch(self, base: WindowSettings, num_windows: int) -> WindowSettings:
+    def _automatic_batch(self, base: WindowSettings) -> WindowSettings:
         """Measure one forward (all flips of one window, fewer if that alone runs out of memory)
         and plan the window batch for the GPU memory budget (see `devices`)."""
         sample = torch.zeros((1, self.config.in_channels, *self.patch), device=self.device)
@@ -169,7 +172,7 @@ class Predictor:
         step_slices = max(1, int(round(self.patch[0] * base.step)))
         slab = 4 * self.config.num_classes * step_slices * self.patch[1] * self.patch[2]
         budget = devices.gpu_budget_bytes(self.device)
-        batch, chunk = devices.plan_window_batch(peak / per_forward, slab, budget, num_windows, len(flips))
+        batch, chunk = devices.plan_window_batch(peak / per_forward, slab, budget, len(flips))
         emit("message", message=f"window batch {batch}, {chunk or len(flips)} flips per forward: one forward of "
                                 f"{per_forward} flip(s) needs {devices.describe_bytes(peak)}, "
                                 f"budget {devices.describe_bytes(budget)}")
@@ -212,7 +215,7 @@ class Predictor:
         # the argmax on the device, after resampling slab by slab when preprocessing resampled.
         output = "scores" if probabilities else ("restored" if resampled else "labels")
         grid = WindowGrid(tuple(case.data.shape[1:]), self.patch, self.options.step)
-        settings = self.window_settings(len(grid))
+        settings = self.window_settings()
         start = time.perf_counter()
         restore_shape = properties["shape_after_transpose"] if output == "restored" else None
         result, settings = self._sliding_window(case, settings, output, should_cancel, restore_shape)
