@@ -292,6 +292,33 @@ def test_a_nifti_file_cut_short_is_refused_not_read_as_zeros(tmp_path, ending, d
             reader(cut)
 
 
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", ".mhd"])
+def test_other_formats_cut_short_or_missing_their_data_file_say_so(tmp_path, ending):
+    """ITK's own reason for these is "No such file or directory" (a stale errno) or a page of
+    Teem messages; the user needs to know the file is incomplete."""
+    geometry = oblique_geometry()
+    write_image(np.arange(np.prod(geometry.shape_zyx), dtype=np.int16).reshape(geometry.shape_zyx), geometry,
+                tmp_path / f"full{ending}")
+    source = tmp_path / ("full.zraw" if ending == ".mhd" else f"full{ending}")
+    data = source.read_bytes()
+    source.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=rf"full{ending}: cannot read it as an image \((the file is cut short: only "
+                                         r"[\d.]+% of its voxel data|its voxel data is damaged or cut short)"):
+        read_image(tmp_path / f"full{ending}")
+    if ending == ".mhd":
+        source.unlink()
+        with pytest.raises(InputError, match=r"full.mhd: cannot read it as an image \(its data file full.zraw is missing"):
+            read_image(tmp_path / "full.mhd")
+
+
+def test_values_beyond_float32_are_named_not_called_infinite(tmp_path):
+    array = np.zeros((3, 4, 5), np.float64)
+    array[1, 1, 1] = 3e40
+    write_raw(tmp_path / "huge.mha", sitk.GetImageFromArray(array))
+    with pytest.raises(InputError, match=r"huge.mha: has values up to 3e\+40, beyond the float32 range"):
+        read_image(tmp_path / "huge.mha")
+
+
 def test_a_complete_nifti_in_several_gzip_members_is_read(tmp_path):
     import gzip
 

@@ -23,6 +23,7 @@ import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
+from MaskSAMCore.data.read_failures import sitk_reason, unreadable_image_reason
 from MaskSAMCore.errors import InputError, describe_path
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def read_sitk_image(path: "os.PathLike[str] | str") -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{where}: cannot read it as an image ({_sitk_reason(exc)})") from None
+        raise InputError(f"{where}: cannot read it as an image ({unreadable_image_reason(path, exc)})") from None
     _check_nifti_complete(path)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         size = list(image.GetSize())
@@ -167,7 +168,10 @@ def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometr
     missing, unreadable, non-3D or vector image, or one with NaN/Inf values. A constant image is
     accepted here (whoever uses it decides whether that is a problem)."""
     image = read_sitk_image(path)
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype == np.float64:
+        _check_fits_float32(array, path)
+    array = array.astype(np.float32, copy=False)
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if not bad and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         try:
@@ -177,6 +181,16 @@ def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometr
     if bad:
         raise InputError(f"{describe_path(path)}: contains {bad} NaN/Inf voxel(s)")
     return array, ImageGeometry.from_sitk(image)
+
+
+def _check_fits_float32(array: np.ndarray, path: "os.PathLike[str] | str") -> None:
+    """Values beyond float32's range would become Inf and be reported as such; say what they are."""
+    finite = np.isfinite(array)
+    largest = float(np.abs(array[finite]).max()) if finite.any() else 0.0
+    limit = float(np.finfo(np.float32).max)
+    if largest > limit:
+        raise InputError(f"{describe_path(path)}: has values up to {largest:.3g}, beyond the float32 range "
+                         f"(±{limit:.3g}) MaskSAM computes in; rescale the image")
 
 
 def read_case(paths: Sequence["os.PathLike[str] | str"]) -> Tuple[np.ndarray, ImageGeometry]:
@@ -232,7 +246,7 @@ def read_geometry(path: "os.PathLike[str] | str") -> ImageGeometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(f"{where}: cannot read it as an image ({_sitk_reason(exc)})") from None
+        raise InputError(f"{where}: cannot read it as an image ({unreadable_image_reason(path, exc)})") from None
     _check_nifti_complete(path)
     size = reader.GetSize()
     if len(size) == 4 and size[3] == 1:
@@ -293,7 +307,7 @@ def write_sitk_image(image: sitk.Image, path: "os.PathLike[str] | str") -> None:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as exc:
-            raise InputError(f"{describe_path(path)}: cannot write an image here ({_sitk_reason(exc)})") from None
+            raise InputError(f"{describe_path(path)}: cannot write an image here ({sitk_reason(exc)})") from None
         problem = _format_problem(image, tmp)
         if problem:
             raise InputError(f"{describe_path(path)}: {problem}")
@@ -314,7 +328,7 @@ def check_format_keeps(geometry: ImageGeometry, path: "os.PathLike[str] | str") 
         try:
             sitk.WriteImage(image, str(probe_file))
         except RuntimeError as exc:
-            raise InputError(f"{describe_path(path)}: cannot write this kind of file ({_sitk_reason(exc)})") from None
+            raise InputError(f"{describe_path(path)}: cannot write this kind of file ({sitk_reason(exc)})") from None
         finally:
             sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
         problem = _format_problem(image, probe_file)
@@ -334,12 +348,3 @@ def _format_problem(image: sitk.Image, written_file: Path) -> Optional[str]:
     named = ", ".join(differences[:-1]) + (" and " if len(differences) > 1 else "") + differences[-1]
     return (f"this file format cannot store the grid's {named} exactly "
             "(the labels would lie elsewhere); choose .nrrd or .mha")
-
-
-def _sitk_reason(exc: BaseException) -> str:
-    """The informative last part of SimpleITK's multi-line exception text, on one line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = lines[-1] if lines else type(exc).__name__
-    if reason.startswith("sitk::ERROR:"):
-        reason = reason[len("sitk::ERROR:"):].strip()
-    return reason[:200]
