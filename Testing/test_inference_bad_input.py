@@ -83,6 +83,19 @@ def test_bad_image_gives_one_line_naming_the_file(model_dir, tmp_path, capsys, k
     assert not output.parent.exists() or not any(output.parent.iterdir())
 
 
+def test_a_spacing_that_would_resample_beyond_memory_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    """A header with 400 mm slices (a typo for 4) resamples 6 slices to the model's 2.5 mm as 960."""
+    from MaskSAMCore.inference import devices
+
+    source = _write(tmp_path / "typo.nrrd", np.random.rand(6, 8, 8).astype(np.float32), spacing=(1.2, 1.2, 400.0))
+    monkeypatch.setattr(devices, "available_host_bytes", lambda: 2 ** 20)  # a 1 MiB machine
+    output = tmp_path / "labels.nrrd"
+    assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "typo.nrrd", "400 x 1.2 x 1.2 mm becomes 960 x 8 x 8 voxels",
+                           "check the voxel spacing in its header")
+    assert not output.exists()
+
+
 def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()

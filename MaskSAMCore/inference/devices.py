@@ -68,6 +68,22 @@ def peak_host_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def available_host_bytes() -> Optional[int]:
+    """Memory the system can still give this process (Linux ``MemAvailable``; elsewhere the
+    physical memory, or None when unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def measure_forward_bytes(run: Callable[[], object], device: torch.device) -> int:
     """Peak extra GPU memory of one call of `run` (also serves as the warm-up)."""
     torch.cuda.synchronize(device)

@@ -7,12 +7,18 @@ handed in directly (the Slicer module passes arrays, not files).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.resampling import resampled_shape
 from MaskSAMCore.errors import InputError
+
+# Peak host memory of a prediction in float32 copies of the resampled volume per channel
+# (the input, its resampled copy, the scores restored slab by slab; measured 4.4 on the
+# 600 x 512 x 512 benchmark in benchmarks/README.md), rounded up.
+HOST_COPIES_OF_RESAMPLED = 5
 
 
 def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name: str,
@@ -44,3 +50,28 @@ def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name:
             raise InputError(f"{where}: {which} is constant (every voxel is {low:g}); there is nothing to segment")
     if any(s <= 0 or not np.isfinite(s) for s in geometry.spacing):
         raise InputError(f"{name}: invalid voxel spacing {geometry.spacing}")
+
+
+def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channels: int, name: str,
+                           available: Optional[int]) -> None:
+    """Refuse, before any work, an image whose resampling to the model's spacing would need more
+    host memory than is `available` (bytes; None: unknown, no check). A wrong spacing in a
+    header (50 mm slices instead of 5) would otherwise make a huge volume: minutes of work, then
+    the out-of-memory killer."""
+    if available is None:
+        return
+    forward = list(plan["transpose_forward"])
+    spacing = [geometry.spacing_zyx[a] for a in forward]
+    shape = [geometry.shape_zyx[a] for a in forward]
+    target = [float(t) for t in plan["target_spacing"]]
+    new_shape = resampled_shape(shape, spacing, target)
+    needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * int(np.prod(new_shape, dtype=np.int64))
+    if needed > available:
+        raise InputError(
+            f"{name}: at the model's spacing ({_by(target)} mm) this {_by(shape)}-voxel image of spacing "
+            f"{_by(spacing)} mm becomes {_by(new_shape)} voxels, needing about {needed / 2 ** 30:.1f} GiB of "
+            f"memory ({available / 2 ** 30:.1f} GiB available); check the voxel spacing in its header")
+
+
+def _by(values: Sequence[float]) -> str:
+    return " x ".join(f"{v:.4g}" for v in values)

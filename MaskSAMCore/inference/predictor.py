@@ -33,7 +33,7 @@ from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, r
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
-from MaskSAMCore.inference.input_checks import check_image
+from MaskSAMCore.inference.input_checks import check_fits_host_memory, check_image
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.restore_sink import finish_labels
 from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowSettings,
@@ -190,6 +190,7 @@ class Predictor:
         if image.ndim == 3:
             image = image[None]
         check_image(image, geometry, self.config.in_channels, name, channel_files)
+        check_fits_host_memory(geometry, self.plan, self.config.in_channels, name, devices.available_host_bytes())
         image = image.astype(np.float32, copy=not owned)
         data, _, properties = preprocess_case(image, geometry, self.plan)
         return PreparedCase(name, data, properties, geometry, time.perf_counter() - start)
