@@ -127,3 +127,36 @@ def test_a_failure_on_rank_0_reaches_every_rank_at_once(tmp_path, monkeypatch):
     assert (tmp_path / "rank0.txt").read_text() == "InputError: case_007_0000.nii.gz: cannot read it as an image"
     assert (tmp_path / "rank1.txt").read_text() == (
         "RankFailed: rank 0 failed: case_007_0000.nii.gz: cannot read it as an image")
+
+
+def _diverge_on_ranks(rank: int, world_size: int, port: int, out_dir: str, diverging: tuple) -> None:
+    """train_epoch where the ranks in `diverging` get a non-finite loss at every step."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    context = init_distributed(use_cuda=False)
+    try:
+        model = build_masksam(preset("tiny", num_classes=len(NAMES)))
+        settings = TrainSettings(batch_size=1, iters_per_epoch=3)
+        trainer = Trainer(model, settings, batches=lambda epoch: iter([(None, None)] * 3), validator=None,
+                          model_dir=out_dir, class_names=NAMES, device=torch.device("cpu"), context=context)
+        trainer.train_step = lambda image, seg: None if rank in diverging else 1.5 + rank
+        outcome = f"loss {trainer.train_epoch(0, None):g}"
+    except Exception as error:
+        outcome = type(error).__name__
+    finally:
+        shutdown_distributed()
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as file:
+        file.write(outcome)
+
+
+@pytest.mark.parametrize("diverging, expected", [((1,), ["loss 1.5", "loss 1.5"]),
+                                                 ((0, 1), ["TrainingDiverged", "TrainingDiverged"])])
+def test_ranks_agree_on_a_diverged_epoch(tmp_path, monkeypatch, diverging, expected):
+    """One rank with no finite step must neither raise alone (the others would wait for it at the
+    next all-reduce forever) nor stop the training the other ranks still make."""
+    monkeypatch.setenv("MASKSAM_DDP_TIMEOUT_S", "600")
+    started = time.monotonic()
+    mp.spawn(_diverge_on_ranks, args=(2, _free_port(), str(tmp_path), diverging), nprocs=2, join=True)
+    assert time.monotonic() - started < 120
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == expected

@@ -161,12 +161,15 @@ class Trainer:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
-        if finite_steps == 0:
+        # Every rank decides on the same numbers: a rank raising alone would leave the others
+        # waiting for it at the next gradient all-reduce forever.
+        loss_sum, steps = mean_across_ranks(torch.tensor([total, float(finite_steps)], dtype=torch.float64,
+                                                         device=self.device)).tolist()
+        if steps == 0:
             raise TrainingDiverged(
                 f"training diverged: every step of epoch {epoch + 1} gave a non-finite loss; "
                 f"try a lower learning rate (--lr, now {s.lr:g})")
-        mean = torch.tensor(total / finite_steps, device=self.device)
-        return float(mean_across_ranks(mean))
+        return loss_sum / steps
 
     def train_step(self, image: Tensor, seg: Tensor) -> Optional[float]:
         """One optimiser step; returns the loss, or None when the step was skipped (non-finite)."""
