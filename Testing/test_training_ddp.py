@@ -4,6 +4,7 @@ and a failure in work one rank does for all reaches the others at once."""
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +161,33 @@ def test_ranks_agree_on_a_diverged_epoch(tmp_path, monkeypatch, diverging, expec
     mp.spawn(_diverge_on_ranks, args=(2, _free_port(), str(tmp_path), diverging), nprocs=2, join=True)
     assert time.monotonic() - started < 120
     assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == expected
+
+
+def _check_folder(rank: int, world_size: int, port: int, out_dir: str, per_rank: bool) -> None:
+    from MaskSAMCore.training.distributed import require_shared_folder
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    context = init_distributed(use_cuda=False)
+    folder = Path(out_dir) / (f"node{rank}" if per_rank else "shared") / "model"   # node-local disks: one each
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        require_shared_folder(folder, context)
+        outcome = "shared"
+    except Exception as error:
+        outcome = str(error)
+    finally:
+        shutdown_distributed()
+    (Path(out_dir) / f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("per_rank", [False, True])
+def test_several_machines_must_share_the_model_folder(tmp_path, per_rank):
+    mp.spawn(_check_folder, args=(2, _free_port(), str(tmp_path), per_rank), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    if per_rank:   # every rank fails the same way, so they all stop together
+        for outcome in outcomes:
+            assert "model is not the same folder for rank(s) 1" in outcome and "filesystem they share" in outcome
+    else:
+        assert outcomes == ["shared", "shared"]
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]   # the marker is gone

@@ -10,6 +10,10 @@ Several machines (run the same command on each, with its own ``--node_rank``)::
              --rdzv_backend=c10d --rdzv_endpoint=HOST_OF_NODE_0:29500 --rdzv_id=masksam1 \\
              -m MaskSAMCore train DATASET MODEL_DIR ...
 
+On several machines MODEL_DIR must be one folder on a shared filesystem (NFS, Lustre, ...): rank
+0 writes the plan, the preprocessed cases and the checkpoints that every rank reads, and
+`--resume` reads them back on every rank. `require_shared_folder` checks this before any work.
+
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `init_distributed` reads them and joins
 the process group with NCCL when the run uses CUDA, else gloo (CPU). Without these variables
 (a plain ``masksam train``) everything here is a no-op for a single process. Each rank draws its
@@ -20,7 +24,9 @@ weights stay identical on every rank; only rank 0 writes files and prints.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 from typing import Any, Callable, List, Optional, TypeVar
 
@@ -28,7 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from MaskSAMCore.errors import MaskSAMError, first_line
+from MaskSAMCore.atomic import TEMP_MARKER
+from MaskSAMCore.errors import MaskSAMError, describe_path, first_line
 
 COLLECTIVE_TIMEOUT_S = float(os.environ.get("MASKSAM_DDP_TIMEOUT_S", 4 * 3600))
 
@@ -148,4 +155,23 @@ def run_and_agree(work: Callable[[], T], here: bool) -> Optional[T]:
     return result
 
 
-
+def require_shared_folder(folder: Path, context: DistributedContext) -> None:
+    """Raise the same `MaskSAMError` on every rank unless every rank sees `folder` as one folder
+    (rank 0 leaves a marker in it that every rank must find). A no-op in a single process."""
+    if not context.is_distributed:
+        return
+    name = None
+    if context.is_main:
+        name = f".shared-check{TEMP_MARKER}{secrets.token_hex(8)}"  # removed like any stale temporary
+        (folder / name).touch()
+    # Each rank looks in its own `folder` (the same path may be another disk on another machine),
+    # for the name rank 0 sends after the touch.
+    marker = Path(folder) / broadcast_from_main(name)
+    seen = gather_objects(marker.exists())
+    if context.is_main:
+        marker.unlink()
+    blind = [rank for rank, found in enumerate(seen) if not found]
+    if blind:
+        raise MaskSAMError(
+            f"{describe_path(folder)} is not the same folder for rank(s) {', '.join(map(str, blind))}: training on "
+            "several machines needs the model folder on a filesystem they share")

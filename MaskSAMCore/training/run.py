@@ -39,8 +39,8 @@ from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import emit
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.batches import make_batch_source
-from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, run_and_agree,
-                                              shutdown_distributed)
+from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
+                                              run_and_agree, shutdown_distributed)
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
@@ -142,10 +142,10 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
     model_dir = Path(args.model_dir)
     settings, config, plan, sam = run.settings, run.config, run.plan, run.sam
     run_and_agree(lambda: start_model_folder(model_dir, dataset, run, new=not args.resume), here=main)
+    require_shared_folder(model_dir, context)
     preprocessed = model_dir / PREPROCESSED
     run_and_agree(lambda: preprocess_dataset(dataset, plan, preprocessed, num_workers=_workers(args, default=2),
-                                             progress=main),
-                  here=context.local_rank == 0)  # once per machine (the folder may be on a node-local disk)
+                                             progress=main), here=main)
     train_names, val_names = training_and_validation_cases(model_dir, dataset, settings.fold, context)
     if main:
         print(describe_training(run, device, context.world_size, len(train_names), len(val_names)), flush=True)
