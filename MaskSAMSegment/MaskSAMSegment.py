@@ -274,7 +274,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
             self._timer.stop()
 
     def _showProgress(self, bar, label, runner) -> None:
-        fraction = runner.progress.overall_fraction() if runner is not None else None
+        fraction = runner.progress_fraction() if runner is not None else None
         if fraction is None:
             bar.setRange(0, 0)   # busy
         else:
