@@ -123,6 +123,10 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
                              "samCheckpoint": self.ui.samCheckpointPathLineEdit, "trainOutputFolder": self.ui.outputModelPathLineEdit}
         for name, lineEdit in self._pathWidgets.items():
             lineEdit.connect("currentPathChanged(QString)", lambda text, name=name: self._setParameter(name, text))
+            # CTK emits currentPathChanged only for acceptable input, and "" never is: a cleared
+            # field shows as its input turning invalid (else the old path would still be used).
+            lineEdit.connect("validInputChanged(bool)", lambda valid, name=name, edit=lineEdit: (
+                valid or edit.currentPath or self._setParameter(name, "")))
         self.ui.fastQualityRadioButton.connect("toggled(bool)", lambda fast: self._setParameter(
             "quality", commands.QUALITY_FAST if fast else commands.QUALITY_FULL))
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
