@@ -253,13 +253,14 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
     # -- shared ----------------------------------------------------------------------------------
     def _startJob(self, job, what: str, message: str):
         """Start a background job; returns it, or None when it could not start (the error is shown)."""
-        started = None
-        with slicer.util.tryWithErrorDisplay(f"Could not start the {what}.", waitCursor=True):
-            job.start()
-            started = job
-            self._log(message)
-            self._timer.start()
-        return started
+        try:
+            with slicer.util.tryWithErrorDisplay(f"Could not start the {what}.", waitCursor=True):
+                job.start()
+        except Exception:  # noqa: BLE001 - shown by tryWithErrorDisplay, which then re-raises it
+            return None
+        self._log(message)
+        self._timer.start()
+        return job
 
     def _poll(self) -> None:
         if self._probeRunner is not None and self._probeRunner.poll() is not JobState.RUNNING:

@@ -1,4 +1,5 @@
-"""The module's self-test as Slicer's ctest harness runs it.
+"""The module file under stand-ins of Slicer's application: the self-test as Slicer's ctest
+harness runs it, and what the widget does when a job cannot start.
 
 `slicer_add_python_unittest(SCRIPT MaskSAMSegment.py)` (the module's CMakeLists.txt) runs
 ``slicer.testing.runUnitTest([...], 'MaskSAMSegment')``, which is
@@ -30,7 +31,7 @@ HARNESS = textwrap.dedent("""
         sys.modules[name] = module
         return module
 
-    stub("qt"), stub("ctk")
+    stub("ctk")
 
     class ScriptedLoadableModuleTest(unittest.TestCase):   # Slicer's base: a TestCase with runTest
         def delayDisplay(self, message, msec=None):
@@ -46,6 +47,9 @@ HARNESS = textwrap.dedent("""
     stub("slicer.parameterNodeWrapper", Choice=lambda *a: None, WithinRange=lambda *a: None,
          parameterNodeWrapper=lambda cls: cls)
     slicer.mrmlScene = slicer.vtkMRMLScene()
+    slicer.app = types.SimpleNamespace(testingEnabled=lambda: True, setOverrideCursor=lambda cursor: None,
+                                       restoreOverrideCursor=lambda: None)
+    stub("qt", Qt=types.SimpleNamespace(WaitCursor=3))
 
     import MaskSAMSegment
     from MaskSAMSegmentLib.requirements_check import REQUIREMENTS
@@ -72,3 +76,30 @@ def test_ctest_harness_skips_the_self_test_when_packages_are_missing():
     assert "test_phantom_segmentation" in output, output[-3000:]   # the loader did pick it
     assert "RAN 2 OK True" in output, output[-3000:]
     assert "skipping the self-test" in output and "PyTorch" in output
+
+
+def test_a_job_that_cannot_start_leaves_the_widget_idle():
+    """`_startJob` returns None when the job's start raises (after Slicer's error dialog, which
+    `slicer.util.tryWithErrorDisplay` shows and then re-raises): the click handler goes on to
+    update the buttons instead of ending in a traceback, and no timer starts."""
+    code = HARNESS.format(module=str(MODULE_DIR), repo=str(REPO)).split("import MaskSAMSegment\n")[0] + textwrap.dedent("""
+        import MaskSAMSegment
+        from MaskSAMCore.errors import InputError
+
+        class Job:
+            def start(self):
+                raise InputError("'/data/out' is not empty: choose a new folder for the model.")
+
+        class Timer:
+            started = False
+            def start(self):
+                self.started = True
+
+        widget = object.__new__(MaskSAMSegment.MaskSAMSegmentWidget)
+        widget._timer, logged = Timer(), []
+        widget._log = logged.append
+        print("RESULT", widget._startJob(Job(), "training", "Training..."), widget._timer.started, logged)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "RESULT None False []" in result.stdout
