@@ -191,3 +191,22 @@ def test_sam_download_failure_reports_the_core_message_and_keeps_nothing(tmp_pat
     checkpoint = tmp_path / "sam_vit_b_01ec64.pth"
     checkpoint.write_bytes(b"weights")
     assert downloaded_checkpoint(["download sam_vit_b_01ec64.pth: [####] 1/1", str(checkpoint), ""]) == str(checkpoint)
+
+
+def test_download_of_a_cached_checkpoint_shows_a_full_bar_not_a_busy_one(tmp_path):
+    """An already cached checkpoint is 'downloaded' without a single progress line; the Training
+    tab's bar must end full, not keep its 'busy' animation with nothing running."""
+    from MaskSAMSegmentLib.commands import download_sam_arguments
+    from MaskSAMSegmentLib.training_job import downloaded_checkpoint
+
+    cached = tmp_path / "home" / "sam_checkpoints" / "sam_vit_b_01ec64.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    env = {**subprocess_environment(), "MASKSAM_HOME": str(tmp_path / "home")}
+    runner = JobRunner(masksam_command(download_sam_arguments("vit_b")), env=env)
+    assert runner.progress_fraction() is None          # not started: unknown
+    runner.start()
+    assert runner.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert downloaded_checkpoint(runner.log_lines) == str(cached)
+    assert runner.progress.overall_fraction() is None  # the core printed no progress
+    assert runner.progress_fraction() == 1.0

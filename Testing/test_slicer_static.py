@@ -1,6 +1,7 @@
 """Static checks of the Slicer extension: packaging configured with the real `cmake` against a
 stand-in of Slicer's macros (every file installed, the installed tree importable), extension
-metadata, widget names between code and .ui, and the import rules between the parts."""
+metadata, widget names, signals and parameter bindings between code and .ui, and the import rules
+between the parts."""
 
 from __future__ import annotations
 
@@ -215,3 +216,118 @@ def test_importing_the_module_logic_loads_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def ui_widget_classes():
+    return {w.get("name"): w.get("class") for w in ElementTree.parse(UI_FILE).iter("widget")}
+
+
+# Signals (PythonQt's normalised signatures) of the classes the widget connects to, from Qt's
+# QAbstractButton/QComboBox/QListWidget/QTimer, CTK's Libs/Widgets/ctkPathLineEdit.h and Slicer's
+# Libs/MRML/Widgets/qMRMLNodeComboBox.h. A misspelt signature only fails at run time, in Slicer.
+_BUTTON = {"clicked(bool)", "clicked()", "toggled(bool)", "pressed()", "released()"}
+SIGNALS = {
+    "QPushButton": _BUTTON, "QToolButton": _BUTTON, "QRadioButton": _BUTTON, "QCheckBox": _BUTTON | {"stateChanged(int)"},
+    "QComboBox": {"currentIndexChanged(int)", "currentTextChanged(QString)", "activated(int)"},
+    "QListWidget": {"currentRowChanged(int)", "itemSelectionChanged()"},
+    "ctkPathLineEdit": {"currentPathChanged(QString)", "validInputChanged(bool)"},
+    "qMRMLNodeComboBox": {"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)", "currentNodeIDChanged(QString)"},
+    "QTimer": {"timeout()"},
+}
+
+
+def _ui_names_in(node) -> list:
+    """`self.ui.NAME` attributes inside `node`, in order."""
+    return [n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "ui" and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"]
+
+
+def connections_by_class(path: Path):
+    """(receiver class, signal, line) of every `X.connect("signal", ...)` in `path`. X is resolved
+    when it is `self.ui.NAME`, a loop variable over self.ui widgets (or over the values of a dict
+    of them), `self.<attr>` or a local assigned `qt.QTimer()` / `slicer.qMRMLNodeComboBox()`."""
+    classes = ui_widget_classes()
+    tree = ast.parse(path.read_text())
+    variables, dicts = {}, {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute):
+                    dicts[target.attr] = [classes[name] for name in _ui_names_in(node.value)]
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            made = ast.unparse(node.value.func).rsplit(".", 1)[-1]
+            for target in node.targets:
+                key = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+                if made in SIGNALS and key:
+                    variables[key] = [made]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.For):
+            targets = [node.target] if isinstance(node.target, ast.Name) else list(getattr(node.target, "elts", []))
+            iterated = ast.unparse(node.iter)
+            widget_classes = [classes[name] for name in _ui_names_in(node.iter)]
+            for attr, dict_classes in dicts.items():
+                if iterated == f"self.{attr}.items()":
+                    widget_classes = dict_classes
+            if widget_classes:
+                variables[targets[-1].id] = widget_classes
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect"
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            continue
+        receiver = node.func.value
+        if _ui_names_in(receiver) and isinstance(receiver, ast.Attribute):
+            receiver_classes = [classes[receiver.attr]]
+        else:
+            key = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(receiver, "id", None)
+            receiver_classes = variables.get(key, [f"unresolved receiver {ast.unparse(receiver)}"])
+        found += [(cls, node.args[0].value, f"{path.name}:{node.lineno}") for cls in receiver_classes]
+    return found
+
+
+def test_every_signal_the_widget_connects_to_exists_on_its_widget_class():
+    found = [c for path in [MODULE_FILE, *python_files(GUI)] for c in connections_by_class(path)]
+    assert len(found) > 20
+    wrong = [(cls, signal, where) for cls, signal, where in found if signal not in SIGNALS.get(cls, ())]
+    assert wrong == []
+
+
+# What Slicer's parameterNodeWrapper/guiConnectors.py can bind (canRepresent of each connector):
+# a widget class that cannot represent its field makes connectGui raise, and the module never shows.
+BINDABLE = {"QSpinBox": "int", "QSlider": "int", "QCheckBox": "bool", "QLineEdit": "str", "QComboBox": "Choice",
+            "qMRMLNodeComboBox": "node", "QDoubleSpinBox": "float", "ctkPathLineEdit": "pathlib"}
+
+
+def test_parameter_bound_widgets_can_represent_their_fields():
+    module = ast.parse(MODULE_FILE.read_text())
+    wrapper = next(n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "MaskSAMSegmentParameterNode")
+    fields = {n.target.id: ast.unparse(n.annotation) for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    tree = ElementTree.parse(UI_FILE)
+    bound = {}
+    for widget in tree.iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[widget.get("name")] = (widget.get("class"), fields[prop.find("string").text])
+    assert len(bound) >= 6
+    for name, (cls, annotation) in bound.items():
+        kind = BINDABLE.get(cls)
+        if kind == "Choice":
+            assert "Choice(" in annotation, f"{name}: a QComboBox needs a Choice(...) annotation, not {annotation}"
+        elif kind == "node":
+            assert annotation.startswith("vtkMRML"), f"{name}: {annotation}"
+        else:
+            assert kind is not None and re.match(rf"(Annotated\[)?{kind}\b", annotation), f"{name} ({cls}): {annotation}"
+
+
+def test_every_node_selector_of_the_ui_has_node_types_and_gets_the_scene():
+    tree = ElementTree.parse(UI_FILE)
+    top = tree.find("widget")
+    scene_receivers = {c.findtext("receiver") for c in tree.iter("connection")
+                       if c.findtext("sender") == top.get("name") and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                       and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    selectors = [w for w in tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"]
+    assert len(selectors) >= 4 and top.get("class") == "qMRMLWidget"
+    for selector in selectors:
+        types = [s.text for p in selector.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+        assert types and all(t.startswith("vtkMRML") for t in types), selector.get("name")
+        assert selector.get("name") in scene_receivers, f"{selector.get('name')} never gets the scene: an empty list"

@@ -174,6 +174,11 @@ class JobRunner:
     def status_text(self) -> str:
         return self.progress.status_text(self.elapsed_s)
 
+    def progress_fraction(self) -> Optional[float]:
+        """0..1 for a progress bar, None while unknown ('busy'). A job that succeeded is complete
+        even when it printed no progress at all (a download of an already cached checkpoint)."""
+        return 1.0 if self.state is JobState.SUCCEEDED else self.progress.overall_fraction()
+
     # -- internals ----------------------------------------------------------------------------
     def _handle_line(self, line: str) -> None:
         event = parse_machine_line(line)
