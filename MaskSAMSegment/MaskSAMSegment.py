@@ -125,8 +125,8 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
             lineEdit.connect("currentPathChanged(QString)", lambda text, name=name: self._setParameter(name, text))
             # CTK emits currentPathChanged only for acceptable input, and "" never is: a cleared
             # field shows as its input turning invalid (else the old path would still be used).
-            lineEdit.connect("validInputChanged(bool)", lambda valid, name=name, edit=lineEdit: (
-                valid or edit.currentPath or self._setParameter(name, "")))
+            lineEdit.connect("validInputChanged(bool)",
+                             lambda valid, name=name, edit=lineEdit: self._onPathValidity(name, edit, valid))
         self.ui.fastQualityRadioButton.connect("toggled(bool)", lambda fast: self._setParameter(
             "quality", commands.QUALITY_FAST if fast else commands.QUALITY_FULL))
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
@@ -249,6 +249,10 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self._checkRequirements()
         self._startDeviceProbe()
         self.updateButtons()
+
+    def _onPathValidity(self, name: str, lineEdit, valid: bool) -> None:
+        if not valid and not lineEdit.currentPath:
+            self._setParameter(name, "")
 
     # -- shared ----------------------------------------------------------------------------------
     def _startJob(self, job, what: str, message: str):

@@ -111,7 +111,7 @@ def install_in_slicer(plan: InstallPlan) -> None:
             raise RuntimeError("PyTorch was not installed (see the PyTorch Utils module)")
     if plan.pip_requirements:
         try:
-            import slicer.packaging  # Slicer >= 5.10: installs with a progress dialog
+            import slicer.packaging  # Slicer >= 5.12: installs with a progress dialog
         except ImportError:
             slicer.util.pip_install(" ".join(plan.pip_requirements))
         else:
