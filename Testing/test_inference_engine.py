@@ -196,3 +196,37 @@ def test_automatic_window_batch_is_planned_for_the_memory_budget_alone():
     assert plan_window_batch(0.25 * gib, gib // 2, int(10.1 * gib / SAFETY), 8) == (4, None)
     # One window's 8 flips do not fit 1 GiB: one window at a time, 2 flips per forward.
     assert plan_window_batch(0.4 * gib, gib // 8, int(1 * gib / SAFETY), 8) == (1, 2)
+
+
+@pytest.mark.parametrize("value", ["16GB", "0", "-4", "nan"])
+def test_a_bad_gpu_memory_budget_is_one_error_naming_the_variable(monkeypatch, value):
+    from MaskSAMCore.errors import MaskSAMError
+    from MaskSAMCore.inference import devices
+
+    monkeypatch.setenv("MASKSAM_GPU_MEMORY_GB", value)
+    # Refused before any CUDA call, so this runs on a CPU-only machine too.
+    with pytest.raises(MaskSAMError, match=f"MASKSAM_GPU_MEMORY_GB='{value}' is not a GPU memory budget"):
+        devices.gpu_budget_bytes(torch.device("cuda"))
+
+
+def test_the_gpu_memory_budget_is_read_in_gib_and_defaults_to_8(monkeypatch):
+    from MaskSAMCore.inference import devices
+
+    monkeypatch.setenv("MASKSAM_GPU_MEMORY_GB", " 12.5 ")
+    assert devices.gpu_budget_gb() == 12.5
+    monkeypatch.setenv("MASKSAM_GPU_MEMORY_GB", "")
+    assert devices.gpu_budget_gb() == 8.0
+
+
+def test_a_predictor_for_the_gpu_refuses_a_bad_budget_before_any_case(monkeypatch):
+    from MaskSAMCore.errors import MaskSAMError
+    from MaskSAMCore.inference.predictor import PredictOptions, Predictor
+    from MaskSAMCore.model.builder import build_masksam
+    from MaskSAMCore.model.config import preset
+
+    monkeypatch.setenv("MASKSAM_GPU_MEMORY_GB", "16GB")
+    model = build_masksam(preset("tiny", num_classes=2))
+    with pytest.raises(MaskSAMError, match="MASKSAM_GPU_MEMORY_GB"):
+        Predictor(model, {}, ["background", "x"], torch.device("cuda"))
+    # An explicit --window-batch plans nothing, so the budget is not read.
+    Predictor(model, {}, ["background", "x"], torch.device("cuda"), PredictOptions(window_batch=2))

@@ -140,3 +140,26 @@ def test_masksam_checkpoint_round_trip_and_errors(tmp_path):
     torch.save({"weights": {}}, other)
     with pytest.raises(CheckpointError, match="not a MaskSAM checkpoint"):
         load_checkpoint(other)
+
+
+def test_no_connection_says_why_and_how_to_get_the_file_another_way(registry, tmp_path):
+    # a port nothing listens on: what an offline machine or a blocking firewall looks like
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = tmp_path / "sam_checkpoints"
+    with pytest.raises(DownloadError) as error:
+        download("vit_b", cache_dir=cache, url=f"http://127.0.0.1:{port}/sam.pth", progress=False)
+    message = str(error.value)
+    assert "<urlopen error" not in message and "failed after 0 bytes" in message
+    assert f"download sam.pth elsewhere and put it in {cache}" in message
+    assert "--sam-checkpoint FILE" in message
+    assert _cache_files(tmp_path) == []
+
+
+def test_an_http_error_keeps_its_status_and_gives_no_offline_advice(registry, server, tmp_path):
+    with pytest.raises(DownloadError) as error:
+        download("vit_b", cache_dir=tmp_path, url=server + "/missing.pth", progress=False)
+    assert "HTTP Error 404" in str(error.value) and "elsewhere" not in str(error.value)

@@ -13,6 +13,22 @@ torch_req="${MASKSAM_TORCH:-torch==2.13.0}"
 extras="${1:-test}"
 python="${PYTHON:-python3}"
 
+# The default torch has wheels for Python 3.10 and newer only. Say so in one line, before a venv
+# is made, instead of pip's "No matching distribution found for torch==2.13.0".
+interpreter="$python"
+[ -x "$venv/bin/python" ] && interpreter="$venv/bin/python"
+version="$("$interpreter" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+case "$version" in 2.* | 3.[0-9]) too_old=1 ;; *) too_old=0 ;; esac
+if [ -z "${MASKSAM_TORCH:-}" ] && [ "$too_old" = 1 ]; then
+    if [ "$interpreter" = "$python" ]; then
+        fix="set PYTHON to a Python 3.10+ (e.g. PYTHON=python3.11)"
+    else
+        fix="remove $venv and set PYTHON to a Python 3.10+ (e.g. PYTHON=python3.11)"
+    fi
+    echo "[setup] error: $interpreter is Python $version; $torch_req needs Python 3.10 or newer: $fix, or set MASKSAM_TORCH to a PyTorch (2.4+) for Python $version" >&2
+    exit 1
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
     echo "[setup] creating virtual environment $venv" >&2
     "$python" -m venv "$venv"

@@ -8,6 +8,7 @@ enough to keep a GPU busy, so larger batches buy little speed.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
@@ -46,9 +47,25 @@ def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> Cont
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def gpu_budget_gb() -> float:
+    """``MASKSAM_GPU_MEMORY_GB`` in GiB (unset or empty: 8). A value that is not a number above 0
+    ("16GB", "0") is a `MaskSAMError` naming the variable, not a ValueError traceback."""
+    text = os.environ.get(GPU_BUDGET_ENV, "").strip()
+    if not text:
+        return DEFAULT_GPU_BUDGET_GB
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise MaskSAMError(f"{GPU_BUDGET_ENV}={text!r} is not a GPU memory budget: give a number of GiB above 0 "
+                           f"(e.g. 16), or unset it for the default {DEFAULT_GPU_BUDGET_GB:g}")
+    return value
+
+
 def gpu_budget_bytes(device: torch.device) -> int:
     """Bytes the automatic settings may plan to use on `device` (budget and free memory)."""
-    budget = float(os.environ.get(GPU_BUDGET_ENV, DEFAULT_GPU_BUDGET_GB)) * 2 ** 30
+    budget = gpu_budget_gb() * 2 ** 30
     free, _total = torch.cuda.mem_get_info(device)
     reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     in_use = torch.cuda.memory_allocated(device)

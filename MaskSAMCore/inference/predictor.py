@@ -90,6 +90,8 @@ class Predictor:
         self.class_names = list(class_names)
         self.device = torch.device(device)
         self.options = options or PredictOptions()
+        if self.device.type == "cuda" and self.options.window_batch is None:
+            devices.gpu_budget_gb()  # a bad MASKSAM_GPU_MEMORY_GB is refused before any case is read
         self.name = name
         # Test-time mirroring flips only the patch axes training mirrored (model.json
         # training.mirror_axes): flipping left-right would swap left and right structures.

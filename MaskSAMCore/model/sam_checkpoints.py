@@ -113,7 +113,8 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
                         bar.advance()
                 bar.close()
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(f"download of {source} failed after {received} bytes: {exc}") from exc
+            raise DownloadError(f"download of {source} failed after {received} bytes: "
+                                f"{_download_failure(exc, received, info, folder)}") from exc
         if expected is not None and received != expected:
             raise DownloadError(f"download of {source} was cut off: {received} of {expected} bytes")
         if digest.hexdigest() != info.sha256:
@@ -130,6 +131,19 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
                 made.rmdir()
         raise
     return destination
+
+
+def _download_failure(exc: BaseException, received: int, info: "SamCheckpointInfo", folder: Path) -> str:
+    """Why the download failed and, when no connection was made (offline, a proxy, a firewall:
+    the usual case in a hospital), how to get the file in another way."""
+    # A URLError prints as "<urlopen error [Errno -2] Name or service not known>"; its reason is
+    # the readable part. An HTTPError ("HTTP Error 404: Not Found") reads well as it is.
+    plain = isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
+    reason = str(exc.reason) if plain else str(exc)
+    if received or not plain:
+        return reason
+    return (f"{reason}; without access, download {info.filename} elsewhere and put it in "
+            f"{describe_path(folder)}, or give that file as the SAM checkpoint (--sam-checkpoint FILE)")
 
 
 def _make_folders(folder: Path) -> List[Path]:
