@@ -15,13 +15,13 @@ import argparse
 import importlib
 import importlib.metadata
 import math
-import os
 import sys
 from typing import Callable, Dict, List, NoReturn, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
 from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path, first_line
 from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
+from MaskSAMCore.paths import environment_flag
 
 PRESETS = ("tiny", "vit_b", "vit_l", "vit_h")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
@@ -241,7 +241,7 @@ CANCELLED_EXIT_STATUS = 130   # what shells report for Ctrl-C
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # Set for this call either way, so one in-process call never leaks into the next.
-    enable_machine_lines(args.machine_progress or os.environ.get("MASKSAM_MACHINE_PROGRESS", "") not in ("", "0"))
+    enable_machine_lines(args.machine_progress or environment_flag("MASKSAM_MACHINE_PROGRESS"))
     install_signal_handlers()
     try:
         check_torch_version()

@@ -19,12 +19,19 @@ def masksam_home() -> Path:
     if explicit:
         return Path(explicit).expanduser()
     if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
     elif sys.platform == "darwin":
         base = Path.home() / "Library" / "Caches"
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        # An empty XDG_CACHE_HOME counts as unset (the XDG spec), not as the working folder.
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "masksam"
+
+
+def environment_flag(name: str) -> bool:
+    """Whether the environment variable `name` switches something on: unset, empty, 0, false,
+    no and off (any case) are off; anything else is on."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def checkpoint_cache() -> Path:

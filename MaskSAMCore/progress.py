@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import sys
 import time
 from typing import Any, Optional, TextIO
 
 from MaskSAMCore.errors import Cancelled
+from MaskSAMCore.paths import environment_flag
 
 MACHINE_PREFIX = "@masksam "
-_machine_lines = os.environ.get("MASKSAM_MACHINE_PROGRESS", "") not in ("", "0")
+_machine_lines = environment_flag("MASKSAM_MACHINE_PROGRESS")
 
 
 def enable_machine_lines(enabled: bool) -> None:

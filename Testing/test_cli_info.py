@@ -50,3 +50,24 @@ def test_out_of_range_numbers_are_usage_errors_before_any_work(arguments, expect
     assert stopped.value.code == 2
     said = capsys.readouterr().err.strip().splitlines()   # one line, as any other error
     assert len(said) == 1 and said[0].startswith("masksam: error:") and expected in said[0], said
+
+
+@pytest.mark.parametrize("value, on", [("", False), ("0", False), ("false", False), ("No", False),
+                                       ("off", False), ("1", True), ("yes", True), ("TRUE", True)])
+def test_environment_switches_read_false_as_off(monkeypatch, value, on):
+    from MaskSAMCore.inference.predictor import PredictOptions
+    from MaskSAMCore.paths import environment_flag
+
+    monkeypatch.setenv("MASKSAM_COMPILE", value)
+    assert environment_flag("MASKSAM_COMPILE") is on and PredictOptions().compile is on
+
+
+def test_an_empty_xdg_cache_home_is_unset_not_the_working_folder(monkeypatch, tmp_path):
+    from MaskSAMCore.paths import masksam_home
+
+    if sys.platform in ("win32", "darwin"):
+        pytest.skip("XDG applies to Linux and other Unix systems")
+    monkeypatch.delenv("MASKSAM_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    assert masksam_home() == tmp_path / ".cache" / "masksam"

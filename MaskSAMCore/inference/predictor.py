@@ -40,6 +40,7 @@ from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, 
                                                   predict_with_fallback)
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.progress import emit
+from MaskSAMCore.paths import environment_flag
 
 COMPILE_ENV = "MASKSAM_COMPILE"
 
@@ -51,7 +52,7 @@ class PredictOptions:
     step: float = 0.5
     mirror: bool = True
     window_batch: Optional[int] = None      # None: automatic (1 on the CPU, from memory on CUDA)
-    compile: bool = field(default_factory=lambda: os.environ.get(COMPILE_ENV, "") not in ("", "0"))
+    compile: bool = field(default_factory=lambda: environment_flag(COMPILE_ENV))
     show_progress: bool = True
 
     @classmethod
