@@ -74,13 +74,9 @@ def gpu_budget_bytes(device: torch.device) -> int:
 
 def peak_host_rss_bytes() -> int:
     """Peak resident memory of this process so far (VmHWM), in bytes."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak_kib = _proc_kib("/proc/self/status", "VmHWM")
+    if peak_kib is not None:
+        return peak_kib * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -88,17 +84,25 @@ def peak_host_rss_bytes() -> int:
 def available_host_bytes() -> Optional[int]:
     """Memory the system can still give this process (Linux ``MemAvailable``; elsewhere the
     physical memory, or None when unknown)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available_kib = _proc_kib("/proc/meminfo", "MemAvailable")
+    if available_kib is not None:
+        return available_kib * 1024
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _proc_kib(path: str, field: str) -> Optional[int]:
+    """A ``FIELD:  N kB`` value of a Linux /proc file, in KiB; None elsewhere or when absent."""
+    try:
+        with open(path, encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def measure_forward_bytes(run: Callable[[], object], device: torch.device) -> int:
