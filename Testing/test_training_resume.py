@@ -134,3 +134,20 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_csv(straight / "training_log.csv")[-1]["train_loss"] == \
         read_csv(interrupted / "training_log.csv")[-1]["train_loss"]
+
+
+def test_resume_after_a_death_between_last_checkpoint_and_log_restores_the_log(tmp_path):
+    """Killed after checkpoint_latest of the last epoch but before training_log.csv: --resume has
+    no epoch left to run, and must still leave every epoch in the CSV (and write the final weights)."""
+    _trainer(tmp_path).fit()
+    csv_path = tmp_path / "training_log.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:-1]))                 # the last epoch's row never written
+    (tmp_path / "checkpoint_final.pt").unlink()
+    assert [r["epoch"] for r in read_csv(csv_path)] == ["1"]
+
+    resumed = _trainer(tmp_path)
+    resumed.restore(checkpoint_io.read_for_resume(tmp_path))
+    resumed.fit()
+    assert [r["epoch"] for r in read_csv(csv_path)] == ["1", "2"]
+    assert load_checkpoint(tmp_path / "checkpoint_final.pt")["weights"]

@@ -117,6 +117,11 @@ class Trainer:
         self.best_epoch = payload.get("best_epoch")
         best = [r for r in self.log.records if r.epoch == self.best_epoch]
         self.best_mean_dice = best[0].mean_dice if best else None
+        if self.context.is_main:
+            # the process may have died between checkpoint_latest and the CSV: the checkpoint's
+            # history is the truth, and a run resumed after its last epoch writes no other row
+            self.log.write_csv()
+            self.log.write_plot()
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
