@@ -110,6 +110,29 @@ def test_folder_with_two_channels_and_probabilities(tmp_path):
     assert (probabilities.argmax(axis=0) == labels).mean() > 0.98
 
 
+def test_a_failure_while_writing_probabilities_leaves_neither_file(model_dir, tmp_path, monkeypatch):
+    """Labels and probabilities appear together or not at all (a cancel or a full disk half-way
+    must not leave a label map without its npz, or beside the npz of an earlier run)."""
+    import MaskSAMCore.inference.export as export
+
+    source = tmp_path / "case.nii.gz"
+    write_case(source, (24, 20, 6), (1.25, 1.25, 2.5))
+    outputs = tmp_path / "out"
+    outputs.mkdir()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "_class_on_original_grid", interrupted)
+    assert main(["predict", str(model_dir), str(source), str(outputs / "case.nii.gz"), "--no-mirror",
+                 "--step", "1.0", "--probabilities", "--device", "cpu"]) == 130   # Ctrl-C's status
+    assert list(outputs.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["predict", str(model_dir), str(source), str(outputs / "case.nii.gz"), "--no-mirror",
+                 "--step", "1.0", "--probabilities", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["case.nii.gz", "case_probabilities.npz"]
+
+
 def test_predict_array_leaves_the_input_untouched_and_matches_the_file_path(model_dir, tmp_path):
     source = tmp_path / "case.nrrd"
     geometry = write_case(source, (24, 20, 6), (1.25, 1.25, 2.5))  # = target spacing: no resampling

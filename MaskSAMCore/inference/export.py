@@ -1,7 +1,7 @@
 """Writing a prediction back on the input's grid: the label map, and optionally probabilities.
 
 The label map is written with `write_label` (atomic; exact size, spacing, origin, direction of
-the input). Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
+the input); with probabilities, inside the npz's own atomic write, so the pair appears together. Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
 
 - ``probabilities``: (K, z, y, x) float16 on the input's own grid (array order as SimpleITK's
   ``GetArrayFromImage``), class k = label value k, summing to 1 over k at every voxel. They are
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -66,9 +66,15 @@ def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bo
 
 
 def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_names: Sequence[str],
-                        path: "os.PathLike[str] | str") -> None:
+                        path: "os.PathLike[str] | str",
+                        then: Optional[Callable[[], None]] = None) -> None:
     """Write the npz described in the module docstring from scores (K, T', H', W') on the
-    network grid (float16 or float32), atomically."""
+    network grid (float16 or float32), atomically.
+
+    `then` runs once the npz is complete but before it is renamed into place (the label map is
+    written there): an error or a cancel at any earlier moment leaves neither new file, and a
+    label map never stands beside the probabilities of another run.
+    """
     geometry = ImageGeometry.from_dict(properties["original_geometry"])
     classes = scores.shape[0]
     total = np.zeros(scores.shape[1:], dtype=np.float32)
@@ -95,3 +101,5 @@ def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_na
             for name, value in extras.items():
                 with archive.open(f"{name}.npy", "w") as member:
                     np.lib.format.write_array(member, value, allow_pickle=False)
+        if then is not None:
+            then()

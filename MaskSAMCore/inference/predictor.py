@@ -235,9 +235,11 @@ class Predictor:
         else:
             labels = restore_label_map(result, properties, self.plan)
         if output_path is not None:
-            write_labels(labels, case.geometry, output_path)
             if probabilities:
-                write_probabilities(result, properties, self.class_names, probabilities_path(output_path))
+                write_probabilities(result, properties, self.class_names, probabilities_path(output_path),
+                                    then=lambda: write_labels(labels, case.geometry, output_path))
+            else:
+                write_labels(labels, case.geometry, output_path)
         export_seconds = time.perf_counter() - start
         timings = {"preprocess_s": case.seconds, "network_s": network_seconds, "export_s": export_seconds}
         return PredictionResult(labels, timings, settings, len(grid))
