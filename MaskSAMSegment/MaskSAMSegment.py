@@ -211,6 +211,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self.ui.fastQualityRadioButton.checked = node.quality == commands.QUALITY_FAST
         self.ui.fullQualityRadioButton.checked = node.quality != commands.QUALITY_FAST
         self.ui.datasetInfoLabel.text = dataset_summary(node.datasetFolder)
+        self._selectModelOfParameters(node.modelFolder)
         self.updateButtons()
 
     # -- Segment tab: import a model folder (a file dialog, so here: only this file imports qt) ---

@@ -34,6 +34,16 @@ class SegmentTabMixin:
         combo.blockSignals(wasBlocked)
         self.onModelSelected(combo.currentIndex)
 
+    def _selectModelOfParameters(self, folder: str) -> None:
+        """Show the parameter node's model in the list when it names another installed one (a
+        saved scene was loaded, or a script set it); Segment uses the model the list shows."""
+        current = self.currentModel()
+        if not folder or (current is not None and str(current.folder) == folder):
+            return
+        folders = [str(model.folder) for model in self._models]
+        if folder in folders:
+            self.ui.modelComboBox.currentIndex = folders.index(folder)   # -> onModelSelected
+
     def currentModel(self):
         index = self.ui.modelComboBox.currentIndex
         return self._models[index] if 0 <= index < len(self._models) else None
