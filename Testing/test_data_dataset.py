@@ -57,6 +57,12 @@ def test_missing_dataset_json(dataset):
     assert "no dataset.json" in load_error(dataset)
 
 
+def test_dataset_json_given_instead_of_its_folder(dataset):
+    message = load_error(dataset / "dataset.json")
+    assert "dataset.json: is a file, not a dataset folder; give its folder" in message
+    assert dataset.name in message
+
+
 def test_invalid_json(dataset):
     (dataset / "dataset.json").write_text('{"labels": {"background": 0,,}')
     assert "dataset.json: not valid JSON (line 1" in load_error(dataset)

@@ -92,6 +92,9 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
     """Read and validate a dataset folder. With `check_images` every training image and label
     is opened (see the module docstring for what is checked); raises `DatasetError`."""
     root = Path(root)
+    if root.is_file():
+        hint = f"; give its folder, {describe_path(root.parent)}" if root.name == "dataset.json" else ""
+        raise DatasetError(f"{describe_path(root)}: is a file, not a dataset folder{hint}")
     if not root.is_dir():
         raise DatasetError(f"{describe_path(root)}: dataset folder not found")
     meta = _read_dataset_json(root)
