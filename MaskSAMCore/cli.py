@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment an image or a folder of images")
     p.add_argument("model_dir", help="a trained MaskSAM model folder")
     p.add_argument("input", help="an image file, or a folder of images (*_0000.nii.gz etc. for multi-channel)")
-    p.add_argument("output", help="output label-map file, or a folder when INPUT is a folder")
+    p.add_argument("output", help="output label-map file, or a folder (existing, or ending in /; always when INPUT is a folder)")
     p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint file if not in the cache")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
     mirror = p.add_mutually_exclusive_group()

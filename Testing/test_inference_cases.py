@@ -90,3 +90,12 @@ def test_a_folder_input_with_an_image_file_name_as_output_is_refused(model, tmp_
     (tmp_path / "odd.nrrd").mkdir()
     assert find_cases(tmp_path / "in", tmp_path / "odd.nrrd", num_channels=1)[0].output_file == \
         tmp_path / "odd.nrrd" / "ct.nii.gz"
+
+
+def test_a_single_file_into_a_folder_that_does_not_exist_yet(tmp_path):
+    _touch(tmp_path, "ct_0000.nii.gz")
+    # "out/" is a folder to create; "out" without the slash and without an ending is ambiguous
+    case, = find_cases(tmp_path / "ct_0000.nii.gz", f"{tmp_path / 'out'}/", num_channels=1)
+    assert case.output_file == tmp_path / "out" / "ct.nii.gz"
+    with pytest.raises(InputError, match="needs an image file ending such as .nii.gz .or end it with /"):
+        find_cases(tmp_path / "ct_0000.nii.gz", tmp_path / "out", num_channels=1)

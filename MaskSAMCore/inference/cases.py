@@ -56,7 +56,8 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     """The cases to predict, with their output files; `InputError` for anything unusable.
 
     A single file is one case with one channel; its label map is written to `output_path`
-    (or inside it, named after the case, when `output_path` is an existing folder). A folder
+    (or inside it, named after the case, when `output_path` is an existing folder or ends in a
+    slash). A folder
     gives one case per ``CASE_XXXX`` group (or suffix-less file), written into the output folder.
     """
     source = Path(input_path)
@@ -76,10 +77,12 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         _, ending = split_ending(source)
         if not ending:
             raise InputError(f"{describe_path(source)}: not an image file (known endings: {', '.join(IMAGE_ENDINGS)})")
-        if target.is_dir():
+        # "out/" names a folder even before it exists (Path drops the slash, so look at the text)
+        if target.is_dir() or str(output_path).endswith(("/", os.sep)):
             target = target / f"{case_name(source)}{output_ending or ending}"
         elif not split_ending(target)[1]:
-            raise InputError(f"{describe_path(target)}: the output needs an image file ending such as .nii.gz")
+            raise InputError(f"{describe_path(target)}: the output needs an image file ending such as .nii.gz "
+                             f"(or end it with / to write into that folder)")
         return [Case(case_name(source), (source,), target)]
     if target.exists() and not target.is_dir():
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too")
