@@ -72,7 +72,9 @@ def test_vit_b_parameter_counts_match_the_paper():
     report = parameter_report(build_masksam(preset("vit_b", num_classes=16)))
     trainable, total = report["total"]["trainable"], report["total"]["total"]
     print(f"vit_b: trainable {trainable / 1e6:.2f} M, total {total / 1e6:.2f} M")
-    assert 10e6 <= trainable <= 20e6
+    # Table 5: "14M" tunable parameters (rounded) for MaskSAM on ViT-B; a frozen prompt generator
+    # (10 M) or a second adapter per encoder block (+3.6 M) would show here.
+    assert 13.5e6 <= trainable < 14.5e6
     assert 95e6 <= total <= 115e6
     assert report["image encoder (SAM)"]["trainable"] == 0
     assert report["mask decoder (SAM)"]["trainable"] == 0

@@ -6,6 +6,11 @@ attention and parallel to the MLP (Fig. 4c), fed the post-attention features. A 
 positional embedding is added to the tokens. Attention uses SAM's own weights through PyTorch's
 fused kernel (`attention.encoder_attention`).
 
+"We insert an adapter behind the multi-head attention block and parallel MLP block" (§2.4) can
+also be read as two adapters per block (Med-SA's layout). One is used: §2.4 inserts "the
+DConvAdapter for each transformer block" (§2.5: "into each attention block"), and with one the
+ViT-B preset has 14.2 M trainable parameters, table 5's 14 M (two would give 17.8 M).
+
 Shapes: the encoder sees ``B*T`` slices ``(B*T, 3, H, W)``; tokens are ``(B*T, h, w, D)`` with
 h = H / patch; the neck gives ``(B*T, 256, h, w)``.
 """

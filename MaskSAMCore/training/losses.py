@@ -146,6 +146,8 @@ class MaskSAMLoss:
             return zero, zero
         pred = boxes[matches.slice_index, matches.query_index].float()
         gt = targets.boxes[matches.slice_index, matches.class_index].float()
+        # L1 on the corners (the paper names no box format; DETR uses centre/size): the corners
+        # are what SAM's box prompt takes, and each is penalised on its own.
         l1 = (pred - gt).abs().sum() / normaliser
         giou = (1 - generalized_box_iou(pred, gt)).sum() / normaliser
         return l1, giou

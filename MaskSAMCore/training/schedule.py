@@ -1,6 +1,7 @@
 """Optimiser and learning-rate schedule (paper appendix A, nnU-Net defaults).
 
-- ``sgd`` (the paper): SGD with Nesterov momentum 0.99, lr 0.01, weight decay 3e-5.
+- ``sgd`` (the paper): SGD with Nesterov momentum 0.99, lr 0.01, weight decay 3e-5. The paper
+  says "momentum 0.99" only; Nesterov is from nnU-Net, whose optimiser settings these are.
 - ``adamw`` (the official AMOS configuration): AdamW, lr 1e-3, weight decay 0.01 (AdamW's decay
   is decoupled and scaled by the lr, so nnU-Net's 3e-5 would do nothing there).
 
