@@ -298,3 +298,32 @@ def test_a_case_broken_after_validation_stops_the_parallel_run_with_its_file_nam
     summary = preprocess_dataset(dataset, plan, out, num_workers=0, progress=False)
     assert "phantom_001" in summary["preprocessed"]
     assert len(summary["preprocessed"]) + len(summary["up_to_date"]) == 3
+
+
+def test_a_worker_killed_from_outside_is_one_line_naming_the_unfinished_cases(phantom_dataset, tmp_path,
+                                                                              monkeypatch):
+    """The out-of-memory killer takes a worker (SIGKILL, no Python error to pass on)."""
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    import MaskSAMCore.data.preprocess_runner as runner
+    from MaskSAMCore.errors import MaskSAMError
+
+    class KilledPool(ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            future = super().submit(*args, **kwargs)
+            if not getattr(self, "killed", False):   # the first worker, as soon as it exists
+                self.killed = True
+                os.kill(next(iter(self._processes)), signal.SIGKILL)
+            return future
+
+    dataset = load_raw_dataset(phantom_dataset, progress=False)
+    plan = plan_experiment(dataset, preset("tiny", num_classes=6), progress=False)
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", KilledPool)
+    out = tmp_path / "pre"
+    with pytest.raises(MaskSAMError) as caught:
+        preprocess_dataset(dataset, plan, out, num_workers=2, progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: a preprocessing worker process was killed (out of memory?) with case(s) ")
+    assert "phantom_000" in message and message.endswith("--num-workers 1)")
+    assert "\n" not in message
