@@ -124,3 +124,10 @@ def test_plan_of_the_phantoms_is_consistent_with_the_cases(phantom_dataset):
     labels = np.concatenate([read_label(c.label_file)[0].ravel() for c in dataset.training_cases])
     images = np.concatenate([read_case(c.image_files)[0].ravel() for c in dataset.training_cases])
     assert plan["normalization"][0]["mean"] == pytest.approx(images[labels > 0].mean(), rel=1e-4)
+
+
+def test_the_patch_of_a_network_with_a_non_square_input_is_its_height_and_width(phantom_dataset):
+    dataset = load_raw_dataset(phantom_dataset, progress=False)
+    config = preset("tiny", num_classes=6, image_size=(64, 96))
+    plan = plan_experiment(dataset, config, progress=False)
+    assert plan["patch_size"] == [4, 64, 96]

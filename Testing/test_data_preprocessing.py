@@ -143,6 +143,24 @@ def test_slice_axis_other_than_z_is_transposed_first_and_back(tmp_path):
     np.testing.assert_array_equal(restored, labels)
 
 
+def test_a_structure_on_a_slice_that_downsampling_skips_vanishes_instead_of_failing():
+    """A thin-slice case (1.5 mm) in a thick-slice plan (3 mm, nearest along z keeps the odd
+    slices): a lesion drawn on slice 8 alone falls between the kept slices."""
+    shape, spacing = (20, 32, 32), (1.5, 0.7, 0.7)
+    labels = np.zeros(shape, np.uint8)
+    labels[5:15, 5:20, 5:20] = 1
+    labels[8, 22:26, 22:26] = 2
+    image = np.where(labels > 0, 100.0, -50.0).astype(np.float32)[None]
+    plan = make_plan((3.0, 0.7, 0.7), anisotropic=True)
+    data, seg, properties = preprocess_case(image, oblique(shape, spacing), plan, labels)
+    assert data.shape == (1, 10, 32, 32)
+    np.testing.assert_array_equal(seg, labels[1::2])       # the kept slices, lesion gone
+    assert properties["classes_present"] == [0, 1]
+    # and back: the network grid's slices are upsampled, every one of them is read
+    restored = restore_label_map(seg, properties, plan)
+    np.testing.assert_array_equal(restored[1::2], labels[1::2])
+
+
 def test_cropping_to_non_zero_and_pasting_back():
     shape, spacing = (10, 30, 30), (2.0, 1.0, 1.0)
     image = np.zeros((2,) + shape, np.float32)
@@ -280,3 +298,32 @@ def test_a_case_broken_after_validation_stops_the_parallel_run_with_its_file_nam
     summary = preprocess_dataset(dataset, plan, out, num_workers=0, progress=False)
     assert "phantom_001" in summary["preprocessed"]
     assert len(summary["preprocessed"]) + len(summary["up_to_date"]) == 3
+
+
+def test_a_worker_killed_from_outside_is_one_line_naming_the_unfinished_cases(phantom_dataset, tmp_path,
+                                                                              monkeypatch):
+    """The out-of-memory killer takes a worker (SIGKILL, no Python error to pass on)."""
+    import signal
+    from concurrent.futures import ProcessPoolExecutor
+
+    import MaskSAMCore.data.preprocess_runner as runner
+    from MaskSAMCore.errors import MaskSAMError
+
+    class KilledPool(ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            future = super().submit(*args, **kwargs)
+            if not getattr(self, "killed", False):   # the first worker, as soon as it exists
+                self.killed = True
+                os.kill(next(iter(self._processes)), signal.SIGKILL)
+            return future
+
+    dataset = load_raw_dataset(phantom_dataset, progress=False)
+    plan = plan_experiment(dataset, preset("tiny", num_classes=6), progress=False)
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", KilledPool)
+    out = tmp_path / "pre"
+    with pytest.raises(MaskSAMError) as caught:
+        preprocess_dataset(dataset, plan, out, num_workers=2, progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"{out}: a preprocessing worker process was killed (out of memory?) with case(s) ")
+    assert "phantom_000" in message and message.endswith("--num-workers 1)")
+    assert "\n" not in message

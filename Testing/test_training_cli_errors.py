@@ -207,3 +207,16 @@ def test_train_defaults_to_the_papers_schedule():
     settings = settings_from_arguments(build_parser().parse_args(["train", "data", "model"]))
     assert (settings.epochs, settings.iters_per_epoch, settings.optimizer, settings.lr,
             settings.batch_size) == (1000, 250, "sgd", 0.01, 2)
+
+
+def test_too_few_cases_for_a_fold_are_refused_before_planning_and_preprocessing(tmp_path, capsys, monkeypatch):
+    import MaskSAMCore.training.run as run
+
+    dataset = make_phantoms(tmp_path / "ds3", cases=3, seed=4, size=(24, 24, 8), progress=False)
+    started = []
+    monkeypatch.setattr(run, "preprocess_dataset", lambda *args, **kwargs: started.append("preprocess"))
+    model_dir = tmp_path / "model"
+    assert main(["train", str(dataset), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+                 "--device", "cpu"]) == 1
+    assert "3 training case(s) are too few for 5-fold cross-validation; train with --fold all" in _error_line(capsys)
+    assert started == [] and not model_dir.exists()

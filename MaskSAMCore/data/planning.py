@@ -14,7 +14,7 @@ Rules follow nnU-Net v2's "3d_fullres" planner so that results on public dataset
   voxels of the training cases (at most 10^5 random voxels per case).
 - **Resampling**: images cubic; along an anisotropic slice axis linear ("separate z"); labels as
   one-hot masks with linear interpolation, nearest neighbour along an anisotropic slice axis.
-- **Patch**: ``[config.num_slices, config.image_size, config.image_size]``.
+- **Patch**: ``[config.num_slices, *config.image_hw]`` (T, H, W).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _TIE_TOLERANCE = 1e-3          # spacings within 0.1 % count as equal when choos
 
 def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> Dict[str, Any]:
     """The JSON-able preprocessing plan of `dataset` for a network `config` (a `MaskSAMConfig`;
-    only ``num_slices`` and ``image_size`` are read). Reads every training case once."""
+    only ``num_slices`` and ``image_hw`` are read). Reads every training case once."""
     fingerprint = dataset_fingerprint(dataset, progress=progress)
     spacings = np.array(fingerprint["spacings"], dtype=np.float64)          # (cases, 3) z, y, x
     cropped_shapes = np.array(fingerprint["cropped_shapes"], dtype=np.float64)
@@ -82,7 +82,7 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
         "transpose_backward": backward,
         "anisotropic": bool(anisotropic),
         "crop_to_nonzero": True,
-        "patch_size": [int(config.num_slices), int(config.image_size), int(config.image_size)],
+        "patch_size": [int(config.num_slices), *(int(s) for s in config.image_hw)],
         "median_shape": median_shape,
         "image_resampling": {"order": 3, "order_z": 1, "separate_z": bool(anisotropic)},
         "label_resampling": {"method": "one_hot_linear", "order": 1, "order_z": 0 if anisotropic else 1,

@@ -13,6 +13,7 @@ import json
 import os
 import zlib
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -24,6 +25,7 @@ from MaskSAMCore.data.image_io import read_case, read_label
 from MaskSAMCore.data.preprocessing import plan_hash, preprocess_case
 from MaskSAMCore.data.processes import abort_pool, ignore_interrupts, worker_context
 from MaskSAMCore.data.store import case_paths, save_case
+from MaskSAMCore.errors import MaskSAMError, describe_path
 from MaskSAMCore.progress import Progress
 
 MAX_LOCATIONS_PER_CLASS = 1000
@@ -62,19 +64,35 @@ def preprocess_dataset(dataset: RawDataset, plan: Dict[str, Any], out_dir: "os.P
 def _run_in_pool(cases: Sequence[RawCase], plan: Dict[str, Any], digest: str, out: Path, workers: int,
                  bar: Progress) -> None:
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=ignore_interrupts)
+    names = {}
     try:
-        pending = {executor.submit(preprocess_one, case.name, case.image_files, case.label_file, plan, digest,
-                                   str(out)) for case in cases}
+        for case in cases:
+            names[executor.submit(preprocess_one, case.name, case.image_files, case.label_file, plan, digest,
+                                  str(out))] = case.name
+        pending = set(names)
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
             for future in finished:
-                future.result()  # re-raises a worker's error (e.g. an InputError) here
+                try:
+                    future.result()  # re-raises a worker's error (e.g. an InputError) here
+                except BrokenProcessPool:
+                    unfinished = [n for f, n in names.items() if not f.done() or f.exception() is not None]
+                    raise _killed_worker_error(out, unfinished, workers) from None
                 bar.advance()
     except BaseException:
         abort_pool(executor)  # Ctrl-C, SIGTERM or a broken case: stop everything now
         remove_stale_temporaries(out)  # a worker terminated in the middle of writing a file
         raise
     executor.shutdown(wait=True)
+
+
+def _killed_worker_error(out: Path, unfinished: Sequence[str], workers: int) -> MaskSAMError:
+    """A worker process died without a Python error: the out-of-memory killer, most likely (a
+    large case resampled to a finer spacing needs several copies of it in memory at once)."""
+    shown = ", ".join(unfinished[:3]) + (f" and {len(unfinished) - 3} more" if len(unfinished) > 3 else "")
+    fewer = f" or use fewer worker processes (--num-workers {workers - 1})" if workers > 1 else ""
+    return MaskSAMError(f"{describe_path(out)}: a preprocessing worker process was killed (out of memory?) "
+                        f"with case(s) {shown} unfinished; free memory{fewer}")
 
 
 def case_up_to_date(out: Path, case: RawCase, digest: str) -> bool:

@@ -172,6 +172,10 @@ def resample_labels(labels: np.ndarray, new_shape: Sequence[int], separate_z: bo
             continue
         blocks = [block_matrix(labels.shape[a], new_shape[a], orders[a], *_extent(mask, a)) for a in range(3)]
         rows = tuple(b[0] for b in blocks)
+        if any(r.stop == r.start for r in rows):
+            # No output voxel reads this class (a structure on one thin slice between the slices
+            # a downsampling keeps): it vanishes, as it would resampled over the whole volume.
+            continue
         resampled = mask[tuple(b[1] for b in blocks)].astype(np.float32)
         for axis in axes:
             resampled = _apply_matrix(resampled, axis, blocks[axis][2])

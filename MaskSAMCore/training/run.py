@@ -46,7 +46,7 @@ from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR
 from MaskSAMCore.training.settings import TrainSettings
-from MaskSAMCore.training.splits import load_or_create_splits, select_fold
+from MaskSAMCore.training.splits import load_or_create_splits, make_splits, select_fold
 from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
 
@@ -288,6 +288,9 @@ def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: Dis
     sam = resolve_sam_source(args.preset, args.sam_checkpoint, args.random_init)
     settings.weights_scope = "all" if sam.random_init else "trainable"
     config = preset(args.preset, num_classes=dataset.num_classes, in_channels=dataset.num_channels)
+    if settings.fold != "all":
+        # Fewer than 5 cases cannot make the folds: say so now, not after planning and preprocessing.
+        make_splits([case.name for case in dataset.training_cases])
     plan = broadcast_plan(dataset, config, context)
     settings.mirror_axes = training_mirror_axes(dataset.labels, dataset.geometries, plan)
     lateral = lateral_label_names(dataset.labels)
