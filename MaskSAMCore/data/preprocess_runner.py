@@ -66,19 +66,20 @@ def _run_in_pool(cases: Sequence[RawCase], plan: Dict[str, Any], digest: str, ou
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(), initializer=ignore_interrupts)
     names = {}
     try:
-        for case in cases:
-            names[executor.submit(preprocess_one, case.name, case.image_files, case.label_file, plan, digest,
-                                  str(out))] = case.name
-        pending = set(names)
-        while pending:
-            finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-            for future in finished:
-                try:
+        try:
+            for case in cases:
+                names[executor.submit(preprocess_one, case.name, case.image_files, case.label_file, plan, digest,
+                                      str(out))] = case.name
+            pending = set(names)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                for future in finished:
                     future.result()  # re-raises a worker's error (e.g. an InputError) here
-                except BrokenProcessPool:
-                    unfinished = [n for f, n in names.items() if not f.done() or f.exception() is not None]
-                    raise _killed_worker_error(out, unfinished, workers) from None
-                bar.advance()
+                    bar.advance()
+        except BrokenProcessPool:  # from result(), or from submit() once a worker has died
+            written = {n for f, n in names.items() if f.done() and not f.cancelled() and f.exception() is None}
+            unfinished = [case.name for case in cases if case.name not in written]
+            raise _killed_worker_error(out, unfinished, workers) from None
     except BaseException:
         abort_pool(executor)  # Ctrl-C, SIGTERM or a broken case: stop everything now
         remove_stale_temporaries(out)  # a worker terminated in the middle of writing a file
