@@ -210,3 +210,23 @@ def test_download_of_a_cached_checkpoint_shows_a_full_bar_not_a_busy_one(tmp_pat
     assert downloaded_checkpoint(runner.log_lines) == str(cached)
     assert runner.progress.overall_fraction() is None  # the core printed no progress
     assert runner.progress_fraction() == 1.0
+
+
+@pytest.mark.parametrize("user", ["Jörg", "Иван"])
+def test_a_path_with_letters_outside_the_code_page_reaches_the_module_intact(tmp_path, user):
+    """On Windows a Python child writes to a pipe in the ANSI code page (cp1252 in Western
+    Europe) unless told otherwise; the module reads UTF-8. A SAM cache under the user's profile
+    must come back as the path it is, not garbled ("J\ufffdrg") nor as a UnicodeEncodeError."""
+    from MaskSAMSegmentLib.commands import download_sam_arguments
+    from MaskSAMSegmentLib.training_job import downloaded_checkpoint
+
+    home = tmp_path / user / "home"
+    cached = home / "sam_checkpoints" / "sam_vit_b_01ec64.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    # PYTHONIOENCODING stands in for the Windows default of a pipe on this POSIX test machine.
+    env = {**subprocess_environment(), "MASKSAM_HOME": str(home), "PYTHONIOENCODING": "cp1252"}
+    runner = JobRunner(masksam_command(download_sam_arguments("vit_b")), env=env)
+    runner.start()
+    assert runner.wait(timeout_s=60) is JobState.SUCCEEDED, runner.error_message
+    assert downloaded_checkpoint(runner.log_lines) == str(cached)
