@@ -151,6 +151,26 @@ def test_segment_button_problems_name_what_is_missing(tmp_path):
         SegmentJob(scene, SegmentRequest([None], read_model_info(tmp_path / "mr"))).start()
 
 
+def test_a_labelmap_is_refused_as_the_image_to_segment_or_to_train_on(tmp_path):
+    """A labelmap is a scalar volume too: segmenting it would run the model on label values
+    (and training on it would teach the model labels as images)."""
+    from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
+    from MaskSAMSegmentLib.volume_nodes import labelmap_node_from_array
+
+    scene = new_scene()
+    grid = oblique_grid()
+    labelmap = labelmap_node_from_array(np.ones(grid.shape_zyx, np.uint8), grid, scene, name="CT-label")
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    assert segment_problems(SegmentRequest([labelmap], model)) == [
+        "Volume 'CT-label' is a labelmap; select the CT or MRI image."]
+    with pytest.raises(InputError, match="'CT-label' is a labelmap"):
+        SegmentJob(scene, SegmentRequest([labelmap], model), work_dir=str(tmp_path)).start()
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Labels")
+    segmentation.GetSegmentation().AddEmptySegment("liver", "Liver")
+    assert check_pairs([CasePair(labelmap, segmentation)]) == [
+        "'CT-label' is a labelmap; pair the CT or MRI image with its segmentation."]
+
+
 @pytest.mark.skipif(not core_has("MaskSAMCore.inference.run"), reason="waits for `masksam predict` (core)")
 def test_predict_with_a_vanished_model_folder_fails_with_the_core_message(tmp_path):
     scene = new_scene()

@@ -66,6 +66,9 @@ def segment_problems(request: SegmentRequest) -> List[str]:
             problems.append(f"Volume '{volume.GetName()}' has no image data.")
         elif image.GetNumberOfScalarComponents() != 1:
             problems.append(f"Volume '{volume.GetName()}' is a colour/vector volume; select a scalar volume.")
+        elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
+            problems.append(f"Volume '{volume.GetName()}' is a labelmap; select the CT or MRI image.")
     return problems
 
 
