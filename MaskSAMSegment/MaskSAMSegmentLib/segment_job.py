@@ -62,7 +62,7 @@ def segment_problems(request: SegmentRequest) -> List[str]:
             problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {names}.")
     for volume in volumes:
         image = volume.GetImageData()
-        if image is None:
+        if image is None or 0 in image.GetDimensions():
             problems.append(f"Volume '{volume.GetName()}' has no image data.")
         elif image.GetNumberOfScalarComponents() != 1:
             problems.append(f"Volume '{volume.GetName()}' is a colour/vector volume; select a scalar volume.")
