@@ -156,6 +156,33 @@ def test_an_output_segmentation_deleted_during_the_run_gives_a_new_one(tmp_path)
     assert "'my output' was removed during the run" in job.warnings[0]
 
 
+def test_an_output_segmentation_under_a_non_linear_transform_is_refused_before_the_run(tmp_path):
+    """Its segments could not be placed through the transform: say so before predicting (an hour
+    on a CPU), not when importing the result, which was then thrown away."""
+    import vtk
+
+    from MaskSAMSegmentLib.segment_job import segment_problems
+
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my output")
+    warp = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "deformable registration")
+    warp.SetAndObserveTransformToParent(vtk.vtkGridTransform())
+    chosen.SetAndObserveTransformNodeID(warp.GetID())
+    request = SegmentRequest([volume], read_model_info(fake_model_folder(tmp_path / "model")),
+                             output_segmentation=chosen)
+    message = ("Segmentation 'my output' is under the non-linear transform 'deformable registration'; "
+               "harden the transform (Data module) first.")
+    assert segment_problems(request) == [message]
+    work = tmp_path / "work"
+    work.mkdir()
+    nodes_before = node_classes(scene)
+    job = SegmentJob(scene, request, python=fake_predictor(tmp_path), work_dir=str(work))
+    with pytest.raises(InputError, match="'my output' is under the non-linear transform"):
+        job.start()
+    assert job.runner is None and list(work.iterdir()) == [] and node_classes(scene) == nodes_before
+
+
 def test_building_a_dataset_adds_nothing_to_the_users_scene(tmp_path):
     scene = new_scene()
     pairs, _, _ = two_cases(scene)

@@ -69,6 +69,12 @@ def segment_problems(request: SegmentRequest) -> List[str]:
         elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
             # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
             problems.append(f"Volume '{volume.GetName()}' is a labelmap; select the CT or MRI image.")
+    # Found now, not when the result is imported after a run that may take an hour.
+    for node, what in [(v, "Volume") for v in volumes] + [(request.output_segmentation, "Segmentation")]:
+        transform = node.GetParentTransformNode() if node is not None else None
+        if transform is not None and not transform.IsTransformToWorldLinear():
+            problems.append(f"{what} '{node.GetName()}' is under the non-linear transform '{transform.GetName()}'; "
+                            "harden the transform (Data module) first.")
     return problems
 
 
