@@ -245,8 +245,9 @@ class SegmentJob:
 
     def _output_node(self, volume):
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when
-        it has left the scene during the run, or when it was made for another volume: after
-        segmenting one CT, segmenting the next must not overwrite the first one's result."""
+        it has left the scene during the run, or when it was made for another volume or by another
+        model: the widget selects the last result as the output, and segmenting the next CT, or
+        the same CT with another model, must not overwrite that result."""
         node = self.request.output_segmentation
         if node is None:
             return None
@@ -257,6 +258,11 @@ class SegmentJob:
         reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
         if reference is not None and reference is not volume:
             self.warnings.append(f"segmentation '{node.GetName()}' belongs to volume '{reference.GetName()}'; "
+                                 "the result is a new segmentation")
+            return None
+        made_by = node.GetAttribute(MODEL_NAME_ATTRIBUTE)
+        if made_by and made_by != self.request.model.name:
+            self.warnings.append(f"segmentation '{node.GetName()}' holds the result of model '{made_by}'; "
                                  "the result is a new segmentation")
             return None
         return node
