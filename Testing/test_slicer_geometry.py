@@ -14,6 +14,7 @@ from slicer_support import (add_scalar_volume, distinct_voxel_values, new_scene,
 from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.geometry import LpsGrid, grid_from_ijk_to_ras, oblique_direction
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
+from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.segmentations import (MODEL_NAME_ATTRIBUTE, export_label_values_on_volume,
                                              export_segments_on_volume, import_label_map, show_in_3d)
 from MaskSAMSegmentLib.volume_nodes import volume_grid, volume_to_array
@@ -119,6 +120,32 @@ def test_colour_volume_is_refused_with_its_name():
     node.SetAndObserveImageData(image)
     with pytest.raises(InputError, match="volume 'Photo' has 3 components"):
         volume_to_array(node)
+
+
+@pytest.mark.parametrize("size", [(0, 0, 0), (13, 11, 0)])
+def test_a_volume_without_voxels_is_refused_with_its_name_before_anything_is_written(tmp_path, size):
+    """Image data with an empty extent (a failed load or filter) must not reach the file writer,
+    which fails with a page of ITK text."""
+    import vtk
+
+    from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, segment_problems
+    from test_slicer_jobs import fake_model_folder
+
+    scene = new_scene()
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Empty CT")
+    image = vtk.vtkImageData()
+    image.SetDimensions(*size)
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    node.SetAndObserveImageData(image)
+    with pytest.raises(InputError, match="volume 'Empty CT' has no voxels"):
+        volume_to_array(node)
+    request = SegmentRequest([node], read_model_info(fake_model_folder(tmp_path / "model")))
+    assert segment_problems(request) == ["Volume 'Empty CT' has no image data."]
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError, match="'Empty CT' has no image data"):
+        SegmentJob(scene, request, work_dir=str(work)).start()
+    assert list(work.iterdir()) == []
 
 
 def phantom_labels(shape_zyx) -> np.ndarray:

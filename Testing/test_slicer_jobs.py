@@ -151,6 +151,26 @@ def test_segment_button_problems_name_what_is_missing(tmp_path):
         SegmentJob(scene, SegmentRequest([None], read_model_info(tmp_path / "mr"))).start()
 
 
+def test_a_labelmap_is_refused_as_the_image_to_segment_or_to_train_on(tmp_path):
+    """A labelmap is a scalar volume too: segmenting it would run the model on label values
+    (and training on it would teach the model labels as images)."""
+    from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
+    from MaskSAMSegmentLib.volume_nodes import labelmap_node_from_array
+
+    scene = new_scene()
+    grid = oblique_grid()
+    labelmap = labelmap_node_from_array(np.ones(grid.shape_zyx, np.uint8), grid, scene, name="CT-label")
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    assert segment_problems(SegmentRequest([labelmap], model)) == [
+        "Volume 'CT-label' is a labelmap; select the CT or MRI image."]
+    with pytest.raises(InputError, match="'CT-label' is a labelmap"):
+        SegmentJob(scene, SegmentRequest([labelmap], model), work_dir=str(tmp_path)).start()
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Labels")
+    segmentation.GetSegmentation().AddEmptySegment("liver", "Liver")
+    assert check_pairs([CasePair(labelmap, segmentation)]) == [
+        "'CT-label' is a labelmap; pair the CT or MRI image with its segmentation."]
+
+
 @pytest.mark.skipif(not core_has("MaskSAMCore.inference.run"), reason="waits for `masksam predict` (core)")
 def test_predict_with_a_vanished_model_folder_fails_with_the_core_message(tmp_path):
     scene = new_scene()
@@ -210,3 +230,23 @@ def test_download_of_a_cached_checkpoint_shows_a_full_bar_not_a_busy_one(tmp_pat
     assert downloaded_checkpoint(runner.log_lines) == str(cached)
     assert runner.progress.overall_fraction() is None  # the core printed no progress
     assert runner.progress_fraction() == 1.0
+
+
+@pytest.mark.parametrize("user", ["Jörg", "Иван"])
+def test_a_path_with_letters_outside_the_code_page_reaches_the_module_intact(tmp_path, user):
+    """On Windows a Python child writes to a pipe in the ANSI code page (cp1252 in Western
+    Europe) unless told otherwise; the module reads UTF-8. A SAM cache under the user's profile
+    must come back as the path it is, not garbled ("J\ufffdrg") nor as a UnicodeEncodeError."""
+    from MaskSAMSegmentLib.commands import download_sam_arguments
+    from MaskSAMSegmentLib.training_job import downloaded_checkpoint
+
+    home = tmp_path / user / "home"
+    cached = home / "sam_checkpoints" / "sam_vit_b_01ec64.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"weights")
+    # PYTHONIOENCODING stands in for the Windows default of a pipe on this POSIX test machine.
+    env = {**subprocess_environment(), "MASKSAM_HOME": str(home), "PYTHONIOENCODING": "cp1252"}
+    runner = JobRunner(masksam_command(download_sam_arguments("vit_b")), env=env)
+    runner.start()
+    assert runner.wait(timeout_s=60) is JobState.SUCCEEDED, runner.error_message
+    assert downloaded_checkpoint(runner.log_lines) == str(cached)

@@ -5,6 +5,7 @@ renamed while work runs, and a second volume segmented after the first."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import textwrap
@@ -142,6 +143,32 @@ def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing
     assert "belongs to volume 'Patient A'" in job_b.warnings[0]
 
 
+def test_segmenting_with_another_model_keeps_the_first_models_result(tmp_path):
+    """After the abdomen model's run the widget selects its result as the output; segmenting the
+    same CT with a heart model must not turn 'CT Test model' into the heart's segments."""
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
+    abdomen = read_model_info(fake_model_folder(tmp_path / "abdomen"))
+    heart_folder = fake_model_folder(tmp_path / "heart", labels={"background": 0, "LV": 1, "RV": 2})
+    meta = json.loads((heart_folder / "model.json").read_text())
+    (heart_folder / "model.json").write_text(json.dumps({**meta, "name": "Heart"}))
+    python = fake_predictor(tmp_path)
+    first = SegmentJob(scene, SegmentRequest([volume], abdomen), python=python)
+    first.start()
+    assert first.wait(timeout_s=60) is JobState.SUCCEEDED
+    abdomen_result = first.result_node
+
+    job = SegmentJob(scene, SegmentRequest([volume], read_model_info(heart_folder), output_segmentation=abdomen_result),
+                     python=python)
+    job.start()
+    assert job.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert job.result_node is not abdomen_result and job.result_node.GetName() == "CT Heart"
+    segmentation = abdomen_result.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [
+        "Liver", "Spleen"]
+    assert "holds the result of model 'Test model'" in job.warnings[0]
+
+
 def test_an_output_segmentation_deleted_during_the_run_gives_a_new_one(tmp_path):
     scene = new_scene()
     volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
@@ -154,6 +181,33 @@ def test_an_output_segmentation_deleted_during_the_run_gives_a_new_one(tmp_path)
     assert job.result_node.GetScene() is scene
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
     assert "'my output' was removed during the run" in job.warnings[0]
+
+
+def test_an_output_segmentation_under_a_non_linear_transform_is_refused_before_the_run(tmp_path):
+    """Its segments could not be placed through the transform: say so before predicting (an hour
+    on a CPU), not when importing the result, which was then thrown away."""
+    import vtk
+
+    from MaskSAMSegmentLib.segment_job import segment_problems
+
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
+    chosen = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my output")
+    warp = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "deformable registration")
+    warp.SetAndObserveTransformToParent(vtk.vtkGridTransform())
+    chosen.SetAndObserveTransformNodeID(warp.GetID())
+    request = SegmentRequest([volume], read_model_info(fake_model_folder(tmp_path / "model")),
+                             output_segmentation=chosen)
+    message = ("Segmentation 'my output' is under the non-linear transform 'deformable registration'; "
+               "harden the transform (Data module) first.")
+    assert segment_problems(request) == [message]
+    work = tmp_path / "work"
+    work.mkdir()
+    nodes_before = node_classes(scene)
+    job = SegmentJob(scene, request, python=fake_predictor(tmp_path), work_dir=str(work))
+    with pytest.raises(InputError, match="'my output' is under the non-linear transform"):
+        job.start()
+    assert job.runner is None and list(work.iterdir()) == [] and node_classes(scene) == nodes_before
 
 
 def test_building_a_dataset_adds_nothing_to_the_users_scene(tmp_path):

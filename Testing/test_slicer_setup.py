@@ -98,6 +98,20 @@ def test_a_finished_training_never_replaces_a_model_installed_from_elsewhere(tmp
     assert [m.display_name for m in find_models(root)[0]] == ["Abdomen CT (v1)", "Abdomen CT (v2)"]
 
 
+def test_models_named_in_other_scripts_are_installed_side_by_side(tmp_path):
+    """Two models whose names have no Latin letters must not share one folder: the second import
+    asked "a model named '腎臓 (v1)' is already installed. Replace it?", and Yes deleted '肝臓'."""
+    root = tmp_path / "models"
+    liver = install_model_folder(write_model(tmp_path / "liver", name="肝臓", version="1"), root=root)
+    kidney = install_model_folder(write_model(tmp_path / "kidney", name="腎臓", version="1"), root=root)
+    assert liver.folder != kidney.folder
+    assert [m.display_name for m in find_models(root)[0]] == ["肝臓 (v1)", "腎臓 (v1)"]
+    # Names that still share a folder: the question names the model that would be replaced.
+    install_model_folder(write_model(tmp_path / "a", name="Liver model"), root=root)
+    with pytest.raises(ModelFolderError, match=r"a model named 'Liver model \(v2\)' is already installed"):
+        install_model_folder(write_model(tmp_path / "b", name="Liver-model"), root=root)
+
+
 def test_import_refuses_unfinished_or_invalid_folders_and_leaves_nothing(tmp_path):
     root = tmp_path / "models"
     with pytest.raises(ModelFolderError, match="no checkpoint_final.pt"):

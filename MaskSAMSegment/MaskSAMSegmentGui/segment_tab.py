@@ -69,6 +69,7 @@ class SegmentTabMixin:
         for key in sorted(channels, key=int)[1:]:
             selector = slicer.qMRMLNodeComboBox()
             selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.showChildNodeTypes = False   # no labelmaps, like the input volume selector
             selector.noneEnabled, selector.addEnabled, selector.removeEnabled = True, False, False
             selector.setMRMLScene(slicer.mrmlScene)
             selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())

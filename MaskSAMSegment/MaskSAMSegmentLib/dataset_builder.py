@@ -84,6 +84,8 @@ def check_pairs(pairs: List[CasePair]) -> List[str]:
         if removed:
             problems.append(f"'{removed[0]}' is no longer in the scene; remove its pair.")
             continue
+        if pair.volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            problems.append(f"'{pair.volume.GetName()}' is a labelmap; pair the CT or MRI image with its segmentation.")
         if pair.volume.GetParentTransformNode() is not None:
             problems.append(f"Volume '{pair.volume.GetName()}' is transformed; harden its transform first (Data module).")
         if pair.segmentation.GetSegmentation().GetNumberOfSegments() == 0:

@@ -83,6 +83,11 @@ class JobRunner:
             raise RuntimeError("a JobRunner runs once; make a new one")
         env = dict(self.env if self.env is not None else os.environ)
         env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are printed, not in 8 KB chunks
+        # The output is read as UTF-8 (below). Without this a child writes to a pipe in the
+        # locale's encoding (on Windows the ANSI code page): a path in the user's profile such
+        # as C:\Users\Jörg arrives garbled, and one the code page cannot encode (Иван) ends the
+        # job with a UnicodeEncodeError.
+        env["PYTHONIOENCODING"] = "utf-8"
         kwargs: Dict[str, object] = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)

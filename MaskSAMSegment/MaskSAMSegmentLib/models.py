@@ -160,8 +160,11 @@ def find_models(root: Optional["os.PathLike[str] | str"] = None) -> Tuple[List[M
 
 
 def install_folder_name(info: ModelInfo) -> str:
-    """Sub-folder name for an installed model: its name and version, file-system safe."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{info.name}-v{info.version}").strip("-.")
+    """Sub-folder name for an installed model: its name and version, file-system safe.
+
+    Letters and digits of any script stay (`\\w` is Unicode-aware), so models named in Japanese
+    or Russian get folders of their own instead of all sharing "v1"."""
+    slug = re.sub(r"[^\w.-]+", "-", f"{info.name}-v{info.version}").strip("-.")
     return slug or "model"
 
 
@@ -182,7 +185,9 @@ def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.Pa
     if Path(source).resolve() == target.resolve():
         return info  # already installed here
     if target.exists() and not replace:
-        raise ModelFolderError(f"a model named '{info.display_name}' is already installed in {describe_path(target)}")
+        # Name the model that is there (the widget asks "Replace it?"): two names may share a folder.
+        raise ModelFolderError(f"a model named '{_installed_display_name(target, info)}' is already installed "
+                               f"in {describe_path(target)}")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=root))
     try:
@@ -220,6 +225,13 @@ def install_trained_model(source: "os.PathLike[str] | str",
             break
         number += 1
     return install_model_folder(source, root, replace=True, version=str(number))
+
+
+def _installed_display_name(folder: Path, fallback: ModelInfo) -> str:
+    try:
+        return read_model_info(folder).display_name
+    except ModelFolderError:
+        return fallback.display_name
 
 
 def _installed_from(folder: Path) -> Optional[str]:

@@ -62,10 +62,19 @@ def segment_problems(request: SegmentRequest) -> List[str]:
             problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {names}.")
     for volume in volumes:
         image = volume.GetImageData()
-        if image is None:
+        if image is None or 0 in image.GetDimensions():
             problems.append(f"Volume '{volume.GetName()}' has no image data.")
         elif image.GetNumberOfScalarComponents() != 1:
             problems.append(f"Volume '{volume.GetName()}' is a colour/vector volume; select a scalar volume.")
+        elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
+            problems.append(f"Volume '{volume.GetName()}' is a labelmap; select the CT or MRI image.")
+    # Found now, not when the result is imported after a run that may take an hour.
+    for node, what in [(v, "Volume") for v in volumes] + [(request.output_segmentation, "Segmentation")]:
+        transform = node.GetParentTransformNode() if node is not None else None
+        if transform is not None and not transform.IsTransformToWorldLinear():
+            problems.append(f"{what} '{node.GetName()}' is under the non-linear transform '{transform.GetName()}'; "
+                            "harden the transform (Data module) first.")
     return problems
 
 
@@ -236,8 +245,9 @@ class SegmentJob:
 
     def _output_node(self, volume):
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when
-        it has left the scene during the run, or when it was made for another volume: after
-        segmenting one CT, segmenting the next must not overwrite the first one's result."""
+        it has left the scene during the run, or when it was made for another volume or by another
+        model: the widget selects the last result as the output, and segmenting the next CT, or
+        the same CT with another model, must not overwrite that result."""
         node = self.request.output_segmentation
         if node is None:
             return None
@@ -248,6 +258,11 @@ class SegmentJob:
         reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
         if reference is not None and reference is not volume:
             self.warnings.append(f"segmentation '{node.GetName()}' belongs to volume '{reference.GetName()}'; "
+                                 "the result is a new segmentation")
+            return None
+        made_by = node.GetAttribute(MODEL_NAME_ATTRIBUTE)
+        if made_by and made_by != self.request.model.name:
+            self.warnings.append(f"segmentation '{node.GetName()}' holds the result of model '{made_by}'; "
                                  "the result is a new segmentation")
             return None
         return node

@@ -61,6 +61,10 @@ def volume_grid(node) -> LpsGrid:
     if image is None:
         name = node.GetName() if node is not None else "(none)"
         raise InputError(f"volume '{name}' has no image data")
+    if 0 in image.GetDimensions():
+        # An image data with no voxels (an empty extent) would reach the file writer otherwise.
+        raise InputError(f"volume '{node.GetName()}' has no voxels (its image data is "
+                         f"{'x'.join(str(n) for n in image.GetDimensions())})")
     # Slicer's readers make extents that start at 0, but a filter or script may leave one that does
     # not; voxel (0, 0, 0) of the array is then IJK (i0, j0, k0) of the node's IJK-to-RAS matrix.
     first_ijk = np.eye(4)
