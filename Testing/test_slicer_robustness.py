@@ -249,4 +249,11 @@ def test_a_segment_empty_in_every_case_is_warned_about(tmp_path):
     pairs[0].segmentation.GetSegmentation().AddEmptySegment("gallbladder", "Gallbladder")
     summary = build_dataset_from_scene(pairs, tmp_path / "Dataset503_Scene")
     assert summary.labels["gallbladder"] == 3
-    assert summary.warnings == ["segment(s) gallbladder are empty in every case: the model cannot learn them"]
+    # (two_cases: A has liver and kidney, B spleen and kidney; gallbladder is said once, as empty everywhere)
+    segmentations = [pair.segmentation.GetName() for pair in pairs]
+    assert summary.warnings == [
+        f"case_000 ('{segmentations[0]}') has no segment spleen: the model learns it as background there "
+        "(right only if that case has none)",
+        f"case_001 ('{segmentations[1]}') has no segment liver: the model learns it as background there "
+        "(right only if that case has none)",
+        "segment(s) gallbladder are empty in every case: the model cannot learn them"]

@@ -119,6 +119,7 @@ class DatasetBuilder:
         self.warnings: List[str] = []
         self.sources: Dict[str, Dict[str, str]] = {}
         self._values_seen: set = set()
+        self._absent: Dict[str, List[str]] = {}   # case -> label names its segmentation has no segment for
         self.done = 0
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self._staging: Optional[Path] = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.partial-",
@@ -164,6 +165,8 @@ class DatasetBuilder:
         write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
                           self._staging / "labelsTr" / f"{case}{self.file_ending}")
         self.sources[case] = {"volume": pair.volume.GetName(), "segmentation": pair.segmentation.GetName()}
+        present = {dataset_label_key(name) for name in segment_names(pair.segmentation)}
+        self._absent[case] = [key for key in self.labels if key != "background" and key not in present]
         self._values_seen.update(int(v) for v in np.unique(labels))
         self.done += 1
 
@@ -172,6 +175,14 @@ class DatasetBuilder:
         while not self.finished_writing:
             self.step()
         never = [name for name, value in self.labels.items() if value and value not in self._values_seen]
+        # nnU-Net's format has no "not annotated": a structure without a segment in a case is
+        # background there, which teaches the model to miss it unless the case truly lacks it.
+        for case, absent in self._absent.items():
+            absent = [key for key in absent if key not in never]
+            if absent:
+                self.warnings.append(f"{case} ('{self.sources[case]['segmentation']}') has no segment "
+                                     f"{', '.join(absent)}: the model learns it as background there "
+                                     "(right only if that case has none)")
         if never:
             self.warnings.append(f"segment(s) {', '.join(never)} are empty in every case: the model "
                                  "cannot learn them")
