@@ -183,6 +183,27 @@ def test_an_output_segmentation_deleted_during_the_run_gives_a_new_one(tmp_path)
     assert "'my output' was removed during the run" in job.warnings[0]
 
 
+def test_an_input_volume_deleted_during_the_run_keeps_its_result_where_it_was(tmp_path):
+    from MaskSAMSegmentLib.segmentations import export_segments_on_volume
+
+    scene = new_scene()
+    voxels = distinct_voxel_values()
+    volume = add_scalar_volume(scene, voxels, oblique_grid(), name="CT")
+    job = SegmentJob(scene, SegmentRequest([volume], read_model_info(fake_model_folder(tmp_path / "model"))),
+                     python=fake_predictor(tmp_path))
+    job.start()
+    scene.RemoveNode(volume)
+    assert job.wait(timeout_s=60) is JobState.SUCCEEDED
+    result = job.result_node
+    assert result.GetScene() is scene and result.GetName() == "CT Test model"
+    assert result.GetNodeReference(result.GetReferenceImageGeometryReferenceRole()) is None   # none dangling
+    assert "volume 'CT' was removed during the run" in job.warnings[0]
+    # The labels lie where the volume was: read back on a volume of the same oblique grid.
+    same_grid = add_scalar_volume(scene, voxels, oblique_grid(), name="CT again")
+    segment_id = result.GetSegmentation().GetNthSegmentID(0)
+    assert (export_segments_on_volume(result, same_grid, [segment_id]) > 0).tolist() == (voxels > 0).tolist()
+
+
 def test_an_output_segmentation_under_a_non_linear_transform_is_refused_before_the_run(tmp_path):
     """Its segments could not be placed through the transform: say so before predicting (an hour
     on a CPU), not when importing the result, which was then thrown away."""

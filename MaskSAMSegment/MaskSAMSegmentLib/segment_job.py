@@ -236,12 +236,19 @@ class SegmentJob:
             self.warnings.append(f"label map is on {grid.describe()}, the input on {self._input_grid.describe()}")
         model = self.request.model
         volume = self.request.input_volumes[0]
+        volume_name = volume.GetName()
         attributes = {MODEL_NAME_ATTRIBUTE: model.name, MODEL_VERSION_ATTRIBUTE: model.version,
                       MODEL_FOLDER_ATTRIBUTE: str(model.folder), QUALITY_ATTRIBUTE: self.request.quality,
                       **self.request.extra_attributes}
+        if volume.GetScene() is not self.scene:
+            # Keep the result (an hour of CPU work), on the grid the volume had; a reference to
+            # a node no longer in the scene would dangle.
+            self.warnings.append(f"volume '{volume_name}' was removed during the run; its segmentation "
+                                 "is added where the volume was, without a reference volume")
+            volume = None
         return import_label_map(self.scene, labels, grid, model.names_by_value,
                                 segmentation_node=self._output_node(volume), reference_volume=volume,
-                                node_name=f"{volume.GetName()} {model.name}", attributes=attributes)
+                                node_name=f"{volume_name} {model.name}", attributes=attributes)
 
     def _output_node(self, volume):
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when
