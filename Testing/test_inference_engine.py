@@ -230,3 +230,23 @@ def test_a_predictor_for_the_gpu_refuses_a_bad_budget_before_any_case(monkeypatc
         Predictor(model, {}, ["background", "x"], torch.device("cuda"))
     # An explicit --window-batch plans nothing, so the budget is not read.
     Predictor(model, {}, ["background", "x"], torch.device("cuda"), PredictOptions(window_batch=2))
+
+
+def test_half_precision_is_bf16_only_on_gpus_with_bf16_hardware(monkeypatch):
+    from MaskSAMCore.inference import devices
+    from MaskSAMCore.training.trainer import autocast_dtype as training_dtype
+
+    # Two GPUs, as PyTorch describes them: cuda:0 a T4 (compute capability 7.5, bf16 only
+    # emulated, which torch.cuda.is_bf16_supported() still calls supported), cuda:1 an A100.
+    capabilities = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capabilities[torch.device(device).index or 0])
+    t4, a100 = torch.device("cuda:0"), torch.device("cuda:1")
+    # The T4 computes in float16 (tensor cores; NaN/Inf scores are then redone in float32).
+    assert devices.autocast_dtype(t4) == training_dtype(t4, enabled=True) == torch.float16
+    # The GPU asked for decides, not the current one.
+    assert devices.autocast_dtype(a100) == training_dtype(a100, enabled=True) == torch.bfloat16
+    assert devices.autocast_dtype(CPU) is None
