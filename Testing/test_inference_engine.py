@@ -177,6 +177,29 @@ def test_out_of_memory_halves_the_window_batch_and_then_gives_a_clear_error():
                               progress_stage=None, case_name="case_007")
 
 
+def test_cublas_and_cudnn_allocation_failures_fall_back_like_out_of_memory():
+    net = ToyConvNet(1, 2, seed=5)
+    volume = np.random.default_rng(5).normal(size=(1, 12, 20, 20)).astype(np.float32)
+
+    def full_gpu(error: str):
+        def network(x):
+            if x.shape[0] > 8:  # a full GPU, as cuBLAS / cuDNN report it when creating a handle
+                raise RuntimeError(error)
+            return net(x)
+        return network
+
+    expected, _ = sliding_window_predict(volume, net, (4, 16, 16), 2, CPU, WindowSettings(), progress_stage=None)
+    for error in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                  "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"):
+        result, _, used = predict_with_fallback(volume, full_gpu(error), (4, 16, 16), 2, CPU,
+                                                WindowSettings(window_batch=4), progress_stage=None)
+        assert used.window_batch == 1
+        np.testing.assert_array_equal(result, expected)
+    with pytest.raises(RuntimeError, match="CUBLAS_STATUS_EXECUTION_FAILED"):  # not memory: no retry
+        predict_with_fallback(volume, full_gpu("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"), (4, 16, 16), 2,
+                              CPU, WindowSettings(window_batch=4), progress_stage=None)
+
+
 def test_non_finite_scores_are_reported_and_cancel_stops_the_loop():
     volume = np.ones((1, 8, 16, 16), np.float32)
     _, finite = sliding_window_predict(volume, lambda x: torch.full((x.shape[0], 2, *x.shape[2:]), float("nan")),

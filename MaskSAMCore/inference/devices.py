@@ -58,6 +58,21 @@ def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> Cont
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+# What running out of GPU memory looks like besides torch.OutOfMemoryError (the caching
+# allocator): cuBLAS and cuDNN allocate their handles and workspaces themselves, and report a
+# full GPU as a RuntimeError ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling
+# `cublasCreate(handle)`"), as does a raw cudaMalloc ("CUDA error: out of memory").
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the errors of a GPU that ran out of memory (worth retrying with less)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(text in message for text in _OUT_OF_MEMORY_MESSAGES)
+
+
 def gpu_budget_gb() -> float:
     """``MASKSAM_GPU_MEMORY_GB`` in GiB (unset or empty: 8). A value that is not a number above 0
     ("16GB", "0") is a `MaskSAMError` naming the variable, not a ValueError traceback."""

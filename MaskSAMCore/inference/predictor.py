@@ -166,7 +166,9 @@ class Predictor:
                     devices.measure_forward_bytes(forward, self.device)
                     peak = devices.measure_forward_bytes(forward, self.device)
                 break
-            except torch.OutOfMemoryError:
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                if not devices.is_out_of_memory(error):
+                    raise
                 torch.cuda.empty_cache()
                 if per_forward == 1:
                     raise OutOfMemory(f"{self.name}: one {self.patch[0]}-slice window does not fit in GPU memory; "

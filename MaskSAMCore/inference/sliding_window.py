@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from MaskSAMCore.errors import Cancelled, MaskSAMError
+from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.accumulator import SlabAccumulator
 from MaskSAMCore.inference.mirroring import SPATIAL_AXES, flip_combinations, mirrored_predict
 from MaskSAMCore.inference.restore_sink import ResampledLabelSink
@@ -135,12 +136,6 @@ def sliding_window_predict(
     return result, finite
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
 def predict_with_fallback(
     volume: Union[np.ndarray, torch.Tensor],
     network: Network,
@@ -164,7 +159,7 @@ def predict_with_fallback(
                                                     output, progress_stage, should_cancel, restore_shape)
             return result, finite, current
         except BaseException as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
-            if not _is_out_of_memory(error):
+            if not devices.is_out_of_memory(error):
                 raise
             del error
             if device.type == "cuda":
