@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -198,6 +200,27 @@ def test_cublas_and_cudnn_allocation_failures_fall_back_like_out_of_memory():
     with pytest.raises(RuntimeError, match="CUBLAS_STATUS_EXECUTION_FAILED"):  # not memory: no retry
         predict_with_fallback(volume, full_gpu("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"), (4, 16, 16), 2,
                               CPU, WindowSettings(window_batch=4), progress_stage=None)
+
+
+def test_the_failed_attempts_memory_is_released_before_the_cache_is_emptied(monkeypatch):
+    net = ToyConvNet(1, 2, seed=6)
+    volume = np.random.default_rng(6).normal(size=(1, 8, 16, 16)).astype(np.float32)
+    failed = []
+
+    def small_gpu(x):
+        activations = net(x)  # held by this frame, hence by the error's traceback
+        if x.shape[0] > 8:
+            failed.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return activations
+
+    still_held = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: still_held.append(failed[-1]() is not None))
+    predict_with_fallback(volume, small_gpu, (4, 16, 16), 2, CPU, WindowSettings(window_batch=2),
+                          progress_stage=None)
+    # Emptying the cache while the traceback still holds the failed forward's tensors frees none
+    # of their memory (cuBLAS, allocating outside PyTorch's cache, would then fail again).
+    assert still_held == [False]
 
 
 def test_non_finite_scores_are_reported_and_cancel_stops_the_loop():
