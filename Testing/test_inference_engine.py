@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -177,6 +179,50 @@ def test_out_of_memory_halves_the_window_batch_and_then_gives_a_clear_error():
                               progress_stage=None, case_name="case_007")
 
 
+def test_cublas_and_cudnn_allocation_failures_fall_back_like_out_of_memory():
+    net = ToyConvNet(1, 2, seed=5)
+    volume = np.random.default_rng(5).normal(size=(1, 12, 20, 20)).astype(np.float32)
+
+    def full_gpu(error: str):
+        def network(x):
+            if x.shape[0] > 8:  # a full GPU, as cuBLAS / cuDNN report it when creating a handle
+                raise RuntimeError(error)
+            return net(x)
+        return network
+
+    expected, _ = sliding_window_predict(volume, net, (4, 16, 16), 2, CPU, WindowSettings(), progress_stage=None)
+    for error in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                  "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"):
+        result, _, used = predict_with_fallback(volume, full_gpu(error), (4, 16, 16), 2, CPU,
+                                                WindowSettings(window_batch=4), progress_stage=None)
+        assert used.window_batch == 1
+        np.testing.assert_array_equal(result, expected)
+    with pytest.raises(RuntimeError, match="CUBLAS_STATUS_EXECUTION_FAILED"):  # not memory: no retry
+        predict_with_fallback(volume, full_gpu("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"), (4, 16, 16), 2,
+                              CPU, WindowSettings(window_batch=4), progress_stage=None)
+
+
+def test_the_failed_attempts_memory_is_released_before_the_cache_is_emptied(monkeypatch):
+    net = ToyConvNet(1, 2, seed=6)
+    volume = np.random.default_rng(6).normal(size=(1, 8, 16, 16)).astype(np.float32)
+    failed = []
+
+    def small_gpu(x):
+        activations = net(x)  # held by this frame, hence by the error's traceback
+        if x.shape[0] > 8:
+            failed.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return activations
+
+    still_held = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: still_held.append(failed[-1]() is not None))
+    predict_with_fallback(volume, small_gpu, (4, 16, 16), 2, CPU, WindowSettings(window_batch=2),
+                          progress_stage=None)
+    # Emptying the cache while the traceback still holds the failed forward's tensors frees none
+    # of their memory (cuBLAS, allocating outside PyTorch's cache, would then fail again).
+    assert still_held == [False]
+
+
 def test_non_finite_scores_are_reported_and_cancel_stops_the_loop():
     volume = np.ones((1, 8, 16, 16), np.float32)
     _, finite = sliding_window_predict(volume, lambda x: torch.full((x.shape[0], 2, *x.shape[2:]), float("nan")),
@@ -230,3 +276,23 @@ def test_a_predictor_for_the_gpu_refuses_a_bad_budget_before_any_case(monkeypatc
         Predictor(model, {}, ["background", "x"], torch.device("cuda"))
     # An explicit --window-batch plans nothing, so the budget is not read.
     Predictor(model, {}, ["background", "x"], torch.device("cuda"), PredictOptions(window_batch=2))
+
+
+def test_half_precision_is_bf16_only_on_gpus_with_bf16_hardware(monkeypatch):
+    from MaskSAMCore.inference import devices
+    from MaskSAMCore.training.trainer import autocast_dtype as training_dtype
+
+    # Two GPUs, as PyTorch describes them: cuda:0 a T4 (compute capability 7.5, bf16 only
+    # emulated, which torch.cuda.is_bf16_supported() still calls supported), cuda:1 an A100.
+    capabilities = {0: (7, 5), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capabilities[torch.device(device).index or 0])
+    t4, a100 = torch.device("cuda:0"), torch.device("cuda:1")
+    # The T4 computes in float16 (tensor cores; NaN/Inf scores are then redone in float32).
+    assert devices.autocast_dtype(t4) == training_dtype(t4, enabled=True) == torch.float16
+    # The GPU asked for decides, not the current one.
+    assert devices.autocast_dtype(a100) == training_dtype(a100, enabled=True) == torch.bfloat16
+    assert devices.autocast_dtype(CPU) is None

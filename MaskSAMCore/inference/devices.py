@@ -37,14 +37,40 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """bf16 on CUDA GPUs that support it, else fp16 on CUDA; None (float32) on the CPU."""
+    """bf16 on CUDA GPUs with bf16 hardware (compute capability 8.0 on, Ampere and later), fp16
+    on older ones (T4, V100, GTX 10xx); None (float32) on the CPU.
+
+    Not `torch.cuda.is_bf16_supported()`: by default it also says yes where bf16 is only
+    emulated (no bf16 tensor cores: several times slower than fp16 there), and it asks about the
+    *current* device, not `device`.
+    """
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if torch.version.hip:
+        return torch.bfloat16  # every ROCm GPU PyTorch supports computes in bf16
+    if not torch.cuda.is_available():
+        return torch.float16  # a CUDA device named where there is none: nothing to ask, it fails later
+    major, _minor = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# What running out of GPU memory looks like besides torch.OutOfMemoryError (the caching
+# allocator): cuBLAS and cuDNN allocate their handles and workspaces themselves, and report a
+# full GPU as a RuntimeError ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling
+# `cublasCreate(handle)`"), as does a raw cudaMalloc ("CUDA error: out of memory").
+_OUT_OF_MEMORY_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the errors of a GPU that ran out of memory (worth retrying with less)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    message = str(error).lower()
+    return isinstance(error, RuntimeError) and any(text in message for text in _OUT_OF_MEMORY_MESSAGES)
 
 
 def gpu_budget_gb() -> float:

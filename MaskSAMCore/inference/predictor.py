@@ -166,12 +166,14 @@ class Predictor:
                     devices.measure_forward_bytes(forward, self.device)
                     peak = devices.measure_forward_bytes(forward, self.device)
                 break
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if per_forward == 1:
-                    raise OutOfMemory(f"{self.name}: one {self.patch[0]}-slice window does not fit in GPU memory; "
-                                      "use --device cpu") from None
-                per_forward //= 2
+            except RuntimeError as error:  # torch.OutOfMemoryError is one
+                if not devices.is_out_of_memory(error):
+                    raise
+            torch.cuda.empty_cache()  # after the except block: see predict_with_fallback
+            if per_forward == 1:
+                raise OutOfMemory(f"{self.name}: one {self.patch[0]}-slice window does not fit in GPU memory; "
+                                  "use --device cpu")
+            per_forward //= 2
         step_slices = max(1, int(round(self.patch[0] * base.step)))
         slab = 4 * self.config.num_classes * step_slices * self.patch[1] * self.patch[2]
         budget = devices.gpu_budget_bytes(self.device)

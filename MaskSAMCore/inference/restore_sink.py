@@ -50,6 +50,9 @@ class ResampledLabelSink(_HostSink):
         self.torch_dtype = torch.uint8 if num_classes <= 256 else torch.int16
         self.labels = np.zeros(self.target_shape, dtype=np.uint8 if num_classes <= 256 else np.int16)
         self.lower, self.upper, self.weight = linear_taps(self.network_shape[0], self.target_shape[0])
+        # The taps on the device once per case: copying host arrays there for every block would
+        # wait for the GPU (a copy from pageable memory synchronises) inside the window loop.
+        self.device_taps = tuple(torch.from_numpy(taps).to(device) for taps in (self.lower, self.upper, self.weight))
         self.next_output = 0          # first output slice not computed yet
         self.buffer = None            # in-plane resampled network slices (K, n, Yc, Xc) float32
         self.buffer_start = 0         # network index of buffer slice 0
@@ -84,11 +87,10 @@ class ResampledLabelSink(_HostSink):
         return planes.transpose(0, 1)
 
     def _emit_outputs(self, first: int, last: int) -> None:
-        device = self.buffer.device
-        lower = torch.from_numpy(self.lower[first:last] - self.buffer_start).to(device)
-        upper = torch.from_numpy(self.upper[first:last] - self.buffer_start).to(device)
-        weight = torch.from_numpy(self.weight[first:last]).to(device)[None, :, None, None]
-        below, above = self.buffer.index_select(1, lower), self.buffer.index_select(1, upper)
+        lower, upper, weight = (taps[first:last] for taps in self.device_taps)
+        below = self.buffer.index_select(1, lower - self.buffer_start)
+        above = self.buffer.index_select(1, upper - self.buffer_start)
+        weight = weight[None, :, None, None]
         scores = below + (above - below) * weight          # (K, m, Yc, Xc)
         self._send(first, scores.argmax(dim=0).to(self.torch_dtype))
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from MaskSAMCore.errors import Cancelled, MaskSAMError
+from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.accumulator import SlabAccumulator
 from MaskSAMCore.inference.mirroring import SPATIAL_AXES, flip_combinations, mirrored_predict
 from MaskSAMCore.inference.restore_sink import ResampledLabelSink
@@ -135,12 +136,6 @@ def sliding_window_predict(
     return result, finite
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, torch.OutOfMemoryError):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
 def predict_with_fallback(
     volume: Union[np.ndarray, torch.Tensor],
     network: Network,
@@ -164,19 +159,19 @@ def predict_with_fallback(
                                                     output, progress_stage, should_cancel, restore_shape)
             return result, finite, current
         except BaseException as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
-            if not _is_out_of_memory(error):
+            if not devices.is_out_of_memory(error):
                 raise
-            del error
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            fallback = current.more_frugal()
-            if fallback is None:
-                raise OutOfMemory(
-                    f"{case_name}: the GPU ran out of memory even with one window per forward; "
-                    "close other GPU programs or use --device cpu") from None
-            message = (f"{case_name}: GPU out of memory; retrying with window batch {fallback.window_batch}, "
-                       f"{fallback.flips_per_forward or len(fallback.flips)} flips per forward"
-                       f"{', accumulating on the host' if fallback.accumulate_on_host else ''}")
-            print(f"masksam: {message}", file=sys.stderr)
-            emit("message", message=message)
-            current = fallback
+        # Only out here, where the error and its traceback (whose frames hold the failed attempt's
+        # activations, slab and patches) are gone, can emptying the cache return that memory to
+        # the driver - which cuBLAS and cuDNN, allocating outside PyTorch's cache, need.
+        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
+        fallback = current.more_frugal()
+        if fallback is None:
+            raise OutOfMemory(f"{case_name}: the GPU ran out of memory even with one window per forward; "
+                              "close other GPU programs or use --device cpu")
+        message = (f"{case_name}: GPU out of memory; retrying with window batch {fallback.window_batch}, "
+                   f"{fallback.flips_per_forward or len(fallback.flips)} flips per forward"
+                   f"{', accumulating on the host' if fallback.accumulate_on_host else ''}")
+        print(f"masksam: {message}", file=sys.stderr)
+        emit("message", message=message)
+        current = fallback

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from MaskSAMCore.errors import MaskSAMError
+from MaskSAMCore.inference import devices
 from MaskSAMCore.progress import Progress, emit
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.distributed import DistributedContext, gather_objects, mean_across_ranks, run_and_agree
@@ -44,10 +45,11 @@ class TrainingDiverged(MaskSAMError):
 
 
 def autocast_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
-    """bfloat16 / float16 for mixed precision on CUDA, None (float32) elsewhere or when disabled."""
+    """bfloat16 / float16 for mixed precision on CUDA (as `devices.autocast_dtype` chooses), None
+    (float32) elsewhere or when disabled."""
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return devices.autocast_dtype(device)
 
 
 class Trainer:
