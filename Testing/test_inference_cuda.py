@@ -90,3 +90,24 @@ def test_predictor_on_cuda_agrees_with_cpu_and_plans_its_window_batch(tmp_path, 
     frugal = Predictor.from_model_folder(folder, device="cuda", options=options)
     frugal.predict_array(image, geometry)
     assert frugal.settings.window_batch == 1 and frugal.settings.flips_per_forward == 1
+
+
+@pytest.mark.parametrize("prompt_mode", ["mask_box", "mask", "box"])
+def test_the_network_forward_never_waits_for_the_gpu(prompt_mode):
+    """A host synchronisation inside the forward (a tensor made from a Python list, an index built
+    on the host) stalls the window loop once per forward; raise on any."""
+    from MaskSAMCore.model.builder import build_masksam
+    from MaskSAMCore.model.config import preset
+
+    torch.manual_seed(0)
+    config = preset("tiny", num_classes=4, prompt_mode=prompt_mode)
+    model = build_masksam(config).to(CUDA).eval()
+    patches = torch.randn(2, config.in_channels, config.num_slices, *config.image_hw, device=CUDA)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model.segment(patches)               # warm-up: cuDNN and cuBLAS set-up may sync once
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            scores = model.segment(patches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert scores.shape == (2, 4, config.num_slices, *config.image_hw)

@@ -10,6 +10,7 @@ from MaskSAMCore.model.attention import (
     decoder_attention,
     encoder_attention,
     image_to_token_attention,
+    relative_position_table,
     token_to_image_attention,
 )
 from MaskSAMCore.model.boxes import generalized_box_iou, masks_to_boxes
@@ -26,7 +27,8 @@ from MaskSAMCore.model.mask_decoder import MaskSAMDecoder, SliceLayout
 from MaskSAMCore.model.mask_head import MaskHead3D
 from MaskSAMCore.model.modality_adapter import ModalityAdapter
 from MaskSAMCore.model.prompt_generator import PromptGenerator
-from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention, EncoderBlock, TwoWayTransformer
+from MaskSAMCore.model.sam_import import (DecoderAttention, EncoderAttention, EncoderBlock, TwoWayTransformer,
+                                          get_rel_pos)
 
 G, T, H, W, C = 2, 4, 6, 5, 16
 
@@ -105,12 +107,21 @@ def test_modality_adapter_maps_channels_to_rgb_and_starts_grey():
         adapter(torch.randn(2, 3, T, 8, 8))
 
 
-@pytest.mark.parametrize("size", [(8, 8), (6, 10)])
-def test_fused_encoder_attention_equals_sam(size):
-    attn = EncoderAttention(32, num_heads=4, use_rel_pos=True, input_size=size)
+@pytest.mark.parametrize("size, table_size", [((8, 8), (8, 8)), ((6, 10), (6, 10)),
+                                              ((8, 8), (14, 14)), ((6, 10), (16, 9))])
+def test_fused_encoder_attention_equals_sam(size, table_size):
+    """Also with position tables made for another size (SAM's global blocks at 512 px, whose
+    tables were made for 1024 px and are resized on the fly)."""
+    attn = EncoderAttention(32, num_heads=4, use_rel_pos=True, input_size=table_size)
     _perturb(attn)
     x = torch.randn(3, *size, 32)
     assert torch.allclose(encoder_attention(attn, x), attn(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("size, length", [(8, 15), (8, 27), (5, 3)])
+def test_relative_position_table_is_sams_lookup_made_on_the_tables_device(size, length):
+    rel_pos = torch.randn(length, 6)
+    assert torch.equal(relative_position_table(size, rel_pos), get_rel_pos(size, size, rel_pos))
 
 
 def test_fused_decoder_attention_equals_sam():

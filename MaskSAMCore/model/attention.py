@@ -4,7 +4,8 @@ SAM computes attention explicitly (``softmax(q k^T) v`` with the decomposed rela
 terms added to the logits), which materialises every attention matrix and runs far below a
 GPU's matrix throughput. These functions compute the same result with PyTorch's
 `scaled_dot_product_attention`, reading the weights of SAM's modules as they are, so nothing of
-SAM is re-implemented or re-trained and the frozen weights load unchanged. The tests check
+SAM is re-trained and the frozen weights load unchanged (only SAM's relative-position lookup is
+written again, to stay on the GPU). The tests check
 equality with SAM's forward.
 
 Relative positions without a bias matrix: SAM's bias for query i and key j is
@@ -30,7 +31,22 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention, get_rel_pos
+from MaskSAMCore.model.sam_import import DecoderAttention, EncoderAttention
+
+
+def relative_position_table(size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """SAM's ``get_rel_pos(size, size, rel_pos)``: ``(size, size, d)`` with entry [i, j] the
+    embedding of offset i - j, from `rel_pos` ``(L, d)`` linearly resized to 2*size - 1 offsets.
+
+    The same numbers, but the offsets are made on `rel_pos`'s device: SAM builds them on the host,
+    and indexing a GPU tensor with them copies them over, which waits for every queued kernel
+    (two host synchronisations per encoder block and forward).
+    """
+    offsets = 2 * size - 1
+    if rel_pos.shape[0] != offsets:   # e.g. the global blocks at 512 px (tables made for 1024 px)
+        rel_pos = F.interpolate(rel_pos.t().unsqueeze(0), size=offsets, mode="linear").squeeze(0).t()
+    positions = torch.arange(size, device=rel_pos.device)
+    return rel_pos[positions[:, None] - positions[None, :] + (size - 1)]
 
 
 def _positions_in_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -43,8 +59,8 @@ def _positions_in_keys(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     """
     h, w = size
     batch, heads, tokens, dim = q.shape
-    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, h, d)
-    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, w, d)
+    rh = relative_position_table(h, rel_pos_h).to(q.dtype)  # (h, h, d)
+    rw = relative_position_table(w, rel_pos_w).to(q.dtype)  # (w, w, d)
     grid_q = q.reshape(batch, heads, h, w, dim)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rh).reshape(batch, heads, tokens, h)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rw).reshape(batch, heads, tokens, w)

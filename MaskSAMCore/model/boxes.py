@@ -30,10 +30,18 @@ def masks_to_boxes(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     x0 = torch.where(cols, xs, width).amin(dim=-1)
     x1 = torch.where(cols, xs, -1).amax(dim=-1) + 1
     nonempty = rows.any(dim=-1)
-    scale = torch.tensor([width, height, width, height], device=masks.device, dtype=torch.float32)
-    boxes = torch.stack([x0, y0, x1, y1], dim=-1).float() / scale
+    # Python-number scaling: a scale tensor made from a list would be copied to the GPU, and that
+    # copy waits for all queued GPU work (a host synchronisation in every forward).
+    boxes = torch.stack([x0 / width, y0 / height, x1 / width, y1 / height], dim=-1).float()
     boxes = torch.where(nonempty.unsqueeze(-1), boxes, torch.zeros_like(boxes))
     return boxes, nonempty
+
+
+def scale_xyxy(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
+    """``(..., 4)`` xyxy boxes with x multiplied by `width` and y by `height` (on the boxes'
+    device, without copying a scale vector from the host)."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([x0 * width, y0 * height, x1 * width, y1 * height], dim=-1)
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from MaskSAMCore.errors import ShapeError
-from MaskSAMCore.model.boxes import masks_to_boxes
+from MaskSAMCore.model.boxes import masks_to_boxes, scale_xyxy
 from MaskSAMCore.model.config import MaskSAMConfig
 from MaskSAMCore.model.depth_embedding import DepthPositionalEmbedding
 from MaskSAMCore.model.image_encoder import AdaptedImageEncoder
@@ -131,9 +131,8 @@ class MaskSAM(nn.Module):
         height, width = encoded.size
 
         # The decoder's rows are ordered (volume, query, slice): see mask_decoder.SliceLayout.
-        pixel_scale = boxes.new_tensor([width, height, width, height])
-        # SAM's prompt encoder: box corners -> sparse tokens, mask -> dense embedding.
-        sparse = self.prompt_encoder._embed_boxes((boxes * pixel_scale).transpose(1, 2).reshape(-1, 4))
+        # SAM's prompt encoder: box corners in pixels -> sparse tokens, mask -> dense embedding.
+        sparse = self.prompt_encoder._embed_boxes(scale_xyxy(boxes, width, height).transpose(1, 2).reshape(-1, 4))
         mask_prompts = self._mask_prompts(aux_low)
         dense = (self.prompt_encoder.no_mask_embed.weight[0] if mask_prompts is None
                  else embed_masks(self.prompt_encoder, mask_prompts))
@@ -159,7 +158,8 @@ class MaskSAM(nn.Module):
         # slices): there is no mask box, so the learnable box is used alone; in "mask" mode
         # (no learnable boxes) the box covers the whole slice, SAM's "anywhere" prompt.
         if mode == "mask":
-            whole = torch.tensor([0.0, 0.0, 1.0, 1.0], device=mask_boxes.device)
+            whole = torch.zeros(4, device=mask_boxes.device)   # [0, 0, 1, 1], made on the device
+            whole[2:] = 1.0
             return torch.where(nonempty.unsqueeze(-1), mask_boxes, whole)
         learned = prompts.learned_boxes
         averaged = 0.5 * (learned + mask_boxes.to(learned.dtype))
