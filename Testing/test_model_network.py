@@ -46,6 +46,21 @@ def test_tiny_forward_backward_shapes(shape):
         assert (p.grad is not None) == p.requires_grad, name
 
 
+def test_class_scores_are_summed_in_float32_under_autocast():
+    """bf16 rounding of the query sum moved scores by ~0.01 near 1: labels at boundaries."""
+    from MaskSAMCore.model.masksam import MaskSAM, MaskSAMOutput
+
+    class_logits = torch.randn(2, 4, 12, 6) * 3                 # (B, T, N, K+1)
+    mask_logits = torch.randn(2, 12, 4, 32, 32) * 4             # (B, N, T, H, W)
+    output = MaskSAMOutput(class_logits=class_logits, mask_logits=mask_logits, aux_mask_logits=None,
+                           aux_boxes=None, prompt_boxes=None)
+    exact = MaskSAM.semantic(output)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = MaskSAM.semantic(output)
+    assert mixed.dtype == torch.float32
+    assert (mixed - exact).abs().max() < 1e-5
+
+
 def test_optimizer_step_changes_every_trainable_weight_and_no_sam_weight():
     model = build_masksam(preset("tiny", num_classes=4))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -187,7 +187,11 @@ class MaskSAM(nn.Module):
         """
         probs = output.class_logits.float().softmax(dim=-1)[..., :-1]       # (B, T, N, K)
         masks = output.mask_logits.float().sigmoid()                         # (B, N, T, H, W)
-        return torch.einsum("btnk,bnthw->bkthw", probs, masks)
+        # In float32 also under autocast, which would round both sides to bf16 (errors of ~0.01
+        # on scores near 1, enough to move labels at boundaries); the sum over N queries is
+        # memory-bound, so this costs no time, and no bf16 copy of `masks` is made.
+        with torch.autocast(device_type=masks.device.type, enabled=False):
+            return torch.einsum("btnk,bnthw->bkthw", probs, masks)
 
     def segment(self, x: torch.Tensor, patches_per_decoder_call: Optional[int] = None) -> torch.Tensor:
         """Class scores ``(B, K, T, H, W)`` for a batch of patches ``(B, C, T, H, W)``.
