@@ -224,6 +224,74 @@ def test_failed_write_leaves_the_existing_file_untouched(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]  # no temporary left behind
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".nhdr"])
+def test_every_file_is_on_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch, ending):
+    """After a power cut the destination is the old file or the whole new one, never an empty
+    one: each temporary (a detached header's data file too) is fsynced, complete, before os.replace."""
+    import os
+
+    from MaskSAMCore import atomic
+
+    synced, replaced = set(), []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        status = os.fstat(fd)
+        synced.add((status.st_ino, status.st_size))
+        real_fsync(fd)
+
+    def replace(source, destination):
+        status = os.stat(source)
+        replaced.append(((status.st_ino, status.st_size), os.path.basename(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    geometry = oblique_geometry()
+    write_label(np.ones(geometry.shape_zyx, np.uint8), geometry, tmp_path / f"labels{ending}")
+    assert len(replaced) == (2 if ending == ".nhdr" else 1)
+    for key, name in replaced:
+        assert key in synced, f"{name} was renamed into place without being flushed first"
+
+
+def test_written_files_get_the_permissions_of_the_users_umask(tmp_path):
+    """Temporaries are created 0600; a label map, a JSON report or a checkpoint must end up readable
+    as any file the user makes (a colleague on a shared server opens the results)."""
+    import os
+    import stat
+
+    from MaskSAMCore.atomic import write_json
+
+    if os.name == "nt":
+        pytest.skip("POSIX permission bits")
+    geometry = oblique_geometry()
+    previous = os.umask(0o022)
+    try:
+        write_label(np.ones(geometry.shape_zyx, np.uint8), geometry, tmp_path / "labels.nrrd")
+        write_json(tmp_path / "report.json", {"mean_dice": 0.9})
+    finally:
+        os.umask(previous)
+    for name in ("labels.nrrd", "report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_a_writer_that_fails_half_way_leaves_the_previous_file(tmp_path):
+    """`write_with` (cached preprocessed arrays, progress plots): same promise as the image writers."""
+    from MaskSAMCore.atomic import write_with
+
+    target = tmp_path / "case.npy"
+    target.write_bytes(b"the previous, complete array")
+
+    def half_writer(path):
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_with(target, half_writer)
+    assert target.read_bytes() == b"the previous, complete array"
+    assert [p.name for p in tmp_path.iterdir()] == ["case.npy"]
+
+
 def test_write_rejects_an_array_that_does_not_fit_the_grid(tmp_path):
     geometry = oblique_geometry()
     with pytest.raises(ValueError, match="does not match"):

@@ -37,6 +37,16 @@ def test_anisotropic_target_is_never_finer_than_the_in_plane_axes():
     assert anisotropic and target[0] == pytest.approx(1.0)
 
 
+def test_slices_exactly_three_times_thicker_are_not_anisotropic():
+    """nnU-Net's rule is strictly more than 3x: common 3 mm / 1 mm scans keep one plain 3D resampling
+    (cubic along z, median target) instead of "separate z"."""
+    target, axis, anisotropic = target_spacing(np.array([[3.0, 1.0, 1.0]] * 4 + [[1.0, 1.0, 1.0]]))
+    assert axis == 0 and not anisotropic
+    np.testing.assert_allclose(target, [3.0, 1.0, 1.0])
+    _, _, anisotropic = target_spacing(np.array([[3.05, 1.0, 1.0]]))
+    assert anisotropic
+
+
 def test_slice_axis_is_the_coarsest_and_ties_go_to_z():
     _, axis, _ = target_spacing(np.array([[1.0, 1.0, 4.0]]))
     assert axis == 2

@@ -188,6 +188,24 @@ def test_ct_normalisation_clips_then_uses_the_dataset_statistics():
     np.testing.assert_allclose(data, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_thick_slices_are_interpolated_linearly_and_in_plane_cubically():
+    """nnU-Net's "separate z" for an anisotropic plan: between two 5 mm slices an upsampled image
+    is a straight line (cubic would undershoot next to a step), while in-plane stays cubic."""
+    shape, spacing = (4, 6, 6), (5.0, 1.0, 1.0)
+    along_z = np.array([100.0, 100.0, 200.0, 200.0])
+    along_x = np.where(np.arange(6) < 3, 0.0, 50.0)
+    image = (along_z[:, None, None] + along_x[None, None, :] + np.zeros(shape)).astype(np.float32)[None]
+    data, _, properties = preprocess_case(image, oblique(shape, spacing), make_plan((2.5, 0.5, 0.5), anisotropic=True))
+    assert data.shape == (1, 8, 12, 12) and properties["separate_z"]
+    hu = data[0] * CT["std"] + CT["mean"]
+    # Output slice i reads the input at (i + 0.5) * 4 / 8 - 0.5, edge slices repeated.
+    linear = np.interp((np.arange(8) + 0.5) * 0.5 - 0.5, np.arange(4), along_z)
+    for y, x in ((0, 0), (5, 0), (11, 0)):              # x = 0: far from the in-plane step
+        np.testing.assert_allclose(hu[:, y, x], linear, atol=1e-3)
+    in_plane = hu[0, 6] - linear[0]
+    assert in_plane.min() < -1.0 and in_plane.max() > 51.0  # cubic over- and undershoots the step
+
+
 def test_restore_scores_argmax_matches_the_label_map_and_accepts_torch():
     shape, spacing = (12, 33, 27), (2.0, 1.3, 1.1)
     image, labels = anatomy(shape, spacing)

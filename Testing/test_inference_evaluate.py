@@ -60,6 +60,22 @@ def test_hd95_matches_brute_force_surface_distances():
     assert hausdorff95(a, b, SPACING_ZYX) == pytest.approx(expected, rel=1e-9)
 
 
+def test_hd95_is_the_95th_percentile_of_each_directed_distance():
+    """An ellipsoid against a box: the directed surface distances spread over many values, so the
+    90th, 95th and 99th percentiles differ (in the speckle test above they do not on one side)."""
+    zz, yy, xx = np.mgrid[:10, :24, :20]
+    a = ((zz - 5) * 3.0) ** 2 + ((yy - 10) * 0.8) ** 2 + ((xx - 9) * 0.5) ** 2 < 12 ** 2
+    b = (abs(zz - 4) <= 2) & (abs(yy - 12) <= 8) & (abs(xx - 11) <= 6)
+    distances = cdist(_surface_points(a, SPACING_ZYX), _surface_points(b, SPACING_ZYX))
+    a_to_b, b_to_a = distances.min(axis=1), distances.min(axis=0)
+    expected = max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95))
+    for q in (90, 99):  # the test can tell the 95th percentile from its neighbours
+        assert abs(max(np.percentile(a_to_b, q), np.percentile(b_to_a, q)) - expected) > 0.1
+    # Either mask as the prediction: both directed distances use the 95th percentile.
+    assert hausdorff95(a, b, SPACING_ZYX) == pytest.approx(expected, rel=1e-9)
+    assert hausdorff95(b, a, SPACING_ZYX) == pytest.approx(expected, rel=1e-9)
+
+
 def test_hd95_conventions_for_empty_masks():
     empty = np.zeros((5, 6, 7), bool)
     full = empty.copy()
@@ -177,3 +193,23 @@ def test_evaluate_says_on_screen_which_ground_truths_were_not_scored(tmp_path, c
     err = capsys.readouterr().err.splitlines()
     assert "over 1 case(s)" in err[-2]
     assert "2 ground-truth case(s) have no prediction and were not scored: case_b, case_c" in err[-1]
+
+
+def test_a_class_absent_from_both_maps_of_a_case_is_left_out_of_its_mean(tmp_path):
+    """Without a dataset.json the classes are the values seen in any case; a case where a class is
+    in neither map is "both empty" (null), not a Dice of 0 that drags the class mean down."""
+    from MaskSAMCore.inference.evaluate import evaluate
+
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _write_pair(pred, gt, "case_a", 0)                       # classes 1 and 2 (2 missed)
+    only_liver = np.zeros(GEOMETRY.shape_zyx, np.uint8)
+    only_liver[1:4, 2:7, 3:9] = 1
+    write_label(only_liver, GEOMETRY, gt / "case_b.nii.gz")
+    write_label(only_liver, GEOMETRY, pred / "case_b.nii.gz")
+    report = evaluate(pred, gt, show_progress=False)
+    assert report["cases"][1]["dice"] == {"label_1": 1.0, "label_2": None}
+    assert report["cases"][1]["hd95_mm"]["label_2"] is None
+    assert report["per_class"]["label_2"]["cases_defined"] == 1
+    assert report["per_class"]["label_2"]["dice"] == 0.0    # case_a alone: missed there
+    assert report["cases"][1]["mean_dice"] == 1.0

@@ -105,3 +105,24 @@ def test_a_file_given_as_the_model_folder_is_named_as_a_file(tmp_path):
     model_file.write_bytes(b"weights")
     with pytest.raises(ModelFolderError, match="checkpoint_final.pt is a file; give the model folder"):
         ModelFolder.load(model_file)
+
+
+def test_a_checkpoint_save_that_dies_half_way_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Training killed while writing checkpoint_latest.pt: --resume must still find the previous one."""
+    from MaskSAMCore.model_folder import load_checkpoint
+
+    path = tmp_path / "checkpoint_latest.pt"
+    save_checkpoint(path, {"weights": {"w": torch.ones(3)}, "epoch": 4})
+
+    def dies_half_way(payload, file):
+        with open(file, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"weights": {"w": torch.zeros(3)}, "epoch": 5})
+    monkeypatch.undo()
+    payload = load_checkpoint(path)
+    assert payload["epoch"] == 4 and torch.equal(payload["weights"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from MaskSAMCore.training.losses import MaskSAMLoss
@@ -109,3 +110,53 @@ def test_mask_points_uses_every_pixel_when_small_and_uncertain_points_when_large
     p, _ = mask_points(pred, torch.ones(1, 64, 64), num_points=200, oversample=3, importance=0.75)
     assert p.shape == (1, 200)
     assert (p[0, :150].abs() < 19).float().mean() > 0.9    # the 150 chosen points are uncertain
+
+
+def test_loss_terms_equal_hand_computed_values_and_the_total_weights_each_term():
+    """One 4 x 4 slice, class 1 in its top-left 2 x 2 corner; queries 0 and 2 matched to classes
+    0 and 1, query 1 unmatched. Every term is worked out by hand, and the total must use each
+    weight of the user's settings (all different here), no_object included."""
+    import math
+
+    from MaskSAMCore.training.matcher import Matches
+    from MaskSAMCore.training.slice_view import SlicePredictions
+    from MaskSAMCore.training.targets import build_targets
+    from MaskSAMCore.training.weights import LossWeights
+
+    seg = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    seg[0, 0, :2, :2] = 1
+    class_logits = torch.tensor([[[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 3.0]]]])  # (1, 1, 3, K+1)
+    boxes = torch.tensor([[[[0.0, 0.0, 1.0, 1.0], [0.2, 0.2, 0.4, 0.4], [0.0, 0.0, 0.5, 1.0]]]])
+    out = SimpleNamespace(class_logits=class_logits, mask_logits=torch.zeros(1, 3, 1, 4, 4),
+                          aux_mask_logits=torch.ones(1, 3, 1, 4, 4), aux_boxes=boxes)
+    matches = Matches(torch.tensor([0, 0]), torch.tensor([0, 2]), torch.tensor([0, 1]))
+    weights = LossWeights(cls=1.1, no_object=0.3, mask_bce=1.7, mask_dice=2.3, aux_mask_bce=0.7,
+                          aux_mask_dice=0.9, box_l1=1.3, box_giou=0.4)
+    criterion = MaskSAMLoss(num_classes=2, weights=weights, num_points=4096)   # 16 pixels: all of them
+    result = criterion.loss(SlicePredictions.from_output(out), build_targets(seg, 2), matches)
+
+    def cross_entropy(logits, target):
+        return math.log(sum(math.exp(v) for v in logits)) - logits[target]
+
+    rows = class_logits[0, 0].tolist()
+    # Weighted mean over the 3 queries: targets 0, "no object" (2, weight 0.3), 1.
+    cls = (cross_entropy(rows[0], 0) + 0.3 * cross_entropy(rows[1], 2) + cross_entropy(rows[2], 1)) / 2.3
+    softplus_1, sigmoid_1 = math.log(1 + math.e), 1 / (1 + math.exp(-1))
+    foreground = {0: 12, 1: 4}                                   # target pixels of classes 0 and 1
+    expected = {
+        "cls": cls,
+        "mask_bce": math.log(2),                                 # logit 0: ln 2 at every pixel
+        "mask_dice": sum(1 - (2 * 0.5 * g + 1) / (0.5 * 16 + g + 1) for g in foreground.values()) / 2,
+        "aux_bce": sum(softplus_1 - g / 16 for g in foreground.values()) / 2,
+        "aux_dice": sum(1 - (2 * sigmoid_1 * g + 1) / (sigmoid_1 * 16 + g + 1) for g in foreground.values()) / 2,
+        # query 0 = class 0's box exactly; query 2 = [0, 0, .5, 1] against [0, 0, .5, .5]: L1 0.5, GIoU 0.5
+        "box_l1": 0.5 / 2,
+        "box_giou": 0.5 / 2,
+    }
+    assert result.num_targets == 2
+    assert result.terms == pytest.approx(expected, rel=1e-5)
+    total = (weights.cls * expected["cls"] + weights.mask_bce * expected["mask_bce"]
+             + weights.mask_dice * expected["mask_dice"] + weights.aux_mask_bce * expected["aux_bce"]
+             + weights.aux_mask_dice * expected["aux_dice"] + weights.box_l1 * expected["box_l1"]
+             + weights.box_giou * expected["box_giou"])
+    assert float(result.total) == pytest.approx(total, rel=1e-5)

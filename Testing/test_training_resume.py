@@ -151,3 +151,29 @@ def test_resume_after_a_death_between_last_checkpoint_and_log_restores_the_log(t
     resumed.fit()
     assert [r["epoch"] for r in read_csv(csv_path)] == ["1", "2"]
     assert load_checkpoint(tmp_path / "checkpoint_final.pt")["weights"]
+
+
+def test_a_run_resumed_after_its_best_epoch_still_reports_that_epoch(tmp_path):
+    """model.json's best_epoch / best_mean_dice (and the "done:" line) come from the checkpoint
+    when no later epoch beats the best: they must not turn into null on --resume."""
+    before = _trainer(tmp_path, epochs=1).fit()
+    assert before["best_epoch"] == 1
+    resumed = _trainer(tmp_path, epochs=1)
+    resumed.restore(checkpoint_io.read_for_resume(tmp_path))
+    after = resumed.fit()
+    assert (after["best_epoch"], after["best_mean_dice"]) == (before["best_epoch"], before["best_mean_dice"])
+
+
+def test_the_resume_checkpoint_carries_the_mixed_precision_loss_scale():
+    """A float16 run resumed with the initial scale (65536) would skip steps on overflow until it
+    has found its scale again, and would no longer equal an uninterrupted run."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    payload = checkpoint_io.resume_payload(model, "all", 3, optimizer, scaler, [], None, None, None, {}, [])
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(payload["grad_scaler"])
+    assert restored.get_scale() == 512.0
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    assert checkpoint_io.resume_payload(model, "all", 3, optimizer, disabled, [], None, None, None, {},
+                                        [])["grad_scaler"] is None
