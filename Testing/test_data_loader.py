@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from MaskSAMCore.data.loader_worker import is_forced
 from MaskSAMCore.data.preprocess_runner import class_locations
 from MaskSAMCore.data.processes import process_alive
 from MaskSAMCore.data.store import save_case
-from MaskSAMCore.errors import InputError
+from MaskSAMCore.errors import InputError, MaskSAMError
 
 PLAN = {"patch_size": [4, 32, 32], "anisotropic": False}
 REPO = Path(__file__).resolve().parents[1]
@@ -125,9 +126,25 @@ def test_workers_stop_when_the_consumer_breaks_or_raises(small_cases):
 def test_a_failing_worker_is_reported_in_the_consumer(small_cases):
     loader = PatchLoader(small_cases, ["big"], PLAN, batch_size=1, num_batches=4, num_workers=2)
     (small_cases / "big.npy").unlink()
-    with pytest.raises(RuntimeError, match=r"worker \d failed:(.|\n)*cannot read preprocessed case 'big'"):
+    # A damaged case is the user's problem: its one line, not a worker's traceback.
+    with pytest.raises(MaskSAMError, match=r"^\S*big.npy: cannot read preprocessed case 'big' \([^\n]*\)$"):
         collect(loader)
     assert not loader.worker_pids
+
+
+def test_a_worker_killed_from_outside_is_one_line_suggesting_fewer_workers(small_cases):
+    loader = PatchLoader(small_cases, ["big"], PLAN, batch_size=1, num_batches=10_000, num_workers=2)
+    pids = []
+    with pytest.raises(MaskSAMError) as caught:
+        for index, _ in enumerate(loader):
+            if index == 0:
+                pids = loader.worker_pids
+                os.kill(pids[1], signal.SIGKILL)   # the out-of-memory killer
+    message = str(caught.value)
+    assert message.startswith("data-loading worker 1 was killed by signal 9 before batch ")
+    assert "(out of memory?); free memory or use fewer workers (--num-workers 1)" in message
+    assert "\n" not in message
+    assert not loader.worker_pids and wait_until_gone(pids)
 
 
 def test_a_missing_case_fails_before_any_worker_starts(small_cases):

@@ -32,6 +32,7 @@ from MaskSAMCore.data.augmentation import AugmentationSettings, in_plane_only
 from MaskSAMCore.data.loader_worker import BatchSpec, make_batch, new_sampler, worker_main
 from MaskSAMCore.data.processes import stop_processes, worker_context
 from MaskSAMCore.data.store import PreprocessedCase, iter_cases, read_properties
+from MaskSAMCore.errors import MaskSAMError
 
 _GET_TIMEOUT_S = 1.0
 _PREFETCH_PER_WORKER = 2
@@ -146,14 +147,26 @@ class PatchLoader:
                 try:
                     item = self._queues[worker].get(timeout=_GET_TIMEOUT_S)
                 except queue.Empty:
-                    raise RuntimeError(f"data-loading worker {worker} died (exit code {process.exitcode}) "
-                                       f"before batch {batch_index}") from None
-            if isinstance(item[1], str):  # (-1, "error", traceback)
+                    raise _died(worker, process.exitcode, batch_index, len(self._processes)) from None
+            if isinstance(item[1], str):  # (-1, "error", text, is_user_error)
+                if item[3]:
+                    raise MaskSAMError(item[2])
                 raise RuntimeError(f"data-loading worker {worker} failed:\n{item[2]}")
             index, data, seg = item
             if index != batch_index:  # cannot happen with one queue per worker; guard the invariant
                 raise RuntimeError(f"data-loading worker {worker} sent batch {index}, expected {batch_index}")
             return data, seg
+
+
+def _died(worker: int, exit_code: Optional[int], batch_index: int, workers: int) -> MaskSAMError:
+    """A worker gone without a report: killed from outside, most likely by the out-of-memory
+    killer (each worker holds a few augmented batches)."""
+    how = f"was killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else \
+        f"exited with status {exit_code}"
+    fewer = f" or use fewer workers (--num-workers {workers - 1})" if workers > 1 else ""
+    return MaskSAMError(f"data-loading worker {worker} {how} before batch {batch_index} "
+                        f"(out of memory?); free memory{fewer} and train again (--resume continues from the last "
+                        "checkpoint)")
 
 
 def iter_validation_cases(preprocessed_dir: "os.PathLike[str] | str", case_names: Sequence[str]

@@ -24,6 +24,7 @@ import numpy as np
 from MaskSAMCore.data.augmentation import AugmentationSettings
 from MaskSAMCore.data.processes import ignore_interrupts, process_alive
 from MaskSAMCore.data.sampling import PatchSampler
+from MaskSAMCore.errors import MaskSAMError
 
 _PUT_TIMEOUT_S = 0.5
 
@@ -70,7 +71,7 @@ def new_sampler(spec: BatchSpec) -> PatchSampler:
 def worker_main(spec: BatchSpec, worker_index: int, num_workers: int, out_queue: Any, stop_event: Any,
                 parent_pid: int) -> None:
     """Make batches worker_index, worker_index + num_workers, ... and put ``(b, data, seg)`` (or
-    ``(b, "error", traceback text)``) on `out_queue`, until done, told to stop, or orphaned."""
+    ``(-1, "error", text, is_user_error)``) on `out_queue`, until done, told to stop, or orphaned."""
     ignore_interrupts()
     watch = _ParentWatch(parent_pid, stop_event)
     try:
@@ -83,8 +84,11 @@ def worker_main(spec: BatchSpec, worker_index: int, num_workers: int, out_queue:
                 break
         else:
             return  # all delivered: exiting waits until the queue has flushed them to the consumer
-    except Exception:  # reported to the consumer, which raises it in the training process
-        if _put(out_queue, (-1, "error", traceback.format_exc()), watch):
+    except Exception as error:  # reported to the consumer, which raises it in the training process
+        # A MaskSAMError (a damaged preprocessed case) is the user's one line; anything else a bug,
+        # whose traceback the consumer shows.
+        report = (str(error), True) if isinstance(error, MaskSAMError) else (traceback.format_exc(), False)
+        if _put(out_queue, (-1, "error", *report), watch):
             return  # exiting flushes the report (the consumer stops this process if it never reads)
     # Stopped early: do not wait at exit for a consumer that no longer reads.
     out_queue.cancel_join_thread()
