@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time nnU-Net v2's predictor (3d_fullres-like network) on the same volume")
     p.add_argument("--repeat", type=at_least(1), default=1, help="timed repetitions after one warm-up")
     p.add_argument("--resample", action="store_true",
-                   help="make preprocessing resample (scores kept on the host and restored per class, "
-                        "as for most real CTs) instead of taking the argmax on the device")
+                   help="make preprocessing resample, as for most real CTs: the scores are resampled back "
+                        "to the input grid slab by slab before the argmax (without it, the "
+                        "preprocessed grid is the input grid and the argmax is taken directly)")
     p.add_argument("--max-windows", type=at_least(1), default=None,
                    help="time only this many windows and extrapolate the network seconds (slow CPUs)")
     p.add_argument("--output", default=None, help="write the JSON result here")

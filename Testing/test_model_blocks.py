@@ -45,12 +45,15 @@ def _perturb(module: torch.nn.Module) -> None:
             p.normal_(0, 0.2)
 
 
-@pytest.mark.parametrize("adapter", [Adapter(C), DConvAdapter(C), DMLPAdapter(C, T)])
-def test_adapters_keep_shape_and_start_near_zero(adapter):
+@pytest.mark.parametrize("make_adapter", [partial(Adapter, C), partial(DConvAdapter, C), partial(DMLPAdapter, C, T)])
+def test_adapters_keep_shape_and_start_near_zero(make_adapter):
+    torch.manual_seed(0)  # built here, not at collection, so the draw does not depend on test order
+    adapter = make_adapter()
     x = torch.randn(G, T, H, W, C)
     out = adapter(x)
     assert out.shape == x.shape
-    assert out.abs().max() < 1e-2  # the residual branch starts (almost) silent
+    # The residual branch starts (almost) silent: PyTorch's default init would give ~0.3 x x.std().
+    assert out.std() < 0.01 * x.std()
 
 
 def test_depth_adapters_mix_slices_but_vanilla_does_not():
