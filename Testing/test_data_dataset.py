@@ -196,3 +196,9 @@ def test_num_training_mismatch(dataset):
 def test_region_labels_are_refused(dataset):
     edit_json(dataset, labels={"background": 0, "liver": 1, "organs": [1, 2]})
     assert "label 'organs' is a region" in load_error(dataset)
+
+
+def test_nnunet_ignore_label_is_refused_not_learnt_as_an_organ(dataset):
+    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
+    edit_json(dataset, labels={**labels, "ignore": len(labels)})
+    assert "label 'ignore' (nnU-Net's label for unannotated voxels) is not supported" in load_error(dataset)

@@ -173,6 +173,12 @@ def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
                                "training is not supported")
         if isinstance(value, bool) or not isinstance(value, int):
             raise DatasetError(f"{where}: label '{name}' has value {value!r}; label values must be whole numbers")
+    if "ignore" in raw:
+        # nnU-Net v2 reserves this name for voxels left unannotated; taken as a class it would be
+        # learnt and predicted as an organ called "ignore", so it is refused rather than misread.
+        raise DatasetError(f"{where}: label 'ignore' (nnU-Net's label for unannotated voxels) is not "
+                           "supported; MaskSAM trains on fully annotated cases: give those voxels a "
+                           "class or background and remove 'ignore' from labels")
     by_value = sorted(raw.items(), key=lambda item: item[1])
     values = [value for _, value in by_value]
     if len(set(values)) != len(values):
