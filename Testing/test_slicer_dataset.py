@@ -96,6 +96,17 @@ def test_existing_folder_and_bad_segment_names_are_refused_without_writing(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_a_segment_named_ignore_is_refused_before_writing(tmp_path):
+    """nnU-Net reserves the label 'ignore' and `masksam train` refuses datasets that use it: a
+    segment of that name must be refused when the dataset is built, not after it was written."""
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    rename_segments(pairs[1].segmentation, ["spleen", "Ignore"])
+    with pytest.raises(InputError, match="may not be called 'Ignore'"):
+        build_dataset_from_scene(pairs, tmp_path / "new")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_case_failing_midway_leaves_no_dataset(tmp_path):
     scene = new_scene()
     pairs, _, _ = two_cases(scene)

@@ -31,6 +31,10 @@ from MaskSAMSegmentLib.terminology import dataset_label_key
 from MaskSAMSegmentLib.volume_nodes import smallest_label_dtype, volume_to_array
 
 FILE_ENDINGS = (".nii.gz", ".nrrd")
+# Label names a segment may not take, and why: `masksam train` gives them a meaning of their own
+# (nnU-Net's "ignore" marks unannotated voxels, which MaskSAM refuses).
+RESERVED_LABELS = {"background": "value 0 is the background",
+                   "ignore": "nnU-Net's name for unannotated voxels, which training refuses"}
 
 
 @dataclass
@@ -62,9 +66,9 @@ def plan_labels(pairs: List[CasePair]) -> Dict[str, int]:
             key = dataset_label_key(name)
             if not key:
                 raise InputError(f"segmentation '{pair.segmentation.GetName()}' has a segment without a usable name")
-            if key == "background":
+            if key in RESERVED_LABELS:
                 raise InputError(f"segmentation '{pair.segmentation.GetName()}': a segment may not be called "
-                                 f"'{name}' (value 0 is the background); rename it")
+                                 f"'{name}' ({RESERVED_LABELS[key]}); rename it")
             labels.setdefault(key, len(labels))
     if len(labels) < 2:
         raise InputError("the selected segmentations have no segments")
