@@ -37,10 +37,6 @@ def enable_machine_lines(enabled: bool) -> None:
     _machine_lines = enabled
 
 
-def machine_lines_enabled() -> bool:
-    return _machine_lines
-
-
 def emit(event: str, always: bool = False, **fields: Any) -> None:
     """Print one machine-readable line (if enabled, or `always`)."""
     if not (_machine_lines or always):

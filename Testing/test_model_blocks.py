@@ -205,8 +205,8 @@ def test_prompt_generator_shapes(mode):
 
 
 def test_slice_layout_views_rows_by_query_without_copies():
-    layout = SliceLayout(num_slices=3, num_queries=2)
-    rows = torch.arange(2 * 2 * 3, dtype=torch.float32)  # row index = (b*N + n)*T + t
+    layout = SliceLayout(num_slices=3)
+    rows = torch.arange(2 * 2 * 3, dtype=torch.float32)  # B = N = 2; row index = (b*N + n)*T + t
     x = rows.view(-1, 1, 1).expand(-1, 4, 5).contiguous()
     grouped = layout.image_by_slice(x, (2, 2))  # (B*N, T, h, w, C)
     assert grouped.shape == (4, 3, 2, 2, 5)

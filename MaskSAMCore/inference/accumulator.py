@@ -36,7 +36,7 @@ class SlabAccumulator:
         self.device = torch.device(device)
         self.sink = sink
         self.depth = max(int(depth), grid.patch[0])
-        padded_z, padded_y, padded_x = grid.padded_shape
+        _, padded_y, padded_x = grid.padded_shape
         self.slab = torch.zeros((num_classes, self.depth, padded_y, padded_x), dtype=torch.float32,
                                 device=self.device)
         self.gaussian = torch.from_numpy(gaussian_importance(grid.patch)).to(self.device)

@@ -41,9 +41,8 @@ class SliceLayout:
     and the depth adapters see them through a free `view` (no copy of the decoder's largest
     tensors)."""
 
-    def __init__(self, num_slices: int, num_queries: int) -> None:
+    def __init__(self, num_slices: int) -> None:
         self.num_slices = num_slices
-        self.num_queries = num_queries
 
     def tokens_by_slice(self, x: torch.Tensor) -> torch.Tensor:
         """``(M, L, C) -> (B*N, T, L, C)`` (depth on axis 1 for the adapters)."""
@@ -116,7 +115,7 @@ class AdaptedTwoWayTransformer(TwoWayTransformer):
         self.depth = b.decoder_depth
         for index in range(b.decoder_depth):
             self.layers.append(AdaptedTwoWayBlock(config, skip_first_layer_pe=(index == 0)))
-        self.layout = SliceLayout(config.num_slices, config.num_queries)
+        self.layout = SliceLayout(config.num_slices)
 
     def forward(self, image_tokens: torch.Tensor, image_pe: torch.Tensor,  # type: ignore[override]
                 point_embedding: torch.Tensor, size: Tuple[int, int] = (0, 0)

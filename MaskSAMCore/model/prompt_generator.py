@@ -71,7 +71,6 @@ class PromptGenerator(nn.Module):
         super().__init__()
         b = config.backbone
         self.num_slices = config.num_slices
-        self.num_queries = config.num_queries
         self.low_res_factor = b.patch_size // 4  # full resolution -> SAM's mask size (4h)
         self.make_masks = config.prompt_mode != "box"
         self.make_boxes = config.prompt_mode != "mask"

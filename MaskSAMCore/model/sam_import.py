@@ -45,14 +45,11 @@ from segment_anything.modeling import (  # noqa: E402
     ImageEncoderViT,
     MaskDecoder,
     PromptEncoder,
-    Sam,
     TwoWayTransformer,
 )
-from segment_anything.modeling.common import LayerNorm2d, MLPBlock  # noqa: E402
 from segment_anything.modeling.image_encoder import (  # noqa: E402
     Attention as EncoderAttention,
     Block as EncoderBlock,
-    add_decomposed_rel_pos,
     get_rel_pos,
     window_partition,
     window_unpartition,
@@ -63,8 +60,7 @@ from segment_anything.modeling.transformer import (  # noqa: E402
 )
 
 __all__ = [
-    "DecoderAttention", "EncoderAttention", "EncoderBlock", "ImageEncoderViT", "LayerNorm2d",
-    "MLPBlock", "MaskDecoder", "PromptEncoder", "Sam", "TwoWayAttentionBlock", "TwoWayTransformer",
-    "add_decomposed_rel_pos", "get_rel_pos", "sam_model_registry", "window_partition",
-    "window_unpartition",
+    "DecoderAttention", "EncoderAttention", "EncoderBlock", "ImageEncoderViT", "MaskDecoder",
+    "PromptEncoder", "TwoWayAttentionBlock", "TwoWayTransformer", "get_rel_pos", "sam_model_registry",
+    "window_partition", "window_unpartition",
 ]

@@ -44,14 +44,6 @@ class SlicePredictions:
         )
 
     @property
-    def num_slices_per_patch(self) -> int:
-        return self.mask_logits.shape[2]
-
-    @property
-    def num_queries(self) -> int:
-        return self.mask_logits.shape[1]
-
-    @property
     def spatial_shape(self) -> tuple:
         return tuple(self.mask_logits.shape[-2:])
 

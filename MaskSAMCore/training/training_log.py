@@ -14,7 +14,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from MaskSAMCore.atomic import write_text, write_with
 from MaskSAMCore.progress import format_duration
@@ -168,8 +168,3 @@ def read_csv(path: "os.PathLike[str] | str") -> List[Dict[str, str]]:
     """The rows of a ``training_log.csv`` as dicts of strings (for tests and tools)."""
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-
-
-def best_record(records: Sequence[EpochRecord]) -> Optional[EpochRecord]:
-    """The record with the highest EMA pseudo-Dice, or None."""
-    return max(records, key=lambda r: r.ema_dice, default=None)

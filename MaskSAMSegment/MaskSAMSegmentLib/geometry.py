@@ -15,7 +15,7 @@ Slicer or VTK: the conversion is plain NumPy so it can be tested and reused anyw
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -75,15 +75,6 @@ class LpsGrid:
         spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
         origin = ", ".join(f"{o:.4g}" for o in self.origin)
         return f"{'x'.join(str(n) for n in self.size)} voxels, spacing ({spacing}) mm, LPS origin ({origin})"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"size": list(self.size), "spacing": list(self.spacing),
-                "origin": list(self.origin), "direction": list(self.direction)}
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "LpsGrid":
-        return cls(tuple(int(v) for v in data["size"]), tuple(float(v) for v in data["spacing"]),
-                   tuple(float(v) for v in data["origin"]), tuple(float(v) for v in data["direction"]))
 
 
 def grid_from_ijk_to_ras(ijk_to_ras: np.ndarray, size_xyz: Sequence[int]) -> LpsGrid:

@@ -36,11 +36,6 @@ class TrainingPlot:
         self.series_nodes: Dict[str, object] = {}
         self._columns: Dict[str, "vtk.vtkFloatArray"] = {}
 
-    @property
-    def node_ids(self) -> List[str]:
-        nodes = [self.table_node, self.chart_node, *self.series_nodes.values()]
-        return [node.GetID() for node in nodes if node is not None]
-
     def add_epoch(self, event: Dict[str, object]) -> bool:
         """Append one epoch (the event of an ``epoch`` machine line). True when this made the
         table and chart (the first epoch, or the first after the scene was closed), which the
