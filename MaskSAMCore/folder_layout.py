@@ -17,7 +17,9 @@ PLANS_JSON = "plans.json"
 DATASET_JSON = "dataset.json"
 SPLITS_FILE = "splits.json"
 PREPROCESSED = "preprocessed"        # the training cases after preprocessing (a folder)
-LATEST_CHECKPOINT = "checkpoint_latest.pt"
+FINAL_CHECKPOINT = "checkpoint_final.pt"     # what the predictor loads (written when training ends)
+BEST_CHECKPOINT = "checkpoint_best.pt"
+LATEST_CHECKPOINT = "checkpoint_latest.pt"   # everything --resume needs
 
 # What a new training writes before its first checkpoint (besides temporaries).
 _BEFORE_FIRST_CHECKPOINT = frozenset({MODEL_JSON, PLANS_JSON, DATASET_JSON, SPLITS_FILE, PREPROCESSED})

@@ -21,7 +21,8 @@ import torch
 from MaskSAMCore.atomic import atomic_path, write_json
 from MaskSAMCore.data.planning import plan_problems
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
-from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON
+from MaskSAMCore.folder_layout import (BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT,
+                                       MODEL_JSON)
 from MaskSAMCore.model.config import MaskSAMConfig
 
 FORMAT = MODEL_FORMAT
@@ -31,8 +32,8 @@ FORMAT_VERSION = 1
 NETWORK_FORMAT = 2
 CHECKPOINT_FORMAT = "masksam-checkpoint"
 CHECKPOINT_FILES = {
-    "final": "checkpoint_final.pt",
-    "best": "checkpoint_best.pt",
+    "final": FINAL_CHECKPOINT,
+    "best": BEST_CHECKPOINT,
     "latest": LATEST_CHECKPOINT,
 }
 _REQUIRED_KEYS = ("labels", "channel_names", "network", "plan", "sam")

@@ -59,6 +59,7 @@ def write_random_model_folder(model_dir: "os.PathLike[str] | str", config: MaskS
                               channel_names: Optional[Dict[str, str]] = None, seed: int = 0,
                               name: str = "random weights") -> Path:
     """A loadable model folder whose network has random weights (SAM's included)."""
+    from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
     from MaskSAMCore.model.builder import build_masksam
     from MaskSAMCore.model_folder import save_checkpoint, write_model_json
 
@@ -66,7 +67,7 @@ def write_random_model_folder(model_dir: "os.PathLike[str] | str", config: MaskS
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_masksam(config)
-    save_checkpoint(folder / "checkpoint_final.pt", {"weights": model.state_dict(), "weights_scope": "all"})
+    save_checkpoint(folder / FINAL_CHECKPOINT, {"weights": model.state_dict(), "weights_scope": "all"})
     write_model_json(folder, {
         "name": name, "version": "0", "description": "untrained network with random weights",
         "labels": labels or default_labels(config.num_classes),

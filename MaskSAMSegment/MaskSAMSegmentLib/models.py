@@ -20,10 +20,10 @@ from typing import Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.errors import ModelFolderError, describe_path
-from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON, PREPROCESSED
+from MaskSAMCore.folder_layout import (FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON,
+                                       PREPROCESSED)
 from MaskSAMCore.paths import models_folder
 
-FINAL_CHECKPOINT = "checkpoint_final.pt"
 # What an installed model does not need: the resume state (optimizer, RNG) and the preprocessed
 # training data stay in the training folder.
 NOT_INSTALLED = (LATEST_CHECKPOINT, PREPROCESSED)

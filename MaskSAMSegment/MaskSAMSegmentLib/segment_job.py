@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError
+from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
-from MaskSAMSegmentLib.models import FINAL_CHECKPOINT, ModelInfo
+from MaskSAMSegmentLib.models import ModelInfo
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
                                              MODEL_VERSION_ATTRIBUTE, import_label_map)
 
