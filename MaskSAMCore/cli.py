@@ -1,7 +1,7 @@
 """The `masksam` command line (also `python -m MaskSAMCore`).
 
-Each sub-command is a thin parser here plus a `run(args) -> int` function in the module that does
-the work, imported only when that sub-command runs (so `masksam --help` is instant and a CPU-only
+Each sub-command is a thin parser here plus a `run_*(args) -> int` function (named in `HANDLERS`)
+in the module that does the work, imported only when that sub-command runs (so `masksam --help` is instant and a CPU-only
 install never imports what it does not use).
 
 Errors a user can fix are `MaskSAMError`s: printed as one line ``masksam: error: ...`` on stderr,

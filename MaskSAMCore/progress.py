@@ -6,8 +6,9 @@ The Slicer module runs the core's CLI in a background process and parses lines o
     @masksam {"event": "epoch", "epoch": 3, "epochs": 50, "train_loss": 0.81, "mean_dice": 0.62, ...}
     @masksam {"event": "done", ...}
 
-`event` is one of ``stage`` (a new stage begins), ``progress``, ``epoch``, ``message``, ``done``
-and ``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
+`event` is one of ``stage`` (a new stage begins), ``progress``, ``epoch``, ``case`` and
+``case_error`` (``masksam predict``: a case written, a case skipped), ``message``, ``done`` and
+``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
 `--machine-progress` flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; people read
 the same events as bars on stderr and plain lines on stdout (`EpochRecord.describe`).
 

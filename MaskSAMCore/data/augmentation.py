@@ -131,7 +131,7 @@ def region_margin(patch_size: Sequence[int], matrix: Optional[np.ndarray]) -> Tu
 
 def apply_spatial(region: np.ndarray, matrix: np.ndarray, patch_size: Sequence[int], order: int) -> np.ndarray:
     """Resample a source region (T+2m, H+2m, W+2m) through `matrix` to the patch (T, H, W),
-    both centred. order 0 for labels (values are copied, never mixed), 3 (or 1) for images."""
+    both centred. order 0 for labels (values are copied, never mixed), `image_order` (1) for images."""
     out_centre = (np.asarray(patch_size, dtype=np.float64) - 1) / 2
     in_centre = (np.asarray(region.shape, dtype=np.float64) - 1) / 2
     offset = in_centre - matrix @ out_centre

@@ -1,7 +1,7 @@
 """Cutting training patches out of memory-mapped preprocessed cases.
 
-Where a patch goes follows nnU-Net: a random position where the patch overlaps the volume (a
-volume smaller than the patch is centred in it, up to half the difference either way), or, for a
+Where a patch goes follows nnU-Net: a random position where the patch overlaps the volume
+(along an axis where the volume is smaller than the patch, the volume is centred in it), or, for a
 patch forced to contain foreground, centred on a random voxel of a random foreground class present
 in the case (from the stored class locations). Outside the volume, images are padded with 0 (the
 normalised mean, what the sliding-window predictor pads with too) and labels with 0 (background),

@@ -3,7 +3,7 @@
 Windows arrive sorted by their z start. Once a batch starting at slice z arrives, no later
 window touches slices below z, so those slices are *finished*: they are normalised by the
 separable sum of weights (see `windows.py`), cropped to the real (unpadded) volume and handed
-to a sink (host scores or argmax labels). Only a slab of `depth` slices (one batch's z extent)
+to a sink (`sinks.py`, `restore_sink.py`). Only a slab of `depth` slices (one batch's z extent)
 is ever held on the accumulation device, so GPU memory does not grow with the number of slices.
 
 The slab is float32 (K x depth x Y x X; 16 x 36 x 512 x 512 is 0.6 GB): at that size half

@@ -9,7 +9,7 @@ counter on one window, times the flips and the windows), peak GPU memory and pea
 as JSON. One warm-up on a single-patch volume comes first (cuDNN autotuning, the automatic
 window batch, torch.compile when MASKSAM_COMPILE=1).
 
-``--max-windows N`` times only N window batches and extrapolates the network seconds (marked
+``--max-windows N`` times only the first N windows and extrapolates the network seconds (marked
 ``"extrapolated": true``) - for slow CPUs, where a mirrored ViT-B run would take hours.
 """
 

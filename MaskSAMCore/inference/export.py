@@ -1,7 +1,8 @@
 """Writing a prediction back on the input's grid: the label map, and optionally probabilities.
 
 The label map is written with `write_label` (atomic; exact size, spacing, origin, direction of
-the input); with probabilities, inside the npz's own atomic write, so the pair appears together. Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
+the input); with probabilities, inside the npz's own atomic write, so the pair appears together.
+Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
 
 - ``probabilities``: (K, z, y, x) float16 on the input's own grid (array order as SimpleITK's
   ``GetArrayFromImage``), class k = label value k, summing to 1 over k at every voxel. They are

@@ -2,8 +2,8 @@
 
 `torch.utils.flop_counter.FlopCounterMode` counts matrix products, convolutions and attention
 (2 FLOPs per multiply-add) and ignores element-wise work, the usual convention for "model
-TFLOP/s". The count is taken once per window batch shape and multiplied by the number of
-batches, so the timed run is never slowed by the counter.
+TFLOP/s". The count is taken on one window (one flip), outside the timed run, and multiplied
+by the flips and the windows, so the timed run is never slowed by the counter.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 
 Per case: check -> `preprocess_case` (exactly as in training) -> sliding window (step 0.5,
 Gaussian weights, every flip combination over the axes training mirrored - 8 for all three axes,
-4 when training kept left and right apart - batched into one forward, bf16 on CUDA) -> back to
-the input's grid:
+4 when training kept left and right apart - on CUDA batched into one forward in bf16, on the CPU
+one flip per forward) -> back to the input's grid:
 the scores are resampled to it slab by slab on the device as windows finish and only the argmax
 goes to the host (`restore_sink.py`; the same result as the data layer's `restore_scores_argmax`,
 which is used when `--probabilities` keeps all scores anyway), or, when preprocessing did not

@@ -1,9 +1,9 @@
 """`masksam predict MODEL_DIR INPUT OUTPUT`: segment an image or a folder of images.
 
 While the network works on one case, a background thread reads and preprocesses the next
-(SimpleITK, NumPy and SciPy release the GIL, so this overlaps on a multi-core machine). The
-read-ahead is skipped after a case whose score array alone took more than
-`READ_AHEAD_LIMIT_BYTES`, so two large CTs are never held in memory at once.
+(SimpleITK, NumPy and SciPy release the GIL, so this overlaps on a multi-core machine). While
+a case whose score array alone takes more than `READ_AHEAD_LIMIT_BYTES` is predicted, the next
+one is read only afterwards, so two large CTs are never held in memory at once.
 
 Every input header is read before any work, so a corrupt or non-3D file stops the run at once.
 A case whose voxels turn out unusable (NaN, a constant image) is reported in one line and

@@ -1,9 +1,10 @@
 """Where finished slices of the sliding-window result go: host arrays filled without stalling the GPU.
 
 A sink receives normalised score blocks (K, n, Y, X) for consecutive real slices and stores
-them on the host, either as float16 scores (`HostScoreSink`, needed when the result must be
-resampled back to the input grid, or for probability output) or as an argmax label map
-(`LabelSink`, when no resampling is needed: K times less host memory).
+them on the host, either as float16 scores (`HostScoreSink`, for probability output, which needs
+every class) or as an argmax label map (`LabelSink`, when preprocessing did not resample: K times
+less host memory). A third kind, `restore_sink.ResampledLabelSink`, resamples the scores to the
+input grid on the device before the argmax.
 
 On a CUDA device the block is reduced/cast on the GPU, copied into pinned host memory with
 ``non_blocking=True``, and a background thread waits for that copy's event and moves the data

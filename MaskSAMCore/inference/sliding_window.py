@@ -1,7 +1,7 @@
 """Sliding-window prediction of a whole preprocessed volume, with mirroring and OOM fallbacks.
 
-    scores = sliding_window_predict(volume, network, patch=(8, 512, 512), num_classes=16,
-                                    device=torch.device("cuda"), settings=WindowSettings())
+    scores, finite = sliding_window_predict(volume, network, patch=(8, 512, 512), num_classes=16,
+                                            device=torch.device("cuda"), settings=WindowSettings())
 
 The loop is: feeder (window batch on the device, prefetched) -> mirrored network call (all flips
 in one forward) -> Gaussian-weighted accumulation in a slab -> finished slices to a host sink.

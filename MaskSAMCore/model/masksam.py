@@ -1,7 +1,7 @@
 """MaskSAM: the whole network (paper Fig. 2).
 
     x (B, C, T, H, W)
-      -> modality adapter -> (B, 3, T, H, W) -> B*T slices
+      -> modality adapter -> (B, T, H, W, 3) -> B*T slices (B*T, 3, H, W)
       -> SAM image encoder with depth adapters -> neck (B*T, 256, h, w) + block features
       -> prompt generator -> N auxiliary masks, N learnable boxes, N auxiliary classifier tokens
       -> box prompts (mean of learnable and mask-derived boxes) + mask prompts

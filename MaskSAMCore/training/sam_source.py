@@ -3,7 +3,8 @@
 ``--sam-checkpoint`` is a file or a model type (vit_b / vit_l / vit_h: the checkpoint downloaded
 into the cache by ``masksam download-sam``); ``--random-init`` builds the backbone with random
 weights (tests, demos); the ``tiny`` preset has no official weights and is always random. Without
-either flag the cached checkpoint of the preset's type is used when present. The checkpoint is
+either flag the cached checkpoint of the preset's type is used (absent, the error says how to get
+it). The checkpoint is
 read (safely) and its type checked here, so a wrong file fails before MODEL_DIR exists, and its
 SHA-256 goes into model.json so the predictor can find the same weights again.
 """

@@ -13,8 +13,9 @@ tiny preset, random init, CPU, AdamW, 2 patches per step, mean validation Dice o
   With a class weight that low the classifier learns an order of magnitude slower than the
   masks, and in MaskFormer's semantic output ``sum_n softmax(cls)[:K] * sigmoid(mask)`` unsure
   classes shrink every organ (the errors were almost all organ voxels called background).
-- The auxiliary masks only have to give the prompt generator sensible prompts: they keep the
-  release's ratio to the final masks (0.4x); the boxes keep the release's L1 0.5 and GIoU 0.2.
+- The auxiliary masks only have to give the prompt generator sensible prompts: as in the
+  release they weigh a fraction of the final masks (0.4x here, 1/3 there); the boxes keep the
+  release's L1 0.5 and GIoU 0.2.
 """
 
 from __future__ import annotations
