@@ -94,6 +94,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `masksam` parser: global options here, each sub-command's in its own `_add_*` function."""
     parser = OneLineErrorParser(
         prog="masksam",
         description="MaskSAM: fully automatic CT/MRI segmentation with a frozen Segment Anything "
@@ -106,18 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add_command in (_add_info, _add_download_sam, _add_make_phantoms, _add_train, _add_predict, _add_evaluate,
+                        _add_benchmark, _add_demo):
+        add_command(sub)
+    return parser
 
+
+def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
     p.add_argument("--preset", default="vit_b", choices=PRESETS)
     p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
     p.add_argument("--channels", type=at_least(1), default=1, help="number of image channels")
     p.add_argument("--forward", action="store_true", help="also run one forward pass on random input")
 
+
+def _add_download_sam(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("download-sam", help="download an official SAM checkpoint (SHA-256 checked)")
     p.add_argument("model_type", choices=SAM_TYPES)
     p.add_argument("--cache-dir", default=None, help="folder to store it in (default: MASKSAM_HOME cache)")
     p.add_argument("--url", default=None, help="download from this mirror instead (hash still checked)")
 
+
+def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("make-phantoms", help="write a synthetic labelled abdominal CT dataset (nnU-Net format)")
     p.add_argument("output", help="dataset folder to create")
     p.add_argument("--cases", type=int, default=12, help="number of training cases")
@@ -127,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="voxels per case along x, y, z (default: a small varied size)")
     p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"))
 
+
+def _add_train(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("train", help="fine-tune MaskSAM on a dataset in nnU-Net raw format")
     p.add_argument("dataset", help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
     p.add_argument("model_dir", help="model folder to create (or continue with --resume)")
@@ -152,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
     _add_device(p)
 
+
+def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("predict", help="segment an image or a folder of images")
     p.add_argument("model_dir", help="a trained MaskSAM model folder")
     p.add_argument("input", help="an image file, or a folder of images (*_0000.nii.gz etc. for multi-channel)")
@@ -174,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-ending", default=None, help="file ending for folder output (default: the input's)")
     _add_device(p)
 
+
+def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("evaluate", help="per-class Dice and HD95 of predictions against ground truth",
                        description="Per-class Dice and HD95 (mm) as JSON. HD95 is the larger of the two directed "
                                    "95th percentiles of surface-voxel distances (MONAI's convention; MedPy/nnU-Net "
@@ -183,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-json", default=None, help="dataset.json for class names (default: the one of the dataset GT lies in)")
     p.add_argument("--output", default=None, help="write the JSON report here (default: stdout only)")
 
+
+def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")
     p.add_argument("--preset", default="vit_b", choices=PRESETS)
     p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
@@ -207,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the JSON result here")
     _add_device(p)
 
+
+def _add_demo(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("demo", help="the whole path on synthetic data: phantoms, training, prediction, Dice, a PNG")
     p.add_argument("output", nargs="?", default="demo_output", help="folder for everything the demo writes")
     p.add_argument("--minutes", type=positive_number, default=4.0, help="training time budget")
     p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (fold 0 of 5 needs 5)")
     _add_device(p)
-    return parser
-
 
 def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:
     module_name, function_name = HANDLERS[command].split(":")
