@@ -155,7 +155,7 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--iters-per-epoch", type=int, default=250)
     p.add_argument("--val-cases-per-epoch", type=int, default=None,
                    help="validate on at most this many cases each epoch (default: all)")
-    p.add_argument("--batch-size", type=int, default=None, help="patches per step (default: preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per step (default 2)")
     p.add_argument("--fold", default="0", help="fold of splits.json (0-4) or 'all'")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (sgd 0.01, adamw 1e-3)")
@@ -175,7 +175,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
-                        help="average all 8 flip combinations per window (default)")
+                        help="average every flip combination per window (default; 8, or 4 for a model "
+                             "trained without left-right flips because its labels are lateral)")
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
     p.add_argument("--step", type=window_step, default=None,
                    help="window step as a fraction of the patch size (default 0.5; 1.0 with --fast)")

@@ -45,7 +45,7 @@ class TrainRequest:
     resume: bool = False
     install_when_done: bool = True
     fold: Optional[str] = None   # None: fold 0, or "all" for datasets too small for 5 folds
-    batch_size: Optional[int] = None           # None: the preset's
+    batch_size: Optional[int] = None           # None: the core's default (2)
     val_cases_per_epoch: Optional[int] = None  # None: validate on every validation case
 
 
