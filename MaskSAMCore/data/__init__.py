@@ -2,7 +2,9 @@
 
 One concept per module (imports stay explicit, nothing heavy is imported here):
 
-- `image_io`: read/write images and label maps with their exact geometry (`ImageGeometry`).
+- `image_io`: read/write images and label maps with their exact geometry (`ImageGeometry`);
+  `nifti_values` (NaN/Inf voxels and files cut short, which ITK's NIfTI reader hides) and
+  `read_failures` (why a file could not be read, in words a user can act on) serve it.
 - `dataset`: nnU-Net v2 raw datasets, validated case by case (`load_raw_dataset`).
 - `planning`: target spacing, slice axis, normalisation, patch size (`plan_experiment`).
 - `cropping`, `resampling`, `normalization`: the steps of `preprocessing` (`preprocess_case`,

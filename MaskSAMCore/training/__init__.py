@@ -16,6 +16,7 @@ Concepts, one module each:
 - `training_log`: training_log.csv and progress.png.
 - `splits`: nnU-Net-style 5-fold splits.json.
 - `batches`: the per-epoch `PatchLoader` stream, seeded by (seed, epoch, rank).
+- `mirroring`: which patch axes augmentation flips (never left-right when labels are lateral).
 - `sam_source`: which SAM weights a run starts from (checked before anything is written).
 - `distributed`: DDP under torchrun (NCCL on GPU, gloo on CPU), multi-node included.
 """
