@@ -1,8 +1,8 @@
 """The `masksam` command line (also `python -m MaskSAMCore`).
 
 Each sub-command is a thin parser here plus a `run_*(args) -> int` function (named in `HANDLERS`)
-in the module that does the work, imported only when that sub-command runs (so `masksam --help` is instant and a CPU-only
-install never imports what it does not use).
+in the module that does the work, imported only when that sub-command runs (so `masksam --help`
+is instant and a CPU-only install never imports what it does not use).
 
 Errors a user can fix are `MaskSAMError`s: printed as one line ``masksam: error: ...`` on stderr,
 exit status 1, and (through the atomic writers) nothing half-written left behind. Ctrl-C and

@@ -9,7 +9,8 @@ before sharing a model folder; the predictor reads model.json and the checkpoint
 
 ``--resume`` takes the run's settings, network and plan from MODEL_DIR (not from the command
 line, so a resumed run continues the same schedule) and only the device, the worker count and a
-``--sam-checkpoint FILE`` (for SAM weights not in the cache) from the command line. Under torchrun every rank runs this function; see `distributed`.
+``--sam-checkpoint FILE`` (for SAM weights not in the cache) from the command line. Under
+torchrun every rank runs this function; see `distributed`.
 """
 
 from __future__ import annotations
