@@ -100,6 +100,7 @@ class Progress:
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
         self._extra = ""
         self._drawn_done = -1
+        self._line_open = False  # a terminal line holds the bar, not yet ended by a newline
         emit("stage", stage=stage, total=total)
 
     @property
@@ -135,6 +136,15 @@ class Progress:
     def close(self) -> None:
         self._draw(final=True)
 
+    def end_line(self) -> None:
+        """Let other output (an epoch summary) start on a line of its own. In a terminal the bar
+        redraws one line in place with a carriage return and no newline; without this, text
+        printed next would be appended to the bar's line. The next draw starts a fresh line."""
+        if self.enabled and self._interactive and self._line_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._line_open = False
+
     def _draw(self, final: bool) -> None:
         if not self.enabled or (final and not self._interactive and self._drawn_done == self.done):
             return
@@ -154,6 +164,7 @@ class Progress:
             text += f", {self._extra}"
         if self._interactive:
             self.stream.write("\r" + text + ("\n" if final else ""))
+            self._line_open = not final
         elif final or self.done == 1 or self.total is None or self.done % max(1, (self.total or 1) // 10) == 0:
             self.stream.write(text + "\n")
             self._drawn_done = self.done

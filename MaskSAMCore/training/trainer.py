@@ -138,6 +138,8 @@ class Trainer:
             lr = poly_lr(s.lr, epoch, s.epochs)
             set_lr(self.optimizer, lr)
             train_loss = self.train_epoch(epoch, bar)
+            if bar is not None:
+                bar.end_line()  # the epoch summary gets its own line in a terminal
             result = self.validate(epoch)
             epoch_times.append(time.monotonic() - started)
             self.end_epoch(epoch, lr, train_loss, result, epoch_times)

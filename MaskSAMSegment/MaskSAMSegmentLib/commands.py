@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
-QUALITY_FULL = "full"   # 8-fold mirroring, window step 0.5 (the paper's inference)
+QUALITY_FULL = "full"   # mirroring (8 flips, 4 for left/right labels), step 0.5: the paper's inference
 QUALITY_FAST = "fast"   # the core's --fast: no mirroring, larger step
 QUALITIES = (QUALITY_FULL, QUALITY_FAST)
 

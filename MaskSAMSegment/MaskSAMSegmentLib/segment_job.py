@@ -81,12 +81,12 @@ def segment_problems(request: SegmentRequest) -> List[str]:
 
 def cpu_speed_note(request: SegmentRequest) -> Optional[str]:
     """A word of warning before a segmentation that would take hours: full quality (every window
-    predicted 8 times, mirrored) on the CPU with a SAM-sized model. The README's CPU row: `vit_b`
+    predicted up to 8 times, mirrored) on the CPU with a SAM-sized model. The README's CPU row: `vit_b`
     on a 256 x 256 x 128 volume takes about 2.5 hours at full quality and 6.5 minutes at fast."""
     model = request.model
     if not request.device.runs_on_cpu or request.quality != QUALITY_FULL or model is None or model.preset == "tiny":
         return None
-    return (f"On the CPU, Full quality predicts every window 8 times (mirrored): with a {model.preset or 'SAM'} "
+    return (f"On the CPU, Full quality predicts every window up to 8 times (mirrored): with a {model.preset or 'SAM'} "
             "model a whole CT takes hours. Fast takes minutes.")
 
 

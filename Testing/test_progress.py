@@ -1,0 +1,41 @@
+"""The progress bar as a person sees it: redrawn in place in a terminal, a few whole lines in a
+log file, and never sharing its line with other output."""
+
+from __future__ import annotations
+
+import io
+
+from MaskSAMCore.progress import Progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_in_a_terminal_the_bar_redraws_one_line_and_other_output_starts_on_its_own():
+    screen = Terminal()
+    bar = Progress("train", total=10, stream=screen, min_interval_s=0.0)
+    for _ in range(5):
+        bar.advance()
+    assert "\n" not in screen.getvalue()  # one line, redrawn with carriage returns
+    bar.end_line()
+    bar.end_line()  # a second call adds no empty line
+    assert screen.getvalue().count("\n") == 1 and screen.getvalue().endswith("\n")
+    screen.write("epoch 1: loss 0.5\n")  # what the trainer prints between epochs
+    for _ in range(5):
+        bar.advance()
+    lines = screen.getvalue().split("\n")
+    assert lines[1] == "epoch 1: loss 0.5"
+    assert lines[2].lstrip("\r").startswith("train: [")
+
+
+def test_in_a_log_file_end_line_writes_nothing():
+    log = io.StringIO()
+    bar = Progress("train", total=10, stream=log, min_interval_s=0.0)
+    for _ in range(10):
+        bar.advance()
+    before = log.getvalue()
+    bar.end_line()
+    assert log.getvalue() == before
+    assert all(line.startswith("train: [") for line in before.splitlines())
