@@ -34,6 +34,15 @@ def environment_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+# The official SAM checkpoints' file names, here rather than beside their URLs and hashes in
+# `model.sam_checkpoints` so that the Slicer module can look for them without importing torch.
+SAM_CHECKPOINT_FILES = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+
+
 def checkpoint_cache() -> Path:
     """Folder holding official SAM checkpoints, one file per model type."""
     return masksam_home() / "sam_checkpoints"

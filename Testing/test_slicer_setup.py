@@ -260,6 +260,9 @@ def test_start_training_problems_name_each_missing_piece(tmp_path, monkeypatch):
     assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="tiny")) == []
     cache = tmp_path / "home" / "sam_checkpoints"
     cache.mkdir(parents=True)
+    (cache / "sam_vit_b_renamed.pth").write_bytes(b"weights")  # not the file the core looks for
+    assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="vit_b")) == [
+        "Choose a SAM vit_b checkpoint: 'Download' the official one, or pick a .pth file."]
     (cache / "sam_vit_b_01ec64.pth").write_bytes(b"weights")
     assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="vit_b")) == []
     assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="vit_h")) == [

@@ -21,7 +21,7 @@ import torch
 
 from MaskSAMCore.atomic import remove_stale_temporaries, temporary_sibling
 from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line
-from MaskSAMCore.paths import checkpoint_cache
+from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
 from MaskSAMCore.progress import Progress
 
 
@@ -39,11 +39,11 @@ class SamCheckpointInfo:
 
 _BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
 REGISTRY: Dict[str, SamCheckpointInfo] = {
-    "vit_b": SamCheckpointInfo("vit_b", _BASE + "sam_vit_b_01ec64.pth", 375_042_383,
+    "vit_b": SamCheckpointInfo("vit_b", _BASE + SAM_CHECKPOINT_FILES["vit_b"], 375_042_383,
                                "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-    "vit_l": SamCheckpointInfo("vit_l", _BASE + "sam_vit_l_0b3195.pth", 1_249_524_607,
+    "vit_l": SamCheckpointInfo("vit_l", _BASE + SAM_CHECKPOINT_FILES["vit_l"], 1_249_524_607,
                                "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
-    "vit_h": SamCheckpointInfo("vit_h", _BASE + "sam_vit_h_4b8939.pth", 2_564_550_879,
+    "vit_h": SamCheckpointInfo("vit_h", _BASE + SAM_CHECKPOINT_FILES["vit_h"], 2_564_550_879,
                                "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
 }
 # Width of the patch embedding -> model type, to name the type of a checkpoint we are given.

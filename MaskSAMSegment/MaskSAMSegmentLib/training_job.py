@@ -16,13 +16,13 @@ from typing import Callable, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError
 from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, never_checkpointed
-from MaskSAMCore.paths import checkpoint_cache
+from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import ModelInfo, install_trained_model
 
-SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+SAM_TYPES = tuple(SAM_CHECKPOINT_FILES)  # the presets with official SAM weights
 MIN_CASES_FOR_FOLDS = 5
 
 
@@ -106,12 +106,13 @@ def uses_sam_weights(request: TrainRequest) -> bool:
 
 
 def cached_sam_checkpoint(model_type: str) -> Optional[Path]:
-    """The official checkpoint of `model_type` in the download cache (``sam_vit_b_*.pth``), if any;
-    the core uses it when no checkpoint is given."""
+    """The official checkpoint of `model_type` in the download cache (``sam_vit_b_01ec64.pth``),
+    if it is there: the core uses exactly that file when no checkpoint is given, so another
+    ``sam_vit_b_*.pth`` there must not enable Start."""
     if model_type not in SAM_TYPES:
         return None
-    found = sorted(checkpoint_cache().glob(f"sam_{model_type}_*.pth")) if checkpoint_cache().is_dir() else []
-    return found[0] if found else None
+    path = checkpoint_cache() / SAM_CHECKPOINT_FILES[model_type]
+    return path if path.is_file() else None
 
 
 class TrainingJob:
