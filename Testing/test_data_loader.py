@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from MaskSAMCore.data.loader import PatchLoader, iter_validation_cases
+from MaskSAMCore.data.loader import PatchLoader
 from MaskSAMCore.data.loader_worker import is_forced
 from MaskSAMCore.data.preprocess_runner import class_locations
 from MaskSAMCore.data.processes import process_alive
@@ -194,8 +194,11 @@ def test_no_orphan_workers_when_the_training_process_is_stopped(small_cases, tmp
             process.wait()
 
 
-def test_validation_cases_are_whole_arrays(small_cases):
-    cases = list(iter_validation_cases(small_cases, ["small", "big"]))
+def test_validation_cases_are_whole_arrays_left_on_disk(small_cases):
+    """A CT fold's validation cases are gigabytes: memory-mapped, not held by rank 0 all training."""
+    from MaskSAMCore.training.run import load_validation_cases
+
+    cases = load_validation_cases(small_cases, ["small", "big"])
     assert [c.name for c in cases] == ["small", "big"]
-    assert cases[0].data.shape == (2, 3, 20, 24) and cases[0].seg.shape == (3, 20, 24)
-    assert isinstance(cases[1].data, np.ndarray) and not isinstance(cases[1].data, np.memmap)
+    assert cases[0].image.shape == (2, 3, 20, 24) and cases[0].labels.shape == (3, 20, 24)
+    assert all(isinstance(c.image, np.memmap) and isinstance(c.labels, np.memmap) for c in cases)

@@ -31,7 +31,7 @@ import torch
 from MaskSAMCore.data.augmentation import AugmentationSettings, in_plane_only
 from MaskSAMCore.data.loader_worker import BatchSpec, make_batch, new_sampler, worker_main
 from MaskSAMCore.data.processes import stop_processes, worker_context
-from MaskSAMCore.data.store import PreprocessedCase, iter_cases, read_properties
+from MaskSAMCore.data.store import read_properties
 from MaskSAMCore.errors import MaskSAMError
 
 _GET_TIMEOUT_S = 1.0
@@ -167,13 +167,6 @@ def _died(worker: int, exit_code: Optional[int], batch_index: int, workers: int)
     return MaskSAMError(f"data-loading worker {worker} {how} before batch {batch_index} "
                         f"(out of memory?); free memory{fewer} and train again (--resume continues from the last "
                         "checkpoint)")
-
-
-def iter_validation_cases(preprocessed_dir: "os.PathLike[str] | str", case_names: Sequence[str]
-                          ) -> Iterator[PreprocessedCase]:
-    """Whole preprocessed cases for validation, one at a time: ``case.data`` (C, T', H', W')
-    float32, ``case.seg`` (T', H', W') int16, ``case.properties``."""
-    return iter_cases(preprocessed_dir, case_names, mmap=False)
 
 
 def _to_torch(data: np.ndarray, seg: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:

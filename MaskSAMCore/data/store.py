@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -89,7 +89,3 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def iter_cases(folder: "os.PathLike[str] | str", names: Iterable[str], mmap: bool = False) -> Iterator[PreprocessedCase]:
-    """Yield whole preprocessed cases one after another (for validation)."""
-    for name in names:
-        yield load_case(folder, name, mmap=mmap)
