@@ -1,8 +1,12 @@
 """Geometry contract of the Slicer module on a real MRML scene: volume node -> file -> SimpleITK
 keeps every voxel in the same world place, and a label map file on an oblique grid -> segmentation
-node -> exported labelmap gives back the same array voxel for voxel."""
+node -> exported labelmap gives back the same array voxel for voxel. Also for left-handed volumes
+(IJKToRAS determinant -1: a NRRD with a negative axis, some DICOM-to-NIfTI conversions), where a
+dropped flip would mirror every segment while the grid still looked right."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,7 +20,8 @@ from MaskSAMSegmentLib.geometry import LpsGrid, grid_from_ijk_to_ras, oblique_di
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.segmentations import (MODEL_NAME_ATTRIBUTE, export_label_values_on_volume,
-                                             export_segments_on_volume, import_label_map, show_in_3d)
+                                             export_segments_on_volume, import_label_map, segment_label_values,
+                                             show_in_3d)
 from MaskSAMSegmentLib.volume_nodes import volume_grid, volume_to_array
 
 
@@ -29,8 +34,17 @@ def ras_of_voxel(node, ijk) -> np.ndarray:
     return np.array(matrix.MultiplyPoint((*ijk, 1.0))[:3])
 
 
-def test_grid_round_trips_through_ijk_to_ras_and_matches_itk_physical_points():
+def left_handed_grid() -> LpsGrid:
+    """The oblique grid with its slice axis reversed (k runs towards the feet): determinant -1."""
     grid = oblique_grid()
+    return dataclasses.replace(grid, direction=tuple((grid.direction_matrix @ np.diag([1.0, 1.0, -1.0])).ravel()))
+
+
+GRIDS = pytest.mark.parametrize("grid", [oblique_grid(), left_handed_grid()], ids=["right_handed", "left_handed"])
+
+
+@GRIDS
+def test_grid_round_trips_through_ijk_to_ras_and_matches_itk_physical_points(grid):
     again = grid_from_ijk_to_ras(grid.ijk_to_ras(), grid.size)
     assert again.same_as(grid, tolerance=1e-9)
     image = sitk.Image(list(grid.size), sitk.sitkUInt8)
@@ -41,11 +55,13 @@ def test_grid_round_trips_through_ijk_to_ras_and_matches_itk_physical_points():
         np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-9)
 
 
-def test_volume_node_to_file_keeps_world_geometry_and_voxels(tmp_path):
+@GRIDS
+def test_volume_node_to_file_keeps_world_geometry_and_voxels(tmp_path, grid):
     scene = new_scene()
-    grid = oblique_grid()
     voxels = distinct_voxel_values()
     node = add_scalar_volume(scene, voxels, grid)
+    ijk_to_ras = np.array([ras_of_voxel(node, ijk) for ijk in np.eye(3)]) - ras_of_voxel(node, (0, 0, 0))
+    assert np.sign(np.linalg.det(ijk_to_ras)) == np.sign(np.linalg.det(grid.direction_matrix))
 
     array, node_grid = volume_to_array(node)
     assert node_grid.same_as(grid)
@@ -183,6 +199,107 @@ def test_oblique_label_file_becomes_segments_that_export_back_voxel_for_voxel(tm
     np.testing.assert_array_equal(exported, np.select([labels == 1, labels == 2, labels == 4], [1, 2, 4], 0))
     assert show_in_3d(node)
     assert segmentation.ContainsRepresentation("Closed surface")
+
+
+def segment_mask_on(ijk_to_ras: np.ndarray, shape_zyx, segmentation_node, label_value: int) -> np.ndarray:
+    """(z, y, x) mask of the voxels, placed by `ijk_to_ras`, where the segment holding `label_value`
+    has its voxels, matched by world position from the segmentation's own binary labelmap (not
+    through an export, which could undo a mistake of the import)."""
+    import slicer
+    from vtk.util import numpy_support
+
+    segment_id = {value: key for key, value in segment_label_values(segmentation_node).items()}[label_value]
+    image = slicer.vtkOrientedImageData()
+    segmentation_node.GetBinaryLabelmapRepresentation(segment_id, image)
+    nx, ny, nz = image.GetDimensions()
+    k, j, i = np.nonzero(numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(nz, ny, nx))
+    first = np.eye(4)
+    first[:3, 3] = image.GetExtent()[0::2]
+    to_grid = np.linalg.inv(ijk_to_ras) @ vtk_matrix_to_numpy(image.GetImageToWorldMatrix) @ first
+    ijk = (to_grid @ np.stack([i, j, k, np.ones_like(i)]).astype(float))[:3]
+    nearest = np.round(ijk).astype(int)
+    np.testing.assert_allclose(ijk, nearest, atol=1e-3, err_msg="segment voxels lie between the grid's voxels")
+    assert (nearest >= 0).all() and (nearest.T < tuple(reversed(shape_zyx))).all(), "segment voxels off the grid"
+    mask = np.zeros(shape_zyx, bool)
+    mask[nearest[2], nearest[1], nearest[0]] = True
+    return mask
+
+
+def ijk_to_ras_of_file(path) -> np.ndarray:
+    """IJKToRAS of an image file as SimpleITK places its voxels (LPS with x and y negated)."""
+    image = sitk.ReadImage(str(path))
+    points = [np.array(image.TransformIndexToPhysicalPoint(ijk)) * [-1, -1, 1]
+              for ijk in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]]
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.stack(points[1:], axis=1) - points[0][:, None]
+    matrix[:3, 3] = points[0]
+    return matrix
+
+
+def vtk_matrix_to_numpy(getter) -> np.ndarray:
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    getter(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def reversed_slice_order(grid: LpsGrid) -> LpsGrid:
+    """The same voxel positions indexed the other way along k: left-handed <-> right-handed."""
+    last = grid.ijk_to_lps() @ np.array([0.0, 0.0, grid.size[2] - 1, 1.0])
+    direction = grid.direction_matrix @ np.diag([1.0, 1.0, -1.0])
+    return dataclasses.replace(grid, origin=tuple(last[:3]), direction=tuple(direction.ravel()))
+
+
+def test_left_handed_label_file_becomes_segments_at_each_voxels_world_position(tmp_path):
+    scene = new_scene()
+    grid = left_handed_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid)
+    labels = phantom_labels(grid.shape_zyx)
+    label_file = write_array_image(labels, grid, tmp_path / "labels.nii.gz")    # what the core writes
+    assert np.linalg.det(ijk_to_ras_of_file(label_file)[:3, :3]) < 0
+    read_labels, read_grid = read_array_image(label_file)
+    node = import_label_map(scene, read_labels, read_grid, {1: "liver", 2: "spleen", 4: "aorta"},
+                            reference_volume=volume)
+    for value in (1, 2, 4):   # each voxel where the file puts it
+        np.testing.assert_array_equal(segment_mask_on(ijk_to_ras_of_file(label_file), labels.shape, node, value),
+                                      labels == value, err_msg=f"label {value}")
+    np.testing.assert_array_equal(export_label_values_on_volume(node, volume), labels)
+
+
+@pytest.mark.parametrize("volume_handedness", ["left", "right"])
+def test_label_map_indexed_with_the_opposite_handedness_lands_voxel_for_voxel(volume_handedness):
+    """The same world voxels, k reversed (what a tool that reorients writes): Slicer resamples
+    by world position, so each label keeps its place on the volume."""
+    scene = new_scene()
+    grid = left_handed_grid() if volume_handedness == "left" else oblique_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid)
+    labels = phantom_labels(grid.shape_zyx)
+    node = import_label_map(scene, labels[::-1], reversed_slice_order(grid), {1: "liver", 2: "spleen"},
+                            reference_volume=volume)
+    np.testing.assert_array_equal(export_label_values_on_volume(node, volume), labels)
+
+
+def test_left_handed_volume_through_masksam_predict_gets_segments_on_its_bright_box(tmp_path, monkeypatch):
+    """Volume node -> input file (as the Segment tab writes it) -> `masksam predict` (a thresholding
+    stand-in network) -> label file -> segmentation node: the segment is where the box is."""
+    from MaskSAMCore.cli import main
+    from test_geometry_left_handed import bright_box_case, threshold_plan, use_threshold_model
+
+    scene = new_scene()
+    grid = left_handed_grid()
+    image, box = bright_box_case(grid)
+    volume = add_scalar_volume(scene, image.astype(np.int16), grid)
+    array, node_grid = volume_to_array(volume)
+    source = write_array_image(array, node_grid, tmp_path / "input.nrrd", compress=False)
+    use_threshold_model(monkeypatch, threshold_plan(tuple(reversed(grid.spacing))))
+    output = tmp_path / "labels.nrrd"
+    assert main(["predict", str(tmp_path / "model"), str(source), str(output), "--fast", "--device", "cpu"]) == 0
+    labels, label_grid = read_array_image(output)
+    assert label_grid.same_as(node_grid)
+    node = import_label_map(scene, labels, label_grid, {1: "box"}, reference_volume=volume)
+    np.testing.assert_array_equal(segment_mask_on(vtk_matrix_to_numpy(volume.GetIJKToRASMatrix), box.shape, node, 1),
+                                  box)      # where the volume shows the box
 
 
 def test_label_map_on_a_grid_other_than_the_volume_is_resampled_by_world_position(tmp_path):

@@ -15,6 +15,10 @@ Rules follow nnU-Net v2's "3d_fullres" planner so that results on public dataset
 - **Resampling**: images cubic; along an anisotropic slice axis linear ("separate z"); labels as
   one-hot masks with linear interpolation, nearest neighbour along an anisotropic slice axis.
 - **Patch**: ``[config.num_slices, *config.image_hw]`` (T, H, W).
+- **Voxel order**: ``flip_to_lps`` (always true in new plans; absent in plans made before it, which
+  keep their voxel order): preprocessing reverses every voxel axis running towards the patient's
+  right, anterior or inferior, so cases stored with an axis reversed (left-handed grids, RAS
+  storage) look alike to the network (see `MaskSAMCore.data.preprocessing`).
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
         "transpose_backward": backward,
         "anisotropic": bool(anisotropic),
         "crop_to_nonzero": True,
+        "flip_to_lps": True,
         "patch_size": [int(config.num_slices), *(int(s) for s in config.image_hw)],
         "median_shape": median_shape,
         "image_resampling": {"order": 3, "order_z": 1, "separate_z": bool(anisotropic)},
@@ -110,6 +115,8 @@ def plan_problems(plan: Any, channels: int) -> List[str]:
         problems.append(f"plan.normalization must give one scheme per channel ({channels})")
     if not isinstance(plan.get("anisotropic"), bool):
         problems.append("plan.anisotropic must be true or false")
+    if not isinstance(plan.get("flip_to_lps", False), bool):
+        problems.append("plan.flip_to_lps must be true or false")
     return problems
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from MaskSAMCore.data.cropping import paste_into
+from MaskSAMCore.data.preprocessing import undo_flips
 from MaskSAMCore.inference.sinks import _HostSink
 
 
@@ -105,6 +106,8 @@ class ResampledLabelSink(_HostSink):
 
 
 def finish_labels(cropped_t: np.ndarray, properties: Dict[str, object]) -> np.ndarray:
-    """Labels on the cropped, transposed grid -> the full original grid (z, y, x), background outside."""
+    """Labels on the cropped, transposed grid -> the full original grid (z, y, x), background outside
+    (and the preprocessing's flips undone)."""
     cropped = np.transpose(cropped_t, properties["transpose_backward"])
-    return paste_into(np.ascontiguousarray(cropped), properties["bbox"], properties["shape_before_cropping"])
+    full = paste_into(np.ascontiguousarray(cropped), properties["bbox"], properties["shape_before_cropping"])
+    return undo_flips(full, properties)
