@@ -190,7 +190,7 @@ def test_training_preprocessing_keeps_image_and_label_together_when_the_slice_ax
     dataset = load_raw_dataset(tmp_path / "raw", progress=False)
     plan = plan_experiment(dataset, preset("tiny", num_classes=2), progress=False)
     assert plan["transpose_forward"] == [2, 0, 1] and plan["anisotropic"]   # x, reversed, is the slice axis
-    assert plan["flip_to_lps"]
+    assert plan["reorient_to_lps"]
     preprocess_dataset(dataset, plan, tmp_path / "pre", num_workers=0, progress=False)
     for case in dataset.training_cases:
         stored = load_case(tmp_path / "pre", case.name, mmap=False)
@@ -342,28 +342,27 @@ def stored_reversed(array: np.ndarray, geometry: ImageGeometry, itk_axes) -> tup
 LPS_STORED = ImageGeometry((23, 19, 9), (0.9, 1.3, 3.7), ORIGIN, OBLIQUE.ravel())
 
 
+def assert_preprocessing_sees_the_twin_alike(geometry: ImageGeometry, store) -> None:
+    """A bright-box case on `geometry` and its twin, `store(array, geometry) -> (array, geometry)`
+    (every voxel in its place): the same network input and labels, and the labels come back
+    stored like the twin. (Plans made before reorientation: test_geometry_reorientation.py.)"""
+    from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map
+
+    plan, (image, box) = threshold_plan((2.5, 1.2, 1.2)), bright_box_case(geometry)   # resampled
+    data, seg, properties = preprocess_case(image[None], geometry, plan, box.astype(np.uint8))
+    (twin_image, twin_geometry), (twin_label, _) = store(image, geometry), store(box.astype(np.uint8), geometry)
+    twin_data, twin_seg, twin_properties = preprocess_case(twin_image[None], twin_geometry, plan, twin_label)
+    np.testing.assert_allclose(twin_data, data, atol=1e-6)
+    np.testing.assert_array_equal(twin_seg, seg)
+    np.testing.assert_array_equal(restore_label_map(twin_seg, twin_properties, plan),   # on the twin's grid
+                                  store(restore_label_map(seg, properties, plan), geometry)[0])
+
+
 @pytest.mark.parametrize("itk_axes", [(0,), (2,), (0, 1)], ids=["x_reversed", "z_reversed", "ras_stored"])
 def test_preprocessing_shows_the_network_a_case_stored_reversed_as_it_shows_the_lps_stored_one(itk_axes):
     """The network works in voxel order: a left-handed twin of a case (or one stored RAS) would
     reach it mirrored, the liver on the left, and left and right structures swapped."""
-    from MaskSAMCore.data.preprocessing import plan_hash, preprocess_case, restore_label_map
-
-    plan = threshold_plan((2.5, 1.2, 1.2))            # resampled
-    image, box = bright_box_case(LPS_STORED)
-    data, seg, properties = preprocess_case(image[None], LPS_STORED, plan, box.astype(np.uint8))
-    twin_image, twin_geometry = stored_reversed(image, LPS_STORED, itk_axes)
-    twin_label, _ = stored_reversed(box.astype(np.uint8), LPS_STORED, itk_axes)
-    twin_data, twin_seg, twin_properties = preprocess_case(twin_image[None], twin_geometry, plan, twin_label)
-    np.testing.assert_allclose(twin_data, data, atol=1e-6)
-    np.testing.assert_array_equal(twin_seg, seg)
-    restored = restore_label_map(seg, properties, plan)
-    np.testing.assert_array_equal(restore_label_map(twin_seg, twin_properties, plan),
-                                  stored_reversed(restored, LPS_STORED, itk_axes)[0])
-
-    before = {key: value for key, value in plan.items() if key != "flip_to_lps"}   # a model made before
-    _, _, kept = preprocess_case(twin_image[None], twin_geometry, before)
-    assert kept["flipped_axes"] == []
-    assert plan_hash(before) == plan_hash(dict(before, flip_to_lps=False)) != plan_hash(plan)   # caches
+    assert_preprocessing_sees_the_twin_alike(LPS_STORED, lambda array, grid: stored_reversed(array, grid, itk_axes))
 
 
 class LowSideFace(BrightnessThreshold):

@@ -68,7 +68,9 @@ def test_voxels_without_any_score_are_background_with_probability_1(tmp_path):
     label map says background; the probabilities must say so too, still summing to 1."""
     plan, properties = resampling_case()
     scores = network_like_scores(properties["shape_after_resampling"], seed=1)
-    scores[:, :, -8:] = 0.0   # the last network rows: nothing predicted at all
+    # The last network columns (W): nothing predicted at all. W is the input's y here: its y axis
+    # runs towards the patient's left, and preprocessing reorients to LPS voxel order.
+    scores[..., -8:] = 0.0
     labels = restore_scores_argmax(scores, properties, plan)
     write_probabilities(scores, properties, [f"class_{k}" for k in range(CLASSES)], tmp_path / "p.npz")
     probabilities = read_probabilities(tmp_path / "p.npz")["probabilities"]

@@ -74,8 +74,8 @@ def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):
     ({"labels": {"background": 0, "liver": "x", "spleen": 2}}, "labels must map names to distinct whole numbers"),
     ({"plan": None}, "model.json: lacks plan|the plan is not a mapping"),
     ({"plan": {}}, "model.json: plan.transpose_forward must be an order of the axes"),
-    ({"plan": dict(synthetic_plan(preset("tiny", num_classes=3)), flip_to_lps="no")},
-     "model.json: plan.flip_to_lps must be true or false"),     # "no" would be taken as true
+    ({"plan": dict(synthetic_plan(preset("tiny", num_classes=3)), reorient_to_lps="no")},
+     "model.json: plan.reorient_to_lps must be true or false"),     # "no" would be taken as true
 ])
 def test_broken_model_folders(tmp_path, breakage, message):
     config = preset("tiny", num_classes=3)

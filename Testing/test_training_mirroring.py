@@ -35,6 +35,15 @@ def test_left_right_axis_follows_the_direction_and_the_plan(direction, forward, 
     assert left_right_patch_axis([direction], forward) == expected
 
 
+@pytest.mark.parametrize("forward, expected", [([0, 1, 2], 2), ([2, 0, 1], 0), ([1, 2, 0], 1)])
+def test_after_reorientation_to_lps_the_plan_alone_places_left_right(forward, expected):
+    """Preprocessing put every case's left-right on array axis x: the stored directions no longer matter."""
+    assert left_right_patch_axis([SAGITTAL, SAGITTAL, AXIAL], forward, reoriented_to_lps=True) == expected
+    plan = {"transpose_forward": forward, "reorient_to_lps": True}
+    geometries = {"a": SimpleNamespace(direction=SAGITTAL)}
+    assert training_mirror_axes({"kidney_left": 1}, geometries, plan) == [a for a in (0, 1, 2) if a != expected]
+
+
 def test_mirror_axes_keep_all_axes_unless_labels_are_lateral():
     geometries = {f"c{i}": SimpleNamespace(direction=AXIAL) for i in range(3)}
     geometries["odd"] = SimpleNamespace(direction=SAGITTAL)     # outvoted by the axial cases

@@ -7,8 +7,9 @@ One concept per module (imports stay explicit, nothing heavy is imported here):
   `read_failures` (why a file could not be read, in words a user can act on) serve it.
 - `dataset`: nnU-Net v2 raw datasets, validated case by case (`load_raw_dataset`).
 - `planning`: target spacing, slice axis, normalisation, patch size (`plan_experiment`).
-- `cropping`, `resampling`, `normalization`: the steps of `preprocessing` (`preprocess_case`,
-  `restore_label_map`, `restore_scores_argmax`).
+- `orientation`, `cropping`, `resampling`, `normalization`: the steps of `preprocessing`
+  (`preprocess_case`, `restore_label_map`, `restore_scores_argmax`); `orientation` brings a case
+  to LPS voxel order (`lps_reorientation`) and back.
 - `preprocess_runner`, `store`: a whole dataset preprocessed into a folder, and read back.
 - `augmentation`, `sampling`, `loader_worker`, `loader`: augmented patches in worker processes
   (`PatchLoader`); `processes`: starting and stopping those workers.

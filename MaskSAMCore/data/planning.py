@@ -15,10 +15,14 @@ Rules follow nnU-Net v2's "3d_fullres" planner so that results on public dataset
 - **Resampling**: images cubic; along an anisotropic slice axis linear ("separate z"); labels as
   one-hot masks with linear interpolation, nearest neighbour along an anisotropic slice axis.
 - **Patch**: ``[config.num_slices, *config.image_hw]`` (T, H, W).
-- **Voxel order**: ``flip_to_lps`` (always true in new plans; absent in plans made before it, which
-  keep their voxel order): preprocessing reverses every voxel axis running towards the patient's
-  right, anterior or inferior, so cases stored with an axis reversed (left-handed grids, RAS
-  storage) look alike to the network (see `MaskSAMCore.data.preprocessing`).
+- **Voxel order**: ``reorient_to_lps`` (always true in new plans; absent in plans made before it,
+  which keep their voxel order): preprocessing brings every case to LPS voxel order (array axes
+  z, y, x along the patient's superior, posterior, left; `MaskSAMCore.data.orientation`) by
+  transposing and reversing axes, so cases stored with an axis reversed (left-handed grids, RAS
+  storage) or in another axis order (sagittally, coronally) look alike to the network. Planning
+  sees each case's spacing and shape in that order too (``original_spacing_median``,
+  ``original_median_shape``, ``target_spacing_zyx`` are of the reoriented arrays), so the slice
+  axis is the same for a sagittally stored case as for its axially stored twin.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from MaskSAMCore.data.cropping import bbox_shape, nonzero_bbox
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.image_io import read_case, read_label
 from MaskSAMCore.data.normalization import ct_scheme, is_ct, zscore_scheme
+from MaskSAMCore.data.orientation import Reorientation, lps_reorientation
 from MaskSAMCore.data.resampling import coarsest_axis, is_anisotropic, resampled_shape
 from MaskSAMCore.progress import Progress
 
@@ -45,7 +50,8 @@ _TIE_TOLERANCE = 1e-3          # spacings within 0.1 % count as equal when choos
 def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> Dict[str, Any]:
     """The JSON-able preprocessing plan of `dataset` for a network `config` (a `MaskSAMConfig`;
     only ``num_slices`` and ``image_hw`` are read). Reads every training case once."""
-    fingerprint = dataset_fingerprint(dataset, progress=progress)
+    reorient = True   # new plans bring cases to LPS voxel order: plan on them as preprocessing sees them
+    fingerprint = dataset_fingerprint(dataset, progress=progress, reorient_to_lps=reorient)
     spacings = np.array(fingerprint["spacings"], dtype=np.float64)          # (cases, 3) z, y, x
     cropped_shapes = np.array(fingerprint["cropped_shapes"], dtype=np.float64)
 
@@ -86,7 +92,7 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
         "transpose_backward": backward,
         "anisotropic": bool(anisotropic),
         "crop_to_nonzero": True,
-        "flip_to_lps": True,
+        "reorient_to_lps": reorient,
         "patch_size": [int(config.num_slices), *(int(s) for s in config.image_hw)],
         "median_shape": median_shape,
         "image_resampling": {"order": 3, "order_z": 1, "separate_z": bool(anisotropic)},
@@ -115,8 +121,8 @@ def plan_problems(plan: Any, channels: int) -> List[str]:
         problems.append(f"plan.normalization must give one scheme per channel ({channels})")
     if not isinstance(plan.get("anisotropic"), bool):
         problems.append("plan.anisotropic must be true or false")
-    if not isinstance(plan.get("flip_to_lps", False), bool):
-        problems.append("plan.flip_to_lps must be true or false")
+    if not isinstance(plan.get("reorient_to_lps", False), bool):
+        problems.append("plan.reorient_to_lps must be true or false")
     return problems
 
 
@@ -134,10 +140,14 @@ def target_spacing(spacings: np.ndarray) -> tuple:
     return target, slice_axis, anisotropic
 
 
-def dataset_fingerprint(dataset: RawDataset, progress: bool = True) -> Dict[str, Any]:
+def dataset_fingerprint(dataset: RawDataset, progress: bool = True, reorient_to_lps: bool = True
+                        ) -> Dict[str, Any]:
     """What planning needs from the pixels: per case spacing (z, y, x), shape after cropping to
     non-zero, the fraction of voxels the crop keeps, and per channel pooled intensity samples
-    of foreground voxels (and of all voxels, as a fallback for unlabelled data)."""
+    of foreground voxels (and of all voxels, as a fallback for unlabelled data).
+
+    reorient_to_lps: spacings and shapes in LPS voxel order (`lps_reorientation` of each case), as
+    preprocessing with ``plan["reorient_to_lps"]`` will see them; otherwise in the stored order."""
     spacings: List[List[float]] = []
     cropped_shapes: List[List[int]] = []
     kept: List[float] = []
@@ -150,8 +160,9 @@ def dataset_fingerprint(dataset: RawDataset, progress: bool = True) -> Dict[str,
         label, _ = read_label(case.label_file)
         box = nonzero_bbox(image)
         shape = bbox_shape(box)
-        spacings.append(list(geometry.spacing_zyx))
-        cropped_shapes.append(list(shape))
+        reorientation = lps_reorientation(geometry) if reorient_to_lps else Reorientation()
+        spacings.append(list(reorientation.order(geometry.spacing_zyx)))
+        cropped_shapes.append(list(reorientation.order(shape)))
         kept.append(float(np.prod(shape)) / float(np.prod(image.shape[1:])))
         # A fixed seed per case makes the plan reproducible.
         rng = np.random.default_rng([20240611, number])

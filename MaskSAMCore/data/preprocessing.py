@@ -2,11 +2,13 @@
 
 Forward (`preprocess_case`), for an image (C, z, y, x) with its `ImageGeometry` and a plan:
 
-0. with ``plan["flip_to_lps"]`` (plans made since it exists): reverse every voxel axis that runs
-   towards the patient's right, anterior or inferior (`lps_flips`), so that a case stored with an
-   axis reversed (a left-handed grid, or RAS storage) reaches the network as an LPS-stored one
-   does. The network works in voxel order: otherwise it would see such a case mirrored (the liver
-   on the left) and swap left and right structures;
+0. with ``plan["reorient_to_lps"]`` (plans made since it exists): bring the array to LPS voxel
+   order (`MaskSAMCore.data.orientation.lps_reorientation`: array axes z, y, x become the voxel
+   axes closest to the patient's superior, posterior and left, each pointing that way), by
+   transposing and reversing axes only. The network works in voxel order: otherwise a case
+   stored with an axis reversed (a left-handed grid, RAS storage) would reach it mirrored (the
+   liver on the left, left and right structures swapped), and one stored in another axis order
+   (sagittally, coronally) turned;
 1. crop to the bounding box of voxels that are non-zero in any channel;
 2. transpose so that the plan's slice axis becomes axis 0 (``plan["transpose_forward"]``);
 3. resample to ``plan["target_spacing"]``: images cubic, linear along an anisotropic slice axis;
@@ -16,21 +18,22 @@ Forward (`preprocess_case`), for an image (C, z, y, x) with its `ImageGeometry` 
 The returned ``properties`` (JSON-able) record every step, so that `restore_label_map` and
 `restore_scores_argmax` put a prediction back on exactly the original grid: resample to the
 cropped shape, transpose back, paste into the full extent (background outside the crop), undo
-the flips. The
-original geometry is kept in ``properties["original_geometry"]`` for writing the result.
+the reorientation. The original geometry is kept in ``properties["original_geometry"]`` for
+writing the result.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from MaskSAMCore.data.cropping import bbox_shape, bbox_slices, nonzero_bbox, paste_into
 from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.data.normalization import image_statistics, normalize_channel
+from MaskSAMCore.data.orientation import plan_reorientation, undo_reorientation
 from MaskSAMCore.data.resampling import (argmax_of_resampled, coarsest_axis, image_orders, is_anisotropic,
                                          resample_array, resample_labels, resampled_shape)
 
@@ -44,8 +47,8 @@ _PLAN_KEYS_FOR_HASH = ("target_spacing", "transpose_forward", "anisotropic", "cr
 def plan_hash(plan: Dict[str, Any]) -> str:
     """A short hash of everything in `plan` that changes preprocessed arrays."""
     relevant = {key: plan.get(key) for key in _PLAN_KEYS_FOR_HASH}
-    if plan.get("flip_to_lps"):   # only then: the cached cases of plans made before it stay valid
-        relevant["flip_to_lps"] = True
+    if plan.get("reorient_to_lps"):   # only then: the cached cases of plans made before it stay valid
+        relevant["reorient_to_lps"] = True
     relevant["preprocessing_version"] = PREPROCESSING_VERSION
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -69,16 +72,16 @@ def preprocess_case(image: np.ndarray, geometry: ImageGeometry, plan: Dict[str, 
     if len(plan["normalization"]) != channels:
         raise ValueError(f"the plan normalises {len(plan['normalization'])} channel(s), the image has {channels}")
 
-    flips = lps_flips(geometry) if plan.get("flip_to_lps", False) else []
-    if flips:   # views: nothing is copied here
-        image = np.flip(image, [axis + 1 for axis in flips])
-        label = None if label is None else np.flip(np.asarray(label), flips)
+    reorientation = plan_reorientation(plan, geometry)
+    image = reorientation.apply(image)   # views: nothing is copied here
+    label = None if label is None else reorientation.apply(np.asarray(label))
+    spacing_zyx = reorientation.order(geometry.spacing_zyx)   # of the reoriented array
 
     box = nonzero_bbox(image) if plan.get("crop_to_nonzero", True) else [[0, n] for n in image.shape[1:]]
     cropped = image[(slice(None),) + bbox_slices(box)]
     forward = list(plan["transpose_forward"])
     transposed = np.transpose(cropped, [0] + [a + 1 for a in forward])
-    spacing = [geometry.spacing_zyx[a] for a in forward]
+    spacing = [spacing_zyx[a] for a in forward]
     target = plan["target_spacing"]
     new_shape = resampled_shape(transposed.shape[1:], spacing, target)
     separate_z = bool(plan["anisotropic"]) or (is_anisotropic(spacing) and coarsest_axis(spacing) == 0)
@@ -106,7 +109,7 @@ def preprocess_case(image: np.ndarray, geometry: ImageGeometry, plan: Dict[str, 
 
     properties = {
         "original_geometry": geometry.to_dict(),
-        "flipped_axes": flips,
+        "reorientation": reorientation.to_dict(),
         "shape_before_cropping": [int(n) for n in image.shape[1:]],
         "bbox": [[int(a), int(b)] for a, b in box],
         "shape_after_cropping": list(bbox_shape(box)),
@@ -156,35 +159,14 @@ def preprocess_dataset(dataset: Any, plan: Dict[str, Any], out_dir: Any, num_wor
     return run(dataset, plan, out_dir, num_workers=num_workers, progress=progress)
 
 
-def lps_flips(geometry: ImageGeometry) -> List[int]:
-    """The array axes (0, 1, 2 = z, y, x) whose voxel axis runs towards the patient's right,
-    anterior or inferior: its direction's largest LPS component is negative."""
-    direction = geometry.direction_matrix
-    flips = []
-    for itk_axis in range(3):
-        column = direction[:, itk_axis]
-        if column[int(np.argmax(np.abs(column)))] < 0:
-            flips.append(2 - itk_axis)
-    return sorted(flips)
-
-
-def undo_flips(array: np.ndarray, properties: Dict[str, Any]) -> np.ndarray:
-    """An array on the original grid's (flipped) voxel order (..., z, y, x) in the original order."""
-    flips = properties.get("flipped_axes") or []
-    if not flips:
-        return array
-    offset = array.ndim - 3
-    return np.ascontiguousarray(np.flip(array, [axis + offset for axis in flips]))
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 def _back_to_original(cropped_t: np.ndarray, properties: Dict[str, Any], plan: Dict[str, Any]) -> np.ndarray:
     backward = properties.get("transpose_backward", plan.get("transpose_backward"))
     cropped = np.transpose(cropped_t, backward)
     out_dtype = np.uint8 if cropped.size == 0 or (cropped.min() >= 0 and cropped.max() <= 255) else np.int16
-    return undo_flips(paste_into(cropped.astype(out_dtype), properties["bbox"], properties["shape_before_cropping"]),
-                      properties)
+    full = paste_into(cropped.astype(out_dtype), properties["bbox"], properties["shape_before_cropping"])
+    return undo_reorientation(full, properties)
 
 
 def _check_network_shape(shape: Tuple[int, ...], properties: Dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from MaskSAMCore.atomic import atomic_path
 from MaskSAMCore.data.cropping import bbox_slices
 from MaskSAMCore.data.image_io import ImageGeometry, write_label
-from MaskSAMCore.data.preprocessing import undo_flips
+from MaskSAMCore.data.orientation import undo_reorientation
 from MaskSAMCore.data.resampling import resample_array
 from MaskSAMCore.inference.cases import split_ending
 
@@ -64,7 +64,7 @@ def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bo
     cropped = np.transpose(cropped_t, properties["transpose_backward"])
     full = np.full(properties["shape_before_cropping"], 1.0 if background else 0.0, dtype=np.float16)
     full[bbox_slices(properties["bbox"])] = np.clip(cropped, 0.0, 1.0)
-    return undo_flips(full, properties)
+    return undo_reorientation(full, properties)
 
 
 def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_names: Sequence[str],

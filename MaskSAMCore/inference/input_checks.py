@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.orientation import plan_reorientation
 from MaskSAMCore.data.resampling import resampled_shape
 from MaskSAMCore.errors import InputError
 
@@ -61,8 +62,10 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
     if available is None:
         return
     forward = list(plan["transpose_forward"])
-    spacing = [geometry.spacing_zyx[a] for a in forward]
-    shape = [geometry.shape_zyx[a] for a in forward]
+    reorientation = plan_reorientation(plan, geometry)   # the axis order preprocessing gives the image
+    spacing_zyx, shape_zyx = reorientation.order(geometry.spacing_zyx), reorientation.order(geometry.shape_zyx)
+    spacing = [spacing_zyx[a] for a in forward]
+    shape = [shape_zyx[a] for a in forward]
     target = [float(t) for t in plan["target_spacing"]]
     new_shape = resampled_shape(shape, spacing, target)
     needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * int(np.prod(new_shape, dtype=np.int64))

@@ -41,7 +41,7 @@ def synthetic_plan(config: MaskSAMConfig, target_spacing_zyx: Sequence[float] = 
         "num_classes": config.num_classes, "channel_names": names,
         "target_spacing": target, "target_spacing_zyx": target,
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-        "anisotropic": anisotropic, "crop_to_nonzero": crop_to_nonzero, "flip_to_lps": True,
+        "anisotropic": anisotropic, "crop_to_nonzero": crop_to_nonzero, "reorient_to_lps": True,
         "patch_size": [int(config.num_slices), int(height), int(width)],
         "image_resampling": {"order": 3, "order_z": 1, "separate_z": anisotropic},
         "label_resampling": {"method": "one_hot_linear", "order": 1, "order_z": 0 if anisotropic else 1,

@@ -11,7 +11,8 @@ edge voxels repeated), which is exactly PyTorch's ``align_corners=False`` linear
 to the lower class in both. Host memory: the label map; device memory: about two slabs.
 
 The result is on the *cropped, transposed* grid (``properties["shape_after_transpose"]``);
-`finish_labels` transposes it back and pastes it into the full image.
+`finish_labels` transposes it back, pastes it into the full image and undoes the reorientation
+to LPS voxel order.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from MaskSAMCore.data.cropping import paste_into
-from MaskSAMCore.data.preprocessing import undo_flips
+from MaskSAMCore.data.orientation import undo_reorientation
 from MaskSAMCore.inference.sinks import _HostSink
 
 
@@ -107,7 +108,7 @@ class ResampledLabelSink(_HostSink):
 
 def finish_labels(cropped_t: np.ndarray, properties: Dict[str, object]) -> np.ndarray:
     """Labels on the cropped, transposed grid -> the full original grid (z, y, x), background outside
-    (and the preprocessing's flips undone)."""
+    (and the preprocessing's reorientation to LPS voxel order undone)."""
     cropped = np.transpose(cropped_t, properties["transpose_backward"])
     full = paste_into(np.ascontiguousarray(cropped), properties["bbox"], properties["shape_before_cropping"])
-    return undo_flips(full, properties)
+    return undo_reorientation(full, properties)
