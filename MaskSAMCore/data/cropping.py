@@ -36,7 +36,7 @@ def bbox_shape(box: BoundingBox) -> Tuple[int, ...]:
     return tuple(stop - start for start, stop in box)
 
 
-def paste_into(cropped: np.ndarray, box: BoundingBox, full_shape: Sequence[int], fill: int = 0) -> np.ndarray:
+def paste_into(cropped: np.ndarray, box: BoundingBox, full_shape: Sequence[int], fill: float = 0) -> np.ndarray:
     """A `full_shape` array filled with `fill`, with `cropped` placed at `box`."""
     if tuple(cropped.shape) != bbox_shape(box):
         raise ValueError(f"cropped shape {cropped.shape} does not fit bounding box {box}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -161,12 +161,22 @@ def preprocess_dataset(dataset: Any, plan: Dict[str, Any], out_dir: Any, num_wor
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _back_to_original(cropped_t: np.ndarray, properties: Dict[str, Any], plan: Dict[str, Any]) -> np.ndarray:
-    backward = properties.get("transpose_backward", plan.get("transpose_backward"))
+def to_original_grid(cropped_t: np.ndarray, properties: Dict[str, Any], fill: float = 0,
+                     transpose_backward: Optional[Sequence[int]] = None) -> np.ndarray:
+    """An array on the cropped, transposed grid (T', H', W') at the input's spacing -> the input's
+    own grid (z, y, x): transpose back, paste into the full extent (`fill` outside the crop), undo
+    the reorientation to LPS voxel order. Every way back (labels, the restoring sink,
+    probabilities) ends here, so none can miss a step."""
+    backward = properties["transpose_backward"] if transpose_backward is None else transpose_backward
     cropped = np.transpose(cropped_t, backward)
-    out_dtype = np.uint8 if cropped.size == 0 or (cropped.min() >= 0 and cropped.max() <= 255) else np.int16
-    full = paste_into(cropped.astype(out_dtype), properties["bbox"], properties["shape_before_cropping"])
+    full = paste_into(cropped, properties["bbox"], properties["shape_before_cropping"], fill=fill)
     return undo_reorientation(full, properties)
+
+
+def _back_to_original(cropped_t: np.ndarray, properties: Dict[str, Any], plan: Dict[str, Any]) -> np.ndarray:
+    out_dtype = np.uint8 if cropped_t.size == 0 or (cropped_t.min() >= 0 and cropped_t.max() <= 255) else np.int16
+    return to_original_grid(cropped_t.astype(out_dtype), properties,
+                            transpose_backward=properties.get("transpose_backward", plan.get("transpose_backward")))
 
 
 def _check_network_shape(shape: Tuple[int, ...], properties: Dict[str, Any]) -> None:

@@ -27,9 +27,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from MaskSAMCore.atomic import atomic_path
-from MaskSAMCore.data.cropping import bbox_slices
 from MaskSAMCore.data.image_io import ImageGeometry, write_label
-from MaskSAMCore.data.orientation import undo_reorientation
+from MaskSAMCore.data.preprocessing import to_original_grid
 from MaskSAMCore.data.resampling import resample_array
 from MaskSAMCore.inference.cases import split_ending
 
@@ -61,10 +60,8 @@ def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bo
     # No score at all (every class underflowed to 0 in float16): the label map says background.
     nothing = np.full_like(total, 1.0 if background else 0.0)
     cropped_t = np.divide(resampled, total, out=nothing, where=total > 0)
-    cropped = np.transpose(cropped_t, properties["transpose_backward"])
-    full = np.full(properties["shape_before_cropping"], 1.0 if background else 0.0, dtype=np.float16)
-    full[bbox_slices(properties["bbox"])] = np.clip(cropped, 0.0, 1.0)
-    return undo_reorientation(full, properties)
+    return to_original_grid(np.clip(cropped_t, 0.0, 1.0).astype(np.float16), properties,
+                            fill=1.0 if background else 0.0)
 
 
 def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_names: Sequence[str],

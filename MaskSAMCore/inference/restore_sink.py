@@ -23,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from MaskSAMCore.data.cropping import paste_into
-from MaskSAMCore.data.orientation import undo_reorientation
+from MaskSAMCore.data.preprocessing import to_original_grid
 from MaskSAMCore.inference.sinks import _HostSink
 
 
@@ -109,6 +108,4 @@ class ResampledLabelSink(_HostSink):
 def finish_labels(cropped_t: np.ndarray, properties: Dict[str, object]) -> np.ndarray:
     """Labels on the cropped, transposed grid -> the full original grid (z, y, x), background outside
     (and the preprocessing's reorientation to LPS voxel order undone)."""
-    cropped = np.transpose(cropped_t, properties["transpose_backward"])
-    full = paste_into(np.ascontiguousarray(cropped), properties["bbox"], properties["shape_before_cropping"])
-    return undo_reorientation(full, properties)
+    return to_original_grid(cropped_t, properties)
