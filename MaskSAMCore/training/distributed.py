@@ -23,6 +23,7 @@ weights stay identical on every rank; only rank 0 writes files and prints.
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from dataclasses import dataclass
@@ -87,7 +88,13 @@ def init_distributed(use_cuda: bool) -> DistributedContext:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group. A DistributedDataParallel model still alive holds a reducer bound
+    to the group; freed after the group (its module's reference cycles wait for the garbage
+    collector) it made a gloo rank abort at exit ("terminate called without an active
+    exception", SIGABRT) in about one run in five, even after a finished training. Collecting
+    first frees it while the group still exists."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
