@@ -169,8 +169,13 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
 def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("predict", help="segment an image or a folder of images")
     p.add_argument("model_dir", help="a trained MaskSAM model folder")
-    p.add_argument("input", help="an image file, or a folder of images (*_0000.nii.gz etc. for multi-channel)")
-    p.add_argument("output", help="output label-map file, or a folder (existing, or ending in /; always when INPUT is a folder)")
+    p.add_argument("input", help="an image file, a folder of images (*_0000.nii.gz etc. for multi-channel), "
+                                 "or a folder of DICOM files (one series)")
+    p.add_argument("output", help="output label-map file, or a folder (existing, or ending in /; always when "
+                                  "INPUT is a folder of images)")
+    p.add_argument("--series", default=None, metavar="NUMBER|UID",
+                   help="with a DICOM folder holding several series: the one to segment (its Series Number "
+                        "or Series Instance UID)")
     p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint file if not in the cache")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
     mirror = p.add_mutually_exclusive_group()

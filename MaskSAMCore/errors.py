@@ -53,7 +53,10 @@ def first_line(error: BaseException) -> str:
 
 
 def describe_path(path: "os.PathLike[str] | str") -> str:
-    """The path as the user should read it in a message (absolute, with ~ kept short)."""
+    """The path as the user should read it in a message (absolute, with ~ kept short). Something
+    read that is not a file (a DICOM series) is described by its own ``str``."""
+    if not isinstance(path, (str, os.PathLike)):
+        return str(path)
     text = os.path.abspath(os.fspath(path))
     home = os.path.expanduser("~")
     if home not in ("/", "") and text.startswith(home + os.sep):

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
+from MaskSAMCore.data.dicom_series import DicomSeries, read_series
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
 from MaskSAMCore.data.read_failures import sitk_reason, unreadable_image_reason
 from MaskSAMCore.errors import InputError, describe_path
@@ -118,12 +119,14 @@ class ImageGeometry:
 
 # -- reading ----------------------------------------------------------------------------------------
 
-def read_sitk_image(path: "os.PathLike[str] | str") -> sitk.Image:
+def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries") -> sitk.Image:
     """Read a scalar 3D image as a SimpleITK image, or raise `InputError` naming the file.
 
     A 4D image whose fourth axis has one sample is reduced to 3D (some converters write those);
-    a 3D image with a single slice stays 3D.
+    a 3D image with a single slice stays 3D. A `DicomSeries` (already checked) is read slice by slice.
     """
+    if isinstance(path, DicomSeries):
+        return read_series(path)
     path = Path(path)
     where = describe_path(path)
     if not path.exists():
@@ -163,7 +166,7 @@ def _check_nifti_complete(path: Path) -> None:
                          "missing); copy or download it again")
 
 
-def read_image(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometry]:
+def read_image(path: "os.PathLike[str] | str | DicomSeries") -> Tuple[np.ndarray, ImageGeometry]:
     """Read one image channel: (array (z, y, x) float32, geometry). Raises `InputError` for a
     missing, unreadable, non-3D or vector image, or one with NaN/Inf values. A constant image is
     accepted here (whoever uses it decides whether that is a problem)."""
@@ -193,7 +196,7 @@ def _check_fits_float32(array: np.ndarray, path: "os.PathLike[str] | str") -> No
                          f"(±{limit:.3g}) MaskSAM computes in; rescale the image")
 
 
-def read_case(paths: Sequence["os.PathLike[str] | str"]) -> Tuple[np.ndarray, ImageGeometry]:
+def read_case(paths: Sequence["os.PathLike[str] | str | DicomSeries"]) -> Tuple[np.ndarray, ImageGeometry]:
     """Read the channels of one case: (image (C, z, y, x) float32, geometry of channel 0).
     Every channel must lie on the grid of the first one, else `InputError` naming the file."""
     if not paths:
@@ -235,8 +238,10 @@ def read_label(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometr
     return array.astype(np.int16, copy=False), ImageGeometry.from_sitk(image)
 
 
-def read_geometry(path: "os.PathLike[str] | str") -> ImageGeometry:
+def read_geometry(path: "os.PathLike[str] | str | DicomSeries") -> ImageGeometry:
     """The geometry of a 3D image from its header only (fast; no pixel data read)."""
+    if isinstance(path, DicomSeries):
+        return ImageGeometry(path.size, path.spacing, path.origin, path.direction)
     path = Path(path)
     where = describe_path(path)
     if not path.is_file():

@@ -8,6 +8,10 @@ one-channel model, numbered scans without a ``_0000`` file among them (``amos_00
 channel files always start at ``_0000``, so they cannot be channels of one case ``amos``.
 Prediction file names (``CASE<ending>``) follow nnU-Net, so `masksam evaluate` can pair them with
 ``labelsTs/CASE<ending>`` by name.
+
+A folder of DICOM files (a series as a scanner or PACS exports it) is one case named after the
+folder, like a single image file; its label map is ``.nii.gz`` unless the output says otherwise.
+When the folder holds several image series, ``--series`` names the one to segment.
 """
 
 from __future__ import annotations
@@ -16,22 +20,30 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
+from MaskSAMCore.data.dicom_series import DicomSeries, dicom_files, find_series, is_dicom_file
 from MaskSAMCore.errors import InputError, describe_path
 
 # Longest first, so that ".nii.gz" wins over ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".tiff")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+DICOM_OUTPUT_ENDING = ".nii.gz"
 
 
 @dataclass(frozen=True)
 class Case:
-    """One image to segment: its channel files in channel order, and where its labels go."""
+    """One image to segment: its channels in channel order (image files, or one DICOM series),
+    and where its labels go."""
 
     name: str
-    channel_files: Tuple[Path, ...]
+    channel_files: Tuple[Union[Path, DicomSeries], ...]
     output_file: Path
+
+    @property
+    def input_files(self) -> List[Path]:
+        """Every file the case reads (each slice of a DICOM series)."""
+        return [f for c in self.channel_files for f in (c.files if isinstance(c, DicomSeries) else (c,))]
 
 
 def split_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
@@ -52,13 +64,14 @@ def case_name(path: "os.PathLike[str] | str") -> str:
 
 
 def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[str] | str",
-               num_channels: int, output_ending: Optional[str] = None) -> List[Case]:
+               num_channels: int, output_ending: Optional[str] = None,
+               series: Optional[str] = None) -> List[Case]:
     """The cases to predict, with their output files; `InputError` for anything unusable.
 
-    A single file is one case with one channel; its label map is written to `output_path`
-    (or inside it, named after the case, when `output_path` is an existing folder or ends in a
-    slash). A folder
-    gives one case per ``CASE_XXXX`` group (or suffix-less file), written into the output folder.
+    A single file, or a folder of DICOM files (`series`: which of its series), is one case with
+    one channel; its label map is written to `output_path` (or inside it, named after the case,
+    when `output_path` is an existing folder or ends in a slash). A folder of image files gives
+    one case per ``CASE_XXXX`` group (or suffix-less file), written into the output folder.
     """
     source = Path(input_path)
     target = Path(output_path)
@@ -69,28 +82,61 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     if output_ending is not None and output_ending.lower() not in IMAGE_ENDINGS:
         raise InputError(f"--output-ending {output_ending} is not an image file ending "
                          f"(known endings: {', '.join(IMAGE_ENDINGS)})")
-    if source.is_file():
+    images = _image_files(source) if source.is_dir() else []
+    dicom = dicom_files(source) if source.is_dir() else []
+    if images and dicom:
+        raise InputError(f"{describe_path(source)}: holds both image files ({images[0][0].name}, ...) and "
+                         f"DICOM files ({dicom[0].name}, ...); put them in separate folders")
+    if series is not None and not dicom:
+        raise InputError(f"--series is for a folder of DICOM files; {describe_path(source)} is not one")
+    if dicom or source.is_file():
         if num_channels != 1:
             raise InputError(
                 f"{describe_path(source)}: the model needs {num_channels} channels; give a folder with "
                 f"{case_name(source)}_0000, ..._{num_channels - 1:04d} files")
-        _, ending = split_ending(source)
-        if not ending:
-            raise InputError(f"{describe_path(source)}: not an image file (known endings: {', '.join(IMAGE_ENDINGS)})")
-        # "out/" names a folder even before it exists (Path drops the slash, so look at the text)
-        if target.is_dir() or str(output_path).endswith(("/", os.sep)):
-            target = target / f"{case_name(source)}{output_ending or ending}"
-        elif not split_ending(target)[1]:
-            raise InputError(f"{describe_path(target)}: the output needs an image file ending such as .nii.gz "
-                             f"(or end it with / to write into that folder)")
-        return [Case(case_name(source), (source,), target)]
+        if dicom:
+            name = source.resolve().name or "dicom"
+            channel: Union[Path, DicomSeries] = find_series(source, series)
+            ending = DICOM_OUTPUT_ENDING
+        else:
+            name, ending = case_name(source), split_ending(source)[1]
+            channel = source
+            if not ending:
+                hint = "; it is a DICOM file: give the folder holding its series" if is_dicom_file(source) else ""
+                raise InputError(f"{describe_path(source)}: not an image file (known endings: "
+                                 f"{', '.join(IMAGE_ENDINGS)}){hint}")
+        return [Case(name, (channel,), _single_output(target, output_path, name, output_ending or ending))]
     if target.exists() and not target.is_dir():
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too")
     if not target.exists() and split_ending(target)[1]:
         # Not a folder named labels.nii.gz holding the label maps where a file was meant.
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too, "
                          f"not a file name ending in {split_ending(target)[1]}")
-    return _cases_in_folder(source, target, num_channels, output_ending)
+    if not images:
+        raise InputError(f"{describe_path(source)}: no image files found (known endings: "
+                         f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
+    return _cases_in_folder(images, source, target, num_channels, output_ending)
+
+
+def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
+    """Where DICOM series sit one level down (a study exported as one folder per series)."""
+    holding = [p.name for p in sorted(folder.iterdir())
+               if p.is_dir() and not p.name.startswith(".") and dicom_files(p)]
+    if not holding:
+        return ""
+    names = ", ".join(holding[:shown]) + (", ..." if len(holding) > shown else "")
+    return f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input"
+
+
+def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: str, ending: str) -> Path:
+    """The label map of a one-case input: `target` itself, or ``target/name<ending>`` for a folder."""
+    # "out/" names a folder even before it exists (Path drops the slash, so look at the text)
+    if target.is_dir() or str(output_path).endswith(("/", os.sep)):
+        return target / f"{name}{ending}"
+    if not split_ending(target)[1]:
+        raise InputError(f"{describe_path(target)}: the output needs an image file ending such as .nii.gz "
+                         f"(or end it with / to write into that folder)")
+    return target
 
 
 def _split_channel(stem: str) -> Tuple[str, int]:
@@ -123,7 +169,8 @@ def _list_suffixes(channels: Sequence[int], shown: int = 6) -> str:
     return ", ".join(names if len(names) <= shown else names[:shown - 1] + [f"... ({len(names)} files)"])
 
 
-def _cases_in_folder(folder: Path, target: Path, num_channels: int, output_ending: Optional[str]) -> List[Case]:
+def _image_files(folder: Path) -> List[Tuple[Path, str, str]]:
+    """(path, name without ending, ending) of the image files directly inside `folder`."""
     images = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
@@ -131,8 +178,11 @@ def _cases_in_folder(folder: Path, target: Path, num_channels: int, output_endin
         stem, ending = split_ending(path)
         if ending:
             images.append((path, stem, ending))
-    if not images:
-        raise InputError(f"{describe_path(folder)}: no image files found (known endings: {', '.join(IMAGE_ENDINGS)})")
+    return images
+
+
+def _cases_in_folder(images: List[Tuple[Path, str, str]], folder: Path, target: Path, num_channels: int,
+                     output_ending: Optional[str]) -> List[Case]:
     numbered: Set[str] = set()
     if num_channels == 1:
         # amos_0001, amos_0002, ... without an amos_0000: numbered scans, each a case of its own

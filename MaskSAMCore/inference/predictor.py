@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import ImageGeometry, read_case
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
 from MaskSAMCore.errors import ModelFolderError, describe_path
@@ -200,10 +201,12 @@ class Predictor:
         data, _, properties = preprocess_case(image, geometry, self.plan)
         return PreparedCase(name, data, properties, geometry, time.perf_counter() - start)
 
-    def prepare_files(self, paths: Sequence["os.PathLike[str] | str"], name: Optional[str] = None) -> PreparedCase:
-        """Read a case's channel files and preprocess it (safe to call in a background thread)."""
+    def prepare_files(self, paths: Sequence["os.PathLike[str] | str | DicomSeries"],
+                      name: Optional[str] = None) -> PreparedCase:
+        """Read a case's channel files (or DICOM series) and preprocess it (safe to call in a
+        background thread)."""
         start = time.perf_counter()
-        image, geometry = read_case([Path(p) for p in paths])
+        image, geometry = read_case([p if isinstance(p, DicomSeries) else Path(p) for p in paths])
         files = [describe_path(p) for p in paths]
         where = files[0] if len(files) == 1 else f"case {name or Path(paths[0]).name}"
         prepared = self.prepare(image, geometry, where, owned=True, channel_files=files)

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import List, Optional
 
 from MaskSAMCore.atomic import remove_stale_temporaries
+from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.errors import InputError, first_line
 from MaskSAMCore.inference.cases import Case, find_cases
@@ -53,6 +54,20 @@ def check_headers(cases: List[Case]) -> None:
         check_format_keeps(geometries[0], case.output_file)
 
 
+def report_dicom_series(cases: List[Case]) -> None:
+    """Say which DICOM series is segmented, on which grid, and which files were left out."""
+    for case in cases:
+        for series in case.channel_files:
+            if not isinstance(series, DicomSeries):
+                continue
+            print(f"masksam: {series}: {series.modality or 'modality not given'}, {len(series.files)} slices, "
+                  f"{read_geometry(series).describe()}", file=sys.stderr)
+            if series.left_out:
+                names = ", ".join(p.name for p in series.left_out[:3]) + (", ..." if len(series.left_out) > 3 else "")
+                print(f"masksam: warning: {len(series.left_out)} file(s) in the folder hold no readable image "
+                      f"and were left out ({names})", file=sys.stderr)
+
+
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
     voxels = 1
     for n in case.properties["shape_after_resampling"]:
@@ -64,15 +79,17 @@ def run_predict(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                             sam_checkpoint=args.sam_checkpoint, options=options)
-    cases = find_cases(args.input, args.output, predictor.config.in_channels, args.output_ending)
+    cases = find_cases(args.input, args.output, predictor.config.in_channels, args.output_ending,
+                       getattr(args, "series", None))
     check_headers(cases)
-    inputs = [path for case in cases for path in case.channel_files]
+    inputs = [path for case in cases for path in case.input_files]
     for case in cases:
         check_output_file(case.output_file, inputs)
         if args.probabilities:
             check_output_file(probabilities_path(case.output_file), inputs, "probabilities file")
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
+    report_dicom_series(cases)
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
           f"{describe_mirroring(predictor) if options.mirror else 'no mirroring'}, step {options.step:g}",
           file=sys.stderr)

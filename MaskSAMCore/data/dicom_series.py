@@ -1,0 +1,277 @@
+"""A folder of DICOM slices as one 3D image: finding its series, checking its geometry, reading it.
+
+`masksam predict MODEL FOLDER OUT` accepts a folder holding the single-frame slices of a CT or MR
+series (as a PACS or scanner exports them). Only the headers are read to find the series and
+check that its slices make one regular volume; the voxels are read later with SimpleITK's series
+reader (GDCM), which applies each slice's rescale slope and intercept (CT slices become HU).
+
+DICOM stores each slice's position and orientation in the patient's LPS coordinates, so the
+volume's grid follows from them: origin = the position of the first slice along the slice
+normal (row direction x column direction), in-plane spacing and directions from the slices,
+slice spacing from the distance between neighbouring positions. Three kinds of series look like
+a volume but are not one, and would be segmented on a wrong grid without any error, so they are
+refused with what to do instead:
+
+- slices at uneven distances (a missing slice, or a series mixing thicknesses),
+- several slices at one position (echoes, phases or time points kept in one series),
+- slices shifted sideways along the stack (CT gantry tilt): the grid is sheared, which no
+  image format MaskSAM writes can describe. 3D Slicer's DICOM import corrects it.
+
+Multi-frame (enhanced) DICOM files are refused too: SimpleITK reads their frames without
+reliable per-frame geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from MaskSAMCore.errors import InputError, describe_path
+
+# How far slices may lie from the regular grid before the series is refused: the distance between
+# neighbours may vary by 1 % of the slice spacing, and the stack may drift sideways by a tenth of
+# a pixel (exported positions and orientations are rounded to a few micrometres and 1e-5).
+SPACING_TOLERANCE = 0.01
+SIDEWAYS_TOLERANCE_PIXELS = 0.1
+_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
+_SERIES_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY, _FRAMES = (
+    "0020|000e", "0020|0011", "0008|103e", "0008|0060", "0028|0008")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for a file with the DICOM preamble ("DICM" at byte 128), or named ``*.dcm``."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: Path) -> List[Path]:
+    """The DICOM files directly inside `folder` (hidden files and subfolders left out)."""
+    return [p for p in sorted(folder.iterdir())
+            if not p.name.startswith(".") and p.is_file() and is_dicom_file(p)]
+
+
+@dataclass(frozen=True)
+class DicomSlice:
+    """What one file's header says (SimpleITK's reading of it: origin = Image Position)."""
+
+    path: Path
+    series_uid: str
+    series_number: str
+    description: str
+    modality: str
+    columns_rows: Tuple[int, int]
+    frames: int
+    spacing: Tuple[float, float]
+    origin: Tuple[float, ...]
+    row_direction: Tuple[float, float, float]
+    column_direction: Tuple[float, float, float]
+    components: int
+    placed: bool   # has Image Position and Image Orientation (Patient)
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One image series of a folder: its files in slice order and the grid they make."""
+
+    folder: Path
+    uid: str
+    number: str
+    description: str
+    modality: str
+    files: Tuple[Path, ...]
+    size: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+    left_out: Tuple[Path, ...] = ()   # files of the folder that hold no image (or cannot be read)
+
+    def __str__(self) -> str:
+        return describe_series(self.folder, self.number, self.description)
+
+
+def describe_series(folder: Path, number: str, description: str) -> str:
+    """How messages name a series: ``~/scans/ct (DICOM series 3 'AX ABD')``."""
+    return f"{describe_path(folder)} (DICOM series {_label(number, description)})"
+
+
+def _label(number: str, description: str) -> str:
+    return f"{number or '?'}" + (f" '{description}'" if description else "")
+
+
+def _read_header(path: Path) -> Optional[DicomSlice]:
+    """The header of one file, or None when it holds no image (a report, a presentation state)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+
+    def tag(key: str) -> str:
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+    if not tag(_SERIES_UID):
+        return None
+    size = reader.GetSize()
+    direction = reader.GetDirection()
+    frames = int(tag(_FRAMES)) if tag(_FRAMES).isdigit() else (size[2] if len(size) > 2 else 1)
+    return DicomSlice(
+        path=path, series_uid=tag(_SERIES_UID), series_number=tag(_SERIES_NUMBER),
+        description=tag(_DESCRIPTION), modality=tag(_MODALITY),
+        columns_rows=(int(size[0]), int(size[1])), frames=max(frames, 1),
+        spacing=(float(reader.GetSpacing()[0]), float(reader.GetSpacing()[1])),
+        origin=tuple(float(v) for v in reader.GetOrigin()),
+        row_direction=(direction[0], direction[3], direction[6]),
+        column_direction=(direction[1], direction[4], direction[7]),
+        components=int(reader.GetNumberOfComponents()), placed=bool(tag(_POSITION)) and bool(tag(_ORIENTATION)))
+
+
+def read_series_headers(folder: Path, files: Sequence[Path]) -> Tuple[Dict[str, List[DicomSlice]], List[Path]]:
+    """Image slices by Series Instance UID (in the order their series are first met), and the
+    files that hold no image (reports, or unreadable)."""
+    series: Dict[str, List[DicomSlice]] = {}
+    left_out: List[Path] = []
+    for path in files:
+        header = _read_header(path)
+        if header is None:
+            left_out.append(path)
+        else:
+            series.setdefault(header.series_uid, []).append(header)
+    if not series:
+        raise InputError(f"{describe_path(folder)}: its {len(files)} DICOM file(s) hold no readable image")
+    return series, left_out
+
+
+def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Optional[str]) -> List[DicomSlice]:
+    """The slices of the series to segment: the only one, or the one `choice` names (its Series
+    Number or Series Instance UID)."""
+    def summary(slices: List[DicomSlice]) -> str:
+        first = slices[0]
+        return f"{_label(first.series_number, first.description)} ({first.modality or '?'}, {len(slices)} files)"
+
+    if choice is None:
+        if len(series) == 1:
+            return next(iter(series.values()))
+        listed = "; ".join(summary(s) for s in series.values())
+        raise InputError(f"{describe_path(folder)}: holds {len(series)} DICOM image series: {listed}; "
+                         "choose one with --series NUMBER (or its Series Instance UID)")
+    if choice in series:
+        return series[choice]
+    matches = [s for s in series.values() if s[0].series_number == choice]
+    if len(matches) == 1:
+        return matches[0]
+    listed = "; ".join(summary(s) for s in series.values())
+    if matches:
+        raise InputError(f"{describe_path(folder)}: {len(matches)} series have the number {choice}; "
+                         f"give the Series Instance UID instead ({', '.join(s[0].series_uid for s in matches)})")
+    raise InputError(f"{describe_path(folder)}: no DICOM series with the number or UID {choice} (found: {listed})")
+
+
+def series_grid(folder: Path, slices: List[DicomSlice]) -> DicomSeries:
+    """Check that `slices` make one regular, unsheared volume and return it with its grid."""
+    first = slices[0]
+    name = describe_series(folder, first.series_number, first.description)
+    if any(s.frames > 1 for s in slices):
+        raise InputError(f"{name}: multi-frame (enhanced) DICOM is not supported; load it in 3D Slicer "
+                         "and save it as NRRD, or convert it with dcm2niix")
+    if first.components != 1:
+        raise InputError(f"{name}: has {first.components} values per pixel (colour); a grey-value "
+                         "CT or MR series is needed")
+    missing = [s for s in slices if not s.placed]
+    if missing:
+        raise InputError(f"{name}: {missing[0].path.name} has no Image Position or Orientation (Patient); "
+                         "its place in the patient is unknown")
+    for other in slices[1:]:
+        problem = _slice_mismatch(first, other)
+        if problem:
+            raise InputError(f"{name}: {other.path.name} {problem} from {first.path.name}; "
+                             "the series does not form one volume")
+    if len(slices) < 2:
+        raise InputError(f"{name}: has a single slice, a 2D image; a 3D volume is needed")
+    row, column = np.asarray(first.row_direction), np.asarray(first.column_direction)
+    normal = np.cross(row, column)
+    positions = np.asarray([s.origin for s in slices], dtype=np.float64)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    positions, along = positions[order], along[order]
+    steps = np.diff(along)
+    if steps.min() < 1e-3:
+        at = slices[int(order[int(np.argmin(steps)) + 1])].path.name
+        count = int(np.sum(steps < 1e-3)) + 1
+        raise InputError(f"{name}: {count} slices share a position (e.g. {at}): the series holds several "
+                         "echoes, phases or time points; export one of them as its own series")
+    step = float((along[-1] - along[0]) / (len(along) - 1))
+    if np.abs(steps - step).max() > SPACING_TOLERANCE * step:
+        raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm "
+                         "(missing slices?); a regular volume is needed")
+    sideways = positions - positions[:1] - np.outer(along - along[0], normal)
+    shift = float(np.linalg.norm(sideways, axis=1).max())
+    if shift > SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing):
+        tilt = math.degrees(math.atan2(shift, float(along[-1] - along[0])))
+        raise InputError(f"{name}: its slices are shifted sideways along the stack (gantry tilt of about "
+                         f"{tilt:.1f} degrees); load it in 3D Slicer, which corrects the tilt, and save it as NRRD")
+    direction = np.stack([row, column, normal], axis=1)
+    return DicomSeries(
+        folder=folder, uid=first.series_uid, number=first.series_number, description=first.description,
+        modality=first.modality, files=tuple(slices[int(i)].path for i in order),
+        size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step),
+        origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()))
+
+
+def _slice_mismatch(first: DicomSlice, other: DicomSlice) -> Optional[str]:
+    if other.columns_rows != first.columns_rows:
+        return "has another image size"
+    if not np.allclose(other.spacing, first.spacing, rtol=1e-4, atol=1e-6):
+        return "has another pixel spacing"
+    if not (np.allclose(other.row_direction, first.row_direction, atol=1e-4)
+            and np.allclose(other.column_direction, first.column_direction, atol=1e-4)):
+        return "has another orientation"
+    return None
+
+
+def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) -> DicomSeries:
+    """The checked image series of a folder of DICOM files (`choice`: Series Number or UID when
+    the folder holds several). Raises `InputError` naming the folder for anything unusable."""
+    folder = Path(folder)
+    files = dicom_files(folder)
+    if not files:
+        raise InputError(f"{describe_path(folder)}: holds no DICOM files")
+    series, left_out = read_series_headers(folder, files)
+    return dataclasses.replace(series_grid(folder, choose_series(folder, series, choice)), left_out=tuple(left_out))
+
+
+def read_series(series: DicomSeries) -> sitk.Image:
+    """The series' voxels as a float32 image on the grid the headers describe."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(p) for p in series.files])
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetOutputPixelType(sitk.sitkFloat32)   # per-slice rescale slopes may differ
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{series}: cannot read its voxels ({message})") from None
+    if tuple(image.GetSize()) != series.size or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{series}: its voxels read as size {'x'.join(map(str, image.GetSize()))} with "
+                         f"{image.GetNumberOfComponentsPerPixel()} value(s) per voxel; a scalar "
+                         f"{'x'.join(map(str, series.size))} volume was expected")
+    # The grid from the headers, checked above, rather than the reader's own estimate.
+    image.SetSpacing(series.spacing)
+    image.SetOrigin(series.origin)
+    image.SetDirection(series.direction)
+    return image

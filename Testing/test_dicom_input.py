@@ -1,0 +1,228 @@
+"""`masksam predict` on a folder of DICOM slices: the series' grid comes from the slice headers
+(oblique, anisotropic, files named out of order), the labels land on it exactly as for the same
+volume stored as NRRD, and series that are not one regular volume are refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.data.dicom_series import find_series, read_series
+from MaskSAMCore.data.image_io import ImageGeometry, read_label
+from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+from MaskSAMCore.model.config import preset
+
+Tags = Dict[str, str]
+
+
+def _volume(size=(20, 18, 9), spacing=(0.9, 0.8, 3.0), angle=0.35) -> sitk.Image:
+    """An oblique, anisotropic CT-like volume in HU (a bright ellipsoid in soft tissue)."""
+    z, y, x = np.mgrid[:size[2], :size[1], :size[0]]
+    blob = ((x - 9) / 6.0) ** 2 + ((y - 8) / 5.0) ** 2 + ((z - 4) / 3.0) ** 2 < 1
+    hu = np.where(blob, 180, 40) + np.random.default_rng(3).integers(-20, 20, blob.shape)
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.SetSpacing(spacing)
+    image.SetOrigin((-31.5, 12.25, 104.0))
+    image.SetDirection(sitk.VersorTransform((0.3, -1.0, 0.6), angle).GetMatrix())
+    return image
+
+
+def write_series(folder: Path, image: sitk.Image, uid: str = "1.2.826.0.1.3680043.2.1125.7.1",
+                 number: str = "3", description: str = "AX ABD", names: Optional[List[str]] = None,
+                 edit: Optional[Callable[[int, Tags], Optional[Tags]]] = None) -> Path:
+    """One single-frame file per slice, as a scanner writes them; `edit(index, tags)` may change
+    a slice's tags or drop the slice (return None)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    d = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetImageIO("GDCMImageIO")   # file names without an ending, as PACS exports write them
+    for k in range(image.GetDepth()):
+        tags: Tags = {
+            "0008|0060": "CT", "0020|000e": uid, "0020|0011": number, "0008|103e": description,
+            "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
+            "0020|0013": str(k + 1), "0028|1052": "-1024", "0028|1053": "1",
+        }
+        if edit is not None:
+            tags = edit(k, tags)
+            if tags is None:
+                continue
+        slice_image = image[:, :, k]
+        for key, value in tags.items():
+            slice_image.SetMetaData(key, value)
+        writer.SetFileName(str(folder / (names[k] if names else f"IM{k:04d}.dcm")))
+        writer.Execute(slice_image)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    config = preset("tiny", num_classes=3)
+    return write_random_model_folder(tmp_path_factory.mktemp("models") / "tiny", config,
+                                     synthetic_plan(config, (3.0, 0.85, 0.85)))
+
+
+def _shuffled_names(count: int) -> List[str]:
+    """File names whose sorted order is not the slice order (PACS exports use UIDs)."""
+    order = np.random.default_rng(0).permutation(count)
+    return [f"1.3.6.1.4.1.{int(o) * 7919 % 1000:03d}.{k}" for k, o in enumerate(order)]
+
+
+def test_series_reads_back_as_the_volume_it_was_written_from(tmp_path):
+    image = _volume()
+    folder = write_series(tmp_path / "ct", image, names=_shuffled_names(image.GetDepth()))
+    series = find_series(folder)
+    read = read_series(series)
+    assert read.GetSize() == image.GetSize()
+    assert np.allclose(read.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    assert np.allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-5)
+    assert np.allclose(read.GetDirection(), image.GetDirection(), atol=1e-7)
+    # HU survive the rescale intercept the files carry; slices are in position order, not name order
+    assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image).astype(np.float32))
+
+
+def test_slices_stored_from_head_to_feet_give_the_same_grid(tmp_path):
+    image = _volume()
+    flipped = sitk.Flip(image, (False, False, True))   # the same voxels in the world, z reversed
+    series = find_series(write_series(tmp_path / "ct", flipped))
+    # DICOM's slice normal is row x column, so the grid runs along it whatever the file order
+    assert np.allclose(series.origin, image.GetOrigin(), atol=1e-5)
+    assert np.allclose(series.direction, image.GetDirection(), atol=1e-7)
+
+
+def test_predict_on_a_dicom_folder_equals_predict_on_the_same_volume_as_nrrd(model_dir, tmp_path, capsys):
+    image = _volume()
+    folder = write_series(tmp_path / "patient7_ct", image, names=_shuffled_names(image.GetDepth()))
+    nrrd = tmp_path / "same.nrrd"
+    sitk.WriteImage(read_series(find_series(folder)), str(nrrd))
+    out = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(folder), f"{out}/", "--fast", "--device", "cpu"]) == 0
+    assert "DICOM series 3 'AX ABD'" in capsys.readouterr().err
+    assert main(["predict", str(model_dir), str(nrrd), str(out / "from_nrrd.nrrd"), "--fast", "--device", "cpu"]) == 0
+    labels, geometry = read_label(out / "patient7_ct.nii.gz")
+    reference, reference_geometry = read_label(out / "from_nrrd.nrrd")
+    expected = ImageGeometry.from_sitk(image)
+    assert geometry.size == expected.size
+    for field in ("spacing", "origin", "direction"):   # NIfTI keeps float32 precision
+        assert np.allclose(getattr(geometry, field), getattr(expected, field), atol=1e-4), field
+    assert reference_geometry.same_grid(expected)
+    assert np.array_equal(labels, reference)
+
+
+def test_several_series_are_listed_and_one_is_chosen_with_series(model_dir, tmp_path, capsys):
+    folder = tmp_path / "study"
+    write_series(folder, _volume(), uid="1.2.3.1", number="3", description="AX 3mm")
+    thin = _volume(size=(20, 18, 12), spacing=(0.9, 0.8, 1.5))
+    write_series(folder, thin, uid="1.2.3.2", number="5", description="AX 1.5mm",
+                 names=[f"thin{k:03d}.dcm" for k in range(12)])
+    out = tmp_path / "labels.nrrd"
+    assert main(["predict", str(model_dir), str(folder), str(out), "--fast", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("masksam: error:") and "2 DICOM image series" in error
+    assert "3 'AX 3mm' (CT, 9 files)" in error and "5 'AX 1.5mm' (CT, 12 files)" in error and "--series" in error
+    assert not out.exists()
+    for choice in ("5", "1.2.3.2"):
+        assert main(["predict", str(model_dir), str(folder), str(out), "--series", choice,
+                     "--fast", "--device", "cpu"]) == 0
+        assert read_label(out)[1].size == (20, 18, 12)
+    assert main(["predict", str(model_dir), str(folder), str(out), "--series", "9", "--device", "cpu"]) == 1
+    assert "no DICOM series with the number or UID 9" in capsys.readouterr().err
+
+
+def _shift_sideways(k: int, tags: Tags) -> Tags:
+    x, y, z = (float(v) for v in tags["0020|0032"].split("\\"))
+    return {**tags, "0020|0032": f"{x + 0.4 * k}\\{y}\\{z}"}     # a gantry tilt: each slice moves along x
+
+
+def _rotate_one(k: int, tags: Tags) -> Tags:
+    return {**tags, "0020|0037": "1\\0\\0\\0\\0\\-1"} if k == 4 else tags
+
+
+def _same_position(k: int, tags: Tags) -> Tags:
+    return {**tags, "0020|0032": "0\\0\\0"}
+
+
+BAD_SERIES = {
+    "missing slice": (lambda k, tags: None if k == 4 else tags, "slice spacing varies from 3 to 6 mm (missing slices?)"),
+    "gantry tilt": (_shift_sideways, "gantry tilt of about"),
+    "slices in two orientations": (_rotate_one, "IM0004.dcm has another orientation"),
+    "echoes in one series": (_same_position, "9 slices share a position"),
+    "one slice": (lambda k, tags: tags if k == 0 else None, "single slice, a 2D image"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_SERIES))
+def test_a_series_that_is_not_one_regular_volume_is_refused(model_dir, tmp_path, capsys, kind):
+    edit, problem = BAD_SERIES[kind]
+    folder = write_series(tmp_path / "ct", _volume(), edit=edit)
+    out = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(folder), f"{out}/", "--device", "cpu"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("masksam: error:"), lines
+    assert "ct (DICOM series 3 'AX ABD'):" in lines[0]
+    assert problem in lines[0], lines[0]
+    assert not out.exists()
+
+
+def test_dicom_inputs_given_the_wrong_way_get_a_hint(model_dir, tmp_path, capsys):
+    study = tmp_path / "study"
+    folder = write_series(study / "series3", _volume())
+    write_series(study / "series5", _volume(), uid="1.2.3.9", number="5")
+    out = tmp_path / "out.nrrd"
+    cases = {
+        "a slice file": ([str(folder / "IM0000.dcm"), str(out)],
+                         "it is a DICOM file: give the folder holding its series"),
+        "the study folder": ([str(study), f"{tmp_path}/outs/"],
+                             "DICOM series lie in its subfolder(s) series3, series5: give one of them"),
+        "--series with an image file": ([str(_write_nrrd(tmp_path)), str(out), "--series", "3"],
+                                        "--series is for a folder of DICOM files"),
+    }
+    for name, (arguments, problem) in cases.items():
+        assert main(["predict", str(model_dir), *arguments, "--device", "cpu"]) == 1, name
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("masksam: error:") and problem in error, (name, error)
+        assert not out.exists() and not (tmp_path / "outs").exists()
+
+
+def _write_nrrd(tmp_path: Path) -> Path:
+    path = tmp_path / "scan.nrrd"
+    sitk.WriteImage(_volume(), str(path))
+    return path
+
+
+def test_a_multi_frame_file_is_refused_with_what_to_do(tmp_path):
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    volume = sitk.GetImageFromArray(np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7))
+    sitk.WriteImage(volume, str(folder / "multi.dcm"))   # GDCM writes a 3D image as one multi-frame file
+    with pytest.raises(Exception, match="multi-frame .* not supported.*dcm2niix"):
+        find_series(folder)
+
+
+@pytest.mark.slow
+def test_a_held_out_phantom_exported_as_dicom_is_segmented_as_its_nifti_file(trained_phantom_model, tmp_path):
+    """The phantom-trained model (conftest) on a held-out phantom given as DICOM slices."""
+    dataset, model = trained_phantom_model.dataset, trained_phantom_model.model_dir
+    scan = sorted((dataset / "imagesTs").iterdir())[0]
+    image = sitk.ReadImage(str(scan))
+    assert np.linalg.det(np.reshape(image.GetDirection(), (3, 3))) > 0   # DICOM grids are right-handed
+    folder = write_series(tmp_path / "phantom_dicom", image, names=_shuffled_names(image.GetDepth()))
+    out = tmp_path / "out"
+    for source, name in ((folder, "from_dicom.nii.gz"), (scan, "from_nifti.nii.gz")):
+        assert main(["predict", str(model), str(source), str(out / name), "--fast", "--device", "cpu"]) == 0
+    from_dicom, geometry = read_label(out / "from_dicom.nii.gz")
+    from_nifti, nifti_geometry = read_label(out / "from_nifti.nii.gz")
+    assert geometry.same_grid(nifti_geometry)
+    assert np.mean(from_dicom == from_nifti) > 0.999
+    report = tmp_path / "report.json"
+    truth = dataset / "labelsTs" / scan.name.replace("_0000", "")
+    assert main(["evaluate", str(out / "from_dicom.nii.gz"), str(truth), "--dataset-json",
+                 str(dataset / "dataset.json"), "--output", str(report)]) == 0
+    assert json.loads(report.read_text())["mean_dice"] >= 0.6
