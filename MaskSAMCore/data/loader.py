@@ -30,7 +30,7 @@ import torch
 
 from MaskSAMCore.data.augmentation import AugmentationSettings, in_plane_only
 from MaskSAMCore.data.loader_worker import BatchSpec, make_batch, new_sampler, worker_main
-from MaskSAMCore.data.processes import stop_processes, worker_context
+from MaskSAMCore.data.processes import signals_deferred, stop_processes, worker_context
 from MaskSAMCore.data.store import read_properties
 from MaskSAMCore.errors import MaskSAMError
 
@@ -125,13 +125,14 @@ class PatchLoader:
         workers = min(self.num_workers, max(1, self.spec.num_batches))
         self._stop_event = context.Event()
         self._queues = [context.Queue(maxsize=_PREFETCH_PER_WORKER) for _ in range(workers)]
-        for index in range(workers):
-            process = context.Process(
-                target=worker_main, name=f"masksam-loader-{index}", daemon=True,
-                args=(self.spec, index, workers, self._queues[index], self._stop_event, os.getpid()),
-            )
-            process.start()
-            self._processes.append(process)
+        with signals_deferred():
+            for index in range(workers):
+                process = context.Process(
+                    target=worker_main, name=f"masksam-loader-{index}", daemon=True,
+                    args=(self.spec, index, workers, self._queues[index], self._stop_event, os.getpid()),
+                )
+                process.start()
+                self._processes.append(process)
 
     def _receive(self, batch_index: int) -> Tuple[np.ndarray, np.ndarray]:
         worker = batch_index % len(self._processes)

@@ -23,7 +23,7 @@ from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dataset import RawCase, RawDataset
 from MaskSAMCore.data.image_io import read_case, read_label
 from MaskSAMCore.data.preprocessing import plan_hash, preprocess_case
-from MaskSAMCore.data.processes import abort_pool, ignore_interrupts, worker_context
+from MaskSAMCore.data.processes import abort_pool, ignore_interrupts, signals_deferred, worker_context
 from MaskSAMCore.data.store import case_paths, save_case
 from MaskSAMCore.errors import MaskSAMError, describe_path
 from MaskSAMCore.progress import Progress
@@ -67,9 +67,10 @@ def _run_in_pool(cases: Sequence[RawCase], plan: Dict[str, Any], digest: str, ou
     names = {}
     try:
         try:
-            for case in cases:
-                names[executor.submit(preprocess_one, case.name, case.image_files, case.label_file, plan, digest,
-                                      str(out))] = case.name
+            with signals_deferred():   # submit() starts the workers
+                for case in cases:
+                    names[executor.submit(preprocess_one, case.name, case.image_files, case.label_file, plan,
+                                          digest, str(out))] = case.name
             pending = set(names)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)

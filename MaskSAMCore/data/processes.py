@@ -4,6 +4,7 @@ Workers are started with 'forkserver' where the platform has it (Linux, macOS) a
 otherwise: both give a fresh interpreter that does not inherit torch's threads or CUDA state,
 which a plain fork would. Workers are daemonic, ignore Ctrl-C (the parent decides when to stop)
 and watch their parent, so none outlives a parent that was killed without cleaning up.
+Workers are started with Ctrl-C and SIGTERM held back (`signals_deferred`): see there why.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterable
+from typing import Any, Iterable, Iterator, List
 
 WORKER_MODULES = ("MaskSAMCore.data.preprocess_runner", "MaskSAMCore.data.loader_worker")
 
@@ -32,6 +34,39 @@ def ignore_interrupts() -> None:
     """In a worker: leave Ctrl-C to the parent, which stops the workers itself."""
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back while worker processes start, then act on them as usual.
+
+    `Process.start()` hands the new process to the fork server and then waits for its process
+    id; the first time, that wait lasts while the server imports torch. Interrupted there, the
+    parent has no id to stop the worker with: the server starts it after the parent has gone
+    and it prints a traceback (its pool's semaphores no longer exist) below "cancelled". Only
+    the main thread can hold signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[int] = []
+
+    def remember(signum: int, _frame: Any) -> None:
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, remember) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signum = received[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)     # KeyboardInterrupt, or MaskSAM's Cancelled for SIGTERM
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def process_alive(pid: int) -> bool:
