@@ -15,6 +15,8 @@ import SimpleITK as sitk
 from MaskSAMCore.cli import main
 from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
+from MaskSAMCore.errors import InputError
+from MaskSAMCore.inference.cases import find_cases
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
 
@@ -202,7 +204,7 @@ def test_a_multi_frame_file_is_refused_with_what_to_do(tmp_path):
     folder.mkdir()
     volume = sitk.GetImageFromArray(np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7))
     sitk.WriteImage(volume, str(folder / "multi.dcm"))   # GDCM writes a 3D image as one multi-frame file
-    with pytest.raises(Exception, match="multi-frame .* not supported.*dcm2niix"):
+    with pytest.raises(InputError, match="multi-frame .* not supported.*dcm2niix"):
         find_series(folder)
 
 
@@ -226,3 +228,11 @@ def test_a_held_out_phantom_exported_as_dicom_is_segmented_as_its_nifti_file(tra
     assert main(["evaluate", str(out / "from_dicom.nii.gz"), str(truth), "--dataset-json",
                  str(dataset / "dataset.json"), "--output", str(report)]) == 0
     assert json.loads(report.read_text())["mean_dice"] >= 0.6
+
+
+def test_a_multi_channel_model_is_not_given_a_dicom_series(tmp_path):
+    folder = write_series(tmp_path / "t2", _volume())
+    with pytest.raises(InputError, match="needs 2 channels and a DICOM series is one channel"):
+        find_cases(folder, tmp_path / "out.nrrd", num_channels=2)
+    assert find_cases(folder, tmp_path / "out.nrrd", num_channels=1)[0].input_files == \
+        [folder / f"IM{k:04d}.dcm" for k in range(9)]

@@ -91,9 +91,10 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         raise InputError(f"--series is for a folder of DICOM files; {describe_path(source)} is not one")
     if dicom or source.is_file():
         if num_channels != 1:
+            given = "a DICOM series is one channel" if dicom else "a file is one channel"
             raise InputError(
-                f"{describe_path(source)}: the model needs {num_channels} channels; give a folder with "
-                f"{case_name(source)}_0000, ..._{num_channels - 1:04d} files")
+                f"{describe_path(source)}: the model needs {num_channels} channels and {given}; give a folder "
+                f"with {case_name(source)}_0000, ..._{num_channels - 1:04d} image files")
         if dicom:
             name = source.resolve().name or "dicom"
             channel: Union[Path, DicomSeries] = find_series(source, series)
