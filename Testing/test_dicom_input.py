@@ -5,6 +5,7 @@ volume stored as NRRD, and series that are not one regular volume are refused in
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -62,6 +63,15 @@ def write_series(folder: Path, image: sitk.Image, uid: str = "1.2.826.0.1.368004
         writer.SetFileName(str(folder / (names[k] if names else f"IM{k:04d}.dcm")))
         writer.Execute(slice_image)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept():
+    """GDCM's DICOM writer (used here to make test series, never by MaskSAM) sets the C locale
+    and leaves it: every later test would then read UTF-8 files as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="module")
