@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from MaskSAMCore.cli import main
+from MaskSAMCore.data.dicom_headers import header_text, read_header
 from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.errors import InputError
@@ -165,7 +166,7 @@ BAD_SERIES = {
     "missing slice": (lambda k, tags: None if k == 4 else tags, "slice spacing varies from 3 to 6 mm (missing slices?)"),
     "gantry tilt": (_shift_sideways, "gantry tilt of about"),
     "slices in two orientations": (_rotate_one, "IM0004.dcm has another orientation"),
-    "echoes in one series": (_same_position, "9 slices share a position"),
+    "echoes in one series": (_same_position, "9 of its 9 slices share a position"),
     "one slice": (lambda k, tags: tags if k == 0 else None, "single slice, a 2D image"),
 }
 
@@ -246,3 +247,81 @@ def test_a_multi_channel_model_is_not_given_a_dicom_series(tmp_path):
         find_cases(folder, tmp_path / "out.nrrd", num_channels=2)
     assert find_cases(folder, tmp_path / "out.nrrd", num_channels=1)[0].input_files == \
         [folder / f"IM{k:04d}.dcm" for k in range(9)]
+
+
+def _one_line_error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("masksam: error:"), lines
+    return lines[0]
+
+
+def _shorten_pixel_data(path: Path, keep: int) -> None:
+    """Rewrite a GDCM-written (implicit VR little endian) slice with only `keep` bytes of pixel
+    data and a length field that agrees: a damaged file GDCM reads without complaint."""
+    data = path.read_bytes()
+    at = data.rfind(b"\xe0\x7f\x10\x00")   # (7FE0,0010) Pixel Data, then a 4-byte length
+    assert at > 0
+    path.write_bytes(data[:at + 4] + keep.to_bytes(4, "little") + data[at + 8:at + 8 + keep])
+
+
+def test_damaged_and_copied_slices_are_named(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    cut = write_series(tmp_path / "cut", _volume())
+    (cut / "IM0004.dcm").write_bytes((cut / "IM0004.dcm").read_bytes()[:-500])   # an interrupted copy
+    short = write_series(tmp_path / "short", _volume(size=(96, 96, 9)))   # 18 KB of pixels per slice
+    _shorten_pixel_data(short / "IM0004.dcm", keep=5000)
+    copied = write_series(tmp_path / "copied", _volume())
+    (copied / "IM0003 (1).dcm").write_bytes((copied / "IM0003.dcm").read_bytes())
+    echoes = write_series(tmp_path / "echoes", _volume())
+    write_series(echoes, _volume(), names=[f"echo2_{k}.dcm" for k in range(9)],
+                 edit=lambda k, tags: {**tags, "0008|0018": f"1.2.826.0.1.3680043.2.1125.8.{k}"})
+    expected = {
+        cut: "the slice spacing varies from 3 to 6 mm (missing slices?); 1 file(s) of the folder cannot be "
+             "read (IM0004.dcm)",
+        short: "bytes) than its pixels (18432 bytes): a damaged file",
+        copied: "IM0003.dcm and IM0003 (1).dcm are the same image",
+        echoes: "18 of its 18 slices share a position",
+    }
+    for folder, problem in expected.items():
+        assert main(["predict", str(model_dir), str(folder), f"{out}/", "--device", "cpu"]) == 1
+        assert problem in _one_line_error(capsys), folder.name
+        assert not out.exists()
+
+
+def test_a_slice_without_pixel_spacing_is_refused(tmp_path):
+    folder = write_series(tmp_path / "ct", _volume())
+    for path in folder.iterdir():   # (0028,0030) Pixel Spacing becomes (0028,0031): GDCM assumes 1 mm
+        path.write_bytes(path.read_bytes().replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00", 1))
+    assert read_header(folder / "IM0000.dcm").problem.startswith("has no Pixel Spacing")
+    with pytest.raises(InputError, match="IM0000.dcm has no Pixel Spacing"):
+        find_series(folder)
+
+
+def test_latin1_descriptions_read_as_written():
+    latin1 = "Thorax \u00c4\u00d6".encode("latin-1").decode("utf-8", "surrogateescape")
+    assert header_text(latin1) == "Thorax \u00c4\u00d6"
+    assert header_text("Thorax \u00c4\u00d6 ") == "Thorax \u00c4\u00d6"
+
+
+def test_a_cd_layout_points_to_its_series_and_the_output_stays_out_of_the_series(model_dir, tmp_path, capsys):
+    cd = tmp_path / "cd"
+    series = write_series(cd / "DICOM" / "ST000000" / "SE000000", _volume())
+    (cd / "DICOMDIR").write_bytes((series / "IM0000.dcm").read_bytes())   # an index: left out by name
+    assert main(["predict", str(model_dir), str(cd), str(tmp_path / "labels.nii.gz"), "--device", "cpu"]) == 1
+    assert "DICOM series lie in its subfolder(s) DICOM/ST000000/SE000000: give one" in _one_line_error(capsys)
+    assert main(["predict", str(model_dir), str(series), str(series / "labels.nii.gz"), "--device", "cpu"]) == 1
+    assert "would be written into the DICOM folder it segments" in _one_line_error(capsys)
+    assert not (series / "labels.nii.gz").exists() and not (tmp_path / "labels.nii.gz").exists()
+
+
+def test_positions_rounded_within_the_tolerance_read_without_itk_warnings(tmp_path, capfd):
+    jitter = np.random.default_rng(1).uniform(-0.004, 0.004, 9)
+
+    def rounded(k: int, tags: Tags) -> Tags:
+        x, y, z = (float(v) for v in tags["0020|0032"].split("\\"))
+        return {**tags, "0020|0032": f"{x}\\{y}\\{z + jitter[k]}"}
+
+    series = find_series(write_series(tmp_path / "ct", _volume(angle=0.0), edit=rounded))
+    capfd.readouterr()
+    read_series(series)
+    assert capfd.readouterr().err == ""

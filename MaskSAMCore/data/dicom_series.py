@@ -18,7 +18,8 @@ refused with what to do instead:
   image format MaskSAM writes can describe. 3D Slicer's DICOM import corrects it.
 
 Multi-frame (enhanced) DICOM files are refused too: SimpleITK reads their frames without
-reliable per-frame geometry.
+reliable per-frame geometry. So are slices without a pixel spacing, copies of one file, and
+native files too small for their pixels (`dicom_headers`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -33,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from MaskSAMCore.data.dicom_headers import DicomSlice, dicom_files, read_series_headers
 from MaskSAMCore.errors import InputError, describe_path
 
 # How far slices may lie from the regular grid before the series is refused: the distance between
@@ -40,46 +43,6 @@ from MaskSAMCore.errors import InputError, describe_path
 # a pixel (exported positions and orientations are rounded to a few micrometres and 1e-5).
 SPACING_TOLERANCE = 0.01
 SIDEWAYS_TOLERANCE_PIXELS = 0.1
-_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
-_SERIES_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY, _FRAMES = (
-    "0020|000e", "0020|0011", "0008|103e", "0008|0060", "0028|0008")
-
-
-def is_dicom_file(path: Path) -> bool:
-    """True for a file with the DICOM preamble ("DICM" at byte 128), or named ``*.dcm``."""
-    if path.name.lower().endswith(".dcm"):
-        return True
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def dicom_files(folder: Path) -> List[Path]:
-    """The DICOM files directly inside `folder` (hidden files and subfolders left out)."""
-    return [p for p in sorted(folder.iterdir())
-            if not p.name.startswith(".") and p.is_file() and is_dicom_file(p)]
-
-
-@dataclass(frozen=True)
-class DicomSlice:
-    """What one file's header says (SimpleITK's reading of it: origin = Image Position)."""
-
-    path: Path
-    series_uid: str
-    series_number: str
-    description: str
-    modality: str
-    columns_rows: Tuple[int, int]
-    frames: int
-    spacing: Tuple[float, float]
-    origin: Tuple[float, ...]
-    row_direction: Tuple[float, float, float]
-    column_direction: Tuple[float, float, float]
-    components: int
-    placed: bool   # has Image Position and Image Orientation (Patient)
 
 
 @dataclass(frozen=True)
@@ -111,52 +74,6 @@ def _label(number: str, description: str) -> str:
     return f"{number or '?'}" + (f" '{description}'" if description else "")
 
 
-def _read_header(path: Path) -> Optional[DicomSlice]:
-    """The header of one file, or None when it holds no image (a report, a presentation state)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.SetImageIO("GDCMImageIO")
-    reader.LoadPrivateTagsOff()
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-
-    def tag(key: str) -> str:
-        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
-
-    if not tag(_SERIES_UID):
-        return None
-    size = reader.GetSize()
-    direction = reader.GetDirection()
-    frames = int(tag(_FRAMES)) if tag(_FRAMES).isdigit() else (size[2] if len(size) > 2 else 1)
-    return DicomSlice(
-        path=path, series_uid=tag(_SERIES_UID), series_number=tag(_SERIES_NUMBER),
-        description=tag(_DESCRIPTION), modality=tag(_MODALITY),
-        columns_rows=(int(size[0]), int(size[1])), frames=max(frames, 1),
-        spacing=(float(reader.GetSpacing()[0]), float(reader.GetSpacing()[1])),
-        origin=tuple(float(v) for v in reader.GetOrigin()),
-        row_direction=(direction[0], direction[3], direction[6]),
-        column_direction=(direction[1], direction[4], direction[7]),
-        components=int(reader.GetNumberOfComponents()), placed=bool(tag(_POSITION)) and bool(tag(_ORIENTATION)))
-
-
-def read_series_headers(folder: Path, files: Sequence[Path]) -> Tuple[Dict[str, List[DicomSlice]], List[Path]]:
-    """Image slices by Series Instance UID (in the order their series are first met), and the
-    files that hold no image (reports, or unreadable)."""
-    series: Dict[str, List[DicomSlice]] = {}
-    left_out: List[Path] = []
-    for path in files:
-        header = _read_header(path)
-        if header is None:
-            left_out.append(path)
-        else:
-            series.setdefault(header.series_uid, []).append(header)
-    if not series:
-        raise InputError(f"{describe_path(folder)}: its {len(files)} DICOM file(s) hold no readable image")
-    return series, left_out
-
-
 def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Optional[str]) -> List[DicomSlice]:
     """The slices of the series to segment: the only one, or the one `choice` names (its Series
     Number or Series Instance UID)."""
@@ -182,25 +99,23 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
     raise InputError(f"{describe_path(folder)}: no DICOM series with the number or UID {choice} (found: {listed})")
 
 
-def series_grid(folder: Path, slices: List[DicomSlice]) -> DicomSeries:
-    """Check that `slices` make one regular, unsheared volume and return it with its grid."""
+def series_grid(folder: Path, slices: List[DicomSlice], unreadable: Sequence[Path] = ()) -> DicomSeries:
+    """Check that `slices` make one regular, unsheared volume and return it with its grid.
+    `unreadable`: files of the folder left out, named when a slice seems to be missing."""
     first = slices[0]
     name = describe_series(folder, first.series_number, first.description)
-    if any(s.frames > 1 for s in slices):
-        raise InputError(f"{name}: multi-frame (enhanced) DICOM is not supported; load it in 3D Slicer "
-                         "and save it as NRRD, or convert it with dcm2niix")
-    if first.components != 1:
-        raise InputError(f"{name}: has {first.components} values per pixel (colour); a grey-value "
-                         "CT or MR series is needed")
-    missing = [s for s in slices if not s.placed]
-    if missing:
-        raise InputError(f"{name}: {missing[0].path.name} has no Image Position or Orientation (Patient); "
-                         "its place in the patient is unknown")
+    for piece in slices:
+        if piece.problem:
+            raise InputError(f"{name}: {piece.path.name} {piece.problem}")
     for other in slices[1:]:
         problem = _slice_mismatch(first, other)
         if problem:
             raise InputError(f"{name}: {other.path.name} {problem} from {first.path.name}; "
                              "the series does not form one volume")
+    copies = _copies(slices)
+    if copies:
+        raise InputError(f"{name}: {copies[1].name} and {copies[0].name} are the same image (one Instance UID); "
+                         "remove the copy")
     if len(slices) < 2:
         raise InputError(f"{name}: has a single slice, a 2D image; a 3D volume is needed")
     row, column = np.asarray(first.row_direction), np.asarray(first.column_direction)
@@ -210,15 +125,20 @@ def series_grid(folder: Path, slices: List[DicomSlice]) -> DicomSeries:
     order = np.argsort(along, kind="stable")
     positions, along = positions[order], along[order]
     steps = np.diff(along)
-    if steps.min() < 1e-3:
-        at = slices[int(order[int(np.argmin(steps)) + 1])].path.name
-        count = int(np.sum(steps < 1e-3)) + 1
-        raise InputError(f"{name}: {count} slices share a position (e.g. {at}): the series holds several "
-                         "echoes, phases or time points; export one of them as its own series")
+    shared = steps < 1e-3
+    if shared.any():
+        sharing = int(np.count_nonzero(np.concatenate([shared, [False]]) | np.concatenate([[False], shared])))
+        at = slices[int(order[int(np.argmax(shared)) + 1])].path.name
+        raise InputError(f"{name}: {sharing} of its {len(slices)} slices share a position with another (e.g. {at}): "
+                         "the series holds several echoes, phases or time points; export one of them as its own "
+                         "series")
     step = float((along[-1] - along[0]) / (len(along) - 1))
     if np.abs(steps - step).max() > SPACING_TOLERANCE * step:
+        damaged = (f"; {len(unreadable)} file(s) of the folder cannot be read "
+                   f"({', '.join(p.name for p in unreadable[:3])}{', ...' if len(unreadable) > 3 else ''})"
+                   if unreadable else "")
         raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm "
-                         "(missing slices?); a regular volume is needed")
+                         f"(missing slices?){damaged}; a regular volume is needed")
     sideways = positions - positions[:1] - np.outer(along - along[0], normal)
     shift = float(np.linalg.norm(sideways, axis=1).max())
     if shift > SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing):
@@ -231,6 +151,18 @@ def series_grid(folder: Path, slices: List[DicomSlice]) -> DicomSeries:
         modality=first.modality, files=tuple(slices[int(i)].path for i in order),
         size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step),
         origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()))
+
+
+def _copies(slices: List[DicomSlice]) -> Optional[Tuple[Path, Path]]:
+    """Two files holding the same image (a file copied under another name), if any."""
+    seen: Dict[str, Path] = {}
+    for piece in slices:
+        if not piece.instance_uid:
+            continue
+        if piece.instance_uid in seen:
+            return seen[piece.instance_uid], piece.path
+        seen[piece.instance_uid] = piece.path
+    return None
 
 
 def _slice_mismatch(first: DicomSlice, other: DicomSlice) -> Optional[str]:
@@ -252,7 +184,8 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
     if not files:
         raise InputError(f"{describe_path(folder)}: holds no DICOM files")
     series, left_out = read_series_headers(folder, files)
-    return dataclasses.replace(series_grid(folder, choose_series(folder, series, choice)), left_out=tuple(left_out))
+    checked = series_grid(folder, choose_series(folder, series, choice), left_out)
+    return dataclasses.replace(checked, left_out=tuple(left_out))
 
 
 def read_series(series: DicomSeries) -> sitk.Image:
@@ -261,11 +194,15 @@ def read_series(series: DicomSeries) -> sitk.Image:
     reader.SetFileNames([str(p) for p in series.files])
     reader.SetImageIO("GDCMImageIO")
     reader.SetOutputPixelType(sitk.sitkFloat32)   # per-slice rescale slopes may differ
+    # ITK warns on stderr about slice spacing it finds uneven; the grid is checked (and set) here.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         image = reader.Execute()
-    except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{series}: cannot read its voxels ({message})") from None
+    except RuntimeError:
+        raise InputError(f"{series}: {_unreadable_slice(series)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if tuple(image.GetSize()) != series.size or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{series}: its voxels read as size {'x'.join(map(str, image.GetSize()))} with "
                          f"{image.GetNumberOfComponentsPerPixel()} value(s) per voxel; a scalar "
@@ -275,3 +212,16 @@ def read_series(series: DicomSeries) -> sitk.Image:
     image.SetOrigin(series.origin)
     image.SetDirection(series.direction)
     return image
+
+
+def _unreadable_slice(series: DicomSeries) -> str:
+    """Which slice the series reader failed on, and why (read one by one: only after a failure)."""
+    for path in series.files:
+        try:
+            sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+        except RuntimeError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            # "ITK ERROR: GDCMImageIO(0x55...): Failed to ..." -> "Failed to ..."
+            reason = re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", lines[-1]) if lines else type(exc).__name__
+            return f"{path.name} cannot be read ({reason})"
+    return "its voxels cannot be read"

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from MaskSAMCore.data.dicom_series import DicomSeries, dicom_files, find_series, is_dicom_file
+from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
+from MaskSAMCore.data.dicom_series import DicomSeries, find_series
 from MaskSAMCore.errors import InputError, describe_path
 
 # Longest first, so that ".nii.gz" wins over ".gz".
@@ -89,43 +90,55 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
                          f"DICOM files ({dicom[0].name}, ...); put them in separate folders")
     if series is not None and not dicom:
         raise InputError(f"--series is for a folder of DICOM files; {describe_path(source)} is not one")
-    if dicom or source.is_file():
-        if num_channels != 1:
-            given = "a DICOM series is one channel" if dicom else "a file is one channel"
-            raise InputError(
-                f"{describe_path(source)}: the model needs {num_channels} channels and {given}; give a folder "
-                f"with {case_name(source)}_0000, ..._{num_channels - 1:04d} image files")
-        if dicom:
-            name = source.resolve().name or "dicom"
-            channel: Union[Path, DicomSeries] = find_series(source, series)
-            ending = DICOM_OUTPUT_ENDING
-        else:
-            name, ending = case_name(source), split_ending(source)[1]
-            channel = source
-            if not ending:
-                hint = "; it is a DICOM file: give the folder holding its series" if is_dicom_file(source) else ""
-                raise InputError(f"{describe_path(source)}: not an image file (known endings: "
-                                 f"{', '.join(IMAGE_ENDINGS)}){hint}")
-        return [Case(name, (channel,), _single_output(target, output_path, name, output_ending or ending))]
+    if dicom:
+        return [_dicom_case(source, target, output_path, num_channels, output_ending, series)]
+    if source.is_file():
+        _check_one_channel(source, num_channels, "a file")
+        name, ending = case_name(source), split_ending(source)[1]
+        if not ending:
+            hint = "; it is a DICOM file: give the folder holding its series" if is_dicom_file(source) else ""
+            raise InputError(f"{describe_path(source)}: not an image file (known endings: "
+                             f"{', '.join(IMAGE_ENDINGS)}){hint}")
+        return [Case(name, (source,), _single_output(target, output_path, name, output_ending or ending))]
+    if not images:
+        raise InputError(f"{describe_path(source)}: no image files found (known endings: "
+                         f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
     if target.exists() and not target.is_dir():
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too")
     if not target.exists() and split_ending(target)[1]:
         # Not a folder named labels.nii.gz holding the label maps where a file was meant.
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too, "
                          f"not a file name ending in {split_ending(target)[1]}")
-    if not images:
-        raise InputError(f"{describe_path(source)}: no image files found (known endings: "
-                         f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
     return _cases_in_folder(images, source, target, num_channels, output_ending)
 
 
+def _check_one_channel(source: Path, num_channels: int, given: str) -> None:
+    if num_channels != 1:
+        raise InputError(
+            f"{describe_path(source)}: the model needs {num_channels} channels and {given} is one channel; give "
+            f"a folder with {case_name(source)}_0000, ..._{num_channels - 1:04d} image files")
+
+
+def _dicom_case(source: Path, target: Path, output_path: "os.PathLike[str] | str", num_channels: int,
+                output_ending: Optional[str], series: Optional[str]) -> Case:
+    """The one case of a folder of DICOM files, named after the folder."""
+    _check_one_channel(source, num_channels, "a DICOM series")
+    name = source.resolve().name or "dicom"
+    output = _single_output(target, output_path, name, output_ending or DICOM_OUTPUT_ENDING)
+    if output.parent.resolve() == source.resolve():
+        # The next run would find a label map among the slices and refuse the folder.
+        raise InputError(f"{describe_path(output)}: would be written into the DICOM folder it segments; "
+                         "write it elsewhere")
+    return Case(name, (find_series(source, series),), output)
+
+
 def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
-    """Where DICOM series sit one level down (a study exported as one folder per series)."""
-    holding = [p.name for p in sorted(folder.iterdir())
-               if p.is_dir() and not p.name.startswith(".") and dicom_files(p)]
-    if not holding:
+    """Where DICOM series lie further down (a study exported as one folder per series, a CD's
+    DICOM/ST*/SE* folders)."""
+    below = folders_with_dicom_files(folder, limit=shown + 1)
+    if not below:
         return ""
-    names = ", ".join(holding[:shown]) + (", ..." if len(holding) > shown else "")
+    names = ", ".join(str(p.relative_to(folder)) for p in below[:shown]) + (", ..." if len(below) > shown else "")
     return f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input"
 
 

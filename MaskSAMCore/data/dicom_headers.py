@@ -1,0 +1,179 @@
+"""Finding DICOM files in a folder and reading what one slice's header says (never its pixels).
+
+Headers are read with SimpleITK's GDCM reader, the one that later reads the voxels, so that
+position, orientation and pixel spacing are interpreted exactly as for the pixels. Each slice
+gets the first problem that keeps it out of a volume (`DicomSlice.problem`); which problems
+matter is decided for the series chosen (`dicom_series`), not for every file of the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import SimpleITK as sitk
+
+from MaskSAMCore.errors import InputError, describe_path
+
+_POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
+_SERIES_UID, _INSTANCE_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY = (
+    "0020|000e", "0008|0018", "0020|0011", "0008|103e", "0008|0060")
+_FRAMES, _BITS_ALLOCATED = "0028|0008", "0028|0100"
+# Pixel data stored as plain numbers (implicit/explicit VR little endian, explicit big endian):
+# such a file must be at least as large as its pixels.
+_NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_SKIPPED_NAMES = {"dicomdir"}   # a CD's index of the files, not an image
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for a file with the DICOM preamble ("DICM" at byte 128), or named ``*.dcm``."""
+    if path.name.lower().endswith(".dcm"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: Path) -> List[Path]:
+    """The DICOM image candidates directly inside `folder` (hidden files, subfolders and a
+    DICOMDIR left out)."""
+    return [p for p in sorted(folder.iterdir())
+            if not p.name.startswith(".") and p.name.lower() not in _SKIPPED_NAMES and p.is_file()
+            and is_dicom_file(p)]
+
+
+def folders_with_dicom_files(folder: Path, max_depth: int = 4, limit: int = 4) -> List[Path]:
+    """Up to `limit` folders below `folder` (at most `max_depth` levels down) holding DICOM
+    files: where a study exported as one folder per series (or a CD's DICOM/ST*/SE*) keeps them."""
+    found: List[Path] = []
+    for root, subfolders, _ in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        subfolders[:] = sorted(s for s in subfolders if not s.startswith(".")) if depth < max_depth else []
+        if depth and dicom_files(Path(root)):
+            found.append(Path(root))
+            subfolders[:] = []
+            if len(found) >= limit:
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class DicomSlice:
+    """What one file's header says (SimpleITK's reading of it: origin = Image Position)."""
+
+    path: Path
+    series_uid: str
+    instance_uid: str
+    series_number: str
+    description: str
+    modality: str
+    columns_rows: Tuple[int, int]
+    spacing: Tuple[float, float]
+    origin: Tuple[float, ...]
+    row_direction: Tuple[float, float, float]
+    column_direction: Tuple[float, float, float]
+    problem: Optional[str]   # why this file cannot be a slice of a volume, if it cannot
+
+
+def header_text(value: str) -> str:
+    """A header string as the user wrote it: GDCM hands over undecoded bytes (surrogate escapes),
+    UTF-8 in new files and mostly Latin-1 (ISO_IR 100) in older European ones."""
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1").strip()
+
+
+def read_header(path: Path) -> Optional[DicomSlice]:
+    """The header of one file, or None when it cannot be read or has no series (not an image)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+
+    def tag(key: str) -> str:
+        return header_text(reader.GetMetaData(key)) if reader.HasMetaDataKey(key) else ""
+
+    if not tag(_SERIES_UID):
+        return None
+    size, direction = reader.GetSize(), reader.GetDirection()
+    frames = int(tag(_FRAMES)) if tag(_FRAMES).isdigit() else (size[2] if len(size) > 2 else 1)
+    bits = int(tag(_BITS_ALLOCATED)) if tag(_BITS_ALLOCATED).isdigit() else 0
+    pixel_bytes = size[0] * size[1] * max(frames, 1) * reader.GetNumberOfComponents() * bits // 8
+    return DicomSlice(
+        path=path, series_uid=tag(_SERIES_UID), instance_uid=tag(_INSTANCE_UID),
+        series_number=tag(_SERIES_NUMBER), description=tag(_DESCRIPTION), modality=tag(_MODALITY),
+        columns_rows=(int(size[0]), int(size[1])),
+        spacing=(float(reader.GetSpacing()[0]), float(reader.GetSpacing()[1])),
+        origin=tuple(float(v) for v in reader.GetOrigin()),
+        row_direction=(direction[0], direction[3], direction[6]),
+        column_direction=(direction[1], direction[4], direction[7]),
+        problem=_slice_problem(path, frames, reader.GetNumberOfComponents(), tag, pixel_bytes))
+
+
+def _slice_problem(path: Path, frames: int, components: int, tag, pixel_bytes: int) -> Optional[str]:
+    if frames > 1:
+        return ("is a multi-frame (enhanced) DICOM file, which is not supported; load the series in "
+                "3D Slicer and save it as NRRD, or convert it with dcm2niix")
+    if components != 1:
+        return f"has {components} values per pixel (colour); a grey-value CT or MR series is needed"
+    if not (tag(_POSITION) and tag(_ORIENTATION)):
+        return "has no Image Position or Orientation (Patient); its place in the patient is unknown"
+    if not tag(_PIXEL_SPACING):
+        return "has no Pixel Spacing; the size of its pixels is unknown"
+    size = path.stat().st_size
+    if transfer_syntax(path) in _NATIVE_TRANSFER_SYNTAXES and size < pixel_bytes:
+        # GDCM reads such a file without complaint and keeps the previous slice's voxels for the rest
+        return f"is smaller ({size} bytes) than its pixels ({pixel_bytes} bytes): a damaged file"
+    return None
+
+
+def transfer_syntax(path: Path) -> Optional[str]:
+    """The Transfer Syntax UID (0002,0010) from the file meta information (explicit VR little
+    endian after the 128-byte preamble and "DICM"), or None without one."""
+    long_length = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"}
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(132)[128:] != b"DICM":
+                return None
+            while True:
+                head = handle.read(8)
+                if len(head) < 8 or head[:2] != b"\x02\x00":
+                    return None   # past the meta group without finding it
+                element, vr = struct.unpack("<H", head[2:4])[0], head[4:6]
+                if vr in long_length:
+                    length = struct.unpack("<I", handle.read(4))[0]
+                else:
+                    length = struct.unpack("<H", head[6:8])[0]
+                value = handle.read(length)
+                if element == 0x0010:
+                    return value.rstrip(b"\x00 ").decode("ascii", "replace")
+    except (OSError, struct.error):
+        return None
+
+
+def read_series_headers(folder: Path, files: Sequence[Path]) -> Tuple[Dict[str, List[DicomSlice]], List[Path]]:
+    """Image slices by Series Instance UID (in the order their series are first met), and the
+    files that hold no image (reports, or unreadable)."""
+    series: Dict[str, List[DicomSlice]] = {}
+    left_out: List[Path] = []
+    for path in files:
+        header = read_header(path)
+        if header is None:
+            left_out.append(path)
+        else:
+            series.setdefault(header.series_uid, []).append(header)
+    if not series:
+        raise InputError(f"{describe_path(folder)}: its {len(files)} DICOM file(s) hold no readable image")
+    return series, left_out
