@@ -325,3 +325,19 @@ def test_positions_rounded_within_the_tolerance_read_without_itk_warnings(tmp_pa
     capfd.readouterr()
     read_series(series)
     assert capfd.readouterr().err == ""
+
+
+def test_files_without_preamble_or_ending_are_read(tmp_path):
+    """Older exports: no 128-byte preamble, no file meta information, names 1, 2, ..."""
+    image = _volume()
+    written = write_series(tmp_path / "written", image)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for k, path in enumerate(sorted(written.iterdir())):
+        data = path.read_bytes()
+        assert data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00"   # (0002,0000) group length
+        meta_end = 144 + int.from_bytes(data[140:144], "little")
+        (bare / str(k + 1)).write_bytes(data[meta_end:])   # GDCM writes implicit VR little endian
+    read = read_series(find_series(bare))
+    assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image).astype(np.float32))
+    assert np.allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-5)

@@ -29,15 +29,18 @@ _SKIPPED_NAMES = {"dicomdir"}   # a CD's index of the files, not an image
 
 
 def is_dicom_file(path: Path) -> bool:
-    """True for a file with the DICOM preamble ("DICM" at byte 128), or named ``*.dcm``."""
+    """True for a file named ``*.dcm``, with the DICOM preamble ("DICM" at byte 128), or
+    starting with a little-endian tag of group 0002 or 0008, as files written without the
+    preamble (older exports, often named 1, 2, ...) do."""
     if path.name.lower().endswith(".dcm"):
         return True
     try:
         with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
+            start = handle.read(132)
     except OSError:
         return False
+    return start[128:132] == b"DICM" or (len(start) >= 8 and start[:2] in (b"\x02\x00", b"\x08\x00")
+                                         and start[3:4] == b"\x00")
 
 
 def dicom_files(folder: Path) -> List[Path]:
