@@ -210,6 +210,13 @@ def _write_nrrd(tmp_path: Path) -> Path:
     return path
 
 
+def test_an_enhanced_ct_slice_is_refused_even_with_one_frame(tmp_path):
+    folder = write_series(tmp_path / "ct", _volume(),
+                          edit=lambda k, tags: {**tags, "0008|0016": "1.2.840.10008.5.1.4.1.1.2.1"})
+    with pytest.raises(InputError, match="IM0000.dcm is a multi-frame .enhanced. DICOM file"):
+        find_series(folder)
+
+
 def test_a_multi_frame_file_is_refused_with_what_to_do(tmp_path):
     folder = tmp_path / "enhanced"
     folder.mkdir()

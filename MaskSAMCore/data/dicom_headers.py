@@ -19,8 +19,15 @@ import SimpleITK as sitk
 from MaskSAMCore.errors import InputError, describe_path
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
-_SERIES_UID, _INSTANCE_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY = (
-    "0020|000e", "0008|0018", "0020|0011", "0008|103e", "0008|0060")
+_SERIES_UID, _INSTANCE_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY, _SOP_CLASS = (
+    "0020|000e", "0008|0018", "0020|0011", "0008|103e", "0008|0060", "0008|0016")
+# Enhanced and legacy-converted enhanced CT, MR and PET keep each frame's position in nested
+# functional groups, which SimpleITK does not read, even when a file holds a single frame.
+_ENHANCED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2",          # CT
+    "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4",   # MR
+    "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1",        # PET
+}
 _FRAMES, _BITS_ALLOCATED = "0028|0008", "0028|0100"
 # Pixel data stored as plain numbers (implicit/explicit VR little endian, explicit big endian):
 # such a file must be at least as large as its pixels.
@@ -126,7 +133,7 @@ def read_header(path: Path) -> Optional[DicomSlice]:
 
 
 def _slice_problem(path: Path, frames: int, components: int, tag, pixel_bytes: int) -> Optional[str]:
-    if frames > 1:
+    if frames > 1 or tag(_SOP_CLASS) in _ENHANCED_SOP_CLASSES:
         return ("is a multi-frame (enhanced) DICOM file, which is not supported; load the series in "
                 "3D Slicer and save it as NRRD, or convert it with dcm2niix")
     if components != 1:
