@@ -9,6 +9,7 @@ are on the same file system, which the same-folder temporary guarantees.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 TEMP_MARKER = ".partial-"
+# A write that failed with this little space left on its file system failed for want of space.
+LOW_SPACE_BYTES = 1 << 20
 
 
 def temporary_sibling(path: "os.PathLike[str] | str") -> Path:
@@ -53,9 +56,12 @@ def atomic_path(path: "os.PathLike[str] | str") -> Iterator[Path]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, path.parent)   # while the partial file still takes its space
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if full:
+            raise _no_space(path) from None
         raise
 
 
@@ -77,8 +83,31 @@ def atomic_path_with_companions(path: "os.PathLike[str] | str") -> Iterator[Path
                 os.replace(companion, path.parent / companion.name)
         _fsync_file(target)
         os.replace(target, path)
+    except BaseException as exc:
+        if _disk_full(exc, path.parent):
+            raise _no_space(path) from None
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed because the file system is full. Only Python's own writes
+    say so (ENOSPC); NumPy ("19200 requested and 5088 written") and torch.save ("unexpected
+    pos") report a short write without a reason, so the free space tells."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+def _no_space(path: Path) -> OSError:
+    return OSError(errno.ENOSPC, "no space left on the device to write it; free some space and run again",
+                   str(path))
 
 
 def write_bytes(path: "os.PathLike[str] | str", data: bytes) -> None:

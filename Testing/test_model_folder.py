@@ -128,3 +128,43 @@ def test_a_checkpoint_save_that_dies_half_way_keeps_the_previous_checkpoint(tmp_
     payload = load_checkpoint(path)
     assert payload["epoch"] == 4 and torch.equal(payload["weights"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """torch.save on a full disk raises "RuntimeError: ... unexpected pos ...", NumPy an OSError
+    without a reason: both become one line naming the file, and no partial file stays."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from MaskSAMCore.atomic import write_with
+    from MaskSAMCore.cli import main
+
+    path = tmp_path / "checkpoint_latest.pt"
+    usage = namedtuple("usage", "total used free")
+
+    def fills_the_disk(payload, file):
+        with open(file, "wb") as handle:
+            handle.write(b"PK\x03\x04 part")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4030")
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 << 20, (10 << 20) - 100, 100))
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(path, {"weights": {"w": torch.zeros(3)}, "epoch": 5})
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
+
+    def short_write(tmp):
+        raise OSError("19200 requested and 5088 written")
+
+    monkeypatch.setattr("MaskSAMCore.cli.resolve_handler",
+                        lambda command: lambda args: write_with(tmp_path / "case.npy", short_write))
+    assert main(["info"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.endswith("case.npy: no space left on the device to write it; free some space and run again")
+    assert error.startswith("masksam: error: ") and "\n" not in error
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 << 30, 1 << 30, 9 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos"):   # plenty of space: not called a full disk
+        save_checkpoint(path, {"weights": {"w": torch.zeros(3)}, "epoch": 5})
