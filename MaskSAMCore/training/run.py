@@ -16,9 +16,11 @@ torchrun every rank runs this function; see `distributed`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -43,7 +45,9 @@ from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
                                               run_and_agree, shutdown_distributed)
 from MaskSAMCore.training.losses import MaskSAMLoss
+from MaskSAMCore.training.folder_lock import training_lock
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
+from MaskSAMCore.training.resume_checks import check_resumed_dataset, ignored_options
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR
 from MaskSAMCore.training.settings import TrainSettings
@@ -104,7 +108,7 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     device = torch.device("cuda", context.local_rank) if use_cuda else torch.device("cpu")
     dataset = load_raw_dataset(args.dataset, check_images=True, progress=main)
     if args.resume:
-        run = describe_resumed_run(args, model_dir, dataset)
+        run = describe_resumed_run(args, model_dir, dataset, announce=main)
     else:
         run = describe_new_run(args, dataset, context)
     # nothing is written before here: every check above can still fail
@@ -112,8 +116,11 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     if main and not args.resume and folder_existed and never_checkpointed(model_dir):
         print(f"{describe_path(model_dir)} holds a training stopped before its first epoch ended: "
               "starting it again", flush=True)
+    if main:
+        model_dir.mkdir(parents=True, exist_ok=True)   # to be locked; removed again if nothing is kept
     try:
-        train_in_folder(args, context, device, dataset, run)
+        with training_lock(model_dir) if main else contextlib.nullcontext():
+            train_in_folder(args, context, device, dataset, run)
     except BaseException:
         # A new run stopped (cancelled, failed) before its first checkpoint leaves nothing behind:
         # neither the refusal of a non-empty folder nor "nothing to resume" would let it retry.
@@ -301,8 +308,10 @@ def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: Dis
     return RunDescription(settings, config, plan, sam, args.preset)
 
 
-def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawDataset) -> RunDescription:
-    """The stored description of the run in MODEL_DIR (the command line's settings are ignored)."""
+def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawDataset,
+                         announce: bool = True) -> RunDescription:
+    """The stored description of the run in MODEL_DIR (the command line's settings are ignored,
+    and said to be when given); the dataset must be the one the run started with."""
     folder = ModelFolder.load(model_dir)
     payload = checkpoint_io.read_for_resume(model_dir)
     settings = TrainSettings.from_dict(payload["settings"])
@@ -314,6 +323,15 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other image channels "
                                f"({', '.join(folder.channel_names.values())}) than {describe_path(dataset.root)} "
                                f"has ({', '.join(dataset.channel_list)})")
+    changed = check_resumed_dataset(model_dir, dataset)
+    ignored = ignored_options(args)
+    if announce and changed:
+        print(f"masksam: warning: {len(changed)} case(s) changed since the run started "
+              f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): they are preprocessed again and "
+              "the training goes on with the new files", file=sys.stderr, flush=True)
+    if announce and ignored:
+        print(f"masksam: note: a resumed run keeps its own settings; {', '.join(ignored)} given here "
+              f"{'is' if len(ignored) == 1 else 'are'} ignored", file=sys.stderr, flush=True)
     if folder.random_init:
         sam = SamSource(path=None, model_type=folder.sam_type, sha256=None, random_init=True)
     else:

@@ -1,0 +1,82 @@
+"""What `masksam train --resume` checks about the dataset before any work.
+
+A resumed run keeps its folds (splits.json) and its preprocessed cases, so the dataset must be
+the one the run started with. Given another one, a case added since would be silently left out
+of the folds, a case removed would fail only after the whole dataset was preprocessed, and
+cases with the same names but other files would silently change what the rest of the training
+learns from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Set
+
+from MaskSAMCore.data.dataset import RawDataset
+from MaskSAMCore.data.preprocess_runner import source_stamps
+from MaskSAMCore.data.store import read_properties
+from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
+
+
+def started_cases(model_dir: Path) -> Set[str]:
+    """The training cases of the run in `model_dir`: those of its folds, else those preprocessed
+    (fold "all" has no splits.json); empty when neither is there."""
+    splits = model_dir / SPLITS_FILE
+    if splits.is_file():
+        try:
+            folds = json.loads(splits.read_text(encoding="utf-8"))
+            return {name for fold in folds for part in ("train", "val") for name in fold.get(part, [])}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return set()   # load_or_create_splits reports a damaged splits.json itself
+    return {path.stem for path in (model_dir / PREPROCESSED).glob("*.json")}
+
+
+def check_resumed_dataset(model_dir: Path, dataset: RawDataset) -> List[str]:
+    """Refuse a dataset whose training cases are not those of the run being resumed (`InputError`);
+    return the cases whose files changed size since they were preprocessed (they are
+    preprocessed again; the caller warns). Modification times alone do not count: copying a
+    dataset to another machine changes them."""
+    names = {case.name for case in dataset.training_cases}
+    started = started_cases(model_dir)
+    if started and started != names:
+        added, missing = sorted(names - started), sorted(started - names)
+        parts = [f"{len(added)} case(s) not in it ({_some(added)})" if added else "",
+                 f"{len(missing)} of its case(s) missing ({_some(missing)})" if missing else ""]
+        raise InputError(f"{describe_path(dataset.root)}: not the dataset the training in {describe_path(model_dir)} "
+                         f"started with: {'; '.join(p for p in parts if p)}; resume with that dataset, or train "
+                         "a new model folder")
+    changed = []
+    for case in dataset.training_cases:
+        try:
+            stored = read_properties(model_dir / PREPROCESSED, case.name).get("sources")
+        except (OSError, ValueError, InputError):
+            continue
+        if stored and _sizes(stored) != _sizes(source_stamps(case)):
+            changed.append(case.name)
+    return changed
+
+
+def _sizes(stamps: List[dict]) -> List[tuple]:
+    return [(stamp.get("file"), stamp.get("size")) for stamp in stamps]
+
+
+def _some(names: List[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+# Options that describe the run; a resumed run takes them from its checkpoint instead.
+RUN_OPTIONS = ("preset", "epochs", "iters_per_epoch", "batch_size", "optimizer", "lr", "seed", "fold",
+               "no_amp", "val_cases_per_epoch", "random_init")
+
+
+def ignored_options(args: argparse.Namespace) -> List[str]:
+    """The run options given on a --resume command line (differing from their defaults), which
+    the resumed run ignores: saying so beats a user believing `--epochs 200` extended the run."""
+    from MaskSAMCore.cli import build_parser   # here: the command line imports this module
+
+    defaults = build_parser().parse_args(["train", "DATASET", "MODEL_DIR"])
+    return [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS
+            if hasattr(args, name) and getattr(args, name) != getattr(defaults, name)]

@@ -1,0 +1,74 @@
+"""What `masksam train --resume` refuses or says before any work: another dataset, a folder in
+which another training runs, and command-line settings the resumed run does not use."""
+
+from pathlib import Path
+
+import pytest
+
+from MaskSAMCore.cli import main
+from MaskSAMCore.data.phantoms import make_phantoms
+from MaskSAMCore.progress import enable_machine_lines
+from MaskSAMCore.training.folder_lock import training_lock
+
+TINY = ["--preset", "tiny", "--random-init", "--epochs", "1", "--iters-per-epoch", "2", "--num-workers", "0",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume_checks")
+    dataset = make_phantoms(root / "ds", cases=5, seed=3, size=(32, 32, 10), progress=False)
+    model_dir = root / "model"
+    try:
+        assert main(["train", str(dataset), str(model_dir), *TINY]) == 0
+    finally:
+        enable_machine_lines(False)
+    return dataset, model_dir
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def _error(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_resume_on_another_dataset_is_refused_before_any_work(trained, tmp_path, capsys):
+    _, model_dir = trained
+    before = _files(model_dir)
+    more = make_phantoms(tmp_path / "more", cases=6, seed=3, size=(32, 32, 10), progress=False)
+    assert main(["train", str(more), str(model_dir), "--resume", "--device", "cpu"]) == 1
+    assert "not the dataset the training in" in (error := _error(capsys))
+    assert "1 case(s) not in it (phantom_005)" in error
+    renamed = make_phantoms(tmp_path / "renamed", cases=5, seed=3, size=(32, 32, 10), progress=False)
+    for path in sorted((renamed / "imagesTr").iterdir()) + sorted((renamed / "labelsTr").iterdir()):
+        path.rename(path.with_name(path.name.replace("phantom", "case")))
+    assert main(["train", str(renamed), str(model_dir), "--resume", "--device", "cpu"]) == 1
+    assert "5 case(s) not in it (case_000, case_001, case_002, ...); 5 of its case(s) missing" in _error(capsys)
+    assert _files(model_dir) == before   # nothing preprocessed, nothing written
+
+
+def test_a_second_training_in_a_busy_folder_is_refused(trained, capsys):
+    dataset, model_dir = trained
+    before = _files(model_dir)
+    with training_lock(model_dir):   # as a running `masksam train` holds it
+        assert main(["train", str(dataset), str(model_dir), "--resume", "--device", "cpu"]) == 1
+    assert "another masksam train is running in this folder" in _error(capsys)
+    assert _files(model_dir) == before
+
+
+def test_changed_cases_and_ignored_options_are_said_on_resume(trained, tmp_path, capsys):
+    dataset, model_dir = trained
+    other = make_phantoms(tmp_path / "other", cases=5, seed=4, size=(32, 32, 10), progress=False)
+    try:
+        assert main(["train", str(other), str(model_dir), "--resume", "--device", "cpu", "--epochs", "9",
+                     "--lr", "0.5"]) == 0
+    finally:
+        enable_machine_lines(False)
+    err = capsys.readouterr().err
+    assert "masksam: warning: 5 case(s) changed since the run started (phantom_000, phantom_001, phantom_002, ...)" \
+        in err
+    assert "masksam: note: a resumed run keeps its own settings; --epochs, --lr given here are ignored" in err
