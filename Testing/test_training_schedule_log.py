@@ -2,6 +2,8 @@
 
 import random
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,15 @@ def _saved(folder, obj):
     path = folder / "state.pt"
     torch.save(obj, path)
     return path
+
+
+def test_a_plot_of_hundreds_of_classes_is_drawn_without_warnings(tmp_path, capfd):
+    names = [f"structure_{k}" for k in range(300)]
+    log = TrainingLog(tmp_path, names)
+    log.add(EpochRecord(epoch=1, train_loss=1.0, val_loss=1.5, dice={n: 0.5 for n in names}, mean_dice=0.5,
+                        ema_dice=0.5, lr=0.01, epoch_time_s=2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a warning would be printed under the training's progress
+        log.write_plot()
+    assert (tmp_path / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert capfd.readouterr().err == ""

@@ -124,3 +124,22 @@ def test_validation_cases_are_not_held_in_memory_for_the_whole_training(tmp_path
                          torch.device("cpu")).run(model)
 
     assert repr(validate(mapped)) == repr(validate(in_memory))   # (repr: NaN equals NaN)
+
+
+def test_validation_reports_its_progress_case_by_case(capsys):
+    """Validating a fold of CTs takes minutes after the train bar reached its epoch's end: the
+    Slicer module (machine lines) sees a "validate" stage advance one case at a time."""
+    torch.manual_seed(0)
+    model = build_masksam(preset("tiny", num_classes=3))
+    image = np.random.default_rng(1).normal(size=(1, 5, 70, 66)).astype(np.float32)
+    cases = [ValidationCase(name, image, (image[0] > 0.8).astype(np.int16)) for name in ("a", "b", "c")]
+    validator = Validator(cases, (4, 64, 64), NAMES, MaskSAMLoss(3, across_ranks=False), torch.device("cpu"))
+    enable_machine_lines(True)
+    try:
+        validator.run(model)
+    finally:
+        enable_machine_lines(False)
+    events = [parse_machine_line(line) for line in capsys.readouterr().out.splitlines()]
+    events = [e for e in events if e and e.get("stage") == "validate"]
+    assert events[0]["event"] == "stage" and events[0]["total"] == 3
+    assert [e["done"] for e in events if e["event"] == "progress"][-1] == 3

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
@@ -21,6 +22,8 @@ from MaskSAMCore.progress import format_duration
 
 FIXED_COLUMNS = ("epoch", "train_loss", "val_loss")
 TAIL_COLUMNS = ("mean_dice", "ema_dice", "lr", "epoch_time_s")
+
+MAX_NAMED_CLASSES = 20   # per-class Dice curves named in the plot's legend
 
 
 def dice_column(class_name: str) -> str:
@@ -143,9 +146,10 @@ class TrainingLog:
         loss_ax.plot(epochs, [r.val_loss for r in self.records], label="validation loss", color="C1")
         loss_ax.set_ylabel("loss")
         loss_ax.legend(loc="upper right")
+        named = len(self.class_names) <= MAX_NAMED_CLASSES   # a legend of hundreds does not fit
         for i, name in enumerate(self.class_names):
             dice_ax.plot(epochs, [r.dice.get(name, math.nan) for r in self.records],
-                         label=name, color=f"C{(i + 2) % 10}", linewidth=0.8, alpha=0.6)
+                         label=name if named else None, color=f"C{(i + 2) % 10}", linewidth=0.8, alpha=0.6)
         dice_ax.plot(epochs, [r.mean_dice for r in self.records], label="mean", color="k", linewidth=2)
         dice_ax.plot(epochs, [r.ema_dice for r in self.records], label="EMA", color="k", linestyle="--")
         dice_ax.set_ylabel("validation Dice")
@@ -154,7 +158,9 @@ class TrainingLog:
         lr_ax.plot(epochs, [r.lr for r in self.records], color="C3")
         lr_ax.set_ylabel("learning rate")
         lr_ax.set_xlabel("epoch")
-        figure.tight_layout()
+        with warnings.catch_warnings():   # "tight layout not applied" is matplotlib's business, not the user's
+            warnings.simplefilter("ignore")
+            figure.tight_layout()
         write_with(self.plot_path, lambda tmp: figure.savefig(tmp, format="png"))
 
 

@@ -15,6 +15,7 @@ out of the mean.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from MaskSAMCore.progress import Progress
 from MaskSAMCore.training.losses import MaskSAMLoss
 
 
@@ -105,13 +107,22 @@ class Validator:
         num_classes = len(self.class_names)
         counts = np.zeros((3, num_classes), dtype=np.int64)  # tp, fp, fn per class
         losses: List[float] = []
+        cases = self.select(epoch, max_cases)
+        # Validating a fold of CTs takes minutes: a bar in a terminal and progress events for the
+        # Slicer module, but no lines in a log file (they would repeat every epoch).
+        bar = Progress("validate", total=len(cases), unit="case", enabled=sys.stderr.isatty()) if cases else None
         try:
-            for case in self.select(epoch, max_cases):
+            for case in cases:
                 prediction, case_losses = self.predict_case(model, case, autocast_dtype)
                 losses.extend(case_losses)
                 counts += confusion_counts(prediction, case.labels, num_classes)
+                if bar is not None:
+                    bar.set_postfix(case.name)
+                    bar.advance()
         finally:
             model.train(was_training)
+            if bar is not None:
+                bar.end_line()
         dice = {}
         for k, name in enumerate(self.class_names[1:], start=1):
             tp, fp, fn = counts[:, k]
