@@ -1,7 +1,6 @@
 """Schedule, optimiser settings, RNG capture/restore and the training log files."""
 
 import random
-
 import warnings
 
 import numpy as np
