@@ -180,7 +180,9 @@ class ModelFolder:
         path = self.path / CHECKPOINT_FILES[which]
         if not path.is_file():
             present = [k for k, f in CHECKPOINT_FILES.items() if (self.path / f).is_file()]
-            hint = f" (present: {', '.join(present)})" if present else " (is training finished?)"
+            hint = (f" (present: {', '.join(present)}: its training has not finished; finish it with masksam train "
+                    f"... --resume, or predict with --checkpoint {present[0]})" if present
+                    else " (is training finished?)")
             raise ModelFolderError(f"{describe_path(self.path)} has no {CHECKPOINT_FILES[which]}{hint}")
         return path
 

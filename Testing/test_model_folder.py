@@ -168,3 +168,13 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tmp_p
     monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 << 30, 1 << 30, 9 << 30))
     with pytest.raises(RuntimeError, match="unexpected pos"):   # plenty of space: not called a full disk
         save_checkpoint(path, {"weights": {"w": torch.zeros(3)}, "epoch": 5})
+
+
+def test_a_model_whose_training_has_not_finished_says_what_to_do(tmp_path):
+    config = preset("tiny", num_classes=3)
+    folder = _write_folder(tmp_path / "m", config, build_masksam(config).state_dict())
+    (folder / "checkpoint_final.pt").rename(folder / "checkpoint_best.pt")
+    with pytest.raises(ModelFolderError, match=r"no checkpoint_final.pt \(present: best: its training has not "
+                                               r"finished; finish it with masksam train \.\.\. --resume, or "
+                                               r"predict with --checkpoint best\)"):
+        ModelFolder.load(folder).checkpoint_path("final")
