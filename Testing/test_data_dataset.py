@@ -202,3 +202,74 @@ def test_nnunet_ignore_label_is_refused_not_learnt_as_an_organ(dataset):
     labels = json.loads((dataset / "dataset.json").read_text())["labels"]
     edit_json(dataset, labels={**labels, "ignore": len(labels)})
     assert "label 'ignore' (nnU-Net's label for unannotated voxels) is not supported" in load_error(dataset)
+
+
+def _relabel_every_case(dataset: Path, old: int, new: int) -> None:
+    for label_file in sorted((dataset / "labelsTr").glob("*.nii.gz")):
+        labels, geometry = read_label(label_file)
+        labels[labels == old] = new
+        write_label(labels, geometry, label_file)
+
+
+def test_label_maps_without_any_foreground_are_refused(dataset):
+    for value in range(1, 6):
+        _relabel_every_case(dataset, value, 0)
+    message = load_error(dataset)
+    assert message.startswith(f"{dataset}: no label map in labelsTr holds any structure")
+    assert "nothing to learn" in message
+
+
+def test_a_declared_label_no_case_holds_is_one_warning_and_the_dataset_loads(dataset, capsys):
+    _relabel_every_case(dataset, 5, 1)   # the aorta becomes liver in every case
+    raw = load_raw_dataset(dataset, progress=False, warn=True)
+    assert raw.num_classes == 6
+    assert capsys.readouterr().err.splitlines() == [
+        f"masksam: warning: {dataset}: label(s) 'aorta' (5) declared in dataset.json appear in no training "
+        "case; the model cannot learn to segment them"]
+
+
+def test_a_constant_image_is_refused_like_prediction_refuses_it(dataset):
+    image, geometry = read_image(dataset / "imagesTr" / "phantom_001_0000.nii.gz")
+    write_image(np.full(image.shape, -1000, np.int16), geometry, dataset / "imagesTr" / "phantom_001_0000.nii.gz")
+    assert ("case 'phantom_001': imagesTr/phantom_001_0000.nii.gz: the image is constant (every voxel is -1000); "
+            "there is nothing to segment in it") in load_error(dataset)
+
+
+def test_files_in_imagests_that_are_no_nnunet_cases_do_not_stop_training(dataset, capsys):
+    """Training never reads imagesTs/; `masksam predict` reads it by its own rules."""
+    shutil.copy(dataset / "imagesTs" / "phantom_test_000_0000.nii.gz", dataset / "imagesTs" / "scan.nii.gz")
+    shutil.copy(dataset / "imagesTs" / "phantom_test_000_0000.nii.gz",
+                dataset / "imagesTs" / "two_channels_0001.nii.gz")   # its _0000 is missing
+    raw = load_raw_dataset(dataset, progress=False, warn=True)
+    assert [c.name for c in raw.test_cases] == ["phantom_test_000"]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_dataset_json_with_a_byte_order_mark_loads(dataset):
+    text = (dataset / "dataset.json").read_text()
+    (dataset / "dataset.json").write_bytes(b"\xef\xbb\xbf" + text.encode())   # as Windows Notepad saves
+    assert load_raw_dataset(dataset, progress=False).num_classes == 6
+
+
+def test_a_key_given_twice_in_dataset_json_is_named(dataset):
+    text = (dataset / "dataset.json").read_text()
+    assert '"aorta": 5' in text
+    (dataset / "dataset.json").write_text(text.replace('"aorta": 5', '"aorta": 5, "liver": 6'))
+    assert "dataset.json: key 'liver' appears twice in one object" in load_error(dataset)
+
+
+def test_an_empty_label_name_is_refused(dataset):
+    edit_json(dataset, labels={"background": 0, "": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4,
+                               "aorta": 5})
+    assert "dataset.json: label value 1 has an empty name" in load_error(dataset)
+
+
+def test_an_nnunet_v1_dataset_json_gets_a_hint(dataset):
+    meta = json.loads((dataset / "dataset.json").read_text())
+    edit_json(dataset, channel_names=None, file_ending=None, modality={"0": "CT"},
+              labels={str(value): name for name, value in meta["labels"].items()})
+    message = load_error(dataset)
+    assert message.endswith(
+        "dataset.json: missing key(s) channel_names, file_ending; this is nnU-Net v1's dataset.json: rename "
+        "'modality' to 'channel_names', write 'labels' as name -> value ({\"background\": 0, ...}), add "
+        "\"file_ending\": \".nii.gz\" (nnUNetv2_convert_old_nnUNet_dataset converts a whole v1 dataset)")

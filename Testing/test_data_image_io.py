@@ -192,6 +192,17 @@ def test_label_with_fractions_or_negative_values_is_rejected(tmp_path):
         read_label(tmp_path / "neg.nii.gz")
 
 
+@pytest.mark.parametrize("ending", [".nrrd", ".nii", ".nii.gz"])
+def test_nan_in_a_float_label_map_is_rejected_not_read_as_background(tmp_path, ending):
+    """ITK's NIfTI reader turns NaN into 0: without scanning the file, NaN voxels became background."""
+    labels = np.ones((3, 4, 5), np.float32)
+    labels[1, 2, 3] = np.nan
+    labels[2, 0, 0] = np.inf
+    write_raw(tmp_path / f"nan{ending}", sitk.GetImageFromArray(labels))
+    with pytest.raises(InputError, match=rf"nan{ending}: label map contains 2 NaN/Inf value\(s\)"):
+        read_label(tmp_path / f"nan{ending}")
+
+
 def test_read_case_stacks_channels_and_rejects_a_channel_on_another_grid(tmp_path):
     geometry = oblique_geometry()
     write_image(np.full(geometry.shape_zyx, 1, np.int16), geometry, tmp_path / "c_0000.nrrd")

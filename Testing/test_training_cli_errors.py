@@ -220,3 +220,55 @@ def test_too_few_cases_for_a_fold_are_refused_before_planning_and_preprocessing(
                  "--device", "cpu"]) == 1
     assert "3 training case(s) are too few for 5-fold cross-validation; train with --fold all" in _error_line(capsys)
     assert started == [] and not model_dir.exists()
+
+
+def _copy_with_labels(phantoms, folder, relabel):
+    """A copy of the phantoms whose label maps go through `relabel` (an array -> array function)."""
+    import shutil
+
+    copy = Path(shutil.copytree(phantoms, folder))
+    for label_file in sorted((copy / "labelsTr").glob("*.nii.gz")):
+        label, geometry = read_label(label_file)
+        write_label(relabel(label), geometry, label_file)
+    return copy
+
+
+def _train_until_fit(dataset, model_dir, monkeypatch):
+    """`masksam train` through every check, planning and preprocessing, stopped where it would fit."""
+    from MaskSAMCore.errors import Cancelled
+    from MaskSAMCore.training.trainer import Trainer
+
+    def cancelled(self):
+        raise Cancelled("cancelled by signal SIGTERM")
+
+    monkeypatch.setattr(Trainer, "fit", cancelled)
+    return main(["train", str(dataset), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+                 "--iters-per-epoch", "1", "--device", "cpu", "--num-workers", "0"])
+
+
+def test_label_maps_without_foreground_are_refused_before_any_work(phantoms, tmp_path, capsys):
+    empty = _copy_with_labels(phantoms, tmp_path / "empty", lambda label: np.zeros_like(label))
+    model_dir = tmp_path / "model"
+    assert main(["train", str(empty), str(model_dir), "--preset", "tiny", "--epochs", "1"]) == 1
+    assert _error_line(capsys) == (f"masksam: error: {empty}: no label map in labelsTr holds any structure "
+                                   "(every voxel is background 0); there is nothing to learn")
+    assert not model_dir.exists()
+
+
+def test_a_declared_label_no_case_holds_is_one_warning_and_training_goes_on(phantoms, tmp_path, capsys,
+                                                                            monkeypatch):
+    no_aorta = _copy_with_labels(phantoms, tmp_path / "no_aorta", lambda label: np.where(label == 5, 1, label))
+    assert _train_until_fit(no_aorta, tmp_path / "model", monkeypatch) == 130   # it got as far as training
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: warning:")]
+    assert warnings == [f"masksam: warning: {no_aorta}: label(s) 'aorta' (5) declared in dataset.json appear in "
+                        "no training case; the model cannot learn to segment them"]
+
+
+def test_an_unrelated_file_in_imagests_does_not_stop_training(phantoms, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    dataset = Path(shutil.copytree(phantoms, tmp_path / "with_imagesTs"))
+    (dataset / "imagesTs").mkdir()
+    shutil.copy(dataset / "imagesTr" / "phantom_000_0000.nii.gz", dataset / "imagesTs" / "scan.nii.gz")
+    assert _train_until_fit(dataset, tmp_path / "model", monkeypatch) == 130
+    assert "masksam: error" not in capsys.readouterr().err

@@ -8,7 +8,8 @@ the case and the problem otherwise, so a researcher learns about a broken case i
 after hours of preprocessing.
 
 A ``numTraining`` in dataset.json that differs from the number of cases found is an error, as in
-nnU-Net: it usually means files went missing or dataset.json is stale.
+nnU-Net: it usually means files went missing or dataset.json is stale. So are a constant image
+and a dataset without any foreground label; a declared label no case holds is only warned about.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -88,9 +91,11 @@ class RawDataset:
 
 
 def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
-                     progress: bool = True) -> RawDataset:
+                     progress: bool = True, warn: Optional[bool] = None) -> RawDataset:
     """Read and validate a dataset folder. With `check_images` every training image and label
-    is opened (see the module docstring for what is checked); raises `DatasetError`."""
+    is opened (see the module docstring for what is checked); raises `DatasetError`. Warnings
+    are printed on stderr when `warn`, by default when `progress` is on (so that of a distributed
+    training only the main process prints them)."""
     root = Path(root)
     if root.is_file():
         hint = f"; give its folder, {describe_path(root.parent)}" if root.name == "dataset.json" else ""
@@ -105,36 +110,50 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
         raise DatasetError(f"{_json_where(root)}: numTraining must be a whole number, not {num_training!r}")
 
-    training = _find_cases(root, "imagesTr", "labelsTr", file_ending, len(channel_names), labels_required=True)
+    training = _find_training_cases(root, file_ending, len(channel_names))
     if not training:
         raise DatasetError(f"{describe_path(root)}: no training cases in imagesTr "
                            f"(expected files named CASE_0000{file_ending}){_ending_hint(root / 'imagesTr', file_ending)}")
     if num_training != len(training):
         raise DatasetError(f"{_json_where(root)}: numTraining is {num_training} but imagesTr holds "
                            f"{len(training)} case(s); fix numTraining or add the missing cases")
-    test = []
-    if (root / "imagesTs").is_dir():
-        test = _find_cases(root, "imagesTs", "labelsTs", file_ending, len(channel_names), labels_required=False)
-
+    test = _find_test_cases(root, file_ending, len(channel_names))
     dataset = RawDataset(
         root=root, name=str(meta.get("name") or root.name), labels=labels, channel_names=channel_names,
         file_ending=file_ending, num_training=num_training, training_cases=training, test_cases=test,
         metadata=meta,
     )
     if check_images:
-        check_case_files(dataset, progress=progress)
+        check_case_files(dataset, progress=progress, warn=progress if warn is None else warn)
     return dataset
 
 
-def check_case_files(dataset: RawDataset, progress: bool = True) -> None:
+def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = True) -> None:
     """Open every training case and check images and labels (see module docstring); fills
     `dataset.geometries`. Raises `DatasetError` for the first broken case."""
     allowed = set(dataset.labels.values())
+    present: Set[int] = set()
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
     for case in dataset.training_cases:
-        dataset.geometries[case.name] = _check_case(dataset.root, case, allowed)
+        dataset.geometries[case.name], values = _check_case(dataset.root, case, allowed)
+        present |= values
         bar.advance()
     bar.close()
+    _check_labels_present(dataset, present, warn)
+
+
+def _check_labels_present(dataset: RawDataset, present: Set[int], warn: bool) -> None:
+    """Refuse label maps without any foreground: training would run for hours and learn to
+    predict background everywhere. Warn about declared labels no case holds: the model keeps an
+    output for them but can never learn it."""
+    if not present - {0}:
+        raise DatasetError(f"{describe_path(dataset.root)}: no label map in labelsTr holds any structure "
+                           "(every voxel is background 0); there is nothing to learn")
+    absent = [f"'{name}' ({value})" for name, value in dataset.labels.items() if value and value not in present]
+    if absent and warn:
+        shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+        print(f"masksam: warning: {describe_path(dataset.root)}: label(s) {shown} declared in dataset.json "
+              "appear in no training case; the model cannot learn to segment them", file=sys.stderr, flush=True)
 
 
 # -- dataset.json -------------------------------------------------------------------------------
@@ -149,7 +168,9 @@ def _read_dataset_json(root: Path) -> dict:
         raise DatasetError(f"{describe_path(root)}: no dataset.json (a dataset in nnU-Net v2 raw format needs "
                            "dataset.json, imagesTr/ and labelsTr/)")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: Windows editors (Notepad, PowerShell) start UTF-8 files with a byte order mark
+        meta = json.loads(path.read_text(encoding="utf-8-sig"),
+                          object_pairs_hook=lambda pairs: _object_without_duplicates(pairs, path))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{describe_path(path)}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -158,8 +179,32 @@ def _read_dataset_json(root: Path) -> dict:
         raise DatasetError(f"{describe_path(path)}: must hold a JSON object")
     missing = [key for key in REQUIRED_KEYS if key not in meta]
     if missing:
-        raise DatasetError(f"{describe_path(path)}: missing key(s) {', '.join(missing)}")
+        raise DatasetError(f"{describe_path(path)}: missing key(s) {', '.join(missing)}{_v1_hint(meta)}")
     return meta
+
+
+def _object_without_duplicates(pairs: List[Tuple[str, Any]], path: Path) -> Dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice: `json` would silently keep the last
+    one (two labels named alike would lose one of them without a word)."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise DatasetError(f"{describe_path(path)}: key '{twice}' appears twice in one object (JSON keeps "
+                           "only the last one); rename or remove one of them")
+    return result
+
+
+def _v1_hint(meta: dict) -> str:
+    """How to turn nnU-Net v1's dataset.json (``modality``, labels value -> name) into v2's."""
+    if "modality" not in meta or "channel_names" in meta:
+        return ""
+    steps = ["rename 'modality' to 'channel_names'"]
+    if isinstance(meta.get("labels"), dict) and all(str(key).isdigit() for key in meta["labels"]):
+        steps.append("write 'labels' as name -> value ({\"background\": 0, ...})")
+    if "file_ending" not in meta:
+        steps.append("add \"file_ending\": \".nii.gz\"")
+    return (f"; this is nnU-Net v1's dataset.json: {', '.join(steps)} "
+            "(nnUNetv2_convert_old_nnUNet_dataset converts a whole v1 dataset)")
 
 
 def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
@@ -173,6 +218,9 @@ def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
                                "training is not supported")
         if isinstance(value, bool) or not isinstance(value, int):
             raise DatasetError(f"{where}: label '{name}' has value {value!r}; label values must be whole numbers")
+        if not name.strip():
+            raise DatasetError(f"{where}: label value {value} has an empty name; every label needs one "
+                               "(it names the segment and the output class)")
     if "ignore" in raw:
         # nnU-Net v2 reserves this name for voxels left unannotated; taken as a class it would be
         # learnt and predicted as an organ called "ignore", so it is refused rather than misread.
@@ -216,50 +264,78 @@ def _parse_file_ending(meta: dict, root: Path) -> str:
 
 # -- finding the files ---------------------------------------------------------------------------
 
-def _find_cases(root: Path, images_dir: str, labels_dir: str, ending: str, num_channels: int,
-                labels_required: bool) -> List[RawCase]:
-    images = root / images_dir
-    if not images.is_dir():
-        if labels_required:
-            raise DatasetError(f"{describe_path(root)}: no {images_dir}/ folder")
-        return []
+def _channel_files(images: Path, ending: str) -> Tuple[Dict[str, Dict[int, Path]], List[Path]]:
+    """The image files in `images`: {case: {channel: file}}, and the files without a channel number."""
     channels: Dict[str, Dict[int, Path]] = {}
+    unnumbered: List[Path] = []
     for path in sorted(images.iterdir()):
         if path.name.startswith(".") or not path.name.endswith(ending) or not path.is_file():
             continue  # hidden files, temporaries and unrelated files (README, ...) are not cases
         match = _CHANNEL_FILE.match(path.name[: -len(ending)])
         if match is None:
-            raise DatasetError(f"{describe_path(root)}: {images_dir}/{path.name} does not end in a channel "
-                               f"number (expected CASE_0000{ending})")
-        channels.setdefault(match["case"], {})[int(match["channel"])] = path
+            unnumbered.append(path)
+        else:
+            channels.setdefault(match["case"], {})[int(match["channel"])] = path
+    return channels, unnumbered
 
+
+def _channel_problem(name: str, files: Dict[int, Path], num_channels: int, images_dir: str,
+                     ending: str) -> Optional[str]:
+    """What is wrong with the channel files of case `name` (a missing or an extra one), or None."""
+    for index in range(num_channels):
+        if index not in files:
+            return f"missing channel file {images_dir}/{name}_{index:04d}{ending}"
+    extra = sorted(set(files) - set(range(num_channels)))
+    if extra:
+        return (f"unexpected channel file {images_dir}/{files[extra[0]].name} (dataset.json declares "
+                f"{num_channels} channel(s))")
+    return None
+
+
+def _find_training_cases(root: Path, ending: str, num_channels: int) -> List[RawCase]:
+    """The cases of imagesTr/ with their labels in labelsTr/; any file that does not fit is an error."""
+    if not (root / "imagesTr").is_dir():
+        raise DatasetError(f"{describe_path(root)}: no imagesTr/ folder")
+    channels, unnumbered = _channel_files(root / "imagesTr", ending)
+    if unnumbered:
+        raise DatasetError(f"{describe_path(root)}: imagesTr/{unnumbered[0].name} does not end in a channel "
+                           f"number (expected CASE_0000{ending})")
     cases = []
     for name in sorted(channels):
-        files = channels[name]
-        for index in range(num_channels):
-            if index not in files:
-                raise DatasetError(f"{describe_path(root)}: case '{name}': missing channel file "
-                                   f"{images_dir}/{name}_{index:04d}{ending}")
-        extra = sorted(set(files) - set(range(num_channels)))
-        if extra:
-            raise DatasetError(f"{describe_path(root)}: case '{name}': unexpected channel file "
-                               f"{images_dir}/{files[extra[0]].name} (dataset.json declares {num_channels} "
-                               f"channel(s))")
-        label = root / labels_dir / f"{name}{ending}"
+        problem = _channel_problem(name, channels[name], num_channels, "imagesTr", ending)
+        if problem:
+            raise DatasetError(f"{describe_path(root)}: case '{name}': {problem}")
+        label = root / "labelsTr" / f"{name}{ending}"
         if not label.is_file():
-            if labels_required:
-                raise DatasetError(f"{describe_path(root)}: case '{name}': missing label file {labels_dir}/{label.name}")
-            label = None
-        cases.append(RawCase(name, tuple(files[i] for i in range(num_channels)), label))
+            raise DatasetError(f"{describe_path(root)}: case '{name}': missing label file labelsTr/{label.name}")
+        cases.append(RawCase(name, tuple(channels[name][i] for i in range(num_channels)), label))
 
-    if labels_required and (root / labels_dir).is_dir():
-        for path in sorted((root / labels_dir).iterdir()):
+    if (root / "labelsTr").is_dir():
+        for path in sorted((root / "labelsTr").iterdir()):
             if path.name.startswith(".") or not path.name.endswith(ending):
                 continue
             name = path.name[: -len(ending)]
             if name not in channels:
-                raise DatasetError(f"{describe_path(root)}: case '{name}': {labels_dir}/{path.name} has no "
-                                   f"image files in {images_dir}/ (expected {name}_0000{ending})")
+                raise DatasetError(f"{describe_path(root)}: case '{name}': labelsTr/{path.name} has no "
+                                   f"image files in imagesTr/ (expected {name}_0000{ending})")
+    return cases
+
+
+def _find_test_cases(root: Path, ending: str, num_channels: int) -> List[RawCase]:
+    """The cases of imagesTs/ laid out like imagesTr/ (their labelsTs/ files where present).
+
+    Files that do not fit are left out without a word rather than refused: training never reads
+    imagesTs/, and `masksam predict`, which does, has its own rules (a file without a channel
+    number is a one-channel case of its own there) and names any problem when it is run."""
+    if not (root / "imagesTs").is_dir():
+        return []
+    channels, _ = _channel_files(root / "imagesTs", ending)
+    cases = []
+    for name in sorted(channels):
+        if _channel_problem(name, channels[name], num_channels, "imagesTs", ending) is None:
+            label = root / "labelsTs" / f"{name}{ending}"
+            cases.append(RawCase(name, tuple(channels[name][i] for i in range(num_channels)),
+                                 label if label.is_file() else None))
     return cases
 
 
@@ -276,8 +352,8 @@ def _ending_hint(folder: Path, ending: str) -> str:
 
 # -- checking the content --------------------------------------------------------------------------
 
-def _check_case(root: Path, case: RawCase, allowed: set) -> ImageGeometry:
-    """Open one case's files; returns the grid of its image."""
+def _check_case(root: Path, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeometry, Set[int]]:
+    """Open one case's files; returns the grid of its image and the values in its label map."""
     prefix = f"{describe_path(root)}: case '{case.name}'"
 
     def short(path: Path) -> str:
@@ -286,9 +362,13 @@ def _check_case(root: Path, case: RawCase, allowed: set) -> ImageGeometry:
     reference: Optional[ImageGeometry] = None
     for index, path in enumerate(case.image_files):
         try:
-            _, geometry = read_image(path)
+            image, geometry = read_image(path)
         except InputError as exc:
             raise DatasetError(f"{prefix}: {_relative_message(exc, path, short(path))}") from None
+        low, high = float(image.min()), float(image.max())
+        if low == high:   # worded as prediction refuses such an image (inference/input_checks.py)
+            raise DatasetError(f"{prefix}: {short(path)}: the image is constant (every voxel is {low:g}); "
+                               "there is nothing to segment in it")
         if reference is None:
             reference = geometry
             continue
@@ -305,12 +385,13 @@ def _check_case(root: Path, case: RawCase, allowed: set) -> ImageGeometry:
     if differences:
         raise DatasetError(f"{prefix}: label {short(case.label_file)} is not on the image's grid: "
                            f"{_difference_text(differences, label_geometry, reference)}")
-    undeclared = sorted(set(np.unique(label).tolist()) - allowed)
+    values = set(np.unique(label).tolist())
+    undeclared = sorted(values - allowed)
     if undeclared:
         shown = ", ".join(map(str, undeclared[:5])) + (", ..." if len(undeclared) > 5 else "")
         raise DatasetError(f"{prefix}: label {short(case.label_file)} has value(s) {shown} not declared in "
                            f"dataset.json labels (0..{max(allowed)})")
-    return reference
+    return reference, values
 
 
 def _relative_message(exc: InputError, path: Path, short: str) -> str:

@@ -175,15 +175,22 @@ def read_image(path: "os.PathLike[str] | str | DicomSeries") -> Tuple[np.ndarray
     if array.dtype == np.float64:
         _check_fits_float32(array, path)
     array = array.astype(np.float32, copy=False)
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if not bad and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        try:
-            bad = count_non_finite_voxels(path)   # ITK's NIfTI reader turns NaN/Inf into 0
-        except ValueError as exc:
-            raise InputError(f"{describe_path(path)}: cannot read it as an image ({exc})") from None
+    bad = _count_non_finite(array, image, path)
     if bad:
         raise InputError(f"{describe_path(path)}: contains {bad} NaN/Inf voxel(s)")
     return array, ImageGeometry.from_sitk(image)
+
+
+def _count_non_finite(array: np.ndarray, image: sitk.Image, path: "os.PathLike[str] | str | DicomSeries") -> int:
+    """NaN/Inf voxels of `array`, read from `path` as `image`. ITK's NIfTI reader turns NaN/Inf
+    into 0, so for a float NIfTI file whose array looks clean the file itself is scanned."""
+    bad = int(array.size - np.count_nonzero(np.isfinite(array))) if array.dtype.kind == "f" else 0
+    if not bad and is_nifti(path) and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        try:
+            bad = count_non_finite_voxels(path)
+        except ValueError as exc:
+            raise InputError(f"{describe_path(path)}: cannot read it as an image ({exc})") from None
+    return bad
 
 
 def _check_fits_float32(array: np.ndarray, path: "os.PathLike[str] | str") -> None:
@@ -220,13 +227,15 @@ def read_case(paths: Sequence["os.PathLike[str] | str | DicomSeries"]) -> Tuple[
 
 def read_label(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometry]:
     """Read a label map: (array (z, y, x) int16, geometry). The values must be whole numbers
-    in 0..32767, else `InputError` naming the file."""
+    in 0..32767 (so no NaN/Inf, which a float NIfTI file would otherwise pass off as background
+    0), else `InputError` naming the file."""
     image = read_sitk_image(path)
     array = sitk.GetArrayFromImage(image)
     where = describe_path(path)
     if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise InputError(f"{where}: label map contains NaN/Inf values")
+        bad = _count_non_finite(array, image, path)
+        if bad:
+            raise InputError(f"{where}: label map contains {bad} NaN/Inf value(s)")
         if not np.array_equal(array, np.round(array)):
             raise InputError(f"{where}: label map contains non-integer values (is it an image, not a label map?)")
     if array.size:
