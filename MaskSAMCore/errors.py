@@ -9,6 +9,7 @@ not caught and keep their traceback.
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 
 class MaskSAMError(Exception):
@@ -62,6 +63,12 @@ def describe_path(path: "os.PathLike[str] | str") -> str:
     if home not in ("/", "") and text.startswith(home + os.sep):
         text = "~" + text[len(home):]
     return text
+
+
+def list_some(items: Iterable[object], shown: int = 3) -> str:
+    """``a, b, c, ...``: the first `shown` items of a list a message names, and whether more follow."""
+    items = [str(item) for item in items]
+    return ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
 
 
 class ShapeError(MaskSAMError, ValueError):

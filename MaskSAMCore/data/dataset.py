@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label
-from MaskSAMCore.errors import DatasetError, InputError, describe_path
+from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.progress import Progress
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -388,7 +388,7 @@ def _check_case(root: Path, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeom
     values = set(np.unique(label).tolist())
     undeclared = sorted(values - allowed)
     if undeclared:
-        shown = ", ".join(map(str, undeclared[:5])) + (", ..." if len(undeclared) > 5 else "")
+        shown = list_some(undeclared, shown=5)
         raise DatasetError(f"{prefix}: label {short(case.label_file)} has value(s) {shown} not declared in "
                            f"dataset.json labels (0..{max(allowed)})")
     return reference, values

@@ -24,7 +24,6 @@ native files too small for their pixels (`dicom_headers`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -36,7 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_headers import DicomSlice, dicom_files, read_series_headers
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.errors import InputError, describe_path, list_some
 
 # How far slices may lie from the regular grid before the series is refused: the distance between
 # neighbours may vary by 1 % of the slice spacing, and the stack may drift sideways by a tenth of
@@ -99,9 +98,10 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
     raise InputError(f"{describe_path(folder)}: no DICOM series with the number or UID {choice} (found: {listed})")
 
 
-def series_grid(folder: Path, slices: List[DicomSlice], unreadable: Sequence[Path] = ()) -> DicomSeries:
+def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path] = ()) -> DicomSeries:
     """Check that `slices` make one regular, unsheared volume and return it with its grid.
-    `unreadable`: files of the folder left out, named when a slice seems to be missing."""
+    `left_out`: files of the folder that hold no readable image, named when a slice seems to be
+    missing."""
     first = slices[0]
     name = describe_series(folder, first.series_number, first.description)
     for piece in slices:
@@ -134,9 +134,8 @@ def series_grid(folder: Path, slices: List[DicomSlice], unreadable: Sequence[Pat
                          "series")
     step = float((along[-1] - along[0]) / (len(along) - 1))
     if np.abs(steps - step).max() > SPACING_TOLERANCE * step:
-        damaged = (f"; {len(unreadable)} file(s) of the folder cannot be read "
-                   f"({', '.join(p.name for p in unreadable[:3])}{', ...' if len(unreadable) > 3 else ''})"
-                   if unreadable else "")
+        unreadable = list_some(p.name for p in left_out)
+        damaged = f"; {len(left_out)} file(s) of the folder cannot be read ({unreadable})" if left_out else ""
         raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm "
                          f"(missing slices?){damaged}; a regular volume is needed")
     sideways = positions - positions[:1] - np.outer(along - along[0], normal)
@@ -150,7 +149,8 @@ def series_grid(folder: Path, slices: List[DicomSlice], unreadable: Sequence[Pat
         folder=folder, uid=first.series_uid, number=first.series_number, description=first.description,
         modality=first.modality, files=tuple(slices[int(i)].path for i in order),
         size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step),
-        origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()))
+        origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()),
+        left_out=tuple(left_out))
 
 
 def _copies(slices: List[DicomSlice]) -> Optional[Tuple[Path, Path]]:
@@ -184,8 +184,7 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
     if not files:
         raise InputError(f"{describe_path(folder)}: holds no DICOM files")
     series, left_out = read_series_headers(folder, files)
-    checked = series_grid(folder, choose_series(folder, series, choice), left_out)
-    return dataclasses.replace(checked, left_out=tuple(left_out))
+    return series_grid(folder, choose_series(folder, series, choice), left_out)
 
 
 def read_series(series: DicomSeries) -> sitk.Image:

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
 from MaskSAMCore.data.dicom_series import DicomSeries, find_series
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.errors import InputError, describe_path, list_some
 
 # Longest first, so that ".nii.gz" wins over ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".tiff")
@@ -138,7 +138,7 @@ def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
     below = folders_with_dicom_files(folder, limit=shown + 1)
     if not below:
         return ""
-    names = ", ".join(str(p.relative_to(folder)) for p in below[:shown]) + (", ..." if len(below) > shown else "")
+    names = list_some((p.relative_to(folder) for p in below), shown)
     return f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input"
 
 

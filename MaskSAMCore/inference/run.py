@@ -21,7 +21,7 @@ from typing import List, Optional
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
-from MaskSAMCore.errors import InputError, first_line
+from MaskSAMCore.errors import InputError, first_line, list_some
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
@@ -63,9 +63,8 @@ def report_dicom_series(cases: List[Case]) -> None:
             print(f"masksam: {series}: {series.modality or 'modality not given'}, {len(series.files)} slices, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
             if series.left_out:
-                names = ", ".join(p.name for p in series.left_out[:3]) + (", ..." if len(series.left_out) > 3 else "")
                 print(f"masksam: warning: {len(series.left_out)} file(s) in the folder hold no readable image "
-                      f"and were left out ({names})", file=sys.stderr)
+                      f"and were left out ({list_some(p.name for p in series.left_out)})", file=sys.stderr)
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:

@@ -17,7 +17,7 @@ from typing import List, Set
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.preprocess_runner import source_stamps
 from MaskSAMCore.data.store import read_properties
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
 
 
@@ -43,8 +43,8 @@ def check_resumed_dataset(model_dir: Path, dataset: RawDataset) -> List[str]:
     started = started_cases(model_dir)
     if started and started != names:
         added, missing = sorted(names - started), sorted(started - names)
-        parts = [f"{len(added)} case(s) not in it ({_some(added)})" if added else "",
-                 f"{len(missing)} of its case(s) missing ({_some(missing)})" if missing else ""]
+        parts = [f"{len(added)} case(s) not in it ({list_some(added)})" if added else "",
+                 f"{len(missing)} of its case(s) missing ({list_some(missing)})" if missing else ""]
         raise InputError(f"{describe_path(dataset.root)}: not the dataset the training in {describe_path(model_dir)} "
                          f"started with: {'; '.join(p for p in parts if p)}; resume with that dataset, or train "
                          "a new model folder")
@@ -61,10 +61,6 @@ def check_resumed_dataset(model_dir: Path, dataset: RawDataset) -> List[str]:
 
 def _sizes(stamps: List[dict]) -> List[tuple]:
     return [(stamp.get("file"), stamp.get("size")) for stamp in stamps]
-
-
-def _some(names: List[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 # Options that describe the run; a resumed run takes them from its checkpoint instead.

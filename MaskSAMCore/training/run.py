@@ -32,7 +32,7 @@ from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
 from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
 from MaskSAMCore.data.store import load_case
-from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path
+from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path, list_some
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import MaskSAMConfig, preset
 from MaskSAMCore.folder_layout import (DATASET_JSON, LATEST_CHECKPOINT, PLANS_JSON, PREPROCESSED,
@@ -303,7 +303,7 @@ def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: Dis
     settings.mirror_axes = training_mirror_axes(dataset.labels, dataset.geometries, plan)
     lateral = lateral_label_names(dataset.labels)
     if lateral and context.is_main:
-        print(f"labels {', '.join(lateral[:4])}{', ...' if len(lateral) > 4 else ''} are lateral: "
+        print(f"labels {list_some(lateral, shown=4)} are lateral: "
               f"augmentation mirrors patch axes {settings.mirror_axes} only (not left-right)", flush=True)
     return RunDescription(settings, config, plan, sam, args.preset)
 
@@ -327,7 +327,7 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     ignored = ignored_options(args)
     if announce and changed:
         print(f"masksam: warning: {len(changed)} case(s) changed since the run started "
-              f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}): they are preprocessed again and "
+              f"({list_some(changed)}): they are preprocessed again and "
               "the training goes on with the new files", file=sys.stderr, flush=True)
     if announce and ignored:
         print(f"masksam: note: a resumed run keeps its own settings; {', '.join(ignored)} given here "
