@@ -3,8 +3,10 @@ with one line naming the case (or dataset.json) and the problem."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +275,32 @@ def test_an_nnunet_v1_dataset_json_gets_a_hint(dataset):
         "dataset.json: missing key(s) channel_names, file_ending; this is nnU-Net v1's dataset.json: rename "
         "'modality' to 'channel_names', write 'labels' as name -> value ({\"background\": 0, ...}), add "
         "\"file_ending\": \".nii.gz\" (nnUNetv2_convert_old_nnUNet_dataset converts a whole v1 dataset)")
+
+
+def _move_nifti_placement(path: Path, offset: int, by_mm: float, code_changes=()) -> None:
+    """Move one of the two placements of a .nii.gz file's header (a float at `offset`) by `by_mm`."""
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<f", data, offset, struct.unpack_from("<f", data, offset)[0] + by_mm)
+    for code_offset, code in code_changes:
+        struct.pack_into("<h", data, code_offset, code)
+    path.write_bytes(gzip.compress(bytes(data)))
+
+
+def test_a_case_whose_nifti_placements_disagree_loads_with_one_warning(dataset, capsys):
+    """Image and label both carry an sform moved 50 mm from their qform (ITK reads the sform):
+    they fit each other, but programs that read the qform would place the case elsewhere."""
+    for path in (dataset / "imagesTr" / "phantom_001_0000.nii.gz", dataset / "labelsTr" / "phantom_001.nii.gz"):
+        _move_nifti_placement(path, 292, 50.0)   # sform row x, translation
+    load_raw_dataset(dataset, progress=False, warn=True)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert "the NIfTI header of 1 case(s) (phantom_001) is ambiguous: its qform and sform place the image " \
+           "up to 50 mm apart; MaskSAM uses the sform" in warnings[0]
+
+
+def test_a_label_that_misses_its_image_because_of_the_image_header_says_so(dataset):
+    # An aligned sform (code 2) and a qform moved 50 mm: ITK reads the qform, the label stays put.
+    _move_nifti_placement(dataset / "imagesTr" / "phantom_001_0000.nii.gz", 268, 50.0, code_changes=[(254, 2)])
+    message = load_error(dataset)
+    assert "label labelsTr/phantom_001.nii.gz is not on the image's grid" in message
+    assert "(note: the image's qform and sform place the image up to 50 mm apart; MaskSAM uses the qform" in message

@@ -92,6 +92,16 @@ def test_a_folder_input_with_an_image_file_name_as_output_is_refused(model, tmp_
         tmp_path / "odd.nrrd" / "ct.nii.gz"
 
 
+def test_label_maps_are_never_written_among_the_images_they_segment(tmp_path):
+    """case.nii.gz beside case_0000.nii.gz would be taken for an image by the next run."""
+    _touch(tmp_path / "imagesTs", "case_0000.nii.gz")
+    for output in (tmp_path / "imagesTs", tmp_path / "imagesTs" / ".." / "imagesTs"):
+        with pytest.raises(InputError, match="would be written among the images they segment"):
+            find_cases(tmp_path / "imagesTs", output, num_channels=1)
+    assert find_cases(tmp_path / "imagesTs", tmp_path / "predTs", num_channels=1)[0].output_file == \
+        tmp_path / "predTs" / "case.nii.gz"
+
+
 def test_a_single_file_into_a_folder_that_does_not_exist_yet(tmp_path):
     _touch(tmp_path, "ct_0000.nii.gz")
     # "out/" is a folder to create; "out" without the slash and without an ending is ambiguous

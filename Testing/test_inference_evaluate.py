@@ -167,6 +167,28 @@ def test_evaluate_names_classes_from_the_dataset_the_ground_truth_lies_in(tmp_pa
     assert list(report["per_class"]) == ["label_1", "label_2"]
 
 
+def test_a_label_value_the_dataset_does_not_declare_is_shown_but_left_out_of_the_means(tmp_path, capsys):
+    """A prediction in another label convention (spleen written as 9) must not silently pull the
+    dataset's mean Dice down: it is scored as label_9, named in a warning, and not averaged."""
+    dataset = tmp_path / "Dataset001"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    truth, prediction = _write_pair(pred, gt, "case_a", 0)
+    prediction[truth == 2] = 9   # the missed spleen, in another label convention
+    write_label(prediction, GEOMETRY, pred / "case_a.nrrd")
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads("\n".join(l for l in captured.out.splitlines() if not l.startswith("@masksam ")))
+    assert list(report["per_class"]) == ["liver", "spleen", "label_9"]
+    assert report["per_class"]["liver"]["dice"] == 1.0 and report["per_class"]["label_9"]["dice"] == 0.0
+    assert report["undeclared_labels"] == {"9": ["case_a"]}
+    assert report["mean_dice"] == 0.5 and report["cases"][0]["mean_dice"] == 0.5   # liver and spleen only
+    assert report["mean_hd95_mm"] == np.mean([report["per_class"][c]["hd95_mm"] for c in ("liver", "spleen")])
+    warning = [line for line in captured.err.splitlines() if "label 9" in line]
+    assert len(warning) == 1 and "is in 1 case(s) (case_a)" in warning[0] and "left out of the means" in warning[0]
+
+
 def test_evaluate_refuses_a_report_that_would_overwrite_the_ground_truth(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

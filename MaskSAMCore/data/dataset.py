@@ -14,22 +14,21 @@ and a dataset without any foreground label; a declared label no case holds is on
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
+from MaskSAMCore.data.dataset_json import DATASET_JSON, read_dataset_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label
+from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.progress import Progress
 
-REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -98,24 +97,20 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
     training only the main process prints them)."""
     root = Path(root)
     if root.is_file():
-        hint = f"; give its folder, {describe_path(root.parent)}" if root.name == "dataset.json" else ""
+        hint = f"; give its folder, {describe_path(root.parent)}" if root.name == DATASET_JSON else ""
         raise DatasetError(f"{describe_path(root)}: is a file, not a dataset folder{hint}")
     if not root.is_dir():
         raise DatasetError(f"{describe_path(root)}: dataset folder not found")
-    meta = _read_dataset_json(root)
-    labels = _parse_labels(meta, root)
-    channel_names = _parse_channel_names(meta, root)
-    file_ending = _parse_file_ending(meta, root)
-    num_training = meta["numTraining"]
-    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
-        raise DatasetError(f"{_json_where(root)}: numTraining must be a whole number, not {num_training!r}")
+    description = read_dataset_json(root)
+    labels, channel_names, file_ending = description.labels, description.channel_names, description.file_ending
+    num_training, meta = description.num_training, description.metadata
 
     training = _find_training_cases(root, file_ending, len(channel_names))
     if not training:
         raise DatasetError(f"{describe_path(root)}: no training cases in imagesTr "
                            f"(expected files named CASE_0000{file_ending}){_ending_hint(root / 'imagesTr', file_ending)}")
     if num_training != len(training):
-        raise DatasetError(f"{_json_where(root)}: numTraining is {num_training} but imagesTr holds "
+        raise DatasetError(f"{describe_path(root / DATASET_JSON)}: numTraining is {num_training} but imagesTr holds "
                            f"{len(training)} case(s); fix numTraining or add the missing cases")
     test = _find_test_cases(root, file_ending, len(channel_names))
     dataset = RawDataset(
@@ -134,11 +129,18 @@ def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = Tr
     allowed = set(dataset.labels.values())
     present: Set[int] = set()
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
+    misplaced: List[Tuple[str, str]] = []   # (case, why other programs place its image elsewhere)
     for case in dataset.training_cases:
         dataset.geometries[case.name], values = _check_case(dataset.root, case, allowed)
         present |= values
+        warning = placement_warning(case.image_files[0], dataset.geometries[case.name])
+        if warning:
+            misplaced.append((case.name, warning))
         bar.advance()
     bar.close()
+    if misplaced and warn:
+        print(f"masksam: warning: {describe_path(dataset.root)}: the NIfTI header of {len(misplaced)} case(s) "
+              f"({list_some(name for name, _ in misplaced)}) is ambiguous: {misplaced[0][1]}", file=sys.stderr)
     _check_labels_present(dataset, present, warn)
 
 
@@ -154,112 +156,6 @@ def _check_labels_present(dataset: RawDataset, present: Set[int], warn: bool) ->
         shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
         print(f"masksam: warning: {describe_path(dataset.root)}: label(s) {shown} declared in dataset.json "
               "appear in no training case; the model cannot learn to segment them", file=sys.stderr, flush=True)
-
-
-# -- dataset.json -------------------------------------------------------------------------------
-
-def _json_where(root: Path) -> str:
-    return describe_path(root / "dataset.json")
-
-
-def _read_dataset_json(root: Path) -> dict:
-    path = root / "dataset.json"
-    if not path.is_file():
-        raise DatasetError(f"{describe_path(root)}: no dataset.json (a dataset in nnU-Net v2 raw format needs "
-                           "dataset.json, imagesTr/ and labelsTr/)")
-    try:
-        # utf-8-sig: Windows editors (Notepad, PowerShell) start UTF-8 files with a byte order mark
-        meta = json.loads(path.read_text(encoding="utf-8-sig"),
-                          object_pairs_hook=lambda pairs: _object_without_duplicates(pairs, path))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{describe_path(path)}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{describe_path(path)}: cannot be read ({exc})") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{describe_path(path)}: must hold a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in meta]
-    if missing:
-        raise DatasetError(f"{describe_path(path)}: missing key(s) {', '.join(missing)}{_v1_hint(meta)}")
-    return meta
-
-
-def _object_without_duplicates(pairs: List[Tuple[str, Any]], path: Path) -> Dict[str, Any]:
-    """A JSON object as a dict, refusing a key given twice: `json` would silently keep the last
-    one (two labels named alike would lose one of them without a word)."""
-    result = dict(pairs)
-    if len(result) < len(pairs):
-        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
-        raise DatasetError(f"{describe_path(path)}: key '{twice}' appears twice in one object (JSON keeps "
-                           "only the last one); rename or remove one of them")
-    return result
-
-
-def _v1_hint(meta: dict) -> str:
-    """How to turn nnU-Net v1's dataset.json (``modality``, labels value -> name) into v2's."""
-    if "modality" not in meta or "channel_names" in meta:
-        return ""
-    steps = ["rename 'modality' to 'channel_names'"]
-    if isinstance(meta.get("labels"), dict) and all(str(key).isdigit() for key in meta["labels"]):
-        steps.append("write 'labels' as name -> value ({\"background\": 0, ...})")
-    if "file_ending" not in meta:
-        steps.append("add \"file_ending\": \".nii.gz\"")
-    return (f"; this is nnU-Net v1's dataset.json: {', '.join(steps)} "
-            "(nnUNetv2_convert_old_nnUNet_dataset converts a whole v1 dataset)")
-
-
-def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
-    where = _json_where(root)
-    raw = meta["labels"]
-    if not isinstance(raw, dict) or not raw:
-        raise DatasetError(f"{where}: 'labels' must be an object like {{\"background\": 0, \"liver\": 1}}")
-    for name, value in raw.items():
-        if isinstance(value, (list, tuple)):
-            raise DatasetError(f"{where}: label '{name}' is a region (list of values); region-based "
-                               "training is not supported")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise DatasetError(f"{where}: label '{name}' has value {value!r}; label values must be whole numbers")
-        if not name.strip():
-            raise DatasetError(f"{where}: label value {value} has an empty name; every label needs one "
-                               "(it names the segment and the output class)")
-    if "ignore" in raw:
-        # nnU-Net v2 reserves this name for voxels left unannotated; taken as a class it would be
-        # learnt and predicted as an organ called "ignore", so it is refused rather than misread.
-        raise DatasetError(f"{where}: label 'ignore' (nnU-Net's label for unannotated voxels) is not "
-                           "supported; MaskSAM trains on fully annotated cases: give those voxels a "
-                           "class or background and remove 'ignore' from labels")
-    by_value = sorted(raw.items(), key=lambda item: item[1])
-    values = [value for _, value in by_value]
-    if len(set(values)) != len(values):
-        raise DatasetError(f"{where}: two labels share a value ({values})")
-    if raw.get("background") != 0:
-        raise DatasetError(f"{where}: labels must name value 0 'background' (got background = "
-                           f"{raw.get('background')!r})")
-    if values != list(range(len(values))):
-        raise DatasetError(f"{where}: label values must be consecutive 0..{len(values) - 1}, got {values}")
-    if len(values) < 2:
-        raise DatasetError(f"{where}: labels need at least one structure besides background")
-    return dict(by_value)
-
-
-def _parse_channel_names(meta: dict, root: Path) -> Dict[str, str]:
-    where = _json_where(root)
-    raw = meta["channel_names"]
-    if not isinstance(raw, dict) or not raw:
-        raise DatasetError(f"{where}: 'channel_names' must be an object like {{\"0\": \"CT\"}}")
-    keys = sorted(raw, key=lambda k: int(k) if str(k).isdigit() else -1)
-    if keys != [str(i) for i in range(len(raw))]:
-        raise DatasetError(f"{where}: channel_names keys must be \"0\"..\"{len(raw) - 1}\", got {list(raw)}")
-    names = {key: raw[key] for key in keys}
-    if not all(isinstance(name, str) and name.strip() for name in names.values()):
-        raise DatasetError(f"{where}: every channel needs a name (e.g. \"CT\", \"T2\")")
-    return names
-
-
-def _parse_file_ending(meta: dict, root: Path) -> str:
-    ending = meta["file_ending"]
-    if not isinstance(ending, str) or not ending.startswith(".") or len(ending) < 2:
-        raise DatasetError(f"{_json_where(root)}: file_ending must look like \".nii.gz\", not {ending!r}")
-    return ending
 
 
 # -- finding the files ---------------------------------------------------------------------------
@@ -383,8 +279,10 @@ def _check_case(root: Path, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeom
         raise DatasetError(f"{prefix}: {_relative_message(exc, case.label_file, short(case.label_file))}") from None
     differences = reference.grid_differences(label_geometry)
     if differences:
+        ambiguous = placement_warning(case.image_files[0], reference)
         raise DatasetError(f"{prefix}: label {short(case.label_file)} is not on the image's grid: "
-                           f"{_difference_text(differences, label_geometry, reference)}")
+                           f"{_difference_text(differences, label_geometry, reference)}"
+                           + (f" (note: the image's {ambiguous.replace('its ', '', 1)})" if ambiguous else ""))
     values = set(np.unique(label).tolist())
     undeclared = sorted(values - allowed)
     if undeclared:

@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_headers import DicomSlice, dicom_files, read_series_headers
+from MaskSAMCore.data.read_failures import itk_warnings_off
 from MaskSAMCore.errors import InputError, describe_path, list_some
 
 # How far slices may lie from the regular grid before the series is refused: the distance between
@@ -194,14 +195,11 @@ def read_series(series: DicomSeries) -> sitk.Image:
     reader.SetImageIO("GDCMImageIO")
     reader.SetOutputPixelType(sitk.sitkFloat32)   # per-slice rescale slopes may differ
     # ITK warns on stderr about slice spacing it finds uneven; the grid is checked (and set) here.
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        image = reader.Execute()
+        with itk_warnings_off():
+            image = reader.Execute()
     except RuntimeError:
         raise InputError(f"{series}: {_unreadable_slice(series)}") from None
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     if tuple(image.GetSize()) != series.size or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{series}: its voxels read as size {'x'.join(map(str, image.GetSize()))} with "
                          f"{image.GetNumberOfComponentsPerPixel()} value(s) per voxel; a scalar "

@@ -23,8 +23,9 @@ import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
 from MaskSAMCore.data.dicom_series import DicomSeries, read_series
+from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
-from MaskSAMCore.data.read_failures import sitk_reason, unreadable_image_reason
+from MaskSAMCore.data.read_failures import itk_warnings_off, sitk_reason, unreadable_image_reason
 from MaskSAMCore.errors import InputError, describe_path
 
 @dataclass(frozen=True)
@@ -133,8 +134,10 @@ def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries") -> sitk.Image:
         raise InputError(f"{where}: file not found")
     if path.is_dir():
         raise InputError(f"{where}: is a folder, expected an image file")
+    reader = _header_reader(path)
     try:
-        image = sitk.ReadImage(str(path))
+        with itk_warnings_off():
+            image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{where}: cannot read it as an image ({unreadable_image_reason(path, exc)})") from None
     _check_nifti_complete(path)
@@ -150,6 +153,25 @@ def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries") -> sitk.Image:
         raise InputError(
             f"{where}: has {components} values per voxel (vector/RGB pixels); a scalar (grey-value) image is needed")
     return image
+
+
+def _header_reader(path: Path) -> sitk.ImageFileReader:
+    """A reader of `path` whose header has been read and checked (`header_checks`): what ITK
+    would quietly reinterpret (a negative spacing) is refused before any voxel is read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with itk_warnings_off():
+            reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{describe_path(path)}: cannot read it as an image "
+                         f"({unreadable_image_reason(path, exc)})") from None
+    check_pixel_type(describe_path(path), reader.GetPixelID())
+    dimension = reader.GetDimension()
+    if dimension >= 3:   # fewer: refused as not 3D by the caller
+        direction = np.asarray(reader.GetDirection()).reshape(dimension, dimension)[:3, :3]
+        check_header_grid(describe_path(path), reader.GetSpacing()[:3], direction.ravel())
+    return reader
 
 
 def _check_nifti_complete(path: Path) -> None:
@@ -255,12 +277,7 @@ def read_geometry(path: "os.PathLike[str] | str | DicomSeries") -> ImageGeometry
     where = describe_path(path)
     if not path.is_file():
         raise InputError(f"{where}: file not found")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError(f"{where}: cannot read it as an image ({unreadable_image_reason(path, exc)})") from None
+    reader = _header_reader(path)
     _check_nifti_complete(path)
     size = reader.GetSize()
     if len(size) == 4 and size[3] == 1:
@@ -337,14 +354,11 @@ def check_format_keeps(geometry: ImageGeometry, path: "os.PathLike[str] | str") 
     image = probe.apply(sitk.Image(2, 2, 2, sitk.sitkUInt8))
     with tempfile.TemporaryDirectory(prefix="masksam-format-") as folder:
         probe_file = Path(folder) / f"probe{ending}"
-        warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)   # ITK's multi-line "coerced" warning
         try:
-            sitk.WriteImage(image, str(probe_file))
+            with itk_warnings_off():   # ITK's multi-line "coerced" warning
+                sitk.WriteImage(image, str(probe_file))
         except RuntimeError as exc:
             raise InputError(f"{describe_path(path)}: cannot write this kind of file ({sitk_reason(exc)})") from None
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
         problem = _format_problem(image, probe_file)
     if problem:
         raise InputError(f"{describe_path(path)}: {problem}")

@@ -77,6 +77,15 @@ def missing_bytes(path: "os.PathLike[str] | str") -> int:
     return max(0, expected - total)
 
 
+def nifti_version(path: "os.PathLike[str] | str") -> Optional[int]:
+    """1 or 2 for a NIfTI-1 or NIfTI-2 file, None when the start of `path` is neither."""
+    try:
+        with _open(Path(path)) as stream:
+            return {348: 1, 540: 2}[_header_size(stream.read(4))]
+    except (ValueError, OSError, EOFError, zlib.error):
+        return None
+
+
 def _open(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 

@@ -1,4 +1,5 @@
-"""Why SimpleITK could not read or write a file, in words a user can act on.
+"""Why SimpleITK could not read or write a file, in words a user can act on; ITK's own
+multi-line warnings kept off the console (`itk_warnings_off`).
 
 ITK's messages are multi-line and sometimes misleading: a MetaImage file cut short, or a ``.mhd``
 whose data file was not copied along, both end in "Reason: No such file or directory" (a stale
@@ -7,13 +8,19 @@ errno), although the file given exists.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
+
+import SimpleITK as sitk
+
+from MaskSAMCore.data.nifti_values import is_nifti, nifti_version
 
 _CUT_SHORT_RAW = re.compile(r"fread got only .*?\(([\d.]+)% of expected\)")       # NRRD, raw
 _CUT_SHORT_GZIP = re.compile(r"expected (\d+) bytes but received (\d+)")              # NRRD, gzip
 _METAIMAGE_ENDINGS = (".mha", ".mhd")
+_ITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _HEADER_BYTES = 64 * 1024
 
 
@@ -34,6 +41,14 @@ def unreadable_image_reason(path: Path, exc: BaseException) -> str:
         percent = float(raw.group(1)) if raw else 100.0 * int(gzipped.group(2)) / max(int(gzipped.group(1)), 1)
         return f"the file is cut short: only {percent:.4g}% of its voxel data is there; copy or download it again"
     reason = sitk_reason(exc)
+    ending = next((e for e in _ITK_ENDINGS if path.name.lower().endswith(e)), None)
+    if ending and not path.name.endswith(ending) and "Unable to determine ImageIO reader" in reason:
+        return f"ITK recognises this format only by a lower-case file ending; rename it to end in {ending}"
+    if "orthonormal direction cosines" in reason:
+        return ("its header places the voxels on a sheared grid (a gantry tilt?), which ITK cannot "
+                "represent; resample it to an orthogonal grid first")
+    if is_nifti(path) and nifti_version(path) == 2:
+        return "it is a NIfTI-2 file, which the ITK reader MaskSAM uses cannot read; save it as NIfTI-1"
     if path.name.lower().endswith(_METAIMAGE_ENDINGS) and "No such file or directory" in reason:
         return _metaimage_problem(path) or reason
     return reason
@@ -60,3 +75,15 @@ def _metaimage_data_file(path: Path) -> Optional[str]:
         if key.strip() == "ElementDataFile":
             return value.strip()
     return None
+
+
+@contextlib.contextmanager
+def itk_warnings_off() -> Iterator[None]:
+    """ITK's warnings are several lines on stderr each (a NIfTI sform with "unexpected scales",
+    a field a format cannot store); MaskSAM says what matters itself, in one line."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)

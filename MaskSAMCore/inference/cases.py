@@ -48,11 +48,13 @@ class Case:
 
 
 def split_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
-    """(name without ending, ending) for a known image ending, else (name, "")."""
+    """(name without ending, ending) for a known image ending, else (name, ""). The ending is
+    given in lower case whatever the name's case: outputs get it, since ITK writes NIfTI and
+    MetaImage files only under lower-case endings (it reads NIfTI under either)."""
     name = Path(path).name
     for ending in IMAGE_ENDINGS:
         if name.lower().endswith(ending) and len(name) > len(ending):
-            return name[: -len(ending)], name[-len(ending):]
+            return name[: -len(ending)], ending
     return name, ""
 
 
@@ -109,6 +111,10 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         # Not a folder named labels.nii.gz holding the label maps where a file was meant.
         raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too, "
                          f"not a file name ending in {split_ending(target)[1]}")
+    if target.exists() and target.resolve() == source.resolve():
+        # CASE.nii.gz beside CASE_0000.nii.gz: the next run would take the label maps for images.
+        raise InputError(f"{describe_path(target)}: the label maps would be written among the images they "
+                         "segment; write them to another folder")
     return _cases_in_folder(images, source, target, num_channels, output_ending)
 
 
@@ -147,9 +153,13 @@ def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: st
     # "out/" names a folder even before it exists (Path drops the slash, so look at the text)
     if target.is_dir() or str(output_path).endswith(("/", os.sep)):
         return target / f"{name}{ending}"
-    if not split_ending(target)[1]:
+    stem, ending = split_ending(target)
+    if not ending:
         raise InputError(f"{describe_path(target)}: the output needs an image file ending such as .nii.gz "
                          f"(or end it with / to write into that folder)")
+    if not target.name.endswith(ending):
+        raise InputError(f"{describe_path(target)}: ITK writes this format only under a lower-case file "
+                         f"ending; name the output {stem}{ending}")
     return target
 
 

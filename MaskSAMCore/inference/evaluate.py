@@ -20,7 +20,7 @@ import numpy as np
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import read_label
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_ending
 from MaskSAMCore.paths import check_output_file
@@ -31,7 +31,9 @@ CONVENTIONS = {
     "hd95_mm": "max of the two directed 95th percentiles of surface-voxel distances, in mm with the "
                "image spacing; null when both are empty; the image diagonal in mm when exactly one is empty",
     "means": "per class: mean over cases where the value is defined; mean_dice/mean_hd95_mm: mean over "
-             "foreground classes of the per-class means; per case: mean over its defined classes",
+             "foreground classes of the per-class means; per case: mean over its defined classes; "
+             "with a dataset.json, label values it does not declare (undeclared_labels) are scored "
+             "but left out of every mean",
 }
 
 
@@ -140,6 +142,10 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     bar.close()
     seen = sorted({value for *_, result in results for value in result["dice"]})
     names = class_names_from(dataset_json, seen)
+    # With a dataset.json, a value it does not declare (another label convention, a wrong model)
+    # is scored and shown, but kept out of every mean: the means are over the dataset's classes.
+    undeclared = [value for value in names if dataset_json and value not in known]
+    scored = [names[value] for value in names if value not in undeclared]
     cases = []
     for name, prediction_file, truth_file, result in results:
         # A class absent from both maps of a case is "both empty": undefined, as in metrics.py.
@@ -148,7 +154,7 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
         cases.append({
             "case": name, "prediction": str(prediction_file), "ground_truth": str(truth_file),
             "dice": dice, "hd95_mm": hd95,
-            "mean_dice": _mean(dice.values()), "mean_hd95_mm": _mean(hd95.values()),
+            "mean_dice": _mean(dice[c] for c in scored), "mean_hd95_mm": _mean(hd95[c] for c in scored),
         })
     per_class = {}
     for value, class_name in names.items():
@@ -159,9 +165,13 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
             "cases_defined": sum(c["dice"][class_name] is not None for c in cases),
         }
     return {
-        "mean_dice": _mean(c["dice"] for c in per_class.values()),
-        "mean_hd95_mm": _mean(c["hd95_mm"] for c in per_class.values()),
+        "mean_dice": _mean(per_class[c]["dice"] for c in scored),
+        "mean_hd95_mm": _mean(per_class[c]["hd95_mm"] for c in scored),
         "per_class": per_class,
+        "undeclared_labels": {
+            str(value): [name for name, *_, result in results
+                         if result["dice"].get(value) is not None or result["hd95_mm"].get(value) is not None]
+            for value in undeclared},
         "cases": cases,
         "unmatched_ground_truth": unmatched,
         "conventions": CONVENTIONS,
@@ -181,6 +191,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{class_name:>20s}  Dice {_fmt(entry['dice'])}  HD95 {_fmt(entry['hd95_mm'])} mm", file=sys.stderr)
     print(f"{'mean':>20s}  Dice {_fmt(report['mean_dice'])}  HD95 {_fmt(report['mean_hd95_mm'])} mm "
           f"over {len(report['cases'])} case(s)", file=sys.stderr)
+    for value, case_names in report["undeclared_labels"].items():
+        print(f"masksam: warning: label {value} is not in {describe_path(dataset_json)} but is in "
+              f"{len(case_names)} case(s) ({list_some(case_names)}); it is shown as label_{value} and left "
+              "out of the means", file=sys.stderr)
     unmatched = report["unmatched_ground_truth"]
     if unmatched:
         # The means above leave these cases out; say so where the user reads them, not only in the JSON.

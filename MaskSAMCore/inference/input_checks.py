@@ -58,9 +58,8 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
     """Refuse, before any work, an image whose resampling to the model's spacing would need more
     host memory than is `available` (bytes; None: unknown, no check). A wrong spacing in a
     header (50 mm slices instead of 5) would otherwise make a huge volume: minutes of work, then
-    the out-of-memory killer."""
-    if available is None:
-        return
+    the out-of-memory killer. Also refused: an image that would shrink to a single voxel along an
+    axis (a spacing given in micrometres, read as millimetres)."""
     forward = list(plan["transpose_forward"])
     reorientation = plan_reorientation(plan, geometry)   # the axis order preprocessing gives the image
     spacing_zyx, shape_zyx = reorientation.order(geometry.spacing_zyx), reorientation.order(geometry.shape_zyx)
@@ -68,6 +67,13 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
     shape = [shape_zyx[a] for a in forward]
     target = [float(t) for t in plan["target_spacing"]]
     new_shape = resampled_shape(shape, spacing, target)
+    if min(new_shape) < 2:
+        raise InputError(
+            f"{name}: at the model's spacing ({_by(target)} mm) this {_by(shape)}-voxel image of spacing "
+            f"{_by(spacing)} mm becomes {_by(new_shape)} voxels, too few to segment; check the voxel spacing "
+            "(and its unit) in its header")
+    if available is None:
+        return
     needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * int(np.prod(new_shape, dtype=np.int64))
     if needed > available:
         raise InputError(

@@ -21,7 +21,8 @@ from typing import List, Optional
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
-from MaskSAMCore.errors import InputError, first_line, list_some
+from MaskSAMCore.data.nifti_transforms import placement_warning
+from MaskSAMCore.errors import InputError, describe_path, first_line, list_some
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
@@ -52,6 +53,9 @@ def check_headers(cases: List[Case]) -> None:
     for case in cases:
         geometries = [read_geometry(path) for path in case.channel_files]
         check_format_keeps(geometries[0], case.output_file)
+        warning = placement_warning(case.channel_files[0], geometries[0])
+        if warning:
+            print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}", file=sys.stderr)
 
 
 def report_dicom_series(cases: List[Case]) -> None:

@@ -1,0 +1,146 @@
+"""dataset.json of an nnU-Net v2 raw dataset: read, and every field checked, with one
+`DatasetError` line naming the file and the field otherwise.
+
+Beyond nnU-Net's own checks: a key given twice in one object is refused (JSON would keep the
+last), a byte order mark is accepted (Windows editors write one), nnU-Net v1 files get the steps
+to v2, and region labels and the ``ignore`` label are refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from MaskSAMCore.errors import DatasetError, describe_path
+
+DATASET_JSON = "dataset.json"
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+@dataclass(frozen=True)
+class DatasetDescription:
+    """What dataset.json says, checked."""
+
+    labels: Dict[str, int]          # name -> value, ordered by value, background = 0
+    channel_names: Dict[str, str]   # "0" -> "CT", ...
+    file_ending: str                # ".nii.gz", ...
+    num_training: int
+    metadata: Dict[str, Any]        # the whole file as read
+
+
+def read_dataset_json(root: Path) -> DatasetDescription:
+    """The checked dataset.json of the dataset folder `root`; raises `DatasetError`."""
+    meta = _read_dataset_json(root)
+    num_training = meta["numTraining"]
+    if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
+        raise DatasetError(f"{_json_where(root)}: numTraining must be a whole number, not {num_training!r}")
+    return DatasetDescription(labels=_parse_labels(meta, root), channel_names=_parse_channel_names(meta, root),
+                              file_ending=_parse_file_ending(meta, root), num_training=num_training,
+                              metadata=meta)
+
+
+def _json_where(root: Path) -> str:
+    return describe_path(root / DATASET_JSON)
+
+
+def _read_dataset_json(root: Path) -> dict:
+    path = root / DATASET_JSON
+    if not path.is_file():
+        raise DatasetError(f"{describe_path(root)}: no dataset.json (a dataset in nnU-Net v2 raw format needs "
+                           "dataset.json, imagesTr/ and labelsTr/)")
+    try:
+        # utf-8-sig: Windows editors (Notepad, PowerShell) start UTF-8 files with a byte order mark
+        meta = json.loads(path.read_text(encoding="utf-8-sig"),
+                          object_pairs_hook=lambda pairs: _object_without_duplicates(pairs, path))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{describe_path(path)}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{describe_path(path)}: cannot be read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{describe_path(path)}: must hold a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise DatasetError(f"{describe_path(path)}: missing key(s) {', '.join(missing)}{_v1_hint(meta)}")
+    return meta
+
+
+def _object_without_duplicates(pairs: List[Tuple[str, Any]], path: Path) -> Dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice: `json` would silently keep the last
+    one (two labels named alike would lose one of them without a word)."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise DatasetError(f"{describe_path(path)}: key '{twice}' appears twice in one object (JSON keeps "
+                           "only the last one); rename or remove one of them")
+    return result
+
+
+def _v1_hint(meta: dict) -> str:
+    """How to turn nnU-Net v1's dataset.json (``modality``, labels value -> name) into v2's."""
+    if "modality" not in meta or "channel_names" in meta:
+        return ""
+    steps = ["rename 'modality' to 'channel_names'"]
+    if isinstance(meta.get("labels"), dict) and all(str(key).isdigit() for key in meta["labels"]):
+        steps.append("write 'labels' as name -> value ({\"background\": 0, ...})")
+    if "file_ending" not in meta:
+        steps.append("add \"file_ending\": \".nii.gz\"")
+    return (f"; this is nnU-Net v1's dataset.json: {', '.join(steps)} "
+            "(nnUNetv2_convert_old_nnUNet_dataset converts a whole v1 dataset)")
+
+
+def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
+    where = _json_where(root)
+    raw = meta["labels"]
+    if not isinstance(raw, dict) or not raw:
+        raise DatasetError(f"{where}: 'labels' must be an object like {{\"background\": 0, \"liver\": 1}}")
+    for name, value in raw.items():
+        if isinstance(value, (list, tuple)):
+            raise DatasetError(f"{where}: label '{name}' is a region (list of values); region-based "
+                               "training is not supported")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DatasetError(f"{where}: label '{name}' has value {value!r}; label values must be whole numbers")
+        if not name.strip():
+            raise DatasetError(f"{where}: label value {value} has an empty name; every label needs one "
+                               "(it names the segment and the output class)")
+    if "ignore" in raw:
+        # nnU-Net v2 reserves this name for voxels left unannotated; taken as a class it would be
+        # learnt and predicted as an organ called "ignore", so it is refused rather than misread.
+        raise DatasetError(f"{where}: label 'ignore' (nnU-Net's label for unannotated voxels) is not "
+                           "supported; MaskSAM trains on fully annotated cases: give those voxels a "
+                           "class or background and remove 'ignore' from labels")
+    by_value = sorted(raw.items(), key=lambda item: item[1])
+    values = [value for _, value in by_value]
+    if len(set(values)) != len(values):
+        raise DatasetError(f"{where}: two labels share a value ({values})")
+    if raw.get("background") != 0:
+        raise DatasetError(f"{where}: labels must name value 0 'background' (got background = "
+                           f"{raw.get('background')!r})")
+    if values != list(range(len(values))):
+        raise DatasetError(f"{where}: label values must be consecutive 0..{len(values) - 1}, got {values}")
+    if len(values) < 2:
+        raise DatasetError(f"{where}: labels need at least one structure besides background")
+    return dict(by_value)
+
+
+def _parse_channel_names(meta: dict, root: Path) -> Dict[str, str]:
+    where = _json_where(root)
+    raw = meta["channel_names"]
+    if not isinstance(raw, dict) or not raw:
+        raise DatasetError(f"{where}: 'channel_names' must be an object like {{\"0\": \"CT\"}}")
+    keys = sorted(raw, key=lambda k: int(k) if str(k).isdigit() else -1)
+    if keys != [str(i) for i in range(len(raw))]:
+        raise DatasetError(f"{where}: channel_names keys must be \"0\"..\"{len(raw) - 1}\", got {list(raw)}")
+    names = {key: raw[key] for key in keys}
+    if not all(isinstance(name, str) and name.strip() for name in names.values()):
+        raise DatasetError(f"{where}: every channel needs a name (e.g. \"CT\", \"T2\")")
+    return names
+
+
+def _parse_file_ending(meta: dict, root: Path) -> str:
+    ending = meta["file_ending"]
+    if not isinstance(ending, str) or not ending.startswith(".") or len(ending) < 2:
+        raise DatasetError(f"{_json_where(root)}: file_ending must look like \".nii.gz\", not {ending!r}")
+    return ending
