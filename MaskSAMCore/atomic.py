@@ -132,6 +132,27 @@ def write_with(path: "os.PathLike[str] | str", writer: Callable[[Path], None]) -
         writer(tmp)
 
 
+@contextlib.contextmanager
+def folders_made(folder: "os.PathLike[str] | str") -> Iterator[None]:
+    """``mkdir -p folder`` for the block; when the block fails (Ctrl-C included), the folders it
+    created are removed again, innermost first, if still empty: a failed first run leaves no
+    empty folders behind."""
+    missing = []
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if missing:
+        missing[0].mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for made in missing:
+            with contextlib.suppress(OSError):
+                made.rmdir()
+        raise
+
+
 def remove_stale_temporaries(folder: "os.PathLike[str] | str") -> int:
     """Delete temporaries a killed process left in `folder`; returns how many were removed."""
     removed = 0

@@ -39,6 +39,9 @@ HANDLERS: Dict[str, str] = {
 }
 
 
+SEED_MAXIMUM = 2 ** 32 - 1   # NumPy's seeds are 32-bit
+
+
 def window_step(text: str) -> float:
     """``--step``: a fraction of the patch size in (0, 1]."""
     try:
@@ -61,8 +64,9 @@ def positive_number(text: str) -> float:
     return value
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum` (a usage error otherwise)."""
+def at_least(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` and at most `maximum` (a usage
+    error otherwise)."""
 
     def whole_number(text: str) -> int:
         try:
@@ -71,6 +75,8 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {text}")
         return value
 
     return whole_number
@@ -92,6 +98,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         where = f"{command}: " if command else ""
         self.exit(2, f"masksam: error: {where}{message} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # argparse reports a sub-command's unknown option from the top-level parser, which would
+        # point to 'masksam --help'; the sub-command's own parser names itself and its help.
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            commands = getattr(self, "commands", {})
+            commands.get(getattr(namespace, "command", None), self).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
+        return namespace
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The `masksam` parser: global options here, each sub-command's in its own `_add_*` function."""
@@ -107,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    parser.commands = sub.choices   # name -> the sub-command's parser (see parse_args)
     for add_command in (_add_info, _add_download_sam, _add_make_phantoms, _add_train, _add_predict, _add_evaluate,
                         _add_benchmark, _add_demo):
         add_command(sub)
@@ -115,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
-    p.add_argument("--preset", default="vit_b", choices=PRESETS)
+    p.add_argument("--preset", default="vit_b", choices=PRESETS,
+                   help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
     p.add_argument("--channels", type=at_least(1), default=1, help="number of image channels")
     p.add_argument("--forward", action="store_true", help="also run one forward pass on random input")
@@ -131,9 +149,10 @@ def _add_download_sam(sub: "argparse._SubParsersAction") -> None:
 def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("make-phantoms", help="write a synthetic labelled abdominal CT dataset (nnU-Net format)")
     p.add_argument("output", help="dataset folder to create")
-    p.add_argument("--cases", type=int, default=12, help="number of training cases")
-    p.add_argument("--test-cases", type=int, default=0, help="number of extra cases in imagesTs/labelsTs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=at_least(1), default=12, help="number of training cases (default 12)")
+    p.add_argument("--test-cases", type=at_least(0), default=0,
+                   help="number of extra cases in imagesTs/labelsTs (default 0)")
+    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=0)
     p.add_argument("--size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="voxels per case along x, y, z (default: a small varied size)")
     p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"))
@@ -143,24 +162,28 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("train", help="fine-tune MaskSAM on a dataset in nnU-Net raw format")
     p.add_argument("dataset", help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
     p.add_argument("model_dir", help="model folder to create (or continue with --resume)")
-    p.add_argument("--preset", default="vit_b", choices=PRESETS)
+    p.add_argument("--preset", default="vit_b", choices=PRESETS,
+                   help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--sam-checkpoint", default=None,
                       help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one")
     init.add_argument("--random-init", action="store_true",
                       help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
-    p.add_argument("--epochs", type=int, default=1000,
+    p.add_argument("--epochs", type=at_least(1), default=1000,
                    help="epochs of --iters-per-epoch iterations (default 1000, the paper's for AMOS "
                         "and Synapse; it used 500 for ACDC)")
-    p.add_argument("--iters-per-epoch", type=int, default=250)
-    p.add_argument("--val-cases-per-epoch", type=int, default=None,
+    p.add_argument("--iters-per-epoch", type=at_least(1), default=250)
+    p.add_argument("--val-cases-per-epoch", type=at_least(1), default=None,
                    help="validate on at most this many cases each epoch (default: all)")
-    p.add_argument("--batch-size", type=int, default=None, help="patches per step (default 2)")
-    p.add_argument("--fold", default="0", help="fold of splits.json (0-4) or 'all'")
+    p.add_argument("--batch-size", type=at_least(1), default=None,
+                   help="patches per step and GPU (default 2, the paper's; vit_b then needs about "
+                        "14 GiB of GPU memory: use 1 on smaller GPUs)")
+    p.add_argument("--fold", default="0", choices=("0", "1", "2", "3", "4", "all"),
+                   help="fold of splits.json (0-4) or 'all' (default 0)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate (sgd 0.01, adamw 1e-3)")
+    p.add_argument("--lr", type=positive_number, default=None, help="initial learning rate (sgd 0.01, adamw 1e-3)")
     p.add_argument("--num-workers", type=at_least(0), default=None, help="data-loading worker processes")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=12345)
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest in MODEL_DIR")
     p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
     _add_device(p)
@@ -182,7 +205,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
                         help="average every flip combination per window (default; 8, or 4 for a model "
                              "trained without left-right flips because its labels are lateral)")
-    mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
+    mirror.add_argument("--no-mirror", dest="mirror", action="store_false",
+                        help="one pass per window (8x less work, slightly less accurate)")
     p.add_argument("--step", type=window_step, default=None,
                    help="window step as a fraction of the patch size (default 0.5; 1.0 with --fast)")
     p.add_argument("--fast", action="store_true",
@@ -209,13 +233,17 @@ def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
 
 def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")
-    p.add_argument("--preset", default="vit_b", choices=PRESETS)
+    p.add_argument("--preset", default="vit_b", choices=PRESETS,
+                   help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
-    p.add_argument("--shape", type=at_least(1), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
-    p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
+    p.add_argument("--shape", type=at_least(1), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
+                   help="synthetic volume size (default 300 512 512)")
+    p.add_argument("--classes", type=at_least(2), default=16,
+                   help="number of classes incl. background (default 16)")
     mirror = p.add_mutually_exclusive_group()
-    mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True)
-    mirror.add_argument("--no-mirror", dest="mirror", action="store_false")
+    mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
+                        help="every flip combination per window, as predict (default)")
+    mirror.add_argument("--no-mirror", dest="mirror", action="store_false", help="one pass per window")
     p.add_argument("--step", type=window_step, default=None, help="as predict --step (default 0.5; 1.0 with --fast)")
     p.add_argument("--fast", action="store_true",
                    help="no mirroring and step 1.0 unless --step is given (as predict --fast)")
@@ -235,8 +263,12 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
 
 def _add_demo(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("demo", help="the whole path on synthetic data: phantoms, training, prediction, Dice, a PNG")
-    p.add_argument("output", nargs="?", default="demo_output", help="folder for everything the demo writes")
-    p.add_argument("--minutes", type=positive_number, default=4.0, help="training time budget")
+    p.add_argument("output", nargs="?", default="demo_output",
+                   help="folder for everything the demo writes: new, empty, or an earlier demo's, whose "
+                        "results are replaced (default: demo_output)")
+    p.add_argument("--minutes", type=positive_number, default=4.0,
+                   help="training time to aim for (default 4); it never trains less than 6 epochs of "
+                        "100 steps, the budget the phantom learning test needs")
     p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (fold 0 of 5 needs 5)")
     _add_device(p)
 
@@ -264,6 +296,18 @@ def check_torch_version(installed: Optional[str] = None) -> None:
 CANCELLED_EXIT_STATUS = 130   # what shells report for Ctrl-C
 
 
+def _out_of_memory(exc: BaseException) -> Optional[str]:
+    """One line for an allocation that failed on the host or the GPU, else None (a bug: raised)."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "can't allocate memory" in text:
+        return ("out of memory: the machine cannot hold what this asks for; check the sizes and counts "
+                "given (an image, --size, --classes)")
+    if "CUDA out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
+        return ("out of GPU memory; free the GPU of other work, or lower MASKSAM_GPU_MEMORY_GB, "
+                "--window-batch or --batch-size")
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # Set for this call either way, so one in-process call never leaks into the next.
@@ -282,6 +326,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = first_line(exc)
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...
         message = f"{describe_path(exc.filename)}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    except (MemoryError, RuntimeError) as exc:
+        message = _out_of_memory(exc)
+        if message is None:
+            raise
     print(f"masksam: error: {message}", file=sys.stderr)
     emit("error", message=message)
     return 1

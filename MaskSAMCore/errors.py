@@ -53,6 +53,18 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def shorten(text: str, limit: int = 160) -> str:
+    """`text` cut to at most `limit` characters for a one-line message: at the end of a sentence
+    where one ends in the second half, else at a word, never inside one."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    sentence = head.rfind(". ")
+    if sentence >= limit // 2:
+        return head[:sentence + 1]
+    return head[:head.rfind(" ")].rstrip(" ,;:") + " ..." if " " in head else head + "..."
+
+
 def describe_path(path: "os.PathLike[str] | str") -> str:
     """The path as the user should read it in a message (absolute, with ~ kept short). Something
     read that is not a file (a DICOM series) is described by its own ``str``."""

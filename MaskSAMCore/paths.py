@@ -7,10 +7,13 @@ macOS, ``%LOCALAPPDATA%\\masksam`` on Windows).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Iterable
+
+from MaskSAMCore.errors import MaskSAMError
 
 
 def masksam_home() -> Path:
@@ -32,6 +35,22 @@ def environment_flag(name: str) -> bool:
     """Whether the environment variable `name` switches something on: unset, empty, 0, false,
     no and off (any case) are off; anything else is on."""
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def environment_number(name: str, default: float, meaning: str) -> float:
+    """The number above 0 in the environment variable `name` (unset or empty: `default`). Anything
+    else ("16GB", "0") is a `MaskSAMError` naming the variable and what it means, not a traceback."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise MaskSAMError(f"{name}={text!r} is not {meaning}: give a number above 0, or unset it for the "
+                           f"default {default:g}")
+    return value
 
 
 # The official SAM checkpoints' file names, here rather than beside their URLs and hashes in
@@ -83,7 +102,7 @@ def check_output_file(path: "os.PathLike[str] | str", inputs: "Iterable[os.PathL
 
     check_can_create(path, what)
     target = Path(path)
-    if target.is_dir():
+    if target.is_dir() or str(path).endswith(("/", os.sep)):
         raise InputError(f"{describe_path(target)}: is a folder; the {what} needs a file name")
     if not target.exists():
         return

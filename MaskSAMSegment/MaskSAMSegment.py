@@ -82,6 +82,7 @@ class MaskSAMSegmentParameterNode:
     samCheckpoint: str = ""
     randomInit: bool = False
     epochs: Annotated[int, WithinRange(1, 10000)] = 100
+    batchSize: Annotated[int, WithinRange(1, 64)] = 2
     trainOutputFolder: str = ""
     resume: bool = False
 

@@ -41,6 +41,9 @@ def test_a_too_old_pytorch_is_one_line_before_any_work(monkeypatch, capsys):
     (["info", "--channels", "0"], "argument --channels: must be at least 1, not 0"),
     (["benchmark", "--shape", "-1", "64", "64"], "argument --shape: must be at least 1, not -1"),
     (["train", "d", "m", "--num-workers", "-2"], "argument --num-workers: must be at least 0, not -2"),
+    # argparse reports these from the top-level parser; the line names the sub-command's help
+    (["train", "d", "m", "--epochz", "3"], "train: unrecognized arguments: --epochz 3 (see 'masksam train --help')"),
+    (["evaluate", "p", "t", "x"], "evaluate: unrecognized arguments: x (see 'masksam evaluate --help')"),
 ])
 def test_out_of_range_numbers_are_usage_errors_before_any_work(arguments, expected, capsys):
     from MaskSAMCore.cli import main
@@ -71,3 +74,31 @@ def test_an_empty_xdg_cache_home_is_unset_not_the_working_folder(monkeypatch, tm
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", "")
     assert masksam_home() == tmp_path / ".cache" / "masksam"
+
+
+@pytest.mark.parametrize("failure, expected", [
+    (MemoryError(), "out of memory: the machine cannot hold what this asks for"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 6400000256 bytes"), "out of memory: the machine cannot hold"),
+])
+def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys, failure, expected):
+    from MaskSAMCore import cli
+
+    def handler(args):
+        raise failure
+
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: handler)
+    assert cli.main(["info", "--preset", "tiny"]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"masksam: error: {expected}"), said
+
+
+def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch):
+    from MaskSAMCore import cli
+
+    def handler(args):
+        raise RuntimeError("shape mismatch in a matmul")
+
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: handler)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        cli.main(["info", "--preset", "tiny"])

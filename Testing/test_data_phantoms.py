@@ -123,6 +123,10 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         make_phantoms(tmp_path / "out", cases=3, size=(20, 20, 4), progress=False)
     assert list(tmp_path.iterdir()) == []                                        # no folder, no temporary
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        make_phantoms(tmp_path / "deep" / "er" / "out", cases=3, size=(20, 20, 4), progress=False)
+    assert list(tmp_path.iterdir()) == []                           # nor the parent folders it made
 
 
 @pytest.mark.parametrize("arguments, problem", [

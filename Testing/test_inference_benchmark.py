@@ -42,11 +42,14 @@ def test_benchmark_can_extrapolate_from_a_few_windows(tmp_path):
 
 
 @pytest.mark.skipif(nnunet_available(), reason="nnU-Net is installed here")
-def test_compare_nnunet_says_why_it_was_skipped(tmp_path):
+def test_compare_nnunet_without_nnunet_is_refused_before_any_timing(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["benchmark", "--preset", "tiny", "--shape", "4", "40", "40", "--classes", "3", "--device", "cpu",
-                 "--fast", "--compare-nnunet", "--output", str(out)]) == 0
-    assert "nnunetv2" in json.loads(out.read_text())["nnunet"]["skipped"]
+                 "--fast", "--compare-nnunet", "--output", str(out)]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["masksam: error: --compare-nnunet needs nnU-Net v2 in this Python (pip install nnunetv2); "
+                    "nothing was measured"]
+    assert not out.exists()
 
 
 def test_benchmark_fast_keeps_an_explicit_step(tmp_path):
@@ -72,3 +75,17 @@ def test_benchmark_of_a_multi_channel_model_folder(tmp_path):
                  "--fast", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["windows"] == len(WindowGrid((8, 40, 40), (4, 64, 64), 1.0)) == 2 and report["classes"] == 3
+
+
+def test_benchmark_of_a_model_with_coarse_slices_runs_on_its_own_grid(tmp_path):
+    """A model planned at 3.7 mm slices (as the phantom models are): the synthetic volume lies on
+    the model's grid, so neither the warm-up nor the timed volume is resampled away."""
+    from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+    from MaskSAMCore.model.config import preset
+
+    config = preset("tiny", num_classes=3)
+    model = write_random_model_folder(tmp_path / "coarse", config, synthetic_plan(config, (3.7, 1.4, 1.4)))
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--model-dir", str(model), "--shape", "8", "40", "40", "--device", "cpu",
+                 "--fast", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["preprocessed_shape"] == [8, 40, 40]

@@ -69,6 +69,16 @@ def test_right_hash_is_installed(registry, tmp_path):
     assert sam_checkpoints.find_cached_by_hash(registry.sha256, tmp_path) == path
 
 
+def test_a_damaged_file_in_the_cache_is_downloaded_again(registry, tmp_path, capsys):
+    """A copy cut short earlier must not stay "cached" for ever (training would call it corrupt)."""
+    (tmp_path / "sam.pth").write_bytes(PAYLOAD[: len(PAYLOAD) // 2])
+    path = download("vit_b", cache_dir=tmp_path, progress=False)
+    assert path.read_bytes() == PAYLOAD and _cache_files(tmp_path) == ["sam.pth"]
+    assert "sam.pth is damaged or incomplete" in capsys.readouterr().err
+    assert download("vit_b", cache_dir=tmp_path, progress=False) == path   # intact: no second download
+    assert capsys.readouterr().err == ""
+
+
 def test_wrong_hash_leaves_nothing(monkeypatch, registry, tmp_path):
     bad = SamCheckpointInfo("vit_b", registry.url, registry.size_bytes, "0" * 64)
     monkeypatch.setitem(sam_checkpoints.REGISTRY, "vit_b", bad)
@@ -163,3 +173,14 @@ def test_an_http_error_keeps_its_status_and_gives_no_offline_advice(registry, se
     with pytest.raises(DownloadError) as error:
         download("vit_b", cache_dir=tmp_path, url=server + "/missing.pth", progress=False)
     assert "HTTP Error 404" in str(error.value) and "elsewhere" not in str(error.value)
+
+
+def test_a_long_loading_error_is_cut_at_a_sentence_not_inside_a_word():
+    from MaskSAMCore.model.sam_checkpoints import describe_load_failure
+
+    error = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. "
+                         "This is an internal miniz error. If you see this, please report it with the file, "
+                         "the version of PyTorch and the platform you are on, so that it can be looked at")
+    said = describe_load_failure("sam.pth", error)
+    assert said.endswith("(PytorchStreamReader failed reading zip archive: failed finding central directory. "
+                         "This is an internal miniz error.)"), said

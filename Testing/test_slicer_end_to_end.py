@@ -81,7 +81,8 @@ def test_training_log_shows_each_epoch_once_in_words_and_no_machine_lines(traine
     log = trained["log"]
     assert [line for line in log if line.startswith("epoch ")] == [
         next(line for line in log if line.startswith("epoch 1/1: train loss "))]
-    assert any(line.startswith("training tiny (random SAM weights) on cpu:") for line in log)
+    start = next(line for line in log if line.startswith("training tiny (random SAM weights) on cpu:"))
+    assert "batch 1," in start, start   # the Training tab's batch size reached the core
     assert any(line.startswith("done: 1 epoch(s)") for line in log)
     assert not [line for line in log if "@masksam" in line or line.lstrip().startswith("{")]
 

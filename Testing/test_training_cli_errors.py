@@ -151,14 +151,28 @@ def test_dataset_error_names_the_case_and_writes_nothing(phantoms, tmp_path, cap
     (["--preset", "vit_b", "--sam-checkpoint", "no_such_sam.pth"], "does not exist"),
     (["--preset", "tiny", "--sam-checkpoint", "vit_b"], "tiny preset"),
     (["--preset", "vit_b", "--sam-checkpoint", "vit_l"], "does not fit"),
-    (["--preset", "tiny", "--fold", "7"], "--fold"),
-    (["--preset", "tiny", "--epochs", "0"], "--epochs"),
-    (["--preset", "tiny", "--lr", "-1"], "--lr must be a positive number"),
-    (["--preset", "tiny", "--lr", "nan"], "--lr must be a positive number"),
 ])
 def test_bad_arguments_fail_before_anything_is_written(phantoms, tmp_path, capsys, extra, expected):
     model_dir = tmp_path / "model"
     assert main(["train", str(phantoms), str(model_dir), *extra]) == 1
+    assert expected in _error_line(capsys)
+    assert not model_dir.exists()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--fold", "7"], "argument --fold: invalid choice: '7'"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, not 0"),
+    (["--lr", "-1"], "argument --lr: must be a positive number, not -1"),
+    (["--lr", "nan"], "argument --lr: must be a positive number, not nan"),
+    (["--seed", "-1"], "argument --seed: must be at least 0, not -1"),          # NumPy refuses it
+    (["--seed", str(2 ** 64)], "argument --seed: must be at most 4294967295"),  # torch overflows
+])
+def test_bad_option_values_are_usage_errors_before_anything_is_read(phantoms, tmp_path, capsys, extra, expected):
+    model_dir = tmp_path / "model"
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", str(phantoms), str(model_dir), "--preset", "tiny", *extra])
+    assert stopped.value.code == 2
     assert expected in _error_line(capsys)
     assert not model_dir.exists()
 

@@ -191,3 +191,24 @@ def test_several_machines_must_share_the_model_folder(tmp_path, per_rank):
     else:
         assert outcomes == ["shared", "shared"]
     assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]   # the marker is gone
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE='2' asks for distributed training, but RANK is not set: start it with torchrun"),
+    ({"WORLD_SIZE": "two"}, "but WORLD_SIZE is 'two', not a whole number"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASKSAM_DDP_TIMEOUT_S": "4h"},
+     "MASKSAM_DDP_TIMEOUT_S='4h' is not a timeout in seconds: give a number above 0"),
+])
+def test_a_broken_distributed_environment_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
+                                                                      environment, expected):
+    from MaskSAMCore.cli import main
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASKSAM_DDP_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    model_dir = tmp_path / "model"
+    assert main(["train", str(tmp_path / "no_dataset"), str(model_dir), "--preset", "tiny", "--device", "cpu"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not model_dir.exists()

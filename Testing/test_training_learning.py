@@ -4,7 +4,7 @@ must reach a validation mean Dice of at least 0.8 on the 3 held-out cases of fol
 The training itself is the session fixture `trained_phantom_model` (conftest.py), which the
 end-to-end tests reuse. Settings (chosen on the phantoms, see `MaskSAMCore.training.weights` and
 `.schedule`): AdamW at lr 5e-3 (SGD with the paper's lr 0.01 and momentum 0.99 reached only 0.48
-in the same number of steps), 6 epochs of 100 steps of 2 patches, nnU-Net augmentation without
+in 800 steps), 6 epochs of 100 steps of 2 patches, nnU-Net augmentation without
 left-right mirroring (the phantoms label left and right kidneys), validation on one rotating case
 per epoch and on all three at the end. Measured on 2 idle CPU cores: mean Dice 0.88 after 2.0 to
 2.4 minutes (the spleen, the organ most like the liver in intensity, is the weakest at about

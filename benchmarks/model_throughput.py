@@ -35,7 +35,7 @@ def check_cuda_matches_cpu() -> dict:
             "argmax_agreement_bf16": float((cpu.argmax(1) == bf16.argmax(1)).float().mean())}
 
 
-def time_setting(model, batch: int, chunk: int, repeats: int, classes_per_patch: int) -> dict:
+def time_setting(model, batch: int, chunk: int, repeats: int) -> dict:
     config = model.config
     x = torch.randn(batch, config.in_channels, config.num_slices, *config.image_hw, device="cuda")
     model.decoder_patches_per_call = chunk
@@ -80,7 +80,7 @@ def main() -> None:
             if chunk > batch:
                 continue
             try:
-                row = time_setting(model, batch, chunk, args.repeats, args.classes)
+                row = time_setting(model, batch, chunk, args.repeats)
             except torch.cuda.OutOfMemoryError:
                 row = {"batch_patches": batch, "decoder_patches_per_call": chunk, "error": "out of memory"}
                 torch.cuda.empty_cache()

@@ -7,7 +7,8 @@
 # Stages (default: all, in this order; each stays under ten minutes on an H100, so a machine
 # lent for short jobs can run them one or two at a time):
 #   tests     the CUDA tests (Testing/test_inference_cuda.py, Testing/test_model_blocks.py)
-#   kernels   decoder stage timings (eager and compiled) and the depthwise-convolution pick
+#   kernels   decoder stage timings (eager and compiled), the depthwise-convolution pick and
+#             the network's throughput by window batch and decoder chunk
 #   predict   section (a): vit_b on 300 x 512 x 512, eager, beside nnU-Net v2's predictor
 #   compiled  section (a) again with MASKSAM_COMPILE=1 (about two minutes of compiling first)
 #   memory    the 600 x 512 x 512 memory run with resampling
@@ -60,6 +61,8 @@ run_stage() {
             "$PYTHON" benchmarks/decoder_stages.py --device cuda --patches 8 --bf16 --compile \
                 | tee "$RESULTS/decoder_stages_compiled.jsonl"
             "$PYTHON" benchmarks/depthwise_conv.py --device cuda --patches 8 --bf16 | tee "$RESULTS/depthwise_conv.jsonl"
+            "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 16 --decoder-chunks 2 8 \
+                | tee "$RESULTS/network_throughput.jsonl"
             ;;
         predict)
             compare=()

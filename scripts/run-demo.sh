@@ -4,14 +4,13 @@
 # prediction of held-out phantoms, Dice, and a PNG of a slice with the prediction overlaid.
 #
 #   scripts/run-demo.sh                 # writes demo_output/ in the repository
-#   scripts/run-demo.sh OUT --minutes 8 --device cpu
+#   scripts/run-demo.sh OUT --minutes 8 --device cpu   # OUT relative to the current folder
 #
 # Everything after the script name goes to `masksam demo` (see `masksam demo --help`).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$repo/scripts/setup-venv.sh" test
 venv="${MASKSAM_VENV:-$repo/.venv}"
-cd "$repo"
 if [ "$#" -eq 0 ]; then
     set -- "$repo/demo_output"
 fi

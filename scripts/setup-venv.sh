@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install what it needs.
-# Sourced by the other scripts; safe to run again: it only reinstalls when pyproject.toml changed.
+# Run by the other scripts; safe to run again: it only reinstalls when pyproject.toml changed.
 #
 #   MASKSAM_TORCH   pip requirement for PyTorch (default "torch==2.13.0"). On a GPU machine use a
 #                   CUDA build, e.g. MASKSAM_TORCH="torch==2.13.0" with PIP_EXTRA_INDEX_URL set to

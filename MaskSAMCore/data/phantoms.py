@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from MaskSAMCore.atomic import TEMP_MARKER, write_json
+from MaskSAMCore.atomic import TEMP_MARKER, folders_made, write_json
 from MaskSAMCore.data.image_io import ImageGeometry, write_image, write_label
 from MaskSAMCore.data.phantom_anatomy import (MISSING_ORGAN_PROBABILITY, OPTIONAL_ORGANS, PHANTOM_LABELS,
                                               synthesize_case)
@@ -44,7 +44,14 @@ def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, 
     size: voxels (x, y, z) for every case; by default each case draws its own small size."""
     out = Path(out_dir)
     _check_arguments(out, cases, test_cases, size, file_ending)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with folders_made(out.parent):   # a cancelled first run leaves no empty folders
+        _write_dataset(out, cases, seed, test_cases, size, file_ending, progress)
+    return out
+
+
+def _write_dataset(out: Path, cases: int, seed: int, test_cases: int, size: Optional[Sequence[int]],
+                   file_ending: str, progress: bool) -> None:
+    """Every case into a staging folder beside `out`, then the folder moved into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{TEMP_MARKER}", dir=out.parent))
     try:
         _give_default_permissions(staging)
@@ -63,7 +70,6 @@ def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out
 
 
 def case_name(split: str, index: int) -> str:

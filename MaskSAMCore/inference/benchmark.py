@@ -29,6 +29,7 @@ import torch
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.errors import MaskSAMError
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.flops import count_flops
 from MaskSAMCore.inference.mirroring import mirrored_predict
@@ -125,18 +126,27 @@ def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     device = devices.resolve_device(args.device)
     options = options_from_args(args)   # exactly as `masksam predict` reads the same options
+    from MaskSAMCore.inference.nnunet_compare import nnunet_available
+
+    if args.compare_nnunet and not nnunet_available():
+        raise MaskSAMError("--compare-nnunet needs nnU-Net v2 in this Python (pip install nnunetv2); "
+                           "nothing was measured")
     predictor = build_predictor(args, device, options)
+    # The volume lies on the model's own grid (no resampling, as most benchmarks want), unless
+    # --resample asks for a finer one; a model folder's spacing may be far from the default.
+    spacing_zyx = (IMAGE_SPACING_ZYX if args.resample or not args.model_dir
+                   else tuple(float(s) for s in predictor.plan["target_spacing_zyx"]))
     shape = tuple(int(s) for s in args.shape)
     print(f"masksam: benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
           f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes", file=sys.stderr)
-    geometry = ImageGeometry(shape[::-1], IMAGE_SPACING_ZYX[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    geometry = ImageGeometry(shape[::-1], spacing_zyx[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     started = time.perf_counter()
     channels = predictor.config.in_channels
     volume = synthetic_ct(shape, channels=channels)
     synthesis_s = time.perf_counter() - started
 
     warm_shape = predictor.patch
-    warm_geometry = ImageGeometry(warm_shape[::-1], IMAGE_SPACING_ZYX[::-1], (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    warm_geometry = ImageGeometry(warm_shape[::-1], spacing_zyx[::-1], (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     started = time.perf_counter()
     predictor.predict_array(synthetic_ct(warm_shape, seed=1, channels=channels), warm_geometry, name="warm-up")
     _sync(device)
@@ -216,10 +226,8 @@ def _extrapolated_run(predictor: Predictor, prepared, network_s: float, windows:
 
 def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.device, mirror: bool,
                     step: float) -> Dict[str, Any]:
-    from MaskSAMCore.inference.nnunet_compare import nnunet_available, run_nnunet
+    from MaskSAMCore.inference.nnunet_compare import run_nnunet
 
-    if not nnunet_available():
-        return {"skipped": "nnunetv2 is not importable (pip install nnunetv2 to compare)"}
     # The same volume, normalised as nnU-Net's CT normalisation would (clip, z-score).
     normalised = ((np.clip(volume, -1000.0, 1000.0) - 0.0) / 250.0).astype(np.float32)
     print("masksam: running nnU-Net v2's predictor on the same volume", file=sys.stderr)

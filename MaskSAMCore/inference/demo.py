@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from MaskSAMCore.atomic import write_text, write_with
-from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path
+from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path, list_some
 from MaskSAMCore.inference import devices
 
 MARKER = ".masksam-demo"
@@ -36,16 +36,40 @@ TEST_CASES = 3
 TRAINING_SHARE = 0.7
 
 
-def prepare_output(output: Path) -> None:
+# What a demo run writes into its folder: a later run replaces these and nothing else.
+DEMO_ENTRIES = (MARKER, "dataset", "model", "predictions", "evaluation.json", "prediction_overlay.png")
+
+
+def prepare_output(output: Path) -> bool:
+    """Make `output` ready for a demo run: a new folder, an empty one, or an earlier demo's,
+    whose results are removed. A folder holding anything the demo did not write is refused, so
+    no file of the user's is ever deleted. Returns whether the folder was created."""
     if output.exists() and not output.is_dir():
         raise InputError(f"{describe_path(output)}: exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()):
-        if not (output / MARKER).is_file():
+    created = not output.exists()
+    if not created:
+        entries = sorted(path.name for path in output.iterdir())
+        if entries and MARKER not in entries:
             raise InputError(f"{describe_path(output)}: is not empty and was not written by the demo; "
                              "choose another folder")
-        shutil.rmtree(output)
+        foreign = [name for name in entries if name not in DEMO_ENTRIES]
+        if foreign:
+            raise InputError(f"{describe_path(output)}: holds an earlier demo and files it did not write "
+                             f"({list_some(foreign)}); move them or choose another folder")
+        remove_demo_results(output)
     output.mkdir(parents=True, exist_ok=True)
-    write_text(output / MARKER, "written by `masksam demo`; the next demo run replaces this folder\n")
+    write_text(output / MARKER, "written by `masksam demo`; the next demo run here replaces what it wrote\n")
+    return created
+
+
+def remove_demo_results(output: Path) -> None:
+    """Remove what a demo run wrote into `output` (the entries of `DEMO_ENTRIES`), nothing else."""
+    for name in DEMO_ENTRIES:
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def seconds_per_step(device: torch.device, batch_size: int = 2) -> float:
@@ -139,7 +163,18 @@ def write_overlay_png(image_file: Path, truth_file: Path, prediction_file: Path,
 def run_demo(args: argparse.Namespace) -> int:
     output = Path(args.output)
     device = devices.resolve_device(args.device)
-    prepare_output(output)
+    created = prepare_output(output)
+    try:
+        return _run_steps(args, output, device)
+    except BaseException:
+        # Cancelled or failed: leave no half-made demo behind (as every other command).
+        remove_demo_results(output)
+        if created and not any(output.iterdir()):
+            output.rmdir()
+        raise
+
+
+def _run_steps(args: argparse.Namespace, output: Path, device: torch.device) -> int:
     dataset, model_dir, predictions = output / "dataset", output / "model", output / "predictions"
     started = time.perf_counter()
 

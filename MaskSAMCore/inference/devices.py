@@ -8,7 +8,6 @@ enough to keep a GPU busy, so larger batches buy little speed.
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import sys
@@ -18,6 +17,7 @@ from typing import Callable, ContextManager, Optional, Tuple
 import torch
 
 from MaskSAMCore.errors import MaskSAMError
+from MaskSAMCore.paths import environment_number
 
 GPU_BUDGET_ENV = "MASKSAM_GPU_MEMORY_GB"
 DEFAULT_GPU_BUDGET_GB = 8.0
@@ -74,19 +74,9 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def gpu_budget_gb() -> float:
-    """``MASKSAM_GPU_MEMORY_GB`` in GiB (unset or empty: 8). A value that is not a number above 0
-    ("16GB", "0") is a `MaskSAMError` naming the variable, not a ValueError traceback."""
-    text = os.environ.get(GPU_BUDGET_ENV, "").strip()
-    if not text:
-        return DEFAULT_GPU_BUDGET_GB
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise MaskSAMError(f"{GPU_BUDGET_ENV}={text!r} is not a GPU memory budget: give a number of GiB above 0 "
-                           f"(e.g. 16), or unset it for the default {DEFAULT_GPU_BUDGET_GB:g}")
-    return value
+    """``MASKSAM_GPU_MEMORY_GB`` in GiB (unset or empty: 8); anything but a number above 0 is a
+    `MaskSAMError` naming the variable."""
+    return environment_number(GPU_BUDGET_ENV, DEFAULT_GPU_BUDGET_GB, "a GPU memory budget in GiB")
 
 
 def gpu_budget_bytes(device: torch.device) -> int:

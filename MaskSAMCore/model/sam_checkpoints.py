@@ -11,17 +11,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import torch
 
-from MaskSAMCore.atomic import remove_stale_temporaries, temporary_sibling
-from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line
-from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
+from MaskSAMCore.atomic import folders_made, remove_stale_temporaries, temporary_sibling
+from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
+from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
 from MaskSAMCore.progress import Progress
 
 
@@ -84,53 +85,62 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
              progress: bool = True, timeout_s: float = 60.0) -> Path:
     """Download and verify an official checkpoint; returns its path in the cache.
 
-    Already cached -> returned without a download. `url` may point to a mirror; the hash is
-    checked all the same. Raises DownloadError (nothing left in the cache) on any failure.
+    Already cached with the right SHA-256 -> returned without a download; a cached file that is
+    damaged or incomplete (an earlier copy cut short) is downloaded again. `url` may point to a
+    mirror; the hash is checked all the same. Raises DownloadError (nothing new left in the
+    cache) on any failure.
     """
     info = info_for(model_type)
     folder = cache_dir or checkpoint_cache()
     destination = folder / info.filename
     if destination.is_file():
-        return destination
-    created = _make_folders(folder)
-    remove_stale_temporaries(folder)
-    source = url or info.url
-    temporary = temporary_sibling(destination)
-    try:
-        digest = hashlib.sha256()
-        received = 0
+        if destination.stat().st_size == info.size_bytes and file_sha256(destination) == info.sha256:
+            return destination
+        print(f"masksam: {describe_path(destination)} is damaged or incomplete (not the official file); "
+              "downloading it again", file=sys.stderr)
+    check_output_file(destination, what="SAM checkpoint")   # before the download, not after it
+    with folders_made(folder):   # a failed first download leaves no empty cache folders
+        remove_stale_temporaries(folder)
+        temporary = temporary_sibling(destination)
         try:
-            with urllib.request.urlopen(source, timeout=timeout_s) as response:
-                length = response.headers.get("Content-Length")
-                expected = int(length) if length and length.isdigit() else None
-                bar = Progress(f"download {info.filename}", total=(expected or info.size_bytes) // _CHUNK + 1,
-                               unit="MiB", enabled=progress)
-                with open(temporary, "wb") as handle:
-                    for block in iter(lambda: response.read(_CHUNK), b""):
-                        handle.write(block)
-                        digest.update(block)
-                        received += len(block)
-                        bar.advance()
-                bar.close()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise DownloadError(f"download of {source} failed after {received} bytes: "
-                                f"{_download_failure(exc, received, info, folder)}") from exc
-        if expected is not None and received != expected:
-            raise DownloadError(f"download of {source} was cut off: {received} of {expected} bytes")
-        if digest.hexdigest() != info.sha256:
-            raise DownloadError(
-                f"download of {source} has SHA-256 {digest.hexdigest()[:16]}..., expected "
-                f"{info.sha256[:16]}... for SAM {model_type}; the file was discarded"
-            )
-        os.replace(temporary, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        for made in reversed(created):  # a failed first download leaves no empty cache folders
-            with contextlib.suppress(OSError):
-                made.rmdir()
-        raise
+            _fetch_verified(url or info.url, temporary, info, timeout_s, progress)
+            os.replace(temporary, destination)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            raise
     return destination
+
+
+def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", timeout_s: float,
+                    progress: bool) -> None:
+    """Download `source` into `temporary`; `DownloadError` unless it arrived whole with the
+    official SHA-256 of `info`."""
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(source, timeout=timeout_s) as response:
+            length = response.headers.get("Content-Length")
+            expected = int(length) if length and length.isdigit() else None
+            bar = Progress(f"download {info.filename}", total=(expected or info.size_bytes) // _CHUNK + 1,
+                           unit="MiB", enabled=progress)
+            with open(temporary, "wb") as handle:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    handle.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.advance()
+            bar.close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DownloadError(f"download of {source} failed after {received} bytes: "
+                            f"{_download_failure(exc, received, info, temporary.parent)}") from exc
+    if expected is not None and received != expected:
+        raise DownloadError(f"download of {source} was cut off: {received} of {expected} bytes")
+    if digest.hexdigest() != info.sha256:
+        raise DownloadError(
+            f"download of {source} has SHA-256 {digest.hexdigest()[:16]}..., expected "
+            f"{info.sha256[:16]}... for SAM {info.model_type}; the file was discarded"
+        )
 
 
 def _download_failure(exc: BaseException, received: int, info: "SamCheckpointInfo", folder: Path) -> str:
@@ -144,18 +154,6 @@ def _download_failure(exc: BaseException, received: int, info: "SamCheckpointInf
         return reason
     return (f"{reason}; without access, download {info.filename} elsewhere and put it in "
             f"{describe_path(folder)}, or give that file as the SAM checkpoint (--sam-checkpoint FILE)")
-
-
-def _make_folders(folder: Path) -> List[Path]:
-    """mkdir -p `folder`; returns the folders it created, outermost first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    missing.reverse()
-    if missing:
-        missing[-1].mkdir(parents=True, exist_ok=True)
-    return missing
 
 
 def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
@@ -187,7 +185,7 @@ def describe_load_failure(shown_path: str, exc: BaseException) -> str:
     if "Weights only load failed" in text or "weights_only" in text:
         return (f"{shown_path} contains Python objects whose loading could run code; refusing to "
                 "load it (only plain tensor checkpoints are accepted)")
-    return f"{shown_path} is corrupt or truncated and cannot be read ({first_line(exc)[:120]})"
+    return f"{shown_path} is corrupt or truncated and cannot be read ({shorten(first_line(exc))})"
 
 
 def run_download(args) -> int:

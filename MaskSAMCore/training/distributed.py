@@ -37,8 +37,10 @@ from torch import Tensor
 
 from MaskSAMCore.atomic import TEMP_MARKER
 from MaskSAMCore.errors import MaskSAMError, describe_path, first_line
+from MaskSAMCore.paths import environment_number
 
-COLLECTIVE_TIMEOUT_S = float(os.environ.get("MASKSAM_DDP_TIMEOUT_S", 4 * 3600))
+TIMEOUT_ENV = "MASKSAM_DDP_TIMEOUT_S"
+DEFAULT_COLLECTIVE_TIMEOUT_S = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,19 @@ class DistributedContext:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return _torchrun_number("WORLD_SIZE", "1") > 1
+
+
+def _torchrun_number(name: str, default: Optional[str] = None) -> int:
+    """A whole number torchrun sets; one line, not a traceback, when a stray or broken variable
+    (WORLD_SIZE exported by hand, RANK missing) would start a training half distributed."""
+    text = os.environ.get(name, default)
+    try:
+        return int(text)   # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        given = "is not set" if text is None else f"is {text!r}, not a whole number"
+        raise MaskSAMError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} asks for distributed training, but {name} "
+                           f"{given}: start it with torchrun, or unset WORLD_SIZE") from None
 
 
 def init_distributed(use_cuda: bool) -> DistributedContext:
@@ -72,9 +86,9 @@ def init_distributed(use_cuda: bool) -> DistributedContext:
     """
     if not launched_by_torchrun():
         return DistributedContext()
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size = _torchrun_number("RANK"), _torchrun_number("WORLD_SIZE")
+    local_rank = _torchrun_number("LOCAL_RANK", "0")
+    timeout_s = environment_number(TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_S, "a timeout in seconds")
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -83,7 +97,7 @@ def init_distributed(use_cuda: bool) -> DistributedContext:
         # failure there reaches them at once, see run_and_agree); a rank that never arrives
         # still ends the job with an error, not a hang
         dist.init_process_group(backend=backend, init_method="env://", rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
 
 

@@ -60,7 +60,8 @@ class MaskSAMLoss:
         num_classes: K, background included.
         weights: term multipliers (also the matching cost weights).
         num_points: P, points per mask for the mask losses and the matching cost.
-        oversample: candidate points per sampled point (importance sampling).
+        oversample: candidate points per sampled point (importance sampling); 2 as in the
+            official MaskSAM release (Mask2Former's default is 3).
         importance: fraction of points taken where the prediction is least certain.
         across_ranks: normalise by the number of targets averaged over DDP ranks (training, where
             every rank computes the loss); False for a loss computed on one rank only (validation),
@@ -68,7 +69,7 @@ class MaskSAMLoss:
     """
 
     def __init__(self, num_classes: int, weights: LossWeights = LossWeights(),
-                 num_points: int = 112 * 112, oversample: float = 3.0, importance: float = 0.75,
+                 num_points: int = 112 * 112, oversample: float = 2.0, importance: float = 0.75,
                  across_ranks: bool = True) -> None:
         self.num_classes = num_classes
         self.across_ranks = across_ranks

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from MaskSAMCore.atomic import remove_stale_temporaries, write_json
+from MaskSAMCore.atomic import remove_stale_temporaries, write_bytes, write_json
 from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
 from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
@@ -217,7 +217,7 @@ def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescriptio
         # start over, keeping preprocessed/, whose cases are redone unless plan and files are unchanged.
         discard_model_folder(model_dir, keep_folder=True, keep=(PREPROCESSED,))
         write_json(model_dir / PLANS_JSON, run.plan)
-        shutil.copyfile(dataset.root / DATASET_JSON, model_dir / DATASET_JSON)
+        write_bytes(model_dir / DATASET_JSON, (dataset.root / DATASET_JSON).read_bytes())
         write_model_json(model_dir, model_description(dataset, run, None))
     remove_stale_temporaries(model_dir)
 

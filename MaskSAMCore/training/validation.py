@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from MaskSAMCore.inference.windows import window_starts
 from MaskSAMCore.progress import Progress
 from MaskSAMCore.training.losses import MaskSAMLoss
 
@@ -43,16 +44,10 @@ class ValidationResult:
     loss: float              # mean training loss over all windows
 
 
-def window_starts(size: int, patch: int) -> List[int]:
-    """Starts of windows of length `patch` covering [0, size) with about half overlap."""
-    if size <= patch:
-        return [0]
-    count = math.ceil((size - patch) / (patch / 2)) + 1
-    return sorted({round(i * (size - patch) / (count - 1)) for i in range(count)})
-
-
 def iter_windows(shape: Sequence[int], patch: Sequence[int]) -> Iterator[Tuple[slice, slice, slice]]:
-    z_starts, y_starts, x_starts = (window_starts(s, p) for s, p in zip(shape, patch))
+    """Windows of `patch` covering `shape` with half overlap (the predictor's rule, without its
+    Gaussian weighting: validation Dice only needs every voxel predicted)."""
+    z_starts, y_starts, x_starts = (window_starts(s, p, 0.5) for s, p in zip(shape, patch))
     for z in z_starts:
         for y in y_starts:
             for x in x_starts:

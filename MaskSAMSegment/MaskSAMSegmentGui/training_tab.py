@@ -25,7 +25,7 @@ class TrainingTabMixin:
         node = self._parameterNode
         return TrainRequest(node.datasetFolder, node.trainOutputFolder, node.preset, node.samCheckpoint or None,
                             node.randomInit, node.epochs, device=self._deviceOf(self.ui.trainDeviceComboBox),
-                            resume=node.resume)
+                            resume=node.resume, batch_size=node.batchSize)
 
     def onStartTraining(self) -> None:
         request = self._trainRequest()
