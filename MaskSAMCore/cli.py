@@ -143,7 +143,8 @@ def _add_download_sam(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("download-sam", help="download an official SAM checkpoint (SHA-256 checked)")
     p.add_argument("model_type", choices=SAM_TYPES)
     p.add_argument("--cache-dir", default=None, help="folder to store it in (default: MASKSAM_HOME cache)")
-    p.add_argument("--url", default=None, help="download from this mirror instead (hash still checked)")
+    p.add_argument("--url", default=None,
+                   help="download from this mirror, or copy this local file, instead (hash still checked)")
 
 
 def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
@@ -236,7 +237,7 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default="vit_b", choices=PRESETS,
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
-    p.add_argument("--shape", type=at_least(1), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
+    p.add_argument("--shape", type=at_least(2), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
                    help="synthetic volume size (default 300 512 512)")
     p.add_argument("--classes", type=at_least(2), default=16,
                    help="number of classes incl. background (default 16)")

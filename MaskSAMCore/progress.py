@@ -120,7 +120,7 @@ class Progress:
         self.done += steps
         now = time.monotonic()
         last = self.total is not None and self.done >= self.total
-        if last or now - self._last_draw >= self.min_interval_s:
+        if last or now - self._last_draw >= self.min_interval_s or self._new_tenth():
             self._last_draw = now
             self._draw(final=False)
             emit(
@@ -132,6 +132,14 @@ class Progress:
                 elapsed_s=round(self.elapsed_s, 2),
                 eta_s=None if self.eta_s() is None else round(self.eta_s(), 1),
             )
+
+    def _new_tenth(self) -> bool:
+        """In a log (no terminal): whether a line is due, one per tenth of the total (and the first
+        step), however fast or slow the steps come."""
+        if self._interactive or not self.total:
+            return False
+        tenth = max(1, self.total // 10)
+        return self.done // tenth > self._drawn_done // tenth
 
     def close(self) -> None:
         self._draw(final=True)
@@ -165,7 +173,7 @@ class Progress:
         if self._interactive:
             self.stream.write("\r" + text + ("\n" if final else ""))
             self._line_open = not final
-        elif final or self.done == 1 or self.total is None or self.done % max(1, (self.total or 1) // 10) == 0:
+        elif final or self.total is None or self._new_tenth():
             self.stream.write(text + "\n")
             self._drawn_done = self.done
         self.stream.flush()

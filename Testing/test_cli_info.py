@@ -39,7 +39,7 @@ def test_a_too_old_pytorch_is_one_line_before_any_work(monkeypatch, capsys):
     (["demo", "--cases", "3"], "argument --cases: must be at least 5"),
     (["demo", "--minutes", "nan"], "argument --minutes: must be a positive number, not nan"),
     (["info", "--channels", "0"], "argument --channels: must be at least 1, not 0"),
-    (["benchmark", "--shape", "-1", "64", "64"], "argument --shape: must be at least 1, not -1"),
+    (["benchmark", "--shape", "1", "64", "64"], "argument --shape: must be at least 2, not 1"),
     (["train", "d", "m", "--num-workers", "-2"], "argument --num-workers: must be at least 0, not -2"),
     # argparse reports these from the top-level parser; the line names the sub-command's help
     (["train", "d", "m", "--epochz", "3"], "train: unrecognized arguments: --epochz 3 (see 'masksam train --help')"),

@@ -189,6 +189,15 @@ def test_a_label_value_the_dataset_does_not_declare_is_shown_but_left_out_of_the
     assert len(warning) == 1 and "is in 1 case(s) (case_a)" in warning[0] and "left out of the means" in warning[0]
 
 
+def test_a_missing_dataset_json_is_named_before_any_scoring(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _write_pair(pred, gt, "case_a", 0)
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(tmp_path / "nonex.json")]) == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam:")]
+    assert said == [f"masksam: error: {tmp_path / 'nonex.json'}: --dataset-json file not found"]
+
+
 def test_evaluate_refuses_a_report_that_would_overwrite_the_ground_truth(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

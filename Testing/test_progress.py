@@ -39,3 +39,15 @@ def test_in_a_log_file_end_line_writes_nothing():
     bar.end_line()
     assert log.getvalue() == before
     assert all(line.startswith("train: [") for line in before.splitlines())
+
+
+def test_a_log_file_gets_a_line_per_tenth_even_when_steps_come_faster_than_the_bar_draws():
+    """Fast steps (many per half second) used to skip the lines of most tenths: a log showed
+    1/600, 300/600 and 600/600 and nothing for minutes in between."""
+    log = io.StringIO()
+    bar = Progress("train", total=600, stream=log, min_interval_s=3600.0)   # the timer never fires
+    for _ in range(600):
+        bar.advance()
+    bar.close()
+    done = [int(line.split("] ")[1].split("/")[0]) for line in log.getvalue().splitlines()]
+    assert done == [1, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600]

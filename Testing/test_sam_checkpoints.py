@@ -116,6 +116,23 @@ def test_cli_download_with_wrong_hash_is_one_line_and_exit_1(server, tmp_path):
     assert _cache_files(tmp_path) == []
 
 
+def test_cli_copies_a_local_file_given_as_url_and_checks_its_hash(registry, tmp_path, monkeypatch, capsys):
+    """Offline hospitals carry the checkpoint on a stick: a plain path works like a file:// address."""
+    from MaskSAMCore.cli import main
+
+    copy = tmp_path / "stick" / "sam_vit_b_01ec64.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(PAYLOAD)
+    monkeypatch.chdir(tmp_path)
+    assert main(["download-sam", "vit_b", "--cache-dir", str(tmp_path / "cache"), "--url",
+                 "stick/sam_vit_b_01ec64.pth"]) == 0
+    assert (tmp_path / "cache" / "sam.pth").read_bytes() == PAYLOAD
+    capsys.readouterr()
+    assert main(["download-sam", "vit_b", "--cache-dir", str(tmp_path / "other"), "--url", "stick/none.pth"]) == 1
+    assert "--url stick/none.pth: neither an address (https://..., file://...) nor an existing file" in \
+        capsys.readouterr().err
+
+
 class _RunsCode:
     """Unpickling this calls a function with side effects — what a malicious checkpoint does."""
 

@@ -28,6 +28,7 @@ import torch
 from MaskSAMCore.atomic import write_text, write_with
 from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path, list_some
 from MaskSAMCore.inference import devices
+from MaskSAMCore.paths import check_can_create
 
 MARKER = ".masksam-demo"
 TEST_CASES = 3
@@ -46,6 +47,7 @@ def prepare_output(output: Path) -> bool:
     no file of the user's is ever deleted. Returns whether the folder was created."""
     if output.exists() and not output.is_dir():
         raise InputError(f"{describe_path(output)}: exists and is not a folder")
+    check_can_create(output, "demo folder")
     created = not output.exists()
     if not created:
         entries = sorted(path.name for path in output.iterdir())

@@ -181,6 +181,8 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
 def run_evaluate(args: argparse.Namespace) -> int:
     """CLI entry: print a short table on stderr, the JSON report on stdout (and to --output)."""
     dataset_json = Path(args.dataset_json) if args.dataset_json else dataset_json_beside(Path(args.ground_truth))
+    if args.dataset_json and not dataset_json.is_file():
+        raise InputError(f"{describe_path(dataset_json)}: --dataset-json file not found")
     if dataset_json is not None and not args.dataset_json:
         print(f"class names from {describe_path(dataset_json)}", file=sys.stderr)
     if args.output:

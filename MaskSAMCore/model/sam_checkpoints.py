@@ -191,6 +191,13 @@ def describe_load_failure(shown_path: str, exc: BaseException) -> str:
 def run_download(args) -> int:
     """`masksam download-sam vit_b|vit_l|vit_h`."""
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
-    path = download(args.model_type, cache_dir=cache, url=args.url)
+    url = args.url
+    if url is not None and "://" not in url:
+        # A file copied from elsewhere (a USB stick, a share): as a file:// address, hash checked.
+        local = Path(url).expanduser()
+        if not local.is_file():
+            raise DownloadError(f"--url {url}: neither an address (https://..., file://...) nor an existing file")
+        url = local.resolve().as_uri()
+    path = download(args.model_type, cache_dir=cache, url=url)
     print(path)
     return 0
