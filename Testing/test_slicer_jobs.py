@@ -213,6 +213,24 @@ def test_sam_download_failure_reports_the_core_message_and_keeps_nothing(tmp_pat
     assert downloaded_checkpoint(["download sam_vit_b_01ec64.pth: [####] 1/1", str(checkpoint), ""]) == str(checkpoint)
 
 
+# The core checks a cached checkpoint's SHA-256 (a damaged copy is downloaded again), so a test
+# stand-in for the 375 MB file needs the registry to expect it: the job's Python says so first.
+_REGISTER_STAND_IN = textwrap.dedent("""
+    import hashlib, sys
+    from MaskSAMCore.model import sam_checkpoints as s
+    official = s.REGISTRY["vit_b"]
+    s.REGISTRY["vit_b"] = s.SamCheckpointInfo("vit_b", official.url, 7, hashlib.sha256(b"weights").hexdigest())
+    from MaskSAMCore.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _with_stand_in_checkpoint(command):
+    """``python -m MaskSAMCore ARGS`` as ``python -c <register the stand-in, then main> ARGS``."""
+    assert command[1:3] == ["-m", "MaskSAMCore"]
+    return [command[0], "-c", _REGISTER_STAND_IN, *command[3:]]
+
+
 def test_download_of_a_cached_checkpoint_shows_a_full_bar_not_a_busy_one(tmp_path):
     """An already cached checkpoint is 'downloaded' without a single progress line; the Training
     tab's bar must end full, not keep its 'busy' animation with nothing running."""
@@ -223,7 +241,7 @@ def test_download_of_a_cached_checkpoint_shows_a_full_bar_not_a_busy_one(tmp_pat
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
     env = {**subprocess_environment(), "MASKSAM_HOME": str(tmp_path / "home")}
-    runner = JobRunner(masksam_command(download_sam_arguments("vit_b")), env=env)
+    runner = JobRunner(_with_stand_in_checkpoint(masksam_command(download_sam_arguments("vit_b"))), env=env)
     assert runner.progress_fraction() is None          # not started: unknown
     runner.start()
     assert runner.wait(timeout_s=60) is JobState.SUCCEEDED
@@ -246,7 +264,7 @@ def test_a_path_with_letters_outside_the_code_page_reaches_the_module_intact(tmp
     cached.write_bytes(b"weights")
     # PYTHONIOENCODING stands in for the Windows default of a pipe on this POSIX test machine.
     env = {**subprocess_environment(), "MASKSAM_HOME": str(home), "PYTHONIOENCODING": "cp1252"}
-    runner = JobRunner(masksam_command(download_sam_arguments("vit_b")), env=env)
+    runner = JobRunner(_with_stand_in_checkpoint(masksam_command(download_sam_arguments("vit_b"))), env=env)
     runner.start()
     assert runner.wait(timeout_s=60) is JobState.SUCCEEDED, runner.error_message
     assert downloaded_checkpoint(runner.log_lines) == str(cached)
