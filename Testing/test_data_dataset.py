@@ -286,6 +286,17 @@ def _move_nifti_placement(path: Path, offset: int, by_mm: float, code_changes=()
     path.write_bytes(gzip.compress(bytes(data)))
 
 
+def test_nifti_files_written_by_itk_are_not_called_ambiguous(tmp_path):
+    """ITK's qform of an oblique phantom (a float32 quaternion) is ~0.05 mm off its sform at the
+    far corner of the demo's first test case: rounding, not two placements, so no warning."""
+    from MaskSAMCore.data.nifti_transforms import placement_warning
+    from MaskSAMCore.data.phantoms import phantom_case
+
+    image, _, geometry = phantom_case(0, "test", 0, None)
+    write_image(image, geometry, tmp_path / "oblique.nii.gz")
+    assert placement_warning(tmp_path / "oblique.nii.gz", geometry) is None
+
+
 def test_a_case_whose_nifti_placements_disagree_loads_with_one_warning(dataset, capsys):
     """Image and label both carry an sform moved 50 mm from their qform (ITK reads the sform):
     they fit each other, but programs that read the qform would place the case elsewhere."""

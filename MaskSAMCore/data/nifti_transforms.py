@@ -24,9 +24,11 @@ from MaskSAMCore.data.nifti_values import is_nifti
 if TYPE_CHECKING:
     from MaskSAMCore.data.image_io import ImageGeometry
 
-# Placements further apart than this at some corner of the image count as different (NIfTI
-# stores both in float32, so equal placements differ by far less).
-TOLERANCE_MM = 0.01
+# Placements count as different when they put a corner of the image at least this fraction of
+# its smallest voxel apart. Writers round: ITK's own qform of an oblique scan (a float32
+# quaternion) lies up to ~0.05 mm from its sform at the far corner of a 120 mm phantom, which no
+# reader would notice; half a voxel moves every label.
+TOLERANCE_VOXELS = 0.5
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -50,11 +52,12 @@ def placement_warning(path: "os.PathLike[str] | str", geometry: "ImageGeometry")
                 "ITK and 3D Slicer read it (origin 0, LPS axes) and the label map is written with that placement")
     if qform_code == 0 or sform_code == 0:
         return None
+    tolerance = TOLERANCE_VOXELS * min(geometry.spacing)
     apart = _largest_distance(qform, sform, geometry.size)
-    if apart <= TOLERANCE_MM:
+    if apart < tolerance:
         return None
     itk = _itk_affine(geometry.spacing, geometry.origin, geometry.direction)
-    uses_qform = _largest_distance(itk, qform, geometry.size) <= TOLERANCE_MM
+    uses_qform = _largest_distance(itk, qform, geometry.size) < _largest_distance(itk, sform, geometry.size)
     used, other = ("qform", "sform") if uses_qform else ("sform", "qform")
     return (f"its qform and sform place the image up to {apart:.3g} mm apart; MaskSAM uses the {used}, as ITK "
             f"and 3D Slicer do, and the label map stores only that placement, so programs that use the "
