@@ -234,13 +234,14 @@ def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
 
 def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")
-    p.add_argument("--preset", default="vit_b", choices=PRESETS,
-                   help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
+    # No defaults here: a model folder brings its own network, and is refused beside these.
+    p.add_argument("--preset", default=None, choices=PRESETS,
+                   help="random-weight network: SAM ViT-B, -L or -H with adapters, or tiny (default vit_b)")
     p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
     p.add_argument("--shape", type=at_least(2), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
                    help="synthetic volume size (default 300 512 512)")
-    p.add_argument("--classes", type=at_least(2), default=16,
-                   help="number of classes incl. background (default 16)")
+    p.add_argument("--classes", type=at_least(2), default=None,
+                   help="number of classes incl. background of the random network (default 16)")
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
                         help="every flip combination per window, as predict (default)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -211,6 +212,9 @@ class ModelFolder:
 
         payload = load_checkpoint(self.checkpoint_path(which))
         scope = payload.get("weights_scope", "trainable")
+        if sam_checkpoint is not None and (scope == "all" or self.random_init):
+            why = "carries its whole network" if scope == "all" else "was trained on a random SAM backbone"
+            print(f"masksam: warning: --sam-checkpoint is not used: model {self.name} {why}", file=sys.stderr)
         sam_file = None if scope == "all" else self.resolve_sam_checkpoint(sam_checkpoint)
         model = build_masksam(self.config, sam_checkpoint=sam_file)
         shown = describe_path(self.checkpoint_path(which))

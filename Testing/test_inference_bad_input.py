@@ -292,3 +292,12 @@ def test_a_nifti_header_that_programs_read_differently_is_segmented_with_one_war
     assert len(warnings) == 1 and warnings[0].startswith(f"masksam: warning: {source}: "), lines
     assert warning in warnings[0]
     assert read_geometry(output).grid_differences(read_geometry(source)) == []
+
+
+def test_a_sam_checkpoint_the_model_does_not_use_is_said_to_be_ignored(model_dir, tmp_path, capsys):
+    source = _good_image(tmp_path)
+    sam = _bytes(tmp_path / "sam_vit_b_01ec64.pth", b"weights")
+    assert main(["predict", str(model_dir), str(source), str(tmp_path / "labels.nrrd"), "--fast", "--device", "cpu",
+                 "--sam-checkpoint", str(sam)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "--sam-checkpoint is not used" in warnings[0] and "carries its whole network" in warnings[0]

@@ -89,3 +89,11 @@ def test_benchmark_of_a_model_with_coarse_slices_runs_on_its_own_grid(tmp_path):
     assert main(["benchmark", "--model-dir", str(model), "--shape", "8", "40", "40", "--device", "cpu",
                  "--fast", "--output", str(out)]) == 0
     assert json.loads(out.read_text())["preprocessed_shape"] == [8, 40, 40]
+
+
+def test_a_model_folder_beside_preset_or_classes_is_refused(tmp_path, capsys):
+    """--preset/--classes choose the random network; with --model-dir they would be ignored."""
+    assert main(["benchmark", "--model-dir", str(tmp_path), "--classes", "4", "--device", "cpu"]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said[-1] == "masksam: error: --preset and --classes choose a random network; a --model-dir brings its own"
+

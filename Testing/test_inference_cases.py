@@ -109,3 +109,12 @@ def test_a_single_file_into_a_folder_that_does_not_exist_yet(tmp_path):
     assert case.output_file == tmp_path / "out" / "ct.nii.gz"
     with pytest.raises(InputError, match="needs an image file ending such as .nii.gz .or end it with /"):
         find_cases(tmp_path / "ct_0000.nii.gz", tmp_path / "out", num_channels=1)
+
+
+def test_an_output_ending_beside_an_output_file_name_is_refused(tmp_path):
+    """`predict ct.nii.gz labels.nii.gz --output-ending .nrrd`: which one was meant?"""
+    _touch(tmp_path, "ct.nii.gz")
+    with pytest.raises(InputError, match="OUTPUT names the file, so --output-ending .nrrd does not apply"):
+        find_cases(tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz", num_channels=1, output_ending=".nrrd")
+    case, = find_cases(tmp_path / "ct.nii.gz", f"{tmp_path / 'out'}/", num_channels=1, output_ending=".nrrd")
+    assert case.output_file == tmp_path / "out" / "ct.nrrd"

@@ -71,20 +71,25 @@ def _gpu_name(device: torch.device) -> Optional[str]:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
+DEFAULT_PRESET, DEFAULT_CLASSES = "vit_b", 16
+
+
 def build_predictor(args: argparse.Namespace, device: torch.device, options: PredictOptions) -> Predictor:
     if args.model_dir:
+        if args.preset or args.classes:
+            raise MaskSAMError("--preset and --classes choose a random network; a --model-dir brings its own")
         return Predictor.from_model_folder(args.model_dir, device=str(device), options=options)
     from MaskSAMCore.inference.random_model import default_labels, synthetic_plan
     from MaskSAMCore.model.builder import build_masksam
     from MaskSAMCore.model.config import preset
 
-    config = preset(args.preset, num_classes=args.classes)
+    name, classes = args.preset or DEFAULT_PRESET, args.classes or DEFAULT_CLASSES
+    config = preset(name, num_classes=classes)
     target = RESAMPLED_TARGET_ZYX if args.resample else IMAGE_SPACING_ZYX
     plan = synthetic_plan(config, target_spacing_zyx=target)
     torch.manual_seed(0)
     model = build_masksam(config).to(device)
-    return Predictor(model, plan, list(default_labels(args.classes)), device, options,
-                     name=f"random {args.preset}")
+    return Predictor(model, plan, list(default_labels(classes)), device, options, name=f"random {name}")
 
 
 def _sync(device: torch.device) -> None:
@@ -179,7 +184,7 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     assert settings is not None
     report: Dict[str, Any] = {
         "device": str(device), "gpu": _gpu_name(device), "torch": torch.__version__,
-        "model": predictor.name, "preset": None if args.model_dir else args.preset,
+        "model": predictor.name, "preset": None if args.model_dir else (args.preset or DEFAULT_PRESET),
         "shape_zyx": list(shape), "preprocessed_shape": preprocessed_shape,
         "classes": predictor.config.num_classes, "patch": list(predictor.patch),
         "mirror": settings.mirror, "flips": len(settings.flips), "step": settings.step,

@@ -101,7 +101,7 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
             hint = "; it is a DICOM file: give the folder holding its series" if is_dicom_file(source) else ""
             raise InputError(f"{describe_path(source)}: not an image file (known endings: "
                              f"{', '.join(IMAGE_ENDINGS)}){hint}")
-        return [Case(name, (source,), _single_output(target, output_path, name, output_ending or ending))]
+        return [Case(name, (source,), _single_output(target, output_path, name, ending, output_ending))]
     if not images:
         raise InputError(f"{describe_path(source)}: no image files found (known endings: "
                          f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
@@ -130,7 +130,7 @@ def _dicom_case(source: Path, target: Path, output_path: "os.PathLike[str] | str
     """The one case of a folder of DICOM files, named after the folder."""
     _check_one_channel(source, num_channels, "a DICOM series")
     name = source.resolve().name or "dicom"
-    output = _single_output(target, output_path, name, output_ending or DICOM_OUTPUT_ENDING)
+    output = _single_output(target, output_path, name, DICOM_OUTPUT_ENDING, output_ending)
     if output.parent.resolve() == source.resolve():
         # The next run would find a label map among the slices and refuse the folder.
         raise InputError(f"{describe_path(output)}: would be written into the DICOM folder it segments; "
@@ -148,12 +148,17 @@ def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
     return f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input"
 
 
-def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: str, ending: str) -> Path:
-    """The label map of a one-case input: `target` itself, or ``target/name<ending>`` for a folder."""
+def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: str, default_ending: str,
+                   output_ending: Optional[str]) -> Path:
+    """The label map of a one-case input: `target` itself, or ``target/name<ending>`` for a
+    folder (`output_ending`, else `default_ending`)."""
     # "out/" names a folder even before it exists (Path drops the slash, so look at the text)
     if target.is_dir() or str(output_path).endswith(("/", os.sep)):
-        return target / f"{name}{ending}"
+        return target / f"{name}{output_ending or default_ending}"
     stem, ending = split_ending(target)
+    if output_ending and ending and output_ending.lower() != ending:
+        raise InputError(f"{describe_path(target)}: OUTPUT names the file, so --output-ending {output_ending} "
+                         "does not apply; give one of them")
     if not ending:
         raise InputError(f"{describe_path(target)}: the output needs an image file ending such as .nii.gz "
                          f"(or end it with / to write into that folder)")
