@@ -306,7 +306,7 @@ def test_a_case_whose_nifti_placements_disagree_loads_with_one_warning(dataset, 
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
     assert "the NIfTI header of 1 case(s) (phantom_001) is ambiguous: its qform and sform place the image " \
-           "up to 50 mm apart; MaskSAM uses the sform" in warnings[0]
+           "up to 50 mm apart; MaskSAM reads it as ITK and 3D Slicer do, by the sform" in warnings[0]
 
 
 def test_a_label_that_misses_its_image_because_of_the_image_header_says_so(dataset):
@@ -314,4 +314,5 @@ def test_a_label_that_misses_its_image_because_of_the_image_header_says_so(datas
     _move_nifti_placement(dataset / "imagesTr" / "phantom_001_0000.nii.gz", 268, 50.0, code_changes=[(254, 2)])
     message = load_error(dataset)
     assert "label labelsTr/phantom_001.nii.gz is not on the image's grid" in message
-    assert "(note: the image's qform and sform place the image up to 50 mm apart; MaskSAM uses the qform" in message
+    assert "(note: the image's qform and sform place the image up to 50 mm apart; MaskSAM reads it as ITK and " \
+           "3D Slicer do, by the qform" in message

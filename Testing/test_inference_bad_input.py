@@ -3,6 +3,7 @@ status 1, and no output file left behind."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 
@@ -274,23 +275,57 @@ def test_upper_case_endings_give_lower_case_label_maps_and_an_upper_case_output_
 
 # qform offset x (268) and sform row x's offset (292); codes at 252 (qform) and 254 (sform).
 PLACEMENTS = {
-    "sform moved": ({292: ("<f", 50.0)}, "qform and sform place the image up to 50 mm apart; MaskSAM uses the sform"),
-    "aligned sform, qform moved": ({254: ("<h", 2), 268: ("<f", 50.0)}, "up to 50 mm apart; MaskSAM uses the qform"),
+    "sform moved": ({292: ("<f", 50.0)}, "qform and sform place the image up to 50 mm apart; MaskSAM reads it "
+                                         "as ITK and 3D Slicer do, by the sform"),
+    "aligned sform, qform moved": ({254: ("<h", 2), 268: ("<f", 50.0)}, "up to 50 mm apart; MaskSAM reads it as "
+                                                                         "ITK and 3D Slicer do, by the qform"),
     "neither set": ({252: ("<h", 0), 254: ("<h", 0)}, "sets neither qform nor sform"),
 }
+_PLACEMENT_BYTES = [(76, 92), (252, 328)]   # pixdim[0..3], both codes, quaternion, offsets, sform rows
 
 
+@pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("kind", list(PLACEMENTS))
-def test_a_nifti_header_that_programs_read_differently_is_segmented_with_one_warning(model_dir, tmp_path, capsys,
-                                                                                    kind):
+def test_a_nifti_header_that_programs_read_differently_gets_one_warning_and_its_placements_kept(
+        model_dir, tmp_path, capsys, kind, ending):
+    """The label map overlays the image in every program: ITK's (and Slicer's) reading is the
+    same grid, and the header fields that nibabel or FSL read are the image's own."""
     patches, warning = PLACEMENTS[kind]
     source = _nifti_patched(tmp_path / "scan.nii", np.random.rand(6, 8, 8).astype(np.float32), patches)
-    output = tmp_path / "labels.nii"
+    output = tmp_path / f"labels{ending}"
     assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 0
     lines = capsys.readouterr().err.splitlines()
     warnings = [line for line in lines if "warning" in line.lower()]
     assert len(warnings) == 1 and warnings[0].startswith(f"masksam: warning: {source}: "), lines
-    assert warning in warnings[0]
+    assert warning in warnings[0] and warnings[0].endswith("; the label map gets both placements of the image")
+    assert read_geometry(output).grid_differences(read_geometry(source)) == []
+    written = gzip.decompress(output.read_bytes()) if ending == ".nii.gz" else output.read_bytes()
+    original = source.read_bytes()
+    assert [written[a:b] for a, b in _PLACEMENT_BYTES] == [original[a:b] for a, b in _PLACEMENT_BYTES]
+
+
+def test_placements_are_copied_value_by_value_from_a_big_endian_image(tmp_path):
+    """ITK writes little-endian; a big-endian image's fields must arrive as values, not bytes."""
+    from MaskSAMCore.data.nifti_transforms import _header, copy_placement
+
+    little = _nifti_patched(tmp_path / "little.nii", np.random.rand(6, 8, 8).astype(np.float32), {292: ("<f", 50.0)})
+    header = bytearray(little.read_bytes())
+    struct.pack_into(">i", header, 0, 348)
+    for offset, kind in ((76, "4f"), (252, "2h"), (256, "6f"), (280, "12f")):
+        struct.pack_into(">" + kind, header, offset, *struct.unpack_from("<" + kind, little.read_bytes(), offset))
+    big = _bytes(tmp_path / "big.nii", bytes(header))
+    target = _write(tmp_path / "labels.nii.gz", np.zeros((6, 8, 8), np.uint8))
+    copy_placement(big, target)
+    (q_big, s_big, qform_big, sform_big), (q, s, qform, sform) = _header(big), _header(target)
+    assert (q, s) == (q_big, s_big) and np.allclose(qform, qform_big) and np.allclose(sform, sform_big)
+    assert sform[0, 3] == pytest.approx(qform[0, 3] + 50.0)
+
+
+def test_a_label_map_in_another_format_says_it_keeps_one_placement(model_dir, tmp_path, capsys):
+    source = _nifti_patched(tmp_path / "scan.nii", np.random.rand(6, 8, 8).astype(np.float32), {292: ("<f", 50.0)})
+    output = tmp_path / "labels.nrrd"
+    assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 0
+    assert "; the label map stores that placement only" in capsys.readouterr().err
     assert read_geometry(output).grid_differences(read_geometry(source)) == []
 
 

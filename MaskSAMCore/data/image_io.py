@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
 from MaskSAMCore.data.dicom_series import DicomSeries, read_series
 from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type
+from MaskSAMCore.data.nifti_transforms import copy_placement
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
 from MaskSAMCore.data.read_failures import itk_warnings_off, sitk_reason, unreadable_image_reason
 from MaskSAMCore.errors import InputError, describe_path
@@ -292,9 +293,11 @@ def read_geometry(path: "os.PathLike[str] | str | DicomSeries") -> ImageGeometry
 DETACHED_HEADER_ENDINGS = (".nhdr", ".mhd")   # the header and the voxels in two files
 
 
-def write_label(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+def write_label(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str",
+                placement_from: "Optional[os.PathLike[str] | str]" = None) -> None:
     """Write a label map (z, y, x) on `geometry` atomically. Stored as uint8 when the values fit,
-    else int16; compressed where the format allows."""
+    else int16; compressed where the format allows. `placement_from`: a NIfTI image whose qform
+    and sform a NIfTI label map copies (`nifti_transforms.copy_placement`)."""
     array = np.asarray(array)
     if array.dtype.kind not in "iub":
         raise ValueError(f"a label map must have an integer dtype, got {array.dtype}")
@@ -302,7 +305,7 @@ def write_label(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[s
         array = array.astype(np.uint8, copy=False)
     else:
         array = array.astype(np.int16, copy=False)
-    _write_array(array, geometry, path)
+    _write_array(array, geometry, path, placement_from)
 
 
 def write_image(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
@@ -316,16 +319,18 @@ def write_image(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[s
     _write_array(array, geometry, path)
 
 
-def _write_array(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str") -> None:
+def _write_array(array: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str",
+                 placement_from: "Optional[os.PathLike[str] | str]" = None) -> None:
     if array.ndim != 3:
         raise ValueError(f"expected a (z, y, x) array, got shape {array.shape}")
     if tuple(array.shape) != geometry.shape_zyx:
         raise ValueError(f"array shape {array.shape} does not match the geometry's (z, y, x) {geometry.shape_zyx}")
     image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    write_sitk_image(image, path)
+    write_sitk_image(image, path, placement_from)
 
 
-def write_sitk_image(image: sitk.Image, path: "os.PathLike[str] | str") -> None:
+def write_sitk_image(image: sitk.Image, path: "os.PathLike[str] | str",
+                     placement_from: "Optional[os.PathLike[str] | str]" = None) -> None:
     """Atomically write a SimpleITK image; the format follows the file ending of `path`.
 
     The written header is read back: a format that cannot keep the image's grid (TIFF has no
@@ -339,6 +344,8 @@ def write_sitk_image(image: sitk.Image, path: "os.PathLike[str] | str") -> None:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as exc:
             raise InputError(f"{describe_path(path)}: cannot write an image here ({sitk_reason(exc)})") from None
+        if placement_from is not None and is_nifti(placement_from) and is_nifti(path):
+            copy_placement(placement_from, tmp)   # ITK still reads `image`'s grid: checked next
         problem = _format_problem(image, tmp)
         if problem:
             raise InputError(f"{describe_path(path)}: {problem}")

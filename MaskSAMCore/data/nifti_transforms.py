@@ -5,7 +5,8 @@ sform (any affine), each switched on by its code. ITK - and so SimpleITK, 3D Sli
 picks one by its own rules; nibabel, FSL and FreeSurfer prefer the sform. When the two disagree,
 or when neither is set (ITK then assumes origin 0 and LPS axes, others use other defaults), a
 label map written on ITK's reading overlays the image in ITK-based tools only. MaskSAM keeps the
-reading of ITK and 3D Slicer and says so once per file (`placement_warning`).
+reading of ITK and 3D Slicer, says so once per file (`placement_warning`), and gives a NIfTI
+label map of such an image the image's own placement fields (`copy_placement`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 # reader would notice; half a voxel moves every label.
 TOLERANCE_VOXELS = 0.5
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# The fields of a NIfTI-1 header that place the voxels (offset, struct format): pixdim[0..3]
+# (qfac and the spacing), qform_code and sform_code, quatern_b..d and qoffset_x..z, srow_x..z.
+_PLACEMENT_FIELDS = ((76, "4f"), (252, "2h"), (256, "6f"), (280, "12f"))
 
 
 def placement_warning(path: "os.PathLike[str] | str", geometry: "ImageGeometry") -> Optional[str]:
@@ -48,8 +52,8 @@ def placement_warning(path: "os.PathLike[str] | str", geometry: "ImageGeometry")
         return None
     qform_code, sform_code, qform, sform = header
     if qform_code == 0 and sform_code == 0:
-        return ("its header sets neither qform nor sform, so programs place it differently; it is read as "
-                "ITK and 3D Slicer read it (origin 0, LPS axes) and the label map is written with that placement")
+        return ("its header sets neither qform nor sform, so programs place it differently; MaskSAM reads it "
+                "as ITK and 3D Slicer do (origin 0, LPS axes)")
     if qform_code == 0 or sform_code == 0:
         return None
     tolerance = TOLERANCE_VOXELS * min(geometry.spacing)
@@ -58,21 +62,47 @@ def placement_warning(path: "os.PathLike[str] | str", geometry: "ImageGeometry")
         return None
     itk = _itk_affine(geometry.spacing, geometry.origin, geometry.direction)
     uses_qform = _largest_distance(itk, qform, geometry.size) < _largest_distance(itk, sform, geometry.size)
-    used, other = ("qform", "sform") if uses_qform else ("sform", "qform")
-    return (f"its qform and sform place the image up to {apart:.3g} mm apart; MaskSAM uses the {used}, as ITK "
-            f"and 3D Slicer do, and the label map stores only that placement, so programs that use the "
-            f"{other} (nibabel and FSL prefer the sform) will show image and labels apart")
+    used = "qform" if uses_qform else "sform"
+    return (f"its qform and sform place the image up to {apart:.3g} mm apart; MaskSAM reads it as ITK and "
+            f"3D Slicer do, by the {used} (nibabel and FSL prefer the sform)")
+
+
+def copy_placement(source: "os.PathLike[str] | str", target: "os.PathLike[str] | str") -> None:
+    """Give the NIfTI-1 file `target` (of the same size) the placement fields of `source`: qfac,
+    pixdim, both codes, the quaternion, its offset and the sform rows. For a label map written on
+    ITK's reading of an image whose qform and sform disagree, so that every program puts the
+    labels where it puts the image."""
+    with _opener(Path(source))(source, "rb") as stream:
+        header = stream.read(348)
+    target = Path(target)
+    with _opener(target)(target, "rb") as stream:
+        data = bytearray(stream.read())
+    read_order, write_order = _byte_order(header), _byte_order(data)
+    if read_order is None or write_order is None:
+        raise ValueError(f"{source} or {target} is not a NIfTI-1 file")
+    for offset, kind in _PLACEMENT_FIELDS:   # value by value: the two may differ in byte order
+        struct.pack_into(write_order + kind, data, offset, *struct.unpack_from(read_order + kind, header, offset))
+    with _opener(target)(target, "wb") as stream:
+        stream.write(bytes(data))
+
+
+def _opener(path: Path):
+    return gzip.open if path.name.lower().endswith(".gz") else open
+
+
+def _byte_order(header: bytes) -> Optional[str]:
+    for order in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            return order
+    return None
 
 
 def _header(path: Path):
     """(qform_code, sform_code, qform 4x4, sform 4x4) in RAS, or None when not NIfTI-1."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as stream:
+    with _opener(path)(path, "rb") as stream:
         raw = stream.read(348)
-    for order in ("<", ">"):
-        if len(raw) == 348 and struct.unpack(order + "i", raw[:4])[0] == 348:
-            break
-    else:
+    order = _byte_order(raw)
+    if order is None:
         return None
     pixdim = struct.unpack(order + "8f", raw[76:108])
     qform_code, sform_code = struct.unpack(order + "2h", raw[252:256])

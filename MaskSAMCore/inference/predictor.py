@@ -70,6 +70,7 @@ class PreparedCase:
     properties: Dict[str, Any]
     geometry: ImageGeometry
     seconds: float
+    source: Optional[Path] = None   # the image file (channel 0) it was read from, if any
 
 
 @dataclass
@@ -212,6 +213,7 @@ class Predictor:
         prepared = self.prepare(image, geometry, where, owned=True, channel_files=files)
         prepared.name = name or files[0]
         prepared.seconds = time.perf_counter() - start
+        prepared.source = None if isinstance(paths[0], DicomSeries) else Path(paths[0])
         return prepared
 
     def predict_prepared(self, case: PreparedCase, output_path: Optional["os.PathLike[str] | str"] = None,
@@ -242,9 +244,9 @@ class Predictor:
         if output_path is not None:
             if probabilities:
                 write_probabilities(result, properties, self.class_names, probabilities_path(output_path),
-                                    then=lambda: write_labels(labels, case.geometry, output_path))
+                                    then=lambda: write_labels(labels, case.geometry, output_path, case.source))
             else:
-                write_labels(labels, case.geometry, output_path)
+                write_labels(labels, case.geometry, output_path, case.source)
         export_seconds = time.perf_counter() - start
         timings = {"preprocess_s": case.seconds, "network_s": network_seconds, "export_s": export_seconds}
         return PredictionResult(labels, timings, settings, len(grid))

@@ -22,6 +22,7 @@ from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.data.nifti_transforms import placement_warning
+from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError, describe_path, first_line, list_some
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.export import probabilities_path
@@ -55,7 +56,9 @@ def check_headers(cases: List[Case]) -> None:
         check_format_keeps(geometries[0], case.output_file)
         warning = placement_warning(case.channel_files[0], geometries[0])
         if warning:
-            print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}", file=sys.stderr)
+            kept = ("the label map gets both placements of the image" if is_nifti(case.output_file)
+                    else "the label map stores that placement only")
+            print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}; {kept}", file=sys.stderr)
 
 
 def report_dicom_series(cases: List[Case]) -> None:
