@@ -56,7 +56,7 @@ def check_headers(cases: List[Case]) -> None:
         check_format_keeps(geometries[0], case.output_file)
         warning = placement_warning(case.channel_files[0], geometries[0])
         if warning:
-            kept = ("the label map gets both placements of the image" if is_nifti(case.output_file)
+            kept = ("the label map gets the image's qform and sform as they are" if is_nifti(case.output_file)
                     else "the label map stores that placement only")
             print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}; {kept}", file=sys.stderr)
 
