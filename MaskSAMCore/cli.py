@@ -15,6 +15,7 @@ import argparse
 import importlib
 import importlib.metadata
 import math
+import os
 import sys
 from typing import Callable, Dict, List, NoReturn, Optional
 
@@ -40,6 +41,12 @@ HANDLERS: Dict[str, str] = {
 
 
 SEED_MAXIMUM = 2 ** 32 - 1   # NumPy's seeds are 32-bit
+
+
+def user_path(text: str) -> str:
+    """A path argument with ``~`` expanded: the shell does not expand ``--output=~/report.json``
+    or a quoted ``"~/scans"``, which would otherwise make a folder named ``~``."""
+    return os.path.expanduser(text)
 
 
 def window_step(text: str) -> float:
@@ -142,14 +149,15 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
 def _add_download_sam(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("download-sam", help="download an official SAM checkpoint (SHA-256 checked)")
     p.add_argument("model_type", choices=SAM_TYPES)
-    p.add_argument("--cache-dir", default=None, help="folder to store it in (default: MASKSAM_HOME cache)")
+    p.add_argument("--cache-dir", type=user_path, default=None,
+                   help="folder to store it in (default: MASKSAM_HOME cache)")
     p.add_argument("--url", default=None,
                    help="download from this mirror, or copy this local file, instead (hash still checked)")
 
 
 def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("make-phantoms", help="write a synthetic labelled abdominal CT dataset (nnU-Net format)")
-    p.add_argument("output", help="dataset folder to create")
+    p.add_argument("output", type=user_path, help="dataset folder to create")
     p.add_argument("--cases", type=at_least(1), default=12, help="number of training cases (default 12)")
     p.add_argument("--test-cases", type=at_least(0), default=0,
                    help="number of extra cases in imagesTs/labelsTs (default 0)")
@@ -161,12 +169,12 @@ def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
 
 def _add_train(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("train", help="fine-tune MaskSAM on a dataset in nnU-Net raw format")
-    p.add_argument("dataset", help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
-    p.add_argument("model_dir", help="model folder to create (or continue with --resume)")
+    p.add_argument("dataset", type=user_path, help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
+    p.add_argument("model_dir", type=user_path, help="model folder to create (or continue with --resume)")
     p.add_argument("--preset", default="vit_b", choices=PRESETS,
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     init = p.add_mutually_exclusive_group()
-    init.add_argument("--sam-checkpoint", default=None,
+    init.add_argument("--sam-checkpoint", type=user_path, default=None,
                       help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one")
     init.add_argument("--random-init", action="store_true",
                       help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
@@ -192,15 +200,17 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
 
 def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("predict", help="segment an image or a folder of images")
-    p.add_argument("model_dir", help="a trained MaskSAM model folder")
-    p.add_argument("input", help="an image file, a folder of images (*_0000.nii.gz etc. for multi-channel), "
-                                 "or a folder of DICOM files (one series)")
-    p.add_argument("output", help="output label-map file, or a folder (existing, or ending in /; always when "
-                                  "INPUT is a folder of images)")
+    p.add_argument("model_dir", type=user_path, help="a trained MaskSAM model folder")
+    p.add_argument("input", type=user_path,
+                   help="an image file, a folder of images (*_0000.nii.gz etc. for multi-channel), "
+                        "or a folder of DICOM files (one series)")
+    p.add_argument("output", type=user_path,
+                   help="output label-map file, or a folder (existing, or ending in /; always when "
+                        "INPUT is a folder of images)")
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
                         "or Series Instance UID)")
-    p.add_argument("--sam-checkpoint", default=None, help="SAM checkpoint file if not in the cache")
+    p.add_argument("--sam-checkpoint", type=user_path, default=None, help="SAM checkpoint file if not in the cache")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
@@ -226,10 +236,11 @@ def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
                        description="Per-class Dice and HD95 (mm) as JSON. HD95 is the larger of the two directed "
                                    "95th percentiles of surface-voxel distances (MONAI's convention; MedPy/nnU-Net "
                                    "v1 pool both directions); the report's 'conventions' has the empty-mask rules.")
-    p.add_argument("prediction", help="a label map or a folder of them")
-    p.add_argument("ground_truth", help="a label map or a folder of them")
-    p.add_argument("--dataset-json", default=None, help="dataset.json for class names (default: the one of the dataset GT lies in)")
-    p.add_argument("--output", default=None, help="write the JSON report here (default: stdout only)")
+    p.add_argument("prediction", type=user_path, help="a label map or a folder of them")
+    p.add_argument("ground_truth", type=user_path, help="a label map or a folder of them")
+    p.add_argument("--dataset-json", type=user_path, default=None,
+                   help="dataset.json for class names (default: the one of the dataset GT lies in)")
+    p.add_argument("--output", type=user_path, default=None, help="write the JSON report here (default: stdout only)")
 
 
 def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
@@ -237,7 +248,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     # No defaults here: a model folder brings its own network, and is refused beside these.
     p.add_argument("--preset", default=None, choices=PRESETS,
                    help="random-weight network: SAM ViT-B, -L or -H with adapters, or tiny (default vit_b)")
-    p.add_argument("--model-dir", default=None, help="benchmark this model folder instead of a random one")
+    p.add_argument("--model-dir", type=user_path, default=None,
+                   help="benchmark this model folder instead of a random one")
     p.add_argument("--shape", type=at_least(2), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
                    help="synthetic volume size (default 300 512 512)")
     p.add_argument("--classes", type=at_least(2), default=None,
@@ -259,13 +271,13 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
                         "preprocessed grid is the input grid and the argmax is taken directly)")
     p.add_argument("--max-windows", type=at_least(1), default=None,
                    help="time only this many windows and extrapolate the network seconds (slow CPUs)")
-    p.add_argument("--output", default=None, help="write the JSON result here")
+    p.add_argument("--output", type=user_path, default=None, help="write the JSON result here")
     _add_device(p)
 
 
 def _add_demo(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("demo", help="the whole path on synthetic data: phantoms, training, prediction, Dice, a PNG")
-    p.add_argument("output", nargs="?", default="demo_output",
+    p.add_argument("output", type=user_path, nargs="?", default="demo_output",
                    help="folder for everything the demo writes: new, empty, or an earlier demo's, whose "
                         "results are replaced (default: demo_output)")
     p.add_argument("--minutes", type=positive_number, default=4.0,

@@ -102,3 +102,15 @@ def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch):
     monkeypatch.setattr(cli, "resolve_handler", lambda command: handler)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         cli.main(["info", "--preset", "tiny"])
+
+
+def test_a_tilde_the_shell_left_alone_is_the_home_folder(monkeypatch, tmp_path):
+    """`--output=~/report.json` reaches MaskSAM unexpanded; it must not make a folder named '~'."""
+    from MaskSAMCore.cli import build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = build_parser().parse_args(["evaluate", "~/pred", "~/gt", "--output=~/report.json",
+                                      "--dataset-json=~/dataset.json"])
+    assert (args.prediction, args.output, args.dataset_json) == (
+        f"{tmp_path}/pred", f"{tmp_path}/report.json", f"{tmp_path}/dataset.json")
+    assert build_parser().parse_args(["predict", "~/m", "~/in", "~/out/"]).output == f"{tmp_path}/out/"
