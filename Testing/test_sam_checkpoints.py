@@ -131,6 +131,8 @@ def test_cli_copies_a_local_file_given_as_url_and_checks_its_hash(registry, tmp_
     assert main(["download-sam", "vit_b", "--cache-dir", str(tmp_path / "other"), "--url", "stick/none.pth"]) == 1
     assert "--url stick/none.pth: neither an address (https://..., file://...) nor an existing file" in \
         capsys.readouterr().err
+    assert main(["download-sam", "vit_b", "--cache-dir", str(tmp_path / "other"), "--url", ""]) == 1
+    assert "--url is empty" in capsys.readouterr().err   # not a silent download from the official address
 
 
 class _RunsCode:

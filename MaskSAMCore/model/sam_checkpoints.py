@@ -192,6 +192,8 @@ def run_download(args) -> int:
     """`masksam download-sam vit_b|vit_l|vit_h`."""
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else None
     url = args.url
+    if url is not None and not url.strip():
+        raise DownloadError("--url is empty; give an address or a file, or leave --url out for the official one")
     if url is not None and "://" not in url:
         # A file copied from elsewhere (a USB stick, a share): as a file:// address, hash checked.
         local = Path(url).expanduser()
