@@ -138,7 +138,9 @@ def folders_made(folder: "os.PathLike[str] | str") -> Iterator[None]:
     created are removed again, innermost first, if still empty: a failed first run leaves no
     empty folders behind."""
     missing = []
-    folder = Path(folder)
+    # Resolved first: in "new/../existing/ds" the folder "new/../existing" does not exist (new
+    # does not), but it is the user's existing folder, never to be removed.
+    folder = Path(folder).resolve()
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent

@@ -37,9 +37,10 @@ def environment_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def environment_number(name: str, default: float, meaning: str) -> float:
-    """The number above 0 in the environment variable `name` (unset or empty: `default`). Anything
-    else ("16GB", "0") is a `MaskSAMError` naming the variable and what it means, not a traceback."""
+def environment_number(name: str, default: float, meaning: str, maximum: float = math.inf) -> float:
+    """The number above 0 and at most `maximum` in the environment variable `name` (unset or
+    empty: `default`). Anything else ("16GB", "0") is a `MaskSAMError` naming the variable and
+    what it means, not a traceback."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
@@ -47,9 +48,10 @@ def environment_number(name: str, default: float, meaning: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise MaskSAMError(f"{name}={text!r} is not {meaning}: give a number above 0, or unset it for the "
-                           f"default {default:g}")
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        largest = "" if math.isinf(maximum) else f" and at most {maximum:g}"
+        raise MaskSAMError(f"{name}={text!r} is not {meaning}: give a number above 0{largest}, or unset it for "
+                           f"the default {default:g}")
     return value
 
 

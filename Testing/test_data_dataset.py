@@ -298,15 +298,15 @@ def test_nifti_files_written_by_itk_are_not_called_ambiguous(tmp_path):
 
 
 def test_a_case_whose_nifti_placements_disagree_loads_with_one_warning(dataset, capsys):
-    """Image and label both carry an sform moved 50 mm from their qform (ITK reads the sform):
-    they fit each other, but programs that read the qform would place the case elsewhere."""
+    """Image and label both carry an aligned sform (code 2) and a qform moved 50 mm (ITK reads
+    the qform): they fit each other, but nibabel and FSL would place the case elsewhere."""
     for path in (dataset / "imagesTr" / "phantom_001_0000.nii.gz", dataset / "labelsTr" / "phantom_001.nii.gz"):
-        _move_nifti_placement(path, 292, 50.0)   # sform row x, translation
+        _move_nifti_placement(path, 268, 50.0, code_changes=[(254, 2)])   # qoffset_x
     load_raw_dataset(dataset, progress=False, warn=True)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
     assert "the NIfTI header of 1 case(s) (phantom_001) is ambiguous: its qform and sform place the image " \
-           "up to 50 mm apart; MaskSAM reads it as ITK and 3D Slicer do, by the sform" in warnings[0]
+           "up to 50 mm apart; MaskSAM reads it as ITK and 3D Slicer do, by the qform" in warnings[0]
 
 
 def test_a_label_that_misses_its_image_because_of_the_image_header_says_so(dataset):

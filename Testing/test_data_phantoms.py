@@ -127,6 +127,11 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         make_phantoms(tmp_path / "deep" / "er" / "out", cases=3, size=(20, 20, 4), progress=False)
     assert list(tmp_path.iterdir()) == []                           # nor the parent folders it made
+    (tmp_path / "existing").mkdir()
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):   # "new/../existing" is the user's folder
+        make_phantoms(tmp_path / "new" / ".." / "existing" / "out", cases=3, size=(20, 20, 4), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["existing"]
 
 
 @pytest.mark.parametrize("arguments, problem", [

@@ -118,3 +118,5 @@ def test_an_output_ending_beside_an_output_file_name_is_refused(tmp_path):
         find_cases(tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz", num_channels=1, output_ending=".nrrd")
     case, = find_cases(tmp_path / "ct.nii.gz", f"{tmp_path / 'out'}/", num_channels=1, output_ending=".nrrd")
     assert case.output_file == tmp_path / "out" / "ct.nrrd"
+    case, = find_cases(tmp_path / "ct.nii.gz", f"{tmp_path / 'out'}/", num_channels=1, output_ending=".MHA")
+    assert case.output_file == tmp_path / "out" / "ct.mha"    # as ITK can write it

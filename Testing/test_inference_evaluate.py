@@ -189,6 +189,20 @@ def test_a_label_value_the_dataset_does_not_declare_is_shown_but_left_out_of_the
     assert len(warning) == 1 and "is in 1 case(s) (case_a)" in warning[0] and "left out of the means" in warning[0]
 
 
+def test_values_declared_inside_regions_count_in_the_means(tmp_path, capsys):
+    """BraTS-like dataset.json files name regions (lists of values), not each value."""
+    dataset = tmp_path / "Dataset002"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    _write_pair(pred, gt, "case_a", 0)
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "core": [2]}}))
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads("\n".join(l for l in captured.out.splitlines() if not l.startswith("@masksam ")))
+    assert report["undeclared_labels"] == {} and "warning" not in captured.err
+    assert report["mean_dice"] == 0.5   # label_1 (1.0) and label_2 (0.0, missed)
+
+
 def test_a_missing_dataset_json_is_named_before_any_scoring(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

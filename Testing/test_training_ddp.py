@@ -198,6 +198,8 @@ def test_several_machines_must_share_the_model_folder(tmp_path, per_rank):
     ({"WORLD_SIZE": "two"}, "but WORLD_SIZE is 'two', not a whole number"),
     ({"WORLD_SIZE": "2", "RANK": "0", "MASKSAM_DDP_TIMEOUT_S": "4h"},
      "MASKSAM_DDP_TIMEOUT_S='4h' is not a timeout in seconds: give a number above 0"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASKSAM_DDP_TIMEOUT_S": "1e15"},
+     "MASKSAM_DDP_TIMEOUT_S='1e15' is not a timeout in seconds: give a number above 0 and at most 2.592e+06"),
 ])
 def test_a_broken_distributed_environment_is_one_line_before_any_work(tmp_path, monkeypatch, capsys,
                                                                       environment, expected):

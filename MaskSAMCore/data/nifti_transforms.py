@@ -14,9 +14,10 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -25,23 +26,75 @@ from MaskSAMCore.data.nifti_values import is_nifti
 if TYPE_CHECKING:
     from MaskSAMCore.data.image_io import ImageGeometry
 
-# Placements count as different when they put a corner of the image at least this fraction of
-# its smallest voxel apart. Writers round: ITK's own qform of an oblique scan (a float32
-# quaternion) lies up to ~0.05 mm from its sform at the far corner of a 120 mm phantom, which no
-# reader would notice; half a voxel moves every label.
+# Placements count as different when they put a corner of the image at least this far apart:
+# half its smallest voxel, or 1/1000 of its diagonal for large images. Writers round: ITK's own
+# float32 quaternion of an oblique scan lies ~0.05 mm off its sform at the far corner of a 120 mm
+# phantom and up to ~0.2 mm off on a 480 mm one near a half turn; no reader notices either,
+# while half a voxel moves every label.
 TOLERANCE_VOXELS = 0.5
+TOLERANCE_OF_DIAGONAL = 1e-3
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# Millimetres per unit of the NIfTI-1 `xyzt_units` spatial code (ITK converts to millimetres).
+_MM_PER_UNIT = {1: 1000.0, 2: 1.0, 3: 0.001}
 # The fields of a NIfTI-1 header that place the voxels (offset, struct format): pixdim[0..3]
-# (qfac and the spacing), qform_code and sform_code, quatern_b..d and qoffset_x..z, srow_x..z.
-_PLACEMENT_FIELDS = ((76, "4f"), (252, "2h"), (256, "6f"), (280, "12f"))
+# (qfac and the spacing), the units, qform_code and sform_code, quatern_b..d and qoffset_x..z,
+# srow_x..z.
+_PLACEMENT_FIELDS = ((76, "4f"), (123, "B"), (252, "2h"), (256, "6f"), (280, "12f"))
+
+
+@dataclass(frozen=True)
+class _Placements:
+    """A NIfTI-1 header's placements beside ITK's reading of it, in millimetres (RAS)."""
+
+    qform: Optional[np.ndarray]   # 4x4, None when its code is 0
+    sform: Optional[np.ndarray]
+    itk: np.ndarray
+    tolerance: float
+    size: Sequence[int]
+
+    def apart(self, first: np.ndarray, second: np.ndarray) -> float:
+        return _largest_distance(first, second, self.size)
+
+    def differs(self, first: np.ndarray, second: np.ndarray) -> bool:
+        return self.apart(first, second) >= self.tolerance
 
 
 def placement_warning(path: "os.PathLike[str] | str", geometry: "ImageGeometry") -> Optional[str]:
-    """Why other programs may place the NIfTI-1 file `path` elsewhere than ITK's reading of it,
-    `geometry`, or None.
+    """Why programs that read NIfTI by its sform (nibabel, FSL) may place the NIfTI-1 file `path`
+    elsewhere than ITK's reading of it, `geometry`, or None. Said when the header sets neither
+    transform, or when ITK's reading is not the sform's (ITK took the qform, or the voxel size
+    from pixdim where the sform's is another).
 
     None also for files that are not NIfTI-1 or whose header cannot be read (the image reader
     reports those)."""
+    found = _placements(path, geometry)
+    if found is None:
+        return None
+    if found.qform is None and found.sform is None:
+        return ("its header sets neither qform nor sform, so programs place it differently; MaskSAM reads it "
+                "as ITK and 3D Slicer do (origin 0, LPS axes)")
+    if found.sform is None or not found.differs(found.itk, found.sform):
+        return None
+    if found.qform is not None and found.differs(found.qform, found.sform):
+        return (f"its qform and sform place the image up to {found.apart(found.qform, found.sform):.3g} mm apart; "
+                "MaskSAM reads it as ITK and 3D Slicer do, by the qform (nibabel and FSL use the sform)")
+    return (f"its sform places the image up to {found.apart(found.itk, found.sform):.3g} mm from where ITK and "
+            "3D Slicer, and so MaskSAM, read it (they take the voxel size from pixdim, nibabel and FSL from "
+            "the sform)")
+
+
+def keeps_own_placement(path: "os.PathLike[str] | str", geometry: "ImageGeometry") -> bool:
+    """Whether a NIfTI label map of the NIfTI-1 image `path` (read by ITK as `geometry`) must
+    carry the image's own placement fields to overlay it in every program: some transform set in
+    the header is not ITK's reading, or none is set (ITK would write its reading into both)."""
+    found = _placements(path, geometry)
+    if found is None:
+        return False
+    placements = [t for t in (found.qform, found.sform) if t is not None]
+    return not placements or any(found.differs(found.itk, t) for t in placements)
+
+
+def _placements(path: "os.PathLike[str] | str", geometry: "ImageGeometry") -> Optional[_Placements]:
     if not is_nifti(path):
         return None
     try:
@@ -51,20 +104,11 @@ def placement_warning(path: "os.PathLike[str] | str", geometry: "ImageGeometry")
     if header is None:
         return None
     qform_code, sform_code, qform, sform = header
-    if qform_code == 0 and sform_code == 0:
-        return ("its header sets neither qform nor sform, so programs place it differently; MaskSAM reads it "
-                "as ITK and 3D Slicer do (origin 0, LPS axes)")
-    if qform_code == 0 or sform_code == 0:
-        return None
-    tolerance = TOLERANCE_VOXELS * min(geometry.spacing)
-    apart = _largest_distance(qform, sform, geometry.size)
-    if apart < tolerance:
-        return None
-    itk = _itk_affine(geometry.spacing, geometry.origin, geometry.direction)
-    uses_qform = _largest_distance(itk, qform, geometry.size) < _largest_distance(itk, sform, geometry.size)
-    used = "qform" if uses_qform else "sform"
-    return (f"its qform and sform place the image up to {apart:.3g} mm apart; MaskSAM reads it as ITK and "
-            f"3D Slicer do, by the {used} (nibabel and FSL prefer the sform)")
+    extent = np.asarray(geometry.size, dtype=np.float64) * np.asarray(geometry.spacing, dtype=np.float64)
+    tolerance = max(TOLERANCE_VOXELS * min(geometry.spacing), TOLERANCE_OF_DIAGONAL * float(np.linalg.norm(extent)))
+    return _Placements(qform=qform if qform_code > 0 else None, sform=sform if sform_code > 0 else None,
+                       itk=_itk_affine(geometry.spacing, geometry.origin, geometry.direction),
+                       tolerance=tolerance, size=tuple(geometry.size))
 
 
 def copy_placement(source: "os.PathLike[str] | str", target: "os.PathLike[str] | str") -> None:
@@ -98,7 +142,7 @@ def _byte_order(header: bytes) -> Optional[str]:
 
 
 def _header(path: Path):
-    """(qform_code, sform_code, qform 4x4, sform 4x4) in RAS, or None when not NIfTI-1."""
+    """(qform_code, sform_code, qform 4x4, sform 4x4) in RAS millimetres, or None when not NIfTI-1."""
     with _opener(path)(path, "rb") as stream:
         raw = stream.read(348)
     order = _byte_order(raw)
@@ -110,7 +154,8 @@ def _header(path: Path):
     rows = struct.unpack(order + "12f", raw[280:328])
     sform = np.vstack([np.reshape(rows, (3, 4)), [0.0, 0.0, 0.0, 1.0]])
     qform = _quaternion_affine(b, c, d, (qx, qy, qz), pixdim)
-    return int(qform_code), int(sform_code), qform, sform
+    to_mm = np.diag([_MM_PER_UNIT.get(raw[123] & 0x07, 1.0)] * 3 + [1.0])   # as ITK reads it
+    return int(qform_code), int(sform_code), to_mm @ qform, to_mm @ sform
 
 
 def _quaternion_affine(b: float, c: float, d: float, offset, pixdim) -> np.ndarray:

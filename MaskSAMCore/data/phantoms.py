@@ -42,7 +42,7 @@ def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, 
     """Write a phantom dataset to `out_dir` (which must not exist or be empty); returns its path.
 
     size: voxels (x, y, z) for every case; by default each case draws its own small size."""
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()   # "new/../existing/ds" names existing/ds (the OS cannot walk it)
     _check_arguments(out, cases, test_cases, size, file_ending)
     with folders_made(out.parent):   # a cancelled first run leaves no empty folders
         _write_dataset(out, cases, seed, test_cases, size, file_ending, progress)

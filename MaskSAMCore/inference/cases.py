@@ -85,6 +85,8 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     if output_ending is not None and output_ending.lower() not in IMAGE_ENDINGS:
         raise InputError(f"--output-ending {output_ending} is not an image file ending "
                          f"(known endings: {', '.join(IMAGE_ENDINGS)})")
+    if output_ending is not None:
+        output_ending = output_ending.lower()   # ITK writes NIfTI and MetaImage under no other
     images = _image_files(source) if source.is_dir() else []
     dicom = dicom_files(source) if source.is_dir() else []
     if images and dicom:

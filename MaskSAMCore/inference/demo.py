@@ -25,7 +25,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from MaskSAMCore.atomic import write_text, write_with
+from MaskSAMCore.atomic import folders_made, write_text, write_with
 from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path, list_some
 from MaskSAMCore.inference import devices
 from MaskSAMCore.paths import check_can_create
@@ -41,27 +41,21 @@ TRAINING_SHARE = 0.7
 DEMO_ENTRIES = (MARKER, "dataset", "model", "predictions", "evaluation.json", "prediction_overlay.png")
 
 
-def prepare_output(output: Path) -> bool:
-    """Make `output` ready for a demo run: a new folder, an empty one, or an earlier demo's,
-    whose results are removed. A folder holding anything the demo did not write is refused, so
-    no file of the user's is ever deleted. Returns whether the folder was created."""
+def check_output(output: Path) -> None:
+    """`output` may take a demo run: a new folder, an empty one, or an earlier demo's (whose
+    results the run replaces). A folder holding anything the demo did not write is refused, so
+    no file of the user's is ever deleted."""
     if output.exists() and not output.is_dir():
         raise InputError(f"{describe_path(output)}: exists and is not a folder")
     check_can_create(output, "demo folder")
-    created = not output.exists()
-    if not created:
-        entries = sorted(path.name for path in output.iterdir())
-        if entries and MARKER not in entries:
-            raise InputError(f"{describe_path(output)}: is not empty and was not written by the demo; "
-                             "choose another folder")
-        foreign = [name for name in entries if name not in DEMO_ENTRIES]
-        if foreign:
-            raise InputError(f"{describe_path(output)}: holds an earlier demo and files it did not write "
-                             f"({list_some(foreign)}); move them or choose another folder")
-        remove_demo_results(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_text(output / MARKER, "written by `masksam demo`; the next demo run here replaces what it wrote\n")
-    return created
+    entries = sorted(path.name for path in output.iterdir()) if output.is_dir() else []
+    if entries and MARKER not in entries:
+        raise InputError(f"{describe_path(output)}: is not empty and was not written by the demo; "
+                         "choose another folder")
+    foreign = [name for name in entries if name not in DEMO_ENTRIES]
+    if foreign:
+        raise InputError(f"{describe_path(output)}: holds an earlier demo and files it did not write "
+                         f"({list_some(foreign)}); move them or choose another folder")
 
 
 def remove_demo_results(output: Path) -> None:
@@ -165,15 +159,16 @@ def write_overlay_png(image_file: Path, truth_file: Path, prediction_file: Path,
 def run_demo(args: argparse.Namespace) -> int:
     output = Path(args.output)
     device = devices.resolve_device(args.device)
-    created = prepare_output(output)
-    try:
-        return _run_steps(args, output, device)
-    except BaseException:
-        # Cancelled or failed: leave no half-made demo behind (as every other command).
+    check_output(output)
+    with folders_made(output):   # a failed first run leaves none of the folders it made
         remove_demo_results(output)
-        if created and not any(output.iterdir()):
-            output.rmdir()
-        raise
+        write_text(output / MARKER, "written by `masksam demo`; the next demo run here replaces what it wrote\n")
+        try:
+            return _run_steps(args, output, device)
+        except BaseException:
+            # Cancelled or failed: leave no half-made demo behind (as every other command).
+            remove_demo_results(output)
+            raise
 
 
 def _run_steps(args: argparse.Namespace, output: Path, device: torch.device) -> int:

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -98,6 +98,16 @@ def class_names_from(dataset_json: Optional[Path], values: Sequence[int]) -> Dic
     return {value: name for value, name in sorted(names.items()) if value > 0}
 
 
+def declared_values(dataset_json: Path) -> Set[int]:
+    """The label values dataset.json declares: its classes' and those inside its regions (BraTS-like
+    datasets name regions, lists of values, rather than each value)."""
+    labels = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"]
+    declared: Set[int] = set()
+    for value in labels.values():
+        declared.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
+    return declared
+
+
 def _values(grid, names: Sequence[str]) -> str:
     """``origin (0, 0, 0)``: the named fields of a grid, rounded for a message."""
     return ", ".join(f"{name} ({', '.join(f'{v:.4g}' for v in getattr(grid, name))})" for name in names)
@@ -144,7 +154,8 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     names = class_names_from(dataset_json, seen)
     # With a dataset.json, a value it does not declare (another label convention, a wrong model)
     # is scored and shown, but kept out of every mean: the means are over the dataset's classes.
-    undeclared = [value for value in names if dataset_json and value not in known]
+    declared = declared_values(dataset_json) if dataset_json else set()
+    undeclared = [value for value in names if dataset_json and value not in declared]
     scored = [names[value] for value in names if value not in undeclared]
     cases = []
     for name, prediction_file, truth_file, result in results:

@@ -28,7 +28,7 @@ import numpy as np
 
 from MaskSAMCore.atomic import atomic_path
 from MaskSAMCore.data.image_io import ImageGeometry, write_label
-from MaskSAMCore.data.nifti_transforms import placement_warning
+from MaskSAMCore.data.nifti_transforms import keeps_own_placement
 from MaskSAMCore.data.preprocessing import to_original_grid
 from MaskSAMCore.data.resampling import resample_array
 from MaskSAMCore.inference.cases import split_ending
@@ -44,12 +44,13 @@ def probabilities_path(label_path: "os.PathLike[str] | str") -> Path:
 def write_labels(labels: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str",
                  source: "Optional[os.PathLike[str] | str]" = None) -> None:
     """Write labels (z, y, x) on `geometry` atomically; the shapes must agree exactly. `source`:
-    the image segmented; when it is a NIfTI file whose qform and sform disagree (or which sets
-    neither), a NIfTI label map gets its placement fields, so every program overlays the two."""
+    the image segmented; when it is a NIfTI file placed otherwise than by ITK's reading alone
+    (qform and sform disagree, the sform's voxel size is not pixdim's, or neither is set), a
+    NIfTI label map gets its placement fields, so every program overlays the two."""
     if tuple(labels.shape) != geometry.shape_zyx:
         raise ValueError(f"label map shape {labels.shape} is not the input's {geometry.shape_zyx}")
-    ambiguous = source is not None and placement_warning(source, geometry) is not None
-    write_label(labels, geometry, path, placement_from=source if ambiguous else None)
+    own = source is not None and keeps_own_placement(source, geometry)
+    write_label(labels, geometry, path, placement_from=source if own else None)
 
 
 def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bool,

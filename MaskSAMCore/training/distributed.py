@@ -41,6 +41,7 @@ from MaskSAMCore.paths import environment_number
 
 TIMEOUT_ENV = "MASKSAM_DDP_TIMEOUT_S"
 DEFAULT_COLLECTIVE_TIMEOUT_S = 4 * 3600.0
+MAXIMUM_COLLECTIVE_TIMEOUT_S = 30 * 24 * 3600.0   # a month; far beyond it timedelta overflows
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def init_distributed(use_cuda: bool) -> DistributedContext:
         return DistributedContext()
     rank, world_size = _torchrun_number("RANK"), _torchrun_number("WORLD_SIZE")
     local_rank = _torchrun_number("LOCAL_RANK", "0")
-    timeout_s = environment_number(TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_S, "a timeout in seconds")
+    timeout_s = environment_number(TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_S, "a timeout in seconds",
+                                   maximum=MAXIMUM_COLLECTIVE_TIMEOUT_S)
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(local_rank)
