@@ -203,6 +203,23 @@ def test_values_declared_inside_regions_count_in_the_means(tmp_path, capsys):
     assert report["mean_dice"] == 0.5   # label_1 (1.0) and label_2 (0.0, missed)
 
 
+def test_voxels_of_the_ignore_label_count_for_no_class(tmp_path, capsys):
+    """nnU-Net's 'ignore' label marks unannotated voxels: whatever is predicted there is neither
+    right nor wrong, and 'ignore' is no class of the report."""
+    dataset = tmp_path / "Dataset003"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    truth, _ = _write_pair(pred, gt, "case_a", 0)
+    truth[1, 2:7, 3:9] = 3            # a slice of the liver left unannotated; predicted as liver
+    write_label(truth, GEOMETRY, gt / "case_a.nii.gz")
+    (dataset / "dataset.json").write_text(json.dumps(
+        {"labels": {"background": 0, "liver": 1, "spleen": 2, "ignore": 3}}))
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    report = json.loads("\n".join(l for l in capsys.readouterr().out.splitlines() if not l.startswith("@masksam ")))
+    assert list(report["per_class"]) == ["liver", "spleen"]
+    assert report["per_class"]["liver"]["dice"] == 1.0 and report["undeclared_labels"] == {}
+
+
 def test_a_missing_dataset_json_is_named_before_any_scoring(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

@@ -26,6 +26,8 @@ from MaskSAMCore.inference.cases import split_ending
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import Progress, emit
 
+IGNORE_LABEL = "ignore"   # nnU-Net v2's name for the label of unannotated voxels
+
 CONVENTIONS = {
     "dice": "2|P&G|/(|P|+|G|); null when both are empty (left out of means); 0 when exactly one is empty",
     "hd95_mm": "max of the two directed 95th percentiles of surface-voxel distances, in mm with the "
@@ -33,7 +35,7 @@ CONVENTIONS = {
     "means": "per class: mean over cases where the value is defined; mean_dice/mean_hd95_mm: mean over "
              "foreground classes of the per-class means; per case: mean over its defined classes; "
              "with a dataset.json, label values it does not declare (undeclared_labels) are scored "
-             "but left out of every mean",
+             "but left out of every mean, and voxels of its 'ignore' label count for no class",
 }
 
 
@@ -90,12 +92,21 @@ def class_names_from(dataset_json: Optional[Path], values: Sequence[int]) -> Dic
         return {int(v): f"label_{int(v)}" for v in sorted(values) if v > 0}
     try:
         labels = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"]
-        names = {int(value): str(name) for name, value in labels.items() if not isinstance(value, (list, dict))}
+        names = {int(value): str(name) for name, value in labels.items()
+                 if not isinstance(value, (list, dict)) and name != IGNORE_LABEL}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{describe_path(dataset_json)}: cannot read its 'labels' ({exc})") from None
     for value in values:
         names.setdefault(int(value), f"label_{int(value)}")
     return {value: name for value, name in sorted(names.items()) if value > 0}
+
+
+def ignore_value(dataset_json: Optional[Path]) -> Optional[int]:
+    """The value of nnU-Net's ``ignore`` label (voxels left unannotated) in dataset.json, if any."""
+    if dataset_json is None:
+        return None
+    value = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"].get(IGNORE_LABEL)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def declared_values(dataset_json: Path) -> Set[int]:
@@ -113,10 +124,11 @@ def _values(grid, names: Sequence[str]) -> str:
     return ", ".join(f"{name} ({', '.join(f'{v:.4g}' for v in getattr(grid, name))})" for name in names)
 
 
-def evaluate_case(prediction_file: Path, truth_file: Path,
-                  classes: Sequence[int]) -> Dict[str, Dict[int, Optional[float]]]:
+def evaluate_case(prediction_file: Path, truth_file: Path, classes: Sequence[int],
+                  ignore: Optional[int] = None) -> Dict[str, Dict[int, Optional[float]]]:
     """Dice and HD95 per foreground label value for one pair of label maps on the same grid:
-    for `classes` and for every other value present in either map."""
+    for `classes` and for every other value present in either map. Voxels whose ground truth
+    is `ignore` (nnU-Net's unannotated voxels) count for no class, as in nnU-Net."""
     predicted, predicted_grid = read_label(prediction_file)
     actual, actual_grid = read_label(truth_file)
     differences = predicted_grid.grid_differences(actual_grid)
@@ -124,11 +136,12 @@ def evaluate_case(prediction_file: Path, truth_file: Path,
         raise InputError(f"{describe_path(prediction_file)}: its {', '.join(differences)} differ(s) from the ground "
                          f"truth {describe_path(truth_file)} ({_values(predicted_grid, differences)} vs "
                          f"{_values(actual_grid, differences)})")
-    present = set(np.unique(predicted).tolist()) | set(np.unique(actual).tolist())
+    annotated = actual != ignore if ignore is not None else np.ones(actual.shape, bool)
+    present = set(np.unique(predicted[annotated]).tolist()) | set(np.unique(actual[annotated]).tolist())
     spacing = actual_grid.spacing_zyx
     dice, hd95 = {}, {}
     for value in sorted((present | set(classes)) - {0}):
-        p, g = predicted == value, actual == value
+        p, g = (predicted == value) & annotated, (actual == value) & annotated
         dice[int(value)] = metrics.dice(p, g)
         hd95[int(value)] = metrics.hausdorff95(p, g, spacing)
     return {"dice": dice, "hd95_mm": hd95}
@@ -147,7 +160,8 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     bar = Progress("evaluate", total=len(pairs), unit="cases", enabled=show_progress)
     results = []
     for name, prediction_file, truth_file in pairs:
-        results.append((name, prediction_file, truth_file, evaluate_case(prediction_file, truth_file, list(known))))
+        results.append((name, prediction_file, truth_file,
+                        evaluate_case(prediction_file, truth_file, list(known), ignore_value(dataset_json))))
         bar.advance()
     bar.close()
     seen = sorted({value for *_, result in results for value in result["dice"]})
