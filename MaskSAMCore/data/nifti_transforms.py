@@ -11,7 +11,6 @@ label map of such an image the image's own placement fields (`copy_placement`).
 
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from MaskSAMCore.data.nifti_values import is_nifti
+from MaskSAMCore.data.nifti_values import is_nifti, open_nifti
 
 if TYPE_CHECKING:
     from MaskSAMCore.data.image_io import ImageGeometry
@@ -116,22 +115,18 @@ def copy_placement(source: "os.PathLike[str] | str", target: "os.PathLike[str] |
     pixdim, both codes, the quaternion, its offset and the sform rows. For a label map written on
     ITK's reading of an image whose qform and sform disagree, so that every program puts the
     labels where it puts the image."""
-    with _opener(Path(source))(source, "rb") as stream:
+    with open_nifti(source) as stream:
         header = stream.read(348)
     target = Path(target)
-    with _opener(target)(target, "rb") as stream:
+    with open_nifti(target) as stream:
         data = bytearray(stream.read())
     read_order, write_order = _byte_order(header), _byte_order(data)
     if read_order is None or write_order is None:
         raise ValueError(f"{source} or {target} is not a NIfTI-1 file")
     for offset, kind in _PLACEMENT_FIELDS:   # value by value: the two may differ in byte order
         struct.pack_into(write_order + kind, data, offset, *struct.unpack_from(read_order + kind, header, offset))
-    with _opener(target)(target, "wb") as stream:
+    with open_nifti(target, "wb") as stream:
         stream.write(bytes(data))
-
-
-def _opener(path: Path):
-    return gzip.open if path.name.lower().endswith(".gz") else open
 
 
 def _byte_order(header: bytes) -> Optional[str]:
@@ -143,7 +138,7 @@ def _byte_order(header: bytes) -> Optional[str]:
 
 def _header(path: Path):
     """(qform_code, sform_code, qform 4x4, sform 4x4) in RAS millimetres, or None when not NIfTI-1."""
-    with _opener(path)(path, "rb") as stream:
+    with open_nifti(path) as stream:
         raw = stream.read(348)
     order = _byte_order(raw)
     if order is None:

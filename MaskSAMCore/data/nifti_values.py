@@ -33,7 +33,7 @@ def count_non_finite_voxels(path: "os.PathLike[str] | str") -> int:
     """NaN/Inf voxels in the NIfTI file `path` as stored on disk; 0 for integer voxel types.
     Raises `ValueError` for a file that is not NIfTI-1 or NIfTI-2, or one cut short."""
     path = Path(path)
-    with _open(path) as stream:
+    with open_nifti(path) as stream:
         header = _read_header(stream)
         layout = _float_layout(header)
         if layout is None:
@@ -55,7 +55,7 @@ def missing_bytes(path: "os.PathLike[str] | str") -> int:
     it differs (a truncated file, or one written in several gzip members) is the stream read.
     """
     path = Path(path)
-    with _open(path) as stream:
+    with open_nifti(path) as stream:
         header = _read_header(stream)
     expected = _data_end(header)
     if not path.name.lower().endswith(".gz"):
@@ -80,14 +80,15 @@ def missing_bytes(path: "os.PathLike[str] | str") -> int:
 def nifti_version(path: "os.PathLike[str] | str") -> Optional[int]:
     """1 or 2 for a NIfTI-1 or NIfTI-2 file, None when the start of `path` is neither."""
     try:
-        with _open(Path(path)) as stream:
+        with open_nifti(path) as stream:
             return {348: 1, 540: 2}[_header_size(stream.read(4))]
     except (ValueError, OSError, EOFError, zlib.error):
         return None
 
 
-def _open(path: Path) -> BinaryIO:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+def open_nifti(path: "os.PathLike[str] | str", mode: str = "rb") -> BinaryIO:
+    """A NIfTI file as a binary stream, decompressed (``.nii.gz``) or not (``.nii``)."""
+    return gzip.open(path, mode) if str(path).lower().endswith(".gz") else open(path, mode)
 
 
 def _read_header(stream: BinaryIO) -> bytes:

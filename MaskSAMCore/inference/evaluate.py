@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -86,33 +86,43 @@ def dataset_json_beside(truth: Path) -> Optional[Path]:
     return None
 
 
-def class_names_from(dataset_json: Optional[Path], values: Sequence[int]) -> Dict[int, str]:
-    """Foreground label value -> name, from dataset.json's ``labels`` or the values seen."""
+def read_labels(dataset_json: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """dataset.json's ``labels`` (name -> value or region), read once per evaluation; None
+    without a dataset.json."""
     if dataset_json is None:
-        return {int(v): f"label_{int(v)}" for v in sorted(values) if v > 0}
+        return None
     try:
         labels = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"]
-        names = {int(value): str(name) for name, value in labels.items()
-                 if not isinstance(value, (list, dict)) and name != IGNORE_LABEL}
+        if not isinstance(labels, dict):
+            raise TypeError(f"'labels' is a {type(labels).__name__}, not an object")
+        for value in labels.values():   # class values must be whole numbers (regions: lists)
+            if not isinstance(value, (list, dict)):
+                int(value)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{describe_path(dataset_json)}: cannot read its 'labels' ({exc})") from None
+    return labels
+
+
+def class_names_from(labels: Optional[Dict[str, Any]], values: Sequence[int]) -> Dict[int, str]:
+    """Foreground label value -> name, from dataset.json's `labels` or the values seen."""
+    if labels is None:
+        return {int(v): f"label_{int(v)}" for v in sorted(values) if v > 0}
+    names = {int(value): str(name) for name, value in labels.items()
+             if not isinstance(value, (list, dict)) and name != IGNORE_LABEL}
     for value in values:
         names.setdefault(int(value), f"label_{int(value)}")
     return {value: name for value, name in sorted(names.items()) if value > 0}
 
 
-def ignore_value(dataset_json: Optional[Path]) -> Optional[int]:
-    """The value of nnU-Net's ``ignore`` label (voxels left unannotated) in dataset.json, if any."""
-    if dataset_json is None:
-        return None
-    value = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"].get(IGNORE_LABEL)
+def ignore_value(labels: Optional[Dict[str, Any]]) -> Optional[int]:
+    """The value of nnU-Net's ``ignore`` label (voxels left unannotated), if `labels` has one."""
+    value = (labels or {}).get(IGNORE_LABEL)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def declared_values(dataset_json: Path) -> Set[int]:
+def declared_values(labels: Dict[str, Any]) -> Set[int]:
     """The label values dataset.json declares: its classes' and those inside its regions (BraTS-like
     datasets name regions, lists of values, rather than each value)."""
-    labels = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"]
     declared: Set[int] = set()
     for value in labels.values():
         declared.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
@@ -156,20 +166,22 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
              show_progress: bool = True) -> dict:
     """The full report (see module docstring) as a JSON-able dict."""
     pairs, unmatched = pair_files(Path(prediction), Path(truth))
-    known = class_names_from(dataset_json, []) if dataset_json else {}
+    labels = read_labels(dataset_json)
+    known = class_names_from(labels, []) if labels is not None else {}
+    ignore = ignore_value(labels)
     bar = Progress("evaluate", total=len(pairs), unit="cases", enabled=show_progress)
     results = []
     for name, prediction_file, truth_file in pairs:
         results.append((name, prediction_file, truth_file,
-                        evaluate_case(prediction_file, truth_file, list(known), ignore_value(dataset_json))))
+                        evaluate_case(prediction_file, truth_file, list(known), ignore)))
         bar.advance()
     bar.close()
     seen = sorted({value for *_, result in results for value in result["dice"]})
-    names = class_names_from(dataset_json, seen)
+    names = class_names_from(labels, seen)
     # With a dataset.json, a value it does not declare (another label convention, a wrong model)
     # is scored and shown, but kept out of every mean: the means are over the dataset's classes.
-    declared = declared_values(dataset_json) if dataset_json else set()
-    undeclared = [value for value in names if dataset_json and value not in declared]
+    declared = declared_values(labels) if labels is not None else set()
+    undeclared = [value for value in names if labels is not None and value not in declared]
     scored = [names[value] for value in names if value not in undeclared]
     cases = []
     for name, prediction_file, truth_file, result in results:
