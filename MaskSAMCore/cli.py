@@ -92,7 +92,7 @@ def at_least(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"),
-        help="where to run (auto: the first CUDA GPU if there is one, else the CPU)",
+        help="where to run (default auto: the first CUDA GPU if there is one, else the CPU)",
     )
 
 
@@ -141,8 +141,8 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
     p.add_argument("--preset", default="vit_b", choices=PRESETS,
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
-    p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background")
-    p.add_argument("--channels", type=at_least(1), default=1, help="number of image channels")
+    p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background (default 16)")
+    p.add_argument("--channels", type=at_least(1), default=1, help="number of image channels (default 1)")
     p.add_argument("--forward", action="store_true", help="also run one forward pass on random input")
 
 
@@ -152,7 +152,8 @@ def _add_download_sam(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--cache-dir", type=user_path, default=None,
                    help="folder to store it in (default: MASKSAM_HOME cache)")
     p.add_argument("--url", default=None,
-                   help="download from this mirror, or copy this local file, instead (hash still checked)")
+                   help="download from this mirror, or copy this local file, instead of the official address "
+                        "(default; the hash is checked either way)")
 
 
 def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
@@ -161,10 +162,12 @@ def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--cases", type=at_least(1), default=12, help="number of training cases (default 12)")
     p.add_argument("--test-cases", type=at_least(0), default=0,
                    help="number of extra cases in imagesTs/labelsTs (default 0)")
-    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=0)
+    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=0,
+                   help="random seed: the same seed gives the same phantoms (default 0)")
     p.add_argument("--size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="voxels per case along x, y, z (default: a small varied size)")
-    p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"))
+    p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"),
+                   help="image and label file format (default .nii.gz)")
 
 
 def _add_train(sub: "argparse._SubParsersAction") -> None:
@@ -175,13 +178,15 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--sam-checkpoint", type=user_path, default=None,
-                      help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one")
+                      help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one (default: "
+                           "the downloaded one of --preset's type; see download-sam)")
     init.add_argument("--random-init", action="store_true",
                       help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
     p.add_argument("--epochs", type=at_least(1), default=1000,
                    help="epochs of --iters-per-epoch iterations (default 1000, the paper's for AMOS "
                         "and Synapse; it used 500 for ACDC)")
-    p.add_argument("--iters-per-epoch", type=at_least(1), default=250)
+    p.add_argument("--iters-per-epoch", type=at_least(1), default=250,
+                   help="optimiser steps per epoch (default 250, as nnU-Net)")
     p.add_argument("--val-cases-per-epoch", type=at_least(1), default=None,
                    help="validate on at most this many cases each epoch (default: all)")
     p.add_argument("--batch-size", type=at_least(1), default=None,
@@ -189,10 +194,14 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
                         "14 GiB of GPU memory: use 1 on smaller GPUs)")
     p.add_argument("--fold", default="0", choices=("0", "1", "2", "3", "4", "all"),
                    help="fold of splits.json (0-4) or 'all' (default 0)")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    p.add_argument("--lr", type=positive_number, default=None, help="initial learning rate (sgd 0.01, adamw 1e-3)")
-    p.add_argument("--num-workers", type=at_least(0), default=None, help="data-loading worker processes")
-    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=12345)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="sgd (momentum 0.99, the paper's) or adamw (default sgd)")
+    p.add_argument("--lr", type=positive_number, default=None, help="initial learning rate (default: 0.01 with sgd, 1e-3 with adamw)")
+    p.add_argument("--num-workers", type=at_least(0), default=None, help="worker processes for preprocessing (default 2) and for batches (default: none on "
+                        "the CPU; on a GPU the cores less one, at most 8, shared by a machine's GPUs)")
+    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=12345,
+                   help="random seed of the initial weights and the batches (default 12345; the folds are "
+                        "nnU-Net's, whatever the seed)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest in MODEL_DIR")
     p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
     _add_device(p)
@@ -209,9 +218,11 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                         "INPUT is a folder of images)")
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
-                        "or Series Instance UID)")
-    p.add_argument("--sam-checkpoint", type=user_path, default=None, help="SAM checkpoint file if not in the cache")
-    p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"))
+                        "or Series Instance UID; default: the folder's only series)")
+    p.add_argument("--sam-checkpoint", type=user_path, default=None, help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
+    p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"),
+                   help="which weights: final (end of training; default), best (best validation "
+                        "Dice) or latest (the last epoch saved, while a run goes on)")
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
                         help="average every flip combination per window (default; 8, or 4 for a model "
@@ -249,7 +260,7 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default=None, choices=PRESETS,
                    help="random-weight network: SAM ViT-B, -L or -H with adapters, or tiny (default vit_b)")
     p.add_argument("--model-dir", type=user_path, default=None,
-                   help="benchmark this model folder instead of a random one")
+                   help="benchmark this model folder instead of a random network (default: random vit_b)")
     p.add_argument("--shape", type=at_least(2), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
                    help="synthetic volume size (default 300 512 512)")
     p.add_argument("--classes", type=at_least(2), default=None,
@@ -261,17 +272,19 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--step", type=window_step, default=None, help="as predict --step (default 0.5; 1.0 with --fast)")
     p.add_argument("--fast", action="store_true",
                    help="no mirroring and step 1.0 unless --step is given (as predict --fast)")
-    p.add_argument("--window-batch", type=at_least(1), default=None)
+    p.add_argument("--window-batch", type=at_least(1), default=None,
+                   help="windows per forward (default: automatic, as predict)")
     p.add_argument("--compare-nnunet", action="store_true",
                    help="also time nnU-Net v2's predictor (3d_fullres-like network) on the same volume")
-    p.add_argument("--repeat", type=at_least(1), default=1, help="timed repetitions after one warm-up")
+    p.add_argument("--repeat", type=at_least(1), default=1, help="timed repetitions after one warm-up (default 1)")
     p.add_argument("--resample", action="store_true",
                    help="make preprocessing resample, as for most real CTs: the scores are resampled back "
                         "to the input grid slab by slab before the argmax (without it, the "
                         "preprocessed grid is the input grid and the argmax is taken directly)")
     p.add_argument("--max-windows", type=at_least(1), default=None,
-                   help="time only this many windows and extrapolate the network seconds (slow CPUs)")
-    p.add_argument("--output", type=user_path, default=None, help="write the JSON result here")
+                   help="time only this many windows and extrapolate the network seconds (slow CPUs; "
+                        "default: every window)")
+    p.add_argument("--output", type=user_path, default=None, help="write the JSON result here (default: print it only)")
     _add_device(p)
 
 
@@ -283,7 +296,7 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--minutes", type=positive_number, default=4.0,
                    help="training time to aim for (default 4); it never trains less than 6 epochs of "
                         "100 steps, the budget the phantom learning test needs")
-    p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (fold 0 of 5 needs 5)")
+    p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (default 12; fold 0 of 5 needs 5)")
     _add_device(p)
 
 def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:

@@ -114,3 +114,16 @@ def test_a_tilde_the_shell_left_alone_is_the_home_folder(monkeypatch, tmp_path):
     assert (args.prediction, args.output, args.dataset_json) == (
         f"{tmp_path}/pred", f"{tmp_path}/report.json", f"{tmp_path}/dataset.json")
     assert build_parser().parse_args(["predict", "~/m", "~/in", "~/out/"]).output == f"{tmp_path}/out/"
+
+
+def test_every_option_with_a_default_says_it_in_its_help():
+    import argparse
+
+    from MaskSAMCore.cli import build_parser
+
+    flags = (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
+    silent = [f"{command} {'/'.join(action.option_strings) or action.dest}"
+              for command, parser in build_parser().commands.items() for action in parser._actions
+              if (action.option_strings or action.nargs == "?") and not isinstance(action, flags)
+              and "default" not in (action.help or "")]
+    assert silent == []
