@@ -26,7 +26,8 @@ from MaskSAMCore.data.dicom_series import DicomSeries, read_series
 from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type
 from MaskSAMCore.data.nifti_transforms import copy_placement
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
-from MaskSAMCore.data.read_failures import itk_warnings_off, sitk_reason, unreadable_image_reason
+from MaskSAMCore.data.read_failures import (METAIMAGE_ENDINGS, itk_warnings_off, metaimage_shortfall, sitk_reason,
+                                            unreadable_image_reason)
 from MaskSAMCore.errors import InputError, describe_path
 
 @dataclass(frozen=True)
@@ -136,12 +137,12 @@ def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries") -> sitk.Image:
     if path.is_dir():
         raise InputError(f"{where}: is a folder, expected an image file")
     reader = _header_reader(path)
+    _check_complete(path)
     try:
         with itk_warnings_off():
             image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{where}: cannot read it as an image ({unreadable_image_reason(path, exc)})") from None
-    _check_nifti_complete(path)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         size = list(image.GetSize())
         size[3] = 0  # Extract collapses axes of size 0, keeping the 3x3 part of the direction
@@ -175,17 +176,23 @@ def _header_reader(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a NIfTI file cut short (an interrupted copy or download) without complaint and
-    fills the rest with zeros: a scan would be segmented, or a label map scored, half empty."""
+def _check_complete(path: Path) -> None:
+    """A file cut short (an interrupted copy or download) is refused: ITK reads a NIfTI file cut
+    short without complaint and fills the rest with zeros (a scan would be segmented, or a label
+    map scored, half empty); MetaIO refuses one but prints its own lines first."""
+    where = describe_path(path)
+    if path.name.lower().endswith(METAIMAGE_ENDINGS):
+        reason = metaimage_shortfall(path)
+        if reason:
+            raise InputError(f"{where}: cannot read it as an image ({reason})")
     if not is_nifti(path):
         return
     try:
         missing = missing_bytes(path)
     except ValueError as exc:
-        raise InputError(f"{describe_path(path)}: cannot read it as an image ({exc})") from None
+        raise InputError(f"{where}: cannot read it as an image ({exc})") from None
     if missing:
-        raise InputError(f"{describe_path(path)}: the file is cut short ({missing} bytes of voxel data "
+        raise InputError(f"{where}: the file is cut short ({missing} bytes of voxel data "
                          "missing); copy or download it again")
 
 
@@ -279,7 +286,7 @@ def read_geometry(path: "os.PathLike[str] | str | DicomSeries") -> ImageGeometry
     if not path.is_file():
         raise InputError(f"{where}: file not found")
     reader = _header_reader(path)
-    _check_nifti_complete(path)
+    _check_complete(path)
     size = reader.GetSize()
     if len(size) == 4 and size[3] == 1:
         return ImageGeometry.from_sitk(read_sitk_image(path))  # rare: let the full reader reduce it

@@ -3,7 +3,8 @@ multi-line warnings kept off the console (`itk_warnings_off`).
 
 ITK's messages are multi-line and sometimes misleading: a MetaImage file cut short, or a ``.mhd``
 whose data file was not copied along, both end in "Reason: No such file or directory" (a stale
-errno), although the file given exists.
+errno), although the file given exists. A MetaImage file cut short is found from its header before
+ITK reads it (`metaimage_shortfall`), because MetaIO also prints lines of its own.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Dict, Iterator, Optional
 
+import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.data.nifti_values import is_nifti, nifti_version
 
 _CUT_SHORT_RAW = re.compile(r"fread got only .*?\(([\d.]+)% of expected\)")       # NRRD, raw
 _CUT_SHORT_GZIP = re.compile(r"expected (\d+) bytes but received (\d+)")              # NRRD, gzip
-_METAIMAGE_ENDINGS = (".mha", ".mhd")
+METAIMAGE_ENDINGS = (".mha", ".mhd")
 _ITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _HEADER_BYTES = 64 * 1024
 
@@ -49,13 +51,13 @@ def unreadable_image_reason(path: Path, exc: BaseException) -> str:
                 "represent; resample it to an orthogonal grid first")
     if is_nifti(path) and nifti_version(path) == 2:
         return "it is a NIfTI-2 file, which the ITK reader MaskSAM uses cannot read; save it as NIfTI-1"
-    if path.name.lower().endswith(_METAIMAGE_ENDINGS) and "No such file or directory" in reason:
+    if path.name.lower().endswith(METAIMAGE_ENDINGS) and "No such file or directory" in reason:
         return _metaimage_problem(path) or reason
     return reason
 
 
 def _metaimage_problem(path: Path) -> Optional[str]:
-    data_file = _metaimage_data_file(path)
+    data_file = _metaimage_header(path).get("ElementDataFile")
     if data_file is None:
         return None
     if data_file != "LOCAL" and not (path.parent / data_file).is_file():
@@ -63,18 +65,78 @@ def _metaimage_problem(path: Path) -> Optional[str]:
     return "its voxel data is damaged or cut short; copy or download it again"
 
 
-def _metaimage_data_file(path: Path) -> Optional[str]:
-    """The ``ElementDataFile`` of a MetaImage header (the last header field), if readable."""
+def metaimage_shortfall(path: Path) -> Optional[str]:
+    """Why the MetaImage `path` (.mha, or .mhd and its data file) holds less voxel data than its
+    header announces, else None. Checked before ITK reads the voxels: MetaIO prints its own
+    "data not read completely" lines straight to stderr, which no setting silences."""
+    fields = _metaimage_header(path)
+    data_file, expected = fields.get("ElementDataFile"), _metaimage_data_bytes(fields)
+    if data_file is None or expected is None:
+        return None
+    if data_file == "LOCAL":
+        data_path, offset = path, int(fields["_data_offset"])
+    elif len(data_file.split()) == 1 and "%" not in data_file and data_file != "LIST":
+        data_path, offset = path.parent / data_file, _whole_number(fields.get("HeaderSize", "0"))
+        if offset is None or offset < 0:   # -1: the data are the file's last bytes
+            return None
+    else:
+        return None   # a list or pattern of slice files: ITK checks those itself
+    try:
+        present = data_path.stat().st_size - offset
+    except OSError:
+        return None   # a missing data file: `_metaimage_problem` names it
+    if present >= expected:
+        return None
+    return (f"the file is cut short: only {100.0 * max(present, 0) / expected:.4g}% of its voxel data is there; "
+            "copy or download it again")
+
+
+# bytes per value of each MetaImage element type
+_ELEMENT_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                  "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                  "MET_DOUBLE": 8}
+
+
+def _metaimage_data_bytes(fields: Dict[str, str]) -> Optional[int]:
+    """Bytes of voxel data (compressed, if it is) the header announces; None if it does not say."""
+    if fields.get("CompressedData", "False").lower() == "true":
+        return _whole_number(fields.get("CompressedDataSize", ""))
+    sizes = [_whole_number(value) for value in fields.get("DimSize", "").split()]
+    channels = _whole_number(fields.get("ElementNumberOfChannels", "1"))
+    value_bytes = _ELEMENT_BYTES.get(fields.get("ElementType", ""))
+    if not sizes or None in sizes or channels is None or value_bytes is None:
+        return None
+    return int(np.prod(sizes, dtype=np.int64)) * channels * value_bytes
+
+
+def _whole_number(text: str) -> Optional[int]:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _metaimage_header(path: Path) -> Dict[str, str]:
+    """The fields of a MetaImage header up to ``ElementDataFile`` (its last field), and under
+    ``_data_offset`` where the voxel data of a LOCAL file start; empty if unreadable."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(_HEADER_BYTES).decode("latin-1")
+            head = handle.read(_HEADER_BYTES)
     except OSError:
-        return None
-    for line in head.splitlines():
-        key, _, value = line.partition("=")
+        return {}
+    fields: Dict[str, str] = {}
+    start = 0
+    while start < len(head):
+        end = head.find(b"\n", start)
+        if end < 0:
+            break
+        key, _, value = head[start:end].decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        start = end + 1
         if key.strip() == "ElementDataFile":
-            return value.strip()
-    return None
+            fields["_data_offset"] = str(start)
+            break
+    return fields
 
 
 @contextlib.contextmanager
