@@ -59,6 +59,21 @@ def add_scalar_volume(scene, array: np.ndarray, grid: LpsGrid, name: str = "CT")
     return node
 
 
+def chain_of_transforms(scene, node, *motions) -> None:
+    """Put `node` under one linear transform per (translation, axis, degrees), each under the next."""
+    import vtk
+
+    child = node
+    for translation, axis, degrees in motions:
+        transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        motion = vtk.vtkTransform()
+        motion.Translate(*translation)
+        motion.RotateWXYZ(degrees, *axis)
+        transform.SetMatrixTransformToParent(motion.GetMatrix())
+        child.SetAndObserveTransformNodeID(transform.GetID())
+        child = transform
+
+
 def scene_node_ids(scene) -> list:
     """IDs of every node in the scene, in order (to compare a scene before and after)."""
     return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]

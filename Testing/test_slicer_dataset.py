@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+from slicer_support import add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene, oblique_grid
 
 from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene
@@ -118,3 +118,19 @@ def test_a_case_failing_midway_leaves_no_dataset(tmp_path):
         builder.step()
     builder.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_segmentation_under_nested_transforms_is_written_where_it_lies(tmp_path):
+    """Slicer's export wrote an empty label map for a segmentation under transform A under B (a
+    registration applied on top of another), and the case silently trained as background."""
+    scene = new_scene()
+    pairs, expected_labels, _ = two_cases(scene)
+    chain_of_transforms(scene, pairs[0].segmentation, ((10.0, 0.0, 0.0), (0.0, 0.0, 1.0), 90.0),
+                        ((0.0, 20.0, 0.0), (1.0, 0.0, 0.0), 90.0))
+    import_label_map(scene, expected_labels[0], oblique_grid(), {1: "liver", 2: "kidney"},
+                     segmentation_node=pairs[0].segmentation, reference_volume=pairs[0].volume)
+    rename_segments(pairs[0].segmentation, ["Liver", "Left kidney"])
+    summary = build_dataset_from_scene(pairs, tmp_path / "Dataset502_Nested", channel_name="CT")
+    for name, labels in zip(("case_000", "case_001"), expected_labels):
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(summary.folder / "labelsTr" / f"{name}.nii.gz")))
+        np.testing.assert_array_equal(written, labels)

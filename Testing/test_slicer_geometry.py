@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_support import (add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid,
+from slicer_support import (add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene, oblique_grid,
                             scene_node_ids)
 
 from MaskSAMCore.errors import InputError
@@ -366,3 +366,28 @@ def test_unreadable_label_file_names_the_file(tmp_path):
         read_array_image(broken)
     with pytest.raises(InputError, match="file not found"):
         read_array_image(tmp_path / "missing.nrrd")
+
+
+@pytest.mark.parametrize("volume_transforms", [0, 2], ids=["plain_volume", "volume_under_two"])
+def test_segments_under_nested_transforms_export_voxel_for_voxel(volume_transforms):
+    """Slicer's own export loses segments under two nested transforms (nothing at all on this
+    grid); each label must land on the volume where it lies in the world."""
+    scene = new_scene()
+    grid = oblique_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid)
+    chain_of_transforms(scene, volume, *[((-5.0, 3.0, 12.0), (1.0, 0.0, 0.0), 90.0),
+                                         ((0.0, 8.0, 0.0), (0.3, 1.0, 0.2), 25.0)][:volume_transforms])
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Registered segmentation")
+    chain_of_transforms(scene, segmentation, ((10.0, 0.0, 0.0), (0.0, 0.0, 1.0), 90.0),
+                        ((0.0, 20.0, 0.0), (1.0, 0.0, 0.0), 90.0))
+    labels = phantom_labels(grid.shape_zyx)
+    import_label_map(scene, labels, volume_grid(volume), {1: "liver", 2: "spleen", 4: "aorta"},
+                     segmentation_node=segmentation, reference_volume=volume)
+    import slicer
+
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)   # Slicer's scene always has it
+    nodes_before = scene_node_ids(scene)
+    np.testing.assert_array_equal(export_label_values_on_volume(segmentation, volume), labels)
+    liver = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Liver")
+    np.testing.assert_array_equal(export_segments_on_volume(segmentation, volume, [liver]), labels == 1)
+    assert scene_node_ids(scene) == nodes_before   # the staged copies are gone

@@ -7,7 +7,8 @@ built in a temporary node first and only then moved into the user's node, so a s
 being replaced is never left half-updated.
 
 Export: `ExportSegmentsToLabelmapNode` onto a reference volume's exact grid, the way the
-Segmentations module's "Export to labelmap" does it.
+Segmentations module's "Export to labelmap" does it (from staged copies one transform apart
+when transforms are involved: Slicer's export mishandles nested ones).
 """
 
 from __future__ import annotations
@@ -188,19 +189,51 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
         raise InputError(f"segmentation '{segmentation_node.GetName()}' is no longer in the scene")
     colour_tables_before = _node_ids(scene, "vtkMRMLColorTableNode")
     scene.AddNode(labelmap)  # the export needs a node in the scene for its display/colour nodes
+    staged: List = []
     try:
+        source, reference = _one_transform_apart(scene, segmentation_node, reference_volume, staged)
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-            segmentation_node, ids, labelmap, reference_volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+            source, ids, labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
         if not ok:
             raise InputError(f"Slicer could not export segmentation '{segmentation_node.GetName()}' "
                              f"onto volume '{reference_volume.GetName()}'")
-        return array_from_labelmap_node(labelmap, expected_grid=grid)
+        return array_from_labelmap_node(labelmap, expected_grid=volume_grid(reference))   # = the volume's voxels
     finally:
-        remove_with_display_nodes(scene, labelmap)
+        for node in [labelmap] + staged:
+            remove_with_display_nodes(scene, node)
         # The export makes a colour table for the label map on every call; building a
         # dataset exports each segment of each case, which would fill the user's scene.
         for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - colour_tables_before:
             scene.RemoveNode(scene.GetNodeByID(node_id))
+
+
+def _one_transform_apart(scene, segmentation_node, reference_volume, staged: List) -> tuple:
+    """(segmentation, volume) to export with at most one linear transform between them.
+
+    Slicer's export loses segments when more than one transform lies between the segmentation
+    and the volume (a segmentation under transform A under transform B exported nothing onto
+    the volume's grid, while one transform holding B @ A was exact; slicer-core 5.13). Under
+    any transform, the export therefore works on staged copies: the segments under one
+    transform from their coordinates to the volume's own, onto the volume's geometry without
+    a transform. The staged nodes are appended to `staged` for the caller to remove."""
+    if segmentation_node.GetParentTransformNode() is None and reference_volume.GetParentTransformNode() is None:
+        return segmentation_node, reference_volume
+    to_volume = (np.linalg.inv(local_to_world(reference_volume))
+                 @ local_to_world(segmentation_node, "segmentation"))
+    reference = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{reference_volume.GetName()} geometry")
+    staged.append(reference)
+    reference.CopyOrientation(reference_volume)
+    reference.SetAndObserveImageData(reference_volume.GetImageData())   # shared, not copied
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "MaskSAM export transform")
+    staged.append(transform)
+    transform.SetMatrixTransformToParent(numpy_to_matrix(to_volume))
+    source = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", segmentation_node.GetName())
+    staged.append(source)
+    for node in (reference, transform, source):
+        node.SetHideFromEditors(True)
+    source.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+    source.SetAndObserveTransformNodeID(transform.GetID())
+    return source, reference
 
 
 def _node_ids(scene, class_name: str) -> set:
