@@ -3,6 +3,7 @@ its volume's exact grid, and the same segment name gets the same label value in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -134,3 +135,25 @@ def test_a_segmentation_under_nested_transforms_is_written_where_it_lies(tmp_pat
     for name, labels in zip(("case_000", "case_001"), expected_labels):
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(summary.folder / "labelsTr" / f"{name}.nii.gz")))
         np.testing.assert_array_equal(written, labels)
+
+
+def test_a_segment_that_misses_its_volume_is_warned_about(tmp_path):
+    """A segment drawn on another scan, or beyond this one's field of view, would train as
+    background without a word: say which segment, and how much of it is on the volume."""
+    scene = new_scene()
+    pairs, _, grids = two_cases(scene)
+    wider = dataclasses.replace(grids[0], size=(20, 11, 7))   # the volume's grid, 7 voxels more along i
+    labels = np.zeros(wider.shape_zyx, np.uint8)
+    labels[4:7, 2:7, 14:18] = 1     # liver: wholly beyond the volume (i >= 13)
+    labels[1:4, 2:7, 11:17] = 2     # kidney: 2 of its 6 columns on the volume
+    segmentation = pairs[0].segmentation
+    import_label_map(scene, labels, wider, {1: "liver", 2: "kidney"}, segmentation_node=segmentation,
+                     reference_volume=pairs[0].volume)
+    rename_segments(segmentation, ["Liver", "Left kidney"])
+    summary = build_dataset_from_scene(pairs, tmp_path / "Dataset503_Misses", channel_name="CT")
+    name = segmentation.GetName()
+    assert (f"case_000: segment 'Liver' of '{name}' lies outside volume 'Patient A' (drawn on another scan?)"
+            in summary.warnings)
+    assert (f"case_000: segment 'Left kidney' of '{name}' lies outside volume 'Patient A' for the most part "
+            "(only 33% of it is on the volume)" in summary.warnings)
+    assert not [warning for warning in summary.warnings if warning.startswith("case_001")]   # resampled, not cut

@@ -26,11 +26,14 @@ import numpy as np
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.errors import InputError, describe_path
 from MaskSAMSegmentLib.image_files import write_array_image
-from MaskSAMSegmentLib.segmentations import export_segments_on_volume
+from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
 from MaskSAMSegmentLib.terminology import dataset_label_key
 from MaskSAMSegmentLib.volume_nodes import smallest_label_dtype, volume_to_array
 
 FILE_ENDINGS = (".nii.gz", ".nrrd")
+# A segment with less of its volume than this on the volume's grid is warned about (resampling a
+# segment drawn on another grid changes its volume by far less).
+MINIMUM_SHARE_ON_VOLUME = 0.5
 # Label names a segment may not take, and why: `masksam train` gives them a meaning of their own
 # (nnU-Net's "ignore" marks unannotated voxels, which MaskSAM refuses).
 RESERVED_LABELS = {"background": "value 0 is the background",
@@ -156,6 +159,7 @@ class DatasetBuilder:
             segment_id = segmentation.GetNthSegmentID(index)
             name = segmentation.GetNthSegment(index).GetName()
             mask = export_segments_on_volume(pair.segmentation, pair.volume, [segment_id]) > 0
+            self._check_on_volume(case, pair, segment_id, name, int(np.count_nonzero(mask)) * grid.voxel_volume_mm3)
             overlap = int(np.count_nonzero(mask & (labels > 0)))
             if overlap:
                 self.warnings.append(f"{case}: segment '{name}' overlaps earlier segments in {overlap} voxels "
@@ -173,6 +177,18 @@ class DatasetBuilder:
         self._absent[case] = [key for key in self.labels if key != "background" and key not in present]
         self._values_seen.update(int(v) for v in np.unique(labels))
         self.done += 1
+
+    def _check_on_volume(self, case: str, pair: CasePair, segment_id: str, name: str, written_mm3: float) -> None:
+        """Warn when much of a segment misses the volume's grid: drawn on another scan, or
+        beyond this one's field of view, it would train as background there without a word."""
+        drawn_mm3 = segment_volume_mm3(pair.segmentation, segment_id)
+        if not drawn_mm3 or written_mm3 >= MINIMUM_SHARE_ON_VOLUME * drawn_mm3:
+            return
+        where = (f"segment '{name}' of '{pair.segmentation.GetName()}' lies outside volume "
+                 f"'{pair.volume.GetName()}'")
+        share = f"{100.0 * written_mm3 / drawn_mm3:.0f}%"
+        self.warnings.append(f"{case}: {where}" + (" (drawn on another scan?)" if not written_mm3 else
+                                                   f" for the most part (only {share} of it is on the volume)"))
 
     def finish(self) -> DatasetSummary:
         """Write dataset.json and move the folder into place."""

@@ -51,6 +51,10 @@ class LpsGrid:
     def direction_matrix(self) -> np.ndarray:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(np.prod(self.spacing))
+
     def ijk_to_lps(self) -> np.ndarray:
         """4x4 homogeneous matrix from voxel indices (i, j, k) to LPS millimetres."""
         matrix = np.eye(4)

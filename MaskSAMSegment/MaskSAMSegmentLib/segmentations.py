@@ -24,7 +24,7 @@ from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.terminology import AnatomyTerminology
 from MaskSAMSegmentLib.volume_nodes import (array_from_labelmap_node, labelmap_node_from_array, local_to_world,
-                                            numpy_to_matrix, volume_grid)
+                                            matrix_to_numpy, numpy_to_matrix, volume_grid)
 
 # Node attributes recording which model made a segmentation (saved with the scene).
 MODEL_NAME_ATTRIBUTE = "MaskSAM.ModelName"
@@ -239,6 +239,26 @@ def _one_transform_apart(scene, segmentation_node, reference_volume, staged: Lis
 def _node_ids(scene, class_name: str) -> set:
     nodes = scene.GetNodesByClass(class_name)
     return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
+
+
+def segment_volume_mm3(segmentation_node, segment_id: str) -> Optional[float]:
+    """The world volume (mm³) of a segment's binary-labelmap representation, including any
+    scaling by the node's transform; None when the segment has no such representation (one
+    drawn as a model only: converting it just to measure would be slow)."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    if image is None:
+        return None
+    scalars = image.GetPointData().GetScalars()
+    if scalars is None:
+        return 0.0
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    voxels = int(np.count_nonzero(vtk_to_numpy(scalars) == segment.GetLabelValue()))
+    image_to_local = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(image_to_local)
+    to_world = local_to_world(segmentation_node, "segmentation") @ matrix_to_numpy(image_to_local)
+    return voxels * abs(float(np.linalg.det(to_world[:3, :3])))
 
 
 def export_label_values_on_volume(segmentation_node, reference_volume) -> np.ndarray:

@@ -22,7 +22,7 @@ from MaskSAMSegmentLib.geometry import LpsGrid, grid_from_ijk_to_ras
 _LABEL_DTYPES = (np.uint8, np.int16, np.int32)
 
 
-def _matrix_to_numpy(matrix: "vtk.vtkMatrix4x4") -> np.ndarray:
+def matrix_to_numpy(matrix: "vtk.vtkMatrix4x4") -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
@@ -45,14 +45,14 @@ def local_to_world(node, what: str = "volume") -> np.ndarray:
             f"'{transform_node.GetName()}'; harden the transform (Data module) first")
     to_world = vtk.vtkMatrix4x4()
     transform_node.GetMatrixTransformToWorld(to_world)
-    return _matrix_to_numpy(to_world)
+    return matrix_to_numpy(to_world)
 
 
 def world_ijk_to_ras(node) -> np.ndarray:
     """4x4 IJK -> world RAS of a volume node, including a linear parent transform."""
     local = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(local)
-    return local_to_world(node) @ _matrix_to_numpy(local)
+    return local_to_world(node) @ matrix_to_numpy(local)
 
 
 def volume_grid(node) -> LpsGrid:
