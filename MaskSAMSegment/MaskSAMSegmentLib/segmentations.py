@@ -194,7 +194,8 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
         source, reference = _one_transform_apart(scene, segmentation_node, reference_volume, staged)
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             source, ids, labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-        if not ok:
+        image = labelmap.GetImageData()
+        if not ok or image is None or 0 in image.GetDimensions():   # it reports success after some failures
             raise InputError(f"Slicer could not export segmentation '{segmentation_node.GetName()}' "
                              f"onto volume '{reference_volume.GetName()}'")
         return array_from_labelmap_node(labelmap, expected_grid=volume_grid(reference))   # = the volume's voxels
