@@ -58,11 +58,12 @@ def shorten(text: str, limit: int = 160) -> str:
     where one ends in the second half, else at a word, never inside one."""
     if len(text) <= limit:
         return text
-    head = text[:limit]
+    head = text[:limit + 1]   # a sentence may end at the limit itself
     sentence = head.rfind(". ")
     if sentence >= limit // 2:
         return head[:sentence + 1]
-    return head[:head.rfind(" ")].rstrip(" ,;:") + " ..." if " " in head else head + "..."
+    head = text[:limit - len(" ...")]   # room for the mark of the cut
+    return head[:head.rfind(" ")].rstrip(" ,;:") + " ..." if " " in head else head[:-1] + "..."
 
 
 def describe_path(path: "os.PathLike[str] | str") -> str:

@@ -127,3 +127,58 @@ def test_every_option_with_a_default_says_it_in_its_help():
               if (action.option_strings or action.nargs == "?") and not isinstance(action, flags)
               and "default" not in (action.help or "")]
     assert silent == []
+
+
+def test_the_largest_seed_and_a_window_step_of_1_are_accepted():
+    from MaskSAMCore.cli import build_parser
+
+    args = build_parser().parse_args(["train", "d", "m", "--seed", "4294967295"])
+    assert args.seed == 4294967295
+    assert build_parser().parse_args(["predict", "m", "i.nrrd", "o.nrrd", "--step", "1"]).step == 1.0
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["train", "d", "m", "--lr", "inf"], "argument --lr: must be a positive number, not inf"),
+    (["demo", "--minutes", "inf"], "argument --minutes: must be a positive number, not inf"),
+    (["train", "d", "m", "--iters-per-epoch", "0"], "argument --iters-per-epoch: must be at least 1, not 0"),
+    (["train", "d", "m", "--val-cases-per-epoch", "0"], "argument --val-cases-per-epoch: must be at least 1"),
+    (["benchmark", "--repeat", "0"], "argument --repeat: must be at least 1, not 0"),
+    (["make-phantoms", "o", "--seed", "4294967296"], "argument --seed: must be at most 4294967295"),
+])
+def test_more_out_of_range_values_are_usage_errors(arguments, expected, capsys):
+    from MaskSAMCore.cli import build_parser
+
+    with pytest.raises(SystemExit) as stopped:   # parsed only: a mutant must not start the command
+        build_parser().parse_args(arguments)
+    assert stopped.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_environment_numbers_refuse_infinity_and_accept_their_maximum(monkeypatch):
+    from MaskSAMCore.errors import MaskSAMError
+    from MaskSAMCore.paths import environment_number
+
+    monkeypatch.setenv("MASKSAM_TEST_NUMBER", "inf")
+    with pytest.raises(MaskSAMError, match="MASKSAM_TEST_NUMBER='inf' is not a budget"):
+        environment_number("MASKSAM_TEST_NUMBER", 8.0, "a budget")
+    monkeypatch.setenv("MASKSAM_TEST_NUMBER", "10")
+    assert environment_number("MASKSAM_TEST_NUMBER", 8.0, "a budget", maximum=10.0) == 10.0
+    monkeypatch.setenv("MASKSAM_TEST_NUMBER", "   ")
+    assert environment_number("MASKSAM_TEST_NUMBER", 8.0, "a budget") == 8.0
+
+
+def test_shorten_cuts_at_a_late_sentence_end_or_a_word():
+    from MaskSAMCore.errors import shorten
+
+    early = "Bad. " + " ".join(["word"] * 60)                  # the sentence ends in the first half
+    assert shorten(early, 100).startswith("Bad. word word")
+    late = " ".join(["word"] * 12) + ". " + " ".join(["more"] * 40)
+    assert shorten(late, 100) == " ".join(["word"] * 12) + "."
+    listed = ", ".join(["item"] * 50)
+    assert shorten(listed, 100).endswith("item ...")            # no dangling comma
+
+
+@pytest.mark.parametrize("text", ["a" * 158 + " " + "b" * 50, "x" * 300, "word " * 60])
+def test_shorten_keeps_its_limit(text):
+    from MaskSAMCore.errors import shorten
+
+    assert len(shorten(text)) <= 160 and shorten(text).endswith("...")

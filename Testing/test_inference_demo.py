@@ -2,6 +2,9 @@
 training budget, its refusal to overwrite a folder it did not write, and what it leaves when a
 step fails."""
 
+import os
+from pathlib import Path
+
 from MaskSAMCore.cli import main
 from MaskSAMCore.inference.demo import MARKER, MIN_EPOCHS, MIN_ITERATIONS, training_schedule
 
@@ -71,3 +74,59 @@ def test_an_earlier_demo_in_the_current_folder_is_replaced_by_what_the_new_run_w
     assert main(["demo", ".", "--device", "cpu"]) == 1
     assert "disk on fire" in capsys.readouterr().err
     assert demo.is_dir() and list(demo.iterdir()) == []   # nothing half-made left; the folder was there before
+
+
+def _complete_earlier_demo(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / MARKER).write_text("written by `masksam demo`")
+    for name in ("dataset", "model", "predictions"):
+        (folder / name).mkdir()
+        (folder / name / "x").write_bytes(b"x")
+    (folder / "evaluation.json").write_text("{}")
+    (folder / "prediction_overlay.png").write_bytes(b"png")
+    return folder
+
+
+def test_a_complete_earlier_demo_is_cleared_before_the_first_step(tmp_path, capsys, monkeypatch):
+    from MaskSAMCore.data import phantoms
+
+    demo = _complete_earlier_demo(tmp_path / "demo")
+    seen = []
+
+    def first_step(args):
+        seen.append(sorted(p.name for p in demo.iterdir()))
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(phantoms, "run_make_phantoms", first_step)
+    assert main(["demo", str(demo), "--device", "cpu"]) == 1
+    assert "disk on fire" in capsys.readouterr().err
+    assert seen == [[MARKER]]            # make-phantoms gets an empty dataset folder to write
+    assert list(demo.iterdir()) == []
+
+
+def test_an_earlier_demo_entry_that_links_elsewhere_loses_only_the_link(tmp_path, capsys, monkeypatch):
+    from MaskSAMCore.data import phantoms
+
+    mine = tmp_path / "my_dataset"
+    mine.mkdir()
+    (mine / "scan.nii.gz").write_bytes(b"years of work")
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / MARKER).write_text("x")
+    (demo / "dataset").symlink_to(mine, target_is_directory=True)
+
+    def broken(args):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(phantoms, "run_make_phantoms", broken)
+    assert main(["demo", str(demo), "--device", "cpu"]) == 1
+    assert "disk on fire" in capsys.readouterr().err
+    assert (mine / "scan.nii.gz").read_bytes() == b"years of work"
+    assert not os.path.lexists(demo / "dataset")
+
+
+def test_a_demo_output_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "demo").write_text("mine")
+    assert main(["demo", str(tmp_path / "demo"), "--device", "cpu"]) == 1
+    assert "demo: exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "demo").read_text() == "mine"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +277,92 @@ def test_a_class_absent_from_both_maps_of_a_case_is_left_out_of_its_mean(tmp_pat
     assert report["per_class"]["label_2"]["cases_defined"] == 1
     assert report["per_class"]["label_2"]["dice"] == 0.0    # case_a alone: missed there
     assert report["cases"][1]["mean_dice"] == 1.0
+
+
+def _pair(pred: Path, gt: Path, name: str, spleen_as=0):
+    geometry = ImageGeometry((12, 10, 6), (0.5, 0.8, 3.0), (10.0, -5.0, 2.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    truth = np.zeros(geometry.shape_zyx, np.uint8)
+    truth[1:4, 2:7, 3:9] = 1
+    truth[4:6, 0:3, 0:4] = 2
+    prediction = truth.copy()
+    prediction[truth == 2] = spleen_as
+    write_label(truth, geometry, gt / f"{name}.nii.gz")
+    write_label(prediction, geometry, pred / f"{name}.nii.gz")
+    return geometry, truth, prediction
+
+
+def _report(capsys):
+    return json.loads("\n".join(l for l in capsys.readouterr().out.splitlines() if not l.startswith("@masksam ")))
+
+
+def test_a_case_mean_hd95_leaves_out_undeclared_labels(tmp_path, capsys):
+    dataset = tmp_path / "Dataset001"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    _pair(pred, gt, "case_a", spleen_as=9)
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}}))
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    case = _report(capsys)["cases"][0]
+    assert case["mean_hd95_mm"] == pytest.approx(np.mean([case["hd95_mm"]["liver"], case["hd95_mm"]["spleen"]]))
+
+
+def test_hidden_files_in_a_prediction_folder_are_not_cases(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _pair(pred, gt, "case_a")
+    shutil.copy(pred / "case_a.nii.gz", pred / "._case_a.nii.gz")        # macOS AppleDouble file
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    assert [c["case"] for c in _report(capsys)["cases"]] == ["case_a"]
+
+
+def test_a_dataset_json_label_that_is_no_number_is_one_line(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _pair(pred, gt, "case_a")
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": "one"}}))
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(tmp_path / "dataset.json")]) == 1
+    assert "dataset.json: cannot read its 'labels'" in capsys.readouterr().err
+
+
+def test_many_unscored_ground_truths_are_counted_not_all_listed(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    geometry, truth, _ = _pair(pred, gt, "case_a")
+    for index in range(12):
+        write_label(truth, geometry, gt / f"other_{index:02d}.nii.gz")
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith("other_00, other_01, other_02, other_03, other_04, other_05, other_06, other_07, "
+                         "other_08, other_09 and 2 more"), last
+
+
+def test_a_value_predicted_only_where_the_truth_is_ignore_is_not_reported(tmp_path, capsys):
+    dataset = tmp_path / "Dataset003"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    geometry, truth, prediction = _pair(pred, gt, "case_a")
+    truth[0] = 3                      # the first slice left unannotated ...
+    prediction[0, 0, 0] = 7           # ... where the prediction holds a value no class has
+    write_label(truth, geometry, gt / "case_a.nii.gz")
+    write_label(prediction, geometry, pred / "case_a.nii.gz")
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2,
+                                                                 "ignore": 3}}))
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    report = _report(capsys)
+    assert list(report["per_class"]) == ["liver", "spleen"] and report["undeclared_labels"] == {}
+
+
+def test_a_predicted_ignore_value_is_no_class_of_the_report(tmp_path, capsys):
+    """A model may still predict the value dataset.json gives 'ignore': those voxels count for no
+    class (a miss where the truth has one), never as a class 'label_3' dragging the mean down."""
+    dataset = tmp_path / "Dataset003"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    geometry, truth, prediction = _pair(pred, gt, "case_a", spleen_as=2)
+    prediction[0, 0, 0] = 3                      # the ignore label's value, on annotated background
+    write_label(prediction, geometry, pred / "case_a.nii.gz")
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2,
+                                                                 "ignore": 3}}))
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    report = _report(capsys)
+    assert list(report["per_class"]) == ["liver", "spleen"] and report["mean_dice"] == 1.0

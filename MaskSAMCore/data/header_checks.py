@@ -6,15 +6,22 @@
   ``TransformMatrix`` carrying a scale): the voxel size, and so every resampling, would be wrong.
 - Complex voxels (complex MR reconstructions): converting them to real numbers silently keeps
   the real part, not the magnitude a reader of the image sees.
+- A zero, NaN or Inf spacing stored in a NIfTI or NRRD header, which ITK's readers replace by
+  1 mm without a word (`stored_spacing` reads the header itself).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import os
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from MaskSAMCore.data.nifti_transforms import header_spacing
+from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError
 
 AXES = "xyz"
@@ -26,6 +33,13 @@ def check_header_grid(where: str, spacing: Sequence[float], direction: Sequence[
     """`InputError` naming the file (`where`) for a spacing or direction that misplaces voxels.
 
     spacing: (3,) as in the header (x, y, z); direction: (9,) row-major, as ITK gives them."""
+    check_spacing(where, spacing)
+    check_direction(where, direction)
+
+
+def check_spacing(where: str, spacing: Sequence[float]) -> None:
+    """`InputError` for a zero, NaN, Inf or negative spacing (x, y, z). Also called with the
+    values a header stores: ITK's NIfTI and NRRD readers replace a zero or NaN one by 1 mm."""
     values = np.asarray(spacing, dtype=np.float64)
     for axis, value in zip(AXES, values):
         if not np.isfinite(value) or value == 0:
@@ -35,6 +49,10 @@ def check_header_grid(where: str, spacing: Sequence[float], direction: Sequence[
             raise InputError(f"{where}: its header gives a negative voxel spacing ({value:g} mm along {axis}), "
                              "which programs read differently (ITK mirrors the axis, nibabel does not); "
                              "write it with positive spacings")
+
+
+def check_direction(where: str, direction: Sequence[float]) -> None:
+    """`InputError` for a direction matrix (9 values, row-major) with NaN/Inf or scaled axes."""
     matrix = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     if not np.all(np.isfinite(matrix)):
         raise InputError(f"{where}: its header's direction matrix holds NaN or Inf values")
@@ -50,3 +68,46 @@ def check_pixel_type(where: str, pixel_id: int) -> None:
     if pixel_id in COMPLEX_PIXELS:
         raise InputError(f"{where}: has complex voxel values (a complex MR reconstruction?); save the "
                          "magnitude image and segment that")
+
+
+NRRD_ENDINGS = (".nrrd", ".nhdr")
+_NRRD_HEADER_BYTES = 64 * 1024
+
+
+def stored_spacing(path: "os.PathLike[str] | str") -> Optional[List[float]]:
+    """The voxel spacing (x, y, z) a NIfTI-1 or NRRD header stores, before ITK's reader
+    replaces a zero or NaN value by 1 mm; None for other formats or when it stores none."""
+    path = Path(path)
+    if is_nifti(path):
+        spacing = header_spacing(path)
+        return [abs(value) for value in spacing] if spacing else None   # a negative one ITK reports itself
+    if path.name.lower().endswith(NRRD_ENDINGS):
+        return _nrrd_spacing(path)
+    return None
+
+
+def _nrrd_spacing(path: Path) -> Optional[List[float]]:
+    """``spacings`` of an NRRD header, or the lengths of its ``space directions``."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_NRRD_HEADER_BYTES).decode("latin-1")
+    except OSError:
+        return None
+    fields = {}
+    for line in head.splitlines()[1:]:
+        if not line.strip():
+            break   # the blank line ending the header
+        key, separator, value = line.partition(":")
+        if separator and not key.startswith("#"):
+            fields[key.strip().lower()] = value.strip()
+    if fields.get("dimension") != "3":
+        return None   # other dimensions are refused with their own reason
+    try:
+        if "space directions" in fields:
+            vectors = re.findall(r"\(([^)]*)\)", fields["space directions"])   # "none" axes have none
+            return [float(np.linalg.norm([float(v) for v in vector.split(",")])) for vector in vectors][:3] or None
+        if "spacings" in fields:
+            return [float(value) for value in fields["spacings"].split()][:3] or None
+    except ValueError:
+        return None   # ITK reports a header it cannot parse itself
+    return None

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
 from MaskSAMCore.data.dicom_series import DicomSeries, read_series
-from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type
+from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type, check_spacing, stored_spacing
 from MaskSAMCore.data.nifti_transforms import copy_placement
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
 from MaskSAMCore.data.read_failures import (METAIMAGE_ENDINGS, itk_warnings_off, metaimage_shortfall, sitk_reason,
@@ -173,6 +173,9 @@ def _header_reader(path: Path) -> sitk.ImageFileReader:
     if dimension >= 3:   # fewer: refused as not 3D by the caller
         direction = np.asarray(reader.GetDirection()).reshape(dimension, dimension)[:3, :3]
         check_header_grid(describe_path(path), reader.GetSpacing()[:3], direction.ravel())
+        stored = stored_spacing(path)
+        if stored:
+            check_spacing(describe_path(path), stored)
     return reader
 
 

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -127,6 +127,21 @@ def copy_placement(source: "os.PathLike[str] | str", target: "os.PathLike[str] |
         struct.pack_into(write_order + kind, data, offset, *struct.unpack_from(read_order + kind, header, offset))
     with open_nifti(target, "wb") as stream:
         stream.write(bytes(data))
+
+
+def header_spacing(path: "os.PathLike[str] | str") -> Optional[Tuple[float, float, float]]:
+    """pixdim[1..3] as the NIfTI-1 header stores them (ITK reads a zero or NaN one as 1 mm);
+    None when `path` is no readable NIfTI-1 file of at least 3 dimensions."""
+    try:
+        with open_nifti(path) as stream:
+            raw = stream.read(348)
+        order = _byte_order(raw)
+        if order is None or struct.unpack(order + "h", raw[40:42])[0] < 3:
+            return None
+        x, y, z = struct.unpack(order + "3f", raw[80:92])
+    except (OSError, EOFError, ValueError, struct.error):
+        return None
+    return x, y, z
 
 
 def _byte_order(header: bytes) -> Optional[str]:

@@ -138,7 +138,8 @@ def evaluate_case(prediction_file: Path, truth_file: Path, classes: Sequence[int
                   ignore: Optional[int] = None) -> Dict[str, Dict[int, Optional[float]]]:
     """Dice and HD95 per foreground label value for one pair of label maps on the same grid:
     for `classes` and for every other value present in either map. Voxels whose ground truth
-    is `ignore` (nnU-Net's unannotated voxels) count for no class, as in nnU-Net."""
+    is `ignore` (nnU-Net's unannotated voxels) count for no class, as in nnU-Net; `ignore` is no
+    class either where a prediction holds it (it then misses the truth's class there)."""
     predicted, predicted_grid = read_label(prediction_file)
     actual, actual_grid = read_label(truth_file)
     differences = predicted_grid.grid_differences(actual_grid)
@@ -150,7 +151,7 @@ def evaluate_case(prediction_file: Path, truth_file: Path, classes: Sequence[int
     present = set(np.unique(predicted[annotated]).tolist()) | set(np.unique(actual[annotated]).tolist())
     spacing = actual_grid.spacing_zyx
     dice, hd95 = {}, {}
-    for value in sorted((present | set(classes)) - {0}):
+    for value in sorted((present | set(classes)) - {0, ignore}):
         p, g = (predicted == value) & annotated, (actual == value) & annotated
         dice[int(value)] = metrics.dice(p, g)
         hd95[int(value)] = metrics.hausdorff95(p, g, spacing)
