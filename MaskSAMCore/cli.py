@@ -196,8 +196,10 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
                    help="fold of splits.json (0-4) or 'all' (default 0)")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
                    help="sgd (momentum 0.99, the paper's) or adamw (default sgd)")
-    p.add_argument("--lr", type=positive_number, default=None, help="initial learning rate (default: 0.01 with sgd, 1e-3 with adamw)")
-    p.add_argument("--num-workers", type=at_least(0), default=None, help="worker processes for preprocessing (default 2) and for batches (default: none on "
+    p.add_argument("--lr", type=positive_number, default=None,
+                   help="initial learning rate (default: 0.01 with sgd, 1e-3 with adamw)")
+    p.add_argument("--num-workers", type=at_least(0), default=None,
+                   help="worker processes for preprocessing (default 2) and for batches (default: none on "
                         "the CPU; on a GPU the cores less one, at most 8, shared by a machine's GPUs)")
     p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=12345,
                    help="random seed of the initial weights and the batches (default 12345; the folds are "
@@ -219,7 +221,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
                         "or Series Instance UID; default: the folder's only series)")
-    p.add_argument("--sam-checkpoint", type=user_path, default=None, help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
+    p.add_argument("--sam-checkpoint", type=user_path, default=None,
+                   help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"),
                    help="which weights: final (end of training; default), best (best validation "
                         "Dice) or latest (the last epoch saved, while a run goes on)")
