@@ -159,3 +159,13 @@ def test_an_nrrd_spacing_of_nan_or_zero_is_refused_not_read_as_1_mm(tmp_path, fi
     path.write_bytes(header.encode() + np.zeros(6 * 8 * 8, "<i2").tobytes())
     with pytest.raises(InputError, match="scan.nrrd: its header gives the voxel spacing along (z as nan|y as 0)"):
         read_geometry(path)
+
+
+def test_a_metaimage_direction_holding_nan_is_called_unreadable_not_scaled(tmp_path):
+    from MaskSAMCore.data.image_io import read_image
+
+    path = tmp_path / "scan.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16)), str(path))
+    path.write_bytes(path.read_bytes().replace(b"TransformMatrix = 1 0 0", b"TransformMatrix = nan 0 0"))
+    with pytest.raises(InputError, match="scan.mha: its header's direction matrix is unreadable"):
+        read_image(path)

@@ -57,6 +57,9 @@ def check_direction(where: str, direction: Sequence[float]) -> None:
     if not np.all(np.isfinite(matrix)):
         raise InputError(f"{where}: its header's direction matrix holds NaN or Inf values")
     lengths = np.linalg.norm(matrix, axis=0)
+    if not np.any(lengths):   # what ITK makes of a MetaImage TransformMatrix holding NaN
+        raise InputError(f"{where}: its header's direction matrix is unreadable (ITK reads it as all zeros; "
+                         "NaN values?)")
     if np.any(np.abs(lengths - 1.0) > UNIT_TOLERANCE):
         shown = ", ".join(f"{length:.4g}" for length in lengths)
         raise InputError(f"{where}: its direction matrix scales the axes (column lengths {shown}, not 1), so "
