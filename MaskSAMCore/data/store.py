@@ -41,10 +41,13 @@ class PreprocessedCase:
     locations: np.ndarray    # (M, 4) int32 rows (class, t, h, w)
 
 
+SEG_SUFFIX = "_seg.npy"   # a case's labels: NAME_seg.npy
+
+
 def case_paths(folder: "os.PathLike[str] | str", name: str) -> Tuple[Path, Path, Path, Path]:
     """(data .npy, labels .npy, class locations .npy, properties .json) of case `name`."""
     folder = Path(folder)
-    return (folder / f"{name}.npy", folder / f"{name}_seg.npy", folder / f"{name}_locations.npy",
+    return (folder / f"{name}.npy", folder / f"{name}{SEG_SUFFIX}", folder / f"{name}_locations.npy",
             folder / f"{name}.json")
 
 

@@ -16,7 +16,7 @@ from typing import List, Set
 
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.preprocess_runner import source_stamps
-from MaskSAMCore.data.store import read_properties
+from MaskSAMCore.data.store import SEG_SUFFIX, read_properties
 from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
 
@@ -31,7 +31,11 @@ def started_cases(model_dir: Path) -> Set[str]:
             return {name for fold in folds for part in ("train", "val") for name in fold.get(part, [])}
         except (OSError, ValueError, AttributeError, TypeError):
             return set()   # load_or_create_splits reports a damaged splits.json itself
-    return {path.stem for path in (model_dir / PREPROCESSED).glob("*.json")}
+    # A case being preprocessed again has no .json for a moment (store.save_case), and a killed
+    # write leaves a hidden temporary: a case is any name with properties or labels stored.
+    stored = [path.name for path in (model_dir / PREPROCESSED).glob("*") if not path.name.startswith(".")]
+    return ({name[:-len(".json")] for name in stored if name.endswith(".json")}
+            | {name[:-len(SEG_SUFFIX)] for name in stored if name.endswith(SEG_SUFFIX)})
 
 
 def check_resumed_dataset(model_dir: Path, dataset: RawDataset) -> List[str]:
