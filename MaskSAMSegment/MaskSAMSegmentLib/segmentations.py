@@ -191,7 +191,7 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
     scene.AddNode(labelmap)  # the export needs a node in the scene for its display/colour nodes
     staged: List = []
     try:
-        source, reference = _one_transform_apart(scene, segmentation_node, reference_volume, staged)
+        source, reference = _one_transform_apart(scene, segmentation_node, reference_volume, segment_ids, staged)
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             source, ids, labelmap, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
         image = labelmap.GetImageData()
@@ -208,7 +208,7 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
             scene.RemoveNode(scene.GetNodeByID(node_id))
 
 
-def _one_transform_apart(scene, segmentation_node, reference_volume, staged: List) -> tuple:
+def _one_transform_apart(scene, segmentation_node, reference_volume, segment_ids: List[str], staged: List) -> tuple:
     """(segmentation, volume) to export with at most one linear transform between them.
 
     Slicer's export loses segments when more than one transform lies between the segmentation
@@ -216,7 +216,8 @@ def _one_transform_apart(scene, segmentation_node, reference_volume, staged: Lis
     the volume's grid, while one transform holding B @ A was exact; slicer-core 5.13). Under
     any transform, the export therefore works on staged copies: the segments under one
     transform from their coordinates to the volume's own, onto the volume's geometry without
-    a transform. The staged nodes are appended to `staged` for the caller to remove."""
+    a transform. Only `segment_ids` are copied (a dataset exports one segment at a time). The
+    staged nodes are appended to `staged` for the caller to remove."""
     if segmentation_node.GetParentTransformNode() is None and reference_volume.GetParentTransformNode() is None:
         return segmentation_node, reference_volume
     to_volume = (np.linalg.inv(local_to_world(reference_volume))
@@ -232,7 +233,11 @@ def _one_transform_apart(scene, segmentation_node, reference_volume, staged: Lis
     staged.append(source)
     for node in (reference, transform, source):
         node.SetHideFromEditors(True)
-    source.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+    original, copy = segmentation_node.GetSegmentation(), source.GetSegmentation()
+    copy.SetSourceRepresentationName(original.GetSourceRepresentationName())
+    copy.CopyConversionParameters(original)
+    for segment_id in segment_ids:
+        copy.CopySegmentFromSegmentation(original, segment_id)
     source.SetAndObserveTransformNodeID(transform.GetID())
     return source, reference
 
