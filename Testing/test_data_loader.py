@@ -147,6 +147,38 @@ def test_a_worker_killed_from_outside_is_one_line_suggesting_fewer_workers(small
     assert not loader.worker_pids and wait_until_gone(pids)
 
 
+KILLED_MID_BATCH = textwrap.dedent("""
+    import os, signal, sys, time
+    from MaskSAMCore.data.loader import PatchLoader
+    from MaskSAMCore.errors import MaskSAMError
+
+    def main():
+        # 2 MB batches: far more than a pipe holds, so a worker's next batch is half written
+        loader = PatchLoader(sys.argv[1], ["big"], {"patch_size": [4, 256, 256]}, batch_size=1,
+                             num_batches=10_000, num_workers=2)
+        try:
+            for index, _ in enumerate(loader):
+                if index == 0:
+                    time.sleep(1.0)   # worker 1 has made its batch and blocks writing it
+                    os.kill(loader.worker_pids[1], signal.SIGKILL)
+        except MaskSAMError as error:
+            print(error)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_a_worker_killed_while_writing_a_batch_is_reported_not_waited_for(small_cases, tmp_path):
+    """The out-of-memory killer may strike while a worker writes a batch into its pipe: the
+    reader got half a batch and waited for the rest for ever (the training hung)."""
+    script = tmp_path / "killed_mid_batch.py"
+    script.write_text(KILLED_MID_BATCH)
+    result = subprocess.run([sys.executable, str(script), str(small_cases)], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.startswith("data-loading worker 1 was killed by signal 9 before batch 1 "), result
+
+
 def test_a_missing_case_fails_before_any_worker_starts(small_cases):
     with pytest.raises(InputError, match="preprocessed case 'nope' not found"):
         PatchLoader(small_cases, ["big", "nope"], PLAN, batch_size=1, num_batches=1)

@@ -99,8 +99,7 @@ class PatchLoader:
         if self._stop_event is not None:
             self._stop_event.set()
         # The queues are not read again: a worker stopped while its queue's feeder thread was
-        # writing leaves half a batch in the pipe, and reading that would wait forever (this
-        # process holds the pipe's write end too, so no end-of-file ever comes).
+        # writing leaves half a batch in the pipe (reading it would end in EOFError at best).
         stop_processes(self._processes, timeout_s=2.0)
         for q in self._queues:
             q.close()
@@ -133,22 +132,26 @@ class PatchLoader:
                 )
                 process.start()
                 self._processes.append(process)
+                _keep_only_the_read_end(self._queues[index])
 
     def _receive(self, batch_index: int) -> Tuple[np.ndarray, np.ndarray]:
         worker = batch_index % len(self._processes)
+        process = self._processes[worker]
         while True:
             try:
                 item = self._queues[worker].get(timeout=_GET_TIMEOUT_S)
             except queue.Empty:
-                process = self._processes[worker]
                 if process.is_alive():
                     continue
                 # A worker that reported an error exits right after flushing it: that report may
                 # have arrived between the timeout above and the liveness check, so look once more.
                 try:
                     item = self._queues[worker].get(timeout=_GET_TIMEOUT_S)
-                except queue.Empty:
+                except (queue.Empty, EOFError, OSError):
                     raise _died(worker, process.exitcode, batch_index, len(self._processes)) from None
+            except (EOFError, OSError):   # killed while writing a batch: the pipe ends inside it
+                process.join(timeout=5.0)
+                raise _died(worker, process.exitcode, batch_index, len(self._processes)) from None
             if isinstance(item[1], str):  # (-1, "error", text, is_user_error)
                 if item[3]:
                     raise MaskSAMError(item[2])
@@ -157,6 +160,13 @@ class PatchLoader:
             if index != batch_index:  # cannot happen with one queue per worker; guard the invariant
                 raise RuntimeError(f"data-loading worker {worker} sent batch {index}, expected {batch_index}")
             return data, seg
+
+
+def _keep_only_the_read_end(batches: Any) -> None:
+    """Close this process's copy of a worker queue's write end (the worker has its own once
+    started). A worker killed while writing a batch then ends the pipe, and reading it raises
+    EOFError; with a write end left open here the read would wait for the rest for ever."""
+    batches._writer.close()   # multiprocessing.Queue keeps both ends; this process only reads
 
 
 def _died(worker: int, exit_code: Optional[int], batch_index: int, workers: int) -> MaskSAMError:
