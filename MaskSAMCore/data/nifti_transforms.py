@@ -115,12 +115,11 @@ def copy_placement(source: "os.PathLike[str] | str", target: "os.PathLike[str] |
     pixdim, both codes, the quaternion, its offset and the sform rows. For a label map written on
     ITK's reading of an image whose qform and sform disagree, so that every program puts the
     labels where it puts the image."""
-    with open_nifti(source) as stream:
-        header = stream.read(348)
+    header, read_order = _raw_header(source)
     target = Path(target)
     with open_nifti(target) as stream:
         data = bytearray(stream.read())
-    read_order, write_order = _byte_order(header), _byte_order(data)
+    write_order = _byte_order(data)
     if read_order is None or write_order is None:
         raise ValueError(f"{source} or {target} is not a NIfTI-1 file")
     for offset, kind in _PLACEMENT_FIELDS:   # value by value: the two may differ in byte order
@@ -133,15 +132,20 @@ def header_spacing(path: "os.PathLike[str] | str") -> Optional[Tuple[float, floa
     """pixdim[1..3] as the NIfTI-1 header stores them (ITK reads a zero or NaN one as 1 mm);
     None when `path` is no readable NIfTI-1 file of at least 3 dimensions."""
     try:
-        with open_nifti(path) as stream:
-            raw = stream.read(348)
-        order = _byte_order(raw)
+        raw, order = _raw_header(path)
         if order is None or struct.unpack(order + "h", raw[40:42])[0] < 3:
             return None
         x, y, z = struct.unpack(order + "3f", raw[80:92])
     except (OSError, EOFError, ValueError, struct.error):
         return None
     return x, y, z
+
+
+def _raw_header(path: "os.PathLike[str] | str") -> Tuple[bytes, Optional[str]]:
+    """The 348 header bytes and their byte order ('<' or '>'; None when not NIfTI-1)."""
+    with open_nifti(path) as stream:
+        raw = stream.read(348)
+    return raw, _byte_order(raw)
 
 
 def _byte_order(header: bytes) -> Optional[str]:
@@ -153,9 +157,7 @@ def _byte_order(header: bytes) -> Optional[str]:
 
 def _header(path: Path):
     """(qform_code, sform_code, qform 4x4, sform 4x4) in RAS millimetres, or None when not NIfTI-1."""
-    with open_nifti(path) as stream:
-        raw = stream.read(348)
-    order = _byte_order(raw)
+    raw, order = _raw_header(path)
     if order is None:
         return None
     pixdim = struct.unpack(order + "8f", raw[76:108])

@@ -17,6 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 import vtk
+from vtk.util.numpy_support import vtk_to_numpy
 
 import slicer
 
@@ -258,8 +259,6 @@ def segment_volume_mm3(segmentation_node, segment_id: str) -> Optional[float]:
     scalars = image.GetPointData().GetScalars()
     if scalars is None:
         return 0.0
-    from vtk.util.numpy_support import vtk_to_numpy
-
     voxels = int(np.count_nonzero(vtk_to_numpy(scalars) == segment.GetLabelValue()))
     image_to_local = vtk.vtkMatrix4x4()
     image.GetImageToWorldMatrix(image_to_local)
