@@ -20,7 +20,7 @@ from test_slicer_dataset import rename_segments, two_cases
 from test_slicer_jobs import fake_model_folder, slow_program
 
 from MaskSAMCore.errors import InputError
-from MaskSAMSegmentLib.dataset_builder import DatasetBuilder, build_dataset_from_scene, check_pairs
+from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene, check_pairs
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, stop_jobs
 from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
@@ -278,3 +278,34 @@ def test_a_segment_empty_in_every_case_is_warned_about(tmp_path):
         f"case_001 ('{segmentations[1]}') has no segment liver: the model learns it as background there "
         "(right only if that case has none)",
         "segment(s) gallbladder are empty in every case: the model cannot learn them"]
+
+
+def test_segments_slicer_cannot_convert_stop_the_build_with_one_line_and_leave_nothing(tmp_path):
+    """A segment stored only as planar contours (an RT structure set without SlicerRT's converter)
+    has no way to a label map: the build names the segmentation, the volume and the reason,
+    writes no folder, and leaves the scene as it was."""
+    import slicer
+    import vtk
+
+    scene = new_scene()
+    grid = oblique_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid, name="Patient C")
+    segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "RT structures")
+    segmentation_node.CreateDefaultDisplayNodes()
+    segmentation = segmentation_node.GetSegmentation()
+    segmentation.SetSourceRepresentationName("Planar contour")
+    contour = vtk.vtkSphereSource()
+    contour.SetCenter(*grid.origin)
+    contour.SetRadius(5.0)
+    contour.Update()
+    segment = slicer.vtkSegment()
+    segment.SetName("liver")
+    segment.AddRepresentation("Planar contour", contour.GetOutput())
+    segmentation.AddSegment(segment)
+    before = node_classes(scene)
+    with pytest.raises(InputError, match=r"^Slicer could not export segmentation 'RT structures' onto volume "
+                                         r"'Patient C' \(its segments are stored as 'Planar contour', which could "
+                                         r"not be converted to a label map\)$"):
+        build_dataset_from_scene([CasePair(volume, segmentation_node)], tmp_path / "Dataset504_Scene")
+    assert list(tmp_path.iterdir()) == []
+    assert node_classes(scene) == before

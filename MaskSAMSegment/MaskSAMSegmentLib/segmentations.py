@@ -198,7 +198,7 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
         image = labelmap.GetImageData()
         if not ok or image is None or 0 in image.GetDimensions():   # it reports success after some failures
             raise InputError(f"Slicer could not export segmentation '{segmentation_node.GetName()}' "
-                             f"onto volume '{reference_volume.GetName()}'")
+                             f"onto volume '{reference_volume.GetName()}'{_why_not_exported(segmentation_node)}")
         return array_from_labelmap_node(labelmap, expected_grid=volume_grid(reference))   # = the volume's voxels
     finally:
         for node in [labelmap] + staged:
@@ -207,6 +207,15 @@ def export_segments_on_volume(segmentation_node, reference_volume, segment_ids: 
         # dataset exports each segment of each case, which would fill the user's scene.
         for node_id in _node_ids(scene, "vtkMRMLColorTableNode") - colour_tables_before:
             scene.RemoveNode(scene.GetNodeByID(node_id))
+
+
+def _why_not_exported(segmentation_node) -> str:
+    """The likely reason an export failed, for the user: segments stored in a representation
+    this Slicer cannot convert to a label map (planar contours without SlicerRT, say)."""
+    stored_as = segmentation_node.GetSegmentation().GetSourceRepresentationName()
+    if stored_as == slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName():
+        return ""
+    return f" (its segments are stored as '{stored_as}', which could not be converted to a label map)"
 
 
 def _one_transform_apart(scene, segmentation_node, reference_volume, segment_ids: List[str], staged: List) -> tuple:
