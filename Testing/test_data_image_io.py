@@ -414,3 +414,38 @@ def test_a_complete_nifti_in_several_gzip_members_is_read(tmp_path):
     (tmp_path / "members.nii.gz").write_bytes(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
     back, _ = read_label(tmp_path / "members.nii.gz")
     np.testing.assert_array_equal(back, labels)
+
+
+def write_metaimage_slices(folder, volume: np.ndarray, listed: bool) -> None:
+    """`volume` (z, y, x) int16 as a MetaImage header `slices.mhd` and one raw file per slice,
+    named in a LIST or by a pattern (`slice%02d.raw 1 N 1`) - how some scanners' exports and
+    older tools store a series."""
+    names = [f"slice{number:02d}.raw" for number in range(1, volume.shape[0] + 1)]
+    for name, plane in zip(names, volume):
+        (folder / name).write_bytes(plane.astype("<i2").tobytes())
+    data_files = "LIST\n" + "\n".join(names) if listed else f"slice%02d.raw 1 {volume.shape[0]} 1"
+    (folder / "slices.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+        f"DimSize = {volume.shape[2]} {volume.shape[1]} {volume.shape[0]}\nElementSpacing = 0.8 0.9 2.5\n"
+        f"ElementType = MET_SHORT\nElementDataFile = {data_files}\n")
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["list", "pattern"])
+def test_a_metaimage_stored_one_file_per_slice_is_read_and_a_missing_or_short_slice_named(tmp_path, capfd, listed):
+    volume = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6) - 60
+    write_metaimage_slices(tmp_path, volume, listed)
+    array, geometry = read_image(tmp_path / "slices.mhd")
+    np.testing.assert_array_equal(array, volume)
+    assert geometry.spacing == pytest.approx((0.8, 0.9, 2.5))
+
+    third = tmp_path / "slice03.raw"
+    third.write_bytes(third.read_bytes()[:15])      # an interrupted copy: 15 of 60 bytes
+    capfd.readouterr()
+    with pytest.raises(InputError, match=r"slices\.mhd: cannot read it as an image \(its slice file slice03\.raw "
+                                         r"\(3 of 4\) is cut short: only 25% of its voxel data is there"):
+        read_image(tmp_path / "slices.mhd")
+    assert capfd.readouterr().err == ""             # not MetaIO's own "data not read completely" lines
+    third.unlink()
+    with pytest.raises(InputError, match=r"slices\.mhd: cannot read it as an image \(its slice file slice03\.raw "
+                                         r"\(3 of 4\) is missing \(it must lie beside the header\)\)$"):
+        read_image(tmp_path / "slices.mhd")

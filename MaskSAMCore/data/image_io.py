@@ -26,7 +26,7 @@ from MaskSAMCore.data.dicom_series import DicomSeries, read_series
 from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type, check_spacing, stored_spacing
 from MaskSAMCore.data.nifti_transforms import copy_placement
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
-from MaskSAMCore.data.read_failures import (METAIMAGE_ENDINGS, itk_warnings_off, metaimage_shortfall, sitk_reason,
+from MaskSAMCore.data.read_failures import (METAIMAGE_ENDINGS, itk_warnings_off, metaimage_data_problem, sitk_reason,
                                             unreadable_image_reason)
 from MaskSAMCore.errors import InputError, describe_path
 
@@ -185,7 +185,7 @@ def _check_complete(path: Path) -> None:
     map scored, half empty); MetaIO refuses one but prints its own lines first."""
     where = describe_path(path)
     if path.name.lower().endswith(METAIMAGE_ENDINGS):
-        reason = metaimage_shortfall(path)
+        reason = metaimage_data_problem(path)
         if reason:
             raise InputError(f"{where}: cannot read it as an image ({reason})")
     if not is_nifti(path):

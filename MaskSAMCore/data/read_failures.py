@@ -4,7 +4,7 @@ multi-line warnings kept off the console (`itk_warnings_off`).
 ITK's messages are multi-line and sometimes misleading: a MetaImage file cut short, or a ``.mhd``
 whose data file was not copied along, both end in "Reason: No such file or directory" (a stale
 errno), although the file given exists. A MetaImage file cut short is found from its header before
-ITK reads it (`metaimage_shortfall`), because MetaIO also prints lines of its own.
+ITK reads it (`metaimage_data_problem`), because MetaIO also prints lines of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +24,8 @@ _CUT_SHORT_GZIP = re.compile(r"expected (\d+) bytes but received (\d+)")        
 METAIMAGE_ENDINGS = (".mha", ".mhd")
 _ITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _HEADER_BYTES = 64 * 1024
+_LIST_BYTES = 16 * 1024 * 1024   # a list of slice files: thousands of lines at most
+_MOST_SLICE_FILES = 100_000
 
 
 def sitk_reason(exc: BaseException) -> str:
@@ -57,38 +59,69 @@ def unreadable_image_reason(path: Path, exc: BaseException) -> str:
 
 
 def _metaimage_problem(path: Path) -> Optional[str]:
-    data_file = _metaimage_header(path).get("ElementDataFile")
-    if data_file is None:
+    if not _metaimage_header(path).get("ElementDataFile"):
         return None
-    if data_file != "LOCAL" and not (path.parent / data_file).is_file():
-        return f"its data file {data_file} is missing (it must lie beside the header)"
-    return "its voxel data is damaged or cut short; copy or download it again"
+    return metaimage_data_problem(path) or "its voxel data is damaged or cut short; copy or download it again"
 
 
-def metaimage_shortfall(path: Path) -> Optional[str]:
-    """Why the MetaImage `path` (.mha, or .mhd and its data file) holds less voxel data than its
-    header announces, else None. Checked before ITK reads the voxels: MetaIO prints its own
-    "data not read completely" lines straight to stderr, which no setting silences."""
+def metaimage_data_problem(path: Path) -> Optional[str]:
+    """Why the MetaImage `path` (.mha, or .mhd and its data files) cannot hold all the voxel data
+    its header announces - a data file missing, or less data than announced - else None.
+    Checked before ITK reads the voxels: MetaIO prints its own "data not read completely" lines
+    straight to stderr, which no setting silences."""
     fields = _metaimage_header(path)
-    data_file, expected = fields.get("ElementDataFile"), _metaimage_data_bytes(fields)
-    if data_file is None or expected is None:
+    files = _metaimage_data_files(path, fields)
+    if not files:
         return None
-    if data_file == "LOCAL":
-        data_path, offset = path, int(fields["_data_offset"])
-    elif len(data_file.split()) == 1 and "%" not in data_file and data_file != "LIST":
-        data_path, offset = path.parent / data_file, _whole_number(fields.get("HeaderSize", "0"))
-        if offset is None or offset < 0:   # -1: the data are the file's last bytes
-            return None
-    else:
-        return None   # a list or pattern of slice files: ITK checks those itself
-    try:
-        present = data_path.stat().st_size - offset
-    except OSError:
-        return None   # a missing data file: `_metaimage_problem` names it
+    for number, (name, data_path, _) in enumerate(files, start=1):
+        if not data_path.is_file():
+            which = f"its data file {name}" if len(files) == 1 else f"its slice file {name} ({number} of {len(files)})"
+            return f"{which} is missing (it must lie beside the header)"
+    expected = _metaimage_data_bytes(fields)
+    compressed = fields.get("CompressedData", "False").lower() == "true"
+    if expected is None or (compressed and len(files) > 1) or any(offset is None for _, _, offset in files):
+        return None   # the header does not say how many bytes to expect, or not per file
+    if len(files) > 1 and expected % len(files) == 0:   # one slice (or block of slices) per file
+        for number, (name, data_path, offset) in enumerate(files, start=1):
+            present = data_path.stat().st_size - offset
+            if present < expected // len(files):
+                return (f"its slice file {name} ({number} of {len(files)}) is cut short: only "
+                        f"{100.0 * max(present, 0) / (expected // len(files)):.4g}% of its voxel data is there; "
+                        "copy or download it again")
+        return None
+    present = sum(max(data_path.stat().st_size - offset, 0) for _, data_path, offset in files)
     if present >= expected:
         return None
-    return (f"the file is cut short: only {100.0 * max(present, 0) / expected:.4g}% of its voxel data is there; "
+    return (f"the file is cut short: only {100.0 * present / expected:.4g}% of its voxel data is there; "
             "copy or download it again")
+
+
+def _metaimage_data_files(path: Path, fields: Dict[str, str]) -> List[Tuple[str, Path, Optional[int]]]:
+    """(name as the header gives it, path, byte offset of the voxel data or None if unknown) of
+    each file holding the voxel data: the header file itself (LOCAL), one data file, the files
+    listed after ``ElementDataFile = LIST``, or those of a pattern (``slice%03d.raw 1 40 1``)."""
+    value = fields.get("ElementDataFile", "")
+    if not value:
+        return []
+    if value == "LOCAL":
+        return [(path.name, path, int(fields["_data_offset"]))]
+    header_size = _whole_number(fields.get("HeaderSize", "0"))
+    offset = header_size if header_size is not None and header_size >= 0 else None   # -1: the last bytes
+    tokens = value.split()
+    if tokens[0] == "LIST":
+        names = _listed_files(path, int(fields["_data_offset"]))
+    elif len(tokens) in (3, 4) and "%" in tokens[0] and None not in [_whole_number(t) for t in tokens[1:]]:
+        first, last, step = [int(t) for t in tokens[1:]] + [1] * (4 - len(tokens))   # step 1 if not given
+        try:
+            numbers = range(first, last + 1, step)
+            if len(numbers) > _MOST_SLICE_FILES:
+                return []
+            names = [tokens[0] % number for number in numbers]
+        except (TypeError, ValueError):   # a step of 0, a pattern that is not one for numbers
+            return []
+    else:
+        names = [value]
+    return [(name, path.parent / name, offset) for name in names]
 
 
 # bytes per value of each MetaImage element type
@@ -107,6 +140,17 @@ def _metaimage_data_bytes(fields: Dict[str, str]) -> Optional[int]:
     if not sizes or None in sizes or channels is None or value_bytes is None:
         return None
     return int(np.prod(sizes, dtype=np.int64)) * channels * value_bytes
+
+
+def _listed_files(path: Path, offset: int) -> List[str]:
+    """The file names, one per line, after ``ElementDataFile = LIST`` (the header's last line)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read(_LIST_BYTES).decode("latin-1")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _whole_number(text: str) -> Optional[int]:
