@@ -195,7 +195,7 @@ class ModelFolder:
         if self.random_init:
             return None
         if sam_checkpoint is not None:
-            return Path(sam_checkpoint)
+            return self._checked_sam_file(Path(sam_checkpoint))
         found = find_cached_by_hash(self.sam_sha256 or "")
         if found is None:
             raise ModelFolderError(
@@ -204,6 +204,22 @@ class ModelFolder:
                 "or pass --sam-checkpoint FILE"
             )
         return found
+
+    def _checked_sam_file(self, path: Path) -> Path:
+        """`path` if it holds the SAM weights the model was trained on (its SHA-256 is in
+        model.json): adapters trained on other weights of the same shape (another release, a
+        fine-tuned SAM) would give wrong masks without a word. A missing file is named later."""
+        from MaskSAMCore.model.sam_checkpoints import file_sha256
+
+        if not self.sam_sha256 or not path.is_file():
+            return path
+        digest = file_sha256(path)
+        if digest != self.sam_sha256:
+            raise ModelFolderError(
+                f"{describe_path(path)} is not the SAM checkpoint model {self.name} was trained on "
+                f"(SHA-256 {digest[:12]}..., model.json records {self.sam_sha256[:12]}...); pass that file "
+                f"or, if it was the official one, run 'masksam download-sam {self.sam_type}'")
+        return path
 
     def build_model(self, which: str = "final", device: Union[str, torch.device] = "cpu",
                     sam_checkpoint: Optional[PathLike] = None) -> torch.nn.Module:
@@ -251,9 +267,11 @@ def _description_problems(meta: Dict[str, Any]) -> List[str]:
     if problems:
         return problems
     values = list(meta["labels"].values())
-    if not (values and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
-            and 0 in values and len(set(values)) == len(values)):
-        problems.append("labels must map names to distinct whole numbers >= 0, with 0 the background")
+    # The network's class index is the label value: a gap would shift every name after it.
+    if not (all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+            and sorted(values) == list(range(len(values))) and values):
+        problems.append("labels must map names to the whole numbers 0, 1, 2, ... without gaps, "
+                        "with 0 the background")
     if not (meta["channel_names"] and all(str(key).isdigit() for key in meta["channel_names"])):
         problems.append("channel_names must map '0', '1', ... to modality names")
     return problems

@@ -71,7 +71,10 @@ def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):
     ({"format_version": "abc"}, "model.json: format_version must be a whole number"),
     ({"network_format": [2]}, "model.json: network_format must be a whole number"),
     ({"labels": ["background", "liver"]}, "model.json: labels must be a mapping"),
-    ({"labels": {"background": 0, "liver": "x", "spleen": 2}}, "labels must map names to distinct whole numbers"),
+    ({"labels": {"background": 0, "liver": "x", "spleen": 2}}, "labels must map names to the whole numbers 0, 1, 2"),
+    # the class index is the label value: a gap would name class 2 'spleen' and write it as 2
+    ({"labels": {"background": 0, "liver": 1, "spleen": 3}}, r"labels must map names to the whole numbers "
+                                                             r"0, 1, 2, \.\.\. without gaps"),
     ({"plan": None}, "model.json: lacks plan|the plan is not a mapping"),
     ({"plan": {}}, "model.json: plan.transpose_forward must be an order of the axes"),
     ({"plan": dict(synthetic_plan(preset("tiny", num_classes=3)), reorient_to_lps="no")},
