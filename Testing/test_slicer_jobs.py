@@ -48,10 +48,11 @@ def slow_program(tmp_path: Path) -> Path:
     return script
 
 
-def fake_model_folder(folder: Path, labels=None) -> Path:
+def fake_model_folder(folder: Path, labels=None, channel_names=None) -> Path:
     folder.mkdir(parents=True)
     meta = {"format": "masksam-model", "format_version": 1, "name": "Test model", "version": "3",
-            "labels": labels or {"background": 0, "liver": 1, "spleen": 2}, "channel_names": {"0": "CT"},
+            "labels": labels or {"background": 0, "liver": 1, "spleen": 2},
+            "channel_names": channel_names or {"0": "CT"},
             "modality": "CT", "network": {"image_size": 64, "num_slices": 4}, "plan": {},
             "sam": {"model_type": None, "random_init": True}, "training": {"preset": "tiny"}}
     (folder / "model.json").write_text(json.dumps(meta))

@@ -9,13 +9,13 @@ matter is decided for the series chosen (`dicom_series`), not for every file of 
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
+from MaskSAMCore.data.dicom_pixel_data import pixel_data_bytes
 from MaskSAMCore.errors import InputError, describe_path
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
@@ -29,9 +29,6 @@ _ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1",        # PET
 }
 _FRAMES, _BITS_ALLOCATED = "0028|0008", "0028|0100"
-# Pixel data stored as plain numbers (implicit/explicit VR little endian, explicit big endian):
-# such a file must be at least as large as its pixels.
-_NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _SKIPPED_NAMES = {"dicomdir"}   # a CD's index of the files, not an image
 
 
@@ -142,35 +139,11 @@ def _slice_problem(path: Path, frames: int, components: int, tag, pixel_bytes: i
         return "has no Image Position or Orientation (Patient); its place in the patient is unknown"
     if not tag(_PIXEL_SPACING):
         return "has no Pixel Spacing; the size of its pixels is unknown"
-    size = path.stat().st_size
-    if transfer_syntax(path) in _NATIVE_TRANSFER_SYNTAXES and size < pixel_bytes:
+    held = pixel_data_bytes(path)
+    if held is not None and held < pixel_bytes:
         # GDCM reads such a file without complaint and keeps the previous slice's voxels for the rest
-        return f"is smaller ({size} bytes) than its pixels ({pixel_bytes} bytes): a damaged file"
+        return f"holds less pixel data ({held} bytes) than its pixels ({pixel_bytes} bytes): a damaged file"
     return None
-
-
-def transfer_syntax(path: Path) -> Optional[str]:
-    """The Transfer Syntax UID (0002,0010) from the file meta information (explicit VR little
-    endian after the 128-byte preamble and "DICM"), or None without one."""
-    long_length = {b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"}
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(132)[128:] != b"DICM":
-                return None
-            while True:
-                head = handle.read(8)
-                if len(head) < 8 or head[:2] != b"\x02\x00":
-                    return None   # past the meta group without finding it
-                element, vr = struct.unpack("<H", head[2:4])[0], head[4:6]
-                if vr in long_length:
-                    length = struct.unpack("<I", handle.read(4))[0]
-                else:
-                    length = struct.unpack("<H", head[6:8])[0]
-                value = handle.read(length)
-                if element == 0x0010:
-                    return value.rstrip(b"\x00 ").decode("ascii", "replace")
-    except (OSError, struct.error):
-        return None
 
 
 def read_series_headers(folder: Path, files: Sequence[Path]) -> Tuple[Dict[str, List[DicomSlice]], List[Path]]:
