@@ -157,3 +157,25 @@ def test_a_segment_that_misses_its_volume_is_warned_about(tmp_path):
     assert (f"case_000: segment 'Left kidney' of '{name}' lies outside volume 'Patient A' for the most part "
             "(only 33% of it is on the volume)" in summary.warnings)
     assert not [warning for warning in summary.warnings if warning.startswith("case_001")]   # resampled, not cut
+
+
+def test_overlapping_segments_are_warned_about_and_the_later_one_wins(tmp_path):
+    """A label map holds one value per voxel: where a user's segments overlap (drawn with
+    overlap allowed), the later segment's value is written and the voxels are counted."""
+    scene = new_scene()
+    grid = oblique_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid, name="Patient A")
+    first = np.zeros(grid.shape_zyx, np.uint8)
+    first[1:4, 2:7, 3:9] = 1                         # 3 * 5 * 6 = 90 voxels
+    liver = import_label_map(scene, first, grid, {1: "liver"}, reference_volume=volume)
+    second = np.zeros(grid.shape_zyx, np.uint8)
+    second[3:6, 5:9, 7:12] = 1                       # shares z 3, y 5-6, x 7-8 with the liver: 4 voxels
+    kidney = import_label_map(scene, second, grid, {1: "kidney"}, reference_volume=volume)
+    segmentation = liver.GetSegmentation()
+    segmentation.CopySegmentFromSegmentation(kidney.GetSegmentation(), kidney.GetSegmentation().GetNthSegmentID(0))
+    summary = build_dataset_from_scene([CasePair(volume, liver)], tmp_path / "Dataset505_Overlap")
+    assert summary.warnings == ["case_000: segment 'Kidney' overlaps earlier segments in 4 voxels (it wins there)"]
+    written = tmp_path / "Dataset505_Overlap" / "labelsTr" / "case_000.nii.gz"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
+    expected = np.where(second == 1, summary.labels["kidney"], np.where(first == 1, summary.labels["liver"], 0))
+    np.testing.assert_array_equal(labels, expected)

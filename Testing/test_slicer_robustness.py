@@ -57,19 +57,21 @@ def node_classes(scene) -> collections.Counter:
 
 
 @posix_only
-def test_closing_slicer_mid_run_ends_the_job_and_removes_its_copy_of_the_volume(tmp_path):
+def test_closing_slicer_mid_run_ends_every_job_and_removes_their_copies_of_the_volume(tmp_path):
     scene = new_scene()
     volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
     model = read_model_info(fake_model_folder(tmp_path / "model"))
     work = tmp_path / "work"
     work.mkdir()
-    job = SegmentJob(scene, SegmentRequest([volume], model), python=str(slow_program(tmp_path)), work_dir=str(work))
-    job.start()
-    assert len(list(work.iterdir())) == 1
-    stop_jobs([job, None])           # what the widget's cleanup() does; nothing polls afterwards
-    assert job.state is JobState.CANCELLED
+    jobs = [SegmentJob(scene, SegmentRequest([volume], model), python=str(slow_program(tmp_path)),
+                       work_dir=str(work)) for _ in range(2)]   # a segmentation and, say, a second one
+    for job in jobs:
+        job.start()
+    assert len(list(work.iterdir())) == 2
+    stop_jobs([jobs[0], None, jobs[1]])   # what the widget's cleanup() does; nothing polls afterwards
+    assert [job.state for job in jobs] == [JobState.CANCELLED] * 2
     assert list(work.iterdir()) == []
-    assert live_processes_in_group(job.runner.pid) == []
+    assert [live_processes_in_group(job.runner.pid) for job in jobs] == [[], []]
 
 
 @posix_only
