@@ -241,6 +241,20 @@ def use_threshold_model(monkeypatch, plan: dict, network=BrightnessThreshold) ->
     monkeypatch.setattr(Predictor, "from_model_folder", classmethod(stand_in))
 
 
+def predict_on_the_same_grid(model_dir, source, output) -> tuple:
+    """Run `masksam predict --fast` (the stand-in model) and check that the label map has the
+    input's grid exactly; (label map, input) as SimpleITK images."""
+    from MaskSAMCore.cli import main
+
+    assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 0
+    written, original = sitk.ReadImage(str(output)), sitk.ReadImage(str(source))
+    assert written.GetSize() == original.GetSize()
+    np.testing.assert_allclose(written.GetSpacing(), original.GetSpacing(), rtol=1e-6)
+    np.testing.assert_allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(written.GetDirection(), original.GetDirection(), atol=1e-6)
+    return written, original
+
+
 ORIGIN = (-71.5, 33.25, 402.0)
 # name: (file, geometry, the plan's target spacing (z, y, x), the plan's axis order)
 PREDICT_CASES = {
@@ -258,20 +272,12 @@ PREDICT_CASES = {
 
 @pytest.mark.parametrize("name", list(PREDICT_CASES))
 def test_masksam_predict_puts_the_labels_where_the_image_content_is(tmp_path, monkeypatch, name):
-    from MaskSAMCore.cli import main
-
     filename, geometry, target, forward = PREDICT_CASES[name]
     use_threshold_model(monkeypatch, threshold_plan(target, forward))
     image, box = bright_box_case(geometry)
     source, target_file = tmp_path / filename, tmp_path / "out" / filename.replace("case", "labels")
     write_image(image, geometry, source)
-    assert main(["predict", str(tmp_path / "model"), str(source), str(target_file), "--fast", "--device", "cpu"]) == 0
-
-    written, original = sitk.ReadImage(str(target_file)), sitk.ReadImage(str(source))
-    assert written.GetSize() == original.GetSize()
-    np.testing.assert_allclose(written.GetSpacing(), original.GetSpacing(), rtol=1e-6)
-    np.testing.assert_allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-5)
-    np.testing.assert_allclose(written.GetDirection(), original.GetDirection(), atol=1e-6)
+    written, original = predict_on_the_same_grid(tmp_path / "model", source, target_file)
     labels = sitk.GetArrayFromImage(written)
     if "not_resampled" in name:
         np.testing.assert_array_equal(labels, box)
