@@ -81,7 +81,7 @@ def adapt_sam_state_dict(state: Mapping[str, torch.Tensor], model: MaskSAM) -> D
     target = model.state_dict()
     adapted: Dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
-        if not name.startswith(SAM_PREFIXES) or name not in target:
+        if not is_sam_weight(name) or name not in target:   # never a MaskSAM addition inside SAM
             continue
         if name == "image_encoder.pos_embed":
             tensor = _resize_abs_pos(tensor, model.config.embedding_hw)

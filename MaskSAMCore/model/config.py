@@ -159,6 +159,7 @@ class MaskSAMConfig:
         return cls(**data)
 
 
+SAM_IMAGE_SIZE = 1024   # the input size SAM was trained at (64 x 64 tokens of 16 px)
 _BACKBONES: Dict[str, SamBackboneConfig] = {
     "vit_b": SamBackboneConfig("vit_b", 768, 12, 12, (2, 5, 8, 11)),
     "vit_l": SamBackboneConfig("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
@@ -199,9 +200,11 @@ def preset(name: str, num_classes: int = 16, in_channels: int = 1,
     base.update(overrides)
     config = MaskSAMConfig(backbone=backbone, in_channels=in_channels, num_classes=num_classes,
                            num_queries=queries, **base)
-    if name != "tiny" and all(tokens % 16 == 0 for tokens in config.embedding_hw):
-        # SAM's 14-token windows tile its 64-token grid (1024 px) after padding to 70; at 512 px
-        # (32 tokens) they would pad to 42x42 = 1.7x the real tokens. 16-token windows tile the
-        # grid exactly; the window blocks' relative-position tables are resized (27 -> 31) on load.
+    native = SAM_IMAGE_SIZE // config.backbone.patch_size
+    if name != "tiny" and all(tokens % 16 == 0 and tokens < native for tokens in config.embedding_hw):
+        # At SAM's own 1024 px (64 tokens) its 14-token windows are kept, padded to 70, exactly as
+        # SAM was trained. At 512 px (32 tokens) they would pad to 42x42 = 1.7x the real tokens;
+        # 16-token windows tile the grid exactly, and the window blocks' relative-position tables
+        # are resized (27 -> 31) on load.
         config.backbone.window_size = 16
     return config
