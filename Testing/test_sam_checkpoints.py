@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from MaskSAMCore.errors import CheckpointError, DownloadError
+from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path
 from MaskSAMCore.model import sam_checkpoints
 from MaskSAMCore.model.sam_checkpoints import SamCheckpointInfo, download, load_sam_state_dict
 from MaskSAMCore.model_folder import load_checkpoint, save_checkpoint
@@ -183,7 +183,7 @@ def test_no_connection_says_why_and_how_to_get_the_file_another_way(registry, tm
         download("vit_b", cache_dir=cache, url=f"http://127.0.0.1:{port}/sam.pth", progress=False)
     message = str(error.value)
     assert "<urlopen error" not in message and "failed after 0 bytes" in message
-    assert f"download sam.pth elsewhere and put it in {cache}" in message
+    assert f"download sam.pth elsewhere and put it in {describe_path(cache)}" in message   # '~/...' under $HOME
     assert "--sam-checkpoint FILE" in message
     assert _cache_files(tmp_path) == []
 
