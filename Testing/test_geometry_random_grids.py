@@ -12,8 +12,8 @@ Tolerances, from what resampling may do: the plan's spacing `t` is isotropic; a 
 spacing is `t` on every axis is not resampled and must come back voxel for voxel. Otherwise a
 box surface may move by half a network voxel plus one input voxel (`t / 2 + max(spacing)` mm),
 and the box's centre by half a network voxel plus half an input voxel along each axis
-(`0.5 + 0.5 t / s` voxels). Over 2,000 seeds the largest errors were 79% (inside), 89%
-(outside) and 80% (centre) of these limits; a shift by one voxel where the network's voxels are
+(`0.5 + 0.5 t / s` voxels). Over 2,000 seeds the largest errors were 78% (inside), 77%
+(outside) and 84% (centre) of these limits; a shift by one voxel where the network's voxels are
 finer than the input's, a shift by a crop's width or a flipped axis exceeds them.
 """
 
