@@ -55,8 +55,8 @@ def _dataset_start(data: bytes) -> Tuple[int, Optional[str]]:
             syntax = data[value_at:value_at + length].rstrip(b"\x00 ").decode("ascii", "replace")
         position = value_at + length
     if syntax is None:
-        looks_explicit = data[position + 4:position + 6].isalpha() and data[position + 4:position + 6].isupper()
-        syntax = EXPLICIT_LITTLE if looks_explicit else IMPLICIT_LITTLE
+        vr = data[position + 4:position + 6]   # two capital letters in an explicit-VR element
+        syntax = EXPLICIT_LITTLE if vr.isalpha() and vr.isupper() else IMPLICIT_LITTLE
     return position, syntax
 
 

@@ -81,19 +81,17 @@ def metaimage_data_problem(path: Path) -> Optional[str]:
     compressed = fields.get("CompressedData", "False").lower() == "true"
     if expected is None or (compressed and len(files) > 1) or any(offset is None for _, _, offset in files):
         return None   # the header does not say how many bytes to expect, or not per file
-    if len(files) > 1 and expected % len(files) == 0:   # one slice (or block of slices) per file
-        for number, (name, data_path, offset) in enumerate(files, start=1):
-            present = data_path.stat().st_size - offset
-            if present < expected // len(files):
-                return (f"its slice file {name} ({number} of {len(files)}) is cut short: only "
-                        f"{100.0 * max(present, 0) / (expected // len(files)):.4g}% of its voxel data is there; "
-                        "copy or download it again")
-        return None
-    present = sum(max(data_path.stat().st_size - offset, 0) for _, data_path, offset in files)
-    if present >= expected:
-        return None
-    return (f"the file is cut short: only {100.0 * present / expected:.4g}% of its voxel data is there; "
-            "copy or download it again")
+    held = [max(data_path.stat().st_size - offset, 0) for _, data_path, offset in files]
+    if len(files) > 1 and expected % len(files) == 0:   # one slice (or block of slices) per file: name it
+        parts = [(f"its slice file {name} ({number} of {len(files)})", present, expected // len(files))
+                 for number, ((name, _, _), present) in enumerate(zip(files, held), start=1)]
+    else:
+        parts = [("the file", sum(held), expected)]
+    for which, present, needed in parts:
+        if present < needed:
+            return (f"{which} is cut short: only {100.0 * present / needed:.4g}% of its voxel data is there; "
+                    "copy or download it again")
+    return None
 
 
 def _metaimage_data_files(path: Path, fields: Dict[str, str]) -> List[Tuple[str, Path, Optional[int]]]:
