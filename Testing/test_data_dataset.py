@@ -200,12 +200,6 @@ def test_region_labels_are_refused(dataset):
     assert "label 'organs' is a region" in load_error(dataset)
 
 
-def test_nnunet_ignore_label_is_refused_not_learnt_as_an_organ(dataset):
-    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
-    edit_json(dataset, labels={**labels, "ignore": len(labels)})
-    assert "label 'ignore' (nnU-Net's label for unannotated voxels) is not supported" in load_error(dataset)
-
-
 def _relabel_every_case(dataset: Path, old: int, new: int) -> None:
     for label_file in sorted((dataset / "labelsTr").glob("*.nii.gz")):
         labels, geometry = read_label(label_file)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from slicer_support import add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene, oblique_grid
 
 from MaskSAMCore.errors import InputError
-from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene
+from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene, dataset_summary
 from MaskSAMSegmentLib.geometry import LpsGrid, oblique_direction
 from MaskSAMSegmentLib.segmentations import import_label_map
 
@@ -98,14 +98,26 @@ def test_existing_folder_and_bad_segment_names_are_refused_without_writing(tmp_p
 
 
 def test_a_segment_named_ignore_is_refused_before_writing(tmp_path):
-    """nnU-Net reserves the label 'ignore' and `masksam train` refuses datasets that use it: a
-    segment of that name must be refused when the dataset is built, not after it was written."""
+    """nnU-Net reserves the label 'ignore' for unannotated voxels, and `masksam train` takes it so:
+    a segment of that name (meant as a structure) must be refused when the dataset is built."""
     scene = new_scene()
     pairs, _, _ = two_cases(scene)
     rename_segments(pairs[1].segmentation, ["spleen", "Ignore"])
     with pytest.raises(InputError, match="may not be called 'Ignore'"):
         build_dataset_from_scene(pairs, tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("labels, line", [
+    ({"background": 0, "liver": 1, "spleen": 2}, "Labels: liver, spleen"),
+    ({"background": 0, "liver": 1, "ignore": 2},
+     "Labels: liver (sparse: some voxels marked 'ignore', not annotated)"),
+    ({"background": 0, "liver": 1, "organs": [1, 2]}, ""),   # a region: not a dataset to train on
+])
+def test_the_training_tab_summarises_a_dataset_folder(tmp_path, labels, line):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))
+    assert dataset_summary(str(tmp_path)) == line
+    assert dataset_summary(str(tmp_path / "absent")) == "" and dataset_summary("") == ""
 
 
 def test_a_case_failing_midway_leaves_no_dataset(tmp_path):

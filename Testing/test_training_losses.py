@@ -102,12 +102,12 @@ def test_importance_sampling_on_large_masks_is_finite_and_gives_gradients():
 def test_mask_points_uses_every_pixel_when_small_and_uncertain_points_when_large():
     pred = torch.randn(3, 8, 8)
     target = (torch.rand(3, 8, 8) > 0.5).float()
-    p, t = mask_points(pred, target, num_points=100, oversample=3, importance=0.75)
+    p, t, _ = mask_points(pred, target, num_points=100, oversample=3, importance=0.75)
     assert p.shape == (3, 64) and torch.equal(t, target.reshape(3, 64))
     # a mask that is confident on its left and right quarters only: importance points land there
     pred = torch.full((1, 64, 64), 20.0)
     pred[0, :, 16:48] = 0.0
-    p, _ = mask_points(pred, torch.ones(1, 64, 64), num_points=200, oversample=3, importance=0.75)
+    p, _, _ = mask_points(pred, torch.ones(1, 64, 64), num_points=200, oversample=3, importance=0.75)
     assert p.shape == (1, 200)
     assert (p[0, :150].abs() < 19).float().mean() > 0.9    # the 150 chosen points are uncertain
 

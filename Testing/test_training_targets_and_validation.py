@@ -87,7 +87,7 @@ def test_importance_sampled_targets_are_read_where_the_predictions_are_read():
     target[0, 10:40, 50:78] = 1.0                                      # not symmetric in x and y
     target[1, 60:90, 5:30] = 1.0
     pred = 20.0 * target - 10.0
-    p, t = mask_points(pred, target, num_points=500, oversample=2.0, importance=0.75)
+    p, t, _ = mask_points(pred, target, num_points=500, oversample=2.0, importance=0.75)
     assert p.shape == t.shape == (2, 500)
     torch.testing.assert_close(p, 20.0 * t - 10.0, atol=1e-4, rtol=0)
     assert 0 < float(t.mean()) < 1                                     # both sides of the edges seen

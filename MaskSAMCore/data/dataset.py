@@ -47,7 +47,7 @@ class RawDataset:
 
     root: Path
     name: str
-    labels: Dict[str, int]                 # name -> value, ordered by value, background = 0
+    labels: Dict[str, int]                 # class name -> value, ordered by value, background = 0
     channel_names: Dict[str, str]          # "0" -> "CT", ...
     file_ending: str
     num_training: int
@@ -55,6 +55,7 @@ class RawDataset:
     test_cases: List[RawCase] = field(default_factory=list)
     geometries: Dict[str, ImageGeometry] = field(default_factory=dict)  # per training case, when checked
     metadata: Dict[str, object] = field(default_factory=dict)           # dataset.json as read
+    ignore_label: Optional[int] = None     # value of unannotated voxels (nnU-Net's "ignore"), not a class
 
     @property
     def class_names(self) -> List[str]:
@@ -116,7 +117,7 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
     dataset = RawDataset(
         root=root, name=str(meta.get("name") or root.name), labels=labels, channel_names=channel_names,
         file_ending=file_ending, num_training=num_training, training_cases=training, test_cases=test,
-        metadata=meta,
+        metadata=meta, ignore_label=description.ignore_label,
     )
     if check_images:
         check_case_files(dataset, progress=progress, warn=progress if warn is None else warn)
@@ -126,7 +127,7 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
 def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = True) -> None:
     """Open every training case and check images and labels (see module docstring); fills
     `dataset.geometries`. Raises `DatasetError` for the first broken case."""
-    allowed = set(dataset.labels.values())
+    allowed = set(dataset.labels.values()) | ({dataset.ignore_label} if dataset.ignore_label is not None else set())
     present: Set[int] = set()
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
     misplaced: List[Tuple[str, str]] = []   # (case, why other programs place its image elsewhere)
@@ -148,7 +149,7 @@ def _check_labels_present(dataset: RawDataset, present: Set[int], warn: bool) ->
     """Refuse label maps without any foreground: training would run for hours and learn to
     predict background everywhere. Warn about declared labels no case holds: the model keeps an
     output for them but can never learn it."""
-    if not present - {0}:
+    if not present - {0, dataset.ignore_label}:
         raise DatasetError(f"{describe_path(dataset.root)}: no label map in labelsTr holds any structure "
                            "(every voxel is background 0); there is nothing to learn")
     absent = [f"'{name}' ({value})" for name, value in dataset.labels.items() if value and value not in present]

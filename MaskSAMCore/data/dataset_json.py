@@ -3,7 +3,11 @@
 
 Beyond nnU-Net's own checks: a key given twice in one object is refused (JSON would keep the
 last), a byte order mark is accepted (Windows editors write one), nnU-Net v1 files get the steps
-to v2, and region labels and the ``ignore`` label are refused rather than misread.
+to v2, and region labels are refused rather than misread.
+
+nnU-Net v2's ``ignore`` label (voxels left unannotated, for sparsely annotated datasets) is not a
+class: it must be the highest value, one above the last class (nnU-Net's rule), and is returned
+apart from the classes, which stay 0..K-1 (the network predicts K classes, never "ignore").
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from MaskSAMCore.errors import DatasetError, describe_path
 
 DATASET_JSON = "dataset.json"
+IGNORE_LABEL = "ignore"   # nnU-Net v2's name for the label of unannotated voxels
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
 
@@ -24,7 +29,8 @@ REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 class DatasetDescription:
     """What dataset.json says, checked."""
 
-    labels: Dict[str, int]          # name -> value, ordered by value, background = 0
+    labels: Dict[str, int]          # class name -> value, ordered by value, background = 0
+    ignore_label: Optional[int]     # the value of unannotated voxels (nnU-Net's "ignore"), or None
     channel_names: Dict[str, str]   # "0" -> "CT", ...
     file_ending: str                # ".nii.gz", ...
     num_training: int
@@ -37,7 +43,8 @@ def read_dataset_json(root: Path) -> DatasetDescription:
     num_training = meta["numTraining"]
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
         raise DatasetError(f"{_json_where(root)}: numTraining must be a whole number, not {num_training!r}")
-    return DatasetDescription(labels=_parse_labels(meta, root), channel_names=_parse_channel_names(meta, root),
+    labels, ignore_label = _parse_labels(meta, root)
+    return DatasetDescription(labels=labels, ignore_label=ignore_label, channel_names=_parse_channel_names(meta, root),
                               file_ending=_parse_file_ending(meta, root), num_training=num_training,
                               metadata=meta)
 
@@ -91,7 +98,8 @@ def _v1_hint(meta: dict) -> str:
             "(nnUNetv2_convert_old_nnUNet_dataset converts a whole v1 dataset)")
 
 
-def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
+def _parse_labels(meta: dict, root: Path) -> Tuple[Dict[str, int], Optional[int]]:
+    """(class name -> value ordered by value, the ignore label's value or None)."""
     where = _json_where(root)
     raw = meta["labels"]
     if not isinstance(raw, dict) or not raw:
@@ -105,12 +113,13 @@ def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
         if not name.strip():
             raise DatasetError(f"{where}: label value {value} has an empty name; every label needs one "
                                "(it names the segment and the output class)")
-    if "ignore" in raw:
-        # nnU-Net v2 reserves this name for voxels left unannotated; taken as a class it would be
-        # learnt and predicted as an organ called "ignore", so it is refused rather than misread.
-        raise DatasetError(f"{where}: label 'ignore' (nnU-Net's label for unannotated voxels) is not "
-                           "supported; MaskSAM trains on fully annotated cases: give those voxels a "
-                           "class or background and remove 'ignore' from labels")
+    ignore_label = raw.get(IGNORE_LABEL)
+    if ignore_label is not None:
+        highest = max(value for name, value in raw.items() if name != IGNORE_LABEL)
+        if ignore_label != highest + 1:
+            raise DatasetError(f"{where}: label 'ignore' (unannotated voxels) must have the highest value, "
+                               f"one above the last class ({highest + 1}), not {ignore_label}")
+        raw = {name: value for name, value in raw.items() if name != IGNORE_LABEL}
     by_value = sorted(raw.items(), key=lambda item: item[1])
     values = [value for _, value in by_value]
     if len(set(values)) != len(values):
@@ -122,7 +131,7 @@ def _parse_labels(meta: dict, root: Path) -> Dict[str, int]:
         raise DatasetError(f"{where}: label values must be consecutive 0..{len(values) - 1}, got {values}")
     if len(values) < 2:
         raise DatasetError(f"{where}: labels need at least one structure besides background")
-    return dict(by_value)
+    return dict(by_value), ignore_label
 
 
 def _parse_channel_names(meta: dict, root: Path) -> Dict[str, str]:

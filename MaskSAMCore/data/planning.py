@@ -27,7 +27,7 @@ Rules follow nnU-Net v2's "3d_fullres" planner so that results on public dataset
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -80,6 +80,8 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
         "dataset_name": dataset.name,
         "labels": dict(dataset.labels),
         "num_classes": dataset.num_classes,
+        # only sparsely annotated datasets have the key, so every other plan stays as it was
+        **({"ignore_label": dataset.ignore_label} if dataset.ignore_label is not None else {}),
         "channel_names": dict(dataset.channel_names),
         "modality": dataset.modality,
         "file_ending": dataset.file_ending,
@@ -166,7 +168,7 @@ def dataset_fingerprint(dataset: RawDataset, progress: bool = True, reorient_to_
         kept.append(float(np.prod(shape)) / float(np.prod(image.shape[1:])))
         # A fixed seed per case makes the plan reproducible.
         rng = np.random.default_rng([20240611, number])
-        fg_index = np.flatnonzero(label.ravel() > 0)
+        fg_index = np.flatnonzero(foreground_mask(label, dataset.ignore_label).ravel())
         fg_index = _subsample(fg_index, rng)
         all_index = _subsample(np.arange(label.size), rng, FOREGROUND_SAMPLES_PER_CASE // 10)
         for c in range(channels):
@@ -182,6 +184,14 @@ def dataset_fingerprint(dataset: RawDataset, progress: bool = True, reorient_to_
         "foreground": [np.concatenate(parts) for parts in foreground],
         "all_voxels": [np.concatenate(parts) for parts in everything],
     }
+
+
+def foreground_mask(labels: np.ndarray, ignore_label: Optional[int]) -> np.ndarray:
+    """Voxels of a structure: neither background (0) nor unannotated (`ignore_label`)."""
+    mask = labels > 0
+    if ignore_label is not None:
+        mask &= labels != ignore_label
+    return mask
 
 
 def _subsample(index: np.ndarray, rng: np.random.Generator, limit: int = FOREGROUND_SAMPLES_PER_CASE) -> np.ndarray:

@@ -15,7 +15,7 @@ import zlib
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -132,19 +132,21 @@ def preprocess_one(name: str, image_files: Sequence[Path], label_file: Any, plan
     properties["plan_hash"] = digest
     properties["sources"] = source_stamps(RawCase(name, tuple(Path(p) for p in image_files),
                                                   Path(label_file) if label_file else None))
-    locations = class_locations(seg, seed=zlib.crc32(name.encode("utf-8")))
+    locations = class_locations(seg, seed=zlib.crc32(name.encode("utf-8")), ignore_label=plan.get("ignore_label"))
     save_case(out_dir, name, data, seg, locations, properties)
     return name
 
 
-def class_locations(seg: np.ndarray, seed: int, limit: int = MAX_LOCATIONS_PER_CLASS) -> np.ndarray:
+def class_locations(seg: np.ndarray, seed: int, limit: int = MAX_LOCATIONS_PER_CLASS,
+                    ignore_label: Optional[int] = None) -> np.ndarray:
     """Up to `limit` random voxels of each foreground class in `seg` (T, H, W), as rows
-    (class, t, h, w) of an (M, 4) int32 array."""
+    (class, t, h, w) of an (M, 4) int32 array. Unannotated voxels (`ignore_label`) are not a
+    class: foreground oversampling centres patches on structures only."""
     rng = np.random.default_rng(seed)
     flat = seg.ravel()
     rows = [np.zeros((0, 4), dtype=np.int32)]
     for value in np.unique(flat):
-        if value <= 0:
+        if value <= 0 or value == ignore_label:
             continue
         index = np.flatnonzero(flat == value)
         if index.size > limit:

@@ -49,6 +49,8 @@ def plan_hash(plan: Dict[str, Any]) -> str:
     relevant = {key: plan.get(key) for key in _PLAN_KEYS_FOR_HASH}
     if plan.get("reorient_to_lps"):   # only then: the cached cases of plans made before it stay valid
         relevant["reorient_to_lps"] = True
+    if plan.get("ignore_label") is not None:   # foreground locations leave unannotated voxels out
+        relevant["ignore_label"] = plan["ignore_label"]
     relevant["preprocessing_version"] = PREPROCESSING_VERSION
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -4,8 +4,8 @@ Where a patch goes follows nnU-Net: a random position where the patch overlaps t
 (along an axis where the volume is smaller than the patch, the volume is centred in it), or, for a
 patch forced to contain foreground, centred on a random voxel of a random foreground class present
 in the case (from the stored class locations). Outside the volume, images are padded with 0 (the
-normalised mean, what the sliding-window predictor pads with too) and labels with 0 (background),
-so the trainer never sees a special "ignore" value.
+normalised mean, what the sliding-window predictor pads with too) and labels with 0 (background,
+as the predictor's padding is: the model learns that what lies outside a scan is no structure).
 
 Only the region a patch needs is read from the memory map, so a patch costs the same whatever
 the size of the case.

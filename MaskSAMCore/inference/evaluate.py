@@ -20,13 +20,13 @@ import numpy as np
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import read_label
+from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_ending
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import Progress, emit
 
-IGNORE_LABEL = "ignore"   # nnU-Net v2's name for the label of unannotated voxels
 
 CONVENTIONS = {
     "dice": "2|P&G|/(|P|+|G|); null when both are empty (left out of means); 0 when exactly one is empty",

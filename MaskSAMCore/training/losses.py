@@ -11,12 +11,22 @@ Given the Hungarian matching of queries to the targets of each slice:
 
 Mask and box terms are summed over matched pairs and divided by the number of targets in the
 batch, averaged over DDP ranks (so every rank uses the same normaliser, as in DETR).
+
+Unannotated voxels (nnU-Net's ``ignore`` label; the paper assumes full annotation, so these rules
+are this project's, following what each term can know):
+
+- masks are judged on annotated pixels only (BCE and Dice weighted by `SliceTargets.annotated`);
+- "no object" says a slice holds nothing more, which only a fully annotated slice can say: in a
+  partly annotated slice only the matched queries get a class loss, in a slice without any
+  annotated pixel no query does;
+- a box drawn around the annotated part of a structure may be too small: boxes are learnt from
+  fully annotated slices only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,17 +50,24 @@ class LossResult:
     num_targets: int = 0
 
 
-def dice_loss(pred_logits: Tensor, target: Tensor) -> Tensor:
-    """Per-mask Dice loss (M,) of logits (M, P) against binary targets (M, P), smoothed by 1."""
+def dice_loss(pred_logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """Per-mask Dice loss (M,) of logits (M, P) against binary targets (M, P), smoothed by 1;
+    with `weight` (M, P) each point counts by its weight (0: not at all)."""
     prob = pred_logits.sigmoid()
+    if weight is not None:
+        prob, target = prob * weight, target * weight
     numerator = 2 * (prob * target).sum(-1)
     denominator = prob.sum(-1) + target.sum(-1)
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-def bce_loss(pred_logits: Tensor, target: Tensor) -> Tensor:
-    """Per-mask mean binary cross-entropy (M,) of logits (M, P) against targets (M, P)."""
-    return F.binary_cross_entropy_with_logits(pred_logits, target, reduction="none").mean(-1)
+def bce_loss(pred_logits: Tensor, target: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """Per-mask mean binary cross-entropy (M,) of logits (M, P) against targets (M, P); with
+    `weight` (M, P) the weighted mean (0 for a mask without weight)."""
+    loss = F.binary_cross_entropy_with_logits(pred_logits, target, reduction="none")
+    if weight is None:
+        return loss.mean(-1)
+    return (loss * weight).sum(-1) / weight.sum(-1).clamp(min=1e-6)
 
 
 class MaskSAMLoss:
@@ -66,12 +83,14 @@ class MaskSAMLoss:
         across_ranks: normalise by the number of targets averaged over DDP ranks (training, where
             every rank computes the loss); False for a loss computed on one rank only (validation),
             which must not wait for the others.
+        ignore_label: the label value of unannotated voxels (K), or None (fully annotated data).
     """
 
     def __init__(self, num_classes: int, weights: LossWeights = LossWeights(),
                  num_points: int = 112 * 112, oversample: float = 2.0, importance: float = 0.75,
-                 across_ranks: bool = True) -> None:
+                 across_ranks: bool = True, ignore_label: Optional[int] = None) -> None:
         self.num_classes = num_classes
+        self.ignore_label = ignore_label
         self.across_ranks = across_ranks
         self.weights = weights
         self.num_points = num_points
@@ -87,7 +106,7 @@ class MaskSAMLoss:
 
     def __call__(self, output: Any, seg: Tensor) -> LossResult:
         """Loss of a `MaskSAMOutput` against label patches seg (B, T, H, W)."""
-        targets = build_targets(seg.to(output.mask_logits.device), self.num_classes)
+        targets = build_targets(seg.to(output.mask_logits.device), self.num_classes, self.ignore_label)
         predictions = SlicePredictions.from_output(output)
         matches = self.matcher(predictions, targets)
         return self.loss(predictions, targets, matches)
@@ -99,15 +118,16 @@ class MaskSAMLoss:
         normaliser = (mean_across_ranks(count) if self.across_ranks else count).clamp(min=1.0)
 
         terms: Dict[str, Tensor] = {}
-        terms["cls"] = self._class_loss(predictions.class_logits, matches)
+        terms["cls"] = self._class_loss(predictions.class_logits, targets, matches)
         gt_masks = targets.masks(matches.slice_index, matches.class_index)
+        annotated = None if targets.annotated is None else targets.annotated[matches.slice_index.to(targets.labels.device)]
         terms["mask_bce"], terms["mask_dice"] = self._mask_losses(
-            predictions.mask_logits, gt_masks, matches, normaliser)
+            predictions.mask_logits, gt_masks, annotated, matches, normaliser)
         total = (w.cls * terms["cls"] + w.mask_bce * terms["mask_bce"]
                  + w.mask_dice * terms["mask_dice"])
         if predictions.aux_mask_logits is not None:
             terms["aux_bce"], terms["aux_dice"] = self._mask_losses(
-                predictions.aux_mask_logits, gt_masks, matches, normaliser)
+                predictions.aux_mask_logits, gt_masks, annotated, matches, normaliser)
             total = total + w.aux_mask_bce * terms["aux_bce"] + w.aux_mask_dice * terms["aux_dice"]
         if predictions.boxes is not None:
             terms["box_l1"], terms["box_giou"] = self._box_losses(
@@ -117,27 +137,34 @@ class MaskSAMLoss:
         values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
         return LossResult(total=total, terms=dict(zip(terms.keys(), values)), num_targets=len(matches))
 
-    def _class_loss(self, class_logits: Tensor, matches: Matches) -> Tensor:
-        """Weighted-mean CE over all S * N queries; unmatched queries target "no object" (K)."""
+    def _class_loss(self, class_logits: Tensor, targets: SliceTargets, matches: Matches) -> Tensor:
+        """Weighted-mean CE over the S * N queries that may be judged (all of them when every
+        pixel is annotated); unmatched queries target "no object" (K)."""
         num_slices, num_queries, _ = class_logits.shape
-        target = torch.full((num_slices, num_queries), self.num_classes, dtype=torch.long,
-                            device=class_logits.device)
+        device = class_logits.device
+        target = torch.full((num_slices, num_queries), self.num_classes, dtype=torch.long, device=device)
         target[matches.slice_index, matches.query_index] = matches.class_index
-        return F.cross_entropy(class_logits.float().reshape(-1, self.num_classes + 1),
-                               target.reshape(-1), weight=self.class_weights(class_logits.device))
+        judged = targets.fully_annotated().to(device).view(-1, 1).expand(num_slices, num_queries).clone()
+        judged[matches.slice_index, matches.query_index] = True
+        weight = self.class_weights(device)[target] * judged   # (S, N)
+        loss = F.cross_entropy(class_logits.float().reshape(-1, self.num_classes + 1), target.reshape(-1),
+                               reduction="none")
+        # F.cross_entropy's weighted mean, over the judged queries only (0 if there are none)
+        return (loss * weight.reshape(-1)).sum() / weight.sum().clamp(min=1e-6)
 
-    def _mask_losses(self, mask_logits: Tensor, gt_masks: Tensor, matches: Matches,
-                     normaliser: Tensor) -> Tuple[Tensor, Tensor]:
-        """(BCE, Dice) summed over matched masks / normaliser; zero (with graph) if none."""
+    def _mask_losses(self, mask_logits: Tensor, gt_masks: Tensor, annotated: Optional[Tensor],
+                     matches: Matches, normaliser: Tensor) -> Tuple[Tensor, Tensor]:
+        """(BCE, Dice) summed over matched masks / normaliser; zero (with graph) if none.
+        annotated: (M, H, W) bool of each match's slice, or None when every pixel is annotated."""
         if len(matches) == 0:
             zero = mask_logits.sum() * 0.0
             return zero, zero
         pred = select_masks(mask_logits, matches.slice_index, matches.query_index)
-        pred_points, gt_points = mask_points(pred, gt_masks, self.num_points, self.oversample,
-                                             self.importance)
+        pred_points, gt_points, weight = mask_points(pred, gt_masks, self.num_points, self.oversample,
+                                                     self.importance, annotated)
         pred_points = pred_points.float()
-        return (bce_loss(pred_points, gt_points).sum() / normaliser,
-                dice_loss(pred_points, gt_points).sum() / normaliser)
+        return (bce_loss(pred_points, gt_points, weight).sum() / normaliser,
+                dice_loss(pred_points, gt_points, weight).sum() / normaliser)
 
     def _box_losses(self, boxes: Tensor, targets: SliceTargets, matches: Matches,
                     normaliser: Tensor) -> Tuple[Tensor, Tensor]:
@@ -147,9 +174,10 @@ class MaskSAMLoss:
             return zero, zero
         pred = boxes[matches.slice_index, matches.query_index].float()
         gt = targets.boxes[matches.slice_index, matches.class_index].float()
+        learnt = targets.fully_annotated().to(boxes.device)[matches.slice_index].float()  # (M,)
         # L1 on the corners (the paper names no box format; DETR uses centre/size): the corners
         # are what SAM's box prompt takes, and each is penalised on its own.
-        l1 = (pred - gt).abs().sum() / normaliser
-        giou = (1 - generalized_box_iou(pred, gt)).sum() / normaliser
+        l1 = ((pred - gt).abs().sum(-1) * learnt).sum() / normaliser
+        giou = ((1 - generalized_box_iou(pred, gt)) * learnt).sum() / normaliser
         return l1, giou
 

@@ -8,7 +8,8 @@ The cost of pairing query i with target j is
   + w_bce * BCE(mask_i, m_j) + w_dice * Dice(mask_i, m_j)
 
 with the mask terms evaluated at P random pixels shared by predictions and targets (Mask2Former;
-all pixels when a slice has fewer than P). Terms whose prediction is absent (ablation prompt
+all pixels when a slice has fewer than P), of which unannotated ones (the ``ignore`` label) count
+for nothing. Terms whose prediction is absent (ablation prompt
 modes) are dropped. Because a slice holds each class at most once, the costs are computed for all
 K classes of all S slices at once with batched matrix products, moved to the host in one
 transfer, and each slice's Hungarian problem uses the columns of the classes it contains.
@@ -17,7 +18,7 @@ transfer, and each slice's Hungarian problem uses the columns of the classes it 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,24 +60,29 @@ def optimal_assignment(cost: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return rows[order], cols[order]
 
 
-def pairwise_mask_costs(pred_logits: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+def pairwise_mask_costs(pred_logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
+                        ) -> Tuple[Tensor, Tensor]:
     """Mean BCE and Dice loss between every prediction and every target at shared points.
 
     Args:
         pred_logits: (S, N, P) mask logits.
         target: (S, K, P) binary {0, 1} float targets.
+        weight: (S, P) weight of each point (0 at unannotated pixels), or None (all 1).
 
     Returns:
         (bce, dice), each (S, N, K).
     """
     pred_logits = pred_logits.float()
-    target = target.float()
-    points = pred_logits.shape[-1]
+    if weight is None:
+        weight = torch.ones(pred_logits.shape[0], pred_logits.shape[-1], device=pred_logits.device)
+    weight = weight.float().unsqueeze(1)  # (S, 1, P)
+    target = target.float() * weight
+    points = weight.sum(-1, keepdim=True).clamp(min=1.0)  # (S, 1, 1)
     # BCE(x, t) = t * softplus(-x) + (1 - t) * softplus(x) = softplus(x) - t * x, so the sum over
     # points is a row sum minus one matrix product.
-    bce = (F.softplus(pred_logits).sum(-1).unsqueeze(-1)
+    bce = ((F.softplus(pred_logits) * weight).sum(-1).unsqueeze(-1)
            - torch.bmm(pred_logits, target.transpose(1, 2))) / points
-    prob = pred_logits.sigmoid()
+    prob = pred_logits.sigmoid() * weight
     numerator = 2 * torch.bmm(prob, target.transpose(1, 2))
     denominator = prob.sum(-1).unsqueeze(-1) + target.sum(-1).unsqueeze(-2)
     dice = 1 - (numerator + 1) / (denominator + 1)
@@ -117,11 +123,13 @@ class HungarianMatcher:
         pixels = self.sample_pixels(num_slices, height, width, device)
         target_points = (torch.gather(targets.labels.reshape(num_slices, -1), 1, pixels)
                          .unsqueeze(1) == classes.view(1, -1, 1)).float()  # (S, K, P)
-        bce, dice = pairwise_mask_costs(masks_at_pixels(predictions.mask_logits, pixels), target_points)
+        weight = (None if targets.annotated is None
+                  else torch.gather(targets.annotated.reshape(num_slices, -1), 1, pixels))  # (S, P)
+        bce, dice = pairwise_mask_costs(masks_at_pixels(predictions.mask_logits, pixels), target_points, weight)
         cost = cost + w.mask_bce * bce + w.mask_dice * dice
         if predictions.aux_mask_logits is not None:
             bce, dice = pairwise_mask_costs(masks_at_pixels(predictions.aux_mask_logits, pixels),
-                                            target_points)
+                                            target_points, weight)
             cost = cost + w.aux_mask_bce * bce + w.aux_mask_dice * dice
         if predictions.boxes is not None:
             pred_boxes = predictions.boxes.float()

@@ -9,7 +9,7 @@ coordinates; values are read with bilinear interpolation, for predictions and ta
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,19 +51,24 @@ def uncertain_point_coords(logits: Tensor, num_points: int, oversample: float,
 
 
 def mask_points(pred_logits: Tensor, target: Tensor, num_points: int, oversample: float,
-                importance: float) -> Tuple[Tensor, Tensor]:
-    """Prediction logits and target values at the points where the mask loss is evaluated.
+                importance: float, annotated: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Prediction logits, target values and point weights where the mask loss is evaluated.
 
     Args:
         pred_logits: (M, H, W) matched mask logits.
         target: (M, H, W) binary float masks.
+        annotated: (M, H, W) bool, False at unannotated pixels, or None (all annotated).
 
     Returns:
-        (pred (M, P'), target (M, P')): every pixel when H * W <= num_points, else P'= P
-        importance-sampled points.
+        (pred (M, P'), target (M, P'), weight (M, P') or None): every pixel when
+        H * W <= num_points, else P' = P importance-sampled points; the weight is the annotated
+        fraction at each point (0 or 1 at a pixel, in between at a sampled point on an edge).
     """
     m, height, width = pred_logits.shape
     if height * width <= num_points:
-        return pred_logits.reshape(m, -1).float(), target.reshape(m, -1).float()
+        weight = None if annotated is None else annotated.reshape(m, -1).float()
+        return pred_logits.reshape(m, -1).float(), target.reshape(m, -1).float(), weight
     coords = uncertain_point_coords(pred_logits.detach(), num_points, oversample, importance)
-    return point_sample(pred_logits, coords), point_sample(target, coords)
+    weight = None if annotated is None else point_sample(annotated.float(), coords)
+    return point_sample(pred_logits, coords), point_sample(target, coords), weight

@@ -163,10 +163,12 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
     sam.state = None  # the weights now live in the model
     torch.manual_seed(settings.seed + 1 + context.rank)  # then each rank its own random stream
     class_names = dataset.class_names
+    ignore_label = plan.get("ignore_label")
     # validation runs on rank 0 alone: its loss must not wait for the other ranks
-    criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points, across_ranks=False)
+    criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points, across_ranks=False,
+                            ignore_label=ignore_label)
     validator = Validator(load_validation_cases(preprocessed, val_names) if main else [],
-                          plan["patch_size"], class_names, criterion, device)
+                          plan["patch_size"], class_names, criterion, device, ignore_label=ignore_label)
     batches = make_batch_source(preprocessed, train_names, plan, settings, context, device.type,
                                 num_workers=_workers(args, default=None))
 
@@ -174,7 +176,7 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
         write_model_json(model_dir, model_description(dataset, run, trainer.summary()))
 
     trainer = Trainer(model, settings, batches, validator, str(model_dir), class_names, device,
-                      context, on_epoch_end=describe)
+                      context, on_epoch_end=describe, ignore_label=ignore_label)
     if run.resume_payload is not None:
         trainer.restore(run.resume_payload)
         run.resume_payload = None
@@ -318,6 +320,13 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     if folder.labels != dict(dataset.labels):
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other labels than "
                                f"{describe_path(dataset.root)} has")
+    if folder.plan.get("ignore_label") != dataset.ignore_label:
+        # the run's loss judges every voxel, or leaves the ignore label's out: it cannot switch
+        raise ModelFolderError(f"{describe_path(model_dir)} was trained "
+                               f"{'with' if folder.plan.get('ignore_label') is not None else 'without'} an 'ignore' "
+                               f"label (unannotated voxels), {describe_path(dataset.root)}'s dataset.json "
+                               f"{'has none' if dataset.ignore_label is None else 'has one'}; resume with the "
+                               "dataset.json the run started with, or train a new model folder")
     if folder.channel_names != dict(dataset.channel_names):
         # the stored plan normalises the stored channels; another set would fail in preprocessing
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other image channels "

@@ -12,12 +12,17 @@ and builds masks on demand for the (slice, class) pairs that are needed, which m
 real patch size (16 slices x 16 classes x 512 x 512 would be 268 MB of float masks per step).
 Everything is vectorised over slices and classes; the only device->host transfer is the small
 ``(S, K)`` presence table.
+
+Sparsely annotated datasets (nnU-Net's ``ignore`` label, value K) mark voxels nobody labelled.
+They belong to no class: a slice's target set is the classes seen in its annotated voxels, and
+`annotated` tells the losses which pixels they may judge (the paper assumes full annotation and
+says nothing on this; the rules are in `MaskSAMCore.training.losses`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -58,6 +63,8 @@ class SliceTargets:
         classes: S CPU int64 tensors, the classes present in each slice in increasing order
             (the target set of that slice, M_s = len(classes[s])).
         num_classes: K.
+        annotated: (S, H, W) bool, False at unannotated voxels; None when every voxel of the
+            batch is annotated.
     """
 
     labels: Tensor
@@ -65,6 +72,19 @@ class SliceTargets:
     boxes: Tensor
     classes: List[Tensor]
     num_classes: int
+    annotated: Optional[Tensor] = None
+
+    def fully_annotated(self) -> Tensor:
+        """(S,) bool: every pixel of slice s is annotated."""
+        if self.annotated is None:
+            return torch.ones(self.num_slices, dtype=torch.bool, device=self.labels.device)
+        return self.annotated.flatten(1).all(1)
+
+    def partly_annotated(self) -> Tensor:
+        """(S,) bool: at least one pixel of slice s is annotated."""
+        if self.annotated is None:
+            return torch.ones(self.num_slices, dtype=torch.bool, device=self.labels.device)
+        return self.annotated.flatten(1).any(1)
 
     @property
     def num_slices(self) -> int:
@@ -91,25 +111,33 @@ class SliceTargets:
         return self.boxes[s, self.classes[s].to(self.boxes.device)]
 
 
-def build_targets(seg: Tensor, num_classes: int) -> SliceTargets:
+def build_targets(seg: Tensor, num_classes: int, ignore_label: Optional[int] = None) -> SliceTargets:
     """Map a label patch to per-slice target sets.
 
     Args:
-        seg: (B, T, H, W) integer labels in [0, num_classes) (any integer dtype, any device).
+        seg: (B, T, H, W) integer labels in [0, num_classes), or `ignore_label` at unannotated
+            voxels (any integer dtype, any device).
         num_classes: K, background included.
+        ignore_label: the value of unannotated voxels (K), or None for fully annotated data.
 
     Raises:
-        ValueError: when a label value is outside [0, num_classes) (the data layer checks
-            datasets against dataset.json, so this is a programming error, not user input).
+        ValueError: when a label value is outside [0, num_classes) and not `ignore_label` (the
+            data layer checks datasets against dataset.json, so this is a programming error, not
+            user input).
     """
     if seg.dim() != 4:
         raise ValueError(f"label patch must be (B, T, H, W), got shape {tuple(seg.shape)}")
     labels = seg.reshape(-1, seg.shape[-2], seg.shape[-1]).long()
-    low, high = int(labels.min()), int(labels.max())
+    annotated = None if ignore_label is None else labels != ignore_label
+    checked = labels if annotated is None else labels.masked_fill(~annotated, 0)
+    low, high = int(checked.min()), int(checked.max())
     if low < 0 or high >= num_classes:
         raise ValueError(f"label values must be in [0, {num_classes}), found [{low}, {high}]")
+    if annotated is not None and bool(annotated.all()):
+        annotated = None   # the common case of a patch without unannotated voxels costs nothing more
+    # unannotated voxels equal no class value, so they fall in no class's mask, presence or box
     present, boxes = class_presence_and_boxes(labels, num_classes)
     present_cpu = present.cpu()
     classes = [torch.nonzero(row, as_tuple=False).flatten() for row in present_cpu]
     return SliceTargets(labels=labels, present=present, boxes=boxes, classes=classes,
-                        num_classes=num_classes)
+                        num_classes=num_classes, annotated=annotated)

@@ -65,12 +65,14 @@ class Trainer:
         device: the training device of this rank.
         context: the DDP context (single process by default).
         on_epoch_end: called on rank 0 after each epoch's files are written (e.g. model.json).
+        ignore_label: the label value of unannotated voxels (sparse annotations), or None.
     """
 
     def __init__(self, model: nn.Module, settings: TrainSettings, batches: BatchSource,
                  validator: Optional[Validator], model_dir: str, class_names: Sequence[str],
                  device: torch.device, context: DistributedContext = DistributedContext(),
-                 on_epoch_end: Optional[Callable[["Trainer"], None]] = None) -> None:
+                 on_epoch_end: Optional[Callable[["Trainer"], None]] = None,
+                 ignore_label: Optional[int] = None) -> None:
         self.model = model.to(device)
         self.settings = settings
         self.batches = batches
@@ -87,7 +89,8 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 # ablation prompt modes leave some trainable layers without gradient
                 find_unused_parameters=prompt_mode != "mask_avg_box")
-        self.criterion = MaskSAMLoss(len(self.class_names), settings.loss_weights, settings.num_points)
+        self.criterion = MaskSAMLoss(len(self.class_names), settings.loss_weights, settings.num_points,
+                                     ignore_label=ignore_label)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.trainable, settings.optimizer, settings.lr)
         self.amp_dtype = autocast_dtype(device, settings.amp)

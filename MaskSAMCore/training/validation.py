@@ -9,7 +9,7 @@ loss of each window gives the validation loss for free.
 Dice is nnU-Net's pseudo-Dice: true/false positives and false negatives of each foreground class
 are summed over all validated cases before the ratio is taken, so small cases do not dominate.
 A class that is absent from every validated case and never predicted has Dice NaN and is left
-out of the mean.
+out of the mean. Unannotated voxels (the ``ignore`` label) are left out of the counts.
 """
 
 from __future__ import annotations
@@ -75,17 +75,19 @@ class Validator:
         criterion: the training loss (for the validation loss).
         device: where the model runs.
         window_batch: windows per forward pass.
+        ignore_label: the label value of unannotated voxels, or None.
     """
 
     def __init__(self, cases: Sequence[ValidationCase], patch_size: Sequence[int],
                  class_names: Sequence[str], criterion: MaskSAMLoss, device: torch.device,
-                 window_batch: int = 4) -> None:
+                 window_batch: int = 4, ignore_label: Optional[int] = None) -> None:
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.class_names = list(class_names)
         self.criterion = criterion
         self.device = device
         self.window_batch = window_batch
+        self.ignore_label = ignore_label
 
     def select(self, epoch: int, max_cases: Optional[int]) -> List[ValidationCase]:
         """All cases, or `max_cases` of them rotating with the epoch (every case gets its turn)."""
@@ -110,7 +112,7 @@ class Validator:
             for case in cases:
                 prediction, case_losses = self.predict_case(model, case, autocast_dtype)
                 losses.extend(case_losses)
-                counts += confusion_counts(prediction, case.labels, num_classes)
+                counts += confusion_counts(prediction, case.labels, num_classes, self.ignore_label)
                 if bar is not None:
                     bar.set_postfix(case.name)
                     bar.advance()
@@ -153,10 +155,15 @@ class Validator:
         return prediction[: shape[0], : shape[1], : shape[2]], losses
 
 
-def confusion_counts(prediction: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(3, K) true positives, false positives and false negatives per class."""
+def confusion_counts(prediction: np.ndarray, labels: np.ndarray, num_classes: int,
+                     ignore_label: Optional[int] = None) -> np.ndarray:
+    """(3, K) true positives, false positives and false negatives per class, over the annotated
+    voxels (those not `ignore_label`)."""
     prediction = prediction.astype(np.int64).ravel()
     labels = labels.astype(np.int64).ravel()
+    if ignore_label is not None:
+        annotated = labels != ignore_label
+        prediction, labels = prediction[annotated], labels[annotated]
     joint = np.bincount(labels * num_classes + prediction, minlength=num_classes * num_classes)
     confusion = joint.reshape(num_classes, num_classes)  # [true, predicted]
     tp = np.diag(confusion)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from MaskSAMCore.atomic import write_json
+from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.errors import InputError, describe_path
 from MaskSAMSegmentLib.image_files import write_array_image
 from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
@@ -35,9 +36,9 @@ FILE_ENDINGS = (".nii.gz", ".nrrd")
 # segment drawn on another grid changes its volume by far less).
 MINIMUM_SHARE_ON_VOLUME = 0.5
 # Label names a segment may not take, and why: `masksam train` gives them a meaning of their own
-# (nnU-Net's "ignore" marks unannotated voxels, which MaskSAM refuses).
+# (nnU-Net's "ignore" marks unannotated voxels, which training leaves out rather than learns).
 RESERVED_LABELS = {"background": "value 0 is the background",
-                   "ignore": "nnU-Net's name for unannotated voxels, which training refuses"}
+                   "ignore": "nnU-Net's name for unannotated voxels, which training does not learn as a structure"}
 
 
 @dataclass
@@ -258,5 +259,7 @@ def dataset_summary(dataset_dir: str) -> str:
         labels = read_dataset_labels(dataset_dir)
     except InputError:
         return ""
-    names = [name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value]
-    return f"Labels: {', '.join(names)}" if names else ""
+    names = [name for name, value in sorted(labels.items(), key=lambda item: item[1])
+             if value and name != IGNORE_LABEL]
+    sparse = " (sparse: some voxels marked 'ignore', not annotated)" if IGNORE_LABEL in labels else ""
+    return f"Labels: {', '.join(names)}{sparse}" if names else ""
