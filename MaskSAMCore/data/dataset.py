@@ -127,7 +127,9 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
 def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = True) -> None:
     """Open every training case and check images and labels (see module docstring); fills
     `dataset.geometries`. Raises `DatasetError` for the first broken case."""
-    allowed = set(dataset.labels.values()) | ({dataset.ignore_label} if dataset.ignore_label is not None else set())
+    allowed = set(dataset.labels.values())
+    if dataset.ignore_label is not None:
+        allowed.add(dataset.ignore_label)
     present: Set[int] = set()
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
     misplaced: List[Tuple[str, str]] = []   # (case, why other programs place its image elsewhere)

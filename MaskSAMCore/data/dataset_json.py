@@ -44,7 +44,8 @@ def read_dataset_json(root: Path) -> DatasetDescription:
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
         raise DatasetError(f"{_json_where(root)}: numTraining must be a whole number, not {num_training!r}")
     labels, ignore_label = _parse_labels(meta, root)
-    return DatasetDescription(labels=labels, ignore_label=ignore_label, channel_names=_parse_channel_names(meta, root),
+    return DatasetDescription(labels=labels, ignore_label=ignore_label,
+                              channel_names=_parse_channel_names(meta, root),
                               file_ending=_parse_file_ending(meta, root), num_training=num_training,
                               metadata=meta)
 

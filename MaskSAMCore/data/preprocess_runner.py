@@ -132,7 +132,8 @@ def preprocess_one(name: str, image_files: Sequence[Path], label_file: Any, plan
     properties["plan_hash"] = digest
     properties["sources"] = source_stamps(RawCase(name, tuple(Path(p) for p in image_files),
                                                   Path(label_file) if label_file else None))
-    locations = class_locations(seg, seed=zlib.crc32(name.encode("utf-8")), ignore_label=plan.get("ignore_label"))
+    locations = class_locations(seg, seed=zlib.crc32(name.encode("utf-8")),
+                                ignore_label=plan.get("ignore_label"))
     save_case(out_dir, name, data, seg, locations, properties)
     return name
 

@@ -120,7 +120,8 @@ class MaskSAMLoss:
         terms: Dict[str, Tensor] = {}
         terms["cls"] = self._class_loss(predictions.class_logits, targets, matches)
         gt_masks = targets.masks(matches.slice_index, matches.class_index)
-        annotated = None if targets.annotated is None else targets.annotated[matches.slice_index.to(targets.labels.device)]
+        annotated = (None if targets.annotated is None
+                     else targets.annotated[matches.slice_index.to(targets.labels.device)])  # (M, H, W)
         terms["mask_bce"], terms["mask_dice"] = self._mask_losses(
             predictions.mask_logits, gt_masks, annotated, matches, normaliser)
         total = (w.cls * terms["cls"] + w.mask_bce * terms["mask_bce"]

@@ -320,12 +320,12 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     if folder.labels != dict(dataset.labels):
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other labels than "
                                f"{describe_path(dataset.root)} has")
-    if folder.plan.get("ignore_label") != dataset.ignore_label:
+    trained_sparse = folder.plan.get("ignore_label") is not None
+    if trained_sparse != (dataset.ignore_label is not None):
         # the run's loss judges every voxel, or leaves the ignore label's out: it cannot switch
-        raise ModelFolderError(f"{describe_path(model_dir)} was trained "
-                               f"{'with' if folder.plan.get('ignore_label') is not None else 'without'} an 'ignore' "
-                               f"label (unannotated voxels), {describe_path(dataset.root)}'s dataset.json "
-                               f"{'has none' if dataset.ignore_label is None else 'has one'}; resume with the "
+        raise ModelFolderError(f"{describe_path(model_dir)} was trained {'with' if trained_sparse else 'without'} "
+                               f"an 'ignore' label (unannotated voxels), {describe_path(dataset.root)}'s "
+                               f"dataset.json {'has none' if trained_sparse else 'has one'}; resume with the "
                                "dataset.json the run started with, or train a new model folder")
     if folder.channel_names != dict(dataset.channel_names):
         # the stored plan normalises the stored channels; another set would fail in preprocessing

@@ -80,12 +80,6 @@ class SliceTargets:
             return torch.ones(self.num_slices, dtype=torch.bool, device=self.labels.device)
         return self.annotated.flatten(1).all(1)
 
-    def partly_annotated(self) -> Tensor:
-        """(S,) bool: at least one pixel of slice s is annotated."""
-        if self.annotated is None:
-            return torch.ones(self.num_slices, dtype=torch.bool, device=self.labels.device)
-        return self.annotated.flatten(1).any(1)
-
     @property
     def num_slices(self) -> int:
         return self.labels.shape[0]
