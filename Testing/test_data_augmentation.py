@@ -141,3 +141,69 @@ def test_no_augmentation_returns_the_plain_crop(tmp_path):
     t, h, w = [int(v) for v in np.argwhere(np.isclose(data[0], patch[0, 0, 0, 0]))[0]]
     np.testing.assert_array_equal(patch[0], data[0, t:t + 4, h:h + 32, w:w + 32])
     np.testing.assert_array_equal(patch_seg, seg[t:t + 4, h:h + 32, w:w + 32])
+
+
+def _reference_gamma(channel: np.ndarray, gamma: float) -> np.ndarray:
+    """nnU-Net's gamma (retain_stats=True), written out independently: rescale to [0, 1], power,
+    back to the range, then the input's mean and std restored. float64."""
+    x = channel.astype(np.float64)
+    low, span = x.min(), x.max() - x.min()
+    out = ((x - low) / span) ** gamma * span + low
+    return (out - out.mean()) / out.std() * x.std() + x.mean()
+
+
+def _gamma_cases(base: np.ndarray, gamma: float):
+    """Every outcome of the two gamma steps on `base` (C, T, H, W): none, inverted only, plain
+    only, inverted then plain (nnU-Net's order), each channel on its own."""
+    inverted = np.stack([-_reference_gamma(-c, gamma) for c in base])
+    plain = np.stack([_reference_gamma(c, gamma) for c in base])
+    both = np.stack([_reference_gamma(c, gamma) for c in inverted])
+    return {"none": base.astype(np.float64), "inverted": inverted, "plain": plain, "both": both}
+
+
+def test_inverted_gamma_is_gamma_on_the_negated_image_negated_back():
+    """Pins gamma_inverted_p's transform: invert, gamma, invert back (per channel, mean/std kept).
+    With gamma fixed at 2 the inverted variant is concave on a ramp (1 - (1 - u)^2) where plain
+    gamma is convex (u^2), so dropping the inversion (or the inversion back) changes the values."""
+    settings = replace(AugmentationSettings().only(gamma_inverted_p=1.0), gamma_range=(2.0, 2.0))
+    ramp = np.linspace(0.0, 1.0, 2 * 4 * 4 * 4).reshape(2, 4, 4, 4)
+    base = (ramp * np.array([3.0, 1.0]).reshape(2, 1, 1, 1) - np.array([1.0, 0.5]).reshape(2, 1, 1, 1))
+    base = base.astype(np.float32)
+    out = augment_intensity(base.copy(), np.random.default_rng(0), settings, planar=True)
+    expected = _gamma_cases(base, 2.0)
+    np.testing.assert_allclose(out, expected["inverted"], atol=1e-5)
+    assert not np.allclose(out, expected["plain"], atol=1e-3)
+    # concave: the middle of the ramp is lifted above its linear position (standardised values)
+    u = (base[0] - base[0].mean()) / base[0].std()
+    v = (out[0] - out[0].mean()) / out[0].std()
+    assert v.ravel()[len(v.ravel()) // 2] > u.ravel()[len(u.ravel()) // 2] + 0.1
+
+
+def test_gamma_steps_follow_nnunet_probabilities_and_order():
+    """Over 4000 seeded patches with the default gamma settings (inverted p=0.1, then plain
+    p=0.3, drawn independently): the four outcomes occur 63 / 7 / 27 / 3 %. Each draw is
+    classified by exact comparison with the reference outcomes, so a changed probability, a
+    dropped inversion or a swapped order shows up as a wrong frequency (or an unmatched draw).
+    Binomial sd at n=4000 is <= 0.8 %; the tolerance (2.5 %) is > 3 sd and the seed is fixed."""
+    defaults = AugmentationSettings()
+    settings = replace(defaults.only(gamma_inverted_p=defaults.gamma_inverted_p, gamma_p=defaults.gamma_p),
+                       gamma_range=(2.0, 2.0))
+    base = np.random.default_rng(5).normal(size=(1, 1, 2, 4)).astype(np.float32)
+    expected = _gamma_cases(base, 2.0)
+    names = list(expected)
+    for i, a in enumerate(names):  # the outcomes are distinguishable on this input
+        for b in names[i + 1:]:
+            assert not np.allclose(expected[a], expected[b], atol=1e-3), (a, b)
+    rng = np.random.default_rng(2024)
+    counts = dict.fromkeys(names + ["unmatched"], 0)
+    n = 4000
+    for _ in range(n):
+        out = augment_intensity(base.copy(), rng, settings, planar=True)
+        match = [name for name in names if np.allclose(out, expected[name], atol=1e-4)]
+        counts[match[0] if len(match) == 1 else "unmatched"] += 1
+    assert counts["unmatched"] == 0
+    p_inv, p_plain = 0.1, 0.3
+    assert defaults.gamma_inverted_p == p_inv and defaults.gamma_p == p_plain
+    for name, p in {"none": (1 - p_inv) * (1 - p_plain), "inverted": p_inv * (1 - p_plain),
+                    "plain": (1 - p_inv) * p_plain, "both": p_inv * p_plain}.items():
+        assert counts[name] / n == pytest.approx(p, abs=0.025), (name, counts)

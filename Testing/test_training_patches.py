@@ -148,3 +148,31 @@ def test_with_a_batch_of_two_a_third_of_the_patches_are_forced():
     stub = SimpleNamespace(sample=lambda rng, force: (np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1), np.int16)))
     forced = [f for b in range(30) for f in make_batch(spec, stub, b)[2]]
     assert sum(forced) == 20
+
+
+def test_an_odd_shortfall_puts_the_extra_padding_voxel_after_the_volume_as_the_predictor_does(tmp_path):
+    """Pins where a volume smaller than the patch lies in a training patch when the shortfall is
+    odd: shortfall // 2 voxels before it, the extra voxel after it (random and foreground-forced
+    patches alike), which is where the sliding-window predictor puts the volume
+    (`WindowGrid.pad_before`), so training and prediction see the same placement."""
+    from MaskSAMCore.data.augmentation import AugmentationSettings
+    from MaskSAMCore.data.sampling import PatchSampler, patch_start
+    from MaskSAMCore.inference.windows import WindowGrid
+
+    shape, patch = (3, 17, 21), (4, 32, 32)            # shortfalls 1, 15, 11: all odd
+    seg = np.ones(shape, np.int16)
+    _write_case(tmp_path, "odd", _coordinates(shape) + 1, seg)   # +1: coordinates, 0 only in padding
+    sampler = PatchSampler(tmp_path, ["odd"], patch, AugmentationSettings.none(), planar=True)
+    expected = np.zeros(patch, np.int16)
+    expected[0:3, 7:24, 5:26] = 1                      # before: 0, 7, 5; after: 1, 8, 6
+    rng = np.random.default_rng(0)
+    for force in (False, True) * 5:
+        data, patch_seg = sampler.sample(rng, force_foreground=force)
+        np.testing.assert_array_equal(patch_seg, expected)
+        np.testing.assert_array_equal(data[:, 0, 7, 5], [1.0, 1.0, 1.0])          # volume voxel (0, 0, 0)
+        np.testing.assert_array_equal(data[:, 2, 23, 25], [3.0, 17.0, 21.0])      # voxel (2, 16, 20)
+    rng = np.random.default_rng(1)
+    starts = {tuple(patch_start(shape, patch, rng, centre_on=c)) for c in [None, (0, 0, 0), (2, 16, 20)] * 3}
+    assert starts == {(0, -7, -5)}
+    grid = WindowGrid(shape, patch, 0.5)
+    assert tuple(-s for s in starts.pop()) == grid.pad_before == (0, 7, 5)
