@@ -168,6 +168,9 @@ def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
                    help="voxels per case along x, y, z (default: a small varied size)")
     p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"),
                    help="image and label file format (default .nii.gz)")
+    p.add_argument("--annotate-every", type=at_least(1), default=1, metavar="N",
+                   help="sparse training labels: only every N-th axial slice annotated, the others "
+                        "marked with nnU-Net's 'ignore' label (default 1: every slice)")
 
 
 def _add_train(sub: "argparse._SubParsersAction") -> None:

@@ -144,6 +144,7 @@ def test_the_largest_seed_and_a_window_step_of_1_are_accepted():
     (["train", "d", "m", "--val-cases-per-epoch", "0"], "argument --val-cases-per-epoch: must be at least 1"),
     (["benchmark", "--repeat", "0"], "argument --repeat: must be at least 1, not 0"),
     (["make-phantoms", "o", "--seed", "4294967296"], "argument --seed: must be at most 4294967295"),
+    (["make-phantoms", "o", "--annotate-every", "0"], "argument --annotate-every: must be at least 1, not 0"),
 ])
 def test_more_out_of_range_values_are_usage_errors(arguments, expected, capsys):
     from MaskSAMCore.cli import build_parser

@@ -91,6 +91,24 @@ def test_a_dataset_of_background_and_unannotated_voxels_only_is_refused(sparse_d
     assert "no label map in labelsTr holds any structure" in load_error(sparse_dataset)
 
 
+def test_make_phantoms_writes_sparse_training_labels_and_complete_test_labels(tmp_path):
+    from MaskSAMCore.cli import main
+    from MaskSAMCore.data.phantoms import phantom_case
+
+    root = tmp_path / "sparse"
+    assert main(["make-phantoms", str(root), "--cases", "2", "--test-cases", "1", "--seed", "4",
+                 "--annotate-every", "3"]) == 0
+    raw = load_raw_dataset(root, progress=False)
+    assert raw.ignore_label == IGNORE and raw.num_classes == 6
+    labels, _ = read_label(root / "labelsTr" / "phantom_001.nii.gz")
+    _, complete, _ = phantom_case(4, "train", 1)
+    annotated = [z for z in range(labels.shape[0]) if (labels[z] != IGNORE).any()]
+    assert annotated == list(range(1, labels.shape[0], 3))
+    np.testing.assert_array_equal(labels[annotated], complete[annotated])
+    test_labels, _ = read_label(root / "labelsTs" / "phantom_test_000.nii.gz")
+    np.testing.assert_array_equal(test_labels, phantom_case(4, "test", 0)[1])
+
+
 def test_ct_statistics_come_from_structures_not_from_unannotated_voxels(sparse_dataset):
     """The CT normalisation is planned on foreground intensities: unannotated voxels (here made
     implausibly bright) must not reach them."""

@@ -21,12 +21,15 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from MaskSAMCore.atomic import TEMP_MARKER, folders_made, write_json
+from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.image_io import ImageGeometry, write_image, write_label
 from MaskSAMCore.data.phantom_anatomy import (MISSING_ORGAN_PROBABILITY, OPTIONAL_ORGANS, PHANTOM_LABELS,
                                               synthesize_case)
 from MaskSAMCore.errors import InputError, describe_path
 from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import Progress
+
+IGNORE_VALUE = len(PHANTOM_LABELS)   # nnU-Net's rule: one above the last class
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")
 DEFAULT_IN_PLANE_VOXELS = (64, 96)      # inclusive range for x; y is at most x (a body is wider than deep)
@@ -38,19 +41,29 @@ MIN_SIZE = (16, 16, 4)                  # x, y, z: below this the organs vanish
 
 def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, test_cases: int = 0,
                   size: Optional[Sequence[int]] = None, file_ending: str = ".nii.gz",
-                  progress: bool = True) -> Path:
+                  progress: bool = True, annotate_every: int = 1) -> Path:
     """Write a phantom dataset to `out_dir` (which must not exist or be empty); returns its path.
 
-    size: voxels (x, y, z) for every case; by default each case draws its own small size."""
+    size: voxels (x, y, z) for every case; by default each case draws its own small size.
+    annotate_every: N > 1 makes the training labels sparse, as `sparse_slices` says (dataset.json
+    then declares nnU-Net's ``ignore`` label); test labels stay complete, to evaluate against."""
     out = Path(out_dir).resolve()   # "new/../existing/ds" names existing/ds (the OS cannot walk it)
-    _check_arguments(out, cases, test_cases, size, file_ending)
+    _check_arguments(out, cases, test_cases, size, file_ending, annotate_every)
     with folders_made(out.parent):   # a cancelled first run leaves no empty folders
-        _write_dataset(out, cases, seed, test_cases, size, file_ending, progress)
+        _write_dataset(out, cases, seed, test_cases, size, file_ending, progress, annotate_every)
     return out
 
 
+def sparse_slices(labels: np.ndarray, every: int) -> np.ndarray:
+    """`labels` (z, y, x) with only the axial slices z = every // 2, every // 2 + every, ...
+    annotated; the others are all `IGNORE_VALUE` (unannotated)."""
+    sparse = np.full_like(labels, IGNORE_VALUE)
+    sparse[every // 2::every] = labels[every // 2::every]
+    return sparse
+
+
 def _write_dataset(out: Path, cases: int, seed: int, test_cases: int, size: Optional[Sequence[int]],
-                   file_ending: str, progress: bool) -> None:
+                   file_ending: str, progress: bool, annotate_every: int) -> None:
     """Every case into a staging folder beside `out`, then the folder moved into place."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{TEMP_MARKER}", dir=out.parent))
     try:
@@ -61,11 +74,14 @@ def _write_dataset(out: Path, cases: int, seed: int, test_cases: int, size: Opti
             for index in range(count):
                 name = case_name(split, index)
                 image, label, geometry = phantom_case(seed, split, index, size)
+                if split == "train" and annotate_every > 1:
+                    label = sparse_slices(label, annotate_every)
                 write_image(image, geometry, staging / images / f"{name}_0000{file_ending}")
                 write_label(label, geometry, staging / labels / f"{name}{file_ending}")
                 bar.advance()
         bar.close()
-        write_json(staging / "dataset.json", dataset_json(cases, test_cases, seed, file_ending))
+        write_json(staging / "dataset.json", dataset_json(cases, test_cases, seed, file_ending,
+                                                          sparse=annotate_every > 1))
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -111,13 +127,13 @@ def random_rotation(rng: np.random.Generator, min_degrees: float, max_degrees: f
     return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross  # Rodrigues
 
 
-def dataset_json(cases: int, test_cases: int, seed: int, file_ending: str) -> dict:
+def dataset_json(cases: int, test_cases: int, seed: int, file_ending: str, sparse: bool = False) -> dict:
     return {
         "name": "MaskSAM abdominal CT phantoms",
         "description": f"Synthetic abdominal CT with five labelled organs (masksam make-phantoms, seed {seed})",
         "reference": "synthetic", "licence": "CC0",
         "channel_names": {"0": "CT"},
-        "labels": dict(PHANTOM_LABELS),
+        "labels": {**PHANTOM_LABELS, **({IGNORE_LABEL: IGNORE_VALUE} if sparse else {})},
         "numTraining": cases,
         "numTest": test_cases,
         "file_ending": file_ending,
@@ -125,17 +141,21 @@ def dataset_json(cases: int, test_cases: int, seed: int, file_ending: str) -> di
 
 
 def run_make_phantoms(args: argparse.Namespace) -> int:
-    """`masksam make-phantoms OUT --cases N [--seed S] [--test-cases M] [--size X Y Z] [--file-ending E]`."""
+    """`masksam make-phantoms OUT --cases N [--seed S] [--test-cases M] [--size X Y Z] [--file-ending E]
+    [--annotate-every N]`."""
     out = make_phantoms(args.output, args.cases, seed=args.seed, test_cases=args.test_cases,
-                        size=args.size, file_ending=args.file_ending)
+                        size=args.size, file_ending=args.file_ending, annotate_every=args.annotate_every)
     extra = f" and {args.test_cases} test case(s)" if args.test_cases else ""
     print(f"wrote {args.cases} training case(s){extra} to {describe_path(out)}")
     return 0
 
 
-def _check_arguments(out: Path, cases: int, test_cases: int, size: Optional[Sequence[int]], ending: str) -> None:
+def _check_arguments(out: Path, cases: int, test_cases: int, size: Optional[Sequence[int]], ending: str,
+                     annotate_every: int) -> None:
     if cases < 1:
         raise InputError(f"--cases must be at least 1, not {cases}")
+    if annotate_every < 1:
+        raise InputError(f"--annotate-every must be at least 1, not {annotate_every}")
     if test_cases < 0:
         raise InputError(f"--test-cases must be 0 or more, not {test_cases}")
     if size is not None and (len(size) != 3 or any(int(n) < m for n, m in zip(size, MIN_SIZE))):
