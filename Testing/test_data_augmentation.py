@@ -207,3 +207,28 @@ def test_gamma_steps_follow_nnunet_probabilities_and_order():
     for name, p in {"none": (1 - p_inv) * (1 - p_plain), "inverted": p_inv * (1 - p_plain),
                     "plain": (1 - p_inv) * p_plain, "both": p_inv * p_plain}.items():
         assert counts[name] / n == pytest.approx(p, abs=0.025), (name, counts)
+
+
+def test_each_channel_gets_its_own_gamma_in_both_gamma_steps():
+    """nnU-Net draws gamma per channel: two identical channels come out different (one value
+    for all channels would keep them equal), in the inverted step and in the plain one."""
+    ramp = np.linspace(-1.0, 1.0, 4 * 4 * 4, dtype=np.float32).reshape(1, 4, 4, 4)
+    for step in ("gamma_inverted_p", "gamma_p"):
+        settings = AugmentationSettings().only(**{step: 1.0})
+        out = augment_intensity(np.concatenate([ramp, ramp]), np.random.default_rng(3), settings, planar=True)
+        assert not np.allclose(out[0], out[1], atol=1e-4), step
+
+
+def test_gamma_is_below_one_half_of_the_time_and_uniform_on_each_side():
+    """nnU-Net's draw for gamma_range (0.7, 1.5): below 1 with probability 1/2, uniform on
+    [0.7, 1) then, else uniform on [1, 1.5] (so a brightening and a darkening are equally
+    likely, though the range is lopsided). 4000 seeded draws; binomial sd 0.8 %."""
+    from MaskSAMCore.data.augmentation import _draw_gamma
+
+    rng = np.random.default_rng(11)
+    draws = np.array([_draw_gamma(rng, (0.7, 1.5)) for _ in range(4000)])
+    below = draws[draws < 1.0]
+    assert len(below) / len(draws) == pytest.approx(0.5, abs=0.03)
+    assert below.min() >= 0.7 and below.mean() == pytest.approx(0.85, abs=0.01)
+    assert draws.max() <= 1.5 and draws[draws >= 1.0].mean() == pytest.approx(1.25, abs=0.01)
+    assert {_draw_gamma(rng, (1.2, 1.5)) >= 1.2 for _ in range(50)} == {True}   # no "below 1" part

@@ -176,3 +176,16 @@ def test_an_odd_shortfall_puts_the_extra_padding_voxel_after_the_volume_as_the_p
     assert starts == {(0, -7, -5)}
     grid = WindowGrid(shape, patch, 0.5)
     assert tuple(-s for s in starts.pop()) == grid.pad_before == (0, 7, 5)
+
+
+def test_a_forced_patch_has_its_chosen_voxel_at_the_patch_centre_when_the_volume_is_large():
+    """nnU-Net's rule: the patch starts at voxel - patch // 2 (clipped to the volume), so the
+    chosen voxel sits at index patch // 2 of the patch (the later of two middles when even)."""
+    from MaskSAMCore.data.sampling import patch_start
+
+    shape, patch = (40, 50, 60), (8, 16, 15)
+    start = patch_start(shape, patch, np.random.default_rng(0), centre_on=(20, 25, 30))
+    assert tuple(start) == (16, 17, 23)
+    assert tuple(np.array((20, 25, 30)) - start) == (4, 8, 7)
+    edge = patch_start(shape, patch, np.random.default_rng(0), centre_on=(1, 49, 30))
+    assert tuple(edge) == (0, 34, 23)   # clipped: the patch stays inside the volume
