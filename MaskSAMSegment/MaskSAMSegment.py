@@ -78,6 +78,7 @@ class MaskSAMSegmentParameterNode:
     datasetFolder: str = ""
     newDatasetFolder: str = ""
     channelName: str = "CT"
+    drawnSlicesOnly: bool = False
     preset: Annotated[str, Choice(PRESETS)] = "vit_b"
     samCheckpoint: str = ""
     randomInit: bool = False

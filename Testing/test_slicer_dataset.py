@@ -81,6 +81,28 @@ def test_dataset_from_scene_is_accepted_by_the_core_with_consistent_labels(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["Dataset501_Scene"]   # no temporaries left
 
 
+def test_cases_drawn_on_some_slices_mark_the_other_slices_not_annotated(tmp_path):
+    """With drawn_slices_only, a slice of the volume (its K axis) without any segment voxel is
+    nnU-Net's 'ignore' (value K, one above the last class) rather than background, and the
+    core reads the dataset as sparsely annotated; drawn slices keep their background."""
+    from MaskSAMCore.data.dataset import load_raw_dataset
+
+    scene = new_scene()
+    pairs, expected_labels, _ = two_cases(scene)
+    summary = build_dataset_from_scene(pairs, tmp_path / "Sparse", drawn_slices_only=True)
+    dataset = load_raw_dataset(summary.folder, progress=False)
+    assert dataset.ignore_label == 4 and dataset.labels == summary.labels   # 'ignore' is no class
+    assert json.loads((summary.folder / "dataset.json").read_text())["labels"]["ignore"] == 4
+    for case, expected in zip(dataset.training_cases, expected_labels):
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label_file)))
+        drawn = expected.reshape(expected.shape[0], -1).any(axis=1)
+        assert 0 < drawn.sum() < len(drawn)
+        np.testing.assert_array_equal(written[drawn], expected[drawn])
+        assert (written[~drawn] == 4).all()
+    plain = build_dataset_from_scene(pairs, tmp_path / "Complete")
+    assert "ignore" not in json.loads((plain.folder / "dataset.json").read_text())["labels"]
+
+
 def test_existing_folder_and_bad_segment_names_are_refused_without_writing(tmp_path):
     scene = new_scene()
     pairs, _, _ = two_cases(scene)

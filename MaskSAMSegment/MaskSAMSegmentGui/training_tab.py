@@ -118,7 +118,8 @@ class TrainingTabMixin:
     def onBuildDataset(self) -> None:
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not build the dataset.", waitCursor=True):
-            self._datasetBuilder = DatasetBuilder(self._pairs, node.newDatasetFolder, channel_name=node.channelName)
+            self._datasetBuilder = DatasetBuilder(self._pairs, node.newDatasetFolder, channel_name=node.channelName,
+                                                  drawn_slices_only=node.drawnSlicesOnly)
             self._timer.start()   # one case per tick: Slicer stays responsive
         self.updateButtons()
 

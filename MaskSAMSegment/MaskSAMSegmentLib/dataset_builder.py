@@ -106,10 +106,14 @@ class DatasetBuilder:
 
     output_dir:   the dataset folder to create (must not exist, or be empty)
     channel_name: the modality written to channel_names["0"] ("CT", "T2", ...)
+    drawn_slices_only: slices of a volume (its K axis, as stored) without any segment voxel are
+        marked not annotated (nnU-Net's "ignore" label) instead of background, for cases drawn
+        on some slices only; training then learns from the drawn slices alone
     """
 
     def __init__(self, pairs: List[CasePair], output_dir: "os.PathLike[str] | str", channel_name: str = "CT",
-                 file_ending: str = ".nii.gz", dataset_name: Optional[str] = None, case_prefix: str = "case") -> None:
+                 file_ending: str = ".nii.gz", dataset_name: Optional[str] = None, case_prefix: str = "case",
+                 drawn_slices_only: bool = False) -> None:
         problems = check_pairs(pairs)
         if problems:
             raise InputError(" ".join(problems))
@@ -123,6 +127,8 @@ class DatasetBuilder:
         self.file_ending = file_ending
         self.dataset_name = dataset_name or self.output_dir.name
         self.labels = plan_labels(self.pairs)
+        # nnU-Net's rule: the ignore label is one above the last class
+        self.ignore_value: Optional[int] = len(self.labels) if drawn_slices_only else None
         self.case_names = [f"{case_prefix}_{index:03d}" for index in range(len(self.pairs))]
         self.warnings: List[str] = []
         self.sources: Dict[str, Dict[str, str]] = {}
@@ -170,6 +176,8 @@ class DatasetBuilder:
                 raise InputError(f"{case}: segment '{name}' of '{pair.segmentation.GetName()}' was added or "
                                  "renamed after the build started; build the dataset again")
             labels[mask] = value
+        if self.ignore_value is not None:
+            labels[~labels.reshape(labels.shape[0], -1).any(axis=1)] = self.ignore_value
         write_array_image(image, grid, self._staging / "imagesTr" / f"{case}_0000{self.file_ending}")
         write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
                           self._staging / "labelsTr" / f"{case}{self.file_ending}")
@@ -207,11 +215,14 @@ class DatasetBuilder:
         if never:
             self.warnings.append(f"segment(s) {', '.join(never)} are empty in every case: the model "
                                  "cannot learn them")
+        labels = dict(self.labels)
+        if self.ignore_value is not None:
+            labels[IGNORE_LABEL] = self.ignore_value
         write_json(self._staging / "dataset.json", {
             "name": self.dataset_name,
             "description": "Built from a 3D Slicer scene by the MaskSAM extension",
             "channel_names": {"0": self.channel_name},
-            "labels": self.labels,
+            "labels": labels,
             "numTraining": self.total,
             "file_ending": self.file_ending,
             "masksam_sources": self.sources,
@@ -231,9 +242,10 @@ class DatasetBuilder:
 
 def build_dataset_from_scene(pairs: List[CasePair], output_dir: "os.PathLike[str] | str",
                              channel_name: str = "CT", file_ending: str = ".nii.gz",
-                             dataset_name: Optional[str] = None) -> DatasetSummary:
+                             dataset_name: Optional[str] = None, drawn_slices_only: bool = False) -> DatasetSummary:
     """All cases in one call (scripts and tests); nothing is left behind if it fails."""
-    builder = DatasetBuilder(pairs, output_dir, channel_name, file_ending, dataset_name)
+    builder = DatasetBuilder(pairs, output_dir, channel_name, file_ending, dataset_name,
+                             drawn_slices_only=drawn_slices_only)
     try:
         return builder.finish()
     except BaseException:
