@@ -76,6 +76,13 @@ def test_an_ignore_label_that_is_not_one_above_the_last_class_is_refused(sparse_
            f"the last class (6), not {value}" in message
 
 
+def test_labels_of_nothing_but_ignore_are_refused_in_one_line(sparse_dataset):
+    meta = json.loads((sparse_dataset / "dataset.json").read_text())
+    meta["labels"] = {"ignore": 0}
+    (sparse_dataset / "dataset.json").write_text(json.dumps(meta))
+    assert "labels must name value 0 'background'" in load_error(sparse_dataset)
+
+
 def test_label_values_beyond_the_ignore_label_are_still_refused(sparse_dataset):
     label_file = sparse_dataset / "labelsTr" / "phantom_001.nii.gz"
     labels, geometry = read_label(label_file)

@@ -116,7 +116,7 @@ def _parse_labels(meta: dict, root: Path) -> Tuple[Dict[str, int], Optional[int]
                                "(it names the segment and the output class)")
     ignore_label = raw.get(IGNORE_LABEL)
     if ignore_label is not None:
-        highest = max(value for name, value in raw.items() if name != IGNORE_LABEL)
+        highest = max((value for name, value in raw.items() if name != IGNORE_LABEL), default=-1)
         if ignore_label != highest + 1:
             raise DatasetError(f"{where}: label 'ignore' (unannotated voxels) must have the highest value, "
                                f"one above the last class ({highest + 1}), not {ignore_label}")
