@@ -118,7 +118,8 @@ class MaskSAMLoss:
         normaliser = (mean_across_ranks(count) if self.across_ranks else count).clamp(min=1.0)
 
         terms: Dict[str, Tensor] = {}
-        terms["cls"] = self._class_loss(predictions.class_logits, targets, matches)
+        fully_annotated = targets.fully_annotated().to(device)   # (S,) slices that may be judged whole
+        terms["cls"] = self._class_loss(predictions.class_logits, fully_annotated, matches)
         gt_masks = targets.masks(matches.slice_index, matches.class_index)
         annotated = (None if targets.annotated is None
                      else targets.annotated[matches.slice_index.to(targets.labels.device)])  # (M, H, W)
@@ -132,20 +133,20 @@ class MaskSAMLoss:
             total = total + w.aux_mask_bce * terms["aux_bce"] + w.aux_mask_dice * terms["aux_dice"]
         if predictions.boxes is not None:
             terms["box_l1"], terms["box_giou"] = self._box_losses(
-                predictions.boxes, targets, matches, normaliser)
+                predictions.boxes, targets, fully_annotated, matches, normaliser)
             total = total + w.box_l1 * terms["box_l1"] + w.box_giou * terms["box_giou"]
         # one device->host transfer for all the logged values
         values = torch.stack([v.detach().float() for v in terms.values()]).tolist()
         return LossResult(total=total, terms=dict(zip(terms.keys(), values)), num_targets=len(matches))
 
-    def _class_loss(self, class_logits: Tensor, targets: SliceTargets, matches: Matches) -> Tensor:
+    def _class_loss(self, class_logits: Tensor, fully_annotated: Tensor, matches: Matches) -> Tensor:
         """Weighted-mean CE over the S * N queries that may be judged (all of them when every
         pixel is annotated); unmatched queries target "no object" (K)."""
         num_slices, num_queries, _ = class_logits.shape
         device = class_logits.device
         target = torch.full((num_slices, num_queries), self.num_classes, dtype=torch.long, device=device)
         target[matches.slice_index, matches.query_index] = matches.class_index
-        judged = targets.fully_annotated().to(device).view(-1, 1).expand(num_slices, num_queries).clone()
+        judged = fully_annotated.view(-1, 1).expand(num_slices, num_queries).clone()
         judged[matches.slice_index, matches.query_index] = True
         weight = self.class_weights(device)[target] * judged   # (S, N)
         loss = F.cross_entropy(class_logits.float().reshape(-1, self.num_classes + 1), target.reshape(-1),
@@ -167,15 +168,16 @@ class MaskSAMLoss:
         return (bce_loss(pred_points, gt_points, weight).sum() / normaliser,
                 dice_loss(pred_points, gt_points, weight).sum() / normaliser)
 
-    def _box_losses(self, boxes: Tensor, targets: SliceTargets, matches: Matches,
+    def _box_losses(self, boxes: Tensor, targets: SliceTargets, fully_annotated: Tensor, matches: Matches,
                     normaliser: Tensor) -> Tuple[Tensor, Tensor]:
-        """(L1, 1 - GIoU) of matched boxes, summed / normaliser; zero (with graph) if none."""
+        """(L1, 1 - GIoU) of matched boxes in fully annotated slices, summed / normaliser; zero
+        (with graph) if none."""
         if len(matches) == 0:
             zero = boxes.sum() * 0.0
             return zero, zero
         pred = boxes[matches.slice_index, matches.query_index].float()
         gt = targets.boxes[matches.slice_index, matches.class_index].float()
-        learnt = targets.fully_annotated().to(boxes.device)[matches.slice_index].float()  # (M,)
+        learnt = fully_annotated[matches.slice_index].float()  # (M,)
         # L1 on the corners (the paper names no box format; DETR uses centre/size): the corners
         # are what SAM's box prompt takes, and each is penalised on its own.
         l1 = ((pred - gt).abs().sum(-1) * learnt).sum() / normaliser

@@ -75,19 +75,19 @@ class Validator:
         criterion: the training loss (for the validation loss).
         device: where the model runs.
         window_batch: windows per forward pass.
-        ignore_label: the label value of unannotated voxels, or None.
+
+    Unannotated voxels are the criterion's ``ignore_label`` (the loss and the Dice leave out the same).
     """
 
     def __init__(self, cases: Sequence[ValidationCase], patch_size: Sequence[int],
                  class_names: Sequence[str], criterion: MaskSAMLoss, device: torch.device,
-                 window_batch: int = 4, ignore_label: Optional[int] = None) -> None:
+                 window_batch: int = 4) -> None:
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.class_names = list(class_names)
         self.criterion = criterion
         self.device = device
         self.window_batch = window_batch
-        self.ignore_label = ignore_label
 
     def select(self, epoch: int, max_cases: Optional[int]) -> List[ValidationCase]:
         """All cases, or `max_cases` of them rotating with the epoch (every case gets its turn)."""
@@ -112,7 +112,7 @@ class Validator:
             for case in cases:
                 prediction, case_losses = self.predict_case(model, case, autocast_dtype)
                 losses.extend(case_losses)
-                counts += confusion_counts(prediction, case.labels, num_classes, self.ignore_label)
+                counts += confusion_counts(prediction, case.labels, num_classes, self.criterion.ignore_label)
                 if bar is not None:
                     bar.set_postfix(case.name)
                     bar.advance()
