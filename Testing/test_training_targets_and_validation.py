@@ -160,6 +160,24 @@ def test_validation_dice_is_pooled_over_cases_and_leaves_out_undefined_classes()
     assert result.loss == pytest.approx(np.mean(losses), rel=1e-5)
 
 
+def test_windows_without_any_annotated_voxel_leave_the_validation_loss_alone():
+    """Sparse annotations: a validation case nobody labelled says nothing about the loss (a 0 in
+    the mean would make the loss look better the more of the data is unannotated)."""
+    truth = np.zeros((2, 4, 4), np.int16)
+    truth[0, :2, :] = 1
+    unannotated = np.full((2, 4, 4), 3, np.int16)              # 3 = the ignore label of 3 classes
+    cases = [ValidationCase("a", truth[None].astype(np.float32), truth),
+             ValidationCase("b", np.zeros((1, 2, 4, 4), np.float32), unannotated)]
+    criterion = MaskSAMLoss(3, across_ranks=False, ignore_label=3)
+    model = _LabelEcho()
+    result = Validator(cases, (2, 4, 4), NAMES, criterion, torch.device("cpu")).run(model)
+    alone = float(criterion(model(torch.from_numpy(cases[0].image[None])),
+                            torch.from_numpy(truth[None].astype(np.int64))).total)
+    assert alone > 0.1 and result.loss == pytest.approx(alone, rel=1e-5)
+    assert result.dice["organ"] == 1.0
+    assert math.isnan(Validator(cases[1:], (2, 4, 4), NAMES, criterion, torch.device("cpu")).run(model).loss)
+
+
 def test_a_case_smaller_than_the_patch_is_padded_with_background_for_the_validation_loss():
     image = np.zeros((1, 1, 3, 3), np.float32)
     image[0, 0, 1, 1] = 1

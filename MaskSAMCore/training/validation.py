@@ -131,7 +131,7 @@ class Validator:
     @torch.no_grad()
     def predict_case(self, model: nn.Module, case: ValidationCase,
                      autocast_dtype: Optional[torch.dtype]) -> Tuple[np.ndarray, List[float]]:
-        """Argmax labels (Z, Y, X) of a case and the loss of each window batch."""
+        """Argmax labels (Z, Y, X) of a case and the loss of each window batch with an annotated voxel."""
         image, labels, shape = pad_to_patch(case.image, case.labels, self.patch_size)
         num_classes = len(self.class_names)
         scores = torch.zeros((num_classes, *labels.shape), dtype=torch.float32)
@@ -146,13 +146,19 @@ class Validator:
                                 enabled=autocast_dtype is not None):
                 output = model(x)
                 semantic = model.semantic(output)  # (b, K, T, H, W)
-            losses.append(float(self.criterion(output, seg).total.detach()))
+            if self._annotated(seg):   # a batch of unannotated windows has no loss (not a loss of 0)
+                losses.append(float(self.criterion(output, seg).total.detach()))
             semantic = semantic.float().cpu()
             for window, window_scores in zip(batch, semantic):
                 scores[(slice(None), *window)] += window_scores
                 hits[window] += 1
         prediction = (scores / hits.clamp(min=1)).argmax(0).numpy()
         return prediction[: shape[0], : shape[1], : shape[2]], losses
+
+
+    def _annotated(self, seg: torch.Tensor) -> bool:
+        ignore = self.criterion.ignore_label
+        return ignore is None or bool((seg != ignore).any())
 
 
 def confusion_counts(prediction: np.ndarray, labels: np.ndarray, num_classes: int,
