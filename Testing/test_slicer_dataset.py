@@ -14,6 +14,7 @@ from slicer_support import add_scalar_volume, chain_of_transforms, distinct_voxe
 
 from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene, dataset_summary
+from MaskSAMSegmentLib.drawn_slices import find_drawn_slices, mark_undrawn_slices, slice_orientation
 from MaskSAMSegmentLib.geometry import LpsGrid, oblique_direction
 from MaskSAMSegmentLib.segmentations import import_label_map
 
@@ -81,26 +82,48 @@ def test_dataset_from_scene_is_accepted_by_the_core_with_consistent_labels(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["Dataset501_Scene"]   # no temporaries left
 
 
+def sparsely_drawn_cases(scene):
+    """Case A drawn on every other stored slice (K) of the oblique grid; case B, a volume turned
+    90 degrees about S-I, drawn on two slices across its J axis, which runs left-right."""
+    grid_a = oblique_grid()
+    volume_a = add_scalar_volume(scene, distinct_voxel_values(), grid_a, name="Patient A")
+    labels_a = np.zeros(grid_a.shape_zyx, np.uint8)
+    labels_a[1:6:2, 2:9, 3:11] = 1
+    labels_a[1:6:2, 6:10, 1:4] = 2
+    seg_a = import_label_map(scene, labels_a, grid_a, {1: "liver", 2: "kidney"}, reference_volume=volume_a)
+    grid_b = LpsGrid(size=(16, 12, 10), spacing=(0.7, 0.7, 2.5), origin=(30.0, -20.0, 5.0),
+                     direction=oblique_direction((0.0, 0.0, 90.0)))
+    volume_b = add_scalar_volume(scene, distinct_voxel_values((10, 12, 16)), grid_b, name="Patient B")
+    labels_b = np.zeros((10, 12, 16), np.uint8)
+    labels_b[2:9, (3, 8), 4:12] = 1
+    labels_b[3:6, 8, 1:3] = 2
+    seg_b = import_label_map(scene, labels_b, grid_b, {1: "liver", 2: "kidney"}, reference_volume=volume_b)
+    return [CasePair(volume_a, seg_a), CasePair(volume_b, seg_b)], [labels_a, labels_b]
+
+
 def test_cases_drawn_on_some_slices_mark_the_other_slices_not_annotated(tmp_path):
-    """With drawn_slices_only, a slice of the volume (its K axis) without any segment voxel is
-    nnU-Net's 'ignore' (value K, one above the last class) rather than background, and the
+    """With drawn_slices_only, a slice without any segment voxel, across the axis the user drew
+    on, is nnU-Net's 'ignore' (value K, one above the last class) rather than background, and the
     core reads the dataset as sparsely annotated; drawn slices keep their background."""
     from MaskSAMCore.data.dataset import load_raw_dataset
 
     scene = new_scene()
-    pairs, expected_labels, _ = two_cases(scene)
+    pairs, expected_labels = sparsely_drawn_cases(scene)
     summary = build_dataset_from_scene(pairs, tmp_path / "Sparse", drawn_slices_only=True)
     dataset = load_raw_dataset(summary.folder, progress=False)
-    assert dataset.ignore_label == 4 and dataset.labels == summary.labels   # 'ignore' is no class
-    assert json.loads((summary.folder / "dataset.json").read_text())["labels"]["ignore"] == 4
-    for case, expected in zip(dataset.training_cases, expected_labels):
-        written = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label_file)))
-        drawn = expected.reshape(expected.shape[0], -1).any(axis=1)
-        assert 0 < drawn.sum() < len(drawn)
-        np.testing.assert_array_equal(written[drawn], expected[drawn])
-        assert (written[~drawn] == 4).all()
+    assert dataset.ignore_label == 3 and dataset.labels == summary.labels   # 'ignore' is no class
+    assert json.loads((summary.folder / "dataset.json").read_text())["labels"]["ignore"] == 3
+    written = [sitk.GetArrayFromImage(sitk.ReadImage(str(case.label_file))) for case in dataset.training_cases]
+    drawn_a = np.isin(np.arange(7), [1, 3, 5])
+    np.testing.assert_array_equal(written[0][drawn_a], expected_labels[0][drawn_a])
+    assert (written[0][~drawn_a] == 3).all()
+    drawn_b = np.isin(np.arange(12), [3, 8])
+    np.testing.assert_array_equal(written[1][:, drawn_b], expected_labels[1][:, drawn_b])
+    assert (written[1][:, ~drawn_b] == 3).all()
+    assert summary.warnings == ["case_001: drawn on sagittal slices (the volume's J axis): 2 of 12 slices annotated"]
     plain = build_dataset_from_scene(pairs, tmp_path / "Complete")
     assert "ignore" not in json.loads((plain.folder / "dataset.json").read_text())["labels"]
+    assert not plain.warnings
 
 
 def test_existing_folder_and_bad_segment_names_are_refused_without_writing(tmp_path):
@@ -213,3 +236,65 @@ def test_overlapping_segments_are_warned_about_and_the_later_one_wins(tmp_path):
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
     expected = np.where(second == 1, summary.labels["kidney"], np.where(first == 1, summary.labels["liver"], 0))
     np.testing.assert_array_equal(labels, expected)
+
+
+# -- which slices a sparsely annotated case was drawn on ----------------------------------------
+
+def organ(shape=(40, 60, 50)) -> np.ndarray:
+    """A large ellipsoid (label 1), as a user would outline it slice by slice."""
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    inside = ((z - 20) / 16.0) ** 2 + ((y - 30) / 25.0) ** 2 + ((x - 25) / 20.0) ** 2 <= 1
+    return inside.astype(np.uint8)
+
+
+def keep_slices(labels: np.ndarray, axis: int, indices) -> np.ndarray:
+    kept = np.zeros_like(labels)
+    index = [slice(None)] * 3
+    index[axis] = list(indices)
+    kept[tuple(index)] = labels[tuple(index)]
+    return kept
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_every_fifth_slice_is_found_across_whichever_axis_it_was_drawn(axis):
+    labels = keep_slices(organ(), axis, range(8, 35, 5))
+    found = find_drawn_slices(labels)
+    assert found.axis == axis and found.axis_name == "KJI"[axis]
+    assert np.flatnonzero(found.drawn).tolist() == list(range(8, 35, 5))
+
+
+def test_gaps_beat_a_smaller_share_of_drawn_slices():
+    """Every other axial slice of a structure long in S-I and thin in P-A: a larger share of the
+    K slices than of the J slices holds a voxel, but only across K are there gaps."""
+    labels = np.zeros((40, 60, 50), np.uint8)
+    labels[2:39:2, 25:35, 10:40] = 1
+    assert labels.any(axis=(1, 2)).mean() > 2 * labels.any(axis=(0, 2)).mean()
+    assert find_drawn_slices(labels).axis == 0
+
+
+def test_a_single_drawn_slice_is_found():
+    assert find_drawn_slices(keep_slices(organ(), 2, [25])).axis == 2
+    assert find_drawn_slices(keep_slices(organ(), 1, [30])).axis == 1
+
+
+def test_nothing_drawn_keeps_the_stored_slices_all_unannotated():
+    found = find_drawn_slices(np.zeros((4, 5, 6), np.uint8))
+    assert found.axis == 0 and found.drawn.shape == (4,) and not found.drawn.any()
+
+
+def test_undrawn_slices_get_the_ignore_value_and_drawn_ones_keep_their_background():
+    labels = keep_slices(organ(), 1, [10, 30, 50])
+    labels[labels > 0] = 2
+    original = labels.copy()
+    found = mark_undrawn_slices(labels, 7)
+    assert found.axis == 1
+    np.testing.assert_array_equal(labels[:, [10, 30, 50]], original[:, [10, 30, 50]])
+    assert (labels[:, [10, 30, 50]] == 0).any()                         # drawn slices keep background
+    assert set(np.unique(np.delete(labels, [10, 30, 50], axis=1))) == {7}
+
+
+def test_slice_names_follow_the_volume_direction():
+    identity = np.eye(3)   # i = L, j = P, k = S
+    assert [slice_orientation(identity, axis) for axis in range(3)] == ["axial", "coronal", "sagittal"]
+    stored_sagittally = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])   # k = L, i = P, j = -S
+    assert [slice_orientation(stored_sagittally, axis) for axis in range(3)] == ["sagittal", "axial", "coronal"]

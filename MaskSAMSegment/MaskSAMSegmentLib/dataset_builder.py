@@ -26,6 +26,7 @@ import numpy as np
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMSegmentLib.drawn_slices import mark_undrawn_slices, slice_orientation
 from MaskSAMSegmentLib.image_files import write_array_image
 from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
 from MaskSAMSegmentLib.terminology import dataset_label_key
@@ -106,9 +107,10 @@ class DatasetBuilder:
 
     output_dir:   the dataset folder to create (must not exist, or be empty)
     channel_name: the modality written to channel_names["0"] ("CT", "T2", ...)
-    drawn_slices_only: slices of a volume (its K axis, as stored) without any segment voxel are
-        marked not annotated (nnU-Net's "ignore" label) instead of background, for cases drawn
-        on some slices only; training then learns from the drawn slices alone
+    drawn_slices_only: slices of a volume without any segment voxel are marked not annotated
+        (nnU-Net's "ignore" label) instead of background, for cases drawn on some slices only;
+        training then learns from the drawn slices alone. The slice axis is read from each
+        case's drawing (`drawn_slices.find_drawn_slices`).
     """
 
     def __init__(self, pairs: List[CasePair], output_dir: "os.PathLike[str] | str", channel_name: str = "CT",
@@ -177,7 +179,7 @@ class DatasetBuilder:
                                  "renamed after the build started; build the dataset again")
             labels[mask] = value
         if self.ignore_value is not None:
-            labels[~labels.reshape(labels.shape[0], -1).any(axis=1)] = self.ignore_value
+            self._mark_undrawn_slices(case, labels, grid)
         write_array_image(image, grid, self._staging / "imagesTr" / f"{case}_0000{self.file_ending}")
         write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
                           self._staging / "labelsTr" / f"{case}{self.file_ending}")
@@ -186,6 +188,13 @@ class DatasetBuilder:
         self._absent[case] = [key for key in self.labels if key != "background" and key not in present]
         self._values_seen.update(int(v) for v in np.unique(labels))
         self.done += 1
+
+    def _mark_undrawn_slices(self, case: str, labels: np.ndarray, grid) -> None:
+        drawn = mark_undrawn_slices(labels, self.ignore_value)
+        if drawn.axis != 0:   # not the stored slice axis: worth a line, in case it guessed wrong
+            self.warnings.append(
+                f"{case}: drawn on {slice_orientation(grid.direction_matrix, drawn.axis)} slices (the volume's "
+                f"{drawn.axis_name} axis): {int(drawn.drawn.sum())} of {drawn.drawn.size} slices annotated")
 
     def _check_on_volume(self, case: str, pair: CasePair, segment_id: str, name: str, written_mm3: float) -> None:
         """Warn when much of a segment misses the volume's grid: drawn on another scan, or
