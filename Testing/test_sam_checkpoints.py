@@ -32,13 +32,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(2)
             return
-        if self.path != "/sam.pth":
+        payload = {"/sam.pth": PAYLOAD, "/two_mib.pth": PAYLOAD[:2 << 20]}.get(self.path)
+        if payload is None:
             self.send_error(404)
             return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(PAYLOAD)
+        self.wfile.write(payload)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,32 @@ def test_right_hash_is_installed(registry, tmp_path):
     assert path.read_bytes() == PAYLOAD
     assert _cache_files(tmp_path) == ["sam.pth"]
     assert sam_checkpoints.find_cached_by_hash(registry.sha256, tmp_path) == path
+
+
+@pytest.mark.parametrize("name, size", [("sam.pth", len(PAYLOAD)), ("two_mib.pth", 2 << 20)])
+def test_a_download_shows_its_progress_up_to_the_whole_file(server, tmp_path, capsys, monkeypatch, name, size):
+    """375 MB to 2.5 GB take minutes: a person sees the bar fill (stderr), the Slicer module's
+    Training tab gets the same steps as machine lines (stdout), both ending at the whole file
+    (also when it is a whole number of MiB)."""
+    from MaskSAMCore import progress
+    from MaskSAMCore.progress import parse_machine_line
+
+    payload = PAYLOAD[:size]
+    monkeypatch.setitem(sam_checkpoints.REGISTRY, "vit_b", SamCheckpointInfo(
+        "vit_b", f"{server}/{name}", size, hashlib.sha256(payload).hexdigest()))
+    monkeypatch.setattr(progress, "_machine_lines", True)   # what --machine-progress switches on
+    download("vit_b", cache_dir=tmp_path)
+    said = capsys.readouterr()
+    mebibytes = -(-size // (1 << 20))   # 3 MiB and 123 bytes: 4 blocks; 2 MiB: 2
+    bars = said.err.splitlines()
+    assert [line.split("] ")[1].split(" ")[0] for line in bars] == [f"{n}/{mebibytes}" for n in range(1, mebibytes + 1)]
+    assert all(line.startswith(f"download {name}: [") for line in bars)
+    assert bars[-1].startswith(f"download {name}: [" + "#" * 24 + "] ")
+    events = [event for event in map(parse_machine_line, said.out.splitlines()) if event is not None]
+    assert events[0] == {"event": "stage", "stage": f"download {name}", "total": mebibytes}
+    steps = [event for event in events if event["event"] == "progress"]
+    assert [event["done"] for event in steps] == list(range(1, mebibytes + 1))
+    assert steps[-1]["fraction"] == 1.0
 
 
 def test_a_damaged_file_in_the_cache_is_downloaded_again(registry, tmp_path, capsys):

@@ -178,6 +178,18 @@ def test_a_case_failing_midway_leaves_no_dataset(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_transformed_volume_is_refused_by_name_before_writing(tmp_path):
+    """The case is written from the volume's voxels on its own grid: under a transform (a
+    registration not yet hardened) the image would not lie where the user sees it."""
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    chain_of_transforms(scene, pairs[1].volume, ((5.0, 0.0, 0.0), (0.0, 0.0, 1.0), 10.0))
+    assert pairs[1].volume.GetParentTransformNode().IsA("vtkMRMLLinearTransformNode")
+    with pytest.raises(InputError, match=r"^Volume 'Patient B' is transformed; harden its transform first"):
+        DatasetBuilder(pairs, tmp_path / "Dataset506_Transformed")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_segmentation_under_nested_transforms_is_written_where_it_lies(tmp_path):
     """Slicer's export wrote an empty label map for a segmentation under transform A under B (a
     registration applied on top of another), and the case silently trained as background."""

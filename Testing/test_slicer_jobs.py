@@ -88,6 +88,23 @@ def test_failing_core_command_surfaces_its_one_line_message(tmp_path):
     assert "\n" not in runner.error_message and "Traceback" not in runner.log_text
 
 
+def test_the_core_error_line_is_shown_without_its_prefix_even_when_other_lines_follow():
+    """The Slicer user reads the core's one error line, not "masksam: error: ..." nor whatever
+    was printed last (a worker's warning at shutdown)."""
+    code = textwrap.dedent("""
+        import sys
+        print("predicting 1 case", flush=True)
+        print("masksam: error: /x/y.nii.gz: not a NIfTI file", file=sys.stderr, flush=True)
+        print("resource_tracker: 1 leaked semaphore object to clean up at shutdown", file=sys.stderr, flush=True)
+        sys.exit(1)
+        """)
+    runner = JobRunner([sys.executable, "-c", code])
+    runner.start()
+    assert runner.wait(timeout_s=30) is JobState.FAILED
+    assert runner.error_message == "/x/y.nii.gz: not a NIfTI file"
+    assert "masksam: error: /x/y.nii.gz: not a NIfTI file" in runner.log_lines   # the log keeps the line as printed
+
+
 @posix_only
 def test_cancel_ends_the_process_tree_promptly(tmp_path):
     runner = JobRunner([str(slow_program(tmp_path))], cancel_grace_s=2.0)

@@ -119,6 +119,54 @@ def test_a_result_that_cannot_be_imported_fails_the_job_with_one_line(tmp_path):
     assert node_classes(scene) == nodes_before and list(work.iterdir()) == []
 
 
+@pytest.mark.parametrize("keep_files", [False, True])
+def test_the_work_folder_goes_after_success_unless_the_files_are_kept(tmp_path, keep_files):
+    """The temporary folder holds a copy of the patient's volume: removed once the result is in
+    the scene, kept (with the core's label map) only when asked for, for debugging."""
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    work = tmp_path / "work"
+    work.mkdir()
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=fake_predictor(tmp_path), work_dir=str(work),
+                     keep_files=keep_files)
+    job.start()
+    assert job.wait(timeout_s=60) is JobState.SUCCEEDED, job.error_message
+    assert job.result_node is not None
+    if not keep_files:
+        assert list(work.iterdir()) == []
+        return
+    folders = list(work.iterdir())
+    assert len(folders) == 1, "the kept folder was removed"
+    folder = folders[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["input.nrrd", "labels.nrrd"]
+    assert job.label_file == folder / "labels.nrrd"
+
+
+@pytest.mark.parametrize("ending", ["core fails", "result unreadable", "cancelled"])
+def test_kept_files_are_removed_all_the_same_when_the_job_does_not_succeed(tmp_path, ending):
+    """keep_files is for looking at a result; a failed or cancelled job leaves no copy of the volume."""
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    work = tmp_path / "work"
+    work.mkdir()
+    python = {"core fails": lambda: program(tmp_path, "fails.py", """\
+                  import sys
+                  print("masksam: error: out of memory", file=sys.stderr)
+                  sys.exit(1)
+                  """),
+              "result unreadable": lambda: fake_predictor(tmp_path, "voxels.astype('float32') * float('nan')"),
+              "cancelled": lambda: str(slow_program(tmp_path))}[ending]()
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=python, work_dir=str(work), keep_files=True)
+    job.start()
+    assert len(list(work.iterdir())) == 1
+    if ending == "cancelled":
+        job.cancel()
+    assert job.wait(timeout_s=60) is (JobState.CANCELLED if ending == "cancelled" else JobState.FAILED)
+    assert list(work.iterdir()) == []
+
+
 def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing(tmp_path):
     scene = new_scene()
     first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="Patient A")

@@ -122,8 +122,8 @@ def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", tim
         with urllib.request.urlopen(source, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            bar = Progress(f"download {info.filename}", total=(expected or info.size_bytes) // _CHUNK + 1,
-                           unit="MiB", enabled=progress)
+            blocks = -(-(expected or info.size_bytes) // _CHUNK)   # MiB blocks, the last one maybe short
+            bar = Progress(f"download {info.filename}", total=blocks, unit="MiB", enabled=progress)
             with open(temporary, "wb") as handle:
                 for block in iter(lambda: response.read(_CHUNK), b""):
                     handle.write(block)
