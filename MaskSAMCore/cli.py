@@ -185,9 +185,10 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
                            "the downloaded one of --preset's type; see download-sam)")
     init.add_argument("--random-init", action="store_true",
                       help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
-    p.add_argument("--epochs", type=at_least(1), default=1000,
+    p.add_argument("--epochs", type=at_least(1), default=None,
                    help="epochs of --iters-per-epoch iterations (default 1000, the paper's for AMOS "
-                        "and Synapse; it used 500 for ACDC)")
+                        "and Synapse; it used 500 for ACDC); with --resume: the run's new length, to "
+                        "train a finished run longer (the poly learning rate follows the new length)")
     p.add_argument("--iters-per-epoch", type=at_least(1), default=250,
                    help="optimiser steps per epoch (default 250, as nnU-Net)")
     p.add_argument("--val-cases-per-epoch", type=at_least(1), default=None,

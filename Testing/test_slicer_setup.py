@@ -21,7 +21,7 @@ from MaskSAMSegmentLib.job_progress import JobProgress
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models, install_model_folder, install_trained_model, read_model_info
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, install_plan, missing_requirements
-from MaskSAMSegmentLib.training_job import TrainRequest
+from MaskSAMSegmentLib.training_job import TrainRequest, epochs_argument
 from MaskSAMSegmentLib.terminology import AnatomyTerminology, dataset_label_key
 
 
@@ -284,6 +284,27 @@ def test_start_training_problems_name_each_missing_piece(tmp_path, monkeypatch):
         TrainRequest(str(dataset), str(killed), preset="tiny", resume=True))[0]
     (killed / "notes.txt").write_text("mine")
     assert "is not empty" in train_problems(TrainRequest(str(dataset), str(killed), preset="tiny"))[0]
+
+
+def test_resume_passes_epochs_only_to_train_a_run_longer(tmp_path):
+    """Resume keeps the run's own length unless Epochs asks for more: the spin box may still show
+    a default far below a long run's, which must not cut that run short."""
+    from MaskSAMCore.cli import build_parser
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"format": "masksam-model", "training": {"epochs": 300}}))
+    parser = build_parser()
+
+    def given_epochs(epochs, resume=True, folder=run):
+        request = TrainRequest("ds", str(folder), preset="tiny", epochs=epochs, resume=resume)
+        arguments = commands.train_arguments("ds", str(folder), epochs=epochs_argument(request), resume=resume)
+        return parser.parse_args(arguments).epochs
+
+    assert given_epochs(100, resume=False) == 100
+    assert given_epochs(100) is None and given_epochs(300) is None   # the run's own 300
+    assert given_epochs(400) == 400
+    assert given_epochs(400, folder=tmp_path / "unreadable") is None   # the core explains
 
 
 def test_button_states_follow_what_is_running_and_what_is_missing(tmp_path, monkeypatch):

@@ -1,6 +1,9 @@
 """What `masksam train --resume` refuses or says before any work: another dataset, a folder in
-which another training runs, and command-line settings the resumed run does not use."""
+which another training runs, and command-line settings the resumed run does not use; and
+`--epochs` with `--resume`, which trains a finished run longer."""
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,11 +67,42 @@ def test_changed_cases_and_ignored_options_are_said_on_resume(trained, tmp_path,
     dataset, model_dir = trained
     other = make_phantoms(tmp_path / "other", cases=5, seed=4, size=(32, 32, 10), progress=False)
     try:
-        assert main(["train", str(other), str(model_dir), "--resume", "--device", "cpu", "--epochs", "9",
+        assert main(["train", str(other), str(model_dir), "--resume", "--device", "cpu", "--seed", "9",
                      "--lr", "0.5"]) == 0
     finally:
         enable_machine_lines(False)
     err = capsys.readouterr().err
     assert "masksam: warning: 5 case(s) changed since the run started (phantom_000, phantom_001, phantom_002, ...)" \
         in err
-    assert "masksam: note: a resumed run keeps its own settings; --epochs, --lr given here are ignored" in err
+    assert "masksam: note: a resumed run keeps its own settings; --lr, --seed given here are ignored" in err
+
+
+def test_a_finished_run_is_trained_longer_with_epochs_on_resume(trained, tmp_path, capsys):
+    """--epochs with --resume is the run's new length: the finished 1-epoch run gets a second
+    epoch, its poly learning rate taken over 2 epochs; cutting it below what it has finished is
+    refused without touching anything."""
+    from MaskSAMCore.training.schedule import poly_lr
+    from MaskSAMCore.training.training_log import read_csv
+
+    dataset, trained_dir = trained
+    model_dir = shutil.copytree(trained_dir, tmp_path / "model")
+    try:
+        assert main(["train", str(dataset), str(model_dir), "--resume", "--device", "cpu", "--num-workers", "0",
+                     "--epochs", "2"]) == 0
+    finally:
+        enable_machine_lines(False)
+    err = capsys.readouterr().err
+    assert "masksam: note: the run now lasts 2 epochs instead of 1; the poly learning rate follows the new " \
+           f"length (the next epoch's: {poly_lr(0.01, 1, 2):.3g})" in err
+    assert "ignored" not in err
+    rows = read_csv(model_dir / "training_log.csv")
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    assert float(rows[1]["lr"]) == pytest.approx(poly_lr(0.01, 1, 2))
+    training = json.loads((model_dir / "model.json").read_text())["training"]
+    assert (training["epochs"], training["finished_epochs"]) == (2, 2)
+
+    before = _files(model_dir)
+    assert main(["train", str(dataset), str(model_dir), "--resume", "--device", "cpu", "--epochs", "1"]) == 1
+    assert _error(capsys) == (f"masksam: error: the training in {model_dir} has finished 2 epochs already: "
+                              "--epochs 1 cannot end it sooner (give at least 2)")
+    assert _files(model_dir) == before

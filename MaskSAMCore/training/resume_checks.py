@@ -1,4 +1,4 @@
-"""What `masksam train --resume` checks about the dataset before any work.
+"""What `masksam train --resume` checks before any work: the dataset, and the run's length.
 
 A resumed run keeps its folds (splits.json) and its preprocessed cases, so the dataset must be
 the one the run started with. Given another one, a case added since would be silently left out
@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Set
+from typing import List, Optional, Set
 
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.preprocess_runner import source_stamps
 from MaskSAMCore.data.store import SEG_SUFFIX, read_properties
-from MaskSAMCore.errors import InputError, describe_path, list_some
+from MaskSAMCore.errors import InputError, ModelFolderError, describe_path, list_some
 from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
 
 
@@ -67,14 +67,26 @@ def _sizes(stamps: List[dict]) -> List[tuple]:
     return [(stamp.get("file"), stamp.get("size")) for stamp in stamps]
 
 
-# Options that describe the run; a resumed run takes them from its checkpoint instead.
-RUN_OPTIONS = ("preset", "epochs", "iters_per_epoch", "batch_size", "optimizer", "lr", "seed", "fold",
+def resumed_run_length(given: Optional[int], planned: int, finished: int, model_dir: Path) -> int:
+    """The epochs of a resumed run: its own, or `--epochs` given with `--resume` (a finished run
+    trained longer, or a run ended sooner), never fewer than it has finished."""
+    if given is None or given == planned:
+        return planned
+    if given < finished:
+        raise ModelFolderError(f"the training in {describe_path(model_dir)} has finished {finished} epochs "
+                               f"already: --epochs {given} cannot end it sooner (give at least {finished})")
+    return given
+
+
+# Options that describe the run; a resumed run takes them from its checkpoint instead (but
+# --epochs, which `resumed_run_length` honours).
+RUN_OPTIONS = ("preset", "iters_per_epoch", "batch_size", "optimizer", "lr", "seed", "fold",
                "no_amp", "val_cases_per_epoch", "random_init")
 
 
 def ignored_options(args: argparse.Namespace) -> List[str]:
     """The run options given on a --resume command line (differing from their defaults), which
-    the resumed run ignores: saying so beats a user believing `--epochs 200` extended the run."""
+    the resumed run ignores: saying so beats a user believing `--lr 0.001` changed the run."""
     from MaskSAMCore.cli import build_parser   # here: the command line imports this module
 
     defaults = build_parser().parse_args(["train", "DATASET", "MODEL_DIR"])

@@ -47,9 +47,9 @@ from MaskSAMCore.training.distributed import (DistributedContext, init_distribut
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.folder_lock import training_lock
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
-from MaskSAMCore.training.resume_checks import check_resumed_dataset, ignored_options
+from MaskSAMCore.training.resume_checks import check_resumed_dataset, ignored_options, resumed_run_length
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
-from MaskSAMCore.training.schedule import DEFAULT_LR
+from MaskSAMCore.training.schedule import DEFAULT_LR, poly_lr
 from MaskSAMCore.training.settings import TrainSettings
 from MaskSAMCore.training.splits import load_or_create_splits, make_splits, select_fold
 from MaskSAMCore.training.trainer import Trainer
@@ -70,7 +70,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def check_arguments(args: argparse.Namespace) -> None:
     for name in ("epochs", "iters_per_epoch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise MaskSAMError(f"--{name.replace('_', '-')} must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         raise MaskSAMError("--batch-size must be at least 1")
@@ -226,7 +226,7 @@ def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescriptio
 
 def settings_from_arguments(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(
-        epochs=args.epochs, iters_per_epoch=args.iters_per_epoch,
+        epochs=args.epochs or TrainSettings.epochs, iters_per_epoch=args.iters_per_epoch,
         batch_size=args.batch_size or TrainSettings.batch_size, optimizer=args.optimizer,
         lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer], seed=args.seed,
         fold=str(args.fold), amp=not args.no_amp, val_cases_per_epoch=args.val_cases_per_epoch)
@@ -334,6 +334,12 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
                                f"has ({', '.join(dataset.channel_list)})")
     changed = check_resumed_dataset(model_dir, dataset)
     ignored = ignored_options(args)
+    planned = settings.epochs
+    settings.epochs = resumed_run_length(getattr(args, "epochs", None), planned, int(payload["epoch"]), model_dir)
+    if announce and settings.epochs != planned:
+        next_lr = poly_lr(settings.lr, int(payload["epoch"]), settings.epochs)
+        print(f"masksam: note: the run now lasts {settings.epochs} epochs instead of {planned}; the poly "
+              f"learning rate follows the new length (the next epoch's: {next_lr:.3g})", file=sys.stderr, flush=True)
     if announce and changed:
         print(f"masksam: warning: {len(changed)} case(s) changed since the run started "
               f"({list_some(changed)}): they are preprocessed again and "

@@ -89,7 +89,7 @@ def predict_arguments(model_dir: str, input_path: str, output_path: str, device:
 
 def train_arguments(dataset_dir: str, model_dir: str, preset: str = "vit_b",
                     sam_checkpoint: Optional[str] = None, random_init: bool = False,
-                    epochs: int = 100, iters_per_epoch: Optional[int] = None,
+                    epochs: Optional[int] = 100, iters_per_epoch: Optional[int] = None,
                     device: str = "auto", resume: bool = False, fold: str = "0",
                     batch_size: Optional[int] = None, val_cases_per_epoch: Optional[int] = None) -> List[str]:
     """``train DATASET MODEL_DIR`` with the choices of the Training tab.
@@ -97,10 +97,13 @@ def train_arguments(dataset_dir: str, model_dir: str, preset: str = "vit_b",
     sam_checkpoint: a checkpoint file, or vit_b/vit_l/vit_h for the downloaded one; `random_init`
     trains on a random frozen backbone instead (the tiny preset, demos).
     fold: 0-4 (validate on that fifth of the cases) or "all" (train and validate on every case)
+    epochs: the run's length; None keeps a resumed run's own
     batch_size, val_cases_per_epoch: the core's defaults when None (quick trials lower them)
     """
-    arguments = ["train", str(dataset_dir), str(model_dir), "--preset", preset, "--epochs", str(int(epochs)),
-                 "--device", device, "--fold", str(fold)]
+    arguments = ["train", str(dataset_dir), str(model_dir), "--preset", preset, "--device", device,
+                 "--fold", str(fold)]
+    if epochs is not None:
+        arguments += ["--epochs", str(int(epochs))]
     if random_init:
         arguments.append("--random-init")
     elif sam_checkpoint:

@@ -4,7 +4,8 @@ Each ``epoch`` machine line adds a point to the plot (`training_plot.py`). When 
 finishes, the model folder is installed into the models folder so that it appears in the
 Segment tab at once; the training folder itself (with its resume state) stays where it is.
 Stop ends the process tree like any job; the core keeps ``checkpoint_latest.pt`` of the last
-finished epoch, so ticking Resume continues from there.
+finished epoch, so ticking Resume continues from there (and trains a finished run longer when
+Epochs is raised above its length).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError
-from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, never_checkpointed
+from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_JSON, never_checkpointed
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
@@ -47,6 +48,19 @@ class TrainRequest:
     fold: Optional[str] = None   # None: fold 0, or "all" for datasets too small for 5 folds
     batch_size: Optional[int] = None           # None: the core's default (2)
     val_cases_per_epoch: Optional[int] = None  # None: validate on every validation case
+
+
+def epochs_argument(request: TrainRequest) -> Optional[int]:
+    """A new run's length; a resumed run keeps its own (None) unless Epochs asks for more: Resume
+    with a larger number trains a finished run longer, a smaller one never cuts a run short."""
+    if not request.resume:
+        return request.epochs
+    try:
+        meta = json.loads((Path(request.output_dir) / MODEL_JSON).read_text(encoding="utf-8"))
+        planned = int(meta["training"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None   # the core says what is wrong with the folder
+    return request.epochs if request.epochs > planned else None
 
 
 def automatic_fold(dataset_dir: str) -> str:
@@ -142,7 +156,8 @@ class TrainingJob:
         r = self.request
         checkpoint = r.sam_checkpoint if uses_sam_weights(r) and not r.resume else None
         arguments = train_arguments(r.dataset_dir, r.output_dir, preset=r.preset, sam_checkpoint=checkpoint,
-                                    random_init=r.random_init, epochs=r.epochs, iters_per_epoch=r.iters_per_epoch,
+                                    random_init=r.random_init, epochs=epochs_argument(r),
+                                    iters_per_epoch=r.iters_per_epoch,
                                     device=r.device.device, resume=r.resume,
                                     fold=r.fold or automatic_fold(r.dataset_dir), batch_size=r.batch_size,
                                     val_cases_per_epoch=r.val_cases_per_epoch)
