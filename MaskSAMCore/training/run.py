@@ -334,12 +334,14 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
                                f"has ({', '.join(dataset.channel_list)})")
     changed = check_resumed_dataset(model_dir, dataset)
     ignored = ignored_options(args)
-    planned = settings.epochs
-    settings.epochs = resumed_run_length(getattr(args, "epochs", None), planned, int(payload["epoch"]), model_dir)
+    planned, finished = settings.epochs, int(payload["epoch"])
+    settings.epochs = resumed_run_length(getattr(args, "epochs", None), planned, finished, model_dir)
     if announce and settings.epochs != planned:
-        next_lr = poly_lr(settings.lr, int(payload["epoch"]), settings.epochs)
-        print(f"masksam: note: the run now lasts {settings.epochs} epochs instead of {planned}; the poly "
-              f"learning rate follows the new length (the next epoch's: {next_lr:.3g})", file=sys.stderr, flush=True)
+        then = (f"the poly learning rate follows the new length (the next epoch's: "
+                f"{poly_lr(settings.lr, finished, settings.epochs):.3g})" if settings.epochs > finished
+                else "it ends now, with its last finished epoch as the final model")
+        print(f"masksam: note: the run now lasts {settings.epochs} epochs instead of {planned}; {then}",
+              file=sys.stderr, flush=True)
     if announce and changed:
         print(f"masksam: warning: {len(changed)} case(s) changed since the run started "
               f"({list_some(changed)}): they are preprocessed again and "
