@@ -227,7 +227,7 @@ def test_fold_k_trains_and_validates_on_the_cases_of_fold_k():
 
 # -- resume options and the log -------------------------------------------------------------------
 
-@pytest.mark.parametrize("option, value", [("--fold", "1"), ("--epochs", "7"), ("--optimizer", "adamw"),
+@pytest.mark.parametrize("option, value", [("--fold", "1"), ("--optimizer", "adamw"), ("--lr", "0.1"),
                                            ("--seed", "3"), ("--batch-size", "4"), ("--val-cases-per-epoch", "2")])
 def test_every_run_option_given_with_resume_is_said_to_be_ignored(option, value):
     from MaskSAMCore.cli import build_parser
@@ -235,6 +235,8 @@ def test_every_run_option_given_with_resume_is_said_to_be_ignored(option, value)
 
     args = build_parser().parse_args(["train", "d", "m", "--resume", option, value])
     assert ignored_options(args) == [option]
+    # --epochs is the one run option a resumed run takes (its new length)
+    assert ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", "--epochs", "7"])) == []
 
 
 def test_the_cases_of_a_fold_all_run_survive_a_preprocessing_killed_midway(tmp_path):
