@@ -96,6 +96,18 @@ def test_a_download_shows_its_progress_up_to_the_whole_file(server, tmp_path, ca
     assert steps[-1]["fraction"] == 1.0
 
 
+def test_a_long_download_logs_a_line_per_tenth_and_its_last_line_is_the_whole_file(server, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Without a terminal (the Slicer log, a batch job) the bar writes one line per tenth: the
+    last block rarely starts a tenth, and the log must still end at the whole file."""
+    monkeypatch.setattr(sam_checkpoints, "_CHUNK", 1 << 16)   # 49 blocks of 64 KiB, as a real file has hundreds
+    monkeypatch.setitem(sam_checkpoints.REGISTRY, "vit_b", SamCheckpointInfo(
+        "vit_b", f"{server}/sam.pth", len(PAYLOAD), hashlib.sha256(PAYLOAD).hexdigest()))
+    download("vit_b", cache_dir=tmp_path)
+    counts = [line.split("] ")[1].split(" ")[0] for line in capsys.readouterr().err.splitlines()]
+    assert len(counts) <= 14 and counts[-1] == "49/49"
+
+
 def test_a_damaged_file_in_the_cache_is_downloaded_again(registry, tmp_path, capsys):
     """A copy cut short earlier must not stay "cached" for ever (training would call it corrupt)."""
     (tmp_path / "sam.pth").write_bytes(PAYLOAD[: len(PAYLOAD) // 2])

@@ -289,6 +289,23 @@ def test_a_single_drawn_slice_is_found():
     assert find_drawn_slices(keep_slices(organ(), 1, [30])).axis == 1
 
 
+def test_a_drawing_alike_across_every_axis_keeps_the_stored_slices():
+    """Nothing tells the axis drawn on (a box on every slice it crosses, in a cube): K, as
+    stored, and so no line about another orientation."""
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[2:8, 2:8, 2:8] = 1
+    found = find_drawn_slices(labels)
+    assert found.axis == 0 and np.flatnonzero(found.drawn).tolist() == list(range(2, 8))
+
+
+def test_without_gaps_the_smallest_share_of_drawn_slices_wins_not_the_shortest_range():
+    """60 consecutive axial slices of a long scan drawn, of a structure 40 of 100 voxels wide: the
+    drawing spans more K slices than J or I ones, yet the smallest share of them (a fifth)."""
+    labels = np.zeros((300, 100, 100), np.uint8)
+    labels[10:70, 30:70, 30:70] = 1
+    assert find_drawn_slices(labels).axis == 0
+
+
 def test_nothing_drawn_keeps_the_stored_slices_all_unannotated():
     found = find_drawn_slices(np.zeros((4, 5, 6), np.uint8))
     assert found.axis == 0 and found.drawn.shape == (4,) and not found.drawn.any()

@@ -307,6 +307,32 @@ def test_resume_passes_epochs_only_to_train_a_run_longer(tmp_path):
     assert given_epochs(400, folder=tmp_path / "unreadable") is None   # the core explains
 
 
+def test_the_training_job_resumes_with_the_runs_own_length_unless_epochs_asks_for_more(tmp_path, monkeypatch):
+    from MaskSAMSegmentLib import training_job
+
+    started = []
+
+    class Recorder:
+        def __init__(self, command, **kwargs):
+            self.command = command
+
+        def start(self):
+            started.append(self.command)
+
+    monkeypatch.setattr(training_job, "JobRunner", Recorder)
+    dataset = make_dataset(tmp_path / "Dataset1", cases=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"format": "masksam-model", "training": {"epochs": 300}}))
+    (run / "checkpoint_latest.pt").write_bytes(b"resume state")
+    for epochs in (100, 400):
+        request = TrainRequest(str(dataset), str(run), preset="tiny", epochs=epochs, resume=True)
+        training_job.TrainingJob(request).start()
+    assert [command[command.index("--epochs") + 1] if "--epochs" in command else None for command in started] \
+        == [None, "400"]
+    assert all("--resume" in command for command in started)
+
+
 def test_button_states_follow_what_is_running_and_what_is_missing(tmp_path, monkeypatch):
     from MaskSAMSegmentLib.action_states import Activity, action_states
     from MaskSAMSegmentLib.segment_job import SegmentRequest

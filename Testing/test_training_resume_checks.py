@@ -92,7 +92,7 @@ def test_a_finished_run_is_trained_longer_with_epochs_on_resume(trained, tmp_pat
     finally:
         enable_machine_lines(False)
     err = capsys.readouterr().err
-    assert "masksam: note: the run now lasts 2 epochs instead of 1; the poly learning rate follows the new " \
+    assert "masksam: note: the run now lasts 2 epoch(s) instead of 1; the poly learning rate follows the new " \
            f"length (the next epoch's: {poly_lr(0.01, 1, 2):.3g})" in err
     assert "ignored" not in err
     rows = read_csv(model_dir / "training_log.csv")
@@ -106,3 +106,39 @@ def test_a_finished_run_is_trained_longer_with_epochs_on_resume(trained, tmp_pat
     assert _error(capsys) == (f"masksam: error: the training in {model_dir} has finished 2 epochs already: "
                               "--epochs 1 cannot end it sooner (give at least 2)")
     assert _files(model_dir) == before
+
+
+def test_an_unfinished_run_keeps_its_length_or_ends_sooner_but_not_before_its_finished_epochs(
+        trained, monkeypatch, capsys):
+    """A run planned for 3 epochs and stopped after its first: without --epochs it still lasts 3;
+    --epochs 2 shortens it (the poly learning rate over 2 epochs); --epochs 1 ends it now, with a
+    note saying so rather than a next epoch's learning rate."""
+    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.data.dataset import load_raw_dataset
+    from MaskSAMCore.training import checkpoint_io
+    from MaskSAMCore.training.run import describe_resumed_run
+    from MaskSAMCore.training.schedule import poly_lr
+
+    dataset, model_dir = trained
+    read = checkpoint_io.read_for_resume
+
+    def planned_for_three_epochs(folder):
+        payload = read(folder)
+        assert int(payload["epoch"]) == 1
+        return {**payload, "settings": {**payload["settings"], "epochs": 3}}
+
+    monkeypatch.setattr(checkpoint_io, "read_for_resume", planned_for_three_epochs)
+    raw = load_raw_dataset(dataset, progress=False)
+
+    def resumed(*options, announce=True):
+        args = build_parser().parse_args(["train", str(dataset), str(model_dir), "--resume", *options])
+        epochs = describe_resumed_run(args, model_dir, raw, announce=announce).settings.epochs
+        return epochs, [line for line in capsys.readouterr().err.splitlines() if "now lasts" in line]
+
+    assert resumed() == (3, []) and resumed("--epochs", "3") == (3, [])
+    next_lr = poly_lr(0.01, 1, 2)
+    assert resumed("--epochs", "2") == (2, ["masksam: note: the run now lasts 2 epoch(s) instead of 3; the poly learning "
+                                            f"rate follows the new length (the next epoch's: {next_lr:.3g})"])
+    assert resumed("--epochs", "1") == (1, ["masksam: note: the run now lasts 1 epoch(s) instead of 3; it ends now, "
+                                            "with its last finished epoch as the final model"])
+    assert resumed("--epochs", "2", announce=False) == (2, [])   # the other ranks of a multi-GPU run

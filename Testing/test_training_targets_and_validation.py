@@ -178,6 +178,21 @@ def test_windows_without_any_annotated_voxel_leave_the_validation_loss_alone():
     assert math.isnan(Validator(cases[1:], (2, 4, 4), NAMES, criterion, torch.device("cpu")).run(model).loss)
 
 
+def test_a_window_with_some_annotated_voxels_keeps_its_validation_loss():
+    """A case drawn on one of its slices: its window holds unannotated voxels beside the drawn
+    ones, and still counts in the loss (over the drawn voxels alone)."""
+    truth = np.full((2, 4, 4), 3, np.int16)                    # slice 1 unannotated (3 = ignore)
+    truth[0] = 0
+    truth[0, :2, :] = 1
+    image = np.where(truth == 3, 0, truth).astype(np.float32)[None]
+    criterion = MaskSAMLoss(3, across_ranks=False, ignore_label=3)
+    model = _LabelEcho()
+    result = Validator([ValidationCase("a", image, truth)], (2, 4, 4), NAMES, criterion, torch.device("cpu")).run(model)
+    seg = torch.from_numpy(truth[None].astype(np.int64))
+    expected = float(criterion(model(torch.from_numpy(image[None])), seg).total)
+    assert math.isfinite(result.loss) and result.loss == pytest.approx(expected, rel=1e-5)
+
+
 def test_a_case_smaller_than_the_patch_is_padded_with_background_for_the_validation_loss():
     image = np.zeros((1, 1, 3, 3), np.float32)
     image[0, 0, 1, 1] = 1
@@ -228,12 +243,14 @@ def test_fold_k_trains_and_validates_on_the_cases_of_fold_k():
 # -- resume options and the log -------------------------------------------------------------------
 
 @pytest.mark.parametrize("option, value", [("--fold", "1"), ("--optimizer", "adamw"), ("--lr", "0.1"),
-                                           ("--seed", "3"), ("--batch-size", "4"), ("--val-cases-per-epoch", "2")])
+                                           ("--seed", "3"), ("--batch-size", "4"), ("--val-cases-per-epoch", "2"),
+                                           ("--iters-per-epoch", "10"), ("--preset", "vit_l"),
+                                           ("--no-amp", None), ("--random-init", None)])
 def test_every_run_option_given_with_resume_is_said_to_be_ignored(option, value):
     from MaskSAMCore.cli import build_parser
     from MaskSAMCore.training.resume_checks import ignored_options
 
-    args = build_parser().parse_args(["train", "d", "m", "--resume", option, value])
+    args = build_parser().parse_args(["train", "d", "m", "--resume", option] + ([value] if value else []))
     assert ignored_options(args) == [option]
     # --epochs is the one run option a resumed run takes (its new length)
     assert ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", "--epochs", "7"])) == []

@@ -340,7 +340,7 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
         then = (f"the poly learning rate follows the new length (the next epoch's: "
                 f"{poly_lr(settings.lr, finished, settings.epochs):.3g})" if settings.epochs > finished
                 else "it ends now, with its last finished epoch as the final model")
-        print(f"masksam: note: the run now lasts {settings.epochs} epochs instead of {planned}; {then}",
+        print(f"masksam: note: the run now lasts {settings.epochs} epoch(s) instead of {planned}; {then}",
               file=sys.stderr, flush=True)
     if announce and changed:
         print(f"masksam: warning: {len(changed)} case(s) changed since the run started "
