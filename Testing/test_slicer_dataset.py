@@ -289,6 +289,19 @@ def test_a_single_drawn_slice_is_found():
     assert find_drawn_slices(keep_slices(organ(), 1, [30])).axis == 1
 
 
+def test_a_block_of_consecutive_slices_is_found_by_its_abrupt_ends():
+    """13 consecutive axial slices of an organ drawn, in a scan of 40 slices of 200 x 200: a larger
+    share of the K slices than of the J or I ones holds a voxel and nothing has gaps, but only
+    across K does the drawing end abruptly (the organ tapers off along J and I)."""
+    z, y, x = np.ogrid[:40, :200, :200]
+    labels = ((((z - 20) / 16.0) ** 2 + ((y - 100) / 25.0) ** 2 + ((x - 100) / 20.0) ** 2) <= 1).astype(np.uint8)
+    labels[:14] = 0
+    labels[27:] = 0
+    assert labels.any(axis=(1, 2)).mean() > labels.any(axis=(0, 2)).mean() > labels.any(axis=(0, 1)).mean()
+    found = find_drawn_slices(labels)
+    assert found.axis == 0 and np.flatnonzero(found.drawn).tolist() == list(range(14, 27))
+
+
 def test_a_drawing_alike_across_every_axis_keeps_the_stored_slices():
     """Nothing tells the axis drawn on (a box on every slice it crosses, in a cube): K, as
     stored, and so no line about another orientation."""

@@ -2,9 +2,11 @@
 
 A user who annotates sparsely paints a few slices in one slice view. Which array axis those slices
 lie across depends on the view and on how the volume is stored (an MRI stored sagittally has its
-K axis left-right), so the axis is read from the drawing itself: along the axis drawn on, the drawn
-slices leave gaps inside their range, or are few; along the other two axes a drawn structure fills
-every slice it crosses.
+K axis left-right), so the axis is read from the drawing itself. Along the axis drawn on, the
+drawn slices leave gaps inside their range (every fifth slice), or the drawing ends abruptly (a
+single slice, or a block of consecutive ones, cut out of the structure: its first and last slices
+are as large as any); along the other two axes a drawn structure fills every slice it crosses and
+tapers off at its edges.
 """
 
 from __future__ import annotations
@@ -32,19 +34,23 @@ class DrawnSlices:
 def find_drawn_slices(labels: np.ndarray) -> DrawnSlices:
     """The axis of `labels` (K, J, I) whose slices the segments were drawn on.
 
-    Per axis: the share of slices between the first and the last drawn one that are drawn (below
-    one where the user skipped slices), then the share of all slices that are drawn; the smallest
-    wins, and ties keep K, the stored slice axis. Without any segment voxel: K, nothing drawn.
+    Per axis, compared in this order: the share of slices between the first and the last drawn
+    one that are drawn (below one where the user skipped slices; smallest wins), how abruptly the
+    drawing ends (its first and last slices' voxels over its largest slice's; largest wins), the
+    share of all slices that are drawn (smallest wins); ties keep K, the stored slice axis.
+    Without any segment voxel: K, nothing drawn.
     """
     best_key, best = None, None
     for axis in range(3):
         other_axes = tuple(a for a in range(3) if a != axis)
-        drawn = np.asarray(labels != 0).any(axis=other_axes)
-        indices = np.flatnonzero(drawn)
+        voxels = np.count_nonzero(labels, axis=other_axes)    # per slice along `axis`
+        indices = np.flatnonzero(voxels)
         if indices.size == 0:
             return DrawnSlices(0, np.zeros(labels.shape[0], dtype=bool))
         filled = indices.size / (indices[-1] - indices[0] + 1)
-        key = (round(filled, 9), round(indices.size / drawn.size, 9))
+        abrupt = (voxels[indices[0]] + voxels[indices[-1]]) / (2 * voxels.max())
+        key = (round(filled, 9), -round(abrupt, 9), round(indices.size / voxels.size, 9))
+        drawn = voxels > 0
         if best_key is None or key < best_key:
             best_key, best = key, DrawnSlices(axis, drawn)
     return best
