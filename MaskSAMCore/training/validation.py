@@ -155,8 +155,8 @@ class Validator:
         prediction = (scores / hits.clamp(min=1)).argmax(0).numpy()
         return prediction[: shape[0], : shape[1], : shape[2]], losses
 
-
     def _annotated(self, seg: torch.Tensor) -> bool:
+        """Whether a window batch's labels hold any annotated voxel."""
         ignore = self.criterion.ignore_label
         return ignore is None or bool((seg != ignore).any())
 

@@ -27,6 +27,7 @@ from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.errors import InputError, describe_path
 from MaskSAMSegmentLib.drawn_slices import mark_undrawn_slices, slice_orientation
+from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.image_files import write_array_image
 from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
 from MaskSAMSegmentLib.terminology import dataset_label_key
@@ -189,7 +190,7 @@ class DatasetBuilder:
         self._values_seen.update(int(v) for v in np.unique(labels))
         self.done += 1
 
-    def _mark_undrawn_slices(self, case: str, labels: np.ndarray, grid) -> None:
+    def _mark_undrawn_slices(self, case: str, labels: np.ndarray, grid: LpsGrid) -> None:
         drawn = mark_undrawn_slices(labels, self.ignore_value)
         if drawn.axis != 0:   # not the stored slice axis: worth a line, in case it guessed wrong
             self.warnings.append(
