@@ -24,10 +24,15 @@ from MaskSAMCore.data.planning import plan_problems
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import (BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT,
                                        MODEL_JSON)
+from MaskSAMCore.data.regions import RegionError, RegionScheme
 from MaskSAMCore.model.config import MaskSAMConfig
 
 FORMAT = MODEL_FORMAT
-FORMAT_VERSION = 1
+# Version 2 adds "regions" (models trained on region labels, `data/regions.py`). Only such models
+# are written as version 2, so that a MaskSAM that cannot paint regions refuses them by name
+# instead of writing class indices as if they were label values.
+FORMAT_VERSION = 2
+REGIONS_FORMAT_VERSION = 2
 # Bumped whenever the network's weights change meaning (names, shapes or what a layer computes),
 # so that a model trained with another MaskSAM is refused with a clear message, not a shape error.
 NETWORK_FORMAT = 2
@@ -71,7 +76,8 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 def write_model_json(model_dir: PathLike, meta: Dict[str, Any]) -> Path:
     """Atomically write `model.json` (format fields added) and return its path."""
     path = Path(model_dir) / MODEL_JSON
-    write_json(path, {"format": FORMAT, "format_version": FORMAT_VERSION,
+    version = REGIONS_FORMAT_VERSION if meta.get("regions") else 1
+    write_json(path, {"format": FORMAT, "format_version": version,
                       "network_format": NETWORK_FORMAT, **meta})
     return path
 
@@ -122,6 +128,12 @@ class ModelFolder:
             config = model.config
         except (TypeError, ValueError) as exc:
             raise ModelFolderError(f"{describe_path(json_path)} has an invalid network: {exc}") from None
+        try:
+            regions = model.regions
+        except RegionError as exc:
+            raise ModelFolderError(f"{describe_path(json_path)}: regions: {exc}") from None
+        if regions is not None and regions.class_labels != model.labels:
+            raise ModelFolderError(f"{describe_path(json_path)}: its labels are not the classes of its regions")
         if config.num_classes != len(model.labels):
             raise ModelFolderError(
                 f"{describe_path(json_path)}: the network has {config.num_classes} classes but "
@@ -141,6 +153,19 @@ class ModelFolder:
     @property
     def labels(self) -> Dict[str, int]:
         return {str(name): int(value) for name, value in self.meta["labels"].items()}
+
+    @property
+    def regions(self) -> Optional[RegionScheme]:
+        """The region labels the model was trained on (BraTS-like datasets), or None."""
+        data = self.meta.get("regions")
+        return RegionScheme.from_dict(data) if data else None
+
+    @property
+    def output_labels(self) -> Dict[str, int]:
+        """Name -> value in the label maps the model writes: its labels, or for a region model
+        background and each region's value from regions_class_order."""
+        regions = self.regions
+        return regions.output_labels if regions is not None else self.labels
 
     @property
     def class_names(self) -> List[str]:
