@@ -250,7 +250,7 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
 
 
 def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
-    p = sub.add_parser("evaluate", help="per-class Dice and HD95 of predictions against ground truth",
+    p = sub.add_parser("evaluate", help="per-class (or per-region) Dice and HD95 of predictions against ground truth",
                        description="Per-class Dice and HD95 (mm) as JSON. HD95 is the larger of the two directed "
                                    "95th percentiles of surface-voxel distances (MONAI's convention; MedPy/nnU-Net "
                                    "v1 pool both directions); the report's 'conventions' has the empty-mask rules.")

@@ -134,6 +134,9 @@ class ModelFolder:
             raise ModelFolderError(f"{describe_path(json_path)}: regions: {exc}") from None
         if regions is not None and regions.class_labels != model.labels:
             raise ModelFolderError(f"{describe_path(json_path)}: its labels are not the classes of its regions")
+        if (model.plan.get("regions") or None) != (meta.get("regions") or None):
+            # preprocessing reads the plan's copy, the label map is painted from model.json's
+            raise ModelFolderError(f"{describe_path(json_path)}: its plan and its description differ in regions")
         if config.num_classes != len(model.labels):
             raise ModelFolderError(
                 f"{describe_path(json_path)}: the network has {config.num_classes} classes but "

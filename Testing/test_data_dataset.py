@@ -195,9 +195,9 @@ def test_num_training_mismatch(dataset):
     assert "numTraining is 5 but imagesTr holds 3 case(s)" in load_error(dataset)
 
 
-def test_region_labels_are_refused(dataset):
+def test_region_labels_need_their_order_of_painting(dataset):
     edit_json(dataset, labels={"background": 0, "liver": 1, "organs": [1, 2]})
-    assert "label 'organs' is a region" in load_error(dataset)
+    assert "region labels need 'regions_class_order'" in load_error(dataset)
 
 
 def _relabel_every_case(dataset: Path, old: int, new: int) -> None:

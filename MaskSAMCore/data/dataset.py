@@ -25,6 +25,7 @@ import numpy as np
 
 from MaskSAMCore.data.dataset_json import DATASET_JSON, read_dataset_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label
+from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.progress import Progress
@@ -56,6 +57,14 @@ class RawDataset:
     geometries: Dict[str, ImageGeometry] = field(default_factory=dict)  # per training case, when checked
     metadata: Dict[str, object] = field(default_factory=dict)           # dataset.json as read
     ignore_label: Optional[int] = None     # value of unannotated voxels (nnU-Net's "ignore"), not a class
+    regions: Optional[RegionScheme] = None  # region labels (classes are then groups of label values)
+
+    @property
+    def class_values(self) -> Dict[str, Tuple[int, ...]]:
+        """Class name -> the label values of the label maps that make the class."""
+        if self.regions is not None:
+            return dict(self.regions.classes)
+        return {name: (value,) for name, value in self.labels.items()}
 
     @property
     def class_names(self) -> List[str]:
@@ -117,7 +126,7 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
     dataset = RawDataset(
         root=root, name=str(meta.get("name") or root.name), labels=labels, channel_names=channel_names,
         file_ending=file_ending, num_training=num_training, training_cases=training, test_cases=test,
-        metadata=meta, ignore_label=description.ignore_label,
+        metadata=meta, ignore_label=description.ignore_label, regions=description.regions,
     )
     if check_images:
         check_case_files(dataset, progress=progress, warn=progress if warn is None else warn)
@@ -127,7 +136,7 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
 def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = True) -> None:
     """Open every training case and check images and labels (see module docstring); fills
     `dataset.geometries`. Raises `DatasetError` for the first broken case."""
-    allowed = set(dataset.labels.values())
+    allowed = {value for values in dataset.class_values.values() for value in values}
     if dataset.ignore_label is not None:
         allowed.add(dataset.ignore_label)
     present: Set[int] = set()
@@ -154,7 +163,8 @@ def _check_labels_present(dataset: RawDataset, present: Set[int], warn: bool) ->
     if not present - {0, dataset.ignore_label}:
         raise DatasetError(f"{describe_path(dataset.root)}: no label map in labelsTr holds any structure "
                            "(every voxel is background 0); there is nothing to learn")
-    absent = [f"'{name}' ({value})" for name, value in dataset.labels.items() if value and value not in present]
+    absent = [f"'{name}' ({', '.join(map(str, values))})" for name, values in dataset.class_values.items()
+              if values != (0,) and not set(values) & present]
     if absent and warn:
         shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
         print(f"masksam: warning: {describe_path(dataset.root)}: label(s) {shown} declared in dataset.json "

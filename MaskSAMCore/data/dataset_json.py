@@ -2,8 +2,11 @@
 `DatasetError` line naming the file and the field otherwise.
 
 Beyond nnU-Net's own checks: a key given twice in one object is refused (JSON would keep the
-last), a byte order mark is accepted (Windows editors write one), nnU-Net v1 files get the steps
-to v2, and region labels are refused rather than misread.
+last), a byte order mark is accepted (Windows editors write one) and nnU-Net v1 files get the
+steps to v2.
+
+Region labels (lists of values, with ``regions_class_order``; BraTS-like datasets) are read by
+`regions.py`: the classes are then the groups of values that belong to the same regions.
 
 nnU-Net v2's ``ignore`` label (voxels left unannotated, for sparsely annotated datasets) is not a
 class: it must be the highest value, one above the last class (nnU-Net's rule), and is returned
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from MaskSAMCore.data.regions import REGION_ORDER_KEY, RegionError, RegionScheme, is_region_dataset, region_scheme
 from MaskSAMCore.errors import DatasetError, describe_path
 
 DATASET_JSON = "dataset.json"
@@ -31,6 +35,7 @@ class DatasetDescription:
 
     labels: Dict[str, int]          # class name -> value, ordered by value, background = 0
     ignore_label: Optional[int]     # the value of unannotated voxels (nnU-Net's "ignore"), or None
+    regions: Optional[RegionScheme]  # region labels, or None: then a class's value is its label value
     channel_names: Dict[str, str]   # "0" -> "CT", ...
     file_ending: str                # ".nii.gz", ...
     num_training: int
@@ -43,8 +48,16 @@ def read_dataset_json(root: Path) -> DatasetDescription:
     num_training = meta["numTraining"]
     if isinstance(num_training, bool) or not isinstance(num_training, int) or num_training < 0:
         raise DatasetError(f"{_json_where(root)}: numTraining must be a whole number, not {num_training!r}")
-    labels, ignore_label = _parse_labels(meta, root)
-    return DatasetDescription(labels=labels, ignore_label=ignore_label,
+    if isinstance(meta["labels"], dict) and is_region_dataset(meta["labels"]):
+        try:
+            regions: Optional[RegionScheme] = region_scheme(meta["labels"], meta.get(REGION_ORDER_KEY))
+        except RegionError as exc:
+            raise DatasetError(f"{_json_where(root)}: {exc}") from None
+        labels, ignore_label = regions.class_labels, regions.ignore_value
+    else:
+        regions = None
+        labels, ignore_label = _parse_labels(meta, root)
+    return DatasetDescription(labels=labels, ignore_label=ignore_label, regions=regions,
                               channel_names=_parse_channel_names(meta, root),
                               file_ending=_parse_file_ending(meta, root), num_training=num_training,
                               metadata=meta)
@@ -106,9 +119,6 @@ def _parse_labels(meta: dict, root: Path) -> Tuple[Dict[str, int], Optional[int]
     if not isinstance(raw, dict) or not raw:
         raise DatasetError(f"{where}: 'labels' must be an object like {{\"background\": 0, \"liver\": 1}}")
     for name, value in raw.items():
-        if isinstance(value, (list, tuple)):
-            raise DatasetError(f"{where}: label '{name}' is a region (list of values); region-based "
-                               "training is not supported")
         if isinstance(value, bool) or not isinstance(value, int):
             raise DatasetError(f"{where}: label '{name}' has value {value!r}; label values must be whole numbers")
         if not name.strip():

@@ -80,8 +80,12 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
         "dataset_name": dataset.name,
         "labels": dict(dataset.labels),
         "num_classes": dataset.num_classes,
-        # only sparsely annotated datasets have the key, so every other plan stays as it was
-        **({"ignore_label": dataset.ignore_label} if dataset.ignore_label is not None else {}),
+        # only sparsely annotated datasets have the key, so every other plan stays as it was;
+        # it is the value of unannotated voxels in the preprocessed label maps: K, one above the
+        # classes (the dataset's own value, except for region datasets, whose values are remapped)
+        **({"ignore_label": dataset.num_classes} if dataset.ignore_label is not None else {}),
+        # region datasets only: their label maps become class maps in preprocessing
+        **({"regions": dataset.regions.to_dict()} if dataset.regions is not None else {}),
         "channel_names": dict(dataset.channel_names),
         "modality": dataset.modality,
         "file_ending": dataset.file_ending,

@@ -51,6 +51,8 @@ def plan_hash(plan: Dict[str, Any]) -> str:
         relevant["reorient_to_lps"] = True
     if plan.get("ignore_label") is not None:   # foreground locations leave unannotated voxels out
         relevant["ignore_label"] = plan["ignore_label"]
+    if plan.get("regions"):   # label values become classes
+        relevant["regions"] = plan["regions"]
     relevant["preprocessing_version"] = PREPROCESSING_VERSION
     text = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

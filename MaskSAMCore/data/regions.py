@@ -24,8 +24,9 @@ Three value spaces meet here:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -119,17 +120,32 @@ class RegionScheme:
 
 def is_region_dataset(labels: Dict[str, Any]) -> bool:
     """Whether dataset.json's `labels` name regions (lists of values) rather than single values."""
-    return any(isinstance(value, (list, tuple)) for value in labels.values())
+    return any(isinstance(value, (list, tuple)) for name, value in labels.items() if name != "ignore")
 
 
 def region_scheme(labels: Dict[str, Any], class_order: Any) -> RegionScheme:
     """The scheme of dataset.json's `labels` and ``regions_class_order``, checked as nnU-Net does
-    (background 0; every other label a region, a single value counting as a region of one; the
-    ``ignore`` value above every region value) plus: regions non-empty and distinct, every order
-    value a positive whole number. Raises RegionError naming the field."""
+    (background 0; every other label a region, see `read_regions`; the ``ignore`` value above
+    every region value) plus: every order value a positive whole number. Raises RegionError
+    naming the field."""
     if labels.get("background") != 0:
         raise RegionError(f"labels must name value 0 'background' (got background = {labels.get('background')!r})")
+    regions = read_regions(labels)
     ignore = labels.get("ignore")
+    if ignore is not None:
+        highest = max(v for values in regions.values() for v in values)
+        if not _whole(ignore) or ignore <= highest:
+            raise RegionError(f"label 'ignore' (unannotated voxels) must be a whole number above every region "
+                              f"value ({highest}), not {ignore!r}")
+    order = _checked_order(class_order, len(regions), ignore)
+    return RegionScheme(regions=regions, class_order=order, classes=_classes(regions), ignore_value=ignore)
+
+
+def read_regions(labels: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
+    """Region name -> its label values (sorted), as nnU-Net reads a region dataset's labels: a
+    single value is a region of one; background (0) and ``ignore`` are no region. Regions must
+    be non-empty lists of distinct values above 0, and no two may hold the same values (which
+    one would a voxel be?). Raises RegionError naming the region."""
     regions: Dict[str, Tuple[int, ...]] = {}
     for name, value in labels.items():
         if name in ("background", "ignore"):
@@ -138,22 +154,16 @@ def region_scheme(labels: Dict[str, Any], class_order: Any) -> RegionScheme:
             raise RegionError("a region has an empty name; every region needs one")
         values = value if isinstance(value, (list, tuple)) else [value]
         if not values or not all(_whole(v) and v > 0 for v in values):
-            raise RegionError(f"region '{name}' must be a list of label values above 0, not {value!r}")
+            raise RegionError(f"region '{name}' must be a non-empty list of label values above 0, not {json.dumps(value)}")
         if len(set(values)) != len(values):
             raise RegionError(f"region '{name}' lists a value twice ({value})")
+        twin = next((other for other, held in regions.items() if held == tuple(sorted(values))), None)
+        if twin is not None:
+            raise RegionError(f"regions '{twin}' and '{name}' hold the same values")
         regions[str(name)] = tuple(sorted(values))
     if not regions:
         raise RegionError("labels need at least one region besides background")
-    twins = [name for name in regions if list(regions.values()).count(regions[name]) > 1]
-    if twins:
-        raise RegionError(f"regions '{twins[0]}' and '{twins[1]}' hold the same values")
-    if ignore is not None:
-        highest = max(v for values in regions.values() for v in values)
-        if not _whole(ignore) or ignore <= highest:
-            raise RegionError(f"label 'ignore' (unannotated voxels) must be a whole number above every region "
-                              f"value ({highest}), not {ignore!r}")
-    order = _checked_order(class_order, len(regions), ignore)
-    return RegionScheme(regions=regions, class_order=order, classes=_classes(regions), ignore_value=ignore)
+    return regions
 
 
 def _checked_order(class_order: Any, count: int, ignore: Optional[int]) -> Tuple[int, ...]:
@@ -184,10 +194,3 @@ def _classes(regions: Dict[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
 
 def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def region_names_of_values(scheme: Optional[RegionScheme], values: Sequence[int]) -> List[str]:
-    """The regions holding any of `values` (for messages about absent structures)."""
-    if scheme is None:
-        return []
-    return [name for name, region in scheme.regions.items() if set(region) & set(values)]

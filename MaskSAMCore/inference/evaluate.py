@@ -1,4 +1,4 @@
-"""`masksam evaluate PRED GT`: per-class Dice and HD95 (mm) of label maps, as JSON.
+"""`masksam evaluate PRED GT`: per-class (or per-region) Dice and HD95 (mm) of label maps, as JSON.
 
 PRED and GT are two label-map files or two folders; in folders, files are paired by case name
 (``CASE<ending>``, endings may differ). Every prediction needs its ground truth; ground-truth
@@ -6,6 +6,12 @@ files without a prediction are listed under ``unmatched_ground_truth`` and not s
 metric conventions (empty structures, units) are in `metrics.py` and copied into the report.
 Class names come from ``--dataset-json``, else from the dataset.json of the nnU-Net dataset GT
 lies in (``DATASET/labelsTr``, ``labelsTs``), else they are ``label_<value>``.
+
+Where that dataset.json names regions (nnU-Net v2 region datasets, e.g. BraTS:
+``"whole tumor": [1, 2, 3], "tumor core": [2, 3]``), each region is scored instead of each value,
+as nnU-Net does: the region's masks are the voxels of either map holding any of its values. Such
+predictions were painted region by region with ``regions_class_order``; every painted value lies
+in the regions it stands for, so the regions alone find them back and the order is not needed.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import read_label
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
+from MaskSAMCore.data.regions import RegionError, is_region_dataset, read_regions
 from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_ending
@@ -36,7 +43,12 @@ CONVENTIONS = {
              "foreground classes of the per-class means; per case: mean over its defined classes; "
              "with a dataset.json, label values it does not declare (undeclared_labels) are scored "
              "but left out of every mean, and voxels of its 'ignore' label count for no class",
+    "regions": "where dataset.json's labels name regions (lists of values), the classes are its regions "
+               "(an entry with 'region' rather than 'label'): P and G are the voxels of each map holding "
+               "any of the region's values, as in nnU-Net; regions overlap, so one voxel counts for several",
 }
+
+Structure = Tuple[int, ...]   # the label values one scored structure is made of: a class has one
 
 
 def pair_files(prediction: Path, truth: Path) -> Tuple[List[Tuple[str, Path, Path]], List[str]]:
@@ -120,13 +132,23 @@ def ignore_value(labels: Optional[Dict[str, Any]]) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def declared_values(labels: Dict[str, Any]) -> Set[int]:
-    """The label values dataset.json declares: its classes' and those inside its regions (BraTS-like
-    datasets name regions, lists of values, rather than each value)."""
-    declared: Set[int] = set()
-    for value in labels.values():
-        declared.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
-    return declared
+def declared_structures(labels: Optional[Dict[str, Any]], dataset_json: Optional[Path]) -> Dict[Structure, str]:
+    """Values -> name of the structures dataset.json declares: its foreground classes, or, where
+    its labels name regions, its regions ({} without a dataset.json)."""
+    if labels is None:
+        return {}
+    if is_region_dataset(labels):
+        return {values: name for name, values in region_values(labels, dataset_json).items()}
+    return {(value,): name for value, name in class_names_from(labels, []).items()}
+
+
+def region_values(labels: Dict[str, Any], dataset_json: Optional[Path]) -> Dict[str, Structure]:
+    """Region name -> its label values (`regions.read_regions`); the order of painting
+    (``regions_class_order``) is not needed to score regions."""
+    try:
+        return read_regions(labels)
+    except RegionError as exc:
+        raise InputError(f"{describe_path(dataset_json)}: {exc}") from None
 
 
 def _values(grid, names: Sequence[str]) -> str:
@@ -134,12 +156,13 @@ def _values(grid, names: Sequence[str]) -> str:
     return ", ".join(f"{name} ({', '.join(f'{v:.4g}' for v in getattr(grid, name))})" for name in names)
 
 
-def evaluate_case(prediction_file: Path, truth_file: Path, classes: Sequence[int],
-                  ignore: Optional[int] = None) -> Dict[str, Dict[int, Optional[float]]]:
-    """Dice and HD95 per foreground label value for one pair of label maps on the same grid:
-    for `classes` and for every other value present in either map. Voxels whose ground truth
-    is `ignore` (nnU-Net's unannotated voxels) count for no class, as in nnU-Net; `ignore` is no
-    class either where a prediction holds it (it then misses the truth's class there)."""
+def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[Structure],
+                  ignore: Optional[int] = None) -> Dict[str, Dict[Structure, Optional[float]]]:
+    """Dice and HD95 per structure for one pair of label maps on the same grid: for `structures`
+    (a class or a region: the voxels holding any of its values) and for every other foreground
+    value present in either map (as a structure of one). Voxels whose ground truth is `ignore`
+    (nnU-Net's unannotated voxels) count for no structure, as in nnU-Net; `ignore` is no structure
+    either where a prediction holds it (it then misses the truth's structure there)."""
     predicted, predicted_grid = read_label(prediction_file)
     actual, actual_grid = read_label(truth_file)
     differences = predicted_grid.grid_differences(actual_grid)
@@ -150,11 +173,13 @@ def evaluate_case(prediction_file: Path, truth_file: Path, classes: Sequence[int
     annotated = actual != ignore if ignore is not None else np.ones(actual.shape, bool)
     present = set(np.unique(predicted[annotated]).tolist()) | set(np.unique(actual[annotated]).tolist())
     spacing = actual_grid.spacing_zyx
+    covered = {value for structure in structures for value in structure}
+    others = [(int(value),) for value in sorted(present - covered - {0, ignore})]
     dice, hd95 = {}, {}
-    for value in sorted((present | set(classes)) - {0, ignore}):
-        p, g = (predicted == value) & annotated, (actual == value) & annotated
-        dice[int(value)] = metrics.dice(p, g)
-        hd95[int(value)] = metrics.hausdorff95(p, g, spacing)
+    for structure in [*structures, *others]:
+        p, g = np.isin(predicted, structure) & annotated, np.isin(actual, structure) & annotated
+        dice[structure] = metrics.dice(p, g)
+        hd95[structure] = metrics.hausdorff95(p, g, spacing)
     return {"dice": dice, "hd95_mm": hd95}
 
 
@@ -168,22 +193,24 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     """The full report (see module docstring) as a JSON-able dict."""
     pairs, unmatched = pair_files(Path(prediction), Path(truth))
     labels = read_labels(dataset_json)
-    known = class_names_from(labels, []) if labels is not None else {}
+    declared = declared_structures(labels, dataset_json)
+    regions = labels is not None and is_region_dataset(labels)
     ignore = ignore_value(labels)
     bar = Progress("evaluate", total=len(pairs), unit="cases", enabled=show_progress)
     results = []
     for name, prediction_file, truth_file in pairs:
         results.append((name, prediction_file, truth_file,
-                        evaluate_case(prediction_file, truth_file, list(known), ignore)))
+                        evaluate_case(prediction_file, truth_file, list(declared), ignore)))
         bar.advance()
     bar.close()
-    seen = sorted({value for *_, result in results for value in result["dice"]})
-    names = class_names_from(labels, seen)
+    seen = {structure for *_, result in results for structure in result["dice"]}
+    names = {**declared, **{s: f"label_{s[0]}" for s in sorted(seen) if s not in declared}}
+    if not regions:   # classes by value; regions in dataset.json's order, then the values it lacks
+        names = dict(sorted(names.items()))
     # With a dataset.json, a value it does not declare (another label convention, a wrong model)
     # is scored and shown, but kept out of every mean: the means are over the dataset's classes.
-    declared = declared_values(labels) if labels is not None else set()
-    undeclared = [value for value in names if labels is not None and value not in declared]
-    scored = [names[value] for value in names if value not in undeclared]
+    undeclared = [structure for structure in names if labels is not None and structure not in declared]
+    scored = [names[structure] for structure in names if structure not in undeclared]
     cases = []
     for name, prediction_file, truth_file, result in results:
         # A class absent from both maps of a case is "both empty": undefined, as in metrics.py.
@@ -195,9 +222,9 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
             "mean_dice": _mean(dice[c] for c in scored), "mean_hd95_mm": _mean(hd95[c] for c in scored),
         })
     per_class = {}
-    for value, class_name in names.items():
+    for structure, class_name in names.items():
         per_class[class_name] = {
-            "label": value,
+            **({"region": list(structure)} if regions and structure in declared else {"label": structure[0]}),
             "dice": _mean(c["dice"][class_name] for c in cases),
             "hd95_mm": _mean(c["hd95_mm"][class_name] for c in cases),
             "cases_defined": sum(c["dice"][class_name] is not None for c in cases),
@@ -207,9 +234,9 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
         "mean_hd95_mm": _mean(per_class[c]["hd95_mm"] for c in scored),
         "per_class": per_class,
         "undeclared_labels": {
-            str(value): [name for name, *_, result in results
-                         if result["dice"].get(value) is not None or result["hd95_mm"].get(value) is not None]
-            for value in undeclared},
+            str(s[0]): [name for name, *_, result in results
+                        if result["dice"].get(s) is not None or result["hd95_mm"].get(s) is not None]
+            for s in undeclared},
         "cases": cases,
         "unmatched_ground_truth": unmatched,
         "conventions": CONVENTIONS,
@@ -222,7 +249,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.dataset_json and not dataset_json.is_file():
         raise InputError(f"{describe_path(dataset_json)}: --dataset-json file not found")
     if dataset_json is not None and not args.dataset_json:
-        print(f"class names from {describe_path(dataset_json)}", file=sys.stderr)
+        print(f"{'regions' if is_region_dataset(read_labels(dataset_json) or {}) else 'class names'} "
+              f"from {describe_path(dataset_json)}", file=sys.stderr)
     if args.output:
         inputs = [*_files(Path(args.prediction)), *_files(Path(args.ground_truth)), dataset_json]
         check_output_file(args.output, [path for path in inputs if path is not None], what="report")

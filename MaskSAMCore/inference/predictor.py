@@ -12,7 +12,8 @@ the scores are resampled to it slab by slab on the device as windows finish and 
 goes to the host (`restore_sink.py`; the same result as the data layer's `restore_scores_argmax`,
 which is used when `--probabilities` keeps all scores anyway), or, when preprocessing did not
 resample, the argmax on the device + `restore_label_map` -> the label map written with the
-input's exact geometry.
+input's exact geometry. A region model (`data/regions.py`) then paints each class with the value
+of its last region, as nnU-Net writes region predictions.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import ImageGeometry, read_case
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
+from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
@@ -86,11 +88,12 @@ class PredictionResult:
 class Predictor:
     def __init__(self, model: torch.nn.Module, plan: Dict[str, Any], class_names: Sequence[str],
                  device: torch.device, options: Optional[PredictOptions] = None, name: str = "model",
-                 mirror_axes: Sequence[int] = (0, 1, 2)) -> None:
+                 mirror_axes: Sequence[int] = (0, 1, 2), regions: Optional[RegionScheme] = None) -> None:
         self.model = model.eval()
         self.config = model.config
         self.plan = plan
         self.class_names = list(class_names)
+        self.regions = regions   # a region model paints its regions into the label map it writes
         self.device = torch.device(device)
         self.options = options or PredictOptions()
         if self.device.type == "cuda" and self.options.window_batch is None:
@@ -125,7 +128,7 @@ class Predictor:
         model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
         mirror_axes = (folder.meta.get("training") or {}).get("mirror_axes", (0, 1, 2))
         return cls(model, folder.plan, folder.class_names, torch_device, options, name=folder.name,
-                   mirror_axes=mirror_axes)
+                   mirror_axes=mirror_axes, regions=folder.regions)
 
     # -- the network ---------------------------------------------------------------------------
     def network(self, patches: torch.Tensor) -> torch.Tensor:
@@ -241,6 +244,8 @@ class Predictor:
             labels = finish_labels(result, properties)
         else:
             labels = restore_label_map(result, properties, self.plan)
+        if self.regions is not None:
+            labels = self.regions.to_output(labels)
         if output_path is not None:
             if probabilities:
                 write_probabilities(result, properties, self.class_names, probabilities_path(output_path),

@@ -271,6 +271,7 @@ def model_description(dataset: RawDataset, run: "RunDescription", summary: Optio
         "version": "1",
         "description": f"MaskSAM ({run.preset_name}) trained on {dataset.name}, fold {settings.fold}",
         "labels": dict(dataset.labels),
+        **({"regions": dataset.regions.to_dict()} if dataset.regions is not None else {}),
         "channel_names": dict(dataset.channel_names),
         "modality": dataset.modality,
         "network": run.config.to_dict(),
@@ -317,7 +318,7 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     folder = ModelFolder.load(model_dir)
     payload = checkpoint_io.read_for_resume(model_dir)
     settings = TrainSettings.from_dict(payload["settings"])
-    if folder.labels != dict(dataset.labels):
+    if folder.labels != dict(dataset.labels) or folder.regions != dataset.regions:
         raise ModelFolderError(f"{describe_path(model_dir)} was trained with other labels than "
                                f"{describe_path(dataset.root)} has")
     trained_sparse = folder.plan.get("ignore_label") is not None
