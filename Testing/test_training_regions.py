@@ -94,7 +94,12 @@ def test_a_region_dataset_is_read_as_its_classes_and_checks_its_label_values(reg
         load_raw_dataset(region_dataset, progress=False)
 
 
-def test_a_damaged_region_description_in_model_json_is_one_error_line(tmp_path):
+@pytest.mark.parametrize("damage, message", [
+    ({"regions_class_order": [1]}, "model.json: regions: 'regions_class_order' has 1 value"),
+    ({"classes": [1]}, "model.json: regions: damaged region description \\(classes:"),
+    ({"classes": {"background": [0], "label 5 (aorta)": [5]}}, "its classes do not follow from its regions"),
+])
+def test_a_damaged_region_description_in_model_json_is_one_error_line(tmp_path, damage, message):
     from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
     from MaskSAMCore.model.config import preset
     from MaskSAMCore.model_folder import ModelFolder
@@ -103,10 +108,11 @@ def test_a_damaged_region_description_in_model_json_is_one_error_line(tmp_path):
     model_dir = write_random_model_folder(tmp_path / "model", config, synthetic_plan(config))
     meta = json.loads((model_dir / "model.json").read_text())
     meta["labels"] = CLASSES
-    meta["regions"] = meta["plan"]["regions"] = {**region_scheme(REGIONS, ORDER).to_dict(), "regions_class_order": [1]}
+    meta["regions"] = meta["plan"]["regions"] = {**region_scheme(REGIONS, ORDER).to_dict(), **damage}
     (model_dir / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFolderError, match="model.json: regions: 'regions_class_order' has 1 value"):
+    with pytest.raises(ModelFolderError, match=message) as info:
         ModelFolder.load(model_dir)
+    assert "\n" not in str(info.value)
 
 
 # -- end to end ---------------------------------------------------------------------------------

@@ -113,7 +113,11 @@ class RegionScheme:
                                    data[REGION_ORDER_KEY])
         except (KeyError, TypeError, AttributeError) as exc:
             raise RegionError(f"damaged region description ({exc})") from None
-        if scheme.classes != {name: tuple(values) for name, values in dict(data.get("classes", {})).items()}:
+        try:
+            recorded = {name: tuple(values) for name, values in dict(data["classes"]).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RegionError(f"damaged region description (classes: {exc})") from None
+        if scheme.classes != recorded:
             raise RegionError("its classes do not follow from its regions")
         return scheme
 
