@@ -121,6 +121,7 @@ def test_masksam_trains_on_regions_and_writes_painted_label_maps(region_dataset,
     from MaskSAMCore.cli import main
     from MaskSAMCore.model_folder import ModelFolder
     from MaskSAMCore.training.run import describe_resumed_run
+    from MaskSAMCore.training.training_log import read_csv
 
     model_dir = tmp_path / "model"
     assert main(["train", str(region_dataset), str(model_dir), "--preset", "tiny", "--random-init",
@@ -130,6 +131,9 @@ def test_masksam_trains_on_regions_and_writes_painted_label_maps(region_dataset,
     assert meta["format_version"] == 2 and meta["labels"] == CLASSES
     folder = ModelFolder.load(model_dir)
     assert folder.config.num_classes == 4 and folder.output_labels["kidneys"] == 3
+    # the validation Dice is each region's, as nnU-Net reports region datasets
+    assert list(read_csv(model_dir / "training_log.csv")[0])[3:6] == ["dice_solid organs", "dice_kidneys",
+                                                                     "dice_aorta"]
     # training saw classes, never the raw values 4 and 5
     case = json.loads(next((model_dir / "preprocessed").glob("*.json")).read_text())
     assert set(case["classes_present"]) <= {0, 1, 2, 3}
@@ -182,3 +186,15 @@ def test_a_region_model_paints_the_classes_it_predicts(region_dataset, tmp_path)
     (model_dir / "model.json").write_text(json.dumps({**meta, "regions": {**plan["regions"], "regions_class_order": [1, 4, 5]}}))
     with pytest.raises(ModelFolderError, match="its plan and its description differ in regions"):
         ModelFolder.load(model_dir)
+
+
+def test_a_region_is_scored_as_the_union_of_its_classes():
+    from MaskSAMCore.training.validation import confusion_matrix, structure_counts
+
+    truth = np.array([0, 1, 1, 2, 2, 3, 4])      # class 4: unannotated (K = 4)
+    predicted = np.array([1, 1, 2, 2, 0, 3, 1])
+    confusion = confusion_matrix(predicted, truth, num_classes=4, ignore_label=4)
+    # "solid organs" = classes 1 and 2: a voxel predicted 2 where the truth is 1 is still inside it
+    assert structure_counts(confusion, [1, 2]) == (3, 1, 1)
+    assert structure_counts(confusion, [2]) == (1, 1, 1)
+    assert structure_counts(confusion, [3]) == (1, 0, 0)

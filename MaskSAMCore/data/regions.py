@@ -56,6 +56,12 @@ class RegionScheme:
         """Name -> value of a written prediction: background and each region's order value."""
         return {"background": 0, **dict(zip(self.regions, self.class_order))}
 
+    @property
+    def region_classes(self) -> Dict[str, List[int]]:
+        """Region name -> the indices of the classes it is the union of."""
+        return {name: [index for index, values in enumerate(self.classes.values()) if values[0] in region]
+                for name, region in self.regions.items()}
+
     def class_lookup(self) -> np.ndarray:
         """raw value -> class index (int16), with ``ignore`` -> K (the number of classes)."""
         highest = max([v for values in self.regions.values() for v in values] + [self.ignore_value or 0])

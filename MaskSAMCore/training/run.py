@@ -168,7 +168,8 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
     criterion = MaskSAMLoss(len(class_names), settings.loss_weights, settings.num_points, across_ranks=False,
                             ignore_label=ignore_label)
     validator = Validator(load_validation_cases(preprocessed, val_names) if main else [],
-                          plan["patch_size"], class_names, criterion, device)
+                          plan["patch_size"], class_names, criterion, device,
+                          structures=dataset.regions.region_classes if dataset.regions is not None else None)
     batches = make_batch_source(preprocessed, train_names, plan, settings, context, device.type,
                                 num_workers=_workers(args, default=None))
 

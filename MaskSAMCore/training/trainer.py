@@ -95,7 +95,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.trainable, settings.optimizer, settings.lr)
         self.amp_dtype = autocast_dtype(device, settings.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.log = TrainingLog(model_dir, self.class_names[1:])
+        # one Dice column per structure the validation scores (classes, or a region dataset's regions)
+        scored = list(validator.structures) if validator is not None else self.class_names[1:]
+        self.log = TrainingLog(model_dir, scored)
         self.start_epoch = 0
         self.ema_dice: Optional[float] = None
         self.best_ema_dice: Optional[float] = None

@@ -9,7 +9,8 @@ loss of each window gives the validation loss for free.
 Dice is nnU-Net's pseudo-Dice: true/false positives and false negatives of each foreground class
 are summed over all validated cases before the ratio is taken, so small cases do not dominate.
 A class that is absent from every validated case and never predicted has Dice NaN and is left
-out of the mean. Unannotated voxels (the ``ignore`` label) are left out of the counts.
+out of the mean. Unannotated voxels (the ``ignore`` label) are left out of the counts. For a
+region dataset the Dice is each region's (the union of its classes), as nnU-Net reports it.
 """
 
 from __future__ import annotations
@@ -75,19 +76,24 @@ class Validator:
         criterion: the training loss (for the validation loss).
         device: where the model runs.
         window_batch: windows per forward pass.
+        structures: what the Dice scores: foreground structure name -> its class indices. By
+            default each foreground class alone; for a region dataset each region, the union of
+            its classes, as nnU-Net scores region datasets.
 
     Unannotated voxels are the criterion's ``ignore_label`` (the loss and the Dice leave out the same).
     """
 
     def __init__(self, cases: Sequence[ValidationCase], patch_size: Sequence[int],
                  class_names: Sequence[str], criterion: MaskSAMLoss, device: torch.device,
-                 window_batch: int = 4) -> None:
+                 window_batch: int = 4, structures: Optional[Dict[str, Sequence[int]]] = None) -> None:
         self.cases = list(cases)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.class_names = list(class_names)
         self.criterion = criterion
         self.device = device
         self.window_batch = window_batch
+        self.structures = {name: [int(k) for k in classes] for name, classes in (structures or {
+            name: [k] for k, name in enumerate(self.class_names) if k > 0}).items()}
 
     def select(self, epoch: int, max_cases: Optional[int]) -> List[ValidationCase]:
         """All cases, or `max_cases` of them rotating with the epoch (every case gets its turn)."""
@@ -102,7 +108,7 @@ class Validator:
         was_training = model.training
         model.eval()
         num_classes = len(self.class_names)
-        counts = np.zeros((3, num_classes), dtype=np.int64)  # tp, fp, fn per class
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # [true, predicted]
         losses: List[float] = []
         cases = self.select(epoch, max_cases)
         # Validating a fold of CTs takes minutes: a bar in a terminal and progress events for the
@@ -112,7 +118,7 @@ class Validator:
             for case in cases:
                 prediction, case_losses = self.predict_case(model, case, autocast_dtype)
                 losses.extend(case_losses)
-                counts += confusion_counts(prediction, case.labels, num_classes, self.criterion.ignore_label)
+                confusion += confusion_matrix(prediction, case.labels, num_classes, self.criterion.ignore_label)
                 if bar is not None:
                     bar.set_postfix(case.name)
                     bar.advance()
@@ -121,8 +127,8 @@ class Validator:
             if bar is not None:
                 bar.end_line()
         dice = {}
-        for k, name in enumerate(self.class_names[1:], start=1):
-            tp, fp, fn = counts[:, k]
+        for name, classes in self.structures.items():
+            tp, fp, fn = structure_counts(confusion, classes)
             dice[name] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn > 0 else math.nan
         defined = [d for d in dice.values() if not math.isnan(d)]
         return ValidationResult(dice=dice, mean_dice=float(np.mean(defined)) if defined else math.nan,
@@ -161,16 +167,32 @@ class Validator:
         return ignore is None or bool((seg != ignore).any())
 
 
-def confusion_counts(prediction: np.ndarray, labels: np.ndarray, num_classes: int,
+def confusion_matrix(prediction: np.ndarray, labels: np.ndarray, num_classes: int,
                      ignore_label: Optional[int] = None) -> np.ndarray:
-    """(3, K) true positives, false positives and false negatives per class, over the annotated
-    voxels (those not `ignore_label`)."""
+    """(K, K) voxel counts [true class, predicted class] over the annotated voxels (those not
+    `ignore_label`)."""
     prediction = prediction.astype(np.int64).ravel()
     labels = labels.astype(np.int64).ravel()
     if ignore_label is not None:
         annotated = labels != ignore_label
         prediction, labels = prediction[annotated], labels[annotated]
     joint = np.bincount(labels * num_classes + prediction, minlength=num_classes * num_classes)
-    confusion = joint.reshape(num_classes, num_classes)  # [true, predicted]
+    return joint.reshape(num_classes, num_classes)
+
+
+def confusion_counts(prediction: np.ndarray, labels: np.ndarray, num_classes: int,
+                     ignore_label: Optional[int] = None) -> np.ndarray:
+    """(3, K) true positives, false positives and false negatives per class, over the annotated
+    voxels (those not `ignore_label`)."""
+    confusion = confusion_matrix(prediction, labels, num_classes, ignore_label)
     tp = np.diag(confusion)
     return np.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp])
+
+
+def structure_counts(confusion: np.ndarray, classes: Sequence[int]) -> Tuple[int, int, int]:
+    """(tp, fp, fn) of the union of `classes` from a (K, K) confusion matrix: a voxel is in the
+    structure in truth (rows) or in prediction (columns) when its class is one of them."""
+    inside = np.zeros(confusion.shape[0], dtype=bool)
+    inside[list(classes)] = True
+    tp = int(confusion[np.ix_(inside, inside)].sum())
+    return tp, int(confusion[np.ix_(~inside, inside)].sum()), int(confusion[np.ix_(inside, ~inside)].sum())
