@@ -157,7 +157,9 @@ def test_a_segment_named_ignore_is_refused_before_writing(tmp_path):
     ({"background": 0, "liver": 1, "spleen": 2}, "Labels: liver, spleen"),
     ({"background": 0, "liver": 1, "ignore": 2},
      "Labels: liver (sparse: some voxels marked 'ignore', not annotated)"),
-    ({"background": 0, "liver": 1, "organs": [1, 2]}, ""),   # a region: not a dataset to train on
+    ({"background": 0, "liver": 1, "organs": [1, 2]},   # regions, without the values to paint them with
+     "Regions not usable: region labels need 'regions_class_order': the value each region is written with "
+     "in a prediction, in the order of labels"),
 ])
 def test_the_training_tab_summarises_a_dataset_folder(tmp_path, labels, line):
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": labels}))

@@ -78,6 +78,10 @@ def test_brats_like_regions_with_an_ignore_label():
     ({**REGIONS, "kidneys": [1, 2, 3, 4]}, ORDER, "regions 'solid organs' and 'kidneys' hold the same values"),
     ({**REGIONS, "ignore": 5}, ORDER, "label 'ignore' .* must be a whole number above every region value \\(5\\)"),
     ({**REGIONS, "background": [0]}, ORDER, "labels must name value 0 'background'"),
+    (REGIONS, [1, 3, 3], "'regions_class_order' gives two regions the same value \\(\\[1, 3, 3\\]\\)"),
+    # liver and spleen voxels painted 3 would be read back as kidneys
+    (REGIONS, [3, 1, 5], "a prediction paints value 3 on voxels outside region 'kidneys' \\[3, 4\\], so the "
+                         "region could not be read back"),
 ])
 def test_bad_region_definitions_are_refused_in_one_line_naming_the_file(region_dataset, labels, order, message):
     with_regions(region_dataset, labels, order)

@@ -148,7 +148,26 @@ def region_scheme(labels: Dict[str, Any], class_order: Any) -> RegionScheme:
             raise RegionError(f"label 'ignore' (unannotated voxels) must be a whole number above every region "
                               f"value ({highest}), not {ignore!r}")
     order = _checked_order(class_order, len(regions), ignore)
-    return RegionScheme(regions=regions, class_order=order, classes=_classes(regions), ignore_value=ignore)
+    scheme = RegionScheme(regions=regions, class_order=order, classes=_classes(regions), ignore_value=ignore)
+    _check_read_back(scheme)
+    return scheme
+
+
+def _check_read_back(scheme: RegionScheme) -> None:
+    """Refuse an order whose painted label maps do not give the regions back: a region is read
+    from a prediction as the voxels holding any of its values (nnU-Net's evaluation, `masksam
+    evaluate`, Slicer's segments), so each class's painted value must lie in exactly the regions
+    the class belongs to. BraTS's [1, 2, 3] does; [3, 2, 1] would paint "whole tumor only"
+    voxels 3, an "enhancing tumor" value."""
+    painted = scheme.output_lookup()
+    for name, region in scheme.regions.items():
+        for index, values in enumerate(scheme.classes.values()):
+            if index and (painted[index] in region) != (values[0] in region):
+                where = "outside" if values[0] not in region else "inside"
+                raise RegionError(f"with '{REGION_ORDER_KEY}' {list(scheme.class_order)} a prediction paints "
+                                  f"value {painted[index]} on voxels {where} region '{name}' {list(region)}, "
+                                  "so the region could not be read back from it; give each region a value "
+                                  "of its own that only it and the regions containing it hold")
 
 
 def read_regions(labels: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
@@ -184,6 +203,8 @@ def _checked_order(class_order: Any, count: int, ignore: Optional[int]) -> Tuple
         raise RegionError(f"'{REGION_ORDER_KEY}' must be a list of label values above 0, not {class_order!r}")
     if len(class_order) != count:
         raise RegionError(f"'{REGION_ORDER_KEY}' has {len(class_order)} value(s) for {count} region(s)")
+    if len(set(class_order)) != len(class_order):
+        raise RegionError(f"'{REGION_ORDER_KEY}' gives two regions the same value ({list(class_order)})")
     if ignore is not None and ignore in class_order:
         raise RegionError(f"'{REGION_ORDER_KEY}' uses the 'ignore' value {ignore}")
     return tuple(int(v) for v in class_order)

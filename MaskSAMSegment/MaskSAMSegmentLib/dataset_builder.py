@@ -19,13 +19,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.data.regions import REGION_ORDER_KEY, RegionError, RegionScheme, is_region_dataset, region_scheme
+from MaskSAMCore.errors import DatasetError, InputError, describe_path
 from MaskSAMSegmentLib.drawn_slices import mark_undrawn_slices, slice_orientation
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.image_files import write_array_image
@@ -264,24 +265,47 @@ def build_dataset_from_scene(pairs: List[CasePair], output_dir: "os.PathLike[str
 
 
 def read_dataset_labels(dataset_dir: "os.PathLike[str] | str") -> Dict[str, int]:
-    """The labels of a dataset folder's dataset.json (for the Training tab's summary line)."""
+    """The labels of a dataset folder's dataset.json (for the Training tab's summary line): name ->
+    value. A region dataset's regions (`read_dataset_regions`) appear with the value their
+    predictions are painted with (regions_class_order)."""
+    return read_dataset_regions(dataset_dir)[0]
+
+
+def read_dataset_regions(dataset_dir: "os.PathLike[str] | str") -> Tuple[Dict[str, int], Optional[RegionScheme]]:
+    """(labels as `read_dataset_labels` gives them, the regions of a region dataset or None).
+
+    A region dataset (BraTS-like: a label names a list of values) is checked as the core checks
+    it; `DatasetError` (an `InputError`) says why its regions cannot be used."""
     path = Path(dataset_dir) / "dataset.json"
     try:
-        labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-        return {str(k): int(v) for k, v in labels.items()}
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        labels = meta["labels"]
+        if not is_region_dataset(labels):
+            return {str(k): int(v) for k, v in labels.items()}, None
+        order = meta.get(REGION_ORDER_KEY)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{describe_path(path)}: not a dataset.json with labels") from None
+    try:
+        regions = region_scheme(labels, order)
+    except (RegionError, TypeError) as exc:
+        raise DatasetError(str(exc)) from None
+    ignore = {IGNORE_LABEL: regions.ignore_value} if regions.ignore_value is not None else {}
+    return {**regions.output_labels, **ignore}, regions
 
 
 def dataset_summary(dataset_dir: str) -> str:
-    """One line for the Training tab: the dataset's structures, or "" when it is not readable."""
+    """One line for the Training tab: the dataset's structures (or regions), "" when it is not readable."""
     if not dataset_dir:
         return ""
     try:
-        labels = read_dataset_labels(dataset_dir)
+        labels, regions = read_dataset_regions(dataset_dir)
+    except DatasetError as exc:
+        return f"Regions not usable: {exc}"
     except InputError:
         return ""
+    sparse = " (sparse: some voxels marked 'ignore', not annotated)" if IGNORE_LABEL in labels else ""
+    if regions is not None:
+        return f"Regions ({len(regions.regions)}): {', '.join(regions.regions)}{sparse}"
     names = [name for name, value in sorted(labels.items(), key=lambda item: item[1])
              if value and name != IGNORE_LABEL]
-    sparse = " (sparse: some voxels marked 'ignore', not annotated)" if IGNORE_LABEL in labels else ""
     return f"Labels: {', '.join(names)}{sparse}" if names else ""

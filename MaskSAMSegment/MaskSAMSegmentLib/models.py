@@ -3,8 +3,9 @@
 A model folder (docs/INTERNALS.md) is self-describing through its ``model.json``. The core's
 `MaskSAMCore.model_folder` reads it too, but imports torch; the GUI must stay light, so this
 file reads only what the Segment tab shows (name, version, labels, modality, input size) and
-validates it with the same one-line errors. Installed models live in
-`MaskSAMCore.paths.models_folder()`, one sub-folder each.
+validates it with the same one-line errors. A model trained on region labels (BraTS-like, read
+with `MaskSAMCore.data.regions`, which needs numpy only) shows and names its segments by its
+regions. Installed models live in `MaskSAMCore.paths.models_folder()`, one sub-folder each.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import write_json
+from MaskSAMCore.data.regions import RegionError, RegionScheme
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import (FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON,
                                        PREPROCESSED)
@@ -38,7 +40,7 @@ class ModelInfo:
     name: str
     version: str
     description: str
-    labels: Dict[str, int]          # label name -> value, background = 0 included
+    labels: Dict[str, int]          # label name -> value in the model's label maps, background = 0 included
     channel_names: Dict[str, str]   # "0" -> "CT", ...
     modality: str
     image_size: Optional[int]       # H = W of the network input
@@ -46,6 +48,9 @@ class ModelInfo:
     preset: Optional[str]
     random_init: bool               # trained on a random backbone (demo / test models)
     has_final_checkpoint: bool
+    # A model trained on region labels: its regions. `labels` are then the values its label maps
+    # hold (background and each region's value from regions_class_order), not the network's classes.
+    regions: Optional[RegionScheme] = None
 
     @property
     def names_by_value(self) -> Dict[int, str]:
@@ -53,8 +58,19 @@ class ModelInfo:
 
     @property
     def structures(self) -> List[str]:
-        """Label names without background, in label-value order."""
+        """Label names without background, in label-value order; a region model's regions in
+        the order they are painted."""
+        if self.regions is not None:
+            return list(self.regions.regions)
         return [name for name, value in sorted(self.labels.items(), key=lambda item: item[1]) if value != 0]
+
+    @property
+    def region_values(self) -> Optional[Dict[int, Tuple[int, ...]]]:
+        """For a region model, each region's value in the label maps -> the values its voxels
+        hold there (`segmentations.import_label_map`'s `regions`); None for other models."""
+        if self.regions is None:
+            return None
+        return {value: self.regions.regions[name] for name, value in self.regions.output_labels.items() if value}
 
     @property
     def display_name(self) -> str:
@@ -70,7 +86,8 @@ class ModelInfo:
         """Several lines for the model description label."""
         channels = ", ".join(self.channel_names[key] for key in sorted(self.channel_names, key=int))
         lines = [
-            f"Structures ({len(self.structures)}): {', '.join(self.structures)}",
+            f"{'Regions' if self.regions is not None else 'Structures'} ({len(self.structures)}): "
+            f"{', '.join(self.structures)}",
             f"Modality: {self.modality} (input channels: {channels})",
             f"Network input: {self.input_size_text}" + (f", preset {self.preset}" if self.preset else ""),
         ]
@@ -99,6 +116,7 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelFolderError(f"{shown} does not describe a MaskSAM model")
     labels = _checked_labels(meta.get("labels"), shown)
+    regions = _checked_regions(meta.get("regions"), labels, shown)
     channels = meta.get("channel_names")
     if not isinstance(channels, dict) or not channels or not all(str(k).isdigit() for k in channels):
         raise ModelFolderError(f"{shown}: channel_names must map '0', '1', ... to modality names")
@@ -111,7 +129,7 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
         name=str(meta.get("name") or folder.name),
         version=str(meta.get("version", "1")),
         description=str(meta.get("description", "")),
-        labels=labels,
+        labels=regions.output_labels if regions is not None else labels,
         channel_names=channel_names,
         modality=str(meta.get("modality") or channel_names.get("0", "unknown")),
         image_size=_int_or_none(network.get("image_size")),
@@ -119,6 +137,7 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
         preset=training.get("preset"),
         random_init=bool(sam.get("random_init", False)),
         has_final_checkpoint=(folder / FINAL_CHECKPOINT).is_file(),
+        regions=regions,
     )
 
 
@@ -133,6 +152,20 @@ def _checked_labels(labels, shown: str) -> Dict[str, int]:
     if 0 not in values or len(set(values)) != len(values) or values[0] < 0:
         raise ModelFolderError(f"{shown}: label values must be distinct, non-negative and include 0 (background)")
     return result
+
+
+def _checked_regions(data, labels: Dict[str, int], shown: str) -> Optional[RegionScheme]:
+    """The regions of a region model (as `MaskSAMCore.model_folder.ModelFolder.load` checks
+    them), or None; its labels must be the classes of its regions."""
+    if not data:
+        return None
+    try:
+        regions = RegionScheme.from_dict(data)
+    except RegionError as exc:
+        raise ModelFolderError(f"{shown}: regions: {exc}") from None
+    if regions.class_labels != labels:
+        raise ModelFolderError(f"{shown}: its labels are not the classes of its regions")
+    return regions
 
 
 def _int_or_none(value) -> Optional[int]:

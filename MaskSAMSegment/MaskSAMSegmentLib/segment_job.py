@@ -249,7 +249,8 @@ class SegmentJob:
             volume = None
         return import_label_map(self.scene, labels, grid, model.names_by_value,
                                 segmentation_node=self._output_node(volume), reference_volume=volume,
-                                node_name=f"{volume_name} {model.name}", attributes=attributes)
+                                node_name=f"{volume_name} {model.name}", attributes=attributes,
+                                regions=model.region_values)
 
     def _output_node(self, volume):
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when

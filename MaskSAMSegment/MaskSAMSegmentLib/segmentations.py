@@ -4,7 +4,8 @@ Import: the core's label map (array + LPS grid) becomes a labelmap volume node t
 `vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode` turns into one segment
 per label, named and coloured from the model's labels (`terminology.py`). The segments are
 built in a temporary node first and only then moved into the user's node, so a segmentation
-being replaced is never left half-updated.
+being replaced is never left half-updated. A region model's regions overlap ("whole tumor"
+holds "tumor core"): each is imported on its own, as a segment in a layer of its own.
 
 Export: `ExportSegmentsToLabelmapNode` onto a reference volume's exact grid, the way the
 Segmentations module's "Export to labelmap" does it (from staged copies one transform apart
@@ -13,7 +14,7 @@ when transforms are involved: Slicer's export mishandles nested ones).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 import vtk
@@ -34,6 +35,7 @@ MODEL_FOLDER_ATTRIBUTE = "MaskSAM.ModelFolder"
 # Segment tags linking a segment back to the model's label.
 LABEL_VALUE_TAG = "MaskSAM.LabelValue"
 LABEL_NAME_TAG = "MaskSAM.LabelName"
+REGION_VALUES_TAG = "MaskSAM.RegionValues"   # a region's segment: the label-map values it holds, "1,2,3"
 
 _CONVERTER_RULES = (
     "vtkBinaryLabelmapToClosedSurfaceConversionRule",
@@ -74,6 +76,7 @@ def import_label_map(
     node_name: str = "MaskSAM segmentation",
     attributes: Optional[Mapping[str, str]] = None,
     terminology: Optional[AnatomyTerminology] = None,
+    regions: Optional[Mapping[int, Sequence[int]]] = None,
 ):
     """One segment per label value (0 = background skipped) in a segmentation node; returns it.
 
@@ -85,17 +88,26 @@ def import_label_map(
     reference_volume:  the volume the labels were computed from (sets the segmentation's reference
                        geometry, so editing later happens on the input's grid)
     attributes:        node attributes to set (model name and version, ...)
+    regions:           a region model's regions (`ModelInfo.region_values`): the value naming a region
+                       in `label_names` -> the label-map values its voxels hold (whole tumor: 1, 2, 3;
+                       tumor core: 2, 3). Each region is a segment of the voxels holding one of its
+                       values (nnU-Net's reading of region predictions), so segments overlap; they
+                       come in the order given (the painting order, later over earlier). Values of
+                       `labels` in no region get a "Label N" segment each.
     """
     terminology = terminology or AnatomyTerminology()
-    values = sorted({int(v) for v in label_names if int(v) != 0} | {int(v) for v in np.unique(labels) if v != 0})
+    found = {int(v) for v in np.unique(labels) if v != 0}
+    if regions is None:
+        values = sorted({int(v) for v in label_names if int(v) != 0} | found)
+        names = [label_names.get(value, f"Label {value}") for value in values]
+    else:
+        covered = {int(v) for region_values in regions.values() for v in region_values}
+        strays = sorted(found - covered)
+        values = [int(v) for v in regions] + strays
+        names = [label_names.get(int(v), f"Label {v}") for v in regions] + [f"Label {v}" for v in strays]
+        masks = [tuple(regions[v]) for v in regions] + [(v,) for v in strays]
     if any(v < 0 for v in values):
         raise InputError(f"label map has negative label values {[v for v in values if v < 0]}")
-    # Label values need not be consecutive; ImportLabelmapToSegmentationNode maps value i to the
-    # i-th segment ID, so renumber to 1..N in the order of `values`.
-    lookup = np.zeros(max(values, default=0) + 1, dtype=np.int32)
-    for index, value in enumerate(values, start=1):
-        lookup[value] = index
-    consecutive = lookup[labels.astype(np.int64, copy=False)] if values else np.zeros_like(labels, dtype=np.uint8)
 
     staging = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name)
     staging.SetHideFromEditors(True)
@@ -103,26 +115,44 @@ def import_label_map(
         if reference_volume is not None:
             staging.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
         segmentation = staging.GetSegmentation()
-        segment_ids = vtk.vtkStringArray()
-        for value in values:
-            label_name = label_names.get(value, f"Label {value}")
-            style = terminology.style(label_name, value)
+        segment_ids: List[str] = []
+        for value, label_name, style in zip(values, names, terminology.styles(list(zip(names, values)))):
             segment_id = segmentation.AddEmptySegment(_segment_id(label_name, value), style.name, style.color)
             segment = segmentation.GetSegment(segment_id)
             if style.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), style.terminology)
             segment.SetTag(LABEL_VALUE_TAG, str(value))
             segment.SetTag(LABEL_NAME_TAG, label_name)
-            segment_ids.InsertNextValue(segment_id)
-        labelmap = labelmap_node_from_array(consecutive, grid, scene=None, name=f"{node_name} labels")
-        if segmentation_node is not None and segmentation_node.GetParentTransformNode() is not None:
-            # The segments are copied into the node as they are and its transform then moves
-            # them: stage them in the node's own coordinates, or they would be moved twice.
-            to_local = np.linalg.inv(local_to_world(segmentation_node, "segmentation"))
-            labelmap.SetIJKToRASMatrix(numpy_to_matrix(to_local @ grid.ijk_to_ras()))
-        if values and not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-                labelmap, staging, segment_ids):
-            raise InputError("Slicer could not import the label map into a segmentation")
+            if regions is not None and value in regions:
+                segment.SetTag(REGION_VALUES_TAG, ",".join(str(int(v)) for v in regions[value]))
+            segment_ids.append(segment_id)
+
+        def import_into(array: np.ndarray, ids: List[str]) -> None:
+            """ImportLabelmapToSegmentationNode: value i of `array` into the i-th of `ids`."""
+            labelmap = labelmap_node_from_array(array, grid, scene=None, name=f"{node_name} labels")
+            if segmentation_node is not None and segmentation_node.GetParentTransformNode() is not None:
+                # The segments are copied into the node as they are and its transform then moves
+                # them: stage them in the node's own coordinates, or they would be moved twice.
+                to_local = np.linalg.inv(local_to_world(segmentation_node, "segmentation"))
+                labelmap.SetIJKToRASMatrix(numpy_to_matrix(to_local @ grid.ijk_to_ras()))
+            id_array = vtk.vtkStringArray()
+            for segment_id in ids:
+                id_array.InsertNextValue(segment_id)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                    labelmap, staging, id_array):
+                raise InputError("Slicer could not import the label map into a segmentation")
+
+        if regions is not None:
+            # One import per region: segments imported together share a layer, where they could not overlap.
+            for segment_id, region_values in zip(segment_ids, masks):
+                import_into(np.isin(labels, region_values).astype(np.uint8), [segment_id])
+        elif values:
+            # Label values need not be consecutive; ImportLabelmapToSegmentationNode maps value i to
+            # the i-th segment ID, so renumber to 1..N in the order of `values`.
+            lookup = np.zeros(max(values) + 1, dtype=np.int32)
+            for index, value in enumerate(values, start=1):
+                lookup[value] = index
+            import_into(lookup[labels.astype(np.int64, copy=False)], segment_ids)
         if segmentation_node is None:
             staging.SetHideFromEditors(False)
             staging.CreateDefaultDisplayNodes()
@@ -277,7 +307,9 @@ def segment_volume_mm3(segmentation_node, segment_id: str) -> Optional[float]:
 
 def export_label_values_on_volume(segmentation_node, reference_volume) -> np.ndarray:
     """The model's label map recovered from a segmentation made by `import_label_map`:
-    every segment exported onto `reference_volume`'s grid and given its recorded label value."""
+    every segment exported onto `reference_volume`'s grid and given its recorded label value.
+    A region model's overlapping segments are exported in their order, a later one over an
+    earlier one: the regions painted as the model wrote them."""
     values = segment_label_values(segmentation_node)
     segment_ids = list(values)
     exported = export_segments_on_volume(segmentation_node, reference_volume, segment_ids)

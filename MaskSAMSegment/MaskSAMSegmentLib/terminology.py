@@ -16,7 +16,7 @@ import functools
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -106,6 +106,18 @@ class AnatomyTerminology:
             return SegmentStyle(prettify_label_name(label_name), _unit_rgb(rgb), "", False)
         name = entry["name"] if side is None else f"{side.capitalize()} {entry['name'][:1].lower()}{entry['name'][1:]}"
         return SegmentStyle(name, _unit_rgb(entry["color"]), self.terminology_entry(entry, side), True)
+
+    def styles(self, labels: Sequence[Tuple[str, int]]) -> List[SegmentStyle]:
+        """The style of each (label name, value), with the segments told apart: labels that the
+        table reads as one structure ("whole tumor", "tumor core" and "enhancing tumor" are all a
+        tumor, and overlap as regions) keep that structure's terminology entry but their own names
+        and the palette colour of their values, instead of several segments all called "Tumor"."""
+        found = [self.style(name, value) for name, value in labels]
+        shared = {style.name for style in found if [other.name for other in found].count(style.name) > 1}
+        return [replace(style, name=prettify_label_name(name),
+                        color=_unit_rgb(self.palette[(value - 1) % len(self.palette)]))
+                if style.known and style.name in shared else style
+                for style, (name, value) in zip(found, labels)]
 
     def terminology_entry(self, entry: dict, side: Optional[str]) -> str:
         """Slicer's 7-part ``~``-separated terminology string (context, category, type, type
