@@ -115,9 +115,10 @@ def test_a_newer_folder_format_version_is_refused(tmp_path):
     config = preset("tiny", num_classes=3)
     path = _folder(tmp_path / "m", config)
     meta = json.loads((path / "model.json").read_text())
-    meta["format_version"] = meta["format_version"] + 1
+    assert meta["format_version"] == 1   # a model without regions stays readable by older MaskSAMs
+    meta["format_version"] = 3
     (path / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFolderError, match="has format version 2; this MaskSAM reads up to 1"):
+    with pytest.raises(ModelFolderError, match="has format version 3; this MaskSAM reads up to 2"):
         ModelFolder.load(path)
 
 

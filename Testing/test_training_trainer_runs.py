@@ -49,6 +49,8 @@ class _TinyNet(nn.Module):
 class _ScriptedValidator:
     """Validation whose mean Dice per epoch is given (NaN: no class defined)."""
 
+    structures = {"organ": [1], "lesion": [2]}
+
     def __init__(self, dice):
         self.dice = list(dice)
         self.calls = []
