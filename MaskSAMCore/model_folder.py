@@ -24,7 +24,7 @@ from MaskSAMCore.data.planning import plan_problems
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import (BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT,
                                        MODEL_JSON)
-from MaskSAMCore.data.regions import RegionError, RegionScheme
+from MaskSAMCore.data.regions import RegionError, RegionScheme, model_regions
 from MaskSAMCore.model.config import MaskSAMConfig
 
 FORMAT = MODEL_FORMAT
@@ -129,11 +129,9 @@ class ModelFolder:
         except (TypeError, ValueError) as exc:
             raise ModelFolderError(f"{describe_path(json_path)} has an invalid network: {exc}") from None
         try:
-            regions = model.regions
+            model_regions(meta.get("regions"), model.labels)
         except RegionError as exc:
             raise ModelFolderError(f"{describe_path(json_path)}: regions: {exc}") from None
-        if regions is not None and regions.class_labels != model.labels:
-            raise ModelFolderError(f"{describe_path(json_path)}: its labels are not the classes of its regions")
         if (model.plan.get("regions") or None) != (meta.get("regions") or None):
             # preprocessing reads the plan's copy, the label map is painted from model.json's
             raise ModelFolderError(f"{describe_path(json_path)}: its plan and its description differ in regions")

@@ -128,6 +128,17 @@ class RegionScheme:
         return scheme
 
 
+def model_regions(data: Any, labels: Dict[str, int]) -> Optional[RegionScheme]:
+    """The regions recorded in a model.json (its ``regions``, or None for other models), checked
+    against its ``labels``, which must be the regions' classes. Raises RegionError."""
+    if not data:
+        return None
+    scheme = RegionScheme.from_dict(data)
+    if scheme.class_labels != labels:
+        raise RegionError("its labels are not the classes of its regions")
+    return scheme
+
+
 def is_region_dataset(labels: Dict[str, Any]) -> bool:
     """Whether dataset.json's `labels` name regions (lists of values) rather than single values."""
     return any(isinstance(value, (list, tuple)) for name, value in labels.items() if name != "ignore")

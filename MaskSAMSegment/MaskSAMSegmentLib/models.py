@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import write_json
-from MaskSAMCore.data.regions import RegionError, RegionScheme
+from MaskSAMCore.data.regions import RegionError, RegionScheme, model_regions
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import (FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON,
                                        PREPROCESSED)
@@ -157,15 +157,10 @@ def _checked_labels(labels, shown: str) -> Dict[str, int]:
 def _checked_regions(data, labels: Dict[str, int], shown: str) -> Optional[RegionScheme]:
     """The regions of a region model (as `MaskSAMCore.model_folder.ModelFolder.load` checks
     them), or None; its labels must be the classes of its regions."""
-    if not data:
-        return None
     try:
-        regions = RegionScheme.from_dict(data)
+        return model_regions(data, labels)
     except RegionError as exc:
         raise ModelFolderError(f"{shown}: regions: {exc}") from None
-    if regions.class_labels != labels:
-        raise ModelFolderError(f"{shown}: its labels are not the classes of its regions")
-    return regions
 
 
 def _int_or_none(value) -> Optional[int]:
