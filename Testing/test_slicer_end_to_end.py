@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MaskSAMCore.terminology import AnatomyTerminology
 from slicer_support import (add_scalar_volume, core_has, live_processes_in_group, new_scene, oblique_grid,
                             scene_node_ids, subprocess_environment)
 
@@ -27,7 +28,6 @@ from MaskSAMSegmentLib.models import find_models, read_model_info
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
 from MaskSAMSegmentLib.segmentations import (MODEL_NAME_ATTRIBUTE, MODEL_VERSION_ATTRIBUTE,
                                              export_label_values_on_volume, segment_label_values)
-from MaskSAMSegmentLib.terminology import AnatomyTerminology
 from MaskSAMSegmentLib.training_job import TrainingJob, TrainRequest
 from MaskSAMSegmentLib.training_plot import TrainingPlot
 from MaskSAMSegmentLib.volume_nodes import volume_to_array

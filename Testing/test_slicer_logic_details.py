@@ -78,7 +78,7 @@ def test_unknown_labels_get_the_palette_colour_of_their_value():
     """Two structures the terminology does not know
     get different colours, fixed by their label value (the palette entry value - 1)."""
     from MaskSAMSegmentLib.segmentations import import_label_map
-    from MaskSAMSegmentLib.terminology import load_table
+    from MaskSAMCore.terminology import load_table
 
     palette = load_table()["fallback_palette"]
     scene = new_scene()
@@ -131,7 +131,7 @@ def test_known_structures_carry_their_standard_terminology_code():
                                          ("rt_lung", "Right lung")])
 def test_abbreviated_sides_name_the_right_side(label, name):
     """A model's 'kidney_r' is the right kidney, not the left."""
-    from MaskSAMSegmentLib.terminology import AnatomyTerminology
+    from MaskSAMCore.terminology import AnatomyTerminology
 
     assert AnatomyTerminology().style(label, 1).name == name
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MaskSAMCore.terminology import AnatomyTerminology
 from slicer_support import add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene, oblique_grid
 from test_slicer_geometry import segment_mask_on
 from test_slicer_jobs import fake_model_folder
@@ -28,7 +29,6 @@ from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
 from MaskSAMSegmentLib.segmentations import (LABEL_NAME_TAG, REGION_VALUES_TAG, export_label_values_on_volume,
                                              export_segments_on_volume, import_label_map, segment_label_values,
                                              segment_tag)
-from MaskSAMSegmentLib.terminology import AnatomyTerminology
 
 BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3}
 BRATS_ORDER = [1, 2, 3]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key
 from slicer_support import REPO, add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
 
 from MaskSAMCore.errors import ModelFolderError
@@ -22,7 +23,6 @@ from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models, install_model_folder, install_trained_model, read_model_info
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, install_plan, missing_requirements
 from MaskSAMSegmentLib.training_job import TrainRequest, epochs_argument
-from MaskSAMSegmentLib.terminology import AnatomyTerminology, dataset_label_key
 
 
 def write_model(folder: Path, name="Abdomen CT", version="2", labels=None, final=True, **extra) -> Path:

@@ -68,7 +68,7 @@ def test_every_module_and_core_file_is_installed_beside_the_module(installed):
 @needs_cmake()
 def test_installed_tree_imports_its_own_core_and_finds_its_resources(installed):
     root, _ = installed
-    code = ("import MaskSAMCore, MaskSAMCore.cli, MaskSAMSegmentLib.commands as c, MaskSAMSegmentLib.terminology as t;"
+    code = ("import MaskSAMCore, MaskSAMCore.cli, MaskSAMSegmentLib.commands as c, MaskSAMCore.terminology as t;"
             "print(MaskSAMCore.__file__); print(c.core_parent_folder()); print(t.TERMINOLOGY_FILE);"
             "print(t.AnatomyTerminology().style('liver', 1).name)")
     env = {**os.environ, "PYTHONPATH": str(root)}

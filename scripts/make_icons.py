@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SUPERSAMPLE = 4
 
-# Organ colours as in Resources/anatomy_terminology.json (close to Slicer's GenericAnatomyColors).
+# Organ colours as in MaskSAMCore/anatomy_terminology.json (close to Slicer's GenericAnatomyColors).
 LIVER = (221, 130, 101)
 SPLEEN = (157, 108, 162)
 KIDNEY = (185, 102, 83)

@@ -27,11 +27,11 @@ from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.regions import REGION_ORDER_KEY, RegionError, RegionScheme, is_region_dataset, region_scheme
 from MaskSAMCore.errors import DatasetError, InputError, describe_path
+from MaskSAMCore.terminology import dataset_label_key
 from MaskSAMSegmentLib.drawn_slices import mark_undrawn_slices, slice_orientation
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.image_files import write_array_image
 from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
-from MaskSAMSegmentLib.terminology import dataset_label_key
 from MaskSAMSegmentLib.volume_nodes import smallest_label_dtype, volume_to_array
 
 FILE_ENDINGS = (".nii.gz", ".nrrd")

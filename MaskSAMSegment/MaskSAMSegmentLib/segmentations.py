@@ -23,8 +23,8 @@ from vtk.util.numpy_support import vtk_to_numpy
 import slicer
 
 from MaskSAMCore.errors import InputError
+from MaskSAMCore.terminology import AnatomyTerminology
 from MaskSAMSegmentLib.geometry import LpsGrid
-from MaskSAMSegmentLib.terminology import AnatomyTerminology
 from MaskSAMSegmentLib.volume_nodes import (array_from_labelmap_node, labelmap_node_from_array, local_to_world,
                                             matrix_to_numpy, numpy_to_matrix, volume_grid)
 

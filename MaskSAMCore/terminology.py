@@ -1,7 +1,7 @@
 """Names, colours and standard codes for the segments a model predicts.
 
 A model's labels are whatever its training dataset called them ("liver", "kidney_left",
-"RV", "postcava", ...). For the structures in ``Resources/anatomy_terminology.json`` the
+"RV", "postcava", ...). For the structures in ``anatomy_terminology.json`` (beside this file) the
 segment gets a standard display name, a colour close to Slicer's GenericAnatomyColors and a
 DICOM/SNOMED-CT terminology entry (the string format Slicer's Terminologies module stores in a
 segment's tag). Anything else keeps its own name (underscores become spaces) and a distinct
@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-TERMINOLOGY_FILE = Path(__file__).resolve().parents[1] / "Resources" / "anatomy_terminology.json"
+TERMINOLOGY_FILE = Path(__file__).resolve().parent / "anatomy_terminology.json"
 SIDE_WORDS = {"left": "left", "l": "left", "lt": "left", "right": "right", "r": "right", "rt": "right"}
 
 
