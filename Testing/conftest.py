@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import locale
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,3 +72,12 @@ def trained_phantom_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedPh
         enable_machine_lines(False)
     assert status == 0, "masksam train failed on the phantoms"
     return TrainedPhantomModel(dataset, model_dir, (time.monotonic() - started) / 60, console.getvalue())
+
+
+@pytest.fixture()
+def dicom_locale_kept():
+    """GDCM's DICOM writer (used here to make test series, never by MaskSAM) sets the C locale
+    and leaves it: every later test would then read UTF-8 files as ASCII."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

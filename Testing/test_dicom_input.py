@@ -5,9 +5,7 @@ volume stored as NRRD, and series that are not one regular volume are refused in
 from __future__ import annotations
 
 import json
-import locale
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -21,59 +19,9 @@ from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.cases import find_cases
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
+from dicom_support import Tags, oblique_volume, shuffled_names, write_series
 
-Tags = Dict[str, str]
-
-
-def _volume(size=(20, 18, 9), spacing=(0.9, 0.8, 3.0), angle=0.35) -> sitk.Image:
-    """An oblique, anisotropic CT-like volume in HU (a bright ellipsoid in soft tissue)."""
-    z, y, x = np.mgrid[:size[2], :size[1], :size[0]]
-    blob = ((x - 9) / 6.0) ** 2 + ((y - 8) / 5.0) ** 2 + ((z - 4) / 3.0) ** 2 < 1
-    hu = np.where(blob, 180, 40) + np.random.default_rng(3).integers(-20, 20, blob.shape)
-    image = sitk.GetImageFromArray(hu.astype(np.int16))
-    image.SetSpacing(spacing)
-    image.SetOrigin((-31.5, 12.25, 104.0))
-    image.SetDirection(sitk.VersorTransform((0.3, -1.0, 0.6), angle).GetMatrix())
-    return image
-
-
-def write_series(folder: Path, image: sitk.Image, uid: str = "1.2.826.0.1.3680043.2.1125.7.1",
-                 number: str = "3", description: str = "AX ABD", names: Optional[List[str]] = None,
-                 edit: Optional[Callable[[int, Tags], Optional[Tags]]] = None) -> Path:
-    """One single-frame file per slice, as a scanner writes them; `edit(index, tags)` may change
-    a slice's tags or drop the slice (return None)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    d = image.GetDirection()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    writer.SetImageIO("GDCMImageIO")   # file names without an ending, as PACS exports write them
-    for k in range(image.GetDepth()):
-        tags: Tags = {
-            "0008|0060": "CT", "0020|000e": uid, "0020|0011": number, "0008|103e": description,
-            "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0013": str(k + 1), "0028|1052": "-1024", "0028|1053": "1",
-        }
-        if edit is not None:
-            tags = edit(k, tags)
-            if tags is None:
-                continue
-        slice_image = image[:, :, k]
-        for key, value in tags.items():
-            slice_image.SetMetaData(key, value)
-        writer.SetFileName(str(folder / (names[k] if names else f"IM{k:04d}.dcm")))
-        writer.Execute(slice_image)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _locale_kept():
-    """GDCM's DICOM writer (used here to make test series, never by MaskSAM) sets the C locale
-    and leaves it: every later test would then read UTF-8 files as ASCII."""
-    saved = locale.setlocale(locale.LC_ALL)
-    yield
-    locale.setlocale(locale.LC_ALL, saved)
-
+pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
@@ -82,15 +30,9 @@ def model_dir(tmp_path_factory):
                                      synthetic_plan(config, (3.0, 0.85, 0.85)))
 
 
-def _shuffled_names(count: int) -> List[str]:
-    """File names whose sorted order is not the slice order (PACS exports use UIDs)."""
-    order = np.random.default_rng(0).permutation(count)
-    return [f"1.3.6.1.4.1.{int(o) * 7919 % 1000:03d}.{k}" for k, o in enumerate(order)]
-
-
 def test_series_reads_back_as_the_volume_it_was_written_from(tmp_path):
-    image = _volume()
-    folder = write_series(tmp_path / "ct", image, names=_shuffled_names(image.GetDepth()))
+    image = oblique_volume()
+    folder = write_series(tmp_path / "ct", image, names=shuffled_names(image.GetDepth()))
     series = find_series(folder)
     read = read_series(series)
     assert read.GetSize() == image.GetSize()
@@ -102,7 +44,7 @@ def test_series_reads_back_as_the_volume_it_was_written_from(tmp_path):
 
 
 def test_slices_stored_from_head_to_feet_give_the_same_grid(tmp_path):
-    image = _volume()
+    image = oblique_volume()
     flipped = sitk.Flip(image, (False, False, True))   # the same voxels in the world, z reversed
     series = find_series(write_series(tmp_path / "ct", flipped))
     # DICOM's slice normal is row x column, so the grid runs along it whatever the file order
@@ -111,8 +53,8 @@ def test_slices_stored_from_head_to_feet_give_the_same_grid(tmp_path):
 
 
 def test_predict_on_a_dicom_folder_equals_predict_on_the_same_volume_as_nrrd(model_dir, tmp_path, capsys):
-    image = _volume()
-    folder = write_series(tmp_path / "patient7_ct", image, names=_shuffled_names(image.GetDepth()))
+    image = oblique_volume()
+    folder = write_series(tmp_path / "patient7_ct", image, names=shuffled_names(image.GetDepth()))
     nrrd = tmp_path / "same.nrrd"
     sitk.WriteImage(read_series(find_series(folder)), str(nrrd))
     out = tmp_path / "out"
@@ -131,8 +73,8 @@ def test_predict_on_a_dicom_folder_equals_predict_on_the_same_volume_as_nrrd(mod
 
 def test_several_series_are_listed_and_one_is_chosen_with_series(model_dir, tmp_path, capsys):
     folder = tmp_path / "study"
-    write_series(folder, _volume(), uid="1.2.3.1", number="3", description="AX 3mm")
-    thin = _volume(size=(20, 18, 12), spacing=(0.9, 0.8, 1.5))
+    write_series(folder, oblique_volume(), uid="1.2.3.1", number="3", description="AX 3mm")
+    thin = oblique_volume(size=(20, 18, 12), spacing=(0.9, 0.8, 1.5))
     write_series(folder, thin, uid="1.2.3.2", number="5", description="AX 1.5mm",
                  names=[f"thin{k:03d}.dcm" for k in range(12)])
     out = tmp_path / "labels.nrrd"
@@ -174,7 +116,7 @@ BAD_SERIES = {
 @pytest.mark.parametrize("kind", list(BAD_SERIES))
 def test_a_series_that_is_not_one_regular_volume_is_refused(model_dir, tmp_path, capsys, kind):
     edit, problem = BAD_SERIES[kind]
-    folder = write_series(tmp_path / "ct", _volume(), edit=edit)
+    folder = write_series(tmp_path / "ct", oblique_volume(), edit=edit)
     out = tmp_path / "out"
     assert main(["predict", str(model_dir), str(folder), f"{out}/", "--device", "cpu"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -186,8 +128,8 @@ def test_a_series_that_is_not_one_regular_volume_is_refused(model_dir, tmp_path,
 
 def test_dicom_inputs_given_the_wrong_way_get_a_hint(model_dir, tmp_path, capsys):
     study = tmp_path / "study"
-    folder = write_series(study / "series3", _volume())
-    write_series(study / "series5", _volume(), uid="1.2.3.9", number="5")
+    folder = write_series(study / "series3", oblique_volume())
+    write_series(study / "series5", oblique_volume(), uid="1.2.3.9", number="5")
     out = tmp_path / "out.nrrd"
     cases = {
         "a slice file": ([str(folder / "IM0000.dcm"), str(out)],
@@ -206,12 +148,12 @@ def test_dicom_inputs_given_the_wrong_way_get_a_hint(model_dir, tmp_path, capsys
 
 def _write_nrrd(tmp_path: Path) -> Path:
     path = tmp_path / "scan.nrrd"
-    sitk.WriteImage(_volume(), str(path))
+    sitk.WriteImage(oblique_volume(), str(path))
     return path
 
 
 def test_an_enhanced_ct_slice_is_refused_even_with_one_frame(tmp_path):
-    folder = write_series(tmp_path / "ct", _volume(),
+    folder = write_series(tmp_path / "ct", oblique_volume(),
                           edit=lambda k, tags: {**tags, "0008|0016": "1.2.840.10008.5.1.4.1.1.2.1"})
     with pytest.raises(InputError, match="IM0000.dcm is a multi-frame .enhanced. DICOM file"):
         find_series(folder)
@@ -233,7 +175,7 @@ def test_a_held_out_phantom_exported_as_dicom_is_segmented_as_its_nifti_file(tra
     scan = sorted((dataset / "imagesTs").iterdir())[0]
     image = sitk.ReadImage(str(scan))
     assert np.linalg.det(np.reshape(image.GetDirection(), (3, 3))) > 0   # DICOM grids are right-handed
-    folder = write_series(tmp_path / "phantom_dicom", image, names=_shuffled_names(image.GetDepth()))
+    folder = write_series(tmp_path / "phantom_dicom", image, names=shuffled_names(image.GetDepth()))
     out = tmp_path / "out"
     for source, name in ((folder, "from_dicom.nii.gz"), (scan, "from_nifti.nii.gz")):
         assert main(["predict", str(model), str(source), str(out / name), "--fast", "--device", "cpu"]) == 0
@@ -249,7 +191,7 @@ def test_a_held_out_phantom_exported_as_dicom_is_segmented_as_its_nifti_file(tra
 
 
 def test_a_multi_channel_model_is_not_given_a_dicom_series(tmp_path):
-    folder = write_series(tmp_path / "t2", _volume())
+    folder = write_series(tmp_path / "t2", oblique_volume())
     with pytest.raises(InputError, match="needs 2 channels and a DICOM series is one channel"):
         find_cases(folder, tmp_path / "out.nrrd", num_channels=2)
     assert find_cases(folder, tmp_path / "out.nrrd", num_channels=1)[0].input_files == \
@@ -273,14 +215,14 @@ def _shorten_pixel_data(path: Path, keep: int) -> None:
 
 def test_damaged_and_copied_slices_are_named(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    cut = write_series(tmp_path / "cut", _volume())
+    cut = write_series(tmp_path / "cut", oblique_volume())
     (cut / "IM0004.dcm").write_bytes((cut / "IM0004.dcm").read_bytes()[:-500])   # an interrupted copy
-    short = write_series(tmp_path / "short", _volume(size=(96, 96, 9)))   # 18 KB of pixels per slice
+    short = write_series(tmp_path / "short", oblique_volume(size=(96, 96, 9)))   # 18 KB of pixels per slice
     _shorten_pixel_data(short / "IM0004.dcm", keep=5000)
-    copied = write_series(tmp_path / "copied", _volume())
+    copied = write_series(tmp_path / "copied", oblique_volume())
     (copied / "IM0003 (1).dcm").write_bytes((copied / "IM0003.dcm").read_bytes())
-    echoes = write_series(tmp_path / "echoes", _volume())
-    write_series(echoes, _volume(), names=[f"echo2_{k}.dcm" for k in range(9)],
+    echoes = write_series(tmp_path / "echoes", oblique_volume())
+    write_series(echoes, oblique_volume(), names=[f"echo2_{k}.dcm" for k in range(9)],
                  edit=lambda k, tags: {**tags, "0008|0018": f"1.2.826.0.1.3680043.2.1125.8.{k}"})
     expected = {
         cut: "the slice spacing varies from 3 to 6 mm (missing slices?); 1 file(s) of the folder cannot be "
@@ -296,7 +238,7 @@ def test_damaged_and_copied_slices_are_named(model_dir, tmp_path, capsys):
 
 
 def test_a_slice_without_pixel_spacing_is_refused(tmp_path):
-    folder = write_series(tmp_path / "ct", _volume())
+    folder = write_series(tmp_path / "ct", oblique_volume())
     for path in folder.iterdir():   # (0028,0030) Pixel Spacing becomes (0028,0031): GDCM assumes 1 mm
         path.write_bytes(path.read_bytes().replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00", 1))
     assert read_header(folder / "IM0000.dcm").problem.startswith("has no Pixel Spacing")
@@ -312,7 +254,7 @@ def test_latin1_descriptions_read_as_written():
 
 def test_a_cd_layout_points_to_its_series_and_the_output_stays_out_of_the_series(model_dir, tmp_path, capsys):
     cd = tmp_path / "cd"
-    series = write_series(cd / "DICOM" / "ST000000" / "SE000000", _volume())
+    series = write_series(cd / "DICOM" / "ST000000" / "SE000000", oblique_volume())
     (cd / "DICOMDIR").write_bytes((series / "IM0000.dcm").read_bytes())   # an index: left out by name
     assert main(["predict", str(model_dir), str(cd), str(tmp_path / "labels.nii.gz"), "--device", "cpu"]) == 1
     assert "DICOM series lie in its subfolder(s) DICOM/ST000000/SE000000: give one" in _one_line_error(capsys)
@@ -328,7 +270,7 @@ def test_positions_rounded_within_the_tolerance_read_without_itk_warnings(tmp_pa
         x, y, z = (float(v) for v in tags["0020|0032"].split("\\"))
         return {**tags, "0020|0032": f"{x}\\{y}\\{z + jitter[k]}"}
 
-    series = find_series(write_series(tmp_path / "ct", _volume(angle=0.0), edit=rounded))
+    series = find_series(write_series(tmp_path / "ct", oblique_volume(angle=0.0), edit=rounded))
     capfd.readouterr()
     read_series(series)
     assert capfd.readouterr().err == ""
@@ -336,7 +278,7 @@ def test_positions_rounded_within_the_tolerance_read_without_itk_warnings(tmp_pa
 
 def test_files_without_preamble_or_ending_are_read(tmp_path):
     """Older exports: no 128-byte preamble, no file meta information, names 1, 2, ..."""
-    image = _volume()
+    image = oblique_volume()
     written = write_series(tmp_path / "written", image)
     bare = tmp_path / "bare"
     bare.mkdir()

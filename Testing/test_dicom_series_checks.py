@@ -6,7 +6,6 @@ without the preamble and meta group - refused rather than read with another slic
 
 from __future__ import annotations
 
-import locale
 import struct
 
 import numpy as np
@@ -15,14 +14,9 @@ import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.errors import InputError
-from test_dicom_input import _volume, write_series
+from dicom_support import oblique_volume, write_series
 
-
-@pytest.fixture(autouse=True)
-def _locale_kept():
-    saved = locale.setlocale(locale.LC_ALL)
-    yield
-    locale.setlocale(locale.LC_ALL, saved)
+pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
 
 def _moved(offsets):
@@ -37,7 +31,7 @@ def _moved(offsets):
 def test_one_gap_a_tenth_wider_than_the_others_is_refused(tmp_path):
     """Slices 3 mm apart with one gap of 3.3 mm: a slice lies 0.3 mm
     off the grid the series would be read on, so the series is not one regular volume."""
-    image = _volume(angle=0.0)                      # axis-aligned: the slice normal is +z
+    image = oblique_volume(angle=0.0)                      # axis-aligned: the slice normal is +z
     offsets = [(0.0, 0.0, 0.3 if k >= 5 else 0.0) for k in range(image.GetDepth())]
     with pytest.raises(InputError, match="slice spacing varies"):
         find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
@@ -46,7 +40,7 @@ def test_one_gap_a_tenth_wider_than_the_others_is_refused(tmp_path):
 def test_a_slight_gantry_tilt_is_refused(tmp_path):
     """0.05 mm sideways per slice (0.4 mm over the
     stack, half a pixel) is a tilt the grid cannot describe: refused."""
-    image = _volume(angle=0.0)
+    image = oblique_volume(angle=0.0)
     offsets = [(0.05 * k, 0.0, 0.0) for k in range(image.GetDepth())]
     with pytest.raises(InputError, match="gantry tilt"):
         find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
@@ -55,7 +49,7 @@ def test_a_slight_gantry_tilt_is_refused(tmp_path):
 def test_slices_with_different_rescale_slopes_read_as_their_hounsfield_units(tmp_path):
     """The first slice has slope 1 (integer HU), every other slice
     stores half-HU values at slope 0.5: each slice's own slope gives its HU back, not truncated."""
-    image = _volume(angle=0.0)
+    image = oblique_volume(angle=0.0)
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     folder = write_series(tmp_path / "ct", image)
     for k, path in enumerate(sorted(folder.iterdir())):
@@ -74,7 +68,7 @@ def test_slices_with_different_rescale_slopes_read_as_their_hounsfield_units(tmp
 
 def test_a_slice_of_another_image_size_is_named_and_refused(tmp_path):
     """A localiser or a cropped slice with the series' UID does not make a volume."""
-    image = _volume(angle=0.0)
+    image = oblique_volume(angle=0.0)
     folder = write_series(tmp_path / "ct", image)
     write_series(folder, image[:12, :, :], names=[f"SMALL{k}" for k in range(image.GetDepth())],
                  edit=lambda k, tags: tags if k == 4 else None)
@@ -85,7 +79,7 @@ def test_a_slice_of_another_image_size_is_named_and_refused(tmp_path):
 def test_a_slice_with_its_columns_running_the_other_way_is_refused(tmp_path):
     """Same row direction, column direction reversed (an image flipped upside down):
     that slice's voxels would be read mirrored into the volume."""
-    image = _volume(angle=0.0)
+    image = oblique_volume(angle=0.0)
 
     def flip_columns(k, tags):
         return {**tags, "0020|0037": "1\\0\\0\\0\\-1\\0"} if k == 4 else tags
@@ -96,7 +90,7 @@ def test_a_slice_with_its_columns_running_the_other_way_is_refused(tmp_path):
 
 def test_a_slice_with_another_pixel_spacing_is_refused(tmp_path):
     """A slice with 0.7 mm pixels among 0.9/0.8 mm ones would be read on the wrong scale."""
-    image = _volume(angle=0.0)
+    image = oblique_volume(angle=0.0)
     folder = write_series(tmp_path / "ct", image)
     (folder / "IM0003.dcm").unlink()
     finer = sitk.Image(image)
@@ -110,8 +104,8 @@ def test_a_slice_with_another_pixel_spacing_is_refused(tmp_path):
 def test_two_series_sharing_a_number_are_not_chosen_between_by_guess(tmp_path):
     """--series 3 when two series carry number 3: the user must give the UID."""
     folder = tmp_path / "study"
-    write_series(folder, _volume(), uid="1.2.3.1", number="3", names=[f"A{k}" for k in range(9)])
-    write_series(folder, _volume(size=(20, 18, 6)), uid="1.2.3.2", number="3", names=[f"B{k}" for k in range(6)])
+    write_series(folder, oblique_volume(), uid="1.2.3.1", number="3", names=[f"A{k}" for k in range(9)])
+    write_series(folder, oblique_volume(size=(20, 18, 6)), uid="1.2.3.2", number="3", names=[f"B{k}" for k in range(6)])
     with pytest.raises(InputError, match="2 series have the number 3"):
         find_series(folder, "3")
     assert find_series(folder, "1.2.3.2").size[2] == 6
@@ -140,7 +134,7 @@ def _cut_pixel_data(path, missing: int) -> None:
 def test_a_slice_whose_pixel_data_is_cut_short_is_refused(tmp_path, size, missing, held, needed):
     """Short by less than its header, the whole file is still larger than its pixels; GDCM would
     read the missing pixels as other values."""
-    folder = write_series(tmp_path / "ct", _volume(size=(size, size, 4)))
+    folder = write_series(tmp_path / "ct", oblique_volume(size=(size, size, 4)))
     _cut_pixel_data(folder / "IM0002.dcm", missing)
     with pytest.raises(InputError, match=rf"IM0002.dcm holds less pixel data \({held} bytes\) than its pixels "
                                          rf"\({needed} bytes\): a damaged file"):
@@ -149,7 +143,7 @@ def test_a_slice_whose_pixel_data_is_cut_short_is_refused(tmp_path, size, missin
 
 def test_hidden_files_in_the_folder_are_not_slices(tmp_path):
     """A hidden backup copy of a slice (".IM0003.dcm") is not a second copy of it."""
-    folder = write_series(tmp_path / "ct", _volume())
+    folder = write_series(tmp_path / "ct", oblique_volume())
     (folder / ".IM0003.dcm").write_bytes((folder / "IM0003.dcm").read_bytes())
     series = find_series(folder)
     assert len(series.files) == 9 and all(not p.name.startswith(".") for p in series.files)
@@ -157,7 +151,7 @@ def test_hidden_files_in_the_folder_are_not_slices(tmp_path):
 
 def test_a_colour_series_is_refused(tmp_path):
     """An RGB secondary capture is not a CT or MR."""
-    image = _volume(angle=0.0)
+    image = oblique_volume(angle=0.0)
     rgb = sitk.Compose(*[sitk.Cast(sitk.RescaleIntensity(image, 0, 255), sitk.sitkUInt8)] * 3)
     rgb.CopyInformation(image)
     with pytest.raises(InputError, match="3 values per pixel"):
@@ -168,7 +162,7 @@ def test_a_colour_series_is_refused(tmp_path):
 def test_a_slice_without_image_orientation_is_refused(tmp_path):
     """A position without an orientation does not place
     the slice (GDCM would assume an axial identity)."""
-    folder = write_series(tmp_path / "ct", _volume())
+    folder = write_series(tmp_path / "ct", oblique_volume())
     path = folder / "IM0000.dcm"   # (0020,0037) Image Orientation (Patient) becomes (0020,0038)
     path.write_bytes(path.read_bytes().replace(b"\x20\x00\x37\x00", b"\x20\x00\x38\x00", 1))
     with pytest.raises(InputError, match="IM0000.dcm has no Image Position or Orientation"):
@@ -179,7 +173,7 @@ def test_a_damaged_slice_without_preamble_is_refused(tmp_path):
     """An older export (no preamble, implicit VR little endian, names 1, 2, ...) whose slice 3
     keeps only 5000 of its 18432 pixel bytes (no transfer syntax to go by: the encoding is
     found from the first element)."""
-    written = write_series(tmp_path / "written", _volume(size=(96, 96, 4)))
+    written = write_series(tmp_path / "written", oblique_volume(size=(96, 96, 4)))
     bare = tmp_path / "bare"
     bare.mkdir()
     for k, path in enumerate(sorted(written.iterdir())):
