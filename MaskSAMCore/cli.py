@@ -220,8 +220,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                    help="an image file, a folder of images (*_0000.nii.gz etc. for multi-channel), "
                         "or a folder of DICOM files (one series)")
     p.add_argument("output", type=user_path,
-                   help="output label-map file, or a folder (existing, or ending in /; always when "
-                        "INPUT is a folder of images)")
+                   help="output label-map file (.dcm: a DICOM SEG, for DICOM input), or a folder (existing, "
+                        "or ending in /; always when INPUT is a folder of images)")
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
                         "or Series Instance UID; default: the folder's only series)")
@@ -245,7 +245,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--probabilities", action="store_true",
                    help="also write CASE_probabilities.npz: (K, z, y, x) float16 on the input's grid, "
                         "channel k = label value k, summing to 1 per voxel")
-    p.add_argument("--output-ending", default=None, help="file ending for folder output (default: the input's)")
+    p.add_argument("--output-ending", default=None,
+                   help="file ending for folder output (default: the input's; .dcm: DICOM SEG, for DICOM input)")
     _add_device(p)
 
 

@@ -1,4 +1,5 @@
-"""Names, colours and standard codes for the segments a model predicts.
+"""Names, colours and standard codes for the segments a model predicts (in 3D Slicer, and in
+the DICOM SEG files `masksam predict` writes).
 
 A model's labels are whatever its training dataset called them ("liver", "kidney_left",
 "RV", "postcava", ...). For the structures in ``anatomy_terminology.json`` (beside this file) the
@@ -38,6 +39,19 @@ class SegmentStyle:
     color: Tuple[float, float, float]
     terminology: str
     known: bool
+
+
+Code = Tuple[str, str, str]   # (coding scheme, code value, code meaning), e.g. ("SCT", "10200004", "Liver")
+
+
+@dataclass(frozen=True)
+class StructureCodes:
+    """A structure as DICOM codes it: segmented property category and type, and the type's
+    modifier (the side of a paired organ) or None."""
+
+    category: Code
+    type: Code
+    modifier: Optional[Code]
 
 
 def normalise_label_name(name: str) -> str:
@@ -118,6 +132,16 @@ class AnatomyTerminology:
                         color=_unit_rgb(self.palette[(value - 1) % len(self.palette)]))
                 if style.known and style.name in shared else style
                 for style, (name, value) in zip(found, labels)]
+
+    def codes(self, label_name: str) -> "StructureCodes":
+        """The DICOM codes of a label's structure; SNOMED-CT's "Tissue" for a name the table does
+        not know (what 3D Slicer gives a segment without terminology)."""
+        entry, side = self.match(label_name)
+        if entry is None:
+            tissue = tuple(self.table["categories"]["tissue"])
+            return StructureCodes(tissue, tissue, None)
+        return StructureCodes(tuple(self.table["categories"][entry["category"]]), tuple(entry["code"]),
+                              tuple(self.table["sides"][side]) if side else None)
 
     def terminology_entry(self, entry: dict, side: Optional[str]) -> str:
         """Slicer's 7-part ``~``-separated terminology string (context, category, type, type

@@ -11,7 +11,8 @@ Prediction file names (``CASE<ending>``) follow nnU-Net, so `masksam evaluate` c
 
 A folder of DICOM files (a series as a scanner or PACS exports it) is one case named after the
 folder, like a single image file; its label map is ``.nii.gz`` unless the output says otherwise.
-When the folder holds several image series, ``--series`` names the one to segment.
+When the folder holds several image series, ``--series`` names the one to segment. Only such a
+case can be written as a DICOM SEG (``.dcm``, `dicom_seg`): a SEG refers to the slices it segments.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
 from MaskSAMCore.data.dicom_series import DicomSeries, find_series
 from MaskSAMCore.errors import InputError, describe_path, list_some
+from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
 
 # Longest first, so that ".nii.gz" wins over ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".tiff")
@@ -58,6 +60,15 @@ def split_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
     return name, ""
 
 
+def split_output_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
+    """`split_ending` for an output file name, which may also ask for a DICOM SEG (``.dcm``;
+    its case is kept, as pydicom writes any name)."""
+    name = Path(path).name
+    if is_seg_output(name) and len(name) > len(SEG_ENDING):
+        return name[: -len(SEG_ENDING)], name[-len(SEG_ENDING):]
+    return split_ending(path)
+
+
 def case_name(path: "os.PathLike[str] | str") -> str:
     """The case of a one-channel image file: ``liver_007`` for ``liver_007_0000.nii.gz`` and for
     ``liver_007.nii.gz``; ``amos_0001`` for ``amos_0001.nii.gz`` (not channel 0, so not a suffix)."""
@@ -82,9 +93,9 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         raise InputError(f"{describe_path(source)}: no such file or folder")
     if output_ending is not None and not output_ending.startswith("."):
         output_ending = "." + output_ending
-    if output_ending is not None and output_ending.lower() not in IMAGE_ENDINGS:
+    if output_ending is not None and output_ending.lower() not in (*IMAGE_ENDINGS, SEG_ENDING):
         raise InputError(f"--output-ending {output_ending} is not an image file ending "
-                         f"(known endings: {', '.join(IMAGE_ENDINGS)})")
+                         f"(known endings: {', '.join(IMAGE_ENDINGS)}; {SEG_ENDING} for DICOM SEG)")
     if output_ending is not None:
         output_ending = output_ending.lower()   # ITK writes NIfTI and MetaImage under no other
     images = _image_files(source) if source.is_dir() else []
@@ -94,6 +105,10 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
                          f"DICOM files ({dicom[0].name}, ...); put them in separate folders")
     if series is not None and not dicom:
         raise InputError(f"--series is for a folder of DICOM files; {describe_path(source)} is not one")
+    if not dicom and _asks_for_seg(target, output_path, output_ending):
+        raise InputError(f"{describe_path(source)}: a DICOM SEG ({SEG_ENDING}) refers to the DICOM slices it "
+                         "segments, so INPUT must be a folder of DICOM slices; write .nii.gz, .nrrd or .mha "
+                         "for this input")
     if dicom:
         return [_dicom_case(source, target, output_path, num_channels, output_ending, series)]
     if source.is_file():
@@ -140,6 +155,12 @@ def _dicom_case(source: Path, target: Path, output_path: "os.PathLike[str] | str
     return Case(name, (find_series(source, series),), output)
 
 
+def _asks_for_seg(target: Path, output_path: "os.PathLike[str] | str", output_ending: Optional[str]) -> bool:
+    if output_ending == SEG_ENDING:
+        return True
+    return is_seg_output(output_path) and not target.is_dir()
+
+
 def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
     """Where DICOM series lie further down (a study exported as one folder per series, a CD's
     DICOM/ST*/SE* folders)."""
@@ -157,8 +178,8 @@ def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: st
     # "out/" names a folder even before it exists (Path drops the slash, so look at the text)
     if target.is_dir() or str(output_path).endswith(("/", os.sep)):
         return target / f"{name}{output_ending or default_ending}"
-    stem, ending = split_ending(target)
-    if output_ending and ending and output_ending.lower() != ending:
+    stem, ending = split_output_ending(target)
+    if output_ending and ending and output_ending.lower() != ending.lower():
         raise InputError(f"{describe_path(target)}: OUTPUT names the file, so --output-ending {output_ending} "
                          "does not apply; give one of them")
     if not ending:

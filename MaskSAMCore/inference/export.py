@@ -31,13 +31,13 @@ from MaskSAMCore.data.image_io import ImageGeometry, write_label
 from MaskSAMCore.data.nifti_transforms import keeps_own_placement
 from MaskSAMCore.data.preprocessing import to_original_grid
 from MaskSAMCore.data.resampling import resample_array
-from MaskSAMCore.inference.cases import split_ending
+from MaskSAMCore.inference.cases import split_output_ending
 
 
 def probabilities_path(label_path: "os.PathLike[str] | str") -> Path:
-    """``out/case_probabilities.npz`` for ``out/case.nii.gz``."""
+    """``out/case_probabilities.npz`` for ``out/case.nii.gz`` (or a DICOM SEG ``out/case.dcm``)."""
     label_path = Path(label_path)
-    stem, _ = split_ending(label_path)
+    stem, _ = split_output_ending(label_path)
     return label_path.with_name(f"{stem}_probabilities.npz")
 
 

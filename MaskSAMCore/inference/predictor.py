@@ -33,8 +33,9 @@ from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import ImageGeometry, read_case
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
 from MaskSAMCore.data.regions import RegionScheme
-from MaskSAMCore.errors import ModelFolderError, describe_path
+from MaskSAMCore.errors import InputError, ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
+from MaskSAMCore.inference.dicom_seg import is_seg_output, seg_structures, write_dicom_seg
 from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
 from MaskSAMCore.inference.input_checks import check_fits_host_memory, check_image
 from MaskSAMCore.inference.mirroring import mirrored_predict
@@ -73,6 +74,7 @@ class PreparedCase:
     geometry: ImageGeometry
     seconds: float
     source: Optional[Path] = None   # the image file (channel 0) it was read from, if any
+    series: Optional[DicomSeries] = None   # or the DICOM series
 
 
 @dataclass
@@ -217,6 +219,7 @@ class Predictor:
         prepared.name = name or files[0]
         prepared.seconds = time.perf_counter() - start
         prepared.source = None if isinstance(paths[0], DicomSeries) else Path(paths[0])
+        prepared.series = paths[0] if isinstance(paths[0], DicomSeries) else None
         return prepared
 
     def predict_prepared(self, case: PreparedCase, output_path: Optional["os.PathLike[str] | str"] = None,
@@ -249,12 +252,23 @@ class Predictor:
         if output_path is not None:
             if probabilities:
                 write_probabilities(result, properties, self.class_names, probabilities_path(output_path),
-                                    then=lambda: write_labels(labels, case.geometry, output_path, case.source))
+                                    then=lambda: self._write_labels(labels, case, output_path))
             else:
-                write_labels(labels, case.geometry, output_path, case.source)
+                self._write_labels(labels, case, output_path)
         export_seconds = time.perf_counter() - start
         timings = {"preprocess_s": case.seconds, "network_s": network_seconds, "export_s": export_seconds}
         return PredictionResult(labels, timings, settings, len(grid))
+
+    def _write_labels(self, labels: np.ndarray, case: PreparedCase, path: "os.PathLike[str] | str") -> None:
+        """The label map as an image file on the input's grid, or as a DICOM SEG (``.dcm``)
+        referring to the series it was predicted from."""
+        if not is_seg_output(path):
+            write_labels(labels, case.geometry, path, case.source)
+        elif case.series is None:
+            raise InputError(f"{describe_path(path)}: a DICOM SEG needs a DICOM series as input; "
+                             f"{case.name} is not one")
+        else:
+            write_dicom_seg(labels, case.series, seg_structures(self.class_names, self.regions), path, self.name)
 
     def _sliding_window(self, case: PreparedCase, settings: WindowSettings, output: str,
                         should_cancel: Optional[Callable[[], bool]], restore_shape: Optional[Sequence[int]]):

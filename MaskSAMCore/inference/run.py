@@ -25,6 +25,7 @@ from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError, describe_path, first_line, list_some
 from MaskSAMCore.inference.cases import Case, find_cases
+from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
 from MaskSAMCore.paths import check_output_file
@@ -53,6 +54,11 @@ def check_headers(cases: List[Case]) -> None:
     so does an output format that cannot store the input's grid (TIFF, NIfTI for a tilted scan)."""
     for case in cases:
         geometries = [read_geometry(path) for path in case.channel_files]
+        if is_seg_output(case.output_file):
+            # A SEG keeps the series' grid (its frames are the series' slices), if it can refer to them.
+            check_seg_writer()
+            check_seg_sources(case.channel_files[0])
+            continue
         check_format_keeps(geometries[0], case.output_file)
         warning = placement_warning(case.channel_files[0], geometries[0])
         if warning:

@@ -1,0 +1,165 @@
+"""A prediction on a DICOM series written as a DICOM Segmentation (SEG) that refers to it.
+
+`masksam predict MODEL DICOM_FOLDER out.dcm` (or ``--output-ending .dcm``) writes the labels as
+the DICOM object PACS, viewers and 3D Slicer (with QuantitativeReporting) load over the series:
+patient and study are the series', every frame names the source slice it lies on (its SOP
+Instance UID and Image Position), and every segment is named, coded and coloured:
+
+- one segment per structure the model predicts (each class; each region of a region model,
+  where segments overlap as the regions do), empty ones included, so a reader sees that a
+  structure was looked for and not found;
+- its label is the display name 3D Slicer would give it, its codes the SNOMED-CT ones of
+  `terminology` (category, type and, for paired organs, the side as type modifier), "Tissue"
+  for structures the table does not know; its colour the same as in Slicer;
+- algorithm type AUTOMATIC, identified as MaskSAM with the model's name and MaskSAM's version.
+
+The type is BINARY (one bit per pixel, empty frames left out), which every SEG reader knows.
+The geometry is the series' own, as checked by `dicom_series`: each frame's position is that of
+its source slice, the orientation and pixel spacing the series', the spacing between slices the
+step of the checked grid (not the slices' own Spacing Between Slices, which some MR scanners
+use for the gap). A source slice without Slice Thickness (allowed in CT) is described with that
+step as its thickness. Writing uses highdicom (pip install highdicom), imported only
+when a SEG is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from MaskSAMCore import __version__
+from MaskSAMCore.atomic import atomic_path
+from MaskSAMCore.data.dicom_series import DicomSeries
+from MaskSAMCore.data.regions import RegionScheme
+from MaskSAMCore.errors import InputError
+from MaskSAMCore.terminology import AnatomyTerminology
+
+SEG_ENDING = ".dcm"
+SEG_SERIES_NUMBER_OFFSET = 1000   # the SEG's series number: the source's plus this
+
+
+def is_seg_output(path: "os.PathLike[str] | str") -> bool:
+    """True for an output file name that asks for a DICOM SEG (``.dcm``, any case)."""
+    return str(path).lower().endswith(SEG_ENDING)
+
+
+def check_seg_writer() -> None:
+    """Refuse before any work when the package that writes SEG files is missing."""
+    try:
+        importlib.import_module("highdicom")
+    except ImportError:
+        raise InputError("writing DICOM SEG (.dcm) needs the highdicom package: pip install highdicom "
+                         "(or write .nii.gz, .nrrd or .mha)") from None
+
+
+def check_seg_sources(series: DicomSeries) -> None:
+    """Refuse, before any work, a series a SEG cannot refer to: slices without the UIDs it
+    names, or from several studies or frames of reference (`InputError` naming the slice)."""
+    import pydicom
+
+    first: dict = {}
+    for path in series.files:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                                 specific_tags=["SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"])
+        for keyword, name in (("SOPInstanceUID", "SOP Instance UID"), ("StudyInstanceUID", "Study Instance UID"),
+                              ("FrameOfReferenceUID", "Frame of Reference UID")):
+            value = str(header.get(keyword, "")).strip()
+            if not value:
+                raise InputError(f"{series}: {path.name} has no {name}, which a DICOM SEG must refer to; "
+                                 "write .nii.gz, .nrrd or .mha instead")
+            if keyword != "SOPInstanceUID" and first.setdefault(keyword, (value, path.name))[0] != value:
+                raise InputError(f"{series}: {path.name} and {first[keyword][1]} have different {name}s; "
+                                 "a DICOM SEG refers to one; write .nii.gz, .nrrd or .mha instead")
+
+
+@dataclass(frozen=True)
+class SegStructure:
+    """One segment of the SEG: its model label name and the label-map values it covers."""
+
+    name: str
+    values: Tuple[int, ...]
+
+
+def seg_structures(class_names: Sequence[str], regions: Optional[RegionScheme]) -> List[SegStructure]:
+    """The segments a model's label maps give: each foreground class by its value, or each
+    region of a region model by the values its painted map uses for it."""
+    if regions is not None:
+        return [SegStructure(name, tuple(values)) for name, values in regions.regions.items()]
+    return [SegStructure(name, (value,)) for value, name in enumerate(class_names) if value > 0]
+
+
+def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequence[SegStructure],
+                    path: "os.PathLike[str] | str", model_name: str) -> None:
+    """Write `labels` (z, y, x, on the series' grid: z follows ``series.files``) as a SEG
+    referring to the series, atomically."""
+    import highdicom as hd
+    import pydicom
+    from pydicom.sr.codedict import codes
+
+    expected = (len(series.files), series.size[1], series.size[0])
+    if tuple(labels.shape) != expected:
+        raise ValueError(f"label map shape {labels.shape} is not the series' {expected}")
+    sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series.files]
+    for source in sources:   # in these in-memory copies only: highdicom takes both from the sources
+        if not source.get("SliceThickness"):
+            source.SliceThickness = series.spacing[2]
+        # The step of the checked grid (some MR scanners store the gap between slices here).
+        source.SpacingBetweenSlices = series.spacing[2]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"MaskSAM {model_name}"[:64], version=__version__, family=codes.cid7162.ArtificialIntelligence)
+    descriptions = _segment_descriptions(structures, algorithm)
+    masks = _segment_masks(labels, structures)
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(),
+            series_number=_series_number(series), sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="MaskSAM", manufacturer_model_name=model_name[:64], software_versions=f"MaskSAM {__version__}",
+            device_serial_number="none", series_description=f"MaskSAM {model_name}"[:64],
+            content_label="MASKSAM", content_description=f"MaskSAM segmentation by model {model_name}"[:64])
+    except ValueError as exc:   # what check_seg_sources cannot foresee
+        raise InputError(f"{series}: no DICOM SEG can refer to it ({exc})") from None
+    with atomic_path(path) as temporary:
+        seg.save_as(str(temporary))
+
+
+def _segment_masks(labels: np.ndarray, structures: Sequence[SegStructure]) -> np.ndarray:
+    """What highdicom takes as the segments' pixels: the label map itself where segment n is
+    label value n (a model's classes: no copy per segment, so a 512 x 512 x 600 CT with 16 classes
+    costs no 2.5 GB of masks), else one boolean mask per segment (z, y, x, segments), which may
+    overlap (regions)."""
+    if all(s.values == (number,) for number, s in enumerate(structures, start=1)):
+        return labels
+    return np.stack([np.isin(labels, s.values) for s in structures], axis=-1)
+
+
+def _segment_descriptions(structures: Sequence[SegStructure], algorithm) -> list:
+    import highdicom as hd
+
+    terminology = AnatomyTerminology()
+    # Named and coloured as 3D Slicer shows them; the first value stands for the structure.
+    styles = terminology.styles([(s.name, s.values[0]) for s in structures])
+    descriptions = []
+    for number, (structure, style) in enumerate(zip(structures, styles), start=1):
+        codes = terminology.codes(structure.name)
+        description = hd.seg.SegmentDescription(
+            segment_number=number, segment_label=style.name[:64],
+            segmented_property_category=hd.sr.CodedConcept(codes.category[1], codes.category[0], codes.category[2]),
+            segmented_property_type=hd.sr.CodedConcept(codes.type[1], codes.type[0], codes.type[2]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+            display_color=hd.color.CIELabColor.from_rgb(*(round(255 * c) for c in style.color)))
+        if codes.modifier is not None:
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept(codes.modifier[1], codes.modifier[0], codes.modifier[2])]
+        descriptions.append(description)
+    return descriptions
+
+
+def _series_number(series: DicomSeries) -> int:
+    number = int(series.number) if series.number.strip().lstrip("-").isdigit() else 0
+    return max(number, 0) + SEG_SERIES_NUMBER_OFFSET
+
