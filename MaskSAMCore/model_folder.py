@@ -235,11 +235,11 @@ class ModelFolder:
         """`path` if it holds the SAM weights the model was trained on (its SHA-256 is in
         model.json): adapters trained on other weights of the same shape (another release, a
         fine-tuned SAM) would give wrong masks without a word. A missing file is named later."""
-        from MaskSAMCore.model.sam_checkpoints import file_sha256
+        from MaskSAMCore.model.sam_checkpoints import remembered_sha256
 
         if not self.sam_sha256 or not path.is_file():
             return path
-        digest = file_sha256(path)
+        digest = remembered_sha256(path)
         if digest != self.sam_sha256:
             raise ModelFolderError(
                 f"{describe_path(path)} is not the SAM checkpoint model {self.name} was trained on "

@@ -26,6 +26,16 @@ def _same_random_state_for_every_test() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_masksam_home(tmp_path_factory: pytest.TempPathFactory):
+    """MaskSAM's cache folder (SAM checkpoints, their remembered hashes, installed models) is a
+    fresh one for the test session, never the user's; tests that need their own still set it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MASKSAM_HOME", str(tmp_path_factory.mktemp("masksam_home")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic CT dataset in nnU-Net raw format (3 training cases, 1 test case,

@@ -242,3 +242,25 @@ def test_a_long_loading_error_is_cut_at_a_sentence_not_inside_a_word():
     said = describe_load_failure("sam.pth", error)
     assert said.endswith("(PytorchStreamReader failed reading zip archive: failed finding central directory. "
                          "This is an internal miniz error.)"), said
+
+
+def test_a_given_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    """--sam-checkpoint FILE (up to 2.5 GB) is hashed at the first run only; a changed file again."""
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    hashed = []
+    real = sam_checkpoints.file_sha256
+    monkeypatch.setattr(sam_checkpoints, "file_sha256", lambda path: hashed.append(Path(path)) or real(path))
+    checkpoint = tmp_path / "sam.pth"
+    checkpoint.write_bytes(b"a" * 1000)
+    first = hashlib.sha256(b"a" * 1000).hexdigest()
+    assert sam_checkpoints.remembered_sha256(checkpoint) == first and len(hashed) == 1
+    assert sam_checkpoints.remembered_sha256(tmp_path / "." / "sam.pth") == first and len(hashed) == 1
+    checkpoint.write_bytes(b"b" * 1000)   # same size, new contents
+    info = checkpoint.stat()
+    os.utime(checkpoint, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))   # a coarse clock
+    assert sam_checkpoints.remembered_sha256(checkpoint) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert len(hashed) == 2
+    store = tmp_path / "home" / "sam_checkpoints" / sam_checkpoints.HASHES_FILE
+    store.write_text("{damaged")
+    assert sam_checkpoints.remembered_sha256(checkpoint) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert len(hashed) == 3 and sam_checkpoints.remembered_sha256(checkpoint) and len(hashed) == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
 import urllib.error
@@ -20,7 +21,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from MaskSAMCore.atomic import folders_made, remove_stale_temporaries, temporary_sibling
+from MaskSAMCore.atomic import folders_made, remove_stale_temporaries, temporary_sibling, write_json
 from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
 from MaskSAMCore.progress import Progress
@@ -50,6 +51,8 @@ REGISTRY: Dict[str, SamCheckpointInfo] = {
 # Width of the patch embedding -> model type, to name the type of a checkpoint we are given.
 _TYPE_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _CHUNK = 1 << 20
+HASHES_FILE = "known_hashes.json"   # in the cache folder: `remembered_sha256`
+KNOWN_HASHES_KEPT = 32
 
 
 def file_sha256(path: Union[str, "os.PathLike[str]"]) -> str:
@@ -58,6 +61,36 @@ def file_sha256(path: Union[str, "os.PathLike[str]"]) -> str:
         for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remembered_sha256(path: Union[str, "os.PathLike[str]"]) -> str:
+    """`file_sha256` of a checkpoint given by path (``--sam-checkpoint FILE``, up to 2.5 GB, a
+    second or more to hash), remembered in the cache folder by the file's identity: its resolved
+    path, size, modification time (ns) and inode, as git's index does. Any write to the file
+    changes its modification time, so it is hashed again; a cache folder that cannot be written
+    only costs the hashing."""
+    path = Path(path).resolve()
+    info = path.stat()
+    identity = [info.st_size, info.st_mtime_ns, info.st_ino]
+    store = checkpoint_cache() / HASHES_FILE
+    known = _read_known_hashes(store)
+    entry = known.get(str(path))
+    if isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = file_sha256(path)
+    known.pop(str(path), None)
+    known[str(path)] = {"identity": identity, "sha256": digest}
+    with contextlib.suppress(OSError):
+        write_json(store, dict(list(known.items())[-KNOWN_HASHES_KEPT:]))
+    return digest
+
+
+def _read_known_hashes(store: Path) -> Dict[str, object]:
+    try:
+        known = json.loads(store.read_text(encoding="utf-8"))
+    except (OSError, ValueError):   # none yet, or damaged: start again
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def info_for(model_type: str) -> SamCheckpointInfo:

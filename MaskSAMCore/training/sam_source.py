@@ -20,7 +20,7 @@ import torch
 
 from MaskSAMCore.errors import CheckpointError, MaskSAMError, describe_path
 from MaskSAMCore.model.config import preset
-from MaskSAMCore.model.sam_checkpoints import REGISTRY, cached_path, file_sha256, load_sam_state_dict
+from MaskSAMCore.model.sam_checkpoints import REGISTRY, cached_path, load_sam_state_dict, remembered_sha256
 
 
 @dataclass
@@ -60,7 +60,7 @@ def resolve_sam_source(preset_name: str, sam_checkpoint: Optional[str], random_i
             what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
             raise CheckpointError(f"SAM checkpoint {describe_path(path)} {what}")
     state = load_sam_state_dict(path, expected_type=sam_type)
-    return SamSource(path=path, model_type=sam_type, sha256=file_sha256(path), random_init=False,
+    return SamSource(path=path, model_type=sam_type, sha256=remembered_sha256(path), random_init=False,
                      state=state)
 
 
