@@ -111,7 +111,7 @@ def test_segments_are_named_coded_and_coloured_as_in_slicer(tmp_path):
         ("64033007", "Left")
     assert blob.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Tissue"   # unknown to the table
     assert all(d.SegmentAlgorithmType == "AUTOMATIC" for d in segments.values())
-    assert segments[1].SegmentAlgorithmName == "MaskSAM abdomen v2"
+    assert segments[1].SegmentAlgorithmName == seg.SeriesDescription == "MaskSAM abdomen v2"
     colours = {tuple(d.RecommendedDisplayCIELabValue) for d in segments.values()}
     assert len(colours) == 3
     # Structures not found are still described (a reader sees they were looked for), without frames
@@ -224,8 +224,9 @@ def test_a_trained_model_segments_a_phantom_series_into_named_organs(trained_pha
     for value in range(1, 6):
         assert np.array_equal(masks[value], labels == value), value
     assert (labels > 0).sum() > 1000
-    names = [d.SegmentLabel for d in pydicom.dcmread(str(tmp_path / "organs.dcm")).SegmentSequence]
-    assert names == ["Liver", "Spleen", "Left kidney", "Right kidney", "Aorta"]
+    seg = pydicom.dcmread(str(tmp_path / "organs.dcm"))
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["Liver", "Spleen", "Left kidney", "Right kidney", "Aorta"]
+    assert seg.SeriesDescription == "MaskSAM abdominal CT phantoms"   # the model's name, not "MaskSAM MaskSAM ..."
 
 
 def test_structures_of_a_model(tmp_path):

@@ -110,7 +110,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
         # The step of the checked grid (some MR scanners store the gap between slices here).
         source.SpacingBetweenSlices = series.spacing[2]
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"MaskSAM {model_name}"[:64], version=__version__, family=codes.cid7162.ArtificialIntelligence)
+        name=_titled(model_name), version=__version__, family=codes.cid7162.ArtificialIntelligence)
     descriptions = _segment_descriptions(structures, algorithm)
     masks = _segment_masks(labels, structures)
     try:
@@ -119,7 +119,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
             segment_descriptions=descriptions, series_instance_uid=hd.UID(),
             series_number=_series_number(series), sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer="MaskSAM", manufacturer_model_name=model_name[:64], software_versions=f"MaskSAM {__version__}",
-            device_serial_number="none", series_description=f"MaskSAM {model_name}"[:64],
+            device_serial_number="none", series_description=_titled(model_name),
             content_label="MASKSAM", content_description=f"MaskSAM segmentation by model {model_name}"[:64])
     except ValueError as exc:   # what check_seg_sources cannot foresee
         raise InputError(f"{series}: no DICOM SEG can refer to it ({exc})") from None
@@ -157,6 +157,12 @@ def _segment_descriptions(structures: Sequence[SegStructure], algorithm) -> list
                 hd.sr.CodedConcept(codes.modifier[1], codes.modifier[0], codes.modifier[2])]
         descriptions.append(description)
     return descriptions
+
+
+def _titled(model_name: str) -> str:
+    """``MaskSAM abdomen``: the model's name after MaskSAM's, once (DICOM's LO holds 64 characters)."""
+    title = model_name if model_name.lower().startswith("masksam") else f"MaskSAM {model_name}"
+    return title[:64]
 
 
 def _series_number(series: DicomSeries) -> int:
