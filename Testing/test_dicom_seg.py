@@ -229,6 +229,6 @@ def test_a_trained_model_segments_a_phantom_series_into_named_organs(trained_pha
     assert seg.SeriesDescription == "MaskSAM abdominal CT phantoms"   # the model's name, not "MaskSAM MaskSAM ..."
 
 
-def test_structures_of_a_model(tmp_path):
+def test_structures_of_a_model():
     assert seg_structures(["background", "liver", "spleen"], None) == [SegStructure("liver", (1,)),
                                                                        SegStructure("spleen", (2,))]

@@ -40,6 +40,7 @@ from MaskSAMCore.terminology import AnatomyTerminology
 
 SEG_ENDING = ".dcm"
 SEG_SERIES_NUMBER_OFFSET = 1000   # the SEG's series number: the source's plus this
+IMAGE_FILE_INSTEAD = "write .nii.gz, .nrrd or .mha instead"
 
 
 def is_seg_output(path: "os.PathLike[str] | str") -> bool:
@@ -70,10 +71,10 @@ def check_seg_sources(series: DicomSeries) -> None:
             value = str(header.get(keyword, "")).strip()
             if not value:
                 raise InputError(f"{series}: {path.name} has no {name}, which a DICOM SEG must refer to; "
-                                 "write .nii.gz, .nrrd or .mha instead")
+                                 f"{IMAGE_FILE_INSTEAD}")
             if keyword != "SOPInstanceUID" and first.setdefault(keyword, (value, path.name))[0] != value:
                 raise InputError(f"{series}: {path.name} and {first[keyword][1]} have different {name}s; "
-                                 "a DICOM SEG refers to one; write .nii.gz, .nrrd or .mha instead")
+                                 f"a DICOM SEG refers to one; {IMAGE_FILE_INSTEAD}")
 
 
 @dataclass(frozen=True)

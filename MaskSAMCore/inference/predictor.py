@@ -218,8 +218,8 @@ class Predictor:
         prepared = self.prepare(image, geometry, where, owned=True, channel_files=files)
         prepared.name = name or files[0]
         prepared.seconds = time.perf_counter() - start
-        prepared.source = None if isinstance(paths[0], DicomSeries) else Path(paths[0])
         prepared.series = paths[0] if isinstance(paths[0], DicomSeries) else None
+        prepared.source = None if prepared.series is not None else Path(paths[0])
         return prepared
 
     def predict_prepared(self, case: PreparedCase, output_path: Optional["os.PathLike[str] | str"] = None,
