@@ -3,8 +3,9 @@ as a scanner or PACS exports them. Modules that write series use conftest's `dic
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,3 +59,59 @@ def shuffled_names(count: int) -> List[str]:
     """File names whose sorted order is not the slice order (PACS exports use UIDs)."""
     order = np.random.default_rng(0).permutation(count)
     return [f"1.3.6.1.4.1.{int(o) * 7919 % 1000:03d}.{k}" for k, o in enumerate(order)]
+
+
+def write_enhanced(folder: Path, image: sitk.Image, name: str = "enhanced.dcm",
+                   frame_order: Optional[Sequence[int]] = None, **series_arguments) -> Path:
+    """The slices of `image` as one multi-frame Legacy Converted Enhanced CT file, as a PACS
+    converts a classic series, its frames stored in `frame_order` (slice indices; default:
+    as the converter orders them). Returns the file."""
+    import highdicom as hd
+    import pydicom
+
+    with tempfile.TemporaryDirectory() as scratch:
+        classic = write_series(Path(scratch) / "classic", image, **series_arguments)
+        slices = [pydicom.dcmread(str(p)) for p in sorted(classic.iterdir())]
+    converted = hd.legacy.LegacyConvertedEnhancedCTImage(
+        slices, series_instance_uid=slices[0].SeriesInstanceUID, series_number=int(slices[0].SeriesNumber),
+        sop_instance_uid=hd.UID(), instance_number=1)
+    if frame_order is not None:
+        # The converter sorts frames by position; put them in the order asked for.
+        by_slice = {int(g.UnassignedPerFrameConvertedAttributesSequence[0].InstanceNumber) - 1: k
+                    for k, g in enumerate(converted.PerFrameFunctionalGroupsSequence)}
+        stored = [by_slice[index] for index in frame_order]
+        groups = list(converted.PerFrameFunctionalGroupsSequence)
+        converted.PerFrameFunctionalGroupsSequence = [groups[k] for k in stored]
+        converted.PixelData = converted.pixel_array[stored].tobytes()
+        converted.NumberOfFrames = len(stored)
+    folder.mkdir(parents=True, exist_ok=True)
+    converted.save_as(str(folder / name))
+    return folder / name
+
+
+def decode_seg(path: Path, series) -> Dict[int, np.ndarray]:
+    """Segment number -> its mask (z, y, x) on the series' grid (a `DicomSeries`), placing every
+    SEG frame by the source slice or source frame it names; checks that the frame's position is
+    that slice's. Decoded with pydicom alone, not by the library that wrote the SEG."""
+    import pydicom
+
+    seg = pydicom.dcmread(str(path))
+    sources = {f: pydicom.dcmread(str(f), stop_before_pixels=True) for f in dict.fromkeys(series.files)}
+    index, positions = {}, []
+    for z, f in enumerate(series.files):
+        frame = series.frames[z] if series.frames else None
+        index[(sources[f].SOPInstanceUID, None if frame is None else frame + 1)] = z
+        placed = sources[f] if frame is None else sources[f].PerFrameFunctionalGroupsSequence[frame].PlanePositionSequence[0]
+        positions.append([float(v) for v in placed.ImagePositionPatient])
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    masks = {int(d.SegmentNumber): np.zeros((len(series.files), seg.Rows, seg.Columns), bool)
+             for d in seg.SegmentSequence}
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        source = group.DerivationImageSequence[0].SourceImageSequence[0]
+        referenced = source.get("ReferencedFrameNumber")
+        z = index[(source.ReferencedSOPInstanceUID, None if referenced is None else int(referenced))]
+        assert np.allclose([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient],
+                           positions[z], atol=1e-4)
+        masks[number][z] = frame.astype(bool)
+    return masks

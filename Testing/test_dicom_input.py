@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.dicom_headers import header_text, read_header
+from MaskSAMCore.data.dicom_headers import header_text, read_slices
 from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.errors import InputError
@@ -152,22 +152,6 @@ def _write_nrrd(tmp_path: Path) -> Path:
     return path
 
 
-def test_an_enhanced_ct_slice_is_refused_even_with_one_frame(tmp_path):
-    folder = write_series(tmp_path / "ct", oblique_volume(),
-                          edit=lambda k, tags: {**tags, "0008|0016": "1.2.840.10008.5.1.4.1.1.2.1"})
-    with pytest.raises(InputError, match="IM0000.dcm is a multi-frame .enhanced. DICOM file"):
-        find_series(folder)
-
-
-def test_a_multi_frame_file_is_refused_with_what_to_do(tmp_path):
-    folder = tmp_path / "enhanced"
-    folder.mkdir()
-    volume = sitk.GetImageFromArray(np.arange(5 * 6 * 7, dtype=np.uint16).reshape(5, 6, 7))
-    sitk.WriteImage(volume, str(folder / "multi.dcm"))   # GDCM writes a 3D image as one multi-frame file
-    with pytest.raises(InputError, match="multi-frame .* not supported.*dcm2niix"):
-        find_series(folder)
-
-
 @pytest.mark.slow
 def test_a_held_out_phantom_exported_as_dicom_is_segmented_as_its_nifti_file(trained_phantom_model, tmp_path):
     """The phantom-trained model (conftest) on a held-out phantom given as DICOM slices."""
@@ -241,7 +225,7 @@ def test_a_slice_without_pixel_spacing_is_refused(tmp_path):
     folder = write_series(tmp_path / "ct", oblique_volume())
     for path in folder.iterdir():   # (0028,0030) Pixel Spacing becomes (0028,0031): GDCM assumes 1 mm
         path.write_bytes(path.read_bytes().replace(b"\x28\x00\x30\x00", b"\x28\x00\x31\x00", 1))
-    assert read_header(folder / "IM0000.dcm").problem.startswith("has no Pixel Spacing")
+    assert read_slices(folder / "IM0000.dcm")[0].problem.startswith("has no Pixel Spacing")
     with pytest.raises(InputError, match="IM0000.dcm has no Pixel Spacing"):
         find_series(folder)
 

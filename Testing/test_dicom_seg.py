@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import pydicom
@@ -25,30 +24,11 @@ from MaskSAMCore.inference.cases import find_cases
 from MaskSAMCore.inference.dicom_seg import SegStructure, seg_structures, write_dicom_seg
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
-from dicom_support import oblique_volume, shuffled_names, write_series
+from dicom_support import decode_seg, oblique_volume, shuffled_names, write_series
 
 pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def decode_seg(path: Path, series: DicomSeries) -> Dict[int, np.ndarray]:
-    """Segment number -> its mask (z, y, x) on the series' grid, placing every frame by the
-    source slice it names; checks that the frame's position is that slice's."""
-    seg = pydicom.dcmread(str(path))
-    sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in series.files]
-    index = {s.SOPInstanceUID: z for z, s in enumerate(sources)}
-    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
-    masks = {int(d.SegmentNumber): np.zeros((len(sources), seg.Rows, seg.Columns), bool)
-             for d in seg.SegmentSequence}
-    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        uid = group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        z = index[uid]
-        assert np.allclose([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient],
-                           [float(v) for v in sources[z].ImagePositionPatient], atol=1e-4)
-        masks[number][z] = frame.astype(bool)
-    return masks
 
 
 @pytest.fixture(scope="module")

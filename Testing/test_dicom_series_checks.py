@@ -111,14 +111,18 @@ def test_two_series_sharing_a_number_are_not_chosen_between_by_guess(tmp_path):
     assert find_series(folder, "1.2.3.2").size[2] == 6
 
 
-def test_a_two_frame_file_is_refused_as_multi_frame(tmp_path):
-    """Two frames are a multi-frame file too."""
-    folder = tmp_path / "two"
+def test_a_multi_frame_file_written_by_gdcm_reads_as_the_volume_it_holds(tmp_path):
+    """GDCM writes a 3D image as one multi-frame file with a position per frame: a volume."""
+    folder = tmp_path / "multi"
     folder.mkdir()
-    sitk.WriteImage(sitk.GetImageFromArray(np.arange(2 * 6 * 7, dtype=np.uint16).reshape(2, 6, 7)),
-                    str(folder / "multi.dcm"))
-    with pytest.raises(InputError, match="multi-frame"):
-        find_series(folder)
+    volume = sitk.GetImageFromArray(np.arange(3 * 6 * 7, dtype=np.uint16).reshape(3, 6, 7))
+    volume.SetSpacing((0.7, 0.6, 2.5))
+    volume.SetOrigin((10.0, -4.0, 33.0))
+    sitk.WriteImage(volume, str(folder / "multi.dcm"))
+    image = read_series(find_series(folder))
+    assert image.GetSize() == (7, 6, 3)
+    assert np.allclose(image.GetSpacing(), (0.7, 0.6, 2.5)) and np.allclose(image.GetOrigin(), (10.0, -4.0, 33.0))
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(volume).astype(np.float32))
 
 
 def _cut_pixel_data(path, missing: int) -> None:

@@ -122,7 +122,7 @@ def test_import_refuses_unfinished_or_invalid_folders_and_leaves_nothing(tmp_pat
 
 
 def test_requirements_plan_uses_pytorch_extension_and_pip_for_the_rest():
-    installed = {"numpy", "scipy", "matplotlib"}
+    installed = {"numpy", "scipy", "matplotlib", "pydicom"}   # pydicom comes with Slicer
     missing = missing_requirements(lambda name: name in installed)
     assert [r.import_name for r in missing] == ["torch", "segment_anything", "SimpleITK"]
     plan = install_plan(missing, pytorch_extension_available=True)

@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import SimpleITK as sitk
 
+from MaskSAMCore.data.dicom_frames import frame_slices
 from MaskSAMCore.data.dicom_pixel_data import pixel_data_bytes
 from MaskSAMCore.errors import InputError, describe_path
 
@@ -22,7 +23,8 @@ _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _SERIES_UID, _INSTANCE_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY, _SOP_CLASS = (
     "0020|000e", "0008|0018", "0020|0011", "0008|103e", "0008|0060", "0008|0016")
 # Enhanced and legacy-converted enhanced CT, MR and PET keep each frame's position in nested
-# functional groups, which SimpleITK does not read, even when a file holds a single frame.
+# functional groups, which SimpleITK does not read, even when a file holds a single frame:
+# their frames are read with pydicom (`dicom_frames`).
 _ENHANCED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2",          # CT
     "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.3", "1.2.840.10008.5.1.4.1.1.4.4",   # MR
@@ -86,6 +88,12 @@ class DicomSlice:
     row_direction: Tuple[float, float, float]
     column_direction: Tuple[float, float, float]
     problem: Optional[str]   # why this file cannot be a slice of a volume, if it cannot
+    frame: Optional[int] = None   # which frame of a multi-frame file (0-based); None for a classic file
+
+    @property
+    def name(self) -> str:
+        """How messages name it: ``IM0004.dcm``, or ``enhanced.dcm frame 12`` (counted from 1)."""
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame + 1}"
 
 
 def header_text(value: str) -> str:
@@ -98,8 +106,19 @@ def header_text(value: str) -> str:
         return raw.decode("latin-1").strip()
 
 
-def read_header(path: Path) -> Optional[DicomSlice]:
-    """The header of one file, or None when it cannot be read or has no series (not an image)."""
+def read_slices(path: Path) -> List[DicomSlice]:
+    """The slices one file holds: one for a classic file, one per frame for a multi-frame
+    (enhanced) file (`dicom_frames`); none when it cannot be read or has no series (not an image)."""
+    found = _read_file_header(path)
+    if found is None:
+        return []
+    header, frames = found
+    return frame_slices(header, frames) if frames else [header]
+
+
+def _read_file_header(path: Path) -> Optional[Tuple[DicomSlice, int]]:
+    """What GDCM reads of a file's header, and its number of frames if it is a multi-frame
+    (enhanced) file, else 0."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO("GDCMImageIO")
@@ -118,6 +137,7 @@ def read_header(path: Path) -> Optional[DicomSlice]:
     frames = int(tag(_FRAMES)) if tag(_FRAMES).isdigit() else (size[2] if len(size) > 2 else 1)
     bits = int(tag(_BITS_ALLOCATED)) if tag(_BITS_ALLOCATED).isdigit() else 0
     pixel_bytes = size[0] * size[1] * max(frames, 1) * reader.GetNumberOfComponents() * bits // 8
+    multi_frame = frames > 1 or tag(_SOP_CLASS) in _ENHANCED_SOP_CLASSES
     return DicomSlice(
         path=path, series_uid=tag(_SERIES_UID), instance_uid=tag(_INSTANCE_UID),
         series_number=tag(_SERIES_NUMBER), description=tag(_DESCRIPTION), modality=tag(_MODALITY),
@@ -126,18 +146,17 @@ def read_header(path: Path) -> Optional[DicomSlice]:
         origin=tuple(float(v) for v in reader.GetOrigin()),
         row_direction=(direction[0], direction[3], direction[6]),
         column_direction=(direction[1], direction[4], direction[7]),
-        problem=_slice_problem(path, frames, reader.GetNumberOfComponents(), tag, pixel_bytes))
+        problem=_slice_problem(path, multi_frame, reader.GetNumberOfComponents(), tag, pixel_bytes)
+    ), (max(frames, 1) if multi_frame else 0)
 
 
-def _slice_problem(path: Path, frames: int, components: int, tag, pixel_bytes: int) -> Optional[str]:
-    if frames > 1 or tag(_SOP_CLASS) in _ENHANCED_SOP_CLASSES:
-        return ("is a multi-frame (enhanced) DICOM file, which is not supported; load the series in "
-                "3D Slicer and save it as NRRD, or convert it with dcm2niix")
+def _slice_problem(path: Path, multi_frame: bool, components: int, tag, pixel_bytes: int) -> Optional[str]:
     if components != 1:
         return f"has {components} values per pixel (colour); a grey-value CT or MR series is needed"
-    if not (tag(_POSITION) and tag(_ORIENTATION)):
+    # A multi-frame file keeps position, orientation and spacing per frame (checked in dicom_frames).
+    if not multi_frame and not (tag(_POSITION) and tag(_ORIENTATION)):
         return "has no Image Position or Orientation (Patient); its place in the patient is unknown"
-    if not tag(_PIXEL_SPACING):
+    if not multi_frame and not tag(_PIXEL_SPACING):
         return "has no Pixel Spacing; the size of its pixels is unknown"
     held = pixel_data_bytes(path)
     if held is not None and held < pixel_bytes:
@@ -152,10 +171,10 @@ def read_series_headers(folder: Path, files: Sequence[Path]) -> Tuple[Dict[str, 
     series: Dict[str, List[DicomSlice]] = {}
     left_out: List[Path] = []
     for path in files:
-        header = read_header(path)
-        if header is None:
+        slices = read_slices(path)
+        if not slices:
             left_out.append(path)
-        else:
+        for header in slices:
             series.setdefault(header.series_uid, []).append(header)
     if not series:
         raise InputError(f"{describe_path(folder)}: its {len(files)} DICOM file(s) hold no readable image")

@@ -17,9 +17,10 @@ refused with what to do instead:
 - slices shifted sideways along the stack (CT gantry tilt): the grid is sheared, which no
   image format MaskSAM writes can describe. 3D Slicer's DICOM import corrects it.
 
-Multi-frame (enhanced) DICOM files are refused too: SimpleITK reads their frames without
-reliable per-frame geometry. So are slices without a pixel spacing, copies of one file, and
-native files too small for their pixels (`dicom_headers`).
+Multi-frame (enhanced) DICOM files - a series in one file, or spread over a few - are read frame
+by frame (`dicom_frames`), each frame checked as a slice. A series mixing multi-frame and classic
+files is refused, as are slices without a pixel spacing, copies of one file, and native files
+too small for their pixels (`dicom_headers`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from MaskSAMCore.data.dicom_frames import read_frames
 from MaskSAMCore.data.dicom_headers import DicomSlice, dicom_files, read_series_headers
 from MaskSAMCore.data.read_failures import itk_warnings_off
 from MaskSAMCore.errors import InputError, describe_path, list_some
@@ -60,9 +62,24 @@ class DicomSeries:
     origin: Tuple[float, float, float]
     direction: Tuple[float, ...]
     left_out: Tuple[Path, ...] = ()   # files of the folder that hold no image (or cannot be read)
+    # For multi-frame files: slice k is frame frames[k] (0-based) of files[k]; () for classic files.
+    frames: Tuple[int, ...] = ()
 
     def __str__(self) -> str:
         return describe_series(self.folder, self.number, self.description)
+
+    @property
+    def distinct_files(self) -> Tuple[Path, ...]:
+        """The files the series reads, each once (a multi-frame file holds many slices)."""
+        return tuple(dict.fromkeys(self.files))
+
+    @property
+    def slices_described(self) -> str:
+        """``120 slices`` or ``120 frames of 1 multi-frame (enhanced) file``."""
+        if not self.frames:
+            return f"{len(self.files)} slices"
+        files = len(self.distinct_files)
+        return f"{len(self.files)} frames of {files} multi-frame (enhanced) file{'s' if files > 1 else ''}"
 
 
 def describe_series(folder: Path, number: str, description: str) -> str:
@@ -78,8 +95,9 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
     """The slices of the series to segment: the only one, or the one `choice` names (its Series
     Number or Series Instance UID)."""
     def summary(slices: List[DicomSlice]) -> str:
-        first = slices[0]
-        return f"{_label(first.series_number, first.description)} ({first.modality or '?'}, {len(slices)} files)"
+        first, files = slices[0], len({piece.path for piece in slices})
+        frames = f", {len(slices)} frames" if first.frame is not None else ""
+        return f"{_label(first.series_number, first.description)} ({first.modality or '?'}, {files} files{frames})"
 
     if choice is None:
         if len(series) == 1:
@@ -107,15 +125,20 @@ def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path]
     name = describe_series(folder, first.series_number, first.description)
     for piece in slices:
         if piece.problem:
-            raise InputError(f"{name}: {piece.path.name} {piece.problem}")
+            raise InputError(f"{name}: {piece.name} {piece.problem}")
+    framed = [piece for piece in slices if piece.frame is not None]
+    if framed and len(framed) < len(slices):
+        classic = next(piece for piece in slices if piece.frame is None)
+        raise InputError(f"{name}: mixes multi-frame files ({framed[0].path.name}) and single-frame ones "
+                         f"({classic.path.name}); export the series again as one kind")
     for other in slices[1:]:
         problem = _slice_mismatch(first, other)
         if problem:
-            raise InputError(f"{name}: {other.path.name} {problem} from {first.path.name}; "
+            raise InputError(f"{name}: {other.name} {problem} from {first.name}; "
                              "the series does not form one volume")
     copies = _copies(slices)
     if copies:
-        raise InputError(f"{name}: {copies[1].name} and {copies[0].name} are the same image (one Instance UID); "
+        raise InputError(f"{name}: {copies[1]} and {copies[0]} are the same image (one Instance UID); "
                          "remove the copy")
     if len(slices) < 2:
         raise InputError(f"{name}: has a single slice, a 2D image; a 3D volume is needed")
@@ -129,7 +152,7 @@ def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path]
     shared = steps < 1e-3
     if shared.any():
         sharing = int(np.count_nonzero(np.concatenate([shared, [False]]) | np.concatenate([[False], shared])))
-        at = slices[int(order[int(np.argmax(shared)) + 1])].path.name
+        at = slices[int(order[int(np.argmax(shared)) + 1])].name
         raise InputError(f"{name}: {sharing} of its {len(slices)} slices share a position with another (e.g. {at}): "
                          "the series holds several echoes, phases or time points; export one of them as its own "
                          "series")
@@ -149,20 +172,22 @@ def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path]
     return DicomSeries(
         folder=folder, uid=first.series_uid, number=first.series_number, description=first.description,
         modality=first.modality, files=tuple(slices[int(i)].path for i in order),
+        frames=tuple(int(slices[int(i)].frame) for i in order) if framed else (),
         size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step),
         origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()),
         left_out=tuple(left_out))
 
 
-def _copies(slices: List[DicomSlice]) -> Optional[Tuple[Path, Path]]:
-    """Two files holding the same image (a file copied under another name), if any."""
-    seen: Dict[str, Path] = {}
+def _copies(slices: List[DicomSlice]) -> Optional[Tuple[str, str]]:
+    """The names of two slices holding the same image (a file copied under another name), if any."""
+    seen: Dict[Tuple[str, Optional[int]], str] = {}
     for piece in slices:
         if not piece.instance_uid:
             continue
-        if piece.instance_uid in seen:
-            return seen[piece.instance_uid], piece.path
-        seen[piece.instance_uid] = piece.path
+        key = (piece.instance_uid, piece.frame)   # the frames of one file share its Instance UID
+        if key in seen:
+            return seen[key], piece.name
+        seen[key] = piece.name
     return None
 
 
@@ -190,6 +215,15 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
 
 def read_series(series: DicomSeries) -> sitk.Image:
     """The series' voxels as a float32 image on the grid the headers describe."""
+    image = sitk.GetImageFromArray(read_frames(series)) if series.frames else _read_slices(series)
+    # The grid from the headers, checked above, rather than the reader's own estimate.
+    image.SetSpacing(series.spacing)
+    image.SetOrigin(series.origin)
+    image.SetDirection(series.direction)
+    return image
+
+
+def _read_slices(series: DicomSeries) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in series.files])
     reader.SetImageIO("GDCMImageIO")
@@ -204,10 +238,6 @@ def read_series(series: DicomSeries) -> sitk.Image:
         raise InputError(f"{series}: its voxels read as size {'x'.join(map(str, image.GetSize()))} with "
                          f"{image.GetNumberOfComponentsPerPixel()} value(s) per voxel; a scalar "
                          f"{'x'.join(map(str, series.size))} volume was expected")
-    # The grid from the headers, checked above, rather than the reader's own estimate.
-    image.SetSpacing(series.spacing)
-    image.SetOrigin(series.origin)
-    image.SetDirection(series.direction)
     return image
 
 

@@ -46,7 +46,7 @@ class Case:
     @property
     def input_files(self) -> List[Path]:
         """Every file the case reads (each slice of a DICOM series)."""
-        return [f for c in self.channel_files for f in (c.files if isinstance(c, DicomSeries) else (c,))]
+        return [f for c in self.channel_files for f in (c.distinct_files if isinstance(c, DicomSeries) else (c,))]
 
 
 def split_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:

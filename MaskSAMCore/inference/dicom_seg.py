@@ -63,7 +63,10 @@ def check_seg_sources(series: DicomSeries) -> None:
     import pydicom
 
     first: dict = {}
-    for path in series.files:
+    if series.frames and len(series.distinct_files) > 1:
+        raise InputError(f"{series}: its frames are spread over {len(series.distinct_files)} multi-frame files; "
+                         f"a DICOM SEG here refers to one; {IMAGE_FILE_INSTEAD}")
+    for path in series.distinct_files:
         header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
                                  specific_tags=["SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"])
         for keyword, name in (("SOPInstanceUID", "SOP Instance UID"), ("StudyInstanceUID", "Study Instance UID"),
@@ -104,12 +107,14 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
     expected = (len(series.files), series.size[1], series.size[0])
     if tuple(labels.shape) != expected:
         raise ValueError(f"label map shape {labels.shape} is not the series' {expected}")
-    sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series.files]
-    for source in sources:   # in these in-memory copies only: highdicom takes both from the sources
-        if not source.get("SliceThickness"):
-            source.SliceThickness = series.spacing[2]
+    sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series.distinct_files]
+    for measures in _pixel_measures(sources):   # in-memory copies only: highdicom takes both from here
+        if not measures.get("SliceThickness"):
+            measures.SliceThickness = series.spacing[2]
         # The step of the checked grid (some MR scanners store the gap between slices here).
-        source.SpacingBetweenSlices = series.spacing[2]
+        measures.SpacingBetweenSlices = series.spacing[2]
+    if series.frames:   # one multi-frame source: the SEG's frames follow the source's frame order
+        labels = labels[np.argsort(series.frames)]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=_titled(model_name), version=__version__, family=codes.cid7162.ArtificialIntelligence)
     descriptions = _segment_descriptions(structures, algorithm)
@@ -126,6 +131,17 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
         raise InputError(f"{series}: no DICOM SEG can refer to it ({exc})") from None
     with atomic_path(path) as temporary:
         seg.save_as(str(temporary))
+
+
+def _pixel_measures(sources: list) -> list:
+    """Where the sources keep slice thickness and spacing: the classic slices themselves, or a
+    multi-frame file's shared and per-frame Pixel Measures."""
+    found = []
+    for source in sources:
+        groups = [g for key in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+                  for g in source.get(key, [])]
+        found += [m for g in groups for m in g.get("PixelMeasuresSequence", [])] if groups else [source]
+    return found
 
 
 def _segment_masks(labels: np.ndarray, structures: Sequence[SegStructure]) -> np.ndarray:

@@ -73,7 +73,7 @@ def report_dicom_series(cases: List[Case]) -> None:
         for series in case.channel_files:
             if not isinstance(series, DicomSeries):
                 continue
-            print(f"masksam: {series}: {series.modality or 'modality not given'}, {len(series.files)} slices, "
+            print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
             if series.left_out:
                 print(f"masksam: warning: {len(series.left_out)} file(s) in the folder hold no readable image "

@@ -30,6 +30,7 @@ REQUIREMENTS = (
     Requirement("NumPy", "numpy", "numpy>=1.23"),
     Requirement("SciPy", "scipy", "scipy>=1.9"),
     Requirement("SimpleITK", "SimpleITK", "SimpleITK>=2.2"),
+    Requirement("pydicom", "pydicom", "pydicom>=2.4"),   # bundled with Slicer; enhanced DICOM input
     Requirement("Matplotlib", "matplotlib", "matplotlib>=3.6"),   # training's progress.png
 )
 
