@@ -61,6 +61,27 @@ def test_class_scores_are_summed_in_float32_under_autocast():
     assert (mixed - exact).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("prompt_mode", PROMPT_MODES)
+@pytest.mark.parametrize("convolution", ["direct", "by_slices", "shifted"])
+def test_the_network_runs_under_bf16_autocast_with_every_depthwise_convolution(monkeypatch, prompt_mode, convolution):
+    """What CUDA runs (bf16 autocast; eager CUDA picks `by_slices`, a compiled model `shifted`),
+    here on the CPU so that a dtype mix-up fails in CI, not first on a lent GPU."""
+    from MaskSAMCore.model import adapters, depthwise_conv
+
+    config = preset("tiny", num_classes=4, prompt_mode=prompt_mode)
+    model = build_masksam(config).eval()
+    patches = torch.randn(2, config.in_channels, config.num_slices, *config.image_hw)
+    with torch.no_grad():
+        exact = model.segment(patches)
+        monkeypatch.setattr(adapters, "depthwise_conv3d", getattr(depthwise_conv, f"depthwise_conv3d_{convolution}"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.segment(patches)
+    assert mixed.shape == exact.shape and mixed.dtype == torch.float32
+    assert torch.isfinite(mixed).all()
+    assert (mixed - exact).abs().max() < 0.1
+    assert (mixed.argmax(1) == exact.argmax(1)).float().mean() > 0.99
+
+
 def test_optimizer_step_changes_every_trainable_weight_and_no_sam_weight():
     model = build_masksam(preset("tiny", num_classes=4))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
