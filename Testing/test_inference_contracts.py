@@ -1,5 +1,6 @@
 """Behaviour of the inference and geometry core that no other test pinned (found by mutation
-testing): the out-of-memory fallbacks, where a small volume sits in its window, NaN scores, what
+testing): the out-of-memory fallbacks, where a small volume sits in its window, NaN scores (and bf16's
+retry in float32), the whole predictor under bf16 autocast, what
 the fast options and `--probabilities` change, voxels without any score, models with more than 256
 classes, the npz and label map appearing together, and the preprocessing rules a trained model
 depends on (linear thick slices, label ties, z-score statistics)."""
@@ -141,6 +142,48 @@ def test_a_model_whose_scores_are_nan_is_refused_on_the_cpu():
     image, geometry = smooth_case()
     with pytest.raises(NonFiniteScores, match="NaN/Inf"):
         stand_in_predictor(network, (3.0, 1.0, 1.0)).predict_array(image, geometry)
+
+
+def test_nan_scores_in_half_precision_are_predicted_again_in_float32(capsys):
+    """bf16 overflowing on a GPU: the case is redone in float32 with a message, not refused, and
+    the next case tries bf16 again. (CPU autocast stands in for the GPU's.)"""
+    def overflows_in_half_precision(patches):
+        if torch.is_autocast_enabled("cpu"):
+            return torch.full((patches.shape[0], 2, *patches.shape[2:]), float("nan"))
+        return soft_threshold(patches)
+
+    image, geometry = smooth_case()
+    predictor = stand_in_predictor(StandIn(2, overflows_in_half_precision), (3.0, 1.0, 1.0))
+    predictor.amp_dtype = torch.bfloat16
+    labels = predictor.predict_array(image, geometry)
+    assert "NaN/Inf scores in torch.bfloat16; predicting this case again in float32" in capsys.readouterr().err
+    reference = stand_in_predictor(StandIn(2, soft_threshold), (3.0, 1.0, 1.0)).predict_array(image, geometry)
+    assert np.array_equal(labels, reference) and labels.any()
+    assert predictor.amp_dtype == torch.bfloat16
+
+
+def test_masksam_under_bf16_autocast_gives_the_float32_probabilities(tmp_path):
+    """The whole predictor (8 flips, overlapping windows, restoring) as CUDA runs it, in bf16."""
+    from MaskSAMCore.inference.predictor import PredictOptions, Predictor
+    from MaskSAMCore.inference.random_model import synthetic_plan
+    from MaskSAMCore.model.builder import build_masksam
+    from MaskSAMCore.model.config import preset
+
+    torch.manual_seed(0)
+    config = preset("tiny", num_classes=4)
+    model = build_masksam(config).eval()
+    image, geometry = smooth_case((9, 40, 35))
+    probabilities = {}
+    for name, dtype in (("float32", None), ("bf16", torch.bfloat16)):
+        predictor = Predictor(model, synthetic_plan(config, (3.0, 1.0, 1.0)), ["background", "a", "b", "c"], CPU,
+                              PredictOptions(show_progress=False))
+        predictor.amp_dtype = dtype
+        predictor.predict_prepared(predictor.prepare(image, geometry), tmp_path / f"{name}.nii.gz", probabilities=True)
+        probabilities[name] = np.load(tmp_path / f"{name}_probabilities.npz")["probabilities"].astype(np.float32)
+    assert probabilities["bf16"].shape == (4, *geometry.shape_zyx)
+    assert np.isfinite(probabilities["bf16"]).all()
+    difference = np.abs(probabilities["bf16"] - probabilities["float32"]).max()
+    assert 0 < difference < 0.02, difference   # rounded differently, to the same result
 
 
 def test_fast_options_predict_each_window_once_without_flips():
