@@ -1,9 +1,9 @@
 """Behaviour of the inference and geometry core that no other test pinned (found by mutation
-testing): the out-of-memory fallbacks, where a small volume sits in its window, NaN scores (and bf16's
-retry in float32), the whole predictor under bf16 autocast, what
-the fast options and `--probabilities` change, voxels without any score, models with more than 256
-classes, the npz and label map appearing together, and the preprocessing rules a trained model
-depends on (linear thick slices, label ties, z-score statistics)."""
+testing): the out-of-memory fallbacks, where a small volume sits in its window, NaN scores (and
+bf16's retry in float32), the whole predictor under bf16 autocast, what the fast options and
+`--probabilities` change, voxels without any score, models with more than 256 classes, the npz
+and label map appearing together, and the preprocessing rules a trained model depends on (linear
+thick slices, label ties, z-score statistics)."""
 
 from __future__ import annotations
 
