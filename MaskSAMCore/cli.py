@@ -218,13 +218,13 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("model_dir", type=user_path, help="a trained MaskSAM model folder")
     p.add_argument("input", type=user_path,
                    help="an image file, a folder of images (*_0000.nii.gz etc. for multi-channel), "
-                        "or a folder of DICOM files (one series)")
+                        "a folder of DICOM files (one series), or a folder of such folders (a case each)")
     p.add_argument("output", type=user_path,
                    help="output label-map file (.dcm: a DICOM SEG, for DICOM input), or a folder (existing, "
                         "or ending in /; always when INPUT is a folder of images)")
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
-                        "or Series Instance UID; default: the folder's only series)")
+                        "or Series Instance UID; default: the folder's only series; in every folder of a cohort)")
     p.add_argument("--sam-checkpoint", type=user_path, default=None,
                    help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"),

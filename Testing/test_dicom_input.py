@@ -19,7 +19,7 @@ from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.cases import find_cases
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
-from dicom_support import Tags, oblique_volume, shuffled_names, write_series
+from dicom_support import Tags, oblique_volume, shuffled_names, write_enhanced, write_series
 
 pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
@@ -129,13 +129,15 @@ def test_a_series_that_is_not_one_regular_volume_is_refused(model_dir, tmp_path,
 def test_dicom_inputs_given_the_wrong_way_get_a_hint(model_dir, tmp_path, capsys):
     study = tmp_path / "study"
     folder = write_series(study / "series3", oblique_volume())
-    write_series(study / "series5", oblique_volume(), uid="1.2.3.9", number="5")
+    write_series(study / "scout", oblique_volume()[:, :, :1], uid="1.2.3.9", number="1")
     out = tmp_path / "out.nrrd"
     cases = {
         "a slice file": ([str(folder / "IM0000.dcm"), str(out)],
                          "it is a DICOM file: give the folder holding its series"),
-        "the study folder": ([str(study), f"{tmp_path}/outs/"],
-                             "DICOM series lie in its subfolder(s) series3, series5: give one of them"),
+        "a study folder with a scout": ([str(study), f"{tmp_path}/outs/"],
+                                        "has a single slice, a 2D image; a 3D volume is needed; each subfolder of "
+                                        f"{study} holding DICOM files is segmented as a case of its own: move this "
+                                        "one out, or give one subfolder as INPUT"),
         "--series with an image file": ([str(_write_nrrd(tmp_path)), str(out), "--series", "3"],
                                         "--series is for a folder of DICOM files"),
     }
@@ -144,6 +146,35 @@ def test_dicom_inputs_given_the_wrong_way_get_a_hint(model_dir, tmp_path, capsys
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith("masksam: error:") and problem in error, (name, error)
         assert not out.exists() and not (tmp_path / "outs").exists()
+
+
+def test_a_cohort_of_dicom_folders_is_one_case_per_folder(model_dir, tmp_path, capsys):
+    """A cohort exported one folder per patient (classic slices or an enhanced file each)."""
+    cohort = tmp_path / "cohort"
+    first, second = oblique_volume(), oblique_volume(size=(16, 20, 7), angle=-0.2)
+    write_series(cohort / "patient1", first, names=shuffled_names(first.GetDepth()))
+    write_enhanced(cohort / "patient2", second)
+    (cohort / "notes").mkdir()
+    (cohort / "notes" / "protocol.txt").write_text("not a scan")   # not a case
+    out = tmp_path / "labels"
+    assert main(["predict", str(model_dir), str(cohort), f"{out}/", "--fast", "--device", "cpu", "--series", "3"]) == 0
+    assert "2 case(s)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["patient1.nii.gz", "patient2.nii.gz"]
+    for name, image in (("patient1", first), ("patient2", second)):
+        labels, geometry = read_label(out / f"{name}.nii.gz")
+        assert geometry.size == image.GetSize()
+        assert np.allclose(geometry.direction, image.GetDirection(), atol=1e-4)
+        alone = tmp_path / f"{name}_alone.nii.gz"
+        assert main(["predict", str(model_dir), str(cohort / name), str(alone), "--fast", "--device", "cpu"]) == 0
+        assert np.array_equal(labels, read_label(alone)[0])
+    assert main(["predict", str(model_dir), str(cohort), str(tmp_path / "segs"), "--output-ending", ".dcm",
+                 "--fast", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["patient1.dcm", "patient2.dcm"]
+    for output, problem in ((tmp_path / "one.nii.gz", "the output must be a folder too, not a file name"),
+                            (cohort / "patient1", "would be written into a DICOM folder they segment")):
+        assert main(["predict", str(model_dir), str(cohort), str(output), "--fast", "--device", "cpu"]) == 1
+        assert problem in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "one.nii.gz").exists() and not list((cohort / "patient1").glob("*.nii.gz"))
 
 
 def _write_nrrd(tmp_path: Path) -> Path:

@@ -11,8 +11,11 @@ Prediction file names (``CASE<ending>``) follow nnU-Net, so `masksam evaluate` c
 
 A folder of DICOM files (a series as a scanner or PACS exports it) is one case named after the
 folder, like a single image file; its label map is ``.nii.gz`` unless the output says otherwise.
-When the folder holds several image series, ``--series`` names the one to segment. Only such a
-case can be written as a DICOM SEG (``.dcm``, `dicom_seg`): a SEG refers to the slices it segments.
+When the folder holds several image series, ``--series`` names the one to segment (in every
+folder of a cohort). A folder whose subfolders hold DICOM files (a cohort exported one folder
+per patient or scan) is one case per such subfolder, named after it, written into the output
+folder. Only DICOM cases can be written as a DICOM SEG (``.dcm``, `dicom_seg`): a SEG refers to
+the slices it segments.
 """
 
 from __future__ import annotations
@@ -103,14 +106,23 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     if images and dicom:
         raise InputError(f"{describe_path(source)}: holds both image files ({images[0][0].name}, ...) and "
                          f"DICOM files ({dicom[0].name}, ...); put them in separate folders")
-    if series is not None and not dicom:
+    cohort = _dicom_subfolders(source) if source.is_dir() and not (images or dicom) else []
+    if series is not None and not (dicom or cohort):
         raise InputError(f"--series is for a folder of DICOM files; {describe_path(source)} is not one")
-    if not dicom and _asks_for_seg(target, output_path, output_ending):
+    if not (dicom or cohort) and _asks_for_seg(target, output_path, output_ending):
         raise InputError(f"{describe_path(source)}: a DICOM SEG ({SEG_ENDING}) refers to the DICOM slices it "
                          "segments, so INPUT must be a folder of DICOM slices; write .nii.gz, .nrrd or .mha "
                          "for this input")
     if dicom:
         return [_dicom_case(source, target, output_path, num_channels, output_ending, series)]
+    if cohort:
+        _check_output_folder(source, target, "a folder of DICOM folders")
+        _check_one_channel(source, num_channels, "each DICOM series")
+        if any(target.resolve() == folder.resolve() for folder in cohort):
+            raise InputError(f"{describe_path(target)}: the label maps would be written into a DICOM folder "
+                             "they segment; write them elsewhere")
+        return [Case(folder.name, (_cohort_series(source, folder, series),),
+                     target / f"{folder.name}{output_ending or DICOM_OUTPUT_ENDING}") for folder in cohort]
     if source.is_file():
         _check_one_channel(source, num_channels, "a file")
         name, ending = case_name(source), split_ending(source)[1]
@@ -122,17 +134,35 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     if not images:
         raise InputError(f"{describe_path(source)}: no image files found (known endings: "
                          f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
+    _check_output_folder(source, target, "a folder")
+    return _cases_in_folder(images, source, target, num_channels, output_ending)
+
+
+def _check_output_folder(source: Path, target: Path, given: str) -> None:
+    """Refuse an output that is not a folder, or is the input folder itself, for a folder input."""
     if target.exists() and not target.is_dir():
-        raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too")
-    if not target.exists() and split_ending(target)[1]:
+        raise InputError(f"{describe_path(target)}: the input is {given}, so the output must be a folder too")
+    if not target.exists() and split_output_ending(target)[1]:
         # Not a folder named labels.nii.gz holding the label maps where a file was meant.
-        raise InputError(f"{describe_path(target)}: the input is a folder, so the output must be a folder too, "
-                         f"not a file name ending in {split_ending(target)[1]}")
+        raise InputError(f"{describe_path(target)}: the input is {given}, so the output must be a folder too, "
+                         f"not a file name ending in {split_output_ending(target)[1]}")
     if target.exists() and target.resolve() == source.resolve():
         # CASE.nii.gz beside CASE_0000.nii.gz: the next run would take the label maps for images.
         raise InputError(f"{describe_path(target)}: the label maps would be written among the images they "
                          "segment; write them to another folder")
-    return _cases_in_folder(images, source, target, num_channels, output_ending)
+
+
+def _cohort_series(source: Path, folder: Path, series: Optional[str]) -> DicomSeries:
+    try:
+        return find_series(folder, series)
+    except InputError as error:   # perhaps a study's other series (a scout, a report), not a patient
+        raise InputError(f"{error}; each subfolder of {describe_path(source)} holding DICOM files is segmented "
+                         "as a case of its own: move this one out, or give one subfolder as INPUT") from None
+
+
+def _dicom_subfolders(folder: Path) -> List[Path]:
+    """The subfolders of `folder` that directly hold DICOM files (one folder per patient or scan)."""
+    return [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and dicom_files(p)]
 
 
 def _check_one_channel(source: Path, num_channels: int, given: str) -> None:
