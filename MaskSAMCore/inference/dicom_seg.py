@@ -3,7 +3,8 @@
 `masksam predict MODEL DICOM_FOLDER out.dcm` (or ``--output-ending .dcm``) writes the labels as
 the DICOM object PACS, viewers and 3D Slicer (with QuantitativeReporting) load over the series:
 patient and study are the series', every frame names the source slice it lies on (its SOP
-Instance UID and Image Position), and every segment is named, coded and coloured:
+Instance UID and Image Position; for a multi-frame (enhanced) source, the source frame's number),
+and every segment is named, coded and coloured:
 
 - one segment per structure the model predicts (each class; each region of a region model,
   where segments overlap as the regions do), empty ones included, so a reader sees that a
