@@ -138,7 +138,7 @@ def _read_file_header(path: Path) -> Optional[Tuple[DicomSlice, int]]:
     bits = int(tag(_BITS_ALLOCATED)) if tag(_BITS_ALLOCATED).isdigit() else 0
     pixel_bytes = size[0] * size[1] * max(frames, 1) * reader.GetNumberOfComponents() * bits // 8
     multi_frame = frames > 1 or tag(_SOP_CLASS) in _ENHANCED_SOP_CLASSES
-    return DicomSlice(
+    header = DicomSlice(
         path=path, series_uid=tag(_SERIES_UID), instance_uid=tag(_INSTANCE_UID),
         series_number=tag(_SERIES_NUMBER), description=tag(_DESCRIPTION), modality=tag(_MODALITY),
         columns_rows=(int(size[0]), int(size[1])),
@@ -146,8 +146,8 @@ def _read_file_header(path: Path) -> Optional[Tuple[DicomSlice, int]]:
         origin=tuple(float(v) for v in reader.GetOrigin()),
         row_direction=(direction[0], direction[3], direction[6]),
         column_direction=(direction[1], direction[4], direction[7]),
-        problem=_slice_problem(path, multi_frame, reader.GetNumberOfComponents(), tag, pixel_bytes)
-    ), (max(frames, 1) if multi_frame else 0)
+        problem=_slice_problem(path, multi_frame, reader.GetNumberOfComponents(), tag, pixel_bytes))
+    return header, (max(frames, 1) if multi_frame else 0)
 
 
 def _slice_problem(path: Path, multi_frame: bool, components: int, tag, pixel_bytes: int) -> Optional[str]:
