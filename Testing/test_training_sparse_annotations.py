@@ -30,7 +30,7 @@ from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.matcher import HungarianMatcher
 from MaskSAMCore.training.slice_view import SlicePredictions
 from MaskSAMCore.training.targets import build_targets
-from MaskSAMCore.training.validation import confusion_counts
+from MaskSAMCore.training.validation import confusion_matrix, structure_counts
 
 IGNORE = 6   # the phantoms have background + 5 structures
 
@@ -298,7 +298,8 @@ def test_fully_annotated_patches_lose_exactly_as_without_the_ignore_label():
 def test_validation_counts_only_annotated_voxels():
     labels = np.array([0, 1, 1, IGNORE, IGNORE, 2])
     prediction = np.array([0, 1, 2, 1, 2, 2])
-    tp, fp, fn = confusion_counts(prediction, labels, num_classes=IGNORE, ignore_label=IGNORE)
+    confusion = confusion_matrix(prediction, labels, num_classes=IGNORE, ignore_label=IGNORE)
+    tp, fp, fn = np.array([structure_counts(confusion, [k]) for k in range(IGNORE)]).T
     assert tp[:3].tolist() == [1, 1, 1] and fp[:3].tolist() == [0, 0, 1] and fn[:3].tolist() == [0, 1, 0]
 
 

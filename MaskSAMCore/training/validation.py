@@ -180,15 +180,6 @@ def confusion_matrix(prediction: np.ndarray, labels: np.ndarray, num_classes: in
     return joint.reshape(num_classes, num_classes)
 
 
-def confusion_counts(prediction: np.ndarray, labels: np.ndarray, num_classes: int,
-                     ignore_label: Optional[int] = None) -> np.ndarray:
-    """(3, K) true positives, false positives and false negatives per class, over the annotated
-    voxels (those not `ignore_label`)."""
-    confusion = confusion_matrix(prediction, labels, num_classes, ignore_label)
-    tp = np.diag(confusion)
-    return np.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp])
-
-
 def structure_counts(confusion: np.ndarray, classes: Sequence[int]) -> Tuple[int, int, int]:
     """(tp, fp, fn) of the union of `classes` from a (K, K) confusion matrix: a voxel is in the
     structure in truth (rows) or in prediction (columns) when its class is one of them."""
