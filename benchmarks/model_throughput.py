@@ -1,6 +1,7 @@
 """Throughput of the MaskSAM network alone on a GPU (no sliding window, no I/O).
 
     python benchmarks/model_throughput.py --preset vit_b --batches 8 16 --decoder-chunks 2 4
+    python benchmarks/model_throughput.py --depthwise shifted   # the adapters' eager-CUDA alternative
 
 Prints one JSON line per setting: patches/s, slices/s, model TFLOP/s (FLOPs counted with
 torch.utils.flop_counter on one batch), peak GPU memory; and checks the tiny model gives the same
@@ -16,8 +17,18 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from MaskSAMCore.model import adapters, depthwise_conv
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
+
+DEPTHWISE_CHOICES = ("auto", "by_slices", "shifted", "direct")
+
+
+def use_depthwise(choice: str) -> None:
+    """Make the DConvAdapters use one implementation of `depthwise_conv` instead of the
+    per-device pick, so the whole network can be timed with each (section (e))."""
+    if choice != "auto":
+        adapters.depthwise_conv3d = getattr(depthwise_conv, f"depthwise_conv3d_{choice}")
 
 
 def check_cuda_matches_cpu() -> dict:
@@ -67,7 +78,10 @@ def main() -> None:
     parser.add_argument("--decoder-chunks", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--depthwise", choices=DEPTHWISE_CHOICES, default="auto",
+                        help="the adapters' depthwise 3D convolution (default: depthwise_conv3d's pick)")
     args = parser.parse_args()
+    use_depthwise(args.depthwise)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
@@ -85,6 +99,7 @@ def main() -> None:
                 row = {"batch_patches": batch, "decoder_patches_per_call": chunk, "error": "out of memory"}
                 torch.cuda.empty_cache()
             row["compile"] = args.compile
+            row["depthwise"] = args.depthwise
             print(json.dumps(row), flush=True)
 
 

@@ -8,7 +8,8 @@
 # lent for short jobs can run them one or two at a time):
 #   tests     the CUDA tests (Testing/test_inference_cuda.py, Testing/test_model_blocks.py)
 #   kernels   decoder stage timings (eager and compiled), the depthwise-convolution pick and
-#             the network's throughput by window batch and decoder chunk
+#             the network's throughput by window batch and decoder chunk (also with the
+#             `shifted` depthwise convolution, the eager-CUDA alternative)
 #   predict   section (a): vit_b on 300 x 512 x 512, eager, beside nnU-Net v2's predictor
 #   compiled  section (a) again with MASKSAM_COMPILE=1 (about two minutes of compiling first)
 #   memory    the 600 x 512 x 512 memory run with resampling
@@ -63,6 +64,9 @@ run_stage() {
             "$PYTHON" benchmarks/depthwise_conv.py --device cuda --patches 8 --bf16 | tee "$RESULTS/depthwise_conv.jsonl"
             "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 16 --decoder-chunks 2 8 \
                 | tee "$RESULTS/network_throughput.jsonl"
+            # The whole eager network with the previous eager-CUDA depthwise pick, to settle (e).
+            "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 --decoder-chunks 2 8 --depthwise shifted \
+                | tee "$RESULTS/network_throughput_shifted.jsonl"
             ;;
         predict)
             compare=()
