@@ -345,3 +345,20 @@ def test_a_worker_killed_from_outside_is_one_line_naming_the_unfinished_cases(ph
     assert message.startswith(f"{out}: a preprocessing worker process was killed (out of memory?) with case(s) ")
     assert "phantom_000" in message and message.endswith("--num-workers 1)")
     assert "\n" not in message
+
+
+def test_z_score_statistics_come_from_the_original_voxels_not_the_resampled_ones():
+    """A model's intensities must not shift with the target spacing: the per-image mean and
+    standard deviation are those of the cropped input, before cubic resampling smooths it."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100.0, 40.0, (1, 6, 20, 20)).astype(np.float32)
+    image[0, :, :, :3] = 0.0     # a zero border that cropping removes
+    geometry = ImageGeometry((20, 20, 6), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    mr = {"channel": "T1", "scheme": "zscore", "use_nonzero_mask": False}
+    plan = {"target_spacing": [2.0, 1.7, 1.7], "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+            "anisotropic": False, "crop_to_nonzero": True, "normalization": [mr]}
+    data, _, properties = preprocess_case(image, geometry, plan)
+    assert data.shape[1:] != (6, 20, 17)   # resampled
+    cropped = image[0, :, :, 3:].astype(np.float64)
+    assert properties["normalization_stats"][0]["mean"] == pytest.approx(cropped.mean(), rel=1e-6)
+    assert properties["normalization_stats"][0]["std"] == pytest.approx(cropped.std(), rel=1e-6)

@@ -68,3 +68,15 @@ def test_labels_never_take_an_in_between_value():
 def test_resampled_shape_rounds_the_physical_extent():
     assert resampled_shape((10, 100, 101), (5.0, 0.8, 0.8), (2.5, 1.0, 1.0)) == (20, 80, 81)
     assert resampled_shape((1, 3, 3), (1.0, 1.0, 1.0), (10.0, 10.0, 10.0)) == (1, 1, 1)
+
+
+def test_label_ties_go_to_the_most_frequent_class_then_the_lower_value():
+    """Halving an axis makes every voxel on a boundary a 50/50 tie between its two classes: it goes
+    to the most frequent class (here 2, filling most of the map), not to the lowest value."""
+    labels = np.full((2, 2, 16), 2, np.int16)
+    labels[..., 3:4] = 0         # one voxel wide: after halving, a tie with class 2 on either side
+    labels[..., 9:10] = 1
+    out = resample_labels(labels, (2, 2, 8), separate_z=False)
+    np.testing.assert_array_equal(out[0, 0], [2] * 8)
+    labels[..., 8:10] = 1         # two voxels, aligned with the halving: wins its voxel outright
+    np.testing.assert_array_equal(resample_labels(labels, (2, 2, 8), separate_z=False)[0, 0], [2, 2, 2, 2, 1, 2, 2, 2])

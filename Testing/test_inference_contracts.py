@@ -2,8 +2,8 @@
 testing): the out-of-memory fallbacks, where a small volume sits in its window, NaN scores (and
 bf16's retry in float32), the whole predictor under bf16 autocast, what the fast options and
 `--probabilities` change, voxels without any score, models with more than 256 classes, the npz
-and label map appearing together, and the preprocessing rules a trained model depends on (linear
-thick slices, label ties, z-score statistics)."""
+and label map appearing together, and thick slices interpolated linearly along z. (The data
+layer's rules found the same way are in test_data_resampling.py and test_data_preprocessing.py.)"""
 
 from __future__ import annotations
 
@@ -382,38 +382,3 @@ def test_the_settings_that_survived_running_out_of_memory_are_kept_for_the_next_
     assert "out of memory" not in capsys.readouterr().err
     assert max(network.batch_sizes) <= 2
     np.testing.assert_array_equal(first, second)
-
-
-# -- the data layer's documented rules ----------------------------------------------------------------
-
-def test_label_ties_go_to_the_most_frequent_class_then_the_lower_value():
-    """Halving an axis makes every voxel on a boundary a 50/50 tie between its two classes: it goes
-    to the most frequent class (here 2, filling most of the map), not to the lowest value."""
-    from MaskSAMCore.data.resampling import resample_labels
-
-    labels = np.full((2, 2, 16), 2, np.int16)
-    labels[..., 3:4] = 0         # one voxel wide: after halving, a tie with class 2 on either side
-    labels[..., 9:10] = 1
-    out = resample_labels(labels, (2, 2, 8), separate_z=False)
-    np.testing.assert_array_equal(out[0, 0], [2] * 8)
-    labels[..., 8:10] = 1         # two voxels, aligned with the halving: wins its voxel outright
-    np.testing.assert_array_equal(resample_labels(labels, (2, 2, 8), separate_z=False)[0, 0], [2, 2, 2, 2, 1, 2, 2, 2])
-
-
-def test_z_score_statistics_come_from_the_original_voxels_not_the_resampled_ones():
-    """A model's intensities must not shift with the target spacing: the per-image mean and
-    standard deviation are those of the cropped input, before cubic resampling smooths it."""
-    from MaskSAMCore.data.preprocessing import preprocess_case
-
-    rng = np.random.default_rng(0)
-    image = rng.normal(100.0, 40.0, (1, 6, 20, 20)).astype(np.float32)
-    image[0, :, :, :3] = 0.0     # a zero border that cropping removes
-    geometry = ImageGeometry((20, 20, 6), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
-    mr = {"channel": "T1", "scheme": "zscore", "use_nonzero_mask": False}
-    plan = {"target_spacing": [2.0, 1.7, 1.7], "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "anisotropic": False, "crop_to_nonzero": True, "normalization": [mr]}
-    data, _, properties = preprocess_case(image, geometry, plan)
-    assert data.shape[1:] != (6, 20, 17)   # resampled
-    cropped = image[0, :, :, 3:].astype(np.float64)
-    assert properties["normalization_stats"][0]["mean"] == pytest.approx(cropped.mean(), rel=1e-6)
-    assert properties["normalization_stats"][0]["std"] == pytest.approx(cropped.std(), rel=1e-6)
