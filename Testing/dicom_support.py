@@ -89,13 +89,34 @@ def write_enhanced(folder: Path, image: sitk.Image, name: str = "enhanced.dcm",
     return folder / name
 
 
+# The longest value DICOM allows per VR (PS3.5 table 6.2-1): a longer one makes validators
+# (dciodvfy) reject the file and strict readers fail.
+VR_MAX_LENGTH = {"AE": 16, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "SH": 16, "UI": 64}
+
+
+def values_too_long(dataset) -> List[str]:
+    """``keyword = value`` of every value (nested sequences included) longer than its VR allows."""
+    found: List[str] = []
+
+    def check(_, element) -> None:
+        limit = VR_MAX_LENGTH.get(element.VR)
+        values = element.value if element.VM > 1 else [element.value]
+        if limit is not None and element.value is not None:
+            found.extend(f"{element.keyword} = {v}" for v in values if len(str(v)) > limit)
+
+    dataset.walk(check)
+    return found
+
+
 def decode_seg(path: Path, series) -> Dict[int, np.ndarray]:
     """Segment number -> its mask (z, y, x) on the series' grid (a `DicomSeries`), placing every
     SEG frame by the source slice or source frame it names; checks that the frame's position is
-    that slice's. Decoded with pydicom alone, not by the library that wrote the SEG."""
+    that slice's and that every value fits its VR. Decoded with pydicom alone, not by the
+    library that wrote the SEG."""
     import pydicom
 
     seg = pydicom.dcmread(str(path))
+    assert not values_too_long(seg), values_too_long(seg)
     sources = {f: pydicom.dcmread(str(f), stop_before_pixels=True) for f in dict.fromkeys(series.files)}
     index, positions = {}, []
     for z, f in enumerate(series.files):

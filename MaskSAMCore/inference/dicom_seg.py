@@ -104,16 +104,19 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
+    from pydicom.valuerep import DSfloat
 
     expected = (len(series.files), series.size[1], series.size[0])
     if tuple(labels.shape) != expected:
         raise ValueError(f"label map shape {labels.shape} is not the series' {expected}")
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series.distinct_files]
+    # A DS value holds at most 16 characters: the grid's step (3.000000002187125) would not fit.
+    step = DSfloat(series.spacing[2], auto_format=True)
     for measures in _pixel_measures(sources):   # in-memory copies only: highdicom takes both from here
         if not measures.get("SliceThickness"):
-            measures.SliceThickness = series.spacing[2]
+            measures.SliceThickness = step
         # The step of the checked grid (some MR scanners store the gap between slices here).
-        measures.SpacingBetweenSlices = series.spacing[2]
+        measures.SpacingBetweenSlices = step
     if series.frames:   # one multi-frame source: the SEG's frames follow the source's frame order
         labels = labels[np.argsort(series.frames)]
     algorithm = hd.AlgorithmIdentificationSequence(
