@@ -5,6 +5,7 @@ volume stored as NRRD, and series that are not one regular volume are refused in
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.cases import find_cases
+from MaskSAMCore.inference.dicom_seg import seg_structures, write_dicom_seg
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
 from dicom_support import Tags, oblique_volume, shuffled_names, write_enhanced, write_series
@@ -89,6 +91,40 @@ def test_several_series_are_listed_and_one_is_chosen_with_series(model_dir, tmp_
         assert read_label(out)[1].size == (20, 18, 12)
     assert main(["predict", str(model_dir), str(folder), str(out), "--series", "9", "--device", "cpu"]) == 1
     assert "no DICOM series with the number or UID 9" in capsys.readouterr().err
+
+
+def test_segmentations_reports_and_rt_objects_beside_a_series_are_left_out_and_named(model_dir, tmp_path, capsys):
+    """A study export holds more than images: an earlier SEG (MaskSAM's own), structured reports,
+    RT structure sets. None of them is a series to choose, none is called unreadable, and a
+    folder holding only such objects is refused naming them."""
+    import pydicom.data
+
+    folder = write_series(tmp_path / "study", oblique_volume())
+    labels = np.zeros((9, 18, 20), np.uint8)
+    labels[2:5, 3:9, 4:12] = 1
+    write_dicom_seg(labels, find_series(folder), seg_structures(["background", "liver"], None),
+                    folder / "earlier_seg.dcm", "abdomen")
+    for name in ("rtstruct.dcm", "reportsi.dcm"):
+        shutil.copy(pydicom.data.get_testdata_file(name), folder / name)
+    series = find_series(folder)
+    assert (series.number, len(series.files), series.left_out) == ("3", 9, ())
+    assert sorted((p.name, modality) for p, modality in series.not_images) == [
+        ("earlier_seg.dcm", "SEG"), ("reportsi.dcm", "SR"), ("rtstruct.dcm", "RTSTRUCT")]
+    out = tmp_path / "labels.nrrd"
+    assert main(["predict", str(model_dir), str(folder), str(out), "--fast", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert ("3 file(s) in the folder are no images and were left out "
+            "(SEG: earlier_seg.dcm; SR: reportsi.dcm; RTSTRUCT: rtstruct.dcm)") in err
+    assert "cannot be read" not in err and read_label(out)[1].size == (20, 18, 9)
+
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in ("earlier_seg.dcm", "reportsi.dcm"):
+        shutil.move(str(folder / name), str(only / name))
+    assert main(["predict", str(model_dir), str(only), str(tmp_path / "none.nrrd"), "--device", "cpu"]) == 1
+    assert _one_line_error(capsys).endswith(
+        "only: its 2 DICOM file(s) hold no image to segment (SEG: earlier_seg.dcm; SR: reportsi.dcm)")
+    assert not (tmp_path / "none.nrrd").exists()
 
 
 def _shift_sideways(k: int, tags: Tags) -> Tags:

@@ -9,7 +9,7 @@ matter is decided for the series chosen (`dicom_series`), not for every file of 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_frames import frame_slices
 from MaskSAMCore.data.dicom_pixel_data import pixel_data_bytes
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.errors import InputError, describe_path, list_some
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
 _SERIES_UID, _INSTANCE_UID, _SERIES_NUMBER, _DESCRIPTION, _MODALITY, _SOP_CLASS = (
@@ -32,6 +32,12 @@ _ENHANCED_SOP_CLASSES = {
 }
 _FRAMES, _BITS_ALLOCATED = "0028|0008", "0028|0100"
 _SKIPPED_NAMES = {"dicomdir"}   # a CD's index of the files, not an image
+# What travels with the images of a study export but is no image to segment: segmentations (an
+# earlier MaskSAM result among them), RT structure sets, plans, doses and records, structured
+# reports, presentation states, key-object selections, registrations and documents. Left out of
+# the folder's image series by their Modality, so that they never count as a series to choose.
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO",
+                                  "REG", "DOC"})
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -113,7 +119,9 @@ def read_slices(path: Path) -> List[DicomSlice]:
     if found is None:
         return []
     header, frames = found
-    return frame_slices(header, frames) if frames else [header]
+    if not frames or header.modality.upper() in NON_IMAGE_MODALITIES:   # a SEG's frames are never slices
+        return [header]
+    return frame_slices(header, frames)
 
 
 def _read_file_header(path: Path) -> Optional[Tuple[DicomSlice, int]]:
@@ -165,17 +173,51 @@ def _slice_problem(path: Path, multi_frame: bool, components: int, tag, pixel_by
     return None
 
 
-def read_series_headers(folder: Path, files: Sequence[Path]) -> Tuple[Dict[str, List[DicomSlice]], List[Path]]:
-    """Image slices by Series Instance UID (in the order their series are first met), and the
-    files that hold no image (reports, or unreadable)."""
-    series: Dict[str, List[DicomSlice]] = {}
-    left_out: List[Path] = []
+@dataclass
+class FolderHeaders:
+    """A folder's DICOM files sorted out: image slices by Series Instance UID (in the order their
+    series are first met), objects that are no image (file, Modality), and unreadable files."""
+
+    series: Dict[str, List[DicomSlice]] = field(default_factory=dict)
+    not_images: List[Tuple[Path, str]] = field(default_factory=list)
+    unreadable: List[Path] = field(default_factory=list)
+
+
+def read_series_headers(folder: Path, files: Sequence[Path]) -> FolderHeaders:
+    """Sort `files` into image series, non-image objects and unreadable files; raises
+    `InputError` when no image is left."""
+    found = FolderHeaders()
     for path in files:
         slices = read_slices(path)
-        if not slices:
-            left_out.append(path)
-        for header in slices:
-            series.setdefault(header.series_uid, []).append(header)
-    if not series:
-        raise InputError(f"{describe_path(folder)}: its {len(files)} DICOM file(s) hold no readable image")
-    return series, left_out
+        modality = (slices[0].modality if slices else _modality(path)).upper()
+        if modality in NON_IMAGE_MODALITIES:
+            found.not_images.append((path, modality))
+        elif not slices:
+            found.unreadable.append(path)
+        else:
+            for header in slices:
+                found.series.setdefault(header.series_uid, []).append(header)
+    if not found.series:
+        others = f" ({describe_not_images(found.not_images)})" if found.not_images else ""
+        raise InputError(f"{describe_path(folder)}: its {len(files)} DICOM file(s) hold no image to segment{others}")
+    return found
+
+
+def describe_not_images(not_images: Sequence[Tuple[Path, str]]) -> str:
+    """``SEG: seg.dcm; SR: report.dcm, ...``: the non-image objects by Modality."""
+    by_modality: Dict[str, List[str]] = {}
+    for path, modality in not_images:
+        by_modality.setdefault(modality, []).append(path.name)
+    return "; ".join(f"{modality}: {list_some(names)}" for modality, names in by_modality.items())
+
+
+def _modality(path: Path) -> str:
+    """The Modality of a file GDCM cannot read as an image (a report, a structure set), read with
+    pydicom; "" when pydicom cannot read it either."""
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                                   specific_tags=["Modality"]).get("Modality", "")).strip()
+    except Exception:   # any damage: the file is reported as unreadable
+        return ""

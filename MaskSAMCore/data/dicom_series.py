@@ -20,7 +20,8 @@ refused with what to do instead:
 Multi-frame (enhanced) DICOM files - a series in one file, or spread over a few - are read frame
 by frame (`dicom_frames`), each frame checked as a slice. A series mixing multi-frame and classic
 files is refused, as are slices without a pixel spacing, copies of one file, and native files
-too small for their pixels (`dicom_headers`).
+too small for their pixels (`dicom_headers`). Objects that are no image (SEG, SR, RT objects;
+`dicom_headers.NON_IMAGE_MODALITIES`) are never a series; the series keeps them to be named.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class DicomSeries:
     spacing: Tuple[float, float, float]
     origin: Tuple[float, float, float]
     direction: Tuple[float, ...]
-    left_out: Tuple[Path, ...] = ()   # files of the folder that hold no image (or cannot be read)
+    left_out: Tuple[Path, ...] = ()   # files of the folder that cannot be read
+    not_images: Tuple[Tuple[Path, str], ...] = ()   # (file, Modality): SEG, SR, RTSTRUCT, ... of the folder
     # For multi-frame files: slice k is frame frames[k] (0-based) of files[k]; () for classic files.
     frames: Tuple[int, ...] = ()
 
@@ -97,7 +99,8 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
     def summary(slices: List[DicomSlice]) -> str:
         first, files = slices[0], len({piece.path for piece in slices})
         frames = f", {len(slices)} frames" if first.frame is not None else ""
-        return f"{_label(first.series_number, first.description)} ({first.modality or '?'}, {files} files{frames})"
+        return (f"{_label(first.series_number, first.description)} ({first.modality or '?'}, "
+                f"{files} file{'s' if files > 1 else ''}{frames})")
 
     if choice is None:
         if len(series) == 1:
@@ -117,10 +120,11 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
     raise InputError(f"{describe_path(folder)}: no DICOM series with the number or UID {choice} (found: {listed})")
 
 
-def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path] = ()) -> DicomSeries:
+def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path] = (),
+                not_images: Sequence[Tuple[Path, str]] = ()) -> DicomSeries:
     """Check that `slices` make one regular, unsheared volume and return it with its grid.
-    `left_out`: files of the folder that hold no readable image, named when a slice seems to be
-    missing."""
+    `left_out`: files of the folder that cannot be read, named when a slice seems to be missing;
+    `not_images`: the folder's non-image objects, kept to be reported."""
     first = slices[0]
     name = describe_series(folder, first.series_number, first.description)
     for piece in slices:
@@ -175,7 +179,7 @@ def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path]
         frames=tuple(int(slices[int(i)].frame) for i in order) if framed else (),
         size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step),
         origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()),
-        left_out=tuple(left_out))
+        left_out=tuple(left_out), not_images=tuple(not_images))
 
 
 def _copies(slices: List[DicomSlice]) -> Optional[Tuple[str, str]]:
@@ -209,8 +213,8 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
     files = dicom_files(folder)
     if not files:
         raise InputError(f"{describe_path(folder)}: holds no DICOM files")
-    series, left_out = read_series_headers(folder, files)
-    return series_grid(folder, choose_series(folder, series, choice), left_out)
+    found = read_series_headers(folder, files)
+    return series_grid(folder, choose_series(folder, found.series, choice), found.unreadable, found.not_images)
 
 
 def read_series(series: DicomSeries) -> sitk.Image:

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import List, Optional
 
 from MaskSAMCore.atomic import remove_stale_temporaries
+from MaskSAMCore.data.dicom_headers import describe_not_images
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.data.nifti_transforms import placement_warning
@@ -75,9 +76,12 @@ def report_dicom_series(cases: List[Case]) -> None:
                 continue
             print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
+            if series.not_images:
+                print(f"masksam: {len(series.not_images)} file(s) in the folder are no images and were left out "
+                      f"({describe_not_images(series.not_images)})", file=sys.stderr)
             if series.left_out:
-                print(f"masksam: warning: {len(series.left_out)} file(s) in the folder hold no readable image "
-                      f"and were left out ({list_some(p.name for p in series.left_out)})", file=sys.stderr)
+                print(f"masksam: warning: {len(series.left_out)} file(s) in the folder cannot be read as DICOM "
+                      f"images and were left out ({list_some(p.name for p in series.left_out)})", file=sys.stderr)
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
