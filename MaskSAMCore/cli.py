@@ -224,7 +224,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                         "or ending in /; always when INPUT is a folder of images)")
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
-                        "or Series Instance UID; default: the folder's only series; in every folder of a cohort)")
+                        "or Series Instance UID; default: the folder's only series, or the only one forming a "
+                        "volume beside scouts; in every folder of a cohort)")
     p.add_argument("--sam-checkpoint", type=user_path, default=None,
                    help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -91,6 +92,47 @@ def test_several_series_are_listed_and_one_is_chosen_with_series(model_dir, tmp_
         assert read_label(out)[1].size == (20, 18, 12)
     assert main(["predict", str(model_dir), str(folder), str(out), "--series", "9", "--device", "cpu"]) == 1
     assert "no DICOM series with the number or UID 9" in capsys.readouterr().err
+
+
+def _scout(k: int, tags: Tags) -> Optional[Tags]:
+    """Two projections, frontal and lateral, as a CT scout (topogram) series holds them."""
+    if k > 1:
+        return None
+    return {**tags, "0020|0037": "1\\0\\0\\0\\0\\-1" if k == 0 else "0\\1\\0\\0\\0\\-1"}
+
+
+def test_a_scout_beside_the_scan_is_left_out_and_named_without_asking_for_series(model_dir, tmp_path, capsys):
+    """A study exported whole: the scan is the only series forming a volume, so it is segmented
+    without --series and the scout is named as left out. A second volume makes it the user's
+    choice again; a folder with no volume says why for each series."""
+    folder = tmp_path / "study"
+    write_series(folder, oblique_volume(), uid="1.2.3.1", number="3", description="AX 3mm")
+    write_series(folder, oblique_volume(), uid="1.2.3.9", number="1", description="Topogram",
+                 names=[f"scout{k}.dcm" for k in range(9)], edit=_scout)
+    series = find_series(folder)
+    assert (series.number, len(series.files)) == ("3", 9)
+    assert series.other_series == ("1 'Topogram' (CT, 2 files): scout1.dcm has another orientation from "
+                                   "scout0.dcm; the series does not form one volume",)
+    out = tmp_path / "labels.nrrd"
+    assert main(["predict", str(model_dir), str(folder), str(out), "--fast", "--device", "cpu"]) == 0
+    assert ("the only series of the folder forming a volume was chosen; left out: 1 'Topogram' (CT, 2 files)"
+            in capsys.readouterr().err)
+    assert read_label(out)[1].size == (20, 18, 9)
+
+    write_series(folder, oblique_volume(size=(20, 18, 12), spacing=(0.9, 0.8, 1.5)), uid="1.2.3.2", number="5",
+                 description="AX 1.5mm", names=[f"thin{k:03d}.dcm" for k in range(12)])
+    assert main(["predict", str(model_dir), str(folder), str(tmp_path / "b.nrrd"), "--device", "cpu"]) == 1
+    error = _one_line_error(capsys)
+    assert "holds 3 DICOM image series" in error and "--series" in error and not (tmp_path / "b.nrrd").exists()
+
+    scouts = tmp_path / "scouts"
+    write_series(scouts, oblique_volume(), uid="1.2.3.9", number="1", description="Topogram", edit=_scout)
+    write_series(scouts, oblique_volume(), uid="1.2.3.8", number="2", description="Dose", names=["dose.dcm"],
+                 edit=lambda k, tags: tags if k == 0 else None)
+    with pytest.raises(InputError, match=r"scouts: none of its 2 DICOM image series forms one volume: 1 'Topogram' "
+                                         r"\(CT, 2 files\): IM0001.dcm has another orientation .*; 2 'Dose' \(CT, 1 file\): "
+                                         r"has a single slice, a 2D image"):
+        find_series(scouts)
 
 
 def test_segmentations_reports_and_rt_objects_beside_a_series_are_left_out_and_named(model_dir, tmp_path, capsys):

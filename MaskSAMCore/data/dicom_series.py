@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_frames import read_frames
-from MaskSAMCore.data.dicom_headers import DicomSlice, dicom_files, read_series_headers
+from MaskSAMCore.data.dicom_headers import DicomSlice, FolderHeaders, dicom_files, read_series_headers
 from MaskSAMCore.data.read_failures import itk_warnings_off
 from MaskSAMCore.errors import InputError, describe_path, list_some
 
@@ -64,6 +64,7 @@ class DicomSeries:
     direction: Tuple[float, ...]
     left_out: Tuple[Path, ...] = ()   # files of the folder that cannot be read
     not_images: Tuple[Tuple[Path, str], ...] = ()   # (file, Modality): SEG, SR, RTSTRUCT, ... of the folder
+    other_series: Tuple[str, ...] = ()   # the folder's series that form no volume, each with why (left out)
     # For multi-frame files: slice k is frame frames[k] (0-based) of files[k]; () for classic files.
     frames: Tuple[int, ...] = ()
 
@@ -93,27 +94,33 @@ def _label(number: str, description: str) -> str:
     return f"{number or '?'}" + (f" '{description}'" if description else "")
 
 
+def _summary(slices: List[DicomSlice]) -> str:
+    """``3 'AX ABD' (CT, 120 files)``: how a list of a folder's series names one."""
+    first, files = slices[0], len({piece.path for piece in slices})
+    frames = f", {len(slices)} frames" if first.frame is not None else ""
+    return (f"{_label(first.series_number, first.description)} ({first.modality or '?'}, "
+            f"{files} file{'s' if files > 1 else ''}{frames})")
+
+
+def _choice_needed(folder: Path, series: Dict[str, List[DicomSlice]]) -> InputError:
+    listed = "; ".join(_summary(s) for s in series.values())
+    return InputError(f"{describe_path(folder)}: holds {len(series)} DICOM image series: {listed}; "
+                      "choose one with --series NUMBER (or its Series Instance UID)")
+
+
 def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Optional[str]) -> List[DicomSlice]:
     """The slices of the series to segment: the only one, or the one `choice` names (its Series
     Number or Series Instance UID)."""
-    def summary(slices: List[DicomSlice]) -> str:
-        first, files = slices[0], len({piece.path for piece in slices})
-        frames = f", {len(slices)} frames" if first.frame is not None else ""
-        return (f"{_label(first.series_number, first.description)} ({first.modality or '?'}, "
-                f"{files} file{'s' if files > 1 else ''}{frames})")
-
     if choice is None:
         if len(series) == 1:
             return next(iter(series.values()))
-        listed = "; ".join(summary(s) for s in series.values())
-        raise InputError(f"{describe_path(folder)}: holds {len(series)} DICOM image series: {listed}; "
-                         "choose one with --series NUMBER (or its Series Instance UID)")
+        raise _choice_needed(folder, series)
     if choice in series:
         return series[choice]
     matches = [s for s in series.values() if s[0].series_number == choice]
     if len(matches) == 1:
         return matches[0]
-    listed = "; ".join(summary(s) for s in series.values())
+    listed = "; ".join(_summary(s) for s in series.values())
     if matches:
         raise InputError(f"{describe_path(folder)}: {len(matches)} series have the number {choice}; "
                          f"give the Series Instance UID instead ({', '.join(s[0].series_uid for s in matches)})")
@@ -214,7 +221,29 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
     if not files:
         raise InputError(f"{describe_path(folder)}: holds no DICOM files")
     found = read_series_headers(folder, files)
+    if choice is None and len(found.series) > 1:
+        return _the_only_volume(folder, found)
     return series_grid(folder, choose_series(folder, found.series, choice), found.unreadable, found.not_images)
+
+
+def _the_only_volume(folder: Path, found: FolderHeaders) -> DicomSeries:
+    """Without a choice, a folder of several series is segmented when exactly one of them forms a
+    volume: a study exported whole keeps its scouts (one or two projections) and secondary
+    captures beside the scan, and those can never be segmented. Two volumes or more (phases,
+    reconstructions) stay the user's choice; the series left out are kept to be named."""
+    volumes, others = [], []
+    for slices in found.series.values():
+        try:
+            volumes.append(series_grid(folder, slices, found.unreadable, found.not_images))
+        except InputError as error:
+            prefix = f"{describe_series(folder, slices[0].series_number, slices[0].description)}: "
+            others.append(f"{_summary(slices)}: {str(error).removeprefix(prefix)}")
+    if len(volumes) == 1:
+        return replace(volumes[0], other_series=tuple(others))
+    if not volumes:
+        raise InputError(f"{describe_path(folder)}: none of its {len(others)} DICOM image series forms one volume: "
+                         + "; ".join(others))
+    raise _choice_needed(folder, found.series)
 
 
 def read_series(series: DicomSeries) -> sitk.Image:

@@ -76,6 +76,9 @@ def report_dicom_series(cases: List[Case]) -> None:
                 continue
             print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
+            if series.other_series:
+                print(f"masksam: the only series of the folder forming a volume was chosen; left out: "
+                      f"{'; '.join(series.other_series)}", file=sys.stderr)
             if series.not_images:
                 print(f"masksam: {len(series.not_images)} file(s) in the folder are no images and were left out "
                       f"({describe_not_images(series.not_images)})", file=sys.stderr)
