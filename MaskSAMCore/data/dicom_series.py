@@ -102,9 +102,12 @@ def _summary(slices: List[DicomSlice]) -> str:
             f"{files} file{'s' if files > 1 else ''}{frames})")
 
 
+def _listed(series: Dict[str, List[DicomSlice]]) -> str:
+    return "; ".join(_summary(s) for s in series.values())
+
+
 def _choice_needed(folder: Path, series: Dict[str, List[DicomSlice]]) -> InputError:
-    listed = "; ".join(_summary(s) for s in series.values())
-    return InputError(f"{describe_path(folder)}: holds {len(series)} DICOM image series: {listed}; "
+    return InputError(f"{describe_path(folder)}: holds {len(series)} DICOM image series: {_listed(series)}; "
                       "choose one with --series NUMBER (or its Series Instance UID)")
 
 
@@ -120,11 +123,11 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
     matches = [s for s in series.values() if s[0].series_number == choice]
     if len(matches) == 1:
         return matches[0]
-    listed = "; ".join(_summary(s) for s in series.values())
     if matches:
         raise InputError(f"{describe_path(folder)}: {len(matches)} series have the number {choice}; "
                          f"give the Series Instance UID instead ({', '.join(s[0].series_uid for s in matches)})")
-    raise InputError(f"{describe_path(folder)}: no DICOM series with the number or UID {choice} (found: {listed})")
+    raise InputError(f"{describe_path(folder)}: no DICOM series with the number or UID {choice} "
+                     f"(found: {_listed(series)})")
 
 
 def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path] = (),
