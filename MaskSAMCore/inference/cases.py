@@ -155,7 +155,7 @@ def _check_output_folder(source: Path, target: Path, given: str) -> None:
 def _cohort_series(source: Path, folder: Path, series: Optional[str]) -> DicomSeries:
     try:
         return find_series(folder, series)
-    except InputError as error:   # perhaps a study's other series (a scout, a report), not a patient
+    except InputError as error:   # perhaps a study's scout exported on its own, not a patient's scan
         raise InputError(f"{error}; each subfolder of {describe_path(source)} holding DICOM files is segmented "
                          "as a case of its own: move this one out, or give one subfolder as INPUT") from None
 
