@@ -22,13 +22,22 @@ TEMP_MARKER = ".partial-"
 LOW_SPACE_BYTES = 1 << 20
 
 
+def file_type_suffix(name: str) -> str:
+    """The ending a file's type is read from: ``.nii.gz`` (a compressed type keeps the type
+    before ``.gz``), ``.nrrd``; "" for none. Only this, never everything after the first dot:
+    NIfTI's writer drops one ``.nii.gz`` from ``x.nii.gz.nii.gz`` and writes ``x.nii.gz``."""
+    suffixes = Path(name).suffixes
+    if len(suffixes) > 1 and suffixes[-1].lower() == ".gz":
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
 def temporary_sibling(path: "os.PathLike[str] | str") -> Path:
-    """A unique, hidden path next to `path` that keeps its full suffix (SimpleITK picks the
-    file format from the suffix, so ``x.nii.gz`` gets ``.x.partial-abc.nii.gz``)."""
+    """A unique, hidden path next to `path` that keeps its file type suffix (SimpleITK picks
+    the file format from it, so ``x.nii.gz`` gets ``.x.partial-abc.nii.gz``)."""
     path = Path(path)
-    name = path.name
-    dot = name.find(".", 1)
-    stem, suffix = (name, "") if dot < 0 else (name[:dot], name[dot:])
+    suffix = file_type_suffix(path.name)
+    stem = path.name[:len(path.name) - len(suffix)]
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TEMP_MARKER}", suffix=suffix, dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600 files; outputs should get the permissions of any file the user makes.

@@ -356,3 +356,17 @@ def test_a_format_that_cannot_keep_the_grid_is_refused_and_nothing_is_written(tm
     with pytest.raises(InputError, match=f"cannot store the grid's {lost}"):
         image_io.check_format_keeps(geometry, target)       # the same answer before any work
     image_io.check_format_keeps(geometry, tmp_path / "labels.nrrd")   # NRRD keeps any grid
+
+
+@pytest.mark.parametrize("name", ["labels.nii.gz.nii.gz", "ct.v2.nii.gz", "labels.nrrd.nrrd", "scan.1.mha"])
+def test_a_name_with_more_dots_is_written_under_exactly_that_name(tmp_path, name):
+    """A label map named after a case file (``case.nii.gz`` + ``.nii.gz``) is written as named:
+    NIfTI's own writer would drop one ``.nii.gz`` and write ``labels.nii.gz`` instead."""
+    geometry = oblique_geometry()
+    target = tmp_path / name
+    image_io.check_format_keeps(geometry, target)
+    labels = np.arange(np.prod(geometry.shape_zyx), dtype=np.uint8).reshape(geometry.shape_zyx) % 5
+    write_label(labels, geometry, target)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    np.testing.assert_array_equal(read_label(target)[0], labels)
+    assert_same_geometry(read_geometry(target), geometry, ".nii" if ".nii" in name else ".nrrd")

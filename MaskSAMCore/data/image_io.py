@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
+from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions, file_type_suffix
 from MaskSAMCore.data.dicom_series import DicomSeries, read_series
 from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type, check_spacing, stored_spacing
 from MaskSAMCore.data.nifti_transforms import copy_placement
@@ -365,8 +365,7 @@ def check_format_keeps(geometry: ImageGeometry, path: "os.PathLike[str] | str") 
     """`InputError` now, before any work, when the format of `path` cannot store `geometry`
     (what `write_sitk_image` would find at the end): a 2 x 2 x 2 image with its spacing, origin
     and direction is written to a temporary file of the same ending and read back."""
-    name = Path(path).name
-    ending = name[name.find(".", 1):] if name.find(".", 1) > 0 else ""
+    ending = file_type_suffix(Path(path).name)
     probe = ImageGeometry((2, 2, 2), geometry.spacing, geometry.origin, geometry.direction)
     image = probe.apply(sitk.Image(2, 2, 2, sitk.sitkUInt8))
     with tempfile.TemporaryDirectory(prefix="masksam-format-") as folder:
