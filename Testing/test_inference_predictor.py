@@ -186,3 +186,20 @@ def test_fast_keeps_an_explicit_step(model_dir, tmp_path, capsys, extra, expecte
     assert main(["predict", str(model_dir), str(source), str(tmp_path / "l.nii.gz"), "--device", "cpu",
                  *extra]) == 0
     assert f"1 case(s), {expected}\n" in capsys.readouterr().err
+
+
+def test_a_sam_sized_network_mirrored_on_the_cpu_gets_a_note_about_fast(model_dir, tmp_path, capsys):
+    """Mirroring a SAM encoder on the CPU takes hours (benchmarks (b)): the run says so and names
+    --fast up front; the tiny network, or --fast, runs without the note."""
+    config = preset("tiny", num_classes=CLASSES)
+    config.backbone.sam_type = "vit_b"   # the note goes by the backbone; the tiny widths keep the test fast
+    sam_sized = write_random_model_folder(tmp_path / "sam_sized", config, synthetic_plan(config))
+    source = tmp_path / "case.nii.gz"
+    write_case(source, (20, 20, 5), (1.2, 1.2, 2.5))
+    note = "masksam: note: on the CPU a vit_b network takes tens of seconds per forward and mirroring makes 8 forwards"
+    runs = [(sam_sized, [], True), (sam_sized, ["--fast"], False), (model_dir, [], False)]
+    for folder, extra, expected in runs:
+        assert main(["predict", str(folder), str(source), str(tmp_path / "l.nii.gz"), "--device", "cpu", *extra]) == 0
+        err = capsys.readouterr().err
+        assert (note in err) == expected, err
+        assert ("--fast (one forward per window, step 1.0) takes minutes" in err) == expected

@@ -50,6 +50,17 @@ def describe_mirroring(predictor: Predictor) -> str:
     return f"mirroring over {axes or 'no'} axes ({2 ** len(predictor.mirror_axes)} flips)"
 
 
+def cpu_speed_note(predictor: Predictor) -> Optional[str]:
+    """A word before a run that would take hours: a SAM-sized network mirrored on the CPU
+    (benchmarks/README.md (b): vit_b on 256 x 256 x 128 takes 2.5 h mirrored, 6.5 min with --fast)."""
+    if predictor.device.type != "cpu" or not predictor.options.mirror or predictor.config.backbone.sam_type == "none":
+        return None
+    flips = 2 ** len(predictor.mirror_axes)
+    return (f"on the CPU a {predictor.config.backbone.sam_type} network takes tens of seconds per forward and "
+            f"mirroring makes {flips} forwards of every window: a CT takes hours; --fast (one forward per "
+            "window, step 1.0) takes minutes")
+
+
 def check_headers(cases: List[Case]) -> None:
     """Read every input header before any work: a corrupt or non-3D file fails in seconds, and
     so does an output format that cannot store the input's grid (TIFF, NIfTI for a tilted scan)."""
@@ -112,6 +123,9 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
           f"{describe_mirroring(predictor) if options.mirror else 'no mirroring'}, step {options.step:g}",
           file=sys.stderr)
+    note = cpu_speed_note(predictor)
+    if note:
+        print(f"masksam: note: {note}", file=sys.stderr)
     emit("stage", stage="cases", total=len(cases))
     started = time.perf_counter()
     written: List[str] = []
