@@ -27,14 +27,19 @@ def oblique_volume(size=(20, 18, 9), spacing=(0.9, 0.8, 3.0), angle=0.35) -> sit
 
 def write_series(folder: Path, image: sitk.Image, uid: str = "1.2.826.0.1.3680043.2.1125.7.1",
                  number: str = "3", description: str = "AX ABD", names: Optional[List[str]] = None,
-                 edit: Optional[Callable[[int, Tags], Optional[Tags]]] = None) -> Path:
+                 edit: Optional[Callable[[int, Tags], Optional[Tags]]] = None,
+                 compressor: Optional[str] = None) -> Path:
     """One single-frame file per slice, as a scanner writes them; `edit(index, tags)` may change
-    a slice's tags or drop the slice (return None)."""
+    a slice's tags or drop the slice (return None); `compressor`: GDCM's "JPEG" (lossless) or
+    "JPEG2000" (lossless) pixel data instead of native."""
     folder.mkdir(parents=True, exist_ok=True)
     d = image.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     writer.SetImageIO("GDCMImageIO")   # file names without an ending, as PACS exports write them
+    if compressor is not None:
+        writer.UseCompressionOn()
+        writer.SetCompressor(compressor)
     for k in range(image.GetDepth()):
         tags: Tags = {
             "0008|0060": "CT", "0020|000e": uid, "0020|0011": number, "0008|103e": description,

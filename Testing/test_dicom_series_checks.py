@@ -2,15 +2,18 @@
 refused, each slice's own rescale slope, slices of another size, direction or pixel spacing
 named, two series under one number not chosen between by guess, multi-frame and colour files
 refused, hidden files skipped, and slices whose pixel data is cut short - by any amount, with or
-without the preamble and meta group - refused rather than read with another slice's voxels."""
+without the preamble and meta group - refused rather than read with another slice's voxels;
+and slices stored compressed read exactly as native ones."""
 
 from __future__ import annotations
 
 import struct
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import RLELossless
 
 from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.errors import InputError
@@ -255,3 +258,22 @@ def test_compressed_or_unwalkable_files_claim_nothing(tmp_path):
     cut_in_header = tmp_path / "cut.dcm"
     cut_in_header.write_bytes(_meta_group("1.2.840.10008.1.2.1") + _element(0x0010, 0x0010, b"DOE^J", b"PN")[:9])
     assert pixel_data_bytes(cut_in_header) is None
+
+
+@pytest.mark.parametrize("compression", ["JPEG", "JPEG2000", "RLE"])
+def test_a_compressed_series_reads_exactly_as_the_native_one(tmp_path, compression):
+    """PACS exports often store slices losslessly compressed (JPEG process 14, JPEG 2000, RLE):
+    the header checks, which measure only native pixel data, let them through, and the voxels
+    read are the native series' (in HU)."""
+    image = oblique_volume()
+    native = read_series(find_series(write_series(tmp_path / "native", image)))
+    folder = write_series(tmp_path / compression, image, compressor=None if compression == "RLE" else compression)
+    for path in folder.iterdir():
+        if compression == "RLE":
+            dataset = pydicom.dcmread(str(path))
+            dataset.compress(RLELossless)
+            dataset.save_as(str(path))
+        assert pydicom.dcmread(str(path), stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
+    compressed = read_series(find_series(folder))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(compressed), sitk.GetArrayFromImage(native))
+    assert compressed.GetOrigin() == native.GetOrigin() and compressed.GetDirection() == native.GetDirection()
