@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -97,3 +98,32 @@ def test_a_model_folder_beside_preset_or_classes_is_refused(tmp_path, capsys):
     said = capsys.readouterr().err.strip().splitlines()
     assert said[-1] == "masksam: error: --preset and --classes choose a random network; a --model-dir brings its own"
 
+
+
+@pytest.mark.skipif(nnunet_available(), reason="nnU-Net is installed here")
+def test_compare_nnunet_with_a_broken_nnunet_is_refused_before_any_timing(tmp_path, capsys, monkeypatch):
+    """nnU-Net installed without one of its own dependencies (threadpoolctl, as pip --no-deps
+    leaves it) is found before MaskSAM's part runs, in one line naming the missing module."""
+    for package, body in [("nnunetv2", ""), ("dynamic_network_architectures", ""),
+                          ("nnunetv2/inference", ""), ("dynamic_network_architectures/architectures", ""),
+                          ("dynamic_network_architectures/architectures/unet.py", None),
+                          ("nnunetv2/inference/predict_from_raw_data.py", "import threadpoolctl_is_missing\n")]:
+        path = tmp_path / "site" / package
+        if package.endswith(".py"):
+            path.write_text(body or "")
+        else:
+            path.mkdir(parents=True)
+            (path / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    out = tmp_path / "bench.json"
+    try:
+        assert main(["benchmark", "--preset", "tiny", "--shape", "4", "40", "40", "--classes", "3", "--device",
+                     "cpu", "--fast", "--compare-nnunet", "--output", str(out)]) == 1
+    finally:   # later tests must not find the broken packages imported
+        for name in [n for n in sys.modules if n.split(".")[0] in ("nnunetv2", "dynamic_network_architectures")]:
+            del sys.modules[name]
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["masksam: error: --compare-nnunet nnU-Net v2 is installed but "
+                    "nnunetv2.inference.predict_from_raw_data cannot be imported (ModuleNotFoundError: "
+                    "No module named 'threadpoolctl_is_missing'); nothing was measured"]
+    assert not out.exists()

@@ -131,11 +131,11 @@ def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows
 def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     device = devices.resolve_device(args.device)
     options = options_from_args(args)   # exactly as `masksam predict` reads the same options
-    from MaskSAMCore.inference.nnunet_compare import nnunet_available
+    from MaskSAMCore.inference.nnunet_compare import nnunet_problem
 
-    if args.compare_nnunet and not nnunet_available():
-        raise MaskSAMError("--compare-nnunet needs nnU-Net v2 in this Python (pip install nnunetv2); "
-                           "nothing was measured")
+    problem = nnunet_problem() if args.compare_nnunet else None
+    if problem:
+        raise MaskSAMError(f"--compare-nnunet {problem}; nothing was measured")
     predictor = build_predictor(args, device, options)
     # The volume lies on the model's own grid (no resampling, as most benchmarks want), unless
     # --resample asks for a finer one; a model folder's spacing may be far from the default.

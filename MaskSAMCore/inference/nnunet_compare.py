@@ -12,10 +12,11 @@ nnU-Net is not a dependency of MaskSAM: this runs only when ``nnunetv2`` is impo
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import time
 from contextlib import nullcontext
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -26,9 +27,29 @@ PATCH = (128, 128, 128)
 FEATURES = (32, 64, 128, 256, 320, 320)
 
 
+# What the comparison imports: an installation missing one of nnU-Net's own dependencies is found
+# before any timing, not after MaskSAM's part of the benchmark has run.
+_NNUNET_MODULES = ("dynamic_network_architectures.architectures.unet",
+                   "nnunetv2.inference.predict_from_raw_data",
+                   "nnunetv2.utilities.plans_handling.plans_handler")
+
+
 def nnunet_available() -> bool:
+    """Whether nnU-Net v2 is installed (importable or not: see `nnunet_problem`)."""
     return importlib.util.find_spec("nnunetv2") is not None and \
         importlib.util.find_spec("dynamic_network_architectures") is not None
+
+
+def nnunet_problem() -> Optional[str]:
+    """Why the comparison cannot run in this Python, or None when it can."""
+    if not nnunet_available():
+        return "needs nnU-Net v2 in this Python (pip install nnunetv2)"
+    for module in _NNUNET_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:   # an installation broken in any way, not only a missing module
+            return f"nnU-Net v2 is installed but {module} cannot be imported ({type(exc).__name__}: {exc})"
+    return None
 
 
 def build_network(in_channels: int, num_classes: int) -> torch.nn.Module:
