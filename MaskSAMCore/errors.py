@@ -9,7 +9,7 @@ not caught and keep their traceback.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 class MaskSAMError(Exception):
@@ -82,6 +82,21 @@ def list_some(items: Iterable[object], shown: int = 3) -> str:
     """``a, b, c, ...``: the first `shown` items of a list a message names, and whether more follow."""
     items = [str(item) for item in items]
     return ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
+
+
+def raise_all(errors: Sequence[InputError], total: int, what: str, advice: str = "", shown: int = 3) -> None:
+    """Report every problem a pass over `total` inputs found, not only the first, so a user fixes
+    them all before the next run: one error is raised as it is (`advice` appended); several as
+    one line, ``2 of 40 cases cannot be segmented: (1) A; (2) B; advice``."""
+    if not errors:
+        return
+    if len(errors) == 1:
+        if advice:
+            raise InputError(f"{errors[0]}; {advice}") from None
+        raise errors[0]
+    listed = "; ".join(f"({number}) {error}" for number, error in enumerate(errors[:shown], start=1))
+    more = f"; and {len(errors) - shown} more" if len(errors) > shown else ""
+    raise InputError(f"{len(errors)} of {total} {what}: {listed}{more}" + (f"; {advice}" if advice else ""))
 
 
 class ShapeError(MaskSAMError, ValueError):

@@ -255,6 +255,24 @@ def test_a_cohort_of_dicom_folders_is_one_case_per_folder(model_dir, tmp_path, c
     assert not (tmp_path / "one.nii.gz").exists() and not list((cohort / "patient1").glob("*.nii.gz"))
 
 
+def test_every_unusable_folder_of_a_cohort_is_named_in_one_run(model_dir, tmp_path, capsys):
+    """A cohort's subfolders are all checked before the run stops, so the user moves every
+    unusable one out at once instead of finding them one run at a time."""
+    cohort = tmp_path / "cohort"
+    write_series(cohort / "patient1", oblique_volume())
+    write_series(cohort / "patient2", oblique_volume(), edit=lambda k, tags: None if k == 4 else tags)
+    write_series(cohort / "patient3", oblique_volume())
+    write_series(cohort / "scout", oblique_volume()[:, :, :1], uid="1.2.3.9", number="1")
+    out = tmp_path / "out"
+    assert main(["predict", str(model_dir), str(cohort), f"{out}/", "--fast", "--device", "cpu"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"masksam: error: 2 of 4 DICOM subfolders of {cohort} cannot be "
+                                                   f"segmented: (1) {cohort / 'patient2'} (DICOM series 3"), lines
+    assert "the slice spacing varies" in lines[0] and f"; (2) {cohort / 'scout'} (DICOM series 1" in lines[0]
+    assert lines[0].endswith("move these out, or give one subfolder as INPUT")
+    assert not out.exists()
+
+
 def _write_nrrd(tmp_path: Path) -> Path:
     path = tmp_path / "scan.nrrd"
     sitk.WriteImage(oblique_volume(), str(path))

@@ -151,7 +151,17 @@ def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path
     (inputs / "zz_broken_0000.nii.gz").write_bytes(b"not gzip at all")
     outputs = tmp_path / "out"
     assert main(["predict", str(model_dir), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 1
-    _assert_one_line_error(capsys, "zz_broken_0000.nii.gz")
+    said = _assert_one_line_error(capsys, "zz_broken_0000.nii.gz")
+    assert "of 2 cases" not in said   # one bad case: its own message, as for a single file
+    assert not outputs.exists() or not any(outputs.iterdir())
+
+    # Every bad case of the folder is named in the same line, so all are fixed before the next run.
+    (inputs / "mm_flat_0000.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    _write(inputs / "nn_2d_0000.nii.gz", np.random.rand(16, 16).astype(np.float32))
+    assert main(["predict", str(model_dir), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 1
+    said = _assert_one_line_error(capsys, "masksam: error: 3 of 4 cases cannot be segmented: (1) ", "mm_flat_0000.nii.gz",
+                                  "nn_2d_0000.nii.gz", "zz_broken_0000.nii.gz")
+    assert said.index("mm_flat") < said.index("(2)") < said.index("nn_2d") < said.index("(3)") < said.index("zz_broken")
     assert not outputs.exists() or not any(outputs.iterdir())
 
 

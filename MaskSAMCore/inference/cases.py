@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
 from MaskSAMCore.data.dicom_series import DicomSeries, find_series
-from MaskSAMCore.errors import InputError, describe_path, list_some
+from MaskSAMCore.errors import InputError, describe_path, list_some, raise_all
 from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
 
 # Longest first, so that ".nii.gz" wins over ".gz".
@@ -121,8 +121,7 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
         if any(target.resolve() == folder.resolve() for folder in cohort):
             raise InputError(f"{describe_path(target)}: the label maps would be written into a DICOM folder "
                              "they segment; write them elsewhere")
-        return [Case(folder.name, (_cohort_series(source, folder, series),),
-                     target / f"{folder.name}{output_ending or DICOM_OUTPUT_ENDING}") for folder in cohort]
+        return _cohort_cases(source, cohort, target, output_ending, series)
     if source.is_file():
         _check_one_channel(source, num_channels, "a file")
         name, ending = case_name(source), split_ending(source)[1]
@@ -152,12 +151,22 @@ def _check_output_folder(source: Path, target: Path, given: str) -> None:
                          "segment; write them to another folder")
 
 
-def _cohort_series(source: Path, folder: Path, series: Optional[str]) -> DicomSeries:
-    try:
-        return find_series(folder, series)
-    except InputError as error:   # perhaps a study's scout exported on its own, not a patient's scan
-        raise InputError(f"{error}; each subfolder of {describe_path(source)} holding DICOM files is segmented "
-                         "as a case of its own: move this one out, or give one subfolder as INPUT") from None
+def _cohort_cases(source: Path, cohort: List[Path], target: Path, output_ending: Optional[str],
+                  series: Optional[str]) -> List[Case]:
+    """One case per subfolder; every subfolder's series is checked before any fails the run, so
+    all unusable ones (perhaps a study's scout exported on its own) are named at once."""
+    cases, errors = [], []
+    for folder in cohort:
+        try:
+            cases.append(Case(folder.name, (find_series(folder, series),),
+                              target / f"{folder.name}{output_ending or DICOM_OUTPUT_ENDING}"))
+        except InputError as error:
+            errors.append(error)
+    several = len(errors) > 1
+    raise_all(errors, len(cohort), f"DICOM subfolders of {describe_path(source)} cannot be segmented",
+              f"each subfolder of {describe_path(source)} holding DICOM files is segmented as a case of its own: "
+              f"move {'these' if several else 'this one'} out, or give one subfolder as INPUT")
+    return cases
 
 
 def _dicom_subfolders(folder: Path) -> List[Path]:

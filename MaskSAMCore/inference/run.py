@@ -24,7 +24,7 @@ from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
-from MaskSAMCore.errors import InputError, describe_path, first_line, list_some
+from MaskSAMCore.errors import InputError, describe_path, first_line, list_some, raise_all
 from MaskSAMCore.inference.cases import Case, find_cases
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference.export import probabilities_path
@@ -63,20 +63,31 @@ def cpu_speed_note(predictor: Predictor) -> Optional[str]:
 
 def check_headers(cases: List[Case]) -> None:
     """Read every input header before any work: a corrupt or non-3D file fails in seconds, and
-    so does an output format that cannot store the input's grid (TIFF, NIfTI for a tilted scan)."""
+    so does an output format that cannot store the input's grid (TIFF, NIfTI for a tilted scan).
+    Every case is checked, so all the unusable ones of a folder are named at once."""
+    if any(is_seg_output(case.output_file) for case in cases):
+        check_seg_writer()   # highdicom installed: one answer for all cases
+    errors: List[InputError] = []
     for case in cases:
-        geometries = [read_geometry(path) for path in case.channel_files]
-        if is_seg_output(case.output_file):
-            # A SEG keeps the series' grid (its frames are the series' slices), if it can refer to them.
-            check_seg_writer()
-            check_seg_sources(case.channel_files[0])
-            continue
-        check_format_keeps(geometries[0], case.output_file)
-        warning = placement_warning(case.channel_files[0], geometries[0])
-        if warning:
-            kept = ("the label map gets the image's qform and sform as they are" if is_nifti(case.output_file)
-                    else "the label map stores that placement only")
-            print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}; {kept}", file=sys.stderr)
+        try:
+            _check_case_headers(case)
+        except InputError as error:
+            errors.append(error)
+    raise_all(errors, len(cases), "cases cannot be segmented")
+
+
+def _check_case_headers(case: Case) -> None:
+    geometries = [read_geometry(path) for path in case.channel_files]
+    if is_seg_output(case.output_file):
+        # A SEG keeps the series' grid (its frames are the series' slices), if it can refer to them.
+        check_seg_sources(case.channel_files[0])
+        return
+    check_format_keeps(geometries[0], case.output_file)
+    warning = placement_warning(case.channel_files[0], geometries[0])
+    if warning:
+        kept = ("the label map gets the image's qform and sform as they are" if is_nifti(case.output_file)
+                else "the label map stores that placement only")
+        print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}; {kept}", file=sys.stderr)
 
 
 def report_dicom_series(cases: List[Case]) -> None:
