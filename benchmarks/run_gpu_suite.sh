@@ -17,7 +17,7 @@
 #
 # Needs: a CUDA GPU; MaskSAM importable (`pip install .`, or PYTHONPATH set to the repository);
 # for `predict`, nnU-Net v2 (`pip install nnunetv2==2.8.1`, not a MaskSAM dependency; without
-# it the MaskSAM row is still written). Run from anywhere; results are JSON and text files.
+# it, or with one of its own dependencies missing, the MaskSAM row is still written). Run from anywhere; results are JSON and text files.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -49,7 +49,10 @@ print(f"run_gpu_suite: {torch.cuda.get_device_name(0)}, torch {torch.__version__
 EOF
 
 masksam() { "$PYTHON" -m MaskSAMCore "$@"; }
-has_nnunet() { "$PYTHON" -c "import nnunetv2" 2>/dev/null; }
+# nnU-Net usable for the comparison, or the reason it is not (a missing dependency of its own).
+nnunet_problem() {
+    "$PYTHON" -c "from MaskSAMCore.inference.nnunet_compare import nnunet_problem; print(nnunet_problem() or '')"
+}
 
 run_stage() {
     case $1 in
@@ -70,7 +73,8 @@ run_stage() {
             ;;
         predict)
             compare=()
-            if has_nnunet; then compare=(--compare-nnunet); else echo "run_gpu_suite: nnunetv2 not installed, MaskSAM row only"; fi
+            problem=$(nnunet_problem)
+            if [ -z "$problem" ]; then compare=(--compare-nnunet); else echo "run_gpu_suite: no nnU-Net comparison ($problem); MaskSAM row only"; fi
             masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 "${compare[@]}" \
                 --output "$RESULTS/vit_b_300x512x512_eager.json"
             ;;
