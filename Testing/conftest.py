@@ -91,3 +91,14 @@ def dicom_locale_kept():
     saved = locale.setlocale(locale.LC_ALL)
     yield
     locale.setlocale(locale.LC_ALL, saved)
+
+
+@pytest.fixture(scope="session")
+def dicom_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 3-class model with random weights and the target spacing of the DICOM tests' series."""
+    from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+    from MaskSAMCore.model.config import preset
+
+    config = preset("tiny", num_classes=3)
+    return write_random_model_folder(tmp_path_factory.mktemp("models") / "tiny", config,
+                                     synthetic_plan(config, (3.0, 0.85, 0.85)))

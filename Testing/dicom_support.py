@@ -60,6 +60,13 @@ def write_series(folder: Path, image: sitk.Image, uid: str = "1.2.826.0.1.368004
     return folder
 
 
+def one_line_error(capsys) -> str:
+    """The only line a refused command printed on stderr, checked to be its error line."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("masksam: error:"), lines
+    return lines[0]
+
+
 def shuffled_names(count: int) -> List[str]:
     """File names whose sorted order is not the slice order (PACS exports use UIDs)."""
     order = np.random.default_rng(0).permutation(count)
