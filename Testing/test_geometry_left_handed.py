@@ -26,6 +26,7 @@ from MaskSAMCore.data.image_io import (ImageGeometry, check_format_keeps, read_g
                                        write_image, write_label)
 from MaskSAMCore.data.phantoms import random_rotation
 from MaskSAMCore.errors import InputError
+from MaskSAMCore.inference.metrics import dice
 
 OBLIQUE = random_rotation(np.random.default_rng(3), 10.0, 20.0)   # a proper rotation, 10-20 degrees
 
@@ -152,10 +153,6 @@ def centre_lps(image: sitk.Image, mask: np.ndarray) -> np.ndarray:
     """LPS millimetres of the centre of the voxels of `mask` (z, y, x), placed by `image`'s grid."""
     k, j, i = np.nonzero(mask)
     return np.array(image.TransformContinuousIndexToPhysicalPoint([i.mean(), j.mean(), k.mean()]))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 # -- training preprocessing ----------------------------------------------------------------------------
