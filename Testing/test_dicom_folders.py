@@ -1,7 +1,7 @@
 """Which series of a folder is segmented, and which folders of a cohort: a study exported whole
-(scouts, earlier SEGs, reports and RT objects beside the scan) needs no --series, several
-volumes do; a cohort is one case per subfolder, every unusable one named at once; inputs given
-the wrong way (a slice file, a CD's top folder) get a hint."""
+(scouts, earlier SEGs, reports and RT objects beside the scan, localizers inside its series)
+needs no --series, several volumes do; a cohort is one case per subfolder, every unusable one
+named at once; inputs given the wrong way (a slice file, a CD's top folder) get a hint."""
 
 from __future__ import annotations
 
@@ -203,3 +203,38 @@ def test_a_cd_layout_points_to_its_series_and_the_output_stays_out_of_the_series
     assert main(["predict", str(dicom_model_dir), str(series), str(series / "labels.nii.gz"), "--device", "cpu"]) == 1
     assert "would be written into the DICOM folder it segments" in one_line_error(capsys)
     assert not (series / "labels.nii.gz").exists() and not (tmp_path / "labels.nii.gz").exists()
+
+
+def _localizers(count: int):
+    """An edit keeping `count` images (at most 4), each in an orientation of its own, as scanners
+    that keep their localizers in the scan's series write them."""
+    orientations = ["1\\0\\0\\0\\0\\-1", "0\\1\\0\\0\\0\\-1", "1\\0\\0\\0\\1\\0", "0\\1\\0\\1\\0\\0"]
+
+    def edit(k: int, tags: Tags) -> Optional[Tags]:
+        return {**tags, "0020|0037": orientations[k], "0020|0013": str(100 + k)} if k < count else None
+    return edit
+
+
+def test_localizers_kept_in_the_scans_own_series_are_left_out_and_named(dicom_model_dir, tmp_path, capsys):
+    """Up to three images of the series in other orientations, beside a stack at least twice as
+    large, are localizers: left out and named, and the stack is segmented as without them. A
+    fourth makes the series one that does not form a volume again."""
+    image = oblique_volume()
+    plain = write_series(tmp_path / "plain", image)
+    folder = write_series(tmp_path / "with_localizers", image)
+    write_series(folder, image, names=["loc0.dcm", "loc1.dcm", "loc2.dcm"], edit=_localizers(3))
+    series = find_series(folder)
+    assert (len(series.files), sorted(series.localizers)) == (9, ["loc0.dcm", "loc1.dcm", "loc2.dcm"])
+    alone = find_series(plain)
+    assert (series.size, series.origin, series.direction) == (alone.size, alone.origin, alone.direction)
+    out = tmp_path / "out"
+    assert main(["predict", str(dicom_model_dir), str(folder), str(out / "localizers.nrrd"), "--fast",
+                 "--device", "cpu"]) == 0
+    assert ("3 image(s) of the series lie in another orientation (localizers) and were left out: loc"
+            in capsys.readouterr().err)
+    assert main(["predict", str(dicom_model_dir), str(plain), str(out / "plain.nrrd"), "--fast", "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(read_label(out / "localizers.nrrd")[0], read_label(out / "plain.nrrd")[0])
+
+    write_series(folder, image, names=["loc0.dcm", "loc1.dcm", "loc2.dcm", "loc3.dcm"], edit=_localizers(4))
+    with pytest.raises(InputError, match="has another orientation from IM0000.dcm; the series does not form one volume"):
+        find_series(folder)

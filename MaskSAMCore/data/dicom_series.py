@@ -21,7 +21,8 @@ Multi-frame (enhanced) DICOM files - a series in one file, or spread over a few 
 by frame (`dicom_frames`), each frame checked as a slice. A series mixing multi-frame and classic
 files is refused, as are slices without a pixel spacing, copies of one file, and native files
 too small for their pixels (`dicom_headers`). Objects that are no image (SEG, SR, RT objects;
-`dicom_headers.NON_IMAGE_MODALITIES`) are never a series; the series keeps them to be named.
+`dicom_headers.NON_IMAGE_MODALITIES`) are never a series; the series keeps them to be named, as
+it keeps the names of localizer images left out of its own stack (`MAX_LOCALIZERS`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ from MaskSAMCore.errors import InputError, describe_path, list_some
 # a pixel (exported positions and orientations are rounded to a few micrometres and 1e-5).
 SPACING_TOLERANCE = 0.01
 SIDEWAYS_TOLERANCE_PIXELS = 0.1
+# Some scanners keep a few localizer images (another orientation) in the scan's own series. Up to
+# this many, beside a stack at least twice as large, are left out and named (3D Slicer's DICOM
+# import and dcm2niix split such a series by orientation too); more, and the series is refused.
+MAX_LOCALIZERS = 3
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class DicomSeries:
     left_out: Tuple[Path, ...] = ()   # files of the folder that cannot be read
     not_images: Tuple[Tuple[Path, str], ...] = ()   # (file, Modality): SEG, SR, RTSTRUCT, ... of the folder
     other_series: Tuple[str, ...] = ()   # the folder's series that form no volume, each with why (left out)
+    localizers: Tuple[str, ...] = ()   # images of the series in another orientation, left out (names)
     # For multi-frame files: slice k is frame frames[k] (0-based) of files[k]; () for classic files.
     frames: Tuple[int, ...] = ()
 
@@ -134,7 +140,20 @@ def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path]
                 not_images: Sequence[Tuple[Path, str]] = ()) -> DicomSeries:
     """Check that `slices` make one regular, unsheared volume and return it with its grid.
     `left_out`: files of the folder that cannot be read, named when a slice seems to be missing;
-    `not_images`: the folder's non-image objects, kept to be reported."""
+    `not_images`: the folder's non-image objects, kept to be reported. A few images in another
+    orientation beside the stack are left out as localizers when the stack alone is a volume."""
+    stack, localizers = _without_localizers(slices)
+    if localizers:
+        try:
+            return replace(_checked_grid(folder, stack, left_out, not_images),
+                           localizers=tuple(piece.name for piece in localizers))
+        except InputError:
+            pass   # an odd slice inside the stack rather than a localizer: the whole series' own error
+    return _checked_grid(folder, slices, left_out, not_images)
+
+
+def _checked_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path],
+                  not_images: Sequence[Tuple[Path, str]]) -> DicomSeries:
     first = slices[0]
     name = describe_series(folder, first.series_number, first.description)
     for piece in slices:
@@ -192,6 +211,27 @@ def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path]
         left_out=tuple(left_out), not_images=tuple(not_images))
 
 
+def _without_localizers(slices: List[DicomSlice]) -> Tuple[List[DicomSlice], List[DicomSlice]]:
+    """(the stack, the localizers): a series' images grouped by orientation, where one group is
+    the stack and the others hold at most `MAX_LOCALIZERS` images; else (all images, none), and
+    the orientation check names the mismatch."""
+    groups: List[List[DicomSlice]] = []
+    for piece in slices:
+        group = next((g for g in groups if _same_orientation(g[0], piece)), None)
+        if group is None:
+            groups.append([piece])
+        else:
+            group.append(piece)
+    if len(groups) == 1:
+        return slices, []
+    stack = max(groups, key=len)
+    others = [piece for group in groups if group is not stack for piece in group]
+    # An image with a problem of its own (no orientation read as the axial default) is no localizer.
+    if len(others) > MAX_LOCALIZERS or len(stack) < 2 * len(others) or any(piece.problem for piece in others):
+        return slices, []
+    return stack, others
+
+
 def _copies(slices: List[DicomSlice]) -> Optional[Tuple[str, str]]:
     """The names of two slices holding the same image (a file copied under another name), if any."""
     seen: Dict[Tuple[str, Optional[int]], str] = {}
@@ -210,10 +250,14 @@ def _slice_mismatch(first: DicomSlice, other: DicomSlice) -> Optional[str]:
         return "has another image size"
     if not np.allclose(other.spacing, first.spacing, rtol=1e-4, atol=1e-6):
         return "has another pixel spacing"
-    if not (np.allclose(other.row_direction, first.row_direction, atol=1e-4)
-            and np.allclose(other.column_direction, first.column_direction, atol=1e-4)):
+    if not _same_orientation(first, other):
         return "has another orientation"
     return None
+
+
+def _same_orientation(first: DicomSlice, other: DicomSlice) -> bool:
+    return (np.allclose(other.row_direction, first.row_direction, atol=1e-4)
+            and np.allclose(other.column_direction, first.column_direction, atol=1e-4))
 
 
 def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) -> DicomSeries:

@@ -98,6 +98,9 @@ def report_dicom_series(cases: List[Case]) -> None:
                 continue
             print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
+            if series.localizers:
+                print(f"masksam: {len(series.localizers)} image(s) of the series lie in another orientation "
+                      f"(localizers) and were left out: {list_some(series.localizers)}", file=sys.stderr)
             if series.other_series:
                 print(f"masksam: the only series of the folder forming a volume was chosen; left out: "
                       f"{'; '.join(series.other_series)}", file=sys.stderr)
