@@ -67,6 +67,18 @@ def one_line_error(capsys) -> str:
     return lines[0]
 
 
+def tilted(image: sitk.Image, degrees: float) -> Callable[[int, Tags], Tags]:
+    """An edit leaning the stack as a CT gantry tilt does: slice k moves k * step * tan(tilt)
+    along the slices' columns."""
+    column = np.reshape(image.GetDirection(), (3, 3))[:, 1]
+    lean = image.GetSpacing()[2] * np.tan(np.radians(degrees))
+
+    def edit(k: int, tags: Tags) -> Tags:
+        position = np.add(image.TransformIndexToPhysicalPoint((0, 0, k)), k * lean * column)
+        return {**tags, "0020|0032": "\\".join(f"{v:.6f}" for v in position)}
+    return edit
+
+
 def shuffled_names(count: int) -> List[str]:
     """File names whose sorted order is not the slice order (PACS exports use UIDs)."""
     order = np.random.default_rng(0).permutation(count)

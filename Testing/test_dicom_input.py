@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -17,7 +18,7 @@ from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.cases import find_cases
-from dicom_support import Tags, one_line_error, oblique_volume, shuffled_names, write_series
+from dicom_support import Tags, one_line_error, oblique_volume, shuffled_names, tilted, write_series
 
 pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
@@ -65,8 +66,11 @@ def test_predict_on_a_dicom_folder_equals_predict_on_the_same_volume_as_nrrd(dic
 
 
 def _shift_sideways(k: int, tags: Tags) -> Tags:
-    x, y, z = (float(v) for v in tags["0020|0032"].split("\\"))
-    return {**tags, "0020|0032": f"{x + 0.4 * k}\\{y}\\{z}"}     # a gantry tilt: each slice moves along x
+    """Half the stack moved 0.4 mm along the rows: sideways, but not evenly (no tilt)."""
+    position = np.array([float(v) for v in tags["0020|0032"].split("\\")])
+    row = np.array([float(v) for v in tags["0020|0037"].split("\\")[:3]])
+    moved = position + (0.4 * row if k >= 5 else 0.0)
+    return {**tags, "0020|0032": "\\".join(f"{v:.6f}" for v in moved)}
 
 
 def _rotate_one(k: int, tags: Tags) -> Tags:
@@ -79,7 +83,7 @@ def _same_position(k: int, tags: Tags) -> Tags:
 
 BAD_SERIES = {
     "missing slice": (lambda k, tags: None if k == 4 else tags, "slice spacing varies from 3 to 6 mm (missing slices?)"),
-    "gantry tilt": (_shift_sideways, "gantry tilt of about"),
+    "slices shifted sideways unevenly": (_shift_sideways, "its slices are shifted sideways unevenly (up to 0.204 mm off"),
     "slices in two orientations": (_rotate_one, "IM0004.dcm has another orientation"),
     "echoes in one series": (_same_position, "9 of its 9 slices share a position"),
     "one slice": (lambda k, tags: tags if k == 0 else None, "single slice, a 2D image"),
@@ -204,3 +208,45 @@ def test_files_without_preamble_or_ending_are_read(tmp_path):
     read = read_series(find_series(bare))
     assert np.array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image).astype(np.float32))
     assert np.allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-5)
+
+
+def test_a_tilted_ct_is_segmented_on_its_own_sheared_grid(dicom_model_dir, tmp_path, capsys):
+    """A gantry tilt (15 degrees) is kept as a sheared grid: the label map places every slice's
+    labels at that slice's position, as NRRD by default (NIfTI cannot store a shear: asked for,
+    it is refused before any work), or as a SEG whose frames lie on the source slices."""
+    from dicom_support import decode_seg
+
+    image = oblique_volume()
+    folder = write_series(tmp_path / "ct", image, names=shuffled_names(image.GetDepth()), edit=tilted(image, 15.0))
+    series = find_series(folder)
+    out = tmp_path / "out"
+    assert main(["predict", str(dicom_model_dir), str(folder), f"{out}/", "--fast", "--device", "cpu"]) == 0
+    assert "gantry tilt of 15.0 degrees: segmented on its own sheared grid" in capsys.readouterr().err
+    written = sitk.ReadImage(str(out / "ct.nrrd"))
+    positions = [np.asarray(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * image.GetSpacing()[2] *
+                 np.tan(np.radians(15.0)) * np.reshape(image.GetDirection(), (3, 3))[:, 1] for k in range(9)]
+    for k, position in enumerate(positions):
+        assert np.allclose(written.TransformIndexToPhysicalPoint((0, 0, k)), position, atol=1e-4), k
+    assert written.TransformIndexToPhysicalPoint((19, 17, 8)) == pytest.approx(
+        np.add(positions[8], np.reshape(image.GetDirection(), (3, 3))[:, :2] @ (19 * 0.9, 17 * 0.8)), abs=1e-4)
+    # The same voxels on the same sheared grid, given as an NRRD file: the same labels.
+    sitk.WriteImage(read_series(series), str(tmp_path / "same.nrrd"))
+    assert main(["predict", str(dicom_model_dir), str(tmp_path / "same.nrrd"), str(out / "same.nrrd"), "--fast",
+                 "--device", "cpu"]) == 0
+    labels = read_label(out / "ct.nrrd")[0]
+    assert np.array_equal(labels, read_label(out / "same.nrrd")[0])
+    capsys.readouterr()
+
+    assert main(["predict", str(dicom_model_dir), str(folder), str(out / "ct.nii.gz"), "--device", "cpu"]) == 1
+    assert one_line_error(capsys).endswith(
+        "ct.nii.gz: this format cannot store the sheared grid of "
+        f"{folder} (DICOM series 3 'AX ABD') (gantry tilt of 15.0 degrees); write .nrrd, .mha or a DICOM SEG (.dcm)")
+    assert not (out / "ct.nii.gz").exists()
+
+    assert main(["predict", str(dicom_model_dir), str(folder), str(out / "ct.dcm"), "--fast", "--device", "cpu"]) == 0
+    assert labels.any()   # frames to place
+    masks = decode_seg(out / "ct.dcm", series)   # every frame on its source slice's position
+    for number, mask in masks.items():
+        assert np.array_equal(mask, labels == number), number
+    measures = pydicom.dcmread(str(out / "ct.dcm")).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(3.0, abs=1e-4)   # between the planes

@@ -22,7 +22,7 @@ from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, seg_structures, write_dicom_seg
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
-from dicom_support import decode_seg, oblique_volume, write_enhanced, write_series
+from dicom_support import decode_seg, oblique_volume, tilted, write_enhanced, write_series
 
 pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
@@ -205,3 +205,27 @@ def test_predict_segments_an_enhanced_file_as_its_classic_series_and_writes_a_se
         pydicom.dcmread(str(path), stop_before_pixels=True).SOPInstanceUID
     for value in (1, 2):
         assert np.array_equal(masks[value], labels == value)
+
+
+def test_a_tilted_multi_frame_file_is_read_on_its_sheared_grid_and_its_seg_follows_the_frames(tmp_path):
+    """The frames of one enhanced file, leaning as a 15-degree gantry tilt, stored shuffled: the
+    grid's slice axis leans with them, the voxels are the classic tilted series', and a SEG's
+    frames lie on the source frames' positions."""
+    image = oblique_volume()
+    classic = read_series(find_series(write_series(tmp_path / "classic", image, edit=tilted(image, 15.0))))
+    path = write_enhanced(tmp_path / "enhanced", image, frame_order=[4, 0, 8, 2, 6, 1, 7, 3, 5],
+                          edit=tilted(image, 15.0))
+    series = find_series(path.parent)
+    assert series.tilt_degrees == pytest.approx(15.0, abs=1e-3)
+    enhanced = read_series(series)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(enhanced), sitk.GetArrayFromImage(classic))
+    np.testing.assert_allclose(enhanced.GetDirection(), classic.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(enhanced.GetSpacing(), classic.GetSpacing(), atol=1e-6)
+    labels = np.zeros((9, 18, 20), np.uint8)
+    labels[1:7, 4:12, 5:15] = 1
+    labels[3:5, 6:9, 7:11] = 2
+    write_dicom_seg(labels, series, seg_structures(["background", "lesion", "core"], None), tmp_path / "seg.dcm",
+                    "tilted")
+    masks = decode_seg(tmp_path / "seg.dcm", series)
+    for value in (1, 2):
+        np.testing.assert_array_equal(masks[value], labels == value)

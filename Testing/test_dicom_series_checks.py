@@ -1,7 +1,7 @@
-"""DICOM series checks a user relies on without seeing them: irregular gaps and slight tilts
-refused, each slice's own rescale slope, slices of another size, direction or pixel spacing
-named, two series under one number not chosen between by guess, multi-frame and colour files
-refused, hidden files skipped, and slices whose pixel data is cut short - by any amount, with or
+"""DICOM series checks a user relies on without seeing them: irregular gaps and uneven sideways
+shifts refused, slight tilts kept on a sheared grid, each slice's own rescale slope, slices of
+another size, direction or pixel spacing named, two series under one number not chosen between
+by guess, multi-frame and colour files refused, hidden files skipped, and slices whose pixel data is cut short - by any amount, with or
 without the preamble and meta group - refused rather than read with another slice's voxels;
 and slices stored compressed read exactly as native ones."""
 
@@ -40,13 +40,23 @@ def test_one_gap_a_tenth_wider_than_the_others_is_refused(tmp_path):
         find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
 
 
-def test_a_slight_gantry_tilt_is_refused(tmp_path):
-    """0.05 mm sideways per slice (0.4 mm over the
-    stack, half a pixel) is a tilt the grid cannot describe: refused."""
+def test_a_slight_gantry_tilt_is_kept_and_uneven_sideways_shifts_are_refused(tmp_path):
+    """0.05 mm sideways per slice (0.4 mm over the stack, half a pixel) is a tilt: the grid's
+    slice axis leans with it, so every slice lies where the grid puts it. The same shift on one
+    slice only is no grid at all: refused."""
     image = oblique_volume(angle=0.0)
     offsets = [(0.05 * k, 0.0, 0.0) for k in range(image.GetDepth())]
-    with pytest.raises(InputError, match="gantry tilt"):
-        find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
+    series = find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
+    assert series.tilt_degrees == pytest.approx(np.degrees(np.arctan(0.05 / 3.0)), abs=1e-3)
+    assert series.plane_spacing == pytest.approx(3.0, abs=1e-5)
+    grid = read_series(series)
+    for k in range(image.GetDepth()):
+        stored = np.add(image.TransformIndexToPhysicalPoint((0, 0, k)), offsets[k])
+        assert np.allclose(grid.TransformIndexToPhysicalPoint((0, 0, k)), stored, atol=1e-5), k
+
+    offsets = [(0.4 if k == 4 else 0.0, 0.0, 0.0) for k in range(image.GetDepth())]
+    with pytest.raises(InputError, match="shifted sideways unevenly"):
+        find_series(write_series(tmp_path / "uneven", image, edit=_moved(offsets)))
 
 
 def test_slices_with_different_rescale_slopes_read_as_their_hounsfield_units(tmp_path):

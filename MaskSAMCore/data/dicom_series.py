@@ -14,8 +14,8 @@ refused with what to do instead:
 
 - slices at uneven distances (a missing slice, or a series mixing thicknesses),
 - several slices at one position (echoes, phases or time points kept in one series),
-- slices shifted sideways along the stack (CT gantry tilt): the grid is sheared, which no
-  image format MaskSAM writes can describe. 3D Slicer's DICOM import corrects it.
+- slices shifted sideways unevenly (an evenly tilted stack, a CT gantry tilt, is a sheared
+  grid: kept as it is, with the slice axis leaning from the normal, and `tilt_degrees` set).
 
 Multi-frame (enhanced) DICOM files - a series in one file, or spread over a few - are read frame
 by frame (`dicom_frames`), each frame checked as a slice. A series mixing multi-frame and classic
@@ -71,6 +71,7 @@ class DicomSeries:
     not_images: Tuple[Tuple[Path, str], ...] = ()   # (file, Modality): SEG, SR, RTSTRUCT, ... of the folder
     other_series: Tuple[str, ...] = ()   # the folder's series that form no volume, each with why (left out)
     localizers: Tuple[str, ...] = ()   # images of the series in another orientation, left out (names)
+    tilt_degrees: float = 0.0   # CT gantry tilt: the slice axis leans from the normal (a sheared grid)
     # For multi-frame files: slice k is frame frames[k] (0-based) of files[k]; () for classic files.
     frames: Tuple[int, ...] = ()
 
@@ -81,6 +82,12 @@ class DicomSeries:
     def distinct_files(self) -> Tuple[Path, ...]:
         """The files the series reads, each once (a multi-frame file holds many slices)."""
         return tuple(dict.fromkeys(self.files))
+
+    @property
+    def plane_spacing(self) -> float:
+        """mm between the slices' planes (DICOM's Spacing Between Slices): the grid's slice step,
+        shortened by a gantry tilt's lean."""
+        return self.spacing[2] * math.cos(math.radians(self.tilt_degrees))
 
     @property
     def slices_described(self) -> str:
@@ -195,20 +202,38 @@ def _checked_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Pat
         damaged = f"; {len(left_out)} file(s) of the folder cannot be read ({unreadable})" if left_out else ""
         raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm "
                          f"(missing slices?){damaged}; a regular volume is needed")
-    sideways = positions - positions[:1] - np.outer(along - along[0], normal)
-    shift = float(np.linalg.norm(sideways, axis=1).max())
-    if shift > SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing):
-        tilt = math.degrees(math.atan2(shift, float(along[-1] - along[0])))
-        raise InputError(f"{name}: its slices are shifted sideways along the stack (gantry tilt of about "
-                         f"{tilt:.1f} degrees); load it in 3D Slicer, which corrects the tilt, and save it as NRRD")
-    direction = np.stack([row, column, normal], axis=1)
+    lean = _lean(name, positions, along, normal, SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing))
+    # The slice axis runs from one slice's first voxel to the next: along the normal, leaning
+    # with a gantry tilt (a sheared grid: NRRD, MetaImage and DICOM SEG keep it, NIfTI cannot).
+    axis = normal + lean
+    direction = np.stack([row, column, axis / np.linalg.norm(axis)], axis=1)
     return DicomSeries(
         folder=folder, uid=first.series_uid, number=first.series_number, description=first.description,
         modality=first.modality, files=tuple(slices[int(i)].path for i in order),
         frames=tuple(int(slices[int(i)].frame) for i in order) if framed else (),
-        size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step),
+        size=(*first.columns_rows, len(slices)), spacing=(*first.spacing, step * float(np.linalg.norm(axis))),
         origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()),
-        left_out=tuple(left_out), not_images=tuple(not_images))
+        left_out=tuple(left_out), not_images=tuple(not_images),
+        tilt_degrees=math.degrees(math.atan(float(np.linalg.norm(lean)))))
+
+
+def _lean(name: str, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, tolerance_mm: float) -> np.ndarray:
+    """How far the stack moves sideways per mm along the slice normal: zero for a straight stack,
+    a constant vector for a gantry tilt (every slice shifted alike from the one before). Slices
+    off that straight line by more than `tolerance_mm` make the series no volume at all."""
+    depth = along - along[0]
+    sideways = positions - positions[:1] - np.outer(depth, normal)   # (n, 3), perpendicular to the normal
+    if float(np.linalg.norm(sideways, axis=1).max()) <= tolerance_mm:
+        return np.zeros(3)
+    lean = depth @ sideways / float(depth @ depth)   # least squares: sideways[k] ~ depth[k] * lean
+    off = float(np.linalg.norm(sideways - np.outer(depth, lean), axis=1).max())
+    if off > tolerance_mm:
+        raise InputError(f"{name}: its slices are shifted sideways unevenly (up to {off:.3g} mm off a straight "
+                         "or evenly tilted stack); the series does not form one volume")
+    if float(np.linalg.norm(lean)) > 1.0:
+        raise InputError(f"{name}: its slices are shifted sideways more than they lie apart (a tilt over 45 "
+                         "degrees); the series does not form one volume")
+    return lean
 
 
 def _without_localizers(slices: List[DicomSlice]) -> Tuple[List[DicomSlice], List[DicomSlice]]:

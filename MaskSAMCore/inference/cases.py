@@ -35,6 +35,7 @@ from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
 IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".tiff")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 DICOM_OUTPUT_ENDING = ".nii.gz"
+TILTED_OUTPUT_ENDING = ".nrrd"   # a gantry tilt's sheared grid, which NIfTI cannot store
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def _cohort_cases(source: Path, cohort: List[Path], target: Path, output_ending:
     cases, errors = [], []
     for folder in cohort:
         try:
-            cases.append(Case(folder.name, (find_series(folder, series),),
-                              target / f"{folder.name}{output_ending or DICOM_OUTPUT_ENDING}"))
+            found = find_series(folder, series)
+            cases.append(Case(folder.name, (found,), target / f"{folder.name}{output_ending or _default_ending(found)}"))
         except InputError as error:
             errors.append(error)
     several = len(errors) > 1
@@ -186,12 +187,17 @@ def _dicom_case(source: Path, target: Path, output_path: "os.PathLike[str] | str
     """The one case of a folder of DICOM files, named after the folder."""
     _check_one_channel(source, num_channels, "a DICOM series")
     name = source.resolve().name or "dicom"
-    output = _single_output(target, output_path, name, DICOM_OUTPUT_ENDING, output_ending)
+    found = find_series(source, series)
+    output = _single_output(target, output_path, name, _default_ending(found), output_ending)
     if output.parent.resolve() == source.resolve():
         # The next run would find a label map among the slices and refuse the folder.
         raise InputError(f"{describe_path(output)}: would be written into the DICOM folder it segments; "
                          "write it elsewhere")
-    return Case(name, (find_series(source, series),), output)
+    return Case(name, (found,), output)
+
+
+def _default_ending(series: DicomSeries) -> str:
+    return TILTED_OUTPUT_ENDING if series.tilt_degrees else DICOM_OUTPUT_ENDING
 
 
 def _asks_for_seg(target: Path, output_path: "os.PathLike[str] | str", output_ending: Optional[str]) -> bool:

@@ -111,11 +111,11 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
         raise ValueError(f"label map shape {labels.shape} is not the series' {expected}")
     sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series.distinct_files]
     # A DS value holds at most 16 characters: the grid's step (3.000000002187125) would not fit.
-    step = DSfloat(series.spacing[2], auto_format=True)
+    step = DSfloat(series.plane_spacing, auto_format=True)
     for measures in _pixel_measures(sources):   # in-memory copies only: highdicom takes both from here
         if not measures.get("SliceThickness"):
             measures.SliceThickness = step
-        # The step of the checked grid (some MR scanners store the gap between slices here).
+        # The distance between the checked grid's planes (some MR scanners store the gap between slices here).
         measures.SpacingBetweenSlices = step
     if series.frames:   # one multi-frame source: the SEG's frames follow the source's frame order
         labels = labels[np.argsort(series.frames)]
@@ -128,6 +128,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
             source_images=sources, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions, series_instance_uid=hd.UID(),
             series_number=_series_number(series), sop_instance_uid=hd.UID(), instance_number=1,
+            omit_empty_frames=bool(masks.any()),   # (an empty result keeps every frame, without highdicom's warning)
             manufacturer="MaskSAM", manufacturer_model_name=model_name[:64], software_versions=f"MaskSAM {__version__}",
             device_serial_number="none", series_description=_titled(model_name),
             content_label="MASKSAM", content_description=f"MaskSAM segmentation by model {model_name}"[:64])

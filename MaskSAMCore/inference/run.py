@@ -82,7 +82,15 @@ def _check_case_headers(case: Case) -> None:
         # A SEG keeps the series' grid (its frames are the series' slices), if it can refer to them.
         check_seg_sources(case.channel_files[0])
         return
-    check_format_keeps(geometries[0], case.output_file)
+    try:
+        check_format_keeps(geometries[0], case.output_file)
+    except InputError:
+        source = case.channel_files[0]
+        if isinstance(source, DicomSeries) and source.tilt_degrees:
+            raise InputError(f"{describe_path(case.output_file)}: this format cannot store the sheared grid of "
+                             f"{source} (gantry tilt of {source.tilt_degrees:.1f} degrees); write .nrrd, .mha or "
+                             "a DICOM SEG (.dcm)") from None
+        raise
     warning = placement_warning(case.channel_files[0], geometries[0])
     if warning:
         kept = ("the label map gets the image's qform and sform as they are" if is_nifti(case.output_file)
@@ -98,6 +106,9 @@ def report_dicom_series(cases: List[Case]) -> None:
                 continue
             print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
+            if series.tilt_degrees:
+                print(f"masksam: {series}: gantry tilt of {series.tilt_degrees:.1f} degrees: segmented on its own "
+                      "sheared grid, which the label map keeps", file=sys.stderr)
             if series.localizers:
                 print(f"masksam: {len(series.localizers)} image(s) of the series lie in another orientation "
                       f"(localizers) and were left out: {list_some(series.localizers)}", file=sys.stderr)
