@@ -173,13 +173,15 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     annotated = actual != ignore if ignore is not None else np.ones(actual.shape, bool)
     present = set(np.unique(predicted[annotated]).tolist()) | set(np.unique(actual[annotated]).tolist())
     spacing = actual_grid.spacing_zyx
+    # One voxel step along array axes z, y, x in mm: a sheared grid's HD95 is measured in space.
+    steps = (actual_grid.direction_matrix * np.asarray(actual_grid.spacing, float))[:, ::-1]
     covered = {value for structure in structures for value in structure}
     others = [(int(value),) for value in sorted(present - covered - {0, ignore})]
     dice, hd95 = {}, {}
     for structure in [*structures, *others]:
         p, g = np.isin(predicted, structure) & annotated, np.isin(actual, structure) & annotated
         dice[structure] = metrics.dice(p, g)
-        hd95[structure] = metrics.hausdorff95(p, g, spacing)
+        hd95[structure] = metrics.hausdorff95(p, g, spacing, steps)
     return {"dice": dice, "hd95_mm": hd95}
 
 

@@ -7,7 +7,8 @@ Conventions (also written into every evaluation report):
   pairs are left out of every mean (nnU-Net's convention). One empty, the other not -> 0.
 - HD95 (mm) = the larger of the two directed 95th percentiles of distances between the
   surface voxels of P and G (surface = voxels of the mask with a 6-neighbour outside it),
-  measured with the image spacing, so anisotropic voxels count in millimetres. Both empty ->
+  measured with the image spacing, so anisotropic voxels count in millimetres (on a sheared
+  grid, a CT gantry tilt's, between the voxel centres in space instead). Both empty ->
   ``None``; exactly one empty -> the length of the image diagonal in mm (the worst distance
   possible in that image), so a missed or hallucinated structure is penalised, not skipped.
 """
@@ -18,6 +19,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 _SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
@@ -53,12 +55,25 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return np.logical_and(mask, np.logical_not(eroded))
 
 
-def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> Optional[float]:
-    """HD95 in mm of two boolean 3D masks; spacing (3,) in the masks' axis order (z, y, x) mm."""
+def sheared(steps: Optional[np.ndarray]) -> bool:
+    """Whether voxel steps (3, 3), one mm vector per array axis (columns), are not orthogonal."""
+    if steps is None:
+        return False
+    gram = steps.T @ steps
+    return bool(np.abs(gram - np.diag(np.diag(gram))).max() > 1e-6 * np.diag(gram).max())
+
+
+def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
+                steps: Optional[np.ndarray] = None) -> Optional[float]:
+    """HD95 in mm of two boolean 3D masks; spacing (3,) in the masks' axis order (z, y, x) mm.
+    `steps`: the grid's (3, 3) mm vector of one voxel along array axes z, y, x (columns), needed
+    only for a sheared grid, where the spacing alone would ignore the lean between slices."""
     has_prediction, has_truth = bool(prediction.any()), bool(truth.any())
     if not has_prediction and not has_truth:
         return None
     if has_prediction != has_truth:
+        if sheared(steps):
+            return float(np.linalg.norm(steps @ np.asarray(prediction.shape, float)))
         return image_diagonal_mm(prediction.shape, spacing)
     # Work in the joint bounding box plus one voxel of background on every side: the distance
     # transforms then cost what the structure's size costs, not the whole image's.
@@ -66,9 +81,21 @@ def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[flo
     predicted = np.pad(prediction[box], 1)
     actual = np.pad(truth[box], 1)
     surface_p, surface_t = _surface(predicted), _surface(actual)
+    if sheared(steps):
+        return _hausdorff95_in_space(surface_p, surface_t, steps)
     spacing = tuple(float(s) for s in spacing)
     to_truth = ndimage.distance_transform_edt(np.logical_not(surface_t), sampling=spacing)
     to_prediction = ndimage.distance_transform_edt(np.logical_not(surface_p), sampling=spacing)
     forward = np.percentile(to_truth[surface_p], 95)
     backward = np.percentile(to_prediction[surface_t], 95)
+    return float(max(forward, backward))
+
+
+def _hausdorff95_in_space(surface_p: np.ndarray, surface_t: np.ndarray, steps: np.ndarray) -> float:
+    """HD95 between two surfaces (boolean, one grid) by nearest neighbours among the voxel
+    centres in mm: what the distance transforms compute on an orthogonal grid."""
+    points_p = np.argwhere(surface_p) @ steps.T
+    points_t = np.argwhere(surface_t) @ steps.T
+    forward = np.percentile(cKDTree(points_t).query(points_p)[0], 95)
+    backward = np.percentile(cKDTree(points_p).query(points_t)[0], 95)
     return float(max(forward, backward))
