@@ -83,7 +83,7 @@ def _same_position(k: int, tags: Tags) -> Tags:
 
 BAD_SERIES = {
     "missing slice": (lambda k, tags: None if k == 4 else tags, "slice spacing varies from 3 to 6 mm (missing slices?)"),
-    "slices shifted sideways unevenly": (_shift_sideways, "its slices are shifted sideways unevenly (up to 0.204 mm off"),
+    "slices shifted sideways unevenly": (_shift_sideways, "slices are shifted sideways unevenly (up to 0.204 mm off"),
     "slices in two orientations": (_rotate_one, "IM0004.dcm has another orientation"),
     "echoes in one series": (_same_position, "9 of its 9 slices share a position"),
     "one slice": (lambda k, tags: tags if k == 0 else None, "single slice, a 2D image"),

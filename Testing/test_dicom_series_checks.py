@@ -1,9 +1,9 @@
 """DICOM series checks a user relies on without seeing them: irregular gaps and uneven sideways
 shifts refused, slight tilts kept on a sheared grid, each slice's own rescale slope, slices of
 another size, direction or pixel spacing named, two series under one number not chosen between
-by guess, multi-frame and colour files refused, hidden files skipped, and slices whose pixel data is cut short - by any amount, with or
-without the preamble and meta group - refused rather than read with another slice's voxels;
-and slices stored compressed read exactly as native ones."""
+by guess, multi-frame and colour files refused, hidden files skipped, slices whose pixel data
+is cut short - by any amount, with or without the preamble and meta group - refused rather than
+read with another slice's voxels, and slices stored compressed read exactly as native ones."""
 
 from __future__ import annotations
 

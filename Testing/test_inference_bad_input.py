@@ -159,8 +159,8 @@ def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path
     (inputs / "mm_flat_0000.nii.gz").write_bytes(b"\x1f\x8b truncated")
     _write(inputs / "nn_2d_0000.nii.gz", np.random.rand(16, 16).astype(np.float32))
     assert main(["predict", str(model_dir), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 1
-    said = _assert_one_line_error(capsys, "masksam: error: 3 of 4 cases cannot be segmented: (1) ", "mm_flat_0000.nii.gz",
-                                  "nn_2d_0000.nii.gz", "zz_broken_0000.nii.gz")
+    said = _assert_one_line_error(capsys, "masksam: error: 3 of 4 cases cannot be segmented: (1) ",
+                                  "mm_flat_0000.nii.gz", "nn_2d_0000.nii.gz", "zz_broken_0000.nii.gz")
     assert said.index("mm_flat") < said.index("(2)") < said.index("nn_2d") < said.index("(3)") < said.index("zz_broken")
     assert not outputs.exists() or not any(outputs.iterdir())
 

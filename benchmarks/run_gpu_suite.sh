@@ -17,7 +17,8 @@
 #
 # Needs: a CUDA GPU; MaskSAM importable (`pip install .`, or PYTHONPATH set to the repository);
 # for `predict`, nnU-Net v2 (`pip install nnunetv2==2.8.1`, not a MaskSAM dependency; without
-# it, or with one of its own dependencies missing, the MaskSAM row is still written). Run from anywhere; results are JSON and text files.
+# it, or with one of its own dependencies missing, the MaskSAM row is still written). Run from
+# anywhere; results are JSON and text files.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -74,7 +75,11 @@ run_stage() {
         predict)
             compare=()
             problem=$(nnunet_problem)
-            if [ -z "$problem" ]; then compare=(--compare-nnunet); else echo "run_gpu_suite: no nnU-Net comparison ($problem); MaskSAM row only"; fi
+            if [ -z "$problem" ]; then
+                compare=(--compare-nnunet)
+            else
+                echo "run_gpu_suite: no nnU-Net comparison ($problem); MaskSAM row only"
+            fi
             masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 "${compare[@]}" \
                 --output "$RESULTS/vit_b_300x512x512_eager.json"
             ;;

@@ -145,7 +145,8 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
 
 def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path] = (),
                 not_images: Sequence[Tuple[Path, str]] = ()) -> DicomSeries:
-    """Check that `slices` make one regular, unsheared volume and return it with its grid.
+    """Check that `slices` make one regular volume (a straight or evenly tilted stack) and return
+    it with its grid.
     `left_out`: files of the folder that cannot be read, named when a slice seems to be missing;
     `not_images`: the folder's non-image objects, kept to be reported. A few images in another
     orientation beside the stack are left out as localizers when the stack alone is a volume."""

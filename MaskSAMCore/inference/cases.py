@@ -160,7 +160,8 @@ def _cohort_cases(source: Path, cohort: List[Path], target: Path, output_ending:
     for folder in cohort:
         try:
             found = find_series(folder, series)
-            cases.append(Case(folder.name, (found,), target / f"{folder.name}{output_ending or _default_ending(found)}"))
+            output = target / f"{folder.name}{output_ending or _default_ending(found)}"
+            cases.append(Case(folder.name, (found,), output))
         except InputError as error:
             errors.append(error)
     several = len(errors) > 1

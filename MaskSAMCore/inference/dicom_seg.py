@@ -115,7 +115,7 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
     for measures in _pixel_measures(sources):   # in-memory copies only: highdicom takes both from here
         if not measures.get("SliceThickness"):
             measures.SliceThickness = step
-        # The distance between the checked grid's planes (some MR scanners store the gap between slices here).
+        # Between the checked grid's planes (some MR scanners store the gap between slices here).
         measures.SpacingBetweenSlices = step
     if series.frames:   # one multi-frame source: the SEG's frames follow the source's frame order
         labels = labels[np.argsort(series.frames)]
