@@ -239,3 +239,45 @@ def test_localizers_kept_in_the_scans_own_series_are_left_out_and_named(dicom_mo
     write_series(folder, image, names=["loc0.dcm", "loc1.dcm", "loc2.dcm", "loc3.dcm"], edit=_localizers(4))
     with pytest.raises(InputError, match="another orientation from IM0000.dcm; the series does not form one volume"):
         find_series(folder)
+
+
+def test_all_series_segments_every_volume_of_an_export_and_names_the_rest(dicom_model_dir, tmp_path, capsys):
+    """--all-series on a PACS export: one patient exported as study/series folders (the scan and
+    its scout), another as one flat study folder (two volumes beside a dose report): every volume
+    is segmented into OUTPUT/<its folder>/series_<number>, the scout is named, not refused."""
+    import pydicom.data
+
+    export = tmp_path / "export"
+    scan, thin = oblique_volume(), oblique_volume(size=(20, 18, 12), spacing=(0.9, 0.8, 1.5))
+    write_series(export / "PAT1" / "ST1" / "SE3", scan, uid="1.2.3.1", number="3")
+    write_series(export / "PAT1" / "ST1" / "SE1", scan, uid="1.2.3.9", number="1", description="Topogram",
+                 edit=_scout)
+    write_series(export / "PAT2", scan, uid="1.2.4.1", number="4", names=[f"a{k}.dcm" for k in range(9)])
+    write_series(export / "PAT2", thin, uid="1.2.4.2", number="5", names=[f"b{k}.dcm" for k in range(12)])
+    shutil.copy(pydicom.data.get_testdata_file("reportsi.dcm"), export / "PAT2" / "dose_report.dcm")
+    out = tmp_path / "labels"
+    assert main(["predict", str(dicom_model_dir), str(export), f"{out}/", "--all-series", "--fast",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "3 case(s)" in err
+    assert ("1 series form no volume and were left out: PAT1/ST1/SE1: 1 'Topogram' (CT, 2 files): IM0001.dcm has "
+            "another orientation") in err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
+    assert written == ["PAT1/ST1/SE3/series_3.nii.gz", "PAT2/series_4.nii.gz", "PAT2/series_5.nii.gz"]
+    assert read_label(out / "PAT2" / "series_5.nii.gz")[1].size == (20, 18, 12)
+    alone = tmp_path / "alone.nii.gz"
+    assert main(["predict", str(dicom_model_dir), str(export / "PAT1" / "ST1" / "SE3"), str(alone), "--fast",
+                 "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(read_label(out / "PAT1" / "ST1" / "SE3" / "series_3.nii.gz")[0],
+                                  read_label(alone)[0])
+    capsys.readouterr()
+
+    for arguments, problem in (
+            ([str(export), f"{tmp_path}/other/", "--all-series", "--series", "3"],
+             "--all-series segments every series and --series picks one; give one of them"),
+            ([str(export / "PAT1" / "ST1" / "SE1"), f"{tmp_path}/other/", "--all-series"],
+             "SE1: no DICOM series forming a volume in it or its subfolders: .: 1 'Topogram'"),
+            ([str(export), str(tmp_path / "one.nii.gz"), "--all-series"], "the output must be a folder too")):
+        assert main(["predict", str(dicom_model_dir), *arguments, "--device", "cpu"]) == 1
+        assert problem in one_line_error(capsys), arguments
+    assert not (tmp_path / "other").exists() and not (tmp_path / "one.nii.gz").exists()

@@ -63,9 +63,9 @@ def dicom_files(folder: Path) -> List[Path]:
             and is_dicom_file(p)]
 
 
-def folders_with_dicom_files(folder: Path, max_depth: int = 4, limit: int = 4) -> List[Path]:
-    """Up to `limit` folders below `folder` (at most `max_depth` levels down) holding DICOM
-    files: where a study exported as one folder per series (or a CD's DICOM/ST*/SE*) keeps them."""
+def folders_with_dicom_files(folder: Path, max_depth: int = 4, limit: Optional[int] = 4) -> List[Path]:
+    """Up to `limit` (None: all) folders below `folder` (at most `max_depth` levels down) holding
+    DICOM files: where a study exported as one folder per series (or a CD's DICOM/ST*/SE*) keeps them."""
     found: List[Path] = []
     for root, subfolders, _ in os.walk(folder):
         depth = len(Path(root).relative_to(folder).parts)
@@ -73,7 +73,7 @@ def folders_with_dicom_files(folder: Path, max_depth: int = 4, limit: int = 4) -
         if depth and dicom_files(Path(root)):
             found.append(Path(root))
             subfolders[:] = []
-            if len(found) >= limit:
+            if limit is not None and len(found) >= limit:
                 break
     return found
 

@@ -299,11 +299,14 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
     return series_grid(folder, choose_series(folder, found.series, choice), found.unreadable, found.not_images)
 
 
-def _the_only_volume(folder: Path, found: FolderHeaders) -> DicomSeries:
-    """Without a choice, a folder of several series is segmented when exactly one of them forms a
-    volume: a study exported whole keeps its scouts (one or two projections) and secondary
-    captures beside the scan, and those can never be segmented. Two volumes or more (phases,
-    reconstructions) stay the user's choice; the series left out are kept to be named."""
+def every_volume(folder: "os.PathLike[str] | str") -> Tuple[List[DicomSeries], List[str]]:
+    """Every image series of a folder of DICOM files that forms a volume, and the others, each
+    named with why it does not (``1 'Topogram' (CT, 2 files): s1.dcm has another orientation ...``)."""
+    folder = Path(folder)
+    return _volumes(folder, read_series_headers(folder, dicom_files(folder)))
+
+
+def _volumes(folder: Path, found: FolderHeaders) -> Tuple[List[DicomSeries], List[str]]:
     volumes, others = [], []
     for slices in found.series.values():
         try:
@@ -311,6 +314,15 @@ def _the_only_volume(folder: Path, found: FolderHeaders) -> DicomSeries:
         except InputError as error:
             prefix = f"{describe_series(folder, slices[0].series_number, slices[0].description)}: "
             others.append(f"{_summary(slices)}: {str(error).removeprefix(prefix)}")
+    return volumes, others
+
+
+def _the_only_volume(folder: Path, found: FolderHeaders) -> DicomSeries:
+    """Without a choice, a folder of several series is segmented when exactly one of them forms a
+    volume: a study exported whole keeps its scouts (one or two projections) and secondary
+    captures beside the scan, and those can never be segmented. Two volumes or more (phases,
+    reconstructions) stay the user's choice; the series left out are kept to be named."""
+    volumes, others = _volumes(folder, found)
     if len(volumes) == 1:
         return replace(volumes[0], other_series=tuple(others))
     if not volumes:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
-from MaskSAMCore.data.dicom_series import DicomSeries, find_series
+from MaskSAMCore.data.dicom_series import DicomSeries, every_volume, find_series
 from MaskSAMCore.errors import InputError, describe_path, list_some, raise_all
 from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
 
@@ -95,13 +95,7 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     target = Path(output_path)
     if not source.exists():
         raise InputError(f"{describe_path(source)}: no such file or folder")
-    if output_ending is not None and not output_ending.startswith("."):
-        output_ending = "." + output_ending
-    if output_ending is not None and output_ending.lower() not in (*IMAGE_ENDINGS, SEG_ENDING):
-        raise InputError(f"--output-ending {output_ending} is not an image file ending "
-                         f"(known endings: {', '.join(IMAGE_ENDINGS)}; {SEG_ENDING} for DICOM SEG)")
-    if output_ending is not None:
-        output_ending = output_ending.lower()   # ITK writes NIfTI and MetaImage under no other
+    output_ending = _checked_ending(output_ending)
     images = _image_files(source) if source.is_dir() else []
     dicom = dicom_files(source) if source.is_dir() else []
     if images and dicom:
@@ -136,6 +130,56 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
                          f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
     _check_output_folder(source, target, "a folder")
     return _cases_in_folder(images, source, target, num_channels, output_ending)
+
+
+def find_all_series(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[str] | str",
+                    num_channels: int, output_ending: Optional[str] = None) -> Tuple[List[Case], List[str]]:
+    """``--all-series``: every DICOM image series forming a volume in the folder `input_path` or
+    below it (a PACS or CD export: patient, study and series folders, or a study in one folder),
+    one case each, written to ``OUTPUT/<its folder>/series_<number><ending>``. Returns the cases
+    and the series forming no volume (scouts, dose pages), each named with its folder and why:
+    in an export those are expected, so they are reported, not refused."""
+    source, target = Path(input_path), Path(output_path)
+    if not source.is_dir():
+        raise InputError(f"{describe_path(source)}: --all-series needs a folder holding DICOM series "
+                         "(in it or in its subfolders)")
+    _check_one_channel(source, num_channels, "each DICOM series")
+    output_ending = _checked_ending(output_ending)
+    _check_output_folder(source, target, "a folder of DICOM series")
+    folders = ([source] if dicom_files(source) else []) + folders_with_dicom_files(source, max_depth=8, limit=None)
+    if any(target.resolve() == folder.resolve() for folder in folders):
+        raise InputError(f"{describe_path(target)}: the label maps would be written into a DICOM folder "
+                         "they segment; write them elsewhere")
+    cases: List[Case] = []
+    left_out: List[str] = []
+    for folder in folders:
+        where = folder.relative_to(source)
+        volumes, others = every_volume(folder)
+        left_out += [f"{where.as_posix()}: {other}" for other in others]
+        numbers = [volume.number for volume in volumes]
+        for volume in volumes:
+            # Series numbers name the outputs; a missing or repeated one gets its UID's last part.
+            unique = volume.number and numbers.count(volume.number) == 1
+            name = f"series_{volume.number if unique else (volume.number or 'x') + '_' + volume.uid.split('.')[-1]}"
+            output = target / where / f"{name}{output_ending or _default_ending(volume)}"
+            cases.append(Case((where / name).as_posix(), (volume,), output))
+    if not cases:
+        found = f": {list_some(left_out)}" if left_out else ""
+        raise InputError(f"{describe_path(source)}: no DICOM series forming a volume in it or its subfolders{found}")
+    return cases, left_out
+
+
+def _checked_ending(output_ending: Optional[str]) -> Optional[str]:
+    """--output-ending with its dot, lower case (ITK writes NIfTI and MetaImage under no other),
+    or `InputError` for an ending that is no image format."""
+    if output_ending is None:
+        return None
+    if not output_ending.startswith("."):
+        output_ending = "." + output_ending
+    if output_ending.lower() not in (*IMAGE_ENDINGS, SEG_ENDING):
+        raise InputError(f"--output-ending {output_ending} is not an image file ending "
+                         f"(known endings: {', '.join(IMAGE_ENDINGS)}; {SEG_ENDING} for DICOM SEG)")
+    return output_ending.lower()
 
 
 def _check_output_folder(source: Path, target: Path, given: str) -> None:

@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_headers import describe_not_images
@@ -25,7 +25,7 @@ from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError, describe_path, first_line, list_some, raise_all
-from MaskSAMCore.inference.cases import Case, find_cases
+from MaskSAMCore.inference.cases import Case, find_all_series, find_cases
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
@@ -123,6 +123,16 @@ def report_dicom_series(cases: List[Case]) -> None:
                       f"images and were left out ({list_some(p.name for p in series.left_out)})", file=sys.stderr)
 
 
+def _cases(args: argparse.Namespace, channels: int) -> Tuple[List[Case], List[str]]:
+    """The cases to segment, and (with --all-series) the series forming no volume, named."""
+    series = getattr(args, "series", None)
+    if not getattr(args, "all_series", False):
+        return find_cases(args.input, args.output, channels, args.output_ending, series), []
+    if series is not None:
+        raise InputError("--all-series segments every series and --series picks one; give one of them")
+    return find_all_series(args.input, args.output, channels, args.output_ending)
+
+
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
     voxels = 1
     for n in case.properties["shape_after_resampling"]:
@@ -134,8 +144,7 @@ def run_predict(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                             sam_checkpoint=args.sam_checkpoint, options=options)
-    cases = find_cases(args.input, args.output, predictor.config.in_channels, args.output_ending,
-                       getattr(args, "series", None))
+    cases, no_volume = _cases(args, predictor.config.in_channels)
     check_headers(cases)
     inputs = [path for case in cases for path in case.input_files]
     for case in cases:
@@ -145,6 +154,10 @@ def run_predict(args: argparse.Namespace) -> int:
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
     report_dicom_series(cases)
+    if no_volume:
+        more = "; ..." if len(no_volume) > 5 else ""
+        print(f"masksam: {len(no_volume)} series form no volume and were left out: "
+              f"{'; '.join(no_volume[:5])}{more}", file=sys.stderr)
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
           f"{describe_mirroring(predictor) if options.mirror else 'no mirroring'}, step {options.step:g}",
           file=sys.stderr)
