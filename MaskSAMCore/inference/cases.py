@@ -36,6 +36,7 @@ IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 DICOM_OUTPUT_ENDING = ".nii.gz"
 TILTED_OUTPUT_ENDING = ".nrrd"   # a gantry tilt's sheared grid, which NIfTI cannot store
+EXPORT_DEPTH = 8   # --all-series: folder levels searched (a CD's DICOM/PAT/ST/SE, a PACS tree, with room)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def find_all_series(input_path: "os.PathLike[str] | str", output_path: "os.PathL
     _check_one_channel(source, num_channels, "each DICOM series")
     output_ending = _checked_ending(output_ending)
     _check_output_folder(source, target, "a folder of DICOM series")
-    folders = ([source] if dicom_files(source) else []) + folders_with_dicom_files(source, max_depth=8, limit=None)
+    folders = ([source] if dicom_files(source) else []) + folders_with_dicom_files(source, EXPORT_DEPTH, limit=None)
     if any(target.resolve() == folder.resolve() for folder in folders):
         raise InputError(f"{describe_path(target)}: the label maps would be written into a DICOM folder "
                          "they segment; write them elsewhere")
@@ -160,7 +161,8 @@ def find_all_series(input_path: "os.PathLike[str] | str", output_path: "os.PathL
         for volume in volumes:
             # Series numbers name the outputs; a missing or repeated one gets its UID's last part.
             unique = volume.number and numbers.count(volume.number) == 1
-            name = f"series_{volume.number if unique else (volume.number or 'x') + '_' + volume.uid.split('.')[-1]}"
+            label = volume.number if unique else f"{volume.number or 'x'}_{volume.uid.split('.')[-1]}"
+            name = f"series_{label}"
             output = target / where / f"{name}{output_ending or _default_ending(volume)}"
             cases.append(Case((where / name).as_posix(), (volume,), output))
     if not cases:
