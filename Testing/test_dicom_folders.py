@@ -199,7 +199,12 @@ def test_a_cd_layout_points_to_its_series_and_the_output_stays_out_of_the_series
     series = write_series(cd / "DICOM" / "ST000000" / "SE000000", oblique_volume())
     (cd / "DICOMDIR").write_bytes((series / "IM0000.dcm").read_bytes())   # an index: left out by name
     assert main(["predict", str(dicom_model_dir), str(cd), str(tmp_path / "labels.nii.gz"), "--device", "cpu"]) == 1
-    assert "DICOM series lie in its subfolder(s) DICOM/ST000000/SE000000: give one" in one_line_error(capsys)
+    assert ("DICOM series lie in its subfolder(s) DICOM/ST000000/SE000000: give one of them as the input, or add "
+            "--all-series to segment every series below it") in one_line_error(capsys)
+    assert main(["predict", str(dicom_model_dir), str(cd), str(tmp_path / "all"), "--all-series", "--fast",
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "all" / "DICOM" / "ST000000" / "SE000000" / "series_3.nii.gz").is_file()
+    capsys.readouterr()
     assert main(["predict", str(dicom_model_dir), str(series), str(series / "labels.nii.gz"), "--device", "cpu"]) == 1
     assert "would be written into the DICOM folder it segments" in one_line_error(capsys)
     assert not (series / "labels.nii.gz").exists() and not (tmp_path / "labels.nii.gz").exists()

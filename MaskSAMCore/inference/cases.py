@@ -260,7 +260,8 @@ def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
     if not below:
         return ""
     names = list_some((p.relative_to(folder) for p in below), shown)
-    return f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input"
+    return (f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input, or add "
+            "--all-series to segment every series below it")
 
 
 def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: str, default_ending: str,
