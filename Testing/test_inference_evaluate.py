@@ -368,3 +368,19 @@ def test_a_predicted_ignore_value_is_no_class_of_the_report(tmp_path, capsys):
     assert main(["evaluate", str(pred), str(gt)]) == 0
     report = _report(capsys)
     assert list(report["per_class"]) == ["liver", "spleen"] and report["mean_dice"] == 1.0
+
+
+def test_evaluate_pairs_trees_of_label_maps_by_their_path(tmp_path):
+    """The tree `predict --all-series` writes (OUTPUT/<series folder>/series_<n>.nii.gz) is scored
+    against a ground truth laid out alike; cases are named by their path, hidden folders skipped."""
+    truth = np.zeros(GEOMETRY.shape_zyx, np.uint8)
+    truth[1:3, 2:6, 2:6] = 1
+    for root in ("pred", "gt"):
+        write_label(truth, GEOMETRY, tmp_path / root / "PAT1" / "ST1" / "series_3.nii.gz")
+        write_label(truth, GEOMETRY, tmp_path / root / "PAT2" / "series_4.nii.gz")
+    write_label(np.zeros_like(truth), GEOMETRY, tmp_path / "pred" / ".partial-x" / "series_9.nii.gz")
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [c["case"] for c in report["cases"]] == ["PAT1/ST1/series_3", "PAT2/series_4"]
+    assert report["mean_dice"] == 1.0

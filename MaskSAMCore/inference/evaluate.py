@@ -74,14 +74,23 @@ def pair_files(prediction: Path, truth: Path) -> Tuple[List[Tuple[str, Path, Pat
 
 
 def _label_files(folder: Path) -> Dict[str, Path]:
+    """Case name -> label map: the image files in `folder`, or, when it holds none, in its
+    subfolders at any depth, named by their path below it (``PAT1/ST1/series_3``: the tree
+    `masksam predict --all-series` writes, paired with a ground truth laid out alike)."""
     found: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    files = [path for path in sorted(folder.iterdir()) if path.is_file()]
+    if not any(split_ending(path)[1] for path in files):
+        files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
+    for path in files:
         stem, ending = split_ending(path)
-        if ending and path.is_file() and not path.name.startswith("."):
-            if stem in found:  # e.g. case.nii.gz beside case.nrrd: which one is meant?
-                raise InputError(f"{describe_path(folder)}: case {stem} is there twice ({found[stem].name} "
-                                 f"and {path.name}); keep one")
-            found[stem] = path
+        below = path.parent.relative_to(folder).parts
+        if not ending or any(part.startswith(".") for part in (*below, path.name)):
+            continue
+        name = "/".join((*below, stem))
+        if name in found:  # e.g. case.nii.gz beside case.nrrd: which one is meant?
+            raise InputError(f"{describe_path(folder)}: case {name} is there twice ({found[name].name} "
+                             f"and {path.name}); keep one")
+        found[name] = path
     return found
 
 
