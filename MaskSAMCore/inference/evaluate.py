@@ -79,7 +79,7 @@ def _label_files(folder: Path) -> Dict[str, Path]:
     `masksam predict --all-series` writes, paired with a ground truth laid out alike)."""
     found: Dict[str, Path] = {}
     files = [path for path in sorted(folder.iterdir()) if path.is_file()]
-    if not any(split_ending(path)[1] for path in files):
+    if not any(split_ending(path)[1] and not path.name.startswith(".") for path in files):
         files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
     for path in files:
         stem, ending = split_ending(path)
