@@ -229,7 +229,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--all-series", action="store_true",
                    help="segment every DICOM image series forming a volume in INPUT or its subfolders (a PACS "
                         "or CD export); OUTPUT is a folder: OUTPUT/<series folder>/series_<number>.nii.gz; "
-                        "series forming no volume (scouts) are named and left out")
+                        "series forming no volume (scouts) or of another modality than the model's are "
+                        "named and left out")
     p.add_argument("--sam-checkpoint", type=user_path, default=None,
                    help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"),

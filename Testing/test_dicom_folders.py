@@ -265,7 +265,7 @@ def test_all_series_segments_every_volume_of_an_export_and_names_the_rest(dicom_
                  "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "3 case(s)" in err
-    assert ("1 series form no volume and were left out: PAT1/ST1/SE1: 1 'Topogram' (CT, 2 files): IM0001.dcm has "
+    assert ("1 series were left out: PAT1/ST1/SE1: 1 'Topogram' (CT, 2 files): IM0001.dcm has "
             "another orientation") in err
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
     assert written == ["PAT1/ST1/SE3/series_3.nii.gz", "PAT2/series_4.nii.gz", "PAT2/series_5.nii.gz"]
@@ -286,3 +286,25 @@ def test_all_series_segments_every_volume_of_an_export_and_names_the_rest(dicom_
         assert main(["predict", str(dicom_model_dir), *arguments, "--device", "cpu"]) == 1
         assert problem in one_line_error(capsys), arguments
     assert not (tmp_path / "other").exists() and not (tmp_path / "one.nii.gz").exists()
+
+
+def test_a_series_of_another_modality_is_left_out_of_an_export_and_warned_about_when_chosen(
+        dicom_model_dir, tmp_path, capsys):
+    """A PET/CT study exported whole: the CT model segments the CT and names the PET as left out
+    (another modality); given the PET series itself, it segments it but says so."""
+    export = tmp_path / "petct"
+    write_series(export / "CT", oblique_volume(), uid="1.2.5.1", number="2", description="CT WB")
+    write_series(export / "PET", oblique_volume(), uid="1.2.5.2", number="3", description="PET AC",
+                 edit=lambda k, tags: {**tags, "0008|0060": "PT"})
+    out = tmp_path / "out"
+    assert main(["predict", str(dicom_model_dir), str(export), f"{out}/", "--all-series", "--fast",
+                 "--device", "cpu"]) == 0
+    assert ("1 series were left out: PET: 3 'PET AC': a PT series, and the model is for CT"
+            in capsys.readouterr().err)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz")) == ["CT/series_2.nii.gz"]
+
+    assert main(["predict", str(dicom_model_dir), str(export / "PET"), str(tmp_path / "pet.nii.gz"), "--fast",
+                 "--device", "cpu"]) == 0
+    assert (f"masksam: warning: {export / 'PET'} (DICOM series 3 'PET AC'): a PT series, and the model is for CT; "
+            "its labels may be meaningless") in capsys.readouterr().err
+    assert (tmp_path / "pet.nii.gz").is_file()

@@ -84,6 +84,11 @@ class DicomSeries:
         return tuple(dict.fromkeys(self.files))
 
     @property
+    def label(self) -> str:
+        """``3 'AX ABD'``: its number and description."""
+        return _label(self.number, self.description)
+
+    @property
     def plane_spacing(self) -> float:
         """mm between the slices' planes (DICOM's Spacing Between Slices): the grid's slice step,
         shortened by a gantry tilt's lean."""

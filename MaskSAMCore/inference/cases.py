@@ -133,13 +133,27 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     return _cases_in_folder(images, source, target, num_channels, output_ending)
 
 
+def modality_mismatch(series: DicomSeries, model_modality: str) -> Optional[str]:
+    """Why a CT model should not segment this series (an MR, a PET), or another model a CT
+    series; None when they agree or a modality is unknown. Only CT is told apart: other
+    models name their channels freely ("T2", "MRI")."""
+    if not series.modality or model_modality in ("", "unknown"):
+        return None
+    series_ct, model_ct = series.modality.upper() == "CT", model_modality.strip().upper() == "CT"
+    if series_ct == model_ct:
+        return None
+    return f"a {series.modality} series, and the model is for {model_modality}"
+
+
 def find_all_series(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[str] | str",
-                    num_channels: int, output_ending: Optional[str] = None) -> Tuple[List[Case], List[str]]:
+                    num_channels: int, output_ending: Optional[str] = None,
+                    model_modality: str = "unknown") -> Tuple[List[Case], List[str]]:
     """``--all-series``: every DICOM image series forming a volume in the folder `input_path` or
     below it (a PACS or CD export: patient, study and series folders, or a study in one folder),
     one case each, written to ``OUTPUT/<its folder>/series_<number><ending>``. Returns the cases
-    and the series forming no volume (scouts, dose pages), each named with its folder and why:
-    in an export those are expected, so they are reported, not refused."""
+    and the series left out, each named with its folder and why: those forming no volume
+    (scouts, dose pages) and those of another modality than `model_modality` (the PET of a
+    PET/CT study). In an export those are expected, so they are reported, not refused."""
     source, target = Path(input_path), Path(output_path)
     if not source.is_dir():
         raise InputError(f"{describe_path(source)}: --all-series needs a folder holding DICOM series "
@@ -159,6 +173,10 @@ def find_all_series(input_path: "os.PathLike[str] | str", output_path: "os.PathL
         left_out += [f"{where.as_posix()}: {other}" for other in others]
         numbers = [volume.number for volume in volumes]
         for volume in volumes:
+            mismatch = modality_mismatch(volume, model_modality)
+            if mismatch:
+                left_out.append(f"{where.as_posix()}: {volume.label}: {mismatch}")
+                continue
             # Series numbers name the outputs; a missing or repeated one gets its UID's last part.
             unique = volume.number and numbers.count(volume.number) == 1
             label = volume.number if unique else f"{volume.number or 'x'}_{volume.uid.split('.')[-1]}"

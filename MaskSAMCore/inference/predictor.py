@@ -90,7 +90,8 @@ class PredictionResult:
 class Predictor:
     def __init__(self, model: torch.nn.Module, plan: Dict[str, Any], class_names: Sequence[str],
                  device: torch.device, options: Optional[PredictOptions] = None, name: str = "model",
-                 mirror_axes: Sequence[int] = (0, 1, 2), regions: Optional[RegionScheme] = None) -> None:
+                 mirror_axes: Sequence[int] = (0, 1, 2), regions: Optional[RegionScheme] = None,
+                 modality: str = "unknown") -> None:
         self.model = model.eval()
         self.config = model.config
         self.plan = plan
@@ -101,6 +102,7 @@ class Predictor:
         if self.device.type == "cuda" and self.options.window_batch is None:
             devices.gpu_budget_gb()  # a bad MASKSAM_GPU_MEMORY_GB is refused before any case is read
         self.name = name
+        self.modality = modality   # model.json's: "CT", or the channel names (e.g. "T2+ADC")
         # Test-time mirroring flips only the patch axes training mirrored (model.json
         # training.mirror_axes): flipping left-right would swap left and right structures.
         self.mirror_axes = tuple(sorted({int(a) for a in mirror_axes if int(a) in (0, 1, 2)}))
@@ -130,7 +132,7 @@ class Predictor:
         model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
         mirror_axes = (folder.meta.get("training") or {}).get("mirror_axes", (0, 1, 2))
         return cls(model, folder.plan, folder.class_names, torch_device, options, name=folder.name,
-                   mirror_axes=mirror_axes, regions=folder.regions)
+                   mirror_axes=mirror_axes, regions=folder.regions, modality=folder.modality)
 
     # -- the network ---------------------------------------------------------------------------
     def network(self, patches: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError, describe_path, first_line, list_some, raise_all
-from MaskSAMCore.inference.cases import Case, find_all_series, find_cases
+from MaskSAMCore.inference.cases import Case, find_all_series, find_cases, modality_mismatch
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
@@ -98,7 +98,7 @@ def _check_case_headers(case: Case) -> None:
         print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}; {kept}", file=sys.stderr)
 
 
-def report_dicom_series(cases: List[Case]) -> None:
+def report_dicom_series(cases: List[Case], model_modality: str = "unknown") -> None:
     """Say which DICOM series is segmented, on which grid, and which files were left out."""
     for case in cases:
         for series in case.channel_files:
@@ -106,6 +106,9 @@ def report_dicom_series(cases: List[Case]) -> None:
                 continue
             print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
                   f"{read_geometry(series).describe()}", file=sys.stderr)
+            mismatch = modality_mismatch(series, model_modality)
+            if mismatch:   # the user chose this series: segmented, but said
+                print(f"masksam: warning: {series}: {mismatch}; its labels may be meaningless", file=sys.stderr)
             if series.tilt_degrees:
                 print(f"masksam: {series}: gantry tilt of {series.tilt_degrees:.1f} degrees: segmented on its own "
                       "sheared grid, which the label map keeps", file=sys.stderr)
@@ -123,14 +126,14 @@ def report_dicom_series(cases: List[Case]) -> None:
                       f"images and were left out ({list_some(p.name for p in series.left_out)})", file=sys.stderr)
 
 
-def _cases(args: argparse.Namespace, channels: int) -> Tuple[List[Case], List[str]]:
-    """The cases to segment, and (with --all-series) the series forming no volume, named."""
+def _cases(args: argparse.Namespace, channels: int, model_modality: str) -> Tuple[List[Case], List[str]]:
+    """The cases to segment, and (with --all-series) the series left out, each named with why."""
     series = getattr(args, "series", None)
     if not getattr(args, "all_series", False):
         return find_cases(args.input, args.output, channels, args.output_ending, series), []
     if series is not None:
         raise InputError("--all-series segments every series and --series picks one; give one of them")
-    return find_all_series(args.input, args.output, channels, args.output_ending)
+    return find_all_series(args.input, args.output, channels, args.output_ending, model_modality)
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
@@ -144,7 +147,7 @@ def run_predict(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                             sam_checkpoint=args.sam_checkpoint, options=options)
-    cases, no_volume = _cases(args, predictor.config.in_channels)
+    cases, series_left_out = _cases(args, predictor.config.in_channels, predictor.modality)
     check_headers(cases)
     inputs = [path for case in cases for path in case.input_files]
     for case in cases:
@@ -153,11 +156,11 @@ def run_predict(args: argparse.Namespace) -> int:
             check_output_file(probabilities_path(case.output_file), inputs, "probabilities file")
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
-    report_dicom_series(cases)
-    if no_volume:
-        more = "; ..." if len(no_volume) > 5 else ""
-        print(f"masksam: {len(no_volume)} series form no volume and were left out: "
-              f"{'; '.join(no_volume[:5])}{more}", file=sys.stderr)
+    report_dicom_series(cases, predictor.modality)
+    if series_left_out:
+        more = "; ..." if len(series_left_out) > 5 else ""
+        print(f"masksam: {len(series_left_out)} series were left out: "
+              f"{'; '.join(series_left_out[:5])}{more}", file=sys.stderr)
     print(f"masksam: {predictor.name} on {predictor.device}: {len(cases)} case(s), "
           f"{describe_mirroring(predictor) if options.mirror else 'no mirroring'}, step {options.step:g}",
           file=sys.stderr)
