@@ -102,28 +102,33 @@ def report_dicom_series(cases: List[Case], model_modality: str = "unknown") -> N
     """Say which DICOM series is segmented, on which grid, and which files were left out."""
     for case in cases:
         for series in case.channel_files:
-            if not isinstance(series, DicomSeries):
-                continue
-            print(f"masksam: {series}: {series.modality or 'modality not given'}, {series.slices_described}, "
-                  f"{read_geometry(series).describe()}", file=sys.stderr)
-            mismatch = modality_mismatch(series, model_modality)
-            if mismatch:   # the user chose this series: segmented, but said
-                print(f"masksam: warning: {series}: {mismatch}; its labels may be meaningless", file=sys.stderr)
-            if series.tilt_degrees:
-                print(f"masksam: {series}: gantry tilt of {series.tilt_degrees:.1f} degrees: segmented on its own "
-                      "sheared grid, which the label map keeps", file=sys.stderr)
-            if series.localizers:
-                print(f"masksam: {len(series.localizers)} image(s) of the series lie in another orientation "
-                      f"(localizers) and were left out: {list_some(series.localizers)}", file=sys.stderr)
-            if series.other_series:
-                print(f"masksam: the only series of the folder forming a volume was chosen; left out: "
-                      f"{'; '.join(series.other_series)}", file=sys.stderr)
-            if series.not_images:
-                print(f"masksam: {len(series.not_images)} file(s) in the folder are no images and were left out "
-                      f"({describe_not_images(series.not_images)})", file=sys.stderr)
-            if series.left_out:
-                print(f"masksam: warning: {len(series.left_out)} file(s) in the folder cannot be read as DICOM "
-                      f"images and were left out ({list_some(p.name for p in series.left_out)})", file=sys.stderr)
+            if isinstance(series, DicomSeries):
+                for line in _series_report(series, model_modality):
+                    print(f"masksam: {line}", file=sys.stderr)
+
+
+def _series_report(series: DicomSeries, model_modality: str) -> List[str]:
+    lines = [f"{series}: {series.modality or 'modality not given'}, {series.slices_described}, "
+             f"{read_geometry(series).describe()}"]
+    mismatch = modality_mismatch(series, model_modality)
+    if mismatch:   # the user chose this series: segmented, but said
+        lines.append(f"warning: {series}: {mismatch}; its labels may be meaningless")
+    if series.tilt_degrees:
+        lines.append(f"{series}: gantry tilt of {series.tilt_degrees:.1f} degrees: segmented on its own sheared "
+                     "grid, which the label map keeps")
+    if series.localizers:
+        lines.append(f"{len(series.localizers)} image(s) of the series lie in another orientation (localizers) "
+                     f"and were left out: {list_some(series.localizers)}")
+    if series.other_series:
+        lines.append("the only series of the folder forming a volume was chosen; left out: "
+                     + "; ".join(series.other_series))
+    if series.not_images:
+        lines.append(f"{len(series.not_images)} file(s) in the folder are no images and were left out "
+                     f"({describe_not_images(series.not_images)})")
+    if series.left_out:
+        lines.append(f"warning: {len(series.left_out)} file(s) in the folder cannot be read as DICOM images and "
+                     f"were left out ({list_some(p.name for p in series.left_out)})")
+    return lines
 
 
 def _cases(args: argparse.Namespace, channels: int, model_modality: str) -> Tuple[List[Case], List[str]]:
