@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -84,6 +85,10 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.network: nn.Module = self.model
         if context.is_distributed:
+            # On CPUs the depthwise adapters' weight gradient (C, 1, 3, 3, 3) comes back from oneDNN
+            # with another stride on its size-1 axis than the weight; DDP compares strides and warns
+            # that copying "may impair performance", but no memory layout differs.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             prompt_mode = getattr(getattr(model, "config", None), "prompt_mode", "mask_avg_box")
             self.network = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
