@@ -77,3 +77,24 @@ def test_a_new_enough_python_or_a_chosen_torch_goes_on_to_install(tmp_path):
         assert "creating virtual environment" in result.stderr, result.stderr
         assert "needs Python 3.10" not in result.stderr
         assert (venv / "bin" / "python").is_file()
+
+
+def test_a_disk_too_full_for_the_environment_is_refused_in_one_line_before_any_venv(tmp_path):
+    """A CI host once ran out of disk in pip's torch install; say so before anything is made."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    df = bin_dir / "df"   # a stand-in reporting 512 MB free, in POSIX `df -Pm` form
+    df.write_text("#!/bin/sh\necho 'Filesystem 1048576-blocks Used Available Capacity Mounted on'\n"
+                  "echo '/dev/vda 1000 488 512 49% /'\n")
+    df.chmod(0o755)
+    venv = tmp_path / "venv"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.update(PYTHON=str(fake_python(tmp_path, "3.11")), MASKSAM_VENV=str(venv))
+
+    result = subprocess.run(["bash", str(SETUP), "test"], env=env, capture_output=True, text=True, timeout=60)
+
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "only 512 MB free" in lines[0] and str(venv) in lines[0] and "MASKSAM_VENV" in lines[0]
+    assert not venv.exists()

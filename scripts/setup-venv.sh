@@ -29,12 +29,22 @@ if [ -z "${MASKSAM_TORCH:-}" ] && [ "$too_old" = 1 ]; then
     exit 1
 fi
 
+stamp="$venv/.masksam-installed"
+want="$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16) $torch_req [$extras]"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # The [test] environment takes about 2.3 GB (torch 0.75, VTK of slicer-core 0.65, SimpleITK 0.26).
+    # A full disk otherwise ends in pip's "OSError: [Errno 28]" half-way through, leaving a broken venv.
+    free_mb="$(df -Pm "$(dirname "$venv")" 2>/dev/null | awk 'NR == 2 {print $4}')"
+    if [ -n "$free_mb" ] && [ "$free_mb" -lt 2000 ]; then
+        echo "[setup] error: only $free_mb MB free on the disk of $venv; the environment needs about 2.3 GB: free some space or set MASKSAM_VENV to a folder on a larger disk" >&2
+        exit 1
+    fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
     echo "[setup] creating virtual environment $venv" >&2
     "$python" -m venv "$venv"
 fi
-stamp="$venv/.masksam-installed"
-want="$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16) $torch_req [$extras]"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "[setup] installing $torch_req and MaskSAMCore[$extras] into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
