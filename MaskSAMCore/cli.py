@@ -220,8 +220,9 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                    help="an image file, a folder of images (*_0000.nii.gz etc. for multi-channel), "
                         "a folder of DICOM files (one series), or a folder of such folders (a case each)")
     p.add_argument("output", type=user_path,
-                   help="output label-map file (.dcm: a DICOM SEG, for DICOM input), or a folder (existing, "
-                        "or ending in /; always when INPUT is a folder of images)")
+                   help="output label-map file (.seg.nrrd: a 3D Slicer segmentation, named and coloured segments; "
+                        ".dcm: a DICOM SEG, for DICOM input), or a folder (existing, or ending in /; always when "
+                        "INPUT is a folder of images)")
     p.add_argument("--series", default=None, metavar="NUMBER|UID",
                    help="with a DICOM folder holding several series: the one to segment (its Series Number "
                         "or Series Instance UID; default: the folder's only series, or the only one forming a "
@@ -252,7 +253,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                    help="also write CASE_probabilities.npz: (K, z, y, x) float16 on the input's grid, "
                         "channel k = label value k, summing to 1 per voxel")
     p.add_argument("--output-ending", default=None,
-                   help="file ending for folder output (default: the input's; .dcm: DICOM SEG, for DICOM input)")
+                   help="file ending for folder output (default: the input's; .seg.nrrd: 3D Slicer segmentation; "
+                        ".dcm: DICOM SEG, for DICOM input)")
     _add_device(p)
 
 
@@ -261,10 +263,14 @@ def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
                        description="Per-class Dice and HD95 (mm) as JSON. HD95 is the larger of the two directed "
                                    "95th percentiles of surface-voxel distances (MONAI's convention; MedPy/nnU-Net "
                                    "v1 pool both directions); the report's 'conventions' has the empty-mask rules.")
-    p.add_argument("prediction", type=user_path, help="a label map or a folder of them")
-    p.add_argument("ground_truth", type=user_path, help="a label map or a folder of them")
+    p.add_argument("prediction", type=user_path,
+                   help="a label map or a folder of them (or 3D Slicer segmentations, .seg.nrrd)")
+    p.add_argument("ground_truth", type=user_path,
+                   help="a label map or a folder of them (or 3D Slicer segmentations, .seg.nrrd, whose segments "
+                        "are matched to the labels by name)")
     p.add_argument("--dataset-json", type=user_path, default=None,
-                   help="dataset.json for class names (default: the one of the dataset GT lies in)")
+                   help="dataset.json for class names (default: the one of the dataset GT lies in; the model "
+                        "folder's for .seg.nrrd files outside a dataset)")
     p.add_argument("--output", type=user_path, default=None, help="write the JSON report here (default: stdout only)")
 
 

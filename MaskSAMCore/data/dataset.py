@@ -24,9 +24,10 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from MaskSAMCore.data.dataset_json import DATASET_JSON, read_dataset_json
-from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_image
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.nifti_transforms import placement_warning
+from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, dataset_label_names, read_dataset_label
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.progress import Progress
 
@@ -140,10 +141,11 @@ def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = Tr
     if dataset.ignore_label is not None:
         allowed.add(dataset.ignore_label)
     present: Set[int] = set()
+    names = dataset_label_names(dataset.labels, dataset.ignore_label, dataset.regions is not None)
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
     misplaced: List[Tuple[str, str]] = []   # (case, why other programs place its image elsewhere)
     for case in dataset.training_cases:
-        dataset.geometries[case.name], values = _check_case(dataset.root, case, allowed)
+        dataset.geometries[case.name], values = _check_case(dataset.root, case, allowed, names)
         present |= values
         warning = placement_warning(case.image_files[0], dataset.geometries[case.name])
         if warning:
@@ -214,16 +216,16 @@ def _find_training_cases(root: Path, ending: str, num_channels: int) -> List[Raw
         problem = _channel_problem(name, channels[name], num_channels, "imagesTr", ending)
         if problem:
             raise DatasetError(f"{describe_path(root)}: case '{name}': {problem}")
-        label = root / "labelsTr" / f"{name}{ending}"
-        if not label.is_file():
-            raise DatasetError(f"{describe_path(root)}: case '{name}': missing label file labelsTr/{label.name}")
+        label = _label_file(root, "labelsTr", name, ending)
+        if label is None:
+            raise DatasetError(f"{describe_path(root)}: case '{name}': missing label file labelsTr/{name}{ending}")
         cases.append(RawCase(name, tuple(channels[name][i] for i in range(num_channels)), label))
 
     if (root / "labelsTr").is_dir():
         for path in sorted((root / "labelsTr").iterdir()):
             if path.name.startswith(".") or not path.name.endswith(ending):
                 continue
-            name = path.name[: -len(ending)]
+            name = _case_of_label(path.name, ending)
             if name not in channels:
                 raise DatasetError(f"{describe_path(root)}: case '{name}': labelsTr/{path.name} has no "
                                    f"image files in imagesTr/ (expected {name}_0000{ending})")
@@ -242,10 +244,32 @@ def _find_test_cases(root: Path, ending: str, num_channels: int) -> List[RawCase
     cases = []
     for name in sorted(channels):
         if _channel_problem(name, channels[name], num_channels, "imagesTs", ending) is None:
-            label = root / "labelsTs" / f"{name}{ending}"
-            cases.append(RawCase(name, tuple(channels[name][i] for i in range(num_channels)),
-                                 label if label.is_file() else None))
+            try:
+                label = _label_file(root, "labelsTs", name, ending)
+            except DatasetError:   # two label files: which one is the truth is for evaluate to ask
+                label = None
+            cases.append(RawCase(name, tuple(channels[name][i] for i in range(num_channels)), label))
     return cases
+
+
+def _label_file(root: Path, folder: str, name: str, ending: str) -> Optional[Path]:
+    """``folder/CASE<ending>``, or for an NRRD dataset the segmentation 3D Slicer saved for the
+    case (``CASE.seg.nrrd``, read by its segments' names); None when there is neither."""
+    plain = root / folder / f"{name}{ending}"
+    segmentation = root / folder / f"{name}{SEGMENTATION_ENDING}"
+    if ending != ".nrrd" or not segmentation.is_file():
+        return plain if plain.is_file() else None
+    if plain.is_file():
+        raise DatasetError(f"{describe_path(root)}: case '{name}' has two label files, {folder}/{plain.name} and "
+                           f"{folder}/{segmentation.name}; keep one")
+    return segmentation
+
+
+def _case_of_label(file_name: str, ending: str) -> str:
+    """The case a label file belongs to (``CASE`` for ``CASE.nrrd`` and ``CASE.seg.nrrd``)."""
+    if ending == ".nrrd" and file_name.endswith(SEGMENTATION_ENDING):
+        return file_name[: -len(SEGMENTATION_ENDING)]
+    return file_name[: -len(ending)]
 
 
 def _ending_hint(folder: Path, ending: str) -> str:
@@ -261,8 +285,10 @@ def _ending_hint(folder: Path, ending: str) -> str:
 
 # -- checking the content --------------------------------------------------------------------------
 
-def _check_case(root: Path, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeometry, Set[int]]:
-    """Open one case's files; returns the grid of its image and the values in its label map."""
+def _check_case(root: Path, case: RawCase, allowed: Set[int],
+                names: Dict[str, int]) -> Tuple[ImageGeometry, Set[int]]:
+    """Open one case's files; returns the grid of its image and the values in its label map
+    (`names`: label name -> value, what a label map saved as a Slicer segmentation is renumbered to)."""
     prefix = f"{describe_path(root)}: case '{case.name}'"
 
     def short(path: Path) -> str:
@@ -287,7 +313,7 @@ def _check_case(root: Path, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeom
                                f"{_difference_text(differences, geometry, reference)}")
     assert reference is not None and case.label_file is not None
     try:
-        label, label_geometry = read_label(case.label_file)
+        label, label_geometry = read_dataset_label(case.label_file, names)
     except InputError as exc:
         raise DatasetError(f"{prefix}: {_relative_message(exc, case.label_file, short(case.label_file))}") from None
     differences = reference.grid_differences(label_geometry)

@@ -122,11 +122,12 @@ class ImageGeometry:
 
 # -- reading ----------------------------------------------------------------------------------------
 
-def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries") -> sitk.Image:
+def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries", layers: bool = False) -> sitk.Image:
     """Read a scalar 3D image as a SimpleITK image, or raise `InputError` naming the file.
 
     A 4D image whose fourth axis has one sample is reduced to 3D (some converters write those);
     a 3D image with a single slice stays 3D. A `DicomSeries` (already checked) is read slice by slice.
+    `layers`: several values per voxel are allowed (the layers of a Slicer segmentation file).
     """
     if isinstance(path, DicomSeries):
         return read_series(path)
@@ -151,7 +152,7 @@ def read_sitk_image(path: "os.PathLike[str] | str | DicomSeries") -> sitk.Image:
         size = "x".join(map(str, image.GetSize()))
         raise InputError(f"{where}: is a {image.GetDimension()}D image (size {size}); a 3D volume is needed")
     components = image.GetNumberOfComponentsPerPixel()
-    if components != 1:
+    if components != 1 and not layers:
         raise InputError(
             f"{where}: has {components} values per voxel (vector/RGB pixels); a scalar (grey-value) image is needed")
     return image

@@ -21,11 +21,12 @@ import numpy as np
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dataset import RawCase, RawDataset
-from MaskSAMCore.data.image_io import read_case, read_label
+from MaskSAMCore.data.image_io import read_case
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.preprocessing import plan_hash, preprocess_case
 from MaskSAMCore.data.processes import abort_pool, ignore_interrupts, signals_deferred, worker_context
 from MaskSAMCore.data.store import case_paths, save_case
+from MaskSAMCore.data.slicer_segmentation import dataset_label_names, read_dataset_label
 from MaskSAMCore.errors import MaskSAMError, describe_path
 from MaskSAMCore.progress import Progress
 
@@ -124,7 +125,8 @@ def preprocess_one(name: str, image_files: Sequence[Path], label_file: Any, plan
                    out_dir: str) -> str:
     """Read, preprocess and write one case (runs in a worker process)."""
     image, geometry = read_case(image_files)
-    label = read_label(label_file)[0] if label_file is not None else None
+    names = dataset_label_names(plan.get("labels", {}), plan.get("ignore_label"), bool(plan.get("regions")))
+    label = read_dataset_label(label_file, names)[0] if label_file is not None else None
     if label is not None and plan.get("regions"):
         label = RegionScheme.from_dict(plan["regions"]).to_classes(label)
     data, seg, properties = preprocess_case(image, geometry, plan, label)

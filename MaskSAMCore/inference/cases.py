@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
 from MaskSAMCore.data.dicom_series import DicomSeries, every_volume, find_series
+from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, is_segmentation_file
 from MaskSAMCore.errors import InputError, describe_path, list_some, raise_all
 from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
 
@@ -65,13 +66,21 @@ def split_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
     return name, ""
 
 
+def split_label_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
+    """`split_ending` for a label map, which may also be a Slicer segmentation (``.seg.nrrd``)."""
+    name = Path(path).name
+    if is_segmentation_file(name) and len(name) > len(SEGMENTATION_ENDING):
+        return name[: -len(SEGMENTATION_ENDING)], SEGMENTATION_ENDING
+    return split_ending(path)
+
+
 def split_output_ending(path: "os.PathLike[str] | str") -> Tuple[str, str]:
-    """`split_ending` for an output file name, which may also ask for a DICOM SEG (``.dcm``;
+    """`split_label_ending` for an output file name, which may also ask for a DICOM SEG (``.dcm``;
     its case is kept, as pydicom writes any name)."""
     name = Path(path).name
     if is_seg_output(name) and len(name) > len(SEG_ENDING):
         return name[: -len(SEG_ENDING)], name[-len(SEG_ENDING):]
-    return split_ending(path)
+    return split_label_ending(path)
 
 
 def case_name(path: "os.PathLike[str] | str") -> str:
@@ -119,6 +128,9 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
                              "they segment; write them elsewhere")
         return _cohort_cases(source, cohort, target, output_ending, series)
     if source.is_file():
+        if is_segmentation_file(source):
+            raise InputError(f"{describe_path(source)}: is a 3D Slicer segmentation, not an image; give the image "
+                             "it segments")
         _check_one_channel(source, num_channels, "a file")
         name, ending = case_name(source), split_ending(source)[1]
         if not ending:
@@ -196,9 +208,10 @@ def _checked_ending(output_ending: Optional[str]) -> Optional[str]:
         return None
     if not output_ending.startswith("."):
         output_ending = "." + output_ending
-    if output_ending.lower() not in (*IMAGE_ENDINGS, SEG_ENDING):
+    if output_ending.lower() not in (*IMAGE_ENDINGS, SEGMENTATION_ENDING, SEG_ENDING):
         raise InputError(f"--output-ending {output_ending} is not an image file ending "
-                         f"(known endings: {', '.join(IMAGE_ENDINGS)}; {SEG_ENDING} for DICOM SEG)")
+                         f"(known endings: {', '.join(IMAGE_ENDINGS)}; {SEGMENTATION_ENDING} for a 3D Slicer "
+                         f"segmentation; {SEG_ENDING} for DICOM SEG)")
     return output_ending.lower()
 
 
@@ -333,10 +346,11 @@ def _list_suffixes(channels: Sequence[int], shown: int = 6) -> str:
 
 
 def _image_files(folder: Path) -> List[Tuple[Path, str, str]]:
-    """(path, name without ending, ending) of the image files directly inside `folder`."""
+    """(path, name without ending, ending) of the image files directly inside `folder` (not the
+    Slicer segmentations a user may keep beside the scans)."""
     images = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith(".") or not path.is_file() or is_segmentation_file(path):
             continue
         stem, ending = split_ending(path)
         if ending:

@@ -1,9 +1,13 @@
 """`masksam evaluate PRED GT`: per-class (or per-region) Dice and HD95 (mm) of label maps, as JSON.
 
 PRED and GT are two label-map files or two folders; in folders, files are paired by case name
-(``CASE<ending>``, endings may differ). Every prediction needs its ground truth; ground-truth
-files without a prediction are listed under ``unmatched_ground_truth`` and not scored. The
-metric conventions (empty structures, units) are in `metrics.py` and copied into the report.
+(``CASE<ending>``, endings may differ). Either may be a 3D Slicer segmentation (``.seg.nrrd``, or
+an NRRD whose header describes segments: a ground truth drawn in Slicer, or a prediction written
+as one): its segments are matched to the dataset.json's labels by name
+(`slicer_segmentation.label_of`), and one Slicer saved cropped to its segments is put back on the
+other file's grid. Every prediction needs its ground truth; ground-truth files without a
+prediction are listed under ``unmatched_ground_truth`` and not scored. The metric conventions
+(empty structures, units) are in `metrics.py` and copied into the report.
 Class names come from ``--dataset-json``, else from the dataset.json of the nnU-Net dataset GT
 lies in (``DATASET/labelsTr``, ``labelsTs``), else they are ``label_<value>``.
 
@@ -19,18 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from MaskSAMCore.atomic import write_json
-from MaskSAMCore.data.image_io import read_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.regions import RegionError, is_region_dataset, read_regions
+from MaskSAMCore.data.slicer_segmentation import is_slicer_segmentation, segmentation_masks
 from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
-from MaskSAMCore.inference.cases import split_ending
+from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import Progress, emit
 
@@ -58,7 +64,7 @@ def pair_files(prediction: Path, truth: Path) -> Tuple[List[Tuple[str, Path, Pat
     if not truth.exists():
         raise InputError(f"{describe_path(truth)}: no such file or folder")
     if prediction.is_file() and truth.is_file():
-        return [(split_ending(prediction)[0], prediction, truth)], []
+        return [(split_label_ending(prediction)[0], prediction, truth)], []
     if prediction.is_file() or truth.is_file():
         raise InputError(f"{describe_path(prediction)} and {describe_path(truth)}: give two files or two folders")
     predictions = _label_files(prediction)
@@ -79,10 +85,10 @@ def _label_files(folder: Path) -> Dict[str, Path]:
     `masksam predict --all-series` writes, paired with a ground truth laid out alike)."""
     found: Dict[str, Path] = {}
     files = [path for path in sorted(folder.iterdir()) if path.is_file()]
-    if not any(split_ending(path)[1] and not path.name.startswith(".") for path in files):
+    if not any(split_label_ending(path)[1] and not path.name.startswith(".") for path in files):
         files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
     for path in files:
-        stem, ending = split_ending(path)
+        stem, ending = split_label_ending(path)
         below = path.parent.relative_to(folder).parts
         if not ending or any(part.startswith(".") for part in (*below, path.name)):
             continue
@@ -165,22 +171,58 @@ def _values(grid, names: Sequence[str]) -> str:
     return ", ".join(f"{name} ({', '.join(f'{v:.4g}' for v in getattr(grid, name))})" for name in names)
 
 
+@dataclass
+class LabelMasks:
+    """What is scored of one file: a label map, or a Slicer segmentation's masks by structure."""
+
+    grid: ImageGeometry
+    labels: Optional[np.ndarray] = None
+    segments: Optional[Dict[Structure, np.ndarray]] = None
+
+    def mask(self, structure: Structure) -> np.ndarray:
+        """The voxels of a structure (those holding any of its values)."""
+        if self.segments is None:
+            return np.isin(self.labels, structure)
+        return self.segments.get(structure, np.zeros(self.grid.shape_zyx, bool))
+
+    def values(self, where: np.ndarray) -> set:
+        """The label values found at `where`; none for a segmentation (each segment is a structure)."""
+        return set() if self.labels is None else set(np.unique(self.labels[where]).tolist())
+
+
+def read_label_masks(path: Path, names: Dict[str, Structure], grid: Optional[ImageGeometry] = None) -> LabelMasks:
+    """A label map, or a segmentation's segments matched to `names` (on `grid` where Slicer cropped it)."""
+    if is_slicer_segmentation(path):
+        segments, own = segmentation_masks(path, names, grid)
+        return LabelMasks(own, segments=segments)
+    labels, own = read_label(path)
+    return LabelMasks(own, labels=labels)
+
+
 def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[Structure],
-                  ignore: Optional[int] = None) -> Dict[str, Dict[Structure, Optional[float]]]:
+                  ignore: Optional[int] = None,
+                  names: Optional[Dict[str, Structure]] = None) -> Dict[str, Dict[Structure, Optional[float]]]:
     """Dice and HD95 per structure for one pair of label maps on the same grid: for `structures`
     (a class or a region: the voxels holding any of its values) and for every other foreground
     value present in either map (as a structure of one). Voxels whose ground truth is `ignore`
     (nnU-Net's unannotated voxels) count for no structure, as in nnU-Net; `ignore` is no structure
-    either where a prediction holds it (it then misses the truth's structure there)."""
-    predicted, predicted_grid = read_label(prediction_file)
-    actual, actual_grid = read_label(truth_file)
+    either where a prediction holds it (it then misses the truth's structure there). `names`
+    (label name -> values): what a Slicer segmentation's segments are matched to."""
+    names = names or {}
+    if is_slicer_segmentation(prediction_file) and not is_slicer_segmentation(truth_file):
+        actual = read_label_masks(truth_file, names)
+        predicted = read_label_masks(prediction_file, names, actual.grid)
+    else:
+        predicted = read_label_masks(prediction_file, names)
+        actual = read_label_masks(truth_file, names, predicted.grid)
+    predicted_grid, actual_grid = predicted.grid, actual.grid
     differences = predicted_grid.grid_differences(actual_grid)
     if differences:
         raise InputError(f"{describe_path(prediction_file)}: its {', '.join(differences)} differ(s) from the ground "
                          f"truth {describe_path(truth_file)} ({_values(predicted_grid, differences)} vs "
                          f"{_values(actual_grid, differences)})")
-    annotated = actual != ignore if ignore is not None else np.ones(actual.shape, bool)
-    present = set(np.unique(predicted[annotated]).tolist()) | set(np.unique(actual[annotated]).tolist())
+    annotated = ~actual.mask((ignore,)) if ignore is not None else np.ones(actual_grid.shape_zyx, bool)
+    present = predicted.values(annotated) | actual.values(annotated)
     spacing = actual_grid.spacing_zyx
     # One voxel step along array axes z, y, x in mm: a sheared grid's HD95 is measured in space.
     steps = (actual_grid.direction_matrix * np.asarray(actual_grid.spacing, float))[:, ::-1]
@@ -188,7 +230,7 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     others = [(int(value),) for value in sorted(present - covered - {0, ignore})]
     dice, hd95 = {}, {}
     for structure in [*structures, *others]:
-        p, g = np.isin(predicted, structure) & annotated, np.isin(actual, structure) & annotated
+        p, g = predicted.mask(structure) & annotated, actual.mask(structure) & annotated
         dice[structure] = metrics.dice(p, g)
         hd95[structure] = metrics.hausdorff95(p, g, spacing, steps)
     return {"dice": dice, "hd95_mm": hd95}
@@ -207,11 +249,14 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     declared = declared_structures(labels, dataset_json)
     regions = labels is not None and is_region_dataset(labels)
     ignore = ignore_value(labels)
+    # What a Slicer segmentation's segments are matched to: the structures, and the ignore label.
+    names = {**{name: structure for structure, name in declared.items()},
+             **({IGNORE_LABEL: (ignore,)} if ignore is not None else {})}
     bar = Progress("evaluate", total=len(pairs), unit="cases", enabled=show_progress)
     results = []
     for name, prediction_file, truth_file in pairs:
         results.append((name, prediction_file, truth_file,
-                        evaluate_case(prediction_file, truth_file, list(declared), ignore)))
+                        evaluate_case(prediction_file, truth_file, list(declared), ignore, names)))
         bar.advance()
     bar.close()
     seen = {structure for *_, result in results for structure in result["dice"]}

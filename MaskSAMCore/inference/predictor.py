@@ -33,6 +33,7 @@ from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import ImageGeometry, read_case
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
 from MaskSAMCore.data.regions import RegionScheme
+from MaskSAMCore.data.slicer_segmentation import is_segmentation_file, write_segmentation
 from MaskSAMCore.errors import InputError, ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.dicom_seg import is_seg_output, seg_structures, write_dicom_seg
@@ -262,9 +263,12 @@ class Predictor:
         return PredictionResult(labels, timings, settings, len(grid))
 
     def _write_labels(self, labels: np.ndarray, case: PreparedCase, path: "os.PathLike[str] | str") -> None:
-        """The label map as an image file on the input's grid, or as a DICOM SEG (``.dcm``)
-        referring to the series it was predicted from."""
-        if not is_seg_output(path):
+        """The label map as an image file on the input's grid, as a 3D Slicer segmentation
+        (``.seg.nrrd``), or as a DICOM SEG (``.dcm``) referring to the series it was predicted from."""
+        if is_segmentation_file(path):
+            structures = [(s.name, s.values) for s in seg_structures(self.class_names, self.regions)]
+            write_segmentation(labels, case.geometry, structures, path)
+        elif not is_seg_output(path):
             write_labels(labels, case.geometry, path, case.source)
         elif case.series is None:
             raise InputError(f"{describe_path(path)}: a DICOM SEG needs a DICOM series as input; "
