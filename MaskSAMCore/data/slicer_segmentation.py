@@ -272,20 +272,41 @@ def place_on_grid(mask: np.ndarray, source: ImageGeometry, target: ImageGeometry
     return placed.transpose(2, 1, 0)
 
 
+@dataclass
+class SegmentationMasks:
+    """A segmentation file's segments as structures on one grid, for scoring. Each mask is made
+    when asked for: 16 classes of a 512 x 512 x 600 scan keep one uint8 layer (157 MB), not 16
+    boolean masks (2.5 GB)."""
+
+    grid: ImageGeometry
+    layers: np.ndarray                                 # (L, z, y, x)
+    held_in: Dict[Tuple[int, ...], Tuple[int, int]]   # structure (label values) -> (layer, label value)
+
+    def mask(self, structure: Tuple[int, ...]) -> np.ndarray:
+        """The voxels (z, y, x) of a structure; none for one no segment stands for."""
+        if structure not in self.held_in:
+            return np.zeros(self.grid.shape_zyx, bool)
+        layer, value = self.held_in[structure]
+        return self.layers[layer] == value
+
+    def values(self, where: np.ndarray) -> set:
+        """No label values: each segment is a structure (a label map's values are scored on their own)."""
+        return set()
+
+
 def segmentation_masks(path: "os.PathLike[str] | str", names: Dict[str, Tuple[int, ...]],
-                       grid: Optional[ImageGeometry] = None) -> Tuple[Dict[Tuple[int, ...], np.ndarray], ImageGeometry]:
-    """Structure (label values) -> mask (z, y, x) of a segmentation file, each segment matched
-    to one of `names` (label name -> values); on `grid` when given and the file's voxels are
-    its voxels, else on the file's own grid. `InputError` naming the file and the segment for a
-    segment no label name matches, or two segments matching one."""
+                       grid: Optional[ImageGeometry] = None) -> SegmentationMasks:
+    """A segmentation file's segments, each matched to one of `names` (label name -> values); on
+    `grid` when given and the file's voxels are its voxels, else on the file's own grid. `InputError`
+    naming the file and the segment for a segment no label name matches, or two segments matching one."""
     segments, layers, own = read_segmentation(path)
     if not names:
         raise InputError(f"{describe_path(path)}: a Slicer segmentation names its segments, not label values; "
                          "give --dataset-json (the model folder's dataset.json) to match them to the labels")
-    masks = {names[label]: layers[segment.layer] == segment.label_value
-             for label, segment in matched_segments(segments, list(names), path).items()}
+    held_in = {names[label]: (segment.layer, segment.label_value)
+               for label, segment in matched_segments(segments, list(names), path).items()}
     if grid is not None and not own.same_grid(grid):
-        placed = {values: place_on_grid(mask, own, grid, Path(path)) for values, mask in masks.items()}
-        if all(mask is not None for mask in placed.values()):
-            return placed, grid
-    return masks, own
+        placed = [place_on_grid(layer, own, grid, Path(path)) for layer in layers]
+        if placed[0] is not None:   # one lattice or not is the grids' property, the same for every layer
+            layers, own = np.stack(placed), grid
+    return SegmentationMasks(own, layers, held_in)

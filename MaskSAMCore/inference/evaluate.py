@@ -25,7 +25,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.regions import RegionError, is_region_dataset, read_regions
-from MaskSAMCore.data.slicer_segmentation import is_slicer_segmentation, segmentation_masks
+from MaskSAMCore.data.slicer_segmentation import SegmentationMasks, is_slicer_segmentation, segmentation_masks
 from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_label_ending
@@ -173,30 +173,27 @@ def _values(grid, names: Sequence[str]) -> str:
 
 @dataclass
 class LabelMasks:
-    """What is scored of one file: a label map, or a Slicer segmentation's masks by structure."""
+    """What is scored of a label map: each structure is the voxels holding any of its values."""
 
     grid: ImageGeometry
-    labels: Optional[np.ndarray] = None
-    segments: Optional[Dict[Structure, np.ndarray]] = None
+    labels: np.ndarray
 
     def mask(self, structure: Structure) -> np.ndarray:
         """The voxels of a structure (those holding any of its values)."""
-        if self.segments is None:
-            return np.isin(self.labels, structure)
-        return self.segments.get(structure, np.zeros(self.grid.shape_zyx, bool))
+        return np.isin(self.labels, structure)
 
     def values(self, where: np.ndarray) -> set:
-        """The label values found at `where`; none for a segmentation (each segment is a structure)."""
-        return set() if self.labels is None else set(np.unique(self.labels[where]).tolist())
+        """The label values found at `where`."""
+        return set(np.unique(self.labels[where]).tolist())
 
 
-def read_label_masks(path: Path, names: Dict[str, Structure], grid: Optional[ImageGeometry] = None) -> LabelMasks:
+def read_label_masks(path: Path, names: Dict[str, Structure],
+                     grid: Optional[ImageGeometry] = None) -> Union[LabelMasks, SegmentationMasks]:
     """A label map, or a segmentation's segments matched to `names` (on `grid` where Slicer cropped it)."""
     if is_slicer_segmentation(path):
-        segments, own = segmentation_masks(path, names, grid)
-        return LabelMasks(own, segments=segments)
+        return segmentation_masks(path, names, grid)
     labels, own = read_label(path)
-    return LabelMasks(own, labels=labels)
+    return LabelMasks(own, labels)
 
 
 def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[Structure],
