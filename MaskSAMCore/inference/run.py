@@ -52,7 +52,7 @@ def describe_mirroring(predictor: Predictor) -> str:
 
 def cpu_speed_note(predictor: Predictor) -> Optional[str]:
     """A word before a run that would take hours: a SAM-sized network mirrored on the CPU
-    (benchmarks/README.md (b): vit_b on 256 x 256 x 128 takes 2.5 h mirrored, 6.5 min with --fast)."""
+    (benchmarks/README.md (b): vit_b on 256 x 256 x 128 takes 1.1 h mirrored, 4.5 min with --fast on 2 cores)."""
     if predictor.device.type != "cpu" or not predictor.options.mirror or predictor.config.backbone.sam_type == "none":
         return None
     flips = 2 ** len(predictor.mirror_axes)

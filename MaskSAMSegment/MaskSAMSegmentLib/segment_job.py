@@ -82,7 +82,7 @@ def segment_problems(request: SegmentRequest) -> List[str]:
 def cpu_speed_note(request: SegmentRequest) -> Optional[str]:
     """A word of warning before a segmentation that would take hours: full quality (every window
     predicted up to 8 times, mirrored) on the CPU with a SAM-sized model. The README's CPU row: `vit_b`
-    on a 256 x 256 x 128 volume takes about 2.5 hours at full quality and 6.5 minutes at fast."""
+    on a 256 x 256 x 128 volume takes about 1.1 hours at full quality and 4.5 minutes at fast (2 cores)."""
     model = request.model
     if not request.device.runs_on_cpu or request.quality != QUALITY_FULL or model is None or model.preset == "tiny":
         return None
