@@ -31,17 +31,15 @@ fi
 
 stamp="$venv/.masksam-installed"
 want="$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16) $torch_req [$extras]"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    # The [test] environment takes about 2.3 GB (torch 0.75, VTK of slicer-core 0.65, SimpleITK 0.26).
-    # A full disk otherwise ends in pip's "OSError: [Errno 28]" half-way through, leaving a broken venv.
+if [ ! -x "$venv/bin/python" ]; then
+    # A new [test] environment takes about 2.3 GB (torch 0.75, VTK of slicer-core 0.65, SimpleITK
+    # 0.26); a full disk otherwise ends in pip's "OSError: [Errno 28]" half-way through. (Updating an
+    # existing one needs far less, so it is not checked.)
     free_mb="$(df -Pm "$(dirname "$venv")" 2>/dev/null | awk 'NR == 2 {print $4}')"
     if [ -n "$free_mb" ] && [ "$free_mb" -lt 2000 ]; then
         echo "[setup] error: only $free_mb MB free on the disk of $venv; the environment needs about 2.3 GB: free some space or set MASKSAM_VENV to a folder on a larger disk" >&2
         exit 1
     fi
-fi
-
-if [ ! -x "$venv/bin/python" ]; then
     echo "[setup] creating virtual environment $venv" >&2
     "$python" -m venv "$venv"
 fi
