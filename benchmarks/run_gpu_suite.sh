@@ -11,12 +11,13 @@
 #             the network's throughput by window batch and decoder chunk (also with the
 #             `shifted` depthwise convolution, the eager-CUDA alternative)
 #   predict   section (a): vit_b on 300 x 512 x 512, eager, beside nnU-Net v2's predictor
-#   compiled  section (a) again with MASKSAM_COMPILE=1 (about two minutes of compiling first)
+#   compiled  section (a) again with MASKSAM_COMPILE=1 (about two minutes of compiling first),
+#             beside nnU-Net as well
 #   memory    the 600 x 512 x 512 memory run with resampling
 #   training  section (c): training steps per second
 #
 # Needs: a CUDA GPU; MaskSAM importable (`pip install .`, or PYTHONPATH set to the repository);
-# for `predict`, nnU-Net v2 (`pip install nnunetv2==2.8.1`, not a MaskSAM dependency; without
+# for `predict` and `compiled`, nnU-Net v2 (`pip install nnunetv2==2.8.1`, not a MaskSAM dependency; without
 # it, or with one of its own dependencies missing, the MaskSAM row is still written). Run from
 # anywhere; results are JSON and text files.
 set -euo pipefail
@@ -72,7 +73,8 @@ run_stage() {
             "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 --decoder-chunks 2 8 --depthwise shifted \
                 | tee "$RESULTS/network_throughput_shifted.jsonl"
             ;;
-        predict)
+        predict | compiled)
+            # Both beside nnU-Net in the same process: the issue's target compares one run.
             compare=()
             problem=$(nnunet_problem)
             if [ -z "$problem" ]; then
@@ -80,12 +82,13 @@ run_stage() {
             else
                 echo "run_gpu_suite: no nnU-Net comparison ($problem); MaskSAM row only"
             fi
-            masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 "${compare[@]}" \
-                --output "$RESULTS/vit_b_300x512x512_eager.json"
-            ;;
-        compiled)
-            MASKSAM_COMPILE=1 masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 \
-                --output "$RESULTS/vit_b_300x512x512_compiled.json"
+            if [ "$1" = compiled ]; then
+                MASKSAM_COMPILE=1 masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 "${compare[@]}" \
+                    --output "$RESULTS/vit_b_300x512x512_compiled.json"
+            else
+                masksam benchmark --preset vit_b --shape 300 512 512 --classes 16 "${compare[@]}" \
+                    --output "$RESULTS/vit_b_300x512x512_eager.json"
+            fi
             ;;
         memory)
             masksam benchmark --preset vit_b --shape 600 512 512 --classes 16 --resample \
