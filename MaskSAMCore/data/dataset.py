@@ -67,6 +67,11 @@ class RawDataset:
             return dict(self.regions.classes)
         return {name: (value,) for name, value in self.labels.items()}
 
+    def read_label(self, path: Path) -> Tuple[np.ndarray, ImageGeometry]:
+        """One of the dataset's label maps (z, y, x); one saved by 3D Slicer as a segmentation is
+        renumbered to the dataset's values by its segments' names (`read_dataset_label`)."""
+        return read_dataset_label(path, dataset_label_names(self.labels, self.ignore_label, self.regions is not None))
+
     @property
     def class_names(self) -> List[str]:
         """Names in label-value order: class_names[v] is the name of label value v."""
@@ -141,11 +146,10 @@ def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = Tr
     if dataset.ignore_label is not None:
         allowed.add(dataset.ignore_label)
     present: Set[int] = set()
-    names = dataset_label_names(dataset.labels, dataset.ignore_label, dataset.regions is not None)
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
     misplaced: List[Tuple[str, str]] = []   # (case, why other programs place its image elsewhere)
     for case in dataset.training_cases:
-        dataset.geometries[case.name], values = _check_case(dataset.root, case, allowed, names)
+        dataset.geometries[case.name], values = _check_case(dataset, case, allowed)
         present |= values
         warning = placement_warning(case.image_files[0], dataset.geometries[case.name])
         if warning:
@@ -285,10 +289,9 @@ def _ending_hint(folder: Path, ending: str) -> str:
 
 # -- checking the content --------------------------------------------------------------------------
 
-def _check_case(root: Path, case: RawCase, allowed: Set[int],
-                names: Dict[str, int]) -> Tuple[ImageGeometry, Set[int]]:
-    """Open one case's files; returns the grid of its image and the values in its label map
-    (`names`: label name -> value, what a label map saved as a Slicer segmentation is renumbered to)."""
+def _check_case(dataset: RawDataset, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeometry, Set[int]]:
+    """Open one case's files; returns the grid of its image and the values in its label map."""
+    root = dataset.root
     prefix = f"{describe_path(root)}: case '{case.name}'"
 
     def short(path: Path) -> str:
@@ -313,7 +316,7 @@ def _check_case(root: Path, case: RawCase, allowed: Set[int],
                                f"{_difference_text(differences, geometry, reference)}")
     assert reference is not None and case.label_file is not None
     try:
-        label, label_geometry = read_dataset_label(case.label_file, names)
+        label, label_geometry = dataset.read_label(case.label_file)
     except InputError as exc:
         raise DatasetError(f"{prefix}: {_relative_message(exc, case.label_file, short(case.label_file))}") from None
     differences = reference.grid_differences(label_geometry)

@@ -37,7 +37,6 @@ from MaskSAMCore.data.image_io import read_case
 from MaskSAMCore.data.normalization import ct_scheme, is_ct, zscore_scheme
 from MaskSAMCore.data.orientation import Reorientation, lps_reorientation
 from MaskSAMCore.data.resampling import coarsest_axis, is_anisotropic, resampled_shape
-from MaskSAMCore.data.slicer_segmentation import dataset_label_names, read_dataset_label
 from MaskSAMCore.progress import Progress
 
 PLAN_FORMAT = "masksam-plan"
@@ -161,11 +160,10 @@ def dataset_fingerprint(dataset: RawDataset, progress: bool = True, reorient_to_
     channels = dataset.num_channels
     foreground: List[List[np.ndarray]] = [[] for _ in range(channels)]
     everything: List[List[np.ndarray]] = [[] for _ in range(channels)]
-    names = dataset_label_names(dataset.labels, dataset.ignore_label, dataset.regions is not None)
     bar = Progress("plan", total=len(dataset.training_cases), unit="case", enabled=progress)
     for number, case in enumerate(dataset.training_cases):
         image, geometry = read_case(case.image_files)
-        label, _ = read_dataset_label(case.label_file, names)
+        label, _ = dataset.read_label(case.label_file)
         box = nonzero_bbox(image)
         shape = bbox_shape(box)
         reorientation = lps_reorientation(geometry) if reorient_to_lps else Reorientation()
