@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -26,6 +25,7 @@ from MaskSAMCore.folder_layout import (BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST
                                        MODEL_JSON)
 from MaskSAMCore.data.regions import RegionError, RegionScheme, model_regions
 from MaskSAMCore.model.config import MaskSAMConfig
+from MaskSAMCore.progress import print_warning
 
 FORMAT = MODEL_FORMAT
 # Version 2 adds "regions" (models trained on region labels, `data/regions.py`). Only such models
@@ -256,7 +256,7 @@ class ModelFolder:
         scope = payload.get("weights_scope", "trainable")
         if sam_checkpoint is not None and (scope == "all" or self.random_init):
             why = "carries its whole network" if scope == "all" else "was trained on a random SAM backbone"
-            print(f"masksam: warning: --sam-checkpoint is not used: model {self.name} {why}", file=sys.stderr)
+            print_warning(f"--sam-checkpoint is not used: model {self.name} {why}")
         sam_file = None if scope == "all" else self.resolve_sam_checkpoint(sam_checkpoint)
         model = build_masksam(self.config, sam_checkpoint=sam_file)
         shown = describe_path(self.checkpoint_path(which))

@@ -7,8 +7,8 @@ The Slicer module runs the core's CLI in a background process and parses lines o
     @masksam {"event": "done", ...}
 
 `event` is one of ``stage`` (a new stage begins), ``progress``, ``epoch``, ``case`` and
-``case_error`` (``masksam predict``: a case written, a case skipped), ``message``, ``done`` and
-``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
+``case_error`` (``masksam predict``: a case written, a case skipped), ``message``, ``warning``,
+``done`` and ``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
 `--machine-progress` flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; people read
 the same events as bars on stderr and plain lines on stdout (`EpochRecord.describe`).
 
@@ -45,6 +45,14 @@ def emit(event: str, always: bool = False, **fields: Any) -> None:
     payload = {"event": event, **fields}
     sys.stdout.write(MACHINE_PREFIX + json.dumps(payload, default=_jsonable) + "\n")
     sys.stdout.flush()
+
+
+def print_warning(message: str) -> None:
+    """Say something the user should know but that does not stop the work: one
+    ``masksam: warning: ...`` line on stderr (the Slicer module gathers these from the log and
+    shows them when the job ends), and a ``warning`` event for programs."""
+    print(f"masksam: warning: {message}", file=sys.stderr, flush=True)
+    emit("warning", message=message)
 
 
 def parse_machine_line(line: str) -> Optional[dict]:

@@ -190,7 +190,7 @@ def test_missing_channel_names_the_case(tmp_path, capsys):
 
 
 def _good_image(tmp_path):
-    return _write(tmp_path / "ct.nii.gz", np.random.rand(6, 16, 16).astype(np.float32) * 100)
+    return _write(tmp_path / "ct.nii.gz", (np.random.rand(6, 16, 16) * 2000 - 1000).astype(np.float32))  # HU
 
 
 def test_output_under_a_file_is_refused_before_any_prediction(model_dir, tmp_path, capsys):
@@ -305,7 +305,8 @@ def test_a_nifti_header_that_programs_read_differently_keeps_its_placements_in_t
     same grid, and the header fields that nibabel or FSL read are the image's own. A warning
     says when sform-first programs read the image elsewhere than ITK."""
     patches, warning = PLACEMENTS[kind]
-    source = _nifti_patched(tmp_path / "scan.nii", np.random.rand(6, 8, 8).astype(np.float32), patches)
+    hounsfield = (np.random.rand(6, 8, 8) * 2000 - 1000).astype(np.float32)   # a CT model's input
+    source = _nifti_patched(tmp_path / "scan.nii", hounsfield, patches)
     output = tmp_path / f"labels{ending}"
     assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 0
     lines = capsys.readouterr().err.splitlines()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
@@ -27,9 +26,10 @@ from MaskSAMCore.data.dataset_json import DATASET_JSON, read_dataset_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_image
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.nifti_transforms import placement_warning
+from MaskSAMCore.data.normalization import AIR_HU, is_ct
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, dataset_label_names, read_dataset_label
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
-from MaskSAMCore.progress import Progress
+from MaskSAMCore.progress import Progress, print_warning
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -148,17 +148,26 @@ def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = Tr
     present: Set[int] = set()
     bar = Progress("check dataset", total=len(dataset.training_cases), unit="case", enabled=progress)
     misplaced: List[Tuple[str, str]] = []   # (case, why other programs place its image elsewhere)
+    not_hounsfield: List[Tuple[str, float]] = []   # (case, its CT channel's darkest voxel)
     for case in dataset.training_cases:
-        dataset.geometries[case.name], values = _check_case(dataset, case, allowed)
+        dataset.geometries[case.name], values, darkest_ct = _check_case(dataset, case, allowed)
         present |= values
+        if darkest_ct is not None and darkest_ct > AIR_HU:
+            not_hounsfield.append((case.name, darkest_ct))
         warning = placement_warning(case.image_files[0], dataset.geometries[case.name])
         if warning:
             misplaced.append((case.name, warning))
         bar.advance()
     bar.close()
     if misplaced and warn:
-        print(f"masksam: warning: {describe_path(dataset.root)}: the NIfTI header of {len(misplaced)} case(s) "
-              f"({list_some(name for name, _ in misplaced)}) is ambiguous: {misplaced[0][1]}", file=sys.stderr)
+        print_warning(f"{describe_path(dataset.root)}: the NIfTI header of {len(misplaced)} case(s) "
+                      f"({list_some(name for name, _ in misplaced)}) is ambiguous: {misplaced[0][1]}")
+    if not_hounsfield and warn:
+        print_warning(f"{describe_path(dataset.root)}: the CT image of {len(not_hounsfield)} case(s) "
+                      f"({list_some(f'{name}: {value:g}' for name, value in not_hounsfield)}) has no voxel "
+                      f"darker than {AIR_HU:g} HU, where air lies: not Hounsfield units (a lost rescale "
+                      "intercept? not a CT?); the CT normalisation pools every case's values, so these cases "
+                      "are learnt on another scale")
     _check_labels_present(dataset, present, warn)
 
 
@@ -173,8 +182,8 @@ def _check_labels_present(dataset: RawDataset, present: Set[int], warn: bool) ->
               if values != (0,) and not set(values) & present]
     if absent and warn:
         shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
-        print(f"masksam: warning: {describe_path(dataset.root)}: label(s) {shown} declared in dataset.json "
-              "appear in no training case; the model cannot learn to segment them", file=sys.stderr, flush=True)
+        print_warning(f"{describe_path(dataset.root)}: label(s) {shown} declared in dataset.json appear in no "
+                      "training case; the model cannot learn to segment them")
 
 
 # -- finding the files ---------------------------------------------------------------------------
@@ -289,8 +298,10 @@ def _ending_hint(folder: Path, ending: str) -> str:
 
 # -- checking the content --------------------------------------------------------------------------
 
-def _check_case(dataset: RawDataset, case: RawCase, allowed: Set[int]) -> Tuple[ImageGeometry, Set[int]]:
-    """Open one case's files; returns the grid of its image and the values in its label map."""
+def _check_case(dataset: RawDataset, case: RawCase,
+                allowed: Set[int]) -> Tuple[ImageGeometry, Set[int], Optional[float]]:
+    """Open one case's files; returns the grid of its image, the values in its label map and the
+    darkest voxel of its CT channel(s) (None without one)."""
     root = dataset.root
     prefix = f"{describe_path(root)}: case '{case.name}'"
 
@@ -298,6 +309,7 @@ def _check_case(dataset: RawDataset, case: RawCase, allowed: Set[int]) -> Tuple[
         return os.path.relpath(path, root)
 
     reference: Optional[ImageGeometry] = None
+    darkest_ct: Optional[float] = None
     for index, path in enumerate(case.image_files):
         try:
             image, geometry = read_image(path)
@@ -307,6 +319,8 @@ def _check_case(dataset: RawDataset, case: RawCase, allowed: Set[int]) -> Tuple[
         if low == high:   # worded as prediction refuses such an image (inference/input_checks.py)
             raise DatasetError(f"{prefix}: {short(path)}: the image is constant (every voxel is {low:g}); "
                                "there is nothing to segment in it")
+        if is_ct(dataset.channel_list[index]):
+            darkest_ct = low if darkest_ct is None else min(darkest_ct, low)
         if reference is None:
             reference = geometry
             continue
@@ -331,7 +345,7 @@ def _check_case(dataset: RawDataset, case: RawCase, allowed: Set[int]) -> Tuple[
         shown = list_some(undeclared, shown=5)
         raise DatasetError(f"{prefix}: label {short(case.label_file)} has value(s) {shown} not declared in "
                            f"dataset.json labels (0..{max(allowed)})")
-    return reference, values
+    return reference, values, darkest_ct
 
 
 def _relative_message(exc: InputError, path: Path, short: str) -> str:

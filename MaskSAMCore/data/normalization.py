@@ -21,6 +21,11 @@ import numpy as np
 
 _MIN_STD = 1e-8
 
+# Darker than this (HU), every CT of a body holds something: air around the body, in the lungs or
+# the bowel lies near -1000 HU. A "CT" without it is not in Hounsfield units (a DICOM export that
+# lost its rescale intercept has air at 0), and the dataset-wide clipping above would misread it.
+AIR_HU = -500.0
+
 
 def is_ct(channel_name: str) -> bool:
     return channel_name.strip().lower() == "ct"

@@ -38,7 +38,7 @@ from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import Progress, emit
+from MaskSAMCore.progress import Progress, emit, print_warning
 
 
 CONVENTIONS = {
@@ -313,9 +313,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"{'mean':>20s}  Dice {_fmt(report['mean_dice'])}  HD95 {_fmt(report['mean_hd95_mm'])} mm "
           f"over {len(report['cases'])} case(s)", file=sys.stderr)
     for value, case_names in report["undeclared_labels"].items():
-        print(f"masksam: warning: label {value} is not in {describe_path(dataset_json)} but is in "
-              f"{len(case_names)} case(s) ({list_some(case_names)}); it is shown as label_{value} and left "
-              "out of the means", file=sys.stderr)
+        print_warning(f"label {value} is not in {describe_path(dataset_json)} but is in {len(case_names)} "
+                      f"case(s) ({list_some(case_names)}); it is shown as label_{value} and left out of the means")
     unmatched = report["unmatched_ground_truth"]
     if unmatched:
         # The means above leave these cases out; say so where the user reads them, not only in the JSON.

@@ -7,11 +7,12 @@ handed in directly (the Slicer module passes arrays, not files).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.normalization import AIR_HU
 from MaskSAMCore.data.orientation import plan_reorientation
 from MaskSAMCore.data.resampling import resampled_shape
 from MaskSAMCore.errors import InputError
@@ -51,6 +52,34 @@ def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name:
             raise InputError(f"{where}: {which} is constant (every voxel is {low:g}); there is nothing to segment")
     if any(s <= 0 or not np.isfinite(s) for s in geometry.spacing):
         raise InputError(f"{name}: invalid voxel spacing {geometry.spacing}")
+
+
+def intensity_warnings(image: np.ndarray, plan: Dict[str, Any], name: str,
+                       channel_files: Optional[Sequence[str]] = None) -> List[str]:
+    """Warnings for CT channels whose values cannot be Hounsfield units; image: (C, z, y, x).
+
+    A CT model clips to the HU window of the structures it learnt; an image on another scale
+    (a DICOM export that lost its rescale intercept: air at 0, organs near 1050; an MR or an
+    8-bit picture given to a CT model) is then clipped almost whole and segmented as nonsense
+    without any error. Such an image has nothing dark: no voxel below the darkest of the trained
+    structures, nor below air's -500 HU where those reach lower. A CT cropped inside one organ
+    would warn too, which is rare enough, and a warning, not a refusal.
+    """
+    warnings = []
+    for channel, scheme in enumerate(plan.get("normalization", [])):
+        if scheme.get("scheme") != "ct" or channel >= image.shape[0]:
+            continue
+        darkest = float(image[channel].min())
+        if darkest > max(float(scheme["clip_low"]), AIR_HU):
+            where = channel_files[channel] if channel_files else name
+            which = (f"the darkest voxel of channel {channel} ({scheme['channel']})" if image.shape[0] > 1
+                     else "its darkest voxel")
+            warnings.append(
+                f"{where}: {which} is {darkest:g}, yet a CT in Hounsfield units holds air near "
+                f"-1000 and the structures this model learnt reach down to {float(scheme['clip_low']):g}: the "
+                "image may not be in Hounsfield units (a lost rescale intercept? not a CT?); its labels may "
+                "be meaningless")
+    return warnings
 
 
 def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channels: int, name: str,

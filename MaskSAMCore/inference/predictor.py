@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from MaskSAMCore.errors import InputError, ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.dicom_seg import is_seg_output, seg_structures, write_dicom_seg
 from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
-from MaskSAMCore.inference.input_checks import check_fits_host_memory, check_image
+from MaskSAMCore.inference.input_checks import check_fits_host_memory, check_image, intensity_warnings
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.restore_sink import finish_labels
 from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowSettings,
@@ -76,6 +76,7 @@ class PreparedCase:
     seconds: float
     source: Optional[Path] = None   # the image file (channel 0) it was read from, if any
     series: Optional[DicomSeries] = None   # or the DICOM series
+    warnings: List[str] = field(default_factory=list)   # about the image, for the caller to show
 
 
 @dataclass
@@ -206,9 +207,10 @@ class Predictor:
             image = image[None]
         check_image(image, geometry, self.config.in_channels, name, channel_files)
         check_fits_host_memory(geometry, self.plan, self.config.in_channels, name, devices.available_host_bytes())
+        warnings = intensity_warnings(image, self.plan, name, channel_files)
         image = image.astype(np.float32, copy=not owned)
         data, _, properties = preprocess_case(image, geometry, self.plan)
-        return PreparedCase(name, data, properties, geometry, time.perf_counter() - start)
+        return PreparedCase(name, data, properties, geometry, time.perf_counter() - start, warnings=warnings)
 
     def prepare_files(self, paths: Sequence["os.PathLike[str] | str | DicomSeries"],
                       name: Optional[str] = None) -> PreparedCase:

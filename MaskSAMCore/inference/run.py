@@ -30,7 +30,7 @@ from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer,
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import emit
+from MaskSAMCore.progress import emit, print_warning
 
 READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
 
@@ -95,7 +95,10 @@ def _check_case_headers(case: Case) -> None:
     if warning:
         kept = ("the label map gets the image's qform and sform as they are" if is_nifti(case.output_file)
                 else "the label map stores that placement only")
-        print(f"masksam: warning: {describe_path(case.channel_files[0])}: {warning}; {kept}", file=sys.stderr)
+        print_warning(f"{describe_path(case.channel_files[0])}: {warning}; {kept}")
+
+
+WARNING = "warning: "   # a line of the series report that is a warning
 
 
 def report_dicom_series(cases: List[Case], model_modality: str = "unknown") -> None:
@@ -104,7 +107,10 @@ def report_dicom_series(cases: List[Case], model_modality: str = "unknown") -> N
         for series in case.channel_files:
             if isinstance(series, DicomSeries):
                 for line in _series_report(series, model_modality):
-                    print(f"masksam: {line}", file=sys.stderr)
+                    if line.startswith(WARNING):
+                        print_warning(line[len(WARNING):])
+                    else:
+                        print(f"masksam: {line}", file=sys.stderr)
 
 
 def _series_report(series: DicomSeries, model_modality: str) -> List[str]:
@@ -112,7 +118,7 @@ def _series_report(series: DicomSeries, model_modality: str) -> List[str]:
              f"{read_geometry(series).describe()}"]
     mismatch = modality_mismatch(series, model_modality)
     if mismatch:   # the user chose this series: segmented, but said
-        lines.append(f"warning: {series}: {mismatch}; its labels may be meaningless")
+        lines.append(f"{WARNING}{series}: {mismatch}; its labels may be meaningless")
     if series.tilt_degrees:
         lines.append(f"{series}: gantry tilt of {series.tilt_degrees:.1f} degrees: segmented on its own sheared "
                      "grid, which the label map keeps")
@@ -126,7 +132,7 @@ def _series_report(series: DicomSeries, model_modality: str) -> List[str]:
         lines.append(f"{len(series.not_images)} file(s) in the folder are no images and were left out "
                      f"({describe_not_images(series.not_images)})")
     if series.left_out:
-        lines.append(f"warning: {len(series.left_out)} file(s) in the folder cannot be read as DICOM images and "
+        lines.append(f"{WARNING}{len(series.left_out)} file(s) in the folder cannot be read as DICOM images and "
                      f"were left out ({list_some(p.name for p in series.left_out)})")
     return lines
 
@@ -199,6 +205,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 pending = prepare(following) if following is not None else None
                 continue
             pending = None
+            for warning in prepared.warnings:
+                print_warning(warning)
             read_ahead = _score_bytes(prepared, predictor.config.num_classes) <= READ_AHEAD_LIMIT_BYTES
             if following is not None and read_ahead:
                 pending = prepare(following)

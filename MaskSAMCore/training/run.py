@@ -39,7 +39,7 @@ from MaskSAMCore.folder_layout import (DATASET_JSON, LATEST_CHECKPOINT, PLANS_JS
                                        never_checkpointed)
 from MaskSAMCore.model_folder import ModelFolder, write_model_json
 from MaskSAMCore.paths import check_can_create
-from MaskSAMCore.progress import emit
+from MaskSAMCore.progress import emit, print_warning
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
@@ -345,9 +345,8 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
         print(f"masksam: note: the run now lasts {settings.epochs} epoch(s) instead of {planned}; {then}",
               file=sys.stderr, flush=True)
     if announce and changed:
-        print(f"masksam: warning: {len(changed)} case(s) changed since the run started "
-              f"({list_some(changed)}): they are preprocessed again and "
-              "the training goes on with the new files", file=sys.stderr, flush=True)
+        print_warning(f"{len(changed)} case(s) changed since the run started ({list_some(changed)}): "
+                      "they are preprocessed again and the training goes on with the new files")
     if announce and ignored:
         print(f"masksam: note: a resumed run keeps its own settings; {', '.join(ignored)} given here "
               f"{'is' if len(ignored) == 1 else 'are'} ignored", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import slicer
 from MaskSAMSegmentLib import commands, devices
+from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, cpu_speed_note
@@ -127,7 +128,8 @@ class SegmentTabMixin:
             node = job.result_node
             show_in_3d(node)   # closed surfaces: the segments appear in 3D views too
             self._parameters().outputSegmentation = node
-            self.ui.segmentStatusLabel.text = f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
+            self.ui.segmentStatusLabel.text = (f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
+                                               + warnings_note(job.warnings))
             for warning in job.warnings:
                 self._log(f"Warning: {warning}")
         else:

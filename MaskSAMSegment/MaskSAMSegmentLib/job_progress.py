@@ -2,16 +2,16 @@
 
 The core prints ``@masksam {json}`` lines (`MaskSAMCore.progress`): ``stage`` when a stage
 begins, ``progress`` with done/total/fraction/eta_s within it, ``epoch`` after each training
-epoch, ``message``, ``done`` and ``error``. Training interleaves its "train" stage (one bar over
-every iteration of every epoch) with validation, so the overall fraction and ETA of a training
-follow the "train" bar and the epoch lines, not whichever stage printed last.
+epoch, ``message``, ``warning``, ``done`` and ``error``. Training interleaves its "train" stage
+(one bar over every iteration of every epoch) with validation, so the overall fraction and ETA of
+a training follow the "train" bar and the epoch lines, not whichever stage printed last.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from MaskSAMCore.progress import format_duration
 
@@ -100,3 +100,10 @@ def _number(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def warnings_note(warnings: Sequence[str]) -> str:
+    """What a finished job's status line adds for its warnings (the log lists them)."""
+    if not warnings:
+        return ""
+    return f" {len(warnings)} warning{'s' if len(warnings) > 1 else ''}: see the log."

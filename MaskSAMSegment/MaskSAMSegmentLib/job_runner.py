@@ -66,6 +66,7 @@ class JobRunner:
         self.returncode: Optional[int] = None
         self.progress = JobProgress()
         self.events: List[dict] = []
+        self.warnings: List[str] = []   # the core's warning messages, in order
         self.log_lines: Deque[str] = collections.deque(maxlen=MAX_LOG_LINES)
         self._core_error: Optional[str] = None
         self._process: Optional[subprocess.Popen] = None
@@ -192,6 +193,8 @@ class JobRunner:
             self.progress.update(event)
             if event.get("event") == "error" and event.get("message") and not self._core_error:
                 self._core_error = str(event["message"])
+            if event.get("event") == "warning" and event.get("message"):
+                self.warnings.append(str(event["message"]))
             if self.on_event is not None:
                 self.on_event(event)
             return

@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
-from MaskSAMCore.errors import InputError, MaskSAMError
+from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
@@ -120,6 +120,7 @@ class SegmentJob:
         self._folder: Optional[Path] = None
         self._output: Optional[Path] = None
         self._input_grid = None
+        self._private_names: Dict[Path, str] = {}   # the private files -> what they are in the scene
         self._failure: Optional[str] = None
         self._state = JobState.PENDING
 
@@ -142,7 +143,7 @@ class SegmentJob:
                 arguments += ["--output-ending", INPUT_ENDING]
             self.runner = JobRunner(masksam_command(arguments, self.python),
                                     env=job_environment(self.base_env, self.request.device.gpu_index),
-                                    on_event=self.on_event, on_log=self.on_log)
+                                    on_event=self.on_event, on_log=self._log if self.on_log is not None else None)
             self.runner.start()
             self._state = JobState.RUNNING
         except BaseException:
@@ -160,11 +161,26 @@ class SegmentJob:
                                  "(resample it onto that volume first)")
         if len(arrays) == 1:
             path = write_array_image(arrays[0][0], arrays[0][1], self._folder / f"input{INPUT_ENDING}", compress=False)
-            return path, self._folder / f"labels{INPUT_ENDING}"
+            self._private_names[path] = f"volume '{volumes[0].GetName()}'"
+            output = self._folder / f"labels{INPUT_ENDING}"
+            self._private_names[output] = "the segmentation"
+            return path, output
         folder = self._folder / "input"
-        for channel, (array, grid) in enumerate(arrays):
-            write_array_image(array, grid, folder / f"case_{channel:04d}{INPUT_ENDING}", compress=False)
+        for channel, (volume, (array, grid)) in enumerate(zip(volumes, arrays)):
+            path = write_array_image(array, grid, folder / f"case_{channel:04d}{INPUT_ENDING}", compress=False)
+            self._private_names[path] = f"volume '{volume.GetName()}'"
+        self._private_names[self._folder / "output" / f"case{INPUT_ENDING}"] = "the segmentation"
         return folder, self._folder / "output"
+
+    def _log(self, line: str) -> None:
+        self.on_log(self._in_scene_terms(line))
+
+    def _in_scene_terms(self, message: str) -> str:
+        """A message of the core with the private files named as what they are in the scene."""
+        for path, name in self._private_names.items():
+            for spelling in (describe_path(path), str(path)):
+                message = message.replace(spelling, name)
+        return message
 
     def poll(self) -> JobState:
         """Advance the job; on success imports the result into the scene (once)."""
@@ -172,6 +188,7 @@ class SegmentJob:
             return self._state
         state = self.runner.poll()
         if state is JobState.SUCCEEDED:
+            self.warnings.extend(self._in_scene_terms(warning) for warning in self.runner.warnings)
             try:
                 self.result_node = self._import_result()
                 self._state = JobState.SUCCEEDED
@@ -210,7 +227,7 @@ class SegmentJob:
     def error_message(self) -> str:
         if self._failure:
             return self._failure
-        return self.runner.error_message if self.runner is not None else ""
+        return self._in_scene_terms(self.runner.error_message) if self.runner is not None else ""
 
     @property
     def log_text(self) -> str:

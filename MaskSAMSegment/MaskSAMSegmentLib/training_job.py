@@ -175,6 +175,8 @@ class TrainingJob:
             return JobState.PENDING
         was_running = self.runner.state is JobState.RUNNING
         state = self.runner.poll()
+        if was_running and state is JobState.SUCCEEDED:
+            self.warnings.extend(self.runner.warnings)
         if was_running and state is JobState.SUCCEEDED and self.request.install_when_done:
             try:
                 self.installed_model = install_trained_model(self.request.output_dir, root=self.models_root)
