@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from MaskSAMCore.errors import Cancelled
+
 TEMP_MARKER = ".partial-"
 # A write that failed with this little space left on its file system failed for want of space.
 LOW_SPACE_BYTES = 1 << 20
@@ -103,10 +105,12 @@ def atomic_path_with_companions(path: "os.PathLike[str] | str") -> Iterator[Path
 def _disk_full(exc: BaseException, folder: Path) -> bool:
     """Whether a failed write failed because the file system is full. Only Python's own writes
     say so (ENOSPC); NumPy ("19200 requested and 5088 written") and torch.save ("unexpected
-    pos") report a short write without a reason, so the free space tells."""
+    pos") report a short write without a reason, ITK's NRRD writer a failed gzip flush, and its
+    NIfTI writer nothing at all (the file then does not read back, which image_io reports as an
+    `InputError`), so the free space tells. A cancel is never taken for a full disk."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
-    if not isinstance(exc, (OSError, RuntimeError)):
+    if not isinstance(exc, Exception) or isinstance(exc, Cancelled):
         return False
     try:
         return shutil.disk_usage(folder).free < LOW_SPACE_BYTES

@@ -54,3 +54,70 @@ def test_enospc_is_a_full_disk_even_with_free_space_left(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert "no space left on the device to write it" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def _low_on_space(monkeypatch, free: int) -> None:
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10 << 20, (10 << 20) - free, free))
+
+
+def _nifti_writer_on_a_full_disk(monkeypatch) -> None:
+    """ITK's NIfTI writer on a full disk: the gzip stream is cut short and no error is raised."""
+    import SimpleITK as sitk
+
+    real_write = sitk.WriteImage
+
+    def cut_short(image, path, *args, **kwargs):
+        real_write(image, path, *args, **kwargs)
+        with open(path, "r+b") as handle:
+            handle.truncate(200)
+
+    monkeypatch.setattr(sitk, "WriteImage", cut_short)
+
+
+def test_a_label_map_cut_short_by_a_full_disk_is_called_a_full_disk_not_a_bad_format(tmp_path, monkeypatch):
+    import numpy as np
+
+    from MaskSAMCore.data.image_io import ImageGeometry, write_label
+    from MaskSAMCore.errors import InputError
+
+    geometry = ImageGeometry((40, 30, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    labels = np.random.default_rng(0).integers(0, 5, (20, 30, 40)).astype(np.uint8)
+    _nifti_writer_on_a_full_disk(monkeypatch)
+    _low_on_space(monkeypatch, free=4096)
+    with pytest.raises(OSError) as raised:
+        write_label(labels, geometry, tmp_path / "labels.nii.gz")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "labels.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+    _low_on_space(monkeypatch, free=9 << 30)   # the same unreadable file with space left: not the disk
+    with pytest.raises(InputError, match="does not read back as a 3D image"):
+        write_label(labels, geometry, tmp_path / "labels.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cancel_on_a_nearly_full_disk_stays_a_cancel(tmp_path, monkeypatch):
+    from MaskSAMCore.atomic import atomic_path
+    from MaskSAMCore.errors import Cancelled
+
+    _low_on_space(monkeypatch, free=100)
+    with pytest.raises(Cancelled):
+        with atomic_path(tmp_path / "labels.nii.gz"):
+            raise Cancelled("cancelled by signal SIGTERM")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_phantoms_on_a_full_disk_names_the_file_in_the_dataset_it_was_asked_for(tmp_path, monkeypatch,
+                                                                                      capsys):
+    from MaskSAMCore.cli import main
+
+    _nifti_writer_on_a_full_disk(monkeypatch)
+    _low_on_space(monkeypatch, free=4096)
+    assert main(["make-phantoms", str(tmp_path / "ds"), "--cases", "2", "--size", "24", "24", "8"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"masksam: error: {tmp_path / 'ds' / 'imagesTr' / 'phantom_000_0000.nii.gz'}: "
+                     "no space left on the device to write it; free some space and run again")
+    assert list(tmp_path.iterdir()) == []

@@ -83,6 +83,12 @@ def _write_dataset(out: Path, cases: int, seed: int, test_cases: int, size: Opti
         write_json(staging / "dataset.json", dataset_json(cases, test_cases, seed, file_ending,
                                                           sparse=annotate_every > 1))
         _move_into_place(staging, out)
+    except OSError as exc:   # a full disk: name the file as the user knows it, not the hidden staging one
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.filename and os.fspath(exc.filename).startswith(str(staging) + os.sep):
+            inside = os.path.relpath(os.fspath(exc.filename), staging)
+            raise OSError(exc.errno, exc.strerror, str(out / inside)) from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
