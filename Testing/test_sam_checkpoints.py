@@ -19,19 +19,38 @@ from MaskSAMCore.model_folder import load_checkpoint, save_checkpoint
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
 
 
+REQUESTS = []   # (path, Range header) of every request the server answered
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep test output quiet
         pass
 
+    def _send_a_third_and_hang_up(self):
+        """Promises the whole file, sends a third of it, hangs up: a proxy dropping the transfer."""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
+        self.wfile.flush()
+        self.connection.shutdown(2)
+
     def do_GET(self):
-        if self.path == "/cut.pth":  # promises the whole file, sends a third, hangs up
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(PAYLOAD)))
-            self.end_headers()
-            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 3])
-            self.wfile.flush()
-            self.connection.shutdown(2)
+        asked_range = self.headers.get("Range")
+        REQUESTS.append((self.path, asked_range))
+        if self.path == "/cut.pth" or (self.path.startswith("/flaky") and asked_range is None):
+            self._send_a_third_and_hang_up()
             return
+        if self.path == "/flaky.pth":   # serves ranges: the rest of the file from the byte asked for
+            start = int(asked_range.split("=")[1].rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+            self.send_header("Content-Length", str(len(PAYLOAD) - start))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[start:])
+            return
+        if self.path == "/flaky_without_ranges.pth":   # ignores the Range header: the whole file again
+            self.path = "/sam.pth"
         payload = {"/sam.pth": PAYLOAD, "/two_mib.pth": PAYLOAD[:2 << 20]}.get(self.path)
         if payload is None:
             self.send_error(404)
@@ -126,10 +145,34 @@ def test_wrong_hash_leaves_nothing(monkeypatch, registry, tmp_path):
     assert _cache_files(tmp_path) == []
 
 
-def test_connection_cut_mid_file_leaves_nothing(registry, server, tmp_path):
-    with pytest.raises(DownloadError, match="cut off|failed"):
+@pytest.fixture
+def no_waits(monkeypatch):
+    from MaskSAMCore.model import resumable_download
+
+    monkeypatch.setattr(resumable_download, "RETRY_WAITS_S", (0.0, 0.0, 0.0, 0.0))
+    REQUESTS.clear()
+
+
+def test_connection_cut_mid_file_every_time_leaves_nothing(registry, server, tmp_path, no_waits):
+    with pytest.raises(DownloadError, match=rf"was cut off after {len(PAYLOAD) // 3} of {len(PAYLOAD)} bytes "
+                                            r"\(resumed 4 times; last: the server closed it early\)"):
         download("vit_b", cache_dir=tmp_path, url=server + "/cut.pth", progress=False)
     assert _cache_files(tmp_path) == []
+    assert len(REQUESTS) == 5
+
+
+def test_a_connection_broken_mid_file_is_resumed_where_it_broke(registry, server, tmp_path, no_waits, capsys):
+    path = download("vit_b", cache_dir=tmp_path, url=server + "/flaky.pth", progress=False)
+    assert path.read_bytes() == PAYLOAD and _cache_files(tmp_path) == ["sam.pth"]
+    assert REQUESTS == [("/flaky.pth", None), ("/flaky.pth", f"bytes={len(PAYLOAD) // 3}-")]
+    said = capsys.readouterr().err
+    assert "masksam: the connection broke after 1.0 MiB (the server closed it early); asking for the rest" in said
+
+
+def test_a_server_that_ignores_ranges_sends_the_file_again_from_the_start(registry, server, tmp_path, no_waits):
+    path = download("vit_b", cache_dir=tmp_path, url=server + "/flaky_without_ranges.pth", progress=False)
+    assert path.read_bytes() == PAYLOAD and _cache_files(tmp_path) == ["sam.pth"]
+    assert [asked for _, asked in REQUESTS] == [None, f"bytes={len(PAYLOAD) // 3}-"]
 
 
 def test_failed_first_download_leaves_no_empty_cache_folders(registry, server, tmp_path):
@@ -221,7 +264,7 @@ def test_no_connection_says_why_and_how_to_get_the_file_another_way(registry, tm
     with pytest.raises(DownloadError) as error:
         download("vit_b", cache_dir=cache, url=f"http://127.0.0.1:{port}/sam.pth", progress=False)
     message = str(error.value)
-    assert "<urlopen error" not in message and "failed after 0 bytes" in message
+    assert "<urlopen error" not in message and "failed before any byte arrived" in message
     assert f"download sam.pth elsewhere and put it in {describe_path(cache)}" in message   # '~/...' under $HOME
     assert "--sam-checkpoint FILE" in message
     assert _cache_files(tmp_path) == []

@@ -1,8 +1,9 @@
 """Official Segment Anything checkpoints: registry, checksummed download, safe loading.
 
 Checkpoints are never shipped. `download` fetches one into the cache (`MaskSAMCore.paths`) through
-a temporary file that becomes the cached file only after its SHA-256 matched; an interrupted or
-corrupted download leaves nothing in the cache. `load_sam_state_dict` reads with
+a temporary file that becomes the cached file only after its SHA-256 matched; a connection that
+breaks mid-file is resumed (`resumable_download`), and a download that still fails, or arrives
+corrupted, leaves nothing in the cache. `load_sam_state_dict` reads with
 ``torch.load(weights_only=True)``, so a file whose unpickling would run code is refused.
 """
 
@@ -24,6 +25,7 @@ import torch
 from MaskSAMCore.atomic import folders_made, remove_stale_temporaries, temporary_sibling, write_json
 from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
+from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, fetch
 from MaskSAMCore.progress import Progress
 
 
@@ -147,43 +149,42 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
 
 def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", timeout_s: float,
                     progress: bool) -> None:
-    """Download `source` into `temporary`; `DownloadError` unless it arrived whole with the
-    official SHA-256 of `info`."""
-    digest = hashlib.sha256()
-    received = 0
+    """Download `source` into `temporary` (a broken connection is resumed, see
+    `resumable_download`); `DownloadError` unless it arrived whole with the official SHA-256."""
+    blocks = -(-info.size_bytes // _CHUNK)   # MiB blocks, the last one maybe short
+    bars = [Progress(f"download {info.filename}", total=blocks, unit="MiB", enabled=progress)]
+
+    def start_over() -> None:
+        bars.append(Progress(f"download {info.filename} (again)", total=blocks, unit="MiB", enabled=progress))
+
     try:
-        with urllib.request.urlopen(source, timeout=timeout_s) as response:
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length and length.isdigit() else None
-            blocks = -(-(expected or info.size_bytes) // _CHUNK)   # MiB blocks, the last one maybe short
-            bar = Progress(f"download {info.filename}", total=blocks, unit="MiB", enabled=progress)
-            with open(temporary, "wb") as handle:
-                for block in iter(lambda: response.read(_CHUNK), b""):
-                    handle.write(block)
-                    digest.update(block)
-                    received += len(block)
-                    bar.advance()
-            bar.close()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DownloadError(f"download of {source} failed after {received} bytes: "
-                            f"{_download_failure(exc, received, info, temporary.parent)}") from exc
-    if expected is not None and received != expected:
-        raise DownloadError(f"download of {source} was cut off: {received} of {expected} bytes")
-    if digest.hexdigest() != info.sha256:
+        with open(temporary, "wb") as handle:
+            fetch(source, handle, timeout_s, on_block=lambda: bars[-1].advance(), on_restart=start_over,
+                  block_bytes=_CHUNK)
+    except ConnectionBroken as exc:
+        whole = f" of {exc.expected}" if exc.expected is not None else ""
+        raise DownloadError(f"download of {source} was cut off after {exc.received}{whole} bytes "
+                            f"(resumed {exc.retries} times; last: {exc})") from exc
+    except TRANSFER_ERRORS as exc:
+        raise DownloadError(f"download of {source} failed before any byte arrived: "
+                            f"{_download_failure(exc, info, temporary.parent)}") from exc
+    bars[-1].close()
+    digest = file_sha256(temporary)
+    if digest != info.sha256:
         raise DownloadError(
-            f"download of {source} has SHA-256 {digest.hexdigest()[:16]}..., expected "
+            f"download of {source} has SHA-256 {digest[:16]}..., expected "
             f"{info.sha256[:16]}... for SAM {info.model_type}; the file was discarded"
         )
 
 
-def _download_failure(exc: BaseException, received: int, info: "SamCheckpointInfo", folder: Path) -> str:
+def _download_failure(exc: BaseException, info: "SamCheckpointInfo", folder: Path) -> str:
     """Why the download failed and, when no connection was made (offline, a proxy, a firewall:
     the usual case in a hospital), how to get the file in another way."""
     # A URLError prints as "<urlopen error [Errno -2] Name or service not known>"; its reason is
     # the readable part. An HTTPError ("HTTP Error 404: Not Found") reads well as it is.
     plain = isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError)
     reason = str(exc.reason) if plain else str(exc)
-    if received or not plain:
+    if not plain:
         return reason
     return (f"{reason}; without access, download {info.filename} elsewhere and put it in "
             f"{describe_path(folder)}, or give that file as the SAM checkpoint (--sam-checkpoint FILE)")
