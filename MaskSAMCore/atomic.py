@@ -68,11 +68,11 @@ def atomic_path(path: "os.PathLike[str] | str") -> Iterator[Path]:
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
-        full = _disk_full(exc, path.parent)   # while the partial file still takes its space
+        full = disk_full(exc, path.parent)   # while the partial file still takes its space
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         if full:
-            raise _no_space(path) from None
+            raise no_space_error(path) from None
         raise
 
 
@@ -95,14 +95,14 @@ def atomic_path_with_companions(path: "os.PathLike[str] | str") -> Iterator[Path
         _fsync_file(target)
         os.replace(target, path)
     except BaseException as exc:
-        if _disk_full(exc, path.parent):
-            raise _no_space(path) from None
+        if disk_full(exc, path.parent):
+            raise no_space_error(path) from None
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _disk_full(exc: BaseException, folder: Path) -> bool:
+def disk_full(exc: BaseException, folder: Path) -> bool:
     """Whether a failed write failed because the file system is full. Only Python's own writes
     say so (ENOSPC); NumPy ("19200 requested and 5088 written") and torch.save ("unexpected
     pos") report a short write without a reason, ITK's NRRD writer a failed gzip flush, and its
@@ -118,7 +118,7 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
         return False
 
 
-def _no_space(path: Path) -> OSError:
+def no_space_error(path: Path) -> OSError:
     return OSError(errno.ENOSPC, "no space left on the device to write it; free some space and run again",
                    str(path))
 

@@ -307,3 +307,35 @@ def test_a_given_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatc
     store.write_text("{damaged")
     assert sam_checkpoints.remembered_sha256(checkpoint) == hashlib.sha256(b"b" * 1000).hexdigest()
     assert len(hashed) == 3 and sam_checkpoints.remembered_sha256(checkpoint) and len(hashed) == 3
+
+
+def test_a_full_disk_during_a_download_is_said_at_once_not_retried_as_a_broken_connection(
+        registry, server, tmp_path, no_waits, monkeypatch):
+    import builtins
+    import errno
+
+    class FillsUp:
+        """A file on a disk with room for one MiB block."""
+
+        def __init__(self, path):
+            self.handle = builtins.open(path, "wb")
+            self.written = 0
+
+        def write(self, block):
+            if self.written:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += self.handle.write(block)
+            return len(block)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(sam_checkpoints, "open", lambda path, mode: FillsUp(path), raising=False)
+    with pytest.raises(OSError) as raised:
+        download("vit_b", cache_dir=tmp_path, url=server + "/sam.pth", progress=False)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "sam.pth")
+    assert "no space left on the device" in str(raised.value)
+    assert _cache_files(tmp_path) == [] and len(REQUESTS) == 1

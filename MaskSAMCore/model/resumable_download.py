@@ -39,6 +39,14 @@ class ConnectionBroken(Exception):
         self.retries = retries
 
 
+class WriteFailed(Exception):
+    """Writing to the local file failed (a full disk): never retried, never a broken connection."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 @dataclass
 class _Transfer:
     received: int = 0
@@ -53,8 +61,9 @@ def fetch(source: str, handle: BinaryIO, timeout_s: float,
 
     on_block: called after each block written (a progress bar); on_restart: called when the
     file is written again from the start (the bar starts over). Raises `ConnectionBroken` when
-    the connection broke after some bytes and the retries did not finish the file, and the
-    transfer error itself (URLError, HTTPError, ...) when nothing arrived.
+    the connection broke after some bytes and the retries did not finish the file, the transfer
+    error itself (URLError, HTTPError, ...) when nothing arrived, and `WriteFailed` at once when
+    `handle` cannot take a block.
     """
     transfer = _Transfer()
     for attempt in range(len(RETRY_WAITS_S) + 1):
@@ -90,7 +99,10 @@ def _fetch_rest(source: str, handle: BinaryIO, transfer: _Transfer, timeout_s: f
         if transfer.received == 0:
             transfer.expected = length
         for block in iter(lambda: response.read(block_bytes), b""):
-            handle.write(block)
+            try:
+                handle.write(block)
+            except OSError as exc:
+                raise WriteFailed(exc) from exc
             transfer.received += len(block)
             if on_block is not None:
                 on_block()

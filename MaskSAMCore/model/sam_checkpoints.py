@@ -22,10 +22,11 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from MaskSAMCore.atomic import folders_made, remove_stale_temporaries, temporary_sibling, write_json
+from MaskSAMCore.atomic import (disk_full, folders_made, no_space_error, remove_stale_temporaries,
+                                temporary_sibling, write_json)
 from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
-from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, fetch
+from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, WriteFailed, fetch
 from MaskSAMCore.progress import Progress
 
 
@@ -140,9 +141,12 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
         try:
             _fetch_verified(url or info.url, temporary, info, timeout_s, progress)
             os.replace(temporary, destination)
-        except BaseException:
+        except BaseException as exc:
+            full = disk_full(exc, folder)   # while the partial file still takes its space
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
+            if full and not isinstance(exc, DownloadError):
+                raise no_space_error(destination) from None
             raise
     return destination
 
@@ -161,6 +165,8 @@ def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", tim
         with open(temporary, "wb") as handle:
             fetch(source, handle, timeout_s, on_block=lambda: bars[-1].advance(), on_restart=start_over,
                   block_bytes=_CHUNK)
+    except WriteFailed as exc:
+        raise exc.cause from None   # the local disk, not the download: see `download`
     except ConnectionBroken as exc:
         whole = f" of {exc.expected}" if exc.expected is not None else ""
         raise DownloadError(f"download of {source} was cut off after {exc.received}{whole} bytes "
