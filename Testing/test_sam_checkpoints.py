@@ -49,6 +49,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(PAYLOAD[start:])
             return
+        if self.path == "/flaky_then_down.pth":   # the rest is refused: the server went down meanwhile
+            self.send_error(503)
+            return
         if self.path == "/flaky_without_ranges.pth":   # ignores the Range header: the whole file again
             self.path = "/sam.pth"
         payload = {"/sam.pth": PAYLOAD, "/two_mib.pth": PAYLOAD[:2 << 20]}.get(self.path)
@@ -155,7 +158,7 @@ def no_waits(monkeypatch):
 
 def test_connection_cut_mid_file_every_time_leaves_nothing(registry, server, tmp_path, no_waits):
     with pytest.raises(DownloadError, match=rf"was cut off after {len(PAYLOAD) // 3} of {len(PAYLOAD)} bytes "
-                                            r"\(resumed 4 times; last: the server closed it early\)"):
+                                            r"in 5 tries \(the last: the server closed it early\)"):
         download("vit_b", cache_dir=tmp_path, url=server + "/cut.pth", progress=False)
     assert _cache_files(tmp_path) == []
     assert len(REQUESTS) == 5
@@ -167,6 +170,13 @@ def test_a_connection_broken_mid_file_is_resumed_where_it_broke(registry, server
     assert REQUESTS == [("/flaky.pth", None), ("/flaky.pth", f"bytes={len(PAYLOAD) // 3}-")]
     said = capsys.readouterr().err
     assert "masksam: the connection broke after 1.0 MiB (the server closed it early); asking for the rest" in said
+
+
+def test_an_error_status_for_the_rest_is_not_asked_again(registry, server, tmp_path, no_waits):
+    with pytest.raises(DownloadError, match=rf"cut off after {len(PAYLOAD) // 3} of {len(PAYLOAD)} bytes "
+                                            r"in 2 tries \(the last: Service Unavailable\)"):
+        download("vit_b", cache_dir=tmp_path, url=server + "/flaky_then_down.pth", progress=False)
+    assert len(REQUESTS) == 2 and _cache_files(tmp_path) == []
 
 
 def test_a_server_that_ignores_ranges_sends_the_file_again_from_the_start(registry, server, tmp_path, no_waits):

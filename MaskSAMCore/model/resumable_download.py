@@ -32,11 +32,11 @@ TRANSFER_ERRORS = (OSError, http.client.HTTPException, ValueError)
 class ConnectionBroken(Exception):
     """The connection ended before the file had arrived whole (the retries used up)."""
 
-    def __init__(self, received: int, expected: Optional[int], retries: int, cause: BaseException) -> None:
+    def __init__(self, received: int, expected: Optional[int], tries: int, cause: BaseException) -> None:
         super().__init__(_reason(cause))
         self.received = received
         self.expected = expected
-        self.retries = retries
+        self.tries = tries   # requests made, the first one included
 
 
 class WriteFailed(Exception):
@@ -61,9 +61,9 @@ def fetch(source: str, handle: BinaryIO, timeout_s: float,
 
     on_block: called after each block written (a progress bar); on_restart: called when the
     file is written again from the start (the bar starts over). Raises `ConnectionBroken` when
-    the connection broke after some bytes and the retries did not finish the file, the transfer
-    error itself (URLError, HTTPError, ...) when nothing arrived, and `WriteFailed` at once when
-    `handle` cannot take a block.
+    the connection broke after some bytes and the retries did not finish the file (or the server
+    refused the rest with an error status), the transfer error itself (URLError, HTTPError, ...)
+    when nothing arrived, and `WriteFailed` at once when `handle` cannot take a block.
     """
     transfer = _Transfer()
     for attempt in range(len(RETRY_WAITS_S) + 1):
@@ -71,10 +71,11 @@ def fetch(source: str, handle: BinaryIO, timeout_s: float,
             _fetch_rest(source, handle, transfer, timeout_s, on_block, on_restart, block_bytes)
             return transfer.received
         except TRANSFER_ERRORS as exc:
-            if isinstance(exc, urllib.error.HTTPError) or transfer.received == 0:
+            if transfer.received == 0:
                 raise
-            if attempt == len(RETRY_WAITS_S):
-                raise ConnectionBroken(transfer.received, transfer.expected, attempt, exc) from exc
+            # An error status when asking for the rest (say 503) would come again: not retried.
+            if attempt == len(RETRY_WAITS_S) or isinstance(exc, urllib.error.HTTPError):
+                raise ConnectionBroken(transfer.received, transfer.expected, attempt + 1, exc) from exc
             wait = RETRY_WAITS_S[attempt]
             print(f"masksam: the connection broke after {_mib(transfer.received)} ({_reason(exc)}); asking for the "
                   f"rest in {wait:g} s (try {attempt + 2} of {len(RETRY_WAITS_S) + 1})", file=sys.stderr, flush=True)

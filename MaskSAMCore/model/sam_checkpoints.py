@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -170,7 +169,7 @@ def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", tim
     except ConnectionBroken as exc:
         whole = f" of {exc.expected}" if exc.expected is not None else ""
         raise DownloadError(f"download of {source} was cut off after {exc.received}{whole} bytes "
-                            f"(resumed {exc.retries} times; last: {exc})") from exc
+                            f"in {exc.tries} tries (the last: {exc})") from exc
     except TRANSFER_ERRORS as exc:
         raise DownloadError(f"download of {source} failed before any byte arrived: "
                             f"{_download_failure(exc, info, temporary.parent)}") from exc
