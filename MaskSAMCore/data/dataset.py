@@ -26,7 +26,7 @@ from MaskSAMCore.data.dataset_json import DATASET_JSON, read_dataset_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_image
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.nifti_transforms import placement_warning
-from MaskSAMCore.data.normalization import AIR_HU, is_ct
+from MaskSAMCore.data.normalization import AIR_HU, NOT_HOUNSFIELD_CAUSES, cannot_be_hounsfield, is_ct
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, dataset_label_names, read_dataset_label
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.progress import Progress, print_warning
@@ -152,7 +152,7 @@ def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = Tr
     for case in dataset.training_cases:
         dataset.geometries[case.name], values, darkest_ct = _check_case(dataset, case, allowed)
         present |= values
-        if darkest_ct is not None and darkest_ct > AIR_HU:
+        if darkest_ct is not None and cannot_be_hounsfield(darkest_ct):
             not_hounsfield.append((case.name, darkest_ct))
         warning = placement_warning(case.image_files[0], dataset.geometries[case.name])
         if warning:
@@ -165,9 +165,8 @@ def check_case_files(dataset: RawDataset, progress: bool = True, warn: bool = Tr
     if not_hounsfield and warn:
         print_warning(f"{describe_path(dataset.root)}: the CT image of {len(not_hounsfield)} case(s) "
                       f"({list_some(f'{name}: {value:g}' for name, value in not_hounsfield)}) has no voxel "
-                      f"darker than {AIR_HU:g} HU, where air lies: not Hounsfield units (a lost rescale "
-                      "intercept? not a CT?); the CT normalisation pools every case's values, so these cases "
-                      "are learnt on another scale")
+                      f"darker than {AIR_HU:g} HU, where air lies: not Hounsfield units ({NOT_HOUNSFIELD_CAUSES}); "
+                      "the CT normalisation pools every case's values, so these cases are learnt on another scale")
     _check_labels_present(dataset, present, warn)
 
 

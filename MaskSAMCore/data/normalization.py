@@ -25,6 +25,13 @@ _MIN_STD = 1e-8
 # the bowel lies near -1000 HU. A "CT" without it is not in Hounsfield units (a DICOM export that
 # lost its rescale intercept has air at 0), and the dataset-wide clipping above would misread it.
 AIR_HU = -500.0
+NOT_HOUNSFIELD_CAUSES = "a lost rescale intercept? not a CT?"
+
+
+def cannot_be_hounsfield(darkest: float, darkest_structure: float = AIR_HU) -> bool:
+    """Whether a CT channel whose darkest voxel is `darkest` cannot be in Hounsfield units: it
+    holds nothing as dark as air, nor as the darkest structure a model learnt (when known)."""
+    return darkest > max(AIR_HU, darkest_structure)
 
 
 def is_ct(channel_name: str) -> bool:

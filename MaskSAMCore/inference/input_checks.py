@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry
-from MaskSAMCore.data.normalization import AIR_HU
+from MaskSAMCore.data.normalization import NOT_HOUNSFIELD_CAUSES, cannot_be_hounsfield
 from MaskSAMCore.data.orientation import plan_reorientation
 from MaskSAMCore.data.resampling import resampled_shape
 from MaskSAMCore.errors import InputError
@@ -70,15 +70,14 @@ def intensity_warnings(image: np.ndarray, plan: Dict[str, Any], name: str,
         if scheme.get("scheme") != "ct" or channel >= image.shape[0]:
             continue
         darkest = float(image[channel].min())
-        if darkest > max(float(scheme["clip_low"]), AIR_HU):
+        if cannot_be_hounsfield(darkest, float(scheme["clip_low"])):
             where = channel_files[channel] if channel_files else name
             which = (f"the darkest voxel of channel {channel} ({scheme['channel']})" if image.shape[0] > 1
                      else "its darkest voxel")
             warnings.append(
                 f"{where}: {which} is {darkest:g}, yet a CT in Hounsfield units holds air near "
                 f"-1000 and the structures this model learnt reach down to {float(scheme['clip_low']):g}: the "
-                "image may not be in Hounsfield units (a lost rescale intercept? not a CT?); its labels may "
-                "be meaningless")
+                f"image may not be in Hounsfield units ({NOT_HOUNSFIELD_CAUSES}); its labels may be meaningless")
     return warnings
 
 
