@@ -53,7 +53,27 @@ def test_a_volume_not_in_hounsfield_units_is_segmented_with_a_warning_naming_the
     assert job.warnings[0].startswith("volume 'Screenshot stack': its darkest voxel is 0, ")
     assert warnings_note(job.warnings) == " 1 warning: see the log."
     assert not [line for line in [*job.warnings, *logged] if PRIVATE_FOLDER in line]
-    assert any("volume 'Screenshot stack': its darkest voxel" in line for line in logged)
+    shown = [line for line in logged if "its darkest voxel" in line]
+    assert shown == [f"Warning: {job.warnings[0]}"]   # once, as it came, in the module's style
+    assert job.unlogged_warnings == []                  # so the tab does not log it again
+
+
+def test_the_log_shows_each_warning_once_the_cores_as_they_come_and_the_jobs_own_at_the_end(ct_model, tmp_path):
+    scene = new_scene()
+    picture = np.random.default_rng(3).integers(0, 256, (8, 24, 20)).astype(np.uint8)
+    volume = add_scalar_volume(scene, picture, oblique_grid(picture.shape), name="Screenshot stack")
+    logged = []
+    job = SegmentJob(scene, SegmentRequest([volume], read_model_info(ct_model), device=CPU, quality="fast"),
+                     base_env=subprocess_environment(), work_dir=str(tmp_path), on_log=logged.append)
+    job.start()
+    scene.RemoveNode(volume)   # the job finds this itself, after the core has finished
+
+    assert job.wait(timeout_s=300) is JobState.SUCCEEDED, job.error_message
+    core_warning, own_warning = job.warnings
+    assert "Hounsfield units" in core_warning and "was removed during the run" in own_warning
+    assert [line for line in logged if line.startswith("Warning: ")] == [f"Warning: {core_warning}"]
+    assert not [line for line in logged if "masksam: warning" in line]
+    assert job.unlogged_warnings == [own_warning]
 
 
 def test_a_volume_in_hounsfield_units_gets_no_warning(ct_model, tmp_path):

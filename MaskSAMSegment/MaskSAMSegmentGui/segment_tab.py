@@ -130,7 +130,7 @@ class SegmentTabMixin:
             self._parameters().outputSegmentation = node
             self.ui.segmentStatusLabel.text = (f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
                                                + warnings_note(job.warnings))
-            for warning in job.warnings:
+            for warning in job.unlogged_warnings:
                 self._log(f"Warning: {warning}")
         else:
             self._reportEnd(state, job, self.ui.segmentStatusLabel, "Segmentation", "the scene is unchanged")

@@ -56,7 +56,7 @@ class TrainingTabMixin:
             return
         self._trainingJob = None
         if state is JobState.SUCCEEDED:
-            for warning in job.warnings:
+            for warning in job.unlogged_warnings:
                 self._log(f"Warning: {warning}")
             installed = job.installed_model
             self.refreshModels(select=str(installed.folder) if installed else None)

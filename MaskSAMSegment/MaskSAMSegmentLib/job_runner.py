@@ -24,6 +24,8 @@ from MaskSAMCore.progress import parse_machine_line
 from MaskSAMSegmentLib.job_progress import JobProgress
 
 ERROR_PREFIX = "masksam: error: "
+WARNING_PREFIX = "masksam: warning: "
+LOGGED_WARNING_PREFIX = "Warning: "   # how the log shows a core warning (the module's own style)
 CANCELLED_EXIT_CODE = 130      # the core's exit status after Ctrl-C / SIGTERM
 MAX_LOG_LINES = 20000          # a long training prints far fewer; this only bounds memory
 OUTPUT_DRAIN_S = 2.0           # how long output may still arrive after the process has ended
@@ -43,7 +45,8 @@ class JobRunner:
     command:   the full argument list (interpreter first)
     env:       the complete environment of the process (None: this process's)
     on_event:  called from `poll()` with each machine event (a dict with "event")
-    on_log:    called from `poll()` with each other output line (stdout and stderr merged)
+    on_log:    called from `poll()` with each other output line (stdout and stderr merged; the
+               core's ``masksam: warning: X`` lines as ``Warning: X``)
     cancel_grace_s: how long the process may clean up after SIGTERM before SIGKILL
     """
 
@@ -200,6 +203,9 @@ class JobRunner:
             return
         if line.startswith(ERROR_PREFIX) and not self._core_error:
             self._core_error = line[len(ERROR_PREFIX):].strip()
+        if line.startswith(WARNING_PREFIX):
+            # Shown once, as it comes; its `warning` event only counts it (`self.warnings`).
+            line = LOGGED_WARNING_PREFIX + line[len(WARNING_PREFIX):]
         self.log_lines.append(line)
         if self.on_log is not None:
             self.on_log(line)

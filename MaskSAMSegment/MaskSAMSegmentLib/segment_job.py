@@ -117,6 +117,7 @@ class SegmentJob:
         self.runner: Optional[JobRunner] = None
         self.result_node = None
         self.warnings: List[str] = []
+        self._warnings_logged = 0   # how many of `warnings` the log showed as they came
         self._folder: Optional[Path] = None
         self._output: Optional[Path] = None
         self._input_grid = None
@@ -172,6 +173,12 @@ class SegmentJob:
         self._private_names[self._folder / "output" / f"case{INPUT_ENDING}"] = "the segmentation"
         return folder, self._folder / "output"
 
+    @property
+    def unlogged_warnings(self) -> List[str]:
+        """The warnings the log has not shown: the core's were logged as they came, the job's
+        own (found while importing the result) were not."""
+        return self.warnings[self._warnings_logged:]
+
     def _log(self, line: str) -> None:
         self.on_log(self._in_scene_terms(line))
 
@@ -189,6 +196,7 @@ class SegmentJob:
         state = self.runner.poll()
         if state is JobState.SUCCEEDED:
             self.warnings.extend(self._in_scene_terms(warning) for warning in self.runner.warnings)
+            self._warnings_logged = len(self.warnings) if self.on_log is not None else 0
             try:
                 self.result_node = self._import_result()
                 self._state = JobState.SUCCEEDED

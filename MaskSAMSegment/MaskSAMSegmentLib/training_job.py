@@ -148,6 +148,13 @@ class TrainingJob:
         self.runner: Optional[JobRunner] = None
         self.installed_model: Optional[ModelInfo] = None
         self.warnings: List[str] = []
+        self._warnings_logged = 0   # how many of `warnings` the log showed as they came
+
+    @property
+    def unlogged_warnings(self) -> List[str]:
+        """The warnings the log has not shown: the core's were logged as they came, the job's
+        own (installing the trained model) were not."""
+        return self.warnings[self._warnings_logged:]
 
     def start(self) -> None:
         problems = train_problems(self.request)
@@ -177,6 +184,7 @@ class TrainingJob:
         state = self.runner.poll()
         if was_running and state is JobState.SUCCEEDED:
             self.warnings.extend(self.runner.warnings)
+            self._warnings_logged = len(self.warnings) if self.on_log is not None else 0
         if was_running and state is JobState.SUCCEEDED and self.request.install_when_done:
             try:
                 self.installed_model = install_trained_model(self.request.output_dir, root=self.models_root)
