@@ -120,3 +120,34 @@ def test_an_output_ending_beside_an_output_file_name_is_refused(tmp_path):
     assert case.output_file == tmp_path / "out" / "ct.nrrd"
     case, = find_cases(tmp_path / "ct.nii.gz", f"{tmp_path / 'out'}/", num_channels=1, output_ending=".MHA")
     assert case.output_file == tmp_path / "out" / "ct.mha"    # as ITK can write it
+
+
+def test_continue_segments_only_the_cases_an_interrupted_run_left(model, tmp_path, capsys):
+    inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
+                        str(inputs / name))
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
+    (outputs / "b.nii.gz").unlink()                           # as if the run had stopped at b
+    kept = {name: (outputs / name).read_bytes() for name in ("a.nii.gz", "c.nii.gz")}
+    (inputs / "c.nii.gz").write_bytes(b"no longer an image")   # finished cases are not read again
+    capsys.readouterr()
+
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue"]) == 0
+    err = capsys.readouterr().err
+    assert "--continue: 2 of 3 case(s) have their output already and are skipped (a, c)" in err
+    assert "b -> " in err and "a -> " not in err
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
+    assert {name: (outputs / name).read_bytes() for name in kept} == kept
+
+    # Asking for probabilities now: no case has its probabilities file, so all are segmented again...
+    (inputs / "c.nii.gz").unlink()
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue",
+                 "--probabilities"]) == 0
+    assert (outputs / "a_probabilities.npz").is_file() and (outputs / "b_probabilities.npz").is_file()
+    # ... and once every output is there, nothing is.
+    capsys.readouterr()
+    assert main(["predict", str(model), str(inputs), str(outputs), "--continue", "--probabilities"]) == 0
+    assert "2 of 2 case(s) have their output already" in capsys.readouterr().err

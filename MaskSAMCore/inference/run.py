@@ -147,6 +147,15 @@ def _cases(args: argparse.Namespace, channels: int, model_modality: str) -> Tupl
     return find_all_series(args.input, args.output, channels, args.output_ending, model_modality)
 
 
+def split_finished(cases: List[Case], probabilities: bool) -> Tuple[List[Case], List[Case]]:
+    """The cases still to segment, and those an earlier run has segmented: their label map (and,
+    with `probabilities`, its probabilities file) exists. Outputs are written atomically, so one
+    that exists is whole; which model wrote it is not known."""
+    def finished(case: Case) -> bool:
+        return case.output_file.is_file() and (not probabilities or probabilities_path(case.output_file).is_file())
+    return [c for c in cases if not finished(c)], [c for c in cases if finished(c)]
+
+
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
     voxels = 1
     for n in case.properties["shape_after_resampling"]:
@@ -159,6 +168,15 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                             sam_checkpoint=args.sam_checkpoint, options=options)
     cases, series_left_out = _cases(args, predictor.config.in_channels, predictor.modality)
+    if getattr(args, "continue_run", False):
+        remaining, finished = split_finished(cases, args.probabilities)
+        if finished:
+            print(f"masksam: --continue: {len(finished)} of {len(cases)} case(s) have their output already and "
+                  f"are skipped ({list_some([case.name for case in finished])})", file=sys.stderr)
+        cases = remaining
+        if not cases:
+            emit("done", cases=0, failed=[], seconds=0.0, outputs=[])
+            return 0
     check_headers(cases)
     inputs = [path for case in cases for path in case.input_files]
     for case in cases:
