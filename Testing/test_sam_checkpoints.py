@@ -156,12 +156,72 @@ def no_waits(monkeypatch):
     REQUESTS.clear()
 
 
-def test_connection_cut_mid_file_every_time_leaves_nothing(registry, server, tmp_path, no_waits):
-    with pytest.raises(DownloadError, match=rf"was cut off after {len(PAYLOAD) // 3} of {len(PAYLOAD)} bytes "
-                                            r"in 5 tries \(the last: the server closed it early\)"):
+def test_a_download_cut_off_for_good_keeps_its_bytes_and_the_next_run_goes_on_from_there(
+        registry, server, tmp_path, no_waits, capsys):
+    third = len(PAYLOAD) // 3
+    with pytest.raises(DownloadError) as raised:
         download("vit_b", cache_dir=tmp_path, url=server + "/cut.pth", progress=False)
-    assert _cache_files(tmp_path) == []
+    assert str(raised.value) == (
+        f"download of {server}/cut.pth was cut off after {third} of {len(PAYLOAD)} bytes in 5 tries (the last: "
+        f"the server closed it early); the 1.0 MiB that arrived are kept in {describe_path(tmp_path)}/sam.pth.partial: "
+        "the same command goes on from there (delete that file to start again from zero)")
     assert len(REQUESTS) == 5
+    assert _cache_files(tmp_path) == ["sam.pth.partial"] and (tmp_path / "sam.pth.partial").read_bytes() == \
+        PAYLOAD[:third]
+    capsys.readouterr()
+    REQUESTS.clear()
+
+    path = download("vit_b", cache_dir=tmp_path, url=server + "/flaky.pth", progress=False)   # a later run
+
+    assert path.read_bytes() == PAYLOAD and _cache_files(tmp_path) == ["sam.pth"]
+    assert REQUESTS == [("/flaky.pth", f"bytes={third}-")]   # only the rest was asked for
+    assert "masksam: going on from the 1.0 MiB of sam.pth that an earlier download left" in capsys.readouterr().err
+
+
+def test_kept_bytes_that_are_not_the_files_are_found_out_by_the_hash_and_discarded(registry, server, tmp_path):
+    (tmp_path / "sam.pth.partial").write_bytes(os.urandom(len(PAYLOAD) // 3))   # another file's start
+    with pytest.raises(DownloadError, match="has SHA-256 .*; the file was discarded$"):
+        download("vit_b", cache_dir=tmp_path, url=server + "/flaky.pth", progress=False)
+    assert _cache_files(tmp_path) == []
+    assert download("vit_b", cache_dir=tmp_path, url=server + "/flaky.pth", progress=False).read_bytes() == PAYLOAD
+
+
+def test_kept_bytes_from_a_server_that_ignores_ranges_are_written_again_from_the_start(registry, server, tmp_path,
+                                                                                      no_waits):
+    (tmp_path / "sam.pth.partial").write_bytes(PAYLOAD[:1000])
+    path = download("vit_b", cache_dir=tmp_path, url=server + "/sam.pth", progress=False)   # answers 200
+    assert path.read_bytes() == PAYLOAD and _cache_files(tmp_path) == ["sam.pth"]
+    assert REQUESTS == [("/sam.pth", "bytes=1000-")]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="downloads are locked with flock (POSIX)")
+def test_a_second_download_of_the_same_file_at_once_is_refused(registry, server, tmp_path):
+    from MaskSAMCore.model.partial_download import held_partial
+
+    with held_partial(tmp_path / "sam.pth.partial"):   # what a running download holds
+        with pytest.raises(DownloadError, match=r"sam.pth is being downloaded by another masksam process; "
+                                                "wait for it to end$"):
+            download("vit_b", cache_dir=tmp_path, progress=False)
+    assert _cache_files(tmp_path) == []   # the running one had written nothing yet
+
+
+def test_a_cancelled_download_keeps_its_bytes_and_says_so(registry, server, tmp_path, monkeypatch, capsys):
+    from MaskSAMCore.model import resumable_download
+
+    real_fetch_rest = resumable_download._fetch_rest
+
+    def cancelled_after_a_mebibyte(source, handle, transfer, *rest):
+        handle.write(PAYLOAD[: 1 << 20])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resumable_download, "_fetch_rest", cancelled_after_a_mebibyte)
+    with pytest.raises(KeyboardInterrupt):
+        download("vit_b", cache_dir=tmp_path, progress=False)
+    assert (tmp_path / "sam.pth.partial").read_bytes() == PAYLOAD[: 1 << 20]
+    assert f"masksam: the 1.0 MiB that arrived are kept in {describe_path(tmp_path)}/sam.pth.partial" in \
+        capsys.readouterr().err
+    monkeypatch.setattr(resumable_download, "_fetch_rest", real_fetch_rest)
+    assert download("vit_b", cache_dir=tmp_path, url=server + "/flaky.pth", progress=False).read_bytes() == PAYLOAD
 
 
 def test_a_connection_broken_mid_file_is_resumed_where_it_broke(registry, server, tmp_path, no_waits, capsys):
@@ -176,7 +236,7 @@ def test_an_error_status_for_the_rest_is_not_asked_again(registry, server, tmp_p
     with pytest.raises(DownloadError, match=rf"cut off after {len(PAYLOAD) // 3} of {len(PAYLOAD)} bytes "
                                             r"in 2 tries \(the last: Service Unavailable\)"):
         download("vit_b", cache_dir=tmp_path, url=server + "/flaky_then_down.pth", progress=False)
-    assert len(REQUESTS) == 2 and _cache_files(tmp_path) == []
+    assert len(REQUESTS) == 2 and _cache_files(tmp_path) == ["sam.pth.partial"]   # for a later run
 
 
 def test_a_server_that_ignores_ranges_sends_the_file_again_from_the_start(registry, server, tmp_path, no_waits):
@@ -321,14 +381,13 @@ def test_a_given_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatc
 
 def test_a_full_disk_during_a_download_is_said_at_once_not_retried_as_a_broken_connection(
         registry, server, tmp_path, no_waits, monkeypatch):
-    import builtins
     import errno
 
     class FillsUp:
-        """A file on a disk with room for one MiB block."""
+        """The download's file on a disk with room for one MiB block."""
 
-        def __init__(self, path):
-            self.handle = builtins.open(path, "wb")
+        def __init__(self, handle):
+            self.handle = handle
             self.written = 0
 
         def write(self, block):
@@ -337,13 +396,12 @@ def test_a_full_disk_during_a_download_is_said_at_once_not_retried_as_a_broken_c
             self.written += self.handle.write(block)
             return len(block)
 
-        def __enter__(self):
-            return self
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
 
-        def __exit__(self, *exc):
-            self.handle.close()
-
-    monkeypatch.setattr(sam_checkpoints, "open", lambda path, mode: FillsUp(path), raising=False)
+    real_fetch = sam_checkpoints.fetch
+    monkeypatch.setattr(sam_checkpoints, "fetch",
+                        lambda source, handle, *rest, **options: real_fetch(source, FillsUp(handle), *rest, **options))
     with pytest.raises(OSError) as raised:
         download("vit_b", cache_dir=tmp_path, url=server + "/sam.pth", progress=False)
     assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "sam.pth")

@@ -49,29 +49,33 @@ class WriteFailed(Exception):
 
 @dataclass
 class _Transfer:
-    received: int = 0
+    received: int = 0                # bytes of the file in the handle
     expected: Optional[int] = None   # the whole file's size, when the server said it
+    arrived: bool = False            # whether this run has received any byte
 
 
 def fetch(source: str, handle: BinaryIO, timeout_s: float,
           on_block: Optional[Callable[[], None]] = None,
           on_restart: Optional[Callable[[], None]] = None,
-          block_bytes: int = BLOCK_BYTES) -> int:
-    """Write the file at URL `source` into `handle` (opened for writing, empty); returns its size.
+          block_bytes: int = BLOCK_BYTES, start: int = 0) -> int:
+    """Write the file at URL `source` into `handle`; returns its size.
 
-    on_block: called after each block written (a progress bar); on_restart: called when the
-    file is written again from the start (the bar starts over). Raises `ConnectionBroken` when
-    the connection broke after some bytes and the retries did not finish the file (or the server
-    refused the rest with an error status), the transfer error itself (URLError, HTTPError, ...)
-    when nothing arrived, and `WriteFailed` at once when `handle` cannot take a block.
+    `handle` is open for writing and holds the file's first `start` bytes (an earlier run's),
+    positioned after them; with `start` > 0 the first request asks for the rest only. on_block:
+    called after each block written (a progress bar); on_restart: called when the file is
+    written again from the start (the bar starts over). Raises `ConnectionBroken` when the
+    connection broke after some bytes arrived and the retries did not finish the file (or the
+    server refused the rest with an error status), the transfer error itself (URLError,
+    HTTPError, ...) when nothing arrived, and `WriteFailed` at once when `handle` cannot take a
+    block.
     """
-    transfer = _Transfer()
+    transfer = _Transfer(received=start)
     for attempt in range(len(RETRY_WAITS_S) + 1):
         try:
             _fetch_rest(source, handle, transfer, timeout_s, on_block, on_restart, block_bytes)
             return transfer.received
         except TRANSFER_ERRORS as exc:
-            if transfer.received == 0:
+            if not transfer.arrived:
                 raise
             # An error status when asking for the rest (say 503) would come again: not retried.
             if attempt == len(RETRY_WAITS_S) or isinstance(exc, urllib.error.HTTPError):
@@ -99,12 +103,15 @@ def _fetch_rest(source: str, handle: BinaryIO, transfer: _Transfer, timeout_s: f
                 on_restart()
         if transfer.received == 0:
             transfer.expected = length
+        elif transfer.expected is None:    # going on from an earlier run's bytes
+            transfer.expected = _whole_size(response)
         for block in iter(lambda: response.read(block_bytes), b""):
             try:
                 handle.write(block)
             except OSError as exc:
                 raise WriteFailed(exc) from exc
             transfer.received += len(block)
+            transfer.arrived = True
             if on_block is not None:
                 on_block()
     if transfer.expected is not None and transfer.received < transfer.expected:
@@ -118,6 +125,12 @@ def _continues_at(response, offset: int) -> bool:
         return False
     match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
     return match is not None and int(match.group(1)) == offset
+
+
+def _whole_size(response) -> Optional[int]:
+    """The whole file's size a partial response (206) states: ``Content-Range: bytes a-b/SIZE``."""
+    match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
 
 
 def _mib(size: int) -> str:

@@ -1,9 +1,10 @@
 """Official Segment Anything checkpoints: registry, checksummed download, safe loading.
 
 Checkpoints are never shipped. `download` fetches one into the cache (`MaskSAMCore.paths`) through
-a temporary file that becomes the cached file only after its SHA-256 matched; a connection that
-breaks mid-file is resumed (`resumable_download`), and a download that still fails, or arrives
-corrupted, leaves nothing in the cache. `load_sam_state_dict` reads with
+a partial file that becomes the cached file only after its SHA-256 matched; a connection that
+breaks mid-file is resumed (`resumable_download`), and the bytes of a download that still fails,
+or is cancelled, are kept for the next run to go on from (`partial_download`); one that arrives
+corrupted leaves nothing in the cache. `load_sam_state_dict` reads with
 ``torch.load(weights_only=True)``, so a file whose unpickling would run code is refused.
 """
 
@@ -21,10 +22,10 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from MaskSAMCore.atomic import (disk_full, folders_made, no_space_error, remove_stale_temporaries,
-                                temporary_sibling, write_json)
+from MaskSAMCore.atomic import disk_full, folders_made, no_space_error, remove_stale_temporaries, write_json
 from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
+from MaskSAMCore.model.partial_download import PartialFile, held_partial, partial_path
 from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, WriteFailed, fetch
 from MaskSAMCore.progress import Progress
 
@@ -122,8 +123,9 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
 
     Already cached with the right SHA-256 -> returned without a download; a cached file that is
     damaged or incomplete (an earlier copy cut short) is downloaded again. `url` may point to a
-    mirror; the hash is checked all the same. Raises DownloadError (nothing new left in the
-    cache) on any failure.
+    mirror; the hash is checked all the same. Raises DownloadError on any failure; the bytes of a
+    download cut off or cancelled stay in ``NAME.partial`` for the next run (`partial_download`),
+    anything else leaves nothing new in the cache.
     """
     info = info_for(model_type)
     folder = cache_dir or checkpoint_cache()
@@ -136,34 +138,57 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
     check_output_file(destination, what="SAM checkpoint")   # before the download, not after it
     with folders_made(folder):   # a failed first download leaves no empty cache folders
         remove_stale_temporaries(folder)
-        temporary = temporary_sibling(destination)
-        try:
-            _fetch_verified(url or info.url, temporary, info, timeout_s, progress)
-            os.replace(temporary, destination)
-        except BaseException as exc:
-            full = disk_full(exc, folder)   # while the partial file still takes its space
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            if full and not isinstance(exc, DownloadError):
-                raise no_space_error(destination) from None
-            raise
+        with held_partial(partial_path(destination)) as partial:
+            try:
+                _fetch_verified(url or info.url, partial, info, timeout_s, progress)
+                partial.install(destination)
+            except BaseException as exc:
+                if disk_full(exc, folder):   # while the partial file still takes its space
+                    partial.discard()
+                    if not isinstance(exc, DownloadError):
+                        raise no_space_error(destination) from None
+                _say_what_is_kept(exc, partial)
+                raise
     return destination
 
 
-def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", timeout_s: float,
+def _say_what_is_kept(exc: BaseException, partial: PartialFile) -> None:
+    """A failed or cancelled download keeps the bytes that arrived: say where, and that the same
+    command goes on from there (in the error line itself when there is one)."""
+    kept = partial.size
+    if not kept:
+        return
+    note = (f"the {_mib(kept)} that arrived are kept in {describe_path(partial.path)}: the same command "
+            "goes on from there (delete that file to start again from zero)")
+    if isinstance(exc, DownloadError):
+        exc.args = (f"{exc}; {note}",)
+    else:
+        print(f"masksam: {note}", file=sys.stderr, flush=True)
+
+
+def _fetch_verified(source: str, partial: PartialFile, info: "SamCheckpointInfo", timeout_s: float,
                     progress: bool) -> None:
-    """Download `source` into `temporary` (a broken connection is resumed, see
-    `resumable_download`); `DownloadError` unless it arrived whole with the official SHA-256."""
-    blocks = -(-info.size_bytes // _CHUNK)   # MiB blocks, the last one maybe short
+    """Download `source` into `partial`, going on after the bytes it holds (a broken connection
+    is resumed, see `resumable_download`); `DownloadError` unless it arrived whole with the
+    official SHA-256 (`partial` is then emptied)."""
+    start = partial.size
+    if start > info.size_bytes:
+        partial.discard()   # longer than the official file: not a part of it
+        start = 0
+    if start:
+        print(f"masksam: going on from the {_mib(start)} of {info.filename} that an earlier download left",
+              file=sys.stderr, flush=True)
+    blocks = -(-(info.size_bytes - start) // _CHUNK)   # MiB blocks, the last one maybe short
     bars = [Progress(f"download {info.filename}", total=blocks, unit="MiB", enabled=progress)]
 
     def start_over() -> None:
-        bars.append(Progress(f"download {info.filename} (again)", total=blocks, unit="MiB", enabled=progress))
+        bars.append(Progress(f"download {info.filename} (again)", total=-(-info.size_bytes // _CHUNK), unit="MiB",
+                             enabled=progress))
 
     try:
-        with open(temporary, "wb") as handle:
-            fetch(source, handle, timeout_s, on_block=lambda: bars[-1].advance(), on_restart=start_over,
-                  block_bytes=_CHUNK)
+        if start < info.size_bytes:
+            fetch(source, partial.handle, timeout_s, on_block=lambda: bars[-1].advance(), on_restart=start_over,
+                  block_bytes=_CHUNK, start=start)
     except WriteFailed as exc:
         raise exc.cause from None   # the local disk, not the download: see `download`
     except ConnectionBroken as exc:
@@ -171,15 +196,21 @@ def _fetch_verified(source: str, temporary: Path, info: "SamCheckpointInfo", tim
         raise DownloadError(f"download of {source} was cut off after {exc.received}{whole} bytes "
                             f"in {exc.tries} tries (the last: {exc})") from exc
     except TRANSFER_ERRORS as exc:
-        raise DownloadError(f"download of {source} failed before any byte arrived: "
-                            f"{_download_failure(exc, info, temporary.parent)}") from exc
+        raise DownloadError(f"download of {source} failed before any {'new ' if start else ''}byte arrived: "
+                            f"{_download_failure(exc, info, partial.path.parent)}") from exc
     bars[-1].close()
-    digest = file_sha256(temporary)
+    partial.handle.flush()
+    digest = file_sha256(partial.path)
     if digest != info.sha256:
+        partial.discard()
         raise DownloadError(
             f"download of {source} has SHA-256 {digest[:16]}..., expected "
             f"{info.sha256[:16]}... for SAM {info.model_type}; the file was discarded"
         )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _download_failure(exc: BaseException, info: "SamCheckpointInfo", folder: Path) -> str:
