@@ -98,6 +98,13 @@ HEADER_PROBLEMS = {
     "scaling direction (MetaImage)": (lambda p: _header_file(
         p / "scaled.mha", _METAIMAGE.format(spacing="1.2 1.2 2.5", matrix="2 0 0 0 2 0 0 0 2"), _VOXELS),
         "column lengths 2, 2, 2, not 1"),
+    "parallel axes (MetaImage)": (lambda p: _header_file(
+        p / "parallel.mha", _METAIMAGE.format(spacing="1.2 1.2 2.5", matrix="1 0 0 1 0 0 0 0 1"), _VOXELS),
+        "direction matrix has (nearly) parallel axes (determinant 0), so its voxels cannot be placed in space"),
+    "parallel axes (NRRD)": (lambda p: _header_file(
+        p / "parallel.nrrd", "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 6\nendian: little\nspace: "
+                             "left-posterior-superior\nspace directions: (0.8,0,0) (1.4,0,0) (0,0,3.1)\n"
+                             "encoding: raw\n\n", _VOXELS), "(nearly) parallel axes"),
     "complex voxels": (lambda p: _write(p / "complex.nii.gz", (_VOXELS + 1j * _VOXELS).astype(np.complex64)),
                        "complex voxel values"),
     "NIfTI-2": (lambda p: _bytes(p / "n2.nii", struct.pack("<i", 540) + b"n+2\0\r\n\x1a\n" + bytes(532)),
@@ -141,6 +148,18 @@ def test_a_spacing_that_would_resample_beyond_memory_is_refused(model_dir, tmp_p
     assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 1
     _assert_one_line_error(capsys, "typo.nrrd", "400 x 1.2 x 1.2 mm becomes 960 x 8 x 8 voxels",
                            "check the voxel spacing in its header")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("slice_mm", [1e16, 1e30])
+def test_an_absurd_spacing_is_refused_in_one_line_not_overflowed(model_dir, tmp_path, capsys, monkeypatch, slice_mm):
+    from MaskSAMCore.inference import devices
+
+    monkeypatch.setattr(devices, "available_host_bytes", lambda: 2 ** 34)   # a 16 GiB machine
+    source = _write(tmp_path / "absurd.nrrd", np.random.rand(6, 8, 8).astype(np.float32), spacing=(1.2, 1.2, slice_mm))
+    output = tmp_path / "labels.nrrd"
+    assert main(["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "absurd.nrrd", "GiB of memory", "check the voxel spacing in its header")
     assert not output.exists()
 
 

@@ -286,3 +286,25 @@ def test_a_path_with_letters_outside_the_code_page_reaches_the_module_intact(tmp
     runner.start()
     assert runner.wait(timeout_s=60) is JobState.SUCCEEDED, runner.error_message
     assert downloaded_checkpoint(runner.log_lines) == str(cached)
+
+
+def test_a_volume_whose_voxel_axes_are_parallel_is_refused_naming_it(tmp_path):
+    """A damaged IJK to RAS matrix (two axes along one line) places no volume in space: said in
+    one sentence before the Segment button runs, not as ITK's refusal to take the matrix."""
+    import vtk
+
+    scene = new_scene()
+    grid = oblique_grid()
+    volume = add_scalar_volume(scene, np.zeros(grid.shape_zyx, np.int16), grid, name="Damaged CT")
+    matrix = vtk.vtkMatrix4x4()
+    for row, values in enumerate([[1.4, 1.6, 0, 0], [0, 0, 0, 0], [0, 0, 3.3, 0]]):
+        for column, value in enumerate(values):
+            matrix.SetElement(row, column, value)
+    volume.SetIJKToRASMatrix(matrix)
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    problems = segment_problems(SegmentRequest([volume], model))
+    assert problems == ["Volume 'Damaged CT' cannot be placed in space: its IJK to RAS matrix has (nearly) "
+                        "parallel axes (determinant 0); fix its geometry in the Volumes module."]
+    with pytest.raises(InputError, match=r"^Volume 'Damaged CT' cannot be placed in space: .* parallel axes"):
+        SegmentJob(scene, SegmentRequest([volume], model), work_dir=str(tmp_path)).start()
+    assert list(tmp_path.glob("masksam-segment-*")) == []

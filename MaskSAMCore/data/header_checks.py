@@ -4,6 +4,7 @@
   take its absolute value and do not mirror, so left and right depend on the reader. Refused.
 - A zero spacing, or a direction matrix whose columns are not unit vectors (a MetaImage
   ``TransformMatrix`` carrying a scale): the voxel size, and so every resampling, would be wrong.
+  A direction matrix with (nearly) parallel axes (a damaged header) places no volume at all.
 - Complex voxels (complex MR reconstructions): converting them to real numbers silently keeps
   the real part, not the magnitude a reader of the image sees.
 - A zero, NaN or Inf spacing stored in a NIfTI or NRRD header, which ITK's readers replace by
@@ -26,6 +27,10 @@ from MaskSAMCore.errors import InputError
 
 AXES = "xyz"
 UNIT_TOLERANCE = 1e-3   # NIfTI stores directions as float32 rotations: far below this
+# Below this |determinant| of the direction matrix two voxel axes are within about 6 degrees of
+# parallel: no scanner writes that (a gantry tilt of 30 degrees gives 0.87), a damaged or
+# hand-edited header does, and ITK refuses an exactly singular one with a matrix dump.
+PARALLEL_AXES_DETERMINANT = 0.1
 COMPLEX_PIXELS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
 
 
@@ -64,6 +69,19 @@ def check_direction(where: str, direction: Sequence[float]) -> None:
         shown = ", ".join(f"{length:.4g}" for length in lengths)
         raise InputError(f"{where}: its direction matrix scales the axes (column lengths {shown}, not 1), so "
                          "the voxel size would be misread; put the scale into the spacing")
+    reason = parallel_axes(matrix)
+    if reason:
+        raise InputError(f"{where}: its header's direction matrix {reason}, so its voxels cannot be placed in "
+                         "space; fix the direction in the header")
+
+
+def parallel_axes(direction: np.ndarray) -> str:
+    """Why a (3, 3) direction matrix of unit columns places no volume ("" when it does): two or
+    three of its axes are (nearly) parallel."""
+    determinant = float(np.linalg.det(direction))
+    if abs(determinant) >= PARALLEL_AXES_DETERMINANT:
+        return ""
+    return f"has (nearly) parallel axes (determinant {determinant:.3g})"
 
 
 def check_pixel_type(where: str, pixel_id: int) -> None:

@@ -7,6 +7,7 @@ handed in directly (the Slicer module passes arrays, not files).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -102,11 +103,12 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
             "(and its unit) in its header")
     if available is None:
         return
-    needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * int(np.prod(new_shape, dtype=np.int64))
+    # Python integers: a spacing of 1e30 mm in a damaged header must not overflow int64.
+    needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * math.prod(new_shape)
     if needed > available:
         raise InputError(
             f"{name}: at the model's spacing ({_by(target)} mm) this {_by(shape)}-voxel image of spacing "
-            f"{_by(spacing)} mm becomes {_by(new_shape)} voxels, needing about {needed / 2 ** 30:.1f} GiB of "
+            f"{_by(spacing)} mm becomes {_by(new_shape)} voxels, needing about {needed / 2 ** 30:.4g} GiB of "
             f"memory ({available / 2 ** 30:.1f} GiB available); check the voxel spacing in its header")
 
 

@@ -9,7 +9,8 @@ MaskSAMCore reads or writes use LPS (x Left, y Posterior, z Superior)::
 
 so ``IJKToRAS = [[F D S, F o], [0, 1]]`` with ``F = diag(-1, -1, 1)``, D the 3x3 direction
 (columns = unit axis vectors), S = diag(spacing) and o the LPS origin. Nothing here imports
-Slicer or VTK: the conversion is plain NumPy so it can be tested and reused anywhere.
+Slicer or VTK: the conversion is plain NumPy so it can be tested and reused anywhere. A matrix
+that places no volume (a zero axis, parallel axes) raises `ValueError` saying why.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import numpy as np
+
+from MaskSAMCore.data.header_checks import parallel_axes
 
 # Flips x and y: LPS <-> RAS (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -86,14 +89,18 @@ def grid_from_ijk_to_ras(ijk_to_ras: np.ndarray, size_xyz: Sequence[int]) -> Lps
 
     Spacing is the length of each column of the 3x3 part; the direction is what remains once
     the spacing is divided out, flipped to LPS. A mirrored grid (negative determinant) is kept
-    as it is: ITK directions may be improper too.
+    as it is: ITK directions may be improper too. `ValueError` for a matrix with a zero,
+    non-finite or (nearly) parallel axes, which places no volume.
     """
     matrix = np.asarray(ijk_to_ras, dtype=float).reshape(4, 4)
     linear_lps = LPS_TO_RAS @ matrix[:3, :3]
     spacing = np.linalg.norm(linear_lps, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(matrix)):
-        raise ValueError(f"IJKToRAS matrix has a zero or non-finite axis: {matrix.tolist()}")
+        raise ValueError(f"its IJK to RAS matrix has a zero or non-finite axis: {matrix.tolist()}")
     direction = linear_lps / spacing
+    reason = parallel_axes(direction)
+    if reason:
+        raise ValueError(f"its IJK to RAS matrix {reason}")
     origin = LPS_TO_RAS @ matrix[:3, 3]
     return LpsGrid(
         size=tuple(int(n) for n in size_xyz),

@@ -46,6 +46,17 @@ class SegmentRequest:
     extra_attributes: Mapping[str, str] = field(default_factory=dict)
 
 
+def _placement_problem(volume) -> List[str]:
+    """A volume whose geometry places no volume in space (parallel axes in its IJK to RAS matrix)."""
+    from MaskSAMSegmentLib.volume_nodes import volume_grid  # needs VTK; keep module import light
+
+    try:
+        volume_grid(volume)
+    except InputError as exc:
+        return [f"V{str(exc)[1:]}; fix its geometry in the Volumes module."]
+    return []
+
+
 def segment_problems(request: SegmentRequest) -> List[str]:
     """Why the Segment button cannot run yet, one short sentence each (empty when it can)."""
     problems: List[str] = []
@@ -70,6 +81,8 @@ def segment_problems(request: SegmentRequest) -> List[str]:
         elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
             # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
             problems.append(f"Volume '{volume.GetName()}' is a labelmap; select the CT or MRI image.")
+        else:
+            problems.extend(_placement_problem(volume))
     # Found now, not when the result is imported after a run that may take an hour.
     for node, what in [(v, "Volume") for v in volumes] + [(request.output_segmentation, "Segmentation")]:
         transform = node.GetParentTransformNode() if node is not None else None

@@ -69,7 +69,10 @@ def volume_grid(node) -> LpsGrid:
     # not; voxel (0, 0, 0) of the array is then IJK (i0, j0, k0) of the node's IJK-to-RAS matrix.
     first_ijk = np.eye(4)
     first_ijk[:3, 3] = image.GetExtent()[0::2]
-    return grid_from_ijk_to_ras(world_ijk_to_ras(node) @ first_ijk, image.GetDimensions())
+    try:
+        return grid_from_ijk_to_ras(world_ijk_to_ras(node) @ first_ijk, image.GetDimensions())
+    except ValueError as exc:
+        raise InputError(f"volume '{node.GetName()}' cannot be placed in space: {exc}") from None
 
 
 def volume_to_array(node) -> Tuple[np.ndarray, LpsGrid]:
