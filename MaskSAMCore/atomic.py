@@ -61,19 +61,19 @@ def atomic_path(path: "os.PathLike[str] | str") -> Iterator[Path]:
     ...     sitk.WriteImage(image, str(tmp))
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
-        yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        full = disk_full(exc, path.parent)   # while the partial file still takes its space
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if full:
-            raise no_space_error(path) from None
-        raise
+    with folders_made(path.parent):   # a failed write leaves no folder it made
+        tmp = temporary_sibling(path)
+        try:
+            yield tmp
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            full = disk_full(exc, path.parent)   # while the partial file still takes its space
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if full:
+                raise no_space_error(path) from None
+            raise
 
 
 @contextlib.contextmanager
@@ -83,23 +83,23 @@ def atomic_path_with_companions(path: "os.PathLike[str] | str") -> Iterator[Path
     under their final names in a hidden temporary folder beside `path`. On success the data
     files are moved out first and `path` itself last: whoever finds the header finds its data."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent))
-    try:
-        target = folder / path.name
-        yield target
-        for companion in sorted(folder.iterdir()):
-            if companion != target:
-                _fsync_file(companion)
-                os.replace(companion, path.parent / companion.name)
-        _fsync_file(target)
-        os.replace(target, path)
-    except BaseException as exc:
-        if disk_full(exc, path.parent):
-            raise no_space_error(path) from None
-        raise
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with folders_made(path.parent):   # a failed write leaves no folder it made
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent))
+        try:
+            target = folder / path.name
+            yield target
+            for companion in sorted(folder.iterdir()):
+                if companion != target:
+                    _fsync_file(companion)
+                    os.replace(companion, path.parent / companion.name)
+            _fsync_file(target)
+            os.replace(target, path)
+        except BaseException as exc:
+            if disk_full(exc, path.parent):
+                raise no_space_error(path) from None
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def disk_full(exc: BaseException, folder: Path) -> bool:

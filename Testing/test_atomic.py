@@ -37,6 +37,24 @@ def test_folders_made_keeps_a_made_folder_that_is_no_longer_empty(tmp_path):
     assert (tmp_path / "a" / "b" / "kept.txt").read_text() == "someone's file"
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".nhdr"])   # one file; a header with its data file
+def test_a_failed_write_into_new_folders_leaves_no_folder_and_a_finished_one_keeps_them(tmp_path, ending):
+    """`masksam predict scan.nrrd out/new/labels.nrrd --probabilities` on a full disk: the
+    probabilities file fails, and `out/new/` must not stay behind empty."""
+    from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions
+
+    write = atomic_path_with_companions if ending == ".nhdr" else atomic_path
+    target = tmp_path / "out" / "new" / f"labels{ending}"
+    with pytest.raises(OSError):
+        with write(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise OSError(errno.EIO, "the disk went away")
+    assert list(tmp_path.iterdir()) == []
+    with write(target) as temporary:
+        temporary.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole" and sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+
 def test_only_hidden_temporaries_are_stale(tmp_path):
     from MaskSAMCore.atomic import TEMP_MARKER, remove_stale_temporaries
 
