@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.errors import InputError
+from MaskSAMCore.errors import InputError, describe_path
 from MaskSAMCore.inference.cases import find_cases
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
@@ -151,3 +151,23 @@ def test_continue_segments_only_the_cases_an_interrupted_run_left(model, tmp_pat
     capsys.readouterr()
     assert main(["predict", str(model), str(inputs), str(outputs), "--continue", "--probabilities"]) == 0
     assert "2 of 2 case(s) have their output already" in capsys.readouterr().err
+
+
+def test_scans_in_one_folder_per_patient_are_pointed_at_not_silently_left_out(tmp_path, capsys):
+    for patient in ("pat1", "pat2"):
+        _touch(tmp_path / "cohort" / patient, "ct.nii.gz")
+    with pytest.raises(InputError, match=r"cohort: no image files found \(known endings: .*\); image files lie in its "
+                                         r"subfolder\(s\) pat1, pat2: give one of them as the input"):
+        find_cases(tmp_path / "cohort", tmp_path / "out", num_channels=1)
+
+    _touch(tmp_path / "cohort", "top.nrrd")   # one scan beside them: segmented, the others named
+    cases = find_cases(tmp_path / "cohort", tmp_path / "out", num_channels=1)
+    assert [case.name for case in cases] == ["top"]
+    assert ("masksam: warning: " + describe_path(tmp_path / "cohort") + ": its subfolder(s) pat1, pat2 hold image files too, "
+            "which are not segmented") in capsys.readouterr().err
+
+    # The output folder of an earlier run, inside the input folder, holds label maps, not scans.
+    _touch(tmp_path / "cohort2", "a.nii.gz")
+    _touch(tmp_path / "cohort2" / "labels", "a.nii.gz")
+    find_cases(tmp_path / "cohort2", tmp_path / "cohort2" / "labels", num_channels=1)
+    assert "warning" not in capsys.readouterr().err

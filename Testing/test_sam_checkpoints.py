@@ -309,6 +309,18 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [b"<html><body>404 Not Found</body></html>\n", bytes(range(7, 107))])
+def test_a_file_that_is_no_checkpoint_at_all_is_not_called_dangerous(tmp_path, content):
+    """An error page saved as the download, or random bytes: 'get the file again', not a code warning."""
+    path = tmp_path / "sam.pth"
+    path.write_bytes(content)
+    for load in (load_sam_state_dict, load_checkpoint):
+        with pytest.raises(CheckpointError) as raised:
+            load(path)
+        assert str(raised.value) == (f"{describe_path(path)} is not a PyTorch checkpoint (damaged, or another kind "
+                                     "of file saved under its name, such as a web page); get the file again")
+
+
 def test_masksam_checkpoint_round_trip_and_errors(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, {"weights": {"a": torch.ones(2)}, "epoch": 3})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 import time
@@ -74,7 +75,8 @@ def test_runner_turns_machine_lines_into_progress_and_keeps_the_rest_as_log():
     assert runner.wait(timeout_s=30) is JobState.SUCCEEDED
     assert [e["event"] for e in seen] == ["stage", "progress"]
     assert runner.progress.overall_fraction() == pytest.approx(0.75)
-    assert "predict 75%" in runner.status_text() and "ETA 0:02" in runner.status_text()
+    assert "predict 75%" in runner.status_text()
+    assert re.search(r"ETA 0:0[12] ", runner.status_text())   # the core's 2 s, counting down since
     assert list(runner.log_lines) == ["a line for people"]
 
 

@@ -193,6 +193,27 @@ def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing
     assert "belongs to volume 'Patient A'" in job_b.warnings[0]
 
 
+def test_two_volumes_of_one_name_get_segmentations_that_can_be_told_apart(tmp_path):
+    """Two series both called 'CT' (loaded from two studies): the second result is not named
+    like the first, and the log does not say 'belongs to volume CT' of a volume called CT."""
+    scene = new_scene()
+    first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
+    second = add_scalar_volume(scene, -distinct_voxel_values(), oblique_grid(), name="CT")
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    python = fake_predictor(tmp_path)
+    job_a = SegmentJob(scene, SegmentRequest([first], model), python=python)
+    job_a.start()
+    assert job_a.wait(timeout_s=60) is JobState.SUCCEEDED
+
+    job_b = SegmentJob(scene, SegmentRequest([second], model, output_segmentation=job_a.result_node), python=python)
+    job_b.start()
+    assert job_b.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert job_a.result_node.GetName() == "CT Test model"
+    assert job_b.result_node is not job_a.result_node and job_b.result_node.GetName() == "CT Test model_1"
+    assert job_b.warnings == ["segmentation 'CT Test model' belongs to another volume named 'CT'; "
+                              "the result is a new segmentation"]
+
+
 def test_segmenting_with_another_model_keeps_the_first_models_result(tmp_path):
     """After the abdomen model's run the widget selects its result as the output; segmenting the
     same CT with a heart model must not turn 'CT Test model' into the heart's segments."""

@@ -208,7 +208,7 @@ def test_jobs_start_from_slicers_startup_environment_inside_the_application(monk
 
 
 def test_training_progress_follows_the_train_bar_and_epoch_lines():
-    progress = JobProgress()
+    progress = JobProgress(clock=lambda: 0.0)   # no time passes: the ETAs as the core gave them
     progress.update({"event": "stage", "stage": "preprocess", "total": 4})
     progress.update({"event": "progress", "stage": "preprocess", "done": 2, "total": 4, "fraction": 0.5})
     assert progress.overall_fraction() == 0.5 and not progress.is_training
@@ -219,6 +219,20 @@ def test_training_progress_follows_the_train_bar_and_epoch_lines():
     assert progress.status_text(12.0) == "epoch 2/3 · validate 50% · ETA 1:06 · elapsed 0:12"
     progress.update({"event": "done"})
     assert progress.overall_fraction() == 1.0
+
+
+def test_the_eta_counts_down_between_the_cores_estimates():
+    """A vit_b window on a CPU takes minutes: between two progress lines the ETA must not stand still."""
+    now = [100.0]
+    progress = JobProgress(clock=lambda: now[0])
+    progress.update({"event": "progress", "stage": "predict", "done": 1, "total": 10, "fraction": 0.1, "eta_s": 540})
+    now[0] += 60
+    progress.update({"event": "message", "message": "still working"})   # carries no estimate
+    assert progress.status_text(120.0) == "predict 10% · ETA 8:00 · elapsed 2:00"
+    now[0] += 600
+    assert progress.eta_s() == 0.0   # late: never negative
+    progress.update({"event": "progress", "stage": "predict", "done": 9, "total": 10, "fraction": 0.9, "eta_s": 70})
+    assert progress.eta_s() == 70.0
 
 
 def test_malformed_progress_values_are_ignored_rather_than_raised():

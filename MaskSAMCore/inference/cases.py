@@ -31,6 +31,7 @@ from MaskSAMCore.data.dicom_series import DicomSeries, every_volume, find_series
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, is_segmentation_file
 from MaskSAMCore.errors import InputError, describe_path, list_some, raise_all
 from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
+from MaskSAMCore.progress import print_warning
 
 # Longest first, so that ".nii.gz" wins over ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".tiff")
@@ -138,9 +139,15 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
             raise InputError(f"{describe_path(source)}: not an image file (known endings: "
                              f"{', '.join(IMAGE_ENDINGS)}){hint}")
         return [Case(name, (source,), _single_output(target, output_path, name, ending, output_ending))]
+    below = _subfolders_with_images(source, besides=target)
     if not images:
+        hint = (f"; image files lie in its subfolder(s) {list_some(below)}: give one of them as the input, or "
+                "put the scans in one folder" if below else _dicom_subfolders_hint(source))
         raise InputError(f"{describe_path(source)}: no image files found (known endings: "
-                         f"{', '.join(IMAGE_ENDINGS)}){_dicom_subfolders_hint(source)}")
+                         f"{', '.join(IMAGE_ENDINGS)}){hint}")
+    if below:
+        print_warning(f"{describe_path(source)}: its subfolder(s) {list_some(below)} hold image files too, which "
+                      "are not segmented (only the files in the folder itself are)")
     _check_output_folder(source, target, "a folder")
     return _cases_in_folder(images, source, target, num_channels, output_ending)
 
@@ -343,6 +350,15 @@ def _group(images: List[Tuple[Path, str, str]],
 def _list_suffixes(channels: Sequence[int], shown: int = 6) -> str:
     names = [f"_{c:04d}" for c in channels]
     return ", ".join(names if len(names) <= shown else names[:shown - 1] + [f"... ({len(names)} files)"])
+
+
+def _subfolders_with_images(folder: Path, besides: Path) -> List[str]:
+    """The names of `folder`'s subfolders holding image files (one folder per patient: a layout
+    `masksam predict` does not walk for image files, unlike DICOM), but the output folder
+    `besides` (an earlier run's label maps)."""
+    output = besides.resolve() if besides.exists() else None
+    return [sub.name for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+            and sub.resolve() != output and _image_files(sub)]
 
 
 def _image_files(folder: Path) -> List[Tuple[Path, str, str]]:

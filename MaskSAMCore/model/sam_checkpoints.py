@@ -249,12 +249,21 @@ def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
     return state
 
 
+# What torch's weights-only unpickler says of a pickle that names code to run (a class or a
+# function), as opposed to bytes that are no pickle at all ("Unsupported operand 60": an HTML
+# error page saved in the checkpoint's place, random bytes).
+_RUNS_CODE_SIGNS = ("Unsupported global", "Unsupported class", "GLOBAL", "reduce")
+
+
 def describe_load_failure(shown_path: str, exc: BaseException) -> str:
     """One line saying why ``torch.load(weights_only=True)`` refused a file."""
     text = str(exc)
     if "Weights only load failed" in text or "weights_only" in text:
-        return (f"{shown_path} contains Python objects whose loading could run code; refusing to "
-                "load it (only plain tensor checkpoints are accepted)")
+        if any(sign in text for sign in _RUNS_CODE_SIGNS):
+            return (f"{shown_path} contains Python objects whose loading could run code; refusing to "
+                    "load it (only plain tensor checkpoints are accepted)")
+        return (f"{shown_path} is not a PyTorch checkpoint (damaged, or another kind of file saved under its "
+                "name, such as a web page); get the file again")
     return f"{shown_path} is corrupt or truncated and cannot be read ({shorten(first_line(exc))})"
 
 

@@ -10,8 +10,9 @@ a training follow the "train" bar and the epoch lines, not whichever stage print
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from MaskSAMCore.progress import format_duration
 
@@ -29,10 +30,16 @@ class JobProgress:
     training_eta_s: Optional[float] = None
     message: str = ""
     epoch_history: List[Dict[str, Any]] = field(default_factory=list)
+    # The estimates count down between events (minutes apart for a vit_b window on a CPU, where
+    # a still ETA would look stuck): `clock` when each came.
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    stage_eta_at: float = field(default=0.0, repr=False, compare=False)
+    training_eta_at: float = field(default=0.0, repr=False, compare=False)
 
     def update(self, event: Dict[str, Any]) -> None:
         """Fold one machine event into the state."""
         kind = event.get("event")
+        now = self.clock()
         if kind == "stage":
             self.stage = str(event.get("stage") or self.stage)
             self.stage_fraction = 0.0 if event.get("total") else None
@@ -43,14 +50,15 @@ class JobProgress:
             if fraction is None and total:
                 fraction = (_number(event.get("done")) or 0.0) / total
             self.stage_fraction = None if fraction is None else min(max(fraction, 0.0), 1.0)
-            self.stage_eta_s = _number(event.get("eta_s"))
+            self.stage_eta_s, self.stage_eta_at = _number(event.get("eta_s")), now
             if self.stage == TRAINING_STAGE:
                 self.training_fraction, self.training_eta_s = self.stage_fraction, self.stage_eta_s
+                self.training_eta_at = now
         elif kind == "epoch":
             epoch, epochs = _number(event.get("epoch")), _number(event.get("epochs"))
             self.epoch = int(epoch) if epoch is not None else (self.epoch or 0) + 1
             self.epochs = int(epochs) if epochs else self.epochs
-            self.training_eta_s = _number(event.get("eta_s"))
+            self.training_eta_s, self.training_eta_at = _number(event.get("eta_s")), now
             self.epoch_history.append(dict(event))
         elif kind == "message":
             self.message = str(event.get("message", ""))
@@ -72,10 +80,12 @@ class JobProgress:
         return self.stage_fraction
 
     def eta_s(self) -> Optional[float]:
-        """Seconds left as the core estimates them (None while unknown)."""
+        """Seconds left as the core last estimated them, less the time since (None while unknown)."""
         if self.stage == "done":
             return 0.0
-        return self.training_eta_s if self.is_training else self.stage_eta_s
+        given, at = ((self.training_eta_s, self.training_eta_at) if self.is_training
+                     else (self.stage_eta_s, self.stage_eta_at))
+        return None if given is None else max(given - (self.clock() - at), 0.0)
 
     def status_text(self, elapsed_s: float) -> str:
         """One line such as ``epoch 3/50 · validate 40% · ETA 12:04`` or ``predict 45% · ETA 0:12``."""

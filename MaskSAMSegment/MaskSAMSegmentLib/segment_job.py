@@ -287,7 +287,8 @@ class SegmentJob:
             volume = None
         return import_label_map(self.scene, labels, grid, model.names_by_value,
                                 segmentation_node=self._output_node(volume), reference_volume=volume,
-                                node_name=f"{volume_name} {model.name}", attributes=attributes,
+                                node_name=self.scene.GenerateUniqueName(f"{volume_name} {model.name}"),
+                                attributes=attributes,
                                 regions=model.region_values)
 
     def _output_node(self, volume):
@@ -304,7 +305,8 @@ class SegmentJob:
             return None
         reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
         if reference is not None and reference is not volume:
-            self.warnings.append(f"segmentation '{node.GetName()}' belongs to volume '{reference.GetName()}'; "
+            other = "another volume named" if volume is not None and reference.GetName() == volume.GetName() else "volume"
+            self.warnings.append(f"segmentation '{node.GetName()}' belongs to {other} '{reference.GetName()}'; "
                                  "the result is a new segmentation")
             return None
         made_by = node.GetAttribute(MODEL_NAME_ATTRIBUTE)
