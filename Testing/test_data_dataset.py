@@ -100,6 +100,16 @@ def test_file_ending_hint_when_the_files_have_another_ending(dataset):
     assert "no training cases" in message and "found files ending in .nii.gz" in message
 
 
+@pytest.mark.parametrize("suffix", ["_seg", "_locations"])
+def test_case_names_that_would_share_preprocessed_files_are_refused(dataset, suffix):
+    """Case X is stored as X.npy, X_seg.npy, X_locations.npy: a case named X_seg would read X's labels as its image."""
+    (dataset / "imagesTr" / "phantom_001_0000.nii.gz").rename(dataset / "imagesTr" / f"phantom_000{suffix}_0000.nii.gz")
+    (dataset / "labelsTr" / "phantom_001.nii.gz").rename(dataset / "labelsTr" / f"phantom_000{suffix}.nii.gz")
+    assert load_error(dataset).endswith(
+        f": cases 'phantom_000' and 'phantom_000{suffix}' would share the preprocessed file phantom_000{suffix}.npy; "
+        f"rename case 'phantom_000{suffix}'")
+
+
 def test_missing_label_file(dataset):
     (dataset / "labelsTr" / "phantom_001.nii.gz").unlink()
     assert "case 'phantom_001': missing label file labelsTr/phantom_001.nii.gz" in load_error(dataset)

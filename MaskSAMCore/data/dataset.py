@@ -27,6 +27,7 @@ from MaskSAMCore.data.image_io import ImageGeometry, read_image
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.normalization import AIR_HU, NOT_HOUNSFIELD_CAUSES, cannot_be_hounsfield, is_ct
+from MaskSAMCore.data.store import STORE_SUFFIXES
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, dataset_label_names, read_dataset_label
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.progress import Progress, print_warning
@@ -232,6 +233,7 @@ def _find_training_cases(root: Path, ending: str, num_channels: int) -> List[Raw
         if label is None:
             raise DatasetError(f"{describe_path(root)}: case '{name}': missing label file labelsTr/{name}{ending}")
         cases.append(RawCase(name, tuple(channels[name][i] for i in range(num_channels)), label))
+    _check_names_apart(root, sorted(channels))
 
     if (root / "labelsTr").is_dir():
         for path in sorted((root / "labelsTr").iterdir()):
@@ -242,6 +244,16 @@ def _find_training_cases(root: Path, ending: str, num_channels: int) -> List[Raw
                 raise DatasetError(f"{describe_path(root)}: case '{name}': labelsTr/{path.name} has no "
                                    f"image files in imagesTr/ (expected {name}_0000{ending})")
     return cases
+
+
+def _check_names_apart(root: Path, names: List[str]) -> None:
+    """Preprocessing stores case X as X.npy, X_seg.npy and X_locations.npy (nnU-Net's layout):
+    cases X and X_seg would share X_seg.npy, and one would train on the other's labels."""
+    for name in names:
+        for suffix in STORE_SUFFIXES:
+            if f"{name}{suffix}" in names:
+                raise DatasetError(f"{describe_path(root)}: cases '{name}' and '{name}{suffix}' would share the "
+                                   f"preprocessed file {name}{suffix}.npy; rename case '{name}{suffix}'")
 
 
 def _find_test_cases(root: Path, ending: str, num_channels: int) -> List[RawCase]:

@@ -42,12 +42,13 @@ class PreprocessedCase:
 
 
 SEG_SUFFIX = "_seg.npy"   # a case's labels: NAME_seg.npy
+STORE_SUFFIXES = ("_seg", "_locations")   # what follows a case's name in its other files
 
 
 def case_paths(folder: "os.PathLike[str] | str", name: str) -> Tuple[Path, Path, Path, Path]:
     """(data .npy, labels .npy, class locations .npy, properties .json) of case `name`."""
     folder = Path(folder)
-    return (folder / f"{name}.npy", folder / f"{name}{SEG_SUFFIX}", folder / f"{name}_locations.npy",
+    return (folder / f"{name}.npy", folder / f"{name}{SEG_SUFFIX}", folder / f"{name}{STORE_SUFFIXES[1]}.npy",
             folder / f"{name}.json")
 
 
