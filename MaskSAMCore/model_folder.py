@@ -213,6 +213,19 @@ class ModelFolder:
             raise ModelFolderError(f"{describe_path(self.path)} has no {CHECKPOINT_FILES[which]}{hint}")
         return path
 
+    def outdated_final_note(self) -> Optional[str]:
+        """A warning when the final checkpoint is not the end of the training model.json
+        describes: a finished run extended with ``--resume --epochs N`` and stopped before N keeps
+        the first run's final weights beside newer ones (None otherwise)."""
+        training = self.meta.get("training") or {}
+        finished, epochs = training.get("finished_epochs"), training.get("epochs")
+        final = self.path / CHECKPOINT_FILES["final"]
+        if not (isinstance(finished, int) and isinstance(epochs, int) and finished < epochs and final.is_file()):
+            return None
+        return (f"{describe_path(final)} is the end of an earlier, shorter training: this one was extended to "
+                f"{epochs} epochs and stopped after {finished}; finish it with masksam train ... --resume, or "
+                "predict with --checkpoint latest for its newest weights")
+
     # -- building ------------------------------------------------------------------------------
     def resolve_sam_checkpoint(self, sam_checkpoint: Optional[PathLike] = None) -> Optional[Path]:
         """The SAM checkpoint file the model was trained on, or None for random-init models."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -170,4 +172,27 @@ def test_scans_in_one_folder_per_patient_are_pointed_at_not_silently_left_out(tm
     _touch(tmp_path / "cohort2", "a.nii.gz")
     _touch(tmp_path / "cohort2" / "labels", "a.nii.gz")
     find_cases(tmp_path / "cohort2", tmp_path / "cohort2" / "labels", num_channels=1)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_final_checkpoint_older_than_the_extended_training_is_warned_about(tmp_path, capsys):
+    """`train --resume --epochs 40` on a finished 2-epoch run, stopped at epoch 5: checkpoint_final
+    is still epoch 2's, and predicting with it must not go without a word."""
+    config = preset("tiny", num_classes=3)
+    model = write_random_model_folder(tmp_path / "model", config, synthetic_plan(config, (2.5, 1.2, 1.2)))
+    scan = tmp_path / "scan.nii.gz"
+    hounsfield = np.random.default_rng(2).random((6, 16, 16)) * 1200 - 1000
+    sitk.WriteImage(sitk.GetImageFromArray(hounsfield.astype(np.float32)), str(scan))
+    meta = json.loads((model / "model.json").read_text())
+    meta["training"] = {**meta.get("training", {}), "epochs": 40, "finished_epochs": 5}
+    (model / "model.json").write_text(json.dumps(meta))
+
+    assert main(["predict", str(model), str(scan), str(tmp_path / "labels.nii.gz"), "--fast", "--device", "cpu"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: warning:")]
+    assert warnings == [f"masksam: warning: {describe_path(model / 'checkpoint_final.pt')} is the end of an earlier, "
+                        "shorter training: this one was extended to 40 epochs and stopped after 5; finish it with "
+                        "masksam train ... --resume, or predict with --checkpoint latest for its newest weights"]
+    meta["training"]["finished_epochs"] = 40   # finished: nothing to say
+    (model / "model.json").write_text(json.dumps(meta))
+    assert main(["predict", str(model), str(scan), str(tmp_path / "labels.nii.gz"), "--fast", "--device", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().err

@@ -44,7 +44,7 @@ from MaskSAMCore.inference.restore_sink import finish_labels
 from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowSettings,
                                                   predict_with_fallback)
 from MaskSAMCore.inference.windows import WindowGrid
-from MaskSAMCore.progress import emit
+from MaskSAMCore.progress import emit, print_warning
 from MaskSAMCore.paths import environment_flag
 
 COMPILE_ENV = "MASKSAM_COMPILE"
@@ -130,6 +130,9 @@ class Predictor:
         from MaskSAMCore.model_folder import ModelFolder
 
         folder = ModelFolder.load(model_dir)
+        note = folder.outdated_final_note() if checkpoint == "final" else None
+        if note:
+            print_warning(note)
         torch_device = devices.resolve_device(device)
         model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
         mirror_axes = (folder.meta.get("training") or {}).get("mirror_axes", (0, 1, 2))
