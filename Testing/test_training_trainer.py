@@ -52,6 +52,25 @@ def test_an_epoch_without_a_finite_step_is_one_clear_error(tmp_path):
         trainer.fit()
 
 
+@pytest.mark.parametrize("value, what", [(float("inf"), "weights"), (3e38, "outputs in validation")])
+def test_a_network_left_non_finite_by_finite_steps_stops_before_any_checkpoint(tmp_path, value, what):
+    """A learning rate far too high: the steps' losses were finite, the weights they left are
+    infinite, or finite but so large that every output overflows. Saving that as checkpoint_best
+    would give a model that only predicts NaN."""
+    def batches(epoch):
+        yield _batch()
+        next(p for p in trainer.model.parameters() if p.requires_grad).data.fill_(value)
+        yield _batch()
+
+    trainer = _trainer(tmp_path, batches=batches)
+    with pytest.raises(TrainingDiverged) as raised:
+        trainer.fit()
+    assert str(raised.value) == (f"training diverged: after epoch 1 the network's {what} are not finite; train again "
+                                 "in a new model folder with a lower learning rate (--lr, now 0.001; --resume would "
+                                 "keep it)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_epoch_writes_checkpoints_a_log_row_and_an_epoch_line(tmp_path, capsys):
     trainer = _trainer(tmp_path, batches=lambda epoch: iter([_batch()] * 2), epochs=3)
     enable_machine_lines(True)

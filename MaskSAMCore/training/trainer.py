@@ -42,7 +42,8 @@ EMA_MOMENTUM = 0.9
 
 
 class TrainingDiverged(MaskSAMError):
-    """Every step of an epoch had a non-finite loss or gradient."""
+    """Every step of an epoch had a non-finite loss or gradient, or the network it left gives
+    non-finite outputs or has non-finite weights."""
 
 
 def autocast_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
@@ -151,6 +152,7 @@ class Trainer:
             if bar is not None:
                 bar.end_line()  # the epoch summary gets its own line in a terminal
             result = self.validate(epoch)
+            self._stop_if_diverged(epoch, result)
             epoch_times.append(time.monotonic() - started)
             self.end_epoch(epoch, lr, train_loss, result, epoch_times)
         if bar is not None and bar.done < (bar.total or 0):
@@ -185,10 +187,24 @@ class Trainer:
         loss_sum, steps = mean_across_ranks(torch.tensor([total, float(finite_steps)], dtype=torch.float64,
                                                          device=self.device)).tolist()
         if steps == 0:
-            raise TrainingDiverged(
-                f"training diverged: every step of epoch {epoch + 1} gave a non-finite loss; "
-                f"try a lower learning rate (--lr, now {s.lr:g})")
+            raise TrainingDiverged(self._diverged(f"every step of epoch {epoch + 1} gave a non-finite loss"))
         return loss_sum / steps
+
+    def _stop_if_diverged(self, epoch: int, result: Optional[ValidationResult]) -> None:
+        """Stop before a diverged network becomes checkpoint_best or checkpoint_latest: its
+        training steps may all have been finite while the weights they left (a learning rate far
+        too high) give NaN outputs. Every rank decides alike (rank 0 alone validates)."""
+        outputs_bad = result is not None and not result.finite
+        weights_bad = not all(bool(torch.isfinite(p).all()) for p in self.trainable)
+        flag = torch.tensor([float(outputs_bad or weights_bad)], dtype=torch.float64, device=self.device)
+        if float(mean_across_ranks(flag)) > 0:
+            what = "weights" if weights_bad else "outputs in validation"
+            raise TrainingDiverged(self._diverged(f"after epoch {epoch + 1} the network's {what} are not finite"))
+
+    def _diverged(self, what: str) -> str:
+        # --resume keeps the run's learning rate, so the way out is a new training.
+        return (f"training diverged: {what}; train again in a new model folder with a lower learning rate "
+                f"(--lr, now {self.settings.lr:g}; --resume would keep it)")
 
     def train_step(self, image: Tensor, seg: Tensor) -> Optional[float]:
         """One optimiser step; returns the loss, or None when the step was skipped (non-finite)."""

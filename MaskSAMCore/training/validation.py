@@ -43,6 +43,7 @@ class ValidationResult:
     dice: Dict[str, float]   # foreground class name -> Dice (NaN when undefined)
     mean_dice: float         # mean over classes with a defined Dice
     loss: float              # mean training loss over all windows
+    finite: bool = True      # False when a window's loss was NaN or Inf: a diverged network
 
 
 def iter_windows(shape: Sequence[int], patch: Sequence[int]) -> Iterator[Tuple[slice, slice, slice]]:
@@ -132,7 +133,8 @@ class Validator:
             dice[name] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn > 0 else math.nan
         defined = [d for d in dice.values() if not math.isnan(d)]
         return ValidationResult(dice=dice, mean_dice=float(np.mean(defined)) if defined else math.nan,
-                                loss=float(np.mean(losses)) if losses else math.nan)
+                                loss=float(np.mean(losses)) if losses else math.nan,
+                                finite=all(math.isfinite(loss) for loss in losses))
 
     @torch.no_grad()
     def predict_case(self, model: nn.Module, case: ValidationCase,
