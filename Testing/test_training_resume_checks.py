@@ -63,6 +63,22 @@ def test_a_second_training_in_a_busy_folder_is_refused(trained, capsys):
     assert _files(model_dir) == before
 
 
+def test_a_training_still_in_its_first_epoch_is_called_running_not_stopped_and_keeps_its_files(trained, tmp_path,
+                                                                                                  capsys):
+    """Before its first checkpoint a running training's folder looks like a stopped one's; a
+    second `train` (with or without --resume) must say it runs, and must not clear its files."""
+    dataset, _ = trained
+    busy = tmp_path / "busy"
+    (busy / "preprocessed").mkdir(parents=True)
+    (busy / "preprocessed" / "phantom_000.npy").write_bytes(b"being written")   # what the first run has so far
+    before = _files(busy)
+    with training_lock(busy):
+        for resume in ([], ["--resume"]):
+            assert main(["train", str(dataset), str(busy), *TINY, *resume]) == 1
+            assert "another masksam train is running in this folder" in _error(capsys)
+    assert _files(busy) == before
+
+
 def test_changed_cases_and_ignored_options_are_said_on_resume(trained, tmp_path, capsys):
     dataset, model_dir = trained
     other = make_phantoms(tmp_path / "other", cases=5, seed=4, size=(32, 32, 10), progress=False)

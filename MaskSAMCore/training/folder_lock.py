@@ -33,8 +33,22 @@ def training_lock(model_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise MaskSAMError(f"{describe_path(model_dir)}: another masksam train is running in this folder; "
-                               "wait for it to end (or stop it) before starting or resuming one here") from None
+            raise running_elsewhere(model_dir) from None
         yield
     finally:
         os.close(descriptor)   # closing releases the lock
+
+
+def check_not_running(model_dir: Path) -> None:
+    """`MaskSAMError` when another process trains in `model_dir` now. Asked before judging the
+    folder's content: a training still in its first epoch has no checkpoint yet, and must not
+    be called "stopped" (nor its files be cleared by a second run)."""
+    if fcntl is None or not model_dir.is_dir():
+        return
+    with training_lock(model_dir):
+        pass
+
+
+def running_elsewhere(model_dir: Path) -> MaskSAMError:
+    return MaskSAMError(f"{describe_path(model_dir)}: another masksam train is running in this folder; "
+                        "wait for it to end (or stop it) before starting or resuming one here")

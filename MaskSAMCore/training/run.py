@@ -45,7 +45,7 @@ from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
                                               run_and_agree, shutdown_distributed)
 from MaskSAMCore.training.losses import MaskSAMLoss
-from MaskSAMCore.training.folder_lock import training_lock
+from MaskSAMCore.training.folder_lock import check_not_running, training_lock
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
 from MaskSAMCore.training.resume_checks import check_resumed_dataset, ignored_options, resumed_run_length
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
@@ -83,6 +83,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise MaskSAMError(f"{describe_path(model_dir)} exists and is not a folder")
+    if os.environ.get("RANK", "0") == "0":   # (under torchrun, rank 0 may hold the lock already)
+        check_not_running(model_dir)
     if not args.resume and model_dir.is_dir() and any(model_dir.iterdir()) and not never_checkpointed(model_dir):
         raise MaskSAMError(f"model folder {describe_path(model_dir)} is not empty; choose a new "
                            "folder, or add --resume to continue the training in it")
@@ -118,15 +120,16 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
               "starting it again", flush=True)
     if main:
         model_dir.mkdir(parents=True, exist_ok=True)   # to be locked; removed again if nothing is kept
-    try:
-        with training_lock(model_dir) if main else contextlib.nullcontext():
+    # The lock first: a folder another run holds is never cleared below.
+    with training_lock(model_dir) if main else contextlib.nullcontext():
+        try:
             train_in_folder(args, context, device, dataset, run)
-    except BaseException:
-        # A new run stopped (cancelled, failed) before its first checkpoint leaves nothing behind:
-        # neither the refusal of a non-empty folder nor "nothing to resume" would let it retry.
-        if main and not args.resume and not (model_dir / LATEST_CHECKPOINT).exists():
-            discard_model_folder(model_dir, keep_folder=folder_existed)
-        raise
+        except BaseException:
+            # A new run stopped (cancelled, failed) before its first checkpoint leaves nothing behind:
+            # neither the refusal of a non-empty folder nor "nothing to resume" would let it retry.
+            if main and not args.resume and not (model_dir / LATEST_CHECKPOINT).exists():
+                discard_model_folder(model_dir, keep_folder=folder_existed)
+            raise
 
 
 def discard_model_folder(model_dir: Path, keep_folder: bool, keep: Tuple[str, ...] = ()) -> None:
