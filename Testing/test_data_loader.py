@@ -127,7 +127,8 @@ def test_a_failing_worker_is_reported_in_the_consumer(small_cases):
     loader = PatchLoader(small_cases, ["big"], PLAN, batch_size=1, num_batches=4, num_workers=2)
     (small_cases / "big.npy").unlink()
     # A damaged case is the user's problem: its one line, not a worker's traceback.
-    with pytest.raises(MaskSAMError, match=r"^\S*big.npy: cannot read preprocessed case 'big' \([^\n]*\)$"):
+    with pytest.raises(MaskSAMError, match=r"^\S*big.npy: cannot read preprocessed case 'big' \([^\n]*\); "
+                                           "train again with --resume"):
         collect(loader)
     assert not loader.worker_pids
 

@@ -158,3 +158,20 @@ def test_an_unfinished_run_keeps_its_length_or_ends_sooner_but_not_before_its_fi
     assert resumed("--epochs", "1") == (1, ["masksam: note: the run now lasts 1 epoch(s) instead of 3; it ends now, "
                                             "with its last finished epoch as the final model"])
     assert resumed("--epochs", "2", announce=False) == (2, [])   # the other ranks of a multi-GPU run
+
+
+def test_a_preprocessed_file_cut_short_is_preprocessed_anew_on_resume(trained, tmp_path, capsys):
+    """A model folder copied to a GPU server by a copy that broke off: found when the run is
+    resumed, not hours later when a batch happens to read it."""
+    import numpy as np
+
+    dataset, trained_dir = trained
+    model_dir = shutil.copytree(trained_dir, tmp_path / "model")
+    damaged = model_dir / "preprocessed" / "phantom_002_seg.npy"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    try:
+        assert main(["train", str(dataset), str(model_dir), "--resume", "--device", "cpu", "--num-workers", "0",
+                     "--epochs", "2"]) == 0
+    finally:
+        enable_machine_lines(False)
+    assert np.load(damaged).shape == np.load(model_dir / "preprocessed" / "phantom_002.npy").shape[1:]   # whole

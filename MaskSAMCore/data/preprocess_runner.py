@@ -107,6 +107,8 @@ def case_up_to_date(out: Path, case: RawCase, digest: str) -> bool:
     json_path = paths[-1]
     try:
         properties = json.loads(json_path.read_text(encoding="utf-8"))
+        for array_path in paths[:-1]:
+            np.load(array_path, mmap_mode="r")   # the header only: a file cut short (a copy broken off) fails
     except (OSError, ValueError):
         return False
     return properties.get("plan_hash") == digest and properties.get("sources") == source_stamps(case)

@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -68,13 +68,16 @@ def load_case(folder: "os.PathLike[str] | str", name: str, mmap: bool = True) ->
     data_path, seg_path, locations_path, _ = case_paths(folder, name)
     properties = read_properties(folder, name)
     mode = "r" if mmap else None
+    data, seg = _load_npy(data_path, name, mode), _load_npy(seg_path, name, mode)
+    return PreprocessedCase(name, data, seg, properties, _load_npy(locations_path, name, None))
+
+
+def _load_npy(path: Path, name: str, mode: Optional[str]) -> np.ndarray:
     try:
-        data = np.load(data_path, mmap_mode=mode)
-        seg = np.load(seg_path, mmap_mode=mode)
-        locations = np.load(locations_path)
+        return np.load(path, mmap_mode=mode)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{describe_path(data_path)}: cannot read preprocessed case '{name}' ({exc})") from None
-    return PreprocessedCase(name, data, seg, properties, locations)
+        raise InputError(f"{describe_path(path)}: cannot read preprocessed case '{name}' ({exc}); train again "
+                         "with --resume: the checks before it preprocess a damaged case anew") from None
 
 
 def save_case(folder: "os.PathLike[str] | str", name: str, data: np.ndarray, seg: np.ndarray,
