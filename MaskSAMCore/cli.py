@@ -45,7 +45,10 @@ SEED_MAXIMUM = 2 ** 32 - 1   # NumPy's seeds are 32-bit
 
 def user_path(text: str) -> str:
     """A path argument with ``~`` expanded: the shell does not expand ``--output=~/report.json``
-    or a quoted ``"~/scans"``, which would otherwise make a folder named ``~``."""
+    or a quoted ``"~/scans"``, which would otherwise make a folder named ``~``. An empty one (a
+    script's unset ``"$OUT"``) is refused: Python reads it as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable in a script?)")
     return os.path.expanduser(text)
 
 

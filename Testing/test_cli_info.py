@@ -145,6 +145,8 @@ def test_the_largest_seed_and_a_window_step_of_1_are_accepted():
     (["benchmark", "--repeat", "0"], "argument --repeat: must be at least 1, not 0"),
     (["make-phantoms", "o", "--seed", "4294967296"], "argument --seed: must be at most 4294967295"),
     (["make-phantoms", "o", "--annotate-every", "0"], "argument --annotate-every: must be at least 1, not 0"),
+    (["train", "d", ""], "argument model_dir: an empty path (an unset variable in a script?)"),   # "$OUT" unset
+    (["predict", "m", " ", "o"], "argument input: an empty path"),
 ])
 def test_more_out_of_range_values_are_usage_errors(arguments, expected, capsys):
     from MaskSAMCore.cli import build_parser

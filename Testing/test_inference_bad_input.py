@@ -62,6 +62,7 @@ BAD_IMAGES = {
     "one voxel": (lambda p: _write(p / "dot.nii.gz", np.ones((1, 1, 1), np.float32)), "single voxel"),
     "corrupt file": (lambda p: _bytes(p / "broken.nii.gz", b"\x1f\x8b" + bytes(range(256)) * 4), "cannot read"),
     "text file": (lambda p: _bytes(p / "notes.nrrd", b"this is not an image\n"), "cannot read"),
+    "empty file": (lambda p: _bytes(p / "empty.nii.gz", b""), "the file is empty (0 bytes); copy or write it again"),
     "unknown ending": (lambda p: _bytes(p / "scan.txt", b"1 2 3"), "not an image file"),
 }
 

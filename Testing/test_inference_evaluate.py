@@ -231,6 +231,12 @@ def test_a_missing_dataset_json_is_named_before_any_scoring(tmp_path, capsys):
     assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(tmp_path / "nonex.json")]) == 1
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam:")]
     assert said == [f"masksam: error: {tmp_path / 'nonex.json'}: --dataset-json file not found"]
+    (tmp_path / "model" / "dataset.json").parent.mkdir()
+    (tmp_path / "model" / "dataset.json").write_text("{}")
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(tmp_path / "model")]) == 1   # its folder
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam:")]
+    assert said == [f"masksam: error: {tmp_path / 'model'}: --dataset-json is a folder, not a dataset.json; "
+                    f"give {tmp_path / 'model' / 'dataset.json'}"]
 
 
 def test_evaluate_refuses_a_report_that_would_overwrite_the_ground_truth(tmp_path, capsys):

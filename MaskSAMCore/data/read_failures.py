@@ -39,6 +39,11 @@ def sitk_reason(exc: BaseException) -> str:
 
 def unreadable_image_reason(path: Path, exc: BaseException) -> str:
     """Why reading the existing file `path` failed."""
+    try:
+        if path.stat().st_size == 0:   # an interrupted copy, a `touch`: ITK says it knows no reader
+            return "the file is empty (0 bytes); copy or write it again"
+    except OSError:
+        pass
     text = str(exc)
     raw, gzipped = _CUT_SHORT_RAW.search(text), _CUT_SHORT_GZIP.search(text)
     if raw or gzipped:

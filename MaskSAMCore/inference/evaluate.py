@@ -299,6 +299,10 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
 def run_evaluate(args: argparse.Namespace) -> int:
     """CLI entry: print a short table on stderr, the JSON report on stdout (and to --output)."""
     dataset_json = Path(args.dataset_json) if args.dataset_json else dataset_json_beside(Path(args.ground_truth))
+    if args.dataset_json and dataset_json.is_dir():
+        inside = dataset_json / "dataset.json"
+        hint = f"; give {describe_path(inside)}" if inside.is_file() else ""
+        raise InputError(f"{describe_path(dataset_json)}: --dataset-json is a folder, not a dataset.json{hint}")
     if args.dataset_json and not dataset_json.is_file():
         raise InputError(f"{describe_path(dataset_json)}: --dataset-json file not found")
     if dataset_json is not None and not args.dataset_json:
