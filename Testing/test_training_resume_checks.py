@@ -175,3 +175,30 @@ def test_a_preprocessed_file_cut_short_is_preprocessed_anew_on_resume(trained, t
     finally:
         enable_machine_lines(False)
     assert np.load(damaged).shape == np.load(model_dir / "preprocessed" / "phantom_002.npy").shape[1:]   # whole
+
+
+def test_a_restart_with_fewer_cases_in_a_killed_runs_folder_can_be_resumed_later(trained, tmp_path):
+    """A run killed before its first checkpoint, started again on the dataset without one case:
+    what the killed run kept of that case (its preprocessed files, its fold-0 splits.json) must
+    not make a later --resume refuse the dataset."""
+    from MaskSAMCore.folder_layout import never_checkpointed
+
+    dataset, trained_dir = trained
+    killed = tmp_path / "model"
+    shutil.copytree(trained_dir, killed)
+    for entry in killed.iterdir():   # what a run killed in its first epoch leaves
+        if entry.name not in ("model.json", "plans.json", "dataset.json", "splits.json", "preprocessed"):
+            entry.unlink()
+    assert never_checkpointed(killed)
+    fewer = Path(shutil.copytree(dataset, tmp_path / "fewer"))
+    for path in [*fewer.glob("imagesTr/phantom_004*"), *fewer.glob("labelsTr/phantom_004*")]:
+        path.unlink()
+    meta = json.loads((fewer / "dataset.json").read_text())
+    (fewer / "dataset.json").write_text(json.dumps({**meta, "numTraining": meta["numTraining"] - 1}))
+    try:
+        assert main(["train", str(fewer), str(killed), *TINY, "--fold", "all"]) == 0
+        assert not list((killed / "preprocessed").glob("phantom_004*"))
+        assert main(["train", str(fewer), str(killed), "--resume", "--epochs", "2", "--device", "cpu",
+                     "--num-workers", "0"]) == 0
+    finally:
+        enable_machine_lines(False)

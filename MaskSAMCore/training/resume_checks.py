@@ -16,7 +16,7 @@ from typing import List, Optional, Set
 
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.preprocess_runner import source_stamps
-from MaskSAMCore.data.store import SEG_SUFFIX, read_properties
+from MaskSAMCore.data.store import SEG_SUFFIX, case_paths, read_properties
 from MaskSAMCore.errors import InputError, ModelFolderError, describe_path, list_some
 from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
 
@@ -24,18 +24,38 @@ from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
 def started_cases(model_dir: Path) -> Set[str]:
     """The training cases of the run in `model_dir`: those of its folds, else those preprocessed
     (fold "all" has no splits.json); empty when neither is there."""
-    splits = model_dir / SPLITS_FILE
-    if splits.is_file():
-        try:
-            folds = json.loads(splits.read_text(encoding="utf-8"))
-            return {name for fold in folds for part in ("train", "val") for name in fold.get(part, [])}
-        except (OSError, ValueError, AttributeError, TypeError):
-            return set()   # load_or_create_splits reports a damaged splits.json itself
+    if (model_dir / SPLITS_FILE).is_file():
+        return _split_cases(model_dir)
+    return _preprocessed_cases(model_dir)
+
+
+def _split_cases(model_dir: Path) -> Set[str]:
+    try:
+        folds = json.loads((model_dir / SPLITS_FILE).read_text(encoding="utf-8"))
+        return {name for fold in folds for part in ("train", "val") for name in fold.get(part, [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()   # load_or_create_splits reports a damaged splits.json itself
+
+
+def _preprocessed_cases(model_dir: Path) -> Set[str]:
     # A case being preprocessed again has no .json for a moment (store.save_case), and a killed
     # write leaves a hidden temporary: a case is any name with properties or labels stored.
     stored = [path.name for path in (model_dir / PREPROCESSED).glob("*") if not path.name.startswith(".")]
     return ({name[:-len(".json")] for name in stored if name.endswith(".json")}
             | {name[:-len(SEG_SUFFIX)] for name in stored if name.endswith(SEG_SUFFIX)})
+
+
+def forget_other_cases(model_dir: Path, dataset: RawDataset) -> None:
+    """A new run started again in a folder a killed run left before its first checkpoint keeps
+    that run's preprocessed cases, but only those of this dataset: the others' files go, and
+    folds made of other cases (splits.json) too, or a later --resume would compare this dataset
+    with the killed run's cases and refuse it."""
+    names = {case.name for case in dataset.training_cases}
+    for name in _preprocessed_cases(model_dir) - names:
+        for path in case_paths(model_dir / PREPROCESSED, name):
+            path.unlink(missing_ok=True)
+    if (model_dir / SPLITS_FILE).is_file() and _split_cases(model_dir) != names:
+        (model_dir / SPLITS_FILE).unlink()
 
 
 def check_resumed_dataset(model_dir: Path, dataset: RawDataset) -> List[str]:

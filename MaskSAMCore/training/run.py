@@ -47,7 +47,8 @@ from MaskSAMCore.training.distributed import (DistributedContext, init_distribut
 from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.folder_lock import check_not_running, training_lock
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
-from MaskSAMCore.training.resume_checks import check_resumed_dataset, ignored_options, resumed_run_length
+from MaskSAMCore.training.resume_checks import (check_resumed_dataset, forget_other_cases, ignored_options,
+                                                resumed_run_length)
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR, poly_lr
 from MaskSAMCore.training.settings import TrainSettings
@@ -118,6 +119,7 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     if main and not args.resume and folder_existed and never_checkpointed(model_dir):
         print(f"{describe_path(model_dir)} holds a training stopped before its first epoch ended: "
               "starting it again", flush=True)
+        forget_other_cases(model_dir, dataset)
     if main:
         model_dir.mkdir(parents=True, exist_ok=True)   # to be locked; removed again if nothing is kept
     # The lock first: a folder another run holds is never cleared below.
