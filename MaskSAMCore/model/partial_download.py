@@ -41,6 +41,8 @@ class PartialFile:
 
     @property
     def size(self) -> int:
+        if self.handle.closed:   # (Windows, after `install`)
+            return self.path.stat().st_size if self.path.is_file() else 0
         self.handle.flush()
         return os.fstat(self.handle.fileno()).st_size
 
