@@ -167,27 +167,31 @@ def test_kept_files_are_removed_all_the_same_when_the_job_does_not_succeed(tmp_p
     assert list(work.iterdir()) == []
 
 
-def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing(tmp_path):
+def _two_volumes(tmp_path, first_name: str, second_name: str):
+    """A scene with two volumes, a model and a fake predictor: (scene, first, second, model, python)."""
     scene = new_scene()
-    first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="Patient A")
-    second = add_scalar_volume(scene, -distinct_voxel_values(), oblique_grid(), name="Patient B")
-    model = read_model_info(fake_model_folder(tmp_path / "model"))
-    python = fake_predictor(tmp_path)
+    first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name=first_name)
+    second = add_scalar_volume(scene, -distinct_voxel_values(), oblique_grid(), name=second_name)
+    return scene, first, second, read_model_info(fake_model_folder(tmp_path / "model")), fake_predictor(tmp_path)
 
-    job = SegmentJob(scene, SegmentRequest([first], model), python=python)
+
+def _segmented(scene, volume, model, python, output=None) -> SegmentJob:
+    job = SegmentJob(scene, SegmentRequest([volume], model, output_segmentation=output), python=python)
     job.start()
     assert job.wait(timeout_s=60) is JobState.SUCCEEDED
-    result_a = job.result_node
+    return job
+
+
+def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing(tmp_path):
+    scene, first, second, model, python = _two_volumes(tmp_path, "Patient A", "Patient B")
+
+    result_a = _segmented(scene, first, model, python).result_node
     segments_a = result_a.GetSegmentation().GetNumberOfSegments()
-    again = SegmentJob(scene, SegmentRequest([first], model, output_segmentation=result_a), python=python)
-    again.start()
-    assert again.wait(timeout_s=60) is JobState.SUCCEEDED
+    again = _segmented(scene, first, model, python, output=result_a)
     assert again.result_node is result_a and again.warnings == []   # same volume: replaced in place
 
     # The widget keeps the last result as the output; segmenting the next patient must not overwrite it.
-    job_b = SegmentJob(scene, SegmentRequest([second], model, output_segmentation=result_a), python=python)
-    job_b.start()
-    assert job_b.wait(timeout_s=60) is JobState.SUCCEEDED
+    job_b = _segmented(scene, second, model, python, output=result_a)
     assert job_b.result_node is not result_a and job_b.result_node.GetName() == "Patient B Test model"
     assert result_a.GetSegmentation().GetNumberOfSegments() == segments_a
     assert "belongs to volume 'Patient A'" in job_b.warnings[0]
@@ -196,18 +200,10 @@ def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing
 def test_two_volumes_of_one_name_get_segmentations_that_can_be_told_apart(tmp_path):
     """Two series both called 'CT' (loaded from two studies): the second result is not named
     like the first, and the log does not say 'belongs to volume CT' of a volume called CT."""
-    scene = new_scene()
-    first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="CT")
-    second = add_scalar_volume(scene, -distinct_voxel_values(), oblique_grid(), name="CT")
-    model = read_model_info(fake_model_folder(tmp_path / "model"))
-    python = fake_predictor(tmp_path)
-    job_a = SegmentJob(scene, SegmentRequest([first], model), python=python)
-    job_a.start()
-    assert job_a.wait(timeout_s=60) is JobState.SUCCEEDED
+    scene, first, second, model, python = _two_volumes(tmp_path, "CT", "CT")
+    job_a = _segmented(scene, first, model, python)
 
-    job_b = SegmentJob(scene, SegmentRequest([second], model, output_segmentation=job_a.result_node), python=python)
-    job_b.start()
-    assert job_b.wait(timeout_s=60) is JobState.SUCCEEDED
+    job_b = _segmented(scene, second, model, python, output=job_a.result_node)
     assert job_a.result_node.GetName() == "CT Test model"
     assert job_b.result_node is not job_a.result_node and job_b.result_node.GetName() == "CT Test model_1"
     assert job_b.warnings == ["segmentation 'CT Test model' belongs to another volume named 'CT'; "

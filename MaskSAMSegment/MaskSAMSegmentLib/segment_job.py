@@ -53,7 +53,8 @@ def _placement_problem(volume) -> List[str]:
     try:
         volume_grid(volume)
     except InputError as exc:
-        return [f"V{str(exc)[1:]}; fix its geometry in the Volumes module."]
+        sentence = str(exc)   # "volume 'CT' cannot be placed in space: ..."
+        return [f"{sentence[:1].upper()}{sentence[1:]}; fix its geometry in the Volumes module."]
     return []
 
 
