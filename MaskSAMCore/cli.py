@@ -116,6 +116,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
             commands = getattr(self, "commands", {})
             commands.get(getattr(namespace, "command", None), self).error(
                 f"unrecognized arguments: {' '.join(unknown)}")
+        # kept to tell an option given from one left at its default (see resume_checks)
+        namespace.argv = list(sys.argv[1:] if args is None else args)
         return namespace
 
 

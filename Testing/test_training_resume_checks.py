@@ -90,7 +90,8 @@ def test_changed_cases_and_ignored_options_are_said_on_resume(trained, tmp_path,
     err = capsys.readouterr().err
     assert "masksam: warning: 5 case(s) changed since the run started (phantom_000, phantom_001, phantom_002, ...)" \
         in err
-    assert "masksam: note: a resumed run keeps its own settings; --lr, --seed given here are ignored" in err
+    assert "masksam: note: a resumed run keeps its own settings; ignored here: --lr 0.5 (the run's 0.01), " \
+           "--seed 9 (the run's 12345)" in err
 
 
 def test_a_finished_run_is_trained_longer_with_epochs_on_resume(trained, tmp_path, capsys):

@@ -242,18 +242,44 @@ def test_fold_k_trains_and_validates_on_the_cases_of_fold_k():
 
 # -- resume options and the log -------------------------------------------------------------------
 
-@pytest.mark.parametrize("option, value", [("--fold", "1"), ("--optimizer", "adamw"), ("--lr", "0.1"),
-                                           ("--seed", "3"), ("--batch-size", "4"), ("--val-cases-per-epoch", "2"),
-                                           ("--iters-per-epoch", "10"), ("--preset", "vit_l"),
-                                           ("--no-amp", None), ("--random-init", None)])
-def test_every_run_option_given_with_resume_is_said_to_be_ignored(option, value):
+# a tiny run's own values, as `run._run_values` gives them
+RUN_VALUES = {"preset": "tiny", "iters_per_epoch": 5, "batch_size": 2, "optimizer": "sgd", "lr": 0.01,
+              "seed": 12345, "fold": "0", "no_amp": False, "random_init": True, "val_cases_per_epoch": "all"}
+
+
+@pytest.mark.parametrize("option, value, said", [("--fold", "1", "--fold 1 (the run's 0)"),
+                                                 ("--optimizer", "adamw", "--optimizer adamw (the run's sgd)"),
+                                                 ("--lr", "0.1", "--lr 0.1 (the run's 0.01)"),
+                                                 ("--seed", "3", "--seed 3 (the run's 12345)"),
+                                                 ("--batch-size", "4", "--batch-size 4 (the run's 2)"),
+                                                 ("--val-cases-per-epoch", "2",
+                                                  "--val-cases-per-epoch 2 (the run's all)"),
+                                                 ("--iters-per-epoch", "10", "--iters-per-epoch 10 (the run's 5)"),
+                                                 ("--preset", "vit_l", "--preset vit_l (the run's tiny)"),
+                                                 ("--no-amp", None, "--no-amp")])
+def test_every_run_option_given_with_resume_is_said_to_be_ignored(option, value, said):
     from MaskSAMCore.cli import build_parser
     from MaskSAMCore.training.resume_checks import ignored_options
 
     args = build_parser().parse_args(["train", "d", "m", "--resume", option] + ([value] if value else []))
-    assert ignored_options(args) == [option]
+    assert ignored_options(args, RUN_VALUES) == [said]
     # --epochs is the one run option a resumed run takes (its new length)
-    assert ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", "--epochs", "7"])) == []
+    assert ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", "--epochs", "7"]),
+                           RUN_VALUES) == []
+
+
+def test_a_resume_option_is_judged_against_the_run_not_the_default():
+    """`--preset vit_b` (the default) on a tiny run is ignored and said to be; an option repeating
+    the run's own value is no conflict; an option not given is no request."""
+    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.training.resume_checks import ignored_options
+
+    def ignored(*options: str) -> list:
+        return ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", *options]), RUN_VALUES)
+
+    assert ignored("--preset", "vit_b", "--seed", "12345") == ["--preset vit_b (the run's tiny)"]
+    assert ignored("--preset", "tiny", "--random-init", "--iters-per-epoch", "5") == []
+    assert ignored() == []   # the run's tiny preset and 5 iterations differ from the defaults: not asked
 
 
 def test_the_cases_of_a_fold_all_run_survive_a_preprocessing_killed_midway(tmp_path):

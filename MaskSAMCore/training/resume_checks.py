@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.preprocess_runner import source_stamps
@@ -104,11 +104,30 @@ RUN_OPTIONS = ("preset", "iters_per_epoch", "batch_size", "optimizer", "lr", "se
                "no_amp", "val_cases_per_epoch", "random_init")
 
 
-def ignored_options(args: argparse.Namespace) -> List[str]:
-    """The run options given on a --resume command line (differing from their defaults), which
-    the resumed run ignores: saying so beats a user believing `--lr 0.001` changed the run."""
+def ignored_options(args: argparse.Namespace, run_values: Dict[str, Any]) -> List[str]:
+    """The run options a --resume command line names with another value than the run's own
+    (RUN_VALUES, by option name), each as `--lr 0.5 (the run's 0.01)`: the resumed run ignores
+    them, and saying so beats a user believing `--lr 0.5` changed the run. An option left at its
+    default is no request, even where the run's value differs."""
+    given = _given_run_options(args)
+    return [_describe(name, value, run_values[name]) for name, value in given.items()
+            if name in run_values and value != run_values[name]]
+
+
+def _given_run_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run options the command line itself names, with their values: its words parsed again
+    with a marker for those options' defaults, so only the options given have values."""
     from MaskSAMCore.cli import build_parser   # here: the command line imports this module
 
-    defaults = build_parser().parse_args(["train", "DATASET", "MODEL_DIR"])
-    return [f"--{name.replace('_', '-')}" for name in RUN_OPTIONS
-            if hasattr(args, name) and getattr(args, name) != getattr(defaults, name)]
+    not_given = object()   # no string: argparse would convert a string default with the option's type
+    probe = build_parser()
+    probe.commands["train"].set_defaults(**{name: not_given for name in RUN_OPTIONS})
+    named = vars(probe.parse_args(args.argv))
+    return {name: named[name] for name in RUN_OPTIONS if named.get(name, not_given) is not not_given}
+
+
+def _describe(name: str, given: Any, own: Any) -> str:
+    option = f"--{name.replace('_', '-')}"
+    if isinstance(given, bool):   # a switch: its name says what was asked
+        return option
+    return f"{option} {given} (the run's {own})"

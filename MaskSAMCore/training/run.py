@@ -340,7 +340,6 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
                                f"({', '.join(folder.channel_names.values())}) than {describe_path(dataset.root)} "
                                f"has ({', '.join(dataset.channel_list)})")
     changed = check_resumed_dataset(model_dir, dataset)
-    ignored = ignored_options(args)
     planned, finished = settings.epochs, int(payload["epoch"])
     settings.epochs = resumed_run_length(getattr(args, "epochs", None), planned, finished, model_dir)
     if announce and settings.epochs != planned:
@@ -352,17 +351,26 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
     if announce and changed:
         print_warning(f"{len(changed)} case(s) changed since the run started ({list_some(changed)}): "
                       "they are preprocessed again and the training goes on with the new files")
+    preset_name = str(folder.meta.get("training", {}).get("preset") or folder.sam_type)
+    ignored = ignored_options(args, _run_values(settings, preset_name, folder.random_init))
     if announce and ignored:
-        print(f"masksam: note: a resumed run keeps its own settings; {', '.join(ignored)} given here "
-              f"{'is' if len(ignored) == 1 else 'are'} ignored", file=sys.stderr, flush=True)
+        print(f"masksam: note: a resumed run keeps its own settings; ignored here: {', '.join(ignored)}",
+              file=sys.stderr, flush=True)
     if folder.random_init:
         sam = SamSource(path=None, model_type=folder.sam_type, sha256=None, random_init=True)
     else:
         given = args.sam_checkpoint if args.sam_checkpoint and os.path.isfile(args.sam_checkpoint) else None
         sam = load_recorded_sam(folder.resolve_sam_checkpoint(given), folder.sam_type or "vit_b",
                                 folder.sam_sha256)
-    preset_name = str(folder.meta.get("training", {}).get("preset") or folder.sam_type)
     return RunDescription(settings, folder.config, folder.plan, sam, preset_name, payload)
+
+
+def _run_values(settings: TrainSettings, preset_name: str, random_init: bool) -> Dict[str, Any]:
+    """A stored run's own values of the command line's run options, by option name."""
+    return {"preset": preset_name, "iters_per_epoch": settings.iters_per_epoch, "batch_size": settings.batch_size,
+            "optimizer": settings.optimizer, "lr": settings.lr, "seed": settings.seed, "fold": settings.fold,
+            "no_amp": not settings.amp, "random_init": random_init,
+            "val_cases_per_epoch": settings.val_cases_per_epoch or "all"}
 
 
 def _workers(args: argparse.Namespace, default: Optional[int]) -> Optional[int]:
