@@ -262,7 +262,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                         ".dcm: DICOM SEG, for DICOM input)")
     p.add_argument("--continue", dest="continue_run", action="store_true",
                    help="skip the cases whose output (and probabilities file, with --probabilities) is there "
-                        "already, as after an interrupted run (outputs are written whole or not at all)")
+                        "already, as after an interrupted run (outputs are written whole or not at all), unless "
+                        "it is older than the case's image or the model's checkpoint")
     _add_device(p)
 
 

@@ -134,7 +134,8 @@ def test_continue_segments_only_the_cases_an_interrupted_run_left(model, tmp_pat
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
     (outputs / "b.nii.gz").unlink()                           # as if the run had stopped at b
     kept = {name: (outputs / name).read_bytes() for name in ("a.nii.gz", "c.nii.gz")}
-    (inputs / "c.nii.gz").write_bytes(b"no longer an image")   # finished cases are not read again
+    (inputs / "c.nii.gz").write_bytes(b"no longer an image")   # finished cases are not read again ...
+    _make_older(inputs / "c.nii.gz", than=outputs / "c.nii.gz")   # ... when their output is newer
     capsys.readouterr()
 
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue"]) == 0
@@ -153,6 +154,40 @@ def test_continue_segments_only_the_cases_an_interrupted_run_left(model, tmp_pat
     capsys.readouterr()
     assert main(["predict", str(model), str(inputs), str(outputs), "--continue", "--probabilities"]) == 0
     assert "2 of 2 case(s) have their output already" in capsys.readouterr().err
+
+
+def test_continue_segments_again_what_is_older_than_its_image_or_the_model(model, tmp_path, capsys):
+    """As `make` judges: a scan exported again since its label map was written, or a model
+    trained further, makes that output outdated."""
+    inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
+    inputs.mkdir()
+    rng = np.random.default_rng(2)
+    for name in ("a.nii.gz", "b.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
+                        str(inputs / name))
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
+    _make_older(outputs / "b.nii.gz", than=inputs / "b.nii.gz")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue"]) == 0
+    err = capsys.readouterr().err
+    assert "--continue: 1 of 2 case(s) have their output already and are skipped (a)" in err
+    assert "1 case(s) have an output older than their image or the model's checkpoint_final.pt and are " \
+           "segmented again (b)" in err
+    assert "b -> " in err and "a -> " not in err
+
+    for name in ("a.nii.gz", "b.nii.gz"):
+        _make_older(outputs / name, than=model / "checkpoint_final.pt")
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue"]) == 0
+    err = capsys.readouterr().err
+    assert "2 case(s) have an output older than" in err and "have their output already" not in err
+
+
+def _make_older(path, than):
+    """Dates PATH a minute before THAN (file systems keep modification times coarsely)."""
+    import os
+
+    earlier = than.stat().st_mtime - 60
+    os.utime(path, (earlier, earlier))
 
 
 def test_scans_in_one_folder_per_patient_are_pointed_at_not_silently_left_out(tmp_path, capsys):

@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import List, Optional, Tuple
 
 from MaskSAMCore.atomic import remove_stale_temporaries
@@ -29,6 +30,7 @@ from MaskSAMCore.inference.cases import Case, find_all_series, find_cases, modal
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
+from MaskSAMCore.model_folder import ModelFolder
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import emit, print_warning
 
@@ -147,13 +149,25 @@ def _cases(args: argparse.Namespace, channels: int, model_modality: str) -> Tupl
     return find_all_series(args.input, args.output, channels, args.output_ending, model_modality)
 
 
-def split_finished(cases: List[Case], probabilities: bool) -> Tuple[List[Case], List[Case]]:
-    """The cases still to segment, and those an earlier run has segmented: their label map (and,
-    with `probabilities`, its probabilities file) exists. Outputs are written atomically, so one
-    that exists is whole; which model wrote it is not known."""
-    def finished(case: Case) -> bool:
-        return case.output_file.is_file() and (not probabilities or probabilities_path(case.output_file).is_file())
-    return [c for c in cases if not finished(c)], [c for c in cases if finished(c)]
+def split_finished(cases: List[Case], probabilities: bool,
+                   model_file: Path) -> Tuple[List[Case], List[Case], List[Case]]:
+    """The cases still to segment, those an earlier run has segmented, and those among the first
+    whose outputs an earlier run wrote but which are older than the case's image files or the
+    model's checkpoint MODEL_FILE (as `make` judges: a scan exported again, a model trained
+    further since). A case is segmented when its label map (and, with `probabilities`, its
+    probabilities file) exists; outputs are written atomically, so one that exists is whole.
+    Which model wrote it is not known."""
+    def outputs(case: Case) -> List[Path]:
+        return [case.output_file, *([probabilities_path(case.output_file)] if probabilities else [])]
+
+    def up_to_date(case: Case) -> bool:
+        sources = [model_file, *case.input_files]
+        return min(p.stat().st_mtime for p in outputs(case)) >= max(p.stat().st_mtime for p in sources)
+
+    written = [c for c in cases if all(p.is_file() for p in outputs(c))]
+    outdated = [c for c in written if not up_to_date(c)]
+    finished = [c for c in written if c not in outdated]
+    return [c for c in cases if c not in finished], finished, outdated
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
@@ -169,10 +183,15 @@ def run_predict(args: argparse.Namespace) -> int:
                                             sam_checkpoint=args.sam_checkpoint, options=options)
     cases, series_left_out = _cases(args, predictor.config.in_channels, predictor.modality)
     if getattr(args, "continue_run", False):
-        remaining, finished = split_finished(cases, args.probabilities)
+        model_file = ModelFolder.load(args.model_dir).checkpoint_path(args.checkpoint)
+        remaining, finished, outdated = split_finished(cases, args.probabilities, model_file)
         if finished:
             print(f"masksam: --continue: {len(finished)} of {len(cases)} case(s) have their output already and "
                   f"are skipped ({list_some([case.name for case in finished])})", file=sys.stderr)
+        if outdated:
+            print(f"masksam: --continue: {len(outdated)} case(s) have an output older than their image or the "
+                  f"model's {model_file.name} and are segmented again ({list_some([c.name for c in outdated])})",
+                  file=sys.stderr)
         cases = remaining
         if not cases:
             emit("done", cases=0, failed=[], seconds=0.0, outputs=[])
