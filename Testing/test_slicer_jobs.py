@@ -171,6 +171,55 @@ def test_segment_button_problems_name_what_is_missing(tmp_path):
         SegmentJob(scene, SegmentRequest([None], read_model_info(tmp_path / "mr"))).start()
 
 
+def test_a_model_needing_sam_weights_not_downloaded_says_where_to_get_them(tmp_path, monkeypatch):
+    """The core's advice ('masksam download-sam', '--sam-checkpoint') has no meaning in Slicer: the
+    Segment button names the Training tab's Download instead, and enables once the file is there."""
+    from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
+
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    folder = fake_model_folder(tmp_path / "model")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["sam"] = {"model_type": "vit_b", "random_init": False, "sha256": "ab" * 32}
+    (folder / "model.json").write_text(json.dumps(meta))
+    request = SegmentRequest([volume], read_model_info(folder))
+    assert segment_problems(request) == [
+        "Model 'Test model (v3)' needs the official SAM vit_b weights it was trained on: in the Training tab "
+        "choose preset vit_b and click Download (once)."]
+    checkpoint_cache().mkdir(parents=True)
+    (checkpoint_cache() / SAM_CHECKPOINT_FILES["vit_b"]).write_bytes(b"downloaded")
+    assert segment_problems(request) == []
+
+
+def test_a_single_slice_or_damaged_volume_is_refused_before_anything_is_written(tmp_path):
+    """A 2D image, or image data holding fewer values than its declared size (a script gone
+    wrong): named on the Segment button, never a late core error or a numpy traceback."""
+    import vtk
+    from vtk.util import numpy_support
+
+    scene = new_scene()
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    one_slice = add_scalar_volume(scene, distinct_voxel_values()[:1], oblique_grid(), name="One slice")
+    short = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Short")
+    image = vtk.vtkImageData()
+    image.SetDimensions(8, 8, 8)
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.zeros(10, np.int16), deep=True))
+    short.SetAndObserveImageData(image)
+    shape = " x ".join(str(n) for n in one_slice.GetImageData().GetDimensions())
+    assert segment_problems(SegmentRequest([one_slice], model)) == [
+        f"Volume 'One slice' is a single slice ({shape} voxels); MaskSAM segments 3D volumes."]
+    assert segment_problems(SegmentRequest([short], model)) == [
+        "Volume 'Short' holds 10 voxel values for its 512 voxels: its image data is damaged."]
+    with pytest.raises(InputError, match=r"volume 'Short' holds 10 voxel values for its 8 x 8 x 8 voxels"):
+        volume_to_array(short)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(InputError, match="'Short' holds 10 voxel values"):
+        SegmentJob(scene, SegmentRequest([short], model), work_dir=str(work)).start()
+    assert list(work.iterdir()) == []
+
+
 def test_a_labelmap_is_refused_as_the_image_to_segment_or_to_train_on(tmp_path):
     """A labelmap is a scalar volume too: segmenting it would run the model on label values
     (and training on it would teach the model labels as images)."""

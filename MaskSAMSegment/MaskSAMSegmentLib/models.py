@@ -24,12 +24,25 @@ from MaskSAMCore.data.regions import RegionError, RegionScheme, model_regions
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import (FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON,
                                        PREPROCESSED)
-from MaskSAMCore.paths import models_folder
+from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache, models_folder
 
 # What an installed model does not need: the resume state (optimizer, RNG) and the preprocessed
 # training data stay in the training folder.
 NOT_INSTALLED = (LATEST_CHECKPOINT, PREPROCESSED)
 INSTALLED_FROM = ".installed-from"   # in an installed model: the folder it was copied from
+
+
+SAM_TYPES = tuple(SAM_CHECKPOINT_FILES)  # the presets with official SAM weights
+
+
+def cached_sam_checkpoint(model_type: str) -> Optional[Path]:
+    """The official checkpoint of `model_type` in the download cache (``sam_vit_b_01ec64.pth``),
+    if it is there: the core uses exactly that file when no checkpoint is given, so another
+    ``sam_vit_b_*.pth`` there must not enable Start or Segment."""
+    if model_type not in SAM_TYPES:
+        return None
+    path = checkpoint_cache() / SAM_CHECKPOINT_FILES[model_type]
+    return path if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,7 @@ class ModelInfo:
     # A model trained on region labels: its regions. `labels` are then the values its label maps
     # hold (background and each region's value from regions_class_order), not the network's classes.
     regions: Optional[RegionScheme] = None
+    sam_type: Optional[str] = None   # the SAM weights (vit_b, ...) its frozen backbone loads, unless random_init
 
     @property
     def names_by_value(self) -> Dict[int, str]:
@@ -135,9 +149,10 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
         image_size=_int_or_none(network.get("image_size")),
         num_slices=_int_or_none(network.get("num_slices")),
         preset=training.get("preset"),
-        random_init=bool(sam.get("random_init", False)),
+        random_init=bool(sam.get("random_init", sam.get("sha256") is None)),   # as the core judges it
         has_final_checkpoint=(folder / FINAL_CHECKPOINT).is_file(),
         regions=regions,
+        sam_type=str(sam["model_type"]) if sam.get("model_type") else None,
     )
 
 

@@ -20,7 +20,7 @@ from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_co
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
-from MaskSAMSegmentLib.models import ModelInfo
+from MaskSAMSegmentLib.models import ModelInfo, cached_sam_checkpoint
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
                                              MODEL_VERSION_ATTRIBUTE, import_label_map)
 
@@ -58,6 +58,27 @@ def _placement_problem(volume) -> List[str]:
     return []
 
 
+def _sam_weights_problem(request: SegmentRequest) -> List[str]:
+    """A model whose frozen SAM backbone is not in the model folder (only its adapters are) needs
+    the official SAM weights in the cache; found now, not seconds into a job whose failure would
+    advise a command line the Slicer user does not have."""
+    model = request.model
+    if model is None or model.random_init or request.sam_checkpoint or cached_sam_checkpoint(model.sam_type or ""):
+        return []
+    return [f"Model '{model.display_name}' needs the official SAM {model.sam_type} weights it was trained on: in "
+            f"the Training tab choose preset {model.sam_type} and click Download (once)."]
+
+
+def _voxel_count(image) -> int:
+    x, y, z = image.GetDimensions()
+    return x * y * z
+
+
+def _stored_values(image) -> int:
+    scalars = image.GetPointData().GetScalars()
+    return 0 if scalars is None else scalars.GetNumberOfTuples()
+
+
 def segment_problems(request: SegmentRequest) -> List[str]:
     """Why the Segment button cannot run yet, one short sentence each (empty when it can)."""
     problems: List[str] = []
@@ -69,6 +90,7 @@ def segment_problems(request: SegmentRequest) -> List[str]:
     else:
         if not request.model.has_final_checkpoint:
             problems.append(f"Model '{request.model.display_name}' has no {FINAL_CHECKPOINT}: is its training finished?")
+        problems.extend(_sam_weights_problem(request))
         channels = len(request.model.channel_names)
         if volumes and (len(volumes) != channels or len(request.input_volumes) != channels):
             names = ", ".join(request.model.channel_names[k] for k in sorted(request.model.channel_names, key=int))
@@ -82,6 +104,14 @@ def segment_problems(request: SegmentRequest) -> List[str]:
         elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
             # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
             problems.append(f"Volume '{volume.GetName()}' is a labelmap; select the CT or MRI image.")
+        elif min(image.GetDimensions()) < 2:
+            size = " x ".join(str(n) for n in image.GetDimensions())
+            problems.append(f"Volume '{volume.GetName()}' is a single slice ({size} voxels); MaskSAM segments "
+                            "3D volumes.")
+        elif _stored_values(image) != _voxel_count(image):
+            # a script or filter that left the array shorter (or longer) than the declared size
+            problems.append(f"Volume '{volume.GetName()}' holds {_stored_values(image)} voxel values for its "
+                            f"{_voxel_count(image)} voxels: its image data is damaged.")
         else:
             problems.extend(_placement_problem(volume))
     # Found now, not when the result is imported after a run that may take an hour.

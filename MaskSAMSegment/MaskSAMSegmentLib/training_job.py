@@ -17,13 +17,11 @@ from typing import Callable, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError
 from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_JSON, never_checkpointed
-from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
-from MaskSAMSegmentLib.models import ModelInfo, install_trained_model
+from MaskSAMSegmentLib.models import SAM_TYPES, ModelInfo, cached_sam_checkpoint, install_trained_model
 
-SAM_TYPES = tuple(SAM_CHECKPOINT_FILES)  # the presets with official SAM weights
 MIN_CASES_FOR_FOLDS = 5
 
 
@@ -117,16 +115,6 @@ def cpu_training_note(request: TrainRequest) -> Optional[str]:
 def uses_sam_weights(request: TrainRequest) -> bool:
     """False for the tiny preset (no official weights exist for it) and for random-backbone runs."""
     return request.preset in SAM_TYPES and not request.random_init
-
-
-def cached_sam_checkpoint(model_type: str) -> Optional[Path]:
-    """The official checkpoint of `model_type` in the download cache (``sam_vit_b_01ec64.pth``),
-    if it is there: the core uses exactly that file when no checkpoint is given, so another
-    ``sam_vit_b_*.pth`` there must not enable Start."""
-    if model_type not in SAM_TYPES:
-        return None
-    path = checkpoint_cache() / SAM_CHECKPOINT_FILES[model_type]
-    return path if path.is_file() else None
 
 
 class TrainingJob:

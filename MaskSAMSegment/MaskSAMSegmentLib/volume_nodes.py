@@ -86,8 +86,12 @@ def volume_to_array(node) -> Tuple[np.ndarray, LpsGrid]:
         raise InputError(
             f"volume '{node.GetName()}' has {scalars.GetNumberOfComponents()} components per voxel "
             "(colour or vector image); MaskSAM needs a scalar volume")
-    array = numpy_support.vtk_to_numpy(scalars).reshape(grid.shape_zyx).copy()
-    return array, grid
+    values = numpy_support.vtk_to_numpy(scalars)
+    if values.size != int(np.prod(grid.shape_zyx)):
+        size = " x ".join(str(n) for n in reversed(grid.shape_zyx))
+        raise InputError(f"volume '{node.GetName()}' holds {values.size} voxel values for its {size} voxels "
+                         "(damaged image data)")
+    return values.reshape(grid.shape_zyx).copy(), grid
 
 
 def image_data_from_array(array: np.ndarray) -> "vtk.vtkImageData":
