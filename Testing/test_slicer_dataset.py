@@ -342,3 +342,30 @@ def test_slice_names_follow_the_volume_direction():
     assert [slice_orientation(identity, axis) for axis in range(3)] == ["axial", "coronal", "sagittal"]
     stored_sagittally = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])   # k = L, i = P, j = -S
     assert [slice_orientation(stored_sagittally, axis) for axis in range(3)] == ["sagittal", "axial", "coronal"]
+
+
+@pytest.mark.parametrize("drawn_slices_only", [False, True])
+def test_empty_segments_and_a_case_with_nothing_drawn_are_warned_about(tmp_path, drawn_slices_only):
+    """A segment that exists but was never painted trains as background just like a missing one
+    (or, with drawn slices only, a case with nothing drawn teaches nothing): said by case."""
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    pairs[1].segmentation.GetSegmentation().AddEmptySegment("liver", "Liver")   # B: a liver segment, never painted
+    volume_c = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), name="Patient C")
+    nothing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Nothing drawn")
+    nothing.SetReferenceImageGeometryParameterFromVolumeNode(volume_c)
+    for name in ("Liver", "Spleen"):
+        nothing.GetSegmentation().AddEmptySegment(name.lower(), name)
+    summary = build_dataset_from_scene(pairs + [CasePair(volume_c, nothing)], tmp_path / "ds",
+                                       drawn_slices_only=drawn_slices_only)
+    segmentations = [pair.segmentation.GetName() for pair in pairs]
+    unannotated = ("with 'only slices with a segment are annotated' the whole case is unannotated and teaches "
+                   "nothing" if drawn_slices_only else "the whole case is learned as background")
+    assert summary.warnings == [
+        f"case_002 ('Nothing drawn') has no segment voxel at all: {unannotated}",
+        f"case_000 ('{segmentations[0]}') has no segment spleen: the model learns it as background there "
+        "(right only if that case has none)",
+        f"case_001 ('{segmentations[1]}') has an empty segment liver: the model learns it as background there "
+        "(right only if that case has none)",
+        "case_002 ('Nothing drawn') has no segment left_kidney and an empty segment liver, spleen: the model learns "
+        "it as background there (right only if that case has none)"]

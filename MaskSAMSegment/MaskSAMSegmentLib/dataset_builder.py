@@ -138,6 +138,7 @@ class DatasetBuilder:
         self.sources: Dict[str, Dict[str, str]] = {}
         self._values_seen: set = set()
         self._absent: Dict[str, List[str]] = {}   # case -> label names its segmentation has no segment for
+        self._empty: Dict[str, List[str]] = {}    # case -> label names whose segments have no voxel on its volume
         self.done = 0
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         self._staging: Optional[Path] = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.partial-",
@@ -166,11 +167,15 @@ class DatasetBuilder:
         image, grid = volume_to_array(pair.volume)
         labels = np.zeros(grid.shape_zyx, dtype=np.int32)
         segmentation = pair.segmentation.GetSegmentation()
+        empty: List[str] = []
         for index in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(index)
             name = segmentation.GetNthSegment(index).GetName()
             mask = export_segments_on_volume(pair.segmentation, pair.volume, [segment_id]) > 0
-            self._check_on_volume(case, pair, segment_id, name, int(np.count_nonzero(mask)) * grid.voxel_volume_mm3)
+            written = int(np.count_nonzero(mask))
+            self._check_on_volume(case, pair, segment_id, name, written * grid.voxel_volume_mm3)
+            if not written and not segment_volume_mm3(pair.segmentation, segment_id):
+                empty.append(dataset_label_key(name))   # never painted (one outside the volume is warned above)
             overlap = int(np.count_nonzero(mask & (labels > 0)))
             if overlap:
                 self.warnings.append(f"{case}: segment '{name}' overlaps earlier segments in {overlap} voxels "
@@ -180,6 +185,11 @@ class DatasetBuilder:
                 raise InputError(f"{case}: segment '{name}' of '{pair.segmentation.GetName()}' was added or "
                                  "renamed after the build started; build the dataset again")
             labels[mask] = value
+        if not labels.any():
+            self.warnings.append(
+                f"{case} ('{pair.segmentation.GetName()}') has no segment voxel at all: " +
+                ("with 'only slices with a segment are annotated' the whole case is unannotated and teaches nothing"
+                 if self.ignore_value is not None else "the whole case is learned as background"))
         if self.ignore_value is not None:
             self._mark_undrawn_slices(case, labels, grid)
         write_array_image(image, grid, self._staging / "imagesTr" / f"{case}_0000{self.file_ending}")
@@ -188,6 +198,7 @@ class DatasetBuilder:
         self.sources[case] = {"volume": pair.volume.GetName(), "segmentation": pair.segmentation.GetName()}
         present = {dataset_label_key(name) for name in segment_names(pair.segmentation)}
         self._absent[case] = [key for key in self.labels if key != "background" and key not in present]
+        self._empty[case] = empty
         self._values_seen.update(int(v) for v in np.unique(labels))
         self.done += 1
 
@@ -219,10 +230,12 @@ class DatasetBuilder:
         # background there, which teaches the model to miss it unless the case truly lacks it.
         for case, absent in self._absent.items():
             absent = [key for key in absent if key not in never]
-            if absent:
-                self.warnings.append(f"{case} ('{self.sources[case]['segmentation']}') has no segment "
-                                     f"{', '.join(absent)}: the model learns it as background there "
-                                     "(right only if that case has none)")
+            empty = [key for key in self._empty[case] if key not in never]
+            missing = [f"no segment {', '.join(absent)}"] if absent else []
+            missing += [f"an empty segment {', '.join(empty)}"] if empty else []
+            if missing:
+                self.warnings.append(f"{case} ('{self.sources[case]['segmentation']}') has {' and '.join(missing)}: "
+                                     "the model learns it as background there (right only if that case has none)")
         if never:
             self.warnings.append(f"segment(s) {', '.join(never)} are empty in every case: the model "
                                  "cannot learn them")
