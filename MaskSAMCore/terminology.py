@@ -13,6 +13,7 @@ Pure Python: no Slicer import, so the matching rules can be tested anywhere.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import json
 import re
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 TERMINOLOGY_FILE = Path(__file__).resolve().parent / "anatomy_terminology.json"
+GOLDEN_ANGLE_TURNS = 0.6180339887498949   # successive hues as far apart as can be, for ever
 SIDE_WORDS = {"left": "left", "l": "left", "lt": "left", "right": "right", "r": "right", "rt": "right"}
 
 
@@ -116,10 +118,20 @@ class AnatomyTerminology:
         """Display name, colour and terminology entry for one label."""
         entry, side = self.match(label_name)
         if entry is None:
-            rgb = self.palette[(label_value - 1) % len(self.palette)]
-            return SegmentStyle(prettify_label_name(label_name), _unit_rgb(rgb), "", False)
+            return SegmentStyle(prettify_label_name(label_name), self.value_colour(label_value), "", False)
         name = entry["name"] if side is None else f"{side.capitalize()} {entry['name'][:1].lower()}{entry['name'][1:]}"
         return SegmentStyle(name, _unit_rgb(entry["color"]), self.terminology_entry(entry, side), True)
+
+    def value_colour(self, label_value: int) -> Tuple[float, float, float]:
+        """The colour (0-1 RGB) of a label the table does not name: the palette's for the first
+        values, then hues a golden angle apart (in three saturation and brightness steps), so a
+        model of many structures (vertebrae, ribs, lesions) never shows two alike side by side."""
+        if 1 <= label_value <= len(self.palette):
+            return _unit_rgb(self.palette[label_value - 1])
+        step = label_value - len(self.palette)
+        hue = (step * GOLDEN_ANGLE_TURNS) % 1.0
+        saturation, brightness = ((0.75, 0.9), (0.5, 0.75), (0.9, 0.6))[step % 3]
+        return colorsys.hsv_to_rgb(hue, saturation, brightness)
 
     def styles(self, labels: Sequence[Tuple[str, int]]) -> List[SegmentStyle]:
         """The style of each (label name, value), with the segments told apart: labels that the
@@ -129,7 +141,7 @@ class AnatomyTerminology:
         found = [self.style(name, value) for name, value in labels]
         shared = {style.name for style in found if [other.name for other in found].count(style.name) > 1}
         return [replace(style, name=prettify_label_name(name),
-                        color=_unit_rgb(self.palette[(value - 1) % len(self.palette)]))
+                        color=self.value_colour(value))
                 if style.known and style.name in shared else style
                 for style, (name, value) in zip(found, labels)]
 

@@ -93,6 +93,20 @@ def test_unknown_labels_get_the_palette_colour_of_their_value():
     assert colours["Blob b"] == pytest.approx(tuple(c / 255 for c in palette[1]))
 
 
+def test_many_unknown_labels_all_get_colours_of_their_own():
+    """Beyond the palette's 20 colours: a model of 120 lesion or vertebra labels shows no two
+    alike (before, label 21 had label 1's colour)."""
+    from MaskSAMCore.terminology import AnatomyTerminology
+
+    styles = AnatomyTerminology().styles([(f"lesion_{value}", value) for value in range(1, 121)])
+    colours = [tuple(round(c * 255) for c in style.color) for style in styles]
+    assert len(set(colours)) == 120
+    assert all(0 <= c <= 255 for colour in colours for c in colour)
+    closest = min(sum((a - b) ** 2 for a, b in zip(one, other)) ** 0.5
+                  for k, one in enumerate(colours[20:], start=20) for other in colours[k - 20:k])
+    assert closest > 20   # each is visibly unlike the 20 labels before it (of 441 possible)
+
+
 def test_a_segment_under_a_scaling_transform_has_its_world_volume():
     """A segment of 24 voxels of 1 mm³ under a 2x scaling
     transform covers 24 * 8 mm³ in the world (what the dataset builder compares with)."""
