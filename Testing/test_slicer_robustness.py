@@ -197,6 +197,23 @@ def test_segmenting_another_volume_makes_a_new_segmentation_instead_of_replacing
     assert "belongs to volume 'Patient A'" in job_b.warnings[0]
 
 
+def test_a_new_result_is_filed_in_its_volumes_study(tmp_path):
+    """In the Data module's tree a new result sits beside its volume (in the patient's study,
+    where a DICOM SEG export needs it); a replaced result stays where the user moved it."""
+    import slicer
+
+    scene, first, _, model, python = _two_volumes(tmp_path, "CT", "Other")
+    tree = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = tree.CreateStudyItem(tree.CreateSubjectItem(tree.GetSceneItemID(), "Patient"), "Study")
+    tree.CreateItem(study, first)
+    result = _segmented(scene, first, model, python).result_node
+    assert tree.GetItemParent(tree.GetItemByDataNode(result)) == study
+    reviewed = tree.CreateFolderItem(tree.GetSceneItemID(), "Reviewed")
+    tree.SetItemParent(tree.GetItemByDataNode(result), reviewed)
+    assert _segmented(scene, first, model, python, output=result).result_node is result
+    assert tree.GetItemParent(tree.GetItemByDataNode(result)) == reviewed
+
+
 def test_two_volumes_of_one_name_get_segmentations_that_can_be_told_apart(tmp_path):
     """Two series both called 'CT' (loaded from two studies): the second result is not named
     like the first, and the log does not say 'belongs to volume CT' of a volume called CT."""

@@ -22,7 +22,7 @@ from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import ModelInfo, cached_sam_checkpoint
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
-                                             MODEL_VERSION_ATTRIBUTE, import_label_map)
+                                             MODEL_VERSION_ATTRIBUTE, file_beside, import_label_map)
 
 QUALITY_ATTRIBUTE = "MaskSAM.Quality"
 INPUT_ENDING = ".nrrd"  # uncompressed: written and read fastest; only lives in the temp folder
@@ -316,11 +316,15 @@ class SegmentJob:
             self.warnings.append(f"volume '{volume_name}' was removed during the run; its segmentation "
                                  "is added where the volume was, without a reference volume")
             volume = None
-        return import_label_map(self.scene, labels, grid, model.names_by_value,
-                                segmentation_node=self._output_node(volume), reference_volume=volume,
-                                node_name=self.scene.GenerateUniqueName(f"{volume_name} {model.name}"),
-                                attributes=attributes,
-                                regions=model.region_values)
+        replaced = self._output_node(volume)
+        result = import_label_map(self.scene, labels, grid, model.names_by_value,
+                                  segmentation_node=replaced, reference_volume=volume,
+                                  node_name=self.scene.GenerateUniqueName(f"{volume_name} {model.name}"),
+                                  attributes=attributes,
+                                  regions=model.region_values)
+        if replaced is None and volume is not None:
+            file_beside(self.scene, result, volume)   # a replaced one stays where the user keeps it
+        return result
 
     def _output_node(self, volume):
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when

@@ -171,6 +171,23 @@ def import_label_map(
             remove_with_display_nodes(scene, staging)
 
 
+def file_beside(scene, node, volume) -> None:
+    """Put NODE in VOLUME's folder of the Data module's tree (its patient's study, for a volume
+    loaded from DICOM): Slicer files a new node at the top, and exporting a segmentation as DICOM
+    SEG needs it inside the study of the image it was made on. Nothing happens for a volume not
+    in the tree (slicer-core, which fills no tree by itself)."""
+    tree = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    volume_item = tree.GetItemByDataNode(volume) if tree is not None else 0
+    if not volume_item:
+        return
+    folder = tree.GetItemParent(volume_item)
+    item = tree.GetItemByDataNode(node)
+    if item:
+        tree.SetItemParent(item, folder)
+    else:
+        tree.CreateItem(folder, node)
+
+
 def remove_with_display_nodes(scene, node) -> None:
     """Remove a node and the display nodes it created (MRML leaves those behind otherwise)."""
     display_nodes = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
