@@ -139,7 +139,7 @@ def test_the_work_folder_goes_after_success_unless_the_files_are_kept(tmp_path, 
     folders = list(work.iterdir())
     assert len(folders) == 1, "the kept folder was removed"
     folder = folders[0]
-    assert sorted(p.name for p in folder.iterdir()) == ["input.nrrd", "labels.nrrd"]
+    assert sorted(p.name for p in folder.iterdir()) == ["input.nrrd", "kept-for-debugging", "labels.nrrd"]
     assert job.label_file == folder / "labels.nrrd"
 
 

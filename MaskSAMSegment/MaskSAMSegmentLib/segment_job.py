@@ -8,8 +8,6 @@ a failure therefore leaves the scene exactly as it was; the temporary folder is 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
@@ -19,6 +17,7 @@ from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
+from MaskSAMSegmentLib.job_folders import JobFolder
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import ModelInfo, cached_sam_checkpoint
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
@@ -162,6 +161,7 @@ class SegmentJob:
         self.result_node = None
         self.warnings: List[str] = []
         self._warnings_logged = 0   # how many of `warnings` the log showed as they came
+        self._job_folder: Optional[JobFolder] = None
         self._folder: Optional[Path] = None
         self._output: Optional[Path] = None
         self._input_grid = None
@@ -177,7 +177,8 @@ class SegmentJob:
             raise InputError(" ".join(problems))
         from MaskSAMSegmentLib.volume_nodes import volume_to_array  # needs VTK; keep module import light
 
-        self._folder = Path(tempfile.mkdtemp(prefix="masksam-segment-", dir=self.work_dir))
+        self._job_folder = JobFolder(self.work_dir)
+        self._folder = self._job_folder.path
         try:
             input_path, self._output = self._write_inputs(volume_to_array)
             model = self.request.model
@@ -249,7 +250,9 @@ class SegmentJob:
                                  else f"could not import the result: {type(exc).__name__}: {exc}")
                 self._state = JobState.FAILED
             finally:
-                if not (self.keep_files and self._state is JobState.SUCCEEDED):
+                if self.keep_files and self._state is JobState.SUCCEEDED:
+                    self._job_folder.keep()
+                else:
                     self._cleanup()
         elif state in (JobState.FAILED, JobState.CANCELLED):
             self._state = state
@@ -352,6 +355,6 @@ class SegmentJob:
         return node
 
     def _cleanup(self) -> None:
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
+        if self._job_folder is not None:
+            self._job_folder.remove()
+            self._job_folder = self._folder = None
