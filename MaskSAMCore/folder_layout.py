@@ -20,6 +20,7 @@ PREPROCESSED = "preprocessed"        # the training cases after preprocessing (a
 FINAL_CHECKPOINT = "checkpoint_final.pt"     # what the predictor loads (written when training ends)
 BEST_CHECKPOINT = "checkpoint_best.pt"
 LATEST_CHECKPOINT = "checkpoint_latest.pt"   # everything --resume needs
+TRAINING_LOG = "training_log.csv"            # one row per finished epoch
 
 # What a new training writes before its first checkpoint (besides temporaries).
 _BEFORE_FIRST_CHECKPOINT = frozenset({MODEL_JSON, PLANS_JSON, DATASET_JSON, SPLITS_FILE, PREPROCESSED})

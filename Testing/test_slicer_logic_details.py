@@ -229,3 +229,32 @@ def test_an_empty_channel_slot_is_a_problem_even_for_a_one_channel_model(tmp_pat
     model = read_model_info(folder)
     assert segment_problems(SegmentRequest([volume], model)) == []
     assert any("needs 1 input volume" in p for p in segment_problems(SegmentRequest([volume, None], model)))
+
+
+def test_a_resumed_trainings_plot_shows_its_earlier_epochs_and_replaces_the_old_one(tmp_path):
+    """A resumed run's epoch lines start after its last checkpoint: the plot takes the earlier
+    epochs from the folder's training_log.csv, and the interrupted start's chart of the same name
+    is replaced, not doubled."""
+    from MaskSAMSegmentLib.training_plot import TrainingPlot
+
+    scene = new_scene()
+    first = TrainingPlot(scene, title="MaskSAM training run")
+    first.add_epoch({"epoch": 1, "train_loss": 2.0, "val_loss": 1.5, "mean_dice": 0.2, "ema_dice": 0.2})
+    (tmp_path / "training_log.csv").write_text(
+        "epoch,train_loss,val_loss,dice_liver,mean_dice,ema_dice,lr,epoch_time_s\n"
+        "1,2.0,1.5,0.2,0.2,0.2,0.01,3.0\n"
+        "2,1.0,0.9,0.5,0.5,0.23,0.009,3.1\n")
+
+    resumed = TrainingPlot(scene, title="MaskSAM training run")
+    assert resumed.add_logged_epochs(tmp_path)
+    resumed.add_epoch({"epoch": 3, "train_loss": 0.5, "val_loss": 0.4, "mean_dice": 0.7, "ema_dice": 0.3})
+    assert [(row["epoch"], row["train_loss"], row["mean_dice"]) for row in resumed.rows()] == [
+        (1.0, 2.0, pytest.approx(0.2)), (2.0, 1.0, 0.5), (3.0, 0.5, pytest.approx(0.7))]
+    charts = [scene.GetNthNodeByClass(i, "vtkMRMLPlotChartNode")
+              for i in range(scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode"))]
+    assert [chart.GetName() for chart in charts] == ["MaskSAM training run"]
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 4
+    assert first.table_node.GetScene() is None
+
+    assert not TrainingPlot(new_scene()).add_logged_epochs(tmp_path / "no training here")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from MaskSAMCore.atomic import write_text, write_with
+from MaskSAMCore.folder_layout import TRAINING_LOG
 from MaskSAMCore.progress import format_duration
 
 FIXED_COLUMNS = ("epoch", "train_loss", "val_loss")
@@ -94,7 +95,7 @@ class TrainingLog:
 
     @property
     def csv_path(self) -> str:
-        return os.path.join(os.fspath(self.folder), "training_log.csv")
+        return os.path.join(os.fspath(self.folder), TRAINING_LOG)
 
     @property
     def plot_path(self) -> str:

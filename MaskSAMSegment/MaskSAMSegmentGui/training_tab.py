@@ -34,6 +34,8 @@ class TrainingTabMixin:
         if note:
             self._log(note)
         self._plot = TrainingPlot(slicer.mrmlScene, title=f"MaskSAM training {os.path.basename(request.output_dir)}")
+        if request.resume and self._plot.add_logged_epochs(request.output_dir):
+            slicer.modules.plots.logic().ShowChartInLayout(self._plot.chart_node)
         job = TrainingJob(request, base_env=commands.slicer_startup_environment(), on_log=self._log,
                           on_epoch=self._onEpoch)
         self._trainingJob = self._startJob(job, "training", f"Training {request.preset} on {request.dataset_dir}...")

@@ -7,12 +7,18 @@ the first epoch line, so starting (and stopping) a training before any epoch add
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import vtk
 
 import slicer
+
+from MaskSAMCore.folder_layout import TRAINING_LOG
+from MaskSAMCore.training.training_log import read_csv
 
 # Columns plotted, in this order, when the epoch lines carry them (see MaskSAMCore's trainer).
 PLOTTED_METRICS = (
@@ -56,6 +62,19 @@ class TrainingPlot:
         self.table_node.Modified()
         return created
 
+    def add_logged_epochs(self, model_dir: "os.PathLike[str] | str") -> bool:
+        """Fill the plot with the epochs a training folder's log holds (a resumed run's earlier
+        epochs, which its new epoch lines do not repeat). True when this made the chart."""
+        log = Path(model_dir) / TRAINING_LOG
+        try:
+            rows = read_csv(log)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return False   # no log yet (nothing finished), or unreadable: the plot starts empty
+        created = False
+        for row in rows:
+            created = self.add_epoch({key: _number_or_none(value) for key, value in row.items()}) or created
+        return created
+
     def rows(self) -> List[Dict[str, float]]:
         """The table as a list of {column: value} (what the chart shows)."""
         if self.table_node is None:
@@ -66,6 +85,7 @@ class TrainingPlot:
                 for r in range(table.GetNumberOfRows())]
 
     def _create(self, metrics: List[str]) -> None:
+        self._remove_earlier_plot()
         self.table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{self.title} table")
         table = self.table_node.GetTable()
         epoch = vtk.vtkFloatArray()
@@ -93,6 +113,30 @@ class TrainingPlot:
             series.SetColor(*_COLOURS[key])
             self.chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
             self.series_nodes[key] = series
+
+
+    def _remove_earlier_plot(self) -> None:
+        """One plot per training folder: a resumed run's (which shows every epoch again) replaces
+        the one its interrupted start left in the scene, instead of a second chart of one name."""
+        charts = [node for node in _nodes(self.scene, "vtkMRMLPlotChartNode") if node.GetName() == self.title]
+        for chart in charts:
+            # listed first: removing a series from the scene also takes it out of the chart's list
+            series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
+            tables = [node.GetTableNode() for node in series if node is not None]
+            for node in series + tables + [chart]:
+                if node is not None and node.GetScene() is self.scene:
+                    self.scene.RemoveNode(node)
+
+
+def _nodes(scene, class_name: str) -> list:
+    return [scene.GetNthNodeByClass(i, class_name) for i in range(scene.GetNumberOfNodesByClass(class_name))]
+
+
+def _number_or_none(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _is_number(value: Optional[object]) -> bool:
