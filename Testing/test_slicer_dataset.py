@@ -369,3 +369,15 @@ def test_empty_segments_and_a_case_with_nothing_drawn_are_warned_about(tmp_path,
         "(right only if that case has none)",
         "case_002 ('Nothing drawn') has no segment left_kidney and an empty segment liver, spleen: the model learns "
         "it as background there (right only if that case has none)"]
+
+
+def test_a_volume_paired_twice_is_refused(tmp_path):
+    """The same scan as two cases could be trained on and validated on at once."""
+    from MaskSAMSegmentLib.dataset_builder import check_pairs
+
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    assert check_pairs(pairs + [pairs[0]]) == ["Volume 'Patient A' is in more than one pair; remove all but one."]
+    with pytest.raises(InputError, match="'Patient A' is in more than one pair"):
+        build_dataset_from_scene(pairs + [CasePair(pairs[0].volume, pairs[1].segmentation)], tmp_path / "ds")
+    assert list(tmp_path.iterdir()) == []

@@ -87,10 +87,16 @@ def check_pairs(pairs: List[CasePair]) -> List[str]:
     problems: List[str] = []
     if not pairs:
         problems.append("Add at least one volume + segmentation pair.")
+    paired: List[object] = []
     for pair in pairs:
         if pair.volume is None or pair.segmentation is None:
             problems.append("Every pair needs both a volume and a segmentation.")
             continue
+        if any(volume is pair.volume for volume in paired):
+            # one scan as two cases could land in both the training and the validation split
+            problems.append(f"Volume '{pair.volume.GetName()}' is in more than one pair; remove all but one.")
+            continue
+        paired.append(pair.volume)
         removed = [node.GetName() for node in (pair.volume, pair.segmentation) if node.GetScene() is None]
         if removed:
             problems.append(f"'{removed[0]}' is no longer in the scene; remove its pair.")
