@@ -181,6 +181,44 @@ def test_a_series_a_seg_cannot_refer_to_is_refused_before_any_work(random_model,
     assert main(["predict", str(random_model), str(folder), str(tmp_path / "labels.nrrd"), "--fast"]) == 0
 
 
+def _anonymised(folder: Path) -> Path:
+    """The series as anonymisers and converters leave it: Type 2 patient and study elements left out
+    entirely (not present and empty), the patient's name a single word."""
+    for path in folder.iterdir():
+        dataset = pydicom.dcmread(str(path))
+        for keyword in ("PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+                        "StudyID", "ReferringPhysicianName"):
+            del dataset[keyword]
+        dataset.PatientName = "Anon"
+        dataset.save_as(str(path))
+    return folder
+
+
+def test_a_series_without_type2_patient_and_study_elements_gets_a_seg(random_model, tmp_path, capsys, recwarn):
+    folder = _anonymised(write_series(tmp_path / "ct", oblique_volume()))
+    out = tmp_path / "seg.dcm"
+    assert main(["predict", str(random_model), str(folder), str(out), "--fast", "--device", "cpu"]) == 0
+    # The one-word name is the series' own: no raw Python warning (pytest holds those back from stderr).
+    assert "Warning" not in capsys.readouterr().err
+    assert not [w for w in recwarn if "unlikely to represent" in str(w.message)]
+    seg = pydicom.dcmread(str(out))
+    assert (seg.PatientName, seg.PatientBirthDate, seg.StudyID, seg.AccessionNumber) == ("Anon", "", "", "")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == find_series(folder).uid
+
+
+def test_a_series_highdicom_cannot_describe_is_one_error_line(random_model, tmp_path, capsys, monkeypatch):
+    import highdicom
+
+    def refuses(**_):   # as a highdicom needing an element this series lacks would
+        raise AttributeError("'FileDataset' object has no attribute 'PatientAge'")
+    monkeypatch.setattr(highdicom.seg, "Segmentation", refuses)
+    folder = write_series(tmp_path / "ct", oblique_volume())
+    line = _refused(capsys, str(random_model), str(folder), str(tmp_path / "out" / "seg.dcm"))
+    assert line == (f"masksam: error: {folder} (DICOM series 3 'AX ABD'): no DICOM SEG can refer to it "
+                    "('FileDataset' object has no attribute 'PatientAge'); write .nii.gz, .nrrd or .mha instead")
+    assert not (tmp_path / "out" / "seg.dcm").exists()
+
+
 def test_an_upper_case_seg_name_is_kept(tmp_path):
     folder = write_series(tmp_path / "ct", oblique_volume())
     case = find_cases(folder, tmp_path / "SEG.DCM", num_channels=1)[0]

@@ -19,7 +19,9 @@ The geometry is the series' own, as checked by `dicom_series`: each frame's posi
 its source slice, the orientation and pixel spacing the series', the spacing between slices the
 step of the checked grid (not the slices' own Spacing Between Slices, which some MR scanners
 use for the gap). A source slice without Slice Thickness (allowed in CT) is described with that
-step as its thickness. Writing uses highdicom (pip install highdicom), imported only
+step as its thickness, and one without a Type 2 patient or study element highdicom copies (Patient's
+Birth Date, Study ID, ...: anonymised and converted series often leave them out) as having it
+empty, as DICOM allows. Writing uses highdicom (pip install highdicom), imported only
 when a SEG is asked for.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -36,12 +39,21 @@ from MaskSAMCore import __version__
 from MaskSAMCore.atomic import atomic_path
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.regions import RegionScheme
-from MaskSAMCore.errors import InputError
+from MaskSAMCore.errors import InputError, first_line
 from MaskSAMCore.terminology import AnatomyTerminology
 
 SEG_ENDING = ".dcm"
 SEG_SERIES_NUMBER_OFFSET = 1000   # the SEG's series number: the source's plus this
 IMAGE_FILE_INSTEAD = "write .nii.gz, .nrrd or .mha instead"
+# Type 2 patient and study elements (present, maybe empty) highdicom copies from a source slice by attribute:
+# a series that leaves one out entirely would end in highdicom's AttributeError.
+COPIED_TYPE2_ELEMENTS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                         "AccessionNumber", "StudyID", "ReferringPhysicianName")
+# highdicom's warning for a one-component Patient's Name ("Anon"): valid DICOM, copied as the series has it.
+ONE_COMPONENT_NAME_WARNING = r'The string ".*" is unlikely to represent the intended person name'
+# What highdicom raises for a source it cannot describe (a value of an unexpected kind, an element it needs):
+# the user's series, not a bug here, so one line naming the series instead of a traceback.
+SEG_BUILD_FAILURES = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
 def is_seg_output(path: "os.PathLike[str] | str") -> bool:
@@ -117,6 +129,10 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
             measures.SliceThickness = step
         # Between the checked grid's planes (some MR scanners store the gap between slices here).
         measures.SpacingBetweenSlices = step
+    for source in sources:
+        for keyword in COPIED_TYPE2_ELEMENTS:
+            if keyword not in source:
+                setattr(source, keyword, "")
     if series.frames:   # one multi-frame source: the SEG's frames follow the source's frame order
         labels = labels[np.argsort(series.frames)]
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -124,18 +140,29 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
     descriptions = _segment_descriptions(structures, algorithm)
     masks = _segment_masks(labels, structures)
     try:
-        seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=hd.UID(),
-            series_number=_series_number(series), sop_instance_uid=hd.UID(), instance_number=1,
-            omit_empty_frames=bool(masks.any()),   # (an empty result keeps every frame, without highdicom's warning)
-            manufacturer="MaskSAM", manufacturer_model_name=model_name[:64], software_versions=f"MaskSAM {__version__}",
-            device_serial_number="none", series_description=_titled(model_name),
-            content_label="MASKSAM", content_description=f"MaskSAM segmentation by model {model_name}"[:64])
-    except ValueError as exc:   # what check_seg_sources cannot foresee
-        raise InputError(f"{series}: no DICOM SEG can refer to it ({exc})") from None
+        seg = _segmentation(sources, masks, descriptions, _series_number(series), model_name)
+    except SEG_BUILD_FAILURES as exc:   # what check_seg_sources cannot foresee
+        raise InputError(f"{series}: no DICOM SEG can refer to it ({first_line(exc)}); {IMAGE_FILE_INSTEAD}") from None
     with atomic_path(path) as temporary:
         seg.save_as(str(temporary))
+
+
+def _segmentation(sources: list, masks: np.ndarray, descriptions: list, series_number: int, model_name: str):
+    """highdicom's SEG over `sources` (BINARY; frames without voxels left out unless all are empty)."""
+    import highdicom as hd
+
+    with warnings.catch_warnings():
+        # The SEG must carry the series' own patient name; a one-component one ("Anon") is valid DICOM.
+        warnings.filterwarnings("ignore", message=ONE_COMPONENT_NAME_WARNING, category=UserWarning)
+        return hd.seg.Segmentation(
+            source_images=sources, pixel_array=masks, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(),
+            series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+            omit_empty_frames=bool(masks.any()),   # (an empty result keeps every frame, without highdicom's warning)
+            manufacturer="MaskSAM", manufacturer_model_name=model_name[:64],
+            software_versions=f"MaskSAM {__version__}", device_serial_number="none",
+            series_description=_titled(model_name), content_label="MASKSAM",
+            content_description=f"MaskSAM segmentation by model {model_name}"[:64])
 
 
 def _pixel_measures(sources: list) -> list:
