@@ -95,7 +95,17 @@ def test_a_dataset_of_background_and_unannotated_voxels_only_is_refused(sparse_d
     for label_file in sorted((sparse_dataset / "labelsTr").glob("*.nii.gz")):
         labels, geometry = read_label(label_file)
         write_label(np.where(labels > 0, IGNORE, 0).astype(labels.dtype), geometry, label_file)
-    assert "no label map in labelsTr holds any structure" in load_error(sparse_dataset)
+    assert "no label map in labelsTr holds any structure (every voxel is background 0 or unannotated " \
+        f"('ignore' {IGNORE})); there is nothing to learn" in load_error(sparse_dataset)
+
+
+def test_a_dataset_of_unannotated_voxels_only_is_not_called_background(sparse_dataset):
+    for label_file in sorted((sparse_dataset / "labelsTr").glob("*.nii.gz")):
+        labels, geometry = read_label(label_file)
+        write_label(np.full_like(labels, IGNORE), geometry, label_file)
+    error = load_error(sparse_dataset)
+    assert f"holds any structure (every voxel is unannotated ('ignore' {IGNORE}));" in error
+    assert "background" not in error
 
 
 def test_make_phantoms_writes_sparse_training_labels_and_complete_test_labels(tmp_path):
@@ -114,6 +124,23 @@ def test_make_phantoms_writes_sparse_training_labels_and_complete_test_labels(tm
     np.testing.assert_array_equal(labels[annotated], complete[annotated])
     test_labels, _ = read_label(root / "labelsTs" / "phantom_test_000.nii.gz")
     np.testing.assert_array_equal(test_labels, phantom_case(4, "test", 0)[1])
+
+
+def test_make_phantoms_annotates_a_slice_of_a_case_thinner_than_annotate_every(tmp_path):
+    """--annotate-every far above a case's depth: its middle slice stays annotated (with organs), so
+    the dataset trains instead of holding nothing but unannotated voxels."""
+    from MaskSAMCore.cli import main
+    from MaskSAMCore.data.phantoms import phantom_case
+
+    root = tmp_path / "sparse"
+    assert main(["make-phantoms", str(root), "--cases", "2", "--seed", "4", "--annotate-every", "1000"]) == 0
+    load_raw_dataset(root, progress=False)   # the check `masksam train` runs first
+    for index in range(2):
+        labels, _ = read_label(root / "labelsTr" / f"phantom_{index:03d}.nii.gz")
+        middle = labels.shape[0] // 2
+        assert [z for z in range(labels.shape[0]) if (labels[z] != IGNORE).any()] == [middle]
+        np.testing.assert_array_equal(labels[middle], phantom_case(4, "train", index)[1][middle])
+        assert (labels[middle] > 0).any()
 
 
 def test_ct_statistics_come_from_structures_not_from_unannotated_voxels(sparse_dataset):

@@ -176,8 +176,12 @@ def _check_labels_present(dataset: RawDataset, present: Set[int], warn: bool) ->
     predict background everywhere. Warn about declared labels no case holds: the model keeps an
     output for them but can never learn it."""
     if not present - {0, dataset.ignore_label}:
+        # Name what the voxels are: "background" for a dataset of unannotated voxels sends the user astray.
+        found = [what for value, what in ((0, "background 0"),
+                                          (dataset.ignore_label, f"unannotated ('ignore' {dataset.ignore_label})"))
+                 if value in present]
         raise DatasetError(f"{describe_path(dataset.root)}: no label map in labelsTr holds any structure "
-                           "(every voxel is background 0); there is nothing to learn")
+                           f"(every voxel is {' or '.join(found) or 'background 0'}); there is nothing to learn")
     absent = [f"'{name}' ({', '.join(map(str, values))})" for name, values in dataset.class_values.items()
               if values != (0,) and not set(values) & present]
     if absent and warn:

@@ -56,9 +56,12 @@ def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, 
 
 def sparse_slices(labels: np.ndarray, every: int) -> np.ndarray:
     """`labels` (z, y, x) with only the axial slices z = every // 2, every // 2 + every, ...
-    annotated; the others are all `IGNORE_VALUE` (unannotated)."""
+    annotated; the others are all `IGNORE_VALUE` (unannotated). A case too thin to reach slice
+    every // 2 keeps its middle slice annotated (every phantom slice shows organs): a case, or a
+    whole dataset, without a single annotated voxel teaches nothing."""
+    first = min(every // 2, labels.shape[0] // 2)
     sparse = np.full_like(labels, IGNORE_VALUE)
-    sparse[every // 2::every] = labels[every // 2::every]
+    sparse[first::every] = labels[first::every]
     return sparse
 
 
