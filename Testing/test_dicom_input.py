@@ -82,7 +82,8 @@ def _same_position(k: int, tags: Tags) -> Tags:
 
 
 BAD_SERIES = {
-    "missing slice": (lambda k, tags: None if k == 4 else tags, "slice spacing varies from 3 to 6 mm (missing slices?)"),
+    "missing slice": (lambda k, tags: None if k == 4 else tags,
+                      "slice spacing varies from 3 to 6 mm, widest (6 mm) between IM0003.dcm and IM0005.dcm (at "),
     "slices shifted sideways unevenly": (_shift_sideways, "slices are shifted sideways unevenly (up to 0.204 mm off"),
     "slices in two orientations": (_rotate_one, "IM0004.dcm has another orientation"),
     "echoes in one series": (_same_position, "9 of its 9 slices share a position"),
@@ -154,8 +155,8 @@ def test_damaged_and_copied_slices_are_named(dicom_model_dir, tmp_path, capsys):
     write_series(echoes, oblique_volume(), names=[f"echo2_{k}.dcm" for k in range(9)],
                  edit=lambda k, tags: {**tags, "0008|0018": f"1.2.826.0.1.3680043.2.1125.8.{k}"})
     expected = {
-        cut: "the slice spacing varies from 3 to 6 mm (missing slices?); 1 file(s) of the folder cannot be "
-             "read (IM0004.dcm)",
+        cut: "widest (6 mm) between IM0003.dcm and IM0005.dcm (at 115.6 and 121.6 mm along the slice normal: a "
+             "missing slice?); 1 file(s) of the folder cannot be read (IM0004.dcm)",
         short: "bytes) than its pixels (18432 bytes): a damaged file",
         copied: "IM0003.dcm and IM0003 (1).dcm are the same image",
         echoes: "18 of its 18 slices share a position",

@@ -17,7 +17,7 @@ from pydicom.uid import RLELossless
 
 from MaskSAMCore.data.dicom_series import find_series, read_series
 from MaskSAMCore.errors import InputError
-from dicom_support import oblique_volume, write_series
+from dicom_support import oblique_volume, shuffled_names, write_series
 
 pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
@@ -38,6 +38,18 @@ def test_one_gap_a_tenth_wider_than_the_others_is_refused(tmp_path):
     offsets = [(0.0, 0.0, 0.3 if k >= 5 else 0.0) for k in range(image.GetDepth())]
     with pytest.raises(InputError, match="slice spacing varies"):
         find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
+
+
+def test_a_missing_slice_is_placed_by_its_neighbours_names_and_positions(tmp_path):
+    """PACS file names (UIDs) do not show which slices are neighbours: the refusal names the two
+    slices around the gap and where they lie, so the user can find what the export lost."""
+    image = oblique_volume(angle=0.0)                      # axis-aligned: positions along the normal are z
+    names = shuffled_names(image.GetDepth())
+    folder = write_series(tmp_path / "ct", image, names=names, edit=lambda k, tags: None if k == 4 else tags)
+    with pytest.raises(InputError) as refused:
+        find_series(folder)
+    assert f"the slice spacing varies from 3 to 6 mm, widest (6 mm) between {names[3]} and {names[5]} " \
+        "(at 113 and 119 mm along the slice normal: a missing slice?); a regular volume is needed" in str(refused.value)
 
 
 def test_a_slight_gantry_tilt_is_kept_and_uneven_sideways_shifts_are_refused(tmp_path):

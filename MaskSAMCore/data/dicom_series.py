@@ -206,8 +206,8 @@ def _checked_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Pat
     if np.abs(steps - step).max() > SPACING_TOLERANCE * step:
         unreadable = list_some(p.name for p in left_out)
         damaged = f"; {len(left_out)} file(s) of the folder cannot be read ({unreadable})" if left_out else ""
-        raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm "
-                         f"(missing slices?){damaged}; a regular volume is needed")
+        raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm, "
+                         f"{_widest_gap(slices, order, along)}{damaged}; a regular volume is needed")
     lean = _lean(name, positions, along, normal, SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing))
     # The slice axis runs from one slice's first voxel to the next: along the normal, leaning
     # with a gantry tilt (a sheared grid: NRRD, MetaImage and DICOM SEG keep it, NIfTI cannot).
@@ -221,6 +221,16 @@ def _checked_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Pat
         origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()),
         left_out=tuple(left_out), not_images=tuple(not_images),
         tilt_degrees=math.degrees(math.atan(float(np.linalg.norm(lean)))))
+
+
+def _widest_gap(slices: List[DicomSlice], order: np.ndarray, along: np.ndarray) -> str:
+    """Where a slice seems to be missing: the two slices around the widest step (`along`: the
+    positions on the slice normal, in `order`), by name and position, since PACS file names
+    (UIDs) do not show which slices are neighbours."""
+    widest = int(np.argmax(np.diff(along)))
+    before, after = (slices[int(order[k])].name for k in (widest, widest + 1))
+    return (f"widest ({along[widest + 1] - along[widest]:.4g} mm) between {before} and {after} "
+            f"(at {along[widest]:.4g} and {along[widest + 1]:.4g} mm along the slice normal: a missing slice?)")
 
 
 def _lean(name: str, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, tolerance_mm: float) -> np.ndarray:
