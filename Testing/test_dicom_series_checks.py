@@ -136,6 +136,21 @@ def test_two_series_sharing_a_number_are_not_chosen_between_by_guess(tmp_path):
     assert find_series(folder, "1.2.3.2").size[2] == 6
 
 
+def test_series_sharing_a_number_are_offered_by_their_uids_at_once(tmp_path):
+    """Without --series, the list to choose from gives the UID of each series whose number is not
+    unique: "--series 3" would not do, and a second refusal only to learn the UIDs helps nobody."""
+    folder = tmp_path / "study"
+    write_series(folder, oblique_volume(), uid="1.2.3.1", number="3", names=[f"A{k}" for k in range(9)])
+    write_series(folder, oblique_volume(size=(20, 18, 6)), uid="1.2.3.2", number="3", names=[f"B{k}" for k in range(6)])
+    write_series(folder, oblique_volume(size=(20, 18, 5)), uid="1.2.3.5", number="5", names=[f"C{k}" for k in range(5)])
+    with pytest.raises(InputError) as refused:
+        find_series(folder)
+    listed = str(refused.value)
+    assert "3 'AX ABD' (CT, 9 files, UID 1.2.3.1); 3 'AX ABD' (CT, 6 files, UID 1.2.3.2)" in listed
+    assert "5 'AX ABD' (CT, 5 files);" in listed   # a number of its own is enough
+    assert listed.endswith("choose one with --series NUMBER (or its Series Instance UID)")
+
+
 def test_a_multi_frame_file_written_by_gdcm_reads_as_the_volume_it_holds(tmp_path):
     """GDCM writes a 3D image as one multi-frame file with a position per frame: a volume."""
     folder = tmp_path / "multi"

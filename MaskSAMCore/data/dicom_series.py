@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -112,16 +113,22 @@ def _label(number: str, description: str) -> str:
     return f"{number or '?'}" + (f" '{description}'" if description else "")
 
 
-def _summary(slices: List[DicomSlice]) -> str:
-    """``3 'AX ABD' (CT, 120 files)``: how a list of a folder's series names one."""
+def _summary(slices: List[DicomSlice], with_uid: bool = False) -> str:
+    """``3 'AX ABD' (CT, 120 files)``: how a list of a folder's series names one; `with_uid` adds
+    its Series Instance UID (``..., UID 1.2.3``)."""
     first, files = slices[0], len({piece.path for piece in slices})
     frames = f", {len(slices)} frames" if first.frame is not None else ""
+    uid = f", UID {first.series_uid}" if with_uid else ""
     return (f"{_label(first.series_number, first.description)} ({first.modality or '?'}, "
-            f"{files} file{'s' if files > 1 else ''}{frames})")
+            f"{files} file{'s' if files > 1 else ''}{frames}{uid})")
 
 
 def _listed(series: Dict[str, List[DicomSlice]]) -> str:
-    return "; ".join(_summary(s) for s in series.values())
+    """The series for a user to choose from with --series: a series whose number another one
+    shares, or that has none, can only be chosen by its UID, so it is listed with it."""
+    numbers = Counter(slices[0].series_number for slices in series.values())
+    return "; ".join(_summary(s, with_uid=not s[0].series_number or numbers[s[0].series_number] > 1)
+                     for s in series.values())
 
 
 def _choice_needed(folder: Path, series: Dict[str, List[DicomSlice]]) -> InputError:
