@@ -255,6 +255,16 @@ def test_an_unknown_output_ending_is_refused_before_any_prediction(model_dir, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_an_empty_output_ending_is_shown_as_given(model_dir, tmp_path, capsys):
+    source = tmp_path / "scans"
+    source.mkdir()
+    _good_image(source)
+    assert main(["predict", str(model_dir), str(source), str(tmp_path / "out"), "--output-ending", "",
+                 "--device", "cpu"]) == 1
+    _assert_one_line_error(capsys, "--output-ending '' is not an image file ending")   # not ". is not"
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_or_invalid_model_folder(tmp_path, capsys):
     source = _good_image(tmp_path)
     empty = tmp_path / "not_a_model"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -213,10 +214,12 @@ def _checked_ending(output_ending: Optional[str]) -> Optional[str]:
     or `InputError` for an ending that is no image format."""
     if output_ending is None:
         return None
+    given = output_ending
     if not output_ending.startswith("."):
         output_ending = "." + output_ending
     if output_ending.lower() not in (*IMAGE_ENDINGS, SEGMENTATION_ENDING, SEG_ENDING):
-        raise InputError(f"--output-ending {output_ending} is not an image file ending "
+        # What the user typed, quoted as a shell would need it: an empty one shows as '' rather than ".".
+        raise InputError(f"--output-ending {shlex.quote(given)} is not an image file ending "
                          f"(known endings: {', '.join(IMAGE_ENDINGS)}; {SEGMENTATION_ENDING} for a 3D Slicer "
                          f"segmentation; {SEG_ENDING} for DICOM SEG)")
     return output_ending.lower()
