@@ -243,20 +243,25 @@ def read_case(paths: Sequence["os.PathLike[str] | str | DicomSeries"]) -> Tuple[
     if not paths:
         raise ValueError("read_case needs at least one file")
     channels = []
-    reference: ImageGeometry | None = None
+    geometries = []
     for path in paths:
         array, geometry = read_image(path)
-        if reference is None:
-            reference = geometry
-        else:
-            differences = reference.grid_differences(geometry)
-            if differences:
-                raise InputError(
-                    f"{describe_path(path)}: its {', '.join(differences)} differ(s) from channel 0 "
-                    f"({describe_path(paths[0])}); all channels must share one voxel grid")
+        geometries.append(geometry)
+        check_channels_share_grid(paths[:len(geometries)], geometries)
         channels.append(array)
-    assert reference is not None
-    return np.stack(channels, axis=0), reference
+    return np.stack(channels, axis=0), geometries[0]
+
+
+def check_channels_share_grid(paths: Sequence["os.PathLike[str] | str | DicomSeries"],
+                              geometries: Sequence[ImageGeometry]) -> None:
+    """Raise `InputError` naming the first channel file whose grid differs from channel 0's: one
+    rule for reading a case and for `predict`'s check of every header before any work."""
+    for path, geometry in zip(paths[1:], geometries[1:]):
+        differences = geometries[0].grid_differences(geometry)
+        if differences:
+            raise InputError(
+                f"{describe_path(path)}: its {', '.join(differences)} differ(s) from channel 0 "
+                f"({describe_path(paths[0])}); all channels must share one voxel grid")
 
 
 def read_label(path: "os.PathLike[str] | str") -> Tuple[np.ndarray, ImageGeometry]:

@@ -34,11 +34,7 @@ def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name:
         raise InputError(f"{name}: the model needs {channels} channel(s), the image has {image.shape[0]}")
     if tuple(image.shape[1:]) != geometry.shape_zyx:
         raise InputError(f"{name}: array shape {image.shape[1:]} does not match its geometry {geometry.shape_zyx}")
-    thin = [axis for axis, n in zip("zyx", image.shape[1:]) if n < 2]
-    if thin:
-        size = "x".join(str(n) for n in geometry.size)
-        raise InputError(f"{name}: has a single voxel along {', '.join(thin)} (size {size}); "
-                         "MaskSAM segments 3D volumes")
+    _check_not_flat(geometry, name)
     if not np.issubdtype(image.dtype, np.number):
         raise InputError(f"{name}: has non-numeric voxels ({image.dtype})")
     if np.issubdtype(image.dtype, np.floating):
@@ -53,6 +49,16 @@ def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name:
             raise InputError(f"{where}: {which} is constant (every voxel is {low:g}); there is nothing to segment")
     if any(s <= 0 or not np.isfinite(s) for s in geometry.spacing):
         raise InputError(f"{name}: invalid voxel spacing {geometry.spacing}")
+
+
+def _check_not_flat(geometry: ImageGeometry, name: str) -> None:
+    """A 2D image saved as a 3D file: said as such, before its spacing is judged (where it
+    would read as "too few voxels" and send the user to check a spacing that is right)."""
+    thin = [axis for axis, n in zip("zyx", geometry.shape_zyx) if n < 2]
+    if thin:
+        size = "x".join(str(n) for n in geometry.size)
+        raise InputError(f"{name}: has a single voxel along {', '.join(thin)} (size {size}); "
+                         "MaskSAM segments 3D volumes")
 
 
 def intensity_warnings(image: np.ndarray, plan: Dict[str, Any], name: str,
@@ -88,7 +94,9 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
     host memory than is `available` (bytes; None: unknown, no check). A wrong spacing in a
     header (50 mm slices instead of 5) would otherwise make a huge volume: minutes of work, then
     the out-of-memory killer. Also refused: an image that would shrink to a single voxel along an
-    axis (a spacing given in micrometres, read as millimetres)."""
+    axis (a spacing given in micrometres, read as millimetres). Needs the header only, so
+    `predict` checks every case of a folder with it before segmenting the first."""
+    _check_not_flat(geometry, name)
     forward = list(plan["transpose_forward"])
     reorientation = plan_reorientation(plan, geometry)   # the axis order preprocessing gives the image
     spacing_zyx, shape_zyx = reorientation.order(geometry.spacing_zyx), reorientation.order(geometry.shape_zyx)

@@ -89,6 +89,13 @@ class PredictionResult:
     windows: int
 
 
+def describe_case(paths: Sequence["os.PathLike[str] | str | DicomSeries"], name: Optional[str] = None) -> str:
+    """How messages name a case: its file when it has one channel, else "case NAME" (a problem
+    of the whole case, such as its spacing, belongs to no single channel file). Shared by the
+    check of every header before any work and by preprocessing, so both name a case alike."""
+    return describe_path(paths[0]) if len(paths) == 1 else f"case {name or Path(paths[0]).name}"
+
+
 class Predictor:
     def __init__(self, model: torch.nn.Module, plan: Dict[str, Any], class_names: Sequence[str],
                  device: torch.device, options: Optional[PredictOptions] = None, name: str = "model",
@@ -222,8 +229,7 @@ class Predictor:
         start = time.perf_counter()
         image, geometry = read_case([p if isinstance(p, DicomSeries) else Path(p) for p in paths])
         files = [describe_path(p) for p in paths]
-        where = files[0] if len(files) == 1 else f"case {name or Path(paths[0]).name}"
-        prepared = self.prepare(image, geometry, where, owned=True, channel_files=files)
+        prepared = self.prepare(image, geometry, describe_case(paths, name), owned=True, channel_files=files)
         prepared.name = name or files[0]
         prepared.seconds = time.perf_counter() - start
         prepared.series = paths[0] if isinstance(paths[0], DicomSeries) else None

@@ -5,7 +5,8 @@ While the network works on one case, a background thread reads and preprocesses 
 a case whose score array alone takes more than `READ_AHEAD_LIMIT_BYTES` is predicted, the next
 one is read only afterwards, so two large CTs are never held in memory at once.
 
-Every input header is read before any work, so a corrupt or non-3D file stops the run at once.
+Every input header is read before any work, so a corrupt or non-3D file, channels on different
+grids or a spacing in the wrong unit stop the run at once.
 A case whose voxels turn out unusable (NaN, a constant image) is reported in one line and
 skipped; the other cases of the folder are segmented and the exit status is 1.
 """
@@ -17,19 +18,22 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_headers import describe_not_images
 from MaskSAMCore.data.dicom_series import DicomSeries
-from MaskSAMCore.data.image_io import check_format_keeps, read_geometry
+from MaskSAMCore.data.image_io import check_channels_share_grid, check_format_keeps, read_geometry
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError, describe_path, first_line, list_some, raise_all
 from MaskSAMCore.inference.cases import Case, find_all_series, find_cases, modality_mismatch
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
+from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.export import probabilities_path
-from MaskSAMCore.inference.predictor import PredictOptions, Predictor, PreparedCase, describe_settings
+from MaskSAMCore.inference.input_checks import check_fits_host_memory
+from MaskSAMCore.inference.predictor import (PredictOptions, Predictor, PreparedCase, describe_case,
+                                             describe_settings)
 from MaskSAMCore.model_folder import ModelFolder
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import emit, print_warning
@@ -63,23 +67,29 @@ def cpu_speed_note(predictor: Predictor) -> Optional[str]:
             "window, step 1.0) takes minutes")
 
 
-def check_headers(cases: List[Case]) -> None:
+def check_headers(cases: List[Case], plan: Dict[str, Any], channels: int) -> None:
     """Read every input header before any work: a corrupt or non-3D file fails in seconds, and
-    so does an output format that cannot store the input's grid (TIFF, NIfTI for a tilted scan).
-    Every case is checked, so all the unusable ones of a folder are named at once."""
+    so do channels on different grids, a spacing the model's `plan` cannot use (micrometres read
+    as millimetres, or the reverse) and an output format that cannot store the input's grid
+    (TIFF, NIfTI for a tilted scan). Every case is checked, so all the unusable ones of a folder
+    are named at once, before the first is segmented."""
     if any(is_seg_output(case.output_file) for case in cases):
         check_seg_writer()   # highdicom installed: one answer for all cases
+    available = devices.available_host_bytes()   # once: the cases are segmented one after another
     errors: List[InputError] = []
     for case in cases:
         try:
-            _check_case_headers(case)
+            _check_case_headers(case, plan, channels, available)
         except InputError as error:
             errors.append(error)
     raise_all(errors, len(cases), "cases cannot be segmented")
 
 
-def _check_case_headers(case: Case) -> None:
+def _check_case_headers(case: Case, plan: Dict[str, Any], channels: int, available: Optional[int]) -> None:
     geometries = [read_geometry(path) for path in case.channel_files]
+    # The rules preprocessing applies again to the voxels, here from the headers alone.
+    check_channels_share_grid(case.channel_files, geometries)
+    check_fits_host_memory(geometries[0], plan, channels, describe_case(case.channel_files, case.name), available)
     if is_seg_output(case.output_file):
         # A SEG keeps the series' grid (its frames are the series' slices), if it can refer to them.
         check_seg_sources(case.channel_files[0])
@@ -196,7 +206,7 @@ def run_predict(args: argparse.Namespace) -> int:
         if not cases:
             emit("done", cases=0, failed=[], seconds=0.0, outputs=[])
             return 0
-    check_headers(cases)
+    check_headers(cases, predictor.plan, predictor.config.in_channels)
     inputs = [path for case in cases for path in case.input_files]
     for case in cases:
         check_output_file(case.output_file, inputs)
