@@ -307,9 +307,10 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
                    help="also time nnU-Net v2's predictor (3d_fullres-like network) on the same volume")
     p.add_argument("--repeat", type=at_least(1), default=1, help="timed repetitions after one warm-up (default 1)")
     p.add_argument("--resample", action="store_true",
-                   help="make preprocessing resample, as for most real CTs: the scores are resampled back "
-                        "to the input grid slab by slab before the argmax (without it, the "
-                        "preprocessed grid is the input grid and the argmax is taken directly)")
+                   help="make preprocessing resample, as for most real CTs: the volume lies 0.8/0.82 finer "
+                        "in-plane than the model's spacing and the scores are resampled back to it slab by slab "
+                        "before the argmax (without it, the volume lies on the model's grid and the argmax "
+                        "is taken directly)")
     p.add_argument("--max-windows", type=at_least(1), default=None,
                    help="time only this many windows and extrapolate the network seconds (slow CPUs; "
                         "default: every window)")

@@ -92,6 +92,24 @@ def test_benchmark_of_a_model_with_coarse_slices_runs_on_its_own_grid(tmp_path):
     assert json.loads(out.read_text())["preprocessed_shape"] == [8, 40, 40]
 
 
+def test_benchmark_resample_of_a_model_with_coarse_slices_is_slightly_finer_than_its_grid(tmp_path, capsys):
+    """--resample on a model planned at 3.7 x 1.4 x 1.4 mm: the volume and the warm-up lie 0.8/0.82
+    finer in-plane than the model's spacing and on its slices, so the scores are resampled back
+    while the window count stays that of --shape (a fixed 1 x 0.8 x 0.8 mm grid made the 4-slice
+    warm-up a single slice, "too few to segment", and the timed volume 8/3.7 slices)."""
+    from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+    from MaskSAMCore.model.config import preset
+
+    config = preset("tiny", num_classes=3)
+    model = write_random_model_folder(tmp_path / "coarse", config, synthetic_plan(config, (3.7, 1.4, 1.4)))
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--model-dir", str(model), "--shape", "8", "40", "70", "--device", "cpu",
+                 "--fast", "--resample", "--output", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["preprocessed_shape"] == [8, 39, 68]
+    assert report["windows"] == len(WindowGrid((8, 39, 68), (4, 64, 64), 1.0)) == 4
+
+
 def test_a_model_folder_beside_preset_or_classes_is_refused(tmp_path, capsys):
     """--preset/--classes choose the random network; with --model-dir they would be ignored."""
     assert main(["benchmark", "--model-dir", str(tmp_path), "--classes", "4", "--device", "cpu"]) == 1

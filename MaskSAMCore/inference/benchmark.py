@@ -40,10 +40,24 @@ from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import emit
 
-IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)
-# With --resample the plan asks for a slightly coarser grid, so the scores are resampled back
-# (the host-memory-heavy path of real CTs) while the window count stays that of --shape.
+IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)   # the random network's plan (without --resample)
+# With --resample the random network's plan asks for a slightly coarser grid than IMAGE_SPACING_ZYX;
+# whatever the model, the synthetic volume is as much finer in-plane than the model's spacing.
 RESAMPLED_TARGET_ZYX = (1.0, 0.82, 0.82)
+FINER_IN_PLANE_ZYX = (1.0, 0.8 / 0.82, 0.8 / 0.82)
+
+
+def synthetic_spacing_zyx(plan: Dict[str, Any], resample: bool) -> Tuple[float, float, float]:
+    """The synthetic volume's spacing (z, y, x): the model's own target spacing, so nothing is
+    resampled (as most benchmarks want), or with `resample` slightly finer in-plane, so the
+    scores are resampled back (the host-memory-heavy path of real CTs) while the window count
+    stays about that of --shape. Taken from the plan, never fixed: a fixed 1 x 0.8 x 0.8 mm grid
+    given to a model of 3.5 mm slices would shrink --shape 3.5-fold along z (the warm-up volume
+    to a single slice) and time another volume than the one asked for."""
+    target = [float(t) for t in plan["target_spacing_zyx"]]
+    finer = FINER_IN_PLANE_ZYX if resample else (1.0, 1.0, 1.0)
+    z, y, x = (t * f for t, f in zip(target, finer))
+    return z, y, x
 
 
 def synthetic_ct(shape_zyx: Tuple[int, int, int], seed: int = 0, channels: int = 1) -> np.ndarray:
@@ -137,10 +151,7 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     if problem:
         raise MaskSAMError(f"--compare-nnunet {problem}; nothing was measured")
     predictor = build_predictor(args, device, options)
-    # The volume lies on the model's own grid (no resampling, as most benchmarks want), unless
-    # --resample asks for a finer one; a model folder's spacing may be far from the default.
-    spacing_zyx = (IMAGE_SPACING_ZYX if args.resample or not args.model_dir
-                   else tuple(float(s) for s in predictor.plan["target_spacing_zyx"]))
+    spacing_zyx = synthetic_spacing_zyx(predictor.plan, args.resample)   # the warm-up's too
     shape = tuple(int(s) for s in args.shape)
     print(f"masksam: benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
           f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes", file=sys.stderr)
