@@ -84,6 +84,11 @@ def list_some(items: Iterable[object], shown: int = 3) -> str:
     return ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
 
 
+def by_x(values: Iterable[float]) -> str:
+    """``3 x 1.5 x 1.5``: a size, spacing or origin in a message, to 4 significant digits."""
+    return " x ".join(f"{v:.4g}" for v in values)
+
+
 def raise_all(errors: Sequence[InputError], total: int, what: str, advice: str = "", shown: int = 3) -> None:
     """Report every problem a pass over `total` inputs found, not only the first, so a user fixes
     them all before the next run: one error is raised as it is (`advice` appended); several as

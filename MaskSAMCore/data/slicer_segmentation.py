@@ -18,11 +18,11 @@ binary layer per region, since regions overlap.
 Read (to score a segmentation drawn in Slicer, or a prediction written as one): each segment is a
 mask, ``layer == label value``, on the file's own grid. Slicer crops what it saves to the
 segments' extent and may reverse an axis of a left-handed volume; `place_on_grid` puts such masks
-back on the scan's grid when their voxels are the scan's voxels. Which structure a segment is
-comes from its name (or ID), matched to the dataset's label names as `label_of` matches them
-("Left kidney" is ``kidney_left``), not from its label value, which is only the order segments
-were added in; a dataset's label map saved as a segmentation is renumbered the same way
-(`read_dataset_label`).
+back on the scan's grid when their voxels are the scan's voxels, and two such files of one scan
+meet on `union_grid`. Which structure a segment is comes from its name (or ID), matched to the
+dataset's label names as `label_of` matches them ("Left kidney" is ``kidney_left``), not from
+its label value, which is only the order segments were added in; a dataset's label map saved as
+a segmentation is renumbered the same way (`read_dataset_label`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import SimpleITK as sitk
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.image_io import ImageGeometry, read_label, read_sitk_image, write_sitk_image
 from MaskSAMCore.data.read_failures import itk_warnings_off
-from MaskSAMCore.errors import InputError, describe_path
+from MaskSAMCore.errors import InputError, by_x, describe_path
 from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key
 
 SEGMENTATION_ENDING = ".seg.nrrd"
@@ -234,15 +234,12 @@ def dataset_label_names(labels: Dict[str, int], ignore_label: Optional[int], reg
     return {**labels, **({IGNORE_LABEL: ignore_label} if ignore_label is not None else {})}
 
 
-def place_on_grid(mask: np.ndarray, source: ImageGeometry, target: ImageGeometry,
-                  path: "os.PathLike[str] | str") -> Optional[np.ndarray]:
-    """A mask (z, y, x) on `source` moved onto `target`, when every source voxel is a target voxel
-    (the same spacing and axes, perhaps reversed or swapped, the origin on a voxel centre): what
-    Slicer's cropping and axis flips leave. None when the grids are not one lattice; `InputError`
-    when the mask reaches outside the target."""
+def _lattice_mapping(source: ImageGeometry, target: ImageGeometry) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """(axes, offset) with target index = axes @ source index + offset (ITK order x, y, z; axes a
+    signed permutation, offset whole), when every source voxel is a voxel of `target`'s lattice
+    (the same spacing and axes, perhaps reversed or swapped, the origin on a voxel centre); else None."""
     steps_source = source.direction_matrix * np.asarray(source.spacing)
     steps_target = target.direction_matrix * np.asarray(target.spacing)
-    # target index = mapping @ source index + offset, both in ITK order (x, y, z)
     mapping = np.linalg.solve(steps_target, steps_source)
     offset = np.linalg.solve(steps_target, np.subtract(source.origin, target.origin))
     axes = np.rint(mapping)
@@ -250,6 +247,18 @@ def place_on_grid(mask: np.ndarray, source: ImageGeometry, target: ImageGeometry
             or not np.array_equal(np.abs(axes).sum(1), np.ones(3))
             or np.abs(offset - np.rint(offset)).max() > VOXEL_OFFSET_TOLERANCE):
         return None
+    return axes, np.rint(offset)
+
+
+def place_on_grid(mask: np.ndarray, source: ImageGeometry, target: ImageGeometry,
+                  path: "os.PathLike[str] | str") -> Optional[np.ndarray]:
+    """A mask (z, y, x) on `source` moved onto `target`, when every source voxel is a target voxel
+    (`_lattice_mapping`): what Slicer's cropping and axis flips leave. None when the grids are not
+    one lattice; `InputError` when the mask reaches outside the target."""
+    lattice = _lattice_mapping(source, target)
+    if lattice is None:
+        return None
+    axes, offset = lattice
     source_axis = [int(np.flatnonzero(row)[0]) for row in axes]   # the source axis of each target axis
     data = mask.transpose(2, 1, 0).transpose(source_axis)   # (x, y, z) in the target's axis order
     starts = []
@@ -270,6 +279,34 @@ def place_on_grid(mask: np.ndarray, source: ImageGeometry, target: ImageGeometry
     placed = np.zeros(target.size, dtype=mask.dtype)
     placed[tuple(inside_target)] = kept
     return placed.transpose(2, 1, 0)
+
+
+def union_grid(first: ImageGeometry, second: ImageGeometry) -> Optional[ImageGeometry]:
+    """The smallest grid on `first`'s lattice (its spacing and axes) holding every voxel of both
+    grids, when `second`'s voxels are voxels of that lattice (`_lattice_mapping`); else None. Two
+    segmentations of one scan, each saved by Slicer cropped to its own segments, meet on it."""
+    lattice = _lattice_mapping(second, first)
+    if lattice is None:
+        return None
+    axes, offset = lattice
+    corners = np.array([(x, y, z) for x in (0, second.size[0] - 1) for y in (0, second.size[1] - 1)
+                        for z in (0, second.size[2] - 1)], dtype=float)
+    indices = corners @ axes.T + offset   # second's corner voxels as indices of first's grid
+    low = np.minimum(indices.min(axis=0), 0)
+    high = np.maximum(indices.max(axis=0), np.asarray(first.size) - 1)
+    steps = first.direction_matrix * np.asarray(first.spacing)
+    return ImageGeometry(high - low + 1, first.spacing, np.asarray(first.origin) + steps @ low, first.direction)
+
+
+def _lattice_difference(first: ImageGeometry, second: ImageGeometry) -> str:
+    """Why `second`'s voxels are not on `first`'s lattice, with the values, for a message."""
+    differences = first.grid_differences(second)
+    if "spacing" in differences:
+        return f"spacing {by_x(second.spacing)} mm vs {by_x(first.spacing)} mm"
+    if "direction" in differences:
+        cosines = [", ".join(f"{v:.4g}" for v in grid.direction) for grid in (second, first)]
+        return f"direction ({cosines[0]}) vs ({cosines[1]})"
+    return f"origin ({by_x(second.origin)}) is not whole voxels away from ({by_x(first.origin)})"
 
 
 @dataclass
@@ -293,6 +330,16 @@ class SegmentationMasks:
         """No label values: each segment is a structure (a label map's values are scored on their own)."""
         return set()
 
+    def on_grid(self, grid: ImageGeometry, path: "os.PathLike[str] | str") -> Optional["SegmentationMasks"]:
+        """These segments on `grid`, when their voxels are its voxels (`place_on_grid`: Slicer's
+        cropping and axis flips); None when the grids are not one lattice."""
+        if self.grid.same_grid(grid):
+            return self
+        placed = [place_on_grid(layer, self.grid, grid, Path(path)) for layer in self.layers]
+        if placed[0] is None:   # one lattice or not is the grids' property, the same for every layer
+            return None
+        return SegmentationMasks(grid, np.stack(placed), self.held_in)
+
 
 def segmentation_masks(path: "os.PathLike[str] | str", names: Dict[str, Tuple[int, ...]],
                        grid: Optional[ImageGeometry] = None) -> SegmentationMasks:
@@ -305,8 +352,23 @@ def segmentation_masks(path: "os.PathLike[str] | str", names: Dict[str, Tuple[in
                          "give --dataset-json (the model folder's dataset.json) to match them to the labels")
     held_in = {names[label]: (segment.layer, segment.label_value)
                for label, segment in matched_segments(segments, list(names), path).items()}
-    if grid is not None and not own.same_grid(grid):
-        placed = [place_on_grid(layer, own, grid, Path(path)) for layer in layers]
-        if placed[0] is not None:   # one lattice or not is the grids' property, the same for every layer
-            layers, own = np.stack(placed), grid
-    return SegmentationMasks(own, layers, held_in)
+    masks = SegmentationMasks(own, layers, held_in)
+    return (masks.on_grid(grid, path) if grid is not None else None) or masks
+
+
+def segmentations_on_one_grid(first_path: "os.PathLike[str] | str", second_path: "os.PathLike[str] | str",
+                              names: Dict[str, Tuple[int, ...]]) -> Tuple[SegmentationMasks, SegmentationMasks]:
+    """Two segmentation files' segments (`segmentation_masks`) on one grid: the union of their
+    extents on the first one's lattice. Slicer saves each segmentation cropped to its own
+    segments, so two raters' files of one scan cover different boxes of it, and neither box need
+    hold the other. `InputError` naming the second file when its voxels are not the first's
+    lattice (another scan, another spacing): voxels compared one by one must be the same points."""
+    first, second = segmentation_masks(first_path, names), segmentation_masks(second_path, names)
+    union = union_grid(first.grid, second.grid)
+    if union is None:
+        raise InputError(f"{describe_path(second_path)}: two Slicer segmentations are compared voxel by voxel, but "
+                         f"its voxels are not those of {describe_path(first_path)} "
+                         f"({_lattice_difference(first.grid, second.grid)}); compare segmentations of one scan")
+    first_placed, second_placed = first.on_grid(union, first_path), second.on_grid(union, second_path)
+    assert first_placed is not None and second_placed is not None   # both lie on the union's lattice
+    return first_placed, second_placed

@@ -5,9 +5,10 @@ PRED and GT are two label-map files or two folders; in folders, files are paired
 an NRRD whose header describes segments: a ground truth drawn in Slicer, or a prediction written
 as one): its segments are matched to the dataset.json's labels by name
 (`slicer_segmentation.label_of`), and one Slicer saved cropped to its segments is put back on the
-other file's grid. Every prediction needs its ground truth; ground-truth files without a
-prediction are listed under ``unmatched_ground_truth`` and not scored. The metric conventions
-(empty structures, units) are in `metrics.py` and copied into the report.
+other file's grid; two segmentations (two raters' files), each cropped to its own segments, are
+scored on the union of their extents. Every prediction needs its ground truth; ground-truth files
+without a prediction are listed under ``unmatched_ground_truth`` and not scored. The metric
+conventions (empty structures, units) are in `metrics.py` and copied into the report.
 Class names come from ``--dataset-json``, else from the dataset.json of the nnU-Net dataset GT
 lies in (``DATASET/labelsTr``, ``labelsTs``), else they are ``label_<value>``.
 
@@ -33,7 +34,8 @@ from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.regions import RegionError, is_region_dataset, read_regions
-from MaskSAMCore.data.slicer_segmentation import SegmentationMasks, is_slicer_segmentation, segmentation_masks
+from MaskSAMCore.data.slicer_segmentation import (SegmentationMasks, is_slicer_segmentation, segmentation_masks,
+                                                  segmentations_on_one_grid)
 from MaskSAMCore.errors import InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_label_ending
@@ -206,7 +208,11 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     either where a prediction holds it (it then misses the truth's structure there). `names`
     (label name -> values): what a Slicer segmentation's segments are matched to."""
     names = names or {}
-    if is_slicer_segmentation(prediction_file) and not is_slicer_segmentation(truth_file):
+    prediction_is_segmentation = is_slicer_segmentation(prediction_file)
+    truth_is_segmentation = is_slicer_segmentation(truth_file)
+    if prediction_is_segmentation and truth_is_segmentation:   # each perhaps cropped to its own segments
+        actual, predicted = segmentations_on_one_grid(truth_file, prediction_file, names)
+    elif prediction_is_segmentation:
         actual = read_label_masks(truth_file, names)
         predicted = read_label_masks(prediction_file, names, actual.grid)
     else:

@@ -16,7 +16,7 @@ from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.data.normalization import NOT_HOUNSFIELD_CAUSES, cannot_be_hounsfield
 from MaskSAMCore.data.orientation import plan_reorientation
 from MaskSAMCore.data.resampling import resampled_shape
-from MaskSAMCore.errors import InputError
+from MaskSAMCore.errors import InputError, by_x
 
 # Peak host memory of a prediction in float32 copies of the resampled volume per channel
 # (the input, its resampled copy, the scores restored slab by slab; measured 4.4 on the
@@ -106,8 +106,8 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
     new_shape = resampled_shape(shape, spacing, target)
     if min(new_shape) < 2:
         raise InputError(
-            f"{name}: at the model's spacing ({_by(target)} mm) this {_by(shape)}-voxel image of spacing "
-            f"{_by(spacing)} mm becomes {_by(new_shape)} voxels, too few to segment; check the voxel spacing "
+            f"{name}: at the model's spacing ({by_x(target)} mm) this {by_x(shape)}-voxel image of spacing "
+            f"{by_x(spacing)} mm becomes {by_x(new_shape)} voxels, too few to segment; check the voxel spacing "
             "(and its unit) in its header")
     if available is None:
         return
@@ -115,10 +115,6 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
     needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * math.prod(new_shape)
     if needed > available:
         raise InputError(
-            f"{name}: at the model's spacing ({_by(target)} mm) this {_by(shape)}-voxel image of spacing "
-            f"{_by(spacing)} mm becomes {_by(new_shape)} voxels, needing about {needed / 2 ** 30:.4g} GiB of "
+            f"{name}: at the model's spacing ({by_x(target)} mm) this {by_x(shape)}-voxel image of spacing "
+            f"{by_x(spacing)} mm becomes {by_x(new_shape)} voxels, needing about {needed / 2 ** 30:.4g} GiB of "
             f"memory ({available / 2 ** 30:.1f} GiB available); check the voxel spacing in its header")
-
-
-def _by(values: Sequence[float]) -> str:
-    return " x ".join(f"{v:.4g}" for v in values)
