@@ -161,6 +161,24 @@ def test_an_nrrd_spacing_of_nan_or_zero_is_refused_not_read_as_1_mm(tmp_path, fi
         read_geometry(path)
 
 
+@pytest.mark.parametrize("units, refused", [('"um" "um" "um"', "um"), ('"mm" "mm" "cm"', "cm"),
+                                            ('"mm" "mm" "mm"', None), ('"MM" "" "mm"', None)])
+def test_an_nrrd_in_micrometres_is_refused_not_read_as_millimetres(tmp_path, units, refused):
+    """ITK drops NRRD's space units: a micrometre scan would be read 1000 times too large."""
+    from MaskSAMCore.data.image_io import read_geometry
+
+    header = ("NRRD0004\ntype: short\ndimension: 3\nsizes: 8 8 6\nendian: little\nspace: left-posterior-superior\n"
+              f"space directions: (800,0,0) (0,800,0) (0,0,2500)\nspace units: {units}\nencoding: raw\n\n")
+    path = tmp_path / "scan.nrrd"
+    path.write_bytes(header.encode() + np.zeros(6 * 8 * 8, "<i2").tobytes())
+    if refused is None:
+        assert read_geometry(path).spacing == pytest.approx((800, 800, 2500))
+        return
+    with pytest.raises(InputError, match=rf"scan.nrrd: its header gives the voxel sizes in {refused} \(NRRD space "
+                                         r"units\); MaskSAM, like ITK and 3D Slicer, reads NRRD sizes as millimetres"):
+        read_geometry(path)
+
+
 def test_a_metaimage_direction_holding_nan_is_called_unreadable_not_scaled(tmp_path):
     from MaskSAMCore.data.image_io import read_image
 

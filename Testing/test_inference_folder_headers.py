@@ -78,13 +78,16 @@ def test_spacings_in_the_wrong_unit_are_refused_before_any_case_is_segmented(tmp
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     sitk.WriteImage(_volume(), str(inputs / "a.nii"))
+    sitk.WriteImage(_volume(spacing=(1500.0, 1500.0, 3000.0)), str(inputs / "x.nrrd"))   # micrometres, unsaid
     _micrometres_in_nrrd(inputs / "y.nrrd")
     _micrometres_as_nifti_unit(inputs / "z.nii")
 
     said = _predict_folder(model, inputs, outputs, capsys)
-    assert said.startswith("masksam: error: 2 of 3 cases cannot be segmented: (1) "), said
-    huge, tiny = said.split("; (2) ")
-    assert f"(1) {inputs / 'y.nrrd'}: at the model's spacing (3 x 1.5 x 1.5 mm)" in huge
+    assert said.startswith("masksam: error: 3 of 4 cases cannot be segmented: (1) "), said
+    huge, rest = said.split("; (2) ")
+    units, tiny = rest.split("; (3) ")
+    assert units.startswith(f"{inputs / 'y.nrrd'}: its header gives the voxel sizes in um (NRRD space units)")
+    assert f"(1) {inputs / 'x.nrrd'}: at the model's spacing (3 x 1.5 x 1.5 mm)" in huge
     assert "of spacing 3000 x 1500 x 1500 mm becomes" in huge and "GiB of memory (16.0 GiB available)" in huge
     assert tiny.startswith(f"{inputs / 'z.nii'}: at the model's spacing (3 x 1.5 x 1.5 mm) this 12 x 24 x 24-voxel "
                            "image of spacing 0.003 x 0.0015 x 0.0015 mm becomes 1 x 1 x 1 voxels, too few to segment")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -107,13 +107,27 @@ def stored_spacing(path: "os.PathLike[str] | str") -> Optional[List[float]]:
     return None
 
 
-def _nrrd_spacing(path: Path) -> Optional[List[float]]:
-    """``spacings`` of an NRRD header, or the lengths of its ``space directions``."""
+def check_nrrd_units(where: str, path: "os.PathLike[str] | str") -> None:
+    """Refuse an NRRD header giving its sizes in another unit than millimetres (``space units:
+    "um" "um" "um"``): ITK, and 3D Slicer, drop the units and read the numbers as millimetres, so
+    a micrometre scan would be segmented a thousand times too large, without a word."""
+    path = Path(path)
+    if not path.name.lower().endswith(NRRD_ENDINGS):
+        return
+    units = re.findall(r'"([^"]*)"', _nrrd_fields(path).get("space units", ""))
+    other = sorted({unit for unit in units if unit.strip().lower() not in ("mm", "")})
+    if other:
+        raise InputError(f"{where}: its header gives the voxel sizes in {', '.join(other)} (NRRD space units); "
+                         "MaskSAM, like ITK and 3D Slicer, reads NRRD sizes as millimetres: convert it to mm")
+
+
+def _nrrd_fields(path: Path) -> Dict[str, str]:
+    """The fields of an NRRD header (lower-case names), empty when unreadable."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_NRRD_HEADER_BYTES).decode("latin-1")
     except OSError:
-        return None
+        return {}
     fields = {}
     for line in head.splitlines()[1:]:
         if not line.strip():
@@ -121,6 +135,12 @@ def _nrrd_spacing(path: Path) -> Optional[List[float]]:
         key, separator, value = line.partition(":")
         if separator and not key.startswith("#"):
             fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def _nrrd_spacing(path: Path) -> Optional[List[float]]:
+    """``spacings`` of an NRRD header, or the lengths of its ``space directions``."""
+    fields = _nrrd_fields(path)
     if fields.get("dimension") != "3":
         return None   # other dimensions are refused with their own reason
     try:

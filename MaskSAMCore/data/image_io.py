@@ -23,7 +23,8 @@ import SimpleITK as sitk
 
 from MaskSAMCore.atomic import atomic_path, atomic_path_with_companions, file_type_suffix
 from MaskSAMCore.data.dicom_series import DicomSeries, read_series
-from MaskSAMCore.data.header_checks import check_header_grid, check_pixel_type, check_spacing, stored_spacing
+from MaskSAMCore.data.header_checks import (check_header_grid, check_nrrd_units, check_pixel_type, check_spacing,
+                                            stored_spacing)
 from MaskSAMCore.data.nifti_transforms import copy_placement
 from MaskSAMCore.data.nifti_values import count_non_finite_voxels, is_nifti, missing_bytes
 from MaskSAMCore.data.read_failures import (METAIMAGE_ENDINGS, itk_warnings_off, metaimage_data_problem, sitk_reason,
@@ -177,6 +178,7 @@ def _header_reader(path: Path) -> sitk.ImageFileReader:
         stored = stored_spacing(path)
         if stored:
             check_spacing(describe_path(path), stored)
+        check_nrrd_units(describe_path(path), path)
     return reader
 
 
