@@ -245,23 +245,15 @@ def test_an_output_that_is_the_input_is_refused_and_the_scan_kept(model_dir, tmp
     assert source.read_bytes() == before
 
 
-def test_an_unknown_output_ending_is_refused_before_any_prediction(model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("ending, shown", [(".txt", ".txt"), ("", "''")])   # an empty one: not ". is not"
+def test_an_unknown_output_ending_is_refused_as_given_before_any_prediction(model_dir, tmp_path, capsys,
+                                                                             ending, shown):
     source = tmp_path / "scans"
     source.mkdir()
     _good_image(source)
-    assert main(["predict", str(model_dir), str(source), str(tmp_path / "out"), "--output-ending", ".txt",
+    assert main(["predict", str(model_dir), str(source), str(tmp_path / "out"), "--output-ending", ending,
                  "--device", "cpu"]) == 1
-    _assert_one_line_error(capsys, "--output-ending .txt is not an image file ending")
-    assert not (tmp_path / "out").exists()
-
-
-def test_an_empty_output_ending_is_shown_as_given(model_dir, tmp_path, capsys):
-    source = tmp_path / "scans"
-    source.mkdir()
-    _good_image(source)
-    assert main(["predict", str(model_dir), str(source), str(tmp_path / "out"), "--output-ending", "",
-                 "--device", "cpu"]) == 1
-    _assert_one_line_error(capsys, "--output-ending '' is not an image file ending")   # not ". is not"
+    _assert_one_line_error(capsys, f"--output-ending {shown} is not an image file ending")
     assert not (tmp_path / "out").exists()
 
 
