@@ -200,8 +200,8 @@ def test_scans_in_one_folder_per_patient_are_pointed_at_not_silently_left_out(tm
     _touch(tmp_path / "cohort", "top.nrrd")   # one scan beside them: segmented, the others named
     cases = find_cases(tmp_path / "cohort", tmp_path / "out", num_channels=1)
     assert [case.name for case in cases] == ["top"]
-    assert ("masksam: warning: " + describe_path(tmp_path / "cohort") + ": its subfolder(s) pat1, pat2 hold image files too, "
-            "which are not segmented") in capsys.readouterr().err
+    assert ("masksam: warning: " + describe_path(tmp_path / "cohort") +
+            ": its subfolder(s) pat1, pat2 hold image files too, which are not segmented") in capsys.readouterr().err
 
     # The output folder of an earlier run, inside the input folder, holds label maps, not scans.
     _touch(tmp_path / "cohort2", "a.nii.gz")

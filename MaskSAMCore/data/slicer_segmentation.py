@@ -353,7 +353,8 @@ def segmentation_masks(path: "os.PathLike[str] | str", names: Dict[str, Tuple[in
     held_in = {names[label]: (segment.layer, segment.label_value)
                for label, segment in matched_segments(segments, list(names), path).items()}
     masks = SegmentationMasks(own, layers, held_in)
-    return (masks.on_grid(grid, path) if grid is not None else None) or masks
+    placed = masks.on_grid(grid, path) if grid is not None else None
+    return placed if placed is not None else masks
 
 
 def segmentations_on_one_grid(first_path: "os.PathLike[str] | str", second_path: "os.PathLike[str] | str",

@@ -343,7 +343,8 @@ class SegmentJob:
             return None
         reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
         if reference is not None and reference is not volume:
-            other = "another volume named" if volume is not None and reference.GetName() == volume.GetName() else "volume"
+            same_name = volume is not None and reference.GetName() == volume.GetName()
+            other = "another volume named" if same_name else "volume"
             self.warnings.append(f"segmentation '{node.GetName()}' belongs to {other} '{reference.GetName()}'; "
                                  "the result is a new segmentation")
             return None
