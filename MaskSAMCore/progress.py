@@ -95,11 +95,15 @@ class Progress:
         stream: Optional[TextIO] = None,
         min_interval_s: float = 0.5,
         enabled: bool = True,
+        done_before: int = 0,
     ) -> None:
+        """`done_before`: steps an earlier run already did (a resumed training), counted as done
+        but not in the rate, so a resumed run's bar starts where the first one stopped."""
         self.stage = stage
         self.total = total
         self.unit = unit
-        self.done = 0
+        self.done = done_before
+        self.done_before = done_before
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.min_interval_s = min_interval_s
@@ -109,16 +113,17 @@ class Progress:
         self._extra = ""
         self._drawn_done = -1
         self._line_open = False  # a terminal line holds the bar, not yet ended by a newline
-        emit("stage", stage=stage, total=total)
+        emit("stage", stage=stage, total=total, done=done_before)
 
     @property
     def elapsed_s(self) -> float:
         return time.monotonic() - self.start
 
     def eta_s(self) -> Optional[float]:
-        if not self.total or self.done <= 0:
+        done_here = self.done - self.done_before
+        if not self.total or done_here <= 0:
             return None
-        return self.elapsed_s / self.done * (self.total - self.done)
+        return self.elapsed_s / done_here * (self.total - self.done)
 
     def set_postfix(self, text: str) -> None:
         """Extra text shown after the bar (e.g. ``loss 0.41``)."""
@@ -164,7 +169,7 @@ class Progress:
     def _draw(self, final: bool) -> None:
         if not self.enabled or (final and not self._interactive and self._drawn_done == self.done):
             return
-        rate = self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        rate = (self.done - self.done_before) / self.elapsed_s if self.elapsed_s > 0 else 0.0
         if self.total:
             width = 24
             filled = int(width * min(self.done / self.total, 1.0))

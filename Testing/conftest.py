@@ -36,6 +36,20 @@ def _own_masksam_home(tmp_path_factory: pytest.TempPathFactory):
     patch.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _temporary_files_under_pytest(tmp_path_factory: pytest.TempPathFactory):
+    """Temporary files of the tests and of the processes they start (torchrun's and
+    multiprocessing's folders, which a killed rank leaves behind) go under pytest's own base
+    folder, which pytest prunes, not the machine's temporary folder."""
+    import tempfile
+
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmp")))
+    patch.setattr(tempfile, "tempdir", None)     # gettempdir() reads TMPDIR again
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic CT dataset in nnU-Net raw format (3 training cases, 1 test case,

@@ -51,3 +51,24 @@ def test_a_log_file_gets_a_line_per_tenth_even_when_steps_come_faster_than_the_b
     bar.close()
     done = [int(line.split("] ")[1].split("/")[0]) for line in log.getvalue().splitlines()]
     assert done == [1, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600]
+
+
+def test_a_resumed_bar_starts_where_the_first_run_stopped_and_rates_only_its_own_steps(capsys):
+    """A training resumed after 6 of 10 epochs: the bar (and the Slicer module's, from the machine
+    lines) starts at 60%, and the rate and ETA count only the steps this run took."""
+    from MaskSAMCore.progress import enable_machine_lines, parse_machine_line
+
+    log = io.StringIO()
+    enable_machine_lines(True)
+    try:
+        bar = Progress("train", total=100, stream=log, min_interval_s=0.0, done_before=60)
+        bar.start -= 10.0          # ten seconds ago
+        for _ in range(10):
+            bar.advance()
+    finally:
+        enable_machine_lines(False)
+    events = [parse_machine_line(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0] == {"event": "stage", "stage": "train", "total": 100, "done": 60}
+    assert events[-1]["done"] == 70 and events[-1]["fraction"] == 0.7
+    assert 29.0 < bar.eta_s() < 31.0       # 10 steps in 10 s, 30 to go (not 70 steps in 10 s)
+    assert log.getvalue().splitlines()[-1].startswith("train: [################--------] 70/100 it ")

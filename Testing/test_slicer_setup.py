@@ -221,6 +221,14 @@ def test_training_progress_follows_the_train_bar_and_epoch_lines():
     assert progress.overall_fraction() == 1.0
 
 
+def test_a_resumed_training_bar_starts_at_the_epochs_already_done():
+    progress = JobProgress(clock=lambda: 0.0)
+    progress.update({"event": "stage", "stage": "train", "total": 1000, "done": 600})   # after 6 of 10 epochs
+    assert progress.overall_fraction() == pytest.approx(0.6)
+    progress.update({"event": "progress", "stage": "train", "done": 700, "total": 1000, "fraction": 0.7})
+    assert progress.overall_fraction() == pytest.approx(0.7)
+
+
 def test_the_eta_counts_down_between_the_cores_estimates():
     """A vit_b window on a CPU takes minutes: between two progress lines the ETA must not stand still."""
     now = [100.0]

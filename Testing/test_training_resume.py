@@ -66,6 +66,9 @@ def test_sigkill_during_an_epoch_then_resume(tmp_path):
     epochs = [parse_machine_line(l)["epoch"] for l in resumed.stdout.splitlines()
               if (parse_machine_line(l) or {}).get("event") == "epoch"]
     assert epochs == [2, 3]
+    train_bar = [e for e in map(parse_machine_line, resumed.stdout.splitlines())
+                 if e and e.get("stage") == "train" and e["event"] in ("stage", "progress")]
+    assert (train_bar[0]["done"], train_bar[0]["total"]) == (4, 12)   # starts after epoch 1's 4 steps
 
     rows = read_csv(model_dir / "training_log.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]           # every epoch exactly once

@@ -141,8 +141,8 @@ class Trainer:
         """Train the remaining epochs; returns `summary()`."""
         s = self.settings
         main = self.context.is_main
-        remaining = s.epochs - self.start_epoch
-        bar = Progress("train", total=max(remaining, 0) * s.iters_per_epoch, enabled=main) if main else None
+        bar = Progress("train", total=s.epochs * s.iters_per_epoch, enabled=main,
+                       done_before=min(self.start_epoch, s.epochs) * s.iters_per_epoch) if main else None
         epoch_times: List[float] = []
         for epoch in range(self.start_epoch, s.epochs):
             started = time.monotonic()

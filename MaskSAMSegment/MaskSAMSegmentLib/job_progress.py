@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from MaskSAMCore.progress import format_duration
 
-TRAINING_STAGE = "train"  # the core's progress bar over all iterations of all remaining epochs
+TRAINING_STAGE = "train"  # the core's progress bar over all iterations of all epochs (a resumed run's start done)
 
 
 @dataclass
@@ -42,8 +42,11 @@ class JobProgress:
         now = self.clock()
         if kind == "stage":
             self.stage = str(event.get("stage") or self.stage)
-            self.stage_fraction = 0.0 if event.get("total") else None
+            total = _number(event.get("total"))
+            self.stage_fraction = min(max((_number(event.get("done")) or 0.0) / total, 0.0), 1.0) if total else None
             self.stage_eta_s = None
+            if self.stage == TRAINING_STAGE:
+                self.training_fraction = self.stage_fraction
         elif kind == "progress":
             self.stage = str(event.get("stage") or self.stage)
             fraction, total = _number(event.get("fraction")), _number(event.get("total"))
