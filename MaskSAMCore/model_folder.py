@@ -229,7 +229,7 @@ class ModelFolder:
     # -- building ------------------------------------------------------------------------------
     def resolve_sam_checkpoint(self, sam_checkpoint: Optional[PathLike] = None) -> Optional[Path]:
         """The SAM checkpoint file the model was trained on, or None for random-init models."""
-        from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash
+        from MaskSAMCore.model.sam_checkpoints import REGISTRY, find_cached_by_hash
 
         if self.random_init:
             return None
@@ -237,11 +237,12 @@ class ModelFolder:
             return self._checked_sam_file(Path(sam_checkpoint))
         found = find_cached_by_hash(self.sam_sha256 or "")
         if found is None:
-            raise ModelFolderError(
-                f"model {self.name} needs the SAM {self.sam_type} checkpoint (SHA-256 "
-                f"{(self.sam_sha256 or '?')[:12]}...): run 'masksam download-sam {self.sam_type}' "
-                "or pass --sam-checkpoint FILE"
-            )
+            digest = f"SHA-256 {(self.sam_sha256 or '?')[:12]}..."
+            if self.sam_sha256 in {info.sha256 for info in REGISTRY.values()}:
+                raise ModelFolderError(f"model {self.name} needs the SAM {self.sam_type} checkpoint ({digest}): "
+                                       f"run 'masksam download-sam {self.sam_type}' or pass --sam-checkpoint FILE")
+            raise ModelFolderError(f"model {self.name} was trained on a SAM checkpoint of its own ({digest}), which "
+                                   "is not where it was last used or has changed since: pass it with --sam-checkpoint FILE")
         return found
 
     def _checked_sam_file(self, path: Path) -> Path:

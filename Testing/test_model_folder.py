@@ -9,6 +9,7 @@ from MaskSAMCore.errors import CheckpointError, ModelFolderError
 from MaskSAMCore.inference.random_model import synthetic_plan
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
+from MaskSAMCore.model.sam_checkpoints import REGISTRY
 from MaskSAMCore.model_folder import ModelFolder, save_checkpoint, write_model_json
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}
@@ -44,9 +45,37 @@ def test_trainable_only_checkpoint_needs_its_sam_checkpoint(tmp_path, monkeypatc
     config = preset("tiny", num_classes=3)
     model = build_masksam(config)
     path = _write_folder(tmp_path / "m", config, model.trainable_state_dict(), scope="trainable",
-                         sam={"model_type": "vit_b", "sha256": "ab" * 32, "random_init": False})
+                         sam={"model_type": "vit_b", "sha256": REGISTRY["vit_b"].sha256, "random_init": False})
     with pytest.raises(ModelFolderError, match="needs the SAM vit_b checkpoint .*masksam download-sam vit_b"):
         ModelFolder.load(path).build_model()
+
+
+def test_a_model_trained_on_a_fine_tuned_sam_finds_that_file_where_it_was_used(tmp_path, monkeypatch):
+    """A model trained with --sam-checkpoint medsam.pth (not an official download) predicts later
+    without the option while the file stays where it was, unchanged; then it asks for the file, not
+    for a download that would not match."""
+    import hashlib
+    import os
+
+    from MaskSAMCore.model.sam_checkpoints import remembered_sha256
+
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    own = tmp_path / "weights" / "medsam.pth"
+    own.parent.mkdir()
+    own.write_bytes(b"fine-tuned SAM")
+    config = preset("tiny", num_classes=3)
+    path = _write_folder(tmp_path / "m", config, build_masksam(config).trainable_state_dict(), scope="trainable",
+                         sam={"model_type": "vit_b", "sha256": hashlib.sha256(b"fine-tuned SAM").hexdigest(),
+                              "random_init": False})
+    folder = ModelFolder.load(path)
+    with pytest.raises(ModelFolderError, match="trained on a SAM checkpoint of its own .*pass it with --sam-checkpoint"):
+        folder.resolve_sam_checkpoint()
+    remembered_sha256(own)                       # what training (or one --sam-checkpoint run) leaves
+    assert folder.resolve_sam_checkpoint() == own.resolve()
+    info = own.stat()
+    os.utime(own, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))   # changed since: not trusted unhashed
+    with pytest.raises(ModelFolderError, match="of its own"):
+        folder.resolve_sam_checkpoint()
 
 
 def test_checkpoint_for_another_class_count_is_one_clear_line(tmp_path):

@@ -112,7 +112,7 @@ def test_a_download_shows_its_progress_up_to_the_whole_file(server, tmp_path, ca
     assert all(line.startswith(f"download {name}: [") for line in bars)
     assert bars[-1].startswith(f"download {name}: [" + "#" * 24 + "] ")
     events = [event for event in map(parse_machine_line, said.out.splitlines()) if event is not None]
-    assert events[0] == {"event": "stage", "stage": f"download {name}", "total": mebibytes}
+    assert events[0] == {"event": "stage", "stage": f"download {name}", "total": mebibytes, "done": 0}
     steps = [event for event in events if event["event"] == "progress"]
     assert [event["done"] for event in steps] == list(range(1, mebibytes + 1))
     assert steps[-1]["fraction"] == 1.0

@@ -3,6 +3,7 @@ process tree and leaves the scene untouched, and failures that surface the core'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,8 @@ from slicer_support import (REPO, add_scalar_volume, core_has, distinct_voxel_va
                             subprocess_environment)
 
 from MaskSAMCore.errors import InputError
+from MaskSAMCore.model.sam_checkpoints import REGISTRY
+from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
 from MaskSAMSegmentLib.commands import masksam_command
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
@@ -174,14 +177,12 @@ def test_segment_button_problems_name_what_is_missing(tmp_path):
 def test_a_model_needing_sam_weights_not_downloaded_says_where_to_get_them(tmp_path, monkeypatch):
     """The core's advice ('masksam download-sam', '--sam-checkpoint') has no meaning in Slicer: the
     Segment button names the Training tab's Download instead, and enables once the file is there."""
-    from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache
-
     monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
     scene = new_scene()
     volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
     folder = fake_model_folder(tmp_path / "model")
     meta = json.loads((folder / "model.json").read_text())
-    meta["sam"] = {"model_type": "vit_b", "random_init": False, "sha256": "ab" * 32}
+    meta["sam"] = {"model_type": "vit_b", "random_init": False, "sha256": REGISTRY["vit_b"].sha256}
     (folder / "model.json").write_text(json.dumps(meta))
     request = SegmentRequest([volume], read_model_info(folder))
     assert segment_problems(request) == [
@@ -190,6 +191,37 @@ def test_a_model_needing_sam_weights_not_downloaded_says_where_to_get_them(tmp_p
     checkpoint_cache().mkdir(parents=True)
     (checkpoint_cache() / SAM_CHECKPOINT_FILES["vit_b"]).write_bytes(b"downloaded")
     assert segment_problems(request) == []
+
+
+def test_a_model_trained_on_a_fine_tuned_sam_asks_for_that_file_once(tmp_path, monkeypatch):
+    """A model trained on a SAM of its own (MedSAM, say) cannot use the official download: the
+    Segment button asks for the file in the Training tab's field, which the request then carries;
+    once used (or trained with on this computer) the file is found without it."""
+    from MaskSAMCore.model.sam_checkpoints import remembered_sha256
+    from MaskSAMSegmentLib.segment_job import needs_sam_file
+
+    monkeypatch.setenv("MASKSAM_HOME", str(tmp_path / "home"))
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    folder = fake_model_folder(tmp_path / "model")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["sam"] = {"model_type": "vit_b", "random_init": False, "sha256": hashlib.sha256(b"MedSAM").hexdigest()}
+    (folder / "model.json").write_text(json.dumps(meta))
+    model = read_model_info(folder)
+    checkpoint_cache().mkdir(parents=True)
+    (checkpoint_cache() / SAM_CHECKPOINT_FILES["vit_b"]).write_bytes(b"downloaded")   # the official one: no use
+    assert segment_problems(SegmentRequest([volume], model)) == [
+        "Model 'Test model (v3)' was trained on a SAM checkpoint of its own (SHA-256 "
+        f"{hashlib.sha256(b'MedSAM').hexdigest()[:12]}...): choose that file in the Training tab's SAM checkpoint "
+        "field (once: it is remembered)."]
+    medsam = tmp_path / "medsam.pth"
+    problems = segment_problems(SegmentRequest([volume], model, sam_checkpoint=str(medsam)))
+    assert problems == [f"The SAM checkpoint chosen in the Training tab does not exist: {medsam}."]
+    medsam.write_bytes(b"MedSAM")
+    assert segment_problems(SegmentRequest([volume], model, sam_checkpoint=str(medsam))) == []
+    assert needs_sam_file(model)
+    remembered_sha256(medsam)                  # the core, using it once
+    assert not needs_sam_file(model) and segment_problems(SegmentRequest([volume], model)) == []
 
 
 def test_a_single_slice_or_damaged_volume_is_refused_before_anything_is_written(tmp_path):

@@ -418,3 +418,25 @@ def test_training_a_sam_sized_preset_on_the_cpu_warns_that_it_takes_days(tmp_pat
             "Start training in the background.", cpu_training_note(train)]
     assert cpu_training_note(TrainRequest(dataset, output, preset="tiny", device=cpu)) is None
     assert cpu_training_note(TrainRequest(dataset, output, preset="vit_b", device=auto_on_gpu)) is None
+
+
+def test_the_modules_logic_loads_in_a_slicer_without_pytorch():
+    """A fresh Slicer has no PyTorch until the module installs it: every logic file (and the core
+    code it uses, such as the SAM checkpoint lookup) must import without it."""
+    import subprocess
+    import textwrap
+
+    from slicer_support import MODULE_DIR
+
+    code = textwrap.dedent(f"""
+        import importlib, pkgutil, sys
+        sys.modules["torch"] = None          # 'import torch' now raises ImportError
+        sys.path[:0] = [{str(MODULE_DIR)!r}, {str(REPO)!r}]
+        import MaskSAMSegmentLib
+        for found in pkgutil.iter_modules(MaskSAMSegmentLib.__path__):
+            importlib.import_module("MaskSAMSegmentLib." + found.name)
+        print("imported", len(list(pkgutil.iter_modules(MaskSAMSegmentLib.__path__))))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("imported ")

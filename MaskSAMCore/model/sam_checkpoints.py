@@ -6,6 +6,9 @@ breaks mid-file is resumed (`resumable_download`), and the bytes of a download t
 or is cancelled, are kept for the next run to go on from (`partial_download`); one that arrives
 corrupted leaves nothing in the cache. `load_sam_state_dict` reads with
 ``torch.load(weights_only=True)``, so a file whose unpickling would run code is refused.
+
+Only loading needs PyTorch (imported there): the Slicer module finds checkpoints with this file in
+a Slicer that has no PyTorch yet.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ import sys
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
-
-import torch
+from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from MaskSAMCore.atomic import disk_full, folders_made, no_space_error, remove_stale_temporaries, write_json
 from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
@@ -28,6 +29,9 @@ from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoin
 from MaskSAMCore.model.partial_download import PartialFile, held_partial, partial_path
 from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, WriteFailed, fetch
 from MaskSAMCore.progress import Progress
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,7 @@ def remembered_sha256(path: Union[str, "os.PathLike[str]"]) -> str:
     changes its modification time, so it is hashed again; a cache folder that cannot be written
     only costs the hashing."""
     path = Path(path).resolve()
-    info = path.stat()
-    identity = [info.st_size, info.st_mtime_ns, info.st_ino]
+    identity = _identity(path.stat())
     store = checkpoint_cache() / HASHES_FILE
     known = _read_known_hashes(store)
     entry = known.get(str(path))
@@ -108,13 +111,33 @@ def cached_path(model_type: str, cache_dir: Optional[Path] = None) -> Path:
 
 
 def find_cached_by_hash(sha256: str, cache_dir: Optional[Path] = None) -> Optional[Path]:
-    """The cached official checkpoint with this SHA-256, if present (no re-hashing of big files:
-    the cache only ever holds files whose hash was checked on download)."""
+    """The checkpoint with this SHA-256, if present: the official one in the cache, or a file given
+    by path before (``--sam-checkpoint FILE``: a fine-tuned SAM such as MedSAM) that is still where
+    it was and unchanged since it was hashed. No big file is hashed here: the cache only holds
+    files checked on download, and a remembered file counts only while its identity still holds."""
     for info in REGISTRY.values():
         if info.sha256 == sha256:
             candidate = cached_path(info.model_type, cache_dir)
             return candidate if candidate.is_file() else None
+    if not sha256:
+        return None
+    for name, entry in reversed(list(_read_known_hashes((cache_dir or checkpoint_cache()) / HASHES_FILE).items())):
+        if isinstance(entry, dict) and entry.get("sha256") == sha256 and _still_the_same(Path(name), entry):
+            return Path(name)
     return None
+
+
+def _identity(info: os.stat_result) -> List[int]:
+    """What `remembered_sha256` keys a hash on: a changed file has another modification time, a
+    replaced one another inode."""
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _still_the_same(path: Path, entry: Dict[str, object]) -> bool:
+    try:
+        return path.is_file() and entry.get("identity") == _identity(path.stat())
+    except OSError:
+        return False
 
 
 def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[str] = None,
@@ -227,8 +250,10 @@ def _download_failure(exc: BaseException, info: "SamCheckpointInfo", folder: Pat
 
 
 def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
-                        expected_type: Optional[str] = None) -> Dict[str, torch.Tensor]:
+                        expected_type: Optional[str] = None) -> Dict[str, "torch.Tensor"]:
     """Read an official SAM checkpoint safely and check it is the expected model type."""
+    import torch
+
     path = Path(path)
     shown = describe_path(path)
     if not path.is_file():

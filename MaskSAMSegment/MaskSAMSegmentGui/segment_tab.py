@@ -12,7 +12,7 @@ from MaskSAMSegmentLib import commands, devices
 from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models
-from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, cpu_speed_note
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, cpu_speed_note, needs_sam_file
 from MaskSAMSegmentLib.segmentations import show_in_3d
 
 
@@ -100,8 +100,11 @@ class SegmentTabMixin:
     def _segmentRequest(self) -> SegmentRequest:
         node = self._parameterNode
         volumes = [node.inputVolume] + [s.currentNode() for s in self._extraChannelSelectors]
-        return SegmentRequest(volumes, self.currentModel(), self._deviceOf(self.ui.deviceComboBox), node.quality,
-                              node.outputSegmentation)
+        model = self.currentModel()
+        # the Training tab's SAM checkpoint, only for a model whose own SAM weights are not found otherwise
+        samCheckpoint = (node.samCheckpoint or None) if needs_sam_file(model) else None
+        return SegmentRequest(volumes, model, self._deviceOf(self.ui.deviceComboBox), node.quality,
+                              node.outputSegmentation, sam_checkpoint=samCheckpoint)
 
     def onSegment(self) -> None:
         request = self._segmentRequest()

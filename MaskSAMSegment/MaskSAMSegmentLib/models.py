@@ -65,6 +65,7 @@ class ModelInfo:
     # hold (background and each region's value from regions_class_order), not the network's classes.
     regions: Optional[RegionScheme] = None
     sam_type: Optional[str] = None   # the SAM weights (vit_b, ...) its frozen backbone loads, unless random_init
+    sam_sha256: Optional[str] = None  # exactly which: the official file's, or a fine-tuned SAM's of its own
 
     @property
     def names_by_value(self) -> Dict[int, str]:
@@ -153,6 +154,7 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
         has_final_checkpoint=(folder / FINAL_CHECKPOINT).is_file(),
         regions=regions,
         sam_type=str(sam["model_type"]) if sam.get("model_type") else None,
+        sam_sha256=str(sam["sha256"]) if sam.get("sha256") else None,
     )
 
 

@@ -14,12 +14,13 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
+from MaskSAMCore.model.sam_checkpoints import REGISTRY as SAM_REGISTRY
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_folders import JobFolder
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
-from MaskSAMSegmentLib.models import ModelInfo, cached_sam_checkpoint
+from MaskSAMSegmentLib.models import ModelInfo
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
                                              MODEL_VERSION_ATTRIBUTE, file_beside, import_label_map)
 
@@ -57,15 +58,32 @@ def _placement_problem(volume) -> List[str]:
     return []
 
 
+def needs_sam_file(model: Optional[ModelInfo]) -> bool:
+    """Whether `model` needs SAM weights the core cannot find itself: its frozen backbone is not
+    in the model folder (only its adapters are), and neither the official download in the cache
+    nor a checkpoint file used before on this computer (a fine-tuned SAM it was trained on, still
+    unchanged where it was) has the SHA-256 recorded in its model.json."""
+    from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash
+
+    return model is not None and not model.random_init and find_cached_by_hash(model.sam_sha256 or "") is None
+
+
 def _sam_weights_problem(request: SegmentRequest) -> List[str]:
-    """A model whose frozen SAM backbone is not in the model folder (only its adapters are) needs
-    the official SAM weights in the cache; found now, not seconds into a job whose failure would
-    advise a command line the Slicer user does not have."""
+    """Found now, not seconds into a job whose failure would advise a command line (``masksam
+    download-sam``, ``--sam-checkpoint``) the Slicer user does not have."""
     model = request.model
-    if model is None or model.random_init or request.sam_checkpoint or cached_sam_checkpoint(model.sam_type or ""):
+    if not needs_sam_file(model):
         return []
-    return [f"Model '{model.display_name}' needs the official SAM {model.sam_type} weights it was trained on: in "
-            f"the Training tab choose preset {model.sam_type} and click Download (once)."]
+    if request.sam_checkpoint:
+        if Path(request.sam_checkpoint).is_file():
+            return []   # the core checks its SHA-256 and names a wrong file in one line
+        return [f"The SAM checkpoint chosen in the Training tab does not exist: {describe_path(request.sam_checkpoint)}."]
+    if model.sam_sha256 in {info.sha256 for info in SAM_REGISTRY.values()}:
+        return [f"Model '{model.display_name}' needs the official SAM {model.sam_type} weights it was trained on: "
+                f"in the Training tab choose preset {model.sam_type} and click Download (once)."]
+    return [f"Model '{model.display_name}' was trained on a SAM checkpoint of its own (SHA-256 "
+            f"{(model.sam_sha256 or '?')[:12]}...): choose that file in the Training tab's SAM checkpoint field "
+            "(once: it is remembered)."]
 
 
 def _voxel_count(image) -> int:
