@@ -187,7 +187,8 @@ def test_a_model_needing_sam_weights_not_downloaded_says_where_to_get_them(tmp_p
     request = SegmentRequest([volume], read_model_info(folder))
     assert segment_problems(request) == [
         "Model 'Test model (v3)' needs the official SAM vit_b weights it was trained on: in the Training tab "
-        "choose preset vit_b and click Download (once)."]
+        "choose preset vit_b and click Download (once), or choose the sam_vit_b_01ec64.pth you have in its SAM "
+        "checkpoint field."]
     checkpoint_cache().mkdir(parents=True)
     (checkpoint_cache() / SAM_CHECKPOINT_FILES["vit_b"]).write_bytes(b"downloaded")
     assert segment_problems(request) == []

@@ -78,9 +78,11 @@ def _sam_weights_problem(request: SegmentRequest) -> List[str]:
         if Path(request.sam_checkpoint).is_file():
             return []   # the core checks its SHA-256 and names a wrong file in one line
         return [f"The SAM checkpoint chosen in the Training tab does not exist: {describe_path(request.sam_checkpoint)}."]
-    if model.sam_sha256 in {info.sha256 for info in SAM_REGISTRY.values()}:
-        return [f"Model '{model.display_name}' needs the official SAM {model.sam_type} weights it was trained on: "
-                f"in the Training tab choose preset {model.sam_type} and click Download (once)."]
+    official = {info.sha256: info for info in SAM_REGISTRY.values()}.get(model.sam_sha256 or "")
+    if official is not None:
+        return [f"Model '{model.display_name}' needs the official SAM {official.model_type} weights it was trained "
+                f"on: in the Training tab choose preset {official.model_type} and click Download (once), or choose "
+                f"the {official.filename} you have in its SAM checkpoint field."]
     return [f"Model '{model.display_name}' was trained on a SAM checkpoint of its own (SHA-256 "
             f"{(model.sam_sha256 or '?')[:12]}...): choose that file in the Training tab's SAM checkpoint field "
             "(once: it is remembered)."]
