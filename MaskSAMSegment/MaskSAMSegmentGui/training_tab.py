@@ -75,9 +75,7 @@ class TrainingTabMixin:
         model_type = preset if preset in SAM_TYPES else "vit_b"
         runner = JobRunner(commands.masksam_command(commands.download_sam_arguments(model_type)),
                            env=commands.job_environment(commands.slicer_startup_environment()), on_log=self._log)
-        runner.start()
-        self._downloadRunner = runner
-        self._timer.start()
+        self._downloadRunner = self._startJob(runner, "download", f"Downloading the {model_type} SAM checkpoint...")
         self.updateButtons()
 
     def _pollDownload(self) -> None:
