@@ -24,3 +24,32 @@ def test_a_sam_download_that_cannot_start_leaves_the_training_tab_idle():
         print("RESULT", widget._downloadRunner, widget._timer.started)
     """)
     assert "RESULT None False" in output
+
+
+def test_a_model_trained_while_the_module_is_hidden_stays_selected_when_the_user_comes_back():
+    """While the module is hidden the widget holds no parameter node; the model installed at the
+    end of a training must still reach the parameters, or entering the module again would switch
+    the list back to the old model while the status says the new one is ready."""
+    output = run_widget_code("""
+        import MaskSAMSegmentGui.segment_tab as segment_tab
+
+        def model(name):
+            return types.SimpleNamespace(display_name=name, folder="/models/" + name, channel_names={"0": "CT"},
+                                         summary=lambda: name)
+
+        installed = [model("old")]
+        segment_tab.find_models = lambda: (list(installed), [])
+        widget = make_widget()
+        widget.ui.modelComboBox = Combo(changed=widget.onModelSelected)
+        widget.ui.extraChannelsFormLayout = types.SimpleNamespace(rowCount=lambda: 0)
+        widget.updateButtons = lambda: None
+        widget._parameterNode = params          # the module is shown
+        widget.refreshModels()
+        widget._parameterNode = None            # exit(): hidden while training runs
+        installed.append(model("new"))
+        widget.refreshModels(select="/models/new")
+        widget._parameterNode = params          # enter()
+        widget._selectModelOfParameters(params.modelFolder)
+        print("RESULT", params.modelFolder, widget.currentModel().display_name)
+    """)
+    assert "RESULT /models/new new" in output

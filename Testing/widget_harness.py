@@ -70,6 +70,33 @@ PRELUDE = textwrap.dedent("""
         def stop(self):
             self.started = False
 
+    class Combo:
+        \"\"\"QComboBox's items and current index; `changed(index)` as its currentIndexChanged(int).\"\"\"
+        def __init__(self, changed=None):
+            self.items, self._index, self.changed, self.blocked = [], -1, changed, False
+        def blockSignals(self, block):
+            was, self.blocked = self.blocked, block
+            return was
+        def clear(self):
+            self.items = []
+            self.currentIndex = -1
+        def addItem(self, text):
+            self.items.append(text)
+            if self._index < 0:
+                self.currentIndex = 0
+        @property
+        def currentIndex(self):
+            return self._index
+        @currentIndex.setter
+        def currentIndex(self, index):
+            if index != self._index:
+                self._index = index
+                if self.changed is not None and not self.blocked:
+                    self.changed(index)
+        @property
+        def currentText(self):
+            return self.items[self._index] if 0 <= self._index < len(self.items) else ""
+
     params = MaskSAMSegment.MaskSAMSegmentParameterNode()
     logged = []
 

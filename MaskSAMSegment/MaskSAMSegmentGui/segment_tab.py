@@ -52,7 +52,11 @@ class SegmentTabMixin:
     def onModelSelected(self, index: int) -> None:
         model = self.currentModel()
         if model is not None:
-            self._setParameter("modelFolder", str(model.folder))
+            # Through _parameters(): a model installed while the module is hidden (a training
+            # ending) must reach the parameters, or enter() would select the old model again.
+            parameters = self._parameters()
+            if parameters.modelFolder != str(model.folder):
+                parameters.modelFolder = str(model.folder)
             self.ui.modelInfoLabel.text = model.summary()
         else:
             self.ui.modelInfoLabel.text = ("No model installed yet: import a model folder, or train one in the "
