@@ -53,3 +53,18 @@ def test_a_model_trained_while_the_module_is_hidden_stays_selected_when_the_user
         print("RESULT", params.modelFolder, widget.currentModel().display_name)
     """)
     assert "RESULT /models/new new" in output
+
+
+def test_stop_cancels_a_running_sam_download():
+    output = run_widget_code("""
+        class Runner:
+            cancelled = False
+            def cancel(self):
+                self.cancelled = True
+
+        widget = make_widget()
+        widget._downloadRunner = runner = Runner()
+        widget.onStopTraining()
+        print("RESULT", runner.cancelled)
+    """)
+    assert "RESULT True" in output

@@ -42,8 +42,10 @@ class TrainingTabMixin:
         self.updateButtons()
 
     def onStopTraining(self) -> None:
-        if self._trainingJob is not None:
-            self._trainingJob.cancel()
+        """Stop ends the training or the SAM download, whichever runs (never both at once)."""
+        for job in (self._trainingJob, self._downloadRunner):
+            if job is not None:
+                job.cancel()
 
     def _onEpoch(self, event: dict) -> None:
         # The log pane already has the epoch in words (the console's line); the event feeds the plot.
@@ -90,7 +92,8 @@ class TrainingTabMixin:
             self._parameters().samCheckpoint = path
             self.ui.trainingStatusLabel.text = f"SAM checkpoint ready: {path}"
         else:
-            self._reportEnd(state, runner, self.ui.trainingStatusLabel, "Download", "nothing was kept")
+            self._reportEnd(state, runner, self.ui.trainingStatusLabel, "Download",
+                            "the next Download goes on where it stopped")
         self.updateButtons()
 
     def onAddPair(self) -> None:

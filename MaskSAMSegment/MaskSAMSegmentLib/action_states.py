@@ -46,6 +46,13 @@ def _lines(*lines: Optional[str]) -> str:
     return "\n".join(line for line in lines if line)
 
 
+def _stop_state(activity: Activity) -> ActionState:
+    """Stop ends the training or the SAM download (gigabytes: it must not lock the tab until done)."""
+    if activity.downloading:
+        return ActionState(True, "Stop the download; the next Download goes on where it stopped.")
+    return ActionState(activity.training, "Stop training; the last finished epoch can be resumed.")
+
+
 def action_states(missing_packages: List[str], segment: SegmentRequest, train: TrainRequest,
                   pairs: List[CasePair], new_dataset_folder: str, activity: Activity) -> Dict[str, ActionState]:
     """Button name (as in the .ui file) -> its state."""
@@ -59,7 +66,7 @@ def action_states(missing_packages: List[str], segment: SegmentRequest, train: T
         "startTrainingButton": _state(packages + train_problems(train), activity.training_tab_busy,
                                       _lines("Start training in the background.", cpu_training_note(train)),
                                       "Wait for the running task to finish."),
-        "stopTrainingButton": ActionState(activity.training, "Stop training; the last finished epoch can be resumed."),
+        "stopTrainingButton": _stop_state(activity),
         "downloadSamButton": _state(packages + ([] if train.preset in SAM_TYPES else
                                                 [f"The {train.preset} preset uses no SAM weights."]),
                                     activity.training_tab_busy,
