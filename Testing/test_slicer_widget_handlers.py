@@ -68,3 +68,23 @@ def test_stop_cancels_a_running_sam_download():
         print("RESULT", runner.cancelled)
     """)
     assert "RESULT True" in output
+
+
+def test_closing_the_scene_during_a_dataset_build_says_the_build_was_stopped():
+    """The pairs' nodes go with the scene, so the build is discarded; the status must not keep
+    showing 'Writing case i/n...' as if it went on."""
+    output = run_widget_code("""
+        class Builder:
+            aborted = False
+            def abort(self):
+                self.aborted = True
+
+        widget = make_widget()
+        widget.ui.trainingStatusLabel.text = "Writing case 2/5..."
+        widget._datasetBuilder = builder = Builder()
+        widget._abandonPairs()
+        print("RESULT", builder.aborted, widget._datasetBuilder, "|", widget.ui.trainingStatusLabel.text)
+    """)
+    assert "RESULT True None |" in output
+    status = output.split("|", 1)[1]
+    assert "Writing case" not in status and "scene was closed" in status

@@ -117,6 +117,7 @@ class TrainingTabMixin:
         if self._datasetBuilder is not None:
             self._datasetBuilder.abort()
             self._datasetBuilder = None
+            self.ui.trainingStatusLabel.text = "Dataset build stopped: the scene was closed; nothing was written."
         self._pairs.clear()
         self.ui.pairsListWidget.clear()
 
