@@ -103,6 +103,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self._extraChannelSelectors = []
         self._pairs: List[CasePair] = []
         self._segmentJob = self._trainingJob = self._downloadRunner = self._probeRunner = None
+        self._retiredProbes: List[JobRunner] = []   # cancelled device probes, polled until they end
         self._datasetBuilder = None
         self._plot = None
         self._timer = None
@@ -154,7 +155,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self.initializeParameterNode()
         self._checkRequirements()
         self.refreshModels()
-        self._fillDeviceCombos()
+        self._fillDeviceCombos(self._deviceChoices)
         self._startDeviceProbe()
 
     def cleanup(self) -> None:
@@ -164,7 +165,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         if self._datasetBuilder is not None:
             self._datasetBuilder.abort()
         # Never leave a background job running after Slicer closes, nor its temporary files.
-        stop_jobs([self._segmentJob, self._trainingJob, self._downloadRunner, self._probeRunner])
+        stop_jobs([self._segmentJob, self._trainingJob, self._downloadRunner, self._probeRunner, *self._retiredProbes])
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -270,10 +271,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         return job
 
     def _poll(self) -> None:
-        if self._probeRunner is not None and self._probeRunner.poll() is not JobState.RUNNING:
-            self._deviceChoices = devices.device_choices(devices.parse_probe_output(self._probeRunner.log_lines))
-            self._probeRunner = None
-            self._fillDeviceCombos()
+        self._pollDeviceProbes()
         if self._segmentJob is not None:
             self._pollSegment()
         if self._trainingJob is not None:
@@ -282,7 +280,8 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
             self._pollDownload()
         if self._datasetBuilder is not None:
             self._stepDatasetBuilder()
-        if not any((self._probeRunner, self._segmentJob, self._trainingJob, self._downloadRunner, self._datasetBuilder)):
+        if not any((self._probeRunner, self._retiredProbes, self._segmentJob, self._trainingJob, self._downloadRunner,
+                    self._datasetBuilder)):
             self._timer.stop()
 
     def _showProgress(self, bar, label, runner) -> None:

@@ -88,3 +88,44 @@ def test_closing_the_scene_during_a_dataset_build_says_the_build_was_stopped():
     assert "RESULT True None |" in output
     status = output.split("|", 1)[1]
     assert "Writing case" not in status and "scene was closed" in status
+
+
+def test_a_new_device_probe_ends_the_running_one_and_keeps_the_chosen_device():
+    """Installing the packages probes again: the probe still running is cancelled and polled until
+    its process ends (not forgotten), and "CPU" chosen before the answer stays chosen although
+    its label becomes "CPU (slow)"."""
+    output = run_widget_code("""
+        import MaskSAMSegmentGui.segment_tab as segment_tab
+        from MaskSAMSegmentLib.job_runner import JobState
+
+        class Probe:
+            def __init__(self, *args, **kwargs):
+                self.state, self.log_lines, self.polls = JobState.RUNNING, [], 0
+            def start(self):
+                pass
+            def cancel(self):
+                self.state = "cancelling"
+            def poll(self):
+                self.polls += 1
+                if self.state == "cancelling":
+                    self.state = JobState.CANCELLED
+                return self.state
+
+        segment_tab.JobRunner = Probe
+        widget = make_widget()
+        widget.updateButtons = lambda: None
+        widget.ui.deviceComboBox, widget.ui.trainDeviceComboBox = Combo(), Combo()
+        widget._fillDeviceCombos(widget._deviceChoices)
+        widget.ui.deviceComboBox.currentIndex = 1          # "CPU", before the probe answers
+        widget._startDeviceProbe()
+        first = widget._probeRunner
+        widget._startDeviceProbe()                          # Install required packages... probes again
+        second = widget._probeRunner
+        second.state = JobState.SUCCEEDED
+        second.log_lines = ['@masksam-devices {"torch": "2.5.0", "cuda": [{"index": 0, "name": "H100", '
+                            '"memory_gb": 79.6}], "error": null}']
+        widget._poll()
+        print("RESULT", first.state.value, first.polls > 0, widget._retiredProbes, widget._probeRunner,
+              "|", widget.ui.deviceComboBox.currentText, "|", widget.ui.trainDeviceComboBox.currentText)
+    """)
+    assert "RESULT cancelled True [] None | CPU (slow) | Auto (GPU 0: H100)" in output

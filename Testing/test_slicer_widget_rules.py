@@ -24,3 +24,19 @@ def test_stop_ends_a_sam_download_that_would_otherwise_lock_the_training_tab(tmp
     assert not idle["stopTrainingButton"].enabled
     training = action_states([], SegmentRequest([], None), train, [], "", Activity(training=True))
     assert training["stopTrainingButton"].enabled and "resumed" in training["stopTrainingButton"].tooltip
+
+
+def test_a_device_chosen_before_the_probe_answers_stays_chosen():
+    """The labels change when the probe answers ("CPU" -> "CPU (slow)"); the choice is kept by
+    what the job runs on, and falls back to Auto when that device is gone."""
+    from MaskSAMSegmentLib.devices import DeviceReport, device_choices, same_device_index, unprobed_choices
+
+    auto, cpu = unprobed_choices()
+    probed = device_choices(DeviceReport("2.5.0", ((0, "H100", 79.6), (1, "A100", 39.4))))
+    assert probed[same_device_index(probed, cpu)].label == "CPU (slow)"
+    assert same_device_index(probed, auto) == 0
+    assert probed[same_device_index(probed, probed[2])].label.startswith("GPU 1: A100")
+    without_gpus = device_choices(None)
+    assert same_device_index(without_gpus, probed[2]) == 0
+    assert without_gpus[same_device_index(without_gpus, probed[-1])].label == "CPU"
+    assert same_device_index(without_gpus, None) == 0

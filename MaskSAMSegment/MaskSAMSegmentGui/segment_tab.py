@@ -18,7 +18,7 @@ from MaskSAMSegmentLib.segmentations import show_in_3d
 
 class SegmentTabMixin:
     """Model list, device choice, Segment and Cancel. Its state (set by the widget's __init__):
-    `_models`, `_deviceChoices`, `_extraChannelSelectors`, `_segmentJob`, `_probeRunner`."""
+    `_models`, `_deviceChoices`, `_extraChannelSelectors`, `_segmentJob`, `_probeRunner`, `_retiredProbes`."""
 
     def refreshModels(self, select: Optional[str] = None) -> None:
         self._models, problems = find_models()
@@ -83,19 +83,33 @@ class SegmentTabMixin:
         self.ui.extraChannelsWidget.visible = bool(self._extraChannelSelectors)
 
     def _startDeviceProbe(self) -> None:
+        """Look for devices again (after installing PyTorch): a probe still running is cancelled,
+        and polled by `_pollDeviceProbes` until its process has ended."""
+        if self._probeRunner is not None:
+            self._probeRunner.cancel()
+            self._retiredProbes.append(self._probeRunner)
         self._probeRunner = JobRunner(devices.probe_command(commands.python_interpreter()),
                                       env=commands.slicer_startup_environment())
         self._probeRunner.start()
         self._timer.start()
 
-    def _fillDeviceCombos(self) -> None:
-        for combo in (self.ui.deviceComboBox, self.ui.trainDeviceComboBox):
-            previous = combo.currentText
+    def _pollDeviceProbes(self) -> None:
+        self._retiredProbes = [probe for probe in self._retiredProbes if probe.poll() is JobState.RUNNING]
+        if self._probeRunner is not None and self._probeRunner.poll() is not JobState.RUNNING:
+            report = devices.parse_probe_output(self._probeRunner.log_lines)
+            self._probeRunner = None
+            self._fillDeviceCombos(devices.device_choices(report))
+
+    def _fillDeviceCombos(self, choices) -> None:
+        """Show `choices` in both device lists, each keeping the device chosen in it."""
+        combos = (self.ui.deviceComboBox, self.ui.trainDeviceComboBox)
+        chosen = [self._deviceOf(combo) if combo.currentIndex >= 0 else None for combo in combos]
+        self._deviceChoices = choices
+        for combo, previous in zip(combos, chosen):
             combo.clear()
-            for choice in self._deviceChoices:
+            for choice in choices:
                 combo.addItem(choice.label)
-            labels = [choice.label for choice in self._deviceChoices]
-            combo.currentIndex = labels.index(previous) if previous in labels else 0
+            combo.currentIndex = devices.same_device_index(choices, previous)
 
     def _deviceOf(self, combo):
         index = combo.currentIndex

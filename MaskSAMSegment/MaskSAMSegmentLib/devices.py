@@ -90,3 +90,14 @@ def device_choices(report: Optional[DeviceReport]) -> List[DeviceChoice]:
 def unprobed_choices() -> List[DeviceChoice]:
     """What the list shows until the probe answers."""
     return [DeviceChoice("Auto (looking for GPUs...)", "auto", None), DeviceChoice("CPU", "cpu", None)]
+
+
+def same_device_index(choices: List[DeviceChoice], previous: Optional[DeviceChoice]) -> int:
+    """Where `previous` is in a new list of `choices`, matched by what the job gets (device and
+    GPU), not by label: the labels change when the probe answers ("CPU" becomes "CPU (slow)"),
+    and a choice made before that must stay. 0 (Auto) when it is no longer offered."""
+    if previous is not None:
+        for index, choice in enumerate(choices):
+            if (choice.device, choice.gpu_index) == (previous.device, previous.gpu_index):
+                return index
+    return 0
