@@ -101,6 +101,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self._models = []
         self._deviceChoices = devices.unprobed_choices()
         self._extraChannelSelectors = []
+        self._outputInputVolume = None
         self._pairs: List[CasePair] = []
         self._segmentJob = self._trainingJob = self._downloadRunner = self._probeRunner = None
         self._retiredProbes: List[JobRunner] = []   # cancelled device probes, polled until they end
@@ -208,6 +209,8 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         node = self._parameterNode
+        if self._forgetOutputOfOtherVolume(node):
+            return   # the change updated the widget already
         for name, lineEdit in self._pathWidgets.items():
             if lineEdit.currentPath != getattr(node, name):
                 lineEdit.currentPath = getattr(node, name)

@@ -129,3 +129,24 @@ def test_a_new_device_probe_ends_the_running_one_and_keeps_the_chosen_device():
               "|", widget.ui.deviceComboBox.currentText, "|", widget.ui.trainDeviceComboBox.currentText)
     """)
     assert "RESULT cancelled True [] None | CPU (slow) | Auto (GPU 0: H100)" in output
+
+
+def test_choosing_another_input_volume_resets_the_output_to_a_new_segmentation():
+    output = run_widget_code("""
+        import vtk
+        scene = slicer.mrmlScene
+        first, second = (scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name) for name in ("CT 1", "CT 2"))
+        image = vtk.vtkImageData()
+        image.SetDimensions(4, 4, 4)
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
+        first.SetAndObserveImageData(image)
+        result = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT 1 MaskSAM")
+        result.SetReferenceImageGeometryParameterFromVolumeNode(first)
+        widget = make_widget()
+        params.inputVolume, params.outputSegmentation = first, result    # just segmented CT 1
+        kept = widget._forgetOutputOfOtherVolume(params), params.outputSegmentation is result
+        params.inputVolume = second                                       # the next patient
+        reset = widget._forgetOutputOfOtherVolume(params), params.outputSegmentation
+        print("RESULT", kept, reset)
+    """)
+    assert "RESULT (False, True) (True, None)" in output

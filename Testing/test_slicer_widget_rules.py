@@ -40,3 +40,20 @@ def test_a_device_chosen_before_the_probe_answers_stays_chosen():
     assert same_device_index(without_gpus, probed[2]) == 0
     assert without_gpus[same_device_index(without_gpus, probed[-1])].label == "CPU"
     assert same_device_index(without_gpus, None) == 0
+
+
+def test_a_result_for_another_volume_is_not_kept_as_the_output_of_the_next_one():
+    """The last result stays selected as the output; once the input volume changes, a result made
+    for another volume would only be skipped with a warning on every run."""
+    from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+
+    from MaskSAMSegmentLib.segmentations import made_for_another_volume
+
+    scene = new_scene()
+    first = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), "CT 1")
+    second = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid(), "CT 1")   # same name
+    result = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT 1 MaskSAM")
+    result.SetReferenceImageGeometryParameterFromVolumeNode(first)
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
+    assert made_for_another_volume(result, second) and not made_for_another_volume(result, first)
+    assert not made_for_another_volume(drawn, second) and not made_for_another_volume(None, second)

@@ -13,12 +13,13 @@ from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import find_models
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, cpu_speed_note, needs_sam_file
-from MaskSAMSegmentLib.segmentations import show_in_3d
+from MaskSAMSegmentLib.segmentations import made_for_another_volume, show_in_3d
 
 
 class SegmentTabMixin:
     """Model list, device choice, Segment and Cancel. Its state (set by the widget's __init__):
-    `_models`, `_deviceChoices`, `_extraChannelSelectors`, `_segmentJob`, `_probeRunner`, `_retiredProbes`."""
+    `_models`, `_deviceChoices`, `_extraChannelSelectors`, `_segmentJob`, `_probeRunner`, `_retiredProbes`,
+    `_outputInputVolume` (the input volume the output selector was last checked against)."""
 
     def refreshModels(self, select: Optional[str] = None) -> None:
         self._models, problems = find_models()
@@ -123,6 +124,19 @@ class SegmentTabMixin:
         samCheckpoint = (node.samCheckpoint or None) if needs_sam_file(model) else None
         return SegmentRequest(volumes, model, self._deviceOf(self.ui.deviceComboBox), node.quality,
                               node.outputSegmentation, sam_checkpoint=samCheckpoint)
+
+    def _forgetOutputOfOtherVolume(self, node) -> bool:
+        """When the input volume changes, the output goes back to "Create new segmentation" unless
+        the chosen one was made for the new volume: the last result stays selected after a run,
+        and segmenting the next scan into it would only be refused with a warning every time.
+        True when it changed the parameter node (which then updates the widget again)."""
+        if node.inputVolume is None or node.inputVolume is self._outputInputVolume:
+            return False
+        self._outputInputVolume = node.inputVolume
+        if not made_for_another_volume(node.outputSegmentation, node.inputVolume):
+            return False
+        node.outputSegmentation = None
+        return True
 
     def onSegment(self) -> None:
         request = self._segmentRequest()

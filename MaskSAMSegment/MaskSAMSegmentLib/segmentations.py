@@ -336,6 +336,16 @@ def export_label_values_on_volume(segmentation_node, reference_volume) -> np.nda
     return lookup[exported.astype(np.int64)]
 
 
+def made_for_another_volume(segmentation_node, volume) -> bool:
+    """True when the segmentation's reference volume is not `volume`: a result for another scan,
+    which a segmentation of `volume` never replaces (so the widget stops offering it as the
+    output when the input volume changes). One without a reference volume belongs to none."""
+    if segmentation_node is None:
+        return False
+    reference = segmentation_node.GetNodeReference(segmentation_node.GetReferenceImageGeometryReferenceRole())
+    return reference is not None and reference is not volume
+
+
 def show_in_3d(segmentation_node) -> bool:
     """Build the closed-surface representation so the segments appear in 3D views too."""
     return bool(segmentation_node.CreateClosedSurfaceRepresentation())
