@@ -43,6 +43,7 @@ from MaskSAMSegmentLib.action_states import Activity, action_states  # noqa: E40
 from MaskSAMSegmentLib.dataset_builder import CasePair, dataset_summary  # noqa: E402
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, stop_jobs, wait_for  # noqa: E402
 from MaskSAMSegmentLib.models import install_model_folder, read_model_info  # noqa: E402
+from MaskSAMSegmentLib.path_fields import field_takes_parameter  # noqa: E402
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest  # noqa: E402
 from MaskSAMSegmentLib.segmentations import show_in_3d  # noqa: E402
 
@@ -102,6 +103,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self._deviceChoices = devices.unprobed_choices()
         self._extraChannelSelectors = []
         self._outputInputVolume = None
+        self._invalidPaths = set()   # names of the path fields whose text CTK does not accept
         self._pairs: List[CasePair] = []
         self._segmentJob = self._trainingJob = self._downloadRunner = self._probeRunner = None
         self._retiredProbes: List[JobRunner] = []   # cancelled device probes, polled until they end
@@ -125,12 +127,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         # Path widgets <-> string parameters (the wrapper's pathlib type would show "." when empty).
         self._pathWidgets = {"datasetFolder": self.ui.datasetPathLineEdit, "newDatasetFolder": self.ui.newDatasetPathLineEdit,
                              "samCheckpoint": self.ui.samCheckpointPathLineEdit, "trainOutputFolder": self.ui.outputModelPathLineEdit}
-        for name, lineEdit in self._pathWidgets.items():
-            lineEdit.connect("currentPathChanged(QString)", lambda text, name=name: self._setParameter(name, text))
-            # CTK emits currentPathChanged only for acceptable input, and "" never is: a cleared
-            # field shows as its input turning invalid (else the old path would still be used).
-            lineEdit.connect("validInputChanged(bool)",
-                             lambda valid, name=name, edit=lineEdit: self._onPathValidity(name, edit, valid))
+        self._connectPathWidgets()
         self.ui.fastQualityRadioButton.connect("toggled(bool)", lambda fast: self._setParameter(
             "quality", commands.QUALITY_FAST if fast else commands.QUALITY_FULL))
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
@@ -212,7 +209,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         if self._forgetOutputOfOtherVolume(node):
             return   # the change updated the widget already
         for name, lineEdit in self._pathWidgets.items():
-            if lineEdit.currentPath != getattr(node, name):
+            if field_takes_parameter(lineEdit.currentPath, name not in self._invalidPaths, getattr(node, name)):
                 lineEdit.currentPath = getattr(node, name)
         self.ui.fastQualityRadioButton.checked = node.quality == commands.QUALITY_FAST
         self.ui.fullQualityRadioButton.checked = node.quality != commands.QUALITY_FAST
@@ -257,8 +254,18 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         self._startDeviceProbe()
         self.updateButtons()
 
-    def _onPathValidity(self, name: str, lineEdit, valid: bool) -> None:
-        if not valid and not lineEdit.currentPath:
+    def _connectPathWidgets(self) -> None:
+        """CTK reports a path only while it is acceptable (see MaskSAMSegmentLib.path_fields): a
+        field turning unacceptable sets its parameter to "", else erasing it would keep the old path."""
+        for name, lineEdit in self._pathWidgets.items():
+            lineEdit.connect("currentPathChanged(QString)", lambda text, name=name: self._setParameter(name, text))
+            lineEdit.connect("validInputChanged(bool)", lambda valid, name=name: self._onPathValidity(name, valid))
+
+    def _onPathValidity(self, name: str, valid: bool) -> None:
+        if valid:
+            self._invalidPaths.discard(name)
+        else:
+            self._invalidPaths.add(name)
             self._setParameter(name, "")
 
     # -- shared ----------------------------------------------------------------------------------

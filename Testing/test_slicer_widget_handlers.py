@@ -150,3 +150,48 @@ def test_choosing_another_input_volume_resets_the_output_to_a_new_segmentation()
         print("RESULT", kept, reset)
     """)
     assert "RESULT (False, True) (True, None)" in output
+
+
+def test_an_erased_sam_checkpoint_field_does_not_come_back_with_the_old_path():
+    """The stand-in emits what CTK's ctkPathLineEdit::updateHasValidInput emits for the name
+    filter "*.pth *.pt" (validator regexp (.*\\\\.pth?$|.*\\\\.pt?$)): currentPathChanged only for
+    acceptable text, validInputChanged only when acceptability flips. Erasing the path key by key
+    passes "/x/sam." (not acceptable) before "" (neither), so no signal reports the empty field."""
+    output = run_widget_code(r'''
+        import re
+
+        class PathEdit:
+            pattern = re.compile(r"(.*\.pth?$|.*\.pt?$)")
+            def __init__(self):
+                self._text, self.valid, self.slots = "", False, {}
+            def connect(self, signal, slot):
+                self.slots[signal] = slot
+            @property
+            def currentPath(self):
+                return self._text
+            @currentPath.setter
+            def currentPath(self, text):
+                self._text, was = text, self.valid
+                self.valid = bool(self.pattern.fullmatch(text))
+                if self.valid:
+                    self.slots["currentPathChanged(QString)"](text)
+                if self.valid != was:
+                    self.slots["validInputChanged(bool)"](self.valid)
+
+        widget = make_widget()
+        widget.updateButtons = lambda: None
+        widget._pathWidgets, widget.ui.modelComboBox = {"samCheckpoint": PathEdit()}, Combo()
+        widget._parameterNode = params
+        widget._connectPathWidgets()
+        edit = widget._pathWidgets["samCheckpoint"]
+        edit.currentPath = "/x/sam.pth"
+        chosen = params.samCheckpoint
+        for end in range(len("/x/sam.pth") - 1, -1, -1):        # backspace, key by key
+            edit.currentPath = "/x/sam.pth"[:end]
+            if edit.currentPath == "/x/sam":
+                widget._onParameterNodeModified()                # an unrelated change meanwhile
+                typing = edit.currentPath
+        widget._onParameterNodeModified()                        # the next unrelated change
+        print("RESULT", chosen, typing, repr(params.samCheckpoint), repr(edit.currentPath))
+    ''')
+    assert "RESULT /x/sam.pth /x/sam '' ''" in output

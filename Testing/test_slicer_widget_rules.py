@@ -57,3 +57,12 @@ def test_a_result_for_another_volume_is_not_kept_as_the_output_of_the_next_one()
     drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "drawn")
     assert made_for_another_volume(result, second) and not made_for_another_volume(result, first)
     assert not made_for_another_volume(drawn, second) and not made_for_another_volume(None, second)
+
+
+def test_an_empty_parameter_never_overwrites_path_text_ctk_does_not_accept():
+    from MaskSAMSegmentLib.path_fields import field_takes_parameter
+
+    assert not field_takes_parameter("/x/sam.", valid=False, parameter="")      # being typed: "no path"
+    assert field_takes_parameter("/x/sam.", valid=False, parameter="/y/sam.pth")  # a scene or script chose one
+    assert field_takes_parameter("/x/sam.pth", valid=True, parameter="")         # cleared by a script
+    assert not field_takes_parameter("/x/sam.pth", valid=True, parameter="/x/sam.pth")
