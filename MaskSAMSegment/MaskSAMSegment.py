@@ -44,6 +44,7 @@ from MaskSAMSegmentLib.dataset_builder import CasePair, dataset_summary  # noqa:
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, stop_jobs, wait_for  # noqa: E402
 from MaskSAMSegmentLib.models import install_model_folder, read_model_info  # noqa: E402
 from MaskSAMSegmentLib.path_fields import field_takes_parameter  # noqa: E402
+from MaskSAMSegmentLib.reloading import modules_to_forget, reload_question  # noqa: E402
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest  # noqa: E402
 from MaskSAMSegmentLib.segmentations import show_in_3d  # noqa: E402
 
@@ -164,6 +165,16 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
             self._datasetBuilder.abort()
         # Never leave a background job running after Slicer closes, nor its temporary files.
         stop_jobs([self._segmentJob, self._trainingJob, self._downloadRunner, self._probeRunner, *self._retiredProbes])
+
+    def onReload(self) -> None:
+        """Slicer's Reload re-executes this file only: forget the packages it imports, so their
+        edits take effect too, after asking when it would stop a job (cleanup() stops them all)."""
+        question = reload_question(self._activity())
+        if question and not slicer.util.confirmOkCancelDisplay(question, "Reload MaskSAM Segment"):
+            return
+        for name in modules_to_forget(list(sys.modules)):
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -316,13 +327,15 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
     def updateButtons(self) -> None:
         if self._parameterNode is None:
             return
-        activity = Activity(self._segmentJob is not None, self._trainingJob is not None,
-                            self._downloadRunner is not None, self._datasetBuilder is not None)
         states = action_states(self._checkRequirements(), self._segmentRequest(), self._trainRequest(), self._pairs,
-                               self._parameterNode.newDatasetFolder, activity)
+                               self._parameterNode.newDatasetFolder, self._activity())
         for name, state in states.items():
             button = getattr(self.ui, name)
             button.enabled, button.toolTip = state.enabled, state.tooltip
+
+    def _activity(self) -> Activity:
+        return Activity(self._segmentJob is not None, self._trainingJob is not None,
+                        self._downloadRunner is not None, self._datasetBuilder is not None)
 
     def _log(self, line: str) -> None:
         self.ui.logTextEdit.appendPlainText(line)

@@ -195,3 +195,23 @@ def test_an_erased_sam_checkpoint_field_does_not_come_back_with_the_old_path():
         print("RESULT", chosen, typing, repr(params.samCheckpoint), repr(edit.currentPath))
     ''')
     assert "RESULT /x/sam.pth /x/sam '' ''" in output
+
+
+def test_reload_asks_before_stopping_a_training_and_then_reimports_the_modules_packages():
+    """Slicer's reloadScriptedModule re-executes MaskSAMSegment.py only; the packages it imports
+    must leave sys.modules first, or their edits would not take effect."""
+    output = run_widget_code("""
+        answers = []
+        slicer.util.confirmOkCancelDisplay = lambda text, title=None, **kwargs: answers.pop(0)
+        base = MaskSAMSegment.ScriptedLoadableModuleWidget
+        widget = make_widget()
+        widget._trainingJob = object()
+        answers.append(False)
+        widget.onReload()
+        kept = base.reloaded, "MaskSAMSegmentLib.devices" in sys.modules, "MaskSAMCore.errors" in sys.modules
+        answers.append(True)
+        widget.onReload()
+        after = base.reloaded, [name for name in sys.modules if name.startswith(("MaskSAMSegmentLib", "MaskSAMSegmentGui", "MaskSAMCore"))]
+        print("RESULT", kept, after)
+    """)
+    assert "RESULT (0, True, True) (1, [])" in output

@@ -66,3 +66,15 @@ def test_an_empty_parameter_never_overwrites_path_text_ctk_does_not_accept():
     assert field_takes_parameter("/x/sam.", valid=False, parameter="/y/sam.pth")  # a scene or script chose one
     assert field_takes_parameter("/x/sam.pth", valid=True, parameter="")         # cleared by a script
     assert not field_takes_parameter("/x/sam.pth", valid=True, parameter="/x/sam.pth")
+
+
+def test_reload_forgets_the_modules_packages_and_asks_before_stopping_work():
+    from MaskSAMSegmentLib.reloading import modules_to_forget, reload_question
+
+    loaded = ["MaskSAMSegment", "MaskSAMSegmentLib", "MaskSAMSegmentLib.devices", "MaskSAMSegmentGui.segment_tab",
+              "MaskSAMCore.errors", "MaskSAMCoreX", "numpy", "slicer.util"]
+    assert modules_to_forget(loaded) == ["MaskSAMCore.errors", "MaskSAMSegmentGui.segment_tab", "MaskSAMSegmentLib",
+                                         "MaskSAMSegmentLib.devices"]
+    assert reload_question(Activity()) is None
+    assert "stops a training" in reload_question(Activity(training=True))
+    assert "a segmentation" in reload_question(Activity(segmenting=True, downloading=True))
