@@ -381,3 +381,27 @@ def test_a_volume_paired_twice_is_refused(tmp_path):
     with pytest.raises(InputError, match="'Patient A' is in more than one pair"):
         build_dataset_from_scene(pairs + [CasePair(pairs[0].volume, pairs[1].segmentation)], tmp_path / "ds")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_case_of_many_segments_is_exported_once_per_layer(tmp_path, monkeypatch):
+    """Each export runs in Slicer's GUI thread: a case of 30 segments drawn in one layer (as
+    the Segment Editor stores them without overlap) takes one export, not 30, with the same
+    label map."""
+    import MaskSAMSegmentLib.dataset_builder as dataset_builder
+
+    scene = new_scene()
+    grid = oblique_grid()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), grid, name="Patient A")
+    drawn = (np.arange(int(np.prod(grid.shape_zyx))).reshape(grid.shape_zyx) % 31).astype(np.uint8)
+    names = {value: f"structure {value}" for value in range(1, 31)}
+    segmentation = import_label_map(scene, drawn, grid, names, reference_volume=volume)
+    assert segmentation.GetSegmentation().GetNumberOfLayers() == 1
+    calls = []
+    real_export = dataset_builder.export_segments_on_volume
+    monkeypatch.setattr(dataset_builder, "export_segments_on_volume",
+                        lambda *args: calls.append(args[2]) or real_export(*args))
+    summary = build_dataset_from_scene([CasePair(volume, segmentation)], tmp_path / "Dataset506_Many")
+    assert len(calls) == 1 and len(calls[0]) == 30
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "Dataset506_Many" / "labelsTr" / "case_000.nii.gz")))
+    np.testing.assert_array_equal(labels, drawn)
+    assert summary.warnings == []

@@ -215,3 +215,23 @@ def test_reload_asks_before_stopping_a_training_and_then_reimports_the_modules_p
         print("RESULT", kept, after)
     """)
     assert "RESULT (0, True, True) (1, [])" in output
+
+
+def test_the_status_says_3d_surfaces_are_built_before_that_work_starts():
+    output = run_widget_code("""
+        import MaskSAMSegmentGui.segment_tab as segment_tab
+        from MaskSAMSegmentLib.job_runner import JobState
+
+        widget = make_widget()
+        widget.updateButtons = lambda: None
+        widget._parameterNode = params
+        seen = []
+        segment_tab.show_in_3d = lambda node: seen.append(widget.ui.segmentStatusLabel.text)
+        result = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT MaskSAM")
+        runner = types.SimpleNamespace(elapsed_s=3.0, progress_fraction=lambda: 1.0, status_text=lambda: "Done")
+        widget._segmentJob = types.SimpleNamespace(poll=lambda: JobState.SUCCEEDED, runner=runner, result_node=result,
+                                                   warnings=[], unlogged_warnings=[])
+        widget._pollSegment()
+        print("RESULT", seen, "|", widget.ui.segmentStatusLabel.text)
+    """)
+    assert "RESULT ['Building 3D surfaces...'] | Done in 3 s: 'CT MaskSAM'." in output

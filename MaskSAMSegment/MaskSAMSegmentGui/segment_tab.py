@@ -161,7 +161,11 @@ class SegmentTabMixin:
         self._segmentJob = None
         if state is JobState.SUCCEEDED:
             node = job.result_node
-            show_in_3d(node)   # closed surfaces: the segments appear in 3D views too
+            # Closed surfaces, so the segments appear in 3D views too: seconds for a large result,
+            # in this thread; say so first (repaint: the label is drawn before the work starts).
+            self.ui.segmentStatusLabel.text = "Building 3D surfaces..."
+            self.ui.segmentStatusLabel.repaint()
+            show_in_3d(node)
             self._parameters().outputSegmentation = node
             self.ui.segmentStatusLabel.text = (f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
                                                + warnings_note(job.warnings))
