@@ -21,6 +21,7 @@ from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_folders import JobFolder
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import ModelInfo
+from MaskSAMSegmentLib.result_fingerprint import edit_warning, record_fingerprint
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
                                              MODEL_VERSION_ATTRIBUTE, file_beside, import_label_map)
 
@@ -345,6 +346,7 @@ class SegmentJob:
                                   node_name=self.scene.GenerateUniqueName(f"{volume_name} {model.name}"),
                                   attributes=attributes,
                                   regions=model.region_values)
+        record_fingerprint(result)   # the next run replaces it only while nobody has edited it
         if replaced is None and volume is not None:
             file_beside(self.scene, result, volume)   # a replaced one stays where the user keeps it
         return result
@@ -353,7 +355,9 @@ class SegmentJob:
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when
         it has left the scene during the run, or when it was made for another volume or by another
         model: the widget selects the last result as the output, and segmenting the next CT, or
-        the same CT with another model, must not overwrite that result."""
+        the same CT with another model, must not overwrite that result. Nor is one replaced whose
+        segments someone made or corrected by hand: a MaskSAM result edited since (its content
+        fingerprint changed), or a segmentation with segments that MaskSAM did not make."""
         node = self.request.output_segmentation
         if node is None:
             return None
@@ -373,7 +377,20 @@ class SegmentJob:
             self.warnings.append(f"segmentation '{node.GetName()}' holds the result of model '{made_by}'; "
                                  "the result is a new segmentation")
             return None
-        return node
+        return node if self._nothing_to_lose(node, made_by) else None
+
+    def _nothing_to_lose(self, node, made_by: Optional[str]) -> bool:
+        """Whether replacing `node`'s segments loses no one's work (said in `warnings` when it would)."""
+        if not made_by:
+            if node.GetSegmentation().GetNumberOfSegments() == 0:
+                return True   # an empty segmentation made to receive the result
+            self.warnings.append(f"segmentation '{node.GetName()}' was not made by MaskSAM; the new result is a "
+                                 "new segmentation, its segments are kept")
+            return False
+        edited = edit_warning(node)
+        if edited:
+            self.warnings.append(edited)
+        return edited is None
 
     def _cleanup(self) -> None:
         if self._job_folder is not None:
