@@ -11,7 +11,6 @@ import os
 import slicer
 from MaskSAMSegmentLib import commands
 from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder
-from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.training_job import (SAM_TYPES, TrainingJob, TrainRequest, cpu_training_note,
                                               downloaded_checkpoint)
@@ -64,9 +63,7 @@ class TrainingTabMixin:
                 self._log(f"Warning: {warning}")
             installed = job.installed_model
             self.refreshModels(select=str(installed.folder) if installed else None)
-            self.ui.trainingStatusLabel.text = ("Training finished" + (
-                f"; '{installed.display_name}' is ready in the Segment tab." if installed else ".")
-                + warnings_note(job.warnings))
+            self.ui.trainingStatusLabel.text = job.finished_status()
         else:
             self._reportEnd(state, job, self.ui.trainingStatusLabel, "Training",
                             "the last finished epoch can be resumed")

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
-from MaskSAMCore.errors import InputError, MaskSAMError
+from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_JSON, never_checkpointed
+from MaskSAMCore.paths import models_folder
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
+from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import SAM_TYPES, ModelInfo, cached_sam_checkpoint, install_trained_model
 
@@ -135,6 +137,7 @@ class TrainingJob:
         self.on_epoch = on_epoch
         self.runner: Optional[JobRunner] = None
         self.installed_model: Optional[ModelInfo] = None
+        self.install_failure: Optional[str] = None   # why the trained model could not be installed
         self.warnings: List[str] = []
         self._warnings_logged = 0   # how many of `warnings` the log showed as they came
 
@@ -174,12 +177,29 @@ class TrainingJob:
             self.warnings.extend(self.runner.warnings)
             self._warnings_logged = len(self.warnings) if self.on_log is not None else 0
         if was_running and state is JobState.SUCCEEDED and self.request.install_when_done:
-            try:
-                self.installed_model = install_trained_model(self.request.output_dir, root=self.models_root)
-            except MaskSAMError as exc:
-                # The training itself succeeded; the model can still be imported by hand.
-                self.warnings.append(f"the model was trained but not installed: {exc}")
+            self._install()
         return state
+
+    def _install(self) -> None:
+        """Install the trained model. A failure (a full disk, a read-only models folder) is
+        reported, never raised: poll() runs from a timer, where an exception would only be a
+        traceback, and the training itself succeeded: its folder can be imported by hand."""
+        root = Path(self.models_root) if self.models_root is not None else models_folder()
+        try:
+            self.installed_model = install_trained_model(self.request.output_dir, root=root)
+        except Exception as exc:   # noqa: BLE001 - whatever the copy raises, the user must hear of it
+            self.install_failure = (f"the model could not be installed in {describe_path(root)} ({_reason(exc)}); "
+                                    f"the trained model folder is intact at {describe_path(self.request.output_dir)}: "
+                                    "install it with 'Import model folder...'")
+            self.warnings.append(self.install_failure)
+
+    def finished_status(self) -> str:
+        """The status line of a training that succeeded: where the model is, or why it is not installed."""
+        if self.install_failure:
+            others = [warning for warning in self.warnings if warning != self.install_failure]
+            return f"Training finished, but {self.install_failure}." + warnings_note(others)
+        where = f"; '{self.installed_model.display_name}' is ready in the Segment tab." if self.installed_model else "."
+        return "Training finished" + where + warnings_note(self.warnings)
 
     def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.1) -> JobState:
         """Poll until finished (scripts, tests and the self-test; never the GUI)."""
@@ -207,6 +227,15 @@ class TrainingJob:
 
     def status_text(self) -> str:
         return self.runner.status_text() if self.runner is not None else ""
+
+
+def _reason(exc: Exception) -> str:
+    """An exception in words: the core's one line, the system's message, or the exception itself."""
+    if isinstance(exc, MaskSAMError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror   # "No space left on device", without the errno and a temporary file's name
+    return f"{type(exc).__name__}: {exc}"
 
 
 def downloaded_checkpoint(log_lines) -> Optional[str]:
