@@ -64,6 +64,29 @@ def missing_requirements(installed: Callable[[str], bool] = is_installed,
             if not installed(requirement.import_name) or is_too_old(requirement, version_of)]
 
 
+class RequirementsStatus:
+    """`missing_requirements()` scanned once and remembered: the widget asks on every button
+    update (each keystroke in a path field), and a scan reads the metadata of every installed
+    distribution. Packages change only when installed, so `refresh()` after an install."""
+
+    def __init__(self, scan: Callable[[], List[Requirement]] = missing_requirements) -> None:
+        self._scan = scan
+        self._missing: Optional[List[Requirement]] = None
+
+    def missing(self) -> List[Requirement]:
+        if self._missing is None:
+            self._missing = self._scan()
+        return list(self._missing)
+
+    def refresh(self) -> List[Requirement]:
+        """Scan again (after an install, or when the user asks to install)."""
+        self._missing = None
+        return self.missing()
+
+
+STATUS = RequirementsStatus()   # one per Python session: installed packages are the session's
+
+
 @dataclass
 class InstallPlan:
     """What to install, and what cannot be installed from here."""
@@ -102,6 +125,13 @@ def install_plan(missing: Sequence[Requirement], pytorch_extension_available: bo
 def install_in_slicer(plan: InstallPlan) -> None:
     """Carry out `plan` inside Slicer: torch through the PyTorch extension, the rest with pip
     (with Slicer's progress dialog where this Slicer has one). Raises on failure."""
+    try:
+        _install(plan)
+    finally:
+        STATUS.refresh()   # a failed install may still have installed some of the packages
+
+
+def _install(plan: InstallPlan) -> None:
     import slicer  # only available (and only called) inside Slicer
 
     if plan.torch_requirement:

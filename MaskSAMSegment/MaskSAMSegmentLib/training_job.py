@@ -74,35 +74,58 @@ def automatic_fold(dataset_dir: str) -> str:
 
 
 def train_problems(request: TrainRequest) -> List[str]:
-    """Why the Start button cannot run yet, one short sentence each (empty when it can)."""
-    problems: List[str] = []
+    """Why the Start button cannot run yet, one short sentence each (empty when it can). Asked on
+    every parameter change, so it never raises: a folder that cannot be read is a problem too."""
+    problems = _readable(_dataset_problems, request.dataset_dir, request)
+    problems += _readable(_output_problems, request.output_dir, request)
+    if request.epochs < 1:
+        problems.append("Train for at least one epoch.")
+    return problems + _readable(_sam_problems, request.sam_checkpoint or "", request)
+
+
+def _readable(check: Callable[[TrainRequest], List[str]], path: str, request: TrainRequest) -> List[str]:
+    """`check`'s problems, or the one that `path` (or a file in it) cannot be read."""
+    try:
+        return check(request)
+    except OSError as exc:
+        where = exc.filename or path
+        return [f"'{where}' cannot be read ({exc.strerror or exc}): check its permissions or choose another folder."]
+
+
+def _dataset_problems(request: TrainRequest) -> List[str]:
     dataset = Path(request.dataset_dir) if request.dataset_dir else None
     if dataset is None:
-        problems.append("Choose a dataset folder (nnU-Net raw format), or build one from the scene.")
-    elif not (dataset / "dataset.json").is_file():
-        problems.append(f"'{dataset}' has no dataset.json (a dataset in nnU-Net raw format is needed).")
+        return ["Choose a dataset folder (nnU-Net raw format), or build one from the scene."]
+    if not (dataset / "dataset.json").is_file():
+        return [f"'{dataset}' has no dataset.json (a dataset in nnU-Net raw format is needed)."]
+    return []
+
+
+def _output_problems(request: TrainRequest) -> List[str]:
     output = Path(request.output_dir) if request.output_dir else None
     if output is None:
-        problems.append("Choose an output folder for the trained model.")
-    elif request.resume:
+        return ["Choose an output folder for the trained model."]
+    if request.resume:
         if not (output / LATEST_CHECKPOINT).is_file():
             why = ("its training was stopped before the first epoch ended; untick Resume to start it again"
                    if never_checkpointed(output) else f"it has no {LATEST_CHECKPOINT}")
-            problems.append(f"Nothing to resume in '{output}': {why}.")
+            return [f"Nothing to resume in '{output}': {why}."]
     elif output.exists() and (not output.is_dir() or any(output.iterdir())) and not never_checkpointed(output):
         if (output / LATEST_CHECKPOINT).is_file():
-            problems.append(f"'{output}' holds a training already: tick Resume to continue it, or choose a new folder.")
-        else:
-            problems.append(f"'{output}' is not empty: choose a new folder for the model.")
-    if request.epochs < 1:
-        problems.append("Train for at least one epoch.")
-    if uses_sam_weights(request) and not request.resume:
-        checkpoint = (request.sam_checkpoint or "").strip()
-        if not checkpoint and cached_sam_checkpoint(request.preset) is None:
-            problems.append(f"Choose a SAM {request.preset} checkpoint: 'Download' the official one, or pick a .pth file.")
-        elif checkpoint and checkpoint not in SAM_TYPES and not Path(checkpoint).is_file():
-            problems.append(f"SAM checkpoint file '{checkpoint}' not found.")
-    return problems
+            return [f"'{output}' holds a training already: tick Resume to continue it, or choose a new folder."]
+        return [f"'{output}' is not empty: choose a new folder for the model."]
+    return []
+
+
+def _sam_problems(request: TrainRequest) -> List[str]:
+    if not uses_sam_weights(request) or request.resume:
+        return []
+    checkpoint = (request.sam_checkpoint or "").strip()
+    if not checkpoint and cached_sam_checkpoint(request.preset) is None:
+        return [f"Choose a SAM {request.preset} checkpoint: 'Download' the official one, or pick a .pth file."]
+    if checkpoint and checkpoint not in SAM_TYPES and not Path(checkpoint).is_file():
+        return [f"SAM checkpoint file '{checkpoint}' not found."]
+    return []
 
 
 def cpu_training_note(request: TrainRequest) -> Optional[str]:

@@ -1,0 +1,89 @@
+"""The checks behind the buttons' states run on every keystroke: they must be cheap and never raise."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+
+from MaskSAMSegmentLib import requirements_check
+from MaskSAMSegmentLib.action_states import Activity, action_states
+from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, InstallPlan, RequirementsStatus
+from MaskSAMSegmentLib.segment_job import SegmentRequest
+from MaskSAMSegmentLib.training_job import TrainRequest, train_problems
+
+
+def button_states(train: TrainRequest, missing_packages=()):
+    """What the widget's updateButtons() computes, for a scene holding one CT."""
+    volume = add_scalar_volume(new_scene(), distinct_voxel_values(), oblique_grid())
+    return action_states(list(missing_packages), SegmentRequest([volume], None), train, [], "", Activity())
+
+
+def test_the_packages_are_scanned_once_and_again_after_an_install(monkeypatch):
+    scans = []
+    found_missing = [[REQUIREMENTS[0]], []]   # PyTorch missing, then installed
+
+    def scan():
+        scans.append(1)
+        return found_missing[len(scans) - 1]
+
+    status = RequirementsStatus(scan)
+    monkeypatch.setattr(requirements_check, "STATUS", status)
+    for _ in range(5):   # five keystrokes
+        assert [r.name for r in requirements_check.STATUS.missing()] == ["PyTorch"]
+    assert len(scans) == 1
+    requirements_check.install_in_slicer(InstallPlan())   # what the Install button ends with
+    assert len(scans) == 2 and requirements_check.STATUS.missing() == []
+
+
+def test_the_remembered_packages_are_the_scanned_ones():
+    assert RequirementsStatus().missing() == requirements_check.missing_requirements()
+
+
+@pytest.fixture
+def locked(tmp_path, monkeypatch) -> Path:
+    """A folder this user may not read or enter (chmod 000 for anyone but root; the tests may run
+    as root, so the refusal is what the system would answer)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_stat, real_iterdir = Path.stat, Path.iterdir
+
+    def refused(path: Path):
+        return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def stat(self, **kwargs):
+        if folder in self.parents:
+            raise refused(self)
+        return real_stat(self, **kwargs)
+
+    def iterdir(self):
+        if self == folder:
+            raise refused(self)
+        yield from real_iterdir(self)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    return folder
+
+
+def test_an_unreadable_model_folder_is_a_problem_not_an_exception(tmp_path, locked):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text(json.dumps({"numTraining": 2}))
+    assert train_problems(TrainRequest(str(dataset), str(locked), preset="tiny")) == [
+        f"'{locked}' cannot be read (Permission denied): check its permissions or choose another folder."]
+
+
+def test_an_unreadable_dataset_folder_is_a_problem_not_an_exception(tmp_path, locked):
+    assert train_problems(TrainRequest(str(locked), str(tmp_path / "new"), preset="tiny")) == [
+        f"'{locked / 'dataset.json'}' cannot be read (Permission denied): check its permissions or choose "
+        "another folder."]
+
+
+def test_the_start_button_says_which_folder_cannot_be_read(tmp_path, locked):
+    state = button_states(TrainRequest(str(locked), str(tmp_path / "new"), preset="tiny"))["startTrainingButton"]
+    assert not state.enabled and f"'{locked / 'dataset.json'}' cannot be read" in state.tooltip
