@@ -9,18 +9,27 @@ from pathlib import Path
 import pytest
 
 from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+from test_slicer_jobs import fake_model_folder
 
 from MaskSAMSegmentLib import requirements_check
 from MaskSAMSegmentLib.action_states import Activity, action_states
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, InstallPlan, RequirementsStatus
+from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.segment_job import SegmentRequest
 from MaskSAMSegmentLib.training_job import TrainRequest, train_problems
 
 
-def button_states(train: TrainRequest, missing_packages=()):
+def button_states(train: TrainRequest, missing_packages=(), model=None):
     """What the widget's updateButtons() computes, for a scene holding one CT."""
     volume = add_scalar_volume(new_scene(), distinct_voxel_values(), oblique_grid())
-    return action_states(list(missing_packages), SegmentRequest([volume], None), train, [], "", Activity())
+    return action_states(list(missing_packages), SegmentRequest([volume], model), train, [], "", Activity())
+
+
+def ready_training(tmp_path) -> TrainRequest:
+    dataset = tmp_path / "dataset"
+    dataset.mkdir(parents=True)
+    (dataset / "dataset.json").write_text(json.dumps({"numTraining": 2}))
+    return TrainRequest(str(dataset), str(tmp_path / "new model"), preset="vit_b", random_init=True)
 
 
 def test_the_packages_are_scanned_once_and_again_after_an_install(monkeypatch):
@@ -87,3 +96,15 @@ def test_an_unreadable_dataset_folder_is_a_problem_not_an_exception(tmp_path, lo
 def test_the_start_button_says_which_folder_cannot_be_read(tmp_path, locked):
     state = button_states(TrainRequest(str(locked), str(tmp_path / "new"), preset="tiny"))["startTrainingButton"]
     assert not state.enabled and f"'{locked / 'dataset.json'}' cannot be read" in state.tooltip
+
+
+def test_a_missing_matplotlib_blocks_training_only(tmp_path):
+    """Matplotlib draws training's progress.png; segmenting and downloading never use it."""
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    states = button_states(ready_training(tmp_path), ["Matplotlib"], model)
+    assert states["segmentButton"].enabled and states["downloadSamButton"].enabled
+    assert states["startTrainingButton"].tooltip == "Install the missing Python packages first (Matplotlib)."
+
+    states = button_states(ready_training(tmp_path / "again"), ["PyTorch", "Matplotlib"], model)
+    assert states["segmentButton"].tooltip == "Install the missing Python packages first (PyTorch)."
+    assert states["startTrainingButton"].tooltip == "Install the missing Python packages first (PyTorch, Matplotlib)."

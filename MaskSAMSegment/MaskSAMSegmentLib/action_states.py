@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
+from MaskSAMSegmentLib.requirements_check import REQUIREMENTS
 from MaskSAMSegmentLib.segment_job import SegmentRequest, cpu_speed_note, segment_problems
 from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainRequest, cpu_training_note, train_problems
 
@@ -53,17 +54,27 @@ def _stop_state(activity: Activity) -> ActionState:
     return ActionState(activity.training, "Stop training; the last finished epoch can be resumed.")
 
 
+def _package_problems(missing_packages: List[str], training: bool) -> List[str]:
+    """The missing packages that block an action: segmenting and downloading do not wait for a
+    package only training uses (Matplotlib draws training's progress.png). A name not in
+    REQUIREMENTS blocks every action."""
+    training_only = {requirement.name for requirement in REQUIREMENTS if requirement.training_only}
+    blocking = [name for name in missing_packages if training or name not in training_only]
+    return [f"Install the missing Python packages first ({', '.join(blocking)})."] if blocking else []
+
+
 def action_states(missing_packages: List[str], segment: SegmentRequest, train: TrainRequest,
                   pairs: List[CasePair], new_dataset_folder: str, activity: Activity) -> Dict[str, ActionState]:
     """Button name (as in the .ui file) -> its state."""
-    packages = [f"Install the missing Python packages first ({', '.join(missing_packages)})."] if missing_packages else []
+    packages = _package_problems(missing_packages, training=False)
     pair_problems = check_pairs(pairs) + ([] if new_dataset_folder else ["Choose a folder for the new dataset."])
     return {
         "segmentButton": _state(packages + segment_problems(segment), activity.segmenting,
                                 _lines("Segment the input volume with the selected model.", cpu_speed_note(segment)),
                                 "A segmentation is running."),
         "cancelSegmentButton": ActionState(activity.segmenting, "Stop the segmentation; the scene stays as it was."),
-        "startTrainingButton": _state(packages + train_problems(train), activity.training_tab_busy,
+        "startTrainingButton": _state(_package_problems(missing_packages, training=True) + train_problems(train),
+                                      activity.training_tab_busy,
                                       _lines("Start training in the background.", cpu_training_note(train)),
                                       "Wait for the running task to finish."),
         "stopTrainingButton": _stop_state(activity),

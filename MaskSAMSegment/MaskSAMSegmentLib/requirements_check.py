@@ -22,6 +22,7 @@ class Requirement:
     import_name: str          # top-level module to look for
     pip_spec: str             # requirement specifier (kept equal to pyproject.toml's)
     via_pytorch: bool = False  # install through the PyTorch extension, not pip
+    training_only: bool = False   # segmenting (and downloading SAM weights) works without it
 
 
 REQUIREMENTS = (
@@ -31,7 +32,7 @@ REQUIREMENTS = (
     Requirement("SciPy", "scipy", "scipy>=1.9"),
     Requirement("SimpleITK", "SimpleITK", "SimpleITK>=2.2"),
     Requirement("pydicom", "pydicom", "pydicom>=2.4"),   # bundled with Slicer; enhanced DICOM input
-    Requirement("Matplotlib", "matplotlib", "matplotlib>=3.6"),   # training's progress.png
+    Requirement("Matplotlib", "matplotlib", "matplotlib>=3.6", training_only=True),   # training's progress.png
 )
 
 
