@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+from test_slicer_dataset import two_cases
 from test_slicer_jobs import fake_model_folder
 
+from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib import requirements_check
 from MaskSAMSegmentLib.action_states import Activity, action_states
+from MaskSAMSegmentLib.dataset_builder import DatasetBuilder
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS, InstallPlan, RequirementsStatus
 from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.segment_job import SegmentRequest
@@ -108,3 +111,31 @@ def test_a_missing_matplotlib_blocks_training_only(tmp_path):
     states = button_states(ready_training(tmp_path / "again"), ["PyTorch", "Matplotlib"], model)
     assert states["segmentButton"].tooltip == "Install the missing Python packages first (PyTorch)."
     assert states["startTrainingButton"].tooltip == "Install the missing Python packages first (PyTorch, Matplotlib)."
+
+
+def test_relative_training_paths_ask_for_a_full_path(tmp_path, monkeypatch):
+    """Typed 'mymodel' would land in Slicer's working folder (often its install folder)."""
+    monkeypatch.chdir(tmp_path)   # where a relative path would be read from
+    ready = ready_training(tmp_path)
+    (tmp_path / "weights.pth").write_bytes(b"")
+    relative = {"dataset_dir": "dataset", "output_dir": "mymodel"}
+    for field, what in (("dataset_dir", "dataset folder"), ("output_dir", "model folder")):
+        request = TrainRequest(**{**ready.__dict__, field: relative[field]})
+        assert train_problems(request) == [f"'{relative[field]}' is not a full path: choose a full path for the "
+                                           f"{what} (a relative one would be read from Slicer's working folder)."]
+    sam_file = TrainRequest(**{**ready.__dict__, "random_init": False, "sam_checkpoint": "weights.pth"})
+    assert train_problems(sam_file) == ["'weights.pth' is not a full path: choose a full path for the SAM "
+                                        "checkpoint (a relative one would be read from Slicer's working folder)."]
+
+
+def test_a_relative_new_dataset_folder_asks_for_a_full_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    scene = new_scene()
+    pairs, _, _ = two_cases(scene)
+    states = action_states([], SegmentRequest([], None), ready_training(tmp_path), pairs, "my dataset", Activity())
+    assert states["buildDatasetButton"].tooltip == (
+        "'my dataset' is not a full path: choose a full path for the new dataset folder (a relative one would be "
+        "read from Slicer's working folder).")
+    with pytest.raises(InputError, match="'my dataset' is not a full path"):
+        DatasetBuilder(pairs, "my dataset")
+    assert not (tmp_path / "my dataset").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs
+from MaskSAMSegmentLib.dataset_builder import CasePair, check_pairs, new_dataset_folder_problems
 from MaskSAMSegmentLib.requirements_check import REQUIREMENTS
 from MaskSAMSegmentLib.segment_job import SegmentRequest, cpu_speed_note, segment_problems
 from MaskSAMSegmentLib.training_job import SAM_TYPES, TrainRequest, cpu_training_note, train_problems
@@ -67,7 +67,7 @@ def action_states(missing_packages: List[str], segment: SegmentRequest, train: T
                   pairs: List[CasePair], new_dataset_folder: str, activity: Activity) -> Dict[str, ActionState]:
     """Button name (as in the .ui file) -> its state."""
     packages = _package_problems(missing_packages, training=False)
-    pair_problems = check_pairs(pairs) + ([] if new_dataset_folder else ["Choose a folder for the new dataset."])
+    pair_problems = check_pairs(pairs) + new_dataset_folder_problems(new_dataset_folder)
     return {
         "segmentButton": _state(packages + segment_problems(segment), activity.segmenting,
                                 _lines("Segment the input volume with the selected model.", cpu_speed_note(segment)),

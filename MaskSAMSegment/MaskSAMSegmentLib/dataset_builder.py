@@ -34,6 +34,7 @@ from MaskSAMSegmentLib.drawn_slices import mark_undrawn_slices, slice_orientatio
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.image_files import write_array_image
 from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
+from MaskSAMSegmentLib.user_paths import full_path_problems
 from MaskSAMSegmentLib.volume_nodes import smallest_label_dtype, volume_to_array
 
 FILE_ENDINGS = (".nii.gz", ".nrrd")
@@ -112,6 +113,12 @@ def check_pairs(pairs: List[CasePair]) -> List[str]:
     return problems
 
 
+def new_dataset_folder_problems(folder: "os.PathLike[str] | str") -> List[str]:
+    """Why `folder` cannot be the new dataset folder, as far as its text tells (empty when it can)."""
+    text = str(folder) if folder else ""
+    return full_path_problems(text, "new dataset folder") if text else ["Choose a folder for the new dataset."]
+
+
 def export_by_layer(pair: CasePair) -> Dict[str, Tuple[np.ndarray, int]]:
     """segment ID -> (a label map on the volume's grid, the segment's value in it), with one
     export per layer of a segmentation stored as binary labelmaps: segments sharing a layer
@@ -147,7 +154,7 @@ class DatasetBuilder:
     def __init__(self, pairs: List[CasePair], output_dir: "os.PathLike[str] | str", channel_name: str = "CT",
                  file_ending: str = ".nii.gz", dataset_name: Optional[str] = None, case_prefix: str = "case",
                  drawn_slices_only: bool = False) -> None:
-        problems = check_pairs(pairs)
+        problems = check_pairs(pairs) + new_dataset_folder_problems(output_dir)
         if problems:
             raise InputError(" ".join(problems))
         if file_ending not in FILE_ENDINGS:

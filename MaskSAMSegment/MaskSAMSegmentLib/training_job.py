@@ -23,6 +23,7 @@ from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
 from MaskSAMSegmentLib.models import SAM_TYPES, ModelInfo, cached_sam_checkpoint, install_trained_model
+from MaskSAMSegmentLib.user_paths import full_path_problems
 
 MIN_CASES_FOR_FOLDS = 5
 
@@ -96,6 +97,8 @@ def _dataset_problems(request: TrainRequest) -> List[str]:
     dataset = Path(request.dataset_dir) if request.dataset_dir else None
     if dataset is None:
         return ["Choose a dataset folder (nnU-Net raw format), or build one from the scene."]
+    if not dataset.is_absolute():
+        return full_path_problems(request.dataset_dir, "dataset folder")
     if not (dataset / "dataset.json").is_file():
         return [f"'{dataset}' has no dataset.json (a dataset in nnU-Net raw format is needed)."]
     return []
@@ -105,6 +108,8 @@ def _output_problems(request: TrainRequest) -> List[str]:
     output = Path(request.output_dir) if request.output_dir else None
     if output is None:
         return ["Choose an output folder for the trained model."]
+    if not output.is_absolute():
+        return full_path_problems(request.output_dir, "model folder")
     if request.resume:
         if not (output / LATEST_CHECKPOINT).is_file():
             why = ("its training was stopped before the first epoch ended; untick Resume to start it again"
@@ -123,6 +128,8 @@ def _sam_problems(request: TrainRequest) -> List[str]:
     checkpoint = (request.sam_checkpoint or "").strip()
     if not checkpoint and cached_sam_checkpoint(request.preset) is None:
         return [f"Choose a SAM {request.preset} checkpoint: 'Download' the official one, or pick a .pth file."]
+    if checkpoint and checkpoint not in SAM_TYPES and not Path(checkpoint).is_absolute():
+        return full_path_problems(checkpoint, "SAM checkpoint")
     if checkpoint and checkpoint not in SAM_TYPES and not Path(checkpoint).is_file():
         return [f"SAM checkpoint file '{checkpoint}' not found."]
     return []
