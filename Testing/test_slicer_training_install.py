@@ -1,5 +1,6 @@
-"""A finished training whose model cannot be installed (a full disk, a read-only models folder):
-the job says so in one line, naming the folder, and keeps the trained model folder."""
+"""Installing models: a finished training whose model cannot be installed (a full disk, a
+read-only models folder) says so in one line, naming the folder, and keeps the trained model
+folder; a model imported again from the models folder is the one the model list shows."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from test_slicer_robustness import program
 
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_runner import JobState
+from MaskSAMSegmentLib.models import find_models, install_model_folder
 from MaskSAMSegmentLib.training_job import TrainingJob, TrainRequest
 
 
@@ -64,3 +66,18 @@ def test_a_models_folder_that_cannot_be_made_is_reported(tmp_path):
 def test_an_installed_model_is_named_in_the_status(tmp_path):
     job = finished_training(tmp_path, tmp_path / "models")
     assert job.finished_status() == "Training finished; 'Test model (v3)' is ready in the Segment tab."
+
+
+def test_importing_an_installed_model_again_gives_the_folder_the_model_list_shows(tmp_path):
+    """The widget selects the imported model by its folder among `find_models`' ones; a folder
+    picked through a link or typed with '..' must still select it, not the first model."""
+    real_root = tmp_path / "disk" / "models"
+    real_root.mkdir(parents=True)
+    root = tmp_path / "models"
+    root.symlink_to(real_root)   # a models folder reached through a link (a home on another disk)
+    installed = install_model_folder(fake_model_folder(tmp_path / "trained"), root=root)
+    listed = [str(model.folder) for model in find_models(root)[0]]
+    assert listed == [str(installed.folder)]
+    (root / "x").mkdir()
+    for picked in (real_root / installed.folder.name, root / "x" / ".." / installed.folder.name):
+        assert str(install_model_folder(picked, root=root).folder) in listed

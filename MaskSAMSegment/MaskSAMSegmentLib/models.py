@@ -228,7 +228,9 @@ def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.Pa
     root = Path(root) if root is not None else models_folder()
     target = root / install_folder_name(replaced(info, version=version or info.version))
     if Path(source).resolve() == target.resolve():
-        return info  # already installed here
+        # Already installed here: described by its folder as `find_models` lists it, not in the
+        # form the user gave (through a link, with '..'), so the widget can select it in the list.
+        return read_model_info(target)
     if target.exists() and not replace:
         # Name the model that is there (the widget asks "Replace it?"): two names may share a folder.
         raise ModelFolderError(f"a model named '{_installed_display_name(target, info)}' is already installed "
