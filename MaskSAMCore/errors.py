@@ -9,7 +9,7 @@ not caught and keep their traceback.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, List, Sequence
 
 
 class MaskSAMError(Exception):
@@ -82,6 +82,19 @@ def list_some(items: Iterable[object], shown: int = 3) -> str:
     """``a, b, c, ...``: the first `shown` items of a list a message names, and whether more follow."""
     items = [str(item) for item in items]
     return ", ".join(items[:shown]) + (", ..." if len(items) > shown else "")
+
+
+def value_runs(values: Iterable[int]) -> str:
+    """``0, 3..5``: a set of label values in a message, runs of three or more written as ranges, so
+    values with gaps (a region dataset's 0, 3, 4, 5) are never shown as one range ``0..5``."""
+    ordered = sorted(set(int(v) for v in values))
+    runs: List[List[int]] = []
+    for value in ordered:
+        if runs and value == runs[-1][-1] + 1:
+            runs[-1].append(value)
+        else:
+            runs.append([value])
+    return ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
 
 
 def by_x(values: Iterable[float]) -> str:

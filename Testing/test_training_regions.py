@@ -98,6 +98,14 @@ def test_a_region_dataset_is_read_as_its_classes_and_checks_its_label_values(reg
         load_raw_dataset(region_dataset, progress=False)
 
 
+def test_undeclared_values_are_named_beside_the_values_declared_not_a_range_with_gaps(region_dataset):
+    """Declared 0, 3, 4, 5: the message must not say 0..5, which holds the very values refused."""
+    with_regions(region_dataset, {"background": 0, "kidneys": [3, 4], "aorta": 5}, [3, 5])
+    with pytest.raises(DatasetError, match="has value\\(s\\) 1, 2 not declared in dataset.json labels "
+                                           "\\(declared: 0, 3..5\\)"):
+        load_raw_dataset(region_dataset, progress=False)
+
+
 @pytest.mark.parametrize("damage, message", [
     ({"regions_class_order": [1]}, "model.json: regions: 'regions_class_order' has 1 value"),
     ({"classes": [1]}, "model.json: regions: damaged region description \\(classes:"),

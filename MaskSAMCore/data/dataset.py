@@ -29,7 +29,7 @@ from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.normalization import AIR_HU, NOT_HOUNSFIELD_CAUSES, cannot_be_hounsfield, is_ct
 from MaskSAMCore.data.store import STORE_SUFFIXES
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, dataset_label_names, read_dataset_label
-from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
+from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some, value_runs
 from MaskSAMCore.progress import Progress, print_warning
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -359,7 +359,7 @@ def _check_case(dataset: RawDataset, case: RawCase,
     if undeclared:
         shown = list_some(undeclared, shown=5)
         raise DatasetError(f"{prefix}: label {short(case.label_file)} has value(s) {shown} not declared in "
-                           f"dataset.json labels (0..{max(allowed)})")
+                           f"dataset.json labels (declared: {value_runs(allowed)})")
     return reference, values, darkest_ct
 
 
