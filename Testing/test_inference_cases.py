@@ -54,6 +54,17 @@ def test_channel_files_with_a_0000_stay_one_case_and_a_wrong_model_is_refused(tm
         find_cases(tmp_path / "numbered", tmp_path / "out", num_channels=2)
 
 
+def test_every_case_missing_a_channel_is_named_in_one_line(tmp_path):
+    """Two cases of a folder lack their _0001 file: both are named at once, not one per run."""
+    _touch(tmp_path / "in", "a_0000.nii.gz", "b_0000.nii.gz", "c_0000.nii.gz", "c_0001.nii.gz")
+    with pytest.raises(InputError) as error:
+        find_cases(tmp_path / "in", tmp_path / "out", num_channels=2)
+    message = str(error.value)
+    assert message.startswith(f"2 of 3 cases in {describe_path(tmp_path / 'in')} cannot be segmented: ")
+    assert "case a has channel file(s) _0000 but the model needs 2" in message
+    assert "case b has channel file(s) _0000 but the model needs 2" in message and "\n" not in message
+
+
 def test_a_long_numbered_series_is_summarised_in_the_error(tmp_path):
     _touch(tmp_path / "in", *(f"scan_{i:04d}.nii.gz" for i in range(40)))
     with pytest.raises(InputError) as error:

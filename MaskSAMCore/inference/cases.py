@@ -21,22 +21,21 @@ the slices it segments.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
 from MaskSAMCore.data.dicom_series import DicomSeries, every_volume, find_series
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, is_segmentation_file
 from MaskSAMCore.errors import InputError, describe_path, list_some, raise_all
+from MaskSAMCore.inference.channel_files import CHANNEL_SUFFIX, channel_groups
 from MaskSAMCore.inference.dicom_seg import SEG_ENDING, is_seg_output
 from MaskSAMCore.progress import print_warning
 
 # Longest first, so that ".nii.gz" wins over ".gz".
 IMAGE_ENDINGS = (".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".tif", ".tiff")
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 DICOM_OUTPUT_ENDING = ".nii.gz"
 TILTED_OUTPUT_ENDING = ".nrrd"   # a gantry tilt's sheared grid, which NIfTI cannot store
 EXPORT_DEPTH = 8   # --all-series: folder levels searched (a CD's DICOM/PAT/ST/SE, a PACS tree, with room)
@@ -89,7 +88,7 @@ def case_name(path: "os.PathLike[str] | str") -> str:
     """The case of a one-channel image file: ``liver_007`` for ``liver_007_0000.nii.gz`` and for
     ``liver_007.nii.gz``; ``amos_0001`` for ``amos_0001.nii.gz`` (not channel 0, so not a suffix)."""
     stem, _ = split_ending(path)
-    match = _CHANNEL_SUFFIX.match(stem)
+    match = CHANNEL_SUFFIX.match(stem)
     return match.group("case") if match and int(match.group("channel")) == 0 else stem
 
 
@@ -325,36 +324,6 @@ def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: st
     return target
 
 
-def _split_channel(stem: str) -> Tuple[str, int]:
-    """(case, channel) of a file's name without ending by the nnU-Net suffix; channel 0 without one."""
-    match = _CHANNEL_SUFFIX.match(stem)
-    return (match.group("case"), int(match.group("channel"))) if match else (stem, 0)
-
-
-def _group(images: List[Tuple[Path, str, str]],
-           numbered: Set[str]) -> Tuple[Dict[str, Dict[int, Path]], Dict[str, str]]:
-    """Channel files by case for images (path, stem, ending); a stem whose suffix names a case in
-    `numbered` is a one-channel case of its own. Raises `InputError` for a channel given twice."""
-    groups: Dict[str, Dict[int, Path]] = {}
-    endings: Dict[str, str] = {}
-    for path, stem, ending in images:
-        name, channel = _split_channel(stem)
-        if name in numbered:
-            name, channel = stem, 0
-        channels = groups.setdefault(name, {})
-        if channel in channels:
-            raise InputError(f"{describe_path(path)}: case {name} has channel {channel} twice "
-                             f"(also {channels[channel].name})")
-        channels[channel] = path
-        endings.setdefault(name, ending)
-    return groups, endings
-
-
-def _list_suffixes(channels: Sequence[int], shown: int = 6) -> str:
-    names = [f"_{c:04d}" for c in channels]
-    return ", ".join(names if len(names) <= shown else names[:shown - 1] + [f"... ({len(names)} files)"])
-
-
 def _subfolders_with_images(folder: Path, besides: Path) -> List[str]:
     """The names of `folder`'s subfolders holding image files (one folder per patient: a layout
     `masksam predict` does not walk for image files, unlike DICOM), but the output folder
@@ -379,24 +348,5 @@ def _image_files(folder: Path) -> List[Tuple[Path, str, str]]:
 
 def _cases_in_folder(images: List[Tuple[Path, str, str]], folder: Path, target: Path, num_channels: int,
                      output_ending: Optional[str]) -> List[Case]:
-    numbered: Set[str] = set()
-    if num_channels == 1:
-        # amos_0001, amos_0002, ... without an amos_0000: numbered scans, each a case of its own
-        # (nnU-Net's channel files always include _0000). With _0000 present they stay one
-        # case, refused below: a multi-channel case given to a one-channel model.
-        by_suffix: Dict[str, Set[int]] = {}
-        for _, stem, _ in images:
-            name, channel = _split_channel(stem)
-            by_suffix.setdefault(name, set()).add(channel)
-        numbered = {name for name, channels in by_suffix.items() if 0 not in channels}
-    groups, endings = _group(images, numbered)
-    cases = []
-    for name, channels in groups.items():
-        expected = list(range(num_channels))
-        if sorted(channels) != expected:
-            raise InputError(
-                f"{describe_path(folder)}: case {name} has channel file(s) {_list_suffixes(sorted(channels))} but "
-                f"the model needs {num_channels} ({_list_suffixes(expected)})")
-        files = tuple(channels[c] for c in expected)
-        cases.append(Case(name, files, target / f"{name}{output_ending or endings[name]}"))
-    return cases
+    return [Case(name, files, target / f"{name}{output_ending or ending}")
+            for name, files, ending in channel_groups(images, folder, num_channels)]
