@@ -79,6 +79,10 @@ def test_brats_like_regions_with_an_ignore_label():
     ({**REGIONS, "ignore": 5}, ORDER, "label 'ignore' .* must be a whole number above every region value \\(5\\)"),
     ({**REGIONS, "background": [0]}, ORDER, "labels must name value 0 'background'"),
     (REGIONS, [1, 3, 3], "'regions_class_order' gives two regions the same value \\(\\[1, 3, 3\\]\\)"),
+    # a kidney voxel (3) would need a value in both regions, an aorta voxel (5) one in the second only
+    ({"background": 0, "organs": [1, 2, 3], "vessels and kidneys": [3, 5]}, [1, 5],
+     "regions 'organs' \\[1, 2, 3\\] and 'vessels and kidneys' \\[3, 5\\] overlap without one containing the "
+     "other; only nested regions .* or disjoint ones are supported"),
     # liver and spleen voxels painted 3 would be read back as kidneys
     (REGIONS, [3, 1, 5], "a prediction paints value 3 on voxels outside region 'kidneys' \\[3, 4\\], so the "
                          "region could not be read back"),

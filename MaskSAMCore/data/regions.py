@@ -158,10 +158,27 @@ def region_scheme(labels: Dict[str, Any], class_order: Any) -> RegionScheme:
         if not _whole(ignore) or ignore <= highest:
             raise RegionError(f"label 'ignore' (unannotated voxels) must be a whole number above every region "
                               f"value ({highest}), not {ignore!r}")
+    _check_nested(regions)
     order = _checked_order(class_order, len(regions), ignore)
     scheme = RegionScheme(regions=regions, class_order=order, classes=_classes(regions), ignore_value=ignore)
     _check_read_back(scheme)
     return scheme
+
+
+def _check_nested(regions: Dict[str, Tuple[int, ...]]) -> None:
+    """Refuse two regions that share values without one containing the other ({1, 2} and
+    {2, 3}): a prediction paints one value per voxel, and a voxel of value 2 would need a value
+    lying in both regions while one of value 3 needs one in the second only - the second region's
+    single order value cannot be both, whatever ``regions_class_order`` says. No order can help,
+    so the message says what is supported instead of advising another order."""
+    names = list(regions)
+    for index, first in enumerate(names):
+        for second in names[index + 1:]:
+            a, b = set(regions[first]), set(regions[second])
+            if a & b and not (a <= b or b <= a):
+                raise RegionError(f"regions '{first}' {list(regions[first])} and '{second}' {list(regions[second])} "
+                                  "overlap without one containing the other; only nested regions (as BraTS's "
+                                  "whole tumor, tumor core, enhancing tumor) or disjoint ones are supported")
 
 
 def _check_read_back(scheme: RegionScheme) -> None:
