@@ -111,3 +111,31 @@ def test_a_badly_formed_region_is_one_line_naming_the_dataset_json(tmp_path, cap
     assert main(["evaluate", str(pred), str(gt)]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam:")]
     assert len(err) == 1 and "Dataset004/dataset.json: " in err[0] and said in err[0], err
+
+
+def test_a_region_prediction_scored_without_dataset_json_gets_a_hint_to_give_it(tmp_path, capsys):
+    """Regions of values 1-4, 3-4 and 5, painted 1, 3 and 5: scored by value, the ground truth's 2
+    and 4 are in no prediction (Dice 0 everywhere). One warning line names them and --dataset-json;
+    with it the regions are scored (Dice 1) and nothing is said."""
+    from MaskSAMCore.data.regions import region_scheme
+
+    labels = {"background": 0, "solid organs": [1, 2, 3, 4], "kidneys": [3, 4], "aorta": 5}
+    scheme = region_scheme(labels, [1, 3, 5])
+    truth = np.zeros(GEOMETRY.shape_zyx, np.uint8)
+    for value in range(1, 6):
+        truth[value - 1, 2:6, 2:6] = value
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    write_label(truth, GEOMETRY, gt / "case_a.nii.gz")
+    write_label(scheme.to_output(scheme.to_classes(truth)), GEOMETRY, pred / "case_a.nii.gz")
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: warning:")]
+    assert len(warnings) == 1 and "label value(s) 2, 4 of the ground truth are in no prediction" in warnings[0]
+    assert "--dataset-json" in warnings[0]
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps({"labels": labels, "regions_class_order": [1, 3, 5]}))
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(dataset_json)]) == 0
+    captured = capsys.readouterr()
+    assert "masksam: warning:" not in captured.err
+    report = json.loads("\n".join(l for l in captured.out.splitlines() if not l.startswith("@masksam ")))
+    assert [entry["dice"] for entry in report["per_class"].values()] == [1.0, 1.0, 1.0]

@@ -200,13 +200,14 @@ def read_label_masks(path: Path, names: Dict[str, Structure],
 
 def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[Structure],
                   ignore: Optional[int] = None,
-                  names: Optional[Dict[str, Structure]] = None) -> Dict[str, Dict[Structure, Optional[float]]]:
+                  names: Optional[Dict[str, Structure]] = None) -> Dict[str, Any]:
     """Dice and HD95 per structure for one pair of label maps on the same grid: for `structures`
     (a class or a region: the voxels holding any of its values) and for every other foreground
     value present in either map (as a structure of one). Voxels whose ground truth is `ignore`
     (nnU-Net's unannotated voxels) count for no structure, as in nnU-Net; `ignore` is no structure
     either where a prediction holds it (it then misses the truth's structure there). `names`
-    (label name -> values): what a Slicer segmentation's segments are matched to."""
+    (label name -> values): what a Slicer segmentation's segments are matched to. Also returns
+    ``predicted_values``: the values the prediction holds (None for a Slicer segmentation)."""
     names = names or {}
     prediction_is_segmentation = is_slicer_segmentation(prediction_file)
     truth_is_segmentation = is_slicer_segmentation(truth_file)
@@ -236,7 +237,20 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
         p, g = predicted.mask(structure) & annotated, actual.mask(structure) & annotated
         dice[structure] = metrics.dice(p, g)
         hd95[structure] = metrics.hausdorff95(p, g, spacing, steps)
-    return {"dice": dice, "hd95_mm": hd95}
+    held = predicted.values(annotated) if isinstance(predicted, LabelMasks) else None
+    return {"dice": dice, "hd95_mm": hd95, "predicted_values": held}
+
+
+def never_predicted(results: Sequence[Dict[str, Any]]) -> List[int]:
+    """The foreground values of the cases' structures that no prediction holds (label maps only).
+    Scored by value without a dataset.json, a region model's prediction, which paints each region
+    with one value (1, 3, 5 for regions of 1-4, 3-4 and 5), never holds the others (2, 4): they
+    get Dice 0 in every case, which reads as a failed model rather than a missing option."""
+    if not results or any(result["predicted_values"] is None for result in results):
+        return []
+    held = {value for result in results for value in result["predicted_values"]}
+    scored = {structure for result in results for structure in result["dice"]}
+    return sorted(structure[0] for structure in scored if len(structure) == 1 and structure[0] not in held)
 
 
 def _mean(values) -> Optional[float]:
@@ -262,6 +276,12 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
                         evaluate_case(prediction_file, truth_file, list(declared), ignore, names)))
         bar.advance()
     bar.close()
+    missing = never_predicted([result for *_, result in results]) if labels is None else []
+    if missing:
+        print_warning(f"label value(s) {list_some(missing, shown=5)} of the ground truth are in no prediction "
+                      "(Dice 0); without a dataset.json every value is scored as a class of its own - for a region "
+                      "model's predictions, which paint one value per region, give --dataset-json (the model "
+                      "folder's dataset.json) to score its regions")
     seen = {structure for *_, result in results for structure in result["dice"]}
     names = {**declared, **{s: f"label_{s[0]}" for s in sorted(seen) if s not in declared}}
     if not regions:   # classes by value; regions in dataset.json's order, then the values it lacks
