@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from MaskSAMCore.inference.sinks import _HostSink
+from MaskSAMCore.inference.sinks import Sink
 from MaskSAMCore.inference.windows import Window, WindowGrid, gaussian_importance
 
 
@@ -31,7 +31,7 @@ class SlabAccumulator:
     """
 
     def __init__(self, grid: WindowGrid, num_classes: int, depth: int, device: torch.device,
-                 sink: _HostSink) -> None:
+                 sink: Sink) -> None:
         self.grid = grid
         self.device = torch.device(device)
         self.sink = sink

@@ -9,7 +9,10 @@ Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
   the network's class scores (sum over queries of softmax(class) x sigmoid(mask), averaged over
   windows and flips), resampled to the input's grid exactly as for the label map and then divided
   by their sum over classes, so at every voxel the label map's class has the highest probability
-  (``argmax`` can still name a lower class where float16 rounding makes the two equal). Outside
+  up to float16 rounding: the label map is the argmax of the float32 scores (the one a run without
+  probabilities writes, `sinks.ScoresAndLabelsSink`), while these come from the scores kept on the
+  host in float16, so where two classes lie within that rounding of each other ``argmax`` of the
+  probabilities may name the other one (or a lower class, the two being equal). Outside
   the cropped non-zero region, and where no class has any score, the background has probability 1.
 - ``class_names`` (K,), and the grid in ITK order: ``size``, ``spacing``, ``origin``, ``direction``.
 

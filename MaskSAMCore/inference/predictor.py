@@ -9,11 +9,12 @@ Gaussian weights, every flip combination over the axes training mirrored - 8 for
 4 when training kept left and right apart - on CUDA batched into one forward in bf16, on the CPU
 one flip per forward) -> back to the input's grid:
 the scores are resampled to it slab by slab on the device as windows finish and only the argmax
-goes to the host (`restore_sink.py`; the same result as the data layer's `restore_scores_argmax`,
-which is used when `--probabilities` keeps all scores anyway), or, when preprocessing did not
-resample, the argmax on the device + `restore_label_map` -> the label map written with the
-input's exact geometry. A region model (`data/regions.py`) then paints each class with the value
-of its last region, as nnU-Net writes region predictions.
+goes to the host (`restore_sink.py`; the same result as the data layer's `restore_scores_argmax`),
+or, when preprocessing did not resample, the argmax on the device + `restore_label_map` -> the
+label map written with the input's exact geometry. `--probabilities` keeps every class's scores
+(float16) on the host as well, beside that same label map (`sinks.ScoresAndLabelsSink`). A region
+model (`data/regions.py`) then paints each class with the value of its last region, as nnU-Net
+writes region predictions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.image_io import ImageGeometry, read_case
-from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax
+from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.slicer_segmentation import is_segmentation_file, write_segmentation
 from MaskSAMCore.errors import InputError, ModelFolderError, describe_path
@@ -242,30 +243,33 @@ class Predictor:
         """Run the network on a prepared case; restore (and write) the labels on its own grid."""
         properties = case.properties
         resampled = list(properties["shape_after_resampling"]) != list(properties["shape_after_transpose"])
-        # Probabilities need every class's scores on the host; otherwise only labels travel back:
-        # the argmax on the device, after resampling slab by slab when preprocessing resampled.
-        output = "scores" if probabilities else ("restored" if resampled else "labels")
+        # Only labels travel back: the argmax on the device, after resampling slab by slab when
+        # preprocessing resampled. Probabilities need every class's scores on the host as well;
+        # the labels still come from the float32 argmax, so --probabilities never changes them.
+        label_output = "restored" if resampled else "labels"
+        output = f"scores+{label_output}" if probabilities else label_output
         grid = WindowGrid(tuple(case.data.shape[1:]), self.patch, self.options.step)
         settings = self.window_settings()
         start = time.perf_counter()
-        restore_shape = properties["shape_after_transpose"] if output == "restored" else None
+        restore_shape = properties["shape_after_transpose"] if resampled else None
         result, settings = self._sliding_window(case, settings, output, should_cancel, restore_shape)
         network_seconds = time.perf_counter() - start
         self.settings = settings  # what worked (after any out-of-memory fallback) for the next case
         case.data = np.empty((0,), np.float32)  # the preprocessed image is no longer needed
 
         start = time.perf_counter()
-        if output == "scores":
-            labels = restore_scores_argmax(result, properties, self.plan)
-        elif output == "restored":
+        scores = None
+        if probabilities:
+            scores, result = result
+        if resampled:
             labels = finish_labels(result, properties)
         else:
             labels = restore_label_map(result, properties, self.plan)
         if self.regions is not None:
             labels = self.regions.to_output(labels)
         if output_path is not None:
-            if probabilities:
-                write_probabilities(result, properties, self.class_names, probabilities_path(output_path),
+            if scores is not None:
+                write_probabilities(scores, properties, self.class_names, probabilities_path(output_path),
                                     then=lambda: self._write_labels(labels, case, output_path))
             else:
                 self._write_labels(labels, case, output_path)

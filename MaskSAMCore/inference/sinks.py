@@ -4,7 +4,9 @@ A sink receives normalised score blocks (K, n, Y, X) for consecutive real slices
 them on the host, either as float16 scores (`HostScoreSink`, for probability output, which needs
 every class) or as an argmax label map (`LabelSink`, when preprocessing did not resample: K times
 less host memory). A third kind, `restore_sink.ResampledLabelSink`, resamples the scores to the
-input grid on the device before the argmax.
+input grid on the device before the argmax. `ScoresAndLabelsSink` feeds one block to a score
+sink and a label sink, so that the label map written beside probabilities is the float32 argmax
+a run without them writes, not an argmax of float16 scores (which rounding can tip at near-ties).
 
 On a CUDA device the block is reduced/cast on the GPU, copied into pinned host memory with
 ``non_blocking=True``, and a background thread waits for that copy's event and moves the data
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -128,3 +130,32 @@ class LabelSink(_HostSink):
     def result(self) -> np.ndarray:
         self.finish()
         return self.labels
+
+
+class ScoresAndLabelsSink:
+    """Both float16 scores (K, Z, Y, X) and a label map from the same float32 blocks.
+
+    `labels` is the sink a run without probabilities would use (`LabelSink`, or
+    `restore_sink.ResampledLabelSink` when preprocessing resampled), so adding probabilities
+    cannot change the label map. Costs one more label map on the host (uint8: 1/32 of the float16
+    scores of 16 classes) instead of float32 scores (twice the float16 ones: 10 GB for a
+    512 x 512 x 600 CT of 16 classes), which would also keep the argmax of the float32 path."""
+
+    def __init__(self, scores: HostScoreSink, labels: _HostSink) -> None:
+        self.scores = scores
+        self.labels = labels
+
+    def put(self, z_start: int, block: torch.Tensor) -> None:
+        self.labels.put(z_start, block)
+        self.scores.put(z_start, block)
+
+    def result(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(scores (K, Z, Y, X) float16, the label sink's result)."""
+        return self.scores.result(), self.labels.result()
+
+    def close(self) -> None:
+        self.scores.close()
+        self.labels.close()
+
+
+Sink = Union[_HostSink, ScoresAndLabelsSink]   # what the accumulator hands finished slices to

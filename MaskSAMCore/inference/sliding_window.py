@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,12 +24,13 @@ from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.accumulator import SlabAccumulator
 from MaskSAMCore.inference.mirroring import SPATIAL_AXES, flip_combinations, mirrored_predict
 from MaskSAMCore.inference.restore_sink import ResampledLabelSink
-from MaskSAMCore.inference.sinks import HostScoreSink, LabelSink
+from MaskSAMCore.inference.sinks import HostScoreSink, LabelSink, ScoresAndLabelsSink, Sink, _HostSink
 from MaskSAMCore.inference.staging import WindowFeeder
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.progress import Progress, emit
 
 Network = Callable[[torch.Tensor], torch.Tensor]
+OUTPUTS = ("scores", "labels", "restored", "scores+labels", "scores+restored")
 
 
 class OutOfMemory(MaskSAMError):
@@ -84,18 +85,20 @@ def sliding_window_predict(
     progress_stage: Optional[str] = "predict",
     should_cancel: Optional[Callable[[], bool]] = None,
     restore_shape: Optional[Sequence[int]] = None,
-) -> Tuple[np.ndarray, bool]:
+) -> Tuple[Any, bool]:
     """Predict every voxel of volume (C, Z, Y, X) float32 (host) with overlapping windows.
 
     network: device tensor (M, C, T, H, W) -> (M, K, T, H, W) scores, any M.
     output: "scores" -> (K, Z, Y, X) float16 normalised scores; "labels" -> (Z, Y, X) argmax
     (uint8, int16 beyond 256 classes); "restored" -> the argmax of the scores resampled
-    (linearly) to `restore_shape`, computed slab by slab (see `restore_sink.py`).
+    (linearly) to `restore_shape`, computed slab by slab (see `restore_sink.py`);
+    "scores+labels", "scores+restored" -> (scores, labels) from the same blocks (the labels as
+    without the scores: `sinks.ScoresAndLabelsSink`).
     Returns (result, all_finite).
     """
-    if output not in ("scores", "labels", "restored"):
-        raise ValueError(f"output must be 'scores', 'labels' or 'restored', not {output!r}")
-    if (output == "restored") != (restore_shape is not None):
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+    if output.endswith("restored") != (restore_shape is not None):
         raise ValueError("restore_shape is needed for, and only for, output='restored'")
     device = torch.device(device)
     host_volume = torch.as_tensor(volume, dtype=torch.float32)
@@ -104,10 +107,7 @@ def sliding_window_predict(
     grid = WindowGrid(tuple(host_volume.shape[1:]), tuple(patch), settings.step)
     batches = grid.batches(settings.window_batch)
     accumulate_device = torch.device("cpu") if settings.accumulate_on_host else device
-    if output == "restored":
-        sink = ResampledLabelSink(num_classes, grid.shape, restore_shape, accumulate_device)
-    else:
-        sink = (HostScoreSink if output == "scores" else LabelSink)(num_classes, grid.shape, accumulate_device)
+    sink = _sink(output, num_classes, grid.shape, restore_shape, accumulate_device)
     accumulator = SlabAccumulator(grid, num_classes, grid.slab_depth(settings.window_batch),
                                   accumulate_device, sink)
     feeder = WindowFeeder(host_volume, grid, batches, device,
@@ -136,6 +136,22 @@ def sliding_window_predict(
     return result, finite
 
 
+def _sink(output: str, num_classes: int, shape: Tuple[int, int, int], restore_shape: Optional[Sequence[int]],
+          device: torch.device) -> Sink:
+    """The sink for `output` (see `sliding_window_predict`), accumulating on `device`."""
+    if output == "scores":
+        return HostScoreSink(num_classes, shape, device)
+    labels: _HostSink
+    if output.endswith("restored"):
+        assert restore_shape is not None
+        labels = ResampledLabelSink(num_classes, shape, restore_shape, device)
+    else:
+        labels = LabelSink(num_classes, shape, device)
+    if output.startswith("scores+"):
+        return ScoresAndLabelsSink(HostScoreSink(num_classes, shape, device), labels)
+    return labels
+
+
 def predict_with_fallback(
     volume: Union[np.ndarray, torch.Tensor],
     network: Network,
@@ -148,7 +164,7 @@ def predict_with_fallback(
     should_cancel: Optional[Callable[[], bool]] = None,
     case_name: str = "the image",
     restore_shape: Optional[Sequence[int]] = None,
-) -> Tuple[np.ndarray, bool, WindowSettings]:
+) -> Tuple[Any, bool, WindowSettings]:
     """`sliding_window_predict`, retried with fewer windows per forward, fewer flips per forward,
     then host accumulation when the GPU runs out of memory. Returns (result, finite, settings
     that worked) so the caller can start the next case with them."""
