@@ -261,9 +261,9 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                    help="file ending for folder output (default: the input's; .seg.nrrd: 3D Slicer segmentation; "
                         ".dcm: DICOM SEG, for DICOM input)")
     p.add_argument("--continue", dest="continue_run", action="store_true",
-                   help="skip the cases whose output (and probabilities file, with --probabilities) is there "
-                        "already, as after an interrupted run (outputs are written whole or not at all), unless "
-                        "it is older than the case's image or the model's checkpoint")
+                   help="skip the cases whose output (and probabilities file, with --probabilities, not older "
+                        "than the label map) is there already, as after an interrupted run (outputs are written "
+                        "whole or not at all), unless it is older than the case's image or the model's checkpoint")
     _add_device(p)
 
 

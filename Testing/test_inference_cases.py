@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -191,6 +192,34 @@ def test_continue_segments_again_what_is_older_than_its_image_or_the_model(model
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue"]) == 0
     err = capsys.readouterr().err
     assert "2 case(s) have an output older than" in err and "have their output already" not in err
+
+
+def test_a_label_map_never_stands_beside_the_probabilities_of_another_run(model, tmp_path, capsys):
+    """A run without --probabilities replacing a label map removes the probabilities an earlier
+    run left beside it (saying so), and `--continue --probabilities` does not take a probabilities
+    file older than its label map (left so by an interrupted or older run) as that label map's."""
+    inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
+    inputs.mkdir()
+    image = (np.random.default_rng(3).random((6, 16, 16)) * 100).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(inputs / "a.nii.gz"))
+    run = ["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]
+    assert main([*run, "--probabilities"]) == 0
+    earlier = (outputs / "a_probabilities.npz").read_bytes()
+    written = (outputs / "a_probabilities.npz").stat().st_mtime
+    capsys.readouterr()
+    assert main(run) == 0
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz"]
+    assert f"removed {describe_path(outputs / 'a_probabilities.npz')}, an earlier run's probabilities" in \
+        capsys.readouterr().err
+    (outputs / "a_probabilities.npz").write_bytes(earlier)   # the first run's, as an interrupted run leaves it
+    os.utime(outputs / "a_probabilities.npz", (written, written))
+    assert main([*run, "--probabilities", "--continue"]) == 0
+    err = capsys.readouterr().err
+    assert "1 case(s) have a probabilities file older than their label map (another run's) and are segmented " \
+           "again (a)" in err and "a -> " in err
+    assert (outputs / "a_probabilities.npz").stat().st_mtime >= (outputs / "a.nii.gz").stat().st_mtime
+    assert main([*run, "--probabilities", "--continue"]) == 0    # a pair written together is finished
+    assert "1 of 1 case(s) have their output already" in capsys.readouterr().err
 
 
 def _make_older(path, than):

@@ -44,6 +44,19 @@ def probabilities_path(label_path: "os.PathLike[str] | str") -> Path:
     return label_path.with_name(f"{stem}_probabilities.npz")
 
 
+def remove_stale_probabilities(label_path: "os.PathLike[str] | str") -> Optional[Path]:
+    """Remove the probabilities file beside a label map just written without probabilities: it
+    belongs to the label map of an earlier run, and a label map must never stand beside the
+    probabilities of another run (`--continue --probabilities` would take the pair as finished).
+    Returns the path removed, or None."""
+    path = probabilities_path(label_path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
+
+
 def write_labels(labels: np.ndarray, geometry: ImageGeometry, path: "os.PathLike[str] | str",
                  source: "Optional[os.PathLike[str] | str]" = None) -> None:
     """Write labels (z, y, x) on `geometry` atomically; the shapes must agree exactly. `source`:
@@ -111,3 +124,7 @@ def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_na
                     np.lib.format.write_array(member, value, allow_pickle=False)
         if then is not None:
             then()
+            # The npz was closed before the label map was written: date it after the label map, so
+            # that `--continue` tells a pair written together (npz not older) from a label map a
+            # later run replaced beside it (`run.split_finished`).
+            os.utime(temporary)

@@ -38,7 +38,8 @@ from MaskSAMCore.data.slicer_segmentation import is_segmentation_file, write_seg
 from MaskSAMCore.errors import InputError, ModelFolderError, describe_path
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.dicom_seg import is_seg_output, seg_structures, write_dicom_seg
-from MaskSAMCore.inference.export import probabilities_path, write_labels, write_probabilities
+from MaskSAMCore.inference.export import (probabilities_path, remove_stale_probabilities, write_labels,
+                                          write_probabilities)
 from MaskSAMCore.inference.input_checks import check_fits_host_memory, check_image, intensity_warnings
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.restore_sink import finish_labels
@@ -273,9 +274,19 @@ class Predictor:
                                     then=lambda: self._write_labels(labels, case, output_path))
             else:
                 self._write_labels(labels, case, output_path)
+                self._remove_stale_probabilities(output_path)
         export_seconds = time.perf_counter() - start
         timings = {"preprocess_s": case.seconds, "network_s": network_seconds, "export_s": export_seconds}
         return PredictionResult(labels, timings, settings, len(grid))
+
+    def _remove_stale_probabilities(self, output_path: "os.PathLike[str] | str") -> None:
+        """An earlier run's probabilities beside the label map just replaced no longer match it."""
+        removed = remove_stale_probabilities(output_path)
+        if removed is not None:
+            message = (f"removed {describe_path(removed)}, an earlier run's probabilities, which no longer match "
+                       "the new label map (--probabilities writes new ones)")
+            print(f"masksam: {message}", file=sys.stderr)
+            emit("message", message=message)
 
     def _write_labels(self, labels: np.ndarray, case: PreparedCase, path: "os.PathLike[str] | str") -> None:
         """The label map as an image file on the input's grid, as a 3D Slicer segmentation

@@ -160,13 +160,15 @@ def _cases(args: argparse.Namespace, channels: int, model_modality: str) -> Tupl
 
 
 def split_finished(cases: List[Case], probabilities: bool,
-                   model_file: Path) -> Tuple[List[Case], List[Case], List[Case]]:
-    """The cases still to segment, those an earlier run has segmented, and those among the first
-    whose outputs an earlier run wrote but which are older than the case's image files or the
-    model's checkpoint MODEL_FILE (as `make` judges: a scan exported again, a model trained
-    further since). A case is segmented when its label map (and, with `probabilities`, its
-    probabilities file) exists; outputs are written atomically, so one that exists is whole.
-    Which model wrote it is not known."""
+                   model_file: Path) -> Tuple[List[Case], List[Case], List[Case], List[Case]]:
+    """The cases still to segment, those an earlier run has segmented, and two kinds among the
+    first: those whose outputs an earlier run wrote but which are older than the case's image
+    files or the model's checkpoint MODEL_FILE (as `make` judges: a scan exported again, a model
+    trained further since), and, with `probabilities`, those whose probabilities file is older
+    than its label map (a later run replaced the label map alone: the two are not one run's).
+    A case is segmented when its label map (and, with `probabilities`, its probabilities file)
+    exists; outputs are written atomically, so one that exists is whole. Which model wrote it is
+    not known."""
     def outputs(case: Case) -> List[Path]:
         return [case.output_file, *([probabilities_path(case.output_file)] if probabilities else [])]
 
@@ -174,10 +176,16 @@ def split_finished(cases: List[Case], probabilities: bool,
         sources = [model_file, *case.input_files]
         return min(p.stat().st_mtime for p in outputs(case)) >= max(p.stat().st_mtime for p in sources)
 
+    def unpaired(case: Case) -> bool:
+        # write_probabilities dates the npz after the label map it writes with it
+        labels, scores = outputs(case)
+        return scores.stat().st_mtime < labels.stat().st_mtime
+
     written = [c for c in cases if all(p.is_file() for p in outputs(c))]
     outdated = [c for c in written if not up_to_date(c)]
-    finished = [c for c in written if c not in outdated]
-    return [c for c in cases if c not in finished], finished, outdated
+    mismatched = [c for c in written if probabilities and c not in outdated and unpaired(c)]
+    finished = [c for c in written if c not in outdated and c not in mismatched]
+    return [c for c in cases if c not in finished], finished, outdated, mismatched
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
@@ -194,13 +202,17 @@ def run_predict(args: argparse.Namespace) -> int:
     cases, series_left_out = _cases(args, predictor.config.in_channels, predictor.modality)
     if getattr(args, "continue_run", False):
         model_file = ModelFolder.load(args.model_dir).checkpoint_path(args.checkpoint)
-        remaining, finished, outdated = split_finished(cases, args.probabilities, model_file)
+        remaining, finished, outdated, mismatched = split_finished(cases, args.probabilities, model_file)
         if finished:
             print(f"masksam: --continue: {len(finished)} of {len(cases)} case(s) have their output already and "
                   f"are skipped ({list_some([case.name for case in finished])})", file=sys.stderr)
         if outdated:
             print(f"masksam: --continue: {len(outdated)} case(s) have an output older than their image or the "
                   f"model's {model_file.name} and are segmented again ({list_some([c.name for c in outdated])})",
+                  file=sys.stderr)
+        if mismatched:
+            print(f"masksam: --continue: {len(mismatched)} case(s) have a probabilities file older than their label "
+                  f"map (another run's) and are segmented again ({list_some([c.name for c in mismatched])})",
                   file=sys.stderr)
         cases = remaining
         if not cases:
