@@ -255,8 +255,10 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
                         "see benchmarks/README.md)")
     p.add_argument("--window-batch", type=at_least(1), default=None, help="windows per forward (default: automatic)")
     p.add_argument("--probabilities", action="store_true",
-                   help="also write CASE_probabilities.npz: (K, z, y, x) float16 on the input's grid, "
-                        "channel k = label value k, summing to 1 per voxel")
+                   help="also write CASE_probabilities.npz: (K, z, y, x) float16 on the input's grid, one "
+                        "channel per class of the model, summing to 1 per voxel; label_values[k] is the label "
+                        "channel k is written as (k for a class model; a region model's classes are painted "
+                        "with their regions' values, and its 'regions' names each region's channels)")
     p.add_argument("--output-ending", default=None,
                    help="file ending for folder output (default: the input's; .seg.nrrd: 3D Slicer segmentation; "
                         ".dcm: DICOM SEG, for DICOM input)")

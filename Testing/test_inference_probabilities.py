@@ -76,3 +76,42 @@ def test_voxels_without_any_score_are_background_with_probability_1(tmp_path):
     probabilities = read_probabilities(tmp_path / "p.npz")["probabilities"]
     np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)
     assert (labels[:, -5:] == 0).all() and (probabilities[0][:, -5:] == 1).all()
+
+
+def test_the_file_says_which_label_each_channel_is_written_as_and_a_region_models_regions(tmp_path):
+    """A region model's channels are its classes, not label values: channel 2 (values 3 and 4,
+    "kidneys" inside "solid organs") is written as 3, and "solid organs" is channels 1 and 2."""
+    import json
+
+    import torch
+    from test_inference_contracts import StandIn, smooth_case, stand_in_predictor
+    from test_training_regions import CLASSES as REGION_CLASSES, ORDER, REGIONS
+
+    from MaskSAMCore.data.image_io import read_label
+    from MaskSAMCore.data.regions import region_scheme
+
+    def four_bands(patches: torch.Tensor) -> torch.Tensor:
+        """Class k wins in the k-th band of the normalised intensity."""
+        centres = torch.tensor([-1.5, -0.5, 0.5, 1.5])[None, :, None, None, None]
+        return torch.exp(-(patches[:, :1] - centres) ** 2)
+
+    image, geometry = smooth_case()
+    predictor = stand_in_predictor(StandIn(4, four_bands), (3.0, 1.0, 1.0))
+    predictor.regions, predictor.class_names = region_scheme(REGIONS, ORDER), list(REGION_CLASSES)
+    predictor.predict_prepared(predictor.prepare(image, geometry), tmp_path / "case.nii.gz", probabilities=True)
+    saved = read_probabilities(tmp_path / "case_probabilities.npz")
+    assert saved["label_values"].tolist() == [0, 1, 3, 5]
+    assert json.loads(str(saved["regions"])) == {
+        "solid organs": {"channels": [1, 2], "label_values": [1, 2, 3, 4], "written_as": 1},
+        "kidneys": {"channels": [2], "label_values": [3, 4], "written_as": 3},
+        "aorta": {"channels": [3], "label_values": [5], "written_as": 5}}
+    # what the label map holds where a channel wins: its label value
+    labels = read_label(tmp_path / "case.nii.gz")[0]
+    assert set(np.unique(labels).tolist()) == {0, 1, 3, 5}
+    assert (saved["label_values"][saved["probabilities"].argmax(axis=0)] == labels).mean() > 0.999
+
+    plan, properties = resampling_case()
+    scores = network_like_scores(properties["shape_after_resampling"])
+    write_probabilities(scores, properties, [f"class_{k}" for k in range(CLASSES)], tmp_path / "classes.npz")
+    saved = read_probabilities(tmp_path / "classes.npz")
+    assert saved["label_values"].tolist() == [0, 1, 2, 3] and "regions" not in saved

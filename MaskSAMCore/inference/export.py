@@ -5,7 +5,7 @@ the input); with probabilities, inside the npz's own atomic write, so the pair a
 Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
 
 - ``probabilities``: (K, z, y, x) float16 on the input's own grid (array order as SimpleITK's
-  ``GetArrayFromImage``), class k = label value k, summing to 1 over k at every voxel. They are
+  ``GetArrayFromImage``), channel k = the model's class k, summing to 1 over k at every voxel. They are
   the network's class scores (sum over queries of softmax(class) x sigmoid(mask), averaged over
   windows and flips), resampled to the input's grid exactly as for the label map and then divided
   by their sum over classes, so at every voxel the label map's class has the highest probability
@@ -14,7 +14,14 @@ Probabilities (`--probabilities`) go to ``CASE_probabilities.npz`` beside it:
   host in float16, so where two classes lie within that rounding of each other ``argmax`` of the
   probabilities may name the other one (or a lower class, the two being equal). Outside
   the cropped non-zero region, and where no class has any score, the background has probability 1.
-- ``class_names`` (K,), and the grid in ITK order: ``size``, ``spacing``, ``origin``, ``direction``.
+- ``class_names`` (K,); ``label_values`` (K,): the value the label map holds where channel k's
+  class wins - k itself for a class model; for a region model (`data/regions.py`) the value of the
+  last region the class belongs to, as predictions are painted (so channel k is not label value k);
+- for a region model only, ``regions``: a JSON text (``json.loads(str(npz["regions"]))``) naming
+  each region's ``channels`` (its probability is their sum, regions being unions of classes),
+  its ``label_values`` in dataset.json (the label map's voxels holding any of them are the region)
+  and the value it is ``written_as`` (``regions_class_order``);
+- the grid in ITK order: ``size``, ``spacing``, ``origin``, ``direction``.
 
 The npz is written one class at a time straight into the zip member, so memory holds one class
 on the original grid at a time, not K of them.
@@ -22,6 +29,7 @@ on the original grid at a time, not K of them.
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -33,6 +41,7 @@ from MaskSAMCore.atomic import atomic_path
 from MaskSAMCore.data.image_io import ImageGeometry, write_label
 from MaskSAMCore.data.nifti_transforms import keeps_own_placement
 from MaskSAMCore.data.preprocessing import to_original_grid
+from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.resampling import resample_array
 from MaskSAMCore.inference.cases import split_output_ending
 
@@ -86,15 +95,31 @@ def _class_on_original_grid(score: np.ndarray, total: np.ndarray, background: bo
                             fill=1.0 if background else 0.0)
 
 
+def channel_description(class_names: Sequence[str], regions: Optional[RegionScheme]) -> Dict[str, np.ndarray]:
+    """The npz entries saying what the K channels are: ``class_names``, ``label_values`` and, for
+    a region model, ``regions`` (see the module docstring), so that the file is read without the
+    model folder, and a region model's channel is never taken for a label value."""
+    described = {"class_names": np.asarray(list(class_names), dtype=str),
+                 "label_values": (np.arange(len(class_names)) if regions is None else regions.output_lookup())}
+    if regions is not None:
+        channels = regions.region_classes
+        described["regions"] = np.asarray(json.dumps({
+            name: {"channels": channels[name], "label_values": list(values), "written_as": written}
+            for (name, values), written in zip(regions.regions.items(), regions.class_order)}))
+    return described
+
+
 def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_names: Sequence[str],
                         path: "os.PathLike[str] | str",
-                        then: Optional[Callable[[], None]] = None) -> None:
+                        then: Optional[Callable[[], None]] = None,
+                        regions: Optional[RegionScheme] = None) -> None:
     """Write the npz described in the module docstring from scores (K, T', H', W') on the
     network grid (float16 or float32), atomically.
 
     `then` runs once the npz is complete but before it is renamed into place (the label map is
     written there): an error or a cancel at any earlier moment leaves neither new file, and a
-    label map never stands beside the probabilities of another run.
+    label map never stands beside the probabilities of another run. `regions`: a region model's
+    scheme, described in the file (`channel_description`).
     """
     geometry = ImageGeometry.from_dict(properties["original_geometry"])
     classes = scores.shape[0]
@@ -115,7 +140,7 @@ def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_na
                     member.write(np.ascontiguousarray(
                         _class_on_original_grid(scores[k], total, k == 0, properties)).tobytes())
             extras = {
-                "class_names": np.asarray(list(class_names), dtype=str),
+                **channel_description(class_names, regions),
                 "size": np.asarray(geometry.size), "spacing": np.asarray(geometry.spacing),
                 "origin": np.asarray(geometry.origin), "direction": np.asarray(geometry.direction),
             }

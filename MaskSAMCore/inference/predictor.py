@@ -271,7 +271,7 @@ class Predictor:
         if output_path is not None:
             if scores is not None:
                 write_probabilities(scores, properties, self.class_names, probabilities_path(output_path),
-                                    then=lambda: self._write_labels(labels, case, output_path))
+                                    then=lambda: self._write_labels(labels, case, output_path), regions=self.regions)
             else:
                 self._write_labels(labels, case, output_path)
                 self._remove_stale_probabilities(output_path)
