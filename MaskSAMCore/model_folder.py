@@ -10,6 +10,7 @@ Checkpoints are plain containers of tensors saved atomically and loaded with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -48,10 +49,47 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> None:
-    """Atomically `torch.save` a dict of plain values (tensors, numbers, strings, lists, dicts)."""
+    """Atomically `torch.save` a dict of plain values (tensors, numbers, strings, lists, dicts).
+
+    A failed write raises the system's `OSError` naming `path` (a quota, a file-size limit, an
+    NFS I/O error, a full disk), not torch's "unexpected pos" `RuntimeError`: given a file name,
+    torch writes through a C++ stream that drops the reason. So the file is written by Python,
+    which keeps it, and torch streams into it (no second copy of a large checkpoint in memory).
+    """
     payload = {"format": CHECKPOINT_FORMAT, "format_version": 1, **payload}
     with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+        file = open(temporary, "wb")
+        writer = _FailedWriteKeeper(file)
+        try:
+            torch.save(payload, writer)
+            file.close()   # its last buffered write may be the one that fails
+        except (OSError, RuntimeError) as exc:
+            error = writer.error or (exc if isinstance(exc, OSError) else None)
+            if error is None:
+                raise
+            raise OSError(error.errno, error.strerror or str(error), os.fspath(path)) from None
+        finally:
+            with contextlib.suppress(OSError):   # (after a failed write, closing fails again)
+                file.close()
+
+
+class _FailedWriteKeeper:
+    """A writable file that keeps the `OSError` of its first failed write (torch's writer
+    catches it and raises its own error without the reason)."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:

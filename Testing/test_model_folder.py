@@ -149,8 +149,7 @@ def test_a_checkpoint_save_that_dies_half_way_keeps_the_previous_checkpoint(tmp_
     save_checkpoint(path, {"weights": {"w": torch.ones(3)}, "epoch": 4})
 
     def dies_half_way(payload, file):
-        with open(file, "wb") as handle:
-            handle.write(b"PK\x03\x04 half a zip")
+        file.write(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies_half_way)
@@ -176,8 +175,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_the_file(tmp_p
     usage = namedtuple("usage", "total used free")
 
     def fills_the_disk(payload, file):
-        with open(file, "wb") as handle:
-            handle.write(b"PK\x03\x04 part")
+        file.write(b"PK\x03\x04 part")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4030")
 
     monkeypatch.setattr(torch, "save", fills_the_disk)

@@ -222,8 +222,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_whole(tmp_path
     checkpoint_io.write(tmp_path, "latest", checkpoint_io.weights_payload(model, "all", 1))
 
     def dies_half_way(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise RuntimeError("killed while writing")
 
     monkeypatch.setattr(torch, "save", dies_half_way)

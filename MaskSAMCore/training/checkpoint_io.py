@@ -69,7 +69,24 @@ def resume_payload(model: nn.Module, scope: str, epoch: int, optimizer: torch.op
 
 
 def write(model_dir: "os.PathLike[str] | str", which: str, payload: Dict[str, Any]) -> None:
-    save_checkpoint(checkpoint_path(model_dir, which), payload)
+    """`save_checkpoint` for the trainer. A write the system refused (a full disk, a quota, a
+    file-size limit, an I/O error) is an `OSError` that names the file, its cause and what is
+    left to continue from: checkpoints are replaced atomically, so the previous checkpoint_latest
+    still holds the last epoch it saved."""
+    path = checkpoint_path(model_dir, which)
+    try:
+        save_checkpoint(path, payload)
+    except OSError as exc:
+        cause = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+        raise OSError(exc.errno, f"{cause}; {_what_is_left(model_dir)}", path) from None
+
+
+def _what_is_left(model_dir: "os.PathLike[str] | str") -> str:
+    """After a failed checkpoint write: where the training can go on from once there is room."""
+    room = "make room (free space, or raise the disk quota or file-size limit)"
+    if os.path.isfile(checkpoint_path(model_dir, "latest")):
+        return f"the previous {CHECKPOINT_FILES['latest']} is intact: {room} and continue with --resume"
+    return f"no epoch was saved yet: {room} and start the training again"
 
 
 def read_for_resume(model_dir: "os.PathLike[str] | str") -> Dict[str, Any]:
