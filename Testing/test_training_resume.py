@@ -180,3 +180,31 @@ def test_the_resume_checkpoint_carries_the_mixed_precision_loss_scale():
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     assert checkpoint_io.resume_payload(model, "all", 3, optimizer, disabled, [], None, None, None, {},
                                         [])["grad_scaler"] is None
+
+
+def test_a_death_between_the_epochs_checkpoints_leaves_no_best_of_an_unlogged_epoch(tmp_path, monkeypatch):
+    """Killed between the epoch's two checkpoint writes: checkpoint_best.pt must never hold an
+    epoch that checkpoint_latest.pt and the log do not have, and --resume gives it the best one."""
+    written = []
+    save = checkpoint_io.write
+
+    def killed_after_the_first_write(model_dir, which, payload):
+        if written:
+            raise _Stop()
+        save(model_dir, which, payload)
+        written.append(which)
+
+    monkeypatch.setattr(checkpoint_io, "write", killed_after_the_first_write)
+    with pytest.raises(_Stop):
+        _trainer(tmp_path).fit()
+    monkeypatch.undo()
+    latest = tmp_path / "checkpoint_latest.pt"
+    best = tmp_path / "checkpoint_best.pt"
+    assert latest.is_file(), "checkpoint_best.pt of an epoch that --resume would train again"
+    assert load_checkpoint(latest)["best_epoch"] == 1 and not best.exists()
+
+    resumed = _trainer(tmp_path)
+    resumed.restore(checkpoint_io.read_for_resume(tmp_path))
+    assert load_checkpoint(best)["epoch"] == 1
+    weights = load_checkpoint(latest)["weights"]
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in load_checkpoint(best)["weights"].items())

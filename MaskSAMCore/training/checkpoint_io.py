@@ -89,6 +89,17 @@ def _what_is_left(model_dir: "os.PathLike[str] | str") -> str:
     return f"no epoch was saved yet: {room} and start the training again"
 
 
+def stored_epoch(model_dir: "os.PathLike[str] | str", which: str) -> Optional[int]:
+    """The epoch a checkpoint was written after; None when it is missing or unreadable. Memory-
+    mapped: only the small "epoch" entry is read, not the weights."""
+    path = checkpoint_path(model_dir, which)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(payload["epoch"])
+    except Exception:   # (missing, cut short, not a checkpoint: the caller rewrites or ignores it)
+        return None
+
+
 def read_for_resume(model_dir: "os.PathLike[str] | str") -> Dict[str, Any]:
     """checkpoint_latest's content; CheckpointError (one line) when absent or not resumable."""
     path = checkpoint_path(model_dir, "latest")

@@ -2,7 +2,7 @@
 
 One epoch: set the poly learning rate, run `iters_per_epoch` steps on patches from the data
 stream of (seed, epoch, rank), validate on whole cases (rank 0), update the EMA pseudo-Dice
-(0.9 old + 0.1 new, nnU-Net), write checkpoint_best when it improved, checkpoint_latest always,
+(0.9 old + 0.1 new, nnU-Net), write checkpoint_latest, then checkpoint_best when it improved,
 then training_log.csv, progress.png, the epoch's lines for people and (with --machine-progress)
 one ``@masksam {"event": "epoch", ...}`` line.
 checkpoint_latest holds everything needed to continue exactly where it was written (optimiser,
@@ -135,6 +135,15 @@ class Trainer:
             # history is the truth, and a run resumed after its last epoch writes no other row
             self.log.write_csv()
             self.log.write_plot()
+            # killed between checkpoint_latest and checkpoint_best: latest's weights are the best
+            best_missing = checkpoint_io.stored_epoch(self.model_dir, "best") != self.best_epoch
+            if self.best_epoch == self.start_epoch and best_missing:
+                self._write_best(self.start_epoch)
+
+    def _write_best(self, epoch: int) -> None:
+        """checkpoint_best from the network as it is after `epoch` (the best epoch)."""
+        checkpoint_io.write(self.model_dir, "best", checkpoint_io.weights_payload(
+            self.model, self.settings.weights_scope, epoch, {"ema_dice": self.best_ema_dice}))
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
@@ -253,17 +262,21 @@ class Trainer:
         finished = epoch + 1
         new = result.mean_dice if not math.isnan(result.mean_dice) else 0.0
         self.ema_dice = new if self.ema_dice is None else EMA_MOMENTUM * self.ema_dice + (1 - EMA_MOMENTUM) * new
-        if self.best_ema_dice is None or self.ema_dice > self.best_ema_dice:
+        improved = self.best_ema_dice is None or self.ema_dice > self.best_ema_dice
+        if improved:
             self.best_ema_dice, self.best_epoch, self.best_mean_dice = self.ema_dice, finished, result.mean_dice
-            checkpoint_io.write(self.model_dir, "best", checkpoint_io.weights_payload(
-                self.model, s.weights_scope, finished, {"ema_dice": self.ema_dice}))
         record = EpochRecord(epoch=finished, train_loss=train_loss, val_loss=result.loss, dice=result.dice,
                              mean_dice=result.mean_dice, ema_dice=self.ema_dice, lr=lr,
                              epoch_time_s=epoch_times[-1])
         self.log.add(record)
+        # checkpoint_latest first: a process killed between the two writes then leaves no
+        # checkpoint_best of an epoch that checkpoint_latest and the log never had; `restore`
+        # writes the best one that latest names from latest's own weights.
         checkpoint_io.write(self.model_dir, "latest", checkpoint_io.resume_payload(
             self.model, s.weights_scope, finished, self.optimizer, self.scaler, self.log.to_state(),
             self.ema_dice, self.best_ema_dice, self.best_epoch, s.to_dict(), rng_states))
+        if improved:
+            self._write_best(finished)
         self.log.write_csv()
         self.log.write_plot()
         eta = sum(epoch_times) / len(epoch_times) * (s.epochs - finished)
