@@ -23,7 +23,7 @@ LATEST_CHECKPOINT = "checkpoint_latest.pt"   # everything --resume needs
 TRAINING_LOG = "training_log.csv"            # one row per finished epoch
 
 # What a new training writes before its first checkpoint (besides temporaries).
-_BEFORE_FIRST_CHECKPOINT = frozenset({MODEL_JSON, PLANS_JSON, DATASET_JSON, SPLITS_FILE, PREPROCESSED})
+BEFORE_FIRST_CHECKPOINT = frozenset({MODEL_JSON, PLANS_JSON, DATASET_JSON, SPLITS_FILE, PREPROCESSED})
 
 
 def never_checkpointed(model_dir: Path) -> bool:
@@ -38,4 +38,4 @@ def never_checkpointed(model_dir: Path) -> bool:
         meta = json.loads((Path(model_dir) / MODEL_JSON).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return names <= _BEFORE_FIRST_CHECKPOINT and isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+    return names <= BEFORE_FIRST_CHECKPOINT and isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT

@@ -40,21 +40,58 @@ def test_non_empty_model_folder_is_refused_and_left_untouched(phantoms, tmp_path
     assert _snapshot(model_dir) == before
 
 
-@pytest.mark.parametrize("existed", [False, True])
-def test_a_training_stopped_before_its_first_checkpoint_leaves_nothing(phantoms, tmp_path, capsys, monkeypatch,
-                                                                       existed):
+def _train_arguments(dataset, model_dir):
+    return ["train", str(dataset), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
+            "--iters-per-epoch", "1", "--device", "cpu", "--num-workers", "0"]
+
+
+def _preprocessed_times(model_dir):
+    return {p.name: p.stat().st_mtime_ns for p in (model_dir / "preprocessed").iterdir()}
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C"])
+def test_a_training_cancelled_before_its_first_checkpoint_keeps_its_preprocessing_for_the_next_run(
+        phantoms, tmp_path, capsys, monkeypatch, stop):
+    """On a real cohort preprocessing takes long: a cancel (a pause, more often than not) keeps
+    it, as a kill does, and says so; the same command then starts again without redoing it."""
     from MaskSAMCore.errors import Cancelled
+    from MaskSAMCore.folder_layout import BEFORE_FIRST_CHECKPOINT
     from MaskSAMCore.training.trainer import Trainer
 
     def cancelled(self):
-        raise Cancelled("cancelled by signal SIGTERM")
+        raise Cancelled("cancelled by signal SIGTERM") if stop == "SIGTERM" else KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "fit", cancelled)   # after planning, preprocessing and set-up
+    model_dir = tmp_path / "model"
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "fit", cancelled)   # after planning, preprocessing and set-up
+        assert main(_train_arguments(phantoms, model_dir)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    said = "cancelled by signal SIGTERM" if stop == "SIGTERM" else "cancelled"
+    assert err[-1] == (f"masksam: {said}; kept the plan and 5 preprocessed case(s) in {model_dir}: the same "
+                       "command starts the training again and reuses them (or delete the folder)")
+    left = {p.name for p in model_dir.iterdir()}
+    assert {"model.json", "preprocessed"} <= left <= BEFORE_FIRST_CHECKPOINT
+    preprocessed = _preprocessed_times(model_dir)
+
+    assert main(_train_arguments(phantoms, model_dir)) == 0
+    assert "starting it again" in capsys.readouterr().out
+    assert _preprocessed_times(model_dir) == preprocessed and (model_dir / "checkpoint_final.pt").is_file()
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_training_failed_before_its_first_checkpoint_leaves_nothing(phantoms, tmp_path, capsys, monkeypatch,
+                                                                      existed):
+    from MaskSAMCore.errors import MaskSAMError
+    from MaskSAMCore.training.trainer import Trainer
+
+    def failed(self):
+        raise MaskSAMError("training diverged: every step of epoch 1 gave a non-finite loss")
+
+    monkeypatch.setattr(Trainer, "fit", failed)   # after planning, preprocessing and set-up
     model_dir = tmp_path / "model"
     if existed:
         model_dir.mkdir()   # e.g. made empty by the Slicer module's folder picker
-    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
-                 "--iters-per-epoch", "1", "--device", "cpu"]) == 130
+    assert main(_train_arguments(phantoms, model_dir)) == 1
     # The same command can be run again: the folder is gone, or empty as it was.
     assert (list(model_dir.iterdir()) == []) if existed else not model_dir.exists()
 

@@ -86,6 +86,42 @@ def test_sigkill_during_an_epoch_then_resume(tmp_path):
     assert json.loads((model_dir / "plans.json").read_text())["patch_size"] == [4, 64, 64]
 
 
+def _signal_during_epoch(dataset: Path, model_dir: Path, signum: int, finished: int) -> subprocess.CompletedProcess:
+    """`masksam train`, sent `signum` at its first training step after `finished` epochs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(_train_command(dataset, model_dir), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    epochs, sent = 0, False
+    try:
+        for line in process.stdout:
+            event = parse_machine_line(line) or {}
+            if event.get("event") == "epoch":
+                epochs = event["epoch"]
+            elif epochs == finished and event.get("event") == "progress" and event.get("stage") == "train":
+                process.send_signal(signum)
+                sent = True
+                break
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sent
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_first_epoch_keeps_the_preprocessing(tmp_path, signum):
+    dataset = make_phantoms(tmp_path / "ds", cases=3, seed=5, size=(32, 32, 10), progress=False)
+    model_dir = tmp_path / "model"
+    stopped = _signal_during_epoch(dataset, model_dir, signum, finished=0)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("masksam: cancelled") and "kept the plan and 3 preprocessed case(s)" in last, last
+    assert {p.name for p in model_dir.iterdir()} == {"model.json", "plans.json", "dataset.json", "preprocessed"}
+    assert len(list((model_dir / "preprocessed").glob("*.npy"))) == 9
+
+
 def _synthetic_batches(epoch):
     g = torch.Generator().manual_seed(1000 + epoch)
     while True:

@@ -89,14 +89,22 @@ def _what_is_left(model_dir: "os.PathLike[str] | str") -> str:
     return f"no epoch was saved yet: {room} and start the training again"
 
 
-def stored_epoch(model_dir: "os.PathLike[str] | str", which: str) -> Optional[int]:
-    """The epoch a checkpoint was written after; None when it is missing or unreadable. Memory-
-    mapped: only the small "epoch" entry is read, not the weights."""
-    path = checkpoint_path(model_dir, which)
+def peek(model_dir: "os.PathLike[str] | str", which: str) -> Optional[Dict[str, Any]]:
+    """A checkpoint's content, memory-mapped: reading its small entries ("epoch", "settings")
+    does not read the weights. None when it is missing or unreadable."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(payload["epoch"])
+        payload = torch.load(checkpoint_path(model_dir, which), map_location="cpu", weights_only=True, mmap=True)
     except Exception:   # (missing, cut short, not a checkpoint: the caller rewrites or ignores it)
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def stored_epoch(model_dir: "os.PathLike[str] | str", which: str) -> Optional[int]:
+    """The epoch a checkpoint was written after; None when it is missing or unreadable."""
+    payload = peek(model_dir, which)
+    try:
+        return int(payload["epoch"]) if payload is not None else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 

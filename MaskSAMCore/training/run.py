@@ -32,7 +32,7 @@ from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
 from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
 from MaskSAMCore.data.store import load_case
-from MaskSAMCore.errors import MaskSAMError, ModelFolderError, describe_path, list_some
+from MaskSAMCore.errors import Cancelled, MaskSAMError, ModelFolderError, describe_path, list_some
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import MaskSAMConfig, preset
 from MaskSAMCore.folder_layout import (DATASET_JSON, LATEST_CHECKPOINT, PLANS_JSON, PREPROCESSED,
@@ -53,6 +53,7 @@ from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolv
 from MaskSAMCore.training.schedule import DEFAULT_LR, poly_lr
 from MaskSAMCore.training.settings import TrainSettings
 from MaskSAMCore.training.splits import load_or_create_splits, make_splits, select_fold
+from MaskSAMCore.training.stopping import keep_for_restart
 from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
 
@@ -126,12 +127,33 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     with training_lock(model_dir) if main else contextlib.nullcontext():
         try:
             train_in_folder(args, context, device, dataset, run)
+        except (KeyboardInterrupt, Cancelled) as exc:
+            if main:
+                raise cancelled_run(exc, args, model_dir, folder_existed) from None
+            raise
         except BaseException:
-            # A new run stopped (cancelled, failed) before its first checkpoint leaves nothing behind:
-            # neither the refusal of a non-empty folder nor "nothing to resume" would let it retry.
+            # A new run that failed before its first checkpoint leaves nothing behind, unlike a
+            # cancelled one: a failure found this late (a case that cannot be preprocessed, a full
+            # disk, out of memory at the first step, a diverged first epoch) most often means other
+            # input, options or a new folder next time, and its files would hold space a full disk
+            # needs. The folder stays startable again either way (`never_checkpointed`).
             if main and not args.resume and not (model_dir / LATEST_CHECKPOINT).exists():
                 discard_model_folder(model_dir, keep_folder=folder_existed)
             raise
+
+
+def cancelled_run(exc: BaseException, args: argparse.Namespace, model_dir: Path, folder_existed: bool
+                  ) -> Cancelled:
+    """The `Cancelled` a cancelled training ends with: a new run before its first checkpoint
+    keeps what the same command reuses to start again (`stopping.keep_for_restart`), and says so;
+    with nothing worth keeping, it leaves nothing behind."""
+    message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
+    if not args.resume and not (model_dir / LATEST_CHECKPOINT).exists():
+        kept = keep_for_restart(model_dir)
+        if kept is not None:
+            return Cancelled(f"{message}; {kept}")
+        discard_model_folder(model_dir, keep_folder=folder_existed)
+    return Cancelled(message)
 
 
 def discard_model_folder(model_dir: Path, keep_folder: bool, keep: Tuple[str, ...] = ()) -> None:
