@@ -367,6 +367,12 @@ def _out_of_memory(exc: BaseException) -> Optional[str]:
     return None
 
 
+def _torchrun_rank() -> int:
+    """This process's rank under torchrun (0 in a plain run, or when RANK is not a number)."""
+    text = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+    return int(text) if text.strip().isdigit() else 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # Set for this call either way, so one in-process call never leaks into the next.
@@ -376,7 +382,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         check_torch_version()
         return int(resolve_handler(args.command)(args) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
-        if not getattr(exc, "reported", False):
+        # Under torchrun every rank is cancelled; rank 0 speaks for the job (`distributed`).
+        if not getattr(exc, "reported", False) and _torchrun_rank() == 0:
             message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
             print(f"masksam: {message}", file=sys.stderr)
             emit("error", message=message, cancelled=True)

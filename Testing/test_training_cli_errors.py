@@ -250,6 +250,21 @@ def test_an_operating_system_error_is_one_line_naming_the_file(monkeypatch, caps
     assert err.strip() == "masksam: error: /data/model/checkpoint_latest.pt: No space left on device"
 
 
+@pytest.mark.parametrize("rank, expected", [("0", ["masksam: cancelled"]), ("1", [])])
+def test_under_torchrun_only_rank_0_says_cancelled(monkeypatch, capsys, rank, expected):
+    """Ctrl-C reaches every rank: one line for the job, not one per process."""
+    import MaskSAMCore.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: interrupted)
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err.splitlines() == expected
+
+
 def test_train_defaults_to_the_papers_schedule():
     # Appendix A: 1000 epochs of 250 iterations, SGD at lr 0.01, batch size 2.
     from MaskSAMCore.cli import build_parser

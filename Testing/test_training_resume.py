@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -86,11 +87,12 @@ def test_sigkill_during_an_epoch_then_resume(tmp_path):
     assert json.loads((model_dir / "plans.json").read_text())["patch_size"] == [4, 64, 64]
 
 
-def _signal_during_epoch(dataset: Path, model_dir: Path, signum: int, finished: int) -> subprocess.CompletedProcess:
+def _signal_during_epoch(dataset: Path, model_dir: Path, signum: int, finished: int,
+                         cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     """`masksam train`, sent `signum` at its first training step after `finished` epochs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     process = subprocess.Popen(_train_command(dataset, model_dir), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     epochs, sent = 0, False
     try:
         for line in process.stdout:
@@ -120,6 +122,15 @@ def test_a_signal_during_the_first_epoch_keeps_the_preprocessing(tmp_path, signu
     assert last.startswith("masksam: cancelled") and "kept the plan and 3 preprocessed case(s)" in last, last
     assert {p.name for p in model_dir.iterdir()} == {"model.json", "plans.json", "dataset.json", "preprocessed"}
     assert len(list((model_dir / "preprocessed").glob("*.npy"))) == 9
+
+
+def test_a_signal_after_a_checkpoint_says_where_the_training_stands_and_how_to_resume(tmp_path):
+    make_phantoms(tmp_path / "ds", cases=3, seed=5, size=(32, 32, 10), progress=False)
+    stopped = _signal_during_epoch(Path("ds"), Path("my model"), signal.SIGTERM, finished=1, cwd=tmp_path)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    cancel_lines = [line for line in stopped.stderr.splitlines() if line.startswith("masksam:")]
+    assert cancel_lines == ["masksam: cancelled by signal SIGTERM; checkpoint_latest.pt holds epoch 1 of 3; "
+                            "continue with masksam train ds 'my model' --resume"]
 
 
 def _synthetic_batches(epoch):

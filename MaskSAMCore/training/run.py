@@ -53,7 +53,7 @@ from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolv
 from MaskSAMCore.training.schedule import DEFAULT_LR, poly_lr
 from MaskSAMCore.training.settings import TrainSettings
 from MaskSAMCore.training.splits import load_or_create_splits, make_splits, select_fold
-from MaskSAMCore.training.stopping import keep_for_restart
+from MaskSAMCore.training.stopping import how_to_resume, keep_for_restart
 from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
 
@@ -144,11 +144,14 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
 
 def cancelled_run(exc: BaseException, args: argparse.Namespace, model_dir: Path, folder_existed: bool
                   ) -> Cancelled:
-    """The `Cancelled` a cancelled training ends with: a new run before its first checkpoint
+    """The `Cancelled` a cancelled training ends with: after a checkpoint it names the epoch
+    checkpoint_latest holds and the --resume command; a new run before its first checkpoint
     keeps what the same command reuses to start again (`stopping.keep_for_restart`), and says so;
     with nothing worth keeping, it leaves nothing behind."""
     message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
-    if not args.resume and not (model_dir / LATEST_CHECKPOINT).exists():
+    if (model_dir / LATEST_CHECKPOINT).is_file():
+        return Cancelled(f"{message}; {how_to_resume(args, model_dir)}")
+    if not args.resume:
         kept = keep_for_restart(model_dir)
         if kept is not None:
             return Cancelled(f"{message}; {kept}")
