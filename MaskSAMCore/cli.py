@@ -367,10 +367,34 @@ def _out_of_memory(exc: BaseException) -> Optional[str]:
     return None
 
 
+# What gloo, NCCL and torch's rendezvous store say when the rank at the other end of a
+# collective is gone (it failed or was stopped, and printed why).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+              "failed to recv, got 0 bytes", "NCCL communicator was aborted", "remote process exited")
+
+
+def _peer_failure(exc: BaseException) -> Optional[str]:
+    """Under torchrun, one line for a collective that broke because another rank ended (its own
+    error or cancel line is above), instead of a hundred lines of traceback per rank; else None."""
+    if _torchrun_number("WORLD_SIZE", 1) <= 1:
+        return None
+    distributed_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
+    if not (distributed_error or any(marker in str(exc) for marker in _PEER_GONE)):
+        return None
+    return (f"rank {_torchrun_rank()} stopped: another rank of the job failed or was stopped "
+            "(its message is above)")
+
+
+def _torchrun_number(name: str, default: int) -> int:
+    """RANK or WORLD_SIZE as torchrun set them (`default` when unset or not a number: a broken
+    environment is reported by `distributed.init_distributed`)."""
+    text = os.environ.get(name, "").strip()
+    return int(text) if text.isdigit() else default
+
+
 def _torchrun_rank() -> int:
-    """This process's rank under torchrun (0 in a plain run, or when RANK is not a number)."""
-    text = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
-    return int(text) if text.strip().isdigit() else 0
+    """This process's rank under torchrun; 0 in a plain run."""
+    return _torchrun_number("RANK", 0) if _torchrun_number("WORLD_SIZE", 1) > 1 else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -389,11 +413,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             emit("error", message=message, cancelled=True)
         return CANCELLED_EXIT_STATUS
     except MaskSAMError as exc:
+        if type(exc).__name__ == "RankFailed" and _torchrun_rank() != 0:
+            return 1   # another rank's error, relayed (`distributed.run_and_agree`): rank 0 prints it
         message = first_line(exc)
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...
         message = f"{describe_path(exc.filename)}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     except (MemoryError, RuntimeError) as exc:
-        message = _out_of_memory(exc)
+        message = _out_of_memory(exc) or _peer_failure(exc)
         if message is None:
             raise
     print(f"masksam: error: {message}", file=sys.stderr)

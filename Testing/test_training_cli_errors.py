@@ -265,6 +265,34 @@ def test_under_torchrun_only_rank_0_says_cancelled(monkeypatch, capsys, rank, ex
     assert capsys.readouterr().err.splitlines() == expected
 
 
+@pytest.mark.parametrize("rank, expected", [("0", ["masksam: error: rank 1 failed: case_007: not an image"]),
+                                             ("1", [])])
+def test_under_torchrun_another_ranks_relayed_error_is_printed_once(monkeypatch, capsys, rank, expected):
+    import MaskSAMCore.cli as cli
+    from MaskSAMCore.training.distributed import RankFailed
+
+    def relayed(args):
+        raise RankFailed("rank 1 failed: case_007: not an image")
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: relayed)
+    assert main(["info"]) == 1
+    assert capsys.readouterr().err.splitlines() == expected
+
+
+def test_a_broken_connection_outside_torchrun_is_not_taken_for_a_peers_failure(monkeypatch):
+    import MaskSAMCore.cli as cli
+
+    def bug(args):
+        raise RuntimeError("Connection closed by peer")
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: bug)
+    with pytest.raises(RuntimeError):
+        main(["info"])
+
+
 def test_train_defaults_to_the_papers_schedule():
     # Appendix A: 1000 epochs of 250 iterations, SGD at lr 0.01, batch size 2.
     from MaskSAMCore.cli import build_parser

@@ -215,3 +215,44 @@ def test_a_broken_distributed_environment_is_one_line_before_any_work(tmp_path, 
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: error:")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not model_dir.exists()
+
+
+def _rank_0_fails_while_rank_1_waits(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    """`masksam` on 2 ranks where rank 0 fails alone (a bug or a disk error that no rank agreed
+    on) while rank 1 waits for it in a collective; each rank's stderr goes to a file."""
+    import contextlib
+    import io
+
+    import torch.distributed as dist
+
+    import MaskSAMCore.cli as cli
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+
+    def work(args):
+        init_distributed(use_cuda=False)
+        try:
+            if rank == 0:
+                raise OSError(28, "No space left on device", "/data/model/checkpoint_latest.pt")
+            dist.all_reduce(torch.ones(1))   # waits for rank 0, which is gone
+        finally:
+            shutdown_distributed()   # as `run_train` does
+        return 0
+
+    cli.resolve_handler = lambda command: work
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = cli.main(["info"])
+    Path(out_dir, f"rank{rank}.txt").write_text(f"{status}\n{err.getvalue()}")
+
+
+def test_a_rank_whose_peer_failed_says_so_in_one_line(tmp_path, monkeypatch):
+    """Rank 0's error line, then one line from rank 1: not gloo's 'Connection closed by peer'
+    with a hundred lines of traceback."""
+    monkeypatch.setenv("MASKSAM_DDP_TIMEOUT_S", "60")
+    mp.spawn(_rank_0_fails_while_rank_1_waits, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text().splitlines() for r in range(2)]
+    assert outcomes[0] == ["1", "masksam: error: /data/model/checkpoint_latest.pt: No space left on device"]
+    assert outcomes[1] == ["1", "masksam: error: rank 1 stopped: another rank of the job failed or was stopped "
+                                "(its message is above)"]
