@@ -74,7 +74,6 @@ def models_folder() -> Path:
     return masksam_home() / "models"
 
 
-
 def check_can_create(path: "os.PathLike[str] | str", what: str = "output") -> None:
     """Raise `InputError` now, before any long work, if MaskSAM could not write `path` (a folder
     to create or write into, or a file to create): a part of the path is a file, or the folder the
@@ -90,9 +89,21 @@ def check_can_create(path: "os.PathLike[str] | str", what: str = "output") -> No
     if existing != target and not existing.is_dir():
         raise InputError(f"{describe_path(target)}: cannot create the {what}: {describe_path(existing)} is a file, "
                          "not a folder")
+    if _read_only_file_system(written_in):
+        raise InputError(f"{describe_path(target)}: cannot write the {what}: {describe_path(written_in)} is on a "
+                         "read-only file system; choose a folder on a writable disk")
     if not os.access(written_in, os.W_OK | os.X_OK):
         raise InputError(f"{describe_path(target)}: cannot write the {what}: no permission to write in "
                          f"{describe_path(written_in)}")
+
+
+def _read_only_file_system(folder: Path) -> bool:
+    """Whether `folder` is on a file system mounted read-only (a DVD, a snapshot, a read-only
+    share): there "no permission" would send the user to change permissions in vain."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (AttributeError, OSError):   # (no statvfs on Windows)
+        return False
 
 
 def check_output_file(path: "os.PathLike[str] | str", inputs: "Iterable[os.PathLike[str] | str]" = (),

@@ -1,8 +1,10 @@
 """`masksam train` on bad input (one clear line, exit status 1, nothing written into MODEL_DIR) and its defaults."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -233,6 +235,20 @@ def test_model_folder_under_a_file_is_refused_before_any_work(phantoms, tmp_path
     assert err.strip() == (f"masksam: error: {blocker / 'model'}: cannot create the model folder: "
                            f"{blocker} is a file, not a folder")    # refused before reading the dataset
     assert blocker.read_text() == "a file where a folder was expected"
+
+
+def test_a_model_folder_on_a_read_only_file_system_is_called_so_not_a_permission_problem(phantoms, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """As on a read-only mount (a snapshot, a DVD, a read-only share), where access() refuses too."""
+    import MaskSAMCore.paths as paths
+
+    statvfs = os.statvfs
+    monkeypatch.setattr(paths.os, "statvfs", lambda path: SimpleNamespace(f_flag=statvfs(path).f_flag | os.ST_RDONLY))
+    monkeypatch.setattr(paths.os, "access", lambda path, mode: False)
+    model_dir = tmp_path / "model"
+    assert main(["train", str(phantoms), str(model_dir), "--preset", "tiny", "--epochs", "1"]) == 1
+    assert _error_line(capsys) == (f"masksam: error: {model_dir}: cannot write the model folder: {tmp_path} is on a "
+                                   "read-only file system; choose a folder on a writable disk")
 
 
 def test_an_operating_system_error_is_one_line_naming_the_file(monkeypatch, capsys):
