@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Optional
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SETUP = REPO / "scripts" / "setup-venv.sh"
 
@@ -98,3 +100,41 @@ def test_a_disk_too_full_for_the_environment_is_refused_in_one_line_before_any_v
     assert len(lines) == 1, result.stderr
     assert "only 512 MB free" in lines[0] and str(venv) in lines[0] and "MASKSAM_VENV" in lines[0]
     assert not venv.exists()
+
+
+def working_python(folder: Path, log: Path) -> Path:
+    """A stand-in Python 3.11 whose venvs' python succeeds at everything (pip included) and
+    writes each command it is given, with its folder, to `log`."""
+    venv_python = f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo 3.11; exit 0; fi\necho "$PWD: $0 $*" >> "{log}"\n'
+    script = folder / "python3.11"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "-c" ]; then echo 3.11; exit 0; fi\n'
+        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
+        '  mkdir -p "$3/bin"\n'
+        f"  cat > \"$3/bin/python\" <<'EOF'\n{venv_python}EOF\n"
+        '  chmod +x "$3/bin/python"; exit 0\n'
+        "fi\n"
+        "exit 3\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("script, runs", [("run-tests.sh", "-m pytest Testing -k nothing"),
+                                          ("run-demo.sh", "-m MaskSAMCore demo -k nothing")])
+def test_a_relative_venv_is_found_after_the_scripts_change_folder(tmp_path, script, runs):
+    """MASKSAM_VENV="my venv" is made in the caller's folder, and used from there once the
+    script has moved into the repository."""
+    here = tmp_path / "sp ace"
+    here.mkdir()
+    log = tmp_path / "commands.log"
+    env = {k: v for k, v in os.environ.items() if k != "MASKSAM_TORCH"}
+    env.update(PYTHON=str(working_python(tmp_path, log)), MASKSAM_VENV="my venv")
+
+    result = subprocess.run(["bash", str(REPO / "scripts" / script), "-k", "nothing"], cwd=here, env=env,
+                            capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert f"creating virtual environment {here}/my venv" in result.stderr
+    assert log.read_text().splitlines()[-1].endswith(f"{here}/my venv/bin/python {runs}")

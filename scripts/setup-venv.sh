@@ -9,6 +9,9 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${MASKSAM_VENV:-$repo/.venv}"
+# A relative MASKSAM_VENV is relative to the caller's folder, once: the other scripts cd into
+# the repository afterwards and must find the same environment.
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac
 torch_req="${MASKSAM_TORCH:-torch==2.13.0}"
 extras="${1:-test}"
 python="${PYTHON:-python3}"
