@@ -138,3 +138,13 @@ def test_a_relative_venv_is_found_after_the_scripts_change_folder(tmp_path, scri
     assert result.returncode == 0, result.stderr
     assert f"creating virtual environment {here}/my venv" in result.stderr
     assert log.read_text().splitlines()[-1].endswith(f"{here}/my venv/bin/python {runs}")
+
+
+def test_a_python_that_does_not_exist_is_one_setup_line(tmp_path):
+    result = run_setup(tmp_path / "no-such-python3.11", tmp_path / "venv")
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[setup] error: no Python interpreter "), result.stderr
+    assert "no-such-python3.11" in lines[0] and "PYTHON" in lines[0]
+    assert not (tmp_path / "venv").exists()

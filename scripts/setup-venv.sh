@@ -20,6 +20,10 @@ python="${PYTHON:-python3}"
 # is made, instead of pip's "No matching distribution found for torch==2.13.0".
 interpreter="$python"
 [ -x "$venv/bin/python" ] && interpreter="$venv/bin/python"
+if [ "$interpreter" = "$python" ] && ! command -v "$python" >/dev/null 2>&1; then
+    echo "[setup] error: no Python interpreter $python: install Python 3.10+ or set PYTHON to one (e.g. PYTHON=python3.11 or a full path)" >&2
+    exit 1
+fi
 version="$("$interpreter" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 case "$version" in 2.* | 3.[0-9]) too_old=1 ;; *) too_old=0 ;; esac
 if [ -z "${MASKSAM_TORCH:-}" ] && [ "$too_old" = 1 ]; then
