@@ -148,3 +148,33 @@ def test_a_python_that_does_not_exist_is_one_setup_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("[setup] error: no Python interpreter "), result.stderr
     assert "no-such-python3.11" in lines[0] and "PYTHON" in lines[0]
     assert not (tmp_path / "venv").exists()
+
+
+@pytest.mark.parametrize("ensurepip_works", [True, False])
+def test_a_venv_left_without_pip_is_repaired_or_named_for_deletion(tmp_path, ensurepip_works):
+    """Ctrl-C while `python -m venv` installed pip leaves bin/python without pip, which every
+    later run would trip over in pip's 'No module named pip'."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "commands.log"
+    repair = 'touch "$(dirname "$0")/pip-ok"; exit 0' if ensurepip_works else 'echo "ensurepip is disabled" >&2; exit 1'
+    (venv / "bin" / "python").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "-c" ]; then echo 3.11; exit 0; fi\n'
+        'if [ "$2" = "pip" ] && [ ! -f "$(dirname "$0")/pip-ok" ]; then echo "No module named pip" >&2; exit 1; fi\n'
+        f'if [ "$2" = "ensurepip" ]; then {repair}; fi\n'
+        f'echo "$*" >> "{log}"\n')
+    (venv / "bin" / "python").chmod(0o755)
+
+    result = run_setup(working_python(tmp_path, log), venv)
+
+    if ensurepip_works:
+        assert result.returncode == 0, result.stderr
+        assert "has no pip (its creation was interrupted?): installing it with ensurepip" in result.stderr
+        assert "-m pip install --quiet -e" in log.read_text()
+    else:
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == (f"[setup] error: {venv} has no pip and ensurepip could not install it (ensurepip is "
+                        f"disabled): delete {venv} and run again")
+        assert "No module named pip" not in result.stderr

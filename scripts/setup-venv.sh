@@ -51,6 +51,14 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    # A venv whose creation was cut short (Ctrl-C while `venv` installed pip) has a python but no pip.
+    if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        echo "[setup] $venv has no pip (its creation was interrupted?): installing it with ensurepip" >&2
+        if ! out="$("$venv/bin/python" -m ensurepip --upgrade 2>&1)"; then
+            echo "[setup] error: $venv has no pip and ensurepip could not install it ($(echo "$out" | tail -n 1)): delete $venv and run again" >&2
+            exit 1
+        fi
+    fi
     echo "[setup] installing $torch_req and MaskSAMCore[$extras] into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
     # torch first and alone, so that the dependency resolver keeps this build.
