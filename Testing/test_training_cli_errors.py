@@ -382,3 +382,24 @@ def test_an_unrelated_file_in_imagests_does_not_stop_training(phantoms, tmp_path
     shutil.copy(dataset / "imagesTr" / "phantom_000_0000.nii.gz", dataset / "imagesTs" / "scan.nii.gz")
     assert _train_until_fit(dataset, tmp_path / "model", monkeypatch) == 130
     assert "masksam: error" not in capsys.readouterr().err
+
+
+def test_resuming_with_another_number_of_processes_says_the_batch_changes(phantoms, tmp_path, capsys):
+    """--batch-size is per process: a run trained by 2 torchrun processes and resumed by one
+    trains on half the patches per step from then on, which the user is told."""
+    from MaskSAMCore.model_folder import load_checkpoint, save_checkpoint
+
+    model_dir = tmp_path / "model"
+    assert main(_train_arguments(phantoms, model_dir)) == 0
+    latest = model_dir / "checkpoint_latest.pt"
+    payload = load_checkpoint(latest)
+    assert payload["world_size"] == 1
+    # as written by 2 ranks (one random state each); checkpoints before "world_size" are told by these
+    payload.update(rng=payload["rng"] * 2, world_size=2)
+    save_checkpoint(latest, payload)
+    capsys.readouterr()
+
+    assert main(_train_arguments(phantoms, model_dir) + ["--resume", "--epochs", "2"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "process" in line]
+    assert notes == ["masksam: note: trained with 2 processes, now 1 process: 2 patches per step instead of 4 "
+                     "(--batch-size 2 is per process)"]

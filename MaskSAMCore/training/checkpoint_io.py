@@ -52,7 +52,8 @@ def resume_payload(model: nn.Module, scope: str, epoch: int, optimizer: torch.op
                    settings: Dict[str, Any], rng_states: List[Dict[str, Any]]) -> Dict[str, Any]:
     """A checkpoint from which training continues exactly after `epoch` finished epochs.
 
-    `rng_states` holds `rng_state.capture_rng_state()` of every rank, in rank order.
+    `rng_states` holds `rng_state.capture_rng_state()` of every rank, in rank order; their number
+    is stored as "world_size" (a resume with another number of processes changes the batch).
     """
     payload = weights_payload(model, scope, epoch)
     payload.update(
@@ -64,6 +65,7 @@ def resume_payload(model: nn.Module, scope: str, epoch: int, optimizer: torch.op
         best_ema_dice=best_ema_dice,
         best_epoch=best_epoch,
         settings=settings,
+        world_size=len(rng_states),
     )
     return payload
 

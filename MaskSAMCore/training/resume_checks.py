@@ -131,3 +131,23 @@ def _describe(name: str, given: Any, own: Any) -> str:
     if isinstance(given, bool):   # a switch: its name says what was asked
         return option
     return f"{option} {given} (the run's {own})"
+
+
+def process_count_note(payload: Dict[str, Any], world_size: int, batch_size: int) -> Optional[str]:
+    """A note when a run resumes with another number of processes than it was trained with:
+    --batch-size is per process, so the patches per optimiser step change with it (at the same
+    learning rate), which the user should know rather than find in the loss curve. The count is
+    stored in checkpoint_latest; older ones tell it by their per-rank random states."""
+    before = payload.get("world_size")
+    if before is None:
+        rng = payload.get("rng")
+        before = len(rng) if isinstance(rng, list) and rng else 1
+    before = int(before)
+    if before == world_size:
+        return None
+    return (f"trained with {_processes(before)}, now {_processes(world_size)}: {world_size * batch_size} patches per "
+            f"step instead of {before * batch_size} (--batch-size {batch_size} is per process)")
+
+
+def _processes(count: int) -> str:
+    return f"{count} process{'es' if count > 1 else ''}"

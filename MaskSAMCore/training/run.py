@@ -48,7 +48,7 @@ from MaskSAMCore.training.losses import MaskSAMLoss
 from MaskSAMCore.training.folder_lock import check_not_running, training_lock
 from MaskSAMCore.training.mirroring import lateral_label_names, training_mirror_axes
 from MaskSAMCore.training.resume_checks import (check_resumed_dataset, forget_other_cases, ignored_options,
-                                                resumed_run_length)
+                                                process_count_note, resumed_run_length)
 from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolve_sam_source
 from MaskSAMCore.training.schedule import DEFAULT_LR, poly_lr
 from MaskSAMCore.training.settings import TrainSettings
@@ -113,6 +113,9 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     dataset = load_raw_dataset(args.dataset, check_images=True, progress=main)
     if args.resume:
         run = describe_resumed_run(args, model_dir, dataset, announce=main)
+        note = process_count_note(run.resume_payload or {}, context.world_size, run.settings.batch_size)
+        if main and note:
+            print(f"masksam: note: {note}", file=sys.stderr, flush=True)
     else:
         run = describe_new_run(args, dataset, context)
     # nothing is written before here: every check above can still fail
