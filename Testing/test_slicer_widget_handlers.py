@@ -211,7 +211,8 @@ def test_reload_asks_before_stopping_a_training_and_then_reimports_the_modules_p
         kept = base.reloaded, "MaskSAMSegmentLib.devices" in sys.modules, "MaskSAMCore.errors" in sys.modules
         answers.append(True)
         widget.onReload()
-        after = base.reloaded, [name for name in sys.modules if name.startswith(("MaskSAMSegmentLib", "MaskSAMSegmentGui", "MaskSAMCore"))]
+        packages = ("MaskSAMSegmentLib", "MaskSAMSegmentGui", "MaskSAMCore")
+        after = base.reloaded, [name for name in sys.modules if name.startswith(packages)]
         print("RESULT", kept, after)
     """)
     assert "RESULT (0, True, True) (1, [])" in output
