@@ -215,6 +215,9 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
                         "nnU-Net's, whatever the seed)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest in MODEL_DIR")
     p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
+    # `masksam demo` removes its whole folder when cancelled: its training step must not advise
+    # resuming or restarting from a folder about to be deleted.
+    p.add_argument("--demo-step", action="store_true", help=argparse.SUPPRESS)
     _add_device(p)
 
 

@@ -38,6 +38,25 @@ def test_a_cancelled_step_cancels_the_demo_with_one_line(tmp_path, capsys, monke
     assert list(tmp_path.iterdir()) == []   # the folders it made are gone with what it wrote
 
 
+def test_a_demo_cancelled_while_training_does_not_advise_resuming_what_it_removes(tmp_path, capsys, monkeypatch):
+    """A cancelled `masksam train` names the --resume command; the demo removes its folder when
+    cancelled, so its training step must not send the user to a folder that is gone."""
+    from pathlib import Path
+
+    from MaskSAMCore.errors import Cancelled
+    from MaskSAMCore.training.trainer import Trainer
+
+    def cancelled_after_an_epoch(trainer):
+        (Path(trainer.model_dir) / "checkpoint_latest.pt").write_bytes(b"epoch 1")
+        raise Cancelled("cancelled by signal SIGTERM")
+
+    monkeypatch.setattr(Trainer, "fit", cancelled_after_an_epoch)
+    assert main(["demo", str(tmp_path / "demo"), "--device", "cpu", "--cases", "5", "--minutes", "0.01"]) == 130
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam:")]
+    assert said == ["masksam: cancelled by signal SIGTERM"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def _earlier_demo(folder):
     folder.mkdir()
     (folder / MARKER).write_text("written by `masksam demo`")

@@ -182,7 +182,7 @@ def _run_steps(args: argparse.Namespace, output: Path, device: torch.device) -> 
     # these few minutes far faster than the paper's SGD schedule, which is meant for 1000 epochs.
     _run(["train", str(dataset), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", str(epochs),
           "--iters-per-epoch", str(iterations), "--optimizer", "adamw", "--lr", "0.005", "--batch-size", "2",
-          "--val-cases-per-epoch", "1", "--device", device.type])
+          "--val-cases-per-epoch", "1", "--device", device.type, "--demo-step"])
     # Default (full) quality: with the tiny network the mirrored windows take well under a minute.
     _run(["predict", str(model_dir), str(dataset / "imagesTs"), str(predictions), "--device", device.type])
     report_file = output / "evaluation.json"

@@ -152,6 +152,8 @@ def cancelled_run(exc: BaseException, args: argparse.Namespace, model_dir: Path,
     keeps what the same command reuses to start again (`stopping.keep_for_restart`), and says so;
     with nothing worth keeping, it leaves nothing behind."""
     message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
+    if args.demo_step:
+        return Cancelled(message)   # the demo removes the folder: nothing to resume or restart from
     if (model_dir / LATEST_CHECKPOINT).is_file():
         return Cancelled(f"{message}; {how_to_resume(args, model_dir)}")
     if not args.resume:
