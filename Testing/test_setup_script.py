@@ -18,11 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 SETUP = REPO / "scripts" / "setup-venv.sh"
 
 
-def fake_python(folder: Path, version: str) -> Path:
+def fake_python(folder: Path, version: str, venv_python: Optional[str] = None) -> Path:
     """An executable answering `-c ...` with `version` and `-m venv DIR` with a venv whose python
-    reports the same version and whose pip finds no torch."""
-    venv_python = f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo {version}; exit 0; fi\n' \
-                  'echo "ERROR: No matching distribution found for torch==2.13.0" >&2\nexit 1\n'
+    is `venv_python` (a shell script), by default one reporting the same version whose pip finds
+    no torch."""
+    if venv_python is None:
+        venv_python = f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo {version}; exit 0; fi\n' \
+                      'echo "ERROR: No matching distribution found for torch==2.13.0" >&2\nexit 1\n'
     script = folder / f"python{version}"
     script.write_text(
         "#!/bin/sh\n"
@@ -106,19 +108,7 @@ def working_python(folder: Path, log: Path) -> Path:
     """A stand-in Python 3.11 whose venvs' python succeeds at everything (pip included) and
     writes each command it is given, with its folder, to `log`."""
     venv_python = f'#!/bin/sh\nif [ "$1" = "-c" ]; then echo 3.11; exit 0; fi\necho "$PWD: $0 $*" >> "{log}"\n'
-    script = folder / "python3.11"
-    script.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = "-c" ]; then echo 3.11; exit 0; fi\n'
-        'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then\n'
-        '  mkdir -p "$3/bin"\n'
-        f"  cat > \"$3/bin/python\" <<'EOF'\n{venv_python}EOF\n"
-        '  chmod +x "$3/bin/python"; exit 0\n'
-        "fi\n"
-        "exit 3\n"
-    )
-    script.chmod(0o755)
-    return script
+    return fake_python(folder, "3.11", venv_python)
 
 
 @pytest.mark.parametrize("script, runs", [("run-tests.sh", "-m pytest Testing -k nothing"),

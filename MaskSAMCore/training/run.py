@@ -53,7 +53,7 @@ from MaskSAMCore.training.sam_source import SamSource, load_recorded_sam, resolv
 from MaskSAMCore.training.schedule import DEFAULT_LR, poly_lr
 from MaskSAMCore.training.settings import TrainSettings
 from MaskSAMCore.training.splits import load_or_create_splits, make_splits, select_fold
-from MaskSAMCore.training.stopping import how_to_resume, keep_for_restart
+from MaskSAMCore.training.stopping import how_to_resume, keep_for_restart, remove_all_but
 from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
 
@@ -168,13 +168,7 @@ def discard_model_folder(model_dir: Path, keep_folder: bool, keep: Tuple[str, ..
     """Remove what a run wrote into `model_dir` (the folder itself too, unless it existed before;
     entries named in `keep` stay when the folder does)."""
     if keep_folder:
-        for entry in model_dir.iterdir():
-            if entry.name in keep:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        remove_all_but(model_dir, keep)
     else:
         shutil.rmtree(model_dir, ignore_errors=True)
 

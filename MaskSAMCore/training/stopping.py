@@ -13,7 +13,7 @@ import argparse
 import shlex
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from MaskSAMCore.errors import describe_path
 from MaskSAMCore.folder_layout import (BEFORE_FIRST_CHECKPOINT, LATEST_CHECKPOINT, MODEL_JSON, PREPROCESSED,
@@ -43,14 +43,20 @@ def keep_for_restart(model_dir: Path) -> Optional[str]:
     cases = len(list((model_dir / PREPROCESSED).glob("*.json"))) if (model_dir / PREPROCESSED).is_dir() else 0
     if cases == 0 or not (model_dir / MODEL_JSON).is_file():
         return None
-    for entry in model_dir.iterdir():
-        if entry.name in BEFORE_FIRST_CHECKPOINT:
+    remove_all_but(model_dir, BEFORE_FIRST_CHECKPOINT)
+    if not never_checkpointed(model_dir):
+        return None
+    return (f"kept the plan and {cases} preprocessed case(s) in {describe_path(model_dir)}: the same command "
+            "starts the training again and reuses them (or delete the folder)")
+
+
+def remove_all_but(folder: Path, keep: Iterable[str]) -> None:
+    """Remove every entry of `folder` not named in `keep` (a link itself, never what it points to)."""
+    kept = set(keep)
+    for entry in folder.iterdir():
+        if entry.name in kept:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-    if not never_checkpointed(model_dir):
-        return None
-    return (f"kept the plan and {cases} preprocessed case(s) in {describe_path(model_dir)}: the same command "
-            "starts the training again and reuses them (or delete the folder)")
