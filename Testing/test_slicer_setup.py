@@ -183,6 +183,11 @@ def test_command_lines_follow_the_cli_contract(tmp_path):
     train = commands.train_arguments("ds", "out", preset="tiny", random_init=True, epochs=3, iters_per_epoch=2)
     parsed = parser.parse_args(train)
     assert (parsed.preset, parsed.random_init, parsed.epochs, parsed.iters_per_epoch) == ("tiny", True, 3, 2)
+    assert (parsed.optimizer, parsed.lr) == ("adamw", 0.005)   # a workflow trial that learns something
+    resumed = commands.train_arguments("ds", "out", preset="tiny", random_init=True, resume=True)
+    assert "--optimizer" not in resumed and "--lr" not in resumed   # a resumed run keeps its own
+    official = parser.parse_args(commands.train_arguments("ds", "out", sam_checkpoint="vit_b"))
+    assert official.optimizer != "adamw"                       # the paper's recipe with SAM's weights
     assert parser.parse_args(commands.download_sam_arguments("vit_b")).model_type == "vit_b"
     command = commands.masksam_command(full, python="/opt/PythonSlicer")
     assert command[:4] == ["/opt/PythonSlicer", "-m", "MaskSAMCore", "--machine-progress"]
