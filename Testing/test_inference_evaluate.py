@@ -332,6 +332,20 @@ def test_a_dataset_json_label_that_is_no_number_is_one_line(tmp_path, capsys):
     assert "dataset.json: cannot read its 'labels'" in capsys.readouterr().err
 
 
+def test_a_dataset_json_with_a_byte_order_mark_names_the_classes(tmp_path, capsys):
+    # Windows editors write one; training reads such a dataset.json, so evaluate must too.
+    dataset = tmp_path / "Dataset001"
+    pred, gt = tmp_path / "pred", dataset / "labelsTs"
+    pred.mkdir(), gt.mkdir(parents=True)
+    _write_pair(pred, gt, "case_a", 0)
+    labels = json.dumps({"labels": {"background": 0, "liver": 1, "spleen": 2}})
+    (dataset / "dataset.json").write_text(labels, encoding="utf-8-sig")
+    for given in (["--dataset-json", str(dataset / "dataset.json")], []):   # named, or found beside labelsTs
+        assert main(["evaluate", str(pred), str(gt), *given]) == 0
+        report = json.loads("\n".join(l for l in capsys.readouterr().out.splitlines() if not l.startswith("@masksam ")))
+        assert list(report["per_class"]) == ["liver", "spleen"]
+
+
 def test_many_unscored_ground_truths_are_counted_not_all_listed(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

@@ -235,6 +235,12 @@ def test_the_training_tab_summarises_a_region_dataset_by_its_regions(tmp_path, l
     assert "\n" not in dataset_summary(str(folder))
 
 
+def test_the_training_tab_reads_a_dataset_json_with_a_byte_order_mark(tmp_path):
+    folder = write_dataset_json(tmp_path / "Dataset003_Windows", {"background": 0, "liver": 1})
+    (folder / "dataset.json").write_text((folder / "dataset.json").read_text(), encoding="utf-8-sig")
+    assert dataset_summary(str(folder)) == "Labels: liver"
+
+
 def test_a_region_datasets_labels_are_the_values_its_predictions_hold(tmp_path):
     folder = write_dataset_json(tmp_path / "Dataset002_Glioma", {**BRATS_LABELS, "ignore": 4},
                                 regions_class_order=BRATS_ORDER)

@@ -284,6 +284,9 @@ def test_start_training_problems_name_each_missing_piece(tmp_path, monkeypatch):
         "Choose a SAM vit_b checkpoint: 'Download' the official one, or pick a .pth file."]
     dataset = make_dataset(tmp_path / "Dataset1", cases=3)
     assert automatic_fold(str(dataset)) == "all" and automatic_fold(str(make_dataset(tmp_path / "D5", 5))) == "0"
+    bom = make_dataset(tmp_path / "WindowsEdited", cases=3)   # Notepad starts UTF-8 files with a byte order mark
+    (bom / "dataset.json").write_text((bom / "dataset.json").read_text(), encoding="utf-8-sig")
+    assert automatic_fold(str(bom)) == "all"
     assert train_problems(TrainRequest(str(dataset), str(tmp_path / "new"), preset="tiny")) == []
     cache = tmp_path / "home" / "sam_checkpoints"
     cache.mkdir(parents=True)

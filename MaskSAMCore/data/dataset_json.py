@@ -16,6 +16,7 @@ apart from the classes, which stay 0..K-1 (the network predicts K classes, never
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,13 +68,17 @@ def _json_where(root: Path) -> str:
     return describe_path(root / DATASET_JSON)
 
 
-def _read_dataset_json(root: Path) -> dict:
-    path = root / DATASET_JSON
-    if not path.is_file():
-        raise DatasetError(f"{describe_path(root)}: no dataset.json (a dataset in nnU-Net v2 raw format needs "
-                           "dataset.json, imagesTr/ and labelsTr/)")
+def read_dataset_meta(path_or_root: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """dataset.json as read, its fields unchecked (`read_dataset_json` checks them): the one reader
+    of the file, so that every command and the Slicer module accept and refuse the same files.
+
+    `path_or_root` is the file or the dataset folder holding it. A byte order mark is accepted
+    (Windows editors, Notepad and PowerShell, start UTF-8 files with one); a key given twice in one
+    object, a file that is not JSON or not a JSON object raise `DatasetError`."""
+    path = Path(path_or_root)
+    if path.is_dir():
+        path = path / DATASET_JSON
     try:
-        # utf-8-sig: Windows editors (Notepad, PowerShell) start UTF-8 files with a byte order mark
         meta = json.loads(path.read_text(encoding="utf-8-sig"),
                           object_pairs_hook=lambda pairs: _object_without_duplicates(pairs, path))
     except json.JSONDecodeError as exc:
@@ -82,6 +87,16 @@ def _read_dataset_json(root: Path) -> dict:
         raise DatasetError(f"{describe_path(path)}: cannot be read ({exc})") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"{describe_path(path)}: must hold a JSON object")
+    return meta
+
+
+def _read_dataset_json(root: Path) -> Dict[str, Any]:
+    """dataset.json of the dataset folder `root`, with every key nnU-Net v2 requires."""
+    path = root / DATASET_JSON
+    if not path.is_file():
+        raise DatasetError(f"{describe_path(root)}: no dataset.json (a dataset in nnU-Net v2 raw format needs "
+                           "dataset.json, imagesTr/ and labelsTr/)")
+    meta = read_dataset_meta(path)
     missing = [key for key in REQUIRED_KEYS if key not in meta]
     if missing:
         raise DatasetError(f"{describe_path(path)}: missing key(s) {', '.join(missing)}{_v1_hint(meta)}")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from MaskSAMCore.atomic import folders_made, write_text, write_with
+from MaskSAMCore.data.dataset_json import read_dataset_meta
 from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path, list_some
 from MaskSAMCore.inference import devices
 from MaskSAMCore.paths import check_can_create
@@ -191,7 +192,7 @@ def _run_steps(args: argparse.Namespace, output: Path, device: torch.device) -> 
     report = evaluate(predictions, dataset / "labelsTs", dataset / "dataset.json")
     write_text(report_file, json.dumps(report, indent=2) + "\n")
 
-    labels = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))["labels"]
+    labels = read_dataset_meta(dataset)["labels"]
     names = {int(v): k for k, v in labels.items()}
     first = report["cases"][0]["case"]
     png = output / "prediction_overlay.png"

@@ -32,11 +32,11 @@ import numpy as np
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
-from MaskSAMCore.data.dataset_json import IGNORE_LABEL
+from MaskSAMCore.data.dataset_json import IGNORE_LABEL, read_dataset_meta
 from MaskSAMCore.data.regions import RegionError, is_region_dataset, read_regions
 from MaskSAMCore.data.slicer_segmentation import (SegmentationMasks, is_slicer_segmentation, segmentation_masks,
                                                   segmentations_on_one_grid)
-from MaskSAMCore.errors import InputError, describe_path, list_some
+from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
@@ -108,26 +108,27 @@ def dataset_json_beside(truth: Path) -> Optional[Path]:
     folder = truth if truth.is_dir() else truth.parent
     for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
         try:
-            if isinstance(json.loads(candidate.read_text(encoding="utf-8")).get("labels"), dict):
+            if isinstance(read_dataset_meta(candidate).get("labels"), dict):
                 return candidate
-        except (OSError, ValueError, AttributeError):
+        except DatasetError:
             continue
     return None
 
 
 def read_labels(dataset_json: Optional[Path]) -> Optional[Dict[str, Any]]:
     """dataset.json's ``labels`` (name -> value or region), read once per evaluation; None
-    without a dataset.json."""
+    without a dataset.json. A file that cannot be read as JSON raises the reader's `DatasetError`."""
     if dataset_json is None:
         return None
+    meta = read_dataset_meta(dataset_json)
     try:
-        labels = json.loads(Path(dataset_json).read_text(encoding="utf-8"))["labels"]
+        labels = meta["labels"]
         if not isinstance(labels, dict):
             raise TypeError(f"'labels' is a {type(labels).__name__}, not an object")
         for value in labels.values():   # class values must be whole numbers (regions: lists)
             if not isinstance(value, (list, dict)):
                 int(value)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{describe_path(dataset_json)}: cannot read its 'labels' ({exc})") from None
     return labels
 

@@ -14,7 +14,6 @@ one case, so the widget can build from a timer and stay responsive.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ import numpy as np
 
 import slicer
 from MaskSAMCore.atomic import write_json
-from MaskSAMCore.data.dataset_json import IGNORE_LABEL
+from MaskSAMCore.data.dataset_json import IGNORE_LABEL, read_dataset_meta
 from MaskSAMCore.data.regions import REGION_ORDER_KEY, RegionError, RegionScheme, is_region_dataset, region_scheme
 from MaskSAMCore.errors import DatasetError, InputError, describe_path
 from MaskSAMCore.terminology import dataset_label_key
@@ -329,12 +328,12 @@ def read_dataset_regions(dataset_dir: "os.PathLike[str] | str") -> Tuple[Dict[st
     it; `DatasetError` (an `InputError`) says why its regions cannot be used."""
     path = Path(dataset_dir) / "dataset.json"
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = read_dataset_meta(path)
         labels = meta["labels"]
         if not is_region_dataset(labels):
             return {str(k): int(v) for k, v in labels.items()}, None
         order = meta.get(REGION_ORDER_KEY)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (DatasetError, ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{describe_path(path)}: not a dataset.json with labels") from None
     try:
         regions = region_scheme(labels, order)

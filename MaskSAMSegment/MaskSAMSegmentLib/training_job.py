@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional
 
-from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
+from MaskSAMCore.data.dataset_json import read_dataset_meta
+from MaskSAMCore.errors import DatasetError, InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_JSON, never_checkpointed
 from MaskSAMCore.paths import models_folder
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
@@ -68,8 +69,8 @@ def automatic_fold(dataset_dir: str) -> str:
     """Fold 0 of the 5-fold split, or "all" when the dataset has fewer than 5 cases (typical of a
     dataset built from a scene), which the core cannot split into 5 folds."""
     try:
-        count = int(json.loads((Path(dataset_dir) / "dataset.json").read_text(encoding="utf-8"))["numTraining"])
-    except (OSError, ValueError, KeyError, TypeError):
+        count = int(read_dataset_meta(dataset_dir)["numTraining"])
+    except (DatasetError, ValueError, KeyError, TypeError):
         return "0"   # the core reports what is wrong with dataset.json
     return "all" if count < MIN_CASES_FOR_FOLDS else "0"
 
