@@ -19,8 +19,8 @@ import os
 import sys
 from typing import Callable, Dict, List, NoReturn, Optional
 
-from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
-from MaskSAMCore.errors import Cancelled, MaskSAMError, describe_path, first_line
+from MaskSAMCore import MINIMUM_TORCH, __version__, torchrun, version_tuple
+from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
 from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
 from MaskSAMCore.paths import environment_flag
 
@@ -379,25 +379,27 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken p
 def _peer_failure(exc: BaseException) -> Optional[str]:
     """Under torchrun, one line for a collective that broke because another rank ended (its own
     error or cancel line is above), instead of a hundred lines of traceback per rank; else None."""
-    if _torchrun_number("WORLD_SIZE", 1) <= 1:
+    rank = _rank_under_torchrun()
+    if rank is None:
         return None
     distributed_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
     if not (distributed_error or any(marker in str(exc) for marker in _PEER_GONE)):
         return None
-    return (f"rank {_torchrun_rank()} stopped: another rank of the job failed or was stopped "
-            "(its message is above)")
+    return f"rank {rank} stopped: another rank of the job failed or was stopped (its message is above)"
 
 
-def _torchrun_number(name: str, default: int) -> int:
-    """RANK or WORLD_SIZE as torchrun set them (`default` when unset or not a number: a broken
-    environment is reported by `distributed.init_distributed`)."""
-    text = os.environ.get(name, "").strip()
-    return int(text) if text.isdigit() else default
+def _rank_under_torchrun() -> Optional[int]:
+    """This process's rank under torchrun; None in a plain run. Asked while an error is handled,
+    so a broken torchrun environment counts as a plain run: the error being handled says so."""
+    try:
+        return torchrun.rank() if torchrun.launched_by_torchrun() else None
+    except MaskSAMError:
+        return None
 
 
-def _torchrun_rank() -> int:
-    """This process's rank under torchrun; 0 in a plain run."""
-    return _torchrun_number("RANK", 0) if _torchrun_number("WORLD_SIZE", 1) > 1 else 0
+def _speaks_for_the_job() -> bool:
+    """Whether this process reports a cancel or another rank's error: rank 0, or a plain run."""
+    return _rank_under_torchrun() in (None, 0)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -410,13 +412,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(resolve_handler(args.command)(args) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
         # Under torchrun every rank is cancelled; rank 0 speaks for the job (`distributed`).
-        if not getattr(exc, "reported", False) and _torchrun_rank() == 0:
+        if not getattr(exc, "reported", False) and _speaks_for_the_job():
             message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
             print(f"masksam: {message}", file=sys.stderr)
             emit("error", message=message, cancelled=True)
         return CANCELLED_EXIT_STATUS
     except MaskSAMError as exc:
-        if type(exc).__name__ == "RankFailed" and _torchrun_rank() != 0:
+        if isinstance(exc, RankFailed) and not _speaks_for_the_job():
             return 1   # another rank's error, relayed (`distributed.run_and_agree`): rank 0 prints it
         message = first_line(exc)
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...

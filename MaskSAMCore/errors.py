@@ -36,6 +36,11 @@ class DownloadError(MaskSAMError):
     """A download failed or its content did not match the expected checksum."""
 
 
+class RankFailed(MaskSAMError):
+    """Under torchrun, another rank failed in work it did for all ranks (planning, preprocessing,
+    validation); that rank prints its own error, so rank 0 relays it once and the others say nothing."""
+
+
 class Cancelled(MaskSAMError):
     """The user cancelled a running job (Ctrl-C, SIGTERM or a cancel callback).
 

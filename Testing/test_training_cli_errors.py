@@ -285,7 +285,7 @@ def test_under_torchrun_only_rank_0_says_cancelled(monkeypatch, capsys, rank, ex
                                              ("1", [])])
 def test_under_torchrun_another_ranks_relayed_error_is_printed_once(monkeypatch, capsys, rank, expected):
     import MaskSAMCore.cli as cli
-    from MaskSAMCore.training.distributed import RankFailed
+    from MaskSAMCore.errors import RankFailed
 
     def relayed(args):
         raise RankFailed("rank 1 failed: case_007: not an image")

@@ -79,6 +79,18 @@ def test_a_training_still_in_its_first_epoch_is_called_running_not_stopped_and_k
     assert _files(busy) == before
 
 
+def test_a_stray_rank_outside_torchrun_does_not_skip_the_busy_folder_check(tmp_path, monkeypatch, capsys):
+    """RANK exported by hand without WORLD_SIZE is a plain run, whose rank is 0: it must still see
+    the training that runs in the folder (it used to take itself for rank 1 and skip the check)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with training_lock(busy):
+        assert main(["train", str(tmp_path / "no_dataset"), str(busy), *TINY]) == 1
+    assert "another masksam train is running in this folder" in _error(capsys)
+
+
 def test_changed_cases_and_ignored_options_are_said_on_resume(trained, tmp_path, capsys):
     dataset, model_dir = trained
     other = make_phantoms(tmp_path / "other", cases=5, seed=4, size=(32, 32, 10), progress=False)

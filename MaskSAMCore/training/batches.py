@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from MaskSAMCore import torchrun
 from MaskSAMCore.data.augmentation import AugmentationSettings
 from MaskSAMCore.data.loader import PatchLoader
 from MaskSAMCore.training.distributed import DistributedContext
@@ -19,7 +20,7 @@ from MaskSAMCore.training.trainer import BatchSource
 MAX_DEFAULT_WORKERS = 8
 
 
-def default_num_workers(context: DistributedContext, device_type: str) -> int:
+def default_num_workers(device_type: str) -> int:
     """Background loader processes by default.
 
     On the CPU the training itself keeps every core busy, and starting worker processes each
@@ -29,8 +30,7 @@ def default_num_workers(context: DistributedContext, device_type: str) -> int:
     """
     if device_type != "cuda":
         return 0
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cores = (os.cpu_count() or 2) // max(local_ranks, 1)
+    cores = (os.cpu_count() or 2) // max(torchrun.local_world_size(), 1)
     return max(1, min(MAX_DEFAULT_WORKERS, cores - 1))
 
 
@@ -38,7 +38,7 @@ def make_batch_source(preprocessed: "os.PathLike[str] | str", case_names: Sequen
                       settings: TrainSettings, context: DistributedContext, device_type: str,
                       num_workers: Optional[int] = None) -> BatchSource:
     """``epoch -> iterable of (image (B, C, T, H, W) float32, seg (B, T, H, W) int64)`` batches."""
-    workers = default_num_workers(context, device_type) if num_workers is None else num_workers
+    workers = default_num_workers(device_type) if num_workers is None else num_workers
     augmentation = AugmentationSettings(mirror_axes=tuple(settings.mirror_axes))  # nnU-Net's, see `mirroring`
 
     def for_epoch(epoch: int) -> Any:

@@ -14,17 +14,17 @@ On several machines MODEL_DIR must be one folder on a shared filesystem (NFS, Lu
 0 writes the plan, the preprocessed cases and the checkpoints that every rank reads, and
 `--resume` reads them back on every rank. `require_shared_folder` checks this before any work.
 
-torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `init_distributed` reads them and joins
-the process group with NCCL when the run uses CUDA, else gloo (CPU). Without these variables
-(a plain ``masksam train``) everything here is a no-op for a single process. Each rank draws its
-own patches (the rank is part of the data loader's seed); gradients are averaged by DDP, so the
-weights stay identical on every rank; only rank 0 writes files and prints.
+torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; `init_distributed` reads them (through
+`MaskSAMCore.torchrun`) and joins the process group with NCCL when the run uses CUDA, else gloo
+(CPU). Without these variables (a plain ``masksam train``) everything here is a no-op for a single
+process. Each rank draws its own patches (the rank is part of the data loader's seed); gradients
+are averaged by DDP, so the weights stay identical on every rank; only rank 0 writes files and
+prints.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +36,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from MaskSAMCore.atomic import TEMP_MARKER
-from MaskSAMCore.errors import MaskSAMError, describe_path, first_line
+from MaskSAMCore import torchrun
+from MaskSAMCore.errors import MaskSAMError, RankFailed, describe_path, first_line
 from MaskSAMCore.paths import environment_number
 
 TIMEOUT_ENV = "MASKSAM_DDP_TIMEOUT_S"
@@ -63,32 +64,15 @@ class DistributedContext:
         return self.rank == 0
 
 
-def launched_by_torchrun() -> bool:
-    return _torchrun_number("WORLD_SIZE", "1") > 1
-
-
-def _torchrun_number(name: str, default: Optional[str] = None) -> int:
-    """A whole number torchrun sets; one line, not a traceback, when a stray or broken variable
-    (WORLD_SIZE exported by hand, RANK missing) would start a training half distributed."""
-    text = os.environ.get(name, default)
-    try:
-        return int(text)   # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        given = "is not set" if text is None else f"is {text!r}, not a whole number"
-        raise MaskSAMError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} asks for distributed training, but {name} "
-                           f"{given}: start it with torchrun, or unset WORLD_SIZE") from None
-
-
 def init_distributed(use_cuda: bool) -> DistributedContext:
     """Join the process group if torchrun started this process; otherwise a single-process context.
 
     Args:
         use_cuda: the run trains on CUDA (NCCL, one GPU per local rank) rather than the CPU (gloo).
     """
-    if not launched_by_torchrun():
+    if not torchrun.launched_by_torchrun():
         return DistributedContext()
-    rank, world_size = _torchrun_number("RANK"), _torchrun_number("WORLD_SIZE")
-    local_rank = _torchrun_number("LOCAL_RANK", "0")
+    rank, world_size, local_rank = torchrun.rank(), torchrun.world_size(), torchrun.local_rank()
     timeout_s = environment_number(TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_S, "a timeout in seconds",
                                    maximum=MAXIMUM_COLLECTIVE_TIMEOUT_S)
     backend = "nccl" if use_cuda else "gloo"
@@ -146,10 +130,6 @@ def gather_objects(obj: Any) -> List[Any]:
 
 
 T = TypeVar("T")
-
-
-class RankFailed(MaskSAMError):
-    """Another rank failed in work it did for all ranks (planning, preprocessing, validation)."""
 
 
 def run_and_agree(work: Callable[[], T], here: bool) -> Optional[T]:

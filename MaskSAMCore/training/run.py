@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from MaskSAMCore import torchrun
 from MaskSAMCore.atomic import remove_stale_temporaries, write_bytes, write_json
 from MaskSAMCore.data.dataset import RawDataset, load_raw_dataset
 from MaskSAMCore.data.planning import plan_experiment
@@ -85,7 +86,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise MaskSAMError(f"{describe_path(model_dir)} exists and is not a folder")
-    if os.environ.get("RANK", "0") == "0":   # (under torchrun, rank 0 may hold the lock already)
+    if torchrun.rank() == 0:   # (under torchrun, rank 0 may hold the lock already)
         check_not_running(model_dir)
     if not args.resume and model_dir.is_dir() and any(model_dir.iterdir()) and not never_checkpointed(model_dir):
         raise MaskSAMError(f"model folder {describe_path(model_dir)} is not empty; choose a new "
