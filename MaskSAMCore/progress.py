@@ -47,6 +47,21 @@ def emit(event: str, always: bool = False, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def print_message(message: str, event: bool = False) -> None:
+    """Tell the user what the work is doing when no bar shows it (a retry, a file replaced): one
+    ``masksam: ...`` line on stderr, flushed so it lands before the next bar. With `event`, also
+    a ``message`` event for programs (the Slicer module shows the latest one under its bar)."""
+    print(f"masksam: {message}", file=sys.stderr, flush=True)
+    if event:
+        emit("message", message=message)
+
+
+def print_note(message: str) -> None:
+    """Say how a setting or the data changed what the command does (nothing is wrong): one
+    ``masksam: note: ...`` line on stderr, flushed so it lands before the next bar."""
+    print(f"masksam: note: {message}", file=sys.stderr, flush=True)
+
+
 def print_warning(message: str) -> None:
     """Say something the user should know but that does not stop the work: one
     ``masksam: warning: ...`` line on stderr (the Slicer module gathers these from the log and

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from MaskSAMCore.progress import Progress
+from MaskSAMCore.progress import Progress, enable_machine_lines, print_message, print_note, print_warning
 
 
 class Terminal(io.StringIO):
@@ -72,3 +72,20 @@ def test_a_resumed_bar_starts_where_the_first_run_stopped_and_rates_only_its_own
     assert events[-1]["done"] == 70 and events[-1]["fraction"] == 0.7
     assert 29.0 < bar.eta_s() < 31.0       # 10 steps in 10 s, 30 to go (not 70 steps in 10 s)
     assert log.getvalue().splitlines()[-1].startswith("train: [################--------] 70/100 it ")
+
+
+def test_messages_notes_and_warnings_are_one_prefixed_line_each_on_stderr(capsys):
+    enable_machine_lines(True)
+    try:
+        print_message("retrying")
+        print_message("a file was replaced", event=True)
+        print_note("the run now lasts 5 epoch(s)")
+        print_warning("a case changed")
+    finally:
+        enable_machine_lines(False)
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["masksam: retrying", "masksam: a file was replaced",
+                                         "masksam: note: the run now lasts 5 epoch(s)",
+                                         "masksam: warning: a case changed"]
+    assert captured.out.splitlines() == ['@masksam {"event": "message", "message": "a file was replaced"}',
+                                         '@masksam {"event": "warning", "message": "a case changed"}']

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from MaskSAMCore.inference.run import options_from_args
 from MaskSAMCore.inference.staging import gather_windows
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import emit
+from MaskSAMCore.progress import emit, print_message
 
 IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)   # the random network's plan (without --resample)
 # With --resample the random network's plan asks for a slightly coarser grid than IMAGE_SPACING_ZYX;
@@ -153,8 +152,8 @@ def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
     predictor = build_predictor(args, device, options)
     spacing_zyx = synthetic_spacing_zyx(predictor.plan, args.resample)   # the warm-up's too
     shape = tuple(int(s) for s in args.shape)
-    print(f"masksam: benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
-          f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes", file=sys.stderr)
+    print_message(f"benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
+                  f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes")
     geometry = ImageGeometry(shape[::-1], spacing_zyx[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
     started = time.perf_counter()
     channels = predictor.config.in_channels
@@ -246,7 +245,7 @@ def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.devi
 
     # The same volume, normalised as nnU-Net's CT normalisation would (clip, z-score).
     normalised = ((np.clip(volume, -1000.0, 1000.0) - 0.0) / 250.0).astype(np.float32)
-    print("masksam: running nnU-Net v2's predictor on the same volume", file=sys.stderr)
+    print_message("running nnU-Net v2's predictor on the same volume")
     return run_nnunet(normalised, predictor.config.num_classes, device, mirror=mirror, step=step)
 
 
@@ -256,12 +255,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     report = benchmark(args)
     seconds = report["seconds"]
     gpu = report["peak_gpu_memory_gib"]
-    print(f"masksam: {report['windows']} windows ({report['flips']} flips, batch {report['window_batch']}): "
-          f"preprocess {seconds['preprocess_s']:.1f} s, network {seconds['network_s']:.1f} s"
-          f"{' (extrapolated)' if report['extrapolated'] else ''}, export {seconds['export_s']:.1f} s; "
-          f"{report['windows_per_s']:.2f} windows/s, {report['tflops_per_s']:.2f} TFLOP/s, "
-          f"{'' if gpu is None else f'peak GPU {gpu} GiB, '}peak host RSS {report['peak_host_rss_gib']} GiB",
-          file=sys.stderr)
+    print_message(f"{report['windows']} windows ({report['flips']} flips, batch {report['window_batch']}): "
+                  f"preprocess {seconds['preprocess_s']:.1f} s, network {seconds['network_s']:.1f} s"
+                  f"{' (extrapolated)' if report['extrapolated'] else ''}, export {seconds['export_s']:.1f} s; "
+                  f"{report['windows_per_s']:.2f} windows/s, {report['tflops_per_s']:.2f} TFLOP/s, "
+                  f"{'' if gpu is None else f'peak GPU {gpu} GiB, '}peak host RSS {report['peak_host_rss_gib']} GiB")
     if args.output:
         write_json(args.output, report)
     print(json.dumps(report, indent=2))

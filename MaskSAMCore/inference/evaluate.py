@@ -40,7 +40,7 @@ from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_som
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import Progress, emit, print_warning
+from MaskSAMCore.progress import Progress, emit, print_message, print_warning
 
 
 CONVENTIONS = {
@@ -350,8 +350,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if unmatched:
         # The means above leave these cases out; say so where the user reads them, not only in the JSON.
         shown = ", ".join(unmatched[:10]) + (f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else "")
-        print(f"masksam: {len(unmatched)} ground-truth case(s) have no prediction and were not scored: {shown}",
-              file=sys.stderr)
+        print_message(f"{len(unmatched)} ground-truth case(s) have no prediction and were not scored: {shown}")
     if args.output:
         write_json(args.output, report)
     print(json.dumps(report, indent=2))

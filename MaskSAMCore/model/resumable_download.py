@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import http.client
 import re
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
+
+from MaskSAMCore.progress import print_message
 
 # Waits before each new try after a broken connection (their number is the number of retries).
 RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0)
@@ -81,8 +82,8 @@ def fetch(source: str, handle: BinaryIO, timeout_s: float,
             if attempt == len(RETRY_WAITS_S) or isinstance(exc, urllib.error.HTTPError):
                 raise ConnectionBroken(transfer.received, transfer.expected, attempt + 1, exc) from exc
             wait = RETRY_WAITS_S[attempt]
-            print(f"masksam: the connection broke after {_mib(transfer.received)} ({_reason(exc)}); asking for the "
-                  f"rest in {wait:g} s (try {attempt + 2} of {len(RETRY_WAITS_S) + 1})", file=sys.stderr, flush=True)
+            print_message(f"the connection broke after {_mib(transfer.received)} ({_reason(exc)}); asking for the "
+                          f"rest in {wait:g} s (try {attempt + 2} of {len(RETRY_WAITS_S) + 1})")
             time.sleep(wait)
     raise AssertionError("unreachable")
 

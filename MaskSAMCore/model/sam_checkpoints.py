@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, fi
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
 from MaskSAMCore.model.partial_download import PartialFile, held_partial, partial_path
 from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, WriteFailed, fetch
-from MaskSAMCore.progress import Progress
+from MaskSAMCore.progress import Progress, print_message
 
 if TYPE_CHECKING:
     import torch
@@ -156,8 +155,8 @@ def download(model_type: str, cache_dir: Optional[Path] = None, url: Optional[st
     if destination.is_file():
         if destination.stat().st_size == info.size_bytes and file_sha256(destination) == info.sha256:
             return destination
-        print(f"masksam: {describe_path(destination)} is damaged or incomplete (not the official file); "
-              "downloading it again", file=sys.stderr)
+        print_message(f"{describe_path(destination)} is damaged or incomplete (not the official file); "
+                      "downloading it again")
     check_output_file(destination, what="SAM checkpoint")   # before the download, not after it
     with folders_made(folder):   # a failed first download leaves no empty cache folders
         remove_stale_temporaries(folder)
@@ -186,7 +185,7 @@ def _say_what_is_kept(exc: BaseException, partial: PartialFile) -> None:
     if isinstance(exc, DownloadError):
         exc.args = (f"{exc}; {note}",)
     else:
-        print(f"masksam: {note}", file=sys.stderr, flush=True)
+        print_message(note)
 
 
 def _fetch_verified(source: str, partial: PartialFile, info: "SamCheckpointInfo", timeout_s: float,
@@ -199,8 +198,7 @@ def _fetch_verified(source: str, partial: PartialFile, info: "SamCheckpointInfo"
         partial.discard()   # longer than the official file: not a part of it
         start = 0
     if start:
-        print(f"masksam: going on from the {_mib(start)} of {info.filename} that an earlier download left",
-              file=sys.stderr, flush=True)
+        print_message(f"going on from the {_mib(start)} of {info.filename} that an earlier download left")
     blocks = -(-(info.size_bytes - start) // _CHUNK)   # MiB blocks, the last one maybe short
     bars = [Progress(f"download {info.filename}", total=blocks, unit="MiB", enabled=progress)]
 

@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -40,7 +39,7 @@ from MaskSAMCore.folder_layout import (DATASET_JSON, LATEST_CHECKPOINT, PLANS_JS
                                        never_checkpointed)
 from MaskSAMCore.model_folder import ModelFolder, write_model_json
 from MaskSAMCore.paths import check_can_create
-from MaskSAMCore.progress import emit, print_warning
+from MaskSAMCore.progress import emit, print_note, print_warning
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
@@ -116,7 +115,7 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
         run = describe_resumed_run(args, model_dir, dataset, announce=main)
         note = process_count_note(run.resume_payload or {}, context.world_size, run.settings.batch_size)
         if main and note:
-            print(f"masksam: note: {note}", file=sys.stderr, flush=True)
+            print_note(note)
     else:
         run = describe_new_run(args, dataset, context)
     # nothing is written before here: every check above can still fail
@@ -371,16 +370,14 @@ def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: Raw
         then = (f"the poly learning rate follows the new length (the next epoch's: "
                 f"{poly_lr(settings.lr, finished, settings.epochs):.3g})" if settings.epochs > finished
                 else "it ends now, with its last finished epoch as the final model")
-        print(f"masksam: note: the run now lasts {settings.epochs} epoch(s) instead of {planned}; {then}",
-              file=sys.stderr, flush=True)
+        print_note(f"the run now lasts {settings.epochs} epoch(s) instead of {planned}; {then}")
     if announce and changed:
         print_warning(f"{len(changed)} case(s) changed since the run started ({list_some(changed)}): "
                       "they are preprocessed again and the training goes on with the new files")
     preset_name = str(folder.meta.get("training", {}).get("preset") or folder.sam_type)
     ignored = ignored_options(args, _run_values(settings, preset_name, folder.random_init))
     if announce and ignored:
-        print(f"masksam: note: a resumed run keeps its own settings; ignored here: {', '.join(ignored)}",
-              file=sys.stderr, flush=True)
+        print_note(f"a resumed run keeps its own settings; ignored here: {', '.join(ignored)}")
     if folder.random_init:
         sam = SamSource(path=None, model_type=folder.sam_type, sha256=None, random_init=True)
     else:

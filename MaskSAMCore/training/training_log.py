@@ -12,14 +12,13 @@ import csv
 import io
 import math
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from MaskSAMCore.atomic import write_text, write_with
 from MaskSAMCore.folder_layout import TRAINING_LOG
-from MaskSAMCore.progress import format_duration
+from MaskSAMCore.progress import format_duration, print_message
 
 FIXED_COLUMNS = ("epoch", "train_loss", "val_loss")
 TAIL_COLUMNS = ("mean_dice", "ema_dice", "lr", "epoch_time_s")
@@ -133,8 +132,8 @@ class TrainingLog:
             import matplotlib
         except ImportError:
             self._no_plot = True
-            print("masksam: matplotlib is not installed, so progress.png is not drawn "
-                  "(training_log.csv has the same numbers)", file=sys.stderr, flush=True)
+            print_message("matplotlib is not installed, so progress.png is not drawn "
+                          "(training_log.csv has the same numbers)")
             return
 
         matplotlib.use("Agg", force=False)
