@@ -136,7 +136,7 @@ def test_a_damaged_region_description_in_model_json_is_one_error_line(tmp_path, 
 def test_masksam_trains_on_regions_and_writes_painted_label_maps(region_dataset, tmp_path):
     from MaskSAMCore.cli import main
     from MaskSAMCore.model_folder import ModelFolder
-    from MaskSAMCore.training.run import describe_resumed_run
+    from MaskSAMCore.training.run import load_resumed_run
     from MaskSAMCore.training.training_log import read_csv
 
     model_dir = tmp_path / "model"
@@ -164,7 +164,7 @@ def test_masksam_trains_on_regions_and_writes_painted_label_maps(region_dataset,
                                   "aorta": [5]}, [1, 4, 5])
     changed = load_raw_dataset(region_dataset, progress=False)
     with pytest.raises(ModelFolderError, match="was trained with other labels"):
-        describe_resumed_run(SimpleNamespace(), model_dir, changed, announce=False)
+        load_resumed_run(SimpleNamespace(), model_dir, changed, announce=False)
 
 
 def test_a_label_map_outside_the_regions_is_refused_before_training(region_dataset):

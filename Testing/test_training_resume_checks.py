@@ -145,7 +145,7 @@ def test_an_unfinished_run_keeps_its_length_or_ends_sooner_but_not_before_its_fi
     from MaskSAMCore.cli import build_parser
     from MaskSAMCore.data.dataset import load_raw_dataset
     from MaskSAMCore.training import checkpoint_io
-    from MaskSAMCore.training.run import describe_resumed_run
+    from MaskSAMCore.training.run import load_resumed_run
     from MaskSAMCore.training.schedule import poly_lr
 
     dataset, model_dir = trained
@@ -161,7 +161,7 @@ def test_an_unfinished_run_keeps_its_length_or_ends_sooner_but_not_before_its_fi
 
     def resumed(*options, announce=True):
         args = build_parser().parse_args(["train", str(dataset), str(model_dir), "--resume", *options])
-        epochs = describe_resumed_run(args, model_dir, raw, announce=announce).settings.epochs
+        epochs = load_resumed_run(args, model_dir, raw, announce=announce).settings.epochs
         return epochs, [line for line in capsys.readouterr().err.splitlines() if "now lasts" in line]
 
     assert resumed() == (3, []) and resumed("--epochs", "3") == (3, [])

@@ -21,7 +21,9 @@ from MaskSAMCore.model_folder import CHECKPOINT_FILES, load_checkpoint, save_che
 RESUME_KEYS = ("epoch", "optimizer", "rng", "history", "ema_dice", "best_ema_dice", "settings")
 
 
-def checkpoint_path(model_dir: "os.PathLike[str] | str", which: str) -> str:
+def checkpoint_file(model_dir: "os.PathLike[str] | str", which: str) -> str:
+    """Where checkpoint `which` ("latest", "best", "final") of `model_dir` is written or read,
+    whether or not it exists (`ModelFolder.checkpoint_path` is the checked one, for a trained model)."""
     return os.path.join(os.fspath(model_dir), CHECKPOINT_FILES[which])
 
 
@@ -75,7 +77,7 @@ def write(model_dir: "os.PathLike[str] | str", which: str, payload: Dict[str, An
     file-size limit, an I/O error) is an `OSError` that names the file, its cause and what is
     left to continue from: checkpoints are replaced atomically, so the previous checkpoint_latest
     still holds the last epoch it saved."""
-    path = checkpoint_path(model_dir, which)
+    path = checkpoint_file(model_dir, which)
     try:
         save_checkpoint(path, payload)
     except OSError as exc:
@@ -86,7 +88,7 @@ def write(model_dir: "os.PathLike[str] | str", which: str, payload: Dict[str, An
 def _what_is_left(model_dir: "os.PathLike[str] | str") -> str:
     """After a failed checkpoint write: where the training can go on from once there is room."""
     room = "make room (free space, or raise the disk quota or file-size limit)"
-    if os.path.isfile(checkpoint_path(model_dir, "latest")):
+    if os.path.isfile(checkpoint_file(model_dir, "latest")):
         return f"the previous {CHECKPOINT_FILES['latest']} is intact: {room} and continue with --resume"
     return f"no epoch was saved yet: {room} and start the training again"
 
@@ -95,7 +97,7 @@ def peek(model_dir: "os.PathLike[str] | str", which: str) -> Optional[Dict[str, 
     """A checkpoint's content, memory-mapped: reading its small entries ("epoch", "settings")
     does not read the weights. None when it is missing or unreadable."""
     try:
-        payload = torch.load(checkpoint_path(model_dir, which), map_location="cpu", weights_only=True, mmap=True)
+        payload = torch.load(checkpoint_file(model_dir, which), map_location="cpu", weights_only=True, mmap=True)
     except Exception:   # (missing, cut short, not a checkpoint: the caller rewrites or ignores it)
         return None
     return payload if isinstance(payload, dict) else None
@@ -112,7 +114,7 @@ def stored_epoch(model_dir: "os.PathLike[str] | str", which: str) -> Optional[in
 
 def read_for_resume(model_dir: "os.PathLike[str] | str") -> Dict[str, Any]:
     """checkpoint_latest's content; CheckpointError (one line) when absent or not resumable."""
-    path = checkpoint_path(model_dir, "latest")
+    path = checkpoint_file(model_dir, "latest")
     if not os.path.isfile(path):
         raise CheckpointError(
             f"{describe_path(model_dir)}: nothing to resume, checkpoint_latest.pt does not exist "

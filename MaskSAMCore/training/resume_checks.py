@@ -106,9 +106,9 @@ RUN_OPTIONS = ("preset", "iters_per_epoch", "batch_size", "optimizer", "lr", "se
 
 def ignored_options(args: argparse.Namespace, run_values: Dict[str, Any]) -> List[str]:
     """The run options a --resume command line names with another value than the run's own
-    (RUN_VALUES, by option name), each as `--lr 0.5 (the run's 0.01)`: the resumed run ignores
-    them, and saying so beats a user believing `--lr 0.5` changed the run. An option left at its
-    default is no request, even where the run's value differs."""
+    (`run_values`: option name -> the run's value), each as `--lr 0.5 (the run's 0.01)`: the
+    resumed run ignores them, and saying so beats a user believing `--lr 0.5` changed the run. An
+    option left at its default is no request, even where the run's value differs."""
     given = _given_run_options(args)
     return [_describe(name, value, run_values[name]) for name, value in given.items()
             if name in run_values and value != run_values[name]]

@@ -112,12 +112,12 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
     device = torch.device("cuda", context.local_rank) if use_cuda else torch.device("cpu")
     dataset = load_raw_dataset(args.dataset, check_images=True, progress=main)
     if args.resume:
-        run = describe_resumed_run(args, model_dir, dataset, announce=main)
+        run = load_resumed_run(args, model_dir, dataset, announce=main)
         note = process_count_note(run.resume_payload or {}, context.world_size, run.settings.batch_size)
         if main and note:
             print_note(note)
     else:
-        run = describe_new_run(args, dataset, context)
+        run = plan_new_run(args, dataset, context)
     # nothing is written before here: every check above can still fail
     folder_existed = model_dir.exists()
     if main and not args.resume and folder_existed and never_checkpointed(model_dir):
@@ -202,11 +202,12 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
     batches = make_batch_source(preprocessed, train_names, plan, settings, context, device.type,
                                 num_workers=_workers(args, default=None))
 
-    def describe(trainer: Trainer) -> None:
+    def write_description(trainer: Trainer) -> None:
+        """model.json with the training's summary so far (after each epoch, and at the end)."""
         write_model_json(model_dir, model_description(dataset, run, trainer.summary()))
 
     trainer = Trainer(model, settings, batches, validator, str(model_dir), class_names, device,
-                      context, on_epoch_end=describe, ignore_label=ignore_label)
+                      context, on_epoch_end=write_description, ignore_label=ignore_label)
     if run.resume_payload is not None:
         trainer.restore(run.resume_payload)
         run.resume_payload = None
@@ -215,7 +216,7 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
                   f"{settings.epochs} (settings from checkpoint_latest.pt)", flush=True)
     summary = trainer.fit()
     if main:
-        describe(trainer)
+        write_description(trainer)
         print(f"done: {summary['finished_epochs']} epoch(s), best epoch {summary['best_epoch']} "
               f"(mean Dice {_dice_text(summary['best_mean_dice'])}), final mean Dice "
               f"{_dice_text(summary['final_mean_dice'])}; model in {describe_path(model_dir)}", flush=True)
@@ -323,8 +324,9 @@ class RunDescription:
     resume_payload: Optional[Dict[str, Any]] = None   # checkpoint_latest when resuming
 
 
-def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: DistributedContext
-                     ) -> RunDescription:
+def plan_new_run(args: argparse.Namespace, dataset: RawDataset, context: DistributedContext) -> RunDescription:
+    """A new run from the command line: its settings, SAM weights and network, and the plan
+    (made on rank 0 and sent to every rank); checks the folds can be made before any work."""
     settings = settings_from_arguments(args)
     sam = resolve_sam_source(args.preset, args.sam_checkpoint, args.random_init)
     settings.weights_scope = "all" if sam.random_init else "trainable"
@@ -341,8 +343,8 @@ def describe_new_run(args: argparse.Namespace, dataset: RawDataset, context: Dis
     return RunDescription(settings, config, plan, sam, args.preset)
 
 
-def describe_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawDataset,
-                         announce: bool = True) -> RunDescription:
+def load_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawDataset,
+                     announce: bool = True) -> RunDescription:
     """The stored description of the run in MODEL_DIR (the command line's settings are ignored,
     and said to be when given); the dataset must be the one the run started with."""
     folder = ModelFolder.load(model_dir)
