@@ -154,15 +154,6 @@ def restore_scores_argmax(scores: Any, properties: Dict[str, Any], plan: Dict[st
     return _back_to_original(cropped_t, properties, plan)
 
 
-def preprocess_dataset(dataset: Any, plan: Dict[str, Any], out_dir: Any, num_workers: int = 2,
-                       progress: bool = True) -> Dict[str, Any]:
-    """Preprocess every training case of `dataset` into `out_dir` (see
-    `MaskSAMCore.data.preprocess_runner.preprocess_dataset`)."""
-    from MaskSAMCore.data.preprocess_runner import preprocess_dataset as run
-
-    return run(dataset, plan, out_dir, num_workers=num_workers, progress=progress)
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 def to_original_grid(cropped_t: np.ndarray, properties: Dict[str, Any], fill: float = 0,
