@@ -21,11 +21,9 @@ from typing import Callable, Dict, List, NoReturn, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, torchrun, version_tuple
 from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
+from MaskSAMCore.model.config import PRESET_NAMES   # (no torch: the parser is built before torch is imported)
 from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
-from MaskSAMCore.paths import environment_flag
-
-PRESETS = ("tiny", "vit_b", "vit_l", "vit_h")
-SAM_TYPES = ("vit_b", "vit_l", "vit_h")
+from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, environment_flag
 
 # sub-command -> "module:function" that runs it
 HANDLERS: Dict[str, str] = {
@@ -144,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_info(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("info", help="build a model and print its parameter table (no weights needed)")
-    p.add_argument("--preset", default="vit_b", choices=PRESETS,
+    p.add_argument("--preset", default="vit_b", choices=PRESET_NAMES,
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     p.add_argument("--classes", type=at_least(2), default=16, help="number of classes incl. background (default 16)")
     p.add_argument("--channels", type=at_least(1), default=1, help="number of image channels (default 1)")
@@ -153,7 +151,7 @@ def _add_info(sub: "argparse._SubParsersAction") -> None:
 
 def _add_download_sam(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("download-sam", help="download an official SAM checkpoint (SHA-256 checked)")
-    p.add_argument("model_type", choices=SAM_TYPES)
+    p.add_argument("model_type", choices=list(SAM_CHECKPOINT_FILES))
     p.add_argument("--cache-dir", type=user_path, default=None,
                    help="folder to store it in (default: MASKSAM_HOME cache)")
     p.add_argument("--url", default=None,
@@ -182,7 +180,7 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("train", help="fine-tune MaskSAM on a dataset in nnU-Net raw format")
     p.add_argument("dataset", type=user_path, help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
     p.add_argument("model_dir", type=user_path, help="model folder to create (or continue with --resume)")
-    p.add_argument("--preset", default="vit_b", choices=PRESETS,
+    p.add_argument("--preset", default="vit_b", choices=PRESET_NAMES,
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--sam-checkpoint", type=user_path, default=None,
@@ -291,7 +289,7 @@ def _add_evaluate(sub: "argparse._SubParsersAction") -> None:
 def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("benchmark", help="speed and memory of inference on a synthetic volume")
     # No defaults here: a model folder brings its own network, and is refused beside these.
-    p.add_argument("--preset", default=None, choices=PRESETS,
+    p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="random-weight network: SAM ViT-B, -L or -H with adapters, or tiny (default vit_b)")
     p.add_argument("--model-dir", type=user_path, default=None,
                    help="benchmark this model folder instead of a random network (default: random vit_b)")
