@@ -52,10 +52,28 @@ class Cancelled(MaskSAMError):
         self.reported = reported
 
 
+def message_lines(error: BaseException) -> List[str]:
+    """The non-empty lines of an exception's message, stripped: SimpleITK, pydicom and torch
+    write messages over several lines, of which a one-line report keeps one or joins them."""
+    return [line.strip() for line in str(error).splitlines() if line.strip()]
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its class name when the message is empty)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    lines = message_lines(error)
+    return lines[0] if lines else type(error).__name__
+
+
+def last_line(error: BaseException) -> str:
+    """The last line of an exception's message (its class name when the message is empty): where
+    SimpleITK and ITK put the reason, after lines naming their own source files."""
+    lines = message_lines(error)
+    return lines[-1] if lines else type(error).__name__
+
+
+def mib(size_bytes: int) -> str:
+    """``12.3 MiB``: a size in a message (a download's progress, a partial file kept)."""
+    return f"{size_bytes / (1 << 20):.1f} MiB"
 
 
 def shorten(text: str, limit: int = 160) -> str:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Dict, List, Tuple, Union
 
 import numpy as np
 
-from MaskSAMCore.errors import InputError
+from MaskSAMCore.errors import InputError, message_lines
 
 if TYPE_CHECKING:   # both modules use this one
     from MaskSAMCore.data.dicom_headers import DicomSlice
@@ -124,7 +124,7 @@ def _decoded_pixels(series: DicomSeries, path: Path, dataset) -> np.ndarray:
         pixels = dataset.pixel_array
     # pydicom raises several kinds for data it cannot decode (missing decoder, short or damaged data).
     except (RuntimeError, ValueError, NotImplementedError, AttributeError) as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        reason = " ".join(message_lines(exc)) or type(exc).__name__
         hint = f"; {DECODERS_HINT}" if syntax is not None and syntax.is_compressed else ""
         raise InputError(f"{series}: {path.name}: its pixel data cannot be decoded ({reason}){hint}") from None
     if pixels.ndim == 2:   # a multi-frame file holding a single frame

@@ -41,7 +41,7 @@ import SimpleITK as sitk
 from MaskSAMCore.data.dicom_frames import read_frames
 from MaskSAMCore.data.dicom_headers import DicomSlice, FolderHeaders, dicom_files, read_series_headers
 from MaskSAMCore.data.read_failures import itk_warnings_off
-from MaskSAMCore.errors import InputError, describe_path, list_some
+from MaskSAMCore.errors import InputError, describe_path, last_line, list_some
 
 # How far slices may lie from the regular grid before the series is refused: the distance between
 # neighbours may vary by 1 % of the slice spacing, and the stack may drift sideways by a tenth of
@@ -387,8 +387,7 @@ def _unreadable_slice(series: DicomSeries) -> str:
         try:
             sitk.ReadImage(str(path), imageIO="GDCMImageIO")
         except RuntimeError as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             # "ITK ERROR: GDCMImageIO(0x55...): Failed to ..." -> "Failed to ..."
-            reason = re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", lines[-1]) if lines else type(exc).__name__
+            reason = re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", last_line(exc))
             return f"{path.name} cannot be read ({reason})"
     return "its voxels cannot be read"

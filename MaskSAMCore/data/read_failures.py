@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.data.nifti_values import is_nifti, nifti_version
+from MaskSAMCore.errors import last_line
 
 _CUT_SHORT_RAW = re.compile(r"fread got only .*?\(([\d.]+)% of expected\)")       # NRRD, raw
 _CUT_SHORT_GZIP = re.compile(r"expected (\d+) bytes but received (\d+)")              # NRRD, gzip
@@ -30,8 +31,7 @@ _MOST_SLICE_FILES = 100_000
 
 def sitk_reason(exc: BaseException) -> str:
     """The informative last part of SimpleITK's multi-line exception text, on one line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = lines[-1] if lines else type(exc).__name__
+    reason = last_line(exc)
     if reason.startswith("sitk::ERROR:"):
         reason = reason[len("sitk::ERROR:"):].strip()
     return reason[:200]

@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Optional
 
+from MaskSAMCore.errors import mib
 from MaskSAMCore.progress import print_message
 
 # Waits before each new try after a broken connection (their number is the number of retries).
@@ -82,7 +83,7 @@ def fetch(source: str, handle: BinaryIO, timeout_s: float,
             if attempt == len(RETRY_WAITS_S) or isinstance(exc, urllib.error.HTTPError):
                 raise ConnectionBroken(transfer.received, transfer.expected, attempt + 1, exc) from exc
             wait = RETRY_WAITS_S[attempt]
-            print_message(f"the connection broke after {_mib(transfer.received)} ({_reason(exc)}); asking for the "
+            print_message(f"the connection broke after {mib(transfer.received)} ({_reason(exc)}); asking for the "
                           f"rest in {wait:g} s (try {attempt + 2} of {len(RETRY_WAITS_S) + 1})")
             time.sleep(wait)
     raise AssertionError("unreachable")
@@ -132,10 +133,6 @@ def _whole_size(response) -> Optional[int]:
     """The whole file's size a partial response (206) states: ``Content-Range: bytes a-b/SIZE``."""
     match = re.match(r"bytes \d+-\d+/(\d+)", response.headers.get("Content-Range", ""))
     return int(match.group(1)) if match else None
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _reason(exc: BaseException) -> str:

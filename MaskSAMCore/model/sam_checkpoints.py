@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from MaskSAMCore.atomic import disk_full, folders_made, no_space_error, remove_stale_temporaries, write_json
-from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, shorten
+from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, mib, shorten
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
 from MaskSAMCore.model.partial_download import PartialFile, held_partial, partial_path
 from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, WriteFailed, fetch
@@ -180,7 +180,7 @@ def _say_what_is_kept(exc: BaseException, partial: PartialFile) -> None:
     kept = partial.size
     if not kept:
         return
-    note = (f"the {_mib(kept)} that arrived are kept in {describe_path(partial.path)}: the same command "
+    note = (f"the {mib(kept)} that arrived are kept in {describe_path(partial.path)}: the same command "
             "goes on from there (delete that file to start again from zero)")
     if isinstance(exc, DownloadError):
         exc.args = (f"{exc}; {note}",)
@@ -198,7 +198,7 @@ def _fetch_verified(source: str, partial: PartialFile, info: "SamCheckpointInfo"
         partial.discard()   # longer than the official file: not a part of it
         start = 0
     if start:
-        print_message(f"going on from the {_mib(start)} of {info.filename} that an earlier download left")
+        print_message(f"going on from the {mib(start)} of {info.filename} that an earlier download left")
     blocks = -(-(info.size_bytes - start) // _CHUNK)   # MiB blocks, the last one maybe short
     bars = [Progress(f"download {info.filename}", total=blocks, unit="MiB", enabled=progress)]
 
@@ -228,10 +228,6 @@ def _fetch_verified(source: str, partial: PartialFile, info: "SamCheckpointInfo"
             f"download of {source} has SHA-256 {digest[:16]}..., expected "
             f"{info.sha256[:16]}... for SAM {info.model_type}; the file was discarded"
         )
-
-
-def _mib(size: int) -> str:
-    return f"{size / (1 << 20):.1f} MiB"
 
 
 def _download_failure(exc: BaseException, info: "SamCheckpointInfo", folder: Path) -> str:
