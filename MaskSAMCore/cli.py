@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, NoReturn, Optional
 from MaskSAMCore import MINIMUM_TORCH, __version__, torchrun, version_tuple
 from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
 from MaskSAMCore.model.config import PRESET_NAMES   # (no torch: the parser is built before torch is imported)
-from MaskSAMCore.progress import emit, enable_machine_lines, install_signal_handlers
+from MaskSAMCore.progress import EVENT_ERROR, emit, enable_machine_lines, install_signal_handlers
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, environment_flag
 
 # sub-command -> "module:function" that runs it
@@ -413,7 +413,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not getattr(exc, "reported", False) and _speaks_for_the_job():
             message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
             print(f"masksam: {message}", file=sys.stderr)
-            emit("error", message=message, cancelled=True)
+            emit(EVENT_ERROR, message=message, cancelled=True)
         return CANCELLED_EXIT_STATUS
     except MaskSAMError as exc:
         if isinstance(exc, RankFailed) and not _speaks_for_the_job():
@@ -426,7 +426,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if message is None:
             raise
     print(f"masksam: error: {message}", file=sys.stderr)
-    emit("error", message=message)
+    emit(EVENT_ERROR, message=message)
     return 1
 
 

@@ -8,9 +8,10 @@ The Slicer module runs the core's CLI in a background process and parses lines o
 
 `event` is one of ``stage`` (a new stage begins), ``progress``, ``epoch``, ``case`` and
 ``case_error`` (``masksam predict``: a case written, a case skipped), ``message``, ``warning``,
-``done`` and ``error``. Machine lines are printed when `enable_machine_lines(True)` was called (the
-`--machine-progress` flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; people read
-the same events as bars on stderr and plain lines on stdout (`EpochRecord.describe`).
+``done`` and ``error`` (the ``EVENT_*`` names below; the Slicer module reads the same words).
+Machine lines are printed when `enable_machine_lines(True)` was called (the `--machine-progress`
+flag) or the environment has ``MASKSAM_MACHINE_PROGRESS=1``; people read the same events as bars on
+stderr and plain lines on stdout (`EpochRecord.describe`).
 
 Cancellation: `install_signal_handlers()` turns SIGTERM (what the Slicer module and job
 schedulers send) into `Cancelled`, so `finally` blocks remove temporaries exactly as for Ctrl-C.
@@ -29,6 +30,17 @@ from MaskSAMCore.errors import Cancelled
 from MaskSAMCore.paths import environment_flag
 
 MACHINE_PREFIX = "@masksam "
+
+# The events of the machine lines (their "event" field).
+EVENT_STAGE = "stage"             # a new stage begins: stage, total, done
+EVENT_PROGRESS = "progress"       # a stage advanced: stage, done, total, fraction, elapsed_s, eta_s
+EVENT_EPOCH = "epoch"             # a training epoch ended: epoch, epochs, train_loss, mean_dice, ...
+EVENT_CASE = "case"               # predict wrote a case: case, output, index, total, ...
+EVENT_CASE_ERROR = "case_error"   # predict skipped a case: case, message, index, total
+EVENT_MESSAGE = "message"         # a line for the job's status: message
+EVENT_WARNING = "warning"         # something the user should know when the job ends: message
+EVENT_DONE = "done"               # the command finished; its results
+EVENT_ERROR = "error"             # the command failed (or was cancelled: cancelled=True): message
 _machine_lines = environment_flag("MASKSAM_MACHINE_PROGRESS")
 
 
@@ -53,7 +65,7 @@ def print_message(message: str, event: bool = False) -> None:
     a ``message`` event for programs (the Slicer module shows the latest one under its bar)."""
     print(f"masksam: {message}", file=sys.stderr, flush=True)
     if event:
-        emit("message", message=message)
+        emit(EVENT_MESSAGE, message=message)
 
 
 def print_note(message: str) -> None:
@@ -67,7 +79,7 @@ def print_warning(message: str) -> None:
     ``masksam: warning: ...`` line on stderr (the Slicer module gathers these from the log and
     shows them when the job ends), and a ``warning`` event for programs."""
     print(f"masksam: warning: {message}", file=sys.stderr, flush=True)
-    emit("warning", message=message)
+    emit(EVENT_WARNING, message=message)
 
 
 def parse_machine_line(line: str) -> Optional[dict]:
@@ -128,7 +140,7 @@ class Progress:
         self._extra = ""
         self._drawn_done = -1
         self._line_open = False  # a terminal line holds the bar, not yet ended by a newline
-        emit("stage", stage=stage, total=total, done=done_before)
+        emit(EVENT_STAGE, stage=stage, total=total, done=done_before)
 
     @property
     def elapsed_s(self) -> float:
@@ -152,7 +164,7 @@ class Progress:
             self._last_draw = now
             self._draw(final=False)
             emit(
-                "progress",
+                EVENT_PROGRESS,
                 stage=self.stage,
                 done=self.done,
                 total=self.total,

@@ -4,7 +4,10 @@ log file, and never sharing its line with other output."""
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
+from MaskSAMCore import progress
 from MaskSAMCore.progress import Progress, enable_machine_lines, print_message, print_note, print_warning
 
 
@@ -89,3 +92,13 @@ def test_messages_notes_and_warnings_are_one_prefixed_line_each_on_stderr(capsys
                                          "masksam: warning: a case changed"]
     assert captured.out.splitlines() == ['@masksam {"event": "message", "message": "a file was replaced"}',
                                          '@masksam {"event": "warning", "message": "a case changed"}']
+
+
+def test_every_event_the_slicer_module_reads_is_one_the_core_names():
+    """The Slicer module compares the "event" field with literal words; each must be an EVENT_*."""
+    named = {value for name, value in vars(progress).items() if name.startswith("EVENT_")}
+    lib = Path(__file__).resolve().parents[1] / "MaskSAMSegment" / "MaskSAMSegmentLib"
+    text = "".join((lib / name).read_text(encoding="utf-8") for name in ("job_progress.py", "job_runner.py",
+                                                                         "training_job.py"))
+    read = set(re.findall(r'(?:kind|event\.get\("event"\)) == "(\w+)"', text))
+    assert len(read) >= 5 and read <= named, read - named

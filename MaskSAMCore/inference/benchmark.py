@@ -37,7 +37,7 @@ from MaskSAMCore.inference.run import options_from_args
 from MaskSAMCore.inference.staging import gather_windows
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import emit, print_message
+from MaskSAMCore.progress import EVENT_DONE, emit, print_message
 
 IMAGE_SPACING_ZYX = (1.0, 0.8, 0.8)   # the random network's plan (without --resample)
 # With --resample the random network's plan asks for a slightly coarser grid than IMAGE_SPACING_ZYX;
@@ -263,5 +263,5 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if args.output:
         write_json(args.output, report)
     print(json.dumps(report, indent=2))
-    emit("done", **{k: report[k] for k in ("windows_per_s", "tflops_per_s", "peak_gpu_memory_gib")})
+    emit(EVENT_DONE, **{k: report[k] for k in ("windows_per_s", "tflops_per_s", "peak_gpu_memory_gib")})
     return 0

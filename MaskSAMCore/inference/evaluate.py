@@ -40,7 +40,7 @@ from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_som
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import Progress, emit, print_message, print_warning
+from MaskSAMCore.progress import EVENT_DONE, Progress, emit, print_message, print_warning
 
 
 CONVENTIONS = {
@@ -354,7 +354,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         write_json(args.output, report)
     print(json.dumps(report, indent=2))
-    emit("done", mean_dice=report["mean_dice"], mean_hd95_mm=report["mean_hd95_mm"], cases=len(report["cases"]))
+    emit(EVENT_DONE, mean_dice=report["mean_dice"], mean_hd95_mm=report["mean_hd95_mm"], cases=len(report["cases"]))
     return 0
 
 

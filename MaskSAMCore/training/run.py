@@ -39,7 +39,7 @@ from MaskSAMCore.folder_layout import (DATASET_JSON, LATEST_CHECKPOINT, PLANS_JS
                                        never_checkpointed)
 from MaskSAMCore.model_folder import ModelFolder, write_model_json
 from MaskSAMCore.paths import check_can_create
-from MaskSAMCore.progress import emit, print_note, print_warning
+from MaskSAMCore.progress import EVENT_DONE, emit, print_note, print_warning
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
@@ -220,7 +220,7 @@ def train_in_folder(args: argparse.Namespace, context: DistributedContext, devic
         print(f"done: {summary['finished_epochs']} epoch(s), best epoch {summary['best_epoch']} "
               f"(mean Dice {_dice_text(summary['best_mean_dice'])}), final mean Dice "
               f"{_dice_text(summary['final_mean_dice'])}; model in {describe_path(model_dir)}", flush=True)
-        emit("done", model_dir=str(model_dir), **{k: summary[k] for k in (
+        emit(EVENT_DONE, model_dir=str(model_dir), **{k: summary[k] for k in (
             "finished_epochs", "best_epoch", "best_mean_dice", "final_mean_dice")})
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from MaskSAMCore.errors import MaskSAMError
 from MaskSAMCore.inference import devices
-from MaskSAMCore.progress import Progress, emit
+from MaskSAMCore.progress import EVENT_EPOCH, Progress, emit
 from MaskSAMCore.training import checkpoint_io
 from MaskSAMCore.training.distributed import DistributedContext, gather_objects, mean_across_ranks, run_and_agree
 from MaskSAMCore.training.losses import MaskSAMLoss
@@ -281,7 +281,7 @@ class Trainer:
         self.log.write_plot()
         eta = sum(epoch_times) / len(epoch_times) * (s.epochs - finished)
         print(record.describe(s.epochs, eta), flush=True)
-        emit("epoch", epoch=finished, epochs=s.epochs, train_loss=_number(train_loss),
+        emit(EVENT_EPOCH, epoch=finished, epochs=s.epochs, train_loss=_number(train_loss),
              val_loss=_number(result.loss), mean_dice=_number(result.mean_dice),
              dice={k: _number(v) for k, v in result.dice.items()}, ema_dice=_number(self.ema_dice),
              lr=lr, epoch_time_s=round(epoch_times[-1], 2), eta_s=round(eta, 1))
