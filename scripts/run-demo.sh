@@ -8,11 +8,7 @@
 #
 # Everything after the script name goes to `masksam demo` (see `masksam demo --help`).
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${MASKSAM_VENV:-$repo/.venv}"
-case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac   # relative to this folder, as setup-venv.sh takes it
-export MASKSAM_VENV="$venv"
-"$repo/scripts/setup-venv.sh" test
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"   # sets repo and venv; makes or reuses the venv
 if [ "$#" -eq 0 ]; then
     set -- "$repo/demo_output"
 fi
