@@ -241,14 +241,14 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--sam-checkpoint", type=user_path, default=None,
                    help="SAM checkpoint file (default: the one the model names, found by its hash in the cache)")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"),
-                   help="which weights: final (end of training; default), best (best validation "
-                        "Dice) or latest (the last epoch saved, while a run goes on)")
+                   help="which weights: final (end of training; default), best (highest smoothed (EMA) "
+                        "validation Dice, as nnU-Net) or latest (the last epoch saved, while a run goes on)")
     mirror = p.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", dest="mirror", action="store_true", default=True,
                         help="average every flip combination per window (default; 8, or 4 for a model "
                              "trained without left-right flips because its labels are lateral)")
     mirror.add_argument("--no-mirror", dest="mirror", action="store_false",
-                        help="one pass per window (8x less work, slightly less accurate)")
+                        help="one pass per window (8x less work, 4x for a lateral-label model; slightly less accurate)")
     p.add_argument("--step", type=window_step, default=None,
                    help="window step as a fraction of the patch size (default 0.5; 1.0 with --fast)")
     p.add_argument("--fast", action="store_true",
@@ -292,7 +292,7 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="random-weight network: SAM ViT-B, -L or -H with adapters, or tiny (default vit_b)")
     p.add_argument("--model-dir", type=user_path, default=None,
-                   help="benchmark this model folder instead of a random network (default: random vit_b)")
+                   help="benchmark this model folder instead of a random network (default: a random network of --preset)")
     p.add_argument("--shape", type=at_least(2), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
                    help="synthetic volume size (default 300 512 512)")
     p.add_argument("--classes", type=at_least(2), default=None,
@@ -327,8 +327,9 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
                    help="folder for everything the demo writes: new, empty, or an earlier demo's, whose "
                         "results are replaced (default: demo_output)")
     p.add_argument("--minutes", type=positive_number, default=4.0,
-                   help="training time to aim for (default 4); it never trains less than 6 epochs of "
-                        "100 steps, the budget the phantom learning test needs")
+                   help="time to aim for (default 4), 70%% of it for training steps (the rest covers "
+                        "preprocessing, validation and prediction); it never trains less than 6 epochs "
+                        "of 100 steps (the phantom learning test's budget) nor more than 30 epochs")
     p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (default 12; fold 0 of 5 needs 5)")
     _add_device(p)
 

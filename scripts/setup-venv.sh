@@ -37,7 +37,8 @@ if [ -z "${MASKSAM_TORCH:-}" ] && [ "$too_old" = 1 ]; then
 fi
 
 stamp="$venv/.masksam-installed"
-want="$(cat "$repo/pyproject.toml" | sha256sum | cut -c1-16) $torch_req [$extras]"
+# (macOS before 13 has no sha256sum, only shasum)
+want="$( (sha256sum 2>/dev/null || shasum -a 256) < "$repo/pyproject.toml" | cut -c1-16) $torch_req [$extras]"
 if [ ! -x "$venv/bin/python" ]; then
     # A new [test] environment takes about 2.3 GB (torch 0.75, VTK of slicer-core 0.65, SimpleITK
     # 0.26); a full disk otherwise ends in pip's "OSError: [Errno 28]" half-way through. (Updating an
