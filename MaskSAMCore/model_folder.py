@@ -1,6 +1,7 @@
 """A self-describing MaskSAM model folder: `model.json` + checkpoints (see docs/INTERNALS.md).
 
-`ModelFolder.load` validates `model.json` and gives typed access to what the predictor and the
+`ModelFolder.load` validates `model.json` (`MaskSAMCore.model_json`, which the Slicer module's
+model list shares) and gives typed access to what the predictor and the
 Slicer module need; `build_model` rebuilds exactly the trained network (including the number of
 slices T its depth layers were built for) and loads its weights — SAM's from the official
 checkpoint with the recorded SHA-256 (cache or `sam_checkpoint`), the rest from the folder.
@@ -11,7 +12,6 @@ Checkpoints are plain containers of tensors saved atomically and loaded with
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,30 +20,19 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from MaskSAMCore.atomic import atomic_path, write_json
-from MaskSAMCore.data.planning import plan_problems
+from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
-from MaskSAMCore.folder_layout import (BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT,
-                                       MODEL_JSON)
-from MaskSAMCore.data.regions import RegionError, RegionScheme, model_regions
+from MaskSAMCore.folder_layout import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_JSON
 from MaskSAMCore.model.config import MaskSAMConfig
+from MaskSAMCore.model_json import FORMAT, NETWORK_FORMAT, REGIONS_FORMAT_VERSION, read_model_json
 from MaskSAMCore.progress import print_warning
 
-FORMAT = MODEL_FORMAT
-# Version 2 adds "regions" (models trained on region labels, `data/regions.py`). Only such models
-# are written as version 2, so that a MaskSAM that cannot paint regions refuses them by name
-# instead of writing class indices as if they were label values.
-FORMAT_VERSION = 2
-REGIONS_FORMAT_VERSION = 2
-# Bumped whenever the network's weights change meaning (names, shapes or what a layer computes),
-# so that a model trained with another MaskSAM is refused with a clear message, not a shape error.
-NETWORK_FORMAT = 2
 CHECKPOINT_FORMAT = "masksam-checkpoint"
 CHECKPOINT_FILES = {
     "final": FINAL_CHECKPOINT,
     "best": BEST_CHECKPOINT,
     "latest": LATEST_CHECKPOINT,
 }
-_REQUIRED_KEYS = ("labels", "channel_names", "network", "plan", "sam")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -128,57 +117,8 @@ class ModelFolder:
     # -- loading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, model_dir: PathLike) -> "ModelFolder":
-        folder = Path(model_dir)
-        shown = describe_path(folder)
-        if folder.is_file():
-            raise ModelFolderError(f"{shown} is a file; give the model folder that holds model.json")
-        if not folder.is_dir():
-            raise ModelFolderError(f"model folder {shown} does not exist")
-        json_path = folder / MODEL_JSON
-        if not json_path.is_file():
-            raise ModelFolderError(f"{shown} is not a MaskSAM model folder (no {MODEL_JSON})")
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFolderError(f"{describe_path(json_path)} is not valid JSON ({exc})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ModelFolderError(f"{describe_path(json_path)} does not describe a MaskSAM model")
-        problems = _description_problems(meta)
-        if problems:
-            raise ModelFolderError(f"{describe_path(json_path)}: {problems[0]}")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ModelFolderError(
-                f"{describe_path(json_path)} has format version {meta['format_version']}; this "
-                f"MaskSAM reads up to {FORMAT_VERSION} (update MaskSAM)"
-            )
-        network_format = int(meta.get("network_format", 1))
-        if network_format != NETWORK_FORMAT:
-            age = "an older" if network_format < NETWORK_FORMAT else "a newer"
-            raise ModelFolderError(
-                f"{shown} was trained with {age} MaskSAM network (format {network_format}, this "
-                f"MaskSAM reads format {NETWORK_FORMAT}); retrain it or use the matching MaskSAM"
-            )
-        plan = plan_problems(meta["plan"], len(meta["channel_names"]))
-        if plan:
-            raise ModelFolderError(f"{describe_path(json_path)}: {plan[0]}")
-        model = cls(folder, meta)
-        try:
-            config = model.config
-        except (TypeError, ValueError) as exc:
-            raise ModelFolderError(f"{describe_path(json_path)} has an invalid network: {exc}") from None
-        try:
-            model_regions(meta.get("regions"), model.labels)
-        except RegionError as exc:
-            raise ModelFolderError(f"{describe_path(json_path)}: regions: {exc}") from None
-        if (model.plan.get("regions") or None) != (meta.get("regions") or None):
-            # preprocessing reads the plan's copy, the label map is painted from model.json's
-            raise ModelFolderError(f"{describe_path(json_path)}: its plan and its description differ in regions")
-        if config.num_classes != len(model.labels):
-            raise ModelFolderError(
-                f"{describe_path(json_path)}: the network has {config.num_classes} classes but "
-                f"{len(model.labels)} labels are listed"
-            )
-        return model
+        """The folder of `model_dir`, its model.json checked (`read_model_json`)."""
+        return cls(Path(model_dir), read_model_json(model_dir))
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -334,22 +274,3 @@ def _first_state_dict_problem(exc: BaseException) -> str:
             return line.strip("\"'")[:200]
     return lines[0][:200] if lines else type(exc).__name__
 
-
-def _description_problems(meta: Dict[str, Any]) -> List[str]:
-    """Fields of model.json of the wrong type (a hand-edited or damaged file): one phrase each."""
-    problems = [f"{key} must be a whole number" for key in ("format_version", "network_format")
-                if key in meta and not (isinstance(meta[key], int) and not isinstance(meta[key], bool))]
-    problems += [f"lacks {key}" for key in _REQUIRED_KEYS if key not in meta]
-    problems += [f"{key} must be a mapping" for key in ("network", "sam", "labels", "channel_names")
-                 if key in meta and not isinstance(meta[key], dict)]
-    if problems:
-        return problems
-    values = list(meta["labels"].values())
-    # The network's class index is the label value: a gap would shift every name after it.
-    if not (all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-            and sorted(values) == list(range(len(values))) and values):
-        problems.append("labels must map names to the whole numbers 0, 1, 2, ... without gaps, "
-                        "with 0 the background")
-    if not (meta["channel_names"] and all(str(key).isdigit() for key in meta["channel_names"])):
-        problems.append("channel_names must map '0', '1', ... to modality names")
-    return problems

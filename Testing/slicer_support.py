@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,23 @@ def add_scalar_volume(scene, array: np.ndarray, grid: LpsGrid, name: str = "CT")
     set_volume_grid(node, grid)
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def model_json_meta(labels: Dict[str, int], channel_names: Dict[str, str], preset_name: str = "tiny",
+                    sam: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A model.json the command line accepts (`MaskSAMCore.model_json`: network, plan and formats
+    included), for a model folder that never runs: the module's tests fake the segmenting program,
+    but a folder the core would refuse must not pass for one the Segment tab lists."""
+    from MaskSAMCore.model.config import preset
+    from MaskSAMCore.model_json import NETWORK_FORMAT
+
+    network = preset(preset_name, num_classes=len(labels), in_channels=len(channel_names))
+    plan = {"transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "target_spacing": [1.0, 1.0, 1.0],
+            "normalization": [{"channel": name, "scheme": "zscore"} for name in channel_names.values()],
+            "anisotropic": False, "reorient_to_lps": True}
+    return {"format": "masksam-model", "format_version": 1, "network_format": NETWORK_FORMAT, "labels": labels,
+            "channel_names": channel_names, "network": network.to_dict(), "plan": plan,
+            "sam": sam or {"model_type": None, "random_init": True}}
 
 
 def chain_of_transforms(scene, node, *motions) -> None:

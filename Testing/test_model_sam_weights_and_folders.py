@@ -166,7 +166,7 @@ def test_trainable_state_dict_holds_exactly_the_trainable_weights_and_loading_ch
 def test_a_model_from_a_newer_network_format_is_refused(tmp_path):
     import json
 
-    from MaskSAMCore.model_folder import NETWORK_FORMAT
+    from MaskSAMCore.model_json import NETWORK_FORMAT
 
     config = preset("tiny", num_classes=3)
     path = _folder(tmp_path / "m", config, {}, {"background": 0, "a": 1, "b": 2})

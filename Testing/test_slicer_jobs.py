@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from slicer_support import (REPO, add_scalar_volume, core_has, distinct_voxel_values,
-                            live_processes_in_group, new_scene, oblique_grid, scene_node_ids,
+                            live_processes_in_group, model_json_meta, new_scene, oblique_grid, scene_node_ids,
                             subprocess_environment)
 
 from MaskSAMCore.errors import InputError
@@ -54,11 +54,8 @@ def slow_program(tmp_path: Path) -> Path:
 
 def fake_model_folder(folder: Path, labels=None, channel_names=None) -> Path:
     folder.mkdir(parents=True)
-    meta = {"format": "masksam-model", "format_version": 1, "name": "Test model", "version": "3",
-            "labels": labels or {"background": 0, "liver": 1, "spleen": 2},
-            "channel_names": channel_names or {"0": "CT"},
-            "modality": "CT", "network": {"image_size": 64, "num_slices": 4}, "plan": {},
-            "sam": {"model_type": None, "random_init": True}, "training": {"preset": "tiny"}}
+    meta = {**model_json_meta(labels or {"background": 0, "liver": 1, "spleen": 2}, channel_names or {"0": "CT"}),
+            "name": "Test model", "version": "3", "modality": "CT", "training": {"preset": "tiny"}}
     (folder / "model.json").write_text(json.dumps(meta))
     (folder / "checkpoint_final.pt").write_bytes(b"weights")
     return folder

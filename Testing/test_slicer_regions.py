@@ -44,6 +44,7 @@ def region_model_folder(folder: Path, regions: object = None, labels: object = N
     meta = json.loads((folder / "model.json").read_text())
     meta.update(format_version=2, name="Glioma model", modality="MR",
                 regions=scheme.to_dict() if regions is None else regions)
+    meta["plan"]["regions"] = meta["regions"]   # preprocessing reads the plan's copy
     (folder / "model.json").write_text(json.dumps(meta))
     return folder
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key
-from slicer_support import REPO, add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
+from slicer_support import REPO, add_scalar_volume, distinct_voxel_values, model_json_meta, new_scene, oblique_grid
 
 from MaskSAMCore.errors import ModelFolderError
 from MaskSAMSegmentLib import commands
@@ -27,10 +27,9 @@ from MaskSAMSegmentLib.training_job import TrainRequest, epochs_argument
 
 def write_model(folder: Path, name="Abdomen CT", version="2", labels=None, final=True, **extra) -> Path:
     folder.mkdir(parents=True)
-    meta = {"format": "masksam-model", "format_version": 1, "name": name, "version": version,
-            "labels": labels or {"background": 0, "liver": 1, "kidney_left": 2},
-            "channel_names": {"0": "CT"}, "modality": "CT", "network": {"image_size": 512, "num_slices": 8},
-            "plan": {}, "sam": {"model_type": "vit_b"}, "training": {"preset": "vit_b"}, **extra}
+    meta = {**model_json_meta(labels or {"background": 0, "liver": 1, "kidney_left": 2}, {"0": "CT"},
+                              preset_name="vit_b", sam={"model_type": "vit_b"}),
+            "name": name, "version": version, "modality": "CT", "training": {"preset": "vit_b"}, **extra}
     (folder / "model.json").write_text(json.dumps(meta))
     if final:
         (folder / "checkpoint_final.pt").write_bytes(b"final")
@@ -49,8 +48,8 @@ def test_model_summary_shows_labels_modality_and_input_size(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"format": "something-else"}, "does not describe a MaskSAM model"),
-    ({"labels": {"liver": 1}}, "include 0 \\(background\\)"),
-    ({"labels": {"background": 0, "liver": "one"}}, "must be an integer"),
+    ({"labels": {"liver": 1}}, "with 0 the background"),
+    ({"labels": {"background": 0, "liver": "one"}}, "to the whole numbers 0, 1, 2"),
     ({"channel_names": {}}, "channel_names"),
 ])
 def test_invalid_model_json_gives_one_line_naming_the_file(tmp_path, change, message):
@@ -61,6 +60,27 @@ def test_invalid_model_json_gives_one_line_naming_the_file(tmp_path, change, mes
     with pytest.raises(ModelFolderError, match=message) as error:
         read_model_info(folder)
     assert "model.json" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"network_format": 1}, "was trained with an older MaskSAM network (format 1, this MaskSAM reads format 2)"),
+    ({"labels": {"background": 0, "liver": 1, "kidney_left": 3}}, "whole numbers 0, 1, 2, ... without gaps"),
+    ({"plan": {}}, "plan.transpose_forward must be an order of the axes 0, 1, 2"),
+], ids=["old_network_format", "label_gap", "unusable_plan"])
+def test_the_model_list_refuses_what_the_command_line_refuses_with_its_message(tmp_path, change, message):
+    """The Segment tab must not list a model whose segmentation then fails in the background job:
+    it refuses it when the list is made, in the very line `masksam predict` would print."""
+    from MaskSAMCore.model_folder import ModelFolder
+
+    folder = write_model(tmp_path / "models" / "old")
+    meta = json.loads((folder / "model.json").read_text())
+    meta.update(change)
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFolderError) as refused_by_the_command_line:
+        ModelFolder.load(folder)
+    assert message in str(refused_by_the_command_line.value)
+    models, problems = find_models(tmp_path / "models")
+    assert models == [] and problems == [str(refused_by_the_command_line.value)]
 
 
 def test_import_installs_a_checked_copy_and_lists_it(tmp_path):

@@ -2,10 +2,11 @@
 
 A model folder (docs/INTERNALS.md) is self-describing through its ``model.json``. The core's
 `MaskSAMCore.model_folder` reads it too, but imports torch; the GUI must stay light, so this
-file reads only what the Segment tab shows (name, version, labels, modality, input size) and
-validates it with the same one-line errors. A model trained on region labels (BraTS-like, read
-with `MaskSAMCore.data.regions`, which needs numpy only) shows and names its segments by its
-regions. Installed models live in `MaskSAMCore.paths.models_folder()`, one sub-folder each.
+file reads only what the Segment tab shows (name, version, labels, modality, input size),
+checked by the same torch-free `MaskSAMCore.model_json` as the command line. A model trained on
+region labels (BraTS-like, read with `MaskSAMCore.data.regions`, which needs numpy only) shows
+and names its segments by its regions. Installed models live in `MaskSAMCore.paths.models_folder()`,
+one sub-folder each.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import write_json
-from MaskSAMCore.data.regions import RegionError, RegionScheme, model_regions
+from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.errors import ModelFolderError, describe_path
-from MaskSAMCore.folder_layout import (FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_FORMAT, MODEL_JSON,
-                                       PREPROCESSED)
+from MaskSAMCore.folder_layout import FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_JSON, PREPROCESSED
+from MaskSAMCore.model_json import read_model_json
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache, models_folder
 
 # What an installed model does not need: the resume state (optimizer, RNG) and the preprocessed
@@ -116,29 +117,17 @@ class ModelInfo:
 
 
 def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
-    """Read and check a model folder's model.json; `ModelFolderError` with one line otherwise."""
+    """Read and check a model folder's model.json as the command line does (`read_model_json`),
+    so that the list never offers a model the segmentation then refuses; `ModelFolderError`
+    with the command line's one line otherwise."""
     folder = Path(folder)
-    json_path = folder / MODEL_JSON
-    if not folder.is_dir():
-        raise ModelFolderError(f"model folder {describe_path(folder)} does not exist")
-    if not json_path.is_file():
-        raise ModelFolderError(f"{describe_path(folder)} is not a MaskSAM model folder (no {MODEL_JSON})")
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{describe_path(json_path)} is not valid JSON ({exc})") from None
-    shown = describe_path(json_path)
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ModelFolderError(f"{shown} does not describe a MaskSAM model")
-    labels = _checked_labels(meta.get("labels"), shown)
-    regions = _checked_regions(meta.get("regions"), labels, shown)
-    channels = meta.get("channel_names")
-    if not isinstance(channels, dict) or not channels or not all(str(k).isdigit() for k in channels):
-        raise ModelFolderError(f"{shown}: channel_names must map '0', '1', ... to modality names")
-    network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+    meta = read_model_json(folder)
+    labels = {str(name): int(value) for name, value in meta["labels"].items()}
+    regions = RegionScheme.from_dict(meta["regions"]) if meta.get("regions") else None
+    network = meta["network"]
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    sam = meta.get("sam") if isinstance(meta.get("sam"), dict) else {}
-    channel_names = {str(k): str(v) for k, v in channels.items()}
+    sam = meta["sam"]
+    channel_names = {str(k): str(v) for k, v in meta["channel_names"].items()}
     return ModelInfo(
         folder=folder,
         name=str(meta.get("name") or folder.name),
@@ -156,28 +145,6 @@ def read_model_info(folder: "os.PathLike[str] | str") -> ModelInfo:
         sam_type=str(sam["model_type"]) if sam.get("model_type") else None,
         sam_sha256=str(sam["sha256"]) if sam.get("sha256") else None,
     )
-
-
-def _checked_labels(labels, shown: str) -> Dict[str, int]:
-    if not isinstance(labels, dict) or not labels:
-        raise ModelFolderError(f"{shown}: labels must be a non-empty mapping of name to value")
-    try:
-        result = {str(name): int(value) for name, value in labels.items()}
-    except (TypeError, ValueError):
-        raise ModelFolderError(f"{shown}: every label value must be an integer") from None
-    values = sorted(result.values())
-    if 0 not in values or len(set(values)) != len(values) or values[0] < 0:
-        raise ModelFolderError(f"{shown}: label values must be distinct, non-negative and include 0 (background)")
-    return result
-
-
-def _checked_regions(data, labels: Dict[str, int], shown: str) -> Optional[RegionScheme]:
-    """The regions of a region model (as `MaskSAMCore.model_folder.ModelFolder.load` checks
-    them), or None; its labels must be the classes of its regions."""
-    try:
-        return model_regions(data, labels)
-    except RegionError as exc:
-        raise ModelFolderError(f"{shown}: regions: {exc}") from None
 
 
 def _int_or_none(value) -> Optional[int]:
