@@ -32,6 +32,11 @@ class ModelFolderError(MaskSAMError):
     """A model folder is missing files or does not describe a MaskSAM model."""
 
 
+class ModelAlreadyInstalled(ModelFolderError):
+    """The models folder already holds a model of that name and version: the Slicer module asks
+    whether to replace it (by this type, not by the words of the message)."""
+
+
 class DownloadError(MaskSAMError):
     """A download failed or its content did not match the expected checksum."""
 

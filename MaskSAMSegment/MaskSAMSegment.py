@@ -35,7 +35,7 @@ def _make_core_importable() -> None:
 
 _make_core_importable()
 
-from MaskSAMCore.errors import MaskSAMError  # noqa: E402
+from MaskSAMCore.errors import ModelAlreadyInstalled  # noqa: E402
 from MaskSAMSegmentGui.segment_tab import SegmentTabMixin  # noqa: E402
 from MaskSAMSegmentGui.training_tab import TrainingTabMixin  # noqa: E402
 from MaskSAMSegmentLib import commands, devices, requirements_check  # noqa: E402
@@ -236,8 +236,8 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
         with slicer.util.tryWithErrorDisplay("Could not import the model folder.", waitCursor=True):
             try:
                 model = install_model_folder(folder)
-            except MaskSAMError as error:
-                if "already installed" not in str(error) or not slicer.util.confirmYesNoDisplay(f"{error}. Replace it?"):
+            except ModelAlreadyInstalled as error:
+                if not slicer.util.confirmYesNoDisplay(f"{error}. Replace it?"):
                     raise
                 model = install_model_folder(folder, replace=True)
             self._log(f"Installed model '{model.display_name}' in {model.folder}")

@@ -14,7 +14,7 @@ import pytest
 from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key
 from slicer_support import REPO, add_scalar_volume, distinct_voxel_values, model_json_meta, new_scene, oblique_grid
 
-from MaskSAMCore.errors import ModelFolderError
+from MaskSAMCore.errors import ModelAlreadyInstalled, ModelFolderError
 from MaskSAMSegmentLib import commands
 from MaskSAMSegmentLib.devices import (DeviceChoice, DeviceReport, device_choices, parse_probe_output,
                                        probe_command, unprobed_choices)
@@ -95,7 +95,7 @@ def test_import_installs_a_checked_copy_and_lists_it(tmp_path):
     models, problems = find_models(root)
     assert [m.display_name for m in models] == ["Abdomen CT (v2)"]
     assert len(problems) == 1 and "broken" in problems[0] and "not valid JSON" in problems[0]
-    with pytest.raises(ModelFolderError, match="already installed"):
+    with pytest.raises(ModelAlreadyInstalled, match="already installed"):   # the widget asks "Replace it?"
         install_model_folder(source, root=root)
     assert install_model_folder(source, root=root, replace=True).folder == installed.folder
     assert sorted(p.name for p in root.iterdir()) == ["Abdomen-CT-v2", "broken"]   # no temporaries left

@@ -3,6 +3,10 @@ stand-ins: what the user sees when a job cannot start, ends, or is interrupted."
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from slicer_support import model_json_meta
 from widget_harness import run_widget_code
 
 
@@ -236,3 +240,40 @@ def test_the_status_says_3d_surfaces_are_built_before_that_work_starts():
         print("RESULT", seen, "|", widget.ui.segmentStatusLabel.text)
     """)
     assert "RESULT ['Building 3D surfaces...'] | Done in 3 s: 'CT MaskSAM'." in output
+
+
+def test_import_asks_to_replace_only_a_model_that_is_already_installed(tmp_path):
+    """The question "Replace it?" follows the kind of error, not its words: a folder whose path
+    says "already installed" but that cannot be installed at all is refused without the question."""
+    def model_folder(folder: Path, final: bool = True) -> str:
+        folder.mkdir(parents=True)
+        meta = {**model_json_meta({"background": 0, "liver": 1}, {"0": "CT"}), "name": "Liver"}
+        (folder / "model.json").write_text(json.dumps(meta))
+        if final:
+            (folder / "checkpoint_final.pt").write_bytes(b"weights")
+        return str(folder)
+
+    chosen = [model_folder(tmp_path / "already installed" / "unfinished", final=False),
+              model_folder(tmp_path / "trained again"), model_folder(tmp_path / "trained")]
+    output = run_widget_code(f"""
+        import os
+        from pathlib import Path
+        os.environ["MASKSAM_HOME"] = {str(tmp_path / "home")!r}
+        chosen, asked = {chosen!r}, []
+        stub("qt", Qt=types.SimpleNamespace(WaitCursor=3),
+             QFileDialog=types.SimpleNamespace(getExistingDirectory=lambda *args: chosen.pop()))
+        MaskSAMSegment.qt = sys.modules["qt"]
+        slicer.util.mainWindow = lambda: None
+        slicer.util.confirmYesNoDisplay = lambda text, **kwargs: asked.append(text) or True
+        widget = make_widget()
+        widget.refreshModels = lambda select=None: print("listed", Path(select).name)
+        for _ in range(3):
+            try:
+                widget.onImportModel()
+            except Exception as error:   # tryWithErrorDisplay re-raises what it showed
+                print("refused:", error)
+        print("ASKED", len(asked), asked[0])
+    """)
+    assert output.count("listed Liver-v1") == 2
+    assert "ASKED 1 a model named 'Liver (v1)' is already installed" in output
+    assert "unfinished has no checkpoint_final.pt" in output

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.regions import RegionScheme
-from MaskSAMCore.errors import ModelFolderError, describe_path
+from MaskSAMCore.errors import ModelAlreadyInstalled, ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_JSON, PREPROCESSED
 from MaskSAMCore.model_json import read_model_json
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, checkpoint_cache, models_folder
@@ -200,8 +200,8 @@ def install_model_folder(source: "os.PathLike[str] | str", root: Optional["os.Pa
         return read_model_info(target)
     if target.exists() and not replace:
         # Name the model that is there (the widget asks "Replace it?"): two names may share a folder.
-        raise ModelFolderError(f"a model named '{_installed_display_name(target, info)}' is already installed "
-                               f"in {describe_path(target)}")
+        raise ModelAlreadyInstalled(f"a model named '{_installed_display_name(target, info)}' is already "
+                                    f"installed in {describe_path(target)}")
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=root))
     try:
