@@ -171,18 +171,24 @@ def test_a_second_channel_on_another_grid_is_refused_before_anything_runs(tmp_pa
     assert list(work.iterdir()) == [] and job.runner is None
 
 
-def test_cancelling_a_job_before_it_starts_ends_it(tmp_path):
-    """Cancel pressed before the job started: it is finished and cancelled, and
-    poll() keeps saying so (the widget's timer stops on `finished`)."""
+@pytest.mark.parametrize("kind", ["segment", "training"])
+def test_cancelling_a_job_before_it_starts_ends_it(tmp_path, kind):
+    """Cancel pressed before the job started: it is finished and cancelled, and poll() and wait()
+    keep saying so (the widget's timer stops on `finished`), for either kind of job."""
     from MaskSAMSegmentLib.job_runner import JobState
     from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
+    from MaskSAMSegmentLib.training_job import TrainingJob, TrainRequest
 
-    scene = new_scene()
-    grid = oblique_grid()
-    volume = add_scalar_volume(scene, distinct_voxel_values(grid.shape_zyx), grid)
-    job = SegmentJob(scene, SegmentRequest([volume], None), work_dir=str(tmp_path))
+    if kind == "segment":
+        scene = new_scene()
+        grid = oblique_grid()
+        volume = add_scalar_volume(scene, distinct_voxel_values(grid.shape_zyx), grid)
+        job = SegmentJob(scene, SegmentRequest([volume], None), work_dir=str(tmp_path))
+    else:
+        job = TrainingJob(TrainRequest(str(tmp_path / "Dataset001_X"), str(tmp_path / "model"), preset="tiny"))
     job.cancel()
     assert job.finished and job.state is JobState.CANCELLED and job.poll() is JobState.CANCELLED
+    assert job.wait(timeout_s=1) is JobState.CANCELLED
 
 
 def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period():

@@ -19,7 +19,8 @@ from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_co
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_folders import JobFolder
-from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
+from MaskSAMSegmentLib.background_job import BackgroundJob
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import ModelInfo
 from MaskSAMSegmentLib.result_fingerprint import edit_warning, record_fingerprint
 from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
@@ -154,7 +155,7 @@ def cpu_speed_note(request: SegmentRequest) -> Optional[str]:
             "model a whole CT takes hours. Fast takes minutes.")
 
 
-class SegmentJob:
+class SegmentJob(BackgroundJob):
     """One prediction: `start()`, then `poll()` until `finished`; `cancel()` at any time.
 
     scene:    the MRML scene the result goes into
@@ -169,26 +170,21 @@ class SegmentJob:
                  base_env: Optional[Mapping[str, str]] = None, work_dir: Optional[str] = None,
                  on_log: Optional[Callable[[str], None]] = None,
                  on_event: Optional[Callable[[dict], None]] = None, keep_files: bool = False) -> None:
+        super().__init__(on_log)
         self.scene = scene
         self.request = request
         self.python = python
         self.base_env = base_env
         self.work_dir = work_dir
-        self.on_log = on_log
         self.on_event = on_event
         self.keep_files = keep_files
         self.label_file: Optional[Path] = None
-        self.runner: Optional[JobRunner] = None
         self.result_node = None
-        self.warnings: List[str] = []
-        self._warnings_logged = 0   # how many of `warnings` the log showed as they came
         self._job_folder: Optional[JobFolder] = None
         self._folder: Optional[Path] = None
         self._output: Optional[Path] = None
         self._input_grid = None
         self._private_names: Dict[Path, str] = {}   # the private files -> what they are in the scene
-        self._failure: Optional[str] = None
-        self._state = JobState.PENDING
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -208,11 +204,9 @@ class SegmentJob:
                                           sam_checkpoint=self.request.sam_checkpoint)
             if input_path.is_dir():
                 arguments += ["--output-ending", INPUT_ENDING]
-            self.runner = JobRunner(masksam_command(arguments, self.python),
-                                    env=job_environment(self.base_env, self.request.device.gpu_index),
-                                    on_event=self.on_event, on_log=self._log if self.on_log is not None else None)
-            self.runner.start()
-            self._state = JobState.RUNNING
+            self._run(JobRunner(masksam_command(arguments, self.python),
+                                env=job_environment(self.base_env, self.request.device.gpu_index),
+                                on_event=self.on_event, on_log=self._log if self.on_log is not None else None))
         except BaseException:
             self._cleanup()
             raise
@@ -239,78 +233,34 @@ class SegmentJob:
         self._private_names[self._folder / "output" / f"case{INPUT_ENDING}"] = "the segmentation"
         return folder, self._folder / "output"
 
-    @property
-    def unlogged_warnings(self) -> List[str]:
-        """The warnings the log has not shown: the core's were logged as they came, the job's
-        own (found while importing the result) were not."""
-        return self.warnings[self._warnings_logged:]
-
     def _log(self, line: str) -> None:
-        self.on_log(self._in_scene_terms(line))
+        self.on_log(self._reworded(line))
 
-    def _in_scene_terms(self, message: str) -> str:
+    def _reworded(self, message: str) -> str:
         """A message of the core with the private files named as what they are in the scene."""
         for path, name in self._private_names.items():
             for spelling in (describe_path(path), str(path)):
                 message = message.replace(spelling, name)
         return message
 
-    def poll(self) -> JobState:
-        """Advance the job; on success imports the result into the scene (once)."""
-        if self._state is not JobState.RUNNING or self.runner is None:
-            return self._state
-        state = self.runner.poll()
-        if state is JobState.SUCCEEDED:
-            self.warnings.extend(self._in_scene_terms(warning) for warning in self.runner.warnings)
-            self._warnings_logged = len(self.warnings) if self.on_log is not None else 0
-            try:
-                self.result_node = self._import_result()
-                self._state = JobState.SUCCEEDED
-            except Exception as exc:   # noqa: BLE001 - poll() runs from a timer: report, never raise
-                self._failure = (str(exc) if isinstance(exc, MaskSAMError)
-                                 else f"could not import the result: {type(exc).__name__}: {exc}")
-                self._state = JobState.FAILED
-            finally:
-                if self.keep_files and self._state is JobState.SUCCEEDED:
-                    self._job_folder.keep()
-                else:
-                    self._cleanup()
-        elif state in (JobState.FAILED, JobState.CANCELLED):
-            self._state = state
-            self._cleanup()
-        return self._state
+    def _succeeded(self) -> JobState:
+        """Import the result into the scene; the temporary folder goes, unless kept for debugging."""
+        state = JobState.FAILED
+        try:
+            self.result_node = self._import_result()
+            state = JobState.SUCCEEDED
+        except Exception as exc:   # noqa: BLE001 - poll() runs from a timer: report, never raise
+            self._failure = (str(exc) if isinstance(exc, MaskSAMError)
+                             else f"could not import the result: {type(exc).__name__}: {exc}")
+        finally:
+            if self.keep_files and state is JobState.SUCCEEDED:
+                self._job_folder.keep()
+            else:
+                self._cleanup()
+        return state
 
-    def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.05) -> JobState:
-        """Poll until finished (scripts, tests and the self-test; never the GUI)."""
-        return wait_for(self, timeout_s=timeout_s, interval_s=interval_s)
-
-    def cancel(self) -> None:
-        if self.runner is not None and self._state is JobState.RUNNING:
-            self.runner.cancel()
-        elif self._state is JobState.PENDING:
-            self._state = JobState.CANCELLED
-
-    # -- results ------------------------------------------------------------------------------
-    @property
-    def state(self) -> JobState:
-        return self._state
-
-    @property
-    def finished(self) -> bool:
-        return self._state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-    @property
-    def error_message(self) -> str:
-        if self._failure:
-            return self._failure
-        return self._in_scene_terms(self.runner.error_message) if self.runner is not None else ""
-
-    @property
-    def log_text(self) -> str:
-        return self.runner.log_text if self.runner is not None else ""
-
-    def status_text(self) -> str:
-        return self.runner.status_text() if self.runner is not None else ""
+    def _ended(self) -> None:
+        self._cleanup()
 
     # -- internals ----------------------------------------------------------------------------
     def _result_file(self) -> Path:

@@ -22,7 +22,8 @@ from MaskSAMCore.paths import models_folder
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_progress import warnings_note
-from MaskSAMSegmentLib.job_runner import JobRunner, JobState, wait_for
+from MaskSAMSegmentLib.background_job import BackgroundJob
+from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import SAM_TYPES, ModelInfo, cached_sam_checkpoint, install_trained_model
 from MaskSAMSegmentLib.user_paths import full_path_problems
 
@@ -150,7 +151,7 @@ def uses_sam_weights(request: TrainRequest) -> bool:
     return request.preset in SAM_TYPES and not request.random_init
 
 
-class TrainingJob:
+class TrainingJob(BackgroundJob):
     """One training: `start()`, then `poll()` until `finished`; `cancel()` stops it.
 
     on_epoch: called with each epoch event (the widget feeds its plot with it)
@@ -160,23 +161,14 @@ class TrainingJob:
                  base_env: Optional[Mapping[str, str]] = None, models_root: Optional[str] = None,
                  on_log: Optional[Callable[[str], None]] = None,
                  on_epoch: Optional[Callable[[dict], None]] = None) -> None:
+        super().__init__(on_log)
         self.request = request
         self.python = python
         self.base_env = base_env
         self.models_root = models_root
-        self.on_log = on_log
         self.on_epoch = on_epoch
-        self.runner: Optional[JobRunner] = None
         self.installed_model: Optional[ModelInfo] = None
         self.install_failure: Optional[str] = None   # why the trained model could not be installed
-        self.warnings: List[str] = []
-        self._warnings_logged = 0   # how many of `warnings` the log showed as they came
-
-    @property
-    def unlogged_warnings(self) -> List[str]:
-        """The warnings the log has not shown: the core's were logged as they came, the job's
-        own (installing the trained model) were not."""
-        return self.warnings[self._warnings_logged:]
 
     def start(self) -> None:
         problems = train_problems(self.request)
@@ -190,26 +182,18 @@ class TrainingJob:
                                     device=r.device.device, resume=r.resume,
                                     fold=r.fold or automatic_fold(r.dataset_dir), batch_size=r.batch_size,
                                     val_cases_per_epoch=r.val_cases_per_epoch)
-        self.runner = JobRunner(masksam_command(arguments, self.python),
-                                env=job_environment(self.base_env, r.device.gpu_index),
-                                on_event=self._on_event, on_log=self.on_log)
-        self.runner.start()
+        self._run(JobRunner(masksam_command(arguments, self.python),
+                            env=job_environment(self.base_env, r.device.gpu_index),
+                            on_event=self._on_event, on_log=self.on_log))
 
     def _on_event(self, event: dict) -> None:
         if event.get("event") == "epoch" and self.on_epoch is not None:
             self.on_epoch(event)
 
-    def poll(self) -> JobState:
-        if self.runner is None:
-            return JobState.PENDING
-        was_running = self.runner.state is JobState.RUNNING
-        state = self.runner.poll()
-        if was_running and state is JobState.SUCCEEDED:
-            self.warnings.extend(self.runner.warnings)
-            self._warnings_logged = len(self.warnings) if self.on_log is not None else 0
-        if was_running and state is JobState.SUCCEEDED and self.request.install_when_done:
+    def _succeeded(self) -> JobState:
+        if self.request.install_when_done:
             self._install()
-        return state
+        return JobState.SUCCEEDED
 
     def _install(self) -> None:
         """Install the trained model. A failure (a full disk, a read-only models folder) is
@@ -231,33 +215,6 @@ class TrainingJob:
             return f"Training finished, but {self.install_failure}." + warnings_note(others)
         where = f"; '{self.installed_model.display_name}' is ready in the Segment tab." if self.installed_model else "."
         return "Training finished" + where + warnings_note(self.warnings)
-
-    def wait(self, timeout_s: Optional[float] = None, interval_s: float = 0.1) -> JobState:
-        """Poll until finished (scripts, tests and the self-test; never the GUI)."""
-        return wait_for(self, timeout_s=timeout_s, interval_s=interval_s)
-
-    def cancel(self) -> None:
-        if self.runner is not None:
-            self.runner.cancel()
-
-    @property
-    def state(self) -> JobState:
-        return self.runner.state if self.runner is not None else JobState.PENDING
-
-    @property
-    def finished(self) -> bool:
-        return self.runner is not None and self.runner.finished
-
-    @property
-    def error_message(self) -> str:
-        return self.runner.error_message if self.runner is not None else ""
-
-    @property
-    def log_text(self) -> str:
-        return self.runner.log_text if self.runner is not None else ""
-
-    def status_text(self) -> str:
-        return self.runner.status_text() if self.runner is not None else ""
 
 
 def _reason(exc: Exception) -> str:
