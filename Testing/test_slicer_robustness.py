@@ -119,6 +119,26 @@ def test_a_result_that_cannot_be_imported_fails_the_job_with_one_line(tmp_path):
     assert node_classes(scene) == nodes_before and list(work.iterdir()) == []
 
 
+def test_a_bug_while_importing_the_result_keeps_its_traceback_in_the_log(tmp_path, monkeypatch, caplog):
+    """The status says what failed in one line; a programming error must also leave its traceback
+    in Slicer's log, or nobody can find where it happened."""
+    import MaskSAMSegmentLib.segment_job as segment_job
+
+    def broken_import(*args, **kwargs):
+        raise KeyError("segment_id")
+
+    monkeypatch.setattr(segment_job, "import_label_map", broken_import)
+    scene = new_scene()
+    volume = add_scalar_volume(scene, distinct_voxel_values(), oblique_grid())
+    model = read_model_info(fake_model_folder(tmp_path / "model"))
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=fake_predictor(tmp_path), work_dir=str(tmp_path))
+    job.start()
+    assert job.wait(timeout_s=60) is JobState.FAILED
+    assert job.error_message == "could not import the result: KeyError: 'segment_id'"
+    logged = [record for record in caplog.records if record.exc_info]
+    assert len(logged) == 1 and "broken_import" in caplog.text
+
+
 @pytest.mark.parametrize("keep_files", [False, True])
 def test_the_work_folder_goes_after_success_unless_the_files_are_kept(tmp_path, keep_files):
     """The temporary folder holds a copy of the patient's volume: removed once the result is in

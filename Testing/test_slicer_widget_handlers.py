@@ -94,6 +94,36 @@ def test_closing_the_scene_during_a_dataset_build_says_the_build_was_stopped():
     assert "Writing case" not in status and "scene was closed" in status
 
 
+def test_a_bug_while_building_a_dataset_is_shown_in_one_line_and_logged_with_its_traceback():
+    """The dialog says what failed; a programming error also leaves its traceback in Slicer's log,
+    while a problem the user can fix (the core's errors) is only shown."""
+    output = run_widget_code("""
+        import logging
+        from MaskSAMCore.errors import DatasetError
+        logging.basicConfig(stream=sys.stdout, format="LOG %(message)s")
+
+        class Builder:
+            finished_writing = False
+            def __init__(self, error):
+                self.error = error
+            def step(self):
+                raise self.error
+            def abort(self):
+                print("aborted")
+
+        widget = make_widget()
+        widget.updateButtons = lambda: None
+        for error in (KeyError("segment_id"), DatasetError("case_001 has no segments")):
+            widget._datasetBuilder = Builder(error)
+            widget._stepDatasetBuilder()
+            print("RESULT", widget._datasetBuilder)
+    """)
+    assert output.count("aborted\n") == 2 and output.count("RESULT None") == 2
+    assert "errorDisplay: Could not build the dataset: 'segment_id'" in output
+    assert "errorDisplay: Could not build the dataset: case_001 has no segments" in output
+    assert output.count("Traceback") == 1 and "in step" in output
+
+
 def test_a_new_device_probe_ends_the_running_one_and_keeps_the_chosen_device():
     """Installing the packages probes again: the probe still running is cancelled and polled until
     its process ends (not forgotten), and "CPU" chosen before the answer stays chosen although

@@ -6,9 +6,11 @@ Mixed into `MaskSAMSegmentWidget`; uses its `ui`, `_parameterNode`, `_parameters
 Segment tab, `_deviceOf()` and `refreshModels()` (a trained model is installed and selected).
 """
 
+import logging
 import os
 
 import slicer
+from MaskSAMCore.errors import MaskSAMError
 from MaskSAMSegmentLib import commands
 from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
@@ -134,9 +136,12 @@ class TrainingTabMixin:
                 self.ui.trainingStatusLabel.text = f"Writing case {builder.done}/{builder.total}..."
                 return
             summary = builder.finish()
-        except Exception as error:
+        except Exception as error:   # noqa: BLE001 - a step runs from the timer: show the error, never raise
             builder.abort()
             self._datasetBuilder = None
+            if not isinstance(error, MaskSAMError):
+                # Not the user's problem but a bug: the dialog's one line cannot say where it happened.
+                logging.exception("MaskSAM: building the dataset failed")
             slicer.util.errorDisplay(f"Could not build the dataset: {error}")
             self.updateButtons()
             return

@@ -8,6 +8,7 @@ a failure therefore leaves the scene exactly as it was; the temporary folder is 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
@@ -15,11 +16,11 @@ from typing import Callable, Dict, List, Mapping, Optional
 from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMCore.model.sam_checkpoints import REGISTRY as SAM_REGISTRY
+from MaskSAMSegmentLib.background_job import BackgroundJob
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.job_folders import JobFolder
-from MaskSAMSegmentLib.background_job import BackgroundJob
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import ModelInfo
 from MaskSAMSegmentLib.result_fingerprint import edit_warning, record_fingerprint
@@ -250,8 +251,13 @@ class SegmentJob(BackgroundJob):
             self.result_node = self._import_result()
             state = JobState.SUCCEEDED
         except Exception as exc:   # noqa: BLE001 - poll() runs from a timer: report, never raise
-            self._failure = (str(exc) if isinstance(exc, MaskSAMError)
-                             else f"could not import the result: {type(exc).__name__}: {exc}")
+            # The status shows one line; anything but the user's problem (MaskSAMError) is a bug,
+            # whose traceback goes to Slicer's log so that it can be found.
+            if isinstance(exc, MaskSAMError):
+                self._failure = str(exc)
+            else:
+                self._failure = f"could not import the result: {type(exc).__name__}: {exc}"
+                logging.exception("MaskSAM: %s", self._failure)
         finally:
             if self.keep_files and state is JobState.SUCCEEDED:
                 self._job_folder.keep()

@@ -19,10 +19,10 @@ from MaskSAMCore.data.dataset_json import read_dataset_meta
 from MaskSAMCore.errors import DatasetError, InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import LATEST_CHECKPOINT, MODEL_JSON, never_checkpointed
 from MaskSAMCore.paths import models_folder
+from MaskSAMSegmentLib.background_job import BackgroundJob
 from MaskSAMSegmentLib.commands import job_environment, masksam_command, train_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.job_progress import warnings_note
-from MaskSAMSegmentLib.background_job import BackgroundJob
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import SAM_TYPES, ModelInfo, cached_sam_checkpoint, install_trained_model
 from MaskSAMSegmentLib.user_paths import full_path_problems
