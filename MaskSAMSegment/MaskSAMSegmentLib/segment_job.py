@@ -49,7 +49,7 @@ class SegmentRequest:
     extra_attributes: Mapping[str, str] = field(default_factory=dict)
 
 
-def _placement_problem(volume) -> List[str]:
+def _placement_problem(volume) -> Optional[str]:
     """A volume whose geometry places no volume in space (parallel axes in its IJK to RAS matrix)."""
     from MaskSAMSegmentLib.volume_nodes import volume_grid  # needs VTK; keep module import light
 
@@ -57,8 +57,8 @@ def _placement_problem(volume) -> List[str]:
         volume_grid(volume)
     except InputError as exc:
         sentence = str(exc)   # "volume 'CT' cannot be placed in space: ..."
-        return [f"{sentence[:1].upper()}{sentence[1:]}; fix its geometry in the Volumes module."]
-    return []
+        return f"{sentence[:1].upper()}{sentence[1:]}; fix its geometry in the Volumes module."
+    return None
 
 
 def needs_sam_file(model: Optional[ModelInfo]) -> bool:
@@ -101,6 +101,27 @@ def _stored_values(image) -> int:
     return 0 if scalars is None else scalars.GetNumberOfTuples()
 
 
+def _volume_problem(volume) -> Optional[str]:
+    """Why `volume` cannot be segmented (the first reason found), or None."""
+    image = volume.GetImageData()
+    name = volume.GetName()
+    if image is None or 0 in image.GetDimensions():
+        return f"Volume '{name}' has no image data."
+    if image.GetNumberOfScalarComponents() != 1:
+        return f"Volume '{name}' is a colour/vector volume; select a scalar volume."
+    if volume.IsA("vtkMRMLLabelMapVolumeNode"):
+        # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
+        return f"Volume '{name}' is a labelmap; select the CT or MRI image."
+    if min(image.GetDimensions()) < 2:
+        size = " x ".join(str(n) for n in image.GetDimensions())
+        return f"Volume '{name}' is a single slice ({size} voxels); MaskSAM segments 3D volumes."
+    if _stored_values(image) != _voxel_count(image):
+        # a script or filter that left the array shorter (or longer) than the declared size
+        return (f"Volume '{name}' holds {_stored_values(image)} voxel values for its {_voxel_count(image)} voxels: "
+                "its image data is damaged.")
+    return _placement_problem(volume)
+
+
 def segment_problems(request: SegmentRequest) -> List[str]:
     """Why the Segment button cannot run yet, one short sentence each (empty when it can)."""
     problems: List[str] = []
@@ -118,24 +139,9 @@ def segment_problems(request: SegmentRequest) -> List[str]:
             names = ", ".join(request.model.channel_names[k] for k in sorted(request.model.channel_names, key=int))
             problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {names}.")
     for volume in volumes:
-        image = volume.GetImageData()
-        if image is None or 0 in image.GetDimensions():
-            problems.append(f"Volume '{volume.GetName()}' has no image data.")
-        elif image.GetNumberOfScalarComponents() != 1:
-            problems.append(f"Volume '{volume.GetName()}' is a colour/vector volume; select a scalar volume.")
-        elif volume.IsA("vtkMRMLLabelMapVolumeNode"):
-            # A labelmap is a scalar volume too, but the model would segment label values, not anatomy.
-            problems.append(f"Volume '{volume.GetName()}' is a labelmap; select the CT or MRI image.")
-        elif min(image.GetDimensions()) < 2:
-            size = " x ".join(str(n) for n in image.GetDimensions())
-            problems.append(f"Volume '{volume.GetName()}' is a single slice ({size} voxels); MaskSAM segments "
-                            "3D volumes.")
-        elif _stored_values(image) != _voxel_count(image):
-            # a script or filter that left the array shorter (or longer) than the declared size
-            problems.append(f"Volume '{volume.GetName()}' holds {_stored_values(image)} voxel values for its "
-                            f"{_voxel_count(image)} voxels: its image data is damaged.")
-        else:
-            problems.extend(_placement_problem(volume))
+        problem = _volume_problem(volume)
+        if problem is not None:
+            problems.append(problem)
     # Found now, not when the result is imported after a run that may take an hour.
     for node, what in [(v, "Volume") for v in volumes] + [(request.output_segmentation, "Segmentation")]:
         transform = node.GetParentTransformNode() if node is not None else None
