@@ -8,8 +8,9 @@ method of every TestCase of the module file and never calls `runTest` (Slicer's 
 Test" calls `runTest`). So a check made only in `runTest` is skipped by ctest.
 
 Slicer's application modules (qt, ctk, slicer.ScriptedLoadableModule, slicer.parameterNodeWrapper)
-cannot be installed here: this test gives the module file stand-ins for them, with the real MRML
-scene and `slicer.util` of the slicer-core package, in a separate process.
+cannot be installed here: this test gives the module file the widget tests' stand-ins for them
+(`widget_harness.slicer_stubs`), with the real MRML scene and `slicer.util` of the slicer-core
+package, in a separate process.
 """
 
 from __future__ import annotations
@@ -18,39 +19,10 @@ import subprocess
 import sys
 import textwrap
 
-from slicer_support import MODULE_DIR, REPO
+from slicer_support import REPO
+from widget_harness import slicer_stubs
 
-HARNESS = textwrap.dedent("""
-    import sys, types, unittest
-    sys.path[:0] = [{module!r}, {repo!r}]
-    import slicer
-
-    def stub(name, **members):
-        module = types.ModuleType(name)
-        module.__dict__.update(members)
-        sys.modules[name] = module
-        return module
-
-    stub("ctk")
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):   # Slicer's base: a TestCase with runTest
-        def delayDisplay(self, message, msec=None):
-            print("delayDisplay:", message)
-
-        def runTest(self):
-            pass
-
-    stub("slicer.ScriptedLoadableModule", ScriptedLoadableModule=type("ScriptedLoadableModule", (), {{}}),
-         ScriptedLoadableModuleLogic=type("ScriptedLoadableModuleLogic", (), {{}}),
-         ScriptedLoadableModuleWidget=type("ScriptedLoadableModuleWidget", (), {{}}),
-         ScriptedLoadableModuleTest=ScriptedLoadableModuleTest)
-    stub("slicer.parameterNodeWrapper", Choice=lambda *a: None, WithinRange=lambda *a: None,
-         parameterNodeWrapper=lambda cls: cls)
-    slicer.mrmlScene = slicer.vtkMRMLScene()
-    slicer.app = types.SimpleNamespace(testingEnabled=lambda: True, setOverrideCursor=lambda cursor: None,
-                                       restoreOverrideCursor=lambda: None)
-    stub("qt", Qt=types.SimpleNamespace(WaitCursor=3))
-
+SELF_TEST = textwrap.dedent("""
     import MaskSAMSegment
     from MaskSAMSegmentLib.requirements_check import REQUIREMENTS
 
@@ -69,7 +41,7 @@ HARNESS = textwrap.dedent("""
 def test_ctest_harness_skips_the_self_test_when_packages_are_missing():
     """On a machine without torch (the extension factory's), ctest must not fail the module:
     the self-test says it skips, as "Reload and Test" does."""
-    code = HARNESS.format(module=str(MODULE_DIR), repo=str(REPO))
+    code = slicer_stubs() + SELF_TEST
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(REPO))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -82,7 +54,7 @@ def test_a_job_that_cannot_start_leaves_the_widget_idle():
     """`_startJob` returns None when the job's start raises (after Slicer's error dialog, which
     `slicer.util.tryWithErrorDisplay` shows and then re-raises): the click handler goes on to
     update the buttons instead of ending in a traceback, and no timer starts."""
-    code = HARNESS.format(module=str(MODULE_DIR), repo=str(REPO)).split("import MaskSAMSegment\n")[0] + textwrap.dedent("""
+    code = slicer_stubs() + textwrap.dedent("""
         import MaskSAMSegment
         from MaskSAMCore.errors import InputError
 

@@ -5,7 +5,9 @@ the parameter node wrapper) and the real MRML scene and `slicer.util` of slicer-
 Not a test file: `test_slicer_widget_*.py` call `run_widget_code(snippet)`. The snippet runs
 after `PRELUDE`, which gives it `MaskSAMSegment`, `make_widget()` (a widget whose `ui` members
 are plain attribute holders, created on first use) and `params` (the widget's parameters as a
-plain object with the fields' defaults). Whatever the snippet prints comes back.
+plain object with the fields' defaults). Whatever the snippet prints comes back. The stand-ins
+alone (`slicer_stubs()`: `stub()`, `slicer.app`, the module bases, a unittest TestCase as the
+self-test's) also serve `test_slicer_selftest_harness.py`, which runs the module file's self-test.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import textwrap
 
 from slicer_support import MODULE_DIR, REPO
 
-PRELUDE = textwrap.dedent("""
-    import sys, types
+SLICER_STUBS = textwrap.dedent("""
+    import sys, types, unittest
     sys.path[:0] = [{module!r}, {repo!r}]
     import slicer
 
@@ -34,6 +36,13 @@ PRELUDE = textwrap.dedent("""
         def onReload(self):
             ScriptedLoadableModuleWidget.reloaded += 1
 
+    class ScriptedLoadableModuleTest(unittest.TestCase):   # Slicer's base: a TestCase with runTest
+        def delayDisplay(self, message, msec=None):
+            print("delayDisplay:", message)
+
+        def runTest(self):
+            pass
+
     def parameterNodeWrapper(cls):
         defaults = {{name: getattr(cls, name, None) for name in cls.__annotations__}}
         cls.__init__ = lambda self, node=None: self.__dict__.update(defaults)
@@ -44,14 +53,16 @@ PRELUDE = textwrap.dedent("""
     stub("slicer.ScriptedLoadableModule", ScriptedLoadableModule=type("ScriptedLoadableModule", (), {{}}),
          ScriptedLoadableModuleLogic=type("ScriptedLoadableModuleLogic", (), {{}}),
          ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
-         ScriptedLoadableModuleTest=type("ScriptedLoadableModuleTest", (), {{}}))
+         ScriptedLoadableModuleTest=ScriptedLoadableModuleTest)
     stub("slicer.parameterNodeWrapper", Choice=lambda *a: None, WithinRange=lambda *a: None,
          parameterNodeWrapper=parameterNodeWrapper)
     slicer.mrmlScene = slicer.vtkMRMLScene()
     slicer.app = types.SimpleNamespace(testingEnabled=lambda: True, setOverrideCursor=lambda cursor: None,
                                        restoreOverrideCursor=lambda: None, temporaryPath="/tmp")
     slicer.util.errorDisplay = lambda text, **kwargs: print("errorDisplay:", text)
+""")
 
+PRELUDE = SLICER_STUBS + textwrap.dedent("""
     import MaskSAMSegment
 
     class Holder(types.SimpleNamespace):
@@ -107,6 +118,11 @@ PRELUDE = textwrap.dedent("""
         widget._log = logged.append
         return widget
 """)
+
+
+def slicer_stubs() -> str:
+    """The code that puts the stand-ins of Slicer's application in place (the start of a script)."""
+    return SLICER_STUBS.format(module=str(MODULE_DIR), repo=str(REPO))
 
 
 def run_widget_code(snippet: str) -> str:
