@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,15 @@ MODULE_DIR = REPO / "MaskSAMSegment"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))
 
-from MaskSAMSegmentLib.geometry import LpsGrid, oblique_direction  # noqa: E402
+from MaskSAMSegmentLib.geometry import LpsGrid  # noqa: E402
+
+# The representation converters Slicer's Segmentations module registers at start-up.
+_CONVERTER_RULES = (
+    "vtkBinaryLabelmapToClosedSurfaceConversionRule",
+    "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+    "vtkClosedSurfaceToFractionalLabelmapConversionRule",
+    "vtkFractionalLabelmapToClosedSurfaceConversionRule",
+)
 
 # A grid that catches every geometry mistake: a real rotation about all three axes, a
 # different spacing on each axis, an origin far from zero, and a size different on each axis.
@@ -27,6 +35,16 @@ OBLIQUE_SPACING = (0.8, 1.1, 3.0)
 OBLIQUE_ORIGIN = (-112.5, 87.25, -40.0)
 OBLIQUE_ANGLES = (12.0, -20.0, 33.0)
 OBLIQUE_SHAPE_ZYX = (7, 11, 13)
+
+
+def oblique_direction(angles_deg: Sequence[float]) -> Tuple[float, ...]:
+    """A proper rotation (row-major 3x3) from rotations about x, then y, then z (degrees): the
+    direction of oblique test grids; its columns are orthonormal."""
+    ax, ay, az = np.radians(np.asarray(angles_deg, dtype=float))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return tuple(float(v) for v in (rz @ ry @ rx).ravel())
 
 
 def oblique_grid(shape_zyx: Sequence[int] = OBLIQUE_SHAPE_ZYX) -> LpsGrid:
@@ -42,10 +60,23 @@ def distinct_voxel_values(shape_zyx: Sequence[int] = OBLIQUE_SHAPE_ZYX) -> np.nd
 def new_scene():
     """An empty MRML scene with the segmentation converters Slicer registers at start-up."""
     import slicer
-    from MaskSAMSegmentLib.segmentations import register_segmentation_converters
 
     register_segmentation_converters()
     return slicer.vtkMRMLScene()
+
+
+def register_segmentation_converters() -> None:
+    """Register the converters Slicer's Segmentations module registers at start-up: the
+    `slicer-core` package runs no modules, and without them a segmentation cannot make its
+    closed surfaces. In Slicer every rule is present already (the module needs nothing of this)."""
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    rules = factory.GetConverterRules()   # the wrapped std::vector: a tuple or list
+    present = {rule.GetClassName() for rule in (list(rules) if rules is not None else [])}
+    for class_name in _CONVERTER_RULES:
+        if class_name not in present and hasattr(slicer, class_name):
+            factory.RegisterConverterRule(getattr(slicer, class_name)())
 
 
 def add_scalar_volume(scene, array: np.ndarray, grid: LpsGrid, name: str = "CT"):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_support import add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene, oblique_grid
+from slicer_support import (add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene,
+                            oblique_direction, oblique_grid)
 
 from MaskSAMCore.errors import InputError
 from MaskSAMSegmentLib.dataset_builder import CasePair, DatasetBuilder, build_dataset_from_scene, dataset_summary
 from MaskSAMSegmentLib.drawn_slices import find_drawn_slices, mark_undrawn_slices, slice_orientation
-from MaskSAMSegmentLib.geometry import LpsGrid, oblique_direction
+from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.segmentations import import_label_map
 
 

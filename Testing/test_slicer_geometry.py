@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from slicer_support import (add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene, oblique_grid,
-                            scene_node_ids)
+from slicer_support import (add_scalar_volume, chain_of_transforms, distinct_voxel_values, new_scene,
+                            oblique_direction, oblique_grid, scene_node_ids)
 
 from MaskSAMCore.errors import InputError
-from MaskSAMSegmentLib.geometry import LpsGrid, grid_from_ijk_to_ras, oblique_direction
+from MaskSAMSegmentLib.geometry import LpsGrid, grid_from_ijk_to_ras
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
 from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.segmentations import (MODEL_NAME_ATTRIBUTE, export_label_values_on_volume,

@@ -108,15 +108,3 @@ def grid_from_ijk_to_ras(ijk_to_ras: np.ndarray, size_xyz: Sequence[int]) -> Lps
         origin=tuple(float(o) for o in origin),
         direction=tuple(float(d) for d in direction.ravel()),
     )
-
-
-def oblique_direction(angles_deg: Sequence[float]) -> Tuple[float, ...]:
-    """A proper rotation (row-major 3x3) from rotations about x, then y, then z (degrees).
-
-    Handy to build oblique test grids and phantoms; the columns are orthonormal.
-    """
-    ax, ay, az = np.radians(np.asarray(angles_deg, dtype=float))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return tuple(float(v) for v in (rz @ ry @ rx).ravel())

@@ -14,7 +14,7 @@ when transforms are involved: Slicer's export mishandles nested ones).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import vtk
@@ -36,35 +36,6 @@ MODEL_FOLDER_ATTRIBUTE = "MaskSAM.ModelFolder"
 LABEL_VALUE_TAG = "MaskSAM.LabelValue"
 LABEL_NAME_TAG = "MaskSAM.LabelName"
 REGION_VALUES_TAG = "MaskSAM.RegionValues"   # a region's segment: the label-map values it holds, "1,2,3"
-
-_CONVERTER_RULES = (
-    "vtkBinaryLabelmapToClosedSurfaceConversionRule",
-    "vtkClosedSurfaceToBinaryLabelmapConversionRule",
-    "vtkClosedSurfaceToFractionalLabelmapConversionRule",
-    "vtkFractionalLabelmapToClosedSurfaceConversionRule",
-)
-
-
-def register_segmentation_converters() -> int:
-    """Register the representation converters Slicer's Segmentations module registers at start-up.
-
-    Needed only where that module does not run (the `slicer-core` Python package); in Slicer
-    every rule is present already and nothing is added. Returns how many rules were added.
-    """
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    present = {rule.GetClassName() for rule in _iterate(factory.GetConverterRules())}
-    added = 0
-    for class_name in _CONVERTER_RULES:
-        if class_name not in present and hasattr(slicer, class_name):
-            factory.RegisterConverterRule(getattr(slicer, class_name)())
-            added += 1
-    return added
-
-
-def _iterate(rules) -> Iterable:
-    # The wrapped std::vector comes back as a tuple/list in recent VTK wrappers.
-    return list(rules) if rules is not None else []
-
 
 def import_label_map(
     scene,
