@@ -14,7 +14,8 @@ when transforms are involved: Slicer's export mishandles nested ones).
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import vtk
@@ -36,6 +37,17 @@ MODEL_FOLDER_ATTRIBUTE = "MaskSAM.ModelFolder"
 LABEL_VALUE_TAG = "MaskSAM.LabelValue"
 LABEL_NAME_TAG = "MaskSAM.LabelName"
 REGION_VALUES_TAG = "MaskSAM.RegionValues"   # a region's segment: the label-map values it holds, "1,2,3"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment `import_label_map` makes: what it is called and which voxels it holds."""
+
+    value: int                              # the model's label value (LABEL_VALUE_TAG)
+    name: str                               # the model's label name, or "Label N" for a value it lacks
+    mask_values: Tuple[int, ...]            # the label-map values of its voxels: (value,), or a region's
+    region_values: Optional[Tuple[int, ...]] = None   # a region's values (REGION_VALUES_TAG), else None
+
 
 def import_label_map(
     scene,
@@ -66,80 +78,126 @@ def import_label_map(
                        come in the order given (the painting order, later over earlier). Values of
                        `labels` in no region get a "Label N" segment each.
     """
-    terminology = terminology or AnatomyTerminology()
-    found = {int(v) for v in np.unique(labels) if v != 0}
-    if regions is None:
-        values = sorted({int(v) for v in label_names if int(v) != 0} | found)
-        names = [label_names.get(value, f"Label {value}") for value in values]
-    else:
-        covered = {int(v) for region_values in regions.values() for v in region_values}
-        strays = sorted(found - covered)
-        values = [int(v) for v in regions] + strays
-        names = [label_names.get(int(v), f"Label {v}") for v in regions] + [f"Label {v}" for v in strays]
-        masks = [tuple(regions[v]) for v in regions] + [(v,) for v in strays]
-    if any(v < 0 for v in values):
-        raise InputError(f"label map has negative label values {[v for v in values if v < 0]}")
-
+    specs = _segment_specs(labels, label_names, regions)
     staging = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", node_name)
     staging.SetHideFromEditors(True)
+    result = None
     try:
         if reference_volume is not None:
             staging.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-        segmentation = staging.GetSegmentation()
-        segment_ids: List[str] = []
-        for value, label_name, style in zip(values, names, terminology.styles(list(zip(names, values)))):
-            segment_id = segmentation.AddEmptySegment(_segment_id(label_name, value), style.name, style.color)
-            segment = segmentation.GetSegment(segment_id)
-            if style.terminology:
-                segment.SetTag(segment.GetTerminologyEntryTagName(), style.terminology)
-            segment.SetTag(LABEL_VALUE_TAG, str(value))
-            segment.SetTag(LABEL_NAME_TAG, label_name)
-            if regions is not None and value in regions:
-                segment.SetTag(REGION_VALUES_TAG, ",".join(str(int(v)) for v in regions[value]))
-            segment_ids.append(segment_id)
-
-        def import_into(array: np.ndarray, ids: List[str]) -> None:
-            """ImportLabelmapToSegmentationNode: value i of `array` into the i-th of `ids`."""
-            labelmap = labelmap_node_from_array(array, grid, scene=None, name=f"{node_name} labels")
-            if segmentation_node is not None and segmentation_node.GetParentTransformNode() is not None:
-                # The segments are copied into the node as they are and its transform then moves
-                # them: stage them in the node's own coordinates, or they would be moved twice.
-                to_local = np.linalg.inv(local_to_world(segmentation_node, "segmentation"))
-                labelmap.SetIJKToRASMatrix(numpy_to_matrix(to_local @ grid.ijk_to_ras()))
-            id_array = vtk.vtkStringArray()
-            for segment_id in ids:
-                id_array.InsertNextValue(segment_id)
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-                    labelmap, staging, id_array):
-                raise InputError("Slicer could not import the label map into a segmentation")
-
+        segment_ids = _add_empty_segments(staging.GetSegmentation(), specs, terminology or AnatomyTerminology())
+        ijk_to_ras = _staging_ijk_to_ras(grid, segmentation_node)
         if regions is not None:
             # One import per region: segments imported together share a layer, where they could not overlap.
-            for segment_id, region_values in zip(segment_ids, masks):
-                import_into(np.isin(labels, region_values).astype(np.uint8), [segment_id])
-        elif values:
-            # Label values need not be consecutive; ImportLabelmapToSegmentationNode maps value i to
-            # the i-th segment ID, so renumber to 1..N in the order of `values`.
-            lookup = np.zeros(max(values) + 1, dtype=np.int32)
-            for index, value in enumerate(values, start=1):
-                lookup[value] = index
-            import_into(lookup[labels.astype(np.int64, copy=False)], segment_ids)
-        if segmentation_node is None:
-            staging.SetHideFromEditors(False)
-            staging.CreateDefaultDisplayNodes()
-            result, staging = staging, None
-        else:
-            segmentation_node.GetSegmentation().DeepCopy(segmentation)
-            if reference_volume is not None:
-                segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
-            segmentation_node.CreateDefaultDisplayNodes()
-            result = segmentation_node
+            for spec, segment_id in zip(specs, segment_ids):
+                mask = np.isin(labels, spec.mask_values).astype(np.uint8)
+                _import_labelmap(staging, mask, grid, ijk_to_ras, [segment_id], f"{node_name} labels")
+        elif specs:
+            renumbered = _renumbered(labels, [spec.value for spec in specs])
+            _import_labelmap(staging, renumbered, grid, ijk_to_ras, segment_ids, f"{node_name} labels")
+        result = _deliver(staging, segmentation_node, reference_volume)
         for key, value in (attributes or {}).items():
             result.SetAttribute(key, str(value))
         return result
     finally:
-        if staging is not None:
+        if result is not staging:
             remove_with_display_nodes(scene, staging)
+
+
+def _segment_specs(labels: np.ndarray, label_names: Mapping[int, str],
+                   regions: Optional[Mapping[int, Sequence[int]]]) -> List[SegmentSpec]:
+    """The segments to make, in order (see `import_label_map`): every non-zero value of
+    `label_names` and `labels` in ascending order; for a region model its regions in their order,
+    then the values of `labels` in no region. Negative values are refused."""
+    found = {int(v) for v in np.unique(labels) if v != 0}
+    if regions is None:
+        values = sorted({int(v) for v in label_names if int(v) != 0} | found)
+        specs = [SegmentSpec(value, label_names.get(value, f"Label {value}"), (value,)) for value in values]
+    else:
+        covered = {int(v) for region_values in regions.values() for v in region_values}
+        strays = sorted(found - covered)
+        specs = [SegmentSpec(int(key), label_names.get(int(key), f"Label {key}"), tuple(held),
+                             tuple(int(v) for v in held))
+                 for key, held in regions.items()]
+        # A stray value that also names a region (one not holding its own value) keeps that region's tag.
+        specs += [SegmentSpec(value, f"Label {value}", (value,), _region_values(regions, value)) for value in strays]
+    negative = [spec.value for spec in specs if spec.value < 0]
+    if negative:
+        raise InputError(f"label map has negative label values {negative}")
+    return specs
+
+
+def _region_values(regions: Mapping[int, Sequence[int]], value: int) -> Optional[Tuple[int, ...]]:
+    """The label-map values of the region named `value`, or None when no region has that name."""
+    return tuple(int(v) for v in regions[value]) if value in regions else None
+
+
+def _add_empty_segments(segmentation, specs: Sequence[SegmentSpec], terminology: AnatomyTerminology) -> List[str]:
+    """One empty segment per spec in `segmentation` (a vtkSegmentation), named, coloured and
+    tagged (terminology, label value and name, a region's values); returns their IDs in order."""
+    styles = terminology.styles([(spec.name, spec.value) for spec in specs])
+    segment_ids: List[str] = []
+    for spec, style in zip(specs, styles):
+        segment_id = segmentation.AddEmptySegment(_segment_id(spec.name, spec.value), style.name, style.color)
+        segment = segmentation.GetSegment(segment_id)
+        if style.terminology:
+            segment.SetTag(segment.GetTerminologyEntryTagName(), style.terminology)
+        segment.SetTag(LABEL_VALUE_TAG, str(spec.value))
+        segment.SetTag(LABEL_NAME_TAG, spec.name)
+        if spec.region_values is not None:
+            segment.SetTag(REGION_VALUES_TAG, ",".join(str(v) for v in spec.region_values))
+        segment_ids.append(segment_id)
+    return segment_ids
+
+
+def _staging_ijk_to_ras(grid: LpsGrid, segmentation_node) -> Optional[np.ndarray]:
+    """The (4, 4) IJK-to-RAS matrix to stage label maps with when `segmentation_node` (being
+    replaced) is under a transform, else None (the grid's own). Its segments are copied into the
+    node as they are and its transform then moves them: staged in the node's own coordinates,
+    they are not moved twice."""
+    if segmentation_node is None or segmentation_node.GetParentTransformNode() is None:
+        return None
+    to_local = np.linalg.inv(local_to_world(segmentation_node, "segmentation"))
+    return to_local @ grid.ijk_to_ras()
+
+
+def _renumbered(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """`labels` (z, y, x) with the i-th of `values` (non-negative) as i + 1 (1..N) and every
+    other value as 0: ImportLabelmapToSegmentationNode maps value i to the i-th segment ID,
+    and label values need not be consecutive."""
+    lookup = np.zeros(max(values) + 1, dtype=np.int32)
+    for index, value in enumerate(values, start=1):
+        lookup[value] = index
+    return lookup[labels.astype(np.int64, copy=False)]
+
+
+def _import_labelmap(staging, array: np.ndarray, grid: LpsGrid, ijk_to_ras: Optional[np.ndarray],
+                     segment_ids: List[str], name: str) -> None:
+    """ImportLabelmapToSegmentationNode: value i of `array` (z, y, x, on `grid`, or placed by
+    `ijk_to_ras` when given) into the i-th of `segment_ids` of the `staging` node."""
+    labelmap = labelmap_node_from_array(array, grid, scene=None, name=name)
+    if ijk_to_ras is not None:
+        labelmap.SetIJKToRASMatrix(numpy_to_matrix(ijk_to_ras))
+    id_array = vtk.vtkStringArray()
+    for segment_id in segment_ids:
+        id_array.InsertNextValue(segment_id)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, staging, id_array):
+        raise InputError("Slicer could not import the label map into a segmentation")
+
+
+def _deliver(staging, segmentation_node, reference_volume):
+    """The finished segments as the user sees them: the `staging` node itself, shown, when no
+    node is replaced; else `segmentation_node` with its segments replaced by a copy of them (the
+    caller then removes the staging node). Returns the node delivered."""
+    if segmentation_node is None:
+        staging.SetHideFromEditors(False)
+        staging.CreateDefaultDisplayNodes()
+        return staging
+    segmentation_node.GetSegmentation().DeepCopy(staging.GetSegmentation())
+    if reference_volume is not None:
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    segmentation_node.CreateDefaultDisplayNodes()
+    return segmentation_node
 
 
 def file_beside(scene, node, volume) -> None:
