@@ -32,7 +32,7 @@ from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer,
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.input_checks import check_fits_host_memory
-from MaskSAMCore.inference.predictor import (PredictOptions, Predictor, PreparedCase, describe_case,
+from MaskSAMCore.inference.predictor import (PredictionResult, PredictOptions, Predictor, PreparedCase, describe_case,
                                              describe_settings)
 from MaskSAMCore.model_folder import ModelFolder
 from MaskSAMCore.paths import check_output_file
@@ -195,37 +195,71 @@ def _score_bytes(case: PreparedCase, num_classes: int) -> int:
     return 2 * num_classes * voxels
 
 
+def _fits_read_ahead(case: PreparedCase, num_classes: int) -> bool:
+    """Whether the next case may be read while this one is predicted (its score array is small)."""
+    return _score_bytes(case, num_classes) <= READ_AHEAD_LIMIT_BYTES
+
+
 def run_predict(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                             sam_checkpoint=args.sam_checkpoint, options=options)
     cases, series_left_out = _cases(args, predictor.config.in_channels, predictor.modality)
     if getattr(args, "continue_run", False):
-        model_file = ModelFolder.load(args.model_dir).checkpoint_path(args.checkpoint)
-        remaining, finished, outdated, mismatched = split_finished(cases, args.probabilities, model_file)
-        if finished:
-            print(f"masksam: --continue: {len(finished)} of {len(cases)} case(s) have their output already and "
-                  f"are skipped ({list_some([case.name for case in finished])})", file=sys.stderr)
-        if outdated:
-            print(f"masksam: --continue: {len(outdated)} case(s) have an output older than their image or the "
-                  f"model's {model_file.name} and are segmented again ({list_some([c.name for c in outdated])})",
-                  file=sys.stderr)
-        if mismatched:
-            print(f"masksam: --continue: {len(mismatched)} case(s) have a probabilities file older than their label "
-                  f"map (another run's) and are segmented again ({list_some([c.name for c in mismatched])})",
-                  file=sys.stderr)
-        cases = remaining
+        cases = _skip_finished(args, cases)
         if not cases:
             emit("done", cases=0, failed=[], seconds=0.0, outputs=[])
             return 0
     check_headers(cases, predictor.plan, predictor.config.in_channels)
+    _check_outputs(cases, args.probabilities)
+    _announce(predictor, options, cases, series_left_out)
+    emit("stage", stage="cases", total=len(cases))
+    started = time.perf_counter()
+    written, failed = _predict_cases(predictor, cases, args.probabilities)
+    emit("done", cases=len(written), failed=failed, seconds=round(time.perf_counter() - started, 2),
+         outputs=written)
+    if failed:
+        print(f"masksam: {len(written)} of {len(cases)} case(s) segmented; not segmented (see above): "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _skip_finished(args: argparse.Namespace, cases: List[Case]) -> List[Case]:
+    """--continue: the cases still to segment (`split_finished`), saying which are skipped and
+    which are segmented again although an earlier run wrote their outputs."""
+    model_file = ModelFolder.load(args.model_dir).checkpoint_path(args.checkpoint)
+    remaining, finished, outdated, mismatched = split_finished(cases, args.probabilities, model_file)
+    if finished:
+        print(f"masksam: --continue: {len(finished)} of {len(cases)} case(s) have their output already and "
+              f"are skipped ({list_some([case.name for case in finished])})", file=sys.stderr)
+    if outdated:
+        print(f"masksam: --continue: {len(outdated)} case(s) have an output older than their image or the "
+              f"model's {model_file.name} and are segmented again ({list_some([c.name for c in outdated])})",
+              file=sys.stderr)
+    if mismatched:
+        print(f"masksam: --continue: {len(mismatched)} case(s) have a probabilities file older than their label "
+              f"map (another run's) and are segmented again ({list_some([c.name for c in mismatched])})",
+              file=sys.stderr)
+    return remaining
+
+
+def _check_outputs(cases: List[Case], probabilities: bool) -> None:
+    """Before any work: no output file (label map, with `probabilities` its probabilities file)
+    may overwrite an input or be unwritable; temporaries an interrupted run left in the output
+    folders are removed."""
     inputs = [path for case in cases for path in case.input_files]
     for case in cases:
         check_output_file(case.output_file, inputs)
-        if args.probabilities:
+        if probabilities:
             check_output_file(probabilities_path(case.output_file), inputs, "probabilities file")
     for folder in {case.output_file.parent for case in cases}:
         remove_stale_temporaries(folder)
+
+
+def _announce(predictor: Predictor, options: PredictOptions, cases: List[Case], series_left_out: List[str]) -> None:
+    """Say on stderr what the run segments (DICOM series, the series --all-series left out) and
+    how: the network, device, number of cases, mirroring and step, and a note on a slow CPU run."""
     report_dicom_series(cases, predictor.modality)
     if series_left_out:
         more = "; ..." if len(series_left_out) > 5 else ""
@@ -237,55 +271,66 @@ def run_predict(args: argparse.Namespace) -> int:
     note = cpu_speed_note(predictor)
     if note:
         print(f"masksam: note: {note}", file=sys.stderr)
-    emit("stage", stage="cases", total=len(cases))
-    started = time.perf_counter()
+
+
+def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool) -> Tuple[List[str], List[str]]:
+    """Segment `cases` in order, reading the next one on a background thread while the network
+    works on this one (after it instead, when this one's scores take over `READ_AHEAD_LIMIT_BYTES`).
+    Returns the output files written and the names of the cases that failed (reported already)."""
     written: List[str] = []
     failed: List[str] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masksam-reader")
-
-    def prepare(case: Case) -> Future:
-        return pool.submit(predictor.prepare_files, case.channel_files, case.name)
-
-    pending: Optional[Future] = prepare(cases[0])
+    pending: Optional[Future] = _read(pool, predictor, cases[0])
     try:
         for index, case in enumerate(cases):
             assert pending is not None
             following = cases[index + 1] if index + 1 < len(cases) else None
-            try:
-                prepared = pending.result()
-            except InputError as exc:
-                if len(cases) == 1:
-                    raise
-                # One bad scan in a folder (NaN voxels, a constant image) costs only its own case.
-                message = first_line(exc)
-                print(f"masksam: error: {message}", file=sys.stderr)
-                emit("case_error", case=case.name, message=message, index=index + 1, total=len(cases))
+            prepared = _take_prepared(pending, case, index, len(cases))
+            # A failed case is not predicted: the next is read at once, as before a small case's prediction.
+            read_now = prepared is None or _fits_read_ahead(prepared, predictor.config.num_classes)
+            pending = _read(pool, predictor, following) if following is not None and read_now else None
+            if prepared is None:
                 failed.append(case.name)
-                pending = prepare(following) if following is not None else None
                 continue
-            pending = None
-            for warning in prepared.warnings:
-                print_warning(warning)
-            read_ahead = _score_bytes(prepared, predictor.config.num_classes) <= READ_AHEAD_LIMIT_BYTES
-            if following is not None and read_ahead:
-                pending = prepare(following)
-            result = predictor.predict_prepared(prepared, case.output_file, probabilities=args.probabilities)
+            result = predictor.predict_prepared(prepared, case.output_file, probabilities=probabilities)
             if following is not None and pending is None:
-                pending = prepare(following)
+                pending = _read(pool, predictor, following)
             written.append(str(case.output_file))
-            timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items())
-            print(f"masksam: {case.name} -> {case.output_file} ({timing}; {describe_settings(result.settings)})",
-                  file=sys.stderr)
-            emit("case", case=case.name, output=str(case.output_file), index=index + 1, total=len(cases),
-                 **{k: round(v, 3) for k, v in result.timings.items()})
+            _report_case(case, result, index, len(cases))
     finally:
         if pending is not None:
             pending.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
-    emit("done", cases=len(written), failed=failed, seconds=round(time.perf_counter() - started, 2),
-         outputs=written)
-    if failed:
-        print(f"masksam: {len(written)} of {len(cases)} case(s) segmented; not segmented (see above): "
-              f"{', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return written, failed
+
+
+def _read(pool: ThreadPoolExecutor, predictor: Predictor, case: Case) -> Future:
+    """Start reading and preprocessing `case` on the pool's thread; the future gives its PreparedCase."""
+    return pool.submit(predictor.prepare_files, case.channel_files, case.name)
+
+
+def _take_prepared(pending: Future, case: Case, index: int, total: int) -> Optional[PreparedCase]:
+    """The case `pending` read, its warnings said; None when its voxels are unusable (NaN, a
+    constant image): in a folder one bad scan costs only its own case, so the error is reported
+    and the run goes on. A single case's error is raised."""
+    try:
+        prepared = pending.result()
+    except InputError as exc:
+        if total == 1:
+            raise
+        message = first_line(exc)
+        print(f"masksam: error: {message}", file=sys.stderr)
+        emit("case_error", case=case.name, message=message, index=index + 1, total=total)
+        return None
+    for warning in prepared.warnings:
+        print_warning(warning)
+    return prepared
+
+
+def _report_case(case: Case, result: PredictionResult, index: int, total: int) -> None:
+    """Say on stderr and in the progress events which output a case got and how long each step took."""
+    timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items())
+    print(f"masksam: {case.name} -> {case.output_file} ({timing}; {describe_settings(result.settings)})",
+          file=sys.stderr)
+    emit("case", case=case.name, output=str(case.output_file), index=index + 1, total=total,
+         **{k: round(v, 3) for k, v in result.timings.items()})
