@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from MaskSAMCore.data.image_io import ImageGeometry
-from MaskSAMCore.inference.sliding_window import WindowSettings, predict_with_fallback, sliding_window_predict
+from MaskSAMCore.inference.sliding_window import (WindowJob, WindowSettings, predict_with_fallback,
+                                                  sliding_window_predict)
 
 CPU = torch.device("cpu")
 PATCH = (4, 16, 16)
@@ -40,11 +41,12 @@ def test_out_of_memory_with_one_window_splits_its_flips_before_giving_up():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return ramp_net(x)
 
-    result, _, used = predict_with_fallback(volume, four_flips_fit, PATCH, 2, CPU, WindowSettings(window_batch=1),
-                                            progress_stage=None)
+    result, _, used = predict_with_fallback(WindowJob(volume, four_flips_fit, PATCH, 2, CPU, progress_stage=None),
+                                            WindowSettings(window_batch=1))
     assert used.window_batch == 1 and used.flips_per_forward == 4 and not used.accumulate_on_host
     assert seen[0] == 8 and set(seen[1:]) == {4}
-    expected, _ = sliding_window_predict(volume, ramp_net, PATCH, 2, CPU, WindowSettings(), progress_stage=None)
+    expected, _ = sliding_window_predict(WindowJob(volume, ramp_net, PATCH, 2, CPU, progress_stage=None),
+                                         WindowSettings())
     np.testing.assert_array_equal(result, expected)
 
 
@@ -62,8 +64,8 @@ def test_a_volume_smaller_than_the_patch_is_centred_in_the_window_as_training_ce
         seen.append(x[0, 0].clone())
         return ramp_net(x)
 
-    sliding_window_predict(np.ones((1, *shape), np.float32), recording, PATCH, 2, CPU, WindowSettings(mirror=False),
-                           progress_stage=None)
+    sliding_window_predict(WindowJob(np.ones((1, *shape), np.float32), recording, PATCH, 2, CPU, progress_stage=None),
+                           WindowSettings(mirror=False))
     assert len(seen) == 1
     start = patch_start(shape, PATCH, np.random.default_rng(0))   # unique here: no random choice left
     expected = np.zeros(PATCH, np.float32)
@@ -86,9 +88,8 @@ def test_nan_scores_in_any_window_of_a_batch_are_reported():
         return scores
 
     for window_batch in (1, 2, 5):
-        _, finite = sliding_window_predict(volume, overflowing, PATCH, 2, CPU,
-                                           WindowSettings(mirror=False, window_batch=window_batch),
-                                           progress_stage=None)
+        _, finite = sliding_window_predict(WindowJob(volume, overflowing, PATCH, 2, CPU, progress_stage=None),
+                                           WindowSettings(mirror=False, window_batch=window_batch))
         assert finite is False, window_batch
 
 
@@ -285,10 +286,10 @@ def test_a_padded_last_batch_keeps_every_forward_the_same_shape():
         return ramp_net(x)
 
     settings = WindowSettings(window_batch=3, pad_last_batch=True, flips_per_forward=2)
-    padded, _ = sliding_window_predict(volume, recording, PATCH, 2, CPU, settings, progress_stage=None)
+    padded, _ = sliding_window_predict(WindowJob(volume, recording, PATCH, 2, CPU, progress_stage=None), settings)
     assert len(set(shapes)) == 1 and shapes[0][0] == 3 * 2
-    plain, _ = sliding_window_predict(volume, ramp_net, PATCH, 2, CPU, WindowSettings(window_batch=3),
-                                      progress_stage=None)
+    plain, _ = sliding_window_predict(WindowJob(volume, ramp_net, PATCH, 2, CPU, progress_stage=None),
+                                      WindowSettings(window_batch=3))
     np.testing.assert_array_equal(padded, plain)
 
 
@@ -301,8 +302,9 @@ def test_the_mean_over_flips_divides_by_the_number_of_flips():
     expected = sum(ramp_net(patches.flip(f) if f else patches).flip(f) if f else ramp_net(patches)
                    for f in flips) / 4
     torch.testing.assert_close(mirrored_predict(ramp_net, patches, flips), expected)
-    scores, _ = sliding_window_predict(np.zeros((1, *PATCH), np.float32), lambda x: torch.ones(x.shape[0], 2, *PATCH),
-                                       PATCH, 2, CPU, WindowSettings(mirror_axes=(0, 1)), progress_stage=None)
+    scores, _ = sliding_window_predict(WindowJob(np.zeros((1, *PATCH), np.float32),
+                                                 lambda x: torch.ones(x.shape[0], 2, *PATCH), PATCH, 2, CPU,
+                                                 progress_stage=None), WindowSettings(mirror_axes=(0, 1)))
     np.testing.assert_allclose(scores.astype(np.float32), 1.0, atol=1e-3)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from MaskSAMCore.inference.sliding_window import WindowSettings, sliding_window_predict
+from MaskSAMCore.inference.sliding_window import WindowJob, WindowSettings, sliding_window_predict
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,14 +29,14 @@ def make_net(device: torch.device) -> torch.nn.Module:
 def test_cuda_result_equals_cpu_result(window_batch, host):
     volume = np.random.default_rng(0).normal(size=(1, 23, 70, 45)).astype(np.float32)
     settings = WindowSettings(window_batch=window_batch, accumulate_on_host=host, pad_last_batch=True)
-    on_gpu, finite = sliding_window_predict(volume, make_net(CUDA), (4, 32, 32), 3, CUDA, settings,
-                                            progress_stage=None)
-    on_cpu, _ = sliding_window_predict(volume, make_net(torch.device("cpu")), (4, 32, 32), 3,
-                                       torch.device("cpu"), WindowSettings(), progress_stage=None)
+    on_gpu, finite = sliding_window_predict(WindowJob(volume, make_net(CUDA), (4, 32, 32), 3, CUDA,
+                                                      progress_stage=None), settings)
+    on_cpu, _ = sliding_window_predict(WindowJob(volume, make_net(torch.device("cpu")), (4, 32, 32), 3,
+                                                 torch.device("cpu"), progress_stage=None), WindowSettings())
     assert finite
     np.testing.assert_allclose(on_gpu.astype(np.float32), on_cpu.astype(np.float32), atol=2e-3)
-    labels, _ = sliding_window_predict(volume, make_net(CUDA), (4, 32, 32), 3, CUDA, settings,
-                                       output="labels", progress_stage=None)
+    labels, _ = sliding_window_predict(WindowJob(volume, make_net(CUDA), (4, 32, 32), 3, CUDA, output="labels",
+                                                 progress_stage=None), settings)
     decided = np.sort(on_cpu.astype(np.float32), axis=0)
     decided = decided[-1] - decided[-2] > 1e-2
     np.testing.assert_array_equal(labels[decided], on_cpu.argmax(0)[decided])
@@ -51,8 +51,8 @@ def count_synchronisations(depth: int, output: str) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            sliding_window_predict(volume, net, (4, 32, 32), 3, CUDA, WindowSettings(window_batch=2),
-                                   output=output, progress_stage=None, restore_shape=restore_shape)
+            sliding_window_predict(WindowJob(volume, net, (4, 32, 32), 3, CUDA, output=output, progress_stage=None,
+                                             restore_shape=restore_shape), WindowSettings(window_batch=2))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message).lower() for w in caught)

@@ -11,7 +11,7 @@ import torch
 from MaskSAMCore.errors import Cancelled
 from MaskSAMCore.inference.mirroring import flip_combinations, mirrored_predict
 from MaskSAMCore.inference.sliding_window import (
-    OutOfMemory, WindowSettings, predict_with_fallback, sliding_window_predict)
+    OutOfMemory, WindowJob, WindowSettings, predict_with_fallback, sliding_window_predict)
 from MaskSAMCore.inference.windows import WindowGrid, gaussian_1d, gaussian_importance, window_starts
 
 CPU = torch.device("cpu")
@@ -92,8 +92,8 @@ def test_gaussian_is_symmetric_with_a_sigma_floor_on_short_axes():
 def test_volume_of_exactly_one_patch_equals_one_forward():
     net = ToyConvNet(2, 3)
     volume = np.random.default_rng(0).normal(size=(2, 4, 16, 16)).astype(np.float32)
-    scores, finite = sliding_window_predict(volume, net, (4, 16, 16), 3, CPU,
-                                            WindowSettings(mirror=False), progress_stage=None)
+    scores, finite = sliding_window_predict(WindowJob(volume, net, (4, 16, 16), 3, CPU, progress_stage=None),
+                                            WindowSettings(mirror=False))
     with torch.no_grad():
         expected = net(torch.from_numpy(volume)[None])[0].numpy()
     assert finite and scores.shape == (3, 4, 16, 16) and scores.dtype == np.float16
@@ -104,7 +104,8 @@ def test_constant_network_gives_a_constant_weighted_average():
     values = torch.tensor([0.2, 0.7, 0.1])
     net = lambda x: values[None, :, None, None, None].expand(x.shape[0], 3, *x.shape[2:])  # noqa: E731
     volume = np.zeros((1, 11, 37, 29), np.float32)  # odd sizes: uneven window steps
-    scores, _ = sliding_window_predict(volume, net, (4, 16, 16), 3, CPU, WindowSettings(), progress_stage=None)
+    scores, _ = sliding_window_predict(WindowJob(volume, net, (4, 16, 16), 3, CPU, progress_stage=None),
+                                       WindowSettings())
     for k in range(3):
         np.testing.assert_allclose(scores[k].astype(np.float32), float(values[k]), atol=1e-3)
 
@@ -118,22 +119,21 @@ def test_slab_accumulation_matches_a_full_volume_reference(shape, window_batch):
     net = ToyConvNet(shape[0], 2, seed=1)
     volume = np.random.default_rng(1).normal(size=shape).astype(np.float32)
     settings = WindowSettings(mirror=True, window_batch=window_batch)
-    scores, _ = sliding_window_predict(volume, net, (4, 16, 16), 2, CPU, settings, progress_stage=None)
+    scores, _ = sliding_window_predict(WindowJob(volume, net, (4, 16, 16), 2, CPU, progress_stage=None), settings)
     expected = reference_sliding_window(volume, net, (4, 16, 16), 0.5, mirror=True)
     assert scores.shape == (2, *shape[1:])
     np.testing.assert_allclose(scores.astype(np.float32), expected, atol=2e-3)
-    labels, _ = sliding_window_predict(volume, net, (4, 16, 16), 2, CPU, settings, output="labels",
-                                       progress_stage=None)
+    labels, _ = sliding_window_predict(WindowJob(volume, net, (4, 16, 16), 2, CPU, output="labels",
+                                                 progress_stage=None), settings)
     decided = np.abs(expected[0] - expected[1]) > 1e-2  # skip near-ties where float16 may flip
     np.testing.assert_array_equal(labels[decided], expected.argmax(0)[decided])
 
 
 def test_mirroring_a_flip_equivariant_network_equals_one_pass():
     volume = np.random.default_rng(2).normal(size=(1, 10, 30, 21)).astype(np.float32)
-    mirrored, _ = sliding_window_predict(volume, symmetric_net, (4, 16, 16), 2, CPU,
-                                         WindowSettings(mirror=True), progress_stage=None)
-    single, _ = sliding_window_predict(volume, symmetric_net, (4, 16, 16), 2, CPU,
-                                       WindowSettings(mirror=False), progress_stage=None)
+    job = WindowJob(volume, symmetric_net, (4, 16, 16), 2, CPU, progress_stage=None)
+    mirrored, _ = sliding_window_predict(job, WindowSettings(mirror=True))
+    single, _ = sliding_window_predict(job, WindowSettings(mirror=False))
     np.testing.assert_allclose(mirrored.astype(np.float32), single.astype(np.float32), atol=1e-3)
 
 
@@ -168,18 +168,19 @@ def test_out_of_memory_halves_the_window_batch_and_then_gives_a_clear_error():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return net(x)
 
-    result, _, used = predict_with_fallback(volume, small_gpu, (4, 16, 16), 2, CPU,
-                                            WindowSettings(window_batch=4), progress_stage=None)
+    result, _, used = predict_with_fallback(WindowJob(volume, small_gpu, (4, 16, 16), 2, CPU, progress_stage=None),
+                                            WindowSettings(window_batch=4))
     assert used.window_batch == 1 and seen[:3] == [32, 16, 8]
-    expected, _ = sliding_window_predict(volume, net, (4, 16, 16), 2, CPU, WindowSettings(), progress_stage=None)
+    expected, _ = sliding_window_predict(WindowJob(volume, net, (4, 16, 16), 2, CPU, progress_stage=None),
+                                         WindowSettings())
     np.testing.assert_array_equal(result, expected)
 
     def no_gpu(x):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(OutOfMemory, match="one window per forward"):
-        predict_with_fallback(volume, no_gpu, (4, 16, 16), 2, CPU, WindowSettings(window_batch=2),
-                              progress_stage=None, case_name="case_007")
+        predict_with_fallback(WindowJob(volume, no_gpu, (4, 16, 16), 2, CPU, progress_stage=None,
+                                        case_name="case_007"), WindowSettings(window_batch=2))
 
 
 def test_cublas_and_cudnn_allocation_failures_fall_back_like_out_of_memory():
@@ -193,16 +194,17 @@ def test_cublas_and_cudnn_allocation_failures_fall_back_like_out_of_memory():
             return net(x)
         return network
 
-    expected, _ = sliding_window_predict(volume, net, (4, 16, 16), 2, CPU, WindowSettings(), progress_stage=None)
+    expected, _ = sliding_window_predict(WindowJob(volume, net, (4, 16, 16), 2, CPU, progress_stage=None),
+                                         WindowSettings())
     for error in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
                   "cuDNN error: CUDNN_STATUS_ALLOC_FAILED"):
-        result, _, used = predict_with_fallback(volume, full_gpu(error), (4, 16, 16), 2, CPU,
-                                                WindowSettings(window_batch=4), progress_stage=None)
+        result, _, used = predict_with_fallback(WindowJob(volume, full_gpu(error), (4, 16, 16), 2, CPU,
+                                                          progress_stage=None), WindowSettings(window_batch=4))
         assert used.window_batch == 1
         np.testing.assert_array_equal(result, expected)
     with pytest.raises(RuntimeError, match="CUBLAS_STATUS_EXECUTION_FAILED"):  # not memory: no retry
-        predict_with_fallback(volume, full_gpu("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"), (4, 16, 16), 2,
-                              CPU, WindowSettings(window_batch=4), progress_stage=None)
+        predict_with_fallback(WindowJob(volume, full_gpu("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED"), (4, 16, 16), 2,
+                                        CPU, progress_stage=None), WindowSettings(window_batch=4))
 
 
 def test_the_failed_attempts_memory_is_released_before_the_cache_is_emptied(monkeypatch):
@@ -219,8 +221,8 @@ def test_the_failed_attempts_memory_is_released_before_the_cache_is_emptied(monk
 
     still_held = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: still_held.append(failed[-1]() is not None))
-    predict_with_fallback(volume, small_gpu, (4, 16, 16), 2, CPU, WindowSettings(window_batch=2),
-                          progress_stage=None)
+    predict_with_fallback(WindowJob(volume, small_gpu, (4, 16, 16), 2, CPU, progress_stage=None),
+                          WindowSettings(window_batch=2))
     # Emptying the cache while the traceback still holds the failed forward's tensors frees none
     # of their memory (cuBLAS, allocating outside PyTorch's cache, would then fail again).
     assert still_held == [False]
@@ -228,12 +230,16 @@ def test_the_failed_attempts_memory_is_released_before_the_cache_is_emptied(monk
 
 def test_non_finite_scores_are_reported_and_cancel_stops_the_loop():
     volume = np.ones((1, 8, 16, 16), np.float32)
-    _, finite = sliding_window_predict(volume, lambda x: torch.full((x.shape[0], 2, *x.shape[2:]), float("nan")),
-                                       (4, 16, 16), 2, CPU, WindowSettings(mirror=False), progress_stage=None)
+
+    def nan_net(x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], 2, *x.shape[2:]), float("nan"))
+
+    _, finite = sliding_window_predict(WindowJob(volume, nan_net, (4, 16, 16), 2, CPU, progress_stage=None),
+                                       WindowSettings(mirror=False))
     assert finite is False
     with pytest.raises(Cancelled):
-        sliding_window_predict(volume, symmetric_net, (4, 16, 16), 2, CPU, WindowSettings(),
-                               progress_stage=None, should_cancel=lambda: True)
+        sliding_window_predict(WindowJob(volume, symmetric_net, (4, 16, 16), 2, CPU, progress_stage=None,
+                                         should_cancel=lambda: True), WindowSettings())
 
 
 def test_automatic_window_batch_is_planned_for_the_memory_budget_alone():

@@ -10,7 +10,7 @@ from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_scores_argmax
 from MaskSAMCore.inference.random_model import synthetic_plan
 from MaskSAMCore.inference.restore_sink import ResampledLabelSink, finish_labels, linear_taps
-from MaskSAMCore.inference.sliding_window import WindowSettings, sliding_window_predict
+from MaskSAMCore.inference.sliding_window import WindowJob, WindowSettings, sliding_window_predict
 from MaskSAMCore.model.config import preset
 
 
@@ -55,11 +55,11 @@ def test_sliding_window_with_restore_matches_restore_scores_argmax_on_a_real_pre
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3, padding=1), torch.nn.Softmax(dim=1))
     settings = WindowSettings(mirror=False, step=0.5, window_batch=2)
-    scores, _ = sliding_window_predict(data, net, (4, 16, 16), 3, torch.device("cpu"), settings,
-                                       progress_stage=None)
-    restored, _ = sliding_window_predict(data, net, (4, 16, 16), 3, torch.device("cpu"), settings,
-                                         output="restored", progress_stage=None,
-                                         restore_shape=properties["shape_after_transpose"])
+    scores, _ = sliding_window_predict(WindowJob(data, net, (4, 16, 16), 3, torch.device("cpu"), progress_stage=None),
+                                       settings)
+    restored, _ = sliding_window_predict(WindowJob(data, net, (4, 16, 16), 3, torch.device("cpu"), output="restored",
+                                                   progress_stage=None,
+                                                   restore_shape=properties["shape_after_transpose"]), settings)
     expected = restore_scores_argmax(scores, properties, plan)
     labels = finish_labels(restored, properties)
     assert labels.shape == expected.shape == geometry.shape_zyx

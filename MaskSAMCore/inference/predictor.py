@@ -20,6 +20,7 @@ writes region predictions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -43,7 +44,7 @@ from MaskSAMCore.inference.export import (probabilities_path, remove_stale_proba
 from MaskSAMCore.inference.input_checks import check_fits_host_memory, check_image, intensity_warnings
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.restore_sink import finish_labels
-from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowSettings,
+from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowJob, WindowSettings,
                                                   predict_with_fallback)
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.progress import emit, print_warning
@@ -151,7 +152,16 @@ class Predictor:
     # -- the network ---------------------------------------------------------------------------
     def network(self, patches: torch.Tensor) -> torch.Tensor:
         """(M, C, T, H, W) -> (M, K, T, H, W) class scores, under autocast on CUDA."""
-        with devices.autocast_context(self.device, self.amp_dtype):
+        return self._forward(patches, self.amp_dtype)
+
+    def network_in(self, amp_dtype: Optional[torch.dtype]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`network` under autocast to `amp_dtype` instead (None: float32), for the retry of a
+        case whose scores overflowed in half precision; the next case uses `amp_dtype` again."""
+        return functools.partial(self._forward, amp_dtype=amp_dtype)
+
+    def _forward(self, patches: torch.Tensor, amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
+        """(M, C, T, H, W) -> (M, K, T, H, W) class scores, under autocast to `amp_dtype` on CUDA."""
+        with devices.autocast_context(self.device, amp_dtype):
             return self._segment(patches)
 
     def window_settings(self) -> WindowSettings:
@@ -304,10 +314,12 @@ class Predictor:
 
     def _sliding_window(self, case: PreparedCase, settings: WindowSettings, output: str,
                         should_cancel: Optional[Callable[[], bool]], restore_shape: Optional[Sequence[int]]):
-        stage = "predict" if self.options.show_progress else None
-        result, finite, used = predict_with_fallback(
-            case.data, self.network, self.patch, self.config.num_classes, self.device, settings, output,
-            stage, should_cancel, case_name=case.name, restore_shape=restore_shape)
+        """`predict_with_fallback` on the case's data; a case whose half-precision scores are not
+        finite is predicted again in float32. Returns (result, the settings that worked)."""
+        job = WindowJob(case.data, self.network, self.patch, self.config.num_classes, self.device, output,
+                        progress_stage="predict" if self.options.show_progress else None,
+                        should_cancel=should_cancel, restore_shape=restore_shape, case_name=case.name)
+        result, finite, used = predict_with_fallback(job, settings)
         if finite:
             return result, used
         if self.amp_dtype is None:
@@ -316,13 +328,7 @@ class Predictor:
         message = f"{case.name}: NaN/Inf scores in {self.amp_dtype}; predicting this case again in float32"
         print(f"masksam: {message}", file=sys.stderr)
         emit("message", message=message)
-        amp, self.amp_dtype = self.amp_dtype, None
-        try:
-            result, finite, used = predict_with_fallback(
-                case.data, self.network, self.patch, self.config.num_classes, self.device, used, output,
-                stage, should_cancel, case_name=case.name, restore_shape=restore_shape)
-        finally:
-            self.amp_dtype = amp
+        result, finite, used = predict_with_fallback(dataclasses.replace(job, network=self.network_in(None)), used)
         if not finite:
             raise NonFiniteScores(f"{case.name}: the network produced NaN/Inf scores even in float32")
         return result, used

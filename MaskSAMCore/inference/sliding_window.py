@@ -1,7 +1,7 @@
 """Sliding-window prediction of a whole preprocessed volume, with mirroring and OOM fallbacks.
 
-    scores, finite = sliding_window_predict(volume, network, patch=(8, 512, 512), num_classes=16,
-                                            device=torch.device("cuda"), settings=WindowSettings())
+    job = WindowJob(volume, network, patch=(8, 512, 512), num_classes=16, device=torch.device("cuda"))
+    scores, finite = sliding_window_predict(job, WindowSettings())
 
 The loop is: feeder (window batch on the device, prefetched) -> mirrored network call (all flips
 in one forward) -> Gaussian-weighted accumulation in a slab -> finished slices to a host sink.
@@ -74,37 +74,43 @@ class WindowSettings:
         return None
 
 
-def sliding_window_predict(
-    volume: Union[np.ndarray, torch.Tensor],
-    network: Network,
-    patch: Sequence[int],
-    num_classes: int,
-    device: torch.device,
-    settings: WindowSettings,
-    output: str = "scores",
-    progress_stage: Optional[str] = "predict",
-    should_cancel: Optional[Callable[[], bool]] = None,
-    restore_shape: Optional[Sequence[int]] = None,
-) -> Tuple[Any, bool]:
-    """Predict every voxel of volume (C, Z, Y, X) float32 (host) with overlapping windows.
+@dataclass(frozen=True)
+class WindowJob:
+    """What `sliding_window_predict` predicts and what it returns; `WindowSettings` say how (an
+    out-of-memory fallback changes those and keeps the job)."""
 
-    network: device tensor (M, C, T, H, W) -> (M, K, T, H, W) scores, any M.
-    output: "scores" -> (K, Z, Y, X) float16 normalised scores; "labels" -> (Z, Y, X) argmax
+    volume: Union[np.ndarray, torch.Tensor]   # (C, Z, Y, X) float32 on the host
+    network: Network                          # device tensor (M, C, T, H, W) -> (M, K, T, H, W) scores, any M
+    patch: Sequence[int]                      # window size (T, H, W)
+    num_classes: int                          # K
+    device: torch.device                      # where the network runs
+    output: str = "scores"                    # one of OUTPUTS (see `sliding_window_predict`)
+    progress_stage: Optional[str] = "predict"             # the progress bar's stage; None: no bar
+    should_cancel: Optional[Callable[[], bool]] = None    # asked before each window batch
+    restore_shape: Optional[Sequence[int]] = None         # (Z', Y', X') for the "restored" outputs only
+    case_name: str = "the image"                          # names the case in out-of-memory messages
+
+
+def sliding_window_predict(job: WindowJob, settings: WindowSettings) -> Tuple[Any, bool]:
+    """Predict every voxel of `job.volume` (C, Z, Y, X) with overlapping windows.
+
+    job.output: "scores" -> (K, Z, Y, X) float16 normalised scores; "labels" -> (Z, Y, X) argmax
     (uint8, int16 beyond 256 classes); "restored" -> the argmax of the scores resampled
-    (linearly) to `restore_shape`, computed slab by slab (see `restore_sink.py`);
+    (linearly) to `job.restore_shape`, computed slab by slab (see `restore_sink.py`);
     "scores+labels", "scores+restored" -> (scores, labels) from the same blocks (the labels as
     without the scores: `sinks.ScoresAndLabelsSink`).
     Returns (result, all_finite).
     """
+    output, restore_shape, num_classes = job.output, job.restore_shape, job.num_classes
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {', '.join(OUTPUTS)}, not {output!r}")
     if output.endswith("restored") != (restore_shape is not None):
         raise ValueError("restore_shape is needed for, and only for, output='restored'")
-    device = torch.device(device)
-    host_volume = torch.as_tensor(volume, dtype=torch.float32)
+    device = torch.device(job.device)
+    host_volume = torch.as_tensor(job.volume, dtype=torch.float32)
     if host_volume.ndim != 4:
         raise ValueError(f"volume must be (C, Z, Y, X), got shape {tuple(host_volume.shape)}")
-    grid = WindowGrid(tuple(host_volume.shape[1:]), tuple(patch), settings.step)
+    grid = WindowGrid(tuple(host_volume.shape[1:]), tuple(job.patch), settings.step)
     batches = grid.batches(settings.window_batch)
     accumulate_device = torch.device("cpu") if settings.accumulate_on_host else device
     sink = _sink(output, num_classes, grid.shape, restore_shape, accumulate_device)
@@ -112,14 +118,14 @@ def sliding_window_predict(
                                   accumulate_device, sink)
     feeder = WindowFeeder(host_volume, grid, batches, device,
                           pad_to=settings.window_batch if settings.pad_last_batch else None)
-    bar = Progress(progress_stage, total=len(grid), unit="windows") if progress_stage else None
+    bar = Progress(job.progress_stage, total=len(grid), unit="windows") if job.progress_stage else None
     flips = settings.flips
     try:
         with torch.inference_mode():
             for windows, patches in feeder:
-                if should_cancel is not None and should_cancel():
+                if job.should_cancel is not None and job.should_cancel():
                     raise Cancelled("prediction cancelled")
-                scores = mirrored_predict(network, patches, flips, settings.flips_per_forward)
+                scores = mirrored_predict(job.network, patches, flips, settings.flips_per_forward)
                 accumulator.add(windows, scores)
                 del scores, patches
                 if bar is not None:
@@ -152,27 +158,14 @@ def _sink(output: str, num_classes: int, shape: Tuple[int, int, int], restore_sh
     return labels
 
 
-def predict_with_fallback(
-    volume: Union[np.ndarray, torch.Tensor],
-    network: Network,
-    patch: Sequence[int],
-    num_classes: int,
-    device: torch.device,
-    settings: WindowSettings,
-    output: str = "scores",
-    progress_stage: Optional[str] = "predict",
-    should_cancel: Optional[Callable[[], bool]] = None,
-    case_name: str = "the image",
-    restore_shape: Optional[Sequence[int]] = None,
-) -> Tuple[Any, bool, WindowSettings]:
+def predict_with_fallback(job: WindowJob, settings: WindowSettings) -> Tuple[Any, bool, WindowSettings]:
     """`sliding_window_predict`, retried with fewer windows per forward, fewer flips per forward,
     then host accumulation when the GPU runs out of memory. Returns (result, finite, settings
     that worked) so the caller can start the next case with them."""
     current = settings
     while True:
         try:
-            result, finite = sliding_window_predict(volume, network, patch, num_classes, device, current,
-                                                    output, progress_stage, should_cancel, restore_shape)
+            result, finite = sliding_window_predict(job, current)
             return result, finite, current
         except BaseException as error:  # noqa: BLE001 - only OOM is handled, everything else re-raised
             if not devices.is_out_of_memory(error):
@@ -183,9 +176,9 @@ def predict_with_fallback(
         torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
         fallback = current.more_frugal()
         if fallback is None:
-            raise OutOfMemory(f"{case_name}: the GPU ran out of memory even with one window per forward; "
+            raise OutOfMemory(f"{job.case_name}: the GPU ran out of memory even with one window per forward; "
                               "close other GPU programs or use --device cpu")
-        message = (f"{case_name}: GPU out of memory; retrying with window batch {fallback.window_batch}, "
+        message = (f"{job.case_name}: GPU out of memory; retrying with window batch {fallback.window_batch}, "
                    f"{fallback.flips_per_forward or len(fallback.flips)} flips per forward"
                    f"{', accumulating on the host' if fallback.accumulate_on_host else ''}")
         print(f"masksam: {message}", file=sys.stderr)
