@@ -149,9 +149,16 @@ def test_a_worker_killed_from_outside_is_one_line_suggesting_fewer_workers(small
 
 
 KILLED_MID_BATCH = textwrap.dedent("""
-    import os, signal, sys, time
+    import fcntl, os, signal, struct, sys, termios, time
     from MaskSAMCore.data.loader import PatchLoader
     from MaskSAMCore.errors import MaskSAMError
+
+    def pipe_full(connection):
+        # More bytes wait in the pipe (FIONREAD) than all its pages but one hold, so every page is
+        # in use: a writer with more to write (a batch far larger than the pipe) blocks in the write.
+        fd = connection.fileno()
+        waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+        return waiting > fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) - os.sysconf("SC_PAGE_SIZE")
 
     def main():
         # 2 MB batches: far more than a pipe holds, so a worker's next batch is half written
@@ -160,7 +167,14 @@ KILLED_MID_BATCH = textwrap.dedent("""
         try:
             for index, _ in enumerate(loader):
                 if index == 0:
-                    time.sleep(1.0)   # worker 1 has made its batch and blocks writing it
+                    # Wait until worker 1 has made its batch and blocks writing it (a busy machine
+                    # may take long): killed before, the test would not kill it mid-batch.
+                    deadline = time.monotonic() + 30.0
+                    while not pipe_full(loader._queues[1]._reader):
+                        if time.monotonic() > deadline:
+                            print("worker 1 never filled its pipe")
+                            return
+                        time.sleep(0.01)
                     os.kill(loader.worker_pids[1], signal.SIGKILL)
         except MaskSAMError as error:
             print(error)
