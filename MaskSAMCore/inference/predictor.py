@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from MaskSAMCore.inference.restore_sink import finish_labels
 from MaskSAMCore.inference.sliding_window import (NonFiniteScores, OutOfMemory, WindowJob, WindowSettings,
                                                   predict_with_fallback)
 from MaskSAMCore.inference.windows import WindowGrid
-from MaskSAMCore.progress import emit, print_warning
+from MaskSAMCore.progress import EVENT_MESSAGE, emit, print_message, print_warning
 from MaskSAMCore.paths import environment_flag
 
 COMPILE_ENV = "MASKSAM_COMPILE"
@@ -211,7 +210,7 @@ class Predictor:
         slab = 4 * self.config.num_classes * step_slices * self.patch[1] * self.patch[2]
         budget = devices.gpu_budget_bytes(self.device)
         batch, chunk = devices.plan_window_batch(peak / per_forward, slab, budget, len(flips))
-        emit("message", message=f"window batch {batch}, {chunk or len(flips)} flips per forward: one forward of "
+        emit(EVENT_MESSAGE, message=f"window batch {batch}, {chunk or len(flips)} flips per forward: one forward of "
                                 f"{per_forward} flip(s) needs {devices.describe_bytes(peak)}, "
                                 f"budget {devices.describe_bytes(budget)}")
         return dataclasses.replace(base, window_batch=batch, flips_per_forward=chunk)
@@ -295,8 +294,7 @@ class Predictor:
         if removed is not None:
             message = (f"removed {describe_path(removed)}, an earlier run's probabilities, which no longer match "
                        "the new label map (--probabilities writes new ones)")
-            print(f"masksam: {message}", file=sys.stderr)
-            emit("message", message=message)
+            print_message(message, event=True)
 
     def _write_labels(self, labels: np.ndarray, case: PreparedCase, path: "os.PathLike[str] | str") -> None:
         """The label map as an image file on the input's grid, as a 3D Slicer segmentation
@@ -326,8 +324,7 @@ class Predictor:
             raise NonFiniteScores(f"{case.name}: the network produced NaN/Inf scores (a corrupt checkpoint?)")
         # Half precision overflowed somewhere: redo this case in float32 rather than guess.
         message = f"{case.name}: NaN/Inf scores in {self.amp_dtype}; predicting this case again in float32"
-        print(f"masksam: {message}", file=sys.stderr)
-        emit("message", message=message)
+        print_message(message, event=True)
         result, finite, used = predict_with_fallback(dataclasses.replace(job, network=self.network_in(None)), used)
         if not finite:
             raise NonFiniteScores(f"{case.name}: the network produced NaN/Inf scores even in float32")

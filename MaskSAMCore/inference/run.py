@@ -36,7 +36,7 @@ from MaskSAMCore.inference.predictor import (PredictionResult, PredictOptions, P
                                              describe_settings)
 from MaskSAMCore.model_folder import ModelFolder
 from MaskSAMCore.paths import check_output_file
-from MaskSAMCore.progress import emit, print_warning
+from MaskSAMCore.progress import EVENT_CASE, EVENT_CASE_ERROR, EVENT_DONE, EVENT_STAGE, emit, print_note, print_warning
 
 READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
 
@@ -208,15 +208,15 @@ def run_predict(args: argparse.Namespace) -> int:
     if getattr(args, "continue_run", False):
         cases = _skip_finished(args, cases)
         if not cases:
-            emit("done", cases=0, failed=[], seconds=0.0, outputs=[])
+            emit(EVENT_DONE, cases=0, failed=[], seconds=0.0, outputs=[])
             return 0
     check_headers(cases, predictor.plan, predictor.config.in_channels)
     _check_outputs(cases, args.probabilities)
     _announce(predictor, options, cases, series_left_out)
-    emit("stage", stage="cases", total=len(cases))
+    emit(EVENT_STAGE, stage="cases", total=len(cases))
     started = time.perf_counter()
     written, failed = _predict_cases(predictor, cases, args.probabilities)
-    emit("done", cases=len(written), failed=failed, seconds=round(time.perf_counter() - started, 2),
+    emit(EVENT_DONE, cases=len(written), failed=failed, seconds=round(time.perf_counter() - started, 2),
          outputs=written)
     if failed:
         print(f"masksam: {len(written)} of {len(cases)} case(s) segmented; not segmented (see above): "
@@ -270,7 +270,7 @@ def _announce(predictor: Predictor, options: PredictOptions, cases: List[Case], 
           file=sys.stderr)
     note = cpu_speed_note(predictor)
     if note:
-        print(f"masksam: note: {note}", file=sys.stderr)
+        print_note(note)
 
 
 def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool) -> Tuple[List[str], List[str]]:
@@ -320,7 +320,7 @@ def _take_prepared(pending: Future, case: Case, index: int, total: int) -> Optio
             raise
         message = first_line(exc)
         print(f"masksam: error: {message}", file=sys.stderr)
-        emit("case_error", case=case.name, message=message, index=index + 1, total=total)
+        emit(EVENT_CASE_ERROR, case=case.name, message=message, index=index + 1, total=total)
         return None
     for warning in prepared.warnings:
         print_warning(warning)
@@ -332,5 +332,5 @@ def _report_case(case: Case, result: PredictionResult, index: int, total: int) -
     timing = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in result.timings.items())
     print(f"masksam: {case.name} -> {case.output_file} ({timing}; {describe_settings(result.settings)})",
           file=sys.stderr)
-    emit("case", case=case.name, output=str(case.output_file), index=index + 1, total=total,
+    emit(EVENT_CASE, case=case.name, output=str(case.output_file), index=index + 1, total=total,
          **{k: round(v, 3) for k, v in result.timings.items()})

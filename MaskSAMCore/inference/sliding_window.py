@@ -12,7 +12,6 @@ final check that every score was finite.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
@@ -27,7 +26,7 @@ from MaskSAMCore.inference.restore_sink import ResampledLabelSink
 from MaskSAMCore.inference.sinks import HostScoreSink, LabelSink, ScoresAndLabelsSink, Sink, _HostSink
 from MaskSAMCore.inference.staging import WindowFeeder
 from MaskSAMCore.inference.windows import WindowGrid
-from MaskSAMCore.progress import Progress, emit
+from MaskSAMCore.progress import Progress, print_message
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 OUTPUTS = ("scores", "labels", "restored", "scores+labels", "scores+restored")
@@ -181,6 +180,5 @@ def predict_with_fallback(job: WindowJob, settings: WindowSettings) -> Tuple[Any
         message = (f"{job.case_name}: GPU out of memory; retrying with window batch {fallback.window_batch}, "
                    f"{fallback.flips_per_forward or len(fallback.flips)} flips per forward"
                    f"{', accumulating on the host' if fallback.accumulate_on_host else ''}")
-        print(f"masksam: {message}", file=sys.stderr)
-        emit("message", message=message)
+        print_message(message, event=True)
         current = fallback
