@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import math
-import os
 import sys
 from typing import Callable, Dict, List, NoReturn, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, torchrun, version_tuple
+from MaskSAMCore.argument_types import SEED_MAXIMUM, at_least, positive_number, user_path, window_step
 from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
 from MaskSAMCore.model.config import PRESET_NAMES   # (no torch: the parser is built before torch is imported)
 from MaskSAMCore.progress import EVENT_ERROR, emit, enable_machine_lines, install_signal_handlers
@@ -36,58 +35,6 @@ HANDLERS: Dict[str, str] = {
     "benchmark": "MaskSAMCore.inference.benchmark:run_benchmark",
     "demo": "MaskSAMCore.inference.demo:run_demo",
 }
-
-
-SEED_MAXIMUM = 2 ** 32 - 1   # NumPy's seeds are 32-bit
-
-
-def user_path(text: str) -> str:
-    """A path argument with ``~`` expanded: the shell does not expand ``--output=~/report.json``
-    or a quoted ``"~/scans"``, which would otherwise make a folder named ``~``. An empty one (a
-    script's unset ``"$OUT"``) is refused: Python reads it as the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an empty path (an unset variable in a script?)")
-    return os.path.expanduser(text)
-
-
-def window_step(text: str) -> float:
-    """``--step``: a fraction of the patch size in (0, 1]."""
-    try:
-        step = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < step <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction of the patch size in (0, 1], not {text}")
-    return step
-
-
-def positive_number(text: str) -> float:
-    """An argparse type: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def at_least(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum` and at most `maximum` (a usage
-    error otherwise)."""
-
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {text}")
-        return value
-
-    return whole_number
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -292,7 +239,8 @@ def _add_benchmark(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="random-weight network: SAM ViT-B, -L or -H with adapters, or tiny (default vit_b)")
     p.add_argument("--model-dir", type=user_path, default=None,
-                   help="benchmark this model folder instead of a random network (default: a random network of --preset)")
+                   help="benchmark this model folder instead of a random network (default: a random "
+                        "network of --preset)")
     p.add_argument("--shape", type=at_least(2), nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"),
                    help="synthetic volume size (default 300 512 512)")
     p.add_argument("--classes", type=at_least(2), default=None,

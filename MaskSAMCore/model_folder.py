@@ -220,7 +220,8 @@ class ModelFolder:
                 raise ModelFolderError(f"model {self.name} needs the SAM {self.sam_type} checkpoint ({digest}): "
                                        f"run 'masksam download-sam {self.sam_type}' or pass --sam-checkpoint FILE")
             raise ModelFolderError(f"model {self.name} was trained on a SAM checkpoint of its own ({digest}), which "
-                                   "is not where it was last used or has changed since: pass it with --sam-checkpoint FILE")
+                                   "is not where it was last used or has changed since: pass it with "
+                                   "--sam-checkpoint FILE")
         return found
 
     def _checked_sam_file(self, path: Path) -> Path:

@@ -80,7 +80,8 @@ def _sam_weights_problem(request: SegmentRequest) -> List[str]:
     if request.sam_checkpoint:
         if Path(request.sam_checkpoint).is_file():
             return []   # the core checks its SHA-256 and names a wrong file in one line
-        return [f"The SAM checkpoint chosen in the Training tab does not exist: {describe_path(request.sam_checkpoint)}."]
+        chosen = describe_path(request.sam_checkpoint)
+        return [f"The SAM checkpoint chosen in the Training tab does not exist: {chosen}."]
     official = {info.sha256: info for info in SAM_REGISTRY.values()}.get(model.sam_sha256 or "")
     if official is not None:
         return [f"Model '{model.display_name}' needs the official SAM {official.model_type} weights it was trained "
