@@ -12,6 +12,7 @@ SIGTERM exit with status 130 after the same clean-up.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.metadata
 import sys
@@ -58,12 +59,22 @@ class OneLineErrorParser(argparse.ArgumentParser):
         # point to 'masksam --help'; the sub-command's own parser names itself and its help.
         namespace, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            commands = getattr(self, "commands", {})
-            commands.get(getattr(namespace, "command", None), self).error(
-                f"unrecognized arguments: {' '.join(unknown)}")
+            parser = getattr(self, "commands", {}).get(getattr(namespace, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{parser.suggestion(unknown)}")
         # kept to tell an option given from one left at its default (see resume_checks)
         namespace.argv = list(sys.argv[1:] if args is None else args)
         return namespace
+
+
+    def suggestion(self, unknown: List[str]) -> str:
+        """"; did you mean --no-mirror?" for a misspelt option of this parser ("" when none is close)."""
+        # (argparse keeps its option strings in a private table; Python 3.14's own suggestions
+        # need it too)
+        known = list(self._option_string_actions)
+        guesses = [difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
+                   for word in unknown if word.startswith("--")]
+        named = [guess[0] for guess in guesses if guess]
+        return f"; did you mean {' / '.join(named)}?" if named else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,10 @@ def test_a_too_old_pytorch_is_one_line_before_any_work(monkeypatch, capsys):
     (["benchmark", "--shape", "1", "64", "64"], "argument --shape: must be at least 2, not 1"),
     (["train", "d", "m", "--num-workers", "-2"], "argument --num-workers: must be at least 0, not -2"),
     # argparse reports these from the top-level parser; the line names the sub-command's help
-    (["train", "d", "m", "--epochz", "3"], "train: unrecognized arguments: --epochz 3 (see 'masksam train --help')"),
+    (["train", "d", "m", "--epochz", "3"],
+     "train: unrecognized arguments: --epochz 3; did you mean --epochs? (see 'masksam train --help')"),
+    (["predict", "m", "i", "o", "--no-mirorr"], "--no-mirorr; did you mean --no-mirror? (see"),
+    (["predict", "m", "i", "o", "--zzz"], "unrecognized arguments: --zzz (see"),   # nothing close: no guess
     (["evaluate", "p", "t", "x"], "evaluate: unrecognized arguments: x (see 'masksam evaluate --help')"),
 ])
 def test_out_of_range_numbers_are_usage_errors_before_any_work(arguments, expected, capsys):
