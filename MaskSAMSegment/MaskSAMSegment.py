@@ -2,8 +2,9 @@
 
 Module, widget, logic and self-test. Everything the buttons do is in MaskSAMSegmentLib (no Qt
 there, tested outside Slicer); the widget turns clicks into requests, drives the background jobs
-from a QTimer and shows their progress. The handlers of its two tabs are in MaskSAMSegmentGui
-(mixins); this file keeps the set-up, the parameter node and what the tabs share. Long work never
+from a QTimer and shows their progress. The handlers of its two tabs and of the first-use
+requirements banner are in MaskSAMSegmentGui (mixins); this file keeps the set-up, the parameter
+node and what the tabs share. Long work never
 runs in Slicer's process: it runs as ``PythonSlicer -m MaskSAMCore ...`` in the background, and
 Cancel/Stop ends its process tree.
 """
@@ -36,6 +37,7 @@ def _make_core_importable() -> None:
 _make_core_importable()
 
 from MaskSAMCore.errors import ModelAlreadyInstalled  # noqa: E402
+from MaskSAMSegmentGui.requirements_banner import RequirementsBannerMixin  # noqa: E402
 from MaskSAMSegmentGui.segment_tab import SegmentTabMixin  # noqa: E402
 from MaskSAMSegmentGui.training_tab import TrainingTabMixin  # noqa: E402
 from MaskSAMSegmentLib import commands, devices, requirements_check  # noqa: E402
@@ -90,9 +92,10 @@ class MaskSAMSegmentParameterNode:
     resume: bool = False
 
 
-class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, SegmentTabMixin, TrainingTabMixin):
-    """Set-up, the parameter node, first-use requirements, and what both tabs share: one timer that
-    polls every background job, progress display, button states and the log pane."""
+class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, RequirementsBannerMixin, SegmentTabMixin,
+                           TrainingTabMixin):
+    """Set-up, the parameter node, and what both tabs share: one timer that polls every background
+    job, progress display, button states and the log pane."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -243,31 +246,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Se
             self._log(f"Installed model '{model.display_name}' in {model.folder}")
             self.refreshModels(select=str(model.folder))
 
-    # -- first use -----------------------------------------------------------------------------
-    def _checkRequirements(self) -> List[str]:
-        missing = requirements_check.STATUS.missing()   # scanned once; refreshed by an install
-        names = [requirement.name for requirement in missing]
-        self.ui.requirementsLabel.text = f"MaskSAM needs Python packages that are not installed: {', '.join(names)}."
-        self.ui.requirementsLabel.visible = self.ui.installRequirementsButton.visible = bool(missing)
-        return names
-
-    def onInstallRequirements(self) -> None:
-        missing = requirements_check.STATUS.refresh()   # packages installed another way count too
-        plan = requirements_check.install_plan(missing, requirements_check.is_installed("PyTorchUtils"))
-        if plan.blockers:
-            slicer.util.errorDisplay("\n".join(plan.blockers))
-            return
-        if plan.nothing_to_do:
-            self.updateButtons()   # installed another way since the banner was drawn
-            return
-        if not slicer.util.confirmOkCancelDisplay(plan.question(), "Install Python packages"):
-            return
-        with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
-            requirements_check.install_in_slicer(plan)
-        self._checkRequirements()
-        self._startDeviceProbe()
-        self.updateButtons()
-
+    # -- path fields ---------------------------------------------------------------------------
     def _connectPathWidgets(self) -> None:
         """CTK reports a path only while it is acceptable (see MaskSAMSegmentLib.path_fields): a
         field turning unacceptable sets its parameter to "", else erasing it would keep the old path."""

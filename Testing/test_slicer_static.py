@@ -21,7 +21,7 @@ from slicer_support import REPO
 
 MODULE = REPO / "MaskSAMSegment"
 MODULE_FILE = MODULE / "MaskSAMSegment.py"
-GUI = MODULE / "MaskSAMSegmentGui"     # the widget's tabs (mixins)
+GUI = MODULE / "MaskSAMSegmentGui"     # the widget's tabs and requirements banner (mixins)
 UI_FILE = MODULE / "Resources" / "UI" / "MaskSAMSegment.ui"
 STUB = REPO / "Testing" / "cmake_stub"
 SCRIPTED = "lib/Slicer-5.8/qt-scripted-modules"   # Slicer_QTSCRIPTEDMODULES_LIB_DIR of the stub
@@ -117,12 +117,12 @@ def test_every_ui_name_the_code_uses_exists_in_the_ui_file():
     assert used and sorted(used - names) == []
 
 
-WIDGET_CLASSES = {"MaskSAMSegmentWidget", "SegmentTabMixin", "TrainingTabMixin"}
+WIDGET_CLASSES = {"MaskSAMSegmentWidget", "RequirementsBannerMixin", "SegmentTabMixin", "TrainingTabMixin"}
 SCRIPTED_WIDGET_MEMBERS = {"layout", "parent", "resourcePath", "addObserver", "removeObserver", "removeObservers"}
 
 
 def test_every_member_the_widget_and_its_tabs_use_on_self_is_defined_by_one_of_them():
-    """The widget is split over three classes in three files and cannot run outside Slicer: a
+    """The widget is split over four classes in four files and cannot run outside Slicer: a
     handler or attribute left behind by a move would only show as an AttributeError on a click."""
     defined, used = set(SCRIPTED_WIDGET_MEMBERS), {}
     for path in [MODULE_FILE, *python_files(GUI)]:
