@@ -99,7 +99,8 @@ def _nifti_writer_on_a_full_disk(monkeypatch) -> None:
 def test_a_label_map_cut_short_by_a_full_disk_is_called_a_full_disk_not_a_bad_format(tmp_path, monkeypatch):
     import numpy as np
 
-    from MaskSAMCore.data.image_io import ImageGeometry, write_label
+    from MaskSAMCore.data.image_io import ImageGeometry
+    from MaskSAMCore.data.image_writing import write_label
     from MaskSAMCore.errors import InputError
 
     geometry = ImageGeometry((40, 30, 20), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))

@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from MaskSAMCore.data.dataset import load_raw_dataset
-from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label, write_image, write_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_image, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.errors import DatasetError
 
 

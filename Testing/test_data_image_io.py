@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MaskSAMCore.data import image_io
-from MaskSAMCore.data.image_io import (ImageGeometry, read_case, read_geometry, read_image, read_label,
-                                       write_image, write_label)
+from MaskSAMCore.data import image_writing
+from MaskSAMCore.data.image_io import ImageGeometry, read_case, read_geometry, read_image, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.errors import InputError
 
 
@@ -228,7 +228,7 @@ def test_failed_write_leaves_the_existing_file_untouched(tmp_path, monkeypatch):
             handle.write(b"partial")
         raise RuntimeError("sitk::ERROR: disk full")
 
-    monkeypatch.setattr(image_io.sitk, "WriteImage", half_write)
+    monkeypatch.setattr(image_writing.sitk, "WriteImage", half_write)
     with pytest.raises(InputError, match=r"labels\.nii\.gz: cannot write an image here \(disk full\)"):
         write_label(np.zeros(geometry.shape_zyx, np.uint8), geometry, target)
     assert target.read_bytes() == before
@@ -354,8 +354,8 @@ def test_a_format_that_cannot_keep_the_grid_is_refused_and_nothing_is_written(tm
         write_label(np.ones(geometry.shape_zyx, np.uint8), geometry, target)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError, match=f"cannot store the grid's {lost}"):
-        image_io.check_format_keeps(geometry, target)       # the same answer before any work
-    image_io.check_format_keeps(geometry, tmp_path / "labels.nrrd")   # NRRD keeps any grid
+        image_writing.check_format_keeps(geometry, target)       # the same answer before any work
+    image_writing.check_format_keeps(geometry, tmp_path / "labels.nrrd")   # NRRD keeps any grid
 
 
 @pytest.mark.parametrize("name", ["labels.nii.gz.nii.gz", "ct.v2.nii.gz", "labels.nrrd.nrrd", "scan.1.mha"])
@@ -364,7 +364,7 @@ def test_a_name_with_more_dots_is_written_under_exactly_that_name(tmp_path, name
     NIfTI's own writer would drop one ``.nii.gz`` and write ``labels.nii.gz`` instead."""
     geometry = oblique_geometry()
     target = tmp_path / name
-    image_io.check_format_keeps(geometry, target)
+    image_writing.check_format_keeps(geometry, target)
     labels = np.arange(np.prod(geometry.shape_zyx), dtype=np.uint8).reshape(geometry.shape_zyx) % 5
     write_label(labels, geometry, target)
     assert [p.name for p in tmp_path.iterdir()] == [name]

@@ -12,7 +12,8 @@ import SimpleITK as sitk
 
 from test_data_image_io import oblique_geometry, write_raw
 
-from MaskSAMCore.data.image_io import read_geometry, read_image, read_label, write_image, write_label
+from MaskSAMCore.data.image_io import read_geometry, read_image, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.errors import InputError
 
 

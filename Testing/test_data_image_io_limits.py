@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MaskSAMCore.data.image_io import (ImageGeometry, read_case, read_image, read_label, write_image,
-                                       write_label)
+from MaskSAMCore.data.image_io import ImageGeometry, read_case, read_image, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.errors import InputError
 
 IDENTITY = tuple(np.eye(3).ravel())

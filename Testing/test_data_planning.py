@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from MaskSAMCore.data.dataset import load_raw_dataset
-from MaskSAMCore.data.image_io import ImageGeometry, read_case, read_label, write_image, write_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_case, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.data.planning import plan_experiment, target_spacing
 from MaskSAMCore.model.config import preset
 

@@ -13,7 +13,8 @@ import pytest
 
 from MaskSAMCore.data import planning
 from MaskSAMCore.data.dataset import load_raw_dataset
-from MaskSAMCore.data.image_io import ImageGeometry, write_image, write_label
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.data.planning import plan_experiment, plan_problems, target_spacing
 from MaskSAMCore.model.config import preset
 

@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import torch
 
 from MaskSAMCore.data.dataset import load_raw_dataset
-from MaskSAMCore.data.image_io import ImageGeometry, read_label, write_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_label
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.data.planning import plan_experiment
 from MaskSAMCore.data.preprocess_runner import preprocess_dataset
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map, restore_scores_argmax

@@ -22,8 +22,8 @@ from scipy import ndimage
 
 from test_data_image_io import assert_same_geometry
 
-from MaskSAMCore.data.image_io import (ImageGeometry, check_format_keeps, read_geometry, read_image, read_label,
-                                       write_image, write_label)
+from MaskSAMCore.data.image_io import ImageGeometry, read_geometry, read_image, read_label
+from MaskSAMCore.data.image_writing import check_format_keeps, write_image, write_label
 from MaskSAMCore.data.phantoms import random_rotation
 from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.metrics import dice

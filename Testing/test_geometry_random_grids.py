@@ -28,7 +28,8 @@ from scipy import ndimage
 
 from test_geometry_left_handed import predict_on_the_same_grid, threshold_plan, use_threshold_model
 
-from MaskSAMCore.data.image_io import ImageGeometry, write_image
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_image
 from MaskSAMCore.data.phantoms import random_rotation
 
 FORMATS = (".nii.gz", ".nrrd", ".mha")

@@ -21,7 +21,8 @@ import torch
 from test_geometry_left_handed import (OBLIQUE, ORIGIN, BrightnessThreshold, assert_preprocessing_sees_the_twin_alike,
                                        bright_box_case, stored_reversed, threshold_plan, use_threshold_model)
 
-from MaskSAMCore.data.image_io import ImageGeometry, read_label, write_image, write_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 
 # Odd sizes, a different spacing on each axis (thick axial slices); an exact and an oblique grid.
 AXIAL = {

@@ -11,7 +11,8 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import ImageGeometry, write_label
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.inference.metrics import dice, hausdorff95, image_diagonal_mm
 
 SPACING_ZYX = (3.0, 0.8, 0.5)

@@ -12,7 +12,7 @@ import pytest
 from test_inference_evaluate import GEOMETRY, _report
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import write_label
+from MaskSAMCore.data.image_writing import write_label
 
 BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": 3, "ignore": 4}
 

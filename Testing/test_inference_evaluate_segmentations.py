@@ -14,7 +14,8 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import ImageGeometry, write_label
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.data.slicer_segmentation import write_segmentation
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}

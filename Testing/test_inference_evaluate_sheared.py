@@ -13,7 +13,8 @@ from scipy.spatial.distance import cdist
 from test_inference_evaluate import SPACING_ZYX, _surface_points
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import ImageGeometry, write_label
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.inference.metrics import hausdorff95
 
 

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import ImageGeometry, write_image
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_image
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 from slicer_support import new_scene, oblique_grid
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import ImageGeometry, read_label, write_label
+from MaskSAMCore.data.image_io import ImageGeometry, read_label
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.terminology import AnatomyTerminology
 
 PHANTOM_NAMES = ["Liver", "Spleen", "Left kidney", "Right kidney", "Aorta"]   # Slicer's names of the phantom labels

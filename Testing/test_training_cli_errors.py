@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from MaskSAMCore.cli import main
-from MaskSAMCore.data.image_io import read_label, write_label
+from MaskSAMCore.data.image_io import read_label
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.data.phantoms import make_phantoms
 
 

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from MaskSAMCore.data.dataset import load_raw_dataset
-from MaskSAMCore.data.image_io import read_image, read_label, write_image, write_label
+from MaskSAMCore.data.image_io import read_image, read_label
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.data.planning import dataset_fingerprint
 from MaskSAMCore.data.preprocess_runner import class_locations
 from MaskSAMCore.data.preprocessing import plan_hash

@@ -22,7 +22,8 @@ import numpy as np
 
 from MaskSAMCore.atomic import TEMP_MARKER, folders_made, write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
-from MaskSAMCore.data.image_io import ImageGeometry, write_image, write_label
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.data.phantom_anatomy import (MISSING_ORGAN_PROBABILITY, OPTIONAL_ORGANS, PHANTOM_LABELS,
                                               synthesize_case)
 from MaskSAMCore.errors import InputError, describe_path

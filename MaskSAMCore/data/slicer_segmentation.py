@@ -36,7 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
-from MaskSAMCore.data.image_io import ImageGeometry, read_label, read_sitk_image, write_sitk_image
+from MaskSAMCore.data.image_io import ImageGeometry, read_label, read_sitk_image
+from MaskSAMCore.data.image_writing import write_sitk_image
 from MaskSAMCore.data.read_failures import itk_warnings_off
 from MaskSAMCore.errors import InputError, by_x, describe_path
 from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key

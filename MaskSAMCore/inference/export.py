@@ -38,7 +38,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from MaskSAMCore.atomic import atomic_path
-from MaskSAMCore.data.image_io import ImageGeometry, write_label
+from MaskSAMCore.data.image_io import ImageGeometry
+from MaskSAMCore.data.image_writing import write_label
 from MaskSAMCore.data.nifti_transforms import keeps_own_placement
 from MaskSAMCore.data.preprocessing import to_original_grid
 from MaskSAMCore.data.regions import RegionScheme

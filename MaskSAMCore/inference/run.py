@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_headers import describe_not_images
 from MaskSAMCore.data.dicom_series import DicomSeries
-from MaskSAMCore.data.image_io import check_channels_share_grid, check_format_keeps, read_geometry
+from MaskSAMCore.data.image_io import check_channels_share_grid, read_geometry
+from MaskSAMCore.data.image_writing import check_format_keeps
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
 from MaskSAMCore.errors import InputError, describe_path, first_line, list_some, raise_all
