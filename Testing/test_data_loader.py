@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -241,6 +243,38 @@ def test_no_orphan_workers_when_the_training_process_is_stopped(small_cases, tmp
             process.wait()
 
 
+@contextlib.contextmanager
+def signal_arrivals():
+    """Yields `arrived(signum)`: waits (up to `timeout_s`) until the process has received `signum`,
+    seen through `signal.set_wakeup_fd`, to which Python's C-level handler writes the number of
+    every signal after flagging it. Python runs the signal's handler at the next bytecode
+    instruction of the main thread, so once `arrived` returns True a signal that was not held back
+    has raised already (inside `arrived`)."""
+    reader, writer = socket.socketpair()
+    for end in (reader, writer):
+        end.setblocking(False)
+    previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    seen = bytearray()
+
+    def arrived(signum: int, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while signum not in seen:
+            if time.monotonic() > deadline:
+                return False
+            try:
+                seen.extend(reader.recv(64))
+            except BlockingIOError:
+                time.sleep(0.01)
+        return True
+
+    try:
+        yield arrived
+    finally:
+        signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+
+
 def test_ctrl_c_while_workers_start_is_acted_on_once_they_have_started():
     """A Ctrl-C inside Process.start() used to leave a worker the parent could not stop, which
     printed a traceback after "masksam: cancelled" (about 1 run in 2 for a Ctrl-C in the second
@@ -248,22 +282,23 @@ def test_ctrl_c_while_workers_start_is_acted_on_once_they_have_started():
     from MaskSAMCore.progress import install_signal_handlers
 
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)   # a signal not held back is delivered by now
-            finished.append("started")
-    assert finished == ["started"]
-    previous = signal.getsignal(signal.SIGTERM)
-    install_signal_handlers()
-    try:
-        with pytest.raises(Cancelled, match="SIGTERM"):
+    with signal_arrivals() as arrived:
+        with pytest.raises(KeyboardInterrupt):
             with signals_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)
-                finished.append("again")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+                os.kill(os.getpid(), signal.SIGINT)
+                assert arrived(signal.SIGINT), "SIGINT never arrived"   # not held back, it raised here
+                finished.append("started")
+        assert finished == ["started"]
+        previous = signal.getsignal(signal.SIGTERM)
+        install_signal_handlers()
+        try:
+            with pytest.raises(Cancelled, match="SIGTERM"):
+                with signals_deferred():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    assert arrived(signal.SIGTERM), "SIGTERM never arrived"
+                    finished.append("again")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     assert finished == ["started", "again"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
