@@ -111,7 +111,7 @@ def working_python(folder: Path, log: Path) -> Path:
     return fake_python(folder, "3.11", venv_python)
 
 
-@pytest.mark.parametrize("script, runs", [("run-tests.sh", "-m pytest Testing -k nothing"),
+@pytest.mark.parametrize("script, runs", [("run-tests.sh", "-m pytest Testing --durations=15 -k nothing"),
                                           ("run-demo.sh", "-m MaskSAMCore demo -k nothing")])
 def test_a_relative_venv_is_found_after_the_scripts_change_folder(tmp_path, script, runs):
     """MASKSAM_VENV="my venv" is made in the caller's folder, and used from there once the
