@@ -2,7 +2,8 @@
 
 Each sub-command is a thin parser here plus a `run_*(args) -> int` function (named in `HANDLERS`)
 in the module that does the work, imported only when that sub-command runs (so `masksam --help`
-is instant and a CPU-only install never imports what it does not use).
+is instant and a CPU-only install never imports what it does not use). ``train`` gets a
+`TrainArguments` (`train_arguments`), not the parsed namespace, so Python code can train too.
 
 Errors a user can fix are `MaskSAMError`s: printed as one line ``masksam: error: ...`` on stderr,
 exit status 1, and (through the atomic writers) nothing half-written left behind. Ctrl-C and
@@ -16,7 +17,7 @@ import difflib
 import importlib
 import importlib.metadata
 import sys
-from typing import Callable, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, torchrun, version_tuple
 from MaskSAMCore.argument_types import SEED_MAXIMUM, at_least, positive_number, user_path, window_step
@@ -24,6 +25,7 @@ from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_pat
 from MaskSAMCore.model.config import PRESET_NAMES   # (no torch: the parser is built before torch is imported)
 from MaskSAMCore.progress import EVENT_ERROR, emit, enable_machine_lines, install_signal_handlers
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, environment_flag
+from MaskSAMCore.training.arguments import RUN_OPTIONS, TrainArguments   # (no torch either)
 
 # sub-command -> "module:function" that runs it
 HANDLERS: Dict[str, str] = {
@@ -59,12 +61,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
         # point to 'masksam --help'; the sub-command's own parser names itself and its help.
         namespace, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            parser = getattr(self, "commands", {}).get(getattr(namespace, "command", None), self)
+            parser = command_parsers(self).get(getattr(namespace, "command", None), self)
             parser.error(f"unrecognized arguments: {' '.join(unknown)}{parser.suggestion(unknown)}")
-        # kept to tell an option given from one left at its default (see resume_checks)
-        namespace.argv = list(sys.argv[1:] if args is None else args)
         return namespace
-
 
     def suggestion(self, unknown: List[str]) -> str:
         """"; did you mean --no-mirror?" for a misspelt option of this parser ("" when none is close)."""
@@ -91,11 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    parser.commands = sub.choices   # name -> the sub-command's parser (see parse_args)
     for add_command in (_add_info, _add_download_sam, _add_make_phantoms, _add_train, _add_predict, _add_evaluate,
                         _add_benchmark, _add_demo):
         add_command(sub)
     return parser
+
+
+def command_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:
+    """Sub-command name -> its parser (argparse keeps them in its sub-parsers action)."""
+    return next((dict(a.choices) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
 
 
 def _add_info(sub: "argparse._SubParsersAction") -> None:
@@ -136,45 +139,52 @@ def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
 
 def _add_train(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("train", help="fine-tune MaskSAM on a dataset in nnU-Net raw format")
+    # The run options (RUN_OPTIONS) default to None, "not typed": `train_arguments` records the
+    # typed ones and leaves the others at TrainArguments' defaults, which these help texts name.
     p.add_argument("dataset", type=user_path, help="dataset folder (dataset.json, imagesTr/, labelsTr/)")
     p.add_argument("model_dir", type=user_path, help="model folder to create (or continue with --resume)")
-    p.add_argument("--preset", default="vit_b", choices=PRESET_NAMES,
+    p.add_argument("--preset", default=None, choices=PRESET_NAMES,
                    help="network: SAM ViT-B, -L or -H with adapters, or tiny (toy widths; default vit_b)")
     init = p.add_mutually_exclusive_group()
     init.add_argument("--sam-checkpoint", type=user_path, default=None,
                       help="SAM checkpoint file, or vit_b/vit_l/vit_h to use the downloaded one (default: "
                            "the downloaded one of --preset's type; see download-sam)")
-    init.add_argument("--random-init", action="store_true",
+    init.add_argument("--random-init", action="store_true", default=None,
                       help="no SAM weights: random frozen backbone (tests, demos, the tiny preset)")
     p.add_argument("--epochs", type=at_least(1), default=None,
                    help="epochs of --iters-per-epoch iterations (default 1000, the paper's for AMOS "
                         "and Synapse; it used 500 for ACDC); with --resume: the run's new length, to "
                         "train a finished run longer (the poly learning rate follows the new length)")
-    p.add_argument("--iters-per-epoch", type=at_least(1), default=250,
+    p.add_argument("--iters-per-epoch", type=at_least(1), default=None,
                    help="optimiser steps per epoch (default 250, as nnU-Net)")
     p.add_argument("--val-cases-per-epoch", type=at_least(1), default=None,
                    help="validate on at most this many cases each epoch (default: all)")
     p.add_argument("--batch-size", type=at_least(1), default=None,
                    help="patches per step and GPU (default 2, the paper's; vit_b then needs about "
                         "14 GiB of GPU memory: use 1 on smaller GPUs)")
-    p.add_argument("--fold", default="0", choices=("0", "1", "2", "3", "4", "all"),
+    p.add_argument("--fold", default=None, choices=("0", "1", "2", "3", "4", "all"),
                    help="fold of splits.json (0-4) or 'all' (default 0)")
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+    p.add_argument("--optimizer", default=None, choices=("sgd", "adamw"),
                    help="sgd (momentum 0.99, the paper's) or adamw (default sgd)")
     p.add_argument("--lr", type=positive_number, default=None,
                    help="initial learning rate (default: 0.01 with sgd, 1e-3 with adamw)")
     p.add_argument("--num-workers", type=at_least(0), default=None,
                    help="worker processes for preprocessing (default 2) and for batches (default: none on "
                         "the CPU; on a GPU the cores less one, at most 8, shared by a machine's GPUs)")
-    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=12345,
+    p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=None,
                    help="random seed of the initial weights and the batches (default 12345; the folds are "
                         "nnU-Net's, whatever the seed)")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest in MODEL_DIR")
-    p.add_argument("--no-amp", action="store_true", help="train in float32 even on CUDA")
-    # `masksam demo` removes its whole folder when cancelled: its training step must not advise
-    # resuming or restarting from a folder about to be deleted.
-    p.add_argument("--demo-step", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-amp", action="store_true", default=None, help="train in float32 even on CUDA")
     _add_device(p)
+
+
+def train_arguments(args: argparse.Namespace) -> TrainArguments:
+    """The parsed ``train`` command line as `TrainArguments`; `given` names the run options typed
+    (their parser default is None), the others keep TrainArguments' defaults."""
+    given = frozenset(name for name in RUN_OPTIONS if getattr(args, name) is not None)
+    others = ("dataset", "model_dir", "sam_checkpoint", "epochs", "num_workers", "resume", "device")
+    return TrainArguments(**{name: getattr(args, name) for name in (*others, *given)}, given=given)
 
 
 def _add_predict(sub: "argparse._SubParsersAction") -> None:
@@ -292,7 +302,7 @@ def _add_demo(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--cases", type=at_least(5), default=12, help="training phantoms (default 12; fold 0 of 5 needs 5)")
     _add_device(p)
 
-def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:
+def resolve_handler(command: str) -> Callable[[Any], int]:
     module_name, function_name = HANDLERS[command].split(":")
     return getattr(importlib.import_module(module_name), function_name)
 
@@ -362,12 +372,24 @@ def _speaks_for_the_job() -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_command(args.command, command_arguments(args), machine_progress=args.machine_progress)
+
+
+def command_arguments(args: argparse.Namespace) -> Any:
+    """What the handler of `args.command` takes: `TrainArguments` for train, the namespace for the others."""
+    return train_arguments(args) if args.command == "train" else args
+
+
+def run_command(command: str, arguments: Any, machine_progress: bool = False) -> int:
+    """Run a sub-command's handler on its arguments as the command line does: every error, cancel
+    and out-of-memory as one ``masksam:`` line and an exit status (also for `masksam demo`'s
+    steps, which pass arguments built in Python)."""
     # Set for this call either way, so one in-process call never leaks into the next.
-    enable_machine_lines(args.machine_progress or environment_flag("MASKSAM_MACHINE_PROGRESS"))
+    enable_machine_lines(machine_progress or environment_flag("MASKSAM_MACHINE_PROGRESS"))
     install_signal_handlers()
     try:
         check_torch_version()
-        return int(resolve_handler(args.command)(args) or 0)
+        return int(resolve_handler(command)(arguments) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
         # Under torchrun every rank is cancelled; rank 0 speaks for the job (`distributed`).
         if not getattr(exc, "reported", False) and _speaks_for_the_job():

@@ -122,11 +122,11 @@ def test_a_tilde_the_shell_left_alone_is_the_home_folder(monkeypatch, tmp_path):
 def test_every_option_with_a_default_says_it_in_its_help():
     import argparse
 
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, command_parsers
 
     flags = (argparse._HelpAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
     silent = [f"{command} {'/'.join(action.option_strings) or action.dest}"
-              for command, parser in build_parser().commands.items() for action in parser._actions
+              for command, parser in command_parsers(build_parser()).items() for action in parser._actions
               if (action.option_strings or action.nargs == "?") and not isinstance(action, flags)
               and "default" not in (action.help or "")]
     assert silent == []

@@ -193,7 +193,7 @@ def test_device_probe_runs_in_the_background_and_reports_torch():
 
 
 def test_command_lines_follow_the_cli_contract(tmp_path):
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, train_arguments
 
     parser = build_parser()
     full = commands.predict_arguments("model", "in.nrrd", "out.nrrd", device="cuda", quality="full")
@@ -206,7 +206,7 @@ def test_command_lines_follow_the_cli_contract(tmp_path):
     assert (parsed.optimizer, parsed.lr) == ("adamw", 0.005)   # a workflow trial that learns something
     resumed = commands.train_arguments("ds", "out", preset="tiny", random_init=True, resume=True)
     assert "--optimizer" not in resumed and "--lr" not in resumed   # a resumed run keeps its own
-    official = parser.parse_args(commands.train_arguments("ds", "out", sam_checkpoint="vit_b"))
+    official = train_arguments(parser.parse_args(commands.train_arguments("ds", "out", sam_checkpoint="vit_b")))
     assert official.optimizer != "adamw"                       # the paper's recipe with SAM's weights
     assert parser.parse_args(commands.download_sam_arguments("vit_b")).model_type == "vit_b"
     command = commands.masksam_command(full, python="/opt/PythonSlicer")

@@ -312,10 +312,10 @@ def test_a_broken_connection_outside_torchrun_is_not_taken_for_a_peers_failure(m
 
 def test_train_defaults_to_the_papers_schedule():
     # Appendix A: 1000 epochs of 250 iterations, SGD at lr 0.01, batch size 2.
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, train_arguments
     from MaskSAMCore.training.run import settings_from_arguments
 
-    settings = settings_from_arguments(build_parser().parse_args(["train", "data", "model"]))
+    settings = settings_from_arguments(train_arguments(build_parser().parse_args(["train", "data", "model"])))
     assert (settings.epochs, settings.iters_per_epoch, settings.optimizer, settings.lr,
             settings.batch_size) == (1000, 250, "sgd", 0.01, 2)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -136,6 +135,7 @@ def test_a_damaged_region_description_in_model_json_is_one_error_line(tmp_path, 
 def test_masksam_trains_on_regions_and_writes_painted_label_maps(region_dataset, tmp_path):
     from MaskSAMCore.cli import main
     from MaskSAMCore.model_folder import ModelFolder
+    from MaskSAMCore.training.arguments import TrainArguments
     from MaskSAMCore.training.run import load_resumed_run
     from MaskSAMCore.training.training_log import read_csv
 
@@ -164,7 +164,8 @@ def test_masksam_trains_on_regions_and_writes_painted_label_maps(region_dataset,
                                   "aorta": [5]}, [1, 4, 5])
     changed = load_raw_dataset(region_dataset, progress=False)
     with pytest.raises(ModelFolderError, match="was trained with other labels"):
-        load_resumed_run(SimpleNamespace(), model_dir, changed, announce=False)
+        load_resumed_run(TrainArguments(region_dataset, model_dir, resume=True), model_dir, changed,
+                         announce=False)
 
 
 def test_a_label_map_outside_the_regions_is_refused_before_training(region_dataset):

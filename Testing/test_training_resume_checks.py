@@ -142,7 +142,7 @@ def test_an_unfinished_run_keeps_its_length_or_ends_sooner_but_not_before_its_fi
     """A run planned for 3 epochs and stopped after its first: without --epochs it still lasts 3;
     --epochs 2 shortens it (the poly learning rate over 2 epochs); --epochs 1 ends it now, with a
     note saying so rather than a next epoch's learning rate."""
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, train_arguments
     from MaskSAMCore.data.dataset import load_raw_dataset
     from MaskSAMCore.training import checkpoint_io
     from MaskSAMCore.training.run import load_resumed_run
@@ -161,7 +161,7 @@ def test_an_unfinished_run_keeps_its_length_or_ends_sooner_but_not_before_its_fi
 
     def resumed(*options, announce=True):
         args = build_parser().parse_args(["train", str(dataset), str(model_dir), "--resume", *options])
-        epochs = load_resumed_run(args, model_dir, raw, announce=announce).settings.epochs
+        epochs = load_resumed_run(train_arguments(args), model_dir, raw, announce=announce).settings.epochs
         return epochs, [line for line in capsys.readouterr().err.splitlines() if "now lasts" in line]
 
     assert resumed() == (3, []) and resumed("--epochs", "3") == (3, [])

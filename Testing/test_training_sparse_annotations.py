@@ -336,6 +336,7 @@ def test_validation_counts_only_annotated_voxels():
 def test_masksam_trains_on_sparse_annotations_and_predicts_only_classes(sparse_dataset, tmp_path):
     from MaskSAMCore.cli import main
     from MaskSAMCore.model_folder import ModelFolder
+    from MaskSAMCore.training.arguments import TrainArguments
     from MaskSAMCore.training.run import load_resumed_run
     from MaskSAMCore.training.training_log import read_csv
 
@@ -356,4 +357,5 @@ def test_masksam_trains_on_sparse_annotations_and_predicts_only_classes(sparse_d
     # resuming with a dataset.json that lost (or gained) its ignore label would change the loss
     fully_annotated = dataclasses.replace(load_raw_dataset(sparse_dataset, progress=False), ignore_label=None)
     with pytest.raises(ModelFolderError, match="was trained with an 'ignore' label .* has none; resume with"):
-        load_resumed_run(SimpleNamespace(), model_dir, fully_annotated, announce=False)
+        load_resumed_run(TrainArguments(sparse_dataset, model_dir, resume=True), model_dir, fully_annotated,
+                         announce=False)

@@ -97,14 +97,15 @@ def test_importance_sampled_targets_are_read_where_the_predictions_are_read():
 
 def test_adamw_has_the_official_release_settings():
     """--optimizer adamw: lr 1e-3 and decoupled weight decay 0.01 (schedule.py's docstring)."""
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, train_arguments
     from MaskSAMCore.training.run import settings_from_arguments
     from MaskSAMCore.training.schedule import build_optimizer
 
     model = nn.Linear(3, 2)
     group = build_optimizer(model.parameters(), "adamw", 1e-3).param_groups[0]
     assert group["weight_decay"] == pytest.approx(0.01)
-    settings = settings_from_arguments(build_parser().parse_args(["train", "d", "m", "--optimizer", "adamw"]))
+    settings = settings_from_arguments(train_arguments(build_parser().parse_args(["train", "d", "m", "--optimizer",
+                                                                                "adamw"])))
     assert (settings.optimizer, settings.lr) == ("adamw", pytest.approx(1e-3))
 
 
@@ -258,24 +259,25 @@ RUN_VALUES = {"preset": "tiny", "iters_per_epoch": 5, "batch_size": 2, "optimize
                                                  ("--preset", "vit_l", "--preset vit_l (the run's tiny)"),
                                                  ("--no-amp", None, "--no-amp")])
 def test_every_run_option_given_with_resume_is_said_to_be_ignored(option, value, said):
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, train_arguments
     from MaskSAMCore.training.resume_checks import ignored_options
 
     args = build_parser().parse_args(["train", "d", "m", "--resume", option] + ([value] if value else []))
-    assert ignored_options(args, RUN_VALUES) == [said]
+    assert ignored_options(train_arguments(args), RUN_VALUES) == [said]
     # --epochs is the one run option a resumed run takes (its new length)
-    assert ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", "--epochs", "7"]),
-                           RUN_VALUES) == []
+    epochs = build_parser().parse_args(["train", "d", "m", "--resume", "--epochs", "7"])
+    assert ignored_options(train_arguments(epochs), RUN_VALUES) == []
 
 
 def test_a_resume_option_is_judged_against_the_run_not_the_default():
     """`--preset vit_b` (the default) on a tiny run is ignored and said to be; an option repeating
     the run's own value is no conflict; an option not given is no request."""
-    from MaskSAMCore.cli import build_parser
+    from MaskSAMCore.cli import build_parser, train_arguments
     from MaskSAMCore.training.resume_checks import ignored_options
 
     def ignored(*options: str) -> list:
-        return ignored_options(build_parser().parse_args(["train", "d", "m", "--resume", *options]), RUN_VALUES)
+        return ignored_options(train_arguments(build_parser().parse_args(["train", "d", "m", "--resume", *options])),
+                               RUN_VALUES)
 
     assert ignored("--preset", "vit_b", "--seed", "12345") == ["--preset vit_b (the run's tiny)"]
     assert ignored("--preset", "tiny", "--random-init", "--iters-per-epoch", "5") == []

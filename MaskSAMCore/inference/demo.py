@@ -15,6 +15,7 @@ holds a ``.masksam-demo`` marker) is replaced, any other non-empty folder is ref
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -106,11 +107,16 @@ def training_schedule(minutes: float, step_seconds: float) -> Tuple[int, int]:
     return epochs, steps // epochs
 
 
-def _run(argv: List[str]) -> None:
-    from MaskSAMCore.cli import CANCELLED_EXIT_STATUS, main
+def _run(argv: List[str], advise_resume: bool = True) -> None:
+    """One step, run as `masksam ARGV...` would be; `advise_resume=False` for the training step: a
+    cancelled demo removes its folder, so its training must not advise resuming from it."""
+    from MaskSAMCore.cli import CANCELLED_EXIT_STATUS, build_parser, command_arguments, run_command
 
     print(f"\n$ masksam {' '.join(argv)}", file=sys.stderr, flush=True)
-    status = main(argv)
+    arguments = command_arguments(build_parser().parse_args(argv))
+    if not advise_resume:
+        arguments = dataclasses.replace(arguments, advise_resume=False)   # (a TrainArguments)
+    status = run_command(argv[0], arguments)
     if status == CANCELLED_EXIT_STATUS:
         raise Cancelled(reported=True)   # the step has said so; the demo exits 130 as well
     if status != 0:
@@ -183,7 +189,7 @@ def _run_steps(args: argparse.Namespace, output: Path, device: torch.device) -> 
     # these few minutes far faster than the paper's SGD schedule, which is meant for 1000 epochs.
     _run(["train", str(dataset), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", str(epochs),
           "--iters-per-epoch", str(iterations), "--optimizer", "adamw", "--lr", "0.005", "--batch-size", "2",
-          "--val-cases-per-epoch", "1", "--device", device.type, "--demo-step"])
+          "--val-cases-per-epoch", "1", "--device", device.type], advise_resume=False)
     # Default (full) quality: with the tiny network the mirrored windows take well under a minute.
     _run(["predict", str(model_dir), str(dataset / "imagesTs"), str(predictions), "--device", device.type])
     report_file = output / "evaluation.json"

@@ -9,7 +9,6 @@ learns from.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
@@ -19,6 +18,7 @@ from MaskSAMCore.data.preprocess_runner import source_stamps
 from MaskSAMCore.data.store import SEG_SUFFIX, case_paths, read_properties
 from MaskSAMCore.errors import InputError, ModelFolderError, describe_path, list_some
 from MaskSAMCore.folder_layout import PREPROCESSED, SPLITS_FILE
+from MaskSAMCore.training.arguments import RUN_OPTIONS, TrainArguments
 
 
 def started_cases(model_dir: Path) -> Set[str]:
@@ -98,32 +98,15 @@ def resumed_run_length(given: Optional[int], planned: int, finished: int, model_
     return given
 
 
-# Options that describe the run; a resumed run takes them from its checkpoint instead (but
-# --epochs, which `resumed_run_length` honours).
-RUN_OPTIONS = ("preset", "iters_per_epoch", "batch_size", "optimizer", "lr", "seed", "fold",
-               "no_amp", "val_cases_per_epoch", "random_init")
-
-
-def ignored_options(args: argparse.Namespace, run_values: Dict[str, Any]) -> List[str]:
+def ignored_options(arguments: TrainArguments, run_values: Dict[str, Any]) -> List[str]:
     """The run options a --resume command line names with another value than the run's own
     (`run_values`: option name -> the run's value), each as `--lr 0.5 (the run's 0.01)`: the
     resumed run ignores them, and saying so beats a user believing `--lr 0.5` changed the run. An
-    option left at its default is no request, even where the run's value differs."""
-    given = _given_run_options(args)
-    return [_describe(name, value, run_values[name]) for name, value in given.items()
+    option left at its default (not in `arguments.given`) is no request, even where the run's
+    value differs."""
+    given = [(name, getattr(arguments, name)) for name in RUN_OPTIONS if name in arguments.given]
+    return [_describe(name, value, run_values[name]) for name, value in given
             if name in run_values and value != run_values[name]]
-
-
-def _given_run_options(args: argparse.Namespace) -> Dict[str, Any]:
-    """The run options the command line itself names, with their values: its words parsed again
-    with a marker for those options' defaults, so only the options given have values."""
-    from MaskSAMCore.cli import build_parser   # here: the command line imports this module
-
-    not_given = object()   # no string: argparse would convert a string default with the option's type
-    probe = build_parser()
-    probe.commands["train"].set_defaults(**{name: not_given for name in RUN_OPTIONS})
-    named = vars(probe.parse_args(args.argv))
-    return {name: named[name] for name in RUN_OPTIONS if named.get(name, not_given) is not not_given}
 
 
 def _describe(name: str, given: Any, own: Any) -> str:

@@ -15,7 +15,6 @@ torchrun every rank runs this function; see `distributed`.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import os
@@ -41,6 +40,7 @@ from MaskSAMCore.model_folder import ModelFolder, write_model_json
 from MaskSAMCore.paths import check_can_create
 from MaskSAMCore.progress import EVENT_DONE, emit, print_note, print_warning
 from MaskSAMCore.training import checkpoint_io
+from MaskSAMCore.training.arguments import TrainArguments
 from MaskSAMCore.training.batches import make_batch_source
 from MaskSAMCore.training.distributed import (DistributedContext, init_distributed, require_shared_folder,
                                               run_and_agree, shutdown_distributed)
@@ -58,8 +58,9 @@ from MaskSAMCore.training.trainer import Trainer
 from MaskSAMCore.training.validation import ValidationCase, Validator
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """The ``train`` sub-command; returns the exit status (errors are raised as MaskSAMError)."""
+def run_train(args: TrainArguments) -> int:
+    """The ``train`` sub-command, also Python's way in (no argparse); returns the exit status
+    (errors are raised as MaskSAMError)."""
     check_arguments(args)
     use_cuda = resolve_device_type(args.device) == "cuda"
     context = init_distributed(use_cuda)
@@ -70,18 +71,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    for name in ("epochs", "iters_per_epoch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise MaskSAMError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise MaskSAMError("--batch-size must be at least 1")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        raise MaskSAMError(f"--lr must be a positive number, not {args.lr:g}")
-    if args.val_cases_per_epoch is not None and args.val_cases_per_epoch < 1:
-        raise MaskSAMError("--val-cases-per-epoch must be at least 1")
-    if args.fold != "all" and not (args.fold.isdigit() and int(args.fold) < 5):
-        raise MaskSAMError(f"--fold must be 0, 1, 2, 3, 4 or all, not {args.fold!r}")
+def check_arguments(args: TrainArguments) -> None:
+    args.check_values()
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise MaskSAMError(f"{describe_path(model_dir)} exists and is not a folder")
@@ -106,7 +97,7 @@ def resolve_device_type(choice: str) -> str:
     return choice
 
 
-def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool) -> None:
+def train(args: TrainArguments, context: DistributedContext, use_cuda: bool) -> None:
     main = context.is_main
     model_dir = Path(args.model_dir)
     device = torch.device("cuda", context.local_rank) if use_cuda else torch.device("cpu")
@@ -145,15 +136,15 @@ def train(args: argparse.Namespace, context: DistributedContext, use_cuda: bool)
             raise
 
 
-def cancelled_run(exc: BaseException, args: argparse.Namespace, model_dir: Path, folder_existed: bool
+def cancelled_run(exc: BaseException, args: TrainArguments, model_dir: Path, folder_existed: bool
                   ) -> Cancelled:
     """The `Cancelled` a cancelled training ends with: after a checkpoint it names the epoch
     checkpoint_latest holds and the --resume command; a new run before its first checkpoint
     keeps what the same command reuses to start again (`stopping.keep_for_restart`), and says so;
     with nothing worth keeping, it leaves nothing behind."""
     message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
-    if args.demo_step:
-        return Cancelled(message)   # the demo removes the folder: nothing to resume or restart from
+    if not args.advise_resume:
+        return Cancelled(message)   # the caller removes the folder: nothing to resume or restart from
     if (model_dir / LATEST_CHECKPOINT).is_file():
         return Cancelled(f"{message}; {how_to_resume(args, model_dir)}")
     if not args.resume:
@@ -173,7 +164,7 @@ def discard_model_folder(model_dir: Path, keep_folder: bool, keep: Tuple[str, ..
         shutil.rmtree(model_dir, ignore_errors=True)
 
 
-def train_in_folder(args: argparse.Namespace, context: DistributedContext, device: torch.device,
+def train_in_folder(args: TrainArguments, context: DistributedContext, device: torch.device,
                     dataset: RawDataset, run: "RunDescription") -> None:
     main = context.is_main
     model_dir = Path(args.model_dir)
@@ -255,7 +246,7 @@ def start_model_folder(model_dir: Path, dataset: RawDataset, run: "RunDescriptio
     remove_stale_temporaries(model_dir)
 
 
-def settings_from_arguments(args: argparse.Namespace) -> TrainSettings:
+def settings_from_arguments(args: TrainArguments) -> TrainSettings:
     return TrainSettings(
         epochs=args.epochs or TrainSettings.epochs, iters_per_epoch=args.iters_per_epoch,
         batch_size=args.batch_size or TrainSettings.batch_size, optimizer=args.optimizer,
@@ -324,7 +315,7 @@ class RunDescription:
     resume_payload: Optional[Dict[str, Any]] = None   # checkpoint_latest when resuming
 
 
-def plan_new_run(args: argparse.Namespace, dataset: RawDataset, context: DistributedContext) -> RunDescription:
+def plan_new_run(args: TrainArguments, dataset: RawDataset, context: DistributedContext) -> RunDescription:
     """A new run from the command line: its settings, SAM weights and network, and the plan
     (made on rank 0 and sent to every rank); checks the folds can be made before any work."""
     settings = settings_from_arguments(args)
@@ -343,7 +334,7 @@ def plan_new_run(args: argparse.Namespace, dataset: RawDataset, context: Distrib
     return RunDescription(settings, config, plan, sam, args.preset)
 
 
-def load_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawDataset,
+def load_resumed_run(args: TrainArguments, model_dir: Path, dataset: RawDataset,
                      announce: bool = True) -> RunDescription:
     """The stored description of the run in MODEL_DIR (the command line's settings are ignored,
     and said to be when given); the dataset must be the one the run started with."""
@@ -367,7 +358,7 @@ def load_resumed_run(args: argparse.Namespace, model_dir: Path, dataset: RawData
                                f"has ({', '.join(dataset.channel_list)})")
     changed = check_resumed_dataset(model_dir, dataset)
     planned, finished = settings.epochs, int(payload["epoch"])
-    settings.epochs = resumed_run_length(getattr(args, "epochs", None), planned, finished, model_dir)
+    settings.epochs = resumed_run_length(args.epochs, planned, finished, model_dir)
     if announce and settings.epochs != planned:
         then = (f"the poly learning rate follows the new length (the next epoch's: "
                 f"{poly_lr(settings.lr, finished, settings.epochs):.3g})" if settings.epochs > finished
@@ -397,5 +388,5 @@ def _run_values(settings: TrainSettings, preset_name: str, random_init: bool) ->
             "val_cases_per_epoch": settings.val_cases_per_epoch or "all"}
 
 
-def _workers(args: argparse.Namespace, default: Optional[int]) -> Optional[int]:
+def _workers(args: TrainArguments, default: Optional[int]) -> Optional[int]:
     return args.num_workers if args.num_workers is not None else default

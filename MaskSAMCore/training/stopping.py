@@ -9,7 +9,6 @@ takes long), as after a kill, and the same command starts again reusing them
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 from pathlib import Path
@@ -19,21 +18,23 @@ from MaskSAMCore.errors import describe_path
 from MaskSAMCore.folder_layout import (BEFORE_FIRST_CHECKPOINT, LATEST_CHECKPOINT, MODEL_JSON, PREPROCESSED,
                                        never_checkpointed)
 from MaskSAMCore.training import checkpoint_io
+from MaskSAMCore.training.arguments import TrainArguments
 
 
-def train_command(args: argparse.Namespace, *extra: str) -> str:
+def train_command(arguments: TrainArguments, *extra: str) -> str:
     """``masksam train DATASET MODEL_DIR ...`` with the paths as the user gave them (quoted for a shell)."""
-    return " ".join(["masksam", "train", shlex.quote(str(args.dataset)), shlex.quote(str(args.model_dir)), *extra])
+    paths = (shlex.quote(str(arguments.dataset)), shlex.quote(str(arguments.model_dir)))
+    return " ".join(["masksam", "train", *paths, *extra])
 
 
-def how_to_resume(args: argparse.Namespace, model_dir: Path) -> str:
+def how_to_resume(arguments: TrainArguments, model_dir: Path) -> str:
     """Where a training with a checkpoint_latest stands, and the command that continues it."""
     payload = checkpoint_io.peek(model_dir, "latest") or {}
     try:
         held = f" holds epoch {int(payload['epoch'])} of {int(payload['settings']['epochs'])}"
     except (KeyError, TypeError, ValueError):   # (unreadable: the command still says what to do)
         held = ""
-    return f"{LATEST_CHECKPOINT}{held}; continue with {train_command(args, '--resume')}"
+    return f"{LATEST_CHECKPOINT}{held}; continue with {train_command(arguments, '--resume')}"
 
 
 def keep_for_restart(model_dir: Path) -> Optional[str]:
