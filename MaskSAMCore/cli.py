@@ -19,9 +19,10 @@ import importlib.metadata
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from MaskSAMCore import MINIMUM_TORCH, __version__, torchrun, version_tuple
+from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
 from MaskSAMCore.argument_types import SEED_MAXIMUM, at_least, positive_number, user_path, window_step
 from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
+from MaskSAMCore.failure_lines import out_of_memory_line, peer_failure_line, speaks_for_the_job
 from MaskSAMCore.model.config import PRESET_NAMES   # (no torch: the parser is built before torch is imported)
 from MaskSAMCore.progress import EVENT_ERROR, emit, enable_machine_lines, install_signal_handlers
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, environment_flag
@@ -326,50 +327,6 @@ def check_torch_version(installed: Optional[str] = None) -> None:
 CANCELLED_EXIT_STATUS = 130   # what shells report for Ctrl-C
 
 
-def _out_of_memory(exc: BaseException) -> Optional[str]:
-    """One line for an allocation that failed on the host or the GPU, else None (a bug: raised)."""
-    text = str(exc)
-    if isinstance(exc, MemoryError) or "can't allocate memory" in text:
-        return ("out of memory: the machine cannot hold what this asks for; check the sizes and counts "
-                "given (an image, --size, --classes)")
-    if "CUDA out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
-        return ("out of GPU memory; free the GPU of other work, or lower MASKSAM_GPU_MEMORY_GB, "
-                "--window-batch or --batch-size")
-    return None
-
-
-# What gloo, NCCL and torch's rendezvous store say when the rank at the other end of a
-# collective is gone (it failed or was stopped, and printed why).
-_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
-              "failed to recv, got 0 bytes", "NCCL communicator was aborted", "remote process exited")
-
-
-def _peer_failure(exc: BaseException) -> Optional[str]:
-    """Under torchrun, one line for a collective that broke because another rank ended (its own
-    error or cancel line is above), instead of a hundred lines of traceback per rank; else None."""
-    rank = _rank_under_torchrun()
-    if rank is None:
-        return None
-    distributed_error = type(exc).__name__ in ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
-    if not (distributed_error or any(marker in str(exc) for marker in _PEER_GONE)):
-        return None
-    return f"rank {rank} stopped: another rank of the job failed or was stopped (its message is above)"
-
-
-def _rank_under_torchrun() -> Optional[int]:
-    """This process's rank under torchrun; None in a plain run. Asked while an error is handled,
-    so a broken torchrun environment counts as a plain run: the error being handled says so."""
-    try:
-        return torchrun.rank() if torchrun.launched_by_torchrun() else None
-    except MaskSAMError:
-        return None
-
-
-def _speaks_for_the_job() -> bool:
-    """Whether this process reports a cancel or another rank's error: rank 0, or a plain run."""
-    return _rank_under_torchrun() in (None, 0)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command(args.command, command_arguments(args), machine_progress=args.machine_progress)
@@ -392,19 +349,19 @@ def run_command(command: str, arguments: Any, machine_progress: bool = False) ->
         return int(resolve_handler(command)(arguments) or 0)
     except (KeyboardInterrupt, Cancelled) as exc:
         # Under torchrun every rank is cancelled; rank 0 speaks for the job (`distributed`).
-        if not getattr(exc, "reported", False) and _speaks_for_the_job():
+        if not getattr(exc, "reported", False) and speaks_for_the_job():
             message = str(exc) if isinstance(exc, Cancelled) else "cancelled"
             print(f"masksam: {message}", file=sys.stderr)
             emit(EVENT_ERROR, message=message, cancelled=True)
         return CANCELLED_EXIT_STATUS
     except MaskSAMError as exc:
-        if isinstance(exc, RankFailed) and not _speaks_for_the_job():
+        if isinstance(exc, RankFailed) and not speaks_for_the_job():
             return 1   # another rank's error, relayed (`distributed.run_and_agree`): rank 0 prints it
         message = first_line(exc)
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...
         message = f"{describe_path(exc.filename)}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     except (MemoryError, RuntimeError) as exc:
-        message = _out_of_memory(exc) or _peer_failure(exc)
+        message = out_of_memory_line(exc) or peer_failure_line(exc)
         if message is None:
             raise
     print(f"masksam: error: {message}", file=sys.stderr)
