@@ -207,7 +207,7 @@ class ModelFolder:
     # -- building ------------------------------------------------------------------------------
     def resolve_sam_checkpoint(self, sam_checkpoint: Optional[PathLike] = None) -> Optional[Path]:
         """The SAM checkpoint file the model was trained on, or None for random-init models."""
-        from MaskSAMCore.model.sam_checkpoints import REGISTRY, find_cached_by_hash
+        from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash, official_checkpoint
 
         if self.random_init:
             return None
@@ -216,7 +216,7 @@ class ModelFolder:
         found = find_cached_by_hash(self.sam_sha256 or "")
         if found is None:
             digest = f"SHA-256 {(self.sam_sha256 or '?')[:12]}..."
-            if self.sam_sha256 in {info.sha256 for info in REGISTRY.values()}:
+            if official_checkpoint(self.sam_sha256) is not None:
                 raise ModelFolderError(f"model {self.name} needs the SAM {self.sam_type} checkpoint ({digest}): "
                                        f"run 'masksam download-sam {self.sam_type}' or pass --sam-checkpoint FILE")
             raise ModelFolderError(f"model {self.name} was trained on a SAM checkpoint of its own ({digest}), which "

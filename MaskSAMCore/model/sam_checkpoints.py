@@ -109,15 +109,20 @@ def cached_path(model_type: str, cache_dir: Optional[Path] = None) -> Path:
     return (cache_dir or checkpoint_cache()) / info_for(model_type).filename
 
 
+def official_checkpoint(sha256: Optional[str]) -> Optional[SamCheckpointInfo]:
+    """The official checkpoint with this SHA-256, or None for any other file (a fine-tuned SAM)."""
+    return next((info for info in REGISTRY.values() if info.sha256 == sha256), None)
+
+
 def find_cached_by_hash(sha256: str, cache_dir: Optional[Path] = None) -> Optional[Path]:
     """The checkpoint with this SHA-256, if present: the official one in the cache, or a file given
     by path before (``--sam-checkpoint FILE``: a fine-tuned SAM such as MedSAM) that is still where
     it was and unchanged since it was hashed. No big file is hashed here: the cache only holds
     files checked on download, and a remembered file counts only while its identity still holds."""
-    for info in REGISTRY.values():
-        if info.sha256 == sha256:
-            candidate = cached_path(info.model_type, cache_dir)
-            return candidate if candidate.is_file() else None
+    official = official_checkpoint(sha256)
+    if official is not None:
+        candidate = cached_path(official.model_type, cache_dir)
+        return candidate if candidate.is_file() else None
     if not sha256:
         return None
     for name, entry in reversed(list(_read_known_hashes((cache_dir or checkpoint_cache()) / HASHES_FILE).items())):

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
-from MaskSAMCore.model.sam_checkpoints import REGISTRY as SAM_REGISTRY
+from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash, official_checkpoint
 from MaskSAMSegmentLib.background_job import BackgroundJob
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
@@ -66,8 +66,6 @@ def needs_sam_file(model: Optional[ModelInfo]) -> bool:
     in the model folder (only its adapters are), and neither the official download in the cache
     nor a checkpoint file used before on this computer (a fine-tuned SAM it was trained on, still
     unchanged where it was) has the SHA-256 recorded in its model.json."""
-    from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash
-
     return model is not None and not model.random_init and find_cached_by_hash(model.sam_sha256 or "") is None
 
 
@@ -82,7 +80,7 @@ def _sam_weights_problem(request: SegmentRequest) -> List[str]:
             return []   # the core checks its SHA-256 and names a wrong file in one line
         chosen = describe_path(request.sam_checkpoint)
         return [f"The SAM checkpoint chosen in the Training tab does not exist: {chosen}."]
-    official = {info.sha256: info for info in SAM_REGISTRY.values()}.get(model.sam_sha256 or "")
+    official = official_checkpoint(model.sam_sha256)
     if official is not None:
         return [f"Model '{model.display_name}' needs the official SAM {official.model_type} weights it was trained "
                 f"on: in the Training tab choose preset {official.model_type} and click Download (once), or choose "
