@@ -2,8 +2,9 @@
 
 Each sub-command is a thin parser here plus a `run_*(args) -> int` function (named in `HANDLERS`)
 in the module that does the work, imported only when that sub-command runs (so `masksam --help`
-is instant and a CPU-only install never imports what it does not use). ``train`` gets a
-`TrainArguments` (`train_arguments`), not the parsed namespace, so Python code can train too.
+is instant and a CPU-only install never imports what it does not use). ``train``, ``predict``,
+``evaluate``, ``benchmark`` and ``demo`` get a plain dataclass of their options (`command_arguments`),
+not the parsed namespace, so Python code can run them too.
 
 Errors a user can fix are `MaskSAMError`s: printed as one line ``masksam: error: ...`` on stderr,
 exit status 1, and (through the atomic writers) nothing half-written left behind. Ctrl-C and
@@ -13,6 +14,7 @@ SIGTERM exit with status 130 after the same clean-up.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -22,6 +24,8 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional
 from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
 from MaskSAMCore.argument_types import SEED_MAXIMUM, at_least, positive_number, user_path, window_step
 from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
+from MaskSAMCore.inference.arguments import (BenchmarkArguments, DemoArguments, EvaluateArguments,
+                                            PredictArguments)   # (no torch)
 from MaskSAMCore.failure_lines import out_of_memory_line, peer_failure_line, speaks_for_the_job
 from MaskSAMCore.model.config import PRESET_NAMES   # (no torch: the parser is built before torch is imported)
 from MaskSAMCore.progress import EVENT_ERROR, emit, enable_machine_lines, install_signal_handlers
@@ -332,9 +336,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     return run_command(args.command, command_arguments(args), machine_progress=args.machine_progress)
 
 
+# sub-command -> the dataclass its handler takes (the others take the parsed namespace)
+ARGUMENT_TYPES: Dict[str, type] = {"predict": PredictArguments, "evaluate": EvaluateArguments,
+                                   "benchmark": BenchmarkArguments, "demo": DemoArguments}
+
+
 def command_arguments(args: argparse.Namespace) -> Any:
-    """What the handler of `args.command` takes: `TrainArguments` for train, the namespace for the others."""
-    return train_arguments(args) if args.command == "train" else args
+    """What the handler of `args.command` takes: `TrainArguments` for train, the command's
+    `ARGUMENT_TYPES` dataclass (its fields named as the parser's destinations) for predict,
+    evaluate, benchmark and demo, the namespace itself for the small commands."""
+    if args.command == "train":
+        return train_arguments(args)
+    kind = ARGUMENT_TYPES.get(args.command)
+    if kind is None:
+        return args
+    return kind(**{field.name: getattr(args, field.name) for field in dataclasses.fields(kind)})
 
 
 def run_command(command: str, arguments: Any, machine_progress: bool = False) -> int:

@@ -15,7 +15,6 @@ window batch, torch.compile when MASKSAM_COMPILE=1).
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import tempfile
@@ -30,6 +29,7 @@ from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.errors import MaskSAMError
 from MaskSAMCore.inference import devices
+from MaskSAMCore.inference.arguments import BenchmarkArguments
 from MaskSAMCore.inference.flops import count_flops
 from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
@@ -87,7 +87,7 @@ def _gpu_name(device: torch.device) -> Optional[str]:
 DEFAULT_PRESET, DEFAULT_CLASSES = "vit_b", 16
 
 
-def build_predictor(args: argparse.Namespace, device: torch.device, options: PredictOptions) -> Predictor:
+def build_predictor(args: BenchmarkArguments, device: torch.device, options: PredictOptions) -> Predictor:
     if args.model_dir:
         if args.preset or args.classes:
             raise MaskSAMError("--preset and --classes choose a random network; a --model-dir brings its own")
@@ -141,7 +141,7 @@ def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows
     return seconds * len(grid) / max(timed, 1), len(grid)
 
 
-def benchmark(args: argparse.Namespace) -> Dict[str, Any]:
+def benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
     device = devices.resolve_device(args.device)
     options = options_from_args(args)   # exactly as `masksam predict` reads the same options
     from MaskSAMCore.inference.nnunet_compare import nnunet_problem
@@ -249,7 +249,8 @@ def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.devi
     return run_nnunet(normalised, predictor.config.num_classes, device, mirror=mirror, step=step)
 
 
-def run_benchmark(args: argparse.Namespace) -> int:
+def run_benchmark(args: BenchmarkArguments) -> int:
+    args.check_values()
     if args.output:
         check_output_file(args.output, what="report")   # now, not after minutes of timing
     report = benchmark(args)

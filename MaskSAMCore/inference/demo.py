@@ -14,7 +14,6 @@ holds a ``.masksam-demo`` marker) is replaced, any other non-empty folder is ref
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -30,6 +29,7 @@ from MaskSAMCore.atomic import folders_made, write_text, write_with
 from MaskSAMCore.data.dataset_json import read_dataset_meta
 from MaskSAMCore.errors import Cancelled, InputError, MaskSAMError, describe_path, list_some
 from MaskSAMCore.inference import devices
+from MaskSAMCore.inference.arguments import DemoArguments
 from MaskSAMCore.paths import check_can_create
 
 MARKER = ".masksam-demo"
@@ -163,7 +163,8 @@ def write_overlay_png(image_file: Path, truth_file: Path, prediction_file: Path,
     return index
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: DemoArguments) -> int:
+    args.check_values()
     output = Path(args.output)
     device = devices.resolve_device(args.device)
     check_output(output)
@@ -178,7 +179,7 @@ def run_demo(args: argparse.Namespace) -> int:
             raise
 
 
-def _run_steps(args: argparse.Namespace, output: Path, device: torch.device) -> int:
+def _run_steps(args: DemoArguments, output: Path, device: torch.device) -> int:
     dataset, model_dir, predictions = output / "dataset", output / "model", output / "predictions"
     started = time.perf_counter()
 

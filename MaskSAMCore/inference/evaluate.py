@@ -21,7 +21,6 @@ in the regions it stands for, so the regions alone find them back and the order 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from MaskSAMCore.data.slicer_segmentation import (SegmentationMasks, is_slicer_s
                                                   segmentations_on_one_grid)
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
+from MaskSAMCore.inference.arguments import EvaluateArguments
 from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import EVENT_DONE, Progress, emit, print_message, print_warning
@@ -323,8 +323,9 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     }
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def run_evaluate(args: EvaluateArguments) -> int:
     """CLI entry: print a short table on stderr, the JSON report on stdout (and to --output)."""
+    args.check_values()
     dataset_json = Path(args.dataset_json) if args.dataset_json else dataset_json_beside(Path(args.ground_truth))
     if args.dataset_json and dataset_json.is_dir():
         inside = dataset_json / "dataset.json"

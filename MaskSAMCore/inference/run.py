@@ -13,12 +13,11 @@ skipped; the other cases of the folder are segmented and the exit status is 1.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_headers import describe_not_images
@@ -31,6 +30,7 @@ from MaskSAMCore.errors import InputError, describe_path, first_line, list_some,
 from MaskSAMCore.inference.cases import Case, find_all_series, find_cases, modality_mismatch
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference import devices
+from MaskSAMCore.inference.arguments import BenchmarkArguments, PredictArguments
 from MaskSAMCore.inference.export import probabilities_path
 from MaskSAMCore.inference.input_checks import check_fits_host_memory
 from MaskSAMCore.inference.predictor import (PredictionResult, PredictOptions, Predictor, PreparedCase, describe_case,
@@ -42,14 +42,12 @@ from MaskSAMCore.progress import EVENT_CASE, EVENT_CASE_ERROR, EVENT_DONE, EVENT
 READ_AHEAD_LIMIT_BYTES = 2 * 2 ** 30
 
 
-def options_from_args(args: argparse.Namespace) -> PredictOptions:
+def options_from_args(args: Union[PredictArguments, BenchmarkArguments]) -> PredictOptions:
     """--fast means no mirroring and step 1.0 unless --step was given explicitly (--step None:
     not given; predict and benchmark share this)."""
-    fast = bool(getattr(args, "fast", False))
-    step = getattr(args, "step", None)
-    step = float(step) if step is not None else (1.0 if fast else 0.5)
-    mirror = False if fast else bool(getattr(args, "mirror", True))
-    return PredictOptions(step=step, mirror=mirror, window_batch=getattr(args, "window_batch", None))
+    step = float(args.step) if args.step is not None else (1.0 if args.fast else 0.5)
+    mirror = False if args.fast else bool(args.mirror)
+    return PredictOptions(step=step, mirror=mirror, window_batch=args.window_batch)
 
 
 def describe_mirroring(predictor: Predictor) -> str:
@@ -150,12 +148,11 @@ def _series_report(series: DicomSeries, model_modality: str) -> List[str]:
     return lines
 
 
-def _cases(args: argparse.Namespace, channels: int, model_modality: str) -> Tuple[List[Case], List[str]]:
+def _cases(args: PredictArguments, channels: int, model_modality: str) -> Tuple[List[Case], List[str]]:
     """The cases to segment, and (with --all-series) the series left out, each named with why."""
-    series = getattr(args, "series", None)
-    if not getattr(args, "all_series", False):
-        return find_cases(args.input, args.output, channels, args.output_ending, series), []
-    if series is not None:
+    if not args.all_series:
+        return find_cases(args.input, args.output, channels, args.output_ending, args.series), []
+    if args.series is not None:
         raise InputError("--all-series segments every series and --series picks one; give one of them")
     return find_all_series(args.input, args.output, channels, args.output_ending, model_modality)
 
@@ -201,12 +198,13 @@ def _fits_read_ahead(case: PreparedCase, num_classes: int) -> bool:
     return _score_bytes(case, num_classes) <= READ_AHEAD_LIMIT_BYTES
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def run_predict(args: PredictArguments) -> int:
+    args.check_values()
     options = options_from_args(args)
     predictor = Predictor.from_model_folder(args.model_dir, device=args.device, checkpoint=args.checkpoint,
                                             sam_checkpoint=args.sam_checkpoint, options=options)
     cases, series_left_out = _cases(args, predictor.config.in_channels, predictor.modality)
-    if getattr(args, "continue_run", False):
+    if args.continue_run:
         cases = _skip_finished(args, cases)
         if not cases:
             emit(EVENT_DONE, cases=0, failed=[], seconds=0.0, outputs=[])
@@ -226,7 +224,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _skip_finished(args: argparse.Namespace, cases: List[Case]) -> List[Case]:
+def _skip_finished(args: PredictArguments, cases: List[Case]) -> List[Case]:
     """--continue: the cases still to segment (`split_finished`), saying which are skipped and
     which are segmented again although an earlier run wrote their outputs."""
     model_file = ModelFolder.load(args.model_dir).checkpoint_path(args.checkpoint)
