@@ -111,11 +111,45 @@ def test_encoder_block_adds_the_adapter_of_the_normed_post_attention_features_pe
         assert torch.allclose(block(x), expected, atol=1e-4)
 
 
-def test_encoder_at_initialisation_with_silent_adapters_is_sams_encoder():
+@pytest.mark.parametrize("window", [0, 4])
+def test_second_encoder_adapter_sits_behind_attention(window):
+    """The other reading of §2.4 (`encoder_adapters=2`): a = attn(norm1(x)); y = x + a + adapter(a);
+    out = y + mlp(norm2(y)) + adapter(norm2(y))."""
+    torch.manual_seed(0)
+    config = preset("tiny", num_classes=3, encoder_adapters=2)
+    grid = config.embedding_hw
+    block = AdaptedBlock(config, window, grid if window == 0 else (window, window))
+    _perturb(block)
+    x = torch.randn(2 * config.num_slices, *grid, config.backbone.encoder_embed_dim)
+    with torch.no_grad():
+        normed = block.norm1(x)
+        if window:
+            parts, pad = window_partition(normed, window)
+            attended = window_unpartition(block.attn(parts), window, pad, grid)
+        else:
+            attended = block.attn(normed)
+        by_volume = attended.view(2, config.num_slices, *attended.shape[1:])
+        y = x + attended + _reference(block.attn_adapter, by_volume).view_as(attended)
+        z = block.norm2(y)
+        expected = y + block.mlp(z) + _reference(block.adapter, z.view_as(by_volume)).view_as(z)
+        assert torch.allclose(block(x), expected, atol=1e-4)
+
+
+def test_second_encoder_adapter_adds_one_adapter_per_block_and_defaults_to_off():
+    one, two = (build_masksam(preset("tiny", num_classes=3, encoder_adapters=n)) for n in (1, 2))
+    trainable = [sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (one, two)]
+    per_block = sum(p.numel() for p in one.image_encoder.blocks[0].adapter.parameters())
+    assert trainable[1] - trainable[0] == per_block * len(one.image_encoder.blocks)
+    assert all(block.attn_adapter is None for block in one.image_encoder.blocks)
+    assert preset("vit_b", num_classes=3).encoder_adapters == 1
+
+
+@pytest.mark.parametrize("encoder_adapters", [1, 2])
+def test_encoder_at_initialisation_with_silent_adapters_is_sams_encoder(encoder_adapters):
     """Depth embedding starts at zero, SAM's absolute embedding and blocks are used: with the
     adapters' output layers zeroed, neck and block features equal SAM's ImageEncoderViT."""
     torch.manual_seed(0)
-    config = preset("tiny", num_classes=3)
+    config = preset("tiny", num_classes=3, encoder_adapters=encoder_adapters)
     b = config.backbone
     ours = AdaptedImageEncoder(config)
     sam = ImageEncoderViT(img_size=config.image_hw[0], patch_size=b.patch_size, embed_dim=b.encoder_embed_dim,
@@ -127,8 +161,9 @@ def test_encoder_at_initialisation_with_silent_adapters_is_sams_encoder():
             if "adapter" not in name and "depth_pos_embed" not in name:
                 p.normal_(0, 0.2)
         for block in ours.blocks:
-            block.adapter.up.weight.zero_()
-            block.adapter.up.bias.zero_()
+            for adapter in filter(None, (block.adapter, block.attn_adapter)):
+                adapter.up.weight.zero_()
+                adapter.up.bias.zero_()
     sam.load_state_dict({k: v for k, v in ours.state_dict().items()
                          if "adapter" not in k and "depth_pos_embed" not in k})
     x = torch.randn(config.num_slices, 3, *config.image_hw)

@@ -23,6 +23,7 @@ from MaskSAMCore.model.config import MaskSAMConfig, preset
     (dict(prompt_mode="boxes"), "prompt_mode must be one of"),
     (dict(adapter="conv"), "adapter must be one of"),
     (dict(depth_mlp_position="end"), "depth_mlp_position must be one of"),
+    (dict(encoder_adapters=3), "encoder_adapters must be 1 or 2, not 3"),
     (dict(prompt_generator_channels=(32, 24, 16)), "prompt_generator_channels needs 4 levels"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(overrides, message):
@@ -65,6 +66,17 @@ def test_config_round_trips_through_json(image_size):
     assert again == config
     assert again.image_hw == config.image_hw
     assert isinstance(again.backbone.encoder_global_attn_indexes, tuple)
+
+
+def test_encoder_adapters_is_stored_only_when_not_the_default():
+    """A model.json written before the setting existed (no field) reads back as one adapter per
+    block, and the default network's model.json still has no field an earlier MaskSAM refuses."""
+    config = preset("tiny", num_classes=3)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert "encoder_adapters" not in data
+    assert MaskSAMConfig.from_dict(data) == config and config.encoder_adapters == 1
+    two = preset("tiny", num_classes=3, encoder_adapters=2)
+    assert MaskSAMConfig.from_dict(json.loads(json.dumps(two.to_dict()))).encoder_adapters == 2
 
 
 def test_square_pair_is_stored_as_one_number():

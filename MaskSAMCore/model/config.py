@@ -58,8 +58,9 @@ class MaskSAMConfig:
     image_size: Union[int, Tuple[int, int]] = 512  # H = W, or (H, W), fed to SAM (multiples of the ViT patch)
     num_slices: int = 8                  # T: adjacent slices per patch (baked into depth layers)
     # The paper gives no adapter widths: 0.25 is Med-SA's bottleneck; the depth MLP is an
-    # "invert-bottleneck" (wider than T), 4x as a transformer MLP. With these and the prompt
-    # generator channels below, vit_b trains 14.2 M parameters (table 5: 14 M).
+    # "invert-bottleneck" (wider than T), 4x as a transformer MLP. The prompt-generator channels
+    # below were then picked so that vit_b trains about table 5's 14 M parameters (14.2 M); the
+    # count therefore checks nothing else (e.g. how many adapters an encoder block has).
     adapter_ratio: float = 0.25          # adapter bottleneck width / feature width
     depth_mlp_ratio: float = 4.0         # inverted-bottleneck width of the depth MLP, times T
     prompt_generator_channels: Tuple[int, ...] = (192, 128, 64, 32, 16)  # 1/16 .. 1/1 resolution
@@ -70,6 +71,9 @@ class MaskSAMConfig:
     adapter: str = "depth_conv"
     depth_mlp_position: str = "middle"
     depth_pos_embed: bool = True
+    # DConvAdapters per encoder block: 1 after attention, parallel to the MLP; 2 adds one behind
+    # attention (the two readings of §2.4, see image_encoder.py).
+    encoder_adapters: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -131,6 +135,8 @@ class MaskSAMConfig:
             problems.append("num_classes must be at least 2 (background and one structure)")
         if self.num_queries < self.num_classes:
             problems.append(f"num_queries ({self.num_queries}) must be >= num_classes ({self.num_classes})")
+        if self.encoder_adapters not in (1, 2):
+            problems.append(f"encoder_adapters must be 1 or 2, not {self.encoder_adapters!r}")
         if self.in_channels < 1 or self.num_slices < 1:
             problems.append("in_channels and num_slices must be positive")
         levels = b.patch_size.bit_length()  # log2(patch) upsamplings + the 1/patch level
@@ -148,6 +154,10 @@ class MaskSAMConfig:
         data["prompt_generator_channels"] = list(self.prompt_generator_channels)
         if not isinstance(self.image_size, int):
             data["image_size"] = list(self.image_size)
+        if self.encoder_adapters == 1:
+            # Left out at its default, so that a model.json of the default network stays what
+            # earlier MaskSAM versions wrote and can read; a missing field reads back as 1.
+            del data["encoder_adapters"]
         return data
 
     @classmethod

@@ -1,15 +1,21 @@
 """SAM's ViT image encoder, run slice by slice on 3D patches, with depth-aware adapters (§2.5).
 
 `AdaptedImageEncoder` *is* SAM's `ImageEncoderViT` (same submodules and parameter names, so
-official checkpoints load into it); each block is SAM's `Block` with one adapter added after
-attention and parallel to the MLP (Fig. 4c), fed the post-attention features. A learnable depth
-positional embedding is added to the tokens. Attention uses SAM's own weights through PyTorch's
-fused kernel (`attention.encoder_attention`).
+official checkpoints load into it); each block is SAM's `Block` with DConvAdapters added (Fig. 4c).
+A learnable depth positional embedding is added to the tokens. Attention uses SAM's own weights
+through PyTorch's fused kernel (`attention.encoder_attention`).
 
-"We insert an adapter behind the multi-head attention block and parallel MLP block" (§2.4) can
-also be read as two adapters per block (Med-SA's layout). One is used: §2.4 inserts "the
-DConvAdapter for each transformer block" (§2.5: "into each attention block"), and with one the
-ViT-B preset has 14.2 M trainable parameters, table 5's 14 M (two would give 17.8 M).
+How many adapters per block is a reading of an ambiguous sentence: "We insert an adapter behind
+the multi-head attention block and parallel MLP block" (§2.4) reads either as one adapter that
+sits after attention and runs parallel to the MLP (fed the post-attention features), or as two
+adapters, one behind attention and one parallel to the MLP (Med-SA's layout; the adapter paper
+the authors cite [20] also puts two in each layer). The singular "an adapter", §1's "inject one
+of them into each transformer block" and §2.5's "DConvAdapter blocks into each attention block"
+favour one, so the default `encoder_adapters = 1` builds one; `encoder_adapters = 2` builds the
+other reading (the extra adapter, `attn_adapter`, is added with a skip to the attention output
+before SAM's residual sum). Table 5's 14 M trainable parameters cannot decide between them: the
+paper gives no adapter or prompt-generator widths, and this project picked its widths to land
+near 14 M (`config.py`). Which reading trains better is unmeasured on real data.
 
 Shapes: the encoder sees ``B*T`` slices ``(B*T, 3, H, W)``; tokens are ``(B*T, h, w, D)`` with
 h = H / patch; the neck gives ``(B*T, 256, h, w)``.
@@ -31,7 +37,8 @@ from MaskSAMCore.model.sam_import import EncoderBlock, ImageEncoderViT, window_p
 
 
 class AdaptedBlock(EncoderBlock):
-    """SAM's transformer block plus an adapter after attention, parallel to the MLP."""
+    """SAM's transformer block plus an adapter after attention, parallel to the MLP, and with
+    ``encoder_adapters == 2`` a second one behind attention."""
 
     def __init__(self, config: MaskSAMConfig, window_size: int, input_size: Tuple[int, int]) -> None:
         b = config.backbone
@@ -51,6 +58,15 @@ class AdaptedBlock(EncoderBlock):
         self.adapter = image_adapter(config.adapter, b.encoder_embed_dim, config.num_slices,
                                      config.adapter_ratio, config.depth_mlp_ratio,
                                      config.depth_mlp_position)
+        self.attn_adapter = (image_adapter(config.adapter, b.encoder_embed_dim, config.num_slices,
+                                           config.adapter_ratio, config.depth_mlp_ratio,
+                                           config.depth_mlp_position)
+                             if config.encoder_adapters == 2 else None)
+
+    def _by_slice(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B*T, h, w, D) -> (B, T, h, w, D)``: adapters see whole slices grouped by volume,
+        never attention windows."""
+        return x.view(-1, self.num_slices, *x.shape[1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B*T, h, w, D) -> (B*T, h, w, D)``."""
@@ -63,12 +79,11 @@ class AdaptedBlock(EncoderBlock):
             x = window_unpartition(x, self.window_size, padded, (height, width))
         else:
             x = encoder_attention(self.attn, x)
+        if self.attn_adapter is not None:
+            x = x + self.attn_adapter(self._by_slice(x)).view_as(x)
         x = shortcut + x
         normed = self.norm2(x)
-        # The adapter sees whole slices grouped by volume, never attention windows.
-        by_slice = normed.view(-1, self.num_slices, *normed.shape[1:])
-        x = x + self.mlp(normed) + self.adapter(by_slice).view_as(normed)
-        return x
+        return x + self.mlp(normed) + self.adapter(self._by_slice(normed)).view_as(normed)
 
 
 class AdaptedImageEncoder(ImageEncoderViT):
