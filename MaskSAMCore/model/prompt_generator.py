@@ -6,8 +6,21 @@ an earlier encoder block brought to that level's resolution (deepest level: neck
 selected block; the full-resolution level: the adapted input image). Its last layer gives N
 auxiliary mask logits per voxel. Levels down to 1/4 resolution use two convolutions with layer
 norm; the 1/2 and full-resolution levels one convolution (see `layers.LightConvBlock`: the paper
-leaves the decoder's depth open, and these two levels would otherwise dominate inference time). The output of every level is average-pooled per slice to 2x2 for
-the N learnable boxes and to 1x1 for the N auxiliary classifier tokens (each through an MLP).
+leaves the decoder's depth open, and these two levels would otherwise dominate inference time).
+The output of every level is average-pooled per slice to 2x2 for the N learnable boxes and to
+1x1 for the N auxiliary classifier tokens (each through an MLP, see `PooledHead`).
+
+Where the paper is silent (§2.3 names the ViT feature maps, "every three" blocks and the final
+output, §2.5, and says the decoder reaches "the same image size as the ground truth"):
+- Which map feeds which level: all ViT maps are at 1/p, but a decoder from 1/16 to 1/1 has five
+  levels. As in UNETR (the paper's [17]), shallower blocks feed higher resolutions (they keep more
+  local detail) and the deepest map joins SAM's neck output, the encoder's final output, at 1/p:
+  ViT-B neck + block 11 at 1/16, block 8 at 1/8, block 5 at 1/4, block 2 at 1/2.
+- The full-resolution skip is the adapted input image: no ViT map holds anything finer than a
+  patch, and the masks must be exact at the pixel (UNETR likewise feeds its input to its last level).
+- The skip projections are transposed convolutions with kernel = stride (`TokenUpsampler`, UNETR's
+  "deconvolution" in one step): they bring a 1/p map to its level and cut its width to the level's
+  channels in one matrix product, where interpolation and a convolution would cost two passes.
 
 All convolutions are 3D with in-plane-only up-sampling, so neighbouring slices inform each other
 while the through-plane resolution is kept. Feature maps are channels-last ``(B, T, h, w, C)``
@@ -33,7 +46,19 @@ from MaskSAMCore.model.layers import (
 
 
 class PooledHead(nn.Module):
-    """Per-slice pooled features of all levels -> N vectors: ``(B, T, F) -> (B, T, N, out)``."""
+    """Per-slice pooled features of all levels -> N vectors: ``(B, T, F) -> (B, T, N, out)``.
+
+    §2.3 read literally: pool each level to (2, 2), concatenate, and "connect with an MLP layer to
+    adjust the channel to N" - an MLP over channels at each of the 2x2 positions, giving N channels
+    x 4 positions, i.e. the 4 box numbers of query n each read from one quadrant of the slice; the
+    classifier tokens, made "the same way" at (1, 1), would then be N scalars. Used instead: all
+    pooled values of a slice (4 x sum(C) for boxes, sum(C) for tokens) flattened into one MLP with
+    N x out outputs. Every box coordinate then sees the whole slice (a box's far edge depends on
+    where the organ is, not on one quadrant), and the tokens come out D wide, as they must to be
+    summed with the global classifier tokens and joined to SAM's D-wide tokens. Two layers (GELU
+    in between, hidden `pooled_hidden_dim`) rather than one linear layer: "an MLP layer" allows
+    either, and DETR's box head, which the paper's matching follows, is an MLP too; unmeasured.
+    """
 
     def __init__(self, in_features: int, hidden: int, num_queries: int, out_features: int) -> None:
         super().__init__()
@@ -86,7 +111,7 @@ class PromptGenerator(nn.Module):
         for level in range(1, self.levels):
             self.upsamplers.append(TokenUpsampler(channels[level - 1], channels[level], 2))
             full_resolution = level == self.levels - 1
-            if not full_resolution:
+            if not full_resolution:  # a ViT map brought from 1/p to this level (see the module docstring)
                 self.skip_projections.append(TokenUpsampler(enc_dim, channels[level], 2 ** level))
             in_channels = channels[level] + (3 if full_resolution else channels[level])
             light = 2 ** (self.levels - 1 - level) < 4  # 1/2 and full resolution
@@ -109,9 +134,10 @@ class PromptGenerator(nn.Module):
         outputs = [x]
         for level in range(1, self.levels):
             if level == self.levels - 1:
-                skip = image.to(x.dtype)
+                skip = image.to(x.dtype)   # the only full-resolution input there is
             else:
-                # Earlier blocks feed higher resolutions; reuse the shallowest when there are few.
+                # Earlier (shallower) blocks feed higher resolutions, as in UNETR; reuse the
+                # shallowest when a small backbone has fewer maps than levels.
                 source = features[max(len(features) - 1 - level, 0)]
                 skip = self.skip_projections[level - 1](self._by_volume(source))
             x = self.level_blocks[level](torch.cat([self.upsamplers[level - 1](x), skip], -1))
@@ -121,6 +147,8 @@ class PromptGenerator(nn.Module):
         token_pooled = torch.cat([pool_per_slice(o, 1) for o in outputs], dim=-1)  # (B, T, sum(C))
         boxes = None
         if self.box_head is not None:
+            # Centre and size through a sigmoid, as DETR: every output is a valid box in [0, 1]
+            # (independent corners could come out with x1 < x0).
             boxes = cxcywh_to_xyxy(torch.sigmoid(self.box_head(box_pooled).float()))
         masks = low_res = None
         if self.mask_out is not None:
