@@ -6,11 +6,12 @@ independently of the neighbouring slices. The head refines each query's stack of
 as a second input channel when there is one, then up-samples bilinearly in-plane to H x W.
 The refinement is residual and starts near zero: initially the output is SAM's mask, up-sampled.
 
-The paper up-samples SAM's masks and says no more; this head is the team's design (README,
-"Where this implementation departs from the paper"). Feeding it the
-auxiliary mask is this project's choice, not the paper's: that mask comes from the prompt
-generator's 3D decoder, which has full-resolution skips, so it carries depth context and detail
-that SAM's per-slice 4h x 4w mask lacks, for one extra input channel.
+The paper defines the final masks at the input's size, m_final in [0, 1]^(H x W) (§2.7), but never
+says how SAM's 4h x 4w masks reach H x W; this head fills that gap (README, "Where this
+implementation departs from the paper"). Feeding it the auxiliary mask is this project's choice,
+not the paper's: that mask comes from the prompt generator's 3D decoder, which has
+full-resolution skips, so it carries depth context and detail that SAM's per-slice 4h x 4w mask
+lacks, for one extra input channel.
 Working at 1/4 resolution keeps the head cheap for 24 queries x 8 slices x 512^2 windows.
 """
 
