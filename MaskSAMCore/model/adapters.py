@@ -46,7 +46,7 @@ class DepthMLP(nn.Module):
         super().__init__()
         hidden = max(2, int(round(num_slices * ratio)))
         self.expand = nn.Linear(num_slices, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU()  # the paper says "an activation layer"; GELU as in the adapter around it
         self.project = nn.Linear(hidden, num_slices)
         init_near_zero(self.project)
 
@@ -61,6 +61,9 @@ class DepthwiseConv3d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 3) -> None:
         super().__init__()
+        # The paper gives no kernel size. 3 is the smallest that mixes each token with its
+        # neighbours along all three axes; stacked over 12 encoder blocks (and the decoder) the
+        # reach already spans the T = 8 slices and far in-plane, so a bigger kernel buys little.
         self.conv = nn.Conv3d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
         init_near_zero(self.conv)
 
@@ -77,6 +80,8 @@ class Adapter(nn.Module):
         super().__init__()
         width = bottleneck_width(dim, ratio)
         self.down = nn.Linear(dim, width)
+        # The paper's "activation layer" is unnamed; GELU is the activation of SAM's ViT MLP
+        # (the features adapted here) and of Med-SA's adapter.
         self.act = nn.GELU()
         self.up = nn.Linear(width, dim)
         init_near_zero(self.up)

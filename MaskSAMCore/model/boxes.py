@@ -1,7 +1,9 @@
 """Box utilities shared by the prompt generator, the training targets and the losses.
 
 Boxes are normalised ``(x0, y0, x1, y1)`` in [0, 1]: x along the last (W) axis, y along H, the
-far edge exclusive (a mask covering columns 3..5 of W=10 has x0 = 0.3, x1 = 0.6).
+far edge exclusive (a mask covering columns 3..5 of W=10 has x0 = 0.3, x1 = 0.6). SAM's own
+mask-to-box is inclusive (x1 = 5); the exclusive edge is kept for the training targets, the
+learnable boxes and the mask-derived prompt boxes alike (why: `masksam.MaskSAM._decode`).
 """
 
 from __future__ import annotations

@@ -127,6 +127,8 @@ class AdaptedTwoWayTransformer(TwoWayTransformer):
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, image_pe, self.layout, size)
+        # No adapter here: §2.6 lists the adapters of each two-way block, and SAM's final
+        # token->image attention sits after the blocks, outside any of them.
         out = token_to_image_attention(self.final_attn_token_to_image, queries + point_embedding,
                                        self.layout.add_image_pe(keys, image_pe), keys)
         return self.norm_final_attn(queries + out), keys

@@ -73,6 +73,10 @@ class MaskSAM(nn.Module):
         self.decoder_depth_pos_embed = DepthPositionalEmbedding(
             config.num_slices, b.prompt_embed_dim, enabled=config.depth_pos_embed
         )
+        # The paper says neither how the global classifier tokens start nor how a class comes
+        # out of the decoder's classifier token. The tokens keep nn.Embedding's N(0, 1) init, as
+        # SAM's own output tokens and DETR's queries; the head is one linear layer to K + 1
+        # logits, as MaskFormer's classifier: the decoder's token is already the class embedding.
         self.global_class_tokens = nn.Embedding(config.num_queries, b.prompt_embed_dim)
         self.class_head = nn.Linear(b.prompt_embed_dim, config.num_classes + 1)
         self.mask_head = MaskHead3D(config.mask_head_channels, use_aux=config.prompt_mode != "box")
@@ -132,6 +136,10 @@ class MaskSAM(nn.Module):
 
         # The decoder's rows are ordered (volume, query, slice): see mask_decoder.SliceLayout.
         # SAM's prompt encoder: box corners in pixels -> sparse tokens, mask -> dense embedding.
+        # Our far edge is exclusive (boxes.py) and SAM adds 0.5 to both corners, so a box reaches
+        # 1 input pixel past the last mask pixel's centre, where SAM's own mask boxes stop at it.
+        # Kept: that is far inside the box jitter SAM was trained with (SD 10% of the side, up to
+        # 20 px), and the exclusive edge gives one-pixel masks a non-zero box for the GIoU loss.
         sparse = self.prompt_encoder._embed_boxes(scale_xyxy(boxes, width, height).transpose(1, 2).reshape(-1, 4))
         mask_prompts = self._mask_prompts(aux_low)
         dense = (self.prompt_encoder.no_mask_embed.weight[0] if mask_prompts is None
@@ -150,7 +158,9 @@ class MaskSAM(nn.Module):
         mode = self.config.prompt_mode
         if mode in ("box", "mask_box"):
             return prompts.learned_boxes
-        # Thresholding is not differentiable: mask-derived boxes carry no gradient.
+        # Thresholding is not differentiable: mask-derived boxes carry no gradient. The paper does
+        # not say where it binarises; logit 0 is probability 0.5, the BCE loss's own decision
+        # boundary (Mask2Former's instance inference also binarises at logit 0).
         with torch.no_grad():
             mask_boxes, nonempty = masks_to_boxes(prompts.aux_mask_logits.transpose(1, 2) > 0)
         # The paper averages the mask's box with the learnable one. It does not say what happens

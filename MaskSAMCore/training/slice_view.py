@@ -35,6 +35,8 @@ class SlicePredictions:
     def from_output(cls, output: Any) -> "SlicePredictions":
         """Wrap a `MaskSAMOutput` (or anything with the same four attributes)."""
         b, t, n, k1 = output.class_logits.shape
+        # The box loss judges the learnable boxes (§2.7's b_aux), not the averaged prompt boxes:
+        # their mask-derived half has no gradient, so only the learnable half could learn anyway.
         boxes = output.aux_boxes
         return cls(
             class_logits=output.class_logits.reshape(b * t, n, k1),
