@@ -165,7 +165,8 @@ def _add_train(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--val-cases-per-epoch", type=at_least(1), default=None,
                    help="validate on at most this many cases each epoch (default: all)")
     p.add_argument("--batch-size", type=at_least(1), default=None,
-                   help="patches per step and GPU (default 2, the paper's; vit_b then needs about "
+                   help="patches per step on each GPU: G GPUs train on G times as many (default 2, "
+                        "the paper's batch size, which it trained on 2 GPUs; vit_b then needs about "
                         "14 GiB of GPU memory: use 1 on smaller GPUs)")
     p.add_argument("--fold", default=None, choices=("0", "1", "2", "3", "4", "all"),
                    help="fold of splits.json (0-4) or 'all' (default 0)")
