@@ -81,7 +81,7 @@ class Adapter(nn.Module):
         width = bottleneck_width(dim, ratio)
         self.down = nn.Linear(dim, width)
         # The paper's "activation layer" is unnamed; GELU is the activation of SAM's ViT MLP
-        # (the features adapted here) and of Med-SA's adapter.
+        # (the features adapted here) and of Med-SA's released adapter code.
         self.act = nn.GELU()
         self.up = nn.Linear(width, dim)
         init_near_zero(self.up)
