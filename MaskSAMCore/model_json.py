@@ -18,7 +18,7 @@ from MaskSAMCore.data.planning import plan_problems
 from MaskSAMCore.data.regions import RegionError, model_regions
 from MaskSAMCore.errors import ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import MODEL_FORMAT, MODEL_JSON
-from MaskSAMCore.model.config import MaskSAMConfig
+from MaskSAMCore.model.config import MaskSAMConfig, network_problems
 
 FORMAT = MODEL_FORMAT
 # Version 2 adds "regions" (models trained on region labels, `data/regions.py`). Only such models
@@ -76,6 +76,9 @@ def check_model_json(meta: Any, folder: Path) -> None:
     plan = plan_problems(meta["plan"], len(meta["channel_names"]))
     if plan:
         raise ModelFolderError(f"{shown}: {plan[0]}")
+    network = network_problems(meta["network"])
+    if network:
+        raise ModelFolderError(f"{shown}: {network[0]}")
     try:
         config = MaskSAMConfig.from_dict(meta["network"])
     except (TypeError, ValueError) as exc:

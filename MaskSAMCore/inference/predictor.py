@@ -35,7 +35,8 @@ from MaskSAMCore.data.image_io import ImageGeometry, read_case
 from MaskSAMCore.data.preprocessing import preprocess_case, restore_label_map
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.data.slicer_segmentation import is_segmentation_file, write_segmentation
-from MaskSAMCore.errors import InputError, ModelFolderError, describe_path
+from MaskSAMCore.errors import InputError, MaskSAMError, ModelFolderError, describe_path, first_line
+from MaskSAMCore.folder_layout import MODEL_JSON
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.dicom_seg import is_seg_output, seg_structures, write_dicom_seg
 from MaskSAMCore.inference.export import (probabilities_path, remove_stale_probabilities, write_labels,
@@ -143,7 +144,15 @@ class Predictor:
         if note:
             print_warning(note)
         torch_device = devices.resolve_device(device)
-        model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
+        try:
+            model = folder.build_model(which=checkpoint, device=torch_device, sam_checkpoint=sam_checkpoint)
+        except MaskSAMError:
+            raise
+        except (TypeError, ValueError) as exc:
+            # model.json's check should refuse every network torch cannot build; should one slip
+            # through, the user still gets the file, not a traceback from a layer's constructor
+            raise ModelFolderError(f"{describe_path(folder.path / MODEL_JSON)} has an invalid network: "
+                                   f"{first_line(exc)}") from None
         mirror_axes = (folder.meta.get("training") or {}).get("mirror_axes", (0, 1, 2))
         return cls(model, folder.plan, folder.class_names, torch_device, options, name=folder.name,
                    mirror_axes=mirror_axes, regions=folder.regions, modality=folder.modality)

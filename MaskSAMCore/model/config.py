@@ -8,8 +8,11 @@ number of slices T that the depth embeddings and depth adapters are built for.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 # Prompt generator variants (paper Fig. 5, table 4 rows B1-B4).
 PROMPT_MODES = (
@@ -145,6 +148,18 @@ class MaskSAMConfig:
             problems.append(f"encoder_adapters must be 1 or 2, not {self.encoder_adapters!r}")
         if self.in_channels < 1 or self.num_slices < 1:
             problems.append("in_channels and num_slices must be positive")
+        # Widths the layers split: attention heads, SAM's sine/cosine positional encoding (two
+        # halves; the decoder's cross-attention at half width) and its mask downscaling (to a
+        # quarter, then all). Otherwise the network builds, or its first forward fails with a
+        # reshape error that looks like a corrupt checkpoint.
+        if b.encoder_embed_dim % b.encoder_num_heads:
+            problems.append(f"encoder_embed_dim ({b.encoder_embed_dim}) must be a multiple of encoder_num_heads "
+                            f"({b.encoder_num_heads})")
+        if b.prompt_embed_dim % (2 * b.decoder_num_heads):
+            problems.append(f"prompt_embed_dim ({b.prompt_embed_dim}) must be a multiple of twice "
+                            f"decoder_num_heads ({b.decoder_num_heads})")
+        if b.mask_in_chans < 4:
+            problems.append("mask_in_chans must be at least 4")
         levels = b.patch_size.bit_length()  # log2(patch) upsamplings + the 1/patch level
         if b.patch_size & (b.patch_size - 1) or len(self.prompt_generator_channels) != levels:
             problems.append(
@@ -168,11 +183,76 @@ class MaskSAMConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "MaskSAMConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown network settings {sorted(unknown)}")
+        problems = network_problems(data)
+        if problems:
+            raise ValueError("; ".join(problems))
         return cls(**data)
+
+
+def network_problems(data: Any) -> List[str]:
+    """What makes `data` (model.json's ``network``) unreadable as a `MaskSAMConfig`: one phrase per
+    field of the wrong type, named as in model.json. A hand-edited 48.5 or "3" would otherwise
+    reach torch's layer constructors (a traceback) or `validate`'s comparisons (a TypeError)."""
+    if not isinstance(data, dict):
+        return ["network must be a mapping"]
+    problems = _fields_problems(data, MaskSAMConfig, "network", "network settings")
+    backbone = data.get("backbone", {})
+    if not isinstance(backbone, dict):
+        problems.append("network.backbone must be a mapping")
+    else:
+        problems += _fields_problems(backbone, SamBackboneConfig, "network.backbone", "backbone settings")
+    return problems
+
+
+def _fields_problems(data: Dict[str, Any], cls: type, where: str, what: str) -> List[str]:
+    """Unknown keys of `data` and values that do not fit their `cls` field's type."""
+    kinds = typing.get_type_hints(cls)
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    problems = [f"unknown {what} {sorted(unknown)}"] if unknown else []
+    for name, value in data.items():
+        fits, wanted = _WANTED_BY_NAME.get(name) or _WANTED.get(kinds.get(name), (None, ""))
+        if fits is not None and not fits(value):
+            problems.append(f"{where}.{name} must be {wanted}, not {_shown(value)}")
+    return problems
+
+
+def _is_whole(value: Any, least: int = 1) -> bool:
+    # bool is an int to Python, but true is no layer count
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _are_whole(value: Any, least: int = 1) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_whole(v, least) for v in value)
+
+
+def _is_positive_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
+
+
+def _shown(value: Any) -> str:
+    """A value as model.json writes it (48.5, "3", NaN)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+# Per field type: the test a value must pass and how a message names what is wanted. Every whole
+# number counts something (channels, blocks, heads, pixels), so must be positive; block indexes
+# (from 0) are the exception. `validate` then checks how the fields fit together.
+_WANTED: Dict[Any, Tuple[Callable[[Any], bool], str]] = {
+    int: (_is_whole, "a positive whole number"),
+    float: (_is_positive_number, "a positive number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    Tuple[int, ...]: (_are_whole, "a list of positive whole numbers"),
+    Union[int, Tuple[int, int]]: (lambda v: _is_whole(v) or (_are_whole(v) and len(v) == 2),
+                                  "a positive whole number or a list of two"),
+}
+_WANTED_BY_NAME: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "encoder_global_attn_indexes": (lambda v: _are_whole(v, 0), "a list of block indexes (whole numbers from 0)"),
+}
 
 
 SAM_IMAGE_SIZE = 1024   # the input size SAM was trained at (64 x 64 tokens of 16 px)
