@@ -60,6 +60,13 @@ BROKEN: Dict[str, tuple] = {
     "heads that do not divide the width": (_set("network.backbone.encoder_embed_dim", 49),
                                            "encoder_embed_dim (49) must be a multiple of encoder_num_heads"),
     "backbone not a mapping": (_set("network.backbone", [1, 2]), "network.backbone must be a mapping"),
+    "patch of text": (_set("plan.patch_size", ["4", "x", 64]), "plan.patch_size must be three positive whole"),
+    "NaN CT mean": (_set("plan.normalization.0.mean", float("nan")),
+                    "plan.normalization[0].mean must be a finite number, not NaN"),
+    "infinite spacing": (_set("plan.target_spacing.0", float("inf")),
+                         "plan.target_spacing[0] must be a finite number, not Infinity"),
+    "axis order of floats": (_set("plan.transpose_forward", [0, 1, 2.0]), "plan.transpose_forward must be an order"),
+    "resampling order as text": (_set("plan.image_resampling.order", "cubic"), "plan.image_resampling must give"),
 }
 
 

@@ -27,7 +27,9 @@ Rules follow nnU-Net v2's "3d_fullres" planner so that results on public dataset
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import json
+import math
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -113,14 +115,21 @@ def plan_problems(plan: Any, channels: int) -> List[str]:
     phrase per problem, empty when the fields preprocessing reads are all there and sane."""
     if not isinstance(plan, dict):
         return ["the plan is not a mapping"]
-    problems = []
+    # json reads NaN and Infinity: a NaN mean would run the whole network on NaN voxels, an
+    # infinite spacing would be blamed on the image's header
+    problems = [f"{where} must be a finite number, not {json.dumps(value)}"
+                for where, value in _non_finite(plan, "plan")]
     for key in ("transpose_forward", "transpose_backward"):
-        if sorted(plan.get(key) or []) != [0, 1, 2]:
+        order = plan.get(key)
+        if not (isinstance(order, list) and all(_is_whole(v, 0) for v in order) and sorted(order) == [0, 1, 2]):
             problems.append(f"plan.{key} must be an order of the axes 0, 1, 2")
-    spacing = plan.get("target_spacing")
-    if not (isinstance(spacing, list) and len(spacing) == 3
-            and all(isinstance(v, (int, float)) and v > 0 for v in spacing)):
-        problems.append("plan.target_spacing must be three positive numbers")
+    for key in ("target_spacing", "target_spacing_zyx"):
+        spacing = plan.get(key, [1.0, 1.0, 1.0] if key == "target_spacing_zyx" else None)   # zyx: benchmark only
+        if not (isinstance(spacing, list) and len(spacing) == 3 and all(_is_positive(v) for v in spacing)):
+            problems.append(f"plan.{key} must be three positive numbers (mm)")
+    patch = plan.get("patch_size", [1, 1, 1])   # plans written by hand for tests may leave it out
+    if not (isinstance(patch, list) and len(patch) == 3 and all(_is_whole(v, 1) for v in patch)):
+        problems.append("plan.patch_size must be three positive whole numbers (T, H, W)")
     normalization = plan.get("normalization")
     if not (isinstance(normalization, list) and len(normalization) == channels
             and all(isinstance(scheme, dict) for scheme in normalization)):
@@ -129,7 +138,30 @@ def plan_problems(plan: Any, channels: int) -> List[str]:
         problems.append("plan.anisotropic must be true or false")
     if not isinstance(plan.get("reorient_to_lps", False), bool):
         problems.append("plan.reorient_to_lps must be true or false")
+    resampling = plan.get("image_resampling", {})
+    orders = [resampling.get(key, 1) for key in ("order", "order_z")] if isinstance(resampling, dict) else [None]
+    if not all(_is_whole(order, 0) and order <= 5 for order in orders):   # scipy's spline orders
+        problems.append("plan.image_resampling must give spline orders (order, order_z) from 0 to 5")
     return problems
+
+
+def _is_whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _non_finite(value: Any, where: str) -> List[Tuple[str, float]]:
+    """(field, value) of every NaN or infinite number in `value`, a JSON tree."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(where, value)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _non_finite(item, f"{where}.{key}")]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _non_finite(item, f"{where}[{index}]")]
+    return []
 
 
 def target_spacing(spacings: np.ndarray) -> tuple:
