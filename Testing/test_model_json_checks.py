@@ -67,6 +67,16 @@ BROKEN: Dict[str, tuple] = {
                          "plan.target_spacing[0] must be a finite number, not Infinity"),
     "axis order of floats": (_set("plan.transpose_forward", [0, 1, 2.0]), "plan.transpose_forward must be an order"),
     "resampling order as text": (_set("plan.image_resampling.order", "cubic"), "plan.image_resampling must give"),
+    "no CT mean": (lambda meta: meta["plan"]["normalization"][0].pop("mean"),
+                   "plan.normalization[0].mean must be a number"),
+    "unknown scheme": (_set("plan.normalization.0.scheme", "bogus"),
+                       'plan.normalization[0].scheme must be "ct" or "zscore", not "bogus"'),
+    "clip bound as text": (_set("plan.normalization.0.clip_low", "low"), "plan.normalization[0].clip_low must be"),
+    "zero CT std": (_set("plan.normalization.0.std", 0), "plan.normalization[0].std must be positive, not 0"),
+    "clip bounds crossed": (_set("plan.normalization.0.clip_low", 2000.0), "clip_low (2000.0) must be below"),
+    "z-score mask as text": (lambda meta: meta["plan"]["normalization"][0].update(scheme="zscore",
+                                                                                 use_nonzero_mask="yes"),
+                             "plan.normalization[0].use_nonzero_mask must be true or false"),
 }
 
 
@@ -110,3 +120,13 @@ def test_a_network_torch_cannot_build_is_still_blamed_on_model_json(model_dir, i
     assert len(lines) == 1 and lines[0].startswith(f"masksam: error: {folder / 'model.json'} has an invalid "
                                                    "network: "), lines
     assert not output.exists()
+
+
+def test_preprocessing_refuses_an_unknown_scheme_as_a_user_error():
+    """A plan not read from a model.json (so not checked) still fails as an error the command
+    line reports in one line, not as a ValueError traceback from a worker thread."""
+    from MaskSAMCore.data.normalization import image_statistics
+    from MaskSAMCore.errors import MaskSAMError
+
+    with pytest.raises(MaskSAMError, match="unknown normalisation scheme 'bogus'"):
+        image_statistics(np.zeros((2, 2, 2), np.float32), {"scheme": "bogus"})

@@ -15,10 +15,16 @@ A plan's ``normalization`` list holds one dict per channel (see `ct_scheme`, `zs
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+import json
+import math
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from MaskSAMCore.errors import InputError
+
+SCHEMES = ("ct", "zscore")
+_SCHEMES_SHOWN = " or ".join(f'"{name}"' for name in SCHEMES)
 _MIN_STD = 1e-8
 
 # Darker than this (HU), every CT of a body holds something: air around the body, in the lungs or
@@ -56,6 +62,28 @@ def ct_scheme(channel_name: str, foreground: np.ndarray, source: str = "foregrou
     }
 
 
+def scheme_problems(scheme: Dict[str, Any], where: str) -> List[str]:
+    """What makes one plan entry (`ct_scheme`, `zscore_scheme`; named `where` in messages) unusable:
+    a missing or non-numeric CT statistic would fail in preprocessing's worker thread, and a zero
+    std would turn the whole image into one value, segmented as background without a word."""
+    kind = scheme.get("scheme")
+    if kind not in SCHEMES:
+        return [f"{where}.scheme must be {_SCHEMES_SHOWN}, not {json.dumps(kind)}"]
+    if kind == "zscore":
+        mask = scheme.get("use_nonzero_mask", False)
+        return [] if isinstance(mask, bool) else [f"{where}.use_nonzero_mask must be true or false"]
+    problems = [f"{where}.{key} must be a number" for key in ("clip_low", "clip_high", "mean", "std")
+                if not (isinstance(scheme.get(key), (int, float)) and not isinstance(scheme.get(key), bool)
+                        and math.isfinite(scheme[key]))]
+    if problems:
+        return problems
+    if scheme["std"] <= 0:
+        problems.append(f"{where}.std must be positive, not {scheme['std']}")
+    if scheme["clip_low"] >= scheme["clip_high"]:
+        problems.append(f"{where}.clip_low ({scheme['clip_low']}) must be below clip_high ({scheme['clip_high']})")
+    return problems
+
+
 def zscore_scheme(channel_name: str, use_nonzero_mask: bool) -> Dict[str, object]:
     """The plan entry for a per-image z-scored channel."""
     return {"channel": channel_name, "scheme": "zscore", "use_nonzero_mask": bool(use_nonzero_mask)}
@@ -66,10 +94,11 @@ def image_statistics(channel: np.ndarray, scheme: Dict[str, object],
     """(mean, std) that normalise this channel (z, y, x): the dataset's for CT, the image's own
     (over `nonzero_mask` when the scheme asks for it) otherwise. Computed on the original
     voxels, before resampling, so interpolation does not bias them."""
-    if scheme["scheme"] == "ct":
+    if scheme.get("scheme") == "ct":
         return float(scheme["mean"]), float(scheme["std"])
-    if scheme["scheme"] != "zscore":
-        raise ValueError(f"unknown normalisation scheme {scheme['scheme']!r}")
+    if scheme.get("scheme") != "zscore":
+        # a model.json's plan is checked (`scheme_problems`) before this; a plan from elsewhere is not
+        raise InputError(f"unknown normalisation scheme {scheme.get('scheme')!r}; MaskSAM knows {_SCHEMES_SHOWN}")
     values = channel[nonzero_mask] if scheme.get("use_nonzero_mask") and nonzero_mask is not None else channel
     if values.size == 0:
         return 0.0, 1.0

@@ -36,7 +36,7 @@ import numpy as np
 from MaskSAMCore.data.cropping import bbox_shape, nonzero_bbox
 from MaskSAMCore.data.dataset import RawDataset
 from MaskSAMCore.data.image_io import read_case
-from MaskSAMCore.data.normalization import ct_scheme, is_ct, zscore_scheme
+from MaskSAMCore.data.normalization import ct_scheme, is_ct, scheme_problems, zscore_scheme
 from MaskSAMCore.data.orientation import Reorientation, lps_reorientation
 from MaskSAMCore.data.resampling import coarsest_axis, is_anisotropic, resampled_shape
 from MaskSAMCore.progress import Progress
@@ -134,6 +134,9 @@ def plan_problems(plan: Any, channels: int) -> List[str]:
     if not (isinstance(normalization, list) and len(normalization) == channels
             and all(isinstance(scheme, dict) for scheme in normalization)):
         problems.append(f"plan.normalization must give one scheme per channel ({channels})")
+    else:
+        problems += [problem for index, scheme in enumerate(normalization)
+                     for problem in scheme_problems(scheme, f"plan.normalization[{index}]")]
     if not isinstance(plan.get("anisotropic"), bool):
         problems.append("plan.anisotropic must be true or false")
     if not isinstance(plan.get("reorient_to_lps", False), bool):
