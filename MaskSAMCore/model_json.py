@@ -83,6 +83,11 @@ def check_model_json(meta: Any, folder: Path) -> None:
         config = MaskSAMConfig.from_dict(meta["network"])
     except (TypeError, ValueError) as exc:
         raise ModelFolderError(f"{shown} has an invalid network: {exc}") from None
+    planned, patch = meta["plan"].get("patch_size"), [config.num_slices, *config.image_hw]
+    if planned is not None and planned != patch:
+        # the cases were preprocessed and the depth layers built for one patch: the network's
+        raise ModelFolderError(f"{shown}: the plan's patch_size {planned} differs from the network's "
+                               f"num_slices and image_size {patch}")
     labels = meta["labels"]
     try:
         model_regions(meta.get("regions"), labels)

@@ -77,6 +77,9 @@ BROKEN: Dict[str, tuple] = {
     "z-score mask as text": (lambda meta: meta["plan"]["normalization"][0].update(scheme="zscore",
                                                                                  use_nonzero_mask="yes"),
                              "plan.normalization[0].use_nonzero_mask must be true or false"),
+    "plan patch not the network's": (_set("plan.patch_size", [8, 64, 64]),
+                                     "the plan's patch_size [8, 64, 64] differs from the network's"),
+    "plan patch of two sides": (_set("plan.patch_size", [64, 64]), "plan.patch_size must be three positive whole"),
 }
 
 
