@@ -12,6 +12,7 @@ from MaskSAMCore.data.dataset import load_raw_dataset
 from MaskSAMCore.data.image_io import ImageGeometry, read_case, read_label
 from MaskSAMCore.data.image_writing import write_image, write_label
 from MaskSAMCore.data.planning import plan_experiment, target_spacing
+from MaskSAMCore.errors import DatasetError
 from MaskSAMCore.model.config import preset
 
 IDENTITY = tuple(np.eye(3).ravel())
@@ -103,6 +104,21 @@ def test_plan_of_a_sagittal_ct_dataset(tmp_path):
     assert scheme["clip_high"] == pytest.approx(np.percentile(pooled, 99.5), rel=1e-5)
     assert scheme["mean"] == pytest.approx(pooled.mean(), rel=1e-5)
     assert scheme["std"] == pytest.approx(pooled.std(), rel=1e-5)
+
+
+def test_a_ct_dataset_whose_labelled_voxels_share_one_value_is_refused_when_planned(tmp_path):
+    """Such a plan (std 0, clip_low == clip_high) would be refused when the trained model is
+    loaded (model.json's check): planning says so before hours of training."""
+    rng = np.random.default_rng(3)
+    for index in range(2):
+        image = rng.normal(-500, 200, size=(10, 12, 12)).astype(np.float32)
+        labels = np.zeros(image.shape, np.uint8)
+        labels[3:7, 4:8, 4:8] = 1
+        image[labels == 1] = 40.0
+        write_case(tmp_path, f"case{index}", image, labels, (1.0, 1.0, 1.0))
+    write_dataset_json(tmp_path, {"0": "CT"}, 2)
+    with pytest.raises(DatasetError, match=r"every labelled voxel of channel 0 \('CT'\) has the value 40"):
+        plan_experiment(load_raw_dataset(tmp_path, progress=False), preset("tiny", num_classes=2), progress=False)
 
 
 @pytest.mark.parametrize("zero_background", [True, False])

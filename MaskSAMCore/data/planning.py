@@ -39,6 +39,7 @@ from MaskSAMCore.data.image_io import read_case
 from MaskSAMCore.data.normalization import ct_scheme, is_ct, scheme_problems, zscore_scheme
 from MaskSAMCore.data.orientation import Reorientation, lps_reorientation
 from MaskSAMCore.data.resampling import coarsest_axis, is_anisotropic, resampled_shape
+from MaskSAMCore.errors import DatasetError, describe_path
 from MaskSAMCore.progress import Progress
 
 PLAN_FORMAT = "masksam-plan"
@@ -47,6 +48,19 @@ ANISOTROPY_THRESHOLD = 3.0
 FOREGROUND_SAMPLES_PER_CASE = 100_000
 NONZERO_MASK_THRESHOLD = 0.75  # crop keeps < 3/4 of the voxels -> the images have a zero background
 _TIE_TOLERANCE = 1e-3          # spacings within 0.1 % count as equal when choosing the slice axis
+
+
+def _checked_ct_scheme(dataset: RawDataset, index: int, name: str, samples: np.ndarray,
+                       source: str) -> Dict[str, Any]:
+    """`ct_scheme` of channel `index`, refused when its samples have no spread: a trained model
+    with that plan would be refused when loaded (`scheme_problems`), after all the training."""
+    scheme = ct_scheme(name, samples, source)
+    if scheme_problems(scheme, "normalization"):
+        what = "labelled voxel" if source == "foreground" else "voxel"
+        raise DatasetError(f"{describe_path(dataset.root)}: every {what} of channel {index} ({name!r}) has the value "
+                           f"{scheme['median']:g} (or nearly every one), so CT normalisation has no spread to learn "
+                           f"from; is channel {index} really a CT, or are the images' voxels all one value?")
+    return scheme
 
 
 def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> Dict[str, Any]:
@@ -72,7 +86,7 @@ def plan_experiment(dataset: RawDataset, config: Any, progress: bool = True) -> 
             source = "foreground"
             if samples.size == 0:
                 samples, source = fingerprint["all_voxels"][index], "all voxels"
-            normalization.append(ct_scheme(name, samples, source))
+            normalization.append(_checked_ct_scheme(dataset, index, name, samples, source))
         else:
             normalization.append(zscore_scheme(name, use_nonzero))
 
