@@ -92,6 +92,24 @@ def test_benchmark_of_a_model_with_coarse_slices_runs_on_its_own_grid(tmp_path):
     assert json.loads(out.read_text())["preprocessed_shape"] == [8, 40, 40]
 
 
+def test_benchmark_of_a_sagittal_model_without_the_informative_zyx_spacing_runs_on_its_own_grid(tmp_path):
+    """A model sliced along x (transposed plan) whose model.json lacks "target_spacing_zyx" (it is
+    not required): the volume's grid comes from "target_spacing" and the transpose, as in
+    preprocessing, so nothing is resampled and no KeyError stops the run."""
+    from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
+    from MaskSAMCore.model.config import preset
+
+    config = preset("tiny", num_classes=3)
+    plan = synthetic_plan(config, (1.4, 1.2, 3.7))
+    plan.update(transpose_forward=[2, 0, 1], transpose_backward=[1, 2, 0], target_spacing=[3.7, 1.4, 1.2])
+    del plan["target_spacing_zyx"]
+    model = write_random_model_folder(tmp_path / "sagittal", config, plan)
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--model-dir", str(model), "--shape", "40", "44", "8", "--device", "cpu",
+                 "--fast", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["preprocessed_shape"] == [8, 40, 44]
+
+
 def test_benchmark_resample_of_a_model_with_coarse_slices_is_slightly_finer_than_its_grid(tmp_path, capsys):
     """--resample on a model planned at 3.7 x 1.4 x 1.4 mm: the volume and the warm-up lie 0.8/0.82
     finer in-plane than the model's spacing and on its slices, so the scores are resampled back

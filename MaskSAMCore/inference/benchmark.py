@@ -53,7 +53,10 @@ def synthetic_spacing_zyx(plan: Dict[str, Any], resample: bool) -> Tuple[float, 
     stays about that of --shape. Taken from the plan, never fixed: a fixed 1 x 0.8 x 0.8 mm grid
     given to a model of 3.5 mm slices would shrink --shape 3.5-fold along z (the warm-up volume
     to a single slice) and time another volume than the one asked for."""
-    target = [float(t) for t in plan["target_spacing_zyx"]]
+    # From the fields preprocessing reads (the spacing in the network's axis order, and the order
+    # back): "target_spacing_zyx" is informative only, and model.json's check does not require it.
+    in_network_order = [float(t) for t in plan["target_spacing"]]
+    target = [in_network_order[axis] for axis in plan["transpose_backward"]]
     finer = FINER_IN_PLANE_ZYX if resample else (1.0, 1.0, 1.0)
     z, y, x = (t * f for t, f in zip(target, finer))
     return z, y, x
