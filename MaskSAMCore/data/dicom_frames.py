@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Dict, List, Tuple, Union
 
 import numpy as np
 
+from MaskSAMCore.data.pydicom_reading import pydicom_warnings_off, read_dataset
 from MaskSAMCore.errors import InputError, message_lines
 
 if TYPE_CHECKING:   # both modules use this one
@@ -55,8 +56,9 @@ def frame_slices(base: DicomSlice, frames: int) -> List[DicomSlice]:
     if base.problem:   # about the file as a whole (colour, pixel data cut short)
         return [base]
     try:
-        dataset = pydicom.dcmread(str(base.path), stop_before_pixels=True, force=True)
-        slices = [_frame_slice(base, dataset, frame) for frame in range(frames)]
+        with pydicom_warnings_off():   # the functional groups' values are parsed here, on access
+            dataset = read_dataset(base.path, stop_before_pixels=True)
+            slices = [_frame_slice(base, dataset, frame) for frame in range(frames)]
     # A damaged or unusual header fails in many ways inside pydicom; each is the file's problem.
     except (pydicom.errors.InvalidDicomError, AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         problem = f"cannot be read as a multi-frame DICOM file ({type(exc).__name__}: {exc})"
@@ -97,23 +99,22 @@ def frame_rescale(dataset, frame: int) -> Tuple[float, float]:
 def read_frames(series: DicomSeries) -> np.ndarray:
     """The voxels of a series of frames (`series.files[k]`, `series.frames[k]` for slice k) as
     float32 (slice, row, column), each frame rescaled by its own slope and intercept."""
-    import pydicom
-
     rows_columns = (series.size[1], series.size[0])
     volume = np.empty((len(series.files), *rows_columns), dtype=np.float32)
     by_file: Dict[Path, List[int]] = {}
     for k, path in enumerate(series.files):
         by_file.setdefault(path, []).append(k)
-    for path, slice_indices in by_file.items():
-        dataset = pydicom.dcmread(str(path), force=True)
-        pixels = _decoded_pixels(series, path, dataset)
-        frames = [series.frames[k] for k in slice_indices]
-        if pixels.shape[1:] != rows_columns or max(frames) >= len(pixels):
-            raise InputError(f"{series}: {path.name} holds {len(pixels)} frame(s) of {pixels.shape[2]} x "
-                             f"{pixels.shape[1]} pixels; its header promised more")
-        for k, frame in zip(slice_indices, frames):
-            slope, intercept = frame_rescale(dataset, frame)
-            volume[k] = pixels[frame] * np.float32(slope) + np.float32(intercept)
+    with pydicom_warnings_off():   # values are parsed on access: the rescales too
+        for path, slice_indices in by_file.items():
+            dataset = read_dataset(path)
+            pixels = _decoded_pixels(series, path, dataset)
+            frames = [series.frames[k] for k in slice_indices]
+            if pixels.shape[1:] != rows_columns or max(frames) >= len(pixels):
+                raise InputError(f"{series}: {path.name} holds {len(pixels)} frame(s) of {pixels.shape[2]} x "
+                                 f"{pixels.shape[1]} pixels; its header promised more")
+            for k, frame in zip(slice_indices, frames):
+                slope, intercept = frame_rescale(dataset, frame)
+                volume[k] = pixels[frame] * np.float32(slope) + np.float32(intercept)
     return volume
 
 

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_frames import frame_slices
 from MaskSAMCore.data.dicom_pixel_data import pixel_data_bytes
+from MaskSAMCore.data.pydicom_reading import pydicom_warnings_off, read_dataset
 from MaskSAMCore.errors import InputError, describe_path, list_some
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING = "0020|0032", "0020|0037", "0028|0030"
@@ -214,10 +215,9 @@ def describe_not_images(not_images: Sequence[Tuple[Path, str]]) -> str:
 def _modality(path: Path) -> str:
     """The Modality of a file GDCM cannot read as an image (a report, a structure set), read with
     pydicom; "" when pydicom cannot read it either."""
-    import pydicom
-
     try:
-        return str(pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
-                                   specific_tags=["Modality"]).get("Modality", "")).strip()
+        with pydicom_warnings_off():   # a damaged file's garbage makes pydicom warn of odd elements
+            return str(read_dataset(path, stop_before_pixels=True, specific_tags=["Modality"])
+                       .get("Modality", "")).strip()
     except Exception:   # any damage: the file is reported as unreadable
         return ""

@@ -38,6 +38,7 @@ import numpy as np
 from MaskSAMCore import __version__
 from MaskSAMCore.atomic import atomic_path
 from MaskSAMCore.data.dicom_series import DicomSeries
+from MaskSAMCore.data.pydicom_reading import read_dataset
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.errors import InputError, first_line
 from MaskSAMCore.terminology import AnatomyTerminology
@@ -73,15 +74,13 @@ def check_seg_writer() -> None:
 def check_seg_sources(series: DicomSeries) -> None:
     """Refuse, before any work, a series a SEG cannot refer to: slices without the UIDs it
     names, or from several studies or frames of reference (`InputError` naming the slice)."""
-    import pydicom
-
     first: dict = {}
     if series.frames and len(series.distinct_files) > 1:
         raise InputError(f"{series}: its frames are spread over {len(series.distinct_files)} multi-frame files; "
                          f"a DICOM SEG here refers to one; {IMAGE_FILE_INSTEAD}")
     for path in series.distinct_files:
-        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
-                                 specific_tags=["SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"])
+        header = read_dataset(path, stop_before_pixels=True,
+                              specific_tags=["SOPInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"])
         for keyword, name in (("SOPInstanceUID", "SOP Instance UID"), ("StudyInstanceUID", "Study Instance UID"),
                               ("FrameOfReferenceUID", "Frame of Reference UID")):
             value = str(header.get(keyword, "")).strip()
@@ -114,14 +113,13 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
     """Write `labels` (z, y, x, on the series' grid: z follows ``series.files``) as a SEG
     referring to the series, atomically."""
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
     from pydicom.valuerep import DSfloat
 
     expected = (len(series.files), series.size[1], series.size[0])
     if tuple(labels.shape) != expected:
         raise ValueError(f"label map shape {labels.shape} is not the series' {expected}")
-    sources = [pydicom.dcmread(str(f), stop_before_pixels=True, force=True) for f in series.distinct_files]
+    sources = [read_dataset(f, stop_before_pixels=True) for f in series.distinct_files]
     # A DS value holds at most 16 characters: the grid's step (3.000000002187125) would not fit.
     step = DSfloat(series.plane_spacing, auto_format=True)
     for measures in _pixel_measures(sources):   # in-memory copies only: highdicom takes both from here
