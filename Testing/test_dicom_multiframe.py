@@ -5,6 +5,7 @@ refused for the same reasons (naming the frame), and take a DICOM SEG over its f
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,36 @@ def test_seg_frames_refer_to_the_source_frames_they_lie_on(tmp_path):
     masks = decode_seg(tmp_path / "seg.dcm", series)
     for value in (1, 2):
         assert np.array_equal(masks[value], labels == value)
+
+
+def test_a_seg_is_written_over_frames_keeping_orientation_and_pixel_spacing_per_frame(tmp_path):
+    """Many enhanced files keep each frame's orientation and pixel measures in its own functional
+    group, not in the shared one highdicom copies them from."""
+    path = write_enhanced(tmp_path / "enhanced", oblique_volume(), frame_order=SHUFFLED)
+
+    def per_frame(dataset):
+        shared = dataset.SharedFunctionalGroupsSequence[0]
+        for sequence in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+            items = shared[sequence].value
+            delattr(shared, sequence)
+            for k in range(len(SHUFFLED)):
+                setattr(_frame(dataset, k), sequence, copy.deepcopy(items))
+                if sequence == "PlaneOrientationSequence":   # float noise, different in every frame
+                    cosines = [float(v) + 2e-6 * (-1) ** k for v in items[0].ImageOrientationPatient]
+                    _frame(dataset, k).PlaneOrientationSequence[0].ImageOrientationPatient = \
+                        [f"{v:.8f}" for v in cosines]
+
+    series = find_series(_edited(path, per_frame).parent)
+    check_seg_sources(series)
+    labels = np.zeros((9, 18, 20), np.uint8)
+    labels[2:6, 3:9, 4:12] = 1
+    labels[7, 0, 19] = 2
+    write_dicom_seg(labels, series, seg_structures(["background", "liver", "spleen"], None),
+                    tmp_path / "seg.dcm", "test model")
+    masks = decode_seg(tmp_path / "seg.dcm", series)
+    assert np.array_equal(masks[1], labels == 1) and np.array_equal(masks[2], labels == 2)
+    # the source file itself is left as it was
+    assert "PlaneOrientationSequence" not in pydicom.dcmread(str(path)).SharedFunctionalGroupsSequence[0]
 
 
 def test_predict_segments_an_enhanced_file_as_its_classic_series_and_writes_a_seg_on_its_frames(tmp_path, capsys):

@@ -21,7 +21,7 @@ from MaskSAMCore.data.image_io import read_label
 from MaskSAMCore.data.regions import region_scheme
 from MaskSAMCore.errors import InputError
 from MaskSAMCore.inference.cases import find_cases
-from MaskSAMCore.inference.dicom_seg import SegStructure, seg_structures, write_dicom_seg
+from MaskSAMCore.inference.dicom_seg import SegStructure, check_seg_sources, seg_structures, write_dicom_seg
 from MaskSAMCore.inference.random_model import synthetic_plan, write_random_model_folder
 from MaskSAMCore.model.config import preset
 from dicom_support import decode_seg, oblique_volume, shuffled_names, write_series
@@ -217,6 +217,44 @@ def test_a_series_highdicom_cannot_describe_is_one_error_line(random_model, tmp_
     assert line == (f"masksam: error: {folder} (DICOM series 3 'AX ABD'): no DICOM SEG can refer to it "
                     "('FileDataset' object has no attribute 'PatientAge'); write .nii.gz, .nrrd or .mha instead")
     assert not (tmp_path / "out" / "seg.dcm").exists()
+
+
+def _orientation_noise(k: int, tags):
+    """Each slice's direction cosines off by float noise of its own (2e-6, written with 8
+    decimals), as some exporters write them: one orientation within tolerance, not exactly."""
+    cosines = [float(v) + 2e-6 * ((k % 3) - 1) * (1 if i % 2 else -1)
+               for i, v in enumerate(tags["0020|0037"].split("\\"))]
+    return {**tags, "0020|0037": "\\".join(f"{v:.8f}" for v in cosines)}
+
+
+def test_a_seg_is_written_over_slices_whose_orientations_differ_by_float_noise(tmp_path):
+    image = oblique_volume()
+    folder = write_series(tmp_path / "ct", image, names=shuffled_names(image.GetDepth()), edit=_orientation_noise)
+    series = find_series(folder)
+    assert len({pydicom.dcmread(str(f)).ImageOrientationPatient[0] for f in series.files}) == 3
+    check_seg_sources(series)
+    labels = np.zeros((9, 18, 20), np.uint8)
+    labels[1:4, 3:9, 4:12] = 1
+    labels[8, 17, 0] = 2
+    out = tmp_path / "seg.dcm"
+    write_dicom_seg(labels, series, seg_structures(["background", "liver", "kidney_left"], None), out, "abdomen")
+    masks = decode_seg(out, series)   # every frame on its own source slice's position
+    assert np.array_equal(masks[1], labels == 1) and np.array_equal(masks[2], labels == 2)
+    seg_cosines = pydicom.dcmread(str(out)).SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0]
+    assert np.allclose([float(v) for v in seg_cosines.ImageOrientationPatient],
+                       np.reshape(series.direction, (3, 3))[:, :2].T.ravel(), atol=1e-12)
+
+
+def test_what_highdicom_would_refuse_is_refused_before_the_prediction(tmp_path, monkeypatch):
+    import highdicom
+
+    def refuses(**_):   # as a highdicom refusing this series' sources would
+        raise ValueError("Source images must have a shared orientation.")
+    monkeypatch.setattr(highdicom.seg, "Segmentation", refuses)
+    series = find_series(write_series(tmp_path / "ct", oblique_volume()))
+    with pytest.raises(InputError, match=r"no DICOM SEG can refer to it \(Source images must have a shared "
+                                         r"orientation\.\); write \.nii\.gz"):
+        check_seg_sources(series)
 
 
 def test_an_upper_case_seg_name_is_kept(tmp_path):

@@ -48,6 +48,9 @@ from MaskSAMCore.errors import InputError, describe_path, last_line, list_some
 # a pixel (exported positions and orientations are rounded to a few micrometres and 1e-5).
 SPACING_TOLERANCE = 0.01
 SIDEWAYS_TOLERANCE_PIXELS = 0.1
+# How far two slices' direction cosines may differ and the slices still share one orientation
+# (exporters write them rounded, or with float noise that differs from slice to slice).
+ORIENTATION_TOLERANCE = 1e-4
 # Some scanners keep a few localizer images (another orientation) in the scan's own series. Up to
 # this many, beside a stack at least twice as large, are left out and named (3D Slicer's DICOM
 # import and dcm2niix split such a series by orientation too); more, and the series is refused.
@@ -304,8 +307,8 @@ def _slice_mismatch(first: DicomSlice, other: DicomSlice) -> Optional[str]:
 
 
 def _same_orientation(first: DicomSlice, other: DicomSlice) -> bool:
-    return (np.allclose(other.row_direction, first.row_direction, atol=1e-4)
-            and np.allclose(other.column_direction, first.column_direction, atol=1e-4))
+    return (np.allclose(other.row_direction, first.row_direction, atol=ORIENTATION_TOLERANCE)
+            and np.allclose(other.column_direction, first.column_direction, atol=ORIENTATION_TOLERANCE))
 
 
 def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) -> DicomSeries:

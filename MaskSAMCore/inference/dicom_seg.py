@@ -18,11 +18,10 @@ The type is BINARY (one bit per pixel, empty frames left out), which every SEG r
 The geometry is the series' own, as checked by `dicom_series`: each frame's position is that of
 its source slice, the orientation and pixel spacing the series', the spacing between slices the
 step of the checked grid (not the slices' own Spacing Between Slices, which some MR scanners
-use for the gap). A source slice without Slice Thickness (allowed in CT) is described with that
-step as its thickness, and one without a Type 2 patient or study element highdicom copies (Patient's
-Birth Date, Study ID, ...: anonymised and converted series often leave them out) as having it
-empty, as DICOM allows. Writing uses highdicom (pip install highdicom), imported only
-when a SEG is asked for.
+use for the gap). How the sources' headers are prepared for highdicom (slices without Slice
+Thickness or Type 2 patient and study elements, orientations that differ by float noise, per-frame
+orientation of enhanced files) is `seg_sources`'. Writing uses highdicom (pip install highdicom),
+imported only when a SEG is asked for.
 """
 
 from __future__ import annotations
@@ -41,15 +40,12 @@ from MaskSAMCore.data.dicom_series import DicomSeries
 from MaskSAMCore.data.pydicom_reading import read_dataset
 from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.errors import InputError, first_line
+from MaskSAMCore.inference.seg_sources import seg_sources
 from MaskSAMCore.terminology import AnatomyTerminology
 
 SEG_ENDING = ".dcm"
 SEG_SERIES_NUMBER_OFFSET = 1000   # the SEG's series number: the source's plus this
 IMAGE_FILE_INSTEAD = "write .nii.gz, .nrrd or .mha instead"
-# Type 2 patient and study elements (present, maybe empty) highdicom copies from a source slice by attribute:
-# a series that leaves one out entirely would end in highdicom's AttributeError.
-COPIED_TYPE2_ELEMENTS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                         "AccessionNumber", "StudyID", "ReferringPhysicianName")
 # highdicom's warning for a one-component Patient's Name ("Anon"): valid DICOM, copied as the series has it.
 ONE_COMPONENT_NAME_WARNING = r'The string ".*" is unlikely to represent the intended person name'
 # What highdicom raises for a source it cannot describe (a value of an unexpected kind, an element it needs):
@@ -73,7 +69,9 @@ def check_seg_writer() -> None:
 
 def check_seg_sources(series: DicomSeries) -> None:
     """Refuse, before any work, a series a SEG cannot refer to: slices without the UIDs it
-    names, or from several studies or frames of reference (`InputError` naming the slice)."""
+    names, or from several studies or frames of reference (`InputError` naming the slice), and
+    whatever else highdicom would refuse only after the prediction, found by building (not
+    writing) a SEG of one voxel over the series."""
     first: dict = {}
     if series.frames and len(series.distinct_files) > 1:
         raise InputError(f"{series}: its frames are spread over {len(series.distinct_files)} multi-frame files; "
@@ -90,6 +88,9 @@ def check_seg_sources(series: DicomSeries) -> None:
             if keyword != "SOPInstanceUID" and first.setdefault(keyword, (value, path.name))[0] != value:
                 raise InputError(f"{series}: {path.name} and {first[keyword][1]} have different {name}s; "
                                  f"a DICOM SEG refers to one; {IMAGE_FILE_INSTEAD}")
+    one_voxel = np.zeros((len(series.files), series.size[1], series.size[0]), dtype=np.uint8)
+    one_voxel[0, 0, 0] = 1
+    _built_seg(one_voxel, series, [SegStructure("check", (1,))], "check")
 
 
 @dataclass(frozen=True)
@@ -112,25 +113,19 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
                     path: "os.PathLike[str] | str", model_name: str) -> None:
     """Write `labels` (z, y, x, on the series' grid: z follows ``series.files``) as a SEG
     referring to the series, atomically."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.valuerep import DSfloat
-
     expected = (len(series.files), series.size[1], series.size[0])
     if tuple(labels.shape) != expected:
         raise ValueError(f"label map shape {labels.shape} is not the series' {expected}")
-    sources = [read_dataset(f, stop_before_pixels=True) for f in series.distinct_files]
-    # A DS value holds at most 16 characters: the grid's step (3.000000002187125) would not fit.
-    step = DSfloat(series.plane_spacing, auto_format=True)
-    for measures in _pixel_measures(sources):   # in-memory copies only: highdicom takes both from here
-        if not measures.get("SliceThickness"):
-            measures.SliceThickness = step
-        # Between the checked grid's planes (some MR scanners store the gap between slices here).
-        measures.SpacingBetweenSlices = step
-    for source in sources:
-        for keyword in COPIED_TYPE2_ELEMENTS:
-            if keyword not in source:
-                setattr(source, keyword, "")
+    seg = _built_seg(labels, series, structures, model_name)
+    with atomic_path(path) as temporary:
+        seg.save_as(str(temporary))
+
+
+def _built_seg(labels: np.ndarray, series: DicomSeries, structures: Sequence[SegStructure], model_name: str):
+    """highdicom's SEG of `labels` over the series, or `InputError` for a series it cannot describe."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
     if series.frames:   # one multi-frame source: the SEG's frames follow the source's frame order
         labels = labels[np.argsort(series.frames)]
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -138,11 +133,9 @@ def write_dicom_seg(labels: np.ndarray, series: DicomSeries, structures: Sequenc
     descriptions = _segment_descriptions(structures, algorithm)
     masks = _segment_masks(labels, structures)
     try:
-        seg = _segmentation(sources, masks, descriptions, _series_number(series), model_name)
-    except SEG_BUILD_FAILURES as exc:   # what check_seg_sources cannot foresee
+        return _segmentation(seg_sources(series), masks, descriptions, _series_number(series), model_name)
+    except SEG_BUILD_FAILURES as exc:   # the user's series, not a bug here
         raise InputError(f"{series}: no DICOM SEG can refer to it ({first_line(exc)}); {IMAGE_FILE_INSTEAD}") from None
-    with atomic_path(path) as temporary:
-        seg.save_as(str(temporary))
 
 
 def _segmentation(sources: list, masks: np.ndarray, descriptions: list, series_number: int, model_name: str):
@@ -161,17 +154,6 @@ def _segmentation(sources: list, masks: np.ndarray, descriptions: list, series_n
             software_versions=f"MaskSAM {__version__}", device_serial_number="none",
             series_description=_titled(model_name), content_label="MASKSAM",
             content_description=f"MaskSAM segmentation by model {model_name}"[:64])
-
-
-def _pixel_measures(sources: list) -> list:
-    """Where the sources keep slice thickness and spacing: the classic slices themselves, or a
-    multi-frame file's shared and per-frame Pixel Measures."""
-    found = []
-    for source in sources:
-        groups = [g for key in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
-                  for g in source.get(key, [])]
-        found += [m for g in groups for m in g.get("PixelMeasuresSequence", [])] if groups else [source]
-    return found
 
 
 def _segment_masks(labels: np.ndarray, structures: Sequence[SegStructure]) -> np.ndarray:
