@@ -1,5 +1,6 @@
 """Damaged files in a DICOM folder: a file that is no DICOM at all beside a series is left out
-quietly (named once by MaskSAM, no warnings of pydicom's on stderr)."""
+quietly (named once by MaskSAM, no warnings of pydicom's on stderr); a slice of the series
+that cannot be read refuses the series, naming that file, wherever it lies in the stack."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import warnings
 
 import pytest
 
+from MaskSAMCore.cli import main
 from MaskSAMCore.data.dicom_series import find_series
-from dicom_support import oblique_volume, write_series
+from dicom_support import one_line_error, oblique_volume, write_series
 
 pytestmark = pytest.mark.usefixtures("dicom_locale_kept")
 
@@ -24,3 +26,15 @@ def test_a_garbage_file_beside_a_series_is_left_out_without_pydicom_warnings(tmp
         series = find_series(folder)
     assert [str(w.message) for w in caught] == []
     assert [p.name for p in series.left_out] == ["ZZ_damaged.dcm"] and series.size[2] == 9
+
+
+@pytest.mark.parametrize("cut", ["IM0000.dcm", "IM0004.dcm", "IM0008.dcm"])   # first, middle, last slice
+def test_a_slice_cut_short_is_named_as_damaged_wherever_it_lies(dicom_model_dir, tmp_path, capsys, cut):
+    folder = write_series(tmp_path / "ct", oblique_volume())
+    (folder / cut).write_bytes((folder / cut).read_bytes()[:-100])   # an interrupted copy: GDCM reads nothing
+    out = tmp_path / "out"
+    assert main(["predict", str(dicom_model_dir), str(folder), f"{out}/", "--device", "cpu"]) == 1
+    assert one_line_error(capsys) == (
+        f"masksam: error: {folder} (DICOM series 3 'AX ABD'): {cut}: a damaged slice of this series (its header "
+        "names the series, but it cannot be read as an image: cut short or corrupt); copy or export the series again")
+    assert not out.exists()

@@ -155,8 +155,7 @@ def test_damaged_and_copied_slices_are_named(dicom_model_dir, tmp_path, capsys):
     write_series(echoes, oblique_volume(), names=[f"echo2_{k}.dcm" for k in range(9)],
                  edit=lambda k, tags: {**tags, "0008|0018": f"1.2.826.0.1.3680043.2.1125.8.{k}"})
     expected = {
-        cut: "widest (6 mm) between IM0003.dcm and IM0005.dcm (at 115.6 and 121.6 mm along the slice normal: a "
-             "missing slice?); 1 file(s) of the folder cannot be read (IM0004.dcm)",
+        cut: "(DICOM series 3 'AX ABD'): IM0004.dcm: a damaged slice of this series",
         short: "bytes) than its pixels (18432 bytes): a damaged file",
         copied: "IM0003.dcm and IM0003 (1).dcm are the same image",
         echoes: "18 of its 18 slices share a position",

@@ -177,11 +177,14 @@ def _slice_problem(path: Path, multi_frame: bool, components: int, tag, pixel_by
 @dataclass
 class FolderHeaders:
     """A folder's DICOM files sorted out: image slices by Series Instance UID (in the order their
-    series are first met), objects that are no image (file, Modality), and unreadable files."""
+    series are first met), objects that are no image (file, Modality), and unreadable files,
+    also by the Series Instance UID pydicom still finds in them (`damaged`): a slice cut short
+    at either end of its series leaves no gap to notice, so its series must be told of it."""
 
     series: Dict[str, List[DicomSlice]] = field(default_factory=dict)
     not_images: List[Tuple[Path, str]] = field(default_factory=list)
     unreadable: List[Path] = field(default_factory=list)
+    damaged: Dict[str, List[Path]] = field(default_factory=dict)
 
 
 def read_series_headers(folder: Path, files: Sequence[Path]) -> FolderHeaders:
@@ -190,11 +193,13 @@ def read_series_headers(folder: Path, files: Sequence[Path]) -> FolderHeaders:
     found = FolderHeaders()
     for path in files:
         slices = read_slices(path)
-        modality = (slices[0].modality if slices else _modality(path)).upper()
-        if modality in NON_IMAGE_MODALITIES:
-            found.not_images.append((path, modality))
+        modality, series_uid = (slices[0].modality, slices[0].series_uid) if slices else _pydicom_header(path)
+        if modality.upper() in NON_IMAGE_MODALITIES:
+            found.not_images.append((path, modality.upper()))
         elif not slices:
             found.unreadable.append(path)
+            if series_uid:
+                found.damaged.setdefault(series_uid, []).append(path)
         else:
             for header in slices:
                 found.series.setdefault(header.series_uid, []).append(header)
@@ -212,12 +217,13 @@ def describe_not_images(not_images: Sequence[Tuple[Path, str]]) -> str:
     return "; ".join(f"{modality}: {list_some(names)}" for modality, names in by_modality.items())
 
 
-def _modality(path: Path) -> str:
-    """The Modality of a file GDCM cannot read as an image (a report, a structure set), read with
-    pydicom; "" when pydicom cannot read it either."""
+def _pydicom_header(path: Path) -> Tuple[str, str]:
+    """(Modality, Series Instance UID) of a file GDCM cannot read as an image (a report, a
+    structure set, a damaged slice), read with pydicom, which reads what a header holds up to
+    where it is damaged; "" for what it cannot read."""
     try:
         with pydicom_warnings_off():   # a damaged file's garbage makes pydicom warn of odd elements
-            return str(read_dataset(path, stop_before_pixels=True, specific_tags=["Modality"])
-                       .get("Modality", "")).strip()
+            header = read_dataset(path, stop_before_pixels=True, specific_tags=["Modality", "SeriesInstanceUID"])
+            return tuple(str(header.get(keyword, "") or "").strip() for keyword in ("Modality", "SeriesInstanceUID"))
     except Exception:   # any damage: the file is reported as unreadable
-        return ""
+        return "", ""

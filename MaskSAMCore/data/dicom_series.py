@@ -19,10 +19,11 @@ refused with what to do instead:
 
 Multi-frame (enhanced) DICOM files - a series in one file, or spread over a few - are read frame
 by frame (`dicom_frames`), each frame checked as a slice. A series mixing multi-frame and classic
-files is refused, as are slices without a pixel spacing, copies of one file, and native files
-too small for their pixels (`dicom_headers`). Objects that are no image (SEG, SR, RT objects;
-`dicom_headers.NON_IMAGE_MODALITIES`) are never a series; the series keeps them to be named, as
-it keeps the names of localizer images left out of its own stack (`MAX_LOCALIZERS`).
+files is refused, as are slices without a pixel spacing, copies of one file, native files too
+small for their pixels (`dicom_headers`), and files naming the series that cannot be read at
+all. Objects that are no image (SEG, SR, RT objects; `dicom_headers.NON_IMAGE_MODALITIES`) are
+never a series; the series keeps them to be named, as it keeps the names of localizer images
+left out of its own stack (`MAX_LOCALIZERS`).
 """
 
 from __future__ import annotations
@@ -159,12 +160,21 @@ def choose_series(folder: Path, series: Dict[str, List[DicomSlice]], choice: Opt
 
 
 def series_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Path] = (),
-                not_images: Sequence[Tuple[Path, str]] = ()) -> DicomSeries:
+                not_images: Sequence[Tuple[Path, str]] = (), damaged: Sequence[Path] = ()) -> DicomSeries:
     """Check that `slices` make one regular volume (a straight or evenly tilted stack) and return
     it with its grid.
     `left_out`: files of the folder that cannot be read, named when a slice seems to be missing;
-    `not_images`: the folder's non-image objects, kept to be reported. A few images in another
-    orientation beside the stack are left out as localizers when the stack alone is a volume."""
+    `not_images`: the folder's non-image objects, kept to be reported; `damaged`: unreadable files
+    that name this series, which make it incomplete. A few images in another orientation beside
+    the stack are left out as localizers when the stack alone is a volume."""
+    if damaged:
+        # Named first: at either end of the stack it leaves no gap, and inside it a gap seems to
+        # be a missing slice when the slice is there, damaged.
+        first = slices[0]
+        others = f" (and {len(damaged) - 1} more: {list_some(p.name for p in damaged[1:])})" if len(damaged) > 1 else ""
+        raise InputError(f"{describe_series(folder, first.series_number, first.description)}: {damaged[0].name}: "
+                         f"a damaged slice of this series{others} (its header names the series, but it cannot be "
+                         "read as an image: cut short or corrupt); copy or export the series again")
     stack, localizers = _without_localizers(slices)
     if localizers:
         try:
@@ -321,7 +331,8 @@ def find_series(folder: "os.PathLike[str] | str", choice: Optional[str] = None) 
     found = read_series_headers(folder, files)
     if choice is None and len(found.series) > 1:
         return _the_only_volume(folder, found)
-    return series_grid(folder, choose_series(folder, found.series, choice), found.unreadable, found.not_images)
+    slices = choose_series(folder, found.series, choice)
+    return series_grid(folder, slices, found.unreadable, found.not_images, found.damaged.get(slices[0].series_uid, ()))
 
 
 def every_volume(folder: "os.PathLike[str] | str") -> Tuple[List[DicomSeries], List[str]]:
@@ -335,7 +346,8 @@ def _volumes(folder: Path, found: FolderHeaders) -> Tuple[List[DicomSeries], Lis
     volumes, others = [], []
     for slices in found.series.values():
         try:
-            volumes.append(series_grid(folder, slices, found.unreadable, found.not_images))
+            volumes.append(series_grid(folder, slices, found.unreadable, found.not_images,
+                                       found.damaged.get(slices[0].series_uid, ())))
         except InputError as error:
             prefix = f"{describe_series(folder, slices[0].series_number, slices[0].description)}: "
             others.append(f"{_summary(slices)}: {str(error).removeprefix(prefix)}")
