@@ -41,6 +41,7 @@ import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_frames import read_frames
 from MaskSAMCore.data.dicom_headers import DicomSlice, FolderHeaders, dicom_files, read_series_headers
+from MaskSAMCore.data.pydicom_reading import compression_name
 from MaskSAMCore.data.read_failures import itk_warnings_off
 from MaskSAMCore.errors import InputError, describe_path, last_line, list_some
 
@@ -397,12 +398,17 @@ def _read_slices(series: DicomSeries) -> sitk.Image:
 
 
 def _unreadable_slice(series: DicomSeries) -> str:
-    """Which slice the series reader failed on, and why (read one by one: only after a failure)."""
+    """Which slice the series reader failed on, and why (read one by one: only after a failure).
+    GDCM's own words for compressed pixel data it cannot decode ("Failed to change to Implicit
+    Transfer Syntax") do not say that the compression is the problem, so its name is given."""
     for path in series.files:
         try:
             sitk.ReadImage(str(path), imageIO="GDCMImageIO")
         except RuntimeError as exc:
             # "ITK ERROR: GDCMImageIO(0x55...): Failed to ..." -> "Failed to ..."
             reason = re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", last_line(exc))
+            compression = compression_name(path)
+            if compression:
+                return f"{path.name}: its {compression} pixel data cannot be decoded ({reason})"
             return f"{path.name} cannot be read ({reason})"
     return "its voxels cannot be read"

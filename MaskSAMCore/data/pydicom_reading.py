@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -32,3 +32,14 @@ def read_dataset(path: "os.PathLike[str] | str", **options: Any):
 
     with pydicom_warnings_off():
         return pydicom.dcmread(str(path), force=True, **options)
+
+
+def compression_name(path: "os.PathLike[str] | str") -> Optional[str]:
+    """The name of the compressed transfer syntax `path` is stored in, as pydicom gives it
+    (``JPEG 2000 Image Compression (Lossless Only)``); None for native pixel data, or a file
+    without a meta group or too damaged to say."""
+    try:
+        syntax = read_dataset(path, stop_before_pixels=True, specific_tags=["Modality"]).file_meta.TransferSyntaxUID
+    except Exception:   # no meta group, or damaged: nothing to name
+        return None
+    return str(syntax.name) if syntax.is_compressed else None
