@@ -52,6 +52,32 @@ def test_a_missing_slice_is_placed_by_its_neighbours_names_and_positions(tmp_pat
         "(at 113 and 119 mm along the slice normal: a missing slice?); a regular volume is needed" in str(refused.value)
 
 
+def test_uneven_steps_that_are_no_whole_missing_slice_are_not_called_one(tmp_path):
+    image = oblique_volume(angle=0.0)
+    offsets = [(0.0, 0.0, 0.5 * max(0, k - 4)) for k in range(image.GetDepth())]   # 3 mm, then 3.5 mm apart
+    with pytest.raises(InputError, match=r"widest \(3\.5 mm\) between IM0004\.dcm and IM0005\.dcm \(at [0-9.]+ and "
+                                         r"[0-9.]+ mm along the slice normal: slices at uneven distances\)"):
+        find_series(write_series(tmp_path / "ct", image, edit=_moved(offsets)))
+
+
+def _positions_to_two_decimals(k, tags):
+    return {**tags, "0020|0032": "\\".join(f"{float(v):.2f}" for v in tags["0020|0032"].split("\\"))}
+
+
+def test_thin_oblique_slices_with_positions_rounded_to_two_decimals_are_one_volume(tmp_path):
+    """Some exporters write positions to 0.01 mm: along an oblique normal, 0.5 mm steps then vary
+    by up to 0.017 mm (3.5 %). The grid runs from the first slice to the last, as exactly as
+    the positions allow."""
+    image = oblique_volume(size=(20, 18, 40), spacing=(0.7, 0.7, 0.5))
+    series = find_series(write_series(tmp_path / "ct", image, edit=_positions_to_two_decimals))
+    first, last = (np.array([float(v) for v in pydicom.dcmread(str(series.files[k])).ImagePositionPatient])
+                   for k in (0, -1))
+    normal = np.reshape(series.direction, (3, 3))[:, 2]
+    assert series.tilt_degrees == 0 and series.spacing[2] == pytest.approx(float((last - first) @ normal) / 39, abs=1e-9)
+    assert series.spacing[2] == pytest.approx(0.5, abs=1e-3)
+    assert np.allclose(series.origin, first, atol=1e-9)
+
+
 def test_a_slight_gantry_tilt_is_kept_and_uneven_sideways_shifts_are_refused(tmp_path):
     """0.05 mm sideways per slice (0.4 mm over the stack, half a pixel) is a tilt: the grid's
     slice axis leans with it, so every slice lies where the grid puts it. The same shift on one

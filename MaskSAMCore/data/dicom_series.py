@@ -41,15 +41,11 @@ import SimpleITK as sitk
 
 from MaskSAMCore.data.dicom_frames import read_frames
 from MaskSAMCore.data.dicom_headers import DicomSlice, FolderHeaders, dicom_files, read_series_headers
+from MaskSAMCore.data.dicom_stack import SIDEWAYS_TOLERANCE_PIXELS, stack_lean, uneven_steps, widest_step
 from MaskSAMCore.data.pydicom_reading import compression_name
 from MaskSAMCore.data.read_failures import itk_warnings_off
 from MaskSAMCore.errors import InputError, describe_path, last_line, list_some
 
-# How far slices may lie from the regular grid before the series is refused: the distance between
-# neighbours may vary by 1 % of the slice spacing, and the stack may drift sideways by a tenth of
-# a pixel (exported positions and orientations are rounded to a few micrometres and 1e-5).
-SPACING_TOLERANCE = 0.01
-SIDEWAYS_TOLERANCE_PIXELS = 0.1
 # How far two slices' direction cosines may differ and the slices still share one orientation
 # (exporters write them rounded, or with float noise that differs from slice to slice).
 ORIENTATION_TOLERANCE = 1e-4
@@ -223,13 +219,15 @@ def _checked_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Pat
         raise InputError(f"{name}: {sharing} of its {len(slices)} slices share a position with another (e.g. {at}): "
                          "the series holds several echoes, phases or time points; export one of them as its own "
                          "series")
+    # The grid's step from the first slice to the last: rounding in single positions averages out.
     step = float((along[-1] - along[0]) / (len(along) - 1))
-    if np.abs(steps - step).max() > SPACING_TOLERANCE * step:
+    if uneven_steps(along, step):
         unreadable = list_some(p.name for p in left_out)
         damaged = f"; {len(left_out)} file(s) of the folder cannot be read ({unreadable})" if left_out else ""
         raise InputError(f"{name}: the slice spacing varies from {steps.min():.4g} to {steps.max():.4g} mm, "
-                         f"{_widest_gap(slices, order, along)}{damaged}; a regular volume is needed")
-    lean = _lean(name, positions, along, normal, SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing))
+                         f"{widest_step([slices[int(i)].name for i in order], along)}{damaged}; "
+                         "a regular volume is needed")
+    lean = stack_lean(name, positions, along, normal, SIDEWAYS_TOLERANCE_PIXELS * min(first.spacing))
     # The slice axis runs from one slice's first voxel to the next: along the normal, leaning
     # with a gantry tilt (a sheared grid: NRRD, MetaImage and DICOM SEG keep it, NIfTI cannot).
     axis = normal + lean
@@ -242,35 +240,6 @@ def _checked_grid(folder: Path, slices: List[DicomSlice], left_out: Sequence[Pat
         origin=tuple(float(v) for v in positions[0]), direction=tuple(float(v) for v in direction.ravel()),
         left_out=tuple(left_out), not_images=tuple(not_images),
         tilt_degrees=math.degrees(math.atan(float(np.linalg.norm(lean)))))
-
-
-def _widest_gap(slices: List[DicomSlice], order: np.ndarray, along: np.ndarray) -> str:
-    """Where a slice seems to be missing: the two slices around the widest step (`along`: the
-    positions on the slice normal, in `order`), by name and position, since PACS file names
-    (UIDs) do not show which slices are neighbours."""
-    widest = int(np.argmax(np.diff(along)))
-    before, after = (slices[int(order[k])].name for k in (widest, widest + 1))
-    return (f"widest ({along[widest + 1] - along[widest]:.4g} mm) between {before} and {after} "
-            f"(at {along[widest]:.4g} and {along[widest + 1]:.4g} mm along the slice normal: a missing slice?)")
-
-
-def _lean(name: str, positions: np.ndarray, along: np.ndarray, normal: np.ndarray, tolerance_mm: float) -> np.ndarray:
-    """How far the stack moves sideways per mm along the slice normal: zero for a straight stack,
-    a constant vector for a gantry tilt (every slice shifted alike from the one before). Slices
-    off that straight line by more than `tolerance_mm` make the series no volume at all."""
-    depth = along - along[0]
-    sideways = positions - positions[:1] - np.outer(depth, normal)   # (n, 3), perpendicular to the normal
-    if float(np.linalg.norm(sideways, axis=1).max()) <= tolerance_mm:
-        return np.zeros(3)
-    lean = depth @ sideways / float(depth @ depth)   # least squares: sideways[k] ~ depth[k] * lean
-    off = float(np.linalg.norm(sideways - np.outer(depth, lean), axis=1).max())
-    if off > tolerance_mm:
-        raise InputError(f"{name}: its slices are shifted sideways unevenly (up to {off:.3g} mm off a straight "
-                         "or evenly tilted stack); the series does not form one volume")
-    if float(np.linalg.norm(lean)) > 1.0:
-        raise InputError(f"{name}: its slices are shifted sideways more than they lie apart (a tilt over 45 "
-                         "degrees); the series does not form one volume")
-    return lean
 
 
 def _without_localizers(slices: List[DicomSlice]) -> Tuple[List[DicomSlice], List[DicomSlice]]:
