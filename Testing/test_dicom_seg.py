@@ -245,6 +245,15 @@ def test_a_seg_is_written_over_slices_whose_orientations_differ_by_float_noise(t
                        np.reshape(series.direction, (3, 3))[:, :2].T.ravel(), atol=1e-12)
 
 
+def test_the_spacing_between_slices_is_written_without_float_noise(tmp_path):
+    series = find_series(write_series(tmp_path / "ct", oblique_volume(spacing=(0.9, 0.8, 3.1))))
+    assert series.plane_spacing != 3.1   # positions written with 6 decimals along an oblique normal
+    write_dicom_seg(np.ones((9, 18, 20), np.uint8), series, seg_structures(["background", "liver"], None),
+                    tmp_path / "seg.dcm", "abdomen")
+    measures = pydicom.dcmread(str(tmp_path / "seg.dcm")).SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert str(measures.SpacingBetweenSlices) == "3.1"
+
+
 def test_what_highdicom_would_refuse_is_refused_before_the_prediction(tmp_path, monkeypatch):
     import highdicom
 

@@ -46,8 +46,9 @@ def seg_sources(series: DicomSeries) -> list:
                 _share_per_frame(source, "PixelMeasuresSequence", _same_pixel_spacing, None)
         else:
             _one_orientation(sources, grid)
-        # A DS value holds at most 16 characters: the grid's step (3.000000002187125) would not fit.
-        step = DSfloat(series.plane_spacing, auto_format=True)
+        # The grid's step to a millionth of a mm: 3.1, not the float noise of positions written with
+        # 6 decimals (3.10000000134618), which a DS value (16 characters) would keep.
+        step = DSfloat(round(series.plane_spacing, 6), auto_format=True)
         for measures in _pixel_measures(sources):
             if not measures.get("SliceThickness"):
                 measures.SliceThickness = step
