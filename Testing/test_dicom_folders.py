@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -17,6 +18,7 @@ from MaskSAMCore.cli import main
 from MaskSAMCore.data.dicom_series import find_series
 from MaskSAMCore.data.image_io import read_label
 from MaskSAMCore.errors import InputError
+from MaskSAMCore.inference.cases import find_cases
 from MaskSAMCore.inference.dicom_seg import seg_structures, write_dicom_seg
 from dicom_support import Tags, one_line_error, oblique_volume, shuffled_names, write_enhanced, write_series
 
@@ -138,6 +140,28 @@ def test_dicom_inputs_given_the_wrong_way_get_a_hint(dicom_model_dir, tmp_path, 
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith("masksam: error:") and problem in error, (name, error)
         assert not out.exists() and not (tmp_path / "outs").exists()
+
+
+def test_a_folder_without_images_says_dicom_was_looked_for_and_a_lone_dicomdir_where_its_files_are(tmp_path):
+    from pydicom.fileset import FileSet
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: no image files and no DICOM files found in it \(known image "
+                                         r"endings: .*; DICOM: a folder of a series' slices\)$"):
+        find_cases(tmp_path / "empty", tmp_path / "out", num_channels=1)
+    index = FileSet()
+    for path in write_series(tmp_path / "series", oblique_volume()).iterdir():
+        dataset = pydicom.dcmread(str(path))
+        dataset.PatientID, dataset.StudyID = "P1", "S1"   # a DICOMDIR's patient and study records need them
+        index.add(dataset)
+    index.write(str(tmp_path / "cd"))
+    for path in (tmp_path / "cd").iterdir():   # only the index copied from the CD
+        if path.is_dir():
+            shutil.rmtree(path)
+    with pytest.raises(InputError, match=r"cd: no image files and no DICOM files found in it .*; its DICOMDIR is the "
+                                         r"index of a CD or export, whose image files lie elsewhere \(it names "
+                                         r"PT000000/ST000000/SE000000/IM000000, \.\.\.\): copy them along"):
+        find_cases(tmp_path / "cd", tmp_path / "out", num_channels=1)
 
 
 def test_a_cohort_of_dicom_folders_is_one_case_per_folder(dicom_model_dir, tmp_path, capsys):

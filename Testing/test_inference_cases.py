@@ -233,8 +233,9 @@ def _make_older(path, than):
 def test_scans_in_one_folder_per_patient_are_pointed_at_not_silently_left_out(tmp_path, capsys):
     for patient in ("pat1", "pat2"):
         _touch(tmp_path / "cohort" / patient, "ct.nii.gz")
-    with pytest.raises(InputError, match=r"cohort: no image files found \(known endings: .*\); image files lie in its "
-                                         r"subfolder\(s\) pat1, pat2: give one of them as the input"):
+    with pytest.raises(InputError, match=r"cohort: no image files and no DICOM files found in it \(known image "
+                                         r"endings: .*\); image files lie in its subfolder\(s\) pat1, pat2: give "
+                                         r"one of them as the input"):
         find_cases(tmp_path / "cohort", tmp_path / "out", num_channels=1)
 
     _touch(tmp_path / "cohort", "top.nrrd")   # one scan beside them: segmented, the others named

@@ -28,6 +28,7 @@ from typing import List, Optional, Tuple, Union
 
 from MaskSAMCore.data.dicom_headers import dicom_files, folders_with_dicom_files, is_dicom_file
 from MaskSAMCore.data.dicom_series import DicomSeries, every_volume, find_series
+from MaskSAMCore.data.pydicom_reading import pydicom_warnings_off, read_dataset
 from MaskSAMCore.data.slicer_segmentation import SEGMENTATION_ENDING, is_segmentation_file
 from MaskSAMCore.errors import InputError, describe_path, list_some, raise_all
 from MaskSAMCore.inference.channel_files import CHANNEL_SUFFIX, channel_groups
@@ -142,9 +143,10 @@ def find_cases(input_path: "os.PathLike[str] | str", output_path: "os.PathLike[s
     below = _subfolders_with_images(source, besides=target)
     if not images:
         hint = (f"; image files lie in its subfolder(s) {list_some(below)}: give one of them as the input, or "
-                "put the scans in one folder" if below else _dicom_subfolders_hint(source))
-        raise InputError(f"{describe_path(source)}: no image files found (known endings: "
-                         f"{', '.join(IMAGE_ENDINGS)}){hint}")
+                "put the scans in one folder" if below else _dicom_subfolders_hint(source) or _dicomdir_hint(source))
+        # Neither kind: a DICOM user must not read this as "DICOM is not accepted".
+        raise InputError(f"{describe_path(source)}: no image files and no DICOM files found in it (known image "
+                         f"endings: {', '.join(IMAGE_ENDINGS)}; DICOM: a folder of a series' slices){hint}")
     if below:
         print_warning(f"{describe_path(source)}: its subfolder(s) {list_some(below)} hold image files too, which "
                       "are not segmented (only the files in the folder itself are)")
@@ -302,6 +304,25 @@ def _dicom_subfolders_hint(folder: Path, shown: int = 3) -> str:
     names = list_some((p.relative_to(folder) for p in below), shown)
     return (f"; DICOM series lie in its subfolder(s) {names}: give one of them as the input, or add "
             "--all-series to segment every series below it")
+
+
+def _dicomdir_hint(folder: Path) -> str:
+    """For a folder holding a DICOMDIR without the files it indexes (copied alone from a CD or an
+    export): where those files should be, from its first record naming a file."""
+    index = next((p for p in folder.iterdir() if p.name.lower() == "dicomdir" and p.is_file()), None)
+    if index is None:
+        return ""
+    hint = f"; its {index.name} is the index of a CD or export, whose image files lie elsewhere"
+    try:
+        with pydicom_warnings_off():
+            records = read_dataset(index, stop_before_pixels=True).get("DirectoryRecordSequence", [])
+            named = next((r.ReferencedFileID for r in records if "ReferencedFileID" in r), None)
+    except Exception:   # a damaged index: the hint without where
+        named = None
+    if named is None:
+        return f"{hint}: give the folder holding them"
+    parts = [named] if isinstance(named, str) else list(named)
+    return f"{hint} (it names {'/'.join(parts[:-1]) or '.'}/{parts[-1]}, ...): copy them along, or give their folder"
 
 
 def _single_output(target: Path, output_path: "os.PathLike[str] | str", name: str, default_ending: str,
