@@ -24,6 +24,7 @@ from MaskSAMCore.data.regions import RegionScheme
 from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
 from MaskSAMCore.folder_layout import BEST_CHECKPOINT, FINAL_CHECKPOINT, LATEST_CHECKPOINT, MODEL_JSON
 from MaskSAMCore.model.config import MaskSAMConfig
+from MaskSAMCore.model.weights_only import load_weights_only
 from MaskSAMCore.model_json import FORMAT, NETWORK_FORMAT, REGIONS_FORMAT_VERSION, read_model_json
 from MaskSAMCore.progress import print_warning
 
@@ -83,16 +84,11 @@ class _FailedWriteKeeper:
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint` without executing any code."""
-    from MaskSAMCore.model.sam_checkpoints import describe_load_failure
-
     path = Path(path)
     shown = describe_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {shown} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure means the file is unusable; say which kind
-        raise CheckpointError(describe_load_failure(shown, exc)) from None
+    payload = load_weights_only(path, shown)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{shown} is not a MaskSAM checkpoint")
     if not isinstance(payload.get("weights"), dict):

@@ -1,16 +1,23 @@
 """Model folders: model.json validation, rebuilding the trained network, clear errors."""
 
 import json
+import pathlib
+import pickle
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
-from MaskSAMCore.errors import CheckpointError, ModelFolderError
+from MaskSAMCore.errors import CheckpointError, ModelFolderError, describe_path
 from MaskSAMCore.inference.random_model import synthetic_plan
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model.sam_checkpoints import REGISTRY
 from MaskSAMCore.model_folder import ModelFolder, save_checkpoint, write_model_json
+from slicer_support import subprocess_environment
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}
 
@@ -208,3 +215,34 @@ def test_a_model_whose_training_has_not_finished_says_what_to_do(tmp_path):
                                                r"finished; finish it with masksam train \.\.\. --resume, or "
                                                r"predict with --checkpoint best\)"):
         ModelFolder.load(folder).checkpoint_path("final")
+
+
+class _TouchesMarker:
+    """Unpickling this creates a file: what a malicious pickle saved as a checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_a_plain_pickle_checkpoint_is_one_line_and_is_never_unpickled(tmp_path):
+    """`pickle.dump` of protocol 4 (not what torch.save writes): torch warns on stderr before it
+    refuses it; the command line says only what the file is, in one line."""
+    config = preset("tiny", num_classes=3)
+    folder = _write_folder(tmp_path / "m", config, build_masksam(config).state_dict())
+    marker = tmp_path / "code_ran"
+    with open(folder / "checkpoint_final.pt", "wb") as file:
+        pickle.dump({"weights": _TouchesMarker(marker)}, file, protocol=4)
+    image = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 16, 16), np.float32)), str(image))
+    result = subprocess.run([sys.executable, "-m", "MaskSAMCore", "predict", str(folder), str(image),
+                             str(tmp_path / "out.nii.gz"), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120, env=subprocess_environment())
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"masksam: error: {describe_path(folder / 'checkpoint_final.pt')} is a plain Python pickle (protocol 4), "
+        "not a weights-only PyTorch checkpoint; refused without unpickling it (unpickling can run code; only "
+        "plain tensor checkpoints are accepted)"]
+    assert not marker.exists() and not (tmp_path / "out.nii.gz").exists()

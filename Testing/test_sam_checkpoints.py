@@ -359,7 +359,7 @@ def test_an_http_error_keeps_its_status_and_gives_no_offline_advice(registry, se
 
 
 def test_a_long_loading_error_is_cut_at_a_sentence_not_inside_a_word():
-    from MaskSAMCore.model.sam_checkpoints import describe_load_failure
+    from MaskSAMCore.model.weights_only import describe_load_failure
 
     error = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. "
                          "This is an internal miniz error. If you see this, please report it with the file, "

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Union
 
 from MaskSAMCore.atomic import disk_full, folders_made, no_space_error, remove_stale_temporaries, write_json
-from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, first_line, mib, shorten
+from MaskSAMCore.errors import CheckpointError, DownloadError, describe_path, mib
 from MaskSAMCore.paths import SAM_CHECKPOINT_FILES, check_output_file, checkpoint_cache
 from MaskSAMCore.model.partial_download import PartialFile, held_partial, partial_path
 from MaskSAMCore.model.resumable_download import TRANSFER_ERRORS, ConnectionBroken, WriteFailed, fetch
+from MaskSAMCore.model.weights_only import load_weights_only
 from MaskSAMCore.progress import Progress, print_message
 
 if TYPE_CHECKING:
@@ -258,10 +259,7 @@ def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
     if not path.is_file():
         what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
         raise CheckpointError(f"SAM checkpoint {shown} {what}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files; all mean "unusable"
-        raise CheckpointError(describe_load_failure(shown, exc)) from None
+    state = load_weights_only(path, shown)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{shown} is not a Segment Anything checkpoint (not a dict of tensors)")
     embed = state.get("image_encoder.patch_embed.proj.weight")
@@ -271,24 +269,6 @@ def load_sam_state_dict(path: Union[str, "os.PathLike[str]"],
     if expected_type is not None and expected_type != "none" and found_type != expected_type:
         raise CheckpointError(f"{shown} is a SAM {found_type} checkpoint, but this model needs SAM {expected_type}")
     return state
-
-
-# What torch's weights-only unpickler says of a pickle that names code to run (a class or a
-# function), as opposed to bytes that are no pickle at all ("Unsupported operand 60": an HTML
-# error page saved in the checkpoint's place, random bytes).
-_RUNS_CODE_SIGNS = ("Unsupported global", "Unsupported class", "GLOBAL", "reduce")
-
-
-def describe_load_failure(shown_path: str, exc: BaseException) -> str:
-    """One line saying why ``torch.load(weights_only=True)`` refused a file."""
-    text = str(exc)
-    if "Weights only load failed" in text or "weights_only" in text:
-        if any(sign in text for sign in _RUNS_CODE_SIGNS):
-            return (f"{shown_path} contains Python objects whose loading could run code; refusing to "
-                    "load it (only plain tensor checkpoints are accepted)")
-        return (f"{shown_path} is not a PyTorch checkpoint (damaged, or another kind of file saved under its "
-                "name, such as a web page); get the file again")
-    return f"{shown_path} is corrupt or truncated and cannot be read ({shorten(first_line(exc))})"
 
 
 def run_download(args) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from MaskSAMCore.errors import CheckpointError, describe_path
+from MaskSAMCore.model.weights_only import load_weights_only
 from MaskSAMCore.model_folder import CHECKPOINT_FILES, load_checkpoint, save_checkpoint
 
 RESUME_KEYS = ("epoch", "optimizer", "rng", "history", "ema_dice", "best_ema_dice", "settings")
@@ -97,7 +98,8 @@ def peek(model_dir: "os.PathLike[str] | str", which: str) -> Optional[Dict[str, 
     """A checkpoint's content, memory-mapped: reading its small entries ("epoch", "settings")
     does not read the weights. None when it is missing or unreadable."""
     try:
-        payload = torch.load(checkpoint_file(model_dir, which), map_location="cpu", weights_only=True, mmap=True)
+        path = checkpoint_file(model_dir, which)
+        payload = load_weights_only(path, describe_path(path), mmap=True)
     except Exception:   # (missing, cut short, not a checkpoint: the caller rewrites or ignores it)
         return None
     return payload if isinstance(payload, dict) else None
