@@ -194,6 +194,29 @@ def test_continue_segments_again_what_is_older_than_its_image_or_the_model(model
     assert "2 case(s) have an output older than" in err and "have their output already" not in err
 
 
+def test_continue_segments_again_an_output_that_is_cut_short_or_no_image(model, tmp_path, capsys):
+    """An output left cut short (copied in by hand, damaged since) or not an image at all is not
+    taken as done: only what reads whole is skipped."""
+    inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
+    inputs.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
+                        str(inputs / name))
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
+    whole = (outputs / "b.nii.gz").read_bytes()
+    (outputs / "b.nii.gz").write_bytes(whole[:len(whole) // 2])
+    (outputs / "c.nii.gz").write_text("not a label map")
+    capsys.readouterr()
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu", "--continue"]) == 0
+    err = capsys.readouterr().err
+    assert "--continue: 1 of 3 case(s) have their output already and are skipped (a)" in err
+    assert "2 case(s) have an output label map that cannot be read (cut short, or not an image) and are " \
+           "segmented again (b, c)" in err
+    assert "b -> " in err and "c -> " in err and "a -> " not in err
+    assert sitk.ReadImage(str(outputs / "b.nii.gz")).GetSize() == sitk.ReadImage(str(inputs / "b.nii.gz")).GetSize()
+
+
 def test_a_label_map_never_stands_beside_the_probabilities_of_another_run(model, tmp_path, capsys):
     """A run without --probabilities replacing a label map removes the probabilities an earlier
     run left beside it (saying so), and `--continue --probabilities` does not take a probabilities

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -197,6 +197,19 @@ def _check_complete(path: Path) -> None:
     if missing:
         raise InputError(f"{where}: the file is cut short ({missing} bytes of voxel data "
                          "missing); copy or download it again")
+
+
+def unreadable_file_problem(path: "os.PathLike[str] | str") -> Optional[str]:
+    """Why image file `path` cannot be read, judged from its header and its size alone (no voxel
+    data is decoded, but for a gzip file whose trailer disagrees with its header): the message
+    `read_sitk_image` would raise, or None for a file that looks whole."""
+    path = Path(path)
+    try:
+        _header_reader(path)
+        _check_complete(path)
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def read_image(path: "os.PathLike[str] | str | DicomSeries") -> Tuple[np.ndarray, ImageGeometry]:

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_headers import describe_not_images
 from MaskSAMCore.data.dicom_series import DicomSeries
-from MaskSAMCore.data.image_io import check_channels_share_grid, read_geometry
+from MaskSAMCore.data.image_io import check_channels_share_grid, read_geometry, unreadable_file_problem
 from MaskSAMCore.data.image_writing import check_format_keeps
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
@@ -157,16 +157,17 @@ def _cases(args: PredictArguments, channels: int, model_modality: str) -> Tuple[
     return find_all_series(args.input, args.output, channels, args.output_ending, model_modality)
 
 
-def split_finished(cases: List[Case], probabilities: bool,
-                   model_file: Path) -> Tuple[List[Case], List[Case], List[Case], List[Case]]:
-    """The cases still to segment, those an earlier run has segmented, and two kinds among the
-    first: those whose outputs an earlier run wrote but which are older than the case's image
-    files or the model's checkpoint MODEL_FILE (as `make` judges: a scan exported again, a model
-    trained further since), and, with `probabilities`, those whose probabilities file is older
-    than its label map (a later run replaced the label map alone: the two are not one run's).
-    A case is segmented when its label map (and, with `probabilities`, its probabilities file)
-    exists; outputs are written atomically, so one that exists is whole. Which model wrote it is
-    not known."""
+def split_finished(cases: List[Case], probabilities: bool, model_file: Path
+                   ) -> Tuple[List[Case], List[Case], List[Case], List[Case], List[Case]]:
+    """The cases still to segment, those an earlier run has segmented, and three kinds among the
+    first: those whose label map an earlier run left but which cannot be read (cut short, or not
+    an image: copied in by hand, or damaged since; judged from its header and size), those whose
+    outputs are older than the case's image files or the model's checkpoint MODEL_FILE (as `make`
+    judges: a scan exported again, a model trained further since), and, with `probabilities`,
+    those whose probabilities file is older than its label map (a later run replaced the label map
+    alone: the two are not one run's). A case is segmented when its label map (and, with
+    `probabilities`, its probabilities file) exists and reads; outputs are written atomically, so
+    one of ours that exists is whole. Which model wrote it is not known."""
     def outputs(case: Case) -> List[Path]:
         return [case.output_file, *([probabilities_path(case.output_file)] if probabilities else [])]
 
@@ -179,11 +180,17 @@ def split_finished(cases: List[Case], probabilities: bool,
         labels, scores = outputs(case)
         return scores.stat().st_mtime < labels.stat().st_mtime
 
-    written = [c for c in cases if all(p.is_file() for p in outputs(c))]
+    def unreadable(case: Case) -> bool:
+        # A DICOM SEG is no image ITK reads; those are written by this program only.
+        return not is_seg_output(case.output_file) and unreadable_file_problem(case.output_file) is not None
+
+    present = [c for c in cases if all(p.is_file() for p in outputs(c))]
+    damaged = [c for c in present if unreadable(c)]
+    written = [c for c in present if c not in damaged]
     outdated = [c for c in written if not up_to_date(c)]
     mismatched = [c for c in written if probabilities and c not in outdated and unpaired(c)]
     finished = [c for c in written if c not in outdated and c not in mismatched]
-    return [c for c in cases if c not in finished], finished, outdated, mismatched
+    return [c for c in cases if c not in finished], finished, damaged, outdated, mismatched
 
 
 def _score_bytes(case: PreparedCase, num_classes: int) -> int:
@@ -228,10 +235,14 @@ def _skip_finished(args: PredictArguments, cases: List[Case]) -> List[Case]:
     """--continue: the cases still to segment (`split_finished`), saying which are skipped and
     which are segmented again although an earlier run wrote their outputs."""
     model_file = ModelFolder.load(args.model_dir).checkpoint_path(args.checkpoint)
-    remaining, finished, outdated, mismatched = split_finished(cases, args.probabilities, model_file)
+    remaining, finished, damaged, outdated, mismatched = split_finished(cases, args.probabilities, model_file)
     if finished:
         print(f"masksam: --continue: {len(finished)} of {len(cases)} case(s) have their output already and "
               f"are skipped ({list_some([case.name for case in finished])})", file=sys.stderr)
+    if damaged:
+        print(f"masksam: --continue: {len(damaged)} case(s) have an output label map that cannot be read (cut "
+              f"short, or not an image) and are segmented again ({list_some([c.name for c in damaged])})",
+              file=sys.stderr)
     if outdated:
         print(f"masksam: --continue: {len(outdated)} case(s) have an output older than their image or the "
               f"model's {model_file.name} and are segmented again ({list_some([c.name for c in outdated])})",
