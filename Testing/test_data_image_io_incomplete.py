@@ -54,6 +54,37 @@ def test_other_formats_cut_short_or_missing_their_data_file_say_so(tmp_path, cap
             read_image(tmp_path / "full.mhd")
 
 
+def test_a_detached_nrrd_header_whose_data_file_is_missing_names_it(tmp_path):
+    """Teem says "nrrdIoStateDataFileIterNext: couldn't open ..."; as for a .mhd, name the data file."""
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 8, 8), np.int16)), str(tmp_path / "scan.nhdr"), False)
+    (tmp_path / "scan.raw").unlink()
+    with pytest.raises(InputError) as raised:
+        read_image(tmp_path / "scan.nhdr")
+    assert str(raised.value).endswith("scan.nhdr: cannot read it as an image (its data file scan.raw is missing: "
+                                      "it must lie where the header's 'data file' field says)")
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("gzipped.nii", None, "it is gzip-compressed, which a .nii file is not; rename it to end in .nii.gz"),
+    ("notes.nii.gz", b"patient notes, not an image\n" * 20,
+     "it is neither gzip-compressed, as a .nii.gz file is, nor a NIfTI image"),
+    ("notes.nii", b"patient notes, not an image\n" * 20, "it has no NIfTI header at its start"),
+])
+def test_a_nifti_name_on_other_content_says_what_the_file_is(tmp_path, name, content, reason):
+    """ITK picks its NIfTI reader by the name and then says only "Unable to determine ImageIO reader"."""
+    path = tmp_path / name
+    if content is None:   # a .nii.gz renamed to .nii
+        geometry = oblique_geometry()
+        write_image(np.zeros(geometry.shape_zyx, np.float32), geometry, tmp_path / "scan.nii.gz")
+        (tmp_path / "scan.nii.gz").rename(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError) as raised:
+        read_image(path)
+    said = str(raised.value)
+    assert f"{name}: cannot read it as an image ({reason}" in said and "ImageIO" not in said, said
+
+
 def test_values_beyond_float32_are_named_not_called_infinite(tmp_path):
     array = np.zeros((3, 4, 5), np.float64)
     array[1, 1, 1] = 3e40

@@ -22,6 +22,8 @@ from MaskSAMCore.errors import last_line
 
 _CUT_SHORT_RAW = re.compile(r"fread got only .*?\(([\d.]+)% of expected\)")       # NRRD, raw
 _CUT_SHORT_GZIP = re.compile(r"expected (\d+) bytes but received (\d+)")              # NRRD, gzip
+_NRRD_DATA_FILE = re.compile(r'couldn\'t open "([^"]+)"(?: \(data file (\d+) of (\d+)\))?')  # .nhdr
+_GZIP_MAGIC = b"\x1f\x8b"
 METAIMAGE_ENDINGS = (".mha", ".mhd")
 _ITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _HEADER_BYTES = 64 * 1024
@@ -53,14 +55,68 @@ def unreadable_image_reason(path: Path, exc: BaseException) -> str:
     ending = next((e for e in _ITK_ENDINGS if path.name.lower().endswith(e)), None)
     if ending and not path.name.endswith(ending) and "Unable to determine ImageIO reader" in reason:
         return f"ITK recognises this format only by a lower-case file ending; rename it to end in {ending}"
+    unopened = _NRRD_DATA_FILE.search(text) if path.name.lower().endswith(".nhdr") else None
+    if unopened:
+        return _nrrd_data_file_problem(path, unopened) or reason
     if "orthonormal direction cosines" in reason:
         return ("its header places the voxels on a sheared grid (a gantry tilt?), which ITK cannot "
                 "represent; resample it to an orthogonal grid first")
     if is_nifti(path) and nifti_version(path) == 2:
         return "it is a NIfTI-2 file, which the ITK reader MaskSAM uses cannot read; save it as NIfTI-1"
+    if is_nifti(path) and "Unable to determine ImageIO reader" in reason:
+        return _nifti_content_problem(path) or reason
     if path.name.lower().endswith(METAIMAGE_ENDINGS) and "No such file or directory" in reason:
         return _metaimage_problem(path) or reason
     return reason
+
+
+def _nifti_content_problem(path: Path) -> Optional[str]:
+    """What a file named .nii or .nii.gz that ITK found no reader for holds instead (ITK picks the
+    NIfTI reader by the name, then finds no NIfTI header in the bytes, and names no reason)."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(2)
+    except OSError:
+        return None
+    named_gzip = path.name.lower().endswith(".gz")
+    if start == _GZIP_MAGIC:
+        return None if named_gzip else "it is gzip-compressed, which a .nii file is not; rename it to end in .nii.gz"
+    if nifti_version(path) is not None:
+        return None
+    if named_gzip:
+        return ("it is neither gzip-compressed, as a .nii.gz file is, nor a NIfTI image; "
+                "another kind of file saved under this name?")
+    return "it has no NIfTI header at its start, so it is no NIfTI image; another kind of file saved under this name?"
+
+
+def _nrrd_data_file_problem(path: Path, found: "re.Match[str]") -> Optional[str]:
+    """For a detached NRRD header (.nhdr) whose data file teem could not open: which one is
+    missing. Teem's message shortens a long path in its middle, so the name is the header's own
+    'data file' field where that names one file, else the last part of teem's."""
+    shown = Path(found.group(1)).name
+    field = _nrrd_data_file_field(path)
+    if field and field != "LIST" and " " not in field:   # one file (not a list, not a pattern)
+        if (path.parent / field).exists():   # (an absolute field stays itself)
+            return None   # there but unreadable (permissions): teem's words say that
+        shown = field
+    which = f"its data file {shown}"
+    if found.group(3) and found.group(3) != "1":
+        which = f"its data file {shown} ({found.group(2)} of {found.group(3)})"
+    return f"{which} is missing: it must lie where the header's 'data file' field says"
+
+
+def _nrrd_data_file_field(path: Path) -> Optional[str]:
+    """The value of a NRRD header's 'data file' field (its header ends at the first blank line)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_HEADER_BYTES).decode("latin-1")
+    except OSError:
+        return None
+    for line in head.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("data file", "datafile"):
+            return value.strip()
+    return None
 
 
 def _metaimage_problem(path: Path) -> Optional[str]:
