@@ -333,6 +333,17 @@ def test_a_dataset_json_label_that_is_no_number_is_one_line(tmp_path, capsys):
     assert "dataset.json: cannot read its 'labels'" in capsys.readouterr().err
 
 
+def test_a_dataset_json_without_labels_says_so(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _pair(pred, gt, "case_a")
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}}))
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(tmp_path / "dataset.json")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"masksam: error: {tmp_path / 'dataset.json'}: has no 'labels' (the label names and values, as nnU-Net's "
+        "dataset.json gives them)"]
+
+
 def test_a_dataset_json_with_a_byte_order_mark_names_the_classes(tmp_path, capsys):
     # Windows editors write one; training reads such a dataset.json, so evaluate must too.
     dataset = tmp_path / "Dataset001"

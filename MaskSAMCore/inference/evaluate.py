@@ -121,6 +121,9 @@ def read_labels(dataset_json: Optional[Path]) -> Optional[Dict[str, Any]]:
     if dataset_json is None:
         return None
     meta = read_dataset_meta(dataset_json)
+    if "labels" not in meta:
+        raise InputError(f"{describe_path(dataset_json)}: has no 'labels' (the label names and values, "
+                         "as nnU-Net's dataset.json gives them)")
     try:
         labels = meta["labels"]
         if not isinstance(labels, dict):
@@ -128,7 +131,7 @@ def read_labels(dataset_json: Optional[Path]) -> Optional[Dict[str, Any]]:
         for value in labels.values():   # class values must be whole numbers (regions: lists)
             if not isinstance(value, (list, dict)):
                 int(value)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise InputError(f"{describe_path(dataset_json)}: cannot read its 'labels' ({exc})") from None
     return labels
 
