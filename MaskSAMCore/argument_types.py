@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Type
 
 SEED_MAXIMUM = 2 ** 32 - 1   # NumPy's seeds are 32-bit
+# make-phantoms' smallest case (x, y, z): below this the organs vanish. Here, not in
+# `MaskSAMCore.data.phantoms` (which uses it too), so the parser is built without NumPy or ITK.
+PHANTOM_MIN_SIZE = (16, 16, 4)
 
 
 def user_path(text: str) -> str:
@@ -46,15 +49,38 @@ def at_least(minimum: int, maximum: Optional[int] = None) -> Callable[[str], int
     """An argparse type: a whole number of at least `minimum` and at most `maximum` (a usage
     error otherwise)."""
 
-    def whole_number(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    def bounded(text: str) -> int:
+        value = whole_number(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
         if maximum is not None and value > maximum:
             raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {text}")
         return value
 
-    return whole_number
+    return bounded
+
+
+def whole_number(text: str) -> int:
+    """An argparse type: a whole number."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def each_at_least(minimum: Sequence[int], axes: str = "xyz") -> Type[argparse.Action]:
+    """An argparse action for an option of ``len(minimum)`` whole numbers (``--size X Y Z``, with
+    ``type=whole_number``): each at least its own minimum, a usage error naming the axis otherwise.
+    (A type sees one word at a time, not which axis it is for.)"""
+
+    class EachAtLeast(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                     option_string: Optional[str] = None) -> None:
+            for axis, value, least in zip(axes, values, minimum):
+                if value < least:
+                    raise argparse.ArgumentError(
+                        self, f"{axis} must be at least {least} (the least is {' '.join(map(str, minimum))}), "
+                              f"not {value}")
+            setattr(namespace, self.dest, list(values))
+
+    return EachAtLeast

@@ -22,7 +22,8 @@ import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from MaskSAMCore import MINIMUM_TORCH, __version__, version_tuple
-from MaskSAMCore.argument_types import SEED_MAXIMUM, at_least, positive_number, user_path, window_step
+from MaskSAMCore.argument_types import (PHANTOM_MIN_SIZE, SEED_MAXIMUM, at_least, each_at_least, positive_number,
+                                        user_path, whole_number, window_step)
 from MaskSAMCore.errors import Cancelled, MaskSAMError, RankFailed, describe_path, first_line
 from MaskSAMCore.inference.arguments import (BenchmarkArguments, DemoArguments, EvaluateArguments,
                                             PredictArguments)   # (no torch)
@@ -133,7 +134,8 @@ def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
                    help="number of extra cases in imagesTs/labelsTs (default 0)")
     p.add_argument("--seed", type=at_least(0, SEED_MAXIMUM), default=0,
                    help="random seed: the same seed gives the same phantoms (default 0)")
-    p.add_argument("--size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+    p.add_argument("--size", type=whole_number, nargs=3, action=each_at_least(PHANTOM_MIN_SIZE), default=None,
+                   metavar=("X", "Y", "Z"),
                    help="voxels per case along x, y, z (default: a small varied size)")
     p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"),
                    help="image and label file format (default .nii.gz)")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from MaskSAMCore.cli import main
 from MaskSAMCore.data import phantoms
 from MaskSAMCore.data.dataset import load_raw_dataset
 from MaskSAMCore.data.image_io import read_image
@@ -132,6 +133,20 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):   # "new/../existing" is the user's folder
         make_phantoms(tmp_path / "new" / ".." / "existing" / "out", cases=3, size=(20, 20, 4), progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["existing"]
+
+
+@pytest.mark.parametrize("size, expected", [
+    (["0", "20", "20"], "argument --size: x must be at least 16 (the least is 16 16 4), not 0"),
+    (["20", "20", "3"], "argument --size: z must be at least 4 (the least is 16 16 4), not 3"),
+    (["20", "a", "8"], "argument --size: not a whole number: 'a'"),
+])
+def test_a_size_too_small_is_a_usage_error_as_other_option_values_are(tmp_path, capsys, size, expected):
+    with pytest.raises(SystemExit) as stopped:
+        main(["make-phantoms", str(tmp_path / "out"), "--cases", "1", "--size", *size])
+    assert stopped.value.code == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and expected in said[0], said
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("arguments, problem", [

@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from MaskSAMCore.argument_types import PHANTOM_MIN_SIZE
 from MaskSAMCore.atomic import TEMP_MARKER, folders_made, write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.image_io import ImageGeometry
@@ -37,7 +38,7 @@ DEFAULT_IN_PLANE_VOXELS = (64, 96)      # inclusive range for x; y is at most x 
 DEFAULT_SLICES = (24, 40)
 IN_PLANE_FIELD_OF_VIEW_MM = (118.0, 128.0)
 SLAB_HEIGHT_MM = (100.0, 125.0)
-MIN_SIZE = (16, 16, 4)                  # x, y, z: below this the organs vanish
+MIN_SIZE = PHANTOM_MIN_SIZE             # x, y, z: below this the organs vanish
 
 
 def make_phantoms(out_dir: "os.PathLike[str] | str", cases: int, seed: int = 0, test_cases: int = 0,
