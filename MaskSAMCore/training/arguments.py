@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import FrozenSet, Optional, Union
 
-from MaskSAMCore.errors import MaskSAMError
+from MaskSAMCore.errors import MaskSAMError, describe_path
 
 # Options that describe the run; a resumed run takes them from its checkpoint instead (but
 # --epochs, which `resume_checks.resumed_run_length` honours).
 RUN_OPTIONS = ("preset", "iters_per_epoch", "batch_size", "optimizer", "lr", "seed", "fold",
                "no_amp", "val_cases_per_epoch", "random_init")
+# The folders of a dataset's cases (nnU-Net's raw format).
+CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,20 @@ class TrainArguments:
         self._check_counts("val_cases_per_epoch")
         if self.fold != "all" and not (self.fold.isdigit() and int(self.fold) < 5):
             raise MaskSAMError(f"--fold must be 0, 1, 2, 3, 4 or all, not {self.fold!r}")
+
+    def check_folders(self) -> None:
+        """MODEL_DIR is neither the dataset folder nor inside the folders of its cases: a model
+        folder there would be refused as not empty (the dataset's files) or written among the
+        images and label maps the dataset is read from."""
+        dataset, model_dir = Path(self.dataset).resolve(), Path(self.model_dir).resolve()
+        shown = describe_path(self.model_dir)
+        if model_dir == dataset:
+            raise MaskSAMError(f"MODEL_DIR {shown} is the dataset folder; give a new folder for the model "
+                               "(beside the dataset, or anywhere else)")
+        for part in CASE_FOLDERS:
+            if model_dir.is_relative_to(dataset / part):
+                raise MaskSAMError(f"MODEL_DIR {shown} lies inside the dataset's {part} folder, among its cases; "
+                                   "give a folder outside it")
 
     def _check_counts(self, *names: str) -> None:
         for name in names:

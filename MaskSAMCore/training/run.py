@@ -73,6 +73,7 @@ def run_train(args: TrainArguments) -> int:
 
 def check_arguments(args: TrainArguments) -> None:
     args.check_values()
+    args.check_folders()
     model_dir = Path(args.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise MaskSAMError(f"{describe_path(model_dir)} exists and is not a folder")
