@@ -329,7 +329,8 @@ def test_too_few_cases_for_a_fold_are_refused_before_planning_and_preprocessing(
     model_dir = tmp_path / "model"
     assert main(["train", str(dataset), str(model_dir), "--preset", "tiny", "--random-init", "--epochs", "1",
                  "--device", "cpu"]) == 1
-    assert "3 training case(s) are too few for 5-fold cross-validation; train with --fold all" in _error_line(capsys)
+    assert _error_line(capsys) == (f"masksam: error: {dataset}: 3 training case(s) are too few for 5-fold "
+                                   "cross-validation; train with --fold all")
     assert started == [] and not model_dir.exists()
 
 

@@ -325,7 +325,7 @@ def plan_new_run(args: TrainArguments, dataset: RawDataset, context: Distributed
     config = preset(args.preset, num_classes=dataset.num_classes, in_channels=dataset.num_channels)
     if settings.fold != "all":
         # Fewer than 5 cases cannot make the folds: say so now, not after planning and preprocessing.
-        make_splits([case.name for case in dataset.training_cases])
+        make_splits([case.name for case in dataset.training_cases], dataset=dataset.root)
     plan = broadcast_plan(dataset, config, context)
     settings.mirror_axes = training_mirror_axes(dataset.labels, dataset.geometries, plan)
     lateral = lateral_label_names(dataset.labels)

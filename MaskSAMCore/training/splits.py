@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,12 +23,14 @@ NUM_FOLDS = 5
 SPLIT_SEED = 12345
 
 
-def make_splits(case_names: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED
-                ) -> List[Dict[str, List[str]]]:
-    """``[{"train": [...], "val": [...]}, ...]``, one entry per fold."""
+def make_splits(case_names: Sequence[str], num_folds: int = NUM_FOLDS, seed: int = SPLIT_SEED,
+                dataset: Optional["os.PathLike[str] | str"] = None) -> List[Dict[str, List[str]]]:
+    """``[{"train": [...], "val": [...]}, ...]``, one entry per fold (`dataset`: the folder the
+    cases come from, named when they are too few)."""
     names = sorted(case_names)
     if len(names) < num_folds:
-        raise MaskSAMError(f"{len(names)} training case(s) are too few for {num_folds}-fold "
+        where = f"{describe_path(dataset)}: " if dataset is not None else ""
+        raise MaskSAMError(f"{where}{len(names)} training case(s) are too few for {num_folds}-fold "
                            "cross-validation; train with --fold all")
     indices = np.arange(len(names))
     np.random.RandomState(seed).shuffle(indices)
