@@ -121,6 +121,14 @@ def test_label_without_images(dataset):
     assert "case 'stray': labelsTr/stray.nii.gz has no image files" in load_error(dataset)
 
 
+@pytest.mark.parametrize("entry", ["imagesTr/phantom_001_0000.nii.gz", "labelsTr/phantom_001.nii.gz"])
+def test_a_folder_named_as_a_case_file_is_called_a_folder(dataset, entry):
+    """Not "has no image files" or "missing label file": the name is there, but as a folder."""
+    (dataset / entry).unlink()
+    (dataset / entry).mkdir()
+    assert load_error(dataset).endswith(f": {entry} is a folder, not an image file; put the image file itself there")
+
+
 def test_missing_channel_file(dataset):
     edit_json(dataset, channel_names={"0": "CT", "1": "CT_late"})
     for name in ("phantom_000", "phantom_002"):

@@ -224,6 +224,8 @@ def _find_training_cases(root: Path, ending: str, num_channels: int) -> List[Raw
     """The cases of imagesTr/ with their labels in labelsTr/; any file that does not fit is an error."""
     if not (root / "imagesTr").is_dir():
         raise DatasetError(f"{describe_path(root)}: no imagesTr/ folder")
+    for folder in ("imagesTr", "labelsTr"):
+        _refuse_folders_named_as_files(root, folder, ending)
     channels, unnumbered = _channel_files(root / "imagesTr", ending)
     if unnumbered:
         raise DatasetError(f"{describe_path(root)}: imagesTr/{unnumbered[0].name} does not end in a channel "
@@ -248,6 +250,17 @@ def _find_training_cases(root: Path, ending: str, num_channels: int) -> List[Raw
                 raise DatasetError(f"{describe_path(root)}: case '{name}': labelsTr/{path.name} has no "
                                    f"image files in imagesTr/ (expected {name}_0000{ending})")
     return cases
+
+
+def _refuse_folders_named_as_files(root: Path, folder: str, ending: str) -> None:
+    """A folder with an image file's name (an archive unpacked in place, a converter's output
+    folder) would otherwise be passed over, and its case called missing."""
+    if not (root / folder).is_dir():
+        return
+    for path in sorted((root / folder).iterdir()):
+        if path.name.endswith(ending) and not path.name.startswith(".") and path.is_dir():
+            raise DatasetError(f"{describe_path(root)}: {folder}/{path.name} is a folder, not an image file; "
+                               "put the image file itself there")
 
 
 def _check_names_apart(root: Path, names: List[str]) -> None:
