@@ -22,6 +22,14 @@ def _touch(folder, *names):
         (folder / name).write_bytes(b"")
 
 
+def _write_random_images(folder, *names, seed):
+    """Small random float images (6 x 16 x 16) named `names` in a new `folder`."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for name in names:
+        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)), str(folder / name))
+
+
 def _outputs(cases):
     return {case.name: (tuple(p.name for p in case.channel_files), case.output_file.name) for case in cases}
 
@@ -83,11 +91,7 @@ def model(tmp_path_factory):
 
 def test_predict_segments_a_folder_of_numbered_scans(model, tmp_path):
     inputs = tmp_path / "imagesTs"
-    inputs.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("amos_0001.nii.gz", "amos_0002.nii.gz"):
-        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
-                        str(inputs / name))
+    _write_random_images(inputs, "amos_0001.nii.gz", "amos_0002.nii.gz", seed=0)
     outputs = tmp_path / "predictions"
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
     assert sorted(p.name for p in outputs.iterdir()) == ["amos_0001.nii.gz", "amos_0002.nii.gz"]
@@ -138,11 +142,7 @@ def test_an_output_ending_beside_an_output_file_name_is_refused(tmp_path):
 
 def test_continue_segments_only_the_cases_an_interrupted_run_left(model, tmp_path, capsys):
     inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
-    inputs.mkdir()
-    rng = np.random.default_rng(1)
-    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
-        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
-                        str(inputs / name))
+    _write_random_images(inputs, "a.nii.gz", "b.nii.gz", "c.nii.gz", seed=1)
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
     (outputs / "b.nii.gz").unlink()                           # as if the run had stopped at b
     kept = {name: (outputs / name).read_bytes() for name in ("a.nii.gz", "c.nii.gz")}
@@ -172,11 +172,7 @@ def test_continue_segments_again_what_is_older_than_its_image_or_the_model(model
     """As `make` judges: a scan exported again since its label map was written, or a model
     trained further, makes that output outdated."""
     inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
-    inputs.mkdir()
-    rng = np.random.default_rng(2)
-    for name in ("a.nii.gz", "b.nii.gz"):
-        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
-                        str(inputs / name))
+    _write_random_images(inputs, "a.nii.gz", "b.nii.gz", seed=2)
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
     _make_older(outputs / "b.nii.gz", than=inputs / "b.nii.gz")
     capsys.readouterr()
@@ -198,11 +194,7 @@ def test_continue_segments_again_an_output_that_is_cut_short_or_no_image(model, 
     """An output left cut short (copied in by hand, damaged since) or not an image at all is not
     taken as done: only what reads whole is skipped."""
     inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
-    inputs.mkdir()
-    rng = np.random.default_rng(3)
-    for name in ("a.nii.gz", "b.nii.gz", "c.nii.gz"):
-        sitk.WriteImage(sitk.GetImageFromArray((rng.random((6, 16, 16)) * 100).astype(np.float32)),
-                        str(inputs / name))
+    _write_random_images(inputs, "a.nii.gz", "b.nii.gz", "c.nii.gz", seed=3)
     assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 0
     whole = (outputs / "b.nii.gz").read_bytes()
     (outputs / "b.nii.gz").write_bytes(whole[:len(whole) // 2])

@@ -87,6 +87,14 @@ def test_each_block_gets_the_adapter_the_variant_names(kind):
             assert type(getattr(layer, name)) is token_type, name
 
 
+def _sam_attention(block: AdaptedBlock, normed: torch.Tensor, window: int, grid) -> torch.Tensor:
+    """SAM's own attention of `block` over (slices, h, w, C), in windows when `window` > 0."""
+    if not window:
+        return block.attn(normed)
+    parts, pad = window_partition(normed, window)
+    return window_unpartition(block.attn(parts), window, pad, grid)
+
+
 @pytest.mark.parametrize("window", [0, 4])
 def test_encoder_block_adds_the_adapter_of_the_normed_post_attention_features_per_volume(window):
     """Fig. 4(c): y = x + attn(norm1(x)); out = y + mlp(norm2(y)) + adapter(norm2(y)), the adapter
@@ -98,12 +106,7 @@ def test_encoder_block_adds_the_adapter_of_the_normed_post_attention_features_pe
     _perturb(block)
     x = torch.randn(2 * config.num_slices, *grid, config.backbone.encoder_embed_dim)
     with torch.no_grad():
-        normed = block.norm1(x)
-        if window:
-            parts, pad = window_partition(normed, window)
-            attended = window_unpartition(block.attn(parts), window, pad, grid)   # SAM's own Attention
-        else:
-            attended = block.attn(normed)
+        attended = _sam_attention(block, block.norm1(x), window, grid)
         y = x + attended
         z = block.norm2(y)
         by_volume = z.view(2, config.num_slices, *z.shape[1:])
@@ -122,12 +125,7 @@ def test_second_encoder_adapter_sits_behind_attention(window):
     _perturb(block)
     x = torch.randn(2 * config.num_slices, *grid, config.backbone.encoder_embed_dim)
     with torch.no_grad():
-        normed = block.norm1(x)
-        if window:
-            parts, pad = window_partition(normed, window)
-            attended = window_unpartition(block.attn(parts), window, pad, grid)
-        else:
-            attended = block.attn(normed)
+        attended = _sam_attention(block, block.norm1(x), window, grid)
         by_volume = attended.view(2, config.num_slices, *attended.shape[1:])
         y = x + attended + _reference(block.attn_adapter, by_volume).view_as(attended)
         z = block.norm2(y)
