@@ -17,8 +17,8 @@ import time
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from MaskSAMCore.inference.flops import flop_counter
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
 from MaskSAMCore.model.sam_fast_paths import embed_masks
@@ -30,7 +30,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def timed(name: str, fn: Callable[[], object], device: torch.device, repeats: int) -> None:
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:   # attention counted on a CPU too
         fn()
     _synchronize(device)
     start = time.perf_counter()

@@ -15,8 +15,8 @@ import json
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from MaskSAMCore.inference.flops import flop_counter
 from MaskSAMCore.model import adapters, depthwise_conv
 from MaskSAMCore.model.builder import build_masksam
 from MaskSAMCore.model.config import preset
@@ -51,7 +51,7 @@ def time_setting(model, batch: int, chunk: int, repeats: int) -> dict:
     x = torch.randn(batch, config.in_channels, config.num_slices, *config.image_hw, device="cuda")
     model.decoder_patches_per_call = chunk
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        flops = FlopCounterMode(display=False)
+        flops = flop_counter()
         with flops:
             model.segment(x)
         torch.cuda.synchronize()
