@@ -42,6 +42,55 @@ def test_benchmark_can_extrapolate_from_a_few_windows(tmp_path):
     assert report["model_tflop"] == pytest.approx(fast_report["model_tflop"] * 7 * 8 / 4, rel=0.01)
 
 
+def test_an_extrapolated_run_restores_and_exports_as_predict_does(tmp_path, monkeypatch):
+    """--max-windows with --resample: the label map is restored slab by slab inside the window loop
+    (as predict does), never from a whole host score array (which timed another export and took
+    twice predict's host memory)."""
+    import MaskSAMCore.data.preprocessing as preprocessing
+    from MaskSAMCore.inference.restore_sink import ResampledLabelSink
+
+    def whole_array(*args, **kwargs):
+        raise AssertionError("the whole score array was restored on the host")
+
+    monkeypatch.setattr(preprocessing, "restore_scores_argmax", whole_array)
+    restored = []
+    original_put = ResampledLabelSink.put
+    monkeypatch.setattr(ResampledLabelSink, "put", lambda sink, z, block: (restored.append(sink.network_shape),
+                                                                           original_put(sink, z, block))[1])
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "10", "40", "70", "--classes", "3", "--device", "cpu",
+                 "--fast", "--resample", "--max-windows", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["extrapolated"] is True and report["windows"] == 6
+    assert (10, 39, 68) in restored   # the timed volume's own blocks, not only the warm-up's
+    assert report["seconds"]["export_s"] >= 0 and report["peak_host_rss_gib"] > 0.1
+
+
+def test_the_stand_in_network_runs_the_model_on_the_first_patches_and_scales_their_time():
+    from types import SimpleNamespace
+
+    import torch
+
+    from MaskSAMCore.inference.benchmark_extrapolation import FirstPatchesOnly
+
+    class Model(torch.nn.Module):
+        config = SimpleNamespace(num_classes=3)
+        calls = 0
+
+        def segment(self, patches):
+            self.calls += patches.shape[0]
+            return torch.ones((patches.shape[0], 3, *patches.shape[2:]))
+
+    model = Model()
+    network = FirstPatchesOnly(model, budget=2, device=torch.device("cpu"))
+    scores = [network.segment(torch.zeros((1, 1, 2, 4, 4))) for _ in range(5)]
+    assert model.calls == 2 and network.timed_patches == 2 and network.skipped_patches == 3
+    assert [float(s.sum()) for s in scores] == [96.0, 96.0, 0.0, 0.0, 0.0]
+    assert scores[-1].shape == (1, 3, 2, 4, 4) and scores[-1].dtype == torch.float32
+    network.seconds = 2.0   # 2 s of real forwards in a 3 s loop: 1 s of the rest, 5 s of network for 5
+    assert network.extrapolated_seconds(3.0) == pytest.approx(1.0 + 5.0)
+
+
 @pytest.mark.skipif(nnunet_available(), reason="nnU-Net is installed here")
 def test_compare_nnunet_without_nnunet_is_refused_before_any_timing(tmp_path, capsys):
     out = tmp_path / "bench.json"

@@ -4,13 +4,15 @@
 
 The synthetic CT (a body with organs and noise, in HU; one per channel the model reads) goes
 through exactly what `masksam predict` does after reading a file: checks and preprocessing, the
-sliding window, restoring and writing the label map. Reported: seconds per stage, windows/s, model TFLOP/s (PyTorch's FLOP
-counter on one window, times the flips and the windows), peak GPU memory and peak host RSS,
-as JSON. One warm-up on a single-patch volume comes first (cuDNN autotuning, the automatic
+sliding window, restoring and writing the label map. Reported: seconds per stage, windows/s,
+model TFLOP/s (PyTorch's FLOP counter on one window, times the flips and the windows), peak GPU
+memory and peak host RSS, as JSON. One warm-up on a single-patch volume comes first (cuDNN autotuning, the automatic
 window batch, torch.compile when MASKSAM_COMPILE=1).
 
-``--max-windows N`` times only the first N windows and extrapolates the network seconds (marked
-``"extrapolated": true``) - for slow CPUs, where a mirrored ViT-B run would take hours.
+``--max-windows N`` runs the real network on the first N windows only and extrapolates the network
+seconds (marked ``"extrapolated": true``; see `benchmark_extrapolation`) - for slow CPUs, where a
+mirrored ViT-B run would take hours. Everything else (accumulation, restoring, export, host
+memory) is predict's own, measured on the whole volume.
 """
 
 from __future__ import annotations
@@ -30,11 +32,10 @@ from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.errors import MaskSAMError
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.arguments import BenchmarkArguments
+from MaskSAMCore.inference.benchmark_extrapolation import extrapolated_run
 from MaskSAMCore.inference.flops import count_flops
-from MaskSAMCore.inference.mirroring import mirrored_predict
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
 from MaskSAMCore.inference.run import options_from_args
-from MaskSAMCore.inference.staging import gather_windows
 from MaskSAMCore.inference.windows import WindowGrid
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import EVENT_DONE, emit, print_message
@@ -122,26 +123,8 @@ def _flops_per_window(predictor: Predictor) -> int:
     return count_flops(predictor.network, sample) * len(settings.flips)
 
 
-def _network_seconds_partial(predictor: Predictor, data: np.ndarray, max_windows: int) -> Tuple[float, int]:
-    """Seconds for the first `max_windows` windows only (forward + flips), and the total window count."""
-    settings = predictor.settings
-    assert settings is not None
-    grid = WindowGrid(tuple(data.shape[1:]), predictor.patch, settings.step)
-    batches = grid.batches(settings.window_batch)
-    volume = torch.from_numpy(data)
-    timed = 0
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for windows in batches:
-            if timed >= max_windows:
-                break
-            patches = gather_windows(volume, grid, windows, torch.empty(
-                (len(windows), data.shape[0], *predictor.patch))).to(predictor.device)
-            mirrored_predict(predictor.network, patches, settings.flips, settings.flips_per_forward)
-            timed += len(windows)
-    _sync(predictor.device)
-    seconds = time.perf_counter() - start
-    return seconds * len(grid) / max(timed, 1), len(grid)
+def _window_count(predictor: Predictor, data: np.ndarray) -> int:
+    return len(WindowGrid(tuple(data.shape[1:]), predictor.patch, predictor.window_settings().step))
 
 
 def benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
@@ -178,11 +161,11 @@ def benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
                 torch.cuda.reset_peak_memory_stats(device)
             prepared = predictor.prepare(volume, geometry, name="synthetic", owned=False)
             preprocessed_shape = list(prepared.data.shape[1:])
-            if args.max_windows:
-                network_s, windows = _network_seconds_partial(predictor, prepared.data, args.max_windows)
-                if windows > args.max_windows:
-                    runs.append(_extrapolated_run(predictor, prepared, network_s, windows, output))
-                    continue
+            if args.max_windows and _window_count(predictor, prepared.data) > args.max_windows:
+                partial = extrapolated_run(predictor, prepared, args.max_windows, output)
+                runs.append({"timings": partial.timings, "windows": partial.windows, "extrapolated": True,
+                             "peak_gpu_memory_gib": _gpu_peak(device)})
+                continue
             result = predictor.predict_prepared(prepared, output)
             _sync(device)
             runs.append({"timings": result.timings, "windows": result.windows, "extrapolated": False,
@@ -226,20 +209,6 @@ def _significant(value: float, digits: int = 4) -> float:
 
 def _gpu_peak(device: torch.device) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if device.type == "cuda" else None
-
-
-def _extrapolated_run(predictor: Predictor, prepared, network_s: float, windows: int, output: Path) -> Dict[str, Any]:
-    """Export timed on all-zero scores of the right shape (same work as real scores)."""
-    from MaskSAMCore.data.preprocessing import restore_scores_argmax
-    from MaskSAMCore.inference.export import write_labels
-
-    start = time.perf_counter()
-    scores = np.zeros((predictor.config.num_classes, *prepared.data.shape[1:]), dtype=np.float16)
-    write_labels(restore_scores_argmax(scores, prepared.properties, predictor.plan), prepared.geometry, output)
-    export_s = time.perf_counter() - start
-    timings = {"preprocess_s": prepared.seconds, "network_s": network_s, "export_s": export_s}
-    return {"timings": timings, "windows": windows, "extrapolated": True,
-            "peak_gpu_memory_gib": _gpu_peak(predictor.device)}
 
 
 def _compare_nnunet(volume: np.ndarray, predictor: Predictor, device: torch.device, mirror: bool,
