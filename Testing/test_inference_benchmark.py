@@ -25,6 +25,9 @@ def test_benchmark_reports_stages_throughput_and_memory(tmp_path, capsys):
     assert report["model_tflop"] > 0 and report["tflops_per_s"] > 0 and report["windows_per_s"] > 0
     assert report["peak_host_rss_gib"] > 0.1 and report["peak_gpu_memory_gib"] is None
     assert "nnunet" not in report
+    # The summary line gives significant digits: a tiny CPU model's 0.008 TFLOP/s, not "0.01" (or "0.00").
+    summary = [line for line in capsys.readouterr().err.splitlines() if "TFLOP/s" in line]
+    assert len(summary) == 1 and f" {report['tflops_per_s']:.3g} TFLOP/s," in summary[0], summary
 
 
 def test_benchmark_can_extrapolate_from_a_few_windows(tmp_path):

@@ -231,7 +231,7 @@ def run_benchmark(args: BenchmarkArguments) -> int:
     print_message(f"{report['windows']} windows ({report['flips']} flips, batch {report['window_batch']}): "
                   f"preprocess {seconds['preprocess_s']:.1f} s, network {seconds['network_s']:.1f} s"
                   f"{' (extrapolated)' if report['extrapolated'] else ''}, export {seconds['export_s']:.1f} s; "
-                  f"{report['windows_per_s']:.2f} windows/s, {report['tflops_per_s']:.2f} TFLOP/s, "
+                  f"{report['windows_per_s']:.3g} windows/s, {report['tflops_per_s']:.3g} TFLOP/s, "
                   f"{'' if gpu is None else f'peak GPU {gpu} GiB, '}peak host RSS {report['peak_host_rss_gib']} GiB")
     if args.output:
         write_json(args.output, report)
