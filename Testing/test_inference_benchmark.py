@@ -180,6 +180,40 @@ def test_benchmark_resample_of_a_model_with_coarse_slices_is_slightly_finer_than
     assert report["windows"] == len(WindowGrid((8, 39, 68), (4, 64, 64), 1.0)) == 4
 
 
+def test_a_shape_too_large_for_the_host_is_refused_before_the_volume_is_made(tmp_path, capsys, monkeypatch):
+    """Making the synthetic volume of --shape 300 2000 2000 took minutes and gigabytes before
+    predict's check refused it, naming a header the synthetic volume does not have."""
+    from MaskSAMCore.inference import benchmark, devices
+
+    def synthetic_ct(*args, **kwargs):
+        raise AssertionError("the synthetic volume was made")
+
+    monkeypatch.setattr(devices, "available_host_bytes", lambda: 2 ** 20)   # a 1 MiB machine
+    monkeypatch.setattr(benchmark, "synthetic_ct", synthetic_ct)
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--preset", "tiny", "--shape", "10", "40", "70", "--classes", "3", "--device", "cpu",
+                 "--fast", "--output", str(out)]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("masksam: error: --shape 10 40 70: the benchmark needs about "), said
+    assert said[0].endswith(" GiB of host memory (0.000977 GiB available); choose a smaller --shape"), said
+    assert not out.exists()
+
+
+def test_the_host_memory_estimate_counts_the_volume_its_copies_and_the_score_slabs():
+    from types import SimpleNamespace
+
+    from MaskSAMCore.inference.benchmark import host_bytes_needed
+    from MaskSAMCore.inference.input_checks import HOST_COPIES_OF_RESAMPLED
+
+    predictor = SimpleNamespace(config=SimpleNamespace(in_channels=2, num_classes=16), patch=(8, 512, 512),
+                                device=SimpleNamespace(type="cpu"))
+    volume = 4 * 2 * 300 * 2000 * 2000
+    slabs = 2 * 4 * 16 * 8 * 2000 * 2000
+    assert host_bytes_needed((300, 2000, 2000), predictor) == (1 + HOST_COPIES_OF_RESAMPLED) * volume + slabs
+    predictor.device.type = "cuda"   # the slabs are on the GPU there
+    assert host_bytes_needed((300, 2000, 2000), predictor) == (1 + HOST_COPIES_OF_RESAMPLED) * volume
+
+
 def test_a_model_folder_beside_preset_or_classes_is_refused(tmp_path, capsys):
     """--preset/--classes choose the random network; with --model-dir they would be ignored."""
     assert main(["benchmark", "--model-dir", str(tmp_path), "--classes", "4", "--device", "cpu"]) == 1

@@ -18,6 +18,7 @@ memory) is predict's own, measured on the whole volume.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import tempfile
 import time
@@ -29,11 +30,12 @@ import torch
 
 from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.image_io import ImageGeometry
-from MaskSAMCore.errors import MaskSAMError
+from MaskSAMCore.errors import InputError, MaskSAMError
 from MaskSAMCore.inference import devices
 from MaskSAMCore.inference.arguments import BenchmarkArguments
 from MaskSAMCore.inference.benchmark_extrapolation import extrapolated_run
 from MaskSAMCore.inference.flops import count_flops
+from MaskSAMCore.inference.input_checks import HOST_COPIES_OF_RESAMPLED
 from MaskSAMCore.inference.predictor import PredictOptions, Predictor
 from MaskSAMCore.inference.run import options_from_args
 from MaskSAMCore.inference.windows import WindowGrid
@@ -109,6 +111,33 @@ def build_predictor(args: BenchmarkArguments, device: torch.device, options: Pre
     return Predictor(model, plan, list(default_labels(classes)), device, options, name=f"random {name}")
 
 
+def host_bytes_needed(shape_zyx: Tuple[int, int, int], predictor: Predictor) -> int:
+    """Host memory a benchmark of `shape_zyx` needs, about: the synthetic volume (kept for every
+    repeat), what `predict` needs for a volume that size (`HOST_COPIES_OF_RESAMPLED` float32 copies
+    per channel; --resample only makes the network grid smaller) and, on a CPU, two slabs of every
+    class's float32 scores (the accumulation and the restoring sink's buffer). The network's own
+    working memory is left out, so that a refusal is never wrong, only a late one possible."""
+    voxels = math.prod(shape_zyx)
+    volume = 4 * predictor.config.in_channels * voxels
+    needed = volume + HOST_COPIES_OF_RESAMPLED * volume
+    if predictor.device.type == "cpu":
+        depth, height, width = predictor.patch
+        plane = max(shape_zyx[1], height) * max(shape_zyx[2], width)
+        needed += 2 * 4 * predictor.config.num_classes * depth * plane
+    return needed
+
+
+def check_fits_host_memory(shape_zyx: Tuple[int, int, int], predictor: Predictor) -> None:
+    """Refuse a --shape that cannot fit before the volume is made: making it alone took minutes
+    and gigabytes, and the refusal that came after sent the user to a header there is none of."""
+    available = devices.available_host_bytes()
+    needed = host_bytes_needed(shape_zyx, predictor)
+    if available is not None and needed > available:
+        raise InputError(f"--shape {' '.join(str(n) for n in shape_zyx)}: the benchmark needs about "
+                         f"{needed / 2 ** 30:.3g} GiB of host memory ({available / 2 ** 30:.3g} GiB available); "
+                         "choose a smaller --shape")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -137,7 +166,9 @@ def benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
         raise MaskSAMError(f"--compare-nnunet {problem}; nothing was measured")
     predictor = build_predictor(args, device, options)
     spacing_zyx = synthetic_spacing_zyx(predictor.plan, args.resample)   # the warm-up's too
-    shape = tuple(int(s) for s in args.shape)
+    shape = (int(args.shape[0]), int(args.shape[1]), int(args.shape[2]))
+    # After the network is built (its channels and classes count), before the volume is.
+    check_fits_host_memory(shape, predictor)
     print_message(f"benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
                   f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes")
     geometry = ImageGeometry(shape[::-1], spacing_zyx[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
