@@ -8,14 +8,12 @@ enough to keep a GPU busy, so larger batches buy little speed.
 
 from __future__ import annotations
 
-import os
-import resource
-import sys
 from contextlib import nullcontext
 from typing import Callable, ContextManager, Optional, Tuple
 
 import torch
 
+from MaskSAMCore import host_memory
 from MaskSAMCore.errors import MaskSAMError
 from MaskSAMCore.paths import environment_number
 
@@ -23,6 +21,11 @@ GPU_BUDGET_ENV = "MASKSAM_GPU_MEMORY_GB"
 DEFAULT_GPU_BUDGET_GB = 8.0
 MAX_AUTO_WINDOW_BATCH = 32
 SAFETY = 0.85  # fraction of the budget the estimate may fill (fragmentation, workspace)
+
+# The host's readings live in the torch-free `host_memory` (make-phantoms needs them without
+# torch); prediction looks them up here, so a test replacing one here reaches every check.
+available_host_bytes = host_memory.available_host_bytes
+peak_host_rss_bytes = host_memory.peak_host_rss_bytes
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -86,39 +89,6 @@ def gpu_budget_bytes(device: torch.device) -> int:
     reusable = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     in_use = torch.cuda.memory_allocated(device)
     return int(max(0.0, min(budget - in_use, free + reusable)))
-
-
-def peak_host_rss_bytes() -> int:
-    """Peak resident memory of this process so far (VmHWM), in bytes."""
-    peak_kib = _proc_kib("/proc/self/status", "VmHWM")
-    if peak_kib is not None:
-        return peak_kib * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def available_host_bytes() -> Optional[int]:
-    """Memory the system can still give this process (Linux ``MemAvailable``; elsewhere the
-    physical memory, or None when unknown)."""
-    available_kib = _proc_kib("/proc/meminfo", "MemAvailable")
-    if available_kib is not None:
-        return available_kib * 1024
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _proc_kib(path: str, field: str) -> Optional[int]:
-    """A ``FIELD:  N kB`` value of a Linux /proc file, in KiB; None elsewhere or when absent."""
-    try:
-        with open(path, encoding="ascii") as lines:
-            for line in lines:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def measure_forward_bytes(run: Callable[[], object], device: torch.device) -> int:
