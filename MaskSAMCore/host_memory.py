@@ -45,3 +45,7 @@ def proc_kib(path: str, field: str) -> Optional[int]:
         pass
     return None
 
+
+def gib(value: int) -> str:
+    """Bytes as GiB for a message: "2.8 GiB"."""
+    return f"{value / 2 ** 30:.1f} GiB"

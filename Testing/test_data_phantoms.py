@@ -159,3 +159,29 @@ def test_bad_arguments_are_refused_with_one_line(tmp_path, arguments, problem):
     with pytest.raises(InputError, match=problem):
         make_phantoms(tmp_path / "out", progress=False, **arguments)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_size_beyond_this_machines_memory_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """--size 100000 100000 100000 would be tried until an allocation failed: refused up front instead,
+    in one line naming --size and the memory needed and available, without importing torch."""
+    from MaskSAMCore.data import phantoms
+
+    monkeypatch.setattr(phantoms, "available_host_bytes", lambda: 2 ** 33, raising=False)   # an 8 GiB machine
+    out = tmp_path / "out"
+    assert main(["make-phantoms", str(out), "--cases", "1", "--size", "100000", "100000", "100000"]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("masksam: error: --size 100000 100000 100000 needs about "), said
+    assert "GiB of memory per case (8.0 GiB available)" in said[0], said
+    assert not out.exists()
+    # A size that fits the same machine is made.
+    assert main(["make-phantoms", str(out), "--cases", "1", "--size", "20", "20", "4"]) == 0
+
+
+def test_making_phantoms_does_not_import_torch(tmp_path):
+    """The memory check reads the host's memory without torch (`host_memory`, not `inference.devices`)."""
+    code = ("import sys; from MaskSAMCore.cli import main; "
+            f"main(['make-phantoms', {str(tmp_path / 'out')!r}, '--cases', '1', '--size', '20', '20', '4']); "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stdout
