@@ -164,6 +164,26 @@ def test_an_absurd_spacing_is_refused_in_one_line_not_overflowed(model_dir, tmp_
     assert not output.exists()
 
 
+def test_probabilities_beyond_memory_are_refused_before_any_work_naming_the_option(model_dir, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """A CT that segments fine on this machine, but whose --probabilities (K float16 scores per voxel
+    held for the npz) would not fit: refused before any work, saying so; not killed after minutes."""
+    from MaskSAMCore.inference import devices
+    from MaskSAMCore.inference.input_checks import HOST_COPIES_OF_RESAMPLED
+
+    shape = (10, 16, 16)   # at the model's spacing: not resampled
+    source = _write(tmp_path / "ct.nrrd", np.random.rand(*shape).astype(np.float32), spacing=(1.2, 1.2, 2.5))
+    fits_labels_only = HOST_COPIES_OF_RESAMPLED * 4 * int(np.prod(shape))
+    monkeypatch.setattr(devices, "available_host_bytes", lambda: fits_labels_only)
+    output = tmp_path / "labels.nrrd"
+    command = ["predict", str(model_dir), str(source), str(output), "--fast", "--device", "cpu"]
+    assert main([*command, "--probabilities"]) == 1
+    said = _assert_one_line_error(capsys, "ct.nrrd", "--probabilities", "leave out --probabilities")
+    assert "check the voxel spacing" not in said
+    assert list(tmp_path.iterdir()) == [source]
+    assert main(command) == 0 and output.exists()
+
+
 def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -8,7 +8,7 @@ handed in directly (the Slicer module passes arrays, not files).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,13 @@ from MaskSAMCore.errors import InputError, by_x
 # (the input, its resampled copy, the scores restored slab by slab; measured 4.4 on the
 # 600 x 512 x 512 benchmark in benchmarks/README.md), rounded up.
 HOST_COPIES_OF_RESAMPLED = 5
+# What --probabilities holds at once while it writes the npz (export.write_probabilities): every
+# class's float16 scores on the network grid (sinks.HostScoreSink: 2 bytes per class per voxel),
+# and per voxel of the input's grid the resampled total over classes, one class on its way to the
+# file and the label map: 18 bytes measured with tracemalloc, rounded up. 600 x 512 x 512 voxels and 16
+# classes: 7.4 GiB asked, 7.8 GiB measured peak resident memory, torch's 0.4 GiB included.
+SCORE_BYTES_PER_CLASS = 2
+EXPORT_BYTES_PER_INPUT_VOXEL = 20
 
 
 def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name: str,
@@ -89,32 +96,46 @@ def intensity_warnings(image: np.ndarray, plan: Dict[str, Any], name: str,
 
 
 def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channels: int, name: str,
-                           available: Optional[int]) -> None:
-    """Refuse, before any work, an image whose resampling to the model's spacing would need more
-    host memory than is `available` (bytes; None: unknown, no check). A wrong spacing in a
-    header (50 mm slices instead of 5) would otherwise make a huge volume: minutes of work, then
-    the out-of-memory killer. Also refused: an image that would shrink to a single voxel along an
-    axis (a spacing given in micrometres, read as millimetres). Needs the header only, so
-    `predict` checks every case of a folder with it before segmenting the first."""
+                           available: Optional[int], probabilities: bool = False, classes: int = 1) -> None:
+    """Refuse, before any work, an image whose prediction would need more host memory than is
+    `available` (bytes; None: unknown, no check): its resampling to the model's spacing and, with
+    `probabilities` (--probabilities, a model of `classes` classes), their npz. A wrong spacing in a
+    header (50 mm slices instead of 5) would otherwise make a huge volume, and a large CT's
+    probabilities outgrow a small machine: minutes of work, then the out-of-memory killer. Also
+    refused: an image that would shrink to a single voxel along an axis (a spacing given in
+    micrometres, read as millimetres). Needs the header only, so `predict` checks every case of a
+    folder with it before segmenting the first."""
     _check_not_flat(geometry, name)
+    shape, spacing, target, new_shape = _network_grid(geometry, plan)
+    becomes = (f"{name}: at the model's spacing ({by_x(target)} mm) this {by_x(shape)}-voxel image of spacing "
+               f"{by_x(spacing)} mm becomes {by_x(new_shape)} voxels")
+    if min(new_shape) < 2:
+        raise InputError(f"{becomes}, too few to segment; check the voxel spacing (and its unit) in its header")
+    if available is None:
+        return
+    # Python integers: a spacing of 1e30 mm in a damaged header must not overflow int64.
+    voxels, network_voxels = math.prod(shape), math.prod(new_shape)
+    preprocessing = HOST_COPIES_OF_RESAMPLED * 4 * channels * network_voxels
+    export = (SCORE_BYTES_PER_CLASS * classes * network_voxels + EXPORT_BYTES_PER_INPUT_VOXEL * voxels
+              if probabilities else 0)
+    needed = max(preprocessing, export)   # the preprocessed image is gone before the npz is written
+    if needed <= available:
+        return
+    memory = f"about {needed / 2 ** 30:.4g} GiB of memory ({available / 2 ** 30:.1f} GiB available)"
+    if preprocessing <= available:
+        raise InputError(f"{name}: writing its probabilities (--probabilities: {classes} classes of "
+                         f"{by_x(shape)} voxels) needs {memory}; leave out --probabilities, free memory or use a "
+                         "machine with more")
+    raise InputError(f"{becomes}, needing {memory}; check the voxel spacing in its header")
+
+def _network_grid(geometry: ImageGeometry, plan: Dict[str, Any]
+                  ) -> Tuple[List[int], List[float], List[float], List[int]]:
+    """(shape, spacing, the model's spacing, resampled shape) of the image, in the axis order
+    preprocessing gives it (reoriented, then transposed)."""
     forward = list(plan["transpose_forward"])
-    reorientation = plan_reorientation(plan, geometry)   # the axis order preprocessing gives the image
+    reorientation = plan_reorientation(plan, geometry)
     spacing_zyx, shape_zyx = reorientation.order(geometry.spacing_zyx), reorientation.order(geometry.shape_zyx)
     spacing = [spacing_zyx[a] for a in forward]
     shape = [shape_zyx[a] for a in forward]
     target = [float(t) for t in plan["target_spacing"]]
-    new_shape = resampled_shape(shape, spacing, target)
-    if min(new_shape) < 2:
-        raise InputError(
-            f"{name}: at the model's spacing ({by_x(target)} mm) this {by_x(shape)}-voxel image of spacing "
-            f"{by_x(spacing)} mm becomes {by_x(new_shape)} voxels, too few to segment; check the voxel spacing "
-            "(and its unit) in its header")
-    if available is None:
-        return
-    # Python integers: a spacing of 1e30 mm in a damaged header must not overflow int64.
-    needed = HOST_COPIES_OF_RESAMPLED * 4 * channels * math.prod(new_shape)
-    if needed > available:
-        raise InputError(
-            f"{name}: at the model's spacing ({by_x(target)} mm) this {by_x(shape)}-voxel image of spacing "
-            f"{by_x(spacing)} mm becomes {by_x(new_shape)} voxels, needing about {needed / 2 ** 30:.4g} GiB of "
-            f"memory ({available / 2 ** 30:.1f} GiB available); check the voxel spacing in its header")
+    return shape, spacing, target, list(resampled_shape(shape, spacing, target))

@@ -226,30 +226,34 @@ class Predictor:
 
     # -- cases ---------------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, geometry: ImageGeometry, name: str = "image",
-                owned: bool = False, channel_files: Optional[Sequence[str]] = None) -> PreparedCase:
+                owned: bool = False, channel_files: Optional[Sequence[str]] = None,
+                probabilities: bool = False) -> PreparedCase:
         """Check and preprocess one image (C, z, y, x) exactly as training did.
 
         owned: the caller will not use `image` again, so preprocessing may work in its memory
-        (normalisation is done in place where no resampling copies the data first)."""
+        (normalisation is done in place where no resampling copies the data first).
+        probabilities: they will be written too (their memory is part of the check)."""
         start = time.perf_counter()
         image = np.asarray(image)
         if image.ndim == 3:
             image = image[None]
         check_image(image, geometry, self.config.in_channels, name, channel_files)
-        check_fits_host_memory(geometry, self.plan, self.config.in_channels, name, devices.available_host_bytes())
+        check_fits_host_memory(geometry, self.plan, self.config.in_channels, name, devices.available_host_bytes(),
+                               probabilities, self.config.num_classes)
         warnings = intensity_warnings(image, self.plan, name, channel_files)
         image = image.astype(np.float32, copy=not owned)
         data, _, properties = preprocess_case(image, geometry, self.plan)
         return PreparedCase(name, data, properties, geometry, time.perf_counter() - start, warnings=warnings)
 
     def prepare_files(self, paths: Sequence["os.PathLike[str] | str | DicomSeries"],
-                      name: Optional[str] = None) -> PreparedCase:
+                      name: Optional[str] = None, probabilities: bool = False) -> PreparedCase:
         """Read a case's channel files (or DICOM series) and preprocess it (safe to call in a
         background thread)."""
         start = time.perf_counter()
         image, geometry = read_case([p if isinstance(p, DicomSeries) else Path(p) for p in paths])
         files = [describe_path(p) for p in paths]
-        prepared = self.prepare(image, geometry, describe_case(paths, name), owned=True, channel_files=files)
+        prepared = self.prepare(image, geometry, describe_case(paths, name), owned=True, channel_files=files,
+                                probabilities=probabilities)
         prepared.name = name or files[0]
         prepared.seconds = time.perf_counter() - start
         prepared.series = paths[0] if isinstance(paths[0], DicomSeries) else None
@@ -346,7 +350,8 @@ class Predictor:
     def predict_file(self, input_paths: Sequence["os.PathLike[str] | str"], output_path: "os.PathLike[str] | str",
                      probabilities: bool = False) -> PredictionResult:
         """Segment one case given as its channel files and write the label map (and probabilities)."""
-        return self.predict_prepared(self.prepare_files(input_paths), output_path, probabilities)
+        return self.predict_prepared(self.prepare_files(input_paths, probabilities=probabilities), output_path,
+                                     probabilities)
 
 
 def describe_settings(settings: WindowSettings) -> str:

@@ -66,29 +66,33 @@ def cpu_speed_note(predictor: Predictor) -> Optional[str]:
             "window, step 1.0) takes minutes")
 
 
-def check_headers(cases: List[Case], plan: Dict[str, Any], channels: int) -> None:
+def check_headers(cases: List[Case], plan: Dict[str, Any], channels: int, probabilities: bool = False,
+                  classes: int = 1) -> None:
     """Read every input header before any work: a corrupt or non-3D file fails in seconds, and
     so do channels on different grids, a spacing the model's `plan` cannot use (micrometres read
     as millimetres, or the reverse) and an output format that cannot store the input's grid
     (TIFF, NIfTI for a tilted scan). Every case is checked, so all the unusable ones of a folder
-    are named at once, before the first is segmented."""
+    are named at once, before the first is segmented. `probabilities`: --probabilities, for a
+    model of `classes` classes, whose npz needs memory too."""
     if any(is_seg_output(case.output_file) for case in cases):
         check_seg_writer()   # highdicom installed: one answer for all cases
     available = devices.available_host_bytes()   # once: the cases are segmented one after another
     errors: List[InputError] = []
     for case in cases:
         try:
-            _check_case_headers(case, plan, channels, available)
+            _check_case_headers(case, plan, channels, available, probabilities, classes)
         except InputError as error:
             errors.append(error)
     raise_all(errors, len(cases), "cases cannot be segmented")
 
 
-def _check_case_headers(case: Case, plan: Dict[str, Any], channels: int, available: Optional[int]) -> None:
+def _check_case_headers(case: Case, plan: Dict[str, Any], channels: int, available: Optional[int],
+                        probabilities: bool, classes: int) -> None:
     geometries = [read_geometry(path) for path in case.channel_files]
     # The rules preprocessing applies again to the voxels, here from the headers alone.
     check_channels_share_grid(case.channel_files, geometries)
-    check_fits_host_memory(geometries[0], plan, channels, describe_case(case.channel_files, case.name), available)
+    check_fits_host_memory(geometries[0], plan, channels, describe_case(case.channel_files, case.name), available,
+                           probabilities, classes)
     if is_seg_output(case.output_file):
         # A SEG keeps the series' grid (its frames are the series' slices), if it can refer to them.
         check_seg_sources(case.channel_files[0])
@@ -216,7 +220,8 @@ def run_predict(args: PredictArguments) -> int:
         if not cases:
             emit(EVENT_DONE, cases=0, failed=[], seconds=0.0, outputs=[])
             return 0
-    check_headers(cases, predictor.plan, predictor.config.in_channels)
+    check_headers(cases, predictor.plan, predictor.config.in_channels, args.probabilities,
+                  predictor.config.num_classes)
     _check_outputs(cases, args.probabilities)
     _announce(predictor, options, cases, series_left_out)
     emit(EVENT_STAGE, stage="cases", total=len(cases))
@@ -290,7 +295,7 @@ def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool)
     written: List[str] = []
     failed: List[str] = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="masksam-reader")
-    pending: Optional[Future] = _read(pool, predictor, cases[0])
+    pending: Optional[Future] = _read(pool, predictor, cases[0], probabilities)
     try:
         for index, case in enumerate(cases):
             assert pending is not None
@@ -298,13 +303,13 @@ def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool)
             prepared = _take_prepared(pending, case, index, len(cases))
             # A failed case is not predicted: the next is read at once, as before a small case's prediction.
             read_now = prepared is None or _fits_read_ahead(prepared, predictor.config.num_classes)
-            pending = _read(pool, predictor, following) if following is not None and read_now else None
+            pending = _read(pool, predictor, following, probabilities) if following is not None and read_now else None
             if prepared is None:
                 failed.append(case.name)
                 continue
             result = predictor.predict_prepared(prepared, case.output_file, probabilities=probabilities)
             if following is not None and pending is None:
-                pending = _read(pool, predictor, following)
+                pending = _read(pool, predictor, following, probabilities)
             written.append(str(case.output_file))
             _report_case(case, result, index, len(cases))
     finally:
@@ -314,9 +319,9 @@ def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool)
     return written, failed
 
 
-def _read(pool: ThreadPoolExecutor, predictor: Predictor, case: Case) -> Future:
+def _read(pool: ThreadPoolExecutor, predictor: Predictor, case: Case, probabilities: bool) -> Future:
     """Start reading and preprocessing `case` on the pool's thread; the future gives its PreparedCase."""
-    return pool.submit(predictor.prepare_files, case.channel_files, case.name)
+    return pool.submit(predictor.prepare_files, case.channel_files, case.name, probabilities)
 
 
 def _take_prepared(pending: Future, case: Case, index: int, total: int) -> Optional[PreparedCase]:
