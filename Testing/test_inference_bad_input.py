@@ -184,6 +184,25 @@ def test_probabilities_beyond_memory_are_refused_before_any_work_naming_the_opti
     assert main(command) == 0 and output.exists()
 
 
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_a_plausible_ct_too_large_for_this_machine_is_not_blamed_on_its_header(model_dir, tmp_path, capsys,
+                                                                                 monkeypatch, probabilities):
+    """Spacing right, machine small: the line says to free memory or use a larger machine (and that
+    --fast does not help), not to check a header that is fine."""
+    from MaskSAMCore.inference import devices
+
+    monkeypatch.setattr(devices, "available_host_bytes", lambda: 2 ** 10)   # a 1 KiB machine
+    source = _write(tmp_path / "ct.nrrd", np.random.rand(10, 16, 16).astype(np.float32), spacing=(1.2, 1.2, 2.5))
+    command = ["predict", str(model_dir), str(source), str(tmp_path / "labels.nrrd"), "--fast", "--device", "cpu"]
+    assert main([*command, *(["--probabilities"] if probabilities else [])]) == 1
+    said = _assert_one_line_error(capsys, "ct.nrrd: segmenting this 10 x 16 x 16-voxel image needs about ",
+                                  "(0.0 GiB available)", "free memory or use a machine with more",
+                                  "--fast does not help")
+    assert "check the voxel spacing" not in said
+    assert ("GiB without --probabilities)" in said) == probabilities
+    assert list(tmp_path.iterdir()) == [source]
+
+
 def test_bad_case_in_a_folder_is_found_before_any_prediction(model_dir, tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()

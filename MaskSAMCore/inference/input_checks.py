@@ -29,6 +29,9 @@ HOST_COPIES_OF_RESAMPLED = 5
 # classes: 7.4 GiB asked, 7.8 GiB measured peak resident memory, torch's 0.4 GiB included.
 SCORE_BYTES_PER_CLASS = 2
 EXPORT_BYTES_PER_INPUT_VOXEL = 20
+# Resampling that makes this many times the input's voxels is taken for a spacing misread (50 mm
+# slices for 5): an image resampled to a model's spacing rarely even doubles.
+PLAUSIBLE_GROWTH = 4
 
 
 def check_image(image: np.ndarray, geometry: ImageGeometry, channels: int, name: str,
@@ -126,7 +129,13 @@ def check_fits_host_memory(geometry: ImageGeometry, plan: Dict[str, Any], channe
         raise InputError(f"{name}: writing its probabilities (--probabilities: {classes} classes of "
                          f"{by_x(shape)} voxels) needs {memory}; leave out --probabilities, free memory or use a "
                          "machine with more")
-    raise InputError(f"{becomes}, needing {memory}; check the voxel spacing in its header")
+    if network_voxels > PLAUSIBLE_GROWTH * voxels:
+        raise InputError(f"{becomes}, needing {memory}; check the voxel spacing in its header")
+    # A plausible spacing: the image is simply large for this machine, and its header is not to blame.
+    without = f" ({preprocessing / 2 ** 30:.4g} GiB without --probabilities)" if export > preprocessing else ""
+    raise InputError(f"{name}: segmenting this {by_x(shape)}-voxel image needs {memory}{without}: free memory or "
+                     "use a machine with more (--fast does not help: it saves time, not memory)")
+
 
 def _network_grid(geometry: ImageGeometry, plan: Dict[str, Any]
                   ) -> Tuple[List[int], List[float], List[float], List[int]]:
