@@ -131,6 +131,8 @@ def write_probabilities(scores: np.ndarray, properties: Dict[str, Any], class_na
     total = resample_array(total, properties["shape_after_transpose"], (1, 1, 1))
     shape = (classes, *geometry.shape_zyx)
     with atomic_path(path) as temporary:
+        # Level 1: 200 x 256 x 256 voxels of 16 classes took 15-28 s for a file 22-32% smaller than
+        # stored (6-11 s); level 6 took 1.6 times as long for 1-3% less (README, --probabilities).
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
                              allowZip64=True) as archive:
             with archive.open("probabilities.npy", "w", force_zip64=True) as member:
