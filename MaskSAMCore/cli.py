@@ -380,7 +380,7 @@ def run_command(command: str, arguments: Any, machine_progress: bool = False) ->
     except OSError as exc:  # the machine's problem, not MaskSAM's: a full disk, a vanished folder, ...
         message = f"{describe_path(exc.filename)}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     except (MemoryError, RuntimeError) as exc:
-        message = out_of_memory_line(exc) or peer_failure_line(exc)
+        message = out_of_memory_line(exc, command) or peer_failure_line(exc)
         if message is None:
             raise
     print(f"masksam: error: {message}", file=sys.stderr)

@@ -12,12 +12,23 @@ from MaskSAMCore import torchrun
 from MaskSAMCore.errors import MaskSAMError
 
 
-def out_of_memory_line(exc: BaseException) -> Optional[str]:
-    """One line for an allocation that failed on the host or the GPU, else None (a bug: raised)."""
+# What the user of each command can change when the host runs out of memory: the sizes it was
+# given where it has such options; a CT to segment is as large as it is.
+_HOST_MEMORY_ADVICE = {
+    "predict": "close other programs, leave out --probabilities if given, or use a machine with more memory",
+    "make-phantoms": "choose a smaller --size",
+    "benchmark": "choose a smaller --shape or fewer --classes",
+}
+_MORE_MEMORY = "close other programs or use a machine with more memory"
+
+
+def out_of_memory_line(exc: BaseException, command: Optional[str] = None) -> Optional[str]:
+    """One line for an allocation that failed on the host or the GPU, else None (a bug: raised);
+    `command`: the sub-command that ran, whose options the advice names."""
     text = str(exc)
     if isinstance(exc, MemoryError) or "can't allocate memory" in text:
-        return ("out of memory: the machine cannot hold what this asks for; check the sizes and counts "
-                "given (an image, --size, --classes)")
+        advice = _HOST_MEMORY_ADVICE.get(command or "", _MORE_MEMORY)
+        return f"out of memory: the machine cannot hold what this asks for; {advice}"
     if "CUDA out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
         return ("out of GPU memory; free the GPU of other work, or lower MASKSAM_GPU_MEMORY_GB, "
                 "--window-batch or --batch-size")

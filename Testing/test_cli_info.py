@@ -96,6 +96,26 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys, 
     assert len(said) == 1 and said[0].startswith(f"masksam: error: {expected}"), said
 
 
+@pytest.mark.parametrize("arguments, advice", [
+    (["predict", "model", "ct.nii.gz", "labels.nii.gz"],
+     "close other programs, leave out --probabilities if given, or use a machine with more memory"),
+    (["make-phantoms", "out", "--size", "600", "600", "400"], "choose a smaller --size"),
+    (["benchmark", "--preset", "tiny"], "choose a smaller --shape or fewer --classes"),
+    (["info", "--preset", "tiny"], "close other programs or use a machine with more memory"),
+])
+def test_running_out_of_host_memory_names_only_what_the_command_can_change(monkeypatch, capsys, arguments, advice):
+    """predict has neither --size nor --classes: each command's line names its own options, or none."""
+    from MaskSAMCore import cli
+
+    def handler(args):
+        raise MemoryError()
+
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: handler)
+    assert cli.main(arguments) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == [f"masksam: error: out of memory: the machine cannot hold what this asks for; {advice}"]
+
+
 def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch):
     from MaskSAMCore import cli
 
