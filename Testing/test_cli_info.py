@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,33 @@ def test_shorten_keeps_its_limit(text):
     from MaskSAMCore.errors import shorten
 
     assert len(shorten(text)) <= 160 and shorten(text).endswith("...")
+
+
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+class _InterruptedImport:
+    """Stands for MaskSAMCore.cli while Ctrl-C lands in its import: taking `main` from it is interrupted."""
+
+    def __getattr__(self, name):
+        _ctrl_c()
+
+
+@pytest.mark.parametrize("interrupted", ["import", "parsing"])
+def test_ctrl_c_before_the_command_handles_it_is_a_cancel_not_a_traceback(monkeypatch, capsys, interrupted):
+    """A Ctrl-C in the first second (torch still importing) ends `masksam` as a later one does."""
+    from MaskSAMCore import __main__ as entry, cli
+
+    if interrupted == "import":
+        monkeypatch.setitem(sys.modules, "MaskSAMCore.cli", _InterruptedImport())
+    else:
+        monkeypatch.setattr(cli, "build_parser", _ctrl_c)
+    monkeypatch.setattr(sys, "argv", ["masksam", "info", "--preset", "tiny"])
+    assert entry.run() == 130
+    assert capsys.readouterr().err == "masksam: cancelled\n"
+
+
+def test_the_masksam_command_starts_where_an_early_ctrl_c_is_handled():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'masksam = "MaskSAMCore.__main__:run"' in text
