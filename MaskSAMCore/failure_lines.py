@@ -20,6 +20,15 @@ _HOST_MEMORY_ADVICE = {
     "benchmark": "choose a smaller --shape or fewer --classes",
 }
 _MORE_MEMORY = "close other programs or use a machine with more memory"
+# The same for the GPU: predict falls back to smaller window batches and host accumulation by
+# itself (`sliding_window`), so what reaches the command line there is beyond those.
+_GPU_MEMORY_ADVICE = {
+    "predict": "free the GPU of other work, lower MASKSAM_GPU_MEMORY_GB or --window-batch, or use --device cpu",
+    "benchmark": "free the GPU of other work, or lower MASKSAM_GPU_MEMORY_GB, --window-batch or --shape",
+    "train": "free the GPU of other work, or lower --batch-size",
+    "demo": "free the GPU of other work, or use --device cpu",
+}
+_FREE_THE_GPU = "free the GPU of other work, or use --device cpu"
 
 
 def out_of_memory_line(exc: BaseException, command: Optional[str] = None) -> Optional[str]:
@@ -30,8 +39,7 @@ def out_of_memory_line(exc: BaseException, command: Optional[str] = None) -> Opt
         advice = _HOST_MEMORY_ADVICE.get(command or "", _MORE_MEMORY)
         return f"out of memory: the machine cannot hold what this asks for; {advice}"
     if "CUDA out of memory" in text or type(exc).__name__ == "OutOfMemoryError":
-        return ("out of GPU memory; free the GPU of other work, or lower MASKSAM_GPU_MEMORY_GB, "
-                "--window-batch or --batch-size")
+        return f"out of GPU memory; {_GPU_MEMORY_ADVICE.get(command or '', _FREE_THE_GPU)}"
     return None
 
 

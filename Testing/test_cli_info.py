@@ -117,6 +117,29 @@ def test_running_out_of_host_memory_names_only_what_the_command_can_change(monke
     assert said == [f"masksam: error: out of memory: the machine cannot hold what this asks for; {advice}"]
 
 
+@pytest.mark.parametrize("arguments, advice", [
+    (["predict", "model", "ct.nii.gz", "labels.nii.gz"],
+     "free the GPU of other work, lower MASKSAM_GPU_MEMORY_GB or --window-batch, or use --device cpu"),
+    (["train", "dataset", "model"], "free the GPU of other work, or lower --batch-size"),
+    (["benchmark", "--preset", "tiny"],
+     "free the GPU of other work, or lower MASKSAM_GPU_MEMORY_GB, --window-batch or --shape"),
+    (["info", "--preset", "tiny"], "free the GPU of other work, or use --device cpu"),
+])
+def test_running_out_of_gpu_memory_names_only_what_the_command_can_change(monkeypatch, capsys, arguments, advice):
+    """--batch-size is train's, --window-batch predict's and benchmark's: neither is offered elsewhere."""
+    from MaskSAMCore import cli
+
+    class OutOfMemoryError(RuntimeError):   # torch's own is named so; no torch needed here
+        pass
+
+    def handler(args):
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "resolve_handler", lambda command: handler)
+    assert cli.main(arguments) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"masksam: error: out of GPU memory; {advice}"]
+
+
 def test_a_bug_is_not_disguised_as_a_user_error(monkeypatch):
     from MaskSAMCore import cli
 
