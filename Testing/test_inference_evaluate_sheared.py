@@ -3,6 +3,7 @@ voxels' centres in space, in `hausdorff95` and in the `masksam evaluate` report.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -37,6 +38,20 @@ def test_hd95_on_a_sheared_grid_measures_between_voxel_centres_in_space():
         hausdorff95(a, b, SPACING_ZYX), rel=1e-9)
     empty = np.zeros_like(a)
     assert hausdorff95(a, empty, SPACING_ZYX, steps) == pytest.approx(np.linalg.norm(steps @ np.array(a.shape)))
+
+
+@pytest.mark.parametrize("lean", [2.4, -2.4], ids=["leaning forward", "leaning back"])
+def test_a_missed_structure_on_a_sheared_grid_costs_the_grid_s_longest_diagonal(lean):
+    """The penalty for a structure in one mask only is the worst distance possible in the image:
+    the longest of its corner-to-corner diagonals, whichever way the slices lean."""
+    mask = np.zeros((10, 16, 14), bool)
+    mask[4, 5, 6] = True
+    steps = np.diag([3.0, 0.8, 0.5])
+    steps[1, 0] = lean
+    corners = np.array(list(itertools.product(*((0, n) for n in mask.shape))), float) @ steps.T
+    longest = cdist(corners, corners).max()
+    assert hausdorff95(mask, np.zeros_like(mask), SPACING_ZYX, steps) == pytest.approx(longest, rel=1e-12)
+    assert hausdorff95(np.zeros_like(mask), mask, SPACING_ZYX, steps) == pytest.approx(longest, rel=1e-12)
 
 
 def test_evaluate_measures_hd95_in_space_on_a_sheared_grid(tmp_path):

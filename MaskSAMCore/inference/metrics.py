@@ -9,8 +9,8 @@ Conventions (also written into every evaluation report):
   surface voxels of P and G (surface = voxels of the mask with a 6-neighbour outside it),
   measured with the image spacing, so anisotropic voxels count in millimetres (on a sheared
   grid, a CT gantry tilt's, between the voxel centres in space instead). Both empty ->
-  ``None``; exactly one empty -> the length of the image diagonal in mm (the worst distance
-  possible in that image), so a missed or hallucinated structure is penalised, not skipped.
+  ``None``; exactly one empty -> the length of the image's (longest) diagonal in mm, the worst
+  distance possible in that image, so a missed or hallucinated structure is penalised, not skipped.
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> Optional[float]:
 def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
     """Length of the image's diagonal in mm: shape and spacing in the same axis order."""
     return float(np.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
+
+
+def grid_diagonal_mm(shape: Sequence[int], steps: np.ndarray) -> float:
+    """Length in mm of the longest corner-to-corner diagonal of a grid of `shape` voxels whose
+    voxel steps (3, 3) are the columns of `steps`, in the same axis order. The four diagonals are
+    as long on an orthogonal grid; on a sheared one (a gantry tilt's) one leans with the slices and
+    one against them, and the longer is the worst distance possible in the image."""
+    edges = np.asarray(steps, float) * np.asarray(shape, float)   # each column: one whole edge
+    return float(max(np.linalg.norm(edges @ np.array(signs, float))
+                     for signs in ((1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1))))
 
 
 def _bounding_box(mask: np.ndarray) -> Tuple[slice, ...]:
@@ -73,7 +83,7 @@ def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[flo
         return None
     if has_prediction != has_truth:
         if sheared(steps):
-            return float(np.linalg.norm(steps @ np.asarray(prediction.shape, float)))
+            return grid_diagonal_mm(prediction.shape, steps)
         return image_diagonal_mm(prediction.shape, spacing)
     # Work in the joint bounding box plus one voxel of background on every side: the distance
     # transforms then cost what the structure's size costs, not the whole image's.
