@@ -16,6 +16,7 @@ from scipy.spatial.distance import cdist
 from MaskSAMCore.cli import main
 from MaskSAMCore.data.image_io import ImageGeometry
 from MaskSAMCore.data.image_writing import write_label
+from MaskSAMCore.data.slicer_reference import reference_geometry
 from MaskSAMCore.data.slicer_segmentation import write_segmentation
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}
@@ -39,9 +40,26 @@ def _steps(geometry: ImageGeometry) -> np.ndarray:
     return geometry.direction_matrix * np.asarray(geometry.spacing)
 
 
-def save_as_slicer(labels: np.ndarray, path: Path, reverse_slices: bool = False) -> Path:
+def slicer_conversion_parameters(scan: ImageGeometry) -> str:
+    """Slicer's ``Segmentation_ConversionParameters`` for a segmentation drawn on `scan`: entries
+    ``name|value|description&``, the reference image geometry as the IJK-to-RAS matrix's 16 numbers
+    and the extent's 6, each followed by ``;``."""
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ _steps(scan)
+    ijk_to_ras[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(scan.origin)
+    geometry = "".join(f"{v:.17g};" for v in ijk_to_ras.ravel()) + "".join(f"0;{n - 1};" for n in scan.size)
+    return ("Collapse labelmaps|1|Merge the labelmaps into as few shared labelmaps as possible 1 = created "
+            "labelmaps will be shared if possible without overwriting each other.&Decimation factor|0.0|Desired "
+            "reduction in the total number of polygons. Value of 0.8 typically reduces data set size by 80%.&"
+            f"Reference image geometry|{geometry}|Image geometry description string determining the geometry of "
+            "the labelmap that is created in course of conversion. Can be copied from a volume, using the button.&"
+            "Smoothing factor|-0.5|Smoothing factor. Range: 0.0 (no smoothing) to 1.0 (strong smoothing).&")
+
+
+def save_as_slicer(labels: np.ndarray, path: Path, reverse_slices: bool = False, reference: bool = False) -> Path:
     """`labels` as Slicer saves a segmentation: cropped to its segments' extent (its origin the
-    first kept voxel), with `reverse_slices` its slice axis reversed (last slice first)."""
+    first kept voxel), with `reverse_slices` its slice axis reversed (last slice first); with
+    `reference` the scan's grid recorded among its conversion parameters, as Slicer does."""
     box = ndimage.find_objects((labels > 0).astype(np.uint8))[0]
     start_xyz = np.array([box[2].start, box[1].start, box[0].start], float)
     cropped = labels[box]
@@ -52,6 +70,10 @@ def save_as_slicer(labels: np.ndarray, path: Path, reverse_slices: bool = False)
         cropped, direction = cropped[::-1], direction @ np.diag([1.0, 1.0, -1.0])
     geometry = ImageGeometry(cropped.shape[::-1], SCAN.spacing, origin, direction.ravel())
     write_segmentation(np.ascontiguousarray(cropped), geometry, STRUCTURES, path)
+    if reference:
+        image = sitk.ReadImage(str(path))
+        image.SetMetaData("Segmentation_ConversionParameters", slicer_conversion_parameters(SCAN))
+        sitk.WriteImage(image, str(path), True)
     return path
 
 
@@ -119,3 +141,41 @@ def test_two_segmentations_of_different_grids_are_refused_in_one_line(tmp_path, 
     said = capsys.readouterr().err.strip().splitlines()
     assert said[-1] == (f"masksam: error: {second}: two Slicer segmentations are compared voxel by voxel, but its "
                         f"voxels are not those of {first} ({problem}); compare segmentations of one scan"), said
+
+
+@pytest.mark.parametrize("recorded", [(True, True), (True, False), (False, True)], ids=["both", "truth", "prediction"])
+def test_a_structure_in_one_of_two_segmentations_costs_the_diagonal_of_the_scan_they_record(
+        tmp_path, capsys, dataset_json, recorded):
+    """Rater 2 drew no spleen: its HD95 is the scan's diagonal, as for the label maps, not that of
+    the box the two files' crops span; Slicer records the scan's grid in each file it saves."""
+    without_spleen = np.where(RATER_2 == 2, 0, RATER_2)
+    first = save_as_slicer(RATER_1, tmp_path / "rater1.seg.nrrd", reference=recorded[0])
+    second = save_as_slicer(without_spleen, tmp_path / "rater2.seg.nrrd", reverse_slices=True, reference=recorded[1])
+    write_label(RATER_1, SCAN, tmp_path / "rater1.nii.gz")
+    write_label(without_spleen, SCAN, tmp_path / "rater2.nii.gz")
+    expected = _evaluate(capsys, tmp_path / "rater2.nii.gz", tmp_path / "rater1.nii.gz", dataset_json)
+    assert expected["spleen hd95_mm"] == pytest.approx(np.sqrt(40.0 ** 2 + 40 ** 2 + 40 ** 2))
+    assert _evaluate(capsys, second, first, dataset_json) == pytest.approx(expected, rel=1e-12)
+
+
+def test_without_a_recorded_scan_two_segmentations_penalise_with_the_diagonal_of_their_extents(
+        tmp_path, capsys, dataset_json):
+    """Files that do not record the scan's grid (written by other programs): the union of the two
+    crops is all that is known of the image, and the report's conventions say so."""
+    without_spleen = np.where(RATER_2 == 2, 0, RATER_2)
+    first = save_as_slicer(RATER_1, tmp_path / "rater1.seg.nrrd")
+    second = save_as_slicer(without_spleen, tmp_path / "rater2.seg.nrrd")
+    union = ndimage.find_objects(((RATER_1 > 0) | (without_spleen > 0)).astype(np.uint8))[0]
+    extent_mm = [(box.stop - box.start) * step for box, step in zip(union, SCAN.spacing_zyx)]
+    assert _evaluate(capsys, second, first, dataset_json)["spleen hd95_mm"] == pytest.approx(np.linalg.norm(extent_mm))
+    assert main(["evaluate", str(second), str(first), "--dataset-json", str(dataset_json)]) == 0
+    assert "union of their extents" in json.loads(capsys.readouterr().out)["conventions"]["hd95_mm"]
+
+
+def test_the_recorded_scan_is_read_from_slicer_s_conversion_parameters():
+    recorded = reference_geometry({"Segmentation_ConversionParameters": slicer_conversion_parameters(SCAN)})
+    assert recorded is not None and recorded.same_grid(SCAN, tol=1e-9)
+    for broken in ("", "Reference image geometry|1;0;0;|", "Reference image geometry|a;b|x&",
+                   "Reference image geometry|1;0;0;0;0;1;0;0;0;0;1;0;0;0;0;1;0;9;0;9;5;4;|"):   # an empty extent
+        assert reference_geometry({"Segmentation_ConversionParameters": broken}) is None
+    assert reference_geometry({}) is None

@@ -39,6 +39,7 @@ from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.image_io import ImageGeometry, read_label, read_sitk_image
 from MaskSAMCore.data.image_writing import write_sitk_image
 from MaskSAMCore.data.read_failures import itk_warnings_off
+from MaskSAMCore.data.slicer_reference import reference_geometry
 from MaskSAMCore.errors import InputError, by_x, describe_path
 from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key
 
@@ -118,9 +119,10 @@ def _header(segments: Sequence[Segment], geometry: ImageGeometry) -> Dict[str, s
     return fields
 
 
-def read_segmentation(path: "os.PathLike[str] | str") -> Tuple[List[Segment], np.ndarray, ImageGeometry]:
-    """(segments, layers (L, z, y, x), grid) of a Slicer segmentation file; `InputError` naming
-    the file when it is not one."""
+def read_segmentation(path: "os.PathLike[str] | str"
+                      ) -> Tuple[List[Segment], np.ndarray, ImageGeometry, Optional[ImageGeometry]]:
+    """(segments, layers (L, z, y, x), grid, the scan's grid it records or None) of a Slicer
+    segmentation file (`slicer_reference`); `InputError` naming the file when it is not one."""
     image = read_sitk_image(path, layers=True)
     layers = sitk.GetArrayFromImage(image)
     layers = layers[np.newaxis] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(layers, -1, 0)
@@ -128,7 +130,7 @@ def read_segmentation(path: "os.PathLike[str] | str") -> Tuple[List[Segment], np
     segments = _segments(fields, len(layers), path)
     if not segments:
         raise InputError(f"{describe_path(path)}: names no segments (Segment0_ID ...); is it a Slicer segmentation?")
-    return segments, layers, ImageGeometry.from_sitk(image)
+    return segments, layers, ImageGeometry.from_sitk(image), reference_geometry(fields)
 
 
 def header_segments(path: "os.PathLike[str] | str") -> List[Segment]:
@@ -319,6 +321,7 @@ class SegmentationMasks:
     grid: ImageGeometry
     layers: np.ndarray                                 # (L, z, y, x)
     held_in: Dict[Tuple[int, ...], Tuple[int, int]]   # structure (label values) -> (layer, label value)
+    reference: Optional[ImageGeometry] = None          # the scan's grid, where the file records it
 
     def mask(self, structure: Tuple[int, ...]) -> np.ndarray:
         """The voxels (z, y, x) of a structure; none for one no segment stands for."""
@@ -339,7 +342,7 @@ class SegmentationMasks:
         placed = [place_on_grid(layer, self.grid, grid, Path(path)) for layer in self.layers]
         if placed[0] is None:   # one lattice or not is the grids' property, the same for every layer
             return None
-        return SegmentationMasks(grid, np.stack(placed), self.held_in)
+        return SegmentationMasks(grid, np.stack(placed), self.held_in, self.reference)
 
 
 def segmentation_masks(path: "os.PathLike[str] | str", names: Dict[str, Tuple[int, ...]],
@@ -347,13 +350,13 @@ def segmentation_masks(path: "os.PathLike[str] | str", names: Dict[str, Tuple[in
     """A segmentation file's segments, each matched to one of `names` (label name -> values); on
     `grid` when given and the file's voxels are its voxels, else on the file's own grid. `InputError`
     naming the file and the segment for a segment no label name matches, or two segments matching one."""
-    segments, layers, own = read_segmentation(path)
+    segments, layers, own, reference = read_segmentation(path)
     if not names:
         raise InputError(f"{describe_path(path)}: a Slicer segmentation names its segments, not label values; "
                          "give --dataset-json (the model folder's dataset.json) to match them to the labels")
     held_in = {names[label]: (segment.layer, segment.label_value)
                for label, segment in matched_segments(segments, list(names), path).items()}
-    masks = SegmentationMasks(own, layers, held_in)
+    masks = SegmentationMasks(own, layers, held_in, reference)
     placed = masks.on_grid(grid, path) if grid is not None else None
     return placed if placed is not None else masks
 

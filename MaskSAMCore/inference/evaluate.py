@@ -46,7 +46,9 @@ from MaskSAMCore.progress import EVENT_DONE, Progress, emit, print_message, prin
 CONVENTIONS = {
     "dice": "2|P&G|/(|P|+|G|); null when both are empty (left out of means); 0 when exactly one is empty",
     "hd95_mm": "max of the two directed 95th percentiles of surface-voxel distances, in mm with the "
-               "image spacing; null when both are empty; the image diagonal in mm when exactly one is empty",
+               "image spacing; null when both are empty; the image diagonal in mm when exactly one is empty "
+               "(two Slicer segmentations, each cropped to its segments: the diagonal of the scan they record "
+               "as 'Reference image geometry', or where neither records it, of the union of their extents)",
     "means": "per class: mean over cases where the value is defined; mean_dice/mean_hd95_mm: mean over "
              "foreground classes of the per-class means; per case: mean over its defined classes; "
              "with a dataset.json, label values it does not declare (undeclared_labels) are scored "
@@ -223,6 +225,10 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     else:
         predicted = read_label_masks(prediction_file, names)
         actual = read_label_masks(truth_file, names, predicted.grid)
+    # Cropped to their segments, two segmentations do not cover the scan: the penalty for a
+    # structure only one holds is the diagonal of the scan they record, where they record it.
+    reference = _recorded_scan(actual, predicted) if prediction_is_segmentation and truth_is_segmentation else None
+    diagonal = metrics.grid_diagonal_mm(reference.shape_zyx, _steps_zyx(reference)) if reference else None
     predicted_grid, actual_grid = predicted.grid, actual.grid
     differences = predicted_grid.grid_differences(actual_grid)
     if differences:
@@ -232,17 +238,27 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     annotated = ~actual.mask((ignore,)) if ignore is not None else np.ones(actual_grid.shape_zyx, bool)
     present = predicted.values(annotated) | actual.values(annotated)
     spacing = actual_grid.spacing_zyx
-    # One voxel step along array axes z, y, x in mm: a sheared grid's HD95 is measured in space.
-    steps = (actual_grid.direction_matrix * np.asarray(actual_grid.spacing, float))[:, ::-1]
+    steps = _steps_zyx(actual_grid)   # a sheared grid's HD95 is measured in space
     covered = {value for structure in structures for value in structure}
     others = [(int(value),) for value in sorted(present - covered - {0, ignore})]
     dice, hd95 = {}, {}
     for structure in [*structures, *others]:
         p, g = predicted.mask(structure) & annotated, actual.mask(structure) & annotated
         dice[structure] = metrics.dice(p, g)
-        hd95[structure] = metrics.hausdorff95(p, g, spacing, steps)
+        hd95[structure] = metrics.hausdorff95(p, g, spacing, steps, diagonal)
     held = predicted.values(annotated) if isinstance(predicted, LabelMasks) else None
     return {"dice": dice, "hd95_mm": hd95, "predicted_values": held}
+
+
+def _steps_zyx(grid: ImageGeometry) -> np.ndarray:
+    """One voxel step along array axes z, y, x in mm (columns)."""
+    return (grid.direction_matrix * np.asarray(grid.spacing, float))[:, ::-1]
+
+
+def _recorded_scan(*masks: Union[LabelMasks, SegmentationMasks]) -> Optional[ImageGeometry]:
+    """The scan's grid the first of these Slicer segmentations to record one records (the ground
+    truth's, given first); None where none does."""
+    return next((m.reference for m in masks if isinstance(m, SegmentationMasks) and m.reference), None)
 
 
 def never_predicted(results: Sequence[Dict[str, Any]]) -> List[int]:

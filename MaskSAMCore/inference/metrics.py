@@ -74,14 +74,18 @@ def sheared(steps: Optional[np.ndarray]) -> bool:
 
 
 def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
-                steps: Optional[np.ndarray] = None) -> Optional[float]:
+                steps: Optional[np.ndarray] = None, diagonal_mm: Optional[float] = None) -> Optional[float]:
     """HD95 in mm of two boolean 3D masks; spacing (3,) in the masks' axis order (z, y, x) mm.
     `steps`: the grid's (3, 3) mm vector of one voxel along array axes z, y, x (columns), needed
-    only for a sheared grid, where the spacing alone would ignore the lean between slices."""
+    only for a sheared grid, where the spacing alone would ignore the lean between slices.
+    `diagonal_mm`: the image's diagonal, where the masks cover only part of the image (two
+    segmentations cropped to their segments); by default the masks' grid's own."""
     has_prediction, has_truth = bool(prediction.any()), bool(truth.any())
     if not has_prediction and not has_truth:
         return None
     if has_prediction != has_truth:
+        if diagonal_mm is not None:
+            return float(diagonal_mm)
         if sheared(steps):
             return grid_diagonal_mm(prediction.shape, steps)
         return image_diagonal_mm(prediction.shape, spacing)
