@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,24 @@ def test_hd95_conventions_for_empty_masks():
     assert diagonal == pytest.approx(np.sqrt(15 ** 2 + 4.8 ** 2 + 3.5 ** 2))
     assert hausdorff95(full, empty, SPACING_ZYX) == pytest.approx(diagonal)
     assert hausdorff95(full, full, SPACING_ZYX) == 0.0
+
+
+def test_hd95_of_structures_with_stray_voxels_far_apart_costs_their_surfaces_not_the_box_between():
+    """A weak model's stray voxel in a far corner makes the box around prediction and truth the
+    whole image; HD95 needs only the surfaces' voxels, so its memory stays below one mask's."""
+    shape = (120, 256, 256)
+    a, b = np.zeros(shape, bool), np.zeros(shape, bool)
+    a[50:60, 100:120, 100:120] = True
+    b[52:62, 101:121, 98:118] = True
+    a[1, 2, 250] = b[118, 250, 3] = True
+    tracemalloc.start()
+    try:
+        value = hausdorff95(a, b, (2.0, 0.8, 0.8))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert value == pytest.approx(4.0)
+    assert peak < a.nbytes, f"{peak / 2 ** 20:.0f} MiB"   # distance transforms over the box: 438 MiB
 
 
 GEOMETRY = ImageGeometry((12, 10, 6), (0.5, 0.8, 3.0), (10.0, -5.0, 2.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))

@@ -330,7 +330,7 @@ class SegmentationMasks:
         layer, value = self.held_in[structure]
         return self.layers[layer] == value
 
-    def values(self, where: np.ndarray) -> set:
+    def values(self, where: Optional[np.ndarray] = None) -> set:
         """No label values: each segment is a structure (a label map's values are scored on their own)."""
         return set()
 

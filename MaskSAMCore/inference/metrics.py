@@ -15,7 +15,7 @@ Conventions (also written into every evaluation report):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -49,12 +49,16 @@ def grid_diagonal_mm(shape: Sequence[int], steps: np.ndarray) -> float:
                      for signs in ((1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1))))
 
 
-def _bounding_box(mask: np.ndarray) -> Tuple[slice, ...]:
-    """The smallest box (as slices) holding every True voxel of a non-empty mask."""
-    box = []
+def _bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """The smallest box (as slices) holding every True voxel of a mask; None for an empty one.
+    Each axis is searched within the box found along the previous ones, so a small structure
+    costs one pass over the whole image, not three."""
+    box: List[slice] = []
     for axis in range(mask.ndim):
         other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
+        hits = np.flatnonzero(mask[tuple(box)].any(axis=other))
+        if hits.size == 0:
+            return None
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     return tuple(box)
 
@@ -63,6 +67,14 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of `mask` with at least one 6-neighbour outside it (the mask is zero-padded)."""
     eroded = ndimage.binary_erosion(mask, structure=_SIX_NEIGHBOURS, border_value=0)
     return np.logical_and(mask, np.logical_not(eroded))
+
+
+def _surface_voxels(mask: np.ndarray, box: Tuple[slice, ...]) -> np.ndarray:
+    """Indices (n, 3) of the surface voxels of a mask (a voxel on the image's border is one),
+    found within its bounding box `box` plus one voxel of background on every side: the cost is
+    the structure's size, not the image's, and a stray voxel far away adds one voxel, not a box."""
+    surface = _surface(np.pad(mask[box], 1))
+    return np.argwhere(surface) - 1 + np.array([axis.start for axis in box])
 
 
 def sheared(steps: Optional[np.ndarray]) -> bool:
@@ -80,36 +92,22 @@ def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[flo
     only for a sheared grid, where the spacing alone would ignore the lean between slices.
     `diagonal_mm`: the image's diagonal, where the masks cover only part of the image (two
     segmentations cropped to their segments); by default the masks' grid's own."""
-    has_prediction, has_truth = bool(prediction.any()), bool(truth.any())
-    if not has_prediction and not has_truth:
+    box_p, box_t = _bounding_box(prediction), _bounding_box(truth)
+    if box_p is None and box_t is None:
         return None
-    if has_prediction != has_truth:
+    if box_p is None or box_t is None:
         if diagonal_mm is not None:
             return float(diagonal_mm)
         if sheared(steps):
             return grid_diagonal_mm(prediction.shape, steps)
         return image_diagonal_mm(prediction.shape, spacing)
-    # Work in the joint bounding box plus one voxel of background on every side: the distance
-    # transforms then cost what the structure's size costs, not the whole image's.
-    box = _bounding_box(np.logical_or(prediction, truth))
-    predicted = np.pad(prediction[box], 1)
-    actual = np.pad(truth[box], 1)
-    surface_p, surface_t = _surface(predicted), _surface(actual)
-    if sheared(steps):
-        return _hausdorff95_in_space(surface_p, surface_t, steps)
-    spacing = tuple(float(s) for s in spacing)
-    to_truth = ndimage.distance_transform_edt(np.logical_not(surface_t), sampling=spacing)
-    to_prediction = ndimage.distance_transform_edt(np.logical_not(surface_p), sampling=spacing)
-    forward = np.percentile(to_truth[surface_p], 95)
-    backward = np.percentile(to_prediction[surface_t], 95)
-    return float(max(forward, backward))
-
-
-def _hausdorff95_in_space(surface_p: np.ndarray, surface_t: np.ndarray, steps: np.ndarray) -> float:
-    """HD95 between two surfaces (boolean, one grid) by nearest neighbours among the voxel
-    centres in mm: what the distance transforms compute on an orthogonal grid."""
-    points_p = np.argwhere(surface_p) @ steps.T
-    points_t = np.argwhere(surface_t) @ steps.T
+    # Nearest surface voxels by k-d trees over their centres in mm: exactly the distances a
+    # Euclidean distance transform gives, at the cost of the surfaces alone (a transform over the
+    # box around both costs the box: seconds and gigabytes for a 512 x 512 x 300 scan).
+    if not sheared(steps):   # the spacing alone, so an oblique grid's rounding does not enter
+        steps = np.diag(np.asarray(spacing, float))
+    points_p = _surface_voxels(prediction, box_p) @ np.asarray(steps, float).T
+    points_t = _surface_voxels(truth, box_t) @ np.asarray(steps, float).T
     forward = np.percentile(cKDTree(points_t).query(points_p)[0], 95)
     backward = np.percentile(cKDTree(points_p).query(points_t)[0], 95)
     return float(max(forward, backward))
