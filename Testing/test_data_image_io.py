@@ -84,6 +84,20 @@ def test_geometry_dict_round_trip_and_axis_orders():
     assert shifted.grid_differences(geometry) == ["origin"]
 
 
+@pytest.mark.parametrize("origin_z", [-12.25, -1210.25], ids=["near the world's origin", "1.2 m from it"])
+def test_an_origin_shift_counts_in_voxels_wherever_the_grid_lies(origin_z):
+    """0.12 mm is a thirtieth of a 3.5 mm slice: another grid, however far from the world's origin
+    the scan lies; float32 rounding (about 1e-4 mm there) is the same grid."""
+    grid = ImageGeometry((40, 40, 12), (0.7, 0.7, 3.5), (-200.3, -180.7, origin_z), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    def moved(dz: float) -> ImageGeometry:
+        return ImageGeometry(grid.size, grid.spacing, tuple(np.add(grid.origin, (0, 0, dz))), grid.direction)
+    assert moved(0.12).grid_differences(grid) == ["origin"]
+    assert grid.grid_differences(moved(0.12)) == ["origin"]
+    float32_origin = tuple(float(np.float32(v)) for v in grid.origin)
+    assert grid.same_grid(ImageGeometry(grid.size, grid.spacing, float32_origin, grid.direction))
+    assert grid.same_grid(moved(1e-4))
+
+
 def write_raw(path, image: sitk.Image) -> None:
     sitk.WriteImage(image, str(path))
 
