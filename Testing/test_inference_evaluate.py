@@ -163,13 +163,24 @@ def test_evaluate_rejects_a_prediction_without_ground_truth_or_on_another_grid(t
     out = tmp_path / "report.json"
     assert main(["evaluate", str(pred), str(gt), "--output", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "case_a.nrrd" in err[0] and "(origin (11, -5, 2) vs origin (" in err[0]
+    assert len(err) == 1 and "case_a.nrrd" in err[0] and "(origin off by (1, 0, 0) mm = (2, 0, 0) voxels)" in err[0]
     assert not out.exists()
     write_label(np.zeros(GEOMETRY.shape_zyx, np.uint8), GEOMETRY, pred / "case_a.nii.gz")
     assert main(["evaluate", str(pred), str(gt), "--output", str(out)]) == 1  # case_a twice: which one?
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "case case_a is there twice (case_a.nii.gz and case_a.nrrd)" in err[0]
     assert not out.exists()
+
+
+def test_an_origin_shift_far_from_the_world_s_origin_is_told_as_the_shift(tmp_path, capsys):
+    """Origins 1.2 m from the world's origin, 0.2 mm apart: to 4 digits both print as -1210."""
+    truth = ImageGeometry((12, 10, 6), (0.5, 0.8, 2.5), (-200.3, -180.7, -1210.25), (0, 1, 0, 1, 0, 0, 0, 0, -1))
+    moved = ImageGeometry(truth.size, truth.spacing, (-200.3, -180.7, -1210.05), truth.direction)
+    write_label(np.zeros(truth.shape_zyx, np.uint8), truth, tmp_path / "gt.nrrd")
+    write_label(np.zeros(truth.shape_zyx, np.uint8), moved, tmp_path / "pred.nrrd")
+    assert main(["evaluate", str(tmp_path / "pred.nrrd"), str(tmp_path / "gt.nrrd")]) == 1
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.endswith("(origin off by (0, 0, 0.2) mm = (0, 0, -0.08) voxels)"), said
 
 
 def test_evaluate_names_classes_from_the_dataset_the_ground_truth_lies_in(tmp_path, capsys):

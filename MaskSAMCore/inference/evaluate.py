@@ -174,9 +174,27 @@ def region_values(labels: Dict[str, Any], dataset_json: Optional[Path]) -> Dict[
         raise InputError(f"{describe_path(dataset_json)}: {exc}") from None
 
 
-def _values(grid, names: Sequence[str]) -> str:
-    """``origin (0, 0, 0)``: the named fields of a grid, rounded for a message."""
-    return ", ".join(f"{name} ({', '.join(f'{v:.4g}' for v in getattr(grid, name))})" for name in names)
+def _numbers(values: Sequence[float]) -> str:
+    """``0, 0, 0.2``: numbers for a message, to 4 significant digits, without ``-0``."""
+    return ", ".join(f"{float(np.round(v, 9)) + 0.0:.4g}" for v in values)
+
+
+def _grid_differences_text(grid: ImageGeometry, truth: ImageGeometry, names: Sequence[str]) -> str:
+    """``origin off by (0, 0, 0.2) mm = (0, 0, 0.057) voxels; spacing (...) vs (...)``: how `grid`
+    differs from the ground truth's. An origin is given as the shift: 4 digits of two coordinates
+    1.2 m from the world's origin would print a 0.2 mm shift as the same number twice."""
+    parts = []
+    for name in names:
+        if name == "origin":
+            shift = np.subtract(grid.origin, truth.origin)
+            try:   # in the ground truth's voxels, along its axes
+                voxels = f" = ({_numbers(np.linalg.solve(_steps_zyx(truth)[:, ::-1], shift))}) voxels"
+            except np.linalg.LinAlgError:
+                voxels = ""
+            parts.append(f"origin off by ({_numbers(shift)}) mm{voxels}")
+        else:
+            parts.append(f"{name} ({_numbers(getattr(grid, name))}) vs ({_numbers(getattr(truth, name))})")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -250,9 +268,9 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     predicted_grid, actual_grid = predicted.grid, actual.grid
     differences = predicted_grid.grid_differences(actual_grid)
     if differences:
+        how = _grid_differences_text(predicted_grid, actual_grid, differences)
         raise InputError(f"{describe_path(prediction_file)}: its {', '.join(differences)} differ(s) from the ground "
-                         f"truth {describe_path(truth_file)} ({_values(predicted_grid, differences)} vs "
-                         f"{_values(actual_grid, differences)})")
+                         f"truth {describe_path(truth_file)} ({how})")
     # Without an ignore label every voxel counts, and no mask need be narrowed to the annotated ones.
     annotated = ~actual.mask((ignore,)) if ignore is not None else None
     held = predicted.values(annotated)
