@@ -345,6 +345,27 @@ def test_a_case_mean_hd95_leaves_out_undeclared_labels(tmp_path, capsys):
     assert case["mean_hd95_mm"] == pytest.approx(np.mean([case["hd95_mm"]["liver"], case["hd95_mm"]["spleen"]]))
 
 
+def test_an_undeclared_value_does_not_take_the_name_of_a_declared_class(tmp_path, capsys):
+    """dataset.json names class 2 "label_9" and the prediction holds an undeclared 9: two
+    structures, two names, and the means are over the dataset's classes (1 and 2) alone."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    geometry, truth, prediction = _pair(pred, gt, "case")
+    prediction[truth == 2] = 2
+    prediction[0, 9, 11] = 9
+    write_label(prediction, geometry, pred / "case.nii.gz")
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "label_9": 2}}))
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(labels)]) == 0
+    report = _report(capsys)
+    assert report["per_class"]["label_9"] == {"label": 2, "dice": 1.0, "hd95_mm": 0.0, "cases_defined": 1}
+    assert report["per_class"]["label_9 (undeclared)"]["label"] == 9
+    assert report["mean_dice"] == 1.0 and report["cases"][0]["mean_dice"] == 1.0
+    assert report["undeclared_labels"] == {"9": ["case"]}
+    assert main(["evaluate", str(pred), str(gt), "--dataset-json", str(labels)]) == 0
+    assert "it is shown as label_9 (undeclared) and left out of the means" in capsys.readouterr().err
+
+
 def test_hidden_files_in_a_prediction_folder_are_not_cases(tmp_path, capsys):
     pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir(), gt.mkdir()

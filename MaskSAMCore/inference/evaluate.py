@@ -313,6 +313,19 @@ def never_predicted(results: Sequence[Dict[str, Any]]) -> List[int]:
     return sorted(structure[0] for structure in scored if len(structure) == 1 and structure[0] not in held)
 
 
+def _undeclared_name(value: int, taken: set) -> str:
+    """``label_<value>`` for a value dataset.json does not name, or, where it names a class so
+    (``"label_9": 2``), ``label_<value> (undeclared)``: one name must not stand for two structures."""
+    name = f"label_{value}"
+    if name not in taken:
+        return name
+    name, number = f"{name} (undeclared)", 1
+    while name in taken:
+        number += 1
+        name = f"label_{value} (undeclared {number})"
+    return name
+
+
 def _mean(values) -> Optional[float]:
     defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
@@ -343,7 +356,10 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
                       "model's predictions, which paint one value per region, give --dataset-json (the model "
                       "folder's dataset.json) to score its regions")
     seen = {structure for *_, result in results for structure in result["dice"]}
-    names = {**declared, **{s: f"label_{s[0]}" for s in sorted(seen) if s not in declared}}
+    names = dict(declared)
+    for structure in sorted(seen):
+        if structure not in declared:
+            names[structure] = _undeclared_name(structure[0], set(names.values()))
     if not regions:   # classes by value; regions in dataset.json's order, then the values it lacks
         names = dict(sorted(names.items()))
     # With a dataset.json, a value it does not declare (another label convention, a wrong model)
@@ -404,8 +420,9 @@ def run_evaluate(args: EvaluateArguments) -> int:
     print(f"{'mean':>20s}  Dice {_fmt(report['mean_dice'])}  HD95 {_fmt(report['mean_hd95_mm'])} mm "
           f"over {len(report['cases'])} case(s)", file=sys.stderr)
     for value, case_names in report["undeclared_labels"].items():
+        shown = next(name for name, entry in report["per_class"].items() if entry.get("label") == int(value))
         print_warning(f"label {value} is not in {describe_path(dataset_json)} but is in {len(case_names)} "
-                      f"case(s) ({list_some(case_names)}); it is shown as label_{value} and left out of the means")
+                      f"case(s) ({list_some(case_names)}); it is shown as {shown} and left out of the means")
     unmatched = report["unmatched_ground_truth"]
     if unmatched:
         # The means above leave these cases out; say so where the user reads them, not only in the JSON.
