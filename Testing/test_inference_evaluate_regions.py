@@ -139,3 +139,18 @@ def test_a_region_prediction_scored_without_dataset_json_gets_a_hint_to_give_it(
     assert "masksam: warning:" not in captured.err
     report = json.loads("\n".join(l for l in captured.out.splitlines() if not l.startswith("@masksam ")))
     assert [entry["dice"] for entry in report["per_class"].values()] == [1.0, 1.0, 1.0]
+
+
+def test_a_structure_simply_missed_without_dataset_json_gets_no_region_hint(tmp_path, capsys):
+    """A missed spleen (background in the prediction) is no sign of a region model: the warning
+    names the value, and says nothing of regions or --dataset-json."""
+    truth = np.zeros(GEOMETRY.shape_zyx, np.uint8)
+    truth[1:3, 2:6, 2:6] = 1
+    truth[3:5, 2:6, 2:6] = 2
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    write_label(truth, GEOMETRY, gt / "case_a.nii.gz")
+    write_label(np.where(truth == 2, 0, truth).astype(np.uint8), GEOMETRY, pred / "case_a.nii.gz")
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("masksam: warning:")]
+    assert warnings == ["masksam: warning: label value(s) 2 of the ground truth are in no prediction (Dice 0)"]

@@ -279,7 +279,7 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     steps = _steps_zyx(actual_grid)   # a sheared grid's HD95 is measured in space
     covered = {value for structure in structures for value in structure}
     others = [(int(value),) for value in sorted(present - covered - {0, ignore})]
-    dice, hd95 = {}, {}
+    dice, hd95, relabelled = {}, {}, set()
     for structure in [*structures, *others]:
         p, g = predicted.mask(structure), actual.mask(structure)
         if annotated is not None:
@@ -287,7 +287,12 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
             g &= annotated
         dice[structure] = metrics.dice(p, g)
         hd95[structure] = metrics.hausdorff95(p, g, spacing, steps, diagonal)
-    return {"dice": dice, "hd95_mm": hd95, "predicted_values": held if isinstance(predicted, LabelMasks) else None}
+        if isinstance(predicted, LabelMasks) and len(structure) == 1 and structure[0] not in held:
+            # Found but painted with another value (as a region model paints a region), not missed.
+            if 2 * np.count_nonzero(predicted.labels[g]) > np.count_nonzero(g) > 0:
+                relabelled.add(structure[0])
+    return {"dice": dice, "hd95_mm": hd95, "predicted_values": held if isinstance(predicted, LabelMasks) else None,
+            "relabelled_values": relabelled}
 
 
 def _steps_zyx(grid: ImageGeometry) -> np.ndarray:
@@ -351,10 +356,14 @@ def evaluate(prediction: Path, truth: Path, dataset_json: Optional[Path] = None,
     bar.close()
     missing = never_predicted([result for *_, result in results]) if labels is None else []
     if missing:
+        # The region hint only where the predictions hold other values on those voxels: a structure
+        # a model simply missed is no sign of a region model.
+        region_like = any(set(missing) & result["relabelled_values"] for *_, result in results)
         print_warning(f"label value(s) {list_some(missing, shown=5)} of the ground truth are in no prediction "
-                      "(Dice 0); without a dataset.json every value is scored as a class of its own - for a region "
-                      "model's predictions, which paint one value per region, give --dataset-json (the model "
-                      "folder's dataset.json) to score its regions")
+                      "(Dice 0)" + ("; the predictions hold other values on their voxels, as a region model's "
+                                    "do (one value painted per region): without a dataset.json every value is "
+                                    "scored as a class of its own - give --dataset-json (the model folder's "
+                                    "dataset.json) to score its regions" if region_like else ""))
     seen = {structure for *_, result in results for structure in result["dice"]}
     names = dict(declared)
     for structure in sorted(seen):
