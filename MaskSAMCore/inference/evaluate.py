@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from MaskSAMCore.atomic import write_json
-from MaskSAMCore.data.image_io import ImageGeometry, read_label
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL, read_dataset_meta
 from MaskSAMCore.data.regions import RegionError, is_region_dataset, read_regions
-from MaskSAMCore.data.slicer_segmentation import (SegmentationMasks, is_slicer_segmentation, segmentation_masks,
-                                                  segmentations_on_one_grid)
+from MaskSAMCore.data.slicer_segmentation import is_slicer_segmentation, segmentations_on_one_grid
 from MaskSAMCore.errors import DatasetError, InputError, describe_path, list_some
 from MaskSAMCore.inference import metrics
 from MaskSAMCore.inference.arguments import EvaluateArguments
+from MaskSAMCore.inference.case_masks import (LabelMasks, Structure, grid_differences_text, read_label_masks,
+                                              recorded_scan, steps_zyx)
 from MaskSAMCore.inference.cases import split_label_ending
 from MaskSAMCore.paths import check_output_file
 from MaskSAMCore.progress import EVENT_DONE, Progress, emit, print_message, print_warning
@@ -58,7 +57,6 @@ CONVENTIONS = {
                "any of the region's values, as in nnU-Net; regions overlap, so one voxel counts for several",
 }
 
-Structure = Tuple[int, ...]   # the label values one scored structure is made of: a class has one
 
 
 def pair_files(prediction: Path, truth: Path) -> Tuple[List[Tuple[str, Path, Path]], List[str]]:
@@ -174,72 +172,6 @@ def region_values(labels: Dict[str, Any], dataset_json: Optional[Path]) -> Dict[
         raise InputError(f"{describe_path(dataset_json)}: {exc}") from None
 
 
-def _numbers(values: Sequence[float]) -> str:
-    """``0, 0, 0.2``: numbers for a message, to 4 significant digits, without ``-0``."""
-    return ", ".join(f"{float(np.round(v, 9)) + 0.0:.4g}" for v in values)
-
-
-def _grid_differences_text(grid: ImageGeometry, truth: ImageGeometry, names: Sequence[str]) -> str:
-    """``origin off by (0, 0, 0.2) mm = (0, 0, 0.057) voxels; spacing (...) vs (...)``: how `grid`
-    differs from the ground truth's. An origin is given as the shift: 4 digits of two coordinates
-    1.2 m from the world's origin would print a 0.2 mm shift as the same number twice."""
-    parts = []
-    for name in names:
-        if name == "origin":
-            shift = np.subtract(grid.origin, truth.origin)
-            try:   # in the ground truth's voxels, along its axes
-                voxels = f" = ({_numbers(np.linalg.solve(_steps_zyx(truth)[:, ::-1], shift))}) voxels"
-            except np.linalg.LinAlgError:
-                voxels = ""
-            parts.append(f"origin off by ({_numbers(shift)}) mm{voxels}")
-        else:
-            parts.append(f"{name} ({_numbers(getattr(grid, name))}) vs ({_numbers(getattr(truth, name))})")
-    return "; ".join(parts)
-
-
-@dataclass
-class LabelMasks:
-    """What is scored of a label map: each structure is the voxels holding any of its values."""
-
-    grid: ImageGeometry
-    labels: np.ndarray
-
-    def mask(self, structure: Structure) -> np.ndarray:
-        """The voxels of a structure (those holding any of its values)."""
-        if len(structure) == 1:   # a class: one comparison, twice as fast as np.isin
-            return self.labels == structure[0]
-        return np.isin(self.labels, structure)
-
-    def values(self, where: Optional[np.ndarray] = None) -> set:
-        """The label values found at `where` (everywhere by default)."""
-        return distinct_values(self.labels if where is None else self.labels[where])
-
-
-_SLAB = 1 << 20   # voxels counted at once by `distinct_values`: bincount's int64 copy of them is 8 MB
-
-
-def distinct_values(labels: np.ndarray) -> set:
-    """The values of a label map (whole numbers >= 0, as `read_label` reads them), counted slab
-    by slab: np.unique would sort or hash a copy of the whole map, three times slower."""
-    flat = labels.reshape(-1)
-    seen = np.zeros(0, bool)
-    for start in range(0, flat.size, _SLAB):
-        counts = np.bincount(flat[start:start + _SLAB])
-        if counts.size > seen.size:
-            seen = np.concatenate([seen, np.zeros(counts.size - seen.size, bool)])
-        seen[:counts.size] |= counts > 0
-    return set(np.flatnonzero(seen).tolist())
-
-
-def read_label_masks(path: Path, names: Dict[str, Structure],
-                     grid: Optional[ImageGeometry] = None) -> Union[LabelMasks, SegmentationMasks]:
-    """A label map, or a segmentation's segments matched to `names` (on `grid` where Slicer cropped it)."""
-    if is_slicer_segmentation(path):
-        return segmentation_masks(path, names, grid)
-    labels, own = read_label(path)
-    return LabelMasks(own, labels)
-
-
 def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[Structure],
                   ignore: Optional[int] = None,
                   names: Optional[Dict[str, Structure]] = None) -> Dict[str, Any]:
@@ -263,12 +195,12 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
         actual = read_label_masks(truth_file, names, predicted.grid)
     # Cropped to their segments, two segmentations do not cover the scan: the penalty for a
     # structure only one holds is the diagonal of the scan they record, where they record it.
-    reference = _recorded_scan(actual, predicted) if prediction_is_segmentation and truth_is_segmentation else None
-    diagonal = metrics.grid_diagonal_mm(reference.shape_zyx, _steps_zyx(reference)) if reference else None
+    reference = recorded_scan(actual, predicted) if prediction_is_segmentation and truth_is_segmentation else None
+    diagonal = metrics.grid_diagonal_mm(reference.shape_zyx, steps_zyx(reference)) if reference else None
     predicted_grid, actual_grid = predicted.grid, actual.grid
     differences = predicted_grid.grid_differences(actual_grid)
     if differences:
-        how = _grid_differences_text(predicted_grid, actual_grid, differences)
+        how = grid_differences_text(predicted_grid, actual_grid, differences)
         raise InputError(f"{describe_path(prediction_file)}: its {', '.join(differences)} differ(s) from the ground "
                          f"truth {describe_path(truth_file)} ({how})")
     # Without an ignore label every voxel counts, and no mask need be narrowed to the annotated ones.
@@ -276,7 +208,7 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     held = predicted.values(annotated)
     present = held | actual.values(annotated)
     spacing = actual_grid.spacing_zyx
-    steps = _steps_zyx(actual_grid)   # a sheared grid's HD95 is measured in space
+    steps = steps_zyx(actual_grid)   # a sheared grid's HD95 is measured in space
     covered = {value for structure in structures for value in structure}
     others = [(int(value),) for value in sorted(present - covered - {0, ignore})]
     dice, hd95, relabelled = {}, {}, set()
@@ -293,17 +225,6 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
                 relabelled.add(structure[0])
     return {"dice": dice, "hd95_mm": hd95, "predicted_values": held if isinstance(predicted, LabelMasks) else None,
             "relabelled_values": relabelled}
-
-
-def _steps_zyx(grid: ImageGeometry) -> np.ndarray:
-    """One voxel step along array axes z, y, x in mm (columns)."""
-    return (grid.direction_matrix * np.asarray(grid.spacing, float))[:, ::-1]
-
-
-def _recorded_scan(*masks: Union[LabelMasks, SegmentationMasks]) -> Optional[ImageGeometry]:
-    """The scan's grid the first of these Slicer segmentations to record one records (the ground
-    truth's, given first); None where none does."""
-    return next((m.reference for m in masks if isinstance(m, SegmentationMasks) and m.reference), None)
 
 
 def never_predicted(results: Sequence[Dict[str, Any]]) -> List[int]:
