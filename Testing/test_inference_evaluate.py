@@ -183,6 +183,29 @@ def test_an_origin_shift_far_from_the_world_s_origin_is_told_as_the_shift(tmp_pa
     assert said.endswith("(origin off by (0, 0, 0.2) mm = (0, 0, -0.08) voxels)"), said
 
 
+@pytest.mark.parametrize("axes", ["slice axis reversed", "x and y swapped"])
+def test_a_label_map_holding_the_same_voxels_in_another_axis_order_scores_as_the_original(tmp_path, capsys, axes):
+    """Some converters store a scan's slices last first (the slice axis reversed, the origin on
+    the last slice): the same points in space, so the same scores, not a refusal."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir(), gt.mkdir()
+    _, prediction = _write_pair(pred, gt, "case", 1)
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    expected = _report(capsys)["per_class"]
+    steps = GEOMETRY.direction_matrix * np.asarray(GEOMETRY.spacing)
+    if axes == "slice axis reversed":
+        stored, spacing = prediction[::-1], GEOMETRY.spacing
+        origin, direction = np.add(GEOMETRY.origin, steps[:, 2] * (prediction.shape[0] - 1)), np.diag([1, 1, -1])
+    else:
+        stored, spacing = prediction.transpose(0, 2, 1), np.asarray(GEOMETRY.spacing)[[1, 0, 2]]
+        origin, direction = GEOMETRY.origin, np.eye(3)[:, [1, 0, 2]]
+    moved = ImageGeometry(stored.shape[::-1], spacing, origin, tuple(np.ravel(direction)))
+    (pred / "case.nrrd").unlink()
+    write_label(np.ascontiguousarray(stored), moved, pred / "case.nrrd")
+    assert main(["evaluate", str(pred), str(gt)]) == 0
+    assert _report(capsys)["per_class"] == expected
+
+
 def test_evaluate_names_classes_from_the_dataset_the_ground_truth_lies_in(tmp_path, capsys):
     dataset = tmp_path / "Dataset001"
     pred, gt = tmp_path / "pred", dataset / "labelsTs"

@@ -10,7 +10,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from MaskSAMCore.data.image_io import ImageGeometry, read_label
-from MaskSAMCore.data.slicer_segmentation import SegmentationMasks, is_slicer_segmentation, segmentation_masks
+from MaskSAMCore.data.slicer_segmentation import (SegmentationMasks, is_slicer_segmentation, place_on_grid,
+                                                  segmentation_masks, union_grid)
 
 Structure = Tuple[int, ...]   # the label values one scored structure is made of: a class has one
 
@@ -50,6 +51,18 @@ class LabelMasks:
         if len(structure) == 1:   # a class: one comparison, twice as fast as np.isin
             return self.labels == structure[0]
         return np.isin(self.labels, structure)
+
+    def reordered_to(self, grid: ImageGeometry, path: Path) -> "LabelMasks":
+        """This label map on `grid` where it holds exactly `grid`'s voxels stored in another axis
+        order (an axis reversed, as some converters write a left-handed scan, or two swapped):
+        the same points, so the same scores; else as it is, and its grid differences are told."""
+        if self.grid.same_grid(grid) or int(np.prod(self.grid.size)) != int(np.prod(grid.size)):
+            return self
+        union = union_grid(grid, self.grid)   # as many voxels, all on grid's lattice and inside it
+        if union is None or not union.same_grid(grid):
+            return self
+        placed = place_on_grid(self.labels, self.grid, grid, path)
+        return LabelMasks(grid, placed) if placed is not None else self
 
     def values(self, where: Optional[np.ndarray] = None) -> set:
         """The label values found at `where` (everywhere by default)."""

@@ -193,6 +193,8 @@ def evaluate_case(prediction_file: Path, truth_file: Path, structures: Sequence[
     else:
         predicted = read_label_masks(prediction_file, names)
         actual = read_label_masks(truth_file, names, predicted.grid)
+        if isinstance(predicted, LabelMasks):
+            predicted = predicted.reordered_to(actual.grid, prediction_file)
     # Cropped to their segments, two segmentations do not cover the scan: the penalty for a
     # structure only one holds is the diagonal of the scan they record, where they record it.
     reference = recorded_scan(actual, predicted) if prediction_is_segmentation and truth_is_segmentation else None
