@@ -166,7 +166,8 @@ def test_a_second_channel_on_another_grid_is_refused_before_anything_runs(tmp_pa
     work = tmp_path / "work"
     work.mkdir()
     job = SegmentJob(scene, SegmentRequest([t2, adc], read_model_info(folder)), python="/bin/false", work_dir=str(work))
-    with pytest.raises(InputError, match="volume 'ADC' is not on the grid of 'T2'"):
+    refusal = r"Volume 'ADC' is not on the grid of channel 0 \('T2'\): its origin differs by 5 mm"
+    with pytest.raises(InputError, match=refusal):
         job.start()
     assert list(work.iterdir()) == [] and job.runner is None
 

@@ -17,6 +17,7 @@ from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash, official_checkpoint
 from MaskSAMSegmentLib.background_job import BackgroundJob
+from MaskSAMSegmentLib.channels import grid_problem
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
@@ -223,9 +224,9 @@ class SegmentJob(BackgroundJob):
         arrays = [volume_to_array(volume) for volume in volumes]
         self._input_grid = arrays[0][1]
         for volume, (_, grid) in zip(volumes[1:], arrays[1:]):
-            if not grid.same_as(self._input_grid):
-                raise InputError(f"volume '{volume.GetName()}' is not on the grid of '{volumes[0].GetName()}' "
-                                 "(resample it onto that volume first)")
+            problem = grid_problem(volume.GetName(), grid, volumes[0].GetName(), self._input_grid)
+            if problem is not None:
+                raise InputError(problem)
         if len(arrays) == 1:
             path = write_array_image(arrays[0][0], arrays[0][1], self._folder / f"input{INPUT_ENDING}", compress=False)
             self._private_names[path] = f"volume '{volumes[0].GetName()}'"
@@ -233,8 +234,11 @@ class SegmentJob(BackgroundJob):
             self._private_names[output] = "the segmentation"
             return path, output
         folder = self._folder / "input"
-        for channel, (volume, (array, grid)) in enumerate(zip(volumes, arrays)):
-            path = write_array_image(array, grid, folder / f"case_{channel:04d}{INPUT_ENDING}", compress=False)
+        for channel, (volume, (array, _)) in enumerate(zip(volumes, arrays)):
+            # Every channel with channel 0's grid: the others are on it within the core's tolerance,
+            # and identical headers leave the core no rounding of its own to judge.
+            path = write_array_image(array, self._input_grid, folder / f"case_{channel:04d}{INPUT_ENDING}",
+                                     compress=False)
             self._private_names[path] = f"volume '{volume.GetName()}'"
         self._private_names[self._folder / "output" / f"case{INPUT_ENDING}"] = "the segmentation"
         return folder, self._folder / "output"
