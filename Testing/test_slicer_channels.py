@@ -1,5 +1,6 @@
 """The input volumes of a multi-channel model (real slicer-core MRML nodes): the module accepts the
-channel pairs `masksam predict` accepts (the core's grid rule) and writes them on one grid."""
+channel pairs `masksam predict` accepts (the core's grid rule) and writes them on one grid; it
+refuses the others in the Segment button's tooltip."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import SimpleITK as sitk
 from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, oblique_grid
 from test_slicer_jobs import fake_model_folder
 
+from MaskSAMSegmentLib.action_states import Activity, action_states
 from MaskSAMSegmentLib.channels import image_geometry
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.job_runner import JobState
 from MaskSAMSegmentLib.models import read_model_info
-from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest, segment_problems
+from MaskSAMSegmentLib.training_job import TrainRequest
 
 
 def _moved(grid: LpsGrid, offset_mm: float) -> LpsGrid:
@@ -65,3 +68,20 @@ def test_channels_within_the_cores_tolerance_run_and_are_written_with_one_grid(t
     for read in (sitk.Image.GetOrigin, sitk.Image.GetSpacing, sitk.Image.GetDirection):
         assert read(images[0]) == read(images[1])
     assert np.array_equal(sitk.GetArrayFromImage(images[1]), distinct_voxel_values(grid.shape_zyx))
+
+
+def test_a_channel_off_the_grid_disables_segment_with_what_differs_and_by_how_much(tmp_path):
+    """Said in the disabled button's tooltip while choosing volumes, not in an error after the click."""
+    scene, request = _two_channel_scene(tmp_path, 1.5)
+    expected = ("Volume 'ADC' is not on the grid of channel 0 ('T2'): its origin differs by 1.5 mm; all channels "
+                "must share one voxel grid (resample it onto 'T2' first).")
+    assert segment_problems(request) == [expected]
+    state = action_states([], request, TrainRequest("", ""), [], "", Activity())["segmentButton"]
+    assert not state.enabled and state.tooltip == expected
+    grid = oblique_grid()
+    small = LpsGrid((grid.size[0] - 1,) + grid.size[1:], grid.spacing, grid.origin, grid.direction)
+    cropped = add_scalar_volume(scene, distinct_voxel_values(small.shape_zyx), small, "ADC cropped")
+    request.input_volumes[1] = cropped
+    assert segment_problems(request) == [
+        "Volume 'ADC cropped' is not on the grid of channel 0 ('T2'): its size differs (12 x 11 x 7 voxels vs "
+        "13 x 11 x 7); all channels must share one voxel grid (resample it onto 'T2' first)."]

@@ -9,7 +9,7 @@ before anything runs, naming what differs and by how much.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -48,3 +48,14 @@ def grid_problem(volume_name: str, grid: LpsGrid, reference_name: str, reference
     amounts = ", ".join(_how_much(name, grid, reference) for name in differences)
     return (f"Volume '{volume_name}' is not on the grid of channel 0 ('{reference_name}'): its {amounts}; "
             f"all channels must share one voxel grid (resample it onto '{reference_name}' first).")
+
+
+def channel_grid_problems(volumes: Sequence) -> List[str]:
+    """One sentence per volume (channels 1, 2, ...) not on the grid of `volumes[0]` (channel 0);
+    every volume must be placeable in space (checked before)."""
+    from MaskSAMSegmentLib.volume_nodes import volume_grid  # needs VTK; keep module import light
+
+    reference = volume_grid(volumes[0])
+    problems = [grid_problem(volume.GetName(), volume_grid(volume), volumes[0].GetName(), reference)
+                for volume in volumes[1:]]
+    return [problem for problem in problems if problem is not None]

@@ -17,7 +17,7 @@ from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash, official_checkpoint
 from MaskSAMSegmentLib.background_job import BackgroundJob
-from MaskSAMSegmentLib.channels import grid_problem
+from MaskSAMSegmentLib.channels import channel_grid_problems
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
@@ -138,10 +138,11 @@ def segment_problems(request: SegmentRequest) -> List[str]:
         if volumes and (len(volumes) != channels or len(request.input_volumes) != channels):
             names = ", ".join(request.model.channel_names[k] for k in sorted(request.model.channel_names, key=int))
             problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {names}.")
-    for volume in volumes:
-        problem = _volume_problem(volume)
-        if problem is not None:
-            problems.append(problem)
+    volume_problems = [problem for problem in map(_volume_problem, volumes) if problem is not None]
+    problems.extend(volume_problems)
+    if not volume_problems and len(volumes) > 1 and len(volumes) == len(request.input_volumes):
+        # In the button's tooltip, not in an error after the click: the core's rule (`channels`).
+        problems.extend(channel_grid_problems(volumes))
     # Found now, not when the result is imported after a run that may take an hour.
     for node, what in [(v, "Volume") for v in volumes] + [(request.output_segmentation, "Segmentation")]:
         transform = node.GetParentTransformNode() if node is not None else None
@@ -222,11 +223,7 @@ class SegmentJob(BackgroundJob):
         """One file for a single-channel model; a folder of CASE_000c files otherwise."""
         volumes = self.request.input_volumes
         arrays = [volume_to_array(volume) for volume in volumes]
-        self._input_grid = arrays[0][1]
-        for volume, (_, grid) in zip(volumes[1:], arrays[1:]):
-            problem = grid_problem(volume.GetName(), grid, volumes[0].GetName(), self._input_grid)
-            if problem is not None:
-                raise InputError(problem)
+        self._input_grid = arrays[0][1]   # the other channels' grids passed `segment_problems`
         if len(arrays) == 1:
             path = write_array_image(arrays[0][0], arrays[0][1], self._folder / f"input{INPUT_ENDING}", compress=False)
             self._private_names[path] = f"volume '{volumes[0].GetName()}'"
