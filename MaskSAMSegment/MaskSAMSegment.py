@@ -49,6 +49,7 @@ from MaskSAMSegmentLib.path_fields import field_takes_parameter  # noqa: E402
 from MaskSAMSegmentLib.reloading import modules_to_forget, reload_question  # noqa: E402
 from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest  # noqa: E402
 from MaskSAMSegmentLib.segmentations import show_in_3d  # noqa: E402
+from MaskSAMSegmentLib.volume_nodes import first_scalar_volume  # noqa: E402
 
 PRESETS = ["vit_b", "vit_l", "vit_h", "tiny"]
 POLL_INTERVAL_MS = 200
@@ -198,7 +199,7 @@ class MaskSAMSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Re
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            self._parameterNode.inputVolume = first_scalar_volume(slicer.mrmlScene)
 
     def setParameterNode(self, parameterNode: Optional[MaskSAMSegmentParameterNode]) -> None:
         if self._parameterNode:

@@ -265,3 +265,21 @@ def test_a_resumed_trainings_plot_shows_its_earlier_epochs_and_replaces_the_old_
     assert first.table_node.GetScene() is None
 
     assert not TrainingPlot(new_scene()).add_logged_epochs(tmp_path / "no training here")
+
+
+def test_the_preselected_input_is_the_first_plain_scalar_volume_not_a_labelmap_or_vector_volume():
+    """The module preselects an input volume the input selector can show: GetFirstNodeByClass
+    returned the labelmap loaded first, which the selector hides and Segment refuses."""
+    from MaskSAMSegmentLib.volume_nodes import first_scalar_volume
+
+    scene = new_scene()
+    assert first_scalar_volume(scene) is None
+    grid = oblique_grid()
+    labelmap_node_from_array(np.zeros(grid.shape_zyx, np.uint8), grid, scene=scene, name="labels")
+    scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "colour")
+    hidden = add_scalar_volume(scene, distinct_voxel_values(grid.shape_zyx), grid, "hidden")
+    hidden.SetHideFromEditors(True)
+    assert first_scalar_volume(scene) is None
+    ct = add_scalar_volume(scene, distinct_voxel_values(grid.shape_zyx), grid, "CT")
+    add_scalar_volume(scene, distinct_voxel_values(grid.shape_zyx), grid, "MR")
+    assert first_scalar_volume(scene) is ct

@@ -307,3 +307,17 @@ def test_import_asks_to_replace_only_a_model_that_is_already_installed(tmp_path)
     assert output.count("listed Liver-v1") == 2
     assert "ASKED 1 a model named 'Liver (v1)' is already installed" in output
     assert "unfinished has no checkpoint_final.pt" in output
+
+
+def test_the_module_preselects_a_scalar_volume_not_the_labelmap_loaded_first():
+    """The input selector shows plain scalar volumes only: preselecting a labelmap (a subclass)
+    would leave a node selected that the selector cannot show."""
+    output = run_widget_code("""
+        slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+        slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "CT")
+        widget = make_widget()
+        widget.setParameterNode = lambda node: setattr(widget, "_parameterNode", node)
+        widget.initializeParameterNode()
+        print("RESULT", params.inputVolume.GetName())
+    """)
+    assert "RESULT CT" in output

@@ -148,3 +148,15 @@ def array_from_labelmap_node(node, expected_grid: Optional[LpsGrid] = None) -> n
         raise InputError(f"labelmap '{node.GetName()}' is on {grid.describe()}, "
                          f"expected {expected_grid.describe()}")
     return array
+
+
+def first_scalar_volume(scene):
+    """The first node of `scene` whose class is exactly vtkMRMLScalarVolumeNode, or None: the input
+    volume to preselect. GetFirstNodeByClass would also return a labelmap or a vector volume (its
+    subclasses), which the input selector does not show (nor nodes hidden from editors)."""
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for index in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(index)
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetHideFromEditors():
+            return node
+    return None
