@@ -116,3 +116,17 @@ def test_a_result_of_an_earlier_version_without_fingerprint_is_kept(tmp_path):
     job = _segmented(scene, volume, model, python, output=result)
     assert job.result_node is not result
     assert "made by an earlier MaskSAM version" in job.warnings[0]
+
+
+def test_segmenting_again_keeps_the_colours_the_user_chose(tmp_path):
+    """A result recoloured (no edit: it is replaced in place) keeps its colours; the others keep theirs."""
+    scene, volume, model, python = _set_up(tmp_path)
+    result = _segmented(scene, volume, model, python).result_node
+    segmentation = result.GetSegmentation()
+    chosen = (0.1, 0.9, 0.2)
+    segmentation.GetNthSegment(0).SetColor(*chosen)
+    default = segmentation.GetNthSegment(1).GetColor()
+    again = _segmented(scene, volume, model, python, output=result)
+    assert again.result_node is result
+    assert np.allclose(segmentation.GetNthSegment(0).GetColor(), chosen)
+    assert np.allclose(segmentation.GetNthSegment(1).GetColor(), default)

@@ -193,11 +193,36 @@ def _deliver(staging, segmentation_node, reference_volume):
         staging.SetHideFromEditors(False)
         staging.CreateDefaultDisplayNodes()
         return staging
+    colours = _colours_by_label(segmentation_node.GetSegmentation())
     segmentation_node.GetSegmentation().DeepCopy(staging.GetSegmentation())
+    _recolour(segmentation_node.GetSegmentation(), colours)
     if reference_volume is not None:
         segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     segmentation_node.CreateDefaultDisplayNodes()
     return segmentation_node
+
+
+def _colour_keys(segmentation, index: int) -> List[str]:
+    """How a segment is matched across runs: its model label (LABEL_NAME_TAG), then its ID."""
+    label = segment_tag(segmentation.GetNthSegment(index), LABEL_NAME_TAG)
+    return ([f"label:{label}"] if label else []) + [f"id:{segmentation.GetNthSegmentID(index)}"]
+
+
+def _colours_by_label(segmentation) -> Dict[str, Tuple[float, float, float]]:
+    """The colours of a result about to be replaced: the user may have chosen them (a colour is
+    no edit of the result, so the next run replaces it), and segmenting again must keep them."""
+    colours: Dict[str, Tuple[float, float, float]] = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        for key in _colour_keys(segmentation, index):
+            colours.setdefault(key, tuple(segmentation.GetNthSegment(index).GetColor()))
+    return colours
+
+
+def _recolour(segmentation, colours: Mapping[str, Tuple[float, float, float]]) -> None:
+    for index in range(segmentation.GetNumberOfSegments()):
+        kept = next((colours[key] for key in _colour_keys(segmentation, index) if key in colours), None)
+        if kept is not None:
+            segmentation.GetNthSegment(index).SetColor(*kept)
 
 
 def file_beside(scene, node, volume) -> None:
