@@ -130,3 +130,12 @@ def test_segmenting_again_keeps_the_colours_the_user_chose(tmp_path):
     assert again.result_node is result
     assert np.allclose(segmentation.GetNthSegment(0).GetColor(), chosen)
     assert np.allclose(segmentation.GetNthSegment(1).GetColor(), default)
+
+
+def test_results_replaced_in_place_use_up_no_number_of_the_next_new_name(tmp_path):
+    scene, volume, model, python = _set_up(tmp_path)
+    result = _segmented(scene, volume, model, python).result_node
+    for _ in range(2):
+        assert _segmented(scene, volume, model, python, output=result).result_node is result
+    assert result.GetName() == "CT Test model"
+    assert _segmented(scene, volume, model, python).result_node.GetName() == "CT Test model_1"

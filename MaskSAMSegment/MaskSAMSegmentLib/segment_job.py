@@ -303,9 +303,11 @@ class SegmentJob(BackgroundJob):
                                  "is added where the volume was, without a reference volume")
             volume = None
         replaced = self._output_node(volume)
+        # A unique name only for a new node: generating one uses up its number ("CT model_1").
+        node_name = replaced.GetName() if replaced is not None else self.scene.GenerateUniqueName(
+            f"{volume_name} {model.name}")
         result = import_label_map(self.scene, labels, grid, model.names_by_value,
-                                  segmentation_node=replaced, reference_volume=volume,
-                                  node_name=self.scene.GenerateUniqueName(f"{volume_name} {model.name}"),
+                                  segmentation_node=replaced, reference_volume=volume, node_name=node_name,
                                   attributes=attributes,
                                   regions=model.region_values)
         record_fingerprint(result)   # the next run replaces it only while nobody has edited it
