@@ -10,8 +10,10 @@ from slicer_support import add_scalar_volume, distinct_voxel_values, new_scene, 
 from test_slicer_jobs import fake_model_folder
 from test_slicer_robustness import _segmented, fake_predictor
 
+from MaskSAMSegmentLib.job_runner import JobState
 from MaskSAMSegmentLib.models import read_model_info
 from MaskSAMSegmentLib.result_fingerprint import FINGERPRINT_ATTRIBUTE, content_fingerprint
+from MaskSAMSegmentLib.segment_job import SegmentJob, SegmentRequest
 from MaskSAMSegmentLib.segmentations import show_in_3d
 
 
@@ -139,3 +141,14 @@ def test_results_replaced_in_place_use_up_no_number_of_the_next_new_name(tmp_pat
         assert _segmented(scene, volume, model, python, output=result).result_node is result
     assert result.GetName() == "CT Test model"
     assert _segmented(scene, volume, model, python).result_node.GetName() == "CT Test model_1"
+
+
+def test_the_log_names_the_structures_the_model_did_not_find(tmp_path):
+    """Every label of the model gets a segment; one the model did not find is empty, and the log says so."""
+    scene, volume, model, python = _set_up(tmp_path)
+    lines = []
+    job = SegmentJob(scene, SegmentRequest([volume], model), python=python, on_log=lines.append)
+    job.start()
+    assert job.wait(timeout_s=60) is JobState.SUCCEEDED
+    assert job.result_node.GetSegmentation().GetNumberOfSegments() == 2
+    assert job.not_found == ["Spleen"] and lines[-1] == "Not found (empty): Spleen."

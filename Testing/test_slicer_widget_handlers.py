@@ -252,7 +252,7 @@ def test_reload_asks_before_stopping_a_training_and_then_reimports_the_modules_p
     assert "RESULT (0, True, True) (1, [])" in output
 
 
-def test_the_status_says_3d_surfaces_are_built_before_that_work_starts():
+def test_the_status_says_3d_surfaces_are_built_before_that_work_starts_and_names_what_was_not_found():
     output = run_widget_code("""
         import MaskSAMSegmentGui.segment_tab as segment_tab
         from MaskSAMSegmentLib.job_runner import JobState
@@ -265,11 +265,17 @@ def test_the_status_says_3d_surfaces_are_built_before_that_work_starts():
         result = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT MaskSAM")
         runner = types.SimpleNamespace(elapsed_s=3.0, progress_fraction=lambda: 1.0, status_text=lambda: "Done")
         widget._segmentJob = types.SimpleNamespace(poll=lambda: JobState.SUCCEEDED, runner=runner, result_node=result,
-                                                   warnings=[], unlogged_warnings=[])
+                                                   warnings=[], unlogged_warnings=[], not_found=[])
         widget._pollSegment()
         print("RESULT", seen, "|", widget.ui.segmentStatusLabel.text)
+        widget._segmentJob = types.SimpleNamespace(poll=lambda: JobState.SUCCEEDED, runner=runner, result_node=result,
+                                                   warnings=[], unlogged_warnings=[],
+                                                   not_found=["Left kidney", "Spleen", "Liver", "Aorta"])
+        widget._pollSegment()
+        print("NOT FOUND", widget.ui.segmentStatusLabel.text)
     """)
     assert "RESULT ['Building 3D surfaces...'] | Done in 3 s: 'CT MaskSAM'." in output
+    assert "NOT FOUND Done in 3 s: 'CT MaskSAM'. Not found (empty): Left kidney, Spleen, Liver, ..." in output
 
 
 def test_import_asks_to_replace_only_a_model_that_is_already_installed(tmp_path):

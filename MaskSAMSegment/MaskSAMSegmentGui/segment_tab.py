@@ -8,6 +8,7 @@ and `_log()`.
 from typing import Optional
 
 import slicer
+from MaskSAMCore.errors import list_some
 from MaskSAMSegmentLib import commands, devices
 from MaskSAMSegmentLib.job_progress import warnings_note
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
@@ -167,8 +168,10 @@ class SegmentTabMixin:
             self.ui.segmentStatusLabel.repaint()
             show_in_3d(node)
             self._parameters().outputSegmentation = node
+            # The structures not found, first (the log names them all): their segments are empty.
+            notFound = f" Not found (empty): {list_some(job.not_found)}." if job.not_found else ""
             self.ui.segmentStatusLabel.text = (f"Done in {job.runner.elapsed_s:.0f} s: '{node.GetName()}'."
-                                               + warnings_note(job.warnings))
+                                               + notFound + warnings_note(job.warnings))
             for warning in job.unlogged_warnings:
                 self._log(f"Warning: {warning}")
         else:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
 
+import numpy as np
+
 from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash, official_checkpoint
@@ -25,8 +27,9 @@ from MaskSAMSegmentLib.job_folders import JobFolder
 from MaskSAMSegmentLib.job_runner import JobRunner, JobState
 from MaskSAMSegmentLib.models import ModelInfo
 from MaskSAMSegmentLib.result_fingerprint import edit_warning, record_fingerprint
-from MaskSAMSegmentLib.segmentations import (MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
-                                             MODEL_VERSION_ATTRIBUTE, file_beside, import_label_map)
+from MaskSAMSegmentLib.segmentations import (LABEL_VALUE_TAG, MODEL_FOLDER_ATTRIBUTE, MODEL_NAME_ATTRIBUTE,
+                                             MODEL_VERSION_ATTRIBUTE, REGION_VALUES_TAG, file_beside,
+                                             import_label_map, segment_tag)
 
 QUALITY_ATTRIBUTE = "MaskSAM.Quality"
 INPUT_ENDING = ".nrrd"  # uncompressed: written and read fastest; only lives in the temp folder
@@ -163,6 +166,26 @@ def cpu_speed_note(request: SegmentRequest) -> Optional[str]:
             "model a whole CT takes hours. Fast takes minutes.")
 
 
+def empty_segment_names(segmentation_node, labels) -> List[str]:
+    """The names of the segments of a result made from `labels` that hold no voxel: every label
+    of the model gets a segment, also one the model did not find."""
+    present = set(np.flatnonzero(np.bincount(labels.ravel(), minlength=1)).tolist())   # no negative labels
+    segmentation = segmentation_node.GetSegmentation()
+    names = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        held = segment_tag(segment, REGION_VALUES_TAG) or segment_tag(segment, LABEL_VALUE_TAG)
+        values = {int(v) for v in held.split(",") if v.strip().isdigit()}
+        if values and not values & present:
+            names.append(segment.GetName())
+    return names
+
+
+def not_found_line(names: List[str]) -> str:
+    """The log line naming the structures not found."""
+    return f"Not found (empty): {', '.join(names)}."
+
+
 class SegmentJob(BackgroundJob):
     """One prediction: `start()`, then `poll()` until `finished`; `cancel()` at any time.
 
@@ -188,6 +211,7 @@ class SegmentJob(BackgroundJob):
         self.keep_files = keep_files
         self.label_file: Optional[Path] = None
         self.result_node = None
+        self.not_found: List[str] = []   # the result's empty segments: structures the model did not find
         self._job_folder: Optional[JobFolder] = None
         self._folder: Optional[Path] = None
         self._output: Optional[Path] = None
@@ -311,6 +335,9 @@ class SegmentJob(BackgroundJob):
                                   attributes=attributes,
                                   regions=model.region_values)
         record_fingerprint(result)   # the next run replaces it only while nobody has edited it
+        self.not_found = empty_segment_names(result, labels)
+        if self.not_found and self.on_log is not None:
+            self.on_log(not_found_line(self.not_found))
         if replaced is None and volume is not None:
             file_beside(self.scene, result, volume)   # a replaced one stays where the user keeps it
         return result
