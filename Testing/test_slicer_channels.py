@@ -85,3 +85,10 @@ def test_a_channel_off_the_grid_disables_segment_with_what_differs_and_by_how_mu
     assert segment_problems(request) == [
         "Volume 'ADC cropped' is not on the grid of channel 0 ('T2'): its size differs (12 x 11 x 7 voxels vs "
         "13 x 11 x 7); all channels must share one voxel grid (resample it onto 'T2' first)."]
+
+
+def test_one_volume_chosen_for_two_channels_disables_segment(tmp_path):
+    """The second selector left on the first volume: the model would see one image twice."""
+    scene, request = _two_channel_scene(tmp_path, 0.0)
+    request.input_volumes[1] = request.input_volumes[0]
+    assert segment_problems(request) == ["'T2' is chosen for both T2 and ADC; choose one volume per channel."]

@@ -4,7 +4,8 @@
 `ImageGeometry.grid_differences` allows, and accepts those within it (float rounding between two
 series of one scan). The Segment button applies that same rule to the chosen volumes, so the
 module refuses exactly what the command line refuses, and says so in the button's tooltip
-before anything runs, naming what differs and by how much.
+before anything runs, naming what differs and by how much. One volume chosen for two channels
+is refused there too.
 """
 
 from __future__ import annotations
@@ -59,3 +60,17 @@ def channel_grid_problems(volumes: Sequence) -> List[str]:
     problems = [grid_problem(volume.GetName(), volume_grid(volume), volumes[0].GetName(), reference)
                 for volume in volumes[1:]]
     return [problem for problem in problems if problem is not None]
+
+
+def repeated_volume_problems(volumes: Sequence, channel_names: Sequence[str]) -> List[str]:
+    """One sentence per volume chosen for more than one channel: the model would see one image
+    where it was trained on two (a second selector left on the first volume by mistake)."""
+    problems: List[str] = []
+    for index, volume in enumerate(volumes):
+        if volume is None or any(other is volume for other in volumes[:index]):
+            continue
+        channels = [name for other, name in zip(volumes, channel_names) if other is volume]
+        if len(channels) > 1:
+            problems.append(f"'{volume.GetName()}' is chosen for both {' and '.join(channels)}; "
+                            "choose one volume per channel.")
+    return problems

@@ -19,7 +19,7 @@ from MaskSAMCore.errors import InputError, MaskSAMError, describe_path
 from MaskSAMCore.folder_layout import FINAL_CHECKPOINT
 from MaskSAMCore.model.sam_checkpoints import find_cached_by_hash, official_checkpoint
 from MaskSAMSegmentLib.background_job import BackgroundJob
-from MaskSAMSegmentLib.channels import channel_grid_problems
+from MaskSAMSegmentLib.channels import channel_grid_problems, repeated_volume_problems
 from MaskSAMSegmentLib.commands import QUALITY_FULL, job_environment, masksam_command, predict_arguments
 from MaskSAMSegmentLib.devices import DeviceChoice
 from MaskSAMSegmentLib.image_files import read_array_image, write_array_image
@@ -138,9 +138,10 @@ def segment_problems(request: SegmentRequest) -> List[str]:
             problems.append(f"Model '{request.model.display_name}' has no {FINAL_CHECKPOINT}: is its training finished?")
         problems.extend(_sam_weights_problem(request))
         channels = len(request.model.channel_names)
+        names = [request.model.channel_names[k] for k in sorted(request.model.channel_names, key=int)]
         if volumes and (len(volumes) != channels or len(request.input_volumes) != channels):
-            names = ", ".join(request.model.channel_names[k] for k in sorted(request.model.channel_names, key=int))
-            problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {names}.")
+            problems.append(f"Model '{request.model.name}' needs {channels} input volume(s): {', '.join(names)}.")
+        problems.extend(repeated_volume_problems(request.input_volumes, names))
     volume_problems = [problem for problem in map(_volume_problem, volumes) if problem is not None]
     problems.extend(volume_problems)
     if not volume_problems and len(volumes) > 1 and len(volumes) == len(request.input_volumes):
