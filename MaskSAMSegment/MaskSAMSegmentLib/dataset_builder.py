@@ -5,7 +5,8 @@ map by exporting the segments with Slicer's segmentations logic onto that same v
 segmentation drawn on another grid, or under a transform, lands where it is in the world), one
 export per layer of the segmentation (a layer's segments cannot overlap).
 Label values are consistent across cases: segments with the same name (case, spaces and
-punctuation ignored) get the same value, in the order names are first met.
+punctuation ignored) get the same value, in the order names are first met; a MaskSAM result's
+segments go by the model's label names (`label_keys`).
 
 The folder is assembled in a hidden sibling and renamed into place at the end, so a failed or
 abandoned build never leaves a dataset that `masksam train` would half-accept. `step()` writes
@@ -28,10 +29,10 @@ from MaskSAMCore.atomic import write_json
 from MaskSAMCore.data.dataset_json import IGNORE_LABEL, read_dataset_meta
 from MaskSAMCore.data.regions import REGION_ORDER_KEY, RegionError, RegionScheme, is_region_dataset, region_scheme
 from MaskSAMCore.errors import DatasetError, InputError, describe_path
-from MaskSAMCore.terminology import dataset_label_key
 from MaskSAMSegmentLib.drawn_slices import mark_undrawn_slices, slice_orientation
 from MaskSAMSegmentLib.geometry import LpsGrid
 from MaskSAMSegmentLib.image_files import write_array_image
+from MaskSAMSegmentLib.label_keys import LabelKeys
 from MaskSAMSegmentLib.segmentations import export_segments_on_volume, segment_volume_mm3
 from MaskSAMSegmentLib.user_paths import full_path_problems
 from MaskSAMSegmentLib.volume_nodes import smallest_label_dtype, volume_to_array
@@ -62,17 +63,20 @@ class DatasetSummary:
     warnings: List[str] = field(default_factory=list)
 
 
-def segment_names(segmentation_node) -> List[str]:
-    segmentation = segmentation_node.GetSegmentation()
-    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+def label_keys(pairs: List[CasePair]) -> LabelKeys:
+    return LabelKeys(pair.segmentation for pair in pairs)
 
 
-def plan_labels(pairs: List[CasePair]) -> Dict[str, int]:
-    """``{"background": 0, name: value, ...}`` over all pairs, values in first-met order."""
+def plan_labels(pairs: List[CasePair], keys: Optional[LabelKeys] = None) -> Dict[str, int]:
+    """``{"background": 0, key: value, ...}`` over all pairs, values in first-met order; the keys
+    are `keys`'s (default: those of these pairs), a MaskSAM result's the model's label names."""
+    keys = keys or label_keys(pairs)
     labels: Dict[str, int] = {"background": 0}
     for pair in pairs:
-        for name in segment_names(pair.segmentation):
-            key = dataset_label_key(name)
+        segmentation = pair.segmentation.GetSegmentation()
+        for index in range(segmentation.GetNumberOfSegments()):
+            name = segmentation.GetNthSegment(index).GetName()
+            key = keys.key(segmentation.GetNthSegment(index))
             if not key:
                 raise InputError(f"segmentation '{pair.segmentation.GetName()}' has a segment without a usable name")
             if key in RESERVED_LABELS:
@@ -165,7 +169,8 @@ class DatasetBuilder:
         self.channel_name = channel_name.strip() or "CT"
         self.file_ending = file_ending
         self.dataset_name = dataset_name or self.output_dir.name
-        self.labels = plan_labels(self.pairs)
+        self.keys = label_keys(self.pairs)
+        self.labels = plan_labels(self.pairs, self.keys)
         # nnU-Net's rule: the ignore label is one above the last class
         self.ignore_value: Optional[int] = len(self.labels) if drawn_slices_only else None
         self.case_names = [f"{case_prefix}_{index:03d}" for index in range(len(self.pairs))]
@@ -207,17 +212,18 @@ class DatasetBuilder:
         for index in range(segmentation.GetNumberOfSegments()):
             segment_id = segmentation.GetNthSegmentID(index)
             name = segmentation.GetNthSegment(index).GetName()
+            key = self.keys.key(segmentation.GetNthSegment(index))
             layer_labels, layer_value = exported[segment_id]
             mask = layer_labels == layer_value
             written = int(np.count_nonzero(mask))
             self._check_on_volume(case, pair, segment_id, name, written * grid.voxel_volume_mm3)
             if not written and not segment_volume_mm3(pair.segmentation, segment_id):
-                empty.append(dataset_label_key(name))   # never painted (one outside the volume is warned above)
+                empty.append(key)   # never painted (one outside the volume is warned above)
             overlap = int(np.count_nonzero(mask & (labels > 0)))
             if overlap:
                 self.warnings.append(f"{case}: segment '{name}' overlaps earlier segments in {overlap} voxels "
                                      "(it wins there)")
-            value = self.labels.get(dataset_label_key(name))
+            value = self.labels.get(key)
             if value is None:
                 raise InputError(f"{case}: segment '{name}' of '{pair.segmentation.GetName()}' was added or "
                                  "renamed after the build started; build the dataset again")
@@ -233,7 +239,7 @@ class DatasetBuilder:
         write_array_image(labels.astype(smallest_label_dtype(labels)), grid,
                           self._staging / "labelsTr" / f"{case}{self.file_ending}")
         self.sources[case] = {"volume": pair.volume.GetName(), "segmentation": pair.segmentation.GetName()}
-        present = {dataset_label_key(name) for name in segment_names(pair.segmentation)}
+        present = {self.keys.key(segmentation.GetNthSegment(i)) for i in range(segmentation.GetNumberOfSegments())}
         self._absent[case] = [key for key in self.labels if key != "background" and key not in present]
         self._empty[case] = empty
         self._values_seen.update(int(v) for v in np.unique(labels))
