@@ -152,3 +152,21 @@ def test_the_log_names_the_structures_the_model_did_not_find(tmp_path):
     assert job.wait(timeout_s=60) is JobState.SUCCEEDED
     assert job.result_node.GetSegmentation().GetNumberOfSegments() == 2
     assert job.not_found == ["Spleen"] and lines[-1] == "Not found (empty): Spleen."
+
+
+def test_a_result_of_a_transformed_volume_says_it_does_not_follow_that_transform(tmp_path):
+    """A new result lies in the world where the volume is (under no transform): a refined registration
+    would move the volume away from it, which the user is told. Under the volume's transform, nothing is said."""
+    from slicer_support import chain_of_transforms
+
+    scene, volume, model, python = _set_up(tmp_path)
+    chain_of_transforms(scene, volume, ((15.0, -7.0, 4.0), (0.3, 1.0, 0.2), 25.0))
+    transform = volume.GetParentTransformNode()
+    transform.SetName("registration")
+    job = _segmented(scene, volume, model, python)
+    assert job.result_node.GetParentTransformNode() is None
+    assert job.warnings == ["volume 'CT' is under transform 'registration': the segmentation lies where the volume "
+                            "is now, and does not follow later changes of that transform"]
+    job.result_node.SetAndObserveTransformNodeID(transform.GetID())
+    again = _segmented(scene, volume, model, python, output=job.result_node)
+    assert again.result_node is job.result_node and again.warnings == []

@@ -336,12 +336,23 @@ class SegmentJob(BackgroundJob):
                                   attributes=attributes,
                                   regions=model.region_values)
         record_fingerprint(result)   # the next run replaces it only while nobody has edited it
+        self._warn_of_transform(volume, result)
         self.not_found = empty_segment_names(result, labels)
         if self.not_found and self.on_log is not None:
             self.on_log(not_found_line(self.not_found))
         if replaced is None and volume is not None:
             file_beside(self.scene, result, volume)   # a replaced one stays where the user keeps it
         return result
+
+    def _warn_of_transform(self, volume, result) -> None:
+        """The result lies in the world where the volume is now; under another transform than the
+        volume's (a new result is under none), later changes of the volume's transform (a refined
+        registration) move the volume away from it."""
+        transform = volume.GetParentTransformNode() if volume is not None else None
+        if transform is not None and result.GetParentTransformNode() is not transform:
+            self.warnings.append(f"volume '{volume.GetName()}' is under transform '{transform.GetName()}': the "
+                                 "segmentation lies where the volume is now, and does not follow later changes "
+                                 "of that transform")
 
     def _output_node(self, volume):
         """The segmentation to replace, or None for a new one. A chosen node is not replaced when
