@@ -89,7 +89,8 @@ def _sizes(stamps: List[dict]) -> List[tuple]:
 
 def resumed_run_length(given: Optional[int], planned: int, finished: int, model_dir: Path) -> int:
     """The epochs of a resumed run: its own, or `--epochs` given with `--resume` (a finished run
-    trained longer, or a run ended sooner), never fewer than it has finished."""
+    trained longer, or a run ended sooner). `--epochs` below the epochs it has already finished is
+    refused (`ModelFolderError`): the run cannot end before epochs it has trained."""
     if given is None or given == planned:
         return planned
     if given < finished:

@@ -48,7 +48,10 @@ def make_splits(case_names: Sequence[str], num_folds: int = NUM_FOLDS, seed: int
 
 def load_or_create_splits(model_dir: "os.PathLike[str] | str", case_names: Sequence[str],
                           write: bool = True) -> List[Dict[str, List[str]]]:
-    """The folds in MODEL_DIR/splits.json, created from `case_names` if the file is absent."""
+    """The folds in MODEL_DIR/splits.json, created from `case_names` if the file is absent and then
+    written there only with `write`: under torchrun rank 0 alone creates the file, and every rank
+    then reads it with `write=False` (`run.training_and_validation_cases`), so no two processes
+    write it at once."""
     path = os.path.join(os.fspath(model_dir), SPLITS_FILE)
     if os.path.isfile(path):
         try:
