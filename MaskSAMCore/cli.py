@@ -136,7 +136,8 @@ def _add_make_phantoms(sub: "argparse._SubParsersAction") -> None:
                    help="random seed: the same seed gives the same phantoms (default 0)")
     p.add_argument("--size", type=whole_number, nargs=3, action=each_at_least(PHANTOM_MIN_SIZE), default=None,
                    metavar=("X", "Y", "Z"),
-                   help="voxels per case along x, y, z (default: a small varied size)")
+                   help="voxels per case along x, y, z, at least "
+                        f"{' '.join(map(str, PHANTOM_MIN_SIZE))} (default: a small varied size)")
     p.add_argument("--file-ending", default=".nii.gz", choices=(".nii.gz", ".nrrd", ".mha", ".nii"),
                    help="image and label file format (default .nii.gz)")
     p.add_argument("--annotate-every", type=at_least(1), default=1, metavar="N",
@@ -242,7 +243,8 @@ def _add_predict(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--continue", dest="continue_run", action="store_true",
                    help="skip the cases whose output (and probabilities file, with --probabilities, not older "
                         "than the label map) is there already, as after an interrupted run (outputs are written "
-                        "whole or not at all), unless it is older than the case's image or the model's checkpoint")
+                        "whole or not at all), unless it is older than the case's image or the model's checkpoint, "
+                        "or cannot be read (cut short, not an image)")
     _add_device(p)
 
 
@@ -389,4 +391,7 @@ def run_command(command: str, arguments: Any, machine_progress: bool = False) ->
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m MaskSAMCore.cli` runs as `python -m MaskSAMCore` does (`__main__.run`: a Ctrl-C while
+    # the commands import is a cancel, not a traceback), not `main` bare.
+    from MaskSAMCore.__main__ import run
+    sys.exit(run())
