@@ -63,14 +63,17 @@ run_stage() {
                 2>&1 | tee "$RESULTS/cuda_tests.txt"
             ;;
         kernels)
-            "$PYTHON" benchmarks/decoder_stages.py --device cuda --patches 8 --bf16 | tee "$RESULTS/decoder_stages_eager.jsonl"
+            "$PYTHON" benchmarks/decoder_stages.py --device cuda --patches 8 --bf16 \
+                | tee "$RESULTS/decoder_stages_eager.jsonl"
             "$PYTHON" benchmarks/decoder_stages.py --device cuda --patches 8 --bf16 --compile \
                 | tee "$RESULTS/decoder_stages_compiled.jsonl"
-            "$PYTHON" benchmarks/depthwise_conv.py --device cuda --patches 8 --bf16 | tee "$RESULTS/depthwise_conv.jsonl"
+            "$PYTHON" benchmarks/depthwise_conv.py --device cuda --patches 8 --bf16 \
+                | tee "$RESULTS/depthwise_conv.jsonl"
             "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 16 --decoder-chunks 2 8 \
                 | tee "$RESULTS/network_throughput.jsonl"
             # The whole eager network with the previous eager-CUDA depthwise pick, to settle (e).
-            "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 --decoder-chunks 2 8 --depthwise shifted \
+            "$PYTHON" benchmarks/model_throughput.py --preset vit_b --batches 8 --decoder-chunks 2 8 \
+                --depthwise shifted \
                 | tee "$RESULTS/network_throughput_shifted.jsonl"
             ;;
         predict | compiled)

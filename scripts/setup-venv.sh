@@ -21,7 +21,8 @@ python="${PYTHON:-python3}"
 interpreter="$python"
 [ -x "$venv/bin/python" ] && interpreter="$venv/bin/python"
 if [ "$interpreter" = "$python" ] && ! command -v "$python" >/dev/null 2>&1; then
-    echo "[setup] error: no Python interpreter $python: install Python 3.10+ or set PYTHON to one (e.g. PYTHON=python3.11 or a full path)" >&2
+    echo "[setup] error: no Python interpreter $python: install Python 3.10+ or set PYTHON to one" \
+        "(e.g. PYTHON=python3.11 or a full path)" >&2
     exit 1
 fi
 version="$("$interpreter" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
@@ -32,7 +33,8 @@ if [ -z "${MASKSAM_TORCH:-}" ] && [ "$too_old" = 1 ]; then
     else
         fix="remove $venv and set PYTHON to a Python 3.10+ (e.g. PYTHON=python3.11)"
     fi
-    echo "[setup] error: $interpreter is Python $version; $torch_req needs Python 3.10 or newer: $fix, or set MASKSAM_TORCH to a PyTorch (2.4+) for Python $version" >&2
+    echo "[setup] error: $interpreter is Python $version; $torch_req needs Python 3.10 or newer: $fix," \
+        "or set MASKSAM_TORCH to a PyTorch (2.4+) for Python $version" >&2
     exit 1
 fi
 
@@ -45,7 +47,8 @@ if [ ! -x "$venv/bin/python" ]; then
     # existing one needs far less, so it is not checked.)
     free_mb="$(df -Pm "$(dirname "$venv")" 2>/dev/null | awk 'NR == 2 {print $4}')"
     if [ -n "$free_mb" ] && [ "$free_mb" -lt 2000 ]; then
-        echo "[setup] error: only $free_mb MB free on the disk of $venv; the environment needs about 2.3 GB: free some space or set MASKSAM_VENV to a folder on a larger disk" >&2
+        echo "[setup] error: only $free_mb MB free on the disk of $venv; the environment needs about 2.3 GB:" \
+            "free some space or set MASKSAM_VENV to a folder on a larger disk" >&2
         exit 1
     fi
     echo "[setup] creating virtual environment $venv" >&2
@@ -56,7 +59,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
         echo "[setup] $venv has no pip (its creation was interrupted?): installing it with ensurepip" >&2
         if ! out="$("$venv/bin/python" -m ensurepip --upgrade 2>&1)"; then
-            echo "[setup] error: $venv has no pip and ensurepip could not install it ($(echo "$out" | tail -n 1)): delete $venv and run again" >&2
+            echo "[setup] error: $venv has no pip and ensurepip could not install it" \
+                "($(echo "$out" | tail -n 1)): delete $venv and run again" >&2
             exit 1
         fi
     fi

@@ -125,7 +125,8 @@ def load_raw_dataset(root: "os.PathLike[str] | str", check_images: bool = True,
     training = _find_training_cases(root, file_ending, len(channel_names))
     if not training:
         raise DatasetError(f"{describe_path(root)}: no training cases in imagesTr "
-                           f"(expected files named CASE_0000{file_ending}){_ending_hint(root / 'imagesTr', file_ending)}")
+                           f"(expected files named CASE_0000{file_ending})"
+                           f"{_ending_hint(root / 'imagesTr', file_ending)}")
     if num_training != len(training):
         raise DatasetError(f"{describe_path(root / DATASET_JSON)}: numTraining is {num_training} but imagesTr holds "
                            f"{len(training)} case(s); fix numTraining or add the missing cases")

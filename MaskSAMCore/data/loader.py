@@ -58,7 +58,8 @@ class PatchLoader:
             read_properties(preprocessed_dir, name)  # a missing case fails here, with its name, not in a worker
         patch = tuple(int(p) for p in plan["patch_size"])
         self.spec = BatchSpec(
-            folder=str(Path(preprocessed_dir)), case_names=tuple(case_names), patch_size=patch,  # type: ignore[arg-type]
+            folder=str(Path(preprocessed_dir)), case_names=tuple(case_names),
+            patch_size=patch,  # type: ignore[arg-type]
             batch_size=batch_size, num_batches=num_batches, oversample_foreground=float(oversample_foreground),
             settings=(settings or AugmentationSettings()) if augment else None,
             planar=in_plane_only(patch, bool(plan.get("anisotropic", False))),

@@ -184,7 +184,8 @@ def _to_numpy(array: Any) -> np.ndarray:
     """NumPy view of a NumPy array or a torch tensor (on any device)."""
     if hasattr(array, "detach"):
         array = array.detach()
-        if getattr(array, "is_floating_point", lambda: False)() and str(array.dtype) in ("torch.float16", "torch.bfloat16"):
+        half = str(array.dtype) in ("torch.float16", "torch.bfloat16")
+        if getattr(array, "is_floating_point", lambda: False)() and half:
             array = array.float()
         array = array.cpu().numpy()
     return np.asarray(array)

@@ -211,7 +211,8 @@ def read_regions(labels: Dict[str, Any]) -> Dict[str, Tuple[int, ...]]:
             raise RegionError("a region has an empty name; every region needs one")
         values = value if isinstance(value, (list, tuple)) else [value]
         if not values or not all(_whole(v) and v > 0 for v in values):
-            raise RegionError(f"region '{name}' must be a non-empty list of label values above 0, not {json.dumps(value)}")
+            raise RegionError(f"region '{name}' must be a non-empty list of label values above 0, "
+                              f"not {json.dumps(value)}")
         if len(set(values)) != len(values):
             raise RegionError(f"region '{name}' lists a value twice ({value})")
         twin = next((other for other, held in regions.items() if held == tuple(sorted(values))), None)

@@ -114,7 +114,8 @@ class WindowGrid:
         if len(self.shape) != 3 or len(self.patch) != 3:
             raise ValueError(f"WindowGrid needs 3D shape and patch, got {self.shape} and {self.patch}")
         self.padded_shape = tuple(max(s, p) for s, p in zip(self.shape, self.patch))  # type: ignore[assignment]
-        self.pad_before = tuple((ps - s) // 2 for ps, s in zip(self.padded_shape, self.shape))  # type: ignore[assignment]
+        self.pad_before = tuple(  # type: ignore[assignment]
+            (ps - s) // 2 for ps, s in zip(self.padded_shape, self.shape))
         self.starts = tuple(  # type: ignore[assignment]
             window_starts(ps, p, self.step_fraction) for ps, p in zip(self.padded_shape, self.patch))
         self.windows = [Window(z, y, x) for z in self.starts[0] for y in self.starts[1] for x in self.starts[2]]
