@@ -73,7 +73,8 @@ def test_thin_oblique_slices_with_positions_rounded_to_two_decimals_are_one_volu
     first, last = (np.array([float(v) for v in pydicom.dcmread(str(series.files[k])).ImagePositionPatient])
                    for k in (0, -1))
     normal = np.reshape(series.direction, (3, 3))[:, 2]
-    assert series.tilt_degrees == 0 and series.spacing[2] == pytest.approx(float((last - first) @ normal) / 39, abs=1e-9)
+    assert series.tilt_degrees == 0
+    assert series.spacing[2] == pytest.approx(float((last - first) @ normal) / 39, abs=1e-9)
     assert series.spacing[2] == pytest.approx(0.5, abs=1e-3)
     assert np.allclose(series.origin, first, atol=1e-9)
 

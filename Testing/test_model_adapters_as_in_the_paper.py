@@ -87,6 +87,17 @@ def test_each_block_gets_the_adapter_the_variant_names(kind):
             assert type(getattr(layer, name)) is token_type, name
 
 
+def _perturbed_block_and_input(window: int, encoder_adapters: int = 1):
+    """A tiny preset's encoder block (windowed when `window` > 0) with non-zero adapters, and an
+    input of two volumes' slices (2T, h, w, C)."""
+    torch.manual_seed(0)
+    config = preset("tiny", num_classes=3, encoder_adapters=encoder_adapters)
+    grid = config.embedding_hw
+    block = AdaptedBlock(config, window, grid if window == 0 else (window, window))
+    _perturb(block)
+    return config, grid, block, torch.randn(2 * config.num_slices, *grid, config.backbone.encoder_embed_dim)
+
+
 def _sam_attention(block: AdaptedBlock, normed: torch.Tensor, window: int, grid) -> torch.Tensor:
     """SAM's own attention of `block` over (slices, h, w, C), in windows when `window` > 0."""
     if not window:
@@ -99,12 +110,7 @@ def _sam_attention(block: AdaptedBlock, normed: torch.Tensor, window: int, grid)
 def test_encoder_block_adds_the_adapter_of_the_normed_post_attention_features_per_volume(window):
     """Fig. 4(c): y = x + attn(norm1(x)); out = y + mlp(norm2(y)) + adapter(norm2(y)), the adapter
     seeing (volume, slice) groups of whole slices."""
-    torch.manual_seed(0)
-    config = preset("tiny", num_classes=3)
-    grid = config.embedding_hw
-    block = AdaptedBlock(config, window, grid if window == 0 else (window, window))
-    _perturb(block)
-    x = torch.randn(2 * config.num_slices, *grid, config.backbone.encoder_embed_dim)
+    config, grid, block, x = _perturbed_block_and_input(window)
     with torch.no_grad():
         attended = _sam_attention(block, block.norm1(x), window, grid)
         y = x + attended
@@ -118,12 +124,7 @@ def test_encoder_block_adds_the_adapter_of_the_normed_post_attention_features_pe
 def test_second_encoder_adapter_sits_behind_attention(window):
     """The other reading of §2.4 (`encoder_adapters=2`): a = attn(norm1(x)); y = x + a + adapter(a);
     out = y + mlp(norm2(y)) + adapter(norm2(y))."""
-    torch.manual_seed(0)
-    config = preset("tiny", num_classes=3, encoder_adapters=2)
-    grid = config.embedding_hw
-    block = AdaptedBlock(config, window, grid if window == 0 else (window, window))
-    _perturb(block)
-    x = torch.randn(2 * config.num_slices, *grid, config.backbone.encoder_embed_dim)
+    config, grid, block, x = _perturbed_block_and_input(window, encoder_adapters=2)
     with torch.no_grad():
         attended = _sam_attention(block, block.norm1(x), window, grid)
         by_volume = attended.view(2, config.num_slices, *attended.shape[1:])
