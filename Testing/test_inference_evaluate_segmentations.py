@@ -70,10 +70,14 @@ def save_as_slicer(labels: np.ndarray, path: Path, reverse_slices: bool = False,
         cropped, direction = cropped[::-1], direction @ np.diag([1.0, 1.0, -1.0])
     geometry = ImageGeometry(cropped.shape[::-1], SCAN.spacing, origin, direction.ravel())
     write_segmentation(np.ascontiguousarray(cropped), geometry, STRUCTURES, path)
+    # write_segmentation records the file's own grid as the scan's; Slicer's cropped file records
+    # the scan's, or (older files) none
+    image = sitk.ReadImage(str(path))
     if reference:
-        image = sitk.ReadImage(str(path))
         image.SetMetaData("Segmentation_ConversionParameters", slicer_conversion_parameters(SCAN))
-        sitk.WriteImage(image, str(path), True)
+    else:
+        image.EraseMetaData("Segmentation_ConversionParameters")
+    sitk.WriteImage(image, str(path), True)
     return path
 
 
@@ -179,3 +183,19 @@ def test_the_recorded_scan_is_read_from_slicer_s_conversion_parameters():
                    "Reference image geometry|1;0;0;0;0;1;0;0;0;0;1;0;0;0;0;1;0;9;0;9;5;4;|"):   # an empty extent
         assert reference_geometry({"Segmentation_ConversionParameters": broken}) is None
     assert reference_geometry({}) is None
+
+
+def test_a_segmentation_masksam_writes_records_its_scan_as_slicer_does(tmp_path):
+    """So Slicer sees the scan's grid in MaskSAM's files as in its own, and evaluate reads it back
+    (an oblique, anisotropic grid)."""
+    c, s = np.cos(0.4), np.sin(0.4)
+    oblique = ImageGeometry((12, 10, 6), (0.7, 0.9, 3.3), (12.5, -40.0, 7.0), (c, -s, 0, s, c, 0, 0, 0, 1))
+    labels = np.zeros(oblique.shape_zyx, np.uint8)
+    labels[1:3, 2:5, 2:6] = 1
+    path = tmp_path / "labels.seg.nrrd"
+    write_segmentation(labels, oblique, STRUCTURES, path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    recorded = reference_geometry({key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()})
+    assert recorded is not None and recorded.same_grid(oblique, tol=1e-9)

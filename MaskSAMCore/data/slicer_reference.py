@@ -5,7 +5,8 @@ scan's. It keeps the scan's grid among its conversion parameters, in the header 
 ``Segmentation_ConversionParameters``: entries ``name|value|description`` joined by ``&``, one of
 them ``Reference image geometry|<IJK to RAS matrix, 16 numbers>;<extent, 6 whole numbers>;|...``,
 every number followed by ``;``. `masksam evaluate` needs that grid for one thing: the length of
-the scan's diagonal, the HD95 of a structure only one of two segmentations holds.
+the scan's diagonal, the HD95 of a structure only one of two segmentations holds. MaskSAM's own
+segmentations record it too (`reference_parameter`), as Slicer's do.
 """
 
 from __future__ import annotations
@@ -55,3 +56,15 @@ def reference_geometry(header: Dict[str, str]) -> Optional[ImageGeometry]:
         return None
     origin = _RAS_TO_LPS @ matrix[:3, 3] + steps @ low   # the voxel at the extent's first index
     return ImageGeometry(size.astype(int), spacing, origin, (steps / spacing).ravel())
+
+
+def reference_parameter(geometry: ImageGeometry) -> str:
+    """The ``Segmentation_ConversionParameters`` entry recording `geometry` as the scan's grid, in
+    the form `reference_geometry` (and Slicer) read: IJK to RAS matrix, then the extent."""
+    steps = geometry.direction_matrix * np.asarray(geometry.spacing)   # columns: one voxel along i, j, k
+    matrix = np.eye(4)
+    matrix[:3, :3] = _RAS_TO_LPS @ steps
+    matrix[:3, 3] = _RAS_TO_LPS @ np.asarray(geometry.origin, dtype=np.float64)
+    extent = [bound for size in geometry.size for bound in (0, int(size) - 1)]
+    numbers = ";".join(repr(float(v)) for v in matrix.ravel()) + ";" + ";".join(map(str, extent)) + ";"
+    return f"{REFERENCE_PARAMETER}|{numbers}|Image geometry description string determined from the reference volume"

@@ -39,7 +39,7 @@ from MaskSAMCore.data.dataset_json import IGNORE_LABEL
 from MaskSAMCore.data.image_io import ImageGeometry, read_label, read_sitk_image
 from MaskSAMCore.data.image_writing import write_sitk_image
 from MaskSAMCore.data.read_failures import itk_warnings_off
-from MaskSAMCore.data.slicer_reference import reference_geometry
+from MaskSAMCore.data.slicer_reference import CONVERSION_PARAMETERS_FIELD, reference_geometry, reference_parameter
 from MaskSAMCore.errors import InputError, by_x, describe_path
 from MaskSAMCore.terminology import AnatomyTerminology, dataset_label_key
 
@@ -106,6 +106,8 @@ def _header(segments: Sequence[Segment], geometry: ImageGeometry) -> Dict[str, s
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        # The scan's grid (here the file's own): what Slicer records, and evaluate reads for HD95.
+        CONVERSION_PARAMETERS_FIELD: reference_parameter(geometry),
     }
     for index, segment in enumerate(segments):
         prefix = f"Segment{index}_"
