@@ -287,3 +287,26 @@ def test_a_final_checkpoint_older_than_the_extended_training_is_warned_about(tmp
     (model / "model.json").write_text(json.dumps(meta))
     assert main(["predict", str(model), str(scan), str(tmp_path / "labels.nii.gz"), "--fast", "--device", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["prepare_files", "predict_prepared"])
+def test_running_out_of_memory_on_a_case_of_a_folder_names_that_case(model, tmp_path, capsys, monkeypatch, where):
+    """Which scan of a cohort was too large for the machine, while it was read or segmented."""
+    from MaskSAMCore.inference.predictor import Predictor
+
+    inputs, outputs = tmp_path / "imagesTs", tmp_path / "predictions"
+    _write_random_images(inputs, "a.nii.gz", "b.nii.gz", seed=4)
+    original = getattr(Predictor, where)
+
+    def failing_on_b(self, *args, **kwargs):
+        case_name = args[1] if where == "prepare_files" else args[0].name
+        if case_name == "b":
+            raise MemoryError()
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, where, failing_on_b)
+    assert main(["predict", str(model), str(inputs), str(outputs), "--fast", "--device", "cpu"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert errors == ["masksam: error: b: out of memory: the machine cannot hold what this asks for; close other "
+                      "programs, leave out --probabilities if given, or use a machine with more memory"]
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz"]

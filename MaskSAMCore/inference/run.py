@@ -16,8 +16,9 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from MaskSAMCore.atomic import remove_stale_temporaries
 from MaskSAMCore.data.dicom_headers import describe_not_images
@@ -26,7 +27,8 @@ from MaskSAMCore.data.image_io import check_channels_share_grid, read_geometry, 
 from MaskSAMCore.data.image_writing import check_format_keeps
 from MaskSAMCore.data.nifti_transforms import placement_warning
 from MaskSAMCore.data.nifti_values import is_nifti
-from MaskSAMCore.errors import InputError, describe_path, first_line, list_some, raise_all
+from MaskSAMCore.errors import InputError, MaskSAMError, describe_path, first_line, list_some, raise_all
+from MaskSAMCore.failure_lines import out_of_memory_line
 from MaskSAMCore.inference.cases import Case, find_all_series, find_cases, modality_mismatch
 from MaskSAMCore.inference.dicom_seg import check_seg_sources, check_seg_writer, is_seg_output
 from MaskSAMCore.inference import devices
@@ -300,14 +302,16 @@ def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool)
         for index, case in enumerate(cases):
             assert pending is not None
             following = cases[index + 1] if index + 1 < len(cases) else None
-            prepared = _take_prepared(pending, case, index, len(cases))
+            with _out_of_memory_named(case):
+                prepared = _take_prepared(pending, case, index, len(cases))
             # A failed case is not predicted: the next is read at once, as before a small case's prediction.
             read_now = prepared is None or _fits_read_ahead(prepared, predictor.config.num_classes)
             pending = _read(pool, predictor, following, probabilities) if following is not None and read_now else None
             if prepared is None:
                 failed.append(case.name)
                 continue
-            result = predictor.predict_prepared(prepared, case.output_file, probabilities=probabilities)
+            with _out_of_memory_named(case):
+                result = predictor.predict_prepared(prepared, case.output_file, probabilities=probabilities)
             if following is not None and pending is None:
                 pending = _read(pool, predictor, following, probabilities)
             written.append(str(case.output_file))
@@ -317,6 +321,19 @@ def _predict_cases(predictor: Predictor, cases: List[Case], probabilities: bool)
             pending.cancel()
         pool.shutdown(wait=False, cancel_futures=True)
     return written, failed
+
+
+@contextmanager
+def _out_of_memory_named(case: Case) -> Iterator[None]:
+    """An allocation that fails while `case` is read or segmented, as one error line naming the
+    case (in a folder, which one was too large) with what predict's user can change."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        line = out_of_memory_line(exc, "predict")
+        if line is None:
+            raise
+        raise MaskSAMError(f"{case.name}: {line}") from None
 
 
 def _read(pool: ThreadPoolExecutor, predictor: Predictor, case: Case, probabilities: bool) -> Future:
