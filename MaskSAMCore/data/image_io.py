@@ -28,9 +28,12 @@ from MaskSAMCore.data.read_failures import (METAIMAGE_ENDINGS, itk_warnings_off,
                                             unreadable_image_reason)
 from MaskSAMCore.errors import InputError, describe_path
 
-# Two grids whose origins are less than this many voxels apart are one grid: what float32 storage
-# (NIfTI) rounds an origin by, 1e-4 voxel at a 0.7 mm voxel 1.2 m from the world's origin, passes.
-ORIGIN_TOLERANCE_VOXELS = 1e-3
+# Two grids whose origins are less than this many voxels apart are one grid. Float32 storage
+# (NIfTI) rounds an origin by 1e-4 voxel (a 0.7 mm voxel 1.2 m from the world's origin), and two
+# series of one scan (a CT and its ADC map, exported by different tools) can differ by a few
+# micrometres, positions being rounded to DICOM's decimal strings: both pass. A hundredth of a voxel
+# moves nothing a network or a metric can see; a tenth would (a 0.12 mm shift of 0.7 mm voxels).
+ORIGIN_TOLERANCE_VOXELS = 1e-2
 
 
 @dataclass(frozen=True)
