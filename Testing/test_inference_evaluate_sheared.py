@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.distance import cdist
 
-from test_inference_evaluate import SPACING_ZYX, _surface_points
+from test_inference_metrics import SPACING_ZYX, _surface_points
 
 from MaskSAMCore.cli import main
 from MaskSAMCore.data.image_io import ImageGeometry
