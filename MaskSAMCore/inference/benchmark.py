@@ -127,7 +127,7 @@ def host_bytes_needed(shape_zyx: Tuple[int, int, int], predictor: Predictor) -> 
     return needed
 
 
-def check_fits_host_memory(shape_zyx: Tuple[int, int, int], predictor: Predictor) -> None:
+def check_shape_fits_host_memory(shape_zyx: Tuple[int, int, int], predictor: Predictor) -> None:
     """Refuse a --shape that cannot fit before the volume is made: making it alone took minutes
     and gigabytes, and the refusal that came after sent the user to a header there is none of."""
     available = devices.available_host_bytes()
@@ -168,7 +168,7 @@ def benchmark(args: BenchmarkArguments) -> Dict[str, Any]:
     spacing_zyx = synthetic_spacing_zyx(predictor.plan, args.resample)   # the warm-up's too
     shape = (int(args.shape[0]), int(args.shape[1]), int(args.shape[2]))
     # After the network is built (its channels and classes count), before the volume is.
-    check_fits_host_memory(shape, predictor)
+    check_shape_fits_host_memory(shape, predictor)
     print_message(f"benchmark {predictor.name} on {device} ({_gpu_name(device) or platform.processor() or 'CPU'}), "
                   f"volume {shape[0]}x{shape[1]}x{shape[2]} (z, y, x), {predictor.config.num_classes} classes")
     geometry = ImageGeometry(shape[::-1], spacing_zyx[::-1], (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
